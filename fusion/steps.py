@@ -1,0 +1,86 @@
+"""The fusion steps as named, composable switches, after Appleyard's cuDNN 5 work.
+
+A :class:`Plan` is the set of steps a ``fused`` run applies; ``naive`` is the empty plan.
+``--opt a,b`` picks steps, ``--ladder`` adds them one at a time in :data:`LADDER` order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kernels.errors import BadInput
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    what: str    # what the step changes
+    why: str     # why it should gain (printed beside its rung)
+    devices: tuple = ("cpu", "cuda")
+
+
+STEPS = {s.name: s for s in (
+    Step("group_gemm", "the G per-gate GEMMs of x and of h become one GEMM each (N = G*H)",
+         "one large GEMM keeps the BLAS/cuBLAS kernel busier than G small ones and calls it G times less"),
+    Step("hoist_input", "the input GEMM runs once for all T steps (M = T*B) before the step loop",
+         "x does not depend on h: T small GEMMs become one large one, and its bias is folded in once"),
+    Step("pretranspose", "weights are stored transposed and contiguous, so every GEMM is x @ W",
+         "the GEMM reads weights along rows; on the CPU BLAS takes a transposed view for free, on a GPU "
+         "it selects the NN kernel instead of TN"),
+    Step("fuse_pointwise", "all pointwise operations of a step run as one kernel",
+         "about 15-30 array operations per step, each a pass over memory (and a launch on a GPU), "
+         "become one pass that keeps gates in registers"),
+)}
+
+# The order in which --ladder adds steps: cheapest to explain first, as in Appleyard's write-up.
+LADDER = ("group_gemm", "hoist_input", "pretranspose", "fuse_pointwise")
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps: frozenset = frozenset()
+
+    def __post_init__(self):
+        unknown = sorted(set(self.steps) - set(STEPS))
+        if unknown:
+            raise BadInput(f"fusion step {unknown[0]!r} is unknown; allowed: {', '.join(STEPS)}")
+        object.__setattr__(self, "steps", frozenset(self.steps))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.steps
+
+    @classmethod
+    def full(cls, device: str = "cpu") -> "Plan":
+        return cls(frozenset(n for n in LADDER if device in STEPS[n].devices))
+
+    @classmethod
+    def parse(cls, text: str | None, device: str = "cpu") -> "Plan":
+        """'group_gemm,hoist_input' -> Plan; None or 'all' -> every step the device has; 'none' -> empty."""
+        if text is None or text.strip() == "all":
+            return cls.full(device)
+        if text.strip() == "none":
+            return cls()
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        if not names:
+            raise BadInput(f"--opt {text!r} names no step; allowed: {', '.join(STEPS)}, all, none")
+        plan = cls(frozenset(names))
+        for n in names:
+            if device not in STEPS[n].devices:
+                raise BadInput(f"fusion step {n!r} does not exist on {device}")
+        return plan
+
+    def ordered(self) -> tuple:
+        return tuple(n for n in STEPS if n in self.steps)
+
+    @property
+    def label(self) -> str:
+        return ",".join(self.ordered()) or "none"
+
+
+def ladder(device: str = "cpu") -> list:
+    """[(rung label, Plan)] from the empty plan up to every step, each rung adding one step."""
+    rungs, acc = [("naive", Plan())], []
+    for name in LADDER:
+        if device in STEPS[name].devices:
+            acc.append(name)
+            rungs.append(("+" + name, Plan(frozenset(acc))))
+    return rungs

@@ -1,0 +1,60 @@
+"""Backends: where a variant runs and with which array module.
+
+One record per backend.  ``xp`` is the array module the step loop is written against, so the
+orchestration in :mod:`kernels.rnn` is the same code on NumPy and on CuPy; ``pointwise`` names the
+fused pointwise provider in :mod:`fusion.pointwise`.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+
+from .dtypes import canonical
+from .errors import BadInput, MissingDependency, Unsupported
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    device: str                 # "cpu" or "cuda"
+    xp_module: str              # array module of the step loop
+    dtypes: tuple               # precisions it computes
+    requires: tuple = ()        # importable modules it needs
+    pointwise: str = ""         # fused pointwise provider
+    about: str = ""
+
+    def missing(self) -> str | None:
+        """Why this backend cannot run here, or None."""
+        for mod in self.requires:
+            if importlib.util.find_spec(mod) is None:
+                return str(MissingDependency(mod, f"backend {self.name}", f"pip install {mod}"))
+        return None
+
+    def xp(self):
+        reason = self.missing()
+        if reason:
+            raise Unsupported(reason)
+        return importlib.import_module(self.xp_module)
+
+    def check_dtype(self, dtype) -> str:
+        name = canonical(dtype)
+        if name not in self.dtypes:
+            raise Unsupported(f"dtype {name} is not available on backend {self.name}; "
+                              f"allowed: {', '.join(self.dtypes)}")
+        return name
+
+
+BACKENDS = {b.name: b for b in (
+    Backend("numpy", "cpu", "numpy", ("fp32", "fp64"), (), "numpy",
+            "NumPy ufuncs and BLAS GEMMs (whatever BLAS NumPy links: OpenBLAS in the wheels)"),
+    Backend("numba", "cpu", "numpy", ("fp32", "fp64"), ("numba",), "numba",
+            "BLAS GEMMs through NumPy, pointwise kernels compiled by numba (@njit(parallel=True))"),
+)}
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        return BACKENDS[name]
+    except KeyError:
+        raise BadInput(f"backend {name!r} is unknown; allowed: {', '.join(BACKENDS)}") from None

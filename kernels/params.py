@@ -1,0 +1,160 @@
+"""Parameter containers in one canonical layout, shared by every variant and framework adapter.
+
+Layout (the one cuDNN and PyTorch use): for layer ``l`` with input width ``I_l`` (``I`` for the
+first layer, ``H`` above it) and ``G`` gates,
+
+    w_ih: (G*H, I_l)   w_hh: (G*H, H)   b_ih: (G*H,)   b_hh: (G*H,)
+
+with the gate blocks stacked along the rows in the canonical order:
+LSTM ``i, f, g, o``; GRU ``r, z, n``.  The GRU applies its reset gate *after* the recurrent GEMM
+(``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``), as cuDNN and PyTorch do, so ``b_hn`` can not be
+folded into ``b_in``.  Frameworks with other orders (Keras ``i, f, c, o`` with ``(I, G*H)``
+kernels, ...) convert with :func:`reorder_gates`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import BadInput
+
+GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
+
+# A sanity bound, not a memory check: larger sizes are almost always a typo (the CLI checks memory).
+MAX_DIM = 1 << 24
+
+
+def check_dim(name: str, value) -> int:
+    """A positive integer size, or a BadInput naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise BadInput(f"{name}={value!r} must be a positive integer")
+    if value <= 0 or value > MAX_DIM:
+        raise BadInput(f"{name}={value} is out of range; allowed: 1..{MAX_DIM}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Layer:
+    w_ih: np.ndarray
+    w_hh: np.ndarray
+    b_ih: np.ndarray
+    b_hh: np.ndarray
+
+    def arrays(self):
+        return self.w_ih, self.w_hh, self.b_ih, self.b_hh
+
+
+@dataclass(frozen=True)
+class RNNParams:
+    """Weights of a unidirectional, multi-layer RNN of one cell type (base of LSTM/GRUParams)."""
+
+    input_size: int
+    hidden_size: int
+    layers: tuple = field(default_factory=tuple)
+
+    cell = ""  # set by subclasses
+
+    def __post_init__(self):
+        check_dim("input_size", self.input_size)
+        check_dim("hidden_size", self.hidden_size)
+        object.__setattr__(self, "layers", tuple(self.layers))
+        if not self.layers:
+            raise BadInput(f"{type(self).__name__} needs at least one layer")
+        G, H = self.num_gates, self.hidden_size
+        for l, layer in enumerate(self.layers):
+            if not isinstance(layer, Layer):
+                raise BadInput(f"layer {l} is a {type(layer).__name__}; expected kernels.params.Layer")
+            width = self.input_size if l == 0 else H
+            want = {"w_ih": (G * H, width), "w_hh": (G * H, H), "b_ih": (G * H,), "b_hh": (G * H,)}
+            dtypes = {np.asarray(a).dtype for a in layer.arrays()}
+            if len(dtypes) != 1:
+                raise BadInput(f"layer {l}: weights mix dtypes {sorted(map(str, dtypes))}; use one")
+            for name, shape in want.items():
+                got = np.shape(getattr(layer, name))
+                if got != shape:
+                    raise BadInput(f"layer {l}: {name} has shape {got}; expected {shape} "
+                                   f"({self.cell}, G={G}, H={H}, input width {width})")
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def random(cls, input_size: int, hidden_size: int, num_layers: int = 1, *, seed: int = 0,
+               dtype=np.float64):
+        """Uniform(-1/sqrt(H), 1/sqrt(H)) weights and biases (PyTorch's default), reproducible by seed."""
+        check_dim("input_size", input_size)
+        H = check_dim("hidden_size", hidden_size)
+        check_dim("num_layers", num_layers)
+        G = len(GATES[cls.cell])
+        rng = np.random.default_rng(seed)
+        k = 1.0 / np.sqrt(H)
+        layers = []
+        for l in range(num_layers):
+            width = input_size if l == 0 else H
+            draw = lambda *shape: rng.uniform(-k, k, size=shape).astype(dtype)  # noqa: E731
+            layers.append(Layer(draw(G * H, width), draw(G * H, H), draw(G * H), draw(G * H)))
+        return cls(input_size, hidden_size, tuple(layers))
+
+    def astype(self, dtype):
+        """A copy with every array in ``dtype`` (contiguous)."""
+        conv = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
+        return type(self)(self.input_size, self.hidden_size,
+                          tuple(Layer(*map(conv, layer.arrays())) for layer in self.layers))
+
+    # -- views ---------------------------------------------------------------------------
+    @property
+    def gates(self) -> tuple:
+        return GATES[self.cell]
+
+    @property
+    def num_gates(self) -> int:
+        return len(GATES[self.cell])
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.asarray(self.layers[0].w_ih).dtype
+
+    def gate(self, layer: int, gate: str, which: str = "w_ih") -> np.ndarray:
+        """The rows of one gate in one array, e.g. ``gate(0, "f", "w_hh")`` -> (H, H)."""
+        if gate not in self.gates:
+            raise BadInput(f"gate {gate!r} is unknown for {self.cell}; allowed: {', '.join(self.gates)}")
+        if which not in ("w_ih", "w_hh", "b_ih", "b_hh"):
+            raise BadInput(f"array {which!r} is unknown; allowed: w_ih, w_hh, b_ih, b_hh")
+        k, H = self.gates.index(gate), self.hidden_size
+        return getattr(self.layers[layer], which)[k * H:(k + 1) * H]
+
+    def num_weights(self) -> int:
+        return sum(np.size(a) for layer in self.layers for a in layer.arrays())
+
+
+class LSTMParams(RNNParams):
+    """LSTM weights, gates ``i, f, g, o``."""
+
+    cell = "lstm"
+
+
+class GRUParams(RNNParams):
+    """GRU weights, gates ``r, z, n``; reset gate applied after the recurrent GEMM."""
+
+    cell = "gru"
+
+
+PARAMS = {"lstm": LSTMParams, "gru": GRUParams}
+
+
+def reorder_gates(a: np.ndarray, src: str, dst: str, axis: int = 0) -> np.ndarray:
+    """Permute gate blocks along ``axis`` from order ``src`` to ``dst`` (e.g. "ifgo" -> "ifog").
+
+    Letters name gates; both orders must hold the same letters.  Used to convert our canonical
+    order to a framework's and back: ``reorder_gates(reorder_gates(w, a, b), b, a) == w``.
+    """
+    if sorted(src) != sorted(dst) or len(set(src)) != len(src):
+        raise BadInput(f"gate orders {src!r} and {dst!r} must be permutations of the same letters")
+    n = a.shape[axis]
+    if n % len(src):
+        raise BadInput(f"axis {axis} of length {n} does not split into {len(src)} gates")
+    blocks = np.split(a, len(src), axis=axis)
+    return np.concatenate([blocks[src.index(g)] for g in dst], axis=axis)

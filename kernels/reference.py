@@ -1,0 +1,97 @@
+"""float64 NumPy definitions of the layers: the specification every variant is checked against.
+
+Written for clarity, not speed: one step at a time, one layer at a time, in float64 whatever
+the inputs' dtype.  Inputs are time-major ``(T, B, I)`` (``batch_first=True``: ``(B, T, I)``).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import BadInput
+from .params import GRUParams, LSTMParams, RNNParams
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Logistic function without overflow: exp is only taken of non-positive numbers."""
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def check_sequence(shape, params: RNNParams, batch_first: bool, states: dict) -> tuple:
+    """Validate an input shape and the initial states' shapes; return ``(T, B)``."""
+    shape = tuple(shape)
+    layout = "(B, T, I)" if batch_first else "(T, B, I)"
+    if len(shape) != 3:
+        raise BadInput(f"input has shape {shape}; expected 3 dimensions {layout}")
+    T, B, I = (shape[1], shape[0], shape[2]) if batch_first else shape
+    if T == 0 or B == 0:
+        raise BadInput(f"input has shape {shape}; T and B must be at least 1")
+    if I != params.input_size:
+        raise BadInput(f"input width {I} does not match the parameters' input_size {params.input_size}")
+    want = (params.num_layers, B, params.hidden_size)
+    for name, s in states.items():
+        if s is not None and tuple(s.shape if hasattr(s, "shape") else np.shape(s)) != want:
+            raise BadInput(f"{name} has shape {np.shape(s)}; expected (L, B, H) = {want}")
+    return T, B
+
+
+def _time_major(x, batch_first):
+    x = np.asarray(x, dtype=np.float64)
+    return x.transpose(1, 0, 2) if batch_first else x
+
+
+def _initial(state, params, B):
+    if state is None:
+        return np.zeros((params.num_layers, B, params.hidden_size))
+    return np.asarray(state, dtype=np.float64)
+
+
+def lstm_reference(x, params: LSTMParams, h0=None, c0=None, *, batch_first: bool = False):
+    """Returns ``y (T, B, H)`` (or ``(B, T, H)``) and ``(h_n, c_n)``, each ``(L, B, H)``, float64."""
+    if not isinstance(params, LSTMParams):
+        raise BadInput(f"lstm needs LSTMParams, got {type(params).__name__}")
+    T, B = check_sequence(np.shape(x), params, batch_first, {"h0": h0, "c0": c0})
+    h_all, c_all = _initial(h0, params, B), _initial(c0, params, B)
+    h_n, c_n = np.empty_like(h_all), np.empty_like(c_all)
+    seq = _time_major(x, batch_first)
+    for l, layer in enumerate(params.layers):
+        w_ih, w_hh, b_ih, b_hh = (np.asarray(a, dtype=np.float64) for a in layer.arrays())
+        h, c = h_all[l], c_all[l]
+        out = np.empty((T, B, params.hidden_size))
+        for t in range(T):
+            pre = seq[t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh
+            i, f, g, o = np.split(pre, 4, axis=1)
+            c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+            h = sigmoid(o) * np.tanh(c)
+            out[t] = h
+        h_n[l], c_n[l] = h, c
+        seq = out
+    return (seq.transpose(1, 0, 2) if batch_first else seq), (h_n, c_n)
+
+
+def gru_reference(x, params: GRUParams, h0=None, *, batch_first: bool = False):
+    """Returns ``y (T, B, H)`` (or ``(B, T, H)``) and ``h_n (L, B, H)``, float64."""
+    if not isinstance(params, GRUParams):
+        raise BadInput(f"gru needs GRUParams, got {type(params).__name__}")
+    T, B = check_sequence(np.shape(x), params, batch_first, {"h0": h0})
+    h_all = _initial(h0, params, B)
+    h_n = np.empty_like(h_all)
+    seq = _time_major(x, batch_first)
+    for l, layer in enumerate(params.layers):
+        w_ih, w_hh, b_ih, b_hh = (np.asarray(a, dtype=np.float64) for a in layer.arrays())
+        h = h_all[l]
+        out = np.empty((T, B, params.hidden_size))
+        for t in range(T):
+            xr, xz, xn = np.split(seq[t] @ w_ih.T + b_ih, 3, axis=1)
+            hr, hz, hn = np.split(h @ w_hh.T + b_hh, 3, axis=1)
+            r = sigmoid(xr + hr)
+            z = sigmoid(xz + hz)
+            n = np.tanh(xn + r * hn)  # reset applied after the recurrent GEMM (cuDNN's GRU)
+            h = (1.0 - z) * n + z * h
+            out[t] = h
+        h_n[l] = h
+        seq = out
+    return (seq.transpose(1, 0, 2) if batch_first else seq), h_n
+
+
+REFERENCES = {"lstm": lstm_reference, "gru": gru_reference}

@@ -1,0 +1,1 @@
+"""Profiling support: NVTX naming (:mod:`profiles.nvtx`); kernel traces and analysis follow."""
