@@ -1,0 +1,108 @@
+"""LSTM/GRU builders: our naive and fused variants on every backend, checked against the reference."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from kernels import dtypes
+from kernels.backends import BACKENDS
+from kernels.params import PARAMS
+from kernels.reference import REFERENCES
+from kernels.rnn import RNN
+
+from ..problems import RNNProblem
+from ..registry import Check, Prepared, VariantRecord, register
+
+
+def make_inputs(problem: RNNProblem, seed: int, precision: str) -> dict:
+    """Parameters, input and initial states, from the seed alone: every variant sees the same numbers.
+
+    Drawn in float64, then rounded to the case's storage type; the reference runs on those
+    rounded values, so the check measures the computation, not the rounding of the inputs.
+    """
+    rng = np.random.default_rng(seed)
+    params = PARAMS[problem.op].random(problem.I, problem.H, problem.L, seed=seed)
+    st = dtypes.storage(precision)
+    x = rng.standard_normal((problem.T, problem.B, problem.I)).astype(st)
+    shape = (problem.L, problem.B, problem.H)
+    h0 = (0.5 * rng.standard_normal(shape)).astype(st)
+    c0 = (0.5 * rng.standard_normal(shape)).astype(st) if problem.op == "lstm" else None
+    return {"params": params.astype(st), "x": x, "h0": h0, "c0": c0}
+
+
+@functools.lru_cache(maxsize=4)
+def reference_outputs(problem: RNNProblem, seed: int, precision: str) -> tuple:
+    """float64 outputs (y, h_n[, c_n]) for the rounded inputs; cached across the variants of a run."""
+    inp = make_inputs(problem, seed, precision)
+    if problem.op == "lstm":
+        y, (h, c) = REFERENCES["lstm"](inp["x"], inp["params"], inp["h0"], inp["c0"])
+        return y, h, c
+    y, h = REFERENCES["gru"](inp["x"], inp["params"], inp["h0"])
+    return y, h
+
+
+def compare(outputs, reference, precision: str) -> Check:
+    """Largest error of any output, relative to that output's largest magnitude; NaN never passes."""
+    tol = dtypes.tolerance(precision)
+    names = ("y", "h_n", "c_n")
+    worst, where = 0.0, ""
+    for name, got, want in zip(names, outputs, reference):
+        got = np.asarray(got, dtype=np.float64)
+        if got.shape != want.shape:
+            return Check(float("inf"), tol, False, f"{name} has shape {got.shape}, expected {want.shape}")
+        if not np.all(np.isfinite(got)):
+            return Check(float("nan"), tol, False, f"{name} contains NaN or Inf")
+        scale = max(float(np.max(np.abs(want))), np.finfo(np.float64).tiny)
+        err = float(np.max(np.abs(got - want))) / scale
+        if err > worst or not where:
+            worst, where = err, name
+    passed = worst <= tol
+    return Check(worst, tol, passed, "" if passed else f"{where}: max relative error {worst:.2e} > {tol:.0e}")
+
+
+def _flatten(cell: str, out) -> tuple:
+    y, states = out
+    return (y, *states) if cell == "lstm" else (y, states)
+
+
+def build_rnn(problem: RNNProblem, seed: int, *, variant: str, backend: str, precision: str,
+              plan=None) -> Prepared:
+    inp = make_inputs(problem, seed, precision)
+    impl = RNN(inp["params"], variant=variant, backend=backend, dtype=precision, opts=plan)
+    xp = impl.xp
+    x, h0 = xp.asarray(inp["x"]), xp.asarray(inp["h0"])
+    c0 = xp.asarray(inp["c0"]) if inp["c0"] is not None else None
+    if problem.op == "lstm":
+        run = lambda: impl(x, h0, c0)  # noqa: E731
+    else:
+        run = lambda: impl(x, h0)  # noqa: E731
+
+    def check() -> Check:
+        out = _flatten(problem.op, run())
+        host = [np.asarray(a.get() if hasattr(a, "get") else a) for a in out]
+        return compare(host, reference_outputs(problem, seed, precision), precision)
+
+    itemsize = np.dtype(impl.dtype).itemsize
+    return Prepared(inputs={"x": x, "h0": h0, "c0": c0}, run=run, flops=problem.flops(),
+                    bytes=problem.bytes(itemsize), check=check,
+                    info={"plan": impl.plan.label, "gemms_per_step": _gemms_per_step(impl)})
+
+
+def _gemms_per_step(impl: RNN) -> int:
+    lay = impl.layers[0]
+    return lay.proj_h.gemms_per_call + (0 if lay.hoist else lay.proj_x.gemms_per_call)
+
+
+_ABOUT = {
+    "naive": "per-gate GEMMs for x and h every step, one array operation per pointwise op",
+    "fused": "fusion steps applied (--opt picks them, --ladder adds them one by one)",
+}
+
+for _op in ("lstm", "gru"):
+    for _variant in ("naive", "fused"):
+        for _backend in BACKENDS:
+            register(VariantRecord(
+                _op, _variant, _backend,
+                functools.partial(build_rnn, variant=_variant, backend=_backend),
+                _ABOUT[_variant], fusable=_variant == "fused"))

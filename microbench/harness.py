@@ -1,0 +1,101 @@
+"""Timing: warm-up by time budget, then samples until the noise target or the time budget is met.
+
+The timer is a seam.  :class:`CpuTimer` reads ``perf_counter`` around a synchronous call; a
+device timer (CUDA events recorded on the case's stream, synchronized before reading) implements
+the same two methods, so :func:`measure` does not change when a case runs on a GPU.
+
+Stopping rule (after nvbench): keep sampling while any of these holds
+  - fewer than ``min_samples`` samples,
+  - less than ``min_time`` seconds measured,
+  - relative noise (IQR / median) above ``max_noise``,
+and stop regardless once ``max_time`` seconds have been spent on the case (the result is then
+flagged noisy if the target was not reached).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from kernels.errors import BadInput
+
+from .stats import Measurement, relative_noise
+
+
+class Timer(Protocol):
+    name: str
+
+    def sample(self, fn: Callable[[], object]) -> float:
+        """Seconds one call of ``fn`` takes, with all its work complete when it returns."""
+
+    def overhead(self) -> float:
+        """Seconds the timer itself adds to one sample (reported, not subtracted)."""
+
+
+class CpuTimer:
+    name = "perf_counter"
+
+    def sample(self, fn):
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    def overhead(self, n: int = 2000) -> float:
+        noop = lambda: None  # noqa: E731
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self.sample(noop)
+        return (time.perf_counter() - t0) / n
+
+
+@dataclass(frozen=True)
+class Settings:
+    warmup: float = 0.2        # seconds of warm-up calls (at least one call)
+    min_time: float = 1.0      # seconds of measured calls at least
+    max_time: float = 20.0     # seconds per case at most, warm-up included
+    min_samples: int = 5
+    max_noise: float = 0.05    # target IQR / median
+
+    def __post_init__(self):
+        for name in ("warmup", "min_time", "max_time", "max_noise"):
+            v = getattr(self, name)
+            if not (v >= 0) or v == float("inf"):
+                raise BadInput(f"--{name.replace('_', '-')} {v} must be a finite number >= 0")
+        if self.max_time < self.min_time:
+            raise BadInput(f"--max-time {self.max_time} is below --min-time {self.min_time}")
+        if self.min_samples < 1:
+            raise BadInput(f"--min-samples {self.min_samples} must be at least 1")
+
+
+def measure(run: Callable[[], object], settings: Settings, timer: Timer | None = None,
+            around: Callable | None = None) -> Measurement:
+    """Warm ``run`` up, then sample it per the stopping rule.
+
+    ``around`` is an optional context-manager factory wrapped around the sampling loop only (the
+    NVTX case range and the profiler capture range), so warm-up calls stay out of a profile.
+    """
+    timer = timer or CpuTimer()
+    start = time.perf_counter()
+    spent = 0.0
+    while True:  # warm-up: compiles, fills caches, lets clocks ramp
+        spent += timer.sample(run)
+        if spent >= settings.warmup or time.perf_counter() - start >= settings.max_time / 2:
+            break
+    samples: list = []
+    ctx = around() if around else None
+    if ctx:
+        ctx.__enter__()
+    try:
+        while True:
+            samples.append(timer.sample(run))
+            n, total = len(samples), sum(samples)
+            elapsed = time.perf_counter() - start
+            if elapsed >= settings.max_time and n >= min(3, settings.min_samples):
+                break
+            if n >= settings.min_samples and total >= settings.min_time \
+                    and relative_noise(samples) <= settings.max_noise:
+                break
+    finally:
+        if ctx:
+            ctx.__exit__(None, None, None)
+    return Measurement(samples, settings.max_noise)

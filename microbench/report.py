@@ -1,0 +1,103 @@
+"""Terminal output: environment header and the results table (rich)."""
+from __future__ import annotations
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from fusion.steps import STEPS
+
+
+def fmt_time(s: float | None) -> str:
+    if s is None:
+        return "-"
+    if s >= 1:
+        return f"{s:.3f} s"
+    if s >= 1e-3:
+        return f"{s * 1e3:.2f} ms"
+    return f"{s * 1e6:.1f} us"
+
+
+def header(env: dict, console: Console) -> None:
+    libs = env.get("libraries", {})
+    blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('num_threads')} thr, "
+                     f"{b.get('architecture')})" for b in env.get("blas", []) if "error" not in b)
+    gpu = env.get("gpu", {})
+    gpu_line = (f"{gpu.get('name')} (driver {gpu.get('driver')})" if gpu.get("available")
+                else f"none ({gpu.get('reason', 'not found')})")
+    console.print(f"[bold]microbench[/]  {env.get('date', '')}  env {env.get('env_id', '')}")
+    console.print(f"CPU  {env.get('cpu')}, {env.get('cores')} cores; BLAS {blas or '?'}")
+    console.print(f"GPU  {gpu_line}")
+    console.print("libs " + ", ".join(f"{k} {v}" for k, v in libs.items()))
+
+
+def _group_key(o):
+    c = o.case
+    return (c.problem, c.precision, c.threads)
+
+
+def table(outcomes: list, console: Console, *, ladder: bool = False, title: str = "") -> None:
+    """Variants as rows; one table per (problem, dtype, threads) group."""
+    groups: dict = {}
+    for o in outcomes:
+        groups.setdefault(_group_key(o), []).append(o)
+    notes = set()
+    for (problem, precision, threads), rows in groups.items():
+        thr = "default threads" if threads is None else f"{threads} thread{'s' * (threads > 1)}"
+        t = Table(title=f"{title or problem.op} {problem.label} {precision} {rows[0].case.device}, {thr}",
+                  box=box.SIMPLE_HEAD, title_justify="left")
+        t.add_column("case")
+        t.add_column("median", justify="right")
+        t.add_column("+-IQR", justify="right")
+        t.add_column("min", justify="right")
+        t.add_column("vs naive", justify="right")
+        if ladder:
+            t.add_column("vs prev", justify="right")
+        t.add_column("GFLOP/s", justify="right")
+        t.add_column("max rel err", justify="right")
+        t.add_column("note")
+        naive = {o.case.backend: o.measurement.median for o in rows
+                 if o.case.variant == "naive" and o.status == "ok"}
+        prev = {}
+        for o in rows:
+            c = o.case
+            if o.status != "ok":
+                err = f"{o.check.max_rel_err:.1e}" if o.check is not None else "-"
+                word = "[red]FAILED[/]" if o.status == "failed" else "[yellow]skipped[/]"
+                cells = [c.label, "-", "-", "-", "-"] + (["-"] if ladder else []) + ["-", err,
+                                                                                      f"{word}: {o.error}"]
+                t.add_row(*cells)
+                continue
+            m = o.measurement
+            med = fmt_time(m.median) + (" ~" if m.noisy else "")
+            if m.noisy:
+                notes.add("~ noisy: IQR/median above --max-noise; rerun with a larger --min-time")
+            base = naive.get(c.backend)
+            vs = f"{base / m.median:.2f}x" if base else "-"
+            cells = [c.label, med, f"{100 * m.rel_noise:.1f}%", fmt_time(m.min), vs]
+            if ladder:
+                p = prev.get(c.backend)
+                cells.append(f"{p / m.median:.2f}x" if p else "-")
+                prev[c.backend] = m.median
+            gf = o.record["derived"]["gflops"]
+            note = ""
+            nv = o.record.get("nvtx") or {}
+            if nv.get("est_overhead_frac") and nv["est_overhead_frac"] > 0.01:
+                note = f"NVTX ~{100 * nv['est_overhead_frac']:.0f}%"
+            cells += [f"{gf:.1f}" if gf else "-", f"{o.check.max_rel_err:.1e}", note]
+            t.add_row(*cells)
+        console.print(t)
+    if ladder:
+        for name in STEPS:
+            console.print(f"  [bold]+{name}[/]: {STEPS[name].why}")
+    ok = [o for o in outcomes if o.status == "ok"]
+    if ok:
+        nv = ok[0].record.get("nvtx") or {}
+        cost = nv.get("cost_per_range_s")
+        lines = ["GFLOP/s counts GEMM FLOPs only (2 per multiply-add); time is per forward call, "
+                 "median of the samples; vs naive = naive time / this time (same backend)."]
+        if cost is not None and nv.get("level") != "off":
+            lines.append(f"NVTX ({nv.get('level')}): {max(o.record['nvtx']['ranges_per_run'] for o in ok)} "
+                         f"ranges per call at most, {cost * 1e6:.2f} us each here; --nvtx off removes them.")
+        for line in lines + sorted(notes):
+            console.print(f"[dim]{line}[/]")

@@ -1,0 +1,95 @@
+"""Runs cases: build, check against the reference, then time; failures and skips become records."""
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+
+from kernels.errors import BadInput, MicrobenchError, Unsupported
+from profiles import nvtx
+
+from . import results
+from .harness import CpuTimer, Settings, measure
+from .problems import RNNProblem
+from .registry import VariantRecord
+from . import threads as mthreads
+
+
+@dataclass(frozen=True)
+class Case:
+    record: VariantRecord
+    problem: RNNProblem
+    precision: str
+    seed: int = 0
+    plan: object = None          # fusion.Plan for fusable variants
+    threads: int | None = None
+    rung: str = ""               # ladder rung label ("naive", "+group_gemm", ...)
+
+    op = property(lambda self: self.record.op)
+    variant = property(lambda self: self.record.variant)
+    backend = property(lambda self: self.record.backend)
+    device = property(lambda self: self.record.device)
+    timer_name = CpuTimer.name
+
+    @property
+    def label(self) -> str:
+        name = self.rung or self.variant
+        if self.plan is not None and not self.rung and self.plan.label not in ("none",) \
+                and self.plan != _full(self):
+            name += f"[{self.plan.label}]"
+        return f"{name}/{self.backend}"
+
+    def options(self) -> dict:
+        return {"plan": self.plan.label if self.plan is not None else None, "threads": self.threads,
+                "seed": self.seed, "rung": self.rung or None, "nvtx": nvtx.level()}
+
+
+def _full(case):
+    from fusion.steps import Plan
+    return Plan.full(case.device)
+
+
+@dataclass
+class Outcome:
+    case: Case
+    status: str                  # ok | failed | skipped
+    record: dict
+    measurement: object = None
+    check: object = None
+    error: str = ""
+    threads_used: dict = field(default_factory=dict)
+
+
+def run_case(case: Case, settings: Settings, env: dict, nvtx_cost: float) -> Outcome:
+    def finish(status, **kw):
+        rec = results.record(case=case, status=status, env=env, **kw)
+        rec["threads_used"] = used
+        return Outcome(case, status, rec, kw.get("measurement"), kw.get("check"), kw.get("error") or "",
+                       used)
+
+    used: dict = {}
+    try:
+        with mthreads.limit(case.threads) as used:
+            prepared = case.record.build(case.problem, case.seed, precision=case.precision,
+                                         plan=case.plan)
+            nvtx.reset_count()
+            check = prepared.check()
+            ranges = nvtx.reset_count()
+            if not check.passed:
+                return finish("failed", check=check, prepared=prepared, error=check.detail)
+            m = measure(prepared.run, settings, CpuTimer(),
+                        around=lambda: nvtx.case(case.op, case.variant, case.backend))
+            nvtx_info = {"level": nvtx.level(), "ranges_per_run": ranges,
+                         "cost_per_range_s": nvtx_cost,
+                         "est_overhead_frac": ranges * nvtx_cost / m.median if m.median > 0 else None}
+            return finish("ok", measurement=m, check=check, prepared=prepared, nvtx_info=nvtx_info)
+    except BadInput:
+        raise  # a bad request stops the run with its one-line message
+    except Unsupported as e:
+        return finish("skipped", error=str(e))
+    except MemoryError:
+        return finish("failed", error="out of memory while building or running the case")
+    except MicrobenchError as e:
+        return finish("failed", error=str(e))
+    except Exception as e:  # a bug in a variant must not stop the others: record it and go on
+        tb = traceback.extract_tb(e.__traceback__)[-1]
+        return finish("failed", error=f"{type(e).__name__}: {e} (at {tb.filename}:{tb.lineno})")

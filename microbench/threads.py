@@ -1,0 +1,66 @@
+"""CPU thread control: BLAS pools through threadpoolctl and numba's pool, as one context manager."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+from kernels.errors import BadInput
+
+
+def parse_threads(text: str | None) -> list:
+    """'1,2,4' -> [1, 2, 4]; None -> [None] (library defaults)."""
+    if text is None:
+        return [None]
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            n = int(part)
+        except ValueError:
+            raise BadInput(f"--threads {part!r} is not an integer; expected a list such as 1,2,4") from None
+        if not 1 <= n <= 1024:
+            raise BadInput(f"--threads {n} is out of range; allowed: 1..1024")
+        out.append(n)
+    if not out:
+        raise BadInput("--threads names no thread count; expected a list such as 1,2,4")
+    return out
+
+
+def prepare_numba_pool(counts: list) -> None:
+    """numba sizes its pool once, at first use: make it large enough for the largest count asked."""
+    wanted = max((n for n in counts if n), default=None)
+    if wanted and "numba" not in sys.modules:
+        os.environ["NUMBA_NUM_THREADS"] = str(max(wanted, os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def limit(n: int | None):
+    """Run the body with ``n`` BLAS and numba threads (None: leave the defaults). Yields what was set."""
+    from threadpoolctl import threadpool_limits
+    if n is None:
+        yield current()
+        return
+    import numba
+    if n > numba.config.NUMBA_NUM_THREADS:
+        raise BadInput(f"--threads {n} exceeds numba's pool of {numba.config.NUMBA_NUM_THREADS} "
+                       "(set NUMBA_NUM_THREADS before starting)")
+    old = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n):
+            yield current()
+    finally:
+        numba.set_num_threads(old)
+
+
+def current() -> dict:
+    """Threads each pool will use now."""
+    from threadpoolctl import threadpool_info
+    info = {"cores": os.cpu_count()}
+    for pool in threadpool_info():
+        info[pool["internal_api"]] = pool["num_threads"]
+    if "numba" in sys.modules:
+        import numba
+        info["numba"] = numba.get_num_threads()
+    return info
