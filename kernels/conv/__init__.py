@@ -1,0 +1,76 @@
+"""2-D convolution, forward: one geometry, one float64 reference, four CPU variants.
+
+    from kernels.conv import conv2d, ConvProblem
+    problem = ConvProblem(N=8, C=64, H=56, W=56, K=64, R=3, S=3, pad=1)
+    x, w, b = problem.random_inputs(np.random.default_rng(0), "fp32")
+    y = conv2d(x, w, b, problem, variant="implicit_gemm")
+
+Activations are ``problem.layout`` (NCHW or NHWC), the filter is always KCRS (see
+:mod:`kernels.conv.geometry`).  :data:`CONV_VARIANTS` is the registry the CLI keys into; each
+record's ``accepts(problem, dtype)`` returns None or the reason the case is skipped, and ``run``
+raises :class:`kernels.errors.Unsupported` with that same reason.  Variant modules are imported on
+first use, so importing this package does not import numba.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from ..dtypes import canonical
+from ..errors import BadInput, Unsupported
+from .geometry import LAYOUTS, ConvProblem, check_inputs
+from .reference import conv2d_reference, conv2d_slow
+
+
+@dataclass(frozen=True)
+class ConvVariant:
+    """One registry record: a variant's name, what it serves, and how to run it."""
+
+    name: str
+    module: str                          # kernels.conv.<module>
+    description: str
+    dtypes: tuple = ("fp32", "fp64")
+    devices: tuple = ("cpu",)
+
+    def _mod(self):
+        return importlib.import_module(f"{__name__}.{self.module}")
+
+    def accepts(self, problem: ConvProblem, dtype) -> str | None:
+        """None if this variant computes ``problem`` at ``dtype``, else the reason it does not."""
+        return self._mod().accepts(problem, canonical(dtype))
+
+    def run(self, x, w, b, problem: ConvProblem):
+        """``y`` in ``problem.layout`` and the inputs' dtype."""
+        return self._mod().run(x, w, b, problem)
+
+
+CONV_VARIANTS = {v.name: v for v in (
+    ConvVariant("direct", "direct",
+                "seven nested loops, numba parallel over (n, k) output planes, no data rearranged"),
+    ConvVariant("im2col", "im2col",
+                "explicit column matrix (strided view + one copy), then one BLAS GEMM per group"),
+    ConvVariant("implicit_gemm", "implicit_gemm",
+                "numba GEMM tiles gathering their column-matrix slice on the fly into L1"),
+    ConvVariant("winograd", "winograd",
+                "F(4x4,3x3) transforms + 36 batched BLAS GEMMs; 3x3, stride 1, dilation 1, groups 1"),
+)}
+
+
+def get_variant(name: str) -> ConvVariant:
+    if name not in CONV_VARIANTS:
+        raise BadInput(f"conv variant {name!r} is unknown; allowed: {', '.join(CONV_VARIANTS)}")
+    return CONV_VARIANTS[name]
+
+
+def conv2d(x, w, b, problem: ConvProblem, variant: str = "im2col"):
+    """Forward convolution by ``variant``; raises Unsupported (with the reason) if it can't."""
+    v = get_variant(variant)
+    dt = check_inputs(x, w, b, problem)
+    reason = v.accepts(problem, dt)
+    if reason:
+        raise Unsupported(reason)
+    return v.run(x, w, b, problem)
+
+
+__all__ = ["CONV_VARIANTS", "ConvProblem", "ConvVariant", "LAYOUTS", "conv2d", "conv2d_reference",
+           "conv2d_slow", "get_variant"]

@@ -1,0 +1,194 @@
+"""``winograd``: F(2x2, 3x3) and F(4x4, 3x3) minimal filtering (Lavin & Gray 2015), NumPy + BLAS.
+
+One output tile of m x m pixels needs an alpha x alpha input tile, alpha = m + 2, and
+
+    Y = A^T [ (G g G^T) (.) (B^T d B) ] A          (.) = elementwise
+
+i.e. alpha^2 multiplies per tile and channel instead of m^2 * 9.  Over a layer the elementwise
+products summed over input channels become alpha^2 independent GEMMs, one per position (u, v) of
+the transformed tile (Lavin & Gray, section 4):
+
+    M[u,v] (K, tiles) = U[u,v] (K, C) @ V[u,v] (C, tiles)
+
+Stages (each in the axis order the next one reads, so the GEMM operands are free reshapes):
+filter transform U = G g G^T (once per call here; a built layer would cache it), input
+transform V = B^T d B of every overlapping tile (stride m, overlap 2), alpha^2 batched GEMMs,
+output transform A^T M A, crop of the last partial tiles (P, Q need not be multiples of m).
+
+The matrices are derived, not copied, by :func:`toom_cook` from the interpolation points below.
+"""
+from __future__ import annotations
+
+import functools
+from fractions import Fraction
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ..dtypes import canonical
+from ..errors import BadInput, Unsupported
+from .geometry import ConvProblem, check_inputs
+from .reference import from_nchw, to_nchw
+
+DTYPES = ("fp32", "fp64")
+R_FILTER = 3
+
+# Output tile m -> the alpha - 1 finite Toom-Cook points; the last point is infinity.
+# Small-magnitude points keep the transforms' entries small, which bounds the rounding error: with
+# 0, +-1, +-2 (F4) the entries grow to 8 in A^T and the error is ~10x that of F2 (tests measure it).
+# F(6x6, 3x3) would add +-1/2 (alpha = 8); it is not offered.
+POINTS = {
+    2: (0, 1, -1),
+    4: (0, 1, -1, 2, -2),
+}
+TILES = tuple(POINTS)
+
+
+@functools.lru_cache(maxsize=None)
+def toom_cook(m: int, r: int = R_FILTER) -> tuple:
+    """Exact ``(A^T, G, B^T)`` as tuples of Fraction rows for F(m, r) on ``POINTS[m]`` + infinity.
+
+    Derivation.  Linear convolution of a filter polynomial g (r coefficients) with a data
+    polynomial h (m coefficients) has n = m + r - 1 = alpha coefficients, so it is fixed by its
+    values at alpha points.  Toom-Cook: evaluate both at the points (matrices E_r, E_m; the point
+    at infinity evaluates to the leading coefficient), multiply pointwise, interpolate (V^-1,
+    V = E_alpha):  conv(g, h) = V^-1 [ (E_r g) (.) (E_m h) ].  For fixed g this is the linear map
+    h -> T_g h with T_g[k, i] = g[k - i].  Correlation, which CNNs compute, is its transpose:
+    y_i = sum_j g_j d_{i+j} = (T_g^T d)_i, so (transposition principle)
+    y = E_m^T [ (E_r g) (.) (V^-T d) ]:  A^T = E_m^T, G = E_r, B^T = V^-T.
+    Finally each row u of B^T is scaled by the least common multiple of its denominators
+    and the matching row of G by the inverse, so B^T is an integer matrix (Lavin's choice: the
+    input transform, run on every tile, is adds only) and the fractions sit in G.
+    """
+    pts = POINTS[m]
+    alpha = m + r - 1
+    if len(pts) != alpha - 1:
+        raise BadInput(f"F({m},{r}) needs {alpha - 1} finite points, have {len(pts)}")
+
+    def evaluation(cols):
+        rows = [[Fraction(a) ** j for j in range(cols)] for a in pts]
+        return rows + [[Fraction(int(j == cols - 1)) for j in range(cols)]]   # infinity
+
+    E_m, E_r, V = evaluation(m), evaluation(r), evaluation(alpha)
+    BT = [list(row) for row in zip(*_inverse(V))]          # V^-T
+    G = [list(row) for row in E_r]
+    for u in range(alpha):
+        scale = 1
+        for f in BT[u]:
+            scale = scale * f.denominator // np.gcd(scale, f.denominator)
+        BT[u] = [f * scale for f in BT[u]]
+        G[u] = [f / scale for f in G[u]]
+    AT = [list(col) for col in zip(*E_m)]
+    return tuple(map(tuple, AT)), tuple(map(tuple, G)), tuple(map(tuple, BT))
+
+
+def _inverse(M):
+    """Exact Gauss-Jordan inverse of a small Fraction matrix."""
+    n = len(M)
+    A = [list(row) + [Fraction(int(i == j)) for j in range(n)] for i, row in enumerate(M)]
+    for col in range(n):
+        piv = next(i for i in range(col, n) if A[i][col] != 0)
+        A[col], A[piv] = A[piv], A[col]
+        A[col] = [v / A[col][col] for v in A[col]]
+        for i in range(n):
+            if i != col and A[i][col] != 0:
+                A[i] = [a - A[i][col] * c for a, c in zip(A[i], A[col])]
+    return [row[n:] for row in A]
+
+
+def matrices(m: int, dtype=np.float64) -> tuple:
+    """``(A^T, G, B^T)`` as NumPy arrays of ``dtype`` (fractions rounded once, here)."""
+    return tuple(np.array([[float(v) for v in row] for row in M], dtype=dtype) for M in toom_cook(m))
+
+
+def _transform(T: np.ndarray, a: np.ndarray, axis: int) -> np.ndarray:
+    """``out[..i..] = sum_j T[i, j] * a[..j..]`` along ``axis`` (0 or 1), zero entries skipped.
+
+    Elementwise NumPy instead of a tensordot: the transforms are tiny matrices (at most 6 x 6,
+    mostly 0 and +-1) applied to long vectors, a GEMM shape BLAS handles badly; with 2 OpenBLAS
+    threads the input transform's tensordot took 130 ms against 5 ms single-threaded.  Skipping
+    the zeros also gives the adds-only input transform its real cost.
+    """
+    lead = (slice(None),) * axis
+    out = np.empty(a.shape[:axis] + (T.shape[0],) + a.shape[axis + 1:], dtype=a.dtype)
+    for i, row in enumerate(T):
+        o = out[lead + (i,)]
+        o[...] = 0
+        for j, c in enumerate(row):
+            if c == 1:
+                o += a[lead + (j,)]
+            elif c == -1:
+                o -= a[lead + (j,)]
+            elif c != 0:
+                o += c * a[lead + (j,)]
+    return out
+
+
+# -- launcher ---------------------------------------------------------------------------------
+def accepts(problem: ConvProblem, dtype, tile: int = 4) -> str | None:
+    """3x3 filters, stride 1, dilation 1, groups 1, any padding; fp32 and fp64."""
+    name = canonical(dtype)
+    p = problem
+    if name not in DTYPES:
+        return f"winograd computes in {', '.join(DTYPES)}, not {name}"
+    if tile not in POINTS:
+        return f"winograd tile F({tile}x{tile},3x3) is not offered; tiles: {TILES}"
+    if (p.R, p.S) != (3, 3):
+        return f"winograd F({tile}x{tile},3x3) needs a 3x3 filter, not {p.R}x{p.S}"
+    if p.stride != (1, 1):
+        return f"winograd needs stride 1, not {p.stride}"
+    if p.dilation != (1, 1):
+        return f"winograd needs dilation 1, not {p.dilation}"
+    if p.groups != 1:
+        return f"winograd here serves groups=1 only, not {p.groups}"
+    return None
+
+
+def conv2d_winograd(x, w, b, problem: ConvProblem, tile: int = 4) -> np.ndarray:
+    """F(tile x tile, 3x3); ``tile`` is 2 or 4."""
+    dt = check_inputs(x, w, b, problem)
+    reason = accepts(problem, dt, tile)
+    if reason:
+        raise Unsupported(reason)
+    p, m = problem, tile
+    alpha = m + 2
+    AT, G, BT = matrices(m, dt)
+    tP, tQ = -(-p.P // m), -(-p.Q // m)                     # tiles per column / row, rounded up
+    T = p.N * tP * tQ
+
+    # Zero-padded input large enough for whole tiles: (tP*m + 2) x (tQ*m + 2).
+    xc = to_nchw(np.asarray(x), p.layout)
+    (ph, pw) = p.pad
+    Hp, Wp = tP * m + 2, tQ * m + 2
+    xpad = np.zeros((p.N, p.C, Hp, Wp), dtype=dt)
+    xpad[:, :, ph:ph + p.H, pw:pw + p.W] = xc[:, :, :Hp - ph, :Wp - pw]
+    # Overlapping tiles as a view, in the axis order the GEMMs want: (alpha, alpha, C, N, tP, tQ).
+    sN, sC, sH, sW = xpad.strides
+    tiles = as_strided(xpad, (alpha, alpha, p.C, p.N, tP, tQ),
+                       (sH, sW, sC, sN, sH * m, sW * m), writeable=False)
+
+    # Input transform V = B^T d B, then (alpha^2, C, tiles): a free reshape.
+    V = _transform(BT, _transform(BT, tiles, 0), 1).reshape(alpha * alpha, p.C, T)
+
+    # Filter transform U = G g G^T: (alpha^2, K, C).
+    wt = np.ascontiguousarray(np.asarray(w).transpose(2, 3, 0, 1))         # (R, S, K, C)
+    U = _transform(G, _transform(G, wt, 0), 1).reshape(alpha * alpha, p.K, p.C)
+
+    # alpha^2 GEMMs (K, C) @ (C, tiles).
+    M = np.matmul(U, V).reshape(alpha, alpha, p.K, p.N, tP, tQ)
+
+    # Output transform Y = A^T M A, then tiles back into an image, cropped to P x Q.
+    Y = _transform(AT, _transform(AT, M, 0), 1)                 # (m, m, K, N, tP, tQ)
+    Y = Y.transpose(3, 2, 4, 0, 5, 1).reshape(p.N, p.K, tP * m, tQ * m)[:, :, :p.P, :p.Q]
+    if p.bias:
+        Y = Y + np.asarray(b)[None, :, None, None]
+    return from_nchw(Y, p.layout)
+
+
+def run(x, w, b, problem: ConvProblem) -> np.ndarray:
+    """The registry's entry: F(4x4, 3x3), the usual choice for 3x3 layers."""
+    return conv2d_winograd(x, w, b, problem, tile=4)
+
+
+def run_f2(x, w, b, problem: ConvProblem) -> np.ndarray:
+    return conv2d_winograd(x, w, b, problem, tile=2)
