@@ -213,3 +213,9 @@ def get(cell: str, provider: str):
     except KeyError:
         allowed = sorted({p for c, p in _PROVIDERS if c == cell})
         raise ValueError(f"no fused pointwise kernel for {cell} on {provider!r}; have: {', '.join(allowed)}") from None
+
+
+# GPU providers (CuPy RawModule, PyCUDA, numba.cuda): registering them imports nothing heavy.
+from .pointwise_cuda import PROVIDERS as _CUDA_PROVIDERS  # noqa: E402
+
+_PROVIDERS.update(_CUDA_PROVIDERS)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from .dtypes import canonical
 from .errors import BadInput, MissingDependency, Unsupported
+from .gpu import CUDA_BACKENDS
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,11 @@ class Backend:
 
     def missing(self) -> str | None:
         """Why this backend cannot run here, or None."""
+        if self.device == "cuda":
+            from . import gpu
+            ok, reason = gpu.detect()
+            if not ok:
+                return f"backend {self.name} needs a GPU: {reason}"
         for mod in self.requires:
             if importlib.util.find_spec(mod) is None:
                 return str(MissingDependency(mod, f"backend {self.name}", f"pip install {mod}"))
@@ -50,6 +56,7 @@ BACKENDS = {b.name: b for b in (
             "NumPy ufuncs and BLAS GEMMs (whatever BLAS NumPy links: OpenBLAS in the wheels)"),
     Backend("numba", "cpu", "numpy", ("fp32", "fp64"), ("numba",), "numba",
             "BLAS GEMMs through NumPy, pointwise kernels compiled by numba (@njit(parallel=True))"),
+    *(Backend(**spec) for spec in CUDA_BACKENDS),
 )}
 
 

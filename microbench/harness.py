@@ -48,6 +48,33 @@ class CpuTimer:
         return (time.perf_counter() - t0) / n
 
 
+class CudaEventTimer:
+    """CUDA events recorded around each call on the current CuPy stream; the end event is
+    synchronized before the elapsed time is read, so a sample is device time of that call."""
+
+    name = "cuda-events"
+
+    def __init__(self):
+        import cupy
+        self._cp = cupy
+        self._start, self._end = cupy.cuda.Event(), cupy.cuda.Event()
+
+    def sample(self, fn):
+        stream = self._cp.cuda.get_current_stream()
+        self._start.record(stream)
+        fn()
+        self._end.record(stream)
+        self._end.synchronize()
+        return self._cp.cuda.get_elapsed_time(self._start, self._end) / 1e3
+
+    def overhead(self, n: int = 200) -> float:
+        return sum(self.sample(lambda: None) for _ in range(n)) / n
+
+
+def timer_for(device: str) -> Timer:
+    return CudaEventTimer() if device == "cuda" else CpuTimer()
+
+
 @dataclass(frozen=True)
 class Settings:
     warmup: float = 0.2        # seconds of warm-up calls (at least one call)

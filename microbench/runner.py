@@ -8,7 +8,7 @@ from kernels.errors import BadInput, MicrobenchError, Unsupported
 from profiles import nvtx
 
 from . import results
-from .harness import CpuTimer, Settings, measure
+from .harness import CpuTimer, Settings, measure, timer_for
 from .problems import RNNProblem
 from .registry import VariantRecord
 from . import threads as mthreads
@@ -28,7 +28,10 @@ class Case:
     variant = property(lambda self: self.record.variant)
     backend = property(lambda self: self.record.backend)
     device = property(lambda self: self.record.device)
-    timer_name = CpuTimer.name
+
+    @property
+    def timer_name(self) -> str:
+        return "cuda-events" if self.device == "cuda" else CpuTimer.name
 
     @property
     def label(self) -> str:
@@ -76,7 +79,7 @@ def run_case(case: Case, settings: Settings, env: dict, nvtx_cost: float) -> Out
             ranges = nvtx.reset_count()
             if not check.passed:
                 return finish("failed", check=check, prepared=prepared, error=check.detail)
-            m = measure(prepared.run, settings, CpuTimer(),
+            m = measure(prepared.run, settings, timer_for(case.device),
                         around=lambda: nvtx.case(case.op, case.variant, case.backend))
             nvtx_info = {"level": nvtx.level(), "ranges_per_run": ranges,
                          "cost_per_range_s": nvtx_cost,

@@ -1,0 +1,162 @@
+"""Is there a usable NVIDIA GPU, and does a case fit in its memory?  Without importing CuPy,
+torch or numba: the CLI, the registry and the test collection ask this before any GPU package
+is loaded, and importing CuPy alone takes longer than asking the driver.
+
+:func:`detect` talks to the driver library (``libcuda.so.1``) through ctypes: ``cuInit`` and
+``cuDeviceGetCount``.  Calling ``cuInit`` in a process that later forks makes the child unable
+to use CUDA, so a parent that forks workers should ask in a subprocess.
+
+Also here: the records of the GPU backends (:data:`CUDA_BACKENDS`), as keyword dictionaries for
+:class:`kernels.backends.Backend`, so this module does not import :mod:`kernels.backends` and
+that module can import this one.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.util
+import os
+import sys
+
+from .errors import BadInput, Unsupported
+
+DRIVER_LIB = "libcuda.so.1"
+
+# Keyword arguments of kernels.backends.Backend, one dictionary per GPU backend.  Every one keeps
+# its arrays and cuBLAS GEMMs in CuPy (so xp is cupy); they differ in how the fused pointwise
+# kernel is built and launched.  bf16 is left out while kernels.dtypes has no bf16 storage type
+# (the .cu has bf16 entries; CuPy 14 needs ml_dtypes for bfloat16 arrays), and tf32 until the
+# GEMMs' math mode is switched per case.
+CUDA_BACKENDS = (
+    dict(name="cupy", device="cuda", xp_module="cupy", dtypes=("fp32", "fp16"),
+         requires=("cupy",), pointwise="cupy",
+         about="CuPy arrays and cuBLAS GEMMs; fused pointwise kernel kernels/cuda/rnn_pointwise.cu "
+               "compiled by NVRTC (cupy.RawModule), launched on CuPy's current stream"),
+    dict(name="pycuda", device="cuda", xp_module="cupy", dtypes=("fp32", "fp16"),
+         requires=("cupy", "pycuda"), pointwise="pycuda",
+         about="CuPy arrays and cuBLAS GEMMs; the same .cu compiled by PyCUDA's SourceModule (nvcc) "
+               "in CuPy's primary context, prepared launches on the default stream"),
+    dict(name="numba-cuda", device="cuda", xp_module="cupy", dtypes=("fp32", "fp16"),
+         requires=("cupy", "numba_cuda"), pointwise="numba-cuda",
+         about="CuPy arrays and cuBLAS GEMMs; fused pointwise kernel written in numba.cuda "
+               "(the numba-cuda package, NVIDIA's maintained CUDA target)"),
+)
+
+
+def _load_driver():
+    """The driver library, or a string saying why it cannot be loaded."""
+    try:
+        return ctypes.CDLL(DRIVER_LIB)
+    except OSError as e:
+        return f"no NVIDIA driver: {DRIVER_LIB} cannot be loaded ({e})"
+
+
+def _error_name(lib, rc: int) -> str:
+    name = ctypes.c_char_p()
+    try:
+        if lib.cuGetErrorName(rc, ctypes.byref(name)) == 0 and name.value:
+            return f"{name.value.decode()} ({rc})"
+    except AttributeError:
+        pass
+    return f"CUDA driver error {rc}"
+
+
+@functools.lru_cache(maxsize=1)
+def detect() -> tuple:
+    """``(available, reason)``: whether the driver sees a GPU; the reason says what was found or
+    why not, in one line (it becomes a skip reason)."""
+    lib = _load_driver()
+    if isinstance(lib, str):
+        return False, lib
+    rc = lib.cuInit(0)
+    if rc != 0:
+        # CUDA_ERROR_NO_DEVICE (100) also covers CUDA_VISIBLE_DEVICES="" and a device the driver
+        # cannot use; CUDA_ERROR_INSUFFICIENT_DRIVER (35) a driver older than the toolkit.
+        return False, f"cuInit failed: {_error_name(lib, rc)}"
+    count = ctypes.c_int(0)
+    rc = lib.cuDeviceGetCount(ctypes.byref(count))
+    if rc != 0:
+        return False, f"cuDeviceGetCount failed: {_error_name(lib, rc)}"
+    if count.value == 0:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return False, "the NVIDIA driver reports no GPU" + (
+            f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else "")
+    names = []
+    for i in range(count.value):
+        dev, buf = ctypes.c_int(0), ctypes.create_string_buffer(128)
+        if lib.cuDeviceGet(ctypes.byref(dev), i) == 0 and lib.cuDeviceGetName(buf, 128, dev) == 0:
+            names.append(buf.value.decode(errors="replace"))
+    version = ctypes.c_int(0)
+    lib.cuDriverGetVersion(ctypes.byref(version))
+    v = version.value
+    return True, (f"{count.value} GPU{'s' if count.value > 1 else ''}: {', '.join(names) or '?'} "
+                  f"(driver CUDA {v // 1000}.{v % 1000 // 10})")
+
+
+def available() -> bool:
+    return detect()[0]
+
+
+def _free_memory_driver(device: int) -> tuple:
+    """``(free, total)`` bytes through the driver: the primary context is retained for the call
+    (creating it costs a few hundred MB of device memory, released again if nobody else holds it)."""
+    lib = _load_driver()
+    if isinstance(lib, str):
+        raise Unsupported(lib)
+    dev, ctx = ctypes.c_int(0), ctypes.c_void_p()
+    free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
+    for what, rc in (("cuInit", lambda: lib.cuInit(0)),
+                     ("cuDeviceGet", lambda: lib.cuDeviceGet(ctypes.byref(dev), device)),
+                     ("cuDevicePrimaryCtxRetain",
+                      lambda: lib.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev))):
+        code = rc()
+        if code != 0:
+            raise Unsupported(f"{what} failed for GPU {device}: {_error_name(lib, code)}")
+    try:
+        code = lib.cuCtxPushCurrent_v2(ctx)
+        if code != 0:
+            raise Unsupported(f"cuCtxPushCurrent failed: {_error_name(lib, code)}")
+        try:
+            code = lib.cuMemGetInfo_v2(ctypes.byref(free), ctypes.byref(total))
+            if code != 0:
+                raise Unsupported(f"cuMemGetInfo failed: {_error_name(lib, code)}")
+        finally:
+            lib.cuCtxPopCurrent_v2(ctypes.byref(ctypes.c_void_p()))
+    finally:
+        lib.cuDevicePrimaryCtxRelease_v2(dev)
+    return free.value, total.value
+
+
+def free_memory(device: int = 0) -> tuple:
+    """``(free, total)`` bytes on ``device``.  With CuPy installed, its view: the driver's free
+    memory plus what CuPy's memory pool holds but does not use (a later CuPy allocation reuses it)."""
+    ok, reason = detect()
+    if not ok:
+        raise Unsupported(reason)
+    if "cupy" in sys.modules or importlib.util.find_spec("cupy") is not None:
+        import cupy
+        with cupy.cuda.Device(device):
+            free, total = cupy.cuda.runtime.memGetInfo()
+            free += cupy.get_default_memory_pool().free_bytes()
+        return free, total
+    return _free_memory_driver(device)
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def check_fits(bytes_needed: int, *, device: int = 0, what: str = "this case") -> int:
+    """Raise :class:`BadInput` (one line) when an estimate of device memory exceeds what is free.
+
+    Returns the free bytes.  The estimate is the caller's (weights, activations, workspace); the
+    check keeps a case that can never fit from ending in an out-of-memory error half-way through
+    a sweep.  No GPU: :class:`Unsupported` with the reason from :func:`detect`.
+    """
+    if bytes_needed < 0:
+        raise BadInput(f"bytes_needed={bytes_needed} must be >= 0")
+    free, total = free_memory(device)
+    if bytes_needed > free:
+        raise BadInput(f"{what} needs about {_gib(bytes_needed)} of GPU memory but GPU {device} has "
+                       f"{_gib(free)} free of {_gib(total)}; use a smaller B, T, H or fewer layers")
+    return free

@@ -1,0 +1,36 @@
+"""Shared test set-up: `gpu`-marked tests skip with the reason where no GPU is found."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # the tests also run from a plain checkout
+    sys.path.insert(0, str(ROOT))
+
+
+def pytest_collection_modifyitems(config, items):
+    from kernels import gpu
+    ok, reason = gpu.detect()
+    if ok:
+        return
+    skip = pytest.mark.skip(reason=f"no GPU: {reason}")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def run_cli():
+    """Run ``python -m microbench ...`` in a subprocess from the repository root."""
+    import subprocess
+
+    def run(*args, timeout=300, env=None):
+        e = dict(os.environ)
+        e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+        e.setdefault("COLUMNS", "160")
+        e.update(env or {})
+        return subprocess.run([sys.executable, "-m", "microbench", *args], cwd=ROOT, env=e,
+                              capture_output=True, text=True, timeout=timeout)
+    return run

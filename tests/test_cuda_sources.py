@@ -1,0 +1,257 @@
+"""The GPU kernels, checked as far as each machine allows.
+
+Without a GPU: every ``kernels/cuda/*.cu`` compiles with nvcc (sm_90 and sm_80, warnings are
+errors, register and spill report printed and written under the test's tmp dir: ``pytest -rP``
+shows it) and with NVRTC (the compiler CuPy's RawModule runs); the numba.cuda kernels compile to
+PTX with fp32 math only and run in numba's CUDA simulator against the float64 math.
+With a GPU (``-m gpu``): the whole RNN on each GPU backend against ``kernels.reference``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fusion import pointwise_cuda as pc
+from kernels.errors import MissingDependency
+
+ROOT = Path(__file__).resolve().parent.parent
+CU_FILES = sorted((ROOT / "kernels" / "cuda").glob("*.cu"))
+ARCHS = ("sm_90", "sm_80")   # H100/H200, and A100 so nothing Hopper-only slips in
+ENTRIES = {f"{stem}_{sfx}" for stem in ("lstm_pointwise_fused", "gru_pointwise_fused")
+           for sfx in pc.SUFFIX.values()}
+
+
+# -- nvcc ------------------------------------------------------------------------------------
+def parse_resource_usage(report: str) -> dict:
+    """ptxas's --resource-usage text -> {kernel: {"registers", "spill_stores", "spill_loads", "stack"}}."""
+    out, current = {}, None
+    for line in report.splitlines():
+        m = re.search(r"Function properties for (\w+)", line)
+        if m:
+            current = out.setdefault(m.group(1), {})
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m and current is not None:
+            current.update(stack=int(m.group(1)), spill_stores=int(m.group(2)), spill_loads=int(m.group(3)))
+            continue
+        m = re.search(r"Used (\d+) registers", line)
+        if m and current is not None:
+            current["registers"] = int(m.group(1))
+    return out
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on the PATH")
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("cu", CU_FILES, ids=lambda p: p.name)
+def test_nvcc_compiles(cu, arch, tmp_path):
+    cmd = ["nvcc", f"-arch={arch}", "-c", "--resource-usage", "-Werror", "all-warnings",
+           "-o", str(tmp_path / f"{cu.stem}.o"), str(cu)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    report = proc.stdout + proc.stderr
+    log = tmp_path / f"{cu.stem}-{arch}.resource-usage.txt"
+    log.write_text(" ".join(cmd) + "\n" + report)
+    usage = parse_resource_usage(report)
+    print(f"{cu.name} {arch} (full report: {log})")
+    for name, u in sorted(usage.items()):
+        print(f"  {name:28s} {u.get('registers', '?'):>3} registers, {u.get('spill_stores', '?')} B spill "
+              f"stores, {u.get('spill_loads', '?')} B spill loads, {u.get('stack', '?')} B stack")
+    assert proc.returncode == 0, f"nvcc failed:\n{report}"
+    assert usage, f"no kernel in the resource report:\n{report}"
+    if cu.name == "rnn_pointwise.cu":
+        assert set(usage) == ENTRIES
+    spilled = {n: u for n, u in usage.items() if u.get("spill_stores") or u.get("spill_loads")}
+    assert not spilled, f"register spills: {spilled}"
+
+
+# -- NVRTC (what CuPy's RawModule compiles with) ----------------------------------------------
+def _nvrtc_or_skip(*args, **kw):
+    try:
+        return pc.nvrtc_compile(*args, **kw)
+    except MissingDependency as e:
+        pytest.skip(str(e))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_nvrtc_compiles(arch):
+    ptx = _nvrtc_or_skip(arch=arch, cubin=False).decode(errors="replace")
+    assert set(re.findall(r"\.entry\s+(\w+)", ptx)) == ENTRIES
+    assert len(_nvrtc_or_skip(arch=arch)) > 0  # and the cubin
+
+
+def test_compile_error_carries_the_log():
+    broken = pc.read_source().replace("fmaf(f, ", "fmaf(f_undefined, ", 1)
+    assert broken != pc.read_source()
+    with pytest.raises(pc.KernelCompileError) as info:
+        _nvrtc_or_skip(broken)
+    msg = str(info.value)
+    assert "rnn_pointwise.cu" in msg and "f_undefined" in msg and "undefined" in msg
+
+
+# -- launch shape -----------------------------------------------------------------------------
+def test_launch_bounds_match_the_source():
+    m = re.search(r"#define\s+MB_POINTWISE_THREADS\s+(\d+)", pc.read_source())
+    assert m and int(m.group(1)) == pc.THREADS
+
+
+@pytest.mark.parametrize("B,H", [(1, 1), (3, 129), (64, 1024), (7, 4096 + 32), (100_000, 1), (1, 151)])
+def test_launch_shape_covers_every_unit(B, H):
+    (gx, gy, gz), (tx, ty, tz) = pc.launch_shape(B, H)
+    assert tx * ty * tz <= pc.THREADS and tx % 32 == 0 and gz == tz == 1
+    assert gx * tx >= H and (gx - 1) * tx < H          # every column, no all-idle block column
+    assert 1 <= gy <= pc.MAX_GRID_Y and ty <= B         # rows beyond gy*ty come from the grid-stride loop
+
+
+def test_launcher_arguments_match_the_kernel_signatures():
+    """The argument tuples, their PyCUDA/CuPy type codes and the .cu parameter lists agree
+    (a mismatch would shift every argument after it on the GPU)."""
+    B, H = 3, 129
+    f = lambda *s: np.zeros(s, np.float32)  # noqa: E731
+    lstm = pc._lstm_args(f(B, 4, H), f(B, 4, H), f(4, H), None, f(B, H), f(B, H), f(B, H))
+    gru = pc._gru_args(f(B, 3, H), f(B, 3, H), None, f(3, H), f(B, H), f(B, H))
+    src = pc.read_source()
+    for args, layout, macro in ((lstm, pc._LSTM_ARGS, "MB_LSTM_ENTRY"), (gru, pc._GRU_ARGS, "MB_GRU_ENTRY")):
+        assert len(args) == len(layout)
+        params = re.search(macro + r"\(NAME, T\).*?\bNAME\(([^)]*)\)", src, re.S).group(1)
+        params = [p.replace("\\", "").strip() for p in params.split(",")]
+        codes = "".join("P" if "*" in p else "q" if "long long" in p else "i" for p in params)
+        assert codes == layout, (macro, params)
+    with pytest.raises(pc.BadInput, match="gh has shape"):
+        pc._lstm_args(f(B, 4, H), f(B, 4, H + 1), None, None, f(B, H), f(B, H), f(B, H))
+    with pytest.raises(pc.BadInput, match="unit stride"):
+        pc._gru_args(f(B, 3, H), f(B, 3, H), None, f(3, H), f(B, 2 * H)[:, ::2], f(B, H))
+
+
+# -- numba.cuda -------------------------------------------------------------------------------
+def _numba_cuda_or_skip():
+    import importlib.util
+    if importlib.util.find_spec("numba") is None or importlib.util.find_spec("numba.cuda") is None:
+        pytest.skip("numba.cuda is not installed (pip install numba-cuda)")
+
+
+def test_numba_cuda_kernels_in_the_simulator():
+    """The numba.cuda kernels on awkward sizes, in a fresh interpreter with the simulator on
+    (see tests/cudasim_check.py for the cases)."""
+    _numba_cuda_or_skip()
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1",
+               PYTHONPATH=os.pathsep.join(filter(None, (str(ROOT), os.environ.get("PYTHONPATH")))))
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "cudasim_check.py")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    print(proc.stdout[-4000:])
+    lines = [json.loads(l) for l in proc.stdout.splitlines() if l.startswith("{")]
+    bad = [l for l in lines if l.get("ok") is False]
+    assert proc.returncode == 0, \
+        f"simulator check failed (rc {proc.returncode}): {bad[:5]}\n{proc.stderr[-3000:]}"
+    summary = lines[-1]
+    assert summary.get("summary") and summary["cases"] >= 72 and summary["failures"] == 0
+
+
+def test_numba_cuda_kernels_compile_to_fp32_ptx(tmp_path):
+    """Compiled for the real target (sm_90 PTX; needs NVVM, not a GPU): no fp64 instruction, so
+    no Python float literal promoted the math; ptxas (if present) reports no spills."""
+    _numba_cuda_or_skip()
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1":
+        pytest.skip("this process runs the CUDA simulator")
+    from numba import cuda, types
+    try:
+        lstm_k, gru_k = pc.numba_cuda_kernels()
+    except Exception as e:  # pragma: no cover - numba.cuda present but unusable
+        pytest.skip(f"numba.cuda kernels unavailable: {e}")
+    for dt in (types.float32, types.float16):
+        a3, a2, c2 = types.Array(dt, 3, "A"), types.Array(dt, 2, "A"), types.Array(dt, 2, "C")
+        flag = types.boolean
+        for name, k, sig in (("lstm", lstm_k, (a3, a3, c2, flag, c2, flag, a2, a2, a2)),
+                             ("gru", gru_k, (a3, a3, c2, flag, c2, flag, a2, a2))):
+            try:
+                ptx, _ = cuda.compile_ptx(k.py_func, sig, cc=(9, 0))
+            except Exception as e:
+                if "NVVM" in str(e) or "nvvm" in str(e) or "libnvvm" in str(e):
+                    pytest.skip(f"NVVM not found: {str(e).splitlines()[0]}")
+                raise
+            f64 = [l for l in ptx.splitlines() if ".f64" in l]
+            assert not f64, f"{name} {dt}: fp64 instructions in the PTX: {f64[:3]}"
+            if shutil.which("ptxas"):
+                path = tmp_path / f"{name}_{dt}.ptx"
+                path.write_text(ptx)
+                proc = subprocess.run(["ptxas", "-arch=sm_90", "-v", str(path), "-o", os.devnull],
+                                      capture_output=True, text=True, timeout=120)
+                assert proc.returncode == 0, proc.stderr
+                usage = next(iter(parse_resource_usage(proc.stdout + proc.stderr).values()), {})
+                print(f"numba.cuda {name}_pointwise_fused {dt} sm_90: {usage}")
+                assert not usage.get("spill_stores"), usage
+
+
+# -- on a GPU ---------------------------------------------------------------------------------
+GPU_BACKENDS = ("cupy", "pycuda", "numba-cuda")
+# grouped + hoisted + pretransposed; per-gate views one step at a time; per-gate hoisted (gate
+# stride T*B*H): the three layouts the kernels read in place
+OPTS = ("all", "fuse_pointwise", "hoist_input,fuse_pointwise")
+
+
+def _backend_or_skip(name):
+    from kernels.backends import get_backend
+    b = get_backend(name)  # an unregistered name fails loudly: that is a bug, not a skip
+    reason = b.missing()
+    if reason:
+        pytest.skip(reason)
+    return b
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("opts", OPTS)
+@pytest.mark.parametrize("dtype", ("fp32", "fp16"))
+@pytest.mark.parametrize("cell", ("lstm", "gru"))
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_rnn_on_gpu_matches_reference(backend, cell, dtype, opts):
+    _backend_or_skip(backend)
+    import cupy
+    from kernels import GRUParams, LSTMParams, RNN
+    from kernels.dtypes import tolerance
+    from kernels.reference import REFERENCES
+    T, B, I, H, L = 5, 3, 17, 129, 2
+    params = (LSTMParams if cell == "lstm" else GRUParams).random(I, H, L, seed=1)
+    x = np.random.default_rng(2).uniform(-1, 1, (T, B, I))
+    run = RNN(params, variant="fused", backend=backend, dtype=dtype, opts=opts)
+    out = run(x)
+    ref = REFERENCES[cell](x, params)
+    got_y, ref_y = cupy.asnumpy(out[0]).astype(np.float64), ref[0]
+    states = [(cupy.asnumpy(out[1][0]), ref[1][0]), (cupy.asnumpy(out[1][1]), ref[1][1])] \
+        if cell == "lstm" else [(cupy.asnumpy(out[1]), ref[1])]
+    tol = tolerance(dtype)
+    for got, want in [(got_y, ref_y)] + states:
+        e = float(np.max(np.abs(got.astype(np.float64) - want) / np.maximum(1.0, np.abs(want))))
+        assert e <= tol, f"{backend} {cell} {dtype} {opts}: error {e:.3g} > {tol}"
+
+
+@pytest.mark.gpu
+def test_cupy_pointwise_runs_on_the_current_stream():
+    _backend_or_skip("cupy")
+    import cupy
+    from kernels import LSTMParams, RNN
+    from kernels.reference import lstm_reference
+    params = LSTMParams.random(8, 33, 1, seed=3)
+    x = np.random.default_rng(4).uniform(-1, 1, (4, 2, 8))
+    run = RNN(params, variant="fused", backend="cupy", dtype="fp32")
+    with cupy.cuda.Stream(non_blocking=True) as s:
+        y = run(x)[0]
+        s.synchronize()
+    assert np.max(np.abs(cupy.asnumpy(y) - lstm_reference(x, params)[0])) <= 1e-5
+
+
+@pytest.mark.gpu
+def test_gpu_detection_and_memory_check():
+    from kernels import gpu
+    from kernels.errors import BadInput
+    ok, reason = gpu.detect()
+    assert ok and "GPU" in reason
+    free = gpu.check_fits(1 << 20)
+    assert free > 1 << 20
+    with pytest.raises(BadInput, match="GiB free of"):
+        gpu.check_fits(1 << 50, what="a 1 PiB case")

@@ -1,0 +1,140 @@
+"""Every variant x backend x dtype x fusion plan against the float64 reference, on awkward sizes."""
+import itertools
+
+import numpy as np
+import pytest
+
+from fusion.pointwise import tanh_rational
+from fusion.steps import LADDER, Plan, ladder
+from kernels import RNN, BadInput, GRUParams, LSTMParams, Unsupported, gru, lstm
+from kernels.dtypes import tolerance
+from microbench.cases.rnn import compare, make_inputs, reference_outputs
+from microbench.problems import RNNProblem
+
+SIZES = [  # T, B, I, H, L: ones, odd, a width just past a power of two, several layers
+    (1, 1, 1, 1, 1),
+    (3, 1, 4, 129, 1),
+    (5, 3, 7, 9, 2),
+    (2, 4, 3, 1, 3),
+]
+PLANS = [("naive", None)] + [("fused", plan) for _, plan in ladder()[1:]] + \
+    [("fused", Plan(frozenset({"fuse_pointwise"}))), ("fused", Plan(frozenset({"hoist_input", "fuse_pointwise"})))]
+
+
+def _run(op, variant, backend, precision, plan, size):
+    prob = RNNProblem(op, *size)
+    inp = make_inputs(prob, seed=11, precision=precision)
+    impl = RNN(inp["params"], variant=variant, backend=backend, dtype=precision, opts=plan)
+    out = impl(inp["x"], inp["h0"], inp["c0"]) if op == "lstm" else impl(inp["x"], inp["h0"])
+    flat = (out[0], *out[1]) if op == "lstm" else (out[0], out[1])
+    return compare(flat, reference_outputs(prob, 11, precision), precision), flat, inp
+
+
+@pytest.mark.parametrize("op", ["lstm", "gru"])
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("precision", ["fp32", "fp64"])
+@pytest.mark.parametrize("variant,plan", PLANS, ids=lambda v: v.label if isinstance(v, Plan) else str(v))
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "T%dB%dI%dH%dL%d" % s)
+def test_variant_matches_reference(op, backend, precision, variant, plan, size):
+    check, flat, _ = _run(op, variant, backend, precision, plan, size)
+    assert check.passed, check.detail
+    assert check.tol == tolerance(precision)
+    assert all(a.dtype == np.dtype({"fp32": "float32", "fp64": "float64"}[precision]) for a in flat)
+
+
+@pytest.mark.parametrize("op", ["lstm", "gru"])
+def test_fp32_error_stays_small_over_long_sequences(op):
+    check, _, _ = _run(op, "fused", "numba", "fp32", None, (100, 4, 32, 64, 1))
+    assert check.passed and check.max_rel_err < 1e-5
+
+
+def test_batch_first_and_public_functions():
+    p = LSTMParams.random(3, 5, 2, seed=4)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 2, 3))
+    want, (wh, wc) = lstm(x, p, variant="naive")
+    for backend in ("numpy", "numba"):
+        got, (h, c) = lstm(x.transpose(1, 0, 2), p, backend=backend, batch_first=True)
+        np.testing.assert_allclose(got, want.transpose(1, 0, 2), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(h, wh, rtol=1e-12, atol=1e-14)
+    g = GRUParams.random(3, 5, 1, seed=4)
+    y, h = gru(x.astype(np.float32), g, backend="numba")
+    assert y.dtype == np.float32 and h.shape == (1, 2, 5)
+
+
+def test_calls_do_not_modify_inputs_or_share_outputs():
+    prob = RNNProblem("lstm", 3, 2, 4, 5, 1)
+    inp = make_inputs(prob, 1, "fp32")
+    before = {k: v.copy() for k, v in inp.items() if isinstance(v, np.ndarray)}
+    impl = RNN(inp["params"], backend="numba", dtype="fp32")
+    y1, (h1, c1) = impl(inp["x"], inp["h0"], inp["c0"])
+    y2, _ = impl(inp["x"], inp["h0"], inp["c0"])
+    for k, v in before.items():
+        np.testing.assert_array_equal(inp[k], v)
+    assert y1 is not y2
+    np.testing.assert_array_equal(y1, y2)
+
+
+def test_nan_never_passes():
+    prob = RNNProblem("gru", 2, 2, 3, 4, 1)
+    ref = reference_outputs(prob, 0, "fp32")
+    bad = [r.copy() for r in ref]
+    bad[0][0, 0, 0] = np.nan
+    check = compare(bad, ref, "fp32")
+    assert not check.passed and "NaN" in check.detail
+    assert compare([r.copy() for r in ref], ref, "fp32").passed
+
+
+def test_wrong_result_fails_the_check():
+    prob = RNNProblem("lstm", 2, 2, 3, 4, 1)
+    ref = reference_outputs(prob, 0, "fp32")
+    off = [r * (1 + 1e-3) for r in ref]
+    check = compare(off, ref, "fp32")
+    assert not check.passed and "max relative error" in check.detail
+
+
+def test_inputs_are_random_not_zero():
+    inp = make_inputs(RNNProblem("lstm", 3, 2, 4, 5, 2), 0, "fp32")
+    for k in ("x", "h0", "c0"):
+        assert np.count_nonzero(inp[k]) == inp[k].size
+    assert not np.array_equal(make_inputs(RNNProblem("lstm", 3, 2, 4, 5, 2), 1, "fp32")["x"], inp["x"])
+
+
+def test_tanh_rational_accuracy():
+    x = np.linspace(-12, 12, 400001, dtype=np.float32)
+    want = np.tanh(x.astype(np.float64))
+    got = tanh_rational(x).astype(np.float64)
+    rel = np.abs(got - want) / np.maximum(np.abs(want), 1e-30)
+    assert rel.max() < 5e-7
+    assert np.abs(got).max() <= 1.0
+
+
+@pytest.mark.parametrize("kwargs,err,match", [
+    (dict(variant="fast"), BadInput, "variant 'fast' is unknown; allowed: naive, fused"),
+    (dict(backend="torch"), BadInput, "backend 'torch' is unknown; allowed: numpy, numba"),
+    (dict(dtype="fp16"), Unsupported, "dtype fp16 is not available on backend numpy; allowed: fp32, fp64"),
+    (dict(dtype="int8"), BadInput, "dtype 'int8' is unknown"),
+    (dict(opts="group_gemm,warp_speed"), BadInput, "fusion step 'warp_speed' is unknown"),
+    (dict(variant="naive", opts="group_gemm"), BadInput, "variant 'naive' takes no fusion steps"),
+])
+def test_bad_arguments(kwargs, err, match):
+    with pytest.raises(err, match=match):
+        RNN(LSTMParams.random(2, 3), **kwargs)
+
+
+def test_bad_call_shapes():
+    impl = RNN(LSTMParams.random(2, 3, 2))
+    with pytest.raises(BadInput, match="input width 5"):
+        impl(np.zeros((2, 1, 5)))
+    with pytest.raises(BadInput, match=r"c0 has shape \(1, 1, 3\); expected \(L, B, H\) = \(2, 1, 3\)"):
+        impl(np.ones((2, 1, 2)), None, np.zeros((1, 1, 3)))
+    with pytest.raises(BadInput, match="GRU has no cell state"):
+        RNN(GRUParams.random(2, 3))(np.ones((2, 1, 2)), None, np.zeros((1, 1, 3)))
+
+
+def test_ladder_is_cumulative_and_complete():
+    rungs = ladder("cpu")
+    assert [label for label, _ in rungs] == ["naive"] + ["+" + s for s in LADDER]
+    for (_, a), (_, b) in itertools.pairwise(rungs):
+        assert a.steps < b.steps and len(b.steps - a.steps) == 1
+    assert rungs[-1][1] == Plan.full("cpu")
