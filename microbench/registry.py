@@ -25,6 +25,10 @@ class Prepared:
     bytes: int                        # compulsory traffic per call
     check: Callable[[], "Check"]      # runs once, compares with the float64 reference
     info: dict = field(default_factory=dict)
+    # Set when the case must be timed elsewhere (a framework's worker process, with that
+    # framework's own synchronisation): called with the harness Settings, returns a Measurement.
+    measure: Callable | None = None
+    close: Callable | None = None     # releases what build acquired (worker processes, handles)
 
 
 @dataclass(frozen=True)
@@ -47,9 +51,13 @@ class VariantRecord:
     build: Callable
     about: str
     fusable: bool = False    # takes a fusion plan (--opt, --ladder)
+    framework: str = ""      # set for framework cases (rows labelled framework/path)
+    device_name: str = ""    # explicit device where the backend name does not tell it
 
     @property
     def device(self) -> str:
+        if self.device_name:
+            return self.device_name
         return BACKENDS[self.backend].device if self.backend in BACKENDS else "cpu"
 
     @property

@@ -70,6 +70,7 @@ def run_case(case: Case, settings: Settings, env: dict, nvtx_cost: float) -> Out
                        used)
 
     used: dict = {}
+    prepared = None
     try:
         with mthreads.limit(case.threads) as used:
             prepared = case.record.build(case.problem, case.seed, precision=case.precision,
@@ -79,8 +80,11 @@ def run_case(case: Case, settings: Settings, env: dict, nvtx_cost: float) -> Out
             ranges = nvtx.reset_count()
             if not check.passed:
                 return finish("failed", check=check, prepared=prepared, error=check.detail)
-            m = measure(prepared.run, settings, timer_for(case.device),
-                        around=lambda: nvtx.case(case.op, case.variant, case.backend))
+            around = lambda: nvtx.case(case.op, case.variant, case.backend)  # noqa: E731
+            if prepared.measure is not None:
+                m = prepared.measure(settings)
+            else:
+                m = measure(prepared.run, settings, timer_for(case.device), around=around)
             nvtx_info = {"level": nvtx.level(), "ranges_per_run": ranges,
                          "cost_per_range_s": nvtx_cost,
                          "est_overhead_frac": ranges * nvtx_cost / m.median if m.median > 0 else None}
@@ -96,3 +100,6 @@ def run_case(case: Case, settings: Settings, env: dict, nvtx_cost: float) -> Out
     except Exception as e:  # a bug in a variant must not stop the others: record it and go on
         tb = traceback.extract_tb(e.__traceback__)[-1]
         return finish("failed", error=f"{type(e).__name__}: {e} (at {tb.filename}:{tb.lineno})")
+    finally:
+        if prepared is not None and prepared.close is not None:
+            prepared.close()

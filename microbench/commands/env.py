@@ -1,0 +1,43 @@
+"""``env``: where measurements are taken (CPU, BLAS, GPU, driver, libraries, NVTX cost)."""
+from __future__ import annotations
+
+import json
+
+from ..cli import console
+
+
+def add_parsers(sub) -> None:
+    e = sub.add_parser("env", help="print the environment (CPU, GPU, libraries)")
+    e.add_argument("--json", action="store_true", help="as JSON")
+    e.set_defaults(func=cmd_env)
+
+
+def cmd_env(args) -> int:
+    from rich.table import Table
+
+    from .. import env as menv
+    info = menv.collect()
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    t = Table(title="microbench env", show_header=False)
+    rows = [("date", info["date"]), ("python", info["python"]), ("platform", info["platform"]),
+            ("cpu", f"{info['cpu']} ({info['cores']} cores)")]
+    for b in info["blas"]:
+        rows.append(("blas", ", ".join(f"{k}={v}" for k, v in b.items())))
+    g = info["gpu"]
+    rows.append(("gpu", ", ".join(f"{k}={v}" for k, v in g.items())))
+    for k, v in info["libraries"].items():
+        rows.append((k, v))
+    nv = info["nvtx"]
+    rows.append(("nvtx", f"{'available' if nv['available'] else 'not installed'}, "
+                         f"{nv['cost_per_range_s'] * 1e6:.2f} us per range (push+pop) with no profiler"))
+    for k, v in info["env_vars"].items():
+        rows.append((k, v))
+    rows.append(("env_id", info["env_id"]))
+    for k, v in rows:
+        t.add_row(k, str(v))
+    console().print(t)
+    return 0
+
+

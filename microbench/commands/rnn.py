@@ -1,0 +1,136 @@
+"""``lstm`` and ``gru``: check and time our RNN variants (and, with --frameworks, the frameworks')."""
+from __future__ import annotations
+
+import argparse
+
+from kernels.errors import BadInput
+
+from ..cli import EPILOG_RNN, add_output, add_timing, console, csv_list
+
+
+def add_parsers(sub) -> None:
+    from .. import cases  # noqa: F401  (fills the registry)
+    from .. import registry
+    for op in ("lstm", "gru"):
+        _add_rnn(sub, op, registry.variants(op))
+
+
+def _add_rnn(sub, op: str, variant_names: list):
+    p = sub.add_parser(op, help=f"time {op.upper()} variants", epilog=EPILOG_RNN,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=f"Check every {op.upper()} variant against the float64 reference, "
+                                   "then time it and print a table (one row per variant).")
+    v = p.add_argument_group("variants")
+    for name in variant_names:
+        v.add_argument(f"--{name}", dest="variant_flags", action="append_const", const=name,
+                       help=f"run the {name} variant")
+    v.add_argument("--all", action="store_true", help="run every variant (the default when none is named)")
+    v.add_argument("--ladder", action="store_true",
+                   help="naive, then each fusion step added in turn, with the speedup per rung")
+    v.add_argument("--opt", metavar="STEPS",
+                   help="fusion steps for the fused variant: comma list of group_gemm, hoist_input, "
+                        "pretranspose, fuse_pointwise; or all (default) or none")
+    v.add_argument("--backend", metavar="LIST", help="comma list (default: every backend of the device)")
+    v.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto (default): a GPU if one is found, else the CPU")
+    v.add_argument("--dtype", metavar="LIST", default="fp32", help="comma list of fp64, fp32 (default fp32)")
+    s = p.add_argument_group("sizes")
+    s.add_argument("-T", type=int, default=100, help="sequence length (default 100)")
+    s.add_argument("-B", type=int, default=64, help="batch (default 64)")
+    s.add_argument("-H", type=int, default=512, help="hidden size (default 512)")
+    s.add_argument("-I", type=int, default=None, help="input size (default: H)")
+    s.add_argument("-L", type=int, default=1, help="layers (default 1)")
+    s.add_argument("--seed", type=int, default=0, help="seed of weights, inputs and states (default 0)")
+    add_timing(p)
+    add_output(p)
+    p.set_defaults(func=cmd_rnn, op=op)
+
+
+def resolve_device(requested: str, op: str) -> str:
+    from .. import env as menv
+    from .. import registry
+    gpu = menv.gpu()
+    has_cuda_backend = bool(registry.backends(op, "cuda"))
+    if requested == "cuda":
+        if not gpu.get("available"):
+            raise BadInput(f"--device cuda: no CUDA GPU found ({gpu.get('reason', 'unknown')}); "
+                           "allowed here: cpu, auto")
+        if not has_cuda_backend:
+            raise BadInput(f"--device cuda: no {op} backend for cuda is installed; allowed here: cpu, auto")
+        return "cuda"
+    if requested == "auto":
+        return "cuda" if gpu.get("available") and has_cuda_backend else "cpu"
+    return requested
+
+
+def plan_cases(args) -> tuple:
+    """(cases, device): every case the arguments ask for, validated before anything runs."""
+    from fusion.steps import Plan, ladder
+    from kernels import dtypes
+    from kernels.backends import BACKENDS
+
+    from .. import registry
+    from ..problems import RNNProblem, check_memory
+    from ..runner import Case
+    from ..threads import parse_threads
+
+    op = args.op
+    problem = RNNProblem(op, args.T, args.B, args.I if args.I is not None else args.H, args.H, args.L)
+    precisions = [dtypes.canonical(d) for d in csv_list(args.dtype)]
+    if not precisions:
+        raise BadInput(f"--dtype {args.dtype!r} names no precision; allowed: fp64, fp32")
+    for p in precisions:
+        if p != "bf16":
+            check_memory(problem.memory_estimate(dtypes.storage(p).itemsize), f"{op} {problem.label} {p}")
+    thread_counts = parse_threads(args.threads)
+    device = resolve_device(args.device, op)
+    backend_names = csv_list(args.backend) if args.backend else None
+    if args.ladder and (args.opt or args.variant_flags):
+        raise BadInput("--ladder chooses the variants and steps itself; drop --opt and the variant flags")
+    variant_names = None if args.all or not args.variant_flags else list(dict.fromkeys(args.variant_flags))
+    records = registry.select(op, variant_names, backend_names, device)
+    if not records:
+        raise BadInput(f"no {op} variant matches on {device}")
+    for p in precisions:
+        able = [r.backend for r in records if p in BACKENDS[r.backend].dtypes]
+        if not able:
+            have = sorted({d for r in records for d in BACKENDS[r.backend].dtypes})
+            raise BadInput(f"--dtype {p}: the chosen backends on {device} compute {', '.join(have)}")
+    plan = Plan.parse(args.opt, device) if args.opt else None
+    cases = []
+    for threads in thread_counts:
+        for p in precisions:
+            if args.ladder:
+                for backend in dict.fromkeys(r.backend for r in records):
+                    for label, rung_plan in ladder(device):
+                        v = "naive" if label == "naive" else "fused"
+                        rec = registry.REGISTRY[(op, v, backend)]
+                        cases.append(Case(rec, problem, p, args.seed,
+                                          rung_plan if v == "fused" else None, threads, label))
+            else:
+                for rec in records:
+                    rp = (plan or Plan.full(device)) if rec.fusable else None
+                    cases.append(Case(rec, problem, p, args.seed, rp, threads))
+    return cases, device
+
+
+def cmd_rnn(args) -> int:
+    from profiles import nvtx
+
+    from .. import report
+    from ..cli import run_cases
+    from ..harness import Settings
+    from ..threads import parse_threads, prepare_numba_pool
+
+    settings = Settings(args.warmup, args.min_time, args.max_time, args.min_samples, args.max_noise)
+    prepare_numba_pool(parse_threads(args.threads))
+    nvtx.set_level(args.nvtx)
+    cases, device = plan_cases(args)
+    outcomes, out, err = run_cases(cases, settings, args)
+    report.table(outcomes, out, ladder=args.ladder, title=f"{args.op}")
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        err.print(f"[red]{len(failed)} case(s) FAILED[/]; see the table" + (f" and {args.json}" if args.json else ""))
+    return 1 if failed else 0
+
+
