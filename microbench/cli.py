@@ -45,7 +45,7 @@ def add_timing(p):
 
 
 # Subcommand modules under microbench/commands/, in --help order; each has add_parsers(sub).
-COMMANDS = ("rnn", "env")
+COMMANDS = ("rnn", "conv", "env")
 
 
 def add_output(p) -> None:

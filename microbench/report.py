@@ -36,8 +36,13 @@ def _group_key(o):
     return (c.problem, c.precision, c.threads)
 
 
-def table(outcomes: list, console: Console, *, ladder: bool = False, title: str = "") -> None:
-    """Variants as rows; one table per (problem, dtype, threads) group."""
+def table(outcomes: list, console: Console, *, ladder: bool = False, title: str = "",
+          baseline: str = "naive", peak_gflops: float | None = None) -> None:
+    """Variants as rows; one table per (problem, dtype, threads) group.
+
+    ``baseline``: the variant the speedup column divides by (same backend where there is one).
+    ``peak_gflops``: a measured ceiling; adds a "% peak" column.
+    """
     groups: dict = {}
     for o in outcomes:
         groups.setdefault(_group_key(o), []).append(o)
@@ -50,29 +55,32 @@ def table(outcomes: list, console: Console, *, ladder: bool = False, title: str 
         t.add_column("median", justify="right")
         t.add_column("+-IQR", justify="right")
         t.add_column("min", justify="right")
-        t.add_column("vs naive", justify="right")
+        t.add_column(f"vs {baseline}", justify="right")
         if ladder:
             t.add_column("vs prev", justify="right")
         t.add_column("GFLOP/s", justify="right")
+        if peak_gflops:
+            t.add_column("% peak", justify="right")
         t.add_column("max rel err", justify="right")
         t.add_column("note")
         naive = {o.case.backend: o.measurement.median for o in rows
-                 if o.case.variant == "naive" and o.status == "ok"}
+                 if o.case.variant == baseline and o.status == "ok"}
+        any_base = next(iter(naive.values()), None)
         prev = {}
         for o in rows:
             c = o.case
             if o.status != "ok":
                 err = f"{o.check.max_rel_err:.1e}" if o.check is not None else "-"
                 word = "[red]FAILED[/]" if o.status == "failed" else "[yellow]skipped[/]"
-                cells = [c.label, "-", "-", "-", "-"] + (["-"] if ladder else []) + ["-", err,
-                                                                                      f"{word}: {o.error}"]
+                cells = ([c.label, "-", "-", "-", "-"] + (["-"] if ladder else []) + ["-"]
+                         + (["-"] if peak_gflops else []) + [err, f"{word}: {o.error}"])
                 t.add_row(*cells)
                 continue
             m = o.measurement
             med = fmt_time(m.median) + (" ~" if m.noisy else "")
             if m.noisy:
                 notes.add("~ noisy: IQR/median above --max-noise; rerun with a larger --min-time")
-            base = naive.get(c.backend)
+            base = naive.get(c.backend, any_base)
             vs = f"{base / m.median:.2f}x" if base else "-"
             cells = [c.label, med, f"{100 * m.rel_noise:.1f}%", fmt_time(m.min), vs]
             if ladder:
@@ -84,7 +92,10 @@ def table(outcomes: list, console: Console, *, ladder: bool = False, title: str 
             nv = o.record.get("nvtx") or {}
             if nv.get("est_overhead_frac") and nv["est_overhead_frac"] > 0.01:
                 note = f"NVTX ~{100 * nv['est_overhead_frac']:.0f}%"
-            cells += [f"{gf:.1f}" if gf else "-", f"{o.check.max_rel_err:.1e}", note]
+            cells.append(f"{gf:.1f}" if gf else "-")
+            if peak_gflops:
+                cells.append(f"{100 * gf / peak_gflops:.0f}%" if gf else "-")
+            cells += [f"{o.check.max_rel_err:.1e}", note]
             t.add_row(*cells)
         console.print(t)
     if ladder:
@@ -94,10 +105,14 @@ def table(outcomes: list, console: Console, *, ladder: bool = False, title: str 
     if ok:
         nv = ok[0].record.get("nvtx") or {}
         cost = nv.get("cost_per_range_s")
-        lines = ["GFLOP/s counts GEMM FLOPs only (2 per multiply-add); time is per forward call, "
-                 "median of the samples; vs naive = naive time / this time (same backend)."]
-        if cost is not None and nv.get("level") != "off":
-            lines.append(f"NVTX ({nv.get('level')}): {max(o.record['nvtx']['ranges_per_run'] for o in ok)} "
-                         f"ranges per call at most, {cost * 1e6:.2f} us each here; --nvtx off removes them.")
+        lines = [f"GFLOP/s counts multiply-adds as 2 FLOPs (GEMM FLOPs only for RNNs); time is per "
+                 f"forward call, median of the samples; vs {baseline} = {baseline} time / this time."]
+        if peak_gflops:
+            lines.append(f"% peak: of {peak_gflops:.0f} GFLOP/s, a 1024^3 GEMM through NumPy's BLAS "
+                         "measured on this machine just before.")
+        most = max(o.record["nvtx"]["ranges_per_run"] for o in ok if o.record.get("nvtx"))
+        if cost is not None and nv.get("level") != "off" and most:
+            lines.append(f"NVTX ({nv.get('level')}): {most} ranges per call at most, "
+                         f"{cost * 1e6:.2f} us each here; --nvtx off removes them.")
         for line in lines + sorted(notes):
             console.print(f"[dim]{line}[/]")

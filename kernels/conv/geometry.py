@@ -154,6 +154,20 @@ class ConvProblem:
         b = draw(self.b_shape) if self.bias else None
         return x, w, b
 
+    # -- identity, as the harness and the result records see a problem -------------------------
+    op = "conv"
+
+    @property
+    def label(self) -> str:
+        return self.describe()
+
+    def shape(self) -> dict:
+        """Integer sizes for result records (the layout goes with the options)."""
+        return {"N": self.N, "C": self.C, "H": self.H, "W": self.W, "K": self.K, "R": self.R,
+                "S": self.S, "stride_h": self.stride[0], "stride_w": self.stride[1],
+                "pad_h": self.pad[0], "pad_w": self.pad[1], "dilation_h": self.dilation[0],
+                "dilation_w": self.dilation[1], "groups": self.groups}
+
     def describe(self) -> str:
         """One line, e.g. ``N8 C64 56x56 K64 3x3 s1 p1 d1 g1 NCHW``."""
         return (f"N{self.N} C{self.C} {self.H}x{self.W} K{self.K} {self.R}x{self.S} "

@@ -11,8 +11,11 @@ from kernels.params import PARAMS
 from kernels.reference import REFERENCES
 from kernels.rnn import RNN
 
+from ..checks import compare, to_host
 from ..problems import RNNProblem
 from ..registry import Check, Prepared, VariantRecord, register
+
+__all__ = ["build_rnn", "compare", "make_inputs", "reference_outputs"]
 
 
 def make_inputs(problem: RNNProblem, seed: int, precision: str) -> dict:
@@ -42,25 +45,6 @@ def reference_outputs(problem: RNNProblem, seed: int, precision: str) -> tuple:
     return y, h
 
 
-def compare(outputs, reference, precision: str) -> Check:
-    """Largest error of any output, relative to that output's largest magnitude; NaN never passes."""
-    tol = dtypes.tolerance(precision)
-    names = ("y", "h_n", "c_n")
-    worst, where = 0.0, ""
-    for name, got, want in zip(names, outputs, reference):
-        got = np.asarray(got, dtype=np.float64)
-        if got.shape != want.shape:
-            return Check(float("inf"), tol, False, f"{name} has shape {got.shape}, expected {want.shape}")
-        if not np.all(np.isfinite(got)):
-            return Check(float("nan"), tol, False, f"{name} contains NaN or Inf")
-        scale = max(float(np.max(np.abs(want))), np.finfo(np.float64).tiny)
-        err = float(np.max(np.abs(got - want))) / scale
-        if err > worst or not where:
-            worst, where = err, name
-    passed = worst <= tol
-    return Check(worst, tol, passed, "" if passed else f"{where}: max relative error {worst:.2e} > {tol:.0e}")
-
-
 def _flatten(cell: str, out) -> tuple:
     y, states = out
     return (y, *states) if cell == "lstm" else (y, states)
@@ -80,8 +64,7 @@ def build_rnn(problem: RNNProblem, seed: int, *, variant: str, backend: str, pre
 
     def check() -> Check:
         out = _flatten(problem.op, run())
-        host = [np.asarray(a.get() if hasattr(a, "get") else a) for a in out]
-        return compare(host, reference_outputs(problem, seed, precision), precision)
+        return compare([to_host(a) for a in out], reference_outputs(problem, seed, precision), precision)
 
     itemsize = np.dtype(impl.dtype).itemsize
     return Prepared(inputs={"x": x, "h0": h0, "c0": c0}, run=run, flops=problem.flops(),

@@ -1,0 +1,111 @@
+"""``conv``: check and time the conv2d variants on one layer (explicit sizes or a named layer)."""
+from __future__ import annotations
+
+import argparse
+
+from kernels.errors import BadInput
+
+from ..cli import add_output, add_timing, csv_list
+
+EPILOG = """examples:
+  python -m microbench conv --all --layer resnet50/res2_3x3 -N 8
+  python -m microbench conv --im2col --winograd -N 1 -C 64 -H 56 -W 56 -K 64 -R 3 -S 3 --pad 1
+  python -m microbench conv --all -N 2 -C 3 -H 31 -W 29 -K 8 -R 7 -S 7 --stride 2 --pad 3 --layout NHWC
+"""
+
+
+def add_parsers(sub) -> None:
+    from .. import cases  # noqa: F401  (fills the registry)
+    from .. import registry
+    p = sub.add_parser("conv", help="time conv2d variants", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Check every conv2d variant against the float64 reference, then time it.")
+    v = p.add_argument_group("variants")
+    for name in registry.variants("conv"):
+        v.add_argument(f"--{name}", dest="variant_flags", action="append_const", const=name,
+                       help=registry.REGISTRY[("conv", name, _backend(name))].about)
+    v.add_argument("--all", action="store_true", help="every variant (the default when none is named)")
+    v.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto (default): a GPU if one is found and a GPU variant exists, else the CPU")
+    v.add_argument("--dtype", metavar="LIST", default="fp32", help="comma list of fp64, fp32 (default fp32)")
+    s = p.add_argument_group("layer (a named layer, or explicit sizes; explicit sizes override the layer's)")
+    s.add_argument("--layer", metavar="NAME", help="e.g. resnet50/res2_3x3 (see `suite --list`)")
+    for flag, help_ in (("-N", "batch"), ("-C", "input channels"), ("-H", "input height"),
+                        ("-W", "input width"), ("-K", "output channels"), ("-R", "filter height"),
+                        ("-S", "filter width")):
+        s.add_argument(flag, type=int, help=help_)
+    s.add_argument("--stride", type=int, help="stride (both axes)")
+    s.add_argument("--pad", type=int, help="zero padding (both axes)")
+    s.add_argument("--dilation", type=int, help="dilation (both axes)")
+    s.add_argument("--groups", type=int, help="groups")
+    s.add_argument("--layout", choices=("NCHW", "NHWC"), help="activation layout (default NCHW)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
+    add_timing(p)
+    add_output(p)
+    p.set_defaults(func=cmd_conv, op="conv")
+
+
+def _backend(name: str) -> str:
+    from ..cases.conv import BACKEND
+    return BACKEND[name]
+
+
+_DEFAULT = dict(N=8, C=64, H=56, W=56, K=64, R=3, S=3, stride=1, pad=1, dilation=1, groups=1, layout="NCHW")
+
+
+def problem_from_args(args):
+    from kernels.conv import ConvProblem
+    from ..suites.conv_shapes import conv_layer
+    if args.layer:
+        base = conv_layer(args.layer, args.N)
+        fields = dict(N=base.N, C=base.C, H=base.H, W=base.W, K=base.K, R=base.R, S=base.S,
+                      stride=base.stride, pad=base.pad, dilation=base.dilation, groups=base.groups,
+                      layout=base.layout)
+    else:
+        fields = dict(_DEFAULT)
+    for k in ("N", "C", "H", "W", "K", "R", "S", "stride", "pad", "dilation", "groups", "layout"):
+        v = getattr(args, k)
+        if v is not None:
+            fields[k] = v
+    return ConvProblem(**fields)
+
+
+def cmd_conv(args) -> int:
+    from kernels import dtypes
+    from profiles import nvtx
+
+    from .. import registry, report
+    from ..cli import console, run_cases
+    from ..harness import Settings
+    from ..peaks import cpu_gemm_gflops
+    from ..problems import check_memory
+    from ..runner import Case
+    from ..threads import parse_threads, prepare_numba_pool
+    from .rnn import resolve_device
+
+    settings = Settings(args.warmup, args.min_time, args.max_time, args.min_samples, args.max_noise)
+    threads = parse_threads(args.threads)
+    prepare_numba_pool(threads)
+    nvtx.set_level(args.nvtx)
+    problem = problem_from_args(args)
+    precisions = [dtypes.canonical(d) for d in csv_list(args.dtype)]
+    if not precisions:
+        raise BadInput(f"--dtype {args.dtype!r} names no precision; allowed: fp64, fp32")
+    for p in precisions:
+        if p not in ("fp32", "fp64"):
+            raise BadInput(f"--dtype {p}: the conv variants on the CPU compute fp32, fp64")
+        # input, filter, output and the reference's float64 copies; im2col's column matrix
+        cols = problem.N * problem.P * problem.Q * problem.Cg * problem.R * problem.S
+        check_memory(problem.bytes(p) * 2 + 8 * problem.elements + cols * dtypes.storage(p).itemsize,
+                     f"conv {problem.describe()} {p}")
+    device = resolve_device(args.device, "conv")
+    names = None if args.all or not args.variant_flags else list(dict.fromkeys(args.variant_flags))
+    records = registry.select("conv", names, None, device)
+    cases = [Case(r, problem, p, args.seed, None, t) for t in threads for p in precisions for r in records]
+    outcomes, out, err = run_cases(cases, settings, args)
+    peak = cpu_gemm_gflops("float32" if precisions[0] == "fp32" else "float64") if device == "cpu" else None
+    report.table(outcomes, out, title="conv", baseline="direct", peak_gflops=peak)
+    failed = [o for o in outcomes if o.status == "failed"]
+    if failed:
+        err.print(f"[red]{len(failed)} case(s) FAILED[/]; see the table")
+    return 1 if failed else 0
