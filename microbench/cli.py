@@ -45,7 +45,7 @@ def add_timing(p):
 
 
 # Subcommand modules under microbench/commands/, in --help order; each has add_parsers(sub).
-COMMANDS = ("rnn", "conv", "env")
+COMMANDS = ("rnn", "conv", "explain", "profile", "env")
 
 
 def add_output(p) -> None:
@@ -55,6 +55,9 @@ def add_output(p) -> None:
     o.add_argument("--nvtx", choices=("on", "case", "off"), default="on",
                    help="NVTX ranges: on (case and phases, default), case (case ranges only), off")
     o.add_argument("--quiet", action="store_true", help="print the table only (no header, no progress)")
+    o.add_argument("--profile", action="store_true",
+                   help="bracket the measured samples with cudaProfilerStart/Stop (for nsys "
+                        "--capture-range=cudaProfilerApi); no effect on the CPU")
 
 
 def build_parser() -> Parser:
@@ -71,10 +74,14 @@ def run_cases(cases: list, settings, args) -> tuple:
     """Run cases in order with a progress bar; append each record to --json as it finishes."""
     from rich.progress import Progress
 
+    from profiles import capture
+
     from . import env as menv
     from . import report
     from .results import JsonlWriter
     from .runner import run_case
+
+    capture.enable(getattr(args, "profile", False))
 
     writer = JsonlWriter(args.json) if args.json else None
     out, err = console(), console(stderr=True)

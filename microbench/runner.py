@@ -1,11 +1,12 @@
 """Runs cases: build, check against the reference, then time; failures and skips become records."""
 from __future__ import annotations
 
+import contextlib
 import traceback
 from dataclasses import dataclass, field
 
 from kernels.errors import BadInput, MicrobenchError, Unsupported
-from profiles import nvtx
+from profiles import capture, nvtx
 
 from . import results
 from .harness import CpuTimer, Settings, measure, timer_for
@@ -46,6 +47,13 @@ class Case:
                 "seed": self.seed, "rung": self.rung or None, "nvtx": nvtx.level()}
 
 
+@contextlib.contextmanager
+def _measured_region(case):
+    """NVTX case ranges, inside the profiler capture range when --profile is on."""
+    with capture.capture_range(case.device), nvtx.case(case.op, case.variant, case.backend):
+        yield
+
+
 def _full(case):
     from fusion.steps import Plan
     return Plan.full(case.device)
@@ -80,7 +88,7 @@ def run_case(case: Case, settings: Settings, env: dict, nvtx_cost: float) -> Out
             ranges = nvtx.reset_count()
             if not check.passed:
                 return finish("failed", check=check, prepared=prepared, error=check.detail)
-            around = lambda: nvtx.case(case.op, case.variant, case.backend)  # noqa: E731
+            around = lambda: _measured_region(case)  # noqa: E731
             if prepared.measure is not None:
                 m = prepared.measure(settings)
             else:

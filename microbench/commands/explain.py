@@ -1,0 +1,43 @@
+"""``explain lstm|gru|conv``: kernel by kernel, why the runtimes converge once they reach cuDNN."""
+from __future__ import annotations
+
+import argparse
+
+from ..cli import console, csv_list
+
+EPILOG = """examples:
+  python -m microbench explain lstm                       # this machine has no GPU: the H100 traces
+  python -m microbench explain lstm --frameworks torch,jax --variants cudnn
+  python -m microbench explain gru --reference my-traces.json
+"""
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("explain", help="why framework runtimes converge at cuDNN, kernel by kernel",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Wall time, GPU-busy time, gaps, kernel counts, launches per step, "
+                                   "top kernels and shared kernels per implementation, and sentences "
+                                   "computed from those numbers.")
+    p.add_argument("op", choices=("lstm", "gru", "conv"))
+    p.add_argument("--frameworks", metavar="LIST", help="e.g. torch,jax (default: every one traced)")
+    p.add_argument("--variants", metavar="LIST", help="paths to keep, e.g. cudnn,aten (default: all)")
+    p.add_argument("--reference", metavar="PATH",
+                   help="a trace file in the profiles/reference format (default: the committed H100 set)")
+    p.set_defaults(func=cmd_explain)
+
+
+def cmd_explain(args) -> int:
+    from profiles import explain
+
+    from .. import env as menv
+    an = explain.explain_reference(
+        args.op, args.reference,
+        frameworks=csv_list(args.frameworks) if args.frameworks else None,
+        variants=csv_list(args.variants) if args.variants else None)
+    gpu = menv.gpu()
+    if not gpu.get("available"):
+        an.notes.append(f"This machine has no usable GPU ({gpu.get('reason')}), so nothing was traced "
+                        "here; on a GPU with cupti-python (pip install '.[gpu]') record new traces "
+                        "with profiles.trace.capture and pass them with --reference.")
+    explain.render(an, console())
+    return 0

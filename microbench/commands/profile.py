@@ -1,0 +1,41 @@
+"""``profile nsys|ncu <bench args>``: the Nsight command line that records exactly the timed kernels."""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+
+from kernels.errors import BadInput
+
+EPILOG = """examples:
+  python -m microbench profile nsys lstm --fused -H 512 -B 64
+  python -m microbench profile ncu lstm --fused --run
+"""
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("profile", help="print (or --run) the nsys/ncu command for a benchmark",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="nsys records only the --profile region (cudaProfilerStart/Stop); "
+                                   "ncu filters on the case's NVTX range microbench@op/variant/.")
+    p.add_argument("tool", choices=("nsys", "ncu"))
+    p.add_argument("--run", action="store_true", help="run the command instead of printing it")
+    p.add_argument("--output", metavar="PATH", help="report file (nsys default: microbench)")
+    p.add_argument("bench", nargs=argparse.REMAINDER, help="benchmark arguments, e.g. lstm --fused")
+    p.set_defaults(func=cmd_profile)
+
+
+def cmd_profile(args) -> int:
+    from profiles import nsight
+    kw = {"python": sys.executable if args.run else "python"}
+    if args.output:
+        kw["output"] = args.output
+    argv = nsight.profile_command(args.tool, args.bench, **kw)
+    if not args.run:
+        print(nsight.shell(argv))
+        return 0
+    if shutil.which(argv[0]) is None:
+        raise BadInput(f"{argv[0]} is not on PATH; install Nsight {'Systems' if argv[0] == 'nsys' else 'Compute'} "
+                       "or run without --run to print the command")
+    return subprocess.call(argv)
