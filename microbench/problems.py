@@ -22,7 +22,7 @@ class RNNProblem:
     def __post_init__(self):
         if self.op not in GATES:
             raise BadInput(f"op {self.op!r} is unknown; allowed: {', '.join(GATES)}")
-        for name in ("T", "B", "I", "H", "L"):
+        for name in ("T", "B", "H", "I", "L"):  # H before I: -I defaults to -H
             check_dim(f"-{name}", getattr(self, name))
 
     @property

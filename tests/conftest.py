@@ -26,11 +26,11 @@ def run_cli():
     """Run ``python -m microbench ...`` in a subprocess from the repository root."""
     import subprocess
 
-    def run(*args, timeout=300, env=None):
+    def run(*args, timeout=300, env=None, cwd=None):
         e = dict(os.environ)
         e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
         e.setdefault("COLUMNS", "160")
         e.update(env or {})
-        return subprocess.run([sys.executable, "-m", "microbench", *args], cwd=ROOT, env=e,
+        return subprocess.run([sys.executable, "-m", "microbench", *args], cwd=cwd or ROOT, env=e,
                               capture_output=True, text=True, timeout=timeout)
     return run

@@ -1,0 +1,173 @@
+"""The CLI end to end: README examples, bad input, JSON records, failed cases."""
+import json
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from microbench import cli, registry
+from microbench.registry import Check, Prepared, VariantRecord
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+SMALL = ["-T", "3", "-B", "2", "-H", "8", "--warmup", "0", "--min-time", "0", "--min-samples", "2"]
+QUICK_TIMING = ["--warmup", "0", "--min-time", "0", "--min-samples", "2"]
+
+
+def _block_after(marker: str) -> list:
+    m = re.search(re.escape(marker) + r"\s*```\w*\n(.*?)```", README, re.S)
+    assert m, f"README has no code block after {marker}"
+    return [line for line in m.group(1).splitlines() if line.strip()]
+
+
+def test_readme_has_exactly_the_two_setup_commands():
+    assert _block_after("<!-- main-command -->") == ["scripts/setup && python3 -m microbench lstm --fused"]
+    assert _block_after("<!-- test-command -->") == ["scripts/setup test && python3 -m pytest -q"]
+    assert "<!-- test-command -->" in (ROOT / ".ci" / "run").read_text()
+
+
+def _shrunk(argv):
+    """README example argv with sizes and timing made tiny (later flags override earlier ones)."""
+    cmd = argv[0]
+    if cmd in ("lstm", "gru"):
+        return argv + SMALL
+    if cmd == "conv":
+        return argv + ["-N", "1", "-H", "9", "-W", "9", "-C", "4", "-K", "4"] + QUICK_TIMING
+    return argv
+
+
+@pytest.mark.parametrize("line", _block_after("<!-- examples -->") + [
+    _block_after("<!-- main-command -->")[0].split("&& ")[1]])
+def test_readme_examples_run(line, run_cli, tmp_path):
+    argv = shlex.split(line.split("#")[0])
+    assert argv[:3] == ["python3", "-m", "microbench"]
+    r = run_cli(*_shrunk(argv[3:]), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_table_and_json_records(run_cli, tmp_path):
+    out = tmp_path / "r.jsonl"
+    r = run_cli("lstm", "--all", *SMALL, "--json", str(out), "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    for label in ("naive/numpy", "naive/numba", "fused/numpy", "fused/numba"):
+        assert label in r.stdout
+    assert "vs naive" in r.stdout and "max rel err" in r.stdout
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(recs) == 4
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((ROOT / "microbench" / "schema" / "result-v1.json").read_text())
+    for rec in recs:
+        jsonschema.validate(rec, schema)
+        assert rec["status"] == "ok" and rec["check"]["passed"]
+        assert rec["options"]["threads"] == 1 and rec["threads_used"].get("numba") == 1
+        assert len(rec["samples_s"]) == rec["stats"]["n"] >= 2
+        assert rec["flops"] == 2 * 3 * 2 * 4 * 8 * (8 + 8)
+
+
+def test_ladder_rows(run_cli):
+    r = run_cli("gru", "--ladder", "--backend", "numba", *SMALL)
+    assert r.returncode == 0, r.stderr
+    for rung in ("naive/numba", "+group_gemm/numba", "+hoist_input/numba", "+pretranspose/numba",
+                 "+fuse_pointwise/numba"):
+        assert rung in r.stdout
+    assert "vs prev" in r.stdout
+
+
+BAD = [
+    (["lsmt"], "invalid choice: 'lsmt'"),
+    (["lstm", "--fast"], "unrecognized arguments: --fast"),
+    (["lstm", "--backend", "torch"], "backend 'torch' is unknown for lstm; allowed: numpy, numba"),
+    (["lstm", "--backend", "cupy", "--device", "cpu"], "backend cupy does not run on cpu"),
+    (["lstm", "--dtype", "fp8"], "dtype 'fp8' is unknown"),
+    (["lstm", "--dtype", "fp16", "--device", "cpu"], "--dtype fp16: the chosen backends on cpu compute fp32, fp64"),
+    (["lstm", "-H", "0"], "-H=0 is out of range"),
+    (["lstm", "-B", "-3"], "-B=-3 is out of range"),
+    (["lstm", "-T", "x"], "argument -T: invalid int value: 'x'"),
+    (["lstm", "-H", "200000", "-T", "100000"], "GiB of memory available"),
+    (["lstm", "--opt", "group_gemm,warp"], "fusion step 'warp' is unknown"),
+    (["lstm", "--ladder", "--opt", "group_gemm"], "--ladder chooses the variants and steps itself"),
+    (["lstm", "--threads", "two"], "--threads 'two' is not an integer"),
+    (["lstm", "--threads", "0"], "--threads 0 is out of range"),
+    (["lstm", "--nvtx", "loud"], "argument --nvtx: invalid choice: 'loud'"),
+    (["lstm", "--min-time", "-1"], "--min-time -1"),
+    (["lstm", "--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+    (["lstm", "--device", "cuda"], "--device cuda: no CUDA GPU found"),
+    (["lstm", "--json", "/nonexistent-dir/x.jsonl"], "does not exist"),
+    (["lstm", "--json", "/"], "is a directory"),
+    (["conv", "-H", "2", "-R", "5", "--pad", "0"], "output size P=-2 <= 0"),
+    (["conv", "--groups", "3"], "groups=3 must divide both C=64 and K=64"),
+    (["conv", "--layer", "resnet50/res9_3x3"], "resnet50/res9_3x3"),
+    (["conv", "--dtype", "fp16"], "--dtype fp16: the conv variants on the CPU compute fp32, fp64"),
+    (["explain", "rnn"], "argument op: invalid choice: 'rnn'"),
+    (["explain", "lstm", "--frameworks", "caffe"], "no reference lstm trace for framework 'caffe'"),
+    (["profile", "vtune", "lstm"], "argument tool: invalid choice: 'vtune'"),
+    (["profile", "ncu", "resnet"], "profile needs a benchmark op first, got 'resnet'"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_line_exit_2(argv, message, capsys):
+    code = cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("microbench: error: ")
+    assert message in err
+
+
+def test_bad_input_through_a_subprocess_has_no_traceback(run_cli):
+    r = run_cli("gru", "-L", "0")
+    assert r.returncode == 2 and r.stderr.strip() == "microbench: error: -L=0 is out of range; allowed: 1..16777216"
+
+
+@pytest.fixture
+def broken_variant():
+    """A registered variant whose results are wrong, to see FAILED handling end to end."""
+    def build(problem, seed, *, precision, plan=None):
+        def check():
+            return Check(0.5, 1e-5, False, "y: max relative error 5.00e-01 > 1e-05")
+        return Prepared({}, lambda: None, 1, 1, check)
+
+    def crash(problem, seed, *, precision, plan=None):
+        raise RuntimeError("kernel exploded")
+
+    recs = [VariantRecord("lstm", "broken", "numpy", build, "test double"),
+            VariantRecord("lstm", "crashing", "numpy", crash, "test double")]
+    for r in recs:
+        registry.register(r)
+    yield
+    for r in recs:
+        del registry.REGISTRY[r.key]
+
+
+def test_failed_case_is_reported_and_run_continues(broken_variant, capsys, tmp_path):
+    out = tmp_path / "f.jsonl"
+    code = cli.main(["lstm", "--backend", "numpy", *SMALL, "--json", str(out), "--quiet"])
+    text = capsys.readouterr()
+    assert code == 1
+    assert "FAILED" in text.out and "kernel exploded" in text.out
+    recs = {r["variant"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert recs["broken"]["status"] == "failed" and not recs["broken"]["check"]["passed"]
+    assert recs["crashing"]["status"] == "failed" and "RuntimeError: kernel exploded" in recs["crashing"]["error"]
+    assert recs["fused"]["status"] == "ok" and recs["naive"]["status"] == "ok"
+
+
+def test_env_json(run_cli):
+    r = run_cli("env", "--json")
+    assert r.returncode == 0, r.stderr
+    env = json.loads(r.stdout)
+    assert env["libraries"]["numpy"] == np.__version__
+    assert env["cores"] >= 1 and env["env_id"]
+    assert env["nvtx"]["cost_per_range_s"] > 0
+
+
+def test_help_lists_every_command(run_cli):
+    r = run_cli("--help")
+    for name in ("lstm", "gru", "conv", "explain", "profile", "env"):
+        assert name in r.stdout
+    r = run_cli("lstm", "--help")
+    for flag in ("--naive", "--fused", "--ladder", "--opt", "--threads", "--json", "--nvtx", "--profile"):
+        assert flag in r.stdout
