@@ -71,6 +71,30 @@ class CudaEventTimer:
         return sum(self.sample(lambda: None) for _ in range(n)) / n
 
 
+def graph_replay(run: Callable[[], object]) -> Callable[[], object]:
+    """Capture one call of ``run`` on a fresh stream as a CUDA graph; return its replay.
+
+    Replaying removes the host's per-kernel launch cost from the samples, which is what a
+    framework's graph mode or a persistent kernel removes; a case whose call cannot be captured
+    (it synchronizes or allocates outside CuPy's pool) fails with CUDA's reason.
+    """
+    import cupy
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        run()                      # allocate every buffer before capturing
+        stream.synchronize()
+        stream.begin_capture()
+        try:
+            run()
+        finally:
+            graph = stream.end_capture()
+    graph.upload(stream)
+
+    def replay():
+        graph.launch(stream)
+    return replay
+
+
 def timer_for(device: str) -> Timer:
     return CudaEventTimer() if device == "cuda" else CpuTimer()
 
@@ -82,6 +106,8 @@ class Settings:
     max_time: float = 20.0     # seconds per case at most, warm-up included
     min_samples: int = 5
     max_noise: float = 0.05    # target IQR / median
+    cold: bool = False         # evict the last-level cache before every sample (microbench.caches)
+    graph: bool = False        # GPU: capture one call as a CUDA graph and time its replays
 
     def __post_init__(self):
         for name in ("warmup", "min_time", "max_time", "max_noise"):
@@ -95,11 +121,12 @@ class Settings:
 
 
 def measure(run: Callable[[], object], settings: Settings, timer: Timer | None = None,
-            around: Callable | None = None) -> Measurement:
+            around: Callable | None = None, before_sample: Callable | None = None) -> Measurement:
     """Warm ``run`` up, then sample it per the stopping rule.
 
     ``around`` is an optional context-manager factory wrapped around the sampling loop only (the
     NVTX case range and the profiler capture range), so warm-up calls stay out of a profile.
+    ``before_sample`` runs before every sample, untimed (the cache flush of cold mode).
     """
     timer = timer or CpuTimer()
     start = time.perf_counter()
@@ -114,6 +141,8 @@ def measure(run: Callable[[], object], settings: Settings, timer: Timer | None =
         ctx.__enter__()
     try:
         while True:
+            if before_sample is not None:
+                before_sample()
             samples.append(timer.sample(run))
             n, total = len(samples), sum(samples)
             elapsed = time.perf_counter() - start

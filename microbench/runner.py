@@ -9,7 +9,9 @@ from kernels.errors import BadInput, MicrobenchError, Unsupported
 from profiles import capture, nvtx
 
 from . import results
-from .harness import CpuTimer, Settings, measure, timer_for
+from . import gpustate
+from .caches import flusher_for
+from .harness import CpuTimer, Settings, graph_replay, measure, timer_for
 from .problems import RNNProblem
 from .registry import VariantRecord
 from . import threads as mthreads
@@ -89,14 +91,30 @@ def run_case(case: Case, settings: Settings, env: dict, nvtx_cost: float) -> Out
             if not check.passed:
                 return finish("failed", check=check, prepared=prepared, error=check.detail)
             around = lambda: _measured_region(case)  # noqa: E731
+            extra = {}
             if prepared.measure is not None:
                 m = prepared.measure(settings)
             else:
-                m = measure(prepared.run, settings, timer_for(case.device), around=around)
+                run = prepared.run
+                if settings.graph:
+                    if case.device != "cuda":
+                        raise Unsupported("--graph replays CUDA graphs: it needs a GPU case")
+                    run = graph_replay(run)
+                flush = flusher_for(case.device) if settings.cold else None
+                clocks = gpustate.read() if case.device == "cuda" else None
+                m = measure(run, settings, timer_for(case.device), around=around, before_sample=flush)
+                if clocks is not None:
+                    after = gpustate.read()
+                    extra["gpu_state"] = {"before": clocks, "after": after,
+                                          "warning": gpustate.verdict(clocks, after)}
             nvtx_info = {"level": nvtx.level(), "ranges_per_run": ranges,
                          "cost_per_range_s": nvtx_cost,
                          "est_overhead_frac": ranges * nvtx_cost / m.median if m.median > 0 else None}
-            return finish("ok", measurement=m, check=check, prepared=prepared, nvtx_info=nvtx_info)
+            out = finish("ok", measurement=m, check=check, prepared=prepared, nvtx_info=nvtx_info)
+            out.record.update(extra)
+            out.record["options"]["mode"] = ("cold" if settings.cold else "warm") + (
+                "+graph" if settings.graph else "")
+            return out
     except BadInput:
         raise  # a bad request stops the run with its one-line message
     except Unsupported as e:

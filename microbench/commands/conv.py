@@ -75,15 +75,14 @@ def cmd_conv(args) -> int:
     from profiles import nvtx
 
     from .. import registry, report
-    from ..cli import console, run_cases
-    from ..harness import Settings
+    from ..cli import run_cases, settings_from
     from ..peaks import cpu_gemm_gflops
     from ..problems import check_memory
     from ..runner import Case
     from ..threads import parse_threads, prepare_numba_pool
     from .rnn import resolve_device
 
-    settings = Settings(args.warmup, args.min_time, args.max_time, args.min_samples, args.max_noise)
+    settings = settings_from(args)
     threads = parse_threads(args.threads)
     prepare_numba_pool(threads)
     nvtx.set_level(args.nvtx)
