@@ -29,10 +29,25 @@ STEPS = {s.name: s for s in (
     Step("fuse_pointwise", "all pointwise operations of a step run as one kernel",
          "about 15-30 array operations per step, each a pass over memory (and a launch on a GPU), "
          "become one pass that keeps gates in registers"),
+    Step("streams", "the input GEMM runs in chunks on a second stream, each chunk ordered before "
+         "its steps by an event",
+         "the first recurrent steps start while later input rows are still being multiplied",
+         devices=("cuda",)),
+    Step("wavefront", "each layer runs on its own stream; layer l+1 starts a chunk of steps as soon "
+         "as layer l has finished it",
+         "layers run diagonally, side by side, instead of one after the other (L > 1 only)",
+         devices=("cuda",)),
+    Step("graph", "the whole call (every layer and step) is captured once as a CUDA graph and "
+         "replayed", "one graph launch replaces hundreds of kernel launches from Python",
+         devices=("cuda",)),
 )}
 
 # The order in which --ladder adds steps: cheapest to explain first, as in Appleyard's write-up.
-LADDER = ("group_gemm", "hoist_input", "pretranspose", "fuse_pointwise")
+LADDER = ("group_gemm", "hoist_input", "pretranspose", "fuse_pointwise", "streams", "wavefront", "graph")
+
+# Chunks of steps the input GEMM is split into when streams or wavefront is on: enough to
+# overlap the first steps with later input rows, few enough that each GEMM stays large.
+CHUNKS = 8
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ import numpy as np
 
 from fusion import gemm as fgemm
 from fusion import pointwise as fpointwise
-from fusion.steps import Plan
+from fusion import streams as fstreams
+from fusion.steps import CHUNKS, Plan
 from profiles import nvtx
 
 from . import cells
@@ -63,12 +64,14 @@ class RNN:
     """A built LSTM or GRU: ``RNN(params, variant=..., backend=..., dtype=..., opts=...)(x, ...)``.
 
     ``opts`` (fused only): a :class:`fusion.Plan`, a comma-separated string of step names, or None
-    for every step.  ``dtype``: precision name (``fp32``, ``fp64``) or NumPy dtype; default: the
+    for every step of the backend's device.  A Plan given directly may hold GPU-only steps
+    (streams, wavefront, graph) on NumPy: their orchestration then runs serially, which is how
+    the CPU tests check it.  ``dtype``: precision name (``fp32``, ``fp64``) or NumPy dtype; default: the
     parameters' dtype.
     """
 
     def __init__(self, params: RNNParams, *, variant: str = "fused", backend: str = "numpy",
-                 dtype=None, opts=None):
+                 dtype=None, opts=None, scheduler=None):
         if not isinstance(params, (LSTMParams, GRUParams)):
             raise BadInput(f"params must be LSTMParams or GRUParams, got {type(params).__name__}")
         if variant not in VARIANTS:
@@ -87,6 +90,10 @@ class RNN:
         else:
             self.plan = Plan.parse(opts, self.backend.device)
         self.variant, self.params, self.cell = variant, params, params.cell
+        # Streams/events implementation; None picks the one of the array module.  Tests pass a
+        # fusion.streams.DeferredStreams to run the stream logic in an adversarial order.
+        self.scheduler = scheduler
+        self._graphs: dict = {}
         # A fused stage writes h straight into y[t]; the op-by-op one returns fresh arrays.
         self.fused = "fuse_pointwise" in self.plan
         self.pointwise = (fpointwise.get(self.cell, self.backend.pointwise) if self.fused
@@ -106,52 +113,147 @@ class RNN:
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)  # outside any timed region: builders pass the built dtype
         seq = x.transpose(1, 0, 2) if batch_first else x
-        L, H = p.num_layers, p.hidden_size
-        h_n = xp.empty((L, B, H), dtype=self.dtype)
-        c_n = xp.empty((L, B, H), dtype=self.dtype) if self.cell == "lstm" else None
-        for l, lay in enumerate(self.layers):
-            h = xp.zeros((B, H), self.dtype) if h0 is None else xp.asarray(h0[l], dtype=self.dtype)
-            if self.cell == "lstm":
-                c = xp.zeros((B, H), self.dtype) if c0 is None else xp.array(c0[l], dtype=self.dtype)
-            seq, h, c = self._layer(lay, seq, h, c if self.cell == "lstm" else None, T, B, H)
-            h_n[l] = h
-            if c_n is not None:
-                c_n[l] = c
-        y = seq.transpose(1, 0, 2) if batch_first else seq
+        if "graph" in self.plan and xp.__name__ == "cupy":
+            y, h_n, c_n = self._graph_call(seq, h0, c0, T, B)
+        else:
+            y, h_n, c_n = self._forward(seq, h0, c0, T, B)
+        y = y.transpose(1, 0, 2) if batch_first else y
         return (y, (h_n, c_n)) if self.cell == "lstm" else (y, h_n)
 
-    def _layer(self, lay: _LayerExec, seq, h, c, T, B, H):
-        xp, dt = self.xp, self.dtype
-        y = xp.empty((T, B, H), dtype=dt)
-        gh_buf = lay.proj_h.alloc(B, dt)
-        gh = lay.proj_h.gates(gh_buf)
-        if lay.hoist:
-            with nvtx.phase("gemm_x"):
-                # One GEMM with M = T*B; needs the sequence contiguous in time-major order.
-                flat = xp.ascontiguousarray(seq).reshape(T * B, -1)
-                gx_all = lay.proj_x(flat, lay.proj_x.alloc(T * B, dt))
-                if lay.b_fold is not None:
-                    gates = lay.proj_x.gates(gx_all)
-                    gates += lay.b_fold
+    def _forward(self, seq, h0, c0, T: int, B: int):
+        """Issue every GEMM and pointwise stage of every layer on the scheduler's streams.
+
+        Work is issued per chunk of steps.  Without ``streams``/``wavefront`` there is one chunk
+        and one stream, which is the plain loop.  With them, chunk c of layer l depends on:
+        its input rows (the input GEMM of that chunk, on the layer's input stream, which itself
+        waits for chunk c of layer l-1) and on chunk c-1 of the same layer (stream order).
+        """
+        xp, dt, sch = self.xp, self.dtype, self.streams_for()
+        L, H = self.params.num_layers, self.params.hidden_size
+        overlap = "streams" in self.plan or "wavefront" in self.plan
+        chunk = max(1, -(-T // CHUNKS)) if overlap else T
+        n_chunks = -(-T // chunk)
+        main = sch.stream("main")
+        s_step = [sch.stream(("layer", l)) if "wavefront" in self.plan else main for l in range(L)]
+        s_x = [sch.stream(("x", l)) if "streams" in self.plan else s_step[l] for l in range(L)]
+        used = list(dict.fromkeys(s_step + s_x))
+        start = sch.record(main)              # the inputs are ready on the caller's stream
+        for s in used:
+            if s is not main:
+                sch.wait(s, start)
+        ys = [xp.empty((T, B, H), dtype=dt) for _ in range(L)]
+        h_n = xp.empty((L, B, H), dtype=dt)
+        c_n = xp.empty((L, B, H), dtype=dt) if self.cell == "lstm" else None
+        ctx = []
+        for l, lay in enumerate(self.layers):
+            c = None
+            if self.cell == "lstm":  # updated in place, one buffer per layer
+                c = xp.zeros((B, H), dt) if c0 is None else xp.array(c0[l], dtype=dt)
+            h_init = xp.zeros((B, H), dt) if h0 is None else xp.asarray(h0[l], dtype=dt)
+            gx_all = lay.proj_x.alloc(T * B, dt) if (lay.hoist or overlap) else None
+            ctx.append(dict(c=c, h0=h_init, gx_all=gx_all, gh=lay.proj_h.alloc(B, dt),
+                            gx_step=None if gx_all is not None else lay.proj_x.alloc(B, dt)))
+        done = [[None] * n_chunks for _ in range(L)]
+        if "wavefront" in self.plan:   # issue diagonally, so every layer's stream has work early
+            order = [(l, d - l) for d in range(n_chunks + L - 1) for l in range(L) if 0 <= d - l < n_chunks]
         else:
-            gx_buf = lay.proj_x.alloc(B, dt)
-        for t in range(T):
-            with nvtx.phase("step"):
-                if lay.hoist:
-                    gx = lay.proj_x.rows(gx_all, t * B, (t + 1) * B)
+            order = [(l, k) for l in range(L) for k in range(n_chunks)]
+        for l, k in order:
+            lay, st, t0, t1 = self.layers[l], ctx[l], k * chunk, min(T, (k + 1) * chunk)
+            inp = seq if l == 0 else ys[l - 1]
+            if l > 0:
+                sch.wait(s_x[l], done[l - 1][k])
+            if lay.hoist:
+                sch.launch(s_x[l], lambda lay=lay, st=st, inp=inp, t0=t0, t1=t1: self._gemm_x(lay, st, inp, t0, t1, B))
+                if s_x[l] is not s_step[l]:
+                    sch.wait(s_step[l], sch.record(s_x[l]))
+            for t in range(t0, t1):
+                if not lay.hoist and s_x[l] is not s_step[l]:
+                    sch.launch(s_x[l], lambda lay=lay, st=st, inp=inp, t=t: self._gemm_x(lay, st, inp, t, t + 1, B))
+                    sch.wait(s_step[l], sch.record(s_x[l]))
+                sch.launch(s_step[l], lambda l=l, t=t, inp=inp: self._step(l, t, inp, ys[l], ctx[l], B))
+            done[l][k] = sch.record(s_step[l])
+        sch.join(main, used)
+        for l in range(L):
+            h_n[l] = ys[l][T - 1]
+            if c_n is not None:
+                c_n[l] = ctx[l]["c"]
+        return ys[-1], h_n, c_n
+
+    def _gemm_x(self, lay: _LayerExec, st: dict, inp, t0: int, t1: int, B: int):
+        """Input GEMM for steps t0..t1 (M = (t1-t0)*B) into rows of the layer's gx buffer."""
+        with nvtx.phase("gemm_x"):
+            rows = self.xp.ascontiguousarray(inp[t0:t1]).reshape((t1 - t0) * B, -1)
+            buf = st["gx_all"]
+            out = buf[t0 * B:t1 * B] if lay.proj_x.grouped else buf[:, t0 * B:t1 * B]
+            lay.proj_x(rows, out)
+            if lay.b_fold is not None:
+                gates = lay.proj_x.gates(out)
+                gates += lay.b_fold
+
+    def _step(self, l: int, t: int, inp, y, st: dict, B: int):
+        xp, lay = self.xp, self.layers[l]
+        with nvtx.phase("step"):
+            if st["gx_all"] is not None and (lay.hoist or st["gx_step"] is None):
+                gx = lay.proj_x.rows(st["gx_all"], t * B, (t + 1) * B)
+            else:
+                with nvtx.phase("gemm_x"):
+                    gx = lay.proj_x.gates(lay.proj_x(inp[t], st["gx_step"]))
+            h_prev = st["h0"] if t == 0 else y[t - 1]
+            with nvtx.phase("gemm_h"):
+                lay.proj_h(h_prev, st["gh"])
+            gh = lay.proj_h.gates(st["gh"])
+            with nvtx.phase("pointwise"):
+                if st["c"] is not None:
+                    h, c = self.pointwise(xp, gx, gh, lay.bx, lay.bh, st["c"], y[t], st["c"])
+                    if not self.fused:   # the op-by-op cell returns new arrays
+                        y[t] = h
+                        st["c"][...] = c
                 else:
-                    with nvtx.phase("gemm_x"):
-                        gx = lay.proj_x.gates(lay.proj_x(seq[t], gx_buf))
-                with nvtx.phase("gemm_h"):
-                    lay.proj_h(h, gh_buf)
-                with nvtx.phase("pointwise"):
-                    if c is not None:
-                        h, c = self.pointwise(xp, gx, gh, lay.bx, lay.bh, c, y[t], c)
-                    else:
-                        (h,) = self.pointwise(xp, gx, gh, lay.bx, lay.bh, h, y[t])
-                if not self.fused:
-                    y[t] = h
-        return y, h, c
+                    (h,) = self.pointwise(xp, gx, gh, lay.bx, lay.bh, h_prev, y[t])
+                    if not self.fused:
+                        y[t] = h
+
+    def streams_for(self):
+        return self.scheduler if self.scheduler is not None else fstreams.for_module(self.xp)
+
+    def _graph_call(self, seq, h0, c0, T: int, B: int):
+        """``graph`` step: capture one whole call per input signature, then replay it.
+
+        Inputs are copied into static buffers the graph reads; outputs are copied out of the
+        static buffers it writes, so results of earlier calls are not overwritten.
+        """
+        xp = self.xp
+        key = (seq.shape, h0 is None, c0 is None)
+        g = self._graphs.get(key)
+        if g is None:
+            static = {"seq": xp.array(seq), "h0": None if h0 is None else xp.array(h0, dtype=self.dtype),
+                      "c0": None if c0 is None else xp.array(c0, dtype=self.dtype)}
+            stream = xp.cuda.Stream(non_blocking=True)
+            with stream:
+                self._forward(static["seq"], static["h0"], static["c0"], T, B)  # allocations happen here
+                stream.synchronize()
+                stream.begin_capture()
+                try:
+                    outs = self._forward(static["seq"], static["h0"], static["c0"], T, B)
+                finally:
+                    graph = stream.end_capture()
+            g = self._graphs[key] = (graph, stream, static, outs)
+        graph, stream, static, outs = g
+        main = xp.cuda.get_current_stream()
+        static["seq"][...] = seq
+        if h0 is not None:
+            static["h0"][...] = h0
+        if c0 is not None:
+            static["c0"][...] = c0
+        ready = xp.cuda.Event(disable_timing=True)
+        ready.record(main)
+        stream.wait_event(ready)
+        graph.launch(stream)
+        finished = xp.cuda.Event(disable_timing=True)
+        finished.record(stream)
+        main.wait_event(finished)
+        return tuple(None if o is None else o.copy() for o in outs)
 
 
 def _dtype_of(x):

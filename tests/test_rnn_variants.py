@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from fusion.pointwise import tanh_rational
-from fusion.steps import LADDER, Plan, ladder
+from fusion.steps import LADDER, STEPS, Plan, ladder
+from fusion.streams import DeferredStreams
 from kernels import RNN, BadInput, GRUParams, LSTMParams, Unsupported, gru, lstm
 from kernels.dtypes import tolerance
 from microbench.cases.rnn import compare, make_inputs, reference_outputs
@@ -134,7 +135,59 @@ def test_bad_call_shapes():
 
 def test_ladder_is_cumulative_and_complete():
     rungs = ladder("cpu")
-    assert [label for label, _ in rungs] == ["naive"] + ["+" + s for s in LADDER]
+    assert [label for label, _ in rungs] == ["naive"] + ["+" + s for s in LADDER if "cpu" in STEPS[s].devices]
+    assert [label for label, _ in ladder("cuda")] == ["naive"] + ["+" + s for s in LADDER]
     for (_, a), (_, b) in itertools.pairwise(rungs):
         assert a.steps < b.steps and len(b.steps - a.steps) == 1
     assert rungs[-1][1] == Plan.full("cpu")
+
+
+GPU_PLANS = [
+    frozenset({"group_gemm", "hoist_input", "fuse_pointwise", "streams"}),
+    frozenset({"group_gemm", "hoist_input", "fuse_pointwise", "streams", "wavefront"}),
+    frozenset({"hoist_input", "wavefront"}),
+    frozenset({"streams"}),                       # per-step input GEMMs on their own stream
+    frozenset({"group_gemm", "streams", "wavefront", "fuse_pointwise"}),
+]
+
+
+@pytest.mark.parametrize("op", ["lstm", "gru"])
+@pytest.mark.parametrize("steps", GPU_PLANS, ids=lambda p: ",".join(sorted(p)))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_stream_orchestration_in_adversarial_order(op, steps, seed):
+    """streams/wavefront on NumPy with a scheduler that runs work in random event-consistent order."""
+    prob = RNNProblem(op, 11, 2, 3, 5, 3)
+    inp = make_inputs(prob, seed=5, precision="fp64")
+    sched = DeferredStreams(seed)
+    impl = RNN(inp["params"], variant="fused", backend="numba", dtype="fp64", opts=Plan(steps), scheduler=sched)
+    out = impl(inp["x"], inp["h0"], inp["c0"]) if op == "lstm" else impl(inp["x"], inp["h0"])
+    flat = (out[0], *out[1]) if op == "lstm" else (out[0], out[1])
+    check = compare(flat, reference_outputs(prob, 5, "fp64"), "fp64")
+    assert check.passed, check.detail
+    if "wavefront" in steps:   # the layers' streams really interleave
+        streams_run = [s for s in sched.executed if isinstance(s, tuple) and s[0] == "layer"]
+        first_l2 = streams_run.index(("layer", 2))
+        assert ("layer", 0) in streams_run[first_l2:]
+
+
+def test_a_missing_wait_is_caught_by_the_adversarial_scheduler():
+    prob = RNNProblem("lstm", 11, 2, 3, 5, 2)
+    inp = make_inputs(prob, seed=5, precision="fp64")
+    failures = 0
+    for seed in range(4):
+        sched = DeferredStreams(seed)
+        sched.wait = lambda stream, event: None      # drop every cross-stream dependency
+        impl = RNN(inp["params"], variant="fused", backend="numpy", dtype="fp64",
+                   opts=Plan(frozenset({"hoist_input", "streams", "wavefront"})), scheduler=sched)
+        y, (h, c) = impl(inp["x"], inp["h0"], inp["c0"])
+        failures += not compare((y, h, c), reference_outputs(prob, 5, "fp64"), "fp64").passed
+    assert failures >= 3
+
+
+def test_graph_step_is_a_plain_call_on_numpy():
+    prob = RNNProblem("gru", 4, 2, 3, 5, 2)
+    inp = make_inputs(prob, seed=1, precision="fp32")
+    impl = RNN(inp["params"], variant="fused", backend="numpy", dtype="fp32",
+               opts=Plan(frozenset({"group_gemm", "hoist_input", "fuse_pointwise", "graph"})))
+    y, h = impl(inp["x"], inp["h0"])
+    assert compare((y, h), reference_outputs(prob, 1, "fp32"), "fp32").passed
