@@ -81,7 +81,10 @@ def cuda_include_dirs() -> tuple:
 
 
 def compile_options() -> tuple:
-    return ("--std=c++17",) + tuple(f"-I{d}" for d in cuda_include_dirs())
+    # CUDA 13 moved cuda/std/* (which cooperative_groups.h includes) under include/cccl.
+    dirs = cuda_include_dirs()
+    cccl = tuple(f"-I{d}/cccl" for d in dirs if Path(d, "cccl").is_dir())
+    return ("--std=c++17",) + tuple(f"-I{d}" for d in dirs) + cccl
 
 
 def nvrtc_compile(source: str | None = None, arch: str = "sm_90", *, cubin: bool = True,
