@@ -97,6 +97,11 @@ def select(op: str, variant_names: list | None, backend_names: list | None, devi
     out = [r for r in REGISTRY.values() if r.op == op and r.device == device
            and (not variant_names or r.variant in variant_names)
            and (not backend_names or r.backend in backend_names)]
+    for v in variant_names or ():
+        if not any(r.variant == v for r in out):
+            where = sorted({r.device for r in REGISTRY.values() if r.op == op and r.variant == v})
+            if device not in where:
+                raise BadInput(f"variant {v!r} runs on {', '.join(where)} only; this run is on {device}")
     if backend_names and not out:
         on = ", ".join(backends(op, device)) or "none"
         raise BadInput(f"backend {','.join(backend_names)} does not run on {device}; "

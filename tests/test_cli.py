@@ -105,6 +105,7 @@ BAD = [
     (["explain", "lstm", "--frameworks", "caffe"], "no reference lstm trace for framework 'caffe'"),
     (["profile", "vtune", "lstm"], "argument tool: invalid choice: 'vtune'"),
     (["profile", "ncu", "resnet"], "profile needs a benchmark op first, got 'resnet'"),
+    (["lstm", "--persistent", "--device", "cpu"], "variant 'persistent' runs on cuda only; this run is on cpu"),
 ]
 
 
