@@ -75,6 +75,12 @@ def gpu() -> dict:
     return {"available": ok, "reason": reason}
 
 
+def cudnn() -> dict:
+    """cuDNN's version and where it was found (it loads without a GPU), or why it was not."""
+    from kernels import cudnn as kcudnn
+    return kcudnn.describe()
+
+
 def collect(cheap: bool = False) -> dict:
     """Everything that identifies where a measurement was taken."""
     env = {
@@ -88,6 +94,7 @@ def collect(cheap: bool = False) -> dict:
         "libraries": libraries(),
         "blas": blas(),
         "gpu": gpu(),
+        "cudnn": cudnn(),
         "env_vars": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "NUMBA_NUM_THREADS",
                                                  "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                                                  "OPENBLAS_CORETYPE", "CUDA_VISIBLE_DEVICES")
@@ -104,6 +111,7 @@ def env_id(env: dict) -> str:
     """A short hash of what makes results comparable: hardware and library versions (not the date)."""
     key = {k: env.get(k) for k in ("cpu", "cores", "python", "libraries")}
     key["gpu"] = {k: env.get("gpu", {}).get(k) for k in ("name", "driver")}
+    key["cudnn"] = env.get("cudnn", {}).get("version")
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -27,6 +27,9 @@ def cmd_env(args) -> int:
         rows.append(("blas", ", ".join(f"{k}={v}" for k, v in b.items())))
     g = info["gpu"]
     rows.append(("gpu", ", ".join(f"{k}={v}" for k, v in g.items())))
+    cd = info["cudnn"]
+    rows.append(("cudnn", f"{cd.get('version')} from {cd.get('path')}" if cd.get("available")
+                 else f"not found ({cd.get('reason')})"))
     for k, v in info["libraries"].items():
         rows.append((k, v))
     nv = info["nvtx"]

@@ -1,0 +1,333 @@
+"""2-D forward convolution through cuDNN: the legacy API (every algorithm, one by one) and the
+``nvidia-cudnn-frontend`` graph API (``conv_fprop`` with heuristics).
+
+    from kernels.cudnn.conv import CudnnConv, algorithm_table
+    with CudnnConv(problem, precision="fp16", algo="implicit_precomp_gemm") as conv:
+        y = conv(x, w, b)                      # CuPy arrays, problem.layout, w always KCRS
+    rows = algorithm_table(problem, "fp32")    # one row per cuDNN algorithm: status, time, workspace
+
+Layouts: activations NCHW or NHWC as ``problem.layout`` says; the filter is our KCRS, copied once
+in ``build`` to KRSC for NHWC (cuDNN's NHWC filter format).  Bias: ``cudnnAddTensor`` after the
+convolution (legacy path) or a fused ``add`` node (frontend path).
+Math: fp32 = CUDNN_FMA_MATH (no TF32, as PyTorch with TF32 off), tf32 = CUDNN_DEFAULT_MATH
+(TF32 permitted on A100 and later), fp16 = CUDNN_TENSOR_OP_MATH; accumulation in fp32 always.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+from contextlib import ExitStack
+
+import numpy as np
+
+from ..conv.geometry import ConvProblem
+from ..dtypes import canonical
+from ..errors import BadInput, MissingDependency, Unsupported
+from . import errors as cerr
+from .rnn import CUDNN_DATA_FLOAT, CUDNN_DATA_HALF, Descriptor, Handle
+
+FWD_ALGOS = {  # cudnnConvolutionFwdAlgo_t (cudnn_ops.h)
+    "implicit_gemm": 0, "implicit_precomp_gemm": 1, "gemm": 2, "direct": 3, "fft": 4,
+    "fft_tiling": 5, "winograd": 6, "winograd_nonfused": 7,
+}
+ALGO_BY_ID = {v: k for k, v in FWD_ALGOS.items()}
+CUDNN_CROSS_CORRELATION = 1
+CUDNN_TENSOR_NCHW, CUDNN_TENSOR_NHWC = 0, 1
+CUDNN_DEFAULT_MATH, CUDNN_TENSOR_OP_MATH, CUDNN_FMA_MATH = 0, 1, 3
+# precision -> (numpy storage, data type, math type)
+PRECISION = {"fp32": (np.float32, CUDNN_DATA_FLOAT, CUDNN_FMA_MATH),
+             "tf32": (np.float32, CUDNN_DATA_FLOAT, CUDNN_DEFAULT_MATH),
+             "fp16": (np.float16, CUDNN_DATA_HALF, CUDNN_TENSOR_OP_MATH)}
+
+
+class _Perf(ctypes.Structure):
+    """cudnnConvolutionFwdAlgoPerf_t."""
+    _fields_ = [("algo", ctypes.c_int), ("status", ctypes.c_int), ("time", ctypes.c_float),
+                ("memory", ctypes.c_size_t), ("determinism", ctypes.c_int),
+                ("mathType", ctypes.c_int), ("reserved", ctypes.c_int * 3)]
+
+
+_p, _i, _pp = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p)
+_pi, _psz = ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_size_t)
+PROTOTYPES = {
+    "cudnnSetTensor4dDescriptor": [_p, _i, _i, _i, _i, _i, _i],
+    "cudnnSetFilter4dDescriptor": [_p, _i, _i, _i, _i, _i, _i],
+    "cudnnSetConvolution2dDescriptor": [_p, _i, _i, _i, _i, _i, _i, _i, _i],
+    "cudnnSetConvolutionGroupCount": [_p, _i],
+    "cudnnSetConvolutionMathType": [_p, _i],
+    "cudnnGetConvolution2dForwardOutputDim": [_p, _p, _p, _pi, _pi, _pi, _pi],
+    "cudnnGetConvolutionForwardWorkspaceSize": [_p, _p, _p, _p, _p, _i, _psz],
+    "cudnnFindConvolutionForwardAlgorithm": [_p, _p, _p, _p, _p, _i, _pi, ctypes.POINTER(_Perf)],
+    "cudnnGetConvolutionForwardAlgorithm_v7": [_p, _p, _p, _p, _p, _i, _pi, ctypes.POINTER(_Perf)],
+    "cudnnConvolutionForward": [_p, _p, _p, _p, _p, _p, _p, _i, _p, ctypes.c_size_t, _p, _p, _p],
+    "cudnnAddTensor": [_p, _p, _p, _p, _p, _p, _p],
+}
+
+
+def check_request(problem: ConvProblem, precision: str, algo: str) -> str:
+    """Validate; returns the canonical precision."""
+    if not isinstance(problem, ConvProblem):
+        raise BadInput(f"problem must be a ConvProblem, got {type(problem).__name__}")
+    prec = canonical(precision)
+    if prec not in PRECISION:
+        raise Unsupported(f"dtype {prec} is not offered by the cudnn conv variant; allowed: "
+                          f"{', '.join(PRECISION)}")
+    if algo != "auto" and algo not in FWD_ALGOS:
+        raise BadInput(f"conv algo {algo!r} is unknown; allowed: auto, {', '.join(FWD_ALGOS)}")
+    return prec
+
+
+def weights_for_layout(w, layout: str):
+    """Our KCRS filter in the memory order cuDNN's filter format for ``layout`` wants."""
+    return w if layout == "NCHW" else w.transpose(0, 2, 3, 1)
+
+
+class CudnnConv:
+    """Legacy-API forward convolution for one problem; ``algo="auto"`` takes cuDNN's heuristic
+    first choice (cudnnGetConvolutionForwardAlgorithm_v7) among those that run."""
+
+    def __init__(self, problem: ConvProblem, *, precision: str = "fp32", algo: str = "auto",
+                 lib=None):
+        self.precision = check_request(problem, precision, algo)
+        self.problem = p = problem
+        from kernels import gpu
+        ok, reason = gpu.detect()
+        if not ok:
+            raise Unsupported(f"the cudnn conv variant needs a GPU: {reason}")
+        if lib is None:
+            from .lib import load
+            lib = load()
+        import cupy
+        self.lib, self._cp = lib, cupy
+        for name, argtypes in PROTOTYPES.items():
+            lib.fn(name, argtypes)
+        self._stack = st = ExitStack()
+        try:
+            storage, dt, math = PRECISION[self.precision]
+            self.storage = np.dtype(storage)
+            fmt = CUDNN_TENSOR_NCHW if p.layout == "NCHW" else CUDNN_TENSOR_NHWC
+            self.handle = st.enter_context(Handle(lib, cupy.cuda.get_current_stream().ptr))
+            self.x_desc = st.enter_context(Descriptor(lib, "TensorDescriptor"))
+            lib.call("cudnnSetTensor4dDescriptor", self.x_desc.ptr, fmt, dt, p.N, p.C, p.H, p.W)
+            self.w_desc = st.enter_context(Descriptor(lib, "FilterDescriptor"))
+            lib.call("cudnnSetFilter4dDescriptor", self.w_desc.ptr, dt, fmt, p.K, p.Cg, p.R, p.S)
+            self.conv_desc = st.enter_context(Descriptor(lib, "ConvolutionDescriptor"))
+            lib.call("cudnnSetConvolution2dDescriptor", self.conv_desc.ptr, p.pad[0], p.pad[1],
+                     p.stride[0], p.stride[1], p.dilation[0], p.dilation[1],
+                     CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT)
+            lib.call("cudnnSetConvolutionGroupCount", self.conv_desc.ptr, p.groups)
+            lib.call("cudnnSetConvolutionMathType", self.conv_desc.ptr, math)
+            dims = [ctypes.c_int() for _ in range(4)]
+            lib.call("cudnnGetConvolution2dForwardOutputDim", self.conv_desc.ptr, self.x_desc.ptr,
+                     self.w_desc.ptr, *map(ctypes.byref, dims))
+            got = tuple(d.value for d in dims)
+            if got != (p.N, p.K, p.P, p.Q):
+                raise BadInput(f"cuDNN computes output {got}; our geometry says "
+                               f"{(p.N, p.K, p.P, p.Q)} for {p.describe()}")
+            self.y_desc = st.enter_context(Descriptor(lib, "TensorDescriptor"))
+            lib.call("cudnnSetTensor4dDescriptor", self.y_desc.ptr, fmt, dt, p.N, p.K, p.P, p.Q)
+            self.b_desc = st.enter_context(Descriptor(lib, "TensorDescriptor"))
+            lib.call("cudnnSetTensor4dDescriptor", self.b_desc.ptr, fmt, dt, 1, p.K, 1, 1)
+            self.y = cupy.empty(p.y_shape, dtype=self.storage)
+            self.algo = self._choose(algo)
+            self.workspace_bytes = self.workspace_size(self.algo)
+            self.workspace = cupy.empty(max(self.workspace_bytes, 1), dtype=cupy.uint8)
+            self._one, self._zero = ctypes.c_float(1.0), ctypes.c_float(0.0)
+            self._w_cache = None
+            st.callback(self._release)
+        except BaseException:
+            st.close()
+            raise
+
+    def _release(self):
+        self.y = self.workspace = self._w_cache = None
+
+    def workspace_size(self, algo: str) -> int:
+        size = ctypes.c_size_t()
+        self.lib.call("cudnnGetConvolutionForwardWorkspaceSize", self.handle.ptr, self.x_desc.ptr,
+                      self.w_desc.ptr, self.conv_desc.ptr, self.y_desc.ptr, FWD_ALGOS[algo],
+                      ctypes.byref(size))
+        return size.value
+
+    def _perf_rows(self, fn: str) -> list:
+        perf = (_Perf * len(FWD_ALGOS))()
+        n = ctypes.c_int()
+        self.lib.call(fn, self.handle.ptr, self.x_desc.ptr, self.w_desc.ptr, self.conv_desc.ptr,
+                      self.y_desc.ptr, len(FWD_ALGOS), ctypes.byref(n), perf)
+        return [{"algo": ALGO_BY_ID.get(r.algo, str(r.algo)), "status": cerr.status_name(r.status),
+                 "time_ms": float(r.time) if r.status == 0 else None, "workspace": int(r.memory),
+                 "math_type": int(r.mathType), "deterministic": bool(r.determinism)}
+                for r in perf[: n.value]]
+
+    def heuristics(self) -> list:
+        """cudnnGetConvolutionForwardAlgorithm_v7: cuDNN's ranking, without running anything."""
+        return self._perf_rows("cudnnGetConvolutionForwardAlgorithm_v7")
+
+    def find(self) -> list:
+        """cudnnFindConvolutionForwardAlgorithm: cuDNN runs every algorithm and times it."""
+        return self._perf_rows("cudnnFindConvolutionForwardAlgorithm")
+
+    def _choose(self, algo: str) -> str:
+        if algo != "auto":
+            try:
+                self.workspace_size(algo)
+            except cerr.CudnnError as e:
+                raise Unsupported(f"cuDNN algorithm {algo} does not serve "
+                                  f"{self.problem.describe()} {self.precision}: {e}") from e
+            return algo
+        for row in self.heuristics():
+            if row["status"] == "CUDNN_STATUS_SUCCESS":
+                return row["algo"]
+        raise Unsupported(f"cuDNN's heuristics offer no algorithm for {self.problem.describe()}")
+
+    def __call__(self, x, w, b=None):
+        p = self.problem
+        if tuple(x.shape) != p.x_shape or tuple(w.shape) != p.w_shape:
+            raise BadInput(f"x {tuple(x.shape)} / w {tuple(w.shape)}; expected {p.x_shape} / "
+                           f"{p.w_shape} (KCRS)")
+        if x.dtype != self.storage or w.dtype != self.storage:
+            raise BadInput(f"x and w must be {self.storage} for {self.precision}")
+        if p.bias and (b is None or tuple(b.shape) != p.b_shape):
+            raise BadInput(f"b must have shape {p.b_shape}")
+        self.handle.set_stream(self._cp.cuda.get_current_stream().ptr)
+        if p.layout == "NHWC":  # KCRS -> KRSC once per distinct filter array
+            if self._w_cache is None or self._w_cache[0] is not w:
+                self._w_cache = (w, self._cp.ascontiguousarray(weights_for_layout(w, "NHWC")))
+            wd = self._w_cache[1]
+        else:
+            wd = self._cp.ascontiguousarray(w)
+        lib, one, zero = self.lib, ctypes.byref(self._one), ctypes.byref(self._zero)
+        lib.call("cudnnConvolutionForward", self.handle.ptr, one, self.x_desc.ptr, x.data.ptr,
+                 self.w_desc.ptr, wd.data.ptr, self.conv_desc.ptr, FWD_ALGOS[self.algo],
+                 self.workspace.data.ptr, self.workspace_bytes, zero, self.y_desc.ptr,
+                 self.y.data.ptr)
+        if p.bias:
+            lib.call("cudnnAddTensor", self.handle.ptr, one, self.b_desc.ptr, b.data.ptr, one,
+                     self.y_desc.ptr, self.y.data.ptr)
+        return self.y
+
+    def close(self):
+        self._stack.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def algorithm_table(problem: ConvProblem, precision: str = "fp32", lib=None) -> list:
+    """One row per cuDNN forward algorithm for ``problem``: workspace or the status that rules
+    it out, plus cuDNN's own timing from cudnnFindConvolutionForwardAlgorithm."""
+    with CudnnConv(problem, precision=precision, lib=lib) as conv:
+        found = {r["algo"]: r for r in conv.find()}
+        rows = []
+        for name in FWD_ALGOS:
+            try:
+                ws = conv.workspace_size(name)
+                status = "CUDNN_STATUS_SUCCESS"
+            except cerr.CudnnError as e:
+                ws, status = None, e.name
+            f = found.get(name, {})
+            rows.append({"algo": name, "status": status if ws is None else f.get("status", status),
+                         "workspace": ws, "find_time_ms": f.get("time_ms")})
+        return rows
+
+
+# -- nvidia-cudnn-frontend ---------------------------------------------------------------------
+def frontend_available() -> tuple:
+    if importlib.util.find_spec("cudnn") is None:
+        return False, str(MissingDependency("nvidia-cudnn-frontend", "the cudnn conv graph path",
+                                            "pip install nvidia-cudnn-frontend"))
+    return True, ""
+
+
+def _packed_strides(problem: ConvProblem, dims_nchw, layout: str) -> list:
+    n, c, h, w = dims_nchw
+    if layout == "NCHW":
+        return [c * h * w, h * w, w, 1]
+    return [h * w * c, 1, w * c, c]
+
+
+class FrontendConv:
+    """``conv_fprop`` (+ bias ``add``) as a cudnn-frontend graph built once, executed per call."""
+
+    def __init__(self, problem: ConvProblem, *, precision: str = "fp32"):
+        self.precision = check_request(problem, precision, "auto")
+        ok, reason = frontend_available()
+        if not ok:
+            raise Unsupported(reason)
+        from kernels import gpu
+        ok, reason = gpu.detect()
+        if not ok:
+            raise Unsupported(f"the cudnn frontend conv needs a GPU: {reason}")
+        import cudnn
+        import cupy
+        self._cp, self._cudnn, self.problem = cupy, cudnn, problem
+        p = problem
+        io = cudnn.data_type.HALF if self.precision == "fp16" else cudnn.data_type.FLOAT
+        self.storage = np.dtype(PRECISION[self.precision][0])
+        not_supported = getattr(cudnn, "cudnnGraphNotSupportedError", ())
+        self.handle = cudnn.create_handle()
+        try:
+            cudnn.set_stream(handle=self.handle, stream=cupy.cuda.get_current_stream().ptr)
+            g = cudnn.pygraph(io_data_type=io, intermediate_data_type=cudnn.data_type.FLOAT,
+                              compute_data_type=cudnn.data_type.FLOAT, handle=self.handle)
+            xd, wd, yd = (p.N, p.C, p.H, p.W), (p.K, p.Cg, p.R, p.S), (p.N, p.K, p.P, p.Q)
+            self.X = g.tensor(name="X", dim=list(xd), stride=_packed_strides(p, xd, p.layout),
+                              data_type=io)
+            self.W = g.tensor(name="W", dim=list(wd), stride=_packed_strides(p, wd, p.layout),
+                              data_type=io)
+            y = g.conv_fprop(image=self.X, weight=self.W, padding=list(p.pad),
+                             stride=list(p.stride), dilation=list(p.dilation),
+                             compute_data_type=cudnn.data_type.FLOAT, name="conv")
+            self.B = None
+            if p.bias:
+                self.B = g.tensor(name="B", dim=[1, p.K, 1, 1], stride=[p.K, 1, 1, 1],
+                                  data_type=io)
+                y = g.add(a=y, b=self.B, name="bias")
+            y.set_output(True).set_data_type(io)
+            y.set_dim(list(yd)).set_stride(_packed_strides(p, yd, p.layout))
+            self.Y, self.graph = y, g
+            heur = [cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK]
+            try:
+                g.build(heur)
+            except AttributeError:  # frontends before the one-call build()
+                g.validate()
+                g.build_operation_graph()
+                g.create_execution_plans(heur)
+                g.check_support()
+                g.build_plans()
+            self.workspace = cupy.empty(max(g.get_workspace_size(), 1), dtype=cupy.uint8)
+            self.y = cupy.empty(p.y_shape, dtype=self.storage)
+            self._w_cache = None
+        except not_supported as e:
+            self.close()
+            raise Unsupported(f"cudnn-frontend does not support {p.describe()}: {e}") from e
+        except BaseException:
+            self.close()
+            raise
+
+    def __call__(self, x, w, b=None):
+        p = self.problem
+        if p.layout == "NHWC":
+            if self._w_cache is None or self._w_cache[0] is not w:
+                self._w_cache = (w, self._cp.ascontiguousarray(weights_for_layout(w, "NHWC")))
+            w = self._w_cache[1]
+        pack = {self.X: x, self.W: w, self.Y: self.y}
+        if self.B is not None:
+            pack[self.B] = b
+        self._cudnn.set_stream(handle=self.handle, stream=self._cp.cuda.get_current_stream().ptr)
+        self.graph.execute(pack, self.workspace, handle=self.handle)
+        return self.y
+
+    def close(self):
+        h, self.handle = getattr(self, "handle", None), None
+        if h is not None:
+            self._cudnn.destroy_handle(h)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
