@@ -1,0 +1,286 @@
+"""Backward passes (data and weights) of the fused LSTM, GRU and layer-norm LSTM, generic over ``xp``.
+
+Training forward (``*_forward_train``) runs the fused arrangement (input GEMM hoisted over all T,
+one recurrent GEMM per step) and keeps a *tape*: what backward needs and nothing it can
+recompute cheaply.  Per layer, with T steps, B rows, G gates:
+
+- LSTM:  the layer input X (T, B, I), h_{t-1} for every t (T+1, B, H), c_t (T+1, B, H), the
+  activated gates (T, B, 4H);  tanh(c_t) is recomputed.
+- GRU:   X, h (T+1, B, H), activated r, z, n and the recurrent part of n, W_hn h + b_hn (T, B, H each).
+- LN-LSTM: X, h, c, activated gates, the normalised pre-activations x^, h^ (T, B, 4H) and their
+  inverse deviations (T, B, 1), the normalised cell state c^ and its inverse deviation,
+  tanh(LN(c)) (T, B, H).
+
+Backward walks the steps in reverse.  Only what feeds the recurrence is done per step: the gate
+gradients dG_t (B, G*H) and one GEMM dh_{t-1} += dG_t W_hh.  Everything else is batched over all
+steps after the loop, as one GEMM each with M = T*B:
+
+    dW_hh = dG^T (T*B, G*H)^T @ Hprev (T*B, H)      dW_ih = dGX^T @ X      dX = dGX @ W_ih
+    db = column sums of dG;   layer-norm gains and biases: sums over (T, B) of dP * x^ and dP.
+
+For the GRU the input and recurrent gate gradients differ in one block (dGH_n = dGX_n * r); for
+the layer-norm LSTM both go through their layer norm's backward (dGX after the loop, dGH inside).
+
+Multi-layer: the dX of layer l is the dy of layer l-1.  ``xp`` is NumPy on the CPU, CuPy on a
+GPU (the CuPy path is the one kernels.torch uses there; unverified without a GPU).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fusion.cellexpr import LN_EPS
+
+from .errors import BadInput
+
+
+def _sig(xp, a):
+    return 0.5 * xp.tanh(0.5 * a) + 0.5
+
+
+def _arrays(xp, params, l, dtype):
+    return tuple(xp.asarray(a, dtype=dtype) for a in params.layers[l].arrays())
+
+
+def _init_state(xp, s, L, B, H, dtype):
+    return xp.zeros((L, B, H), dtype=dtype) if s is None else xp.asarray(s, dtype=dtype)
+
+
+@dataclass
+class Tape:
+    cell: str
+    params: object
+    dtype: object
+    layers: list = field(default_factory=list)   # one dict per layer
+
+
+@dataclass
+class Grads:
+    x: object
+    h0: object
+    c0: object                                  # None for the GRU
+    layers: list                                # per layer: {"w_ih", "w_hh", "b_ih", "b_hh", extras...}
+
+
+def _ln_fwd(xp, a, eps=LN_EPS):
+    """Normalise over the last axis: returns (a^, inverse deviation)."""
+    mu = a.mean(axis=-1, keepdims=True)
+    d = a - mu
+    s = 1.0 / xp.sqrt((d * d).mean(axis=-1, keepdims=True) + eps)
+    return d * s, s
+
+
+def _ln_bwd(da_hat, a_hat, s):
+    """d loss / d a from d loss / d a^ (a^ = (a - mean) * s, biased variance)."""
+    m1 = da_hat.mean(axis=-1, keepdims=True)
+    m2 = (da_hat * a_hat).mean(axis=-1, keepdims=True)
+    return s * (da_hat - m1 - a_hat * m2)
+
+
+# -- forward with tape -----------------------------------------------------------------------
+def lstm_forward_train(x, params, h0=None, c0=None, *, xp=np, dtype=None):
+    """``y (T, B, H), h_n, c_n, tape`` for an LSTMParams or LayerNormLSTMParams (``params.kind``)."""
+    layernorm = getattr(params, "kind", "") == "layernorm"
+    if params.cell != "lstm" or getattr(params, "kind", "") not in ("", "layernorm"):
+        raise BadInput(f"lstm_forward_train takes LSTMParams or LayerNormLSTMParams, got {type(params).__name__}")
+    dtype = dtype or params.dtype
+    seq = xp.asarray(x, dtype=dtype)
+    T, B, _ = seq.shape
+    L, H = params.num_layers, params.hidden_size
+    h0a, c0a = _init_state(xp, h0, L, B, H, dtype), _init_state(xp, c0, L, B, H, dtype)
+    tape = Tape("layernorm" if layernorm else "lstm", params, dtype)
+    h_n, c_n = xp.empty((L, B, H), dtype), xp.empty((L, B, H), dtype)
+    for l in range(L):
+        w_ih, w_hh, b_ih, b_hh = _arrays(xp, params, l, dtype)
+        hs, cs = xp.empty((T + 1, B, H), dtype), xp.empty((T + 1, B, H), dtype)
+        hs[0], cs[0] = h0a[l], c0a[l]
+        act = xp.empty((T, B, 4 * H), dtype)
+        ax = seq.reshape(T * B, -1) @ w_ih.T                                   # hoisted, M = T*B
+        rec = {"x": seq, "h": hs, "c": cs, "act": act}
+        if layernorm:
+            e = {k: xp.asarray(v, dtype=dtype) for k, v in params.extras[l].items()}
+            xh, sx = _ln_fwd(xp, ax)                                           # LN of all T at once
+            ax = xh * e["lnx_g"].reshape(-1) + e["lnx_b"].reshape(-1) + b_ih + b_hh
+            rec.update(xh=xh.reshape(T, B, 4 * H), sx=sx.reshape(T, B, 1),
+                       hh=xp.empty((T, B, 4 * H), dtype), sh=xp.empty((T, B, 1), dtype),
+                       ch=xp.empty((T, B, H), dtype), sc=xp.empty((T, B, 1), dtype),
+                       tl=xp.empty((T, B, H), dtype), e=e)
+        else:
+            ax += b_ih + b_hh
+        ax = ax.reshape(T, B, 4 * H)
+        for t in range(T):
+            ah = hs[t] @ w_hh.T                                                # 1 GEMM per step
+            if layernorm:
+                hh, sh = _ln_fwd(xp, ah)
+                rec["hh"][t], rec["sh"][t] = hh, sh
+                pre = ax[t] + hh * e["lnh_g"].reshape(-1) + e["lnh_b"].reshape(-1)
+            else:
+                pre = ax[t] + ah
+            a = act[t]
+            a[:, :2 * H] = _sig(xp, pre[:, :2 * H])
+            a[:, 2 * H:3 * H] = xp.tanh(pre[:, 2 * H:3 * H])
+            a[:, 3 * H:] = _sig(xp, pre[:, 3 * H:])
+            i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+            cs[t + 1] = f * cs[t] + i * g
+            if layernorm:
+                ch, sc = _ln_fwd(xp, cs[t + 1])
+                tl = xp.tanh(ch * e["lnc_g"] + e["lnc_b"])
+                rec["ch"][t], rec["sc"][t], rec["tl"][t] = ch, sc, tl
+                hs[t + 1] = o * tl
+            else:
+                hs[t + 1] = o * xp.tanh(cs[t + 1])
+        tape.layers.append(rec)
+        h_n[l], c_n[l] = hs[T], cs[T]
+        seq = hs[1:]
+    return seq, h_n, c_n, tape
+
+
+def gru_forward_train(x, params, h0=None, *, xp=np, dtype=None):
+    """``y (T, B, H), h_n, tape`` for GRUParams."""
+    if params.cell != "gru":
+        raise BadInput(f"gru_forward_train takes GRUParams, got {type(params).__name__}")
+    dtype = dtype or params.dtype
+    seq = xp.asarray(x, dtype=dtype)
+    T, B, _ = seq.shape
+    L, H = params.num_layers, params.hidden_size
+    h0a = _init_state(xp, h0, L, B, H, dtype)
+    tape = Tape("gru", params, dtype)
+    h_n = xp.empty((L, B, H), dtype)
+    for l in range(L):
+        w_ih, w_hh, b_ih, b_hh = _arrays(xp, params, l, dtype)
+        hs = xp.empty((T + 1, B, H), dtype)
+        hs[0] = h0a[l]
+        r_, z_, n_, hn_ = (xp.empty((T, B, H), dtype) for _ in range(4))
+        gx = (seq.reshape(T * B, -1) @ w_ih.T + b_ih).reshape(T, B, 3 * H)  # hoisted
+        for t in range(T):
+            gh = hs[t] @ w_hh.T + b_hh
+            r = _sig(xp, gx[t, :, :H] + gh[:, :H])
+            z = _sig(xp, gx[t, :, H:2 * H] + gh[:, H:2 * H])
+            hn = gh[:, 2 * H:]
+            n = xp.tanh(gx[t, :, 2 * H:] + r * hn)
+            hs[t + 1] = (1.0 - z) * n + z * hs[t]
+            r_[t], z_[t], n_[t], hn_[t] = r, z, n, hn
+        tape.layers.append({"x": seq, "h": hs, "r": r_, "z": z_, "n": n_, "hn": hn_})
+        h_n[l] = hs[T]
+        seq = hs[1:]
+    return seq, h_n, tape
+
+
+# -- backward ---------------------------------------------------------------------------------
+def _weight_grads(xp, dgx, dgh, X, Hprev):
+    """The batched weight-gradient GEMMs of one layer (M = T*B each)."""
+    T, B, GH = dgx.shape
+    gx2, gh2 = dgx.reshape(T * B, GH), dgh.reshape(T * B, GH)
+    return {"w_ih": gx2.T @ X.reshape(T * B, -1), "w_hh": gh2.T @ Hprev.reshape(T * B, -1),
+            "b_ih": gx2.sum(axis=0), "b_hh": gh2.sum(axis=0)}
+
+
+def lstm_backward(tape: Tape, dy, dh_n=None, dc_n=None, *, xp=np) -> Grads:
+    """Gradients of a scalar loss given ``dy`` (T, B, H) and, optionally, ``dh_n``, ``dc_n`` (L, B, H)."""
+    p, dt = tape.params, tape.dtype
+    L, H = p.num_layers, p.hidden_size
+    layernorm = tape.cell == "layernorm"
+    dseq = xp.asarray(dy, dtype=dt)
+    T, B, _ = dseq.shape
+    dh0, dc0 = xp.empty((L, B, H), dt), xp.empty((L, B, H), dt)
+    grads = [None] * L
+    for l in reversed(range(L)):
+        rec = tape.layers[l]
+        w_ih, w_hh, _, _ = _arrays(xp, p, l, dt)
+        hs, cs, act = rec["h"], rec["c"], rec["act"]
+        dh = xp.zeros((B, H), dt) if dh_n is None else xp.array(dh_n[l], dtype=dt)
+        dc = xp.zeros((B, H), dt) if dc_n is None else xp.array(dc_n[l], dtype=dt)
+        dP = xp.empty((T, B, 4 * H), dt)          # gradient of the gate pre-activations
+        dAH = dP if not layernorm else xp.empty((T, B, 4 * H), dt)
+        if layernorm:
+            e = rec["e"]
+            d_lnc_g, d_lnc_b = xp.zeros((H,), dt), xp.zeros((H,), dt)
+        for t in reversed(range(T)):
+            a = act[t]
+            i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+            dht = dseq[t] + dh
+            if layernorm:
+                tl, ch = rec["tl"][t], rec["ch"][t]
+                do = dht * tl
+                dln = dht * o * (1.0 - tl * tl)
+                d_lnc_g += (dln * ch).sum(axis=0)
+                d_lnc_b += dln.sum(axis=0)
+                dc = dc + _ln_bwd(dln * e["lnc_g"], ch, rec["sc"][t])
+            else:
+                tc = xp.tanh(cs[t + 1])
+                do = dht * tc
+                dc = dc + dht * o * (1.0 - tc * tc)
+            d = dP[t]
+            d[:, :H] = dc * g * i * (1.0 - i)
+            d[:, H:2 * H] = dc * cs[t] * f * (1.0 - f)
+            d[:, 2 * H:3 * H] = dc * i * (1.0 - g * g)
+            d[:, 3 * H:] = do * o * (1.0 - o)
+            dc = dc * f
+            if layernorm:
+                dAH[t] = _ln_bwd(d * e["lnh_g"].reshape(-1), rec["hh"][t], rec["sh"][t])
+            dh = dAH[t] @ w_hh                                                   # 1 GEMM per step
+        if layernorm:
+            dAX = _ln_bwd(dP * e["lnx_g"].reshape(-1), rec["xh"], rec["sx"])      # all T at once
+            gw = _weight_grads(xp, dAX, dAH, rec["x"], hs[:T])
+            db = dP.reshape(T * B, 4 * H).sum(axis=0)
+            gw["b_ih"], gw["b_hh"] = db, db.copy()
+            dP2 = dP.reshape(T * B, 4 * H)
+            gw["lnx_g"] = (dP2 * rec["xh"].reshape(T * B, -1)).sum(axis=0).reshape(4, H)
+            gw["lnh_g"] = (dP2 * rec["hh"].reshape(T * B, -1)).sum(axis=0).reshape(4, H)
+            gw["lnx_b"] = db.reshape(4, H).copy()
+            gw["lnh_b"] = db.reshape(4, H).copy()
+            gw["lnc_g"], gw["lnc_b"] = d_lnc_g, d_lnc_b
+        else:
+            dAX = dP
+            gw = _weight_grads(xp, dP, dP, rec["x"], hs[:T])
+        grads[l] = gw
+        dh0[l], dc0[l] = dh, dc
+        dseq = (dAX.reshape(T * B, 4 * H) @ w_ih).reshape(T, B, -1)             # dX, one GEMM
+    return Grads(dseq, dh0, dc0, grads)
+
+
+def gru_backward(tape: Tape, dy, dh_n=None, *, xp=np) -> Grads:
+    p, dt = tape.params, tape.dtype
+    L, H = p.num_layers, p.hidden_size
+    dseq = xp.asarray(dy, dtype=dt)
+    T, B, _ = dseq.shape
+    dh0 = xp.empty((L, B, H), dt)
+    grads = [None] * L
+    for l in reversed(range(L)):
+        rec = tape.layers[l]
+        w_ih, w_hh, _, _ = _arrays(xp, p, l, dt)
+        hs = rec["h"]
+        dh = xp.zeros((B, H), dt) if dh_n is None else xp.array(dh_n[l], dtype=dt)
+        dGX, dGH = xp.empty((T, B, 3 * H), dt), xp.empty((T, B, 3 * H), dt)
+        for t in reversed(range(T)):
+            r, z, n, hn = rec["r"][t], rec["z"][t], rec["n"][t], rec["hn"][t]
+            dht = dseq[t] + dh
+            dan = dht * (1.0 - z) * (1.0 - n * n)
+            daz = dht * (hs[t] - n) * z * (1.0 - z)
+            dar = dan * hn * r * (1.0 - r)
+            gx, gh = dGX[t], dGH[t]
+            gx[:, :H], gx[:, H:2 * H], gx[:, 2 * H:] = dar, daz, dan
+            gh[:, :H], gh[:, H:2 * H], gh[:, 2 * H:] = dar, daz, dan * r     # reset after the GEMM
+            dh = dht * z + gh @ w_hh                                          # 1 GEMM per step
+        grads[l] = _weight_grads(xp, dGX, dGH, rec["x"], hs[:T])
+        dh0[l] = dh
+        dseq = (dGX.reshape(T * B, 3 * H) @ w_ih).reshape(T, B, -1)
+    return Grads(dseq, dh0, None, grads)
+
+
+def forward_train(x, params, h0=None, c0=None, *, xp=np, dtype=None):
+    """Dispatch on the parameters: ``(y, states, tape)`` with states ``(h_n, c_n)`` or ``(h_n,)``."""
+    if params.cell == "gru":
+        if c0 is not None:
+            raise BadInput("a GRU has no cell state: c0 must be None")
+        y, h, tape = gru_forward_train(x, params, h0, xp=xp, dtype=dtype)
+        return y, (h,), tape
+    y, h, c, tape = lstm_forward_train(x, params, h0, c0, xp=xp, dtype=dtype)
+    return y, (h, c), tape
+
+
+def backward(tape: Tape, dy, dstates=(), *, xp=np) -> Grads:
+    if tape.cell == "gru":
+        return gru_backward(tape, dy, *dstates, xp=xp)
+    return lstm_backward(tape, dy, *dstates, xp=xp)

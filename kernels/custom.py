@@ -1,0 +1,280 @@
+"""Custom LSTM cells: peephole and layer-norm, with parameters, float64 references and a runner.
+
+Parameters extend the canonical LSTM layout (:mod:`kernels.params`: ``w_ih, w_hh, b_ih, b_hh``
+per layer, gates i, f, g, o) with per-unit arrays, one dict per layer, named and shaped as the
+cell's declaration in :mod:`fusion.cellexpr` says:
+
+- peephole (``PEEPHOLE_LSTM``): ``peep (3, H)``: rows i, f, o; i and f see c_{t-1}, o sees c_t;
+- layer norm (``LAYERNORM_LSTM``, Ba et al. 2016): ``lnx_g, lnx_b (4, H)``: gain and bias of the
+  layer norm over the 4H input pre-activations ``x W_ih^T``; ``lnh_g, lnh_b (4, H)``: the same
+  for ``h W_hh^T``; ``lnc_g, lnc_b (H,)``: layer norm of c before the output tanh.  The canonical
+  biases are added after the normalisation (so they are not folded into the input GEMM).
+
+The containers derive from :class:`~kernels.params.RNNParams`, not from ``LSTMParams``: the
+plain :func:`kernels.lstm` refuses them instead of silently dropping the extra parameters.
+
+Variants (:func:`custom_lstm`): ``naive``: per-gate GEMMs every step and the cell's op-by-op
+NumPy pointwise code (generated from the same declaration); ``fused``: input GEMM hoisted over
+all T (one GEMM with M = T*B), one grouped recurrent GEMM per step, and the generated fused
+kernel (``backend="numba"``) or the op-by-op code (``backend="numpy"``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fusion import cellexpr
+
+from .dtypes import canonical, storage
+from .errors import BadInput
+from .params import Layer, LSTMParams, RNNParams
+from .reference import check_sequence, sigmoid
+
+CUSTOM_CELLS = ("peephole", "layernorm")
+VARIANTS = ("naive", "fused")
+BACKENDS = ("numpy", "numba")
+
+
+@dataclass(frozen=True)
+class _CustomLSTMParams(RNNParams):
+    extras: tuple = ()
+
+    cell = "lstm"
+    kind = ""             # "peephole" or "layernorm"
+    expr = None           # the fusion.cellexpr.Cell
+
+    def __post_init__(self):
+        super().__post_init__()
+        object.__setattr__(self, "extras", tuple(dict(e) for e in self.extras))
+        if len(self.extras) != len(self.layers):
+            raise BadInput(f"{type(self).__name__}: {len(self.extras)} extra-parameter sets for "
+                           f"{len(self.layers)} layers")
+        for l, e in enumerate(self.extras):
+            want = {p: self.expr.param_shape(p, self.hidden_size) for p, _ in self.expr.params}
+            if set(e) != set(want):
+                raise BadInput(f"layer {l}: extra parameters {sorted(e)}; expected {sorted(want)}")
+            for name, shape in want.items():
+                if np.shape(e[name]) != shape:
+                    raise BadInput(f"layer {l}: {name} has shape {np.shape(e[name])}; expected {shape}")
+
+    @classmethod
+    def random(cls, input_size: int, hidden_size: int, num_layers: int = 1, *, seed: int = 0,
+               dtype=np.float64):
+        """Canonical weights as :meth:`LSTMParams.random` (same seed, same numbers), extras from
+        a second stream of the same seed (see :meth:`_draw_extra`)."""
+        base = LSTMParams.random(input_size, hidden_size, num_layers, seed=seed, dtype=dtype)
+        rng = np.random.default_rng([seed, 1])
+        extras = tuple({p: cls._draw_extra(rng, p, cls.expr.param_shape(p, hidden_size)).astype(dtype)
+                        for p, _ in cls.expr.params} for _ in range(num_layers))
+        return cls(input_size, hidden_size, base.layers, extras)
+
+    def astype(self, dtype):
+        conv = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
+        return type(self)(self.input_size, self.hidden_size,
+                          tuple(Layer(*map(conv, layer.arrays())) for layer in self.layers),
+                          tuple({k: conv(v) for k, v in e.items()} for e in self.extras))
+
+    def extra_arrays(self, layer: int) -> tuple:
+        """The layer's extra arrays in the cell declaration's order (the kernel's argument order)."""
+        return tuple(self.extras[layer][p] for p, _ in self.expr.params)
+
+    def num_weights(self) -> int:
+        return super().num_weights() + sum(np.size(a) for e in self.extras for a in e.values())
+
+    def as_lstm(self) -> LSTMParams:
+        """The canonical part alone (for comparisons with a plain LSTM)."""
+        return LSTMParams(self.input_size, self.hidden_size, self.layers)
+
+
+class PeepholeLSTMParams(_CustomLSTMParams):
+    kind, expr = "peephole", cellexpr.PEEPHOLE_LSTM
+
+    @staticmethod
+    def _draw_extra(rng, name, shape):
+        k = 1.0 / np.sqrt(shape[-1])
+        return rng.uniform(-k, k, size=shape)
+
+
+class LayerNormLSTMParams(_CustomLSTMParams):
+    kind, expr = "layernorm", cellexpr.LAYERNORM_LSTM
+
+    @staticmethod
+    def _draw_extra(rng, name, shape):
+        # gains near 1, biases near 0 (the usual init is exactly 1 and 0; random values make the
+        # checks see every parameter)
+        if name.endswith("_g"):
+            return rng.uniform(0.75, 1.25, size=shape)
+        return rng.uniform(-0.1, 0.1, size=shape)
+
+
+CUSTOM_PARAMS = {"peephole": PeepholeLSTMParams, "layernorm": LayerNormLSTMParams}
+
+
+# -- float64 references, step by step ----------------------------------------------------------
+def _states(params, h0, c0, B):
+    shape = (params.num_layers, B, params.hidden_size)
+    h = np.zeros(shape) if h0 is None else np.asarray(h0, dtype=np.float64)
+    c = np.zeros(shape) if c0 is None else np.asarray(c0, dtype=np.float64)
+    return h, c
+
+
+def peephole_lstm_reference(x, params: PeepholeLSTMParams, h0=None, c0=None):
+    """Returns ``y (T, B, H)`` and ``(h_n, c_n)``, float64; time-major input."""
+    if not isinstance(params, PeepholeLSTMParams):
+        raise BadInput(f"needs PeepholeLSTMParams, got {type(params).__name__}")
+    T, B = check_sequence(np.shape(x), params, False, {"h0": h0, "c0": c0})
+    h_all, c_all = _states(params, h0, c0, B)
+    h_n, c_n = np.empty_like(h_all), np.empty_like(c_all)
+    seq = np.asarray(x, dtype=np.float64)
+    for l, layer in enumerate(params.layers):
+        w_ih, w_hh, b_ih, b_hh = (np.asarray(a, dtype=np.float64) for a in layer.arrays())
+        w_ci, w_cf, w_co = np.asarray(params.extras[l]["peep"], dtype=np.float64)
+        h, c = h_all[l], c_all[l]
+        out = np.empty((T, B, params.hidden_size))
+        for t in range(T):
+            pre = seq[t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh
+            a_i, a_f, a_g, a_o = np.split(pre, 4, axis=1)
+            i = sigmoid(a_i + w_ci * c)          # peepholes on the previous cell state
+            f = sigmoid(a_f + w_cf * c)
+            g = np.tanh(a_g)
+            c = f * c + i * g
+            o = sigmoid(a_o + w_co * c)          # the output gate sees the new cell state
+            h = o * np.tanh(c)
+            out[t] = h
+        h_n[l], c_n[l] = h, c
+        seq = out
+    return seq, (h_n, c_n)
+
+
+def layer_norm(a, gain, bias, eps: float = cellexpr.LN_EPS):
+    """Over the last axis, biased variance (as torch.nn.LayerNorm)."""
+    mu = a.mean(axis=-1, keepdims=True)
+    var = ((a - mu) ** 2).mean(axis=-1, keepdims=True)
+    return (a - mu) / np.sqrt(var + eps) * gain + bias
+
+
+def layernorm_lstm_reference(x, params: LayerNormLSTMParams, h0=None, c0=None):
+    """Returns ``y (T, B, H)`` and ``(h_n, c_n)``, float64; time-major input."""
+    if not isinstance(params, LayerNormLSTMParams):
+        raise BadInput(f"needs LayerNormLSTMParams, got {type(params).__name__}")
+    T, B = check_sequence(np.shape(x), params, False, {"h0": h0, "c0": c0})
+    h_all, c_all = _states(params, h0, c0, B)
+    h_n, c_n = np.empty_like(h_all), np.empty_like(c_all)
+    seq = np.asarray(x, dtype=np.float64)
+    for l, layer in enumerate(params.layers):
+        w_ih, w_hh, b_ih, b_hh = (np.asarray(a, dtype=np.float64) for a in layer.arrays())
+        e = {k: np.asarray(v, dtype=np.float64) for k, v in params.extras[l].items()}
+        h, c = h_all[l], c_all[l]
+        out = np.empty((T, B, params.hidden_size))
+        for t in range(T):
+            ax = layer_norm(seq[t] @ w_ih.T, e["lnx_g"].ravel(), e["lnx_b"].ravel())   # over 4H
+            ah = layer_norm(h @ w_hh.T, e["lnh_g"].ravel(), e["lnh_b"].ravel())        # over 4H
+            a_i, a_f, a_g, a_o = np.split(ax + ah + b_ih + b_hh, 4, axis=1)
+            i, f, g, o = sigmoid(a_i), sigmoid(a_f), np.tanh(a_g), sigmoid(a_o)
+            c = f * c + i * g
+            h = o * np.tanh(layer_norm(c, e["lnc_g"], e["lnc_b"]))                        # over H
+            out[t] = h
+        h_n[l], c_n[l] = h, c
+        seq = out
+    return seq, (h_n, c_n)
+
+
+CUSTOM_REFERENCES = {"peephole": peephole_lstm_reference, "layernorm": layernorm_lstm_reference}
+
+
+# -- the runner --------------------------------------------------------------------------------
+class CustomLSTM:
+    """Built once (weights arranged, kernel compiled on first call), called many times::
+
+        run = CustomLSTM(params, variant="fused", backend="numba", dtype="fp32")
+        y, (h_n, c_n) = run(x, h0, c0)
+    """
+
+    def __init__(self, params: _CustomLSTMParams, *, cell: str | None = None, variant: str = "fused",
+                 backend: str = "numba", dtype=None):
+        if not isinstance(params, _CustomLSTMParams):
+            raise BadInput(f"params must be PeepholeLSTMParams or LayerNormLSTMParams, got {type(params).__name__}")
+        cell = params.kind if cell is None else cell
+        if cell not in CUSTOM_CELLS:
+            raise BadInput(f"cell {cell!r} is unknown; allowed: {', '.join(CUSTOM_CELLS)}")
+        if cell != params.kind:
+            raise BadInput(f"cell {cell!r} given {type(params).__name__} (a {params.kind} cell)")
+        if variant not in VARIANTS:
+            raise BadInput(f"variant {variant!r} is unknown; allowed: {', '.join(VARIANTS)}")
+        if backend not in BACKENDS:
+            raise BadInput(f"backend {backend!r} is unknown; allowed: {', '.join(BACKENDS)}")
+        self.precision = canonical(dtype if dtype is not None else params.dtype)
+        if self.precision not in ("fp32", "fp64"):
+            raise BadInput(f"custom cells run in fp32 or fp64 on the CPU, not {self.precision}")
+        self.dtype = dt = storage(self.precision)
+        self.cell, self.variant, self.backend, self.params = cell, variant, backend, params
+        self.expr = params.expr
+        self.fused_kernel = variant == "fused" and backend == "numba"
+        self.op_by_op = cellexpr.numpy_step(self.expr)
+        self.provider = cellexpr.NumbaCell(self.expr) if self.fused_kernel else None
+        H = params.hidden_size
+        fold = cell != "layernorm"   # LN normalises x W_ih^T alone: its biases come after
+        self.layers = []
+        for l, layer in enumerate(params.layers):
+            w_ih, w_hh, b_ih, b_hh = (np.ascontiguousarray(a, dtype=dt) for a in layer.arrays())
+            lay = {"w_ih": w_ih, "w_hh": w_hh, "extra": tuple(np.ascontiguousarray(a, dtype=dt)
+                                                              for a in params.extra_arrays(l))}
+            if variant == "naive":
+                lay["w_ih_k"] = [np.ascontiguousarray(w_ih[k * H:(k + 1) * H]) for k in range(4)]
+                lay["w_hh_k"] = [np.ascontiguousarray(w_hh[k * H:(k + 1) * H]) for k in range(4)]
+                lay["bx"], lay["bh"], lay["fold"] = b_ih.reshape(4, H), b_hh.reshape(4, H), None
+            elif fold:
+                lay["bx"], lay["bh"], lay["fold"] = None, None, (b_ih + b_hh).reshape(4, H)
+            else:
+                lay["bx"], lay["bh"], lay["fold"] = b_ih.reshape(4, H), b_hh.reshape(4, H), None
+            self.layers.append(lay)
+
+    def __call__(self, x, h0=None, c0=None):
+        p = self.params
+        T, B = check_sequence(np.shape(x), p, False, {"h0": h0, "c0": c0})
+        dt, H, L = self.dtype, p.hidden_size, p.num_layers
+        seq = np.asarray(x, dtype=dt)
+        h_n, c_n = np.empty((L, B, H), dt), np.empty((L, B, H), dt)
+        for l, lay in enumerate(self.layers):
+            h = np.zeros((B, H), dt) if h0 is None else np.asarray(h0[l], dtype=dt)
+            c = np.zeros((B, H), dt) if c0 is None else np.array(c0[l], dtype=dt)  # a copy: updated in place
+            run = self._naive_layer if self.variant == "naive" else self._fused_layer
+            seq, h, c = run(lay, seq, h, c, T, B, H)
+            h_n[l], c_n[l] = h, c
+        return seq, (h_n, c_n)
+
+    def _naive_layer(self, lay, seq, h, c, T, B, H):
+        y = np.empty((T, B, H), self.dtype)
+        for t in range(T):
+            gx = np.stack([seq[t] @ w.T for w in lay["w_ih_k"]], axis=1)   # 4 GEMMs
+            gh = np.stack([h @ w.T for w in lay["w_hh_k"]], axis=1)        # 4 GEMMs
+            h, c = self.op_by_op(np, gx, gh, lay["bx"], lay["bh"], h, c, *lay["extra"])
+            y[t] = h
+        return y, h, c
+
+    def _fused_layer(self, lay, seq, h, c, T, B, H):
+        dt = self.dtype
+        y = np.empty((T, B, H), dt)
+        gx_all = np.ascontiguousarray(seq).reshape(T * B, -1) @ lay["w_ih"].T        # hoisted: M = T*B
+        if lay["fold"] is not None:
+            gx_all.reshape(T * B, 4, H)[...] += lay["fold"]
+        gh_buf = np.empty((B, 4 * H), dt)
+        gh = gh_buf.reshape(B, 4, H)
+        for t in range(T):
+            gx = gx_all[t * B:(t + 1) * B].reshape(B, 4, H)
+            np.matmul(h, lay["w_hh"].T, out=gh_buf)                                    # 1 GEMM
+            if self.fused_kernel:
+                self.provider(np, gx, gh, lay["bx"], lay["bh"], h, (c,), lay["extra"], y[t], (c,))
+                h = y[t]
+            else:
+                h, c = self.op_by_op(np, gx, gh, lay["bx"], lay["bh"], h, c, *lay["extra"])
+                y[t] = h
+        return y, h, c
+
+
+def custom_lstm(x, params, h0=None, c0=None, *, cell: str | None = None, variant: str = "fused",
+                backend: str = "numba", dtype=None):
+    """Forward pass of a peephole or layer-norm LSTM: ``y, (h_n, c_n)``; see :class:`CustomLSTM`."""
+    dtype = dtype if dtype is not None else np.asarray(x).dtype
+    return CustomLSTM(params, cell=cell, variant=variant, backend=backend, dtype=dtype)(x, h0, c0)

@@ -1,0 +1,68 @@
+"""Custom LSTM cells (``--cell layernorm|peephole``): builders following :mod:`microbench.cases.rnn`.
+
+Not registered here: the lead wires ``build_custom`` into the CLI.  The problem is an LSTM
+:class:`~microbench.problems.RNNProblem` (``op == "lstm"``); the cell picks the parameters.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from kernels import dtypes
+from kernels.custom import CUSTOM_PARAMS, CUSTOM_REFERENCES, CustomLSTM
+from kernels.errors import BadInput
+
+from ..checks import compare
+from ..problems import RNNProblem
+from ..registry import Check, Prepared
+
+__all__ = ["build_custom", "make_custom_inputs", "custom_reference_outputs"]
+
+
+def make_custom_inputs(problem: RNNProblem, seed: int, precision: str, cell: str) -> dict:
+    """Parameters, input and initial states from the seed (as :func:`microbench.cases.rnn.make_inputs`:
+    drawn in float64, rounded to the storage type; the reference runs on the rounded values)."""
+    if problem.op != "lstm":
+        raise BadInput(f"--cell {cell} is an LSTM cell; the problem is a {problem.op}")
+    if cell not in CUSTOM_PARAMS:
+        raise BadInput(f"cell {cell!r} is unknown; allowed: {', '.join(CUSTOM_PARAMS)}")
+    rng = np.random.default_rng(seed)
+    params = CUSTOM_PARAMS[cell].random(problem.I, problem.H, problem.L, seed=seed)
+    st = dtypes.storage(precision)
+    x = rng.standard_normal((problem.T, problem.B, problem.I)).astype(st)
+    shape = (problem.L, problem.B, problem.H)
+    h0 = (0.5 * rng.standard_normal(shape)).astype(st)
+    c0 = (0.5 * rng.standard_normal(shape)).astype(st)
+    return {"params": params.astype(st), "x": x, "h0": h0, "c0": c0}
+
+
+@functools.lru_cache(maxsize=4)
+def custom_reference_outputs(problem: RNNProblem, seed: int, precision: str, cell: str) -> tuple:
+    inp = make_custom_inputs(problem, seed, precision, cell)
+    y, (h, c) = CUSTOM_REFERENCES[cell](inp["x"], inp["params"], inp["h0"], inp["c0"])
+    return y, h, c
+
+
+def build_custom(problem: RNNProblem, seed: int, *, cell: str, variant: str, backend: str,
+                 precision: str, plan=None) -> Prepared:
+    """``variant``: naive | fused; ``backend``: numpy | numba (CPU).  ``plan`` must be None or
+    every step: the custom runner has one fused arrangement (hoisted input GEMM, grouped
+    recurrent GEMM, generated pointwise kernel)."""
+    if plan not in (None, "all"):
+        raise BadInput(f"custom cells take no fusion plan (got {plan!r}); use --variant naive or fused")
+    inp = make_custom_inputs(problem, seed, precision, cell)
+    impl = CustomLSTM(inp["params"], cell=cell, variant=variant, backend=backend, dtype=precision)
+    x, h0, c0 = inp["x"], inp["h0"], inp["c0"]
+    run = lambda: impl(x, h0, c0)  # noqa: E731
+
+    def check() -> Check:
+        y, (h, c) = run()
+        return compare([y, h, c], custom_reference_outputs(problem, seed, precision, cell), precision)
+
+    itemsize = np.dtype(impl.dtype).itemsize
+    pointwise = "generated fused kernel" if impl.fused_kernel else "op by op"
+    return Prepared(inputs={"x": x, "h0": h0, "c0": c0}, run=run, flops=problem.flops(),
+                    bytes=problem.bytes(itemsize), check=check,
+                    info={"cell": cell, "pointwise": pointwise,
+                          "gemms_per_step": 8 if variant == "naive" else 1})

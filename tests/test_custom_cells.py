@@ -1,0 +1,220 @@
+"""fusion.cellexpr and kernels.custom: generated kernels against the hand-written ones and the
+float64 references, awkward sizes; generated CUDA C through nvcc (and NVRTC); generated numba.cuda
+in the CUDA simulator (subprocess)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fusion import cellexpr as ce
+from fusion import pointwise as fp
+from kernels.custom import CUSTOM_PARAMS, CUSTOM_REFERENCES, custom_lstm
+from kernels.errors import BadInput
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZES = [(1, 1), (1, 129), (3, 129), (2, 7)]
+
+# The user-defined example (README): a coupled input-forget gate LSTM.
+CIFG = ce.Cell("cifg_lstm", gates="fgo", states=("c",), body="""
+    f = sigmoid(gx_f + gh_f + bx_f + bh_f)
+    g = tanh(gx_g + gh_g + bx_g + bh_g)
+    o = sigmoid(gx_o + gh_o + bx_o + bh_o)
+    c = f * c_prev + (1 - f) * g
+    h = o * tanh(c)
+""")
+
+
+def _gates(rng, B, G, H, dt, layout):
+    if layout == "grouped":
+        return rng.uniform(-4, 4, (B, G * H)).astype(dt).reshape(B, G, H)
+    return rng.uniform(-4, 4, (G, B, H)).astype(dt).transpose(1, 0, 2)   # per-gate buffer
+
+
+def _case(cell, rng, B, H, dt, layout="grouped"):
+    G = cell.num_gates
+    gx, gh = _gates(rng, B, G, H, dt, layout), _gates(rng, B, G, H, dt, layout)
+    bx, bh = (rng.uniform(-1, 1, (G, H)).astype(dt) for _ in range(2))
+    h_prev = rng.uniform(-1, 1, (B, H)).astype(dt)
+    states = tuple(rng.uniform(-2, 2, (B, H)).astype(dt) for _ in cell.states)
+    params = tuple(rng.uniform(0.5, 1.5, cell.param_shape(p, H)).astype(dt) for p, _ in cell.params)
+    return gx, gh, bx, bh, h_prev, states, params
+
+
+def _run_numba(cell, gx, gh, bx, bh, h_prev, states, params):
+    h = np.full(h_prev.shape, np.nan, h_prev.dtype)
+    outs = tuple(np.full(s.shape, np.nan, s.dtype) for s in states)
+    return ce.NumbaCell(cell)(np, gx, gh, bx, bh, h_prev, states, params, h, outs)
+
+
+def _f64(*arrays):
+    return tuple(None if a is None else np.asarray(a, np.float64) for a in arrays)
+
+
+@pytest.mark.parametrize("B,H", SIZES)
+def test_generated_lstm_gru_match_hand_written(B, H, layout="grouped"):
+    rng = np.random.default_rng(B * 1000 + H)
+    gx, gh, bx, _, _, (c0,), _ = _case(ce.LSTM, rng, B, H, "float32", layout)
+    h_gen, c_gen = _run_numba(ce.LSTM, gx, gh, bx, None, c0, (c0,), ())
+    h_hw, c_hw = np.empty_like(c0), c0.copy()
+    fp.NumbaLSTM()(np, gx, gh, bx, None, c_hw, h_hw, c_hw)
+    np.testing.assert_allclose(h_gen, h_hw, rtol=0, atol=2e-7)
+    np.testing.assert_allclose(c_gen, c_hw, rtol=0, atol=2e-7)
+    gx, gh, bx, bh, h_prev, _, _ = _case(ce.GRU, rng, B, H, "float32", layout)
+    (h_gen,) = _run_numba(ce.GRU, gx, gh, bx, bh, h_prev, (), ())
+    h_hw = np.empty_like(h_prev)
+    fp.NumbaGRU()(np, gx, gh, bx, bh, h_prev, h_hw)
+    np.testing.assert_allclose(h_gen, h_hw, rtol=0, atol=2e-7)
+
+
+@pytest.mark.parametrize("cell", [ce.PEEPHOLE_LSTM, ce.LAYERNORM_LSTM, CIFG], ids=lambda c: c.name)
+@pytest.mark.parametrize("dt,tol", [("float32", 2e-6), ("float64", 1e-12)])
+@pytest.mark.parametrize("B,H", SIZES)
+def test_generated_numba_vs_op_by_op(cell, dt, tol, B, H):
+    rng = np.random.default_rng(H)
+    gx, gh, bx, bh, h_prev, states, params = _case(cell, rng, B, H, dt)
+    got = _run_numba(cell, gx, gh, bx, bh, h_prev, states, params)
+    want = ce.numpy_step(cell)(np, *_f64(gx, gh, bx, bh, h_prev), *_f64(*states), *_f64(*params))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=0, atol=tol * max(1.0, np.abs(w).max()))
+
+
+def test_numba_state_updated_in_place():
+    rng = np.random.default_rng(5)
+    gx, gh, bx, bh, h_prev, (c,), params = _case(ce.LAYERNORM_LSTM, rng, 3, 33, "float32")
+    want = ce.numpy_step(ce.LAYERNORM_LSTM)(np, *_f64(gx, gh, bx, bh, h_prev, c), *_f64(*params))
+    h = np.empty_like(c)
+    ce.NumbaCell(ce.LAYERNORM_LSTM)(np, gx, gh, bx, bh, h_prev, (c,), params, h, (c,))
+    np.testing.assert_allclose(c, want[1], atol=2e-6)
+
+
+@pytest.mark.parametrize("cell", ["peephole", "layernorm"])
+@pytest.mark.parametrize("variant,backend", [("naive", "numpy"), ("fused", "numpy"), ("fused", "numba")])
+@pytest.mark.parametrize("T,B,I,H,L", [(1, 1, 1, 1, 1), (4, 1, 3, 129, 1), (3, 2, 5, 6, 2)])
+def test_custom_lstm_vs_reference(cell, variant, backend, T, B, I, H, L):
+    rng = np.random.default_rng(T + H)
+    params = CUSTOM_PARAMS[cell].random(I, H, L, seed=4)
+    x = rng.standard_normal((T, B, I))
+    h0, c0 = (0.5 * rng.standard_normal((L, B, H)) for _ in range(2))
+    yr, (hr, cr) = CUSTOM_REFERENCES[cell](x, params, h0, c0)
+    for dt, tol in (("float32", 1e-5), ("float64", 1e-10)):
+        p = params.astype(dt)
+        y, (h, c) = custom_lstm(x.astype(dt), p, h0.astype(dt), c0.astype(dt), cell=cell,
+                                variant=variant, backend=backend)
+        # fp32 inputs: the reference on the same rounded values
+        yr32, (hr32, cr32) = (CUSTOM_REFERENCES[cell](x.astype(dt), p, h0.astype(dt), c0.astype(dt))
+                              if dt == "float32" else (yr, (hr, cr)))
+        for got, want in ((y, yr32), (h, hr32), (c, cr32)):
+            assert np.max(np.abs(got - want)) <= tol * max(1.0, np.abs(want).max()), (dt, cell)
+
+
+def test_custom_lstm_rejects_mismatch():
+    p = CUSTOM_PARAMS["peephole"].random(2, 3)
+    with pytest.raises(BadInput):
+        custom_lstm(np.zeros((1, 1, 2)), p, cell="layernorm")
+    from kernels import lstm
+    with pytest.raises(BadInput):
+        lstm(np.zeros((1, 1, 2)), p)          # the plain LSTM refuses custom parameters
+
+
+@pytest.mark.parametrize("body,msg", [
+    ("h = tanh(gx_i + nope)\nc = h", "not defined"),
+    ("h = gx_i\nh = gh_i\nc = h", "already defined"),
+    ("h = gx_i ** 0.5\nc = h", "exponent"),
+    ("h = foo(gx_i)\nc = h", "calls"),
+    ("c = gx_i", "must assign 'h'"),
+    ("x = rowsum(rowsum(gx_i))\nh = gx_i * x\nc = h", "rowsum inside rowsum"),
+])
+def test_dsl_errors(body, msg):
+    with pytest.raises(BadInput, match=msg):
+        ce.Cell("bad", gates="i", states=("c",), body=body)
+
+
+def test_reduction_levels():
+    assert ce.analyse(ce.LAYERNORM_LSTM).levels == 4      # means, variances of x/h; mean, variance of c
+    assert not ce.LSTM.has_reductions
+
+
+# -- CUDA C ----------------------------------------------------------------------------------------
+def _all_cuda_source():
+    return ce._CUDA_PRELUDE + "".join(ce.cuda_source(c, prelude=False) for c in (*ce.CELLS.values(), CIFG))
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on the PATH")
+def test_generated_cuda_compiles_with_nvcc(tmp_path):
+    cu = tmp_path / "cells.cu"
+    cu.write_text(_all_cuda_source())
+    cmd = ["nvcc", "-arch=sm_90", "-c", "--resource-usage", "-Werror", "all-warnings",
+           "-o", str(tmp_path / "cells.o"), str(cu)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = proc.stdout + proc.stderr
+    for c in (*ce.CELLS.values(), CIFG):
+        for dt in ("float32", "float16", "bfloat16"):
+            assert ce.cuda_symbol(c, dt) in report
+    assert "bytes spill" not in report.replace("0 bytes spill", "")
+
+
+def test_generated_cuda_compiles_with_nvrtc():
+    from fusion import pointwise_cuda as pc
+    from kernels.errors import MissingDependency
+    try:
+        cubin = pc.nvrtc_compile(_all_cuda_source(), filename="cellexpr.cu")
+    except MissingDependency as e:
+        pytest.skip(str(e))
+    assert len(cubin) > 1000
+
+
+def test_cuda_launch_shape():
+    assert ce.cuda_launch_shape(ce.LAYERNORM_LSTM, 70000, 129) == ((65535, 1, 1), (160, 1, 1))
+    assert ce.cuda_launch_shape(ce.LAYERNORM_LSTM, 2, 1) == ((2, 1, 1), (32, 1, 1))
+
+
+# -- numba.cuda in the simulator --------------------------------------------------------------------
+_SIM = r"""
+import json, sys
+import numpy as np
+from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+from fusion import cellexpr as ce
+k = ce.numba_cuda_kernel(ce.LSTM)
+if type(k).__name__ != "FakeCUDAKernel":
+    print("simulator not active", file=sys.stderr); sys.exit(2)
+rng = np.random.default_rng(0)
+worst = {}
+for cell in (ce.LSTM, ce.GRU, ce.PEEPHOLE_LSTM, ce.LAYERNORM_LSTM):
+    for B, H, dt in ((1, 1, "float32"), (2, 37, "float32"), (2, 37, "float16")):
+        G = cell.num_gates
+        gx = rng.uniform(-3, 3, (G, B, H)).astype(dt).transpose(1, 0, 2)   # strided view
+        gh = rng.uniform(-3, 3, (B, G * H)).astype(dt).reshape(B, G, H)
+        bx, bh = (rng.uniform(-1, 1, (G, H)).astype(dt) for _ in range(2))
+        hp = rng.uniform(-1, 1, (B, H)).astype(dt)
+        sp = [rng.uniform(-2, 2, (B, H)).astype(dt) for _ in cell.states]
+        ps = [rng.uniform(0.5, 1.5, cell.param_shape(p, H)).astype(dt) for p, _ in cell.params]
+        ho = np.zeros((B, H), dt)
+        so = [np.zeros((B, H), dt) for _ in cell.states]
+        args = [gx, gh, bx, bh, hp] + [a for s, o in zip(sp, so) for a in (s, o)] + ps + [ho]
+        grid, block = ce.numba_cuda_launch_shape(B, H, max_grid=1)    # grid-stride loop over B
+        ce.numba_cuda_kernel(cell)[grid, block](*[FakeCUDAArray(a) for a in args])
+        f = lambda a: np.asarray(a, np.float64)
+        want = ce.numpy_step(cell)(np, f(gx), f(gh), f(bx), f(bh), f(hp), *map(f, sp), *map(f, ps))
+        err = max(float(np.max(np.abs(f(g) - w) / np.maximum(1, np.abs(w)))) for g, w in zip([ho] + so, want))
+        worst[f"{cell.name}/{B}x{H}/{dt}"] = err
+print(json.dumps(worst))
+"""
+
+
+def test_generated_numba_cuda_in_simulator():
+    pytest.importorskip("numba.cuda", reason="numba-cuda is not installed")
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", _SIM], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    worst = json.loads(proc.stdout.strip().splitlines()[-1])
+    for case, err in worst.items():
+        assert err <= (1e-5 if case.endswith("float32") else 2e-3), (case, err)
