@@ -172,3 +172,14 @@ def test_help_lists_every_command(run_cli):
     r = run_cli("lstm", "--help")
     for flag in ("--naive", "--fused", "--ladder", "--opt", "--threads", "--json", "--nvtx", "--profile"):
         assert flag in r.stdout
+
+
+@pytest.mark.parametrize("index", range(len(re.findall(r"```python\n", README))))
+def test_readme_python_blocks_run(index):
+    block = re.findall(r"```python\n(.*?)```", README, re.S)[index]
+    namespace: dict = {}
+    exec(compile(block, f"README.md python block {index}", "exec"), namespace)
+    if "y" in namespace:   # the research-code example: a real forward pass
+        assert namespace["y"].shape == (100, 16, 512) and np.isfinite(namespace["y"]).all()
+    if "CIFG" in namespace:
+        assert namespace["CIFG"].name == "cifg_lstm"
