@@ -42,10 +42,20 @@ def add_timing(p):
     g.add_argument("--min-samples", type=int, default=5, metavar="N", help="samples at least (default 5)")
     g.add_argument("--max-noise", type=float, default=0.05, metavar="F",
                    help="sample until IQR/median is below this (default 0.05); noisier results are flagged ~")
+    g.add_argument("--cold", action="store_true",
+                   help="evict the last-level cache (CPU) or L2 (GPU) before every sample")
+    g.add_argument("--graph", action="store_true",
+                   help="GPU: capture one call as a CUDA graph and time its replays")
 
 
 # Subcommand modules under microbench/commands/, in --help order; each has add_parsers(sub).
-COMMANDS = ("rnn", "conv", "explain", "profile", "env")
+COMMANDS = ("rnn", "conv", "suite", "compare", "report", "explain", "profile", "env")
+
+
+def settings_from(args):
+    from .harness import Settings
+    return Settings(args.warmup, args.min_time, args.max_time, args.min_samples, args.max_noise,
+                    cold=args.cold, graph=args.graph)
 
 
 def add_output(p) -> None:
@@ -82,6 +92,9 @@ def run_cases(cases: list, settings, args) -> tuple:
     from .runner import run_case
 
     capture.enable(getattr(args, "profile", False))
+    if settings.graph and any(c.device != "cuda" for c in cases):
+        raise BadInput("--graph replays CUDA graphs, but these cases run on the CPU; drop --graph "
+                       "or use --device cuda")
 
     writer = JsonlWriter(args.json) if args.json else None
     out, err = console(), console(stderr=True)

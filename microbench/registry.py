@@ -75,14 +75,18 @@ def register(record: VariantRecord) -> VariantRecord:
     return record
 
 
+def ours(op: str) -> list:
+    """Records of our own variants of an op (framework records are chosen with --frameworks)."""
+    return [r for r in REGISTRY.values() if r.op == op and not r.framework]
+
+
 def variants(op: str) -> list:
-    """Variant names of an op, in registration order."""
-    return list(dict.fromkeys(r.variant for r in REGISTRY.values() if r.op == op))
+    """Our variant names of an op, in registration order."""
+    return list(dict.fromkeys(r.variant for r in ours(op)))
 
 
 def backends(op: str, device: str | None = None) -> list:
-    return list(dict.fromkeys(r.backend for r in REGISTRY.values()
-                              if r.op == op and (device is None or r.device == device)))
+    return list(dict.fromkeys(r.backend for r in ours(op) if device is None or r.device == device))
 
 
 def select(op: str, variant_names: list | None, backend_names: list | None, device: str) -> list:
@@ -94,12 +98,12 @@ def select(op: str, variant_names: list | None, backend_names: list | None, devi
     for b in backend_names or ():
         if b not in known_b:
             raise BadInput(f"backend {b!r} is unknown for {op}; allowed: {', '.join(known_b)}")
-    out = [r for r in REGISTRY.values() if r.op == op and r.device == device
+    out = [r for r in ours(op) if r.device == device
            and (not variant_names or r.variant in variant_names)
            and (not backend_names or r.backend in backend_names)]
     for v in variant_names or ():
         if not any(r.variant == v for r in out):
-            where = sorted({r.device for r in REGISTRY.values() if r.op == op and r.variant == v})
+            where = sorted({r.device for r in ours(op) if r.variant == v})
             if device not in where:
                 raise BadInput(f"variant {v!r} runs on {', '.join(where)} only; this run is on {device}")
     if backend_names and not out:

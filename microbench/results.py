@@ -72,6 +72,23 @@ class JsonlWriter:
             self._f = open(self.path, "a", encoding="utf-8")
         except OSError as e:
             raise BadInput(f"--json {path!r} cannot be written: {e.strerror}") from None
+        self._end_torn_line()
+
+    def _end_torn_line(self) -> None:
+        """A run killed mid-write can leave a last line without its newline: end it, so the next
+        record starts on its own line (the torn line is then skipped by the loaders)."""
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                if f.tell() == 0:
+                    return
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
+        except OSError:
+            return
+        if torn:
+            self._f.write("\n")
+            self._f.flush()
 
     def write(self, rec: dict) -> None:
         # One write call per line: a crash leaves at worst a partial last line, which load() skips.

@@ -28,6 +28,11 @@ def add_parsers(sub) -> None:
     v.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto (default): a GPU if one is found and a GPU variant exists, else the CPU")
     v.add_argument("--dtype", metavar="LIST", default="fp32", help="comma list of fp64, fp32 (default fp32)")
+    v.add_argument("--frameworks", metavar="LIST",
+                   help="also run these frameworks' conv2d paths in worker processes with the same "
+                        "inputs: comma list of torch, tensorflow, jax, mxnet, or all")
+    v.add_argument("--python", metavar="FW=PATH", action="append",
+                   help="run framework FW's worker under this interpreter (repeatable)")
     s = p.add_argument_group("layer (a named layer, or explicit sizes; explicit sizes override the layer's)")
     s.add_argument("--layer", metavar="NAME", help="e.g. resnet50/res2_3x3 (see `suite --list`)")
     for flag, help_ in (("-N", "batch"), ("-C", "input channels"), ("-H", "input height"),
@@ -101,6 +106,13 @@ def cmd_conv(args) -> int:
     names = None if args.all or not args.variant_flags else list(dict.fromkeys(args.variant_flags))
     records = registry.select("conv", names, None, device)
     cases = [Case(r, problem, p, args.seed, None, t) for t in threads for p in precisions for r in records]
+    if args.frameworks:
+        from ..cases.frameworks import framework_cases
+        from ..frameworks.client import parse_python
+        cases += framework_cases("conv", problem, args.frameworks, device, precisions, args.seed,
+                                 threads, parse_python(args.python) if args.python else {})
+    elif args.python:
+        raise BadInput("--python only applies to framework workers; add --frameworks")
     outcomes, out, err = run_cases(cases, settings, args)
     peak = cpu_gemm_gflops("float32" if precisions[0] == "fp32" else "float64") if device == "cpu" else None
     report.table(outcomes, out, title="conv", baseline="direct", peak_gflops=peak)

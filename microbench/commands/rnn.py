@@ -34,6 +34,17 @@ def _add_rnn(sub, op: str, variant_names: list):
     v.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto (default): a GPU if one is found, else the CPU")
     v.add_argument("--dtype", metavar="LIST", default="fp32", help="comma list of fp64, fp32 (default fp32)")
+    if op == "lstm":
+        v.add_argument("--cell", choices=("plain", "layernorm", "peephole"), default="plain",
+                       help="the LSTM cell: plain (default), layernorm (Ba et al. 2016) or peephole; "
+                            "custom cells run the naive and fused variants on the CPU backends")
+    f = p.add_argument_group("frameworks")
+    f.add_argument("--frameworks", metavar="LIST",
+                   help="also run these frameworks' fused and generic paths, each in its own worker "
+                        "process with the same weights: comma list of torch, tensorflow, jax, mxnet, or all")
+    f.add_argument("--python", metavar="FW=PATH", action="append",
+                   help="run framework FW's worker under this interpreter, e.g. mxnet=.venv-mxnet/bin/python "
+                        "(repeatable; mxnet uses .venv-mxnet when it exists)")
     s = p.add_argument_group("sizes")
     s.add_argument("-T", type=int, default=100, help="sequence length (default 100)")
     s.add_argument("-B", type=int, default=64, help="batch (default 64)")
@@ -70,6 +81,8 @@ def plan_cases(args) -> tuple:
     from kernels.backends import BACKENDS
 
     from .. import registry
+    from ..cases.frameworks import framework_cases, parse_frameworks
+    from ..frameworks.client import parse_python
     from ..problems import RNNProblem, check_memory
     from ..runner import Case
     from ..threads import parse_threads
@@ -88,6 +101,14 @@ def plan_cases(args) -> tuple:
     if args.ladder and (args.opt or args.variant_flags):
         raise BadInput("--ladder chooses the variants and steps itself; drop --opt and the variant flags")
     variant_names = None if args.all or not args.variant_flags else list(dict.fromkeys(args.variant_flags))
+    fw_names = parse_frameworks(args.frameworks) if args.frameworks else []
+    python = parse_python(args.python) if args.python else {}
+    if python and not fw_names:
+        raise BadInput("--python only applies to framework workers; add --frameworks")
+    cell = getattr(args, "cell", "plain")
+    if cell != "plain":
+        return _custom_cell_cases(args, cell, problem, precisions, thread_counts, device,
+                                  variant_names, backend_names, fw_names), device
     records = registry.select(op, variant_names, backend_names, device)
     if not records:
         raise BadInput(f"no {op} variant matches on {device}")
@@ -111,23 +132,60 @@ def plan_cases(args) -> tuple:
                 for rec in records:
                     rp = (plan or Plan.full(device)) if rec.fusable else None
                     cases.append(Case(rec, problem, p, args.seed, rp, threads))
+    if fw_names:
+        cases += framework_cases(op, problem, fw_names, device, precisions, args.seed,
+                                 thread_counts, python)
     return cases, device
+
+
+def _custom_cell_cases(args, cell, problem, precisions, thread_counts, device, variant_names,
+                       backend_names, fw_names) -> list:
+    """Cases of a custom LSTM cell: naive and fused on the CPU backends (kernels.custom)."""
+    import functools
+
+    from ..cases.custom import build_custom
+    from ..registry import VariantRecord
+    from ..runner import Case
+    if args.ladder or args.opt:
+        raise BadInput(f"--cell {cell} has one fused arrangement; drop --ladder and --opt")
+    if fw_names:
+        raise BadInput(f"--cell {cell}: the frameworks have no {cell} LSTM path to compare; drop --frameworks")
+    if device != "cpu":
+        raise BadInput(f"--cell {cell} runs on the CPU backends only (numpy, numba); use --device cpu")
+    allowed_v, allowed_b = ("naive", "fused"), ("numpy", "numba")
+    for v in variant_names or ():
+        if v not in allowed_v:
+            raise BadInput(f"--cell {cell} has variants {', '.join(allowed_v)}, not {v!r}")
+    for b in backend_names or ():
+        if b not in allowed_b:
+            raise BadInput(f"--cell {cell} runs on backends {', '.join(allowed_b)}, not {b!r}")
+    cases = []
+    for threads in thread_counts:
+        for p in precisions:
+            for v in variant_names or allowed_v:
+                for b in backend_names or allowed_b:
+                    rec = VariantRecord("lstm", f"{cell}-{v}", b,
+                                        functools.partial(build_custom, cell=cell, variant=v, backend=b),
+                                        f"{cell} LSTM, {v}")
+                    cases.append(Case(rec, problem, p, args.seed, None, threads))
+    return cases
 
 
 def cmd_rnn(args) -> int:
     from profiles import nvtx
 
     from .. import report
-    from ..cli import run_cases
-    from ..harness import Settings
+    from ..cli import run_cases, settings_from
     from ..threads import parse_threads, prepare_numba_pool
 
-    settings = Settings(args.warmup, args.min_time, args.max_time, args.min_samples, args.max_noise)
+    settings = settings_from(args)
     prepare_numba_pool(parse_threads(args.threads))
     nvtx.set_level(args.nvtx)
     cases, device = plan_cases(args)
     outcomes, out, err = run_cases(cases, settings, args)
-    report.table(outcomes, out, ladder=args.ladder, title=f"{args.op}")
+    cell = getattr(args, "cell", "plain")
+    report.table(outcomes, out, ladder=args.ladder, title=args.op if cell == "plain" else f"{args.op} [{cell}]",
+                 baseline="naive" if cell == "plain" else f"{cell}-naive")
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         err.print(f"[red]{len(failed)} case(s) FAILED[/]; see the table" + (f" and {args.json}" if args.json else ""))

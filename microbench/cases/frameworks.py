@@ -1,0 +1,178 @@
+"""Framework cases: each framework's fused and generic LSTM/GRU/conv2d paths, run in a worker process.
+
+One :class:`~microbench.registry.VariantRecord` per (op, framework, device, path), with
+``variant`` = framework and ``backend`` = path, so rows read ``torch/fused``, ``jax/generic``.
+The builder starts the framework's worker, sends our canonical weights and inputs (the same
+``make_inputs`` every variant of ours gets), has it build and run the layer once, and returns a
+Prepared whose ``check`` compares those outputs with the float64 reference and whose ``measure``
+times the layer inside the worker.  A framework that is not installed, or a path that does not
+exist (or does not compute our function), raises Unsupported: a SKIPPED row with the reason.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+
+
+from kernels import dtypes
+from kernels.errors import BadInput, Unsupported
+
+from ..frameworks import FRAMEWORKS, PATHS, describe, skip_reason
+from ..problems import RNNProblem
+from ..registry import REGISTRY, Prepared, VariantRecord, register
+from ..stats import Measurement
+from .rnn import compare, make_inputs, reference_outputs
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+# MXNet's interpreter (scripts/setup-mxnet makes it): MICROBENCH_MXNET_VENV, else .venv-mxnet here.
+MXNET_VENV_PYTHON = Path(os.environ.get("MICROBENCH_MXNET_VENV", REPO_ROOT / ".venv-mxnet")) / "bin" / "python"
+
+
+def parse_frameworks(text) -> list:
+    """'all' or 'torch,jax' (or a list) -> names in canonical order; an unknown name raises BadInput."""
+    names = text if isinstance(text, (list, tuple)) else [p.strip() for p in str(text or "").split(",")]
+    names = [n for n in names if n]
+    if not names:
+        raise BadInput(f"--frameworks names no framework; allowed: {', '.join(FRAMEWORKS)}, all")
+    if "all" in names:
+        return list(FRAMEWORKS)
+    for n in names:
+        if n not in FRAMEWORKS:
+            raise BadInput(f"--frameworks {n!r} is unknown; allowed: {', '.join(FRAMEWORKS)}, all")
+    return [f for f in FRAMEWORKS if f in names]
+
+
+def default_python(framework: str) -> str | None:
+    """The interpreter a framework's worker runs under when --python does not say: MXNet uses
+    ``.venv-mxnet`` (made by scripts/setup-mxnet) when it exists; every other framework ours."""
+    if framework == "mxnet" and MXNET_VENV_PYTHON.exists():
+        return str(MXNET_VENV_PYTHON)
+    return None
+
+
+def build_framework(problem: RNNProblem, seed: int, *, framework: str, path: str, device: str,
+                    precision: str, plan=None, threads: int | None = None,
+                    python: str | None = None) -> Prepared:
+    from ..frameworks.client import Worker
+    from ..frameworks.convert import pack_layers
+
+    op = getattr(problem, "op", "conv")
+    reason = skip_reason(framework, device, path, op)
+    if reason:
+        raise Unsupported(reason)
+    if op == "conv":
+        return _build_conv(problem, seed, framework=framework, path=path, device=device,
+                           precision=precision, threads=threads, python=python)
+    inp = make_inputs(problem, seed, precision)
+    arrays = {"x": inp["x"], "h0": inp["h0"],
+              **pack_layers([layer.arrays() for layer in inp["params"].layers])}
+    if inp["c0"] is not None:
+        arrays["c0"] = inp["c0"]
+    worker = Worker(framework, python=python or default_python(framework), threads=threads, device=device)
+    try:
+        ans = worker.request({"cmd": "build", "op": problem.op, "path": path, "precision": precision,
+                              "inputs": worker.save("inputs.npz", arrays),
+                              "outputs": worker.path("outputs.npz")})
+        outputs = worker.load("outputs.npz")
+    except BaseException:
+        worker.close()
+        raise
+    winfo = ans["info"]
+
+    def check():
+        return compare(outputs, reference_outputs(problem, seed, precision), precision)
+
+    def measure(settings) -> Measurement:
+        budget = settings.max_time * 2 + 120
+        got = worker.request({"cmd": "measure", "settings": dataclasses.asdict(settings)}, timeout=budget)
+        return Measurement(got["samples"], settings.max_noise)
+
+    info = {"framework": framework, "path": path, "runs": describe(framework, device, path, problem.op),
+            "compile_s": winfo.get("compile_s", winfo.get("first_call_s")),
+            "worker": worker.env, **winfo}
+    return Prepared(inputs={}, run=lambda: worker.request({"cmd": "run"}), flops=problem.flops(),
+                    bytes=problem.bytes(dtypes.storage(precision).itemsize), check=check, info=info,
+                    measure=measure, close=worker.close)
+
+
+def _build_conv(problem, seed, *, framework, path, device, precision, threads, python) -> Prepared:
+    from ..checks import compare as compare_conv
+    from ..frameworks.client import Worker
+    from .conv import make_inputs as conv_inputs, reference_output
+
+    x, w, b = conv_inputs(problem, seed, precision)
+    arrays = {"x": x, "w": w, **({"b": b} if b is not None else {})}
+    geometry = {"stride": list(problem.stride), "pad": list(problem.pad), "dilation": list(problem.dilation),
+                "groups": problem.groups, "layout": problem.layout}
+    worker = Worker(framework, python=python or default_python(framework), threads=threads, device=device)
+    try:
+        ans = worker.request({"cmd": "build", "op": "conv", "path": path, "precision": precision,
+                              "geometry": geometry, "inputs": worker.save("inputs.npz", arrays),
+                              "outputs": worker.path("outputs.npz")})
+        [y] = worker.load("outputs.npz")
+    except BaseException:
+        worker.close()
+        raise
+    winfo = ans["info"]
+
+    def measure(settings) -> Measurement:
+        got = worker.request({"cmd": "measure", "settings": dataclasses.asdict(settings)},
+                             timeout=settings.max_time * 2 + 120)
+        return Measurement(got["samples"], settings.max_noise)
+
+    info = {"framework": framework, "path": path, "runs": describe(framework, device, path, "conv"),
+            "compile_s": winfo.get("compile_s", winfo.get("first_call_s")), "worker": worker.env, **winfo}
+    return Prepared(inputs={}, run=lambda: worker.request({"cmd": "run"}), flops=problem.flops,
+                    bytes=problem.bytes(precision),
+                    check=lambda: compare_conv([y], [reference_output(problem, seed, precision)], precision,
+                                               names=("y",)),
+                    info=info, measure=measure, close=worker.close)
+
+
+def records(op: str, device: str, names: list) -> list:
+    """Registered framework records of an op on a device, frameworks in ``names`` order."""
+    out = [r for r in FRAMEWORK_RECORDS if r.op == op and r.device == device]
+    return sorted((r for r in out if r.framework in names), key=lambda r: names.index(r.framework))
+
+
+def framework_cases(op: str, problem, names, device: str, precisions: list, seed: int = 0,
+                    threads: list | None = None, python: dict | None = None) -> list:
+    """Cases for every path of every named framework (``names``: 'all', 'torch,jax' or a list).
+
+    ``threads``: thread counts to sweep (None: library defaults); ``python``: {framework:
+    interpreter}.  For the ``conv`` command too; an op without framework records raises BadInput.
+    """
+    from ..runner import Case
+    chosen = parse_frameworks(names)
+    recs = records(op, device, chosen)
+    if not recs:
+        have = sorted({r.op for r in FRAMEWORK_RECORDS})
+        raise BadInput(f"--frameworks: no framework case for {op} on {device}; ops with framework "
+                       f"cases: {', '.join(have)}")
+    python = python or {}
+    cases = []
+    for n in threads or [None]:
+        for p in precisions:
+            for rec in recs:
+                bound = dataclasses.replace(rec, build=functools.partial(
+                    rec.build, threads=n, python=python.get(rec.framework)))
+                cases.append(Case(bound, problem, p, seed, None, n))
+    return cases
+
+
+# Every framework record, also in the registry (where registry.ours() leaves them out of our
+# variant flags and backends; --frameworks selects them through framework_cases).
+FRAMEWORK_RECORDS: list = []
+
+for _op in ("lstm", "gru", "conv"):
+    for _fw in FRAMEWORKS:
+        for _dev, _paths in PATHS[_fw].items():
+            for _path in _paths:
+                _rec = VariantRecord(
+                    _op, _fw, _path,
+                    functools.partial(build_framework, framework=_fw, path=_path, device=_dev),
+                    describe(_fw, _dev, _path, _op), framework=_fw, device_name=_dev)
+                FRAMEWORK_RECORDS.append(_rec)
+                register(_rec)

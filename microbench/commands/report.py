@@ -1,0 +1,236 @@
+"""``report FILE... [--html out.html] [--md out.md]``: tables and plots of results files.
+
+Without an output flag the tables print to the terminal.  ``--html`` writes one self-contained
+page (PNG plots embedded as base64), ``--md`` a Markdown file with the same tables and images
+(data URIs).  The plots are those of :mod:`microbench.plots`: the fusion ladder, framework
+convergence, a roofline with ceilings measured in the file, and thread scaling.  Outputs are
+written to a temporary file and renamed, and may not name an input file, so a failed or
+mistaken report never damages results.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import os
+from pathlib import Path
+
+from kernels.errors import BadInput
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("report", help="tables and plots (HTML, Markdown) of results files",
+                       description="Tables of results files; with --html/--md also plots (ladder, "
+                                   "framework convergence, roofline, thread scaling) embedded as PNG.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="results files (JSON lines, from --json)")
+    p.add_argument("--html", metavar="PATH", help="write a self-contained HTML report")
+    p.add_argument("--md", metavar="PATH", help="write a Markdown report (images as data URIs)")
+    p.add_argument("--title", default="microbench report", help="report title")
+    p.set_defaults(func=cmd_report)
+
+
+# -- tables as rows of text ------------------------------------------------------------------------
+
+RESULT_COLUMNS = ("op", "shape", "dtype", "thr", "case", "median", "+-IQR", "GFLOP/s", "GB/s", "check", "status")
+
+
+def result_rows(records: list) -> list:
+    from .. import store
+    from ..plots import shape_text, threads_of
+    from ..report import fmt_time
+    rows = []
+    for r in store.latest(records, with_env=True, status=None).values():
+        st = r.get("stats") if isinstance(r.get("stats"), dict) else None
+        d = r.get("derived") or {}
+        chk = r.get("check") or {}
+        err = chk.get("max_rel_err")
+        thr = threads_of(r)
+        status = r.get("status", "?") if r.get("status") == "ok" else f"{r.get('status')}: {r.get('error') or ''}"
+        rows.append((r.get("op", "?"), shape_text(r), r.get("dtype", "?"), str(thr) if thr else "-",
+                     str(r.get("label", "?")),
+                     fmt_time(st["median_s"]) + (" ~" if st.get("noisy") else "") if st else "-",
+                     f"{100 * st['rel_noise']:.1f}%" if st and "rel_noise" in st else "-",
+                     f"{d['gflops']:.2f}" if d.get("gflops") else "-",
+                     f"{d['gbps']:.3f}" if d.get("gbps") else "-",
+                     f"{err:.1e}" if isinstance(err, (int, float)) else "-", status))
+    return rows
+
+
+def scaling_rows(records: list) -> tuple:
+    """(columns, rows) of the thread table: ms per thread count and speedup vs the fewest."""
+    from ..plots import scaling_series
+    series = scaling_series(records)
+    counts = sorted({t for _, by_t in series for t in by_t})
+    cols = ("case", *[f"{t} thr ms" for t in counts], *[f"x{t}" for t in counts[1:]])
+    rows = []
+    for name, by_t in series:
+        base_t = min(by_t)
+        base = by_t[base_t]["stats"]["median_s"]
+        ms = [f"{by_t[t]['stats']['median_s'] * 1e3:.3f}" if t in by_t else "-" for t in counts]
+        sp = [f"{base / by_t[t]['stats']['median_s']:.2f}" if t in by_t else "-" for t in counts[1:]]
+        rows.append((name, *ms, *sp))
+    return cols, rows
+
+
+def env_rows(records: list) -> list:
+    seen = {}
+    for r in records:
+        e = r.get("env") or {}
+        eid = r.get("env_id") or "?"
+        if eid in seen:
+            continue
+        gpu = e.get("gpu") or {}
+        libs = e.get("libraries") or {}
+        seen[eid] = (eid, str(e.get("date", "?")), f"{e.get('cpu', '?')} ({e.get('cores', '?')} cores)",
+                     str(gpu.get("name")) if gpu.get("available") else "none",
+                     ", ".join(f"{k} {v}" for k, v in libs.items()))
+    return list(seen.values())
+
+
+ENV_COLUMNS = ("env_id", "date", "cpu", "gpu", "libraries")
+
+
+# -- writers ---------------------------------------------------------------------------------------
+
+
+def _check_output(path: str, flag: str, inputs: list) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        raise BadInput(f"{flag} {path!r} is a directory; give a file path")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise BadInput(f"{flag} {path!r}: folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise BadInput(f"{flag} {path!r} cannot be written (permission denied)")
+    for f in inputs:
+        try:
+            if p.exists() and p.resolve() == Path(f).resolve():
+                raise BadInput(f"{flag} {path!r} is one of the input files; it would be overwritten")
+        except OSError:
+            pass
+    return p
+
+
+def _write(path: Path, text: str, flag: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise BadInput(f"{flag} {str(path)!r} cannot be written: {e.strerror}") from None
+
+
+def _html_table(cols, rows) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "\n".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table>\n<tr>{head}</tr>\n{body}\n</table>"
+
+
+def _md_table(cols, rows) -> str:
+    def cell(c):
+        return str(c).replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(cell(c) for c in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+_CSS = """body{font-family:sans-serif;margin:2em;max-width:1300px}
+table{border-collapse:collapse;font-size:13px;margin-bottom:1.5em}
+td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+td:first-child,th:first-child{text-align:left}
+img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
+.note{color:#555;font-size:13px}"""
+
+
+def noise_note(records: list) -> str:
+    """A warning when many measurements missed their noise target (a busy machine, short cases)."""
+    st = [r["stats"] for r in records if r.get("status") == "ok" and isinstance(r.get("stats"), dict)]
+    noisy = sum(bool(s.get("noisy")) for s in st)
+    if not st or noisy < max(1, len(st) // 4):
+        return ""
+    return (f"{noisy} of {len(st)} measurements are noisy (IQR/median above the target): the machine "
+            "was busy or the cases short; compare such numbers only with care, or rerun them")
+
+
+def render_html(title, sources, records, plots, skipped) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
+             f"<p class='note'>{len(records)} record(s) from {html.escape(', '.join(sources))}"
+             + (f"; {skipped} line(s) that are not records were skipped" if skipped else "") + "</p>",
+             f"<p class='note'><b>{html.escape(noise_note(records))}</b></p>" if noise_note(records) else "",
+             "<h2>Environments</h2>", _html_table(ENV_COLUMNS, env_rows(records)), "<h2>Plots</h2>"]
+    for p in plots:
+        parts.append(f"<h3>{html.escape(p.title)}</h3>")
+        if p.png:
+            b64 = base64.b64encode(p.png).decode("ascii")
+            parts.append(f"<img alt='{html.escape(p.title)}' src='data:image/png;base64,{b64}'>")
+        parts.append(f"<p class='note'>{html.escape(p.note)}</p>")
+    cols, rows = scaling_rows(records)
+    if rows:
+        parts += ["<h2>Thread scaling</h2>", _html_table(cols, rows)]
+    parts += ["<h2>Results</h2>", _html_table(RESULT_COLUMNS, result_rows(records)),
+              "<p class='note'>median of the samples per forward call; +-IQR: interquartile range / "
+              "median (~: above the noise target); GFLOP/s counts GEMM FLOPs; check: largest error "
+              "relative to the float64 reference.</p></body></html>"]
+    return "\n".join(parts)
+
+
+def render_md(title, sources, records, plots, skipped) -> str:
+    parts = [f"# {title}", "", f"{len(records)} record(s) from {', '.join(sources)}"
+             + (f"; {skipped} line(s) that are not records were skipped" if skipped else ""), "",
+             *([f"**{noise_note(records)}**", ""] if noise_note(records) else []),
+             "## Environments", "", _md_table(ENV_COLUMNS, env_rows(records)), "", "## Plots", ""]
+    for p in plots:
+        parts += [f"### {p.title}", ""]
+        if p.png:
+            parts += [f"![{p.title}](data:image/png;base64,{base64.b64encode(p.png).decode('ascii')})", ""]
+        parts += [f"_{p.note}_", ""]
+    cols, rows = scaling_rows(records)
+    if rows:
+        parts += ["## Thread scaling", "", _md_table(cols, rows), ""]
+    parts += ["## Results", "", _md_table(RESULT_COLUMNS, result_rows(records)), ""]
+    return "\n".join(parts)
+
+
+def cmd_report(args) -> int:
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .. import store
+    from ..cli import console
+
+    out, err = console(), console(stderr=True)
+    targets = [(flag, _check_output(path, flag, args.files))
+               for flag, path in (("--html", args.html), ("--md", args.md)) if path]
+    records, skipped = store.load(args.files)
+    if skipped:
+        err.print(f"note: {skipped} line(s) that are not records were skipped", highlight=False)
+    if not targets:
+        for title, cols, rows in (("results", RESULT_COLUMNS, result_rows(records)),
+                                  ("thread scaling", *scaling_rows(records))):
+            if not rows:
+                continue
+            t = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+            for c in cols:
+                t.add_column(c)
+            for row in rows:
+                t.add_row(*(escape(str(c)) for c in row))
+            out.print(t)
+        return 0
+    try:
+        from .. import plots as mplots
+    except ImportError as e:
+        raise BadInput(f"--html/--md draw plots with matplotlib, which cannot be imported ({e}); "
+                       "pip install 'microbench[report]' or pip install matplotlib") from None
+    figures = mplots.all_plots(records)
+    for flag, path in targets:
+        render = render_html if flag == "--html" else render_md
+        _write(path, render(args.title, args.files, records, figures, skipped), flag)
+        out.print(escape(f"wrote {path} ({len(records)} records, "
+                         f"{sum(1 for f in figures if f.png)} plots)"), highlight=False)
+    return 0

@@ -1,0 +1,454 @@
+"""``suite``: run a named set of shapes (DeepBench, ResNet-50, the quick tour) as one resumable study.
+
+The plan comes first: every entry of the suite, the cases it expands to, the ones skipped (with
+the reason) and an estimated time; then the cases run in order, each record appended to --json as
+it finishes.  Ctrl-C stops between writes and leaves a valid file; ``--resume`` then skips every
+case the file already holds for this environment (microbench/store.py defines "the same case").
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass, field
+
+from kernels.errors import BadInput
+
+from rich.markup import escape
+
+from ..cli import add_output, add_timing, csv_list
+
+EPILOG = """examples:
+  python -m microbench suite --list                                  # the suites
+  python -m microbench suite quick --json q.jsonl                    # a two-minute CPU tour
+  python -m microbench suite quick --json q.jsonl --resume           # finish an interrupted run
+  python -m microbench suite deepbench-rnn-inference --only 'lstm' --list   # the plan only
+  python -m microbench suite deepbench-rnn-device --variants fused --threads 1,2 --json t.jsonl
+"""
+
+# Timing defaults when neither the suite nor the command line sets them (those of `lstm`).
+_TIMING = {"warmup": 0.2, "min_time": 1.0, "max_time": 20.0, "min_samples": 5, "max_noise": 0.05}
+
+
+def add_parsers(sub) -> None:
+    from .. import cases  # noqa: F401  (fills the registry)
+    p = sub.add_parser("suite", help="run a named suite of shapes (DeepBench, ResNet-50, quick)",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Print the plan (cases and estimated time) of a named suite, then run it.")
+    p.add_argument("name", nargs="?", help="suite name (see --list)")
+    p.add_argument("--list", action="store_true",
+                   help="without NAME: list the suites; with NAME: print the plan and stop")
+    f = p.add_argument_group("filters")
+    f.add_argument("--only", metavar="REGEX", help="entries whose name or shape matches (e.g. 'lstm', '/01[0-9]$')")
+    f.add_argument("--variants", metavar="LIST",
+                   help="our variants or ladder rungs to keep, e.g. naive,fused or naive,+group_gemm")
+    f.add_argument("--frameworks", metavar="LIST", help="framework adapters to add (comma list or all)")
+    f.add_argument("--backend", metavar="LIST", help="backends to keep (default: every backend of the device)")
+    f.add_argument("--dtype", metavar="LIST", default="fp32", help="comma list of fp64, fp32 (default fp32)")
+    f.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto (default): a GPU if one is found, else the CPU")
+    f.add_argument("--batch", type=int, metavar="N", help="override every entry's batch size")
+    f.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default 0)")
+    p.add_argument("--resume", action="store_true",
+                   help="skip the cases --json already holds for this environment (ok or skipped)")
+    add_timing(p)
+    add_output(p)
+    # None: "not given", so the suite's own timing (quick's is short) applies.
+    p.set_defaults(func=cmd_suite, warmup=None, min_time=None, max_time=None, min_samples=None,
+                   max_noise=None)
+
+
+# -- planning ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Entry:
+    spec: object
+    cases: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)    # (case, reason): recorded as skipped
+    reason: str = ""                                 # the whole entry cannot run (no case built)
+    done: int = 0                                    # already in the file (--resume)
+    est_s: float = 0.0
+    outcomes: list = field(default_factory=list)     # filled as the cases run
+
+
+def _settings(args, suite):
+    from ..harness import Settings
+    vals = {k: getattr(args, k) if getattr(args, k) is not None else suite.timing.get(k, d)
+            for k, d in _TIMING.items()}
+    return Settings(vals["warmup"], vals["min_time"], vals["max_time"], vals["min_samples"], vals["max_noise"],
+                    cold=getattr(args, "cold", False), graph=getattr(args, "graph", False))
+
+
+def mode_of(settings) -> str:
+    """The ``mode`` option runner.run_case records (warm/cold, +graph)."""
+    graph = "+graph" if getattr(settings, "graph", False) else ""
+    return ("cold" if getattr(settings, "cold", False) else "warm") + graph
+
+
+def _frameworks(text: str | None) -> list:
+    """Framework names for --frameworks (None: none); the adapters' own parser names the allowed."""
+    if text is None:
+        return []
+    from ..cases.frameworks import parse_frameworks
+    return parse_frameworks(text)
+
+
+def _framework_cases(op, problem, names, device, precisions, seed, threads) -> list:
+    """Cases of every path of the named frameworks, threads bound the way the lstm command binds
+    them (microbench.cases.frameworks); an op with no framework case gives none."""
+    if not names:
+        return []
+    from ..cases.frameworks import framework_cases
+    try:
+        return framework_cases(op, problem, names, device, precisions, seed, threads)
+    except BadInput:
+        return []
+
+
+def _check_variants(names: list, ops: set) -> None:
+    from fusion.steps import STEPS
+
+    from .. import registry
+    allowed = {v for op in ops for v in registry.variants(op)} | {"naive"} | {f"+{s}" for s in STEPS}
+    for n in names:
+        if n not in allowed:
+            raise BadInput(f"--variants {n!r} is unknown for this suite; allowed: {', '.join(sorted(allowed))}")
+
+
+def _problem(spec, batch):
+    from ..problems import RNNProblem
+    from ..suites.conv_shapes import conv_layer
+    if spec.is_conv:
+        return conv_layer(spec.layer, batch if batch is not None else spec.batch)
+    return RNNProblem(spec.op, spec.T, spec.B if batch is None else batch,
+                      spec.I if spec.I is not None else spec.H, spec.H, spec.L)
+
+
+def _memory_need(problem, precision: str) -> int:
+    from kernels import dtypes
+    item = dtypes.storage(precision).itemsize
+    if hasattr(problem, "memory_estimate"):
+        return problem.memory_estimate(item)
+    cols = problem.N * problem.P * problem.Q * problem.Cg * problem.R * problem.S
+    return problem.bytes(precision) * 2 + 8 * problem.elements + cols * item
+
+
+def plan(args, suite, device: str) -> list:
+    """Entries of the suite after the filters, each with the cases it runs or the reason it cannot."""
+    from fusion.steps import Plan, ladder
+    from kernels import dtypes
+    from kernels.backends import BACKENDS
+
+    from .. import registry
+    from ..problems import available_memory
+    from ..runner import Case
+    from ..threads import parse_threads
+
+    try:
+        only = re.compile(args.only) if args.only is not None else None
+    except re.error as e:
+        raise BadInput(f"--only {args.only!r} is not a regular expression: {e}") from None
+    precisions = [dtypes.canonical(d) for d in csv_list(args.dtype)]
+    if not precisions:
+        raise BadInput(f"--dtype {args.dtype!r} names no precision; allowed: fp64, fp32")
+    threads_given = parse_threads(args.threads) if args.threads is not None else None
+    if args.batch is not None and args.batch < 1:
+        raise BadInput(f"--batch {args.batch} must be at least 1")
+    variants = csv_list(args.variants) if args.variants is not None else None
+    if variants is not None and not variants:
+        raise BadInput(f"--variants {args.variants!r} names no variant")
+    ops = {s.op for s in suite.specs}
+    if variants:
+        _check_variants(variants, ops)
+    frameworks = _frameworks(args.frameworks)
+    backends = csv_list(args.backend) if args.backend else None
+    if backends is not None:
+        known = {r.backend for r in registry.REGISTRY.values() if r.op in ops}
+        for b in backends:
+            if b not in known:
+                raise BadInput(f"--backend {b!r} is unknown for this suite; allowed: {', '.join(sorted(known))}")
+    avail = available_memory()
+
+    def keep(name: str) -> bool:
+        return variants is None or name in variants
+
+    entries = []
+    for spec in suite.specs:
+        if only is not None and not (only.search(spec.name) or only.search(spec.describe())):
+            continue
+        e = Entry(spec)
+        entries.append(e)
+        if spec.op not in ("lstm", "gru", "conv"):
+            e.reason = f"no {spec.op} op in microbench (kept as DeepBench data)"
+            continue
+        if not any(k[0] == spec.op for k in registry.REGISTRY):
+            e.reason = f"no {spec.op} variant is registered yet"
+            continue
+        problem = _problem(spec, args.batch)
+        ours = [r for r in registry.REGISTRY.values()
+                if r.op == spec.op and r.device == device and not r.framework
+                and (backends is None or r.backend in backends)]
+        threads = threads_given or list(spec.threads or [None])
+        theirs = _framework_cases(spec.op, problem, frameworks, device, precisions, args.seed, threads)
+        built = []   # (record, plan, rung)
+        if spec.ladder and not spec.is_conv:
+            for backend in dict.fromkeys(r.backend for r in ours if r.fusable or r.variant == "naive"):
+                for label, rung_plan in ladder(device):
+                    v = "naive" if label == "naive" else "fused"
+                    rec = registry.REGISTRY.get((spec.op, v, backend))
+                    if rec is not None and (keep(label) or keep(v)):
+                        built.append((rec, rung_plan if v == "fused" else None, label))
+        else:
+            for rec in ours:
+                if keep(rec.variant):
+                    built.append((rec, Plan.full(device) if rec.fusable else None, ""))
+        if not built and not theirs:
+            e.reason = "no variant left after the filters" if (variants or backends) else \
+                f"no {spec.op} variant runs on {device}"
+            continue
+        cases = [Case(rec, problem, p, args.seed, rung_plan, t, rung)
+                 for t in threads for p in precisions for rec, rung_plan, rung in built
+                 if not (rec.backend in BACKENDS and p not in BACKENDS[rec.backend].dtypes)]
+        for case in cases + theirs:
+            need = _memory_need(problem, case.precision)
+            if avail is not None and need > avail:
+                e.skipped.append((case, f"needs about {need / 2**30:.1f} GiB, more than the "
+                                        f"{avail / 2**30:.1f} GiB of memory available"))
+            else:
+                e.cases.append(case)
+        if not e.cases and not e.skipped:
+            e.reason = f"no chosen backend computes {', '.join(precisions)}"
+    return entries
+
+
+# -- estimate ------------------------------------------------------------------------------------
+# Rough rates of this kind of machine (a 2-core CPU with OpenBLAS); the estimate says "about".
+_CPU_GFLOPS = {"fp32": 20.0, "fp64": 10.0}
+_STEP_OVERHEAD_S = {"naive": 150e-6, "fused": 40e-6}
+
+
+def estimate_run_s(case) -> float:
+    """Seconds one timed call might take: GEMM FLOPs at a typical rate plus per-step Python cost."""
+    flops = case.problem.flops() if callable(getattr(case.problem, "flops", None)) else case.problem.flops
+    rate = _CPU_GFLOPS.get(case.precision, 20.0) * 1e9 * (50 if case.device == "cuda" else 1)
+    steps = getattr(case.problem, "T", 1) * getattr(case.problem, "L", 1)
+    per_step = _STEP_OVERHEAD_S.get(case.variant, 60e-6)
+    return flops / rate + steps * per_step
+
+
+def estimate_case_s(case, settings) -> float:
+    """Build + reference check + warm-up + sampling, as the harness's stopping rule spends it."""
+    run = estimate_run_s(case)
+    sampling = min(settings.max_time, max(settings.min_time, settings.min_samples * run))
+    sampling = max(sampling, min(3, settings.min_samples) * run)   # the harness takes 3 at least
+    return 0.2 + 2 * run + max(settings.warmup, run) + sampling
+
+
+def worst_case_s(case, settings) -> float:
+    """Seconds if the case is noisy and samples until --max-time (3 samples at least)."""
+    run = estimate_run_s(case)
+    return 0.2 + 2 * run + max(settings.warmup, run) + max(settings.max_time, min(3, settings.min_samples) * run)
+
+
+def fmt_duration(s: float) -> str:
+    if s < 60:
+        return f"{s:.0f} s"
+    if s < 3600:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+# -- command -------------------------------------------------------------------------------------
+
+
+def list_suites(out) -> int:
+    from rich import box
+    from rich.table import Table
+
+    from ..suites import catalog
+    t = Table(title="suites (python -m microbench suite NAME)", box=box.SIMPLE_HEAD, title_justify="left")
+    for c in ("name", "entries", "what", "source"):
+        t.add_column(c)
+    for s in catalog.SUITES.values():
+        t.add_row(s.name, str(len(s.specs)), s.about, s.source)
+    out.print(t)
+    return 0
+
+
+def print_plan(entries, suite, settings, out, *, device, resume_note="") -> tuple:
+    from rich import box
+    from rich.table import Table
+    t = Table(title=f"plan: suite {suite.name} on {device} ({suite.source})", box=box.SIMPLE_HEAD,
+              title_justify="left")
+    for c, j in (("entry", "left"), ("shape", "left"), ("cases", "right"), ("est.", "right"), ("note", "left")):
+        t.add_column(c, justify=j)
+    total_cases = total_est = total_max = 0.0
+    n_done = n_skip = n_unrunnable = 0
+    for e in entries:
+        note = e.reason
+        if e.skipped:
+            note = f"{len(e.skipped)} skipped: {e.skipped[0][1]}"
+        if e.done:
+            note = (note + "; " if note else "") + f"{e.done} already recorded"
+        todo = len(e.cases)
+        e.est_s = sum(estimate_case_s(c, settings) for c in e.cases)
+        total_cases += todo
+        total_est += e.est_s
+        total_max += sum(worst_case_s(c, settings) for c in e.cases)
+        n_done += e.done
+        n_skip += len(e.skipped)
+        n_unrunnable += bool(e.reason)
+        t.add_row(e.spec.name, e.spec.describe(), str(todo) if not e.reason else "-",
+                  fmt_duration(e.est_s) if todo else "-", escape(note))
+    out.print(t)
+    parts = [f"{int(total_cases)} case(s) to run, estimated about {fmt_duration(total_est)} "
+             f"(at most {fmt_duration(total_max)} if every case samples until --max-time {settings.max_time:g} s)"]
+    if n_done:
+        parts.append(f"{n_done} already recorded{resume_note}")
+    if n_skip:
+        parts.append(f"{n_skip} skipped for memory (recorded as skipped)")
+    if n_unrunnable:
+        parts.append(f"{n_unrunnable} entr{'y' if n_unrunnable == 1 else 'ies'} cannot run here (see note)")
+    out.print(escape("; ".join(parts)))
+    return int(total_cases), n_done
+
+
+def cmd_suite(args) -> int:
+    from profiles import nvtx
+
+    from .. import env as menv
+    from .. import report, store
+    from ..cli import console
+    from ..results import JsonlWriter
+    from ..suites import catalog
+    from ..threads import parse_threads, prepare_numba_pool
+    from .rnn import resolve_device
+
+    out, err = console(), console(stderr=True)
+    if args.name is None:
+        if args.list:
+            return list_suites(out)
+        raise BadInput(f"name a suite; allowed: {', '.join(catalog.SUITES)} (suite --list describes them)")
+    suite = catalog.get(args.name)
+    if not suite.specs:
+        raise BadInput(f"suite {suite.name!r} is empty")
+    settings = _settings(args, suite)
+    from profiles import capture
+    capture.enable(getattr(args, "profile", False))
+    counts = parse_threads(args.threads) if args.threads is not None else \
+        sorted({t for spec in suite.specs for t in (spec.threads or ())}) or [None]
+    prepare_numba_pool(counts)
+    nvtx.set_level(args.nvtx)
+    if args.resume and not args.json:
+        raise BadInput("--resume needs --json PATH (the file whose cases are skipped)")
+    ops = {s.op for s in suite.specs if s.op in ("lstm", "gru", "conv")}
+    device = resolve_device(args.device, next((o for o in ("lstm", "gru", "conv") if o in ops), "lstm"))
+    entries = plan(args, suite, device)
+    if settings.graph and device != "cuda":
+        raise BadInput("--graph replays CUDA graphs, but these cases run on the CPU; drop --graph "
+                       "or use --device cuda")
+    if not entries:
+        raise BadInput(f"--only {args.only!r} matches no entry of suite {suite.name}")
+    if all(e.reason for e in entries):
+        raise BadInput(f"nothing in suite {suite.name} can run here: {entries[0].reason}")
+    if all(not e.cases for e in entries) and not args.resume:
+        raise BadInput(f"every case of suite {suite.name} is skipped: "
+                       f"{next((e.skipped[0][1] for e in entries if e.skipped), 'see the plan')}")
+
+    env = menv.collect()
+    done, bad_lines = set(), 0
+    if args.json and not args.list:
+        writer = JsonlWriter(args.json)          # checks the path before anything runs
+    else:
+        writer = None
+    if args.resume:
+        done, bad_lines = store.done_keys(args.json)
+        mode = mode_of(settings)
+        for e in entries:
+            before = len(e.cases) + len(e.skipped)
+            e.cases = [c for c in e.cases if store.case_identity(c, env["env_id"], mode) not in done]
+            e.skipped = [(c, r) for c, r in e.skipped if store.case_identity(c, env["env_id"], mode) not in done]
+            e.done = before - len(e.cases) - len(e.skipped)
+    if not args.quiet:
+        report.header(env, out)
+    if bad_lines:
+        err.print(f"[yellow]note[/]: {escape(args.json)}: {bad_lines} line(s) are not records (a torn or "
+                  "corrupt line); they are skipped and left in place")
+    n_todo, n_done = print_plan(entries, suite, settings, out, device=device,
+                                resume_note=f" in {args.json} for env {env['env_id']} (--resume)")
+    if args.list:
+        return 0
+    try:
+        return _run(entries, settings, env, writer, args, out, err, n_todo, n_done)
+    finally:
+        if writer:
+            writer.close()
+
+
+def _run(entries, settings, env, writer, args, out, err, n_todo, n_done) -> int:
+    from rich.progress import Progress
+
+    from .. import results
+    from ..runner import Outcome, run_case
+
+    nvtx_cost = env["nvtx"]["cost_per_range_s"]
+    for e in entries:                      # memory skips are results too: record them first
+        for case, reason in e.skipped:
+            rec = results.record(case=case, status="skipped", env=env, error=reason)
+            if writer:
+                writer.write(rec)
+            e.outcomes.append(Outcome(case, "skipped", rec, error=reason))
+    if n_todo == 0:
+        out.print(escape(f"nothing left to run: all {n_done} case(s) are recorded in {args.json}"))
+        return 0
+    finished = 0
+    try:
+        with Progress(console=err, transient=True, disable=args.quiet, auto_refresh=False) as bar:
+            task = bar.add_task("cases", total=n_todo)
+            for e in entries:
+                for case in e.cases:
+                    bar.update(task, description=f"{e.spec.name} {case.label} {case.precision}", refresh=True)
+                    o = run_case(case, settings, env, nvtx_cost)
+                    if writer:
+                        writer.write(o.record)
+                    e.outcomes.append(o)
+                    finished += 1
+                    bar.advance(task)
+    except KeyboardInterrupt:
+        where = f"; {args.json} holds every finished case: rerun with --resume to finish" if writer else ""
+        err.print(escape(f"microbench: interrupted after {finished} of {n_todo} case(s){where}"), highlight=False)
+        return 130
+    summary(entries, out)
+    failed = sum(o.status == "failed" for e in entries for o in e.outcomes)
+    if failed:
+        err.print(f"[red]{failed} case(s) FAILED[/]; see the table" + (f" and {args.json}" if writer else ""))
+    return 1 if failed else 0
+
+
+def summary(entries, out) -> None:
+    """One row per case: entry, case, dtype, threads, median, spread, GFLOP/s, outcome."""
+    from rich import box
+    from rich.table import Table
+
+    from ..report import fmt_time
+    t = Table(title="results", box=box.SIMPLE_HEAD, title_justify="left")
+    for c, j in (("entry", "left"), ("case", "left"), ("dtype", "left"), ("thr", "right"),
+                 ("median", "right"), ("+-IQR", "right"), ("GFLOP/s", "right"), ("note", "left")):
+        t.add_column(c, justify=j)
+    for e in entries:
+        for o in e.outcomes:
+            c, r = o.case, o.record
+            thr = "-" if c.threads is None else str(c.threads)
+            if o.status != "ok":
+                word = "[red]FAILED[/]" if o.status == "failed" else "[yellow]skipped[/]"
+                t.add_row(e.spec.name, escape(c.label), c.precision, thr, "-", "-", "-", f"{word}: {escape(o.error)}")
+                continue
+            st = r["stats"]
+            gf = (r.get("derived") or {}).get("gflops")
+            t.add_row(e.spec.name, escape(c.label), c.precision, thr,
+                      fmt_time(st["median_s"]) + (" ~" if st["noisy"] else ""),
+                      f"{100 * st['rel_noise']:.1f}%", f"{gf:.1f}" if gf else "-", "")
+    out.print(t)
+    if any(o.status == "ok" and o.record["stats"]["noisy"] for e in entries for o in e.outcomes):
+        out.print("[dim]~ noisy: IQR/median above --max-noise (sampling stopped at --max-time)[/]")
+

@@ -1,0 +1,106 @@
+"""Framework adapters: PyTorch, TensorFlow/Keras, JAX/Flax and MXNet computing our LSTM/GRU.
+
+Each framework runs in its own worker process (:mod:`.worker`), optionally under its own
+interpreter (MXNet 1.9 needs NumPy 1.x), fed our canonical weights and inputs through ``.npz``
+files and driven by one-line JSON messages (:mod:`.client`).  The worker builds the framework's
+layer with our weights converted (:mod:`.convert`), returns its outputs for the check, and times
+it with the framework's own synchronisation under the harness's stopping rule.
+
+Paths (rows are labelled ``framework/path``): on a CPU ``fused`` is the framework's fused RNN
+kernel where one exists and ``generic`` its cell run step by step; on a GPU ``cudnn`` is the
+layer that reaches cuDNN and ``nocudnn`` the cell loop with cuDNN switched off.
+
+This package's ``__init__`` imports nothing beyond the standard library: the MXNet worker runs it
+under an interpreter that has only NumPy and MXNet.
+"""
+from __future__ import annotations
+
+FRAMEWORKS = ("torch", "tensorflow", "jax", "mxnet")
+
+# The module each framework's worker imports to see whether the framework is there.
+IMPORT_NAME = {"torch": "torch", "tensorflow": "tensorflow", "jax": "jax", "mxnet": "mxnet"}
+
+# framework -> device -> path -> op (lstm, gru, conv) -> what that path runs (None: the path does not exist for the
+# op; the text after "skip:" is the reason shown in the SKIPPED row).
+PATHS = {
+    "torch": {
+        "cpu": {
+            "fused": {"lstm": "nn.LSTM: ATen's fused CPU RNN (oneDNN for fp32)",
+                      "gru": "nn.GRU: ATen's fused CPU RNN (oneDNN for fp32)",
+                      "conv": "F.conv2d: oneDNN (mkldnn) convolution"},
+            "generic": {"lstm": "nn.LSTMCell stepped in a Python loop",
+                        "gru": "nn.GRUCell stepped in a Python loop",
+                        "conv": "F.conv2d with oneDNN disabled: ATen slow_conv2d (unfold + GEMM)"},
+        },
+        "cuda": {
+            "cudnn": {"lstm": "nn.LSTM (cuDNN RNN)", "gru": "nn.GRU (cuDNN RNN)",
+                      "conv": "F.conv2d (cuDNN)"},
+            "nocudnn": {"lstm": "nn.LSTMCell loop, cuDNN disabled", "gru": "nn.GRUCell loop, cuDNN disabled",
+                        "conv": "F.conv2d with cuDNN disabled (ATen fallback)"},
+        },
+    },
+    "tensorflow": {
+        "cpu": {
+            "fused": {"lstm": "tf.raw_ops.BlockLSTMV2: TF's fused CPU LSTM kernel, in a tf.function",
+                      "gru": "skip: TensorFlow has no fused GRU sequence op; GRUBlockCell applies the "
+                             "reset gate before the recurrent GEMM, which is not our GRU",
+                      "conv": "tf.nn.conv2d in a tf.function (NHWC; oneDNN when TF_ENABLE_ONEDNN_OPTS is on)"},
+            "generic": {"lstm": "keras.layers.RNN(LSTMCell) in a tf.function (Keras 3, TF backend)",
+                        "gru": "keras.layers.RNN(GRUCell(reset_after=True)) in a tf.function",
+                        "conv": "skip: TensorFlow has one conv2d path on a CPU (the fused row)"},
+        },
+        "cuda": {
+            "cudnn": {"lstm": "keras.layers.LSTM(use_cudnn=True) in a tf.function",
+                      "gru": "keras.layers.GRU(use_cudnn=True, reset_after=True) in a tf.function",
+                      "conv": "tf.nn.conv2d in a tf.function (cuDNN)"},
+            "nocudnn": {"lstm": "keras.layers.RNN(LSTMCell) in a tf.function",
+                        "gru": "keras.layers.RNN(GRUCell(reset_after=True)) in a tf.function",
+                        "conv": "skip: TensorFlow has no switch that keeps conv2d off cuDNN"},
+        },
+    },
+    "jax": {
+        "cpu": {
+            "fused": {"lstm": "skip: XLA:CPU has no fused RNN kernel; jax.experimental.rnn lowers "
+                              "to cuDNN only (the generic path is what JAX runs on a CPU)",
+                      "gru": "skip: XLA:CPU has no fused RNN kernel and jax.experimental.rnn has no GRU",
+                      "conv": "lax.conv_general_dilated under jax.jit (XLA:CPU convolution)"},
+            "generic": {"lstm": "flax nn.RNN(OptimizedLSTMCell) (lax.scan) under jax.jit",
+                        "gru": "flax nn.RNN(GRUCell) (lax.scan) under jax.jit",
+                        "conv": "skip: XLA has one conv2d path (the fused row)"},
+        },
+        "cuda": {
+            "cudnn": {"lstm": "jax.experimental.rnn.lstm (cuDNN) under jax.jit",
+                      "gru": "skip: jax.experimental.rnn offers LSTM only",
+                      "conv": "lax.conv_general_dilated under jax.jit (cuDNN through XLA)"},
+            "nocudnn": {"lstm": "flax nn.RNN(OptimizedLSTMCell) (lax.scan) under jax.jit",
+                        "gru": "flax nn.RNN(GRUCell) (lax.scan) under jax.jit",
+                        "conv": "skip: XLA has no switch that keeps conv2d off cuDNN"},
+        },
+    },
+    "mxnet": {
+        "cpu": {
+            "fused": {"lstm": "gluon rnn.LSTM, hybridized: MXNet's fused RNN op (oneDNN on CPU)",
+                      "gru": "gluon rnn.GRU, hybridized: MXNet's fused RNN op (oneDNN on CPU)",
+                      "conv": "nd.Convolution (oneDNN on CPU)"},
+            "generic": {"lstm": "gluon rnn.LSTMCell unrolled, hybridized",
+                        "gru": "gluon rnn.GRUCell unrolled, hybridized",
+                        "conv": "skip: MXNet has one conv2d path on a CPU (the fused row)"},
+        },
+        "cuda": {
+            "cudnn": {"lstm": "gluon rnn.LSTM (cuDNN)", "gru": "gluon rnn.GRU (cuDNN)",
+                      "conv": "nd.Convolution (cuDNN)"},
+            "nocudnn": {"lstm": "gluon rnn.LSTMCell unrolled, hybridized",
+                        "gru": "gluon rnn.GRUCell unrolled, hybridized",
+                        "conv": "nd.Convolution with cudnn_off=True"},
+        },
+    },
+}
+
+
+def describe(framework: str, device: str, path: str, op: str) -> str:
+    return PATHS[framework][device][path][op]
+
+
+def skip_reason(framework: str, device: str, path: str, op: str) -> str | None:
+    text = describe(framework, device, path, op)
+    return text[len("skip: "):] if text.startswith("skip: ") else None

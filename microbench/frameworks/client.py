@@ -1,0 +1,201 @@
+"""The parent's side of the worker protocol: start a worker, send requests, read answers.
+
+One :class:`Worker` per case: a fresh process per framework case keeps thread pools, allocators
+and JIT caches of one case (and one framework) from disturbing the next.  Arrays travel through
+``.npz`` files in a private temporary folder that :meth:`Worker.close` removes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from kernels.errors import BadInput, MicrobenchError, MissingDependency, Unsupported
+
+from . import FRAMEWORKS, IMPORT_NAME
+
+START_TIMEOUT_S = 180.0     # importing TensorFlow on a busy 2-core machine takes ~10 s
+
+
+class WorkerError(MicrobenchError):
+    """The worker died, answered garbage, or reported an error in the framework."""
+
+
+def _package_roots() -> list:
+    """Folders that make ``microbench`` and ``kernels`` importable (for a worker on our interpreter)."""
+    import kernels
+    import microbench
+    return list(dict.fromkeys(str(Path(m.__file__).resolve().parent.parent) for m in (microbench, kernels)))
+
+
+def parse_python(items) -> dict:
+    """``["mxnet=/path/python", ...]`` (or one comma list) -> {framework: path}; bad names raise BadInput."""
+    out = {}
+    for item in items or ():
+        for part in str(item).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            name, sep, path = part.partition("=")
+            name = name.strip()
+            if not sep or not path.strip():
+                raise BadInput(f"--python {part!r}: expected FRAMEWORK=/path/to/python")
+            if name not in FRAMEWORKS:
+                raise BadInput(f"--python {name!r}: unknown framework; allowed: {', '.join(FRAMEWORKS)}")
+            path = os.path.expanduser(path.strip())
+            if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+                raise BadInput(f"--python {name}={path}: not an executable file")
+            out[name] = path
+    return out
+
+
+class Worker:
+    def __init__(self, framework: str, *, python: str | None = None, threads: int | None = None,
+                 device: str = "cpu"):
+        if framework not in FRAMEWORKS:
+            raise BadInput(f"framework {framework!r} is unknown; allowed: {', '.join(FRAMEWORKS)}")
+        self.framework, self.device = framework, device
+        self.python = python or sys.executable
+        self.dir = Path(tempfile.mkdtemp(prefix=f"microbench-{framework}-"))
+        self._buf = b""
+        env = os.environ.copy()
+        if python and os.path.realpath(python) != os.path.realpath(sys.executable):
+            # A foreign interpreter sees only our ``microbench`` package (through a link), never
+            # this interpreter's site-packages: its NumPy must stay its own.
+            root = self.dir / "path"
+            root.mkdir()
+            os.symlink(Path(__file__).resolve().parent.parent, root / "microbench")
+            roots = [str(root)]
+        else:
+            roots = _package_roots()
+        env["PYTHONPATH"] = os.pathsep.join(roots + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+        # kernels sets OMP_WAIT_POLICY=PASSIVE for numba+OpenBLAS; frameworks run with their own default.
+        if env.get("OMP_WAIT_POLICY") == "PASSIVE" and not env.get("MICROBENCH_FRAMEWORK_OMP_WAIT_POLICY"):
+            env.pop("OMP_WAIT_POLICY")
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        env["PYTHONUNBUFFERED"] = "1"
+        cmd = [self.python, "-m", "microbench.frameworks.worker", framework, "--device", device]
+        if threads:
+            cmd += ["--threads", str(threads)]
+        self._log = open(self.dir / "stderr.log", "wb")
+        try:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=self._log, env=env, cwd=str(self.dir), bufsize=0)
+        except OSError as e:
+            self.close()
+            raise MissingDependency(self.python, f"the {framework} worker", e.strerror or str(e)) from None
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self.proc.stdout, selectors.EVENT_READ)
+        try:
+            hello = self._read(START_TIMEOUT_S)
+            self._raise_for(hello)
+        except BaseException:
+            self.close()
+            raise
+        self.env = hello["env"]
+
+    # -- messages -----------------------------------------------------------------------------
+    def request(self, msg: dict, timeout: float = 600.0) -> dict:
+        try:
+            self.proc.stdin.write((json.dumps(msg) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            raise WorkerError(self._died("while sending a request")) from None
+        ans = self._read(timeout)
+        self._raise_for(ans)
+        return ans
+
+    def _read(self, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.kill()
+                raise WorkerError(f"{self.framework} worker gave no answer in {timeout:.0f} s; stopped it")
+            if not self._sel.select(min(left, 1.0)):
+                continue
+            chunk = os.read(self.proc.stdout.fileno(), 1 << 16)
+            if not chunk:
+                raise WorkerError(self._died("before answering"))
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            raise WorkerError(f"{self.framework} worker answered a line that is not JSON: {line[:200]!r}") from None
+
+    def _raise_for(self, ans: dict) -> None:
+        if ans.get("ok"):
+            return
+        kind, message = ans.get("kind"), ans.get("message", "")
+        via = "" if self.python == sys.executable else f" in {self.python}"
+        if kind == "missing":
+            hint = (f"install it{via}, e.g. pip install -e '.[frameworks]'" if self.framework != "mxnet"
+                    else "run scripts/setup-mxnet and pass --python mxnet=.venv-mxnet/bin/python")
+            raise MissingDependency(IMPORT_NAME[self.framework], f"the {self.framework} cases{via}",
+                                    f"{hint} ({message})")
+        if kind == "unsupported":
+            raise Unsupported(message)
+        raise WorkerError(f"{self.framework} worker: {message}")
+
+    def _died(self, when: str) -> str:
+        code = self.proc.poll()
+        try:
+            self._log.flush()
+            tail = (self.dir / "stderr.log").read_bytes().decode(errors="replace").strip().splitlines()[-3:]
+        except OSError:
+            tail = []
+        return (f"{self.framework} worker exited {when} (code {code})"
+                + (": " + " | ".join(tail) if tail else ""))
+
+    # -- arrays -----------------------------------------------------------------------------
+    def path(self, name: str) -> str:
+        return str(self.dir / name)
+
+    def save(self, name: str, arrays: dict) -> str:
+        p = self.path(name)
+        np.savez(p, **arrays)
+        return p
+
+    def load(self, name: str) -> list:
+        with np.load(self.path(name)) as f:
+            return [f[f"arr_{i}"] for i in range(len(f.files))]
+
+    # -- lifetime ----------------------------------------------------------------------------
+    def kill(self) -> None:
+        if getattr(self, "proc", None) is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def close(self) -> None:
+        proc = getattr(self, "proc", None)
+        if proc is not None and proc.poll() is None:
+            try:
+                self.proc.stdin.write(b'{"cmd": "quit"}\n')
+                self.proc.stdin.flush()
+                proc.wait(timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                self.kill()
+        if proc is not None:
+            for f in (proc.stdin, proc.stdout):
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        if getattr(self, "_log", None) is not None:
+            self._log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

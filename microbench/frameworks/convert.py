@@ -1,0 +1,199 @@
+"""Our canonical RNN weights in each framework's layout, and back (pure NumPy).
+
+Canonical (``kernels.params``): per layer ``w_ih (G*H, I)``, ``w_hh (G*H, H)``, ``b_ih``, ``b_hh``
+``(G*H,)``; gate blocks stacked along the rows, LSTM ``i f g o``, GRU ``r z n`` with the reset gate
+applied after the recurrent GEMM.  Gate orders below are written in our letters.
+
+This module imports NumPy only: it runs inside every worker, including the MXNet interpreter
+with NumPy 1.x, and in the always-run round-trip tests.  It deliberately does not import
+``kernels`` (whose package pulls in nothing heavy, but the worker must not depend on it).
+
+Each ``to_X`` returns plain NumPy arrays keyed the way the adapter assigns them; each ``from_X``
+inverts it exactly (the biases a framework sums are split back only where the framework keeps
+them apart; see :func:`from_keras`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+GATES = {"lstm": "ifgo", "gru": "rzn"}
+
+# Gate order of each layout, in our letters.
+ORDER = {
+    ("torch", "lstm"): "ifgo", ("torch", "gru"): "rzn",
+    ("mxnet", "lstm"): "ifgo", ("mxnet", "gru"): "rzn",
+    ("keras", "lstm"): "ifgo",     # Keras i, f, c, o
+    ("keras", "gru"): "zrn",       # Keras z, r, h (reset_after=True keeps the recurrent bias apart)
+    ("cudnn", "lstm"): "ifgo",     # jax.experimental.rnn packs cuDNN's order
+    ("tfblock", "lstm"): "ifgo",   # tf.raw_ops.BlockLSTMV2: i, f, ci, o (found by test)
+}
+
+
+def reorder(a: np.ndarray, src: str, dst: str, axis: int = 0) -> np.ndarray:
+    """Permute equal gate blocks along ``axis`` from order ``src`` to ``dst`` (same letters)."""
+    if sorted(src) != sorted(dst) or len(set(src)) != len(src):
+        raise ValueError(f"gate orders {src!r} and {dst!r} must be permutations of the same letters")
+    if a.shape[axis] % len(src):
+        raise ValueError(f"axis {axis} of length {a.shape[axis]} does not split into {len(src)} gates")
+    blocks = np.split(np.asarray(a), len(src), axis=axis)
+    return np.concatenate([blocks[src.index(g)] for g in dst], axis=axis)
+
+
+# -- canonical arrays <-> the flat dict sent to workers -------------------------------------------
+
+def pack_layers(layers) -> dict:
+    """``[(w_ih, w_hh, b_ih, b_hh), ...]`` -> ``{"w_ih0": ..., ...}`` (the .npz the worker reads)."""
+    out = {}
+    for l, arrays in enumerate(layers):
+        for name, a in zip(("w_ih", "w_hh", "b_ih", "b_hh"), arrays):
+            out[f"{name}{l}"] = np.ascontiguousarray(a)
+    return out
+
+
+def unpack_layers(d) -> list:
+    """Inverse of :func:`pack_layers`."""
+    layers, l = [], 0
+    while f"w_ih{l}" in d:
+        layers.append(tuple(np.asarray(d[f"{n}{l}"]) for n in ("w_ih", "w_hh", "b_ih", "b_hh")))
+        l += 1
+    return layers
+
+
+# -- PyTorch and MXNet: our layout, gate order included ------------------------------------------
+
+def to_torch(layer, cell: str) -> dict:
+    w_ih, w_hh, b_ih, b_hh = layer
+    return {"weight_ih": w_ih, "weight_hh": w_hh, "bias_ih": b_ih, "bias_hh": b_hh}
+
+
+def from_torch(d: dict, cell: str) -> tuple:
+    return d["weight_ih"], d["weight_hh"], d["bias_ih"], d["bias_hh"]
+
+
+def to_mxnet(layer, cell: str) -> dict:
+    w_ih, w_hh, b_ih, b_hh = layer
+    return {"i2h_weight": w_ih, "i2h_bias": b_ih, "h2h_weight": w_hh, "h2h_bias": b_hh}
+
+
+def from_mxnet(d: dict, cell: str) -> tuple:
+    return d["i2h_weight"], d["h2h_weight"], d["i2h_bias"], d["h2h_bias"]
+
+
+# -- Keras 3: (in, G*H) kernels, gates i,f,c,o / z,r,h -------------------------------------------
+
+def to_keras(layer, cell: str) -> list:
+    """``layer.set_weights`` order: kernel (I, G*H), recurrent_kernel (H, G*H), bias.
+
+    LSTM: one bias, ``b_ih + b_hh`` (Keras adds a single bias).  GRU with ``reset_after=True``:
+    bias (2, 3H) = [input bias; recurrent bias], kept apart as our GRU needs.
+    """
+    w_ih, w_hh, b_ih, b_hh = layer
+    src, dst = GATES[cell], ORDER[("keras", cell)]
+    kernel = np.ascontiguousarray(reorder(w_ih, src, dst).T)
+    recurrent = np.ascontiguousarray(reorder(w_hh, src, dst).T)
+    if cell == "lstm":
+        bias = reorder(b_ih, src, dst) + reorder(b_hh, src, dst)
+    else:
+        bias = np.stack([reorder(b_ih, src, dst), reorder(b_hh, src, dst)])
+    return [kernel, recurrent, bias]
+
+
+def from_keras(weights, cell: str) -> tuple:
+    """Inverse of :func:`to_keras`; an LSTM's summed bias comes back whole as ``b_ih`` (b_hh = 0)."""
+    kernel, recurrent, bias = weights
+    src, dst = ORDER[("keras", cell)], GATES[cell]
+    w_ih = reorder(np.asarray(kernel).T, src, dst)
+    w_hh = reorder(np.asarray(recurrent).T, src, dst)
+    if cell == "lstm":
+        b_ih, b_hh = reorder(bias, src, dst), np.zeros_like(bias)
+    else:
+        b_ih, b_hh = reorder(bias[0], src, dst), reorder(bias[1], src, dst)
+    return w_ih, w_hh, b_ih, b_hh
+
+
+# -- Flax linen cells: one Dense per gate ---------------------------------------------------------
+
+def to_flax(layer, cell: str) -> dict:
+    """Params of ``OptimizedLSTMCell``/``LSTMCell`` (``i?`` kernels without bias, ``h?`` with) or
+    ``GRUCell`` (``ir, iz, in`` with bias, ``hr, hz`` without, ``hn`` with).  Biases the cell adds
+    together are summed here: the LSTM's four, the GRU's r and z; ``b_hn`` stays inside ``r * (.)``."""
+    w_ih, w_hh, b_ih, b_hh = layer
+    H = w_hh.shape[1]
+    blk = lambda a, k: a[k * H:(k + 1) * H]  # noqa: E731
+    p = {}
+    if cell == "lstm":
+        for k, g in enumerate("ifgo"):
+            p[f"i{g}"] = {"kernel": np.ascontiguousarray(blk(w_ih, k).T)}
+            p[f"h{g}"] = {"kernel": np.ascontiguousarray(blk(w_hh, k).T), "bias": blk(b_ih, k) + blk(b_hh, k)}
+    else:
+        for k, g in enumerate("rzn"):
+            p[f"i{g}"] = {"kernel": np.ascontiguousarray(blk(w_ih, k).T),
+                          "bias": blk(b_ih, k) + (blk(b_hh, k) if g != "n" else 0)}
+            p[f"h{g}"] = {"kernel": np.ascontiguousarray(blk(w_hh, k).T)}
+        p["hn"]["bias"] = blk(b_hh, 2)
+    return p
+
+
+def from_flax(p: dict, cell: str) -> tuple:
+    """Inverse of :func:`to_flax`; summed biases come back in ``b_ih`` (their ``b_hh`` part 0)."""
+    gates = GATES[cell]
+    w_ih = np.concatenate([np.asarray(p[f"i{g}"]["kernel"]).T for g in gates])
+    w_hh = np.concatenate([np.asarray(p[f"h{g}"]["kernel"]).T for g in gates])
+    H = w_hh.shape[1]
+    zero = np.zeros(H, dtype=w_ih.dtype)
+    if cell == "lstm":
+        b_ih = np.concatenate([np.asarray(p[f"h{g}"]["bias"]) for g in gates])
+        b_hh = np.zeros_like(b_ih)
+    else:
+        b_ih = np.concatenate([np.asarray(p[f"i{g}"]["bias"]) for g in gates])
+        b_hh = np.concatenate([zero, zero, np.asarray(p["hn"]["bias"])])
+    return w_ih, w_hh, b_ih, b_hh
+
+
+# -- cuDNN's packed LSTM weights (jax.experimental.rnn) ------------------------------------------
+
+def to_cudnn_packed(layers) -> np.ndarray:
+    """One flat vector: every layer's ``W_ih, W_hh`` (row-major), then every layer's ``b_ih, b_hh``:
+    the layout ``jax.experimental.rnn.unpack_lstm_weights`` reads (unidirectional)."""
+    ws = [a.ravel() for w_ih, w_hh, _, _ in layers for a in (w_ih, w_hh)]
+    bs = [b for _, _, b_ih, b_hh in layers for b in (b_ih, b_hh)]
+    return np.concatenate(ws + bs)
+
+
+def from_cudnn_packed(flat: np.ndarray, input_size: int, hidden_size: int, num_layers: int,
+                      gates: int = 4) -> list:
+    flat = np.asarray(flat)
+    GH, H, off = gates * hidden_size, hidden_size, 0
+    ws = []
+    for l in range(num_layers):
+        width = input_size if l == 0 else H
+        w_ih = flat[off:off + GH * width].reshape(GH, width)
+        off += GH * width
+        w_hh = flat[off:off + GH * H].reshape(GH, H)
+        off += GH * H
+        ws.append((w_ih, w_hh))
+    layers = []
+    for l in range(num_layers):
+        b_ih, b_hh = flat[off:off + GH], flat[off + GH:off + 2 * GH]
+        off += 2 * GH
+        layers.append((*ws[l], b_ih, b_hh))
+    if off != flat.size:
+        raise ValueError(f"packed weights have {flat.size} values; the sizes give {off}")
+    return layers
+
+
+# -- tf.raw_ops.BlockLSTMV2: one (I+H, 4H) matrix, gates i, f, ci, o (V1 used i, ci, f, o) -----------------------------
+
+def to_tfblock(layer, cell: str = "lstm") -> tuple:
+    """``w`` = [W_ih^T; W_hh^T] (I+H, 4H) and ``b`` = b_ih + b_hh, both in BlockLSTM's gate order."""
+    w_ih, w_hh, b_ih, b_hh = layer
+    src, dst = GATES["lstm"], ORDER[("tfblock", "lstm")]
+    w = np.concatenate([reorder(w_ih, src, dst).T, reorder(w_hh, src, dst).T])
+    return np.ascontiguousarray(w), reorder(b_ih, src, dst) + reorder(b_hh, src, dst)
+
+
+def from_tfblock(w: np.ndarray, b: np.ndarray, input_size: int) -> tuple:
+    src, dst = ORDER[("tfblock", "lstm")], GATES["lstm"]
+    w_ih = reorder(np.asarray(w)[:input_size].T, src, dst)
+    w_hh = reorder(np.asarray(w)[input_size:].T, src, dst)
+    return w_ih, w_hh, reorder(b, src, dst), np.zeros_like(b)

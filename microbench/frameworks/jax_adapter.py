@@ -1,0 +1,163 @@
+"""JAX: Flax ``nn.RNN`` over a cell (``lax.scan``) under ``jax.jit``; ``jax.experimental.rnn`` on GPU.
+
+XLA:CPU has no fused RNN kernel and ``jax.experimental.rnn.lstm`` lowers to cuDNN only (on a CPU
+it fails for want of the GPU plugin), so on a CPU the scan is the only path JAX has.  XLA:CPU
+sizes its thread pool from the CPUs it may run on and offers no intra-op thread setting for
+that pool, so ``--threads N`` pins this worker to N CPUs (recorded as ``affinity``); with N=1
+``--xla_cpu_multi_thread_eigen=false`` is also set.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from .common import Built, Unsupported, dims
+from .convert import to_cudnn_packed, to_flax, unpack_layers
+
+_jax = None
+_affinity = None
+
+
+def setup(threads, device) -> dict:
+    global _jax, _affinity
+    if threads:
+        cpus = sorted(os.sched_getaffinity(0))
+        if threads < len(cpus):
+            os.sched_setaffinity(0, cpus[:threads])
+        _affinity = sorted(os.sched_getaffinity(0))
+        if threads == 1:
+            flags = os.environ.get("XLA_FLAGS", "")
+            os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false "
+                                       "intra_op_parallelism_threads=1").strip()
+    os.environ.setdefault("JAX_PLATFORMS", "cuda" if device == "cuda" else "cpu")
+    import jax
+    _jax = jax
+    jax.config.update("jax_default_matmul_precision", "highest")
+    try:
+        devs = jax.devices("gpu" if device == "cuda" else "cpu")
+    except RuntimeError as e:
+        raise Unsupported(f"jax {jax.__version__} has no {device} backend here ({str(e).splitlines()[0]})") from None
+    import flax
+    return {"framework": "jax", "version": jax.__version__, "jaxlib": jax.lib.__version__ if hasattr(jax.lib, "__version__") else None,
+            "flax": flax.__version__, "devices": [str(d) for d in devs],
+            "default_matmul_precision": jax.config.jax_default_matmul_precision,
+            "affinity": _affinity, "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def build(op, path, device, precision, arrays) -> Built:
+    jax = _jax
+    import jax.numpy as jnp
+    T, B, I, H, L = dims(arrays)
+    table = {"fp32": jnp.float32, "fp64": jnp.float64}
+    if device == "cuda":
+        table.update({"fp16": jnp.float16, "bf16": jnp.bfloat16})
+    if precision not in table:
+        raise Unsupported(f"jax on {device} runs {', '.join(table)}; not {precision}")
+    if precision == "fp64":
+        jax.config.update("jax_enable_x64", True)
+    dt = table[precision]
+    dev = jax.devices("gpu" if device == "cuda" else "cpu")[0]
+    put = lambda a: jax.device_put(jnp.asarray(np.asarray(a), dtype=dt), dev)  # noqa: E731
+    layers = unpack_layers(arrays)
+    x, h0 = put(arrays["x"]), put(arrays["h0"])
+    c0 = put(arrays["c0"]) if op == "lstm" else None
+    info = {"precision_switches": {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision},
+            "mode": "jax.jit, compiled ahead (lower().compile()), no grad transform",
+            "affinity": _affinity}
+
+    if path in ("generic", "nocudnn"):
+        import flax.linen as nn
+        cell = (nn.OptimizedLSTMCell(H, dtype=dt, param_dtype=dt) if op == "lstm"
+                else nn.GRUCell(H, dtype=dt, param_dtype=dt))
+        rnn = nn.RNN(cell, time_major=True, return_carry=True)
+        params = [jax.tree_util.tree_map(put, {"params": {"cell": to_flax(layer, op)}}) for layer in layers]
+
+        def fwd(params, x, h0, c0):
+            seq, hs, cs = x, [], []
+            for l in range(L):
+                carry0 = (c0[l], h0[l]) if op == "lstm" else h0[l]     # Flax LSTM carries (c, h)
+                carry, seq = rnn.apply(params[l], seq, initial_carry=carry0)
+                if op == "lstm":
+                    cs.append(carry[0])
+                    hs.append(carry[1])
+                else:
+                    hs.append(carry)
+            return (seq, jnp.stack(hs), jnp.stack(cs)) if op == "lstm" else (seq, jnp.stack(hs))
+        args = (params, x, h0, c0)
+        time_major = True
+        info["kernel"] = f"lax.scan over flax {type(cell).__name__}: GEMMs + fused elementwise per step"
+    elif path == "cudnn" and device == "cuda":
+        if op != "lstm":
+            raise Unsupported("jax.experimental.rnn offers LSTM only")
+        from jax.experimental import rnn as jrnn
+        weights = put(to_cudnn_packed(layers))
+        xb = put(np.ascontiguousarray(np.asarray(arrays["x"]).transpose(1, 0, 2)))
+        lengths = jax.device_put(jnp.full((B,), T, dtype=jnp.int32), dev)
+
+        def fwd(weights, x, h0, c0):
+            return jrnn.lstm(x, h0, c0, weights, lengths, I, H, L, 0.0, False,
+                             precision=jax.lax.Precision.HIGHEST)
+        args = (weights, xb, h0, c0)
+        time_major = False
+        info["kernel"] = "cuDNN RNN through jax.experimental.rnn"
+    elif path == "fused" and device == "cpu":
+        raise Unsupported("XLA:CPU has no fused RNN kernel; jax.experimental.rnn lowers to cuDNN only")
+    else:
+        raise Unsupported(f"jax has no path {path!r} on {device}")
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(fwd).lower(*args).compile()
+    info["compile_s"] = time.perf_counter() - t0
+    last = {}
+
+    def run():
+        last["out"] = jax.block_until_ready(compiled(*args))
+
+    def outputs():
+        out = [np.asarray(o, dtype=np.float64) for o in last["out"]]
+        if not time_major:
+            out[0] = out[0].transpose(1, 0, 2)
+        return tuple(out)
+
+    return Built(run, outputs, info)
+
+
+def build_conv(path, device, precision, arrays, geom) -> Built:
+    """lax.conv_general_dilated in the problem's layout with the OIHW (= our KCRS) filter."""
+    jax = _jax
+    import jax.numpy as jnp
+    if path not in (("fused",) if device == "cpu" else ("cudnn",)):
+        raise Unsupported(f"jax has no conv path {path!r} on {device}")
+    dt = {"fp32": jnp.float32, "fp64": jnp.float64}.get(precision)
+    if dt is None:
+        raise Unsupported(f"the jax conv adapter runs fp32, fp64; not {precision}")
+    if precision == "fp64":
+        jax.config.update("jax_enable_x64", True)
+    dev = jax.devices("gpu" if device == "cuda" else "cpu")[0]
+    put = lambda a: jax.device_put(jnp.asarray(np.asarray(a), dtype=dt), dev)  # noqa: E731
+    x, w = put(arrays["x"]), put(arrays["w"])
+    b = put(arrays["b"]) if "b" in arrays else None
+    lay = geom["layout"]
+    (ph, pw) = geom["pad"]
+
+    def fwd(x, w, b):
+        y = jax.lax.conv_general_dilated(x, w, tuple(geom["stride"]), [(ph, ph), (pw, pw)],
+                                         rhs_dilation=tuple(geom["dilation"]),
+                                         dimension_numbers=(lay, "OIHW", lay),
+                                         feature_group_count=geom["groups"],
+                                         precision=jax.lax.Precision.HIGHEST)
+        if b is not None:
+            y = y + (b[None, :, None, None] if lay == "NCHW" else b)
+        return y
+    t0 = time.perf_counter()
+    compiled = jax.jit(fwd).lower(x, w, b).compile()
+    info = {"kernel": "XLA convolution", "layout": lay, "compile_s": time.perf_counter() - t0,
+            "precision_switches": {"precision": "HIGHEST"}, "affinity": _affinity}
+    last = {}
+
+    def run():
+        last["y"] = jax.block_until_ready(compiled(x, w, b))
+
+    return Built(run, lambda: (np.asarray(last["y"], dtype=np.float64),), info)

@@ -1,0 +1,149 @@
+"""MXNet 1.9 Gluon: the fused ``rnn.LSTM``/``rnn.GRU`` layer and the cells unrolled, hybridized.
+
+MXNet 1.9.1 needs NumPy < 2 (it uses ``np.PZERO``; with NumPy 1.24-1.26 it also needs ``np.bool``
+back), so this adapter usually runs in its own interpreter (``scripts/setup-mxnet``).  Its GRU is
+cuDNN's (reset gate after the recurrent GEMM): the same function as ours.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .common import Built, Unsupported, dims
+from .convert import to_mxnet, unpack_layers
+
+_mx = None
+
+
+def setup(threads, device) -> dict:
+    global _mx
+    if int(np.__version__.split(".")[0]) >= 2:
+        raise ImportError(f"mxnet 1.9 does not run with numpy {np.__version__} (needs numpy<2)")
+    if not hasattr(np, "bool"):
+        np.bool = bool     # removed in NumPy 1.24, still used by MXNet 1.9.1
+    import mxnet as mx
+    _mx = mx
+    if device == "cuda" and mx.context.num_gpus() == 0:
+        raise Unsupported(f"mxnet {mx.__version__} sees no GPU (a CPU build or no driver)")
+    feats = mx.runtime.Features()
+    return {"framework": "mxnet", "version": mx.__version__,
+            "omp_threads": os.environ.get("OMP_NUM_THREADS", "default"),
+            "engine": os.environ.get("MXNET_ENGINE_TYPE", "ThreadedEnginePerDevice (default)"),
+            "mkldnn": feats.is_enabled("MKLDNN"), "cudnn": feats.is_enabled("CUDNN"),
+            "precision_switches": "none in MXNet 1.9 (fp32 math)"}
+
+
+def build(op, path, device, precision, arrays) -> Built:
+    mx = _mx
+    from mxnet import gluon
+    from mxnet.gluon import rnn
+    T, B, I, H, L = dims(arrays)
+    if precision != "fp32":
+        raise Unsupported(f"the mxnet adapter runs fp32 only; not {precision}")
+    ctx = mx.gpu(0) if device == "cuda" else mx.cpu()
+    nd = lambda a: mx.nd.array(np.asarray(a, dtype=np.float32), ctx=ctx)  # noqa: E731
+    layers = unpack_layers(arrays)
+    x, h0 = nd(arrays["x"]), nd(arrays["h0"])
+    c0 = nd(arrays["c0"]) if op == "lstm" else None
+    info = {"mode": "hybridize(static_alloc, static_shape), autograd not recording",
+            "mkldnn": mx.runtime.Features().is_enabled("MKLDNN")}
+
+    if path in ("fused", "cudnn"):
+        net = (rnn.LSTM if op == "lstm" else rnn.GRU)(H, num_layers=L, layout="TNC", input_size=I)
+        net.initialize(ctx=ctx)
+        params = net.collect_params()
+        for l, layer in enumerate(layers):
+            for name, a in to_mxnet(layer, op).items():
+                [key] = [k for k in params.keys() if k.endswith(f"l{l}_{name}")]
+                params[key].set_data(nd(a))
+        states = [h0, c0] if op == "lstm" else [h0]
+        info["kernel"] = "fused RNN op (" + ("cuDNN" if device == "cuda" else
+                                             "oneDNN" if info["mkldnn"] else "native CPU") + ")"
+    elif path in ("generic", "nocudnn"):
+        Cell = rnn.LSTMCell if op == "lstm" else rnn.GRUCell
+
+        class Unrolled(gluon.HybridBlock):
+            def __init__(self):
+                super().__init__()
+                with self.name_scope():
+                    self.cells = [Cell(H, input_size=I if l == 0 else H) for l in range(L)]
+                    for l, cell in enumerate(self.cells):
+                        self.register_child(cell, f"cell{l}")
+
+            def hybrid_forward(self, F, x, *states):
+                per = 2 if op == "lstm" else 1
+                seq, out_states = x, []
+                for l, cell in enumerate(self.cells):
+                    seq, st = cell.unroll(T, seq, begin_state=list(states[per * l:per * (l + 1)]),
+                                          layout="TNC", merge_outputs=True)
+                    out_states.extend(st)
+                return [seq] + out_states
+
+        net = Unrolled()
+        net.initialize(ctx=ctx)
+        for cell, layer in zip(net.cells, layers):
+            params = cell.collect_params()
+            for name, a in to_mxnet(layer, op).items():
+                [key] = [k for k in params.keys() if k.endswith(name)]
+                params[key].set_data(nd(a))
+        states = ([s for l in range(L) for s in (h0[l], c0[l])] if op == "lstm" else [h0[l] for l in range(L)])
+        info["kernel"] = "cell ops per step, unrolled into one graph"
+    else:
+        raise Unsupported(f"mxnet has no path {path!r} on {device}")
+    net.hybridize(static_alloc=True, static_shape=True)
+    last = {}
+
+    def run():
+        if path in ("fused", "cudnn"):
+            last["out"] = net(x, states)
+        else:
+            last["out"] = net(x, *states)
+        mx.nd.waitall()
+
+    def outputs():
+        out = last["out"]
+        if path in ("fused", "cudnn"):
+            y, st = out
+            return (y.asnumpy().astype(np.float64),) + tuple(s.asnumpy().astype(np.float64) for s in st)
+        y, flat = out[0], out[1:]
+        per = 2 if op == "lstm" else 1
+        hs = np.stack([flat[per * l].asnumpy() for l in range(L)]).astype(np.float64)
+        if op == "gru":
+            return y.asnumpy().astype(np.float64), hs
+        cs = np.stack([flat[per * l + 1].asnumpy() for l in range(L)]).astype(np.float64)
+        return y.asnumpy().astype(np.float64), hs, cs
+
+    return Built(run, outputs, info)
+
+
+def build_conv(path, device, precision, arrays, geom) -> Built:
+    """nd.Convolution, NCHW with our KCRS filter (an NHWC problem is transposed outside the timed call)."""
+    mx = _mx
+    if precision != "fp32":
+        raise Unsupported(f"the mxnet adapter runs fp32 only; not {precision}")
+    if path not in ("fused", "cudnn", "nocudnn") or (device == "cpu") != (path == "fused"):
+        raise Unsupported(f"mxnet has no conv path {path!r} on {device}")
+    ctx = mx.gpu(0) if device == "cuda" else mx.cpu()
+    nhwc = geom["layout"] == "NHWC"
+    xa = np.asarray(arrays["x"], dtype=np.float32)
+    x = mx.nd.array(np.ascontiguousarray(xa.transpose(0, 3, 1, 2) if nhwc else xa), ctx=ctx)
+    w = mx.nd.array(np.asarray(arrays["w"], dtype=np.float32), ctx=ctx)
+    b = mx.nd.array(np.asarray(arrays["b"], dtype=np.float32), ctx=ctx) if "b" in arrays else None
+    K, _, R, S = w.shape
+    kw = dict(kernel=(R, S), stride=tuple(geom["stride"]), dilate=tuple(geom["dilation"]),
+              pad=tuple(geom["pad"]), num_filter=K, num_group=geom["groups"], no_bias=b is None)
+    if device == "cuda":
+        kw["cudnn_off"] = path == "nocudnn"
+    last = {}
+
+    def run():
+        last["y"] = (mx.nd.Convolution(x, w, b, **kw) if b is not None else mx.nd.Convolution(x, w, **kw))
+        mx.nd.waitall()
+
+    def outputs():
+        y = last["y"].asnumpy().astype(np.float64)
+        return (np.ascontiguousarray(y.transpose(0, 2, 3, 1)) if nhwc else y,)
+
+    return Built(run, outputs, {"kernel": "Convolution op (" + ("oneDNN" if device == "cpu" else "cuDNN") + ")",
+                                "layout": "NCHW"})

@@ -1,0 +1,189 @@
+"""TensorFlow 2 with Keras 3: Keras RNN layers in a tf.function, and TF's fused CPU LSTM op.
+
+On a CPU Keras 3's LSTM/GRU layers have no fused kernel (their cuDNN branch needs a GPU, and
+otherwise they run the cell in a ``tf.while_loop``), so the CPU ``fused`` path is
+``tf.raw_ops.BlockLSTMV2``, TensorFlow's own fused LSTM sequence kernel.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .common import Built, Unsupported, dims
+from .convert import to_keras, to_tfblock, unpack_layers
+
+_tf = None
+
+
+def setup(threads, device) -> dict:
+    global _tf
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if device == "cpu":
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    import tensorflow as tf
+    _tf = tf
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    tf.config.experimental.enable_tensor_float_32_execution(False)
+    gpus = tf.config.list_physical_devices("GPU")
+    if device == "cuda" and not gpus:
+        raise Unsupported(f"tensorflow {tf.__version__} sees no GPU (tensorflow-cpu, or no CUDA build)")
+    import keras
+    if keras.backend.backend() != "tensorflow":
+        raise Unsupported(f"Keras runs on the {keras.backend.backend()} backend; set KERAS_BACKEND=tensorflow")
+    build_info = tf.sysconfig.get_build_info()
+    return {"framework": "tensorflow", "version": tf.__version__, "keras": keras.__version__,
+            "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
+            "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
+            "tensor_float_32": tf.config.experimental.tensor_float_32_execution_enabled(),
+            "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on for x86 Linux)"),
+            "cuda": build_info.get("cuda_version"), "cudnn": build_info.get("cudnn_version"),
+            "gpus": [g.name for g in gpus]}
+
+
+def build(op, path, device, precision, arrays) -> Built:
+    tf = _tf
+    import keras
+    T, B, I, H, L = dims(arrays)
+    table = {"fp32": "float32", "fp64": "float64"}
+    if device == "cuda":
+        table.update({"fp16": "float16", "tf32": "float32"})
+    if precision not in table:
+        raise Unsupported(f"tensorflow on {device} runs {', '.join(table)}; not {precision}")
+    if precision == "tf32":
+        tf.config.experimental.enable_tensor_float_32_execution(True)
+    dt = table[precision]
+    layers = unpack_layers(arrays)
+    tdev = "/GPU:0" if device == "cuda" else "/CPU:0"
+    c = lambda a: tf.constant(np.asarray(a).astype(dt))  # noqa: E731
+    info = {"precision_switches": {"tensor_float_32": tf.config.experimental.tensor_float_32_execution_enabled()},
+            "mode": "tf.function (jit_compile=False), training=False, no GradientTape"}
+
+    with tf.device(tdev):
+        h0 = c(arrays["h0"])
+        c0 = c(arrays["c0"]) if op == "lstm" else None
+        if path == "fused" and device == "cpu":
+            if op != "lstm":
+                raise Unsupported("TensorFlow has no fused GRU sequence op; GRUBlockCell applies the reset "
+                                  "gate before the recurrent GEMM, which is not our GRU")
+            x = c(arrays["x"])                       # BlockLSTM is time-major, like us
+            ws = [tuple(map(c, to_tfblock(layer))) for layer in layers]
+            zero = tf.zeros([H], dtype=dt)
+
+            @tf.function(jit_compile=False)
+            def fwd(x, h0, c0):
+                seq, hs, cs = x, [], []
+                for l, (w, b) in enumerate(ws):
+                    out = tf.raw_ops.BlockLSTMV2(seq_len_max=tf.constant(T, tf.int64), x=seq,
+                                                 cs_prev=c0[l], h_prev=h0[l], w=w, wci=zero, wcf=zero,
+                                                 wco=zero, b=b, cell_clip=0.0, use_peephole=False)
+                    seq = out[6]
+                    hs.append(seq[-1])
+                    cs.append(out[1][-1])
+                return seq, tf.stack(hs), tf.stack(cs)
+            args = (x, h0, c0)
+            time_major = True
+            info["kernel"] = "BlockLSTMV2 (Eigen, fused gates; 7 (T,B,H) outputs written)"
+        elif path in ("generic", "cudnn", "nocudnn"):
+            x = c(np.ascontiguousarray(np.asarray(arrays["x"]).transpose(1, 0, 2)))   # Keras is batch-major
+            mods = []
+            for l, layer in enumerate(layers):
+                width = I if l == 0 else H
+                if path == "cudnn":
+                    kw = dict(use_cudnn=True, dtype=dt)
+                    m = (keras.layers.LSTM(H, return_sequences=True, return_state=True, **kw) if op == "lstm"
+                         else keras.layers.GRU(H, return_sequences=True, return_state=True, reset_after=True, **kw))
+                else:
+                    cell = (keras.layers.LSTMCell(H, dtype=dt) if op == "lstm"
+                            else keras.layers.GRUCell(H, reset_after=True, dtype=dt))
+                    m = keras.layers.RNN(cell, return_sequences=True, return_state=True, dtype=dt)
+                m.build((B, T, width))
+                m.set_weights([np.asarray(a).astype(dt) for a in to_keras(layer, op)])
+                mods.append(m)
+
+            @tf.function(jit_compile=False)
+            def fwd(x, h0, c0=None):
+                seq, hs, cs = x, [], []
+                for l, m in enumerate(mods):
+                    init = [h0[l], c0[l]] if op == "lstm" else [h0[l]]
+                    out = m(seq, initial_state=init, training=False)
+                    seq = out[0]
+                    hs.append(out[1])
+                    if op == "lstm":
+                        cs.append(out[2])
+                return (seq, tf.stack(hs), tf.stack(cs)) if op == "lstm" else (seq, tf.stack(hs))
+            args = (x, h0, c0) if op == "lstm" else (x, h0)
+            time_major = False
+            info["kernel"] = ("Keras cuDNN RNN" if path == "cudnn" else
+                              "Keras cell in a tf.while_loop (GEMMs + pointwise ops per step)")
+        else:
+            raise Unsupported(f"tensorflow has no path {path!r} on {device}")
+        import time
+        t0 = time.perf_counter()
+        fwd.get_concrete_function(*args)            # trace outside the timed region
+        info["compile_s"] = time.perf_counter() - t0
+
+    sync = (tf.test.experimental.sync_devices if device == "cuda" and hasattr(tf.test.experimental, "sync_devices")
+            else None)
+    last = {}
+
+    def run():
+        out = fwd(*args)
+        if sync is not None:
+            sync()
+        else:
+            out[1].numpy()      # the final state: (L,B,H), forces the call to complete
+        last["out"] = out
+
+    def outputs():
+        out = [np.asarray(o.numpy(), dtype=np.float64) for o in last["out"]]
+        if not time_major:
+            out[0] = out[0].transpose(1, 0, 2)
+        return tuple(out)
+
+    return Built(run, outputs, info)
+
+
+def build_conv(path, device, precision, arrays, geom) -> Built:
+    """tf.nn.conv2d, NHWC with an HWIO filter (TF's CPU conv has no NCHW kernel: an NCHW problem's
+    input is transposed once, outside the timed call)."""
+    tf = _tf
+    if path not in (("fused",) if device == "cpu" else ("cudnn",)):
+        raise Unsupported(f"tensorflow has no conv path {path!r} on {device}")
+    dt = {"fp32": "float32", "fp64": "float64"}.get(precision)
+    if dt is None:
+        raise Unsupported(f"the tensorflow conv adapter runs fp32, fp64; not {precision}")
+    nchw = geom["layout"] == "NCHW"
+    xa = np.asarray(arrays["x"])
+    with tf.device("/GPU:0" if device == "cuda" else "/CPU:0"):
+        x = tf.constant(np.ascontiguousarray(xa.transpose(0, 2, 3, 1) if nchw else xa).astype(dt))
+        w = tf.constant(np.ascontiguousarray(np.asarray(arrays["w"]).transpose(2, 3, 1, 0)).astype(dt))
+        b = tf.constant(np.asarray(arrays["b"]).astype(dt)) if "b" in arrays else None
+        (ph, pw), (sh, sw), (dh, dw) = geom["pad"], geom["stride"], geom["dilation"]
+
+        @tf.function(jit_compile=False)
+        def fwd(x, w):
+            y = tf.nn.conv2d(x, w, strides=[1, sh, sw, 1], padding=[[0, 0], [ph, ph], [pw, pw], [0, 0]],
+                             dilations=[1, dh, dw, 1], data_format="NHWC")
+            return tf.nn.bias_add(y, b) if b is not None else y
+        import time
+        t0 = time.perf_counter()
+        fwd.get_concrete_function(x, w)
+        info = {"kernel": "tf.nn.conv2d (Conv2D op)", "layout": "NHWC",
+                "compile_s": time.perf_counter() - t0,
+                "precision_switches": {"tensor_float_32": tf.config.experimental.tensor_float_32_execution_enabled()}}
+    last = {}
+
+    def run():
+        y = fwd(x, w)
+        y.numpy() if device == "cpu" else tf.test.experimental.sync_devices()
+        last["y"] = y
+
+    def outputs():
+        y = np.asarray(last["y"].numpy(), dtype=np.float64)
+        return (np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if nchw else y,)
+
+    return Built(run, outputs, info)

@@ -1,0 +1,149 @@
+"""One framework in its own process: ``python -m microbench.frameworks.worker FRAMEWORK``.
+
+Protocol: one JSON object per line.  The worker answers each request on its stdout (the
+framework's own prints are sent to stderr, so they can not corrupt the channel) with
+``{"ok": true, ...}`` or ``{"ok": false, "kind": "missing"|"unsupported"|"error", "message": ...}``.
+
+  (on start)                                   -> {"ok", "env": versions, threads, switches}
+  {"cmd": "build", "op", "path", "precision",
+   "inputs": in.npz, "outputs": out.npz}       -> {"ok", "info"}; out.npz holds y, h_n[, c_n]
+  (op "conv" adds "geometry": stride, pad, dilation, groups, layout; out.npz holds y)
+  {"cmd": "run"}                               -> {"ok"}   (one untimed call)
+  {"cmd": "measure", "settings": {...}}        -> {"ok", "samples": [seconds, ...]}
+  {"cmd": "quit"}                              -> {"ok"}, then exit
+
+Thread counts and device are fixed at start (``--threads``, ``--device``): frameworks size their
+pools once.  Timing uses :func:`microbench.harness.measure` when our package imports here, and
+the standard-library copy of its rule (:mod:`.looptime`) under a foreign interpreter.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+import traceback
+
+from .common import Unsupported
+
+ADAPTERS = {"torch": "torch_adapter", "tensorflow": "tensorflow_adapter", "jax": "jax_adapter",
+            "mxnet": "mxnet_adapter"}
+
+
+def thread_env(threads: int | None) -> dict:
+    """Environment variables that size OpenMP/BLAS/TF pools, set before the framework loads."""
+    if not threads:
+        return {}
+    n = str(threads)
+    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n,
+            "TF_NUM_INTRAOP_THREADS": n, "TF_NUM_INTEROP_THREADS": n}
+
+
+def _timing():
+    """(name, measure(run, settings_dict) -> samples)."""
+    try:
+        from microbench.harness import CpuTimer, Settings, measure
+
+        def run_measure(run, settings):
+            return list(measure(run, Settings(**settings), CpuTimer()).samples)
+        return "microbench.harness.measure", run_measure
+    except ImportError:
+        from .looptime import measure
+        return "microbench.frameworks.looptime.measure", measure
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="microbench.frameworks.worker")
+    ap.add_argument("framework", choices=sorted(ADAPTERS))
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    args = ap.parse_args(argv)
+
+    # The protocol gets a private copy of stdout; fd 1 (and print) go to stderr from here on.
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def send(obj):
+        proto.write(json.dumps(obj) + "\n")
+        proto.flush()
+
+    os.environ.update(thread_env(args.threads))
+    try:
+        adapter = importlib.import_module(f"{__package__}.{ADAPTERS[args.framework]}")
+        env = adapter.setup(args.threads, args.device)
+    except ImportError as e:
+        send({"ok": False, "kind": "missing", "message": f"{type(e).__name__}: {e}"})
+        return 0
+    except Unsupported as e:
+        send({"ok": False, "kind": "unsupported", "message": str(e)})
+        return 0
+    except Exception as e:  # noqa: BLE001  (reported to the parent, which records it)
+        send({"ok": False, "kind": "error", "message": _describe(e)})
+        return 0
+    import numpy as np
+    env.update({"python": sys.version.split()[0], "executable": sys.executable,
+                "numpy": np.__version__, "pid": os.getpid(),
+                "threads_requested": args.threads, "device": args.device,
+                "env": {k: os.environ[k] for k in sorted(set(thread_env(1)) | {
+                    "OMP_WAIT_POLICY", "TF_ENABLE_ONEDNN_OPTS", "XLA_FLAGS", "MXNET_ENGINE_TYPE"})
+                        if k in os.environ}})
+    # Imported after the framework loaded its OpenMP (and after the environment was recorded):
+    # our package's import-time defaults (kernels sets OMP_WAIT_POLICY) can not reach it.
+    timing_name, run_measure = _timing()
+    env["timing"] = timing_name
+    send({"ok": True, "env": env})
+
+    built = None
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        try:
+            req = json.loads(line)
+            cmd = req.get("cmd")
+            if cmd == "build":
+                with np.load(req["inputs"]) as f:
+                    arrays = {k: f[k] for k in f.files}
+                t0 = time.perf_counter()
+                if req["op"] == "conv":
+                    built = adapter.build_conv(req["path"], args.device, req["precision"], arrays, req["geometry"])
+                else:
+                    built = adapter.build(req["op"], req["path"], args.device, req["precision"], arrays)
+                t1 = time.perf_counter()
+                built.run()      # first call: traces/compiles where the framework does it lazily
+                t2 = time.perf_counter()
+                outs = [np.asarray(a) for a in built.outputs()]
+                np.savez(req["outputs"], *outs)
+                info = dict(built.info)
+                info.update({"build_s": t1 - t0, "first_call_s": t2 - t1})
+                send({"ok": True, "info": info})
+            elif cmd == "run":
+                built.run()
+                send({"ok": True})
+            elif cmd == "measure":
+                send({"ok": True, "samples": run_measure(built.run, req["settings"])})
+            elif cmd == "quit":
+                send({"ok": True})
+                return 0
+            else:
+                send({"ok": False, "kind": "error", "message": f"unknown command {cmd!r}"})
+        except Unsupported as e:
+            send({"ok": False, "kind": "unsupported", "message": str(e)})
+        except MemoryError:
+            send({"ok": False, "kind": "error", "message": "out of memory in the worker"})
+        except Exception as e:  # noqa: BLE001
+            send({"ok": False, "kind": "error", "message": _describe(e)})
+    return 0
+
+
+def _describe(e: BaseException) -> str:
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" (at {tb[-1].filename}:{tb[-1].lineno})" if tb else ""
+    msg = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {msg[0] if msg else ''}{where}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

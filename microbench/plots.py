@@ -1,0 +1,296 @@
+"""Plots of result records (matplotlib, Agg): each function takes records and returns a :class:`Plot`.
+
+    ladder_plot       one panel per ladder (op, shape, dtype, backend, threads): a bar per rung,
+                      median with the IQR as error bar, speedup vs naive above each bar
+    convergence_plot  one panel per shape: the best time of each framework path (our variants
+                      as ``ours/<backend>``); wall time, and GPU-busy time beside it when records
+                      carry it (``gpu_busy_s``), else labelled "wall only"
+    roofline_plot     GFLOP/s against arithmetic intensity (FLOPs / compulsory bytes), with the
+                      ceilings *measured in the file*: the best GFLOP/s and the best GB/s of any
+                      record (not hardware peaks; the plot says so)
+    thread_plot       ms per call and speedup vs 1 thread (or the fewest threads recorded), per case
+
+A plot with no data to show returns ``Plot(png=None, note=why)``; the report prints the note.
+Records are the normalized dicts of :mod:`microbench.store` (status ok with stats).
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+MAX_PANELS = 12
+MAX_SERIES = 10
+
+
+@dataclass
+class Plot:
+    title: str
+    png: bytes | None
+    note: str = ""
+
+
+# -- record helpers ------------------------------------------------------------------------------
+
+
+def ok_records(records: list) -> list:
+    """Records with a measurement, the last of each identity (a rerun supersedes)."""
+    from .store import latest
+    return [r for r in latest(records, with_env=True).values()
+            if isinstance(r.get("stats"), dict) and (r["stats"].get("median_s") or 0) > 0]
+
+
+def shape_text(rec: dict) -> str:
+    s = rec.get("shape") or {}
+    if rec.get("op") == "conv":
+        return f"N{s.get('N')} C{s.get('C')} {s.get('H')}x{s.get('W')} K{s.get('K')} {s.get('R')}x{s.get('S')}"
+    extra = "" if s.get("I") in (None, s.get("H")) else f" I{s.get('I')}"
+    layers = "" if s.get("L", 1) == 1 else f" L{s.get('L')}"
+    return f"H{s.get('H')} B{s.get('B')} T{s.get('T')}{extra}{layers}"
+
+
+def threads_of(rec: dict):
+    return (rec.get("options") or {}).get("threads")
+
+
+def impl_name(rec: dict) -> str:
+    """framework/path for framework records, ours/<backend> for our variants."""
+    if rec.get("framework"):
+        return str(rec.get("label") or f"{rec['framework']}/{rec.get('variant')}")
+    return f"ours/{rec.get('backend')}"
+
+
+def gpu_busy(rec: dict):
+    """Seconds the GPU was busy per call, where a record carries it (profiles, framework adapters)."""
+    for where in (rec, rec.get("stats") or {}, rec.get("info") or {}):
+        v = where.get("gpu_busy_s")
+        if isinstance(v, (int, float)) and v > 0:
+            return float(v)
+    return None
+
+
+def _ms(rec) -> float:
+    return rec["stats"]["median_s"] * 1e3
+
+
+def _err_ms(rec) -> tuple:
+    st = rec["stats"]
+    med = st["median_s"]
+    return (max(med - st.get("q1_s", med), 0) * 1e3, max(st.get("q3_s", med) - med, 0) * 1e3)
+
+
+def _png(fig) -> bytes:
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")        # tight_layout's "not compatible" notes
+        fig.tight_layout(rect=(0, 0, 1, 0.95))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _grid(n: int, w: float = 6.0, h: float = 3.8):
+    cols = min(n, 2)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(w * cols, h * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _group(records: list, key) -> dict:
+    out: dict = {}
+    for r in records:
+        out.setdefault(key(r), []).append(r)
+    return out
+
+
+# -- ladder --------------------------------------------------------------------------------------
+
+
+def ladder_plot(records: list) -> Plot:
+    title = "Fusion ladder: time per rung"
+    recs = [r for r in ok_records(records) if (r.get("options") or {}).get("rung")]
+    groups = _group(recs, lambda r: (r["op"], shape_text(r), r.get("dtype"), r.get("backend"),
+                                     threads_of(r), r.get("env_id")))
+    if not groups:
+        return Plot(title, None, "no ladder records (run lstm/gru --ladder or a suite with ladder entries)")
+    keys = list(groups)[:MAX_PANELS]
+    fig, axes = _grid(len(keys))
+    for ax, key in zip(axes, keys):
+        rows = groups[key]
+        names = [r["options"]["rung"] for r in rows]
+        ms = [_ms(r) for r in rows]
+        err = list(zip(*[_err_ms(r) for r in rows]))
+        colors = ["#999999" if n == "naive" else "#3b75af" for n in names]
+        ax.bar(range(len(rows)), ms, yerr=err, color=colors, capsize=3)
+        naive = next((m for n, m in zip(names, ms) if n == "naive"), None)
+        for i, m in enumerate(ms):
+            if naive:
+                ax.annotate(f"{naive / m:.2f}x", (i, m), ha="center", va="bottom", fontsize=8,
+                            xytext=(0, 3), textcoords="offset points")
+        ax.set_xticks(range(len(rows)), names, rotation=25, ha="right", fontsize=8)
+        op, shape, dtype, backend, thr, _ = key
+        ax.set_title(f"{op} {shape} {dtype} {backend}" + (f", {thr} thr" if thr else ""), fontsize=9)
+        ax.set_ylabel("ms per call (median, IQR bar)")
+        ax.set_ylim(0, max(ms) * 1.2)
+    fig.suptitle(title + " (label: speedup vs naive)", fontsize=11)
+    more = f"; {len(groups) - len(keys)} more ladder(s) not drawn" if len(groups) > len(keys) else ""
+    return Plot(title, _png(fig), f"{len(groups)} ladder(s){more}")
+
+
+# -- framework convergence ------------------------------------------------------------------------
+
+
+def convergence_plot(records: list) -> Plot:
+    title = "Framework convergence: best time per framework path"
+    recs = ok_records(records)
+    groups = _group(recs, lambda r: (r["op"], shape_text(r), r.get("dtype"), threads_of(r), r.get("env_id")))
+    if not groups:
+        return Plot(title, None, "no measured records")
+    # panels with the most implementations first
+    ranked = sorted(groups, key=lambda k: -len({impl_name(r) for r in groups[k]}))[:6]
+    any_busy = any(gpu_busy(r) for r in recs)
+    fig, axes = _grid(len(ranked))
+    for ax, key in zip(axes, ranked):
+        best: dict = {}
+        for r in groups[key]:
+            name = impl_name(r)
+            if name not in best or r["stats"]["median_s"] < best[name]["stats"]["median_s"]:
+                best[name] = r
+        names = sorted(best, key=lambda n: best[n]["stats"]["median_s"])
+        wall = [_ms(best[n]) for n in names]
+        y = range(len(names))
+        if any_busy:
+            busy = [(gpu_busy(best[n]) or 0) * 1e3 for n in names]
+            ax.barh([i - 0.2 for i in y], wall, height=0.4, color="#3b75af", label="wall")
+            ax.barh([i + 0.2 for i in y], busy, height=0.4, color="#e08a2c", label="GPU busy")
+            ax.legend(fontsize=8)
+        else:
+            ax.barh(list(y), wall, color="#3b75af", label="wall only")
+            ax.legend(fontsize=8, title="GPU-busy not recorded", title_fontsize=7)
+        labels = [f"{n} ({best[n].get('options', {}).get('rung') or best[n].get('variant')})"
+                  if not best[n].get("framework") else n for n in names]
+        ax.set_yticks(list(y), labels, fontsize=8)
+        ax.invert_yaxis()
+        for i, w in enumerate(wall):
+            ax.annotate(f"{w:.3g} ms", (w, i), va="center", fontsize=8, xytext=(3, 0),
+                        textcoords="offset points")
+        ax.set_xlim(0, max(wall) * 1.3)
+        op, shape, dtype, thr, _ = key
+        ax.set_title(f"{op} {shape} {dtype}" + (f", {thr} thr" if thr else ""), fontsize=9)
+        ax.set_xlabel("ms per call (median)")
+    kind = "wall vs GPU-busy" if any_busy else "wall time only (no GPU-busy data in these records)"
+    fig.suptitle(f"{title}: {kind}", fontsize=11)
+    n_fw = len({r["framework"] for r in recs if r.get("framework")})
+    note = f"{n_fw} framework(s)" if n_fw else "no framework records: our backends only"
+    return Plot(title, _png(fig), note + ("" if any_busy else "; wall time only"))
+
+
+# -- roofline -------------------------------------------------------------------------------------
+
+
+def roofline_plot(records: list) -> Plot:
+    title = "Roofline with ceilings measured in these records"
+    pts = [r for r in ok_records(records)
+           if (r.get("derived") or {}).get("gflops") and (r.get("derived") or {}).get("gbps")
+           and r.get("flops") and r.get("bytes")]
+    if not pts:
+        return Plot(title, None, "no records with FLOPs and bytes")
+    peak_f = max(r["derived"]["gflops"] for r in pts)
+    peak_b = max(r["derived"]["gbps"] for r in pts)
+    ai = [r["flops"] / r["bytes"] for r in pts]
+    import numpy as np
+    lo, hi = min(ai + [peak_f / peak_b]) / 4, max(ai + [peak_f / peak_b]) * 4
+    x = np.geomspace(lo, hi, 200)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.loglog(x, np.minimum(peak_f, x * peak_b), color="black", lw=1.5)
+    ax.annotate(f"best measured {peak_f:.1f} GFLOP/s", (hi, peak_f), ha="right", va="bottom", fontsize=8)
+    ax.annotate(f"best measured {peak_b:.2f} GB/s", (lo, lo * peak_b), ha="left", va="bottom",
+                fontsize=8, rotation=0)
+    series = _group(pts, lambda r: (r["op"], r.get("options", {}).get("rung") or r.get("variant")))
+    markers = {"lstm": "o", "gru": "s", "conv": "^"}
+    cmap = plt.get_cmap("tab10")
+    for i, ((op, name), rs) in enumerate(list(series.items())[:20]):
+        ax.scatter([r["flops"] / r["bytes"] for r in rs], [r["derived"]["gflops"] for r in rs],
+                   marker=markers.get(op, "D"), color=cmap(i % 10), label=f"{op} {name}", s=28, alpha=0.85)
+    ax.set_xlabel("arithmetic intensity (GEMM FLOPs / compulsory bytes)")
+    ax.set_ylabel("GFLOP/s")
+    ax.set_title("Roofline: ceilings estimated from the best records in this file, not hardware peaks",
+                 fontsize=10)
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    ax.grid(True, which="both", alpha=0.3)
+    note = (f"ceilings estimated from the best records: {peak_f:.1f} GFLOP/s, {peak_b:.2f} GB/s "
+            "(not hardware peaks: lower bounds of them)")
+    return Plot(title, _png(fig), note)
+
+
+# -- thread scaling -------------------------------------------------------------------------------
+
+
+def scaling_series(records: list) -> list:
+    """[(name, {threads: record})] for cases recorded at two or more thread counts."""
+    from .store import identity
+    groups: dict = {}
+    for r in ok_records(records):
+        t = threads_of(r)
+        if not t:
+            continue
+        opts = {k: v for k, v in (r.get("options") or {}).items() if k != "threads"}
+        key = identity({**r, "options": opts})
+        groups.setdefault(key, {})[t] = r
+    out = []
+    for by_t in groups.values():
+        if len(by_t) >= 2:
+            r = next(iter(by_t.values()))
+            name = f"{r['op']} {shape_text(r)} {r.get('dtype')} {r.get('label')}"
+            out.append((name, dict(sorted(by_t.items()))))
+    return out
+
+
+def thread_plot(records: list) -> Plot:
+    title = "Thread scaling: ms per call and speedup vs the fewest threads"
+    series = scaling_series(records)
+    if not series:
+        return Plot(title, None, "no case recorded at two or more thread counts (use --threads 1,2,...)")
+    # round-robin over (op, shape, dtype), so every kind of case shows before any repeats
+    by_kind: dict = {}
+    for name, by_t in series:
+        r = next(iter(by_t.values()))
+        by_kind.setdefault((r["op"], shape_text(r), r.get("dtype")), []).append((name, by_t))
+    shown, queues = [], list(by_kind.values())
+    while len(shown) < MAX_SERIES and any(queues):
+        for q in queues:
+            if q and len(shown) < MAX_SERIES:
+                shown.append(q.pop(0))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    allt = sorted({t for _, by_t in shown for t in by_t})
+    for name, by_t in shown:
+        ts = list(by_t)
+        ms = [_ms(by_t[t]) for t in ts]
+        a1.plot(ts, ms, marker="o", label=name)
+        a2.plot(ts, [ms[0] / m for m in ms], marker="o", label=name)
+    a2.plot(allt, [t / allt[0] for t in allt], color="black", ls="--", lw=1, label="ideal")
+    for a in (a1, a2):
+        a.set_xticks(allt)
+        a.set_xlabel("threads")
+        a.grid(True, alpha=0.3)
+    a1.set_ylim(bottom=0)
+    a1.set_ylabel("ms per call (median)")
+    a2.set_ylabel(f"speedup vs {allt[0]} thread{'s' * (allt[0] > 1)}")
+    a2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.suptitle(title, fontsize=11)
+    more = f"; {len(series) - len(shown)} more not drawn" if len(series) > len(shown) else ""
+    return Plot(title, _png(fig), f"{len(series)} case(s) at several thread counts{more}")
+
+
+ALL = (ladder_plot, convergence_plot, roofline_plot, thread_plot)
+
+
+def all_plots(records: list) -> list:
+    return [f(records) for f in ALL]

@@ -1,0 +1,111 @@
+"""DeepBench's RNN shapes, carried over as data.
+
+Source: baidu-research/DeepBench, ``code/kernels/rnn_problems.h`` (read at commit 608d7a3).  The
+header holds three tables, each row a tuple in the header's order
+
+    (hidden units, batch size, timesteps, cell type)          # cell: "vanilla", "lstm", "gru"
+
+    training_set          52 rows: training-sized batches (8..128)
+    inference_server_set  69 rows: batch 1, 2, 4
+    inference_device_set   3 rows: batch 1, small hidden sizes (on-device inference)
+
+Rows are kept exactly, in table order, so a row's name is its table and index:
+``deepbench-rnn-train/012`` is the 13th row of ``training_set``.  The one row the header comments
+out (GRU 2816 x 32 x 1500) is left out as well.  DeepBench runs every cell with the input size
+equal to the hidden size, one layer, unidirectional, forward (training also times backward,
+which microbench does not): :func:`rnn_problem` builds that ``RNNProblem`` (I = H, L = 1).
+
+``vanilla`` rows (a plain tanh RNN) are kept as data because they are part of the tables; no
+vanilla op is registered in microbench, so the suites list them as skipped with that reason.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kernels.errors import BadInput
+
+from ..problems import RNNProblem
+
+SOURCE = "baidu-research/DeepBench code/kernels/rnn_problems.h (commit 608d7a3)"
+CELLS = ("vanilla", "lstm", "gru")
+
+
+@dataclass(frozen=True)
+class RNNShape:
+    """One table row.  ``hidden``, ``batch``, ``steps``: H, B, T; ``cell``: vanilla, lstm or gru."""
+
+    hidden: int
+    batch: int
+    steps: int
+    cell: str
+
+
+# (hidden units, batch size, timesteps, cell), in the header's order.
+_TRAIN = (
+    (1760, 16, 50, "vanilla"), (1760, 32, 50, "vanilla"), (1760, 64, 50, "vanilla"),
+    (1760, 128, 50, "vanilla"), (2048, 16, 50, "vanilla"), (2048, 32, 50, "vanilla"),
+    (2048, 64, 50, "vanilla"), (2048, 128, 50, "vanilla"), (2560, 16, 50, "vanilla"),
+    (2560, 32, 50, "vanilla"), (2560, 64, 50, "vanilla"), (2560, 128, 50, "vanilla"),
+    (512, 16, 25, "lstm"), (512, 32, 25, "lstm"), (512, 64, 25, "lstm"), (512, 128, 25, "lstm"),
+    (1024, 16, 25, "lstm"), (1024, 32, 25, "lstm"), (1024, 64, 25, "lstm"), (1024, 128, 25, "lstm"),
+    (2048, 16, 25, "lstm"), (2048, 32, 25, "lstm"), (2048, 64, 25, "lstm"), (2048, 128, 25, "lstm"),
+    (4096, 16, 25, "lstm"), (4096, 32, 25, "lstm"), (4096, 64, 25, "lstm"), (4096, 128, 25, "lstm"),
+    (1536, 8, 50, "lstm"), (1536, 16, 50, "lstm"), (1536, 32, 50, "lstm"),
+    (256, 16, 150, "lstm"), (256, 32, 150, "lstm"), (256, 64, 150, "lstm"),
+    # (2816, 32, 1500, "gru") is commented out in the header
+    (2816, 32, 750, "gru"), (2816, 32, 375, "gru"), (2816, 32, 187, "gru"),
+    (2048, 32, 1500, "gru"), (2048, 32, 750, "gru"), (2048, 32, 375, "gru"), (2048, 32, 187, "gru"),
+    (1536, 32, 1500, "gru"), (1536, 32, 750, "gru"), (1536, 32, 375, "gru"), (1536, 32, 187, "gru"),
+    (2560, 32, 1500, "gru"), (2560, 32, 750, "gru"), (2560, 32, 375, "gru"), (2560, 32, 187, "gru"),
+    (512, 32, 1, "gru"), (1024, 32, 1500, "gru"), (1024, 64, 1500, "gru"),
+)
+
+
+def _gru_block(hidden: int, batches=(1, 2, 4), steps=(1500, 750, 375, 187)) -> tuple:
+    return tuple((hidden, b, t, "gru") for b in batches for t in steps)
+
+
+# The server table's GRU rows run every batch 1, 2, 4 over T = 1500, 750, 375, 187 for each
+# hidden size, in this order; the blocks are written out by _gru_block (tests count the rows).
+_INFERENCE_SERVER = (
+    (512, 1, 25, "lstm"), (512, 2, 25, "lstm"), (512, 4, 25, "lstm"),
+    (1024, 1, 25, "lstm"), (1024, 2, 25, "lstm"), (1024, 4, 25, "lstm"),
+    (2048, 1, 25, "lstm"), (2048, 2, 25, "lstm"), (2048, 4, 25, "lstm"),
+    (1536, 1, 50, "lstm"), (1536, 2, 50, "lstm"), (1536, 4, 50, "lstm"),
+    (256, 1, 150, "lstm"), (256, 2, 150, "lstm"), (256, 4, 150, "lstm"),
+    *_gru_block(2816), *_gru_block(2048), *_gru_block(1536), *_gru_block(2560),
+    (512, 1, 1, "gru"), (512, 2, 1, "gru"), (512, 4, 1, "gru"),
+    (1024, 1, 1500, "gru"), (1024, 2, 1500, "gru"), (1024, 4, 1500, "gru"),
+)
+
+_INFERENCE_DEVICE = (
+    (32, 1, 672, "vanilla"), (64, 1, 96, "vanilla"), (256, 1, 150, "lstm"),
+)
+
+TABLES = {
+    "deepbench-rnn-train": tuple(RNNShape(*r) for r in _TRAIN),
+    "deepbench-rnn-inference": tuple(RNNShape(*r) for r in _INFERENCE_SERVER),
+    "deepbench-rnn-device": tuple(RNNShape(*r) for r in _INFERENCE_DEVICE),
+}
+# Which header table each suite comes from (named in plans and reports).
+HEADER_NAMES = {"deepbench-rnn-train": "training_set",
+                "deepbench-rnn-inference": "inference_server_set",
+                "deepbench-rnn-device": "inference_device_set"}
+
+
+def shapes(table: str) -> tuple:
+    """The rows of one table (``deepbench-rnn-train``, ``-inference`` or ``-device``)."""
+    try:
+        return TABLES[table]
+    except KeyError:
+        raise BadInput(f"RNN table {table!r} is unknown; allowed: {', '.join(TABLES)}") from None
+
+
+def rnn_problem(shape: RNNShape, batch: int | None = None) -> RNNProblem:
+    """The RNNProblem DeepBench times for a row: I = H, one layer; ``batch`` overrides B.
+
+    A vanilla row raises BadInput (microbench has no vanilla RNN op)."""
+    if shape.cell not in ("lstm", "gru"):
+        raise BadInput(f"cell {shape.cell!r} has no microbench op; allowed: lstm, gru")
+    return RNNProblem(shape.cell, shape.steps, shape.batch if batch is None else batch,
+                      shape.hidden, shape.hidden, 1)

@@ -1,0 +1,267 @@
+"""Framework adapters: weight conversions (pure NumPy, always run), the worker protocol, and each
+framework's output against the float64 reference (skipped with the reason where not installed)."""
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import re
+import sys
+
+import numpy as np
+import pytest
+
+from kernels.errors import BadInput, MissingDependency, Unsupported
+from kernels.params import GRUParams, LSTMParams, reorder_gates
+from kernels.reference import REFERENCES
+from microbench.cases import frameworks as fcases
+from microbench.frameworks import FRAMEWORKS, PATHS, convert, looptime, skip_reason
+from microbench.harness import Settings
+from microbench.problems import RNNProblem
+
+PARAMS = {"lstm": LSTMParams, "gru": GRUParams}
+
+
+def _layer(op, I=5, H=4, seed=0):
+    return PARAMS[op].random(I, H, 1, seed=seed).layers[0].arrays()
+
+
+# -- conversions: round trips ---------------------------------------------------------------------
+
+def test_reorder_matches_kernels_reorder_gates_and_inverts():
+    a = np.arange(24.0).reshape(12, 2)
+    for src, dst in itertools.permutations(["ifgo", "fgoi", "oigf"], 2):
+        b = convert.reorder(a, src, dst)
+        np.testing.assert_array_equal(b, reorder_gates(a, src, dst))
+        np.testing.assert_array_equal(convert.reorder(b, dst, src), a)
+    with pytest.raises(ValueError):
+        convert.reorder(a, "ifgo", "ifgx")
+
+
+@pytest.mark.parametrize("op", ["lstm", "gru"])
+def test_torch_mxnet_layouts_are_ours(op):
+    layer = _layer(op)
+    for to, back in ((convert.to_torch, convert.from_torch), (convert.to_mxnet, convert.from_mxnet)):
+        for got, want in zip(back(to(layer, op), op), layer):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("op", ["lstm", "gru"])
+def test_keras_round_trip(op):
+    w_ih, w_hh, b_ih, b_hh = layer = _layer(op)
+    kernel, recurrent, bias = convert.to_keras(layer, op)
+    assert kernel.shape == (5, w_ih.shape[0]) and recurrent.shape == (4, w_hh.shape[0])
+    back = convert.from_keras([kernel, recurrent, bias], op)
+    np.testing.assert_array_equal(back[0], w_ih)
+    np.testing.assert_array_equal(back[1], w_hh)
+    if op == "gru":     # reset_after keeps the two biases apart: exact
+        np.testing.assert_array_equal(back[2], b_ih)
+        np.testing.assert_array_equal(back[3], b_hh)
+    else:               # one summed bias
+        np.testing.assert_allclose(back[2] + back[3], b_ih + b_hh)
+
+
+@pytest.mark.parametrize("op", ["lstm", "gru"])
+def test_flax_round_trip(op):
+    w_ih, w_hh, b_ih, b_hh = layer = _layer(op)
+    back = convert.from_flax(convert.to_flax(layer, op), op)
+    np.testing.assert_array_equal(back[0], w_ih)
+    np.testing.assert_array_equal(back[1], w_hh)
+    H = 4
+    if op == "gru":     # b_hn stays apart (inside r * (.)); r and z biases are summed
+        np.testing.assert_array_equal(back[3][2 * H:], b_hh[2 * H:])
+    np.testing.assert_allclose(back[2] + back[3], b_ih + b_hh)
+
+
+def test_cudnn_packed_round_trip_two_layers():
+    p = LSTMParams.random(5, 4, 2, seed=3)
+    layers = [layer.arrays() for layer in p.layers]
+    flat = convert.to_cudnn_packed(layers)
+    assert flat.size == p.num_weights()
+    for got, want in zip(convert.from_cudnn_packed(flat, 5, 4, 2), layers):
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError):
+        convert.from_cudnn_packed(flat[:-1], 5, 4, 2)
+
+
+def test_tfblock_round_trip():
+    w_ih, w_hh, b_ih, b_hh = layer = _layer("lstm")
+    w, b = convert.to_tfblock(layer)
+    assert w.shape == (5 + 4, 16)
+    back = convert.from_tfblock(w, b, 5)
+    np.testing.assert_array_equal(back[0], w_ih)
+    np.testing.assert_array_equal(back[1], w_hh)
+    np.testing.assert_allclose(back[2], b_ih + b_hh)
+
+
+def test_pack_unpack_layers():
+    p = GRUParams.random(3, 2, 3, seed=1)
+    layers = [layer.arrays() for layer in p.layers]
+    back = convert.unpack_layers(convert.pack_layers(layers))
+    assert len(back) == 3
+    for got, want in zip(back, layers):
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+
+
+def _sig(v):
+    return 1 / (1 + np.exp(-v))
+
+
+def test_keras_and_flax_gru_conventions_compute_our_gru_step():
+    """One step of the Keras (z, r, h; reset_after) and Flax GRU formulas on converted weights
+    equals our reference: the conversions carry the semantics, not only the numbers."""
+    p = GRUParams.random(5, 4, 1, seed=2)
+    rng = np.random.default_rng(0)
+    x, h = rng.standard_normal((1, 3, 5)), rng.standard_normal((1, 3, 4))
+    want, _ = REFERENCES["gru"](x, p, h)
+    x, h = x[0], h[0]
+    kernel, recurrent, bias = convert.to_keras(p.layers[0].arrays(), "gru")
+    xz, xr, xh = np.split(x @ kernel + bias[0], 3, axis=1)
+    hz, hr, hh = np.split(h @ recurrent + bias[1], 3, axis=1)
+    z, r = _sig(xz + hz), _sig(xr + hr)
+    keras_h = z * h + (1 - z) * np.tanh(xh + r * hh)
+    np.testing.assert_allclose(keras_h, want[0], rtol=0, atol=1e-12)
+    f = convert.to_flax(p.layers[0].arrays(), "gru")
+    d = lambda name, v: v @ f[name]["kernel"] + f[name].get("bias", 0)  # noqa: E731
+    r, z = _sig(d("ir", x) + d("hr", h)), _sig(d("iz", x) + d("hz", h))
+    flax_h = (1 - z) * np.tanh(d("in", x) + r * d("hn", h)) + z * h
+    np.testing.assert_allclose(flax_h, want[0], rtol=0, atol=1e-12)
+
+
+# -- timing loop of foreign workers ----------------------------------------------------------------
+
+def test_looptime_noise_matches_stats():
+    from microbench.stats import relative_noise
+    s = list(np.random.default_rng(0).uniform(1, 2, size=17))
+    assert looptime.relative_noise(s) == pytest.approx(relative_noise(s), rel=1e-12)
+
+
+def test_looptime_stopping_rule_on_a_scripted_clock():
+    now = [0.0]
+    clock = lambda: now[0]  # noqa: E731
+
+    def run():
+        now[0] += 0.1       # every call takes 0.1 s on the scripted clock
+    settings = {"warmup": 0.25, "min_time": 1.0, "max_time": 20.0, "min_samples": 5, "max_noise": 0.05}
+    samples = looptime.measure(run, settings, clock=clock)
+    assert len(samples) == 10 and all(s == pytest.approx(0.1) for s in samples)
+    settings.update(max_time=0.5, min_time=0.4)      # budget ends first: at least 3 samples
+    assert len(looptime.measure(run, settings, clock=clock)) == 3
+
+
+# -- names and bad input ----------------------------------------------------------------------------
+
+def test_parse_frameworks():
+    assert fcases.parse_frameworks("all") == list(FRAMEWORKS)
+    assert fcases.parse_frameworks("jax,torch") == ["torch", "jax"]
+    with pytest.raises(BadInput, match="allowed: torch, tensorflow, jax, mxnet, all"):
+        fcases.parse_frameworks("torch,caffe")
+    with pytest.raises(BadInput):
+        fcases.parse_frameworks(",")
+
+
+def test_parse_python_rejects_bad_items(tmp_path):
+    from microbench.frameworks.client import parse_python
+    assert parse_python([f"mxnet={sys.executable}"]) == {"mxnet": sys.executable}
+    with pytest.raises(BadInput, match="unknown framework"):
+        parse_python([f"caffe={sys.executable}"])
+    with pytest.raises(BadInput, match="not an executable"):
+        parse_python([f"mxnet={tmp_path / 'nope'}"])
+    with pytest.raises(BadInput, match="FRAMEWORK=/path"):
+        parse_python(["mxnet"])
+
+
+def test_cli_unknown_framework_is_one_line_error(capsys):
+    from microbench.cli import main
+    assert main(["lstm", "--frameworks", "caffe", "-H", "8", "-B", "2", "-T", "3", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "caffe" in err and "torch, tensorflow, jax, mxnet" in err
+
+
+def test_registry_rows_are_framework_slash_path():
+    from microbench.registry import REGISTRY
+    recs = [r for r in REGISTRY.values() if r.framework]
+    assert {r.framework for r in recs} == set(FRAMEWORKS)
+    for r in recs:
+        assert r.variant == r.framework and r.backend in PATHS[r.framework][r.device]
+
+
+def test_missing_framework_is_a_skipped_row():
+    """MXNet 1.9 refuses NumPy 2: under this interpreter its worker reports it missing."""
+    from microbench.runner import run_case
+    p = RNNProblem("lstm", 3, 2, 4, 4)
+    [case] = [c for c in fcases.framework_cases("lstm", p, "mxnet", "cpu", ["fp32"], 0, None,
+                                                {"mxnet": sys.executable}) if c.backend == "fused"]
+    if importlib.util.find_spec("mxnet") is not None and np.__version__ < "2":
+        pytest.skip("mxnet imports in this interpreter")
+    out = run_case(case, Settings(0, 0.01, 1, 1, 1), {}, 0.0)
+    assert out.status == "skipped" and "mxnet" in out.error
+
+
+# -- each framework against the reference -----------------------------------------------------------
+
+def _available(fw):
+    if fw == "mxnet":
+        py = fcases.default_python("mxnet")
+        return (py, None) if py else (None, "no .venv-mxnet: run scripts/setup-mxnet to test MXNet")
+    if importlib.util.find_spec(fw) is None:
+        return None, f"{fw} is not importable here (pip install -e '.[frameworks]')"
+    return None, None
+
+
+CASES = [(fw, op, path) for fw in FRAMEWORKS for op in ("lstm", "gru") for path in PATHS[fw]["cpu"]]
+
+
+@pytest.mark.parametrize("fw,op,path", CASES, ids=[f"{f}-{o}-{p}" for f, o, p in CASES])
+def test_framework_matches_reference(fw, op, path):
+    python, why = _available(fw)
+    if why:
+        pytest.skip(why)
+    problem = RNNProblem(op, T=5, B=3, I=7, H=6, L=2)
+    build = lambda: fcases.build_framework(problem, 1, framework=fw, path=path, device="cpu",  # noqa: E731
+                                           precision="fp32", threads=1, python=python)
+    reason = skip_reason(fw, "cpu", path, op)
+    if reason:      # marked, never compared: the row says why
+        with pytest.raises(Unsupported, match=re.escape(reason[:30])):
+            build()
+        return
+    prepared = build()
+    try:
+        check = prepared.check()
+        assert check.passed, check.detail
+        assert prepared.info["worker"]["threads_requested"] == 1
+        if (fw, op, path) in (("torch", "lstm", "fused"), ("mxnet", "gru", "fused")):
+            m = prepared.measure(Settings(0.0, 0.01, 2.0, 3, 1.0))
+            assert m.n >= 3 and m.median > 0
+    finally:
+        prepared.close()
+
+
+# One layout per framework path (a worker start costs seconds), both where the adapter has two code paths.
+CONV_CASES = [("torch", "fused", "NCHW"), ("torch", "fused", "NHWC"), ("torch", "generic", "NCHW"),
+              ("tensorflow", "fused", "NCHW"), ("tensorflow", "generic", "NCHW"),
+              ("jax", "fused", "NHWC"), ("jax", "generic", "NCHW"),
+              ("mxnet", "fused", "NHWC"), ("mxnet", "generic", "NCHW")]
+
+
+@pytest.mark.parametrize("fw,path,layout", CONV_CASES, ids=[f"{f}-conv-{p}-{l}" for f, p, l in CONV_CASES])
+def test_framework_conv_matches_reference(fw, path, layout):
+    from kernels.conv import ConvProblem
+    python, why = _available(fw)
+    if why:
+        pytest.skip(why)
+    problem = ConvProblem(N=2, C=3, H=9, W=8, K=5, R=3, S=3, stride=(2, 1), pad=(1, 2), layout=layout)
+    build = lambda: fcases.build_framework(problem, 2, framework=fw, path=path, device="cpu",  # noqa: E731
+                                           precision="fp32", threads=1, python=python)
+    reason = skip_reason(fw, "cpu", path, "conv")
+    if reason:
+        with pytest.raises(Unsupported, match=re.escape(reason[:30])):
+            build()
+        return
+    prepared = build()
+    try:
+        check = prepared.check()
+        assert check.passed, check.detail
+    finally:
+        prepared.close()
