@@ -450,3 +450,18 @@ def test_conv_frontend_matches_reference():
         got = conv(cp.asarray(x), cp.asarray(w), cp.asarray(b)).get().astype(np.float64)
     want = conv2d_reference(x, w, b, p)
     assert np.max(np.abs(got - want)) / np.max(np.abs(want)) <= 2e-2
+
+
+def test_conv_cudnn_variants_are_registered_and_skip_without_a_gpu():
+    from kernels.conv import ConvProblem
+    from kernels.cudnn.conv import FWD_ALGOS
+    from kernels import gpu
+    from microbench import registry
+    import microbench.cases  # noqa: F401
+    names = {r.variant for r in registry.ours("conv") if r.device == "cuda"}
+    assert names == {"cudnn", "cudnn_frontend"} | {f"cudnn_{a}" for a in FWD_ALGOS}
+    if gpu.detect()[0]:
+        pytest.skip("a GPU is present")
+    rec = registry.REGISTRY[("conv", "cudnn", "cupy")]
+    with pytest.raises(Unsupported, match="need a GPU"):
+        rec.build(ConvProblem(N=1, C=4, H=8, W=8, K=4, R=3, S=3, pad=1), 0, precision="fp32")

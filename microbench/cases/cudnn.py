@@ -80,3 +80,57 @@ for _op in ("lstm", "gru"):
         register(VariantRecord(_op, _variant, BACKEND,
                                functools.partial(build_cudnn_rnn, algo=_algo),
                                _ABOUT[_algo]))
+
+
+# -- convolution ---------------------------------------------------------------------------------
+# Transform-based algorithms (FFT, Winograd) round differently from direct summation; their fp32
+# error against the float64 reference has not been measured yet, so they get 10x the tolerance.
+_CONV_TOL_SCALE = {"fft": 10.0, "fft_tiling": 10.0, "winograd": 10.0, "winograd_nonfused": 10.0}
+
+
+def build_cudnn_conv(problem, seed: int, *, algo: str, precision: str, plan=None,
+                     frontend: bool = False) -> Prepared:
+    """cuDNN forward convolution: the legacy API with one algorithm (``auto``: cuDNN's heuristic
+    pick), or the frontend graph ``conv_fprop``; checked against the float64 reference."""
+    from kernels import dtypes, gpu
+    ok, reason = gpu.detect()
+    if not ok:
+        raise Unsupported(f"the cudnn conv variants need a GPU: {reason}")
+    import cupy as cp
+    from kernels.cudnn.conv import CudnnConv, FrontendConv
+
+    from .conv import make_inputs as conv_inputs, reference_output
+    conv = FrontendConv(problem, precision=precision) if frontend else \
+        CudnnConv(problem, precision=precision, algo=algo)
+    try:
+        x, w, b = (None if a is None else cp.asarray(a) for a in conv_inputs(problem, seed, precision))
+        run = functools.partial(conv, x, w, b)
+        tol = dtypes.tolerance(precision) * _CONV_TOL_SCALE.get(getattr(conv, "algo", algo), 1.0)
+
+        def check() -> Check:
+            return compare([np.asarray(run().get())], [reference_output(problem, seed, precision)],
+                           precision, names=("y",), tol=tol)
+
+        info = {"algo": getattr(conv, "algo", "frontend"),
+                "workspace_bytes": getattr(conv, "workspace_bytes", None), "layout": problem.layout}
+        return Prepared(inputs={"x": x, "w": w, "b": b}, run=run, flops=problem.flops,
+                        bytes=problem.bytes(precision), check=check, info=info, close=conv.close)
+    except BaseException:
+        conv.close()
+        raise
+
+
+def _register_conv():
+    from kernels.cudnn.conv import FWD_ALGOS
+    register(VariantRecord("conv", "cudnn", BACKEND, functools.partial(build_cudnn_conv, algo="auto"),
+                           "cuDNN legacy API, the algorithm cuDNN's heuristics pick"))
+    for algo in FWD_ALGOS:
+        register(VariantRecord("conv", f"cudnn_{algo}", BACKEND,
+                               functools.partial(build_cudnn_conv, algo=algo),
+                               f"cuDNN legacy API, CUDNN_CONVOLUTION_FWD_ALGO_{algo.upper()}"))
+    register(VariantRecord("conv", "cudnn_frontend", BACKEND,
+                           functools.partial(build_cudnn_conv, algo="auto", frontend=True),
+                           "cuDNN frontend graph conv_fprop (heuristics, workspace)"))
+
+
+_register_conv()

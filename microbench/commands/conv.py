@@ -21,13 +21,18 @@ def add_parsers(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Check every conv2d variant against the float64 reference, then time it.")
     v = p.add_argument_group("variants")
-    for name in registry.variants("conv"):
-        v.add_argument(f"--{name}", dest="variant_flags", action="append_const", const=name,
-                       help=registry.REGISTRY[("conv", name, _backend(name))].about)
+    first: dict = {}
+    for r in registry.ours("conv"):
+        first.setdefault(r.variant, r)
+    for rec in first.values():
+        where = "" if rec.device == "cpu" else f" ({rec.device})"
+        v.add_argument(f"--{rec.variant}", dest="variant_flags", action="append_const", const=rec.variant,
+                       help=rec.about + where)
     v.add_argument("--all", action="store_true", help="every variant (the default when none is named)")
     v.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto (default): a GPU if one is found and a GPU variant exists, else the CPU")
-    v.add_argument("--dtype", metavar="LIST", default="fp32", help="comma list of fp64, fp32 (default fp32)")
+    v.add_argument("--dtype", metavar="LIST", default="fp32",
+                   help="comma list: fp64, fp32 on the CPU; fp32, tf32, fp16 on a GPU (default fp32)")
     v.add_argument("--frameworks", metavar="LIST",
                    help="also run these frameworks' conv2d paths in worker processes with the same "
                         "inputs: comma list of torch, tensorflow, jax, mxnet, or all")
@@ -48,11 +53,6 @@ def add_parsers(sub) -> None:
     add_timing(p)
     add_output(p)
     p.set_defaults(func=cmd_conv, op="conv")
-
-
-def _backend(name: str) -> str:
-    from ..cases.conv import BACKEND
-    return BACKEND[name]
 
 
 _DEFAULT = dict(N=8, C=64, H=56, W=56, K=64, R=3, S=3, stride=1, pad=1, dilation=1, groups=1, layout="NCHW")
@@ -95,14 +95,14 @@ def cmd_conv(args) -> int:
     precisions = [dtypes.canonical(d) for d in csv_list(args.dtype)]
     if not precisions:
         raise BadInput(f"--dtype {args.dtype!r} names no precision; allowed: fp64, fp32")
+    device = resolve_device(args.device, "conv")
     for p in precisions:
-        if p not in ("fp32", "fp64"):
+        if device == "cpu" and p not in ("fp32", "fp64"):
             raise BadInput(f"--dtype {p}: the conv variants on the CPU compute fp32, fp64")
         # input, filter, output and the reference's float64 copies; im2col's column matrix
         cols = problem.N * problem.P * problem.Q * problem.Cg * problem.R * problem.S
         check_memory(problem.bytes(p) * 2 + 8 * problem.elements + cols * dtypes.storage(p).itemsize,
                      f"conv {problem.describe()} {p}")
-    device = resolve_device(args.device, "conv")
     names = None if args.all or not args.variant_flags else list(dict.fromkeys(args.variant_flags))
     records = registry.select("conv", names, None, device)
     cases = [Case(r, problem, p, args.seed, None, t) for t in threads for p in precisions for r in records]
