@@ -12,6 +12,7 @@ that module can import this one.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import importlib.util
@@ -25,18 +26,18 @@ DRIVER_LIB = "libcuda.so.1"
 # Keyword arguments of kernels.backends.Backend, one dictionary per GPU backend.  Every one keeps
 # its arrays and cuBLAS GEMMs in CuPy (so xp is cupy); they differ in how the fused pointwise
 # kernel is built and launched.  bf16 is left out while kernels.dtypes has no bf16 storage type
-# (the .cu has bf16 entries; CuPy 14 needs ml_dtypes for bfloat16 arrays), and tf32 until the
-# GEMMs' math mode is switched per case.
+# (the .cu has bf16 entries; CuPy 14 needs ml_dtypes for bfloat16 arrays).  tf32 stores fp32 and
+# switches the cuBLAS handle to TF32 tensor-op math for the call (:func:`cublas_math`).
 CUDA_BACKENDS = (
-    dict(name="cupy", device="cuda", xp_module="cupy", dtypes=("fp32", "fp16"),
+    dict(name="cupy", device="cuda", xp_module="cupy", dtypes=("fp32", "tf32", "fp16"),
          requires=("cupy",), pointwise="cupy",
          about="CuPy arrays and cuBLAS GEMMs; fused pointwise kernel kernels/cuda/rnn_pointwise.cu "
                "compiled by NVRTC (cupy.RawModule), launched on CuPy's current stream"),
-    dict(name="pycuda", device="cuda", xp_module="cupy", dtypes=("fp32", "fp16"),
+    dict(name="pycuda", device="cuda", xp_module="cupy", dtypes=("fp32", "tf32", "fp16"),
          requires=("cupy", "pycuda"), pointwise="pycuda",
          about="CuPy arrays and cuBLAS GEMMs; the same .cu compiled by PyCUDA's SourceModule (nvcc) "
                "in CuPy's primary context, prepared launches on the default stream"),
-    dict(name="numba-cuda", device="cuda", xp_module="cupy", dtypes=("fp32", "fp16"),
+    dict(name="numba-cuda", device="cuda", xp_module="cupy", dtypes=("fp32", "tf32", "fp16"),
          requires=("cupy", "numba_cuda"), pointwise="numba-cuda",
          about="CuPy arrays and cuBLAS GEMMs; fused pointwise kernel written in numba.cuda "
                "(the numba-cuda package, NVIDIA's maintained CUDA target)"),
@@ -160,3 +161,23 @@ def check_fits(bytes_needed: int, *, device: int = 0, what: str = "this case") -
         raise BadInput(f"{what} needs about {_gib(bytes_needed)} of GPU memory but GPU {device} has "
                        f"{_gib(free)} free of {_gib(total)}; use a smaller B, T, H or fewer layers")
     return free
+
+
+@contextlib.contextmanager
+def cublas_math(xp, precision: str):
+    """TF32 tensor-op math on CuPy's cuBLAS handle while the body runs, for ``tf32`` only.
+
+    fp32 keeps cuBLAS's default (no TF32, as PyTorch with allow_tf32 off); the previous mode is
+    restored, so other code sharing the handle is not affected.
+    """
+    if precision != "tf32" or getattr(xp, "__name__", "") != "cupy":
+        yield
+        return
+    from cupy_backends.cuda.libs import cublas
+    handle = xp.cuda.device.get_cublas_handle()
+    old = cublas.getMathMode(handle)
+    cublas.setMathMode(handle, cublas.CUBLAS_TF32_TENSOR_OP_MATH)
+    try:
+        yield
+    finally:
+        cublas.setMathMode(handle, old)

@@ -29,6 +29,7 @@ from . import cells
 from .backends import get_backend
 from .dtypes import canonical, storage
 from .errors import BadInput
+from .gpu import cublas_math
 from .params import GRUParams, LSTMParams, RNNParams
 from .reference import check_sequence
 
@@ -113,10 +114,11 @@ class RNN:
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)  # outside any timed region: builders pass the built dtype
         seq = x.transpose(1, 0, 2) if batch_first else x
-        if "graph" in self.plan and xp.__name__ == "cupy":
-            y, h_n, c_n = self._graph_call(seq, h0, c0, T, B)
-        else:
-            y, h_n, c_n = self._forward(seq, h0, c0, T, B)
+        with cublas_math(xp, self.precision):
+            if "graph" in self.plan and xp.__name__ == "cupy":
+                y, h_n, c_n = self._graph_call(seq, h0, c0, T, B)
+            else:
+                y, h_n, c_n = self._forward(seq, h0, c0, T, B)
         y = y.transpose(1, 0, 2) if batch_first else y
         return (y, (h_n, c_n)) if self.cell == "lstm" else (y, h_n)
 
