@@ -102,8 +102,10 @@ def table(outcomes: list, console: Console, *, ladder: bool = False, title: str 
             t.add_row(*cells)
         console.print(t)
     if ladder:
+        shown = {o.case.rung.lstrip("+") for o in outcomes}
         for name in STEPS:
-            console.print(f"  [bold]+{name}[/]: {STEPS[name].why}")
+            if name in shown:
+                console.print(f"  [bold]+{name}[/]: {STEPS[name].why}")
     ok = [o for o in outcomes if o.status == "ok"]
     if ok:
         nv = ok[0].record.get("nvtx") or {}
