@@ -140,12 +140,13 @@ def build_conv(path, device, precision, arrays, geom) -> Built:
         x = x.contiguous(memory_format=torch.channels_last)
     w = torch.from_numpy(np.ascontiguousarray(arrays["w"])).to(dev, dt)
     b = torch.from_numpy(np.asarray(arrays["b"])).to(dev, dt) if "b" in arrays else None
+    # A factory, not a context manager object: one made by @contextmanager can be entered once.
+    backend = torch.backends.mkldnn if device == "cpu" else torch.backends.cudnn
     if path in ("fused", "cudnn"):
-        flags = torch.backends.mkldnn.flags(enabled=True) if device == "cpu" else torch.backends.cudnn.flags(enabled=True)
+        flags = lambda: backend.flags(enabled=True)  # noqa: E731
         kernel = "cuDNN" if device == "cuda" else "oneDNN (mkldnn)"
     elif path in ("generic", "nocudnn"):
-        flags = (torch.backends.mkldnn.flags(enabled=False) if device == "cpu"
-                 else torch.backends.cudnn.flags(enabled=False))
+        flags = lambda: backend.flags(enabled=False)  # noqa: E731
         kernel = "ATen fallback (slow_conv2d: unfold + GEMM)"
     else:
         raise Unsupported(f"torch has no conv path {path!r} on {device}")
@@ -153,7 +154,7 @@ def build_conv(path, device, precision, arrays, geom) -> Built:
     last = {}
 
     def run():
-        with torch.inference_mode(), flags:
+        with torch.inference_mode(), flags():
             last["y"] = F.conv2d(x, w, b, tuple(geom["stride"]), tuple(geom["pad"]),
                                  tuple(geom["dilation"]), geom["groups"])
         sync()
