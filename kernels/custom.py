@@ -17,6 +17,16 @@ Variants (:func:`custom_lstm`): ``naive``: per-gate GEMMs every step and the cel
 NumPy pointwise code (generated from the same declaration); ``fused``: input GEMM hoisted over
 all T (one GEMM with M = T*B), one grouped recurrent GEMM per step, and the generated fused
 kernel (``backend="numba"``) or the op-by-op code (``backend="numpy"``).
+
+GPU backends (``cupy``, ``numba-cuda``; :data:`kernels.gpu.CUDA_BACKENDS`): CuPy arrays and
+cuBLAS GEMMs (the same hoisted input GEMM and grouped recurrent GEMM), the generated CUDA C
+kernel launched by :class:`fusion.cellexpr_gpu.CupyCell` or the generated numba.cuda kernel by
+:class:`fusion.cellexpr_gpu.NumbaCudaCell`; ``naive`` runs the op-by-op code on CuPy arrays.
+Precisions fp32, tf32 (TF32 cuBLAS math) and fp16 (fp16 storage, fp32 math in the kernel).
+Without a GPU, building one raises :class:`~kernels.errors.Unsupported` with the reason, except
+``numba-cuda`` under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), which runs the same step
+loop with NumPy arrays and GEMMs (how the CPU tests check it).
+Inputs may be NumPy or CuPy arrays; outputs are CuPy arrays.
 """
 from __future__ import annotations
 
@@ -27,13 +37,15 @@ import numpy as np
 from fusion import cellexpr
 
 from .dtypes import canonical, storage
-from .errors import BadInput
+from .errors import BadInput, Unsupported
 from .params import Layer, LSTMParams, RNNParams
 from .reference import check_sequence, sigmoid
 
 CUSTOM_CELLS = ("peephole", "layernorm")
 VARIANTS = ("naive", "fused")
-BACKENDS = ("numpy", "numba")
+CPU_BACKENDS = ("numpy", "numba")
+GPU_BACKENDS = ("cupy", "numba-cuda")
+BACKENDS = CPU_BACKENDS + GPU_BACKENDS
 
 
 @dataclass(frozen=True)
@@ -205,24 +217,45 @@ class CustomLSTM:
         if backend not in BACKENDS:
             raise BadInput(f"backend {backend!r} is unknown; allowed: {', '.join(BACKENDS)}")
         self.precision = canonical(dtype if dtype is not None else params.dtype)
-        if self.precision not in ("fp32", "fp64"):
-            raise BadInput(f"custom cells run in fp32 or fp64 on the CPU, not {self.precision}")
+        self.on_gpu = backend in GPU_BACKENDS
+        if self.on_gpu:
+            from fusion.cellexpr_gpu import simulator_active
+
+            from .backends import get_backend
+            be = get_backend(backend)
+            if backend == "numba-cuda" and simulator_active():
+                self.xp = np   # numba's CUDA simulator (tests): NumPy arrays, kernels run on the CPU
+            else:
+                self.xp = be.xp()                  # Unsupported (with the reason) without a GPU
+            if self.precision not in be.dtypes:
+                raise Unsupported(f"custom cells on {backend} run in {', '.join(be.dtypes)}, not {self.precision}")
+        else:
+            self.xp = np
+            if self.precision not in ("fp32", "fp64"):
+                raise BadInput(f"custom cells run in fp32 or fp64 on the CPU, not {self.precision}")
+        xp = self.xp
         self.dtype = dt = storage(self.precision)
         self.cell, self.variant, self.backend, self.params = cell, variant, backend, params
         self.expr = params.expr
-        self.fused_kernel = variant == "fused" and backend == "numba"
+        self.fused_kernel = variant == "fused" and backend != "numpy"
         self.op_by_op = cellexpr.numpy_step(self.expr)
-        self.provider = cellexpr.NumbaCell(self.expr) if self.fused_kernel else None
+        if not self.fused_kernel:
+            self.provider = None
+        elif self.on_gpu:
+            from fusion import cellexpr_gpu
+            self.provider = cellexpr_gpu.provider(self.expr, backend)
+        else:
+            self.provider = cellexpr.NumbaCell(self.expr)
         H = params.hidden_size
         fold = cell != "layernorm"   # LN normalises x W_ih^T alone: its biases come after
         self.layers = []
         for l, layer in enumerate(params.layers):
-            w_ih, w_hh, b_ih, b_hh = (np.ascontiguousarray(a, dtype=dt) for a in layer.arrays())
-            lay = {"w_ih": w_ih, "w_hh": w_hh, "extra": tuple(np.ascontiguousarray(a, dtype=dt)
+            w_ih, w_hh, b_ih, b_hh = (xp.ascontiguousarray(xp.asarray(a, dtype=dt)) for a in layer.arrays())
+            lay = {"w_ih": w_ih, "w_hh": w_hh, "extra": tuple(xp.ascontiguousarray(xp.asarray(a, dtype=dt))
                                                               for a in params.extra_arrays(l))}
             if variant == "naive":
-                lay["w_ih_k"] = [np.ascontiguousarray(w_ih[k * H:(k + 1) * H]) for k in range(4)]
-                lay["w_hh_k"] = [np.ascontiguousarray(w_hh[k * H:(k + 1) * H]) for k in range(4)]
+                lay["w_ih_k"] = [xp.ascontiguousarray(w_ih[k * H:(k + 1) * H]) for k in range(4)]
+                lay["w_hh_k"] = [xp.ascontiguousarray(w_hh[k * H:(k + 1) * H]) for k in range(4)]
                 lay["bx"], lay["bh"], lay["fold"] = b_ih.reshape(4, H), b_hh.reshape(4, H), None
             elif fold:
                 lay["bx"], lay["bh"], lay["fold"] = None, None, (b_ih + b_hh).reshape(4, H)
@@ -231,44 +264,49 @@ class CustomLSTM:
             self.layers.append(lay)
 
     def __call__(self, x, h0=None, c0=None):
-        p = self.params
-        T, B = check_sequence(np.shape(x), p, False, {"h0": h0, "c0": c0})
+        from .gpu import cublas_math
+        p, xp = self.params, self.xp
+        T, B = check_sequence(tuple(x.shape) if hasattr(x, "shape") else np.shape(x), p, False,
+                              {"h0": h0, "c0": c0})
         dt, H, L = self.dtype, p.hidden_size, p.num_layers
-        seq = np.asarray(x, dtype=dt)
-        h_n, c_n = np.empty((L, B, H), dt), np.empty((L, B, H), dt)
-        for l, lay in enumerate(self.layers):
-            h = np.zeros((B, H), dt) if h0 is None else np.asarray(h0[l], dtype=dt)
-            c = np.zeros((B, H), dt) if c0 is None else np.array(c0[l], dtype=dt)  # a copy: updated in place
-            run = self._naive_layer if self.variant == "naive" else self._fused_layer
-            seq, h, c = run(lay, seq, h, c, T, B, H)
-            h_n[l], c_n[l] = h, c
+        seq = xp.asarray(x, dtype=dt)
+        h_n, c_n = xp.empty((L, B, H), dt), xp.empty((L, B, H), dt)
+        with cublas_math(xp, self.precision):      # TF32 GEMMs for tf32 only; a no-op on the CPU
+            for l, lay in enumerate(self.layers):
+                h = xp.zeros((B, H), dt) if h0 is None else xp.asarray(h0[l], dtype=dt)
+                c = xp.zeros((B, H), dt) if c0 is None else xp.array(c0[l], dtype=dt)  # a copy: updated in place
+                run = self._naive_layer if self.variant == "naive" else self._fused_layer
+                seq, h, c = run(lay, seq, h, c, T, B, H)
+                h_n[l], c_n[l] = h, c
         return seq, (h_n, c_n)
 
     def _naive_layer(self, lay, seq, h, c, T, B, H):
-        y = np.empty((T, B, H), self.dtype)
+        xp = self.xp
+        y = xp.empty((T, B, H), self.dtype)
         for t in range(T):
-            gx = np.stack([seq[t] @ w.T for w in lay["w_ih_k"]], axis=1)   # 4 GEMMs
-            gh = np.stack([h @ w.T for w in lay["w_hh_k"]], axis=1)        # 4 GEMMs
-            h, c = self.op_by_op(np, gx, gh, lay["bx"], lay["bh"], h, c, *lay["extra"])
+            gx = xp.stack([seq[t] @ w.T for w in lay["w_ih_k"]], axis=1)   # 4 GEMMs
+            gh = xp.stack([h @ w.T for w in lay["w_hh_k"]], axis=1)        # 4 GEMMs
+            h, c = self.op_by_op(xp, gx, gh, lay["bx"], lay["bh"], h, c, *lay["extra"])
+            h, c = h.astype(self.dtype, copy=False), c.astype(self.dtype, copy=False)
             y[t] = h
         return y, h, c
 
     def _fused_layer(self, lay, seq, h, c, T, B, H):
-        dt = self.dtype
-        y = np.empty((T, B, H), dt)
-        gx_all = np.ascontiguousarray(seq).reshape(T * B, -1) @ lay["w_ih"].T        # hoisted: M = T*B
+        dt, xp = self.dtype, self.xp
+        y = xp.empty((T, B, H), dt)
+        gx_all = xp.ascontiguousarray(seq).reshape(T * B, -1) @ lay["w_ih"].T        # hoisted: M = T*B
         if lay["fold"] is not None:
             gx_all.reshape(T * B, 4, H)[...] += lay["fold"]
-        gh_buf = np.empty((B, 4 * H), dt)
+        gh_buf = xp.empty((B, 4 * H), dt)
         gh = gh_buf.reshape(B, 4, H)
         for t in range(T):
             gx = gx_all[t * B:(t + 1) * B].reshape(B, 4, H)
-            np.matmul(h, lay["w_hh"].T, out=gh_buf)                                    # 1 GEMM
+            xp.matmul(h, lay["w_hh"].T, out=gh_buf)                                    # 1 GEMM
             if self.fused_kernel:
-                self.provider(np, gx, gh, lay["bx"], lay["bh"], h, (c,), lay["extra"], y[t], (c,))
+                self.provider(xp, gx, gh, lay["bx"], lay["bh"], h, (c,), lay["extra"], y[t], (c,))
                 h = y[t]
             else:
-                h, c = self.op_by_op(np, gx, gh, lay["bx"], lay["bh"], h, c, *lay["extra"])
+                h, c = self.op_by_op(xp, gx, gh, lay["bx"], lay["bh"], h, c, *lay["extra"])
                 y[t] = h
         return y, h, c
 
@@ -276,5 +314,5 @@ class CustomLSTM:
 def custom_lstm(x, params, h0=None, c0=None, *, cell: str | None = None, variant: str = "fused",
                 backend: str = "numba", dtype=None):
     """Forward pass of a peephole or layer-norm LSTM: ``y, (h_n, c_n)``; see :class:`CustomLSTM`."""
-    dtype = dtype if dtype is not None else np.asarray(x).dtype
+    dtype = dtype if dtype is not None else (x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)
     return CustomLSTM(params, cell=cell, variant=variant, backend=backend, dtype=dtype)(x, h0, c0)

@@ -107,6 +107,11 @@ BAD = [
     (["explain", "lstm", "--frameworks", "caffe"], "no reference lstm trace for framework 'caffe'"),
     (["profile", "vtune", "lstm"], "argument tool: invalid choice: 'vtune'"),
     (["profile", "ncu", "resnet"], "profile needs a benchmark op first, got 'resnet'"),
+    (["lstm", "--cell", "layernorm", "--backend", "cupy", "--device", "cpu"],
+     "--cell layernorm runs on cpu backends numpy, numba, not 'cupy'"),
+    (["lstm", "--cell", "peephole", "--ladder"], "--cell peephole has one fused arrangement"),
+    (["lstm", "--cell", "layernorm", "--frameworks", "torch"], "the frameworks have no layernorm LSTM path"),
+    (["gru", "--cell", "layernorm"], "unrecognized arguments: --cell"),
     (["lstm", "--persistent", "--device", "cpu"], "variant 'persistent' runs on cuda only; this run is on cpu"),
 ]
 

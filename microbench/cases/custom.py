@@ -10,10 +10,11 @@ import functools
 import numpy as np
 
 from kernels import dtypes
-from kernels.custom import CUSTOM_PARAMS, CUSTOM_REFERENCES, CustomLSTM
-from kernels.errors import BadInput
+from kernels.backends import get_backend
+from kernels.custom import CUSTOM_PARAMS, CUSTOM_REFERENCES, GPU_BACKENDS, CustomLSTM
+from kernels.errors import BadInput, Unsupported
 
-from ..checks import compare
+from ..checks import compare, to_host
 from ..problems import RNNProblem
 from ..registry import Check, Prepared
 
@@ -46,22 +47,32 @@ def custom_reference_outputs(problem: RNNProblem, seed: int, precision: str, cel
 
 def build_custom(problem: RNNProblem, seed: int, *, cell: str, variant: str, backend: str,
                  precision: str, plan=None) -> Prepared:
-    """``variant``: naive | fused; ``backend``: numpy | numba (CPU).  ``plan`` must be None or
-    every step: the custom runner has one fused arrangement (hoisted input GEMM, grouped
-    recurrent GEMM, generated pointwise kernel)."""
+    """``variant``: naive | fused; ``backend``: numpy | numba (CPU) or cupy | numba-cuda (GPU:
+    CuPy arrays and cuBLAS GEMMs, the generated CUDA C or numba.cuda kernel; precisions fp32,
+    tf32, fp16).  Without a GPU a GPU backend raises :class:`~kernels.errors.Unsupported` with the
+    reason (the case is skipped).  ``plan`` must be None or every step: the custom runner has one
+    fused arrangement (hoisted input GEMM, grouped recurrent GEMM, generated pointwise kernel)."""
     if plan not in (None, "all"):
         raise BadInput(f"custom cells take no fusion plan (got {plan!r}); use --variant naive or fused")
+    if backend in GPU_BACKENDS:
+        reason = get_backend(backend).missing()   # before drawing inputs: no GPU, no CuPy, ...
+        if reason:
+            raise Unsupported(reason)
     inp = make_custom_inputs(problem, seed, precision, cell)
     impl = CustomLSTM(inp["params"], cell=cell, variant=variant, backend=backend, dtype=precision)
-    x, h0, c0 = inp["x"], inp["h0"], inp["c0"]
+    xp = impl.xp
+    x, h0, c0 = (xp.asarray(inp[k]) for k in ("x", "h0", "c0"))   # on the device before timing
     run = lambda: impl(x, h0, c0)  # noqa: E731
 
     def check() -> Check:
         y, (h, c) = run()
-        return compare([y, h, c], custom_reference_outputs(problem, seed, precision, cell), precision)
+        return compare([to_host(a) for a in (y, h, c)],
+                       custom_reference_outputs(problem, seed, precision, cell), precision)
 
     itemsize = np.dtype(impl.dtype).itemsize
     pointwise = "generated fused kernel" if impl.fused_kernel else "op by op"
+    if impl.fused_kernel and impl.on_gpu:
+        pointwise += " (CUDA C, RawModule)" if backend == "cupy" else " (numba.cuda)"
     return Prepared(inputs={"x": x, "h0": h0, "c0": c0}, run=run, flops=problem.flops(),
                     bytes=problem.bytes(itemsize), check=check,
                     info={"cell": cell, "pointwise": pointwise,

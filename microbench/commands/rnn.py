@@ -140,7 +140,7 @@ def plan_cases(args) -> tuple:
 
 def _custom_cell_cases(args, cell, problem, precisions, thread_counts, device, variant_names,
                        backend_names, fw_names) -> list:
-    """Cases of a custom LSTM cell: naive and fused on the CPU backends (kernels.custom)."""
+    """Cases of a custom LSTM cell (kernels.custom): naive and fused on the device's backends."""
     import functools
 
     from ..cases.custom import build_custom
@@ -150,15 +150,19 @@ def _custom_cell_cases(args, cell, problem, precisions, thread_counts, device, v
         raise BadInput(f"--cell {cell} has one fused arrangement; drop --ladder and --opt")
     if fw_names:
         raise BadInput(f"--cell {cell}: the frameworks have no {cell} LSTM path to compare; drop --frameworks")
-    if device != "cpu":
-        raise BadInput(f"--cell {cell} runs on the CPU backends only (numpy, numba); use --device cpu")
-    allowed_v, allowed_b = ("naive", "fused"), ("numpy", "numba")
+    from kernels.custom import CPU_BACKENDS, GPU_BACKENDS
+    allowed_v = ("naive", "fused")
+    allowed_b = CPU_BACKENDS if device == "cpu" else GPU_BACKENDS
+    if device == "cuda":
+        for p in precisions:
+            if p not in ("fp32", "tf32", "fp16"):
+                raise BadInput(f"--cell {cell} on cuda computes fp32, tf32, fp16, not {p}")
     for v in variant_names or ():
         if v not in allowed_v:
             raise BadInput(f"--cell {cell} has variants {', '.join(allowed_v)}, not {v!r}")
     for b in backend_names or ():
         if b not in allowed_b:
-            raise BadInput(f"--cell {cell} runs on backends {', '.join(allowed_b)}, not {b!r}")
+            raise BadInput(f"--cell {cell} runs on {device} backends {', '.join(allowed_b)}, not {b!r}")
     cases = []
     for threads in thread_counts:
         for p in precisions:
