@@ -215,23 +215,29 @@ def _typed(args, layout: str, pointer):
 
 # -- CuPy: RawModule ------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
-def _cupy_function(symbol: str, device: int):
-    """One compiled entry, loaded on ``device`` (RawModule compiles the whole source once)."""
+def raw_module(source: Path, device: int):
+    """CuPy RawModule of one .cu under kernels/cuda, built (by NVRTC, on first use) for ``device``."""
+    import cupy
+    with cupy.cuda.Device(device):
+        return cupy.RawModule(code=Path(source).read_text(), options=compile_options())
+
+
+@functools.lru_cache(maxsize=None)
+def raw_function(source: Path, symbol: str, device: int):
+    """One entry of a .cu, loaded on ``device``; a compile error carries NVRTC's log."""
     import cupy
     from cupy.cuda.compiler import CompileException
     with cupy.cuda.Device(device):
         try:
-            return _cupy_module(device).get_function(symbol)
+            return raw_module(source, device).get_function(symbol)
         except CompileException as e:
             log = e.get_message() if hasattr(e, "get_message") else str(e)
-            raise KernelCompileError(f"NVRTC (CuPy RawModule) could not compile {SOURCE} "
+            raise KernelCompileError(f"NVRTC (CuPy RawModule) could not compile {source} "
                                      f"(options {' '.join(compile_options())}):\n{log}") from None
 
 
-@functools.lru_cache(maxsize=None)
-def _cupy_module(device: int):
-    import cupy
-    return cupy.RawModule(code=read_source(), options=compile_options())
+def _cupy_function(symbol: str, device: int):
+    return raw_function(SOURCE, symbol, device)
 
 
 def _cupy_pointer(a):

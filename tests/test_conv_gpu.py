@@ -20,6 +20,8 @@ from kernels.conv import ConvProblem, conv2d_reference
 from kernels.conv import gpu as cg
 from kernels.errors import MissingDependency, Unsupported
 
+from cudatools import parse_resource_usage
+
 # Awkward NCHW shapes: odd sizes, pad > R/2, stride 2, dilation 2, 1x1, 7x7, C=3, groups=2,
 # M and Kg not multiples of the tile, Kgemm not a multiple of BK, several K and M tiles.
 SHAPES = {
@@ -56,27 +58,6 @@ def inputs(p: ConvProblem, dtype="fp64", seed=7):
 
 
 # -- compilers ---------------------------------------------------------------------------------
-def parse_resource_usage(report: str) -> dict:
-    out, current = {}, None
-    for line in report.splitlines():
-        m = re.search(r"Function properties for (\w+)", line)
-        if m:
-            current = out.setdefault(m.group(1), {})
-            continue
-        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
-        if m and current is not None:
-            current.update(stack=int(m.group(1)), spill_stores=int(m.group(2)), spill_loads=int(m.group(3)))
-            continue
-        m = re.search(r"Used (\d+) registers.*?(\d+) bytes smem", line)
-        if m and current is not None:
-            current.update(registers=int(m.group(1)), smem=int(m.group(2)))
-            continue
-        m = re.search(r"Used (\d+) registers", line)
-        if m and current is not None:
-            current["registers"] = int(m.group(1))
-    return out
-
-
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on the PATH")
 def test_nvcc_compiles_sm90_without_spills(tmp_path):
     cmd = ["nvcc", "-arch=sm_90", "-c", "--resource-usage", "-Werror", "all-warnings",

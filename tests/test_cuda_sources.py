@@ -22,6 +22,8 @@ import pytest
 from fusion import pointwise_cuda as pc
 from kernels.errors import MissingDependency
 
+from cudatools import parse_resource_usage
+
 ROOT = Path(__file__).resolve().parent.parent
 CU_FILES = sorted((ROOT / "kernels" / "cuda").glob("*.cu"))
 ARCHS = ("sm_90", "sm_80")   # H100/H200, and A100 so nothing Hopper-only slips in
@@ -30,24 +32,6 @@ ENTRIES = {f"{stem}_{sfx}" for stem in ("lstm_pointwise_fused", "gru_pointwise_f
 
 
 # -- nvcc ------------------------------------------------------------------------------------
-def parse_resource_usage(report: str) -> dict:
-    """ptxas's --resource-usage text -> {kernel: {"registers", "spill_stores", "spill_loads", "stack"}}."""
-    out, current = {}, None
-    for line in report.splitlines():
-        m = re.search(r"Function properties for (\w+)", line)
-        if m:
-            current = out.setdefault(m.group(1), {})
-            continue
-        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
-        if m and current is not None:
-            current.update(stack=int(m.group(1)), spill_stores=int(m.group(2)), spill_loads=int(m.group(3)))
-            continue
-        m = re.search(r"Used (\d+) registers", line)
-        if m and current is not None:
-            current["registers"] = int(m.group(1))
-    return out
-
-
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on the PATH")
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("cu", CU_FILES, ids=lambda p: p.name)

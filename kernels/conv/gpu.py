@@ -24,7 +24,6 @@ one std::thread per CUDA thread, std::barrier for __syncthreads) through these l
 """
 from __future__ import annotations
 
-import functools
 import re
 from pathlib import Path
 
@@ -120,26 +119,9 @@ def nvrtc_compile(arch: str = "sm_90", *, cubin: bool = True, source: str | None
                             filename=SOURCE.name)
 
 
-@functools.lru_cache(maxsize=None)
-def _module(device: int):
-    import cupy
-    from fusion.pointwise_cuda import compile_options
-    with cupy.cuda.Device(device):
-        return cupy.RawModule(code=read_source(), options=compile_options())
-
-
-@functools.lru_cache(maxsize=None)
 def _function(symbol: str, device: int):
-    import cupy
-    from cupy.cuda.compiler import CompileException
-    from fusion.pointwise_cuda import KernelCompileError, compile_options
-    with cupy.cuda.Device(device):
-        try:
-            return _module(device).get_function(symbol)
-        except CompileException as e:
-            log = e.get_message() if hasattr(e, "get_message") else str(e)
-            raise KernelCompileError(f"NVRTC (CuPy RawModule) could not compile {SOURCE} "
-                                     f"(options {' '.join(compile_options())}):\n{log}") from None
+    from fusion.pointwise_cuda import raw_function
+    return raw_function(SOURCE, symbol, device)
 
 
 def _cupy():
