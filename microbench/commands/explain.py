@@ -23,6 +23,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--variants", metavar="LIST", help="paths to keep, e.g. cudnn,aten (default: all)")
     p.add_argument("--reference", metavar="PATH",
                    help="a trace file in the profiles/reference format (default: the committed H100 set)")
+    p.add_argument("--cpu", action="store_true",
+                   help="also profile PyTorch's fused and generic CPU paths here (torch.profiler); "
+                        "the default when no GPU is found and torch is installed")
+    for flag, default in (("-T", 50), ("-B", 16), ("-H", 256)):
+        p.add_argument(flag, type=int, default=default, help=f"sizes of the CPU profile (default {default})")
     p.set_defaults(func=cmd_explain)
 
 
@@ -34,10 +39,23 @@ def cmd_explain(args) -> int:
         args.op, args.reference,
         frameworks=csv_list(args.frameworks) if args.frameworks else None,
         variants=csv_list(args.variants) if args.variants else None)
+    import importlib.util
+
+    from kernels.params import check_dim
     gpu = menv.gpu()
     if not gpu.get("available"):
         an.notes.append(f"This machine has no usable GPU ({gpu.get('reason')}), so nothing was traced "
                         "here; on a GPU with cupti-python (pip install '.[gpu]') record new traces "
                         "with profiles.trace.capture and pass them with --reference.")
-    explain.render(an, console())
+    out = console()
+    explain.render(an, out)
+    cpu_wanted = args.cpu or (not gpu.get("available") and importlib.util.find_spec("torch") is not None)
+    if cpu_wanted and args.op != "conv":
+        from profiles import cpu_profile
+        T, B, H = (check_dim(f"-{n}", getattr(args, n)) for n in ("T", "B", "H"))
+        cpu_profile.render(cpu_profile.profile_torch(args.op, T, B, H), args.op, out)
+    elif cpu_wanted:
+        out.print("- The CPU explanation covers lstm and gru; for conv see the reference traces above.")
+    elif not gpu.get("available"):
+        out.print("- No CPU profile either: it needs PyTorch (pip install -e '.[frameworks]').")
     return 0
