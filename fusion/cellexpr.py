@@ -383,6 +383,18 @@ def numpy_step(cell: Cell):
     return run
 
 
+def _named_constants():
+    """A table of numeric literals and a function naming each one ``_k0``, ``_k1``, ...: the
+    generated Python declares them once, typed, so fp32 math is not promoted by float literals."""
+    consts: dict = {}
+
+    def const(v):
+        if v not in consts:
+            consts[v] = f"_k{len(consts)}"
+        return consts[v]
+    return consts, const
+
+
 # -- numba CPU -------------------------------------------------------------------------------------
 def numba_source(cell: Cell, dtype: str = "float32") -> str:
     """Module source defining ``kernel(gx, gh, bx, bh, h_prev, <s>..., <params>..., h_out)``."""
@@ -390,12 +402,7 @@ def numba_source(cell: Cell, dtype: str = "float32") -> str:
         raise BadInput(f"the numba CPU kernels take float32 or float64, not {dtype}")
     from . import pointwise as fp
     an = analyse(cell)
-    consts = {}
-
-    def const(v):
-        if v not in consts:
-            consts[v] = f"_k{len(consts)}"
-        return consts[v]
+    consts, const = _named_constants()
 
     class P(_Printer):
         funcs = {"sigmoid": "_sig", "tanh": "_tanh", "exp": "np.exp", "sqrt": "np.sqrt"}
@@ -645,12 +652,7 @@ def cuda_symbol(cell: Cell, dtype) -> str:
 def numba_cuda_source(cell: Cell) -> str:
     """Module source defining the ``numba.cuda`` kernel ``kernel`` (fp32 math, one block per row)."""
     an = analyse(cell)
-    consts = {}
-
-    def const(v):
-        if v not in consts:
-            consts[v] = f"_k{len(consts)}"
-        return consts[v]
+    consts, const = _named_constants()
 
     class P(_Printer):
         funcs = {"sigmoid": "_sig", "tanh": "math.tanh", "exp": "math.exp", "sqrt": "math.sqrt"}

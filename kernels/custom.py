@@ -39,7 +39,7 @@ from fusion import cellexpr
 from .dtypes import canonical, storage
 from .errors import BadInput, Unsupported
 from .params import Layer, LSTMParams, RNNParams
-from .reference import check_sequence, sigmoid
+from .reference import _initial, check_sequence, sigmoid
 
 CUSTOM_CELLS = ("peephole", "layernorm")
 VARIANTS = ("naive", "fused")
@@ -125,10 +125,7 @@ CUSTOM_PARAMS = {"peephole": PeepholeLSTMParams, "layernorm": LayerNormLSTMParam
 
 # -- float64 references, step by step ----------------------------------------------------------
 def _states(params, h0, c0, B):
-    shape = (params.num_layers, B, params.hidden_size)
-    h = np.zeros(shape) if h0 is None else np.asarray(h0, dtype=np.float64)
-    c = np.zeros(shape) if c0 is None else np.asarray(c0, dtype=np.float64)
-    return h, c
+    return _initial(h0, params, B), _initial(c0, params, B)
 
 
 def peephole_lstm_reference(x, params: PeepholeLSTMParams, h0=None, c0=None):
