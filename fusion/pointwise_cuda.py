@@ -245,6 +245,23 @@ def _cupy_pointer(a):
     return np.uint64(0) if a is None else a
 
 
+class _LSTMCall:
+    """The LSTM calling convention of kernels.cells, for any provider with ``_launch``."""
+    stem, layout = "lstm_pointwise_fused", _LSTM_ARGS
+
+    def __call__(self, xp, gx, gh, bx, bh, c_prev, h_out, c_out):
+        self._launch(_lstm_args(gx, gh, bx, bh, c_prev, h_out, c_out), gx.shape[0], gx.shape[2], gx.dtype)
+        return h_out, c_out
+
+
+class _GRUCall:
+    stem, layout = "gru_pointwise_fused", _GRU_ARGS
+
+    def __call__(self, xp, gx, gh, bx, bh, h_prev, h_out):
+        self._launch(_gru_args(gx, gh, bx, bh, h_prev, h_out), gx.shape[0], gx.shape[2], gx.dtype)
+        return (h_out,)
+
+
 class _CupyProvider:
     stem = layout = ""
 
@@ -260,20 +277,12 @@ class _CupyProvider:
         k(grid, block, _typed(args, self.layout, _cupy_pointer))  # CuPy's current stream
 
 
-class CupyLSTM(_CupyProvider):
-    stem, layout = "lstm_pointwise_fused", _LSTM_ARGS
-
-    def __call__(self, xp, gx, gh, bx, bh, c_prev, h_out, c_out):
-        self._launch(_lstm_args(gx, gh, bx, bh, c_prev, h_out, c_out), gx.shape[0], gx.shape[2], gx.dtype)
-        return h_out, c_out
+class CupyLSTM(_LSTMCall, _CupyProvider):
+    pass
 
 
-class CupyGRU(_CupyProvider):
-    stem, layout = "gru_pointwise_fused", _GRU_ARGS
-
-    def __call__(self, xp, gx, gh, bx, bh, h_prev, h_out):
-        self._launch(_gru_args(gx, gh, bx, bh, h_prev, h_out), gx.shape[0], gx.shape[2], gx.dtype)
-        return (h_out,)
+class CupyGRU(_GRUCall, _CupyProvider):
+    pass
 
 
 # -- PyCUDA: SourceModule in CuPy's primary context -----------------------------------------
@@ -341,20 +350,12 @@ class _PycudaProvider:
         f.prepared_async_call(grid[:2], block, None, *_typed(args, self.layout, _pycuda_pointer))
 
 
-class PycudaLSTM(_PycudaProvider):
-    stem, layout = "lstm_pointwise_fused", _LSTM_ARGS
-
-    def __call__(self, xp, gx, gh, bx, bh, c_prev, h_out, c_out):
-        self._launch(_lstm_args(gx, gh, bx, bh, c_prev, h_out, c_out), gx.shape[0], gx.shape[2], gx.dtype)
-        return h_out, c_out
+class PycudaLSTM(_LSTMCall, _PycudaProvider):
+    pass
 
 
-class PycudaGRU(_PycudaProvider):
-    stem, layout = "gru_pointwise_fused", _GRU_ARGS
-
-    def __call__(self, xp, gx, gh, bx, bh, h_prev, h_out):
-        self._launch(_gru_args(gx, gh, bx, bh, h_prev, h_out), gx.shape[0], gx.shape[2], gx.dtype)
-        return (h_out,)
+class PycudaGRU(_GRUCall, _PycudaProvider):
+    pass
 
 
 # -- numba.cuda: the same math in Python ------------------------------------------------------
