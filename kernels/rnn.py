@@ -170,9 +170,10 @@ class RNN:
                 if s_x[l] is not s_step[l]:
                     sch.wait(s_step[l], sch.record(s_x[l]))
             for t in range(t0, t1):
-                if not lay.hoist and s_x[l] is not s_step[l]:
+                if not lay.hoist and st["gx_all"] is not None:  # per-step input GEMM into its rows
                     sch.launch(s_x[l], lambda lay=lay, st=st, inp=inp, t=t: self._gemm_x(lay, st, inp, t, t + 1, B))
-                    sch.wait(s_step[l], sch.record(s_x[l]))
+                    if s_x[l] is not s_step[l]:
+                        sch.wait(s_step[l], sch.record(s_x[l]))
                 sch.launch(s_step[l], lambda l=l, t=t, inp=inp: self._step(l, t, inp, ys[l], ctx[l], B))
             done[l][k] = sch.record(s_step[l])
         sch.join(main, used)
@@ -196,7 +197,7 @@ class RNN:
     def _step(self, l: int, t: int, inp, y, st: dict, B: int):
         xp, lay = self.xp, self.layers[l]
         with nvtx.phase("step"):
-            if st["gx_all"] is not None and (lay.hoist or st["gx_step"] is None):
+            if st["gx_all"] is not None:   # filled by _gemm_x, hoisted or per step
                 gx = lay.proj_x.rows(st["gx_all"], t * B, (t + 1) * B)
             else:
                 with nvtx.phase("gemm_x"):

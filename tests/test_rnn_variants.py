@@ -148,6 +148,8 @@ GPU_PLANS = [
     frozenset({"hoist_input", "wavefront"}),
     frozenset({"streams"}),                       # per-step input GEMMs on their own stream
     frozenset({"group_gemm", "streams", "wavefront", "fuse_pointwise"}),
+    frozenset({"wavefront"}),                     # per-step input GEMMs on the layer's stream
+    frozenset({"group_gemm", "wavefront", "fuse_pointwise"}),
 ]
 
 
