@@ -13,6 +13,7 @@ flagged noisy if the target was not reached).
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -136,10 +137,7 @@ def measure(run: Callable[[], object], settings: Settings, timer: Timer | None =
         if spent >= settings.warmup or time.perf_counter() - start >= settings.max_time / 2:
             break
     samples: list = []
-    ctx = around() if around else None
-    if ctx:
-        ctx.__enter__()
-    try:
+    with around() if around else contextlib.nullcontext():
         while True:
             if before_sample is not None:
                 before_sample()
@@ -151,7 +149,4 @@ def measure(run: Callable[[], object], settings: Settings, timer: Timer | None =
             if n >= settings.min_samples and total >= settings.min_time \
                     and relative_noise(samples) <= settings.max_noise:
                 break
-    finally:
-        if ctx:
-            ctx.__exit__(None, None, None)
     return Measurement(samples, settings.max_noise)
