@@ -11,6 +11,19 @@ The array module ``xp`` (NumPy, CuPy) is a parameter, so the same arrangement se
 """
 from __future__ import annotations
 
+import numpy as np
+
+
+def matmul(xp, a, b, out):
+    """``out <- a @ b``.  NumPy has no bf16 GEMM (ml_dtypes' loop is a slow scalar one), so bf16
+    operands on NumPy are widened to fp32, multiplied by BLAS and rounded once into ``out``: the
+    same fp32-accumulate-then-round result cuBLAS gives bf16 storage with CUBLAS_COMPUTE_32F
+    (which is what CuPy's matmul asks for).  Everything else is the array module's own matmul."""
+    if xp is np and out.dtype.name == "bfloat16":
+        out[...] = np.matmul(a.astype(np.float32), b.astype(np.float32))
+        return out
+    return xp.matmul(a, b, out=out)
+
 
 class Projection:
     def __init__(self, xp, w, num_gates: int, *, grouped: bool, pretransposed: bool):
@@ -46,7 +59,7 @@ class Projection:
         """buf <- x @ W.T, with one GEMM (grouped) or G GEMMs (per gate)."""
         outs = [buf] if self.grouped else list(buf)
         for mat, out in zip(self.mats, outs):
-            self.xp.matmul(x, mat if self.pretransposed else mat.T, out=out)
+            matmul(self.xp, x, mat if self.pretransposed else mat.T, out)
         return buf
 
     @property

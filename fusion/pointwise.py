@@ -27,15 +27,41 @@ def _sigmoid_(a):
     a += 0.5
 
 
+def _work_dtype(dt):
+    """bf16 storage is widened to fp32 for the arithmetic and rounded once per stored value, as the
+    CUDA kernel does; rounding after every in-place op would add an error per op and per step."""
+    return np.dtype(np.float32) if dt.name == "bfloat16" else dt
+
+
+class _Scratch:
+    """Preallocated buffers, reallocated only when the shape or dtype changes."""
+
+    def __init__(self):
+        self.bufs = {}
+
+    def get(self, key, shape, dtype):
+        b = self.bufs.get(key)
+        if b is None or b.shape != shape or b.dtype != dtype:
+            b = self.bufs[key] = np.empty(shape, dtype=dtype)
+        return b
+
+
 class NumpyLSTM:
     def __init__(self):
-        self.scratch = None
+        self.scratch = _Scratch()
 
     def __call__(self, xp, gx, gh, bx, bh, c_prev, h_out, c_out):
-        s = self.scratch
-        if s is None or s.shape != gx.shape or s.dtype != gx.dtype:
-            s = self.scratch = np.empty(gx.shape, dtype=gx.dtype)
-        np.add(gx, gh, out=s)
+        wd = _work_dtype(gx.dtype)
+        s = self.scratch.get("gates", gx.shape, wd)
+        narrow = wd != c_out.dtype
+        # With narrow storage c and h are computed in fp32 scratch and stored once at the end.
+        c_w = self.scratch.get("c", c_out.shape, wd) if narrow else c_out
+        h_w = self.scratch.get("h", h_out.shape, wd) if narrow else h_out
+        if narrow:
+            s[...] = gx
+            s += gh
+        else:
+            np.add(gx, gh, out=s)
         if bx is not None:
             s += bx
         if bh is not None:
@@ -43,23 +69,31 @@ class NumpyLSTM:
         _sigmoid_(s[:, 0:2])       # i, f
         _sigmoid_(s[:, 3])         # o
         np.tanh(s[:, 2], out=s[:, 2])  # g
-        np.multiply(s[:, 1], c_prev, out=c_out)
+        np.multiply(s[:, 1], c_prev, out=c_w)
         np.multiply(s[:, 0], s[:, 2], out=s[:, 0])
-        c_out += s[:, 0]
-        np.tanh(c_out, out=h_out)
-        h_out *= s[:, 3]
+        c_w += s[:, 0]
+        np.tanh(c_w, out=h_w)
+        h_w *= s[:, 3]
+        if narrow:
+            c_out[...] = c_w
+            h_out[...] = h_w
         return h_out, c_out
 
 
 class NumpyGRU:
     def __init__(self):
-        self.scratch = None
+        self.scratch = _Scratch()
 
     def __call__(self, xp, gx, gh, bx, bh, h_prev, h_out):
-        s = self.scratch
-        if s is None or s.shape != gx.shape or s.dtype != gx.dtype:
-            s = self.scratch = np.empty(gx.shape, dtype=gx.dtype)
-        np.add(gh, bh, out=s)                      # recurrent part with its bias
+        wd = _work_dtype(gx.dtype)
+        s = self.scratch.get("gates", gx.shape, wd)
+        narrow = wd != h_out.dtype
+        h_w = self.scratch.get("h", h_out.shape, wd) if narrow else h_out
+        if narrow:
+            s[...] = gh
+            s += bh
+        else:
+            np.add(gh, bh, out=s)                  # recurrent part with its bias
         rz = s[:, 0:2]
         rz += gx[:, 0:2]
         if bx is not None:
@@ -72,9 +106,11 @@ class NumpyGRU:
             n += bx[2]
         np.tanh(n, out=n)
         # h = n + z * (h_prev - n)
-        np.subtract(h_prev, n, out=h_out)
-        h_out *= s[:, 1]
-        h_out += n
+        np.subtract(h_prev, n, out=h_w)
+        h_w *= s[:, 1]
+        h_w += n
+        if narrow:
+            h_out[...] = h_w
         return (h_out,)
 
 

@@ -52,7 +52,9 @@ class Backend:
 
 
 BACKENDS = {b.name: b for b in (
-    Backend("numpy", "cpu", "numpy", ("fp32", "fp64"), (), "numpy",
+    # bf16 on NumPy is the CPU twin of the GPU bf16 path: ml_dtypes storage, fp32-accumulated GEMMs
+    # rounded once to bf16 (fusion.gemm.matmul); slow, there for checking, not for timing.
+    Backend("numpy", "cpu", "numpy", ("fp32", "fp64", "bf16"), (), "numpy",
             "NumPy ufuncs and BLAS GEMMs (whatever BLAS NumPy links: OpenBLAS in the wheels)"),
     Backend("numba", "cpu", "numpy", ("fp32", "fp64"), ("numba",), "numba",
             "BLAS GEMMs through NumPy, pointwise kernels compiled by numba (@njit(parallel=True))"),

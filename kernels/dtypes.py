@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import BadInput
+from .errors import BadInput, MissingDependency
 
 # name -> (storage dtype, relative tolerance against the float64 reference).
 # tf32 stores fp32 and only changes GEMM math, so its tolerance is that of a 10-bit mantissa.
@@ -31,12 +31,31 @@ def canonical(name) -> str:
     return key
 
 
+def bfloat16() -> np.dtype:
+    """The bfloat16 NumPy dtype of ml_dtypes.  NumPy has none of its own; CuPy 14 takes this same
+    dtype for its bfloat16 arrays (and runs their GEMMs through cublasGemmEx with fp32 compute)."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise MissingDependency("ml_dtypes", "bf16 storage", "pip install ml_dtypes") from None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
 def storage(name) -> np.dtype:
-    """NumPy storage type of a precision (bf16 needs an array library that has it)."""
+    """NumPy storage type of a precision (bf16: ml_dtypes' bfloat16)."""
     key = canonical(name)
     if key == "bf16":
-        raise BadInput("dtype 'bf16' has no NumPy storage type; it exists only on GPU backends")
+        return bfloat16()
     return np.dtype(_PRECISIONS[key][0])
+
+
+def itemsize(name) -> int:
+    """Bytes per stored element, without importing ml_dtypes (memory estimates use it)."""
+    return 2 if canonical(name) == "bf16" else storage(name).itemsize
+
+
+def is_bfloat16(dtype) -> bool:
+    return getattr(dtype, "name", str(dtype)) == "bfloat16"
 
 
 def tolerance(name) -> float:

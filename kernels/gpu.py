@@ -25,15 +25,16 @@ DRIVER_LIB = "libcuda.so.1"
 
 # Keyword arguments of kernels.backends.Backend, one dictionary per GPU backend.  Every one keeps
 # its arrays and cuBLAS GEMMs in CuPy (so xp is cupy); they differ in how the fused pointwise
-# kernel is built and launched.  bf16 is left out while kernels.dtypes has no bf16 storage type
-# (the .cu has bf16 entries; CuPy 14 needs ml_dtypes for bfloat16 arrays).  tf32 stores fp32 and
-# switches the cuBLAS handle to TF32 tensor-op math for the call (:func:`cublas_math`).
+# kernel is built and launched.  bf16 arrays are CuPy 14's ml_dtypes bfloat16 (GEMMs through
+# cublasGemmEx with fp32 compute); the .cu has bf16 entries, numba.cuda has no bfloat16 array
+# type.  tf32 stores fp32 and switches the cuBLAS handle to TF32 tensor-op math for the call
+# (:func:`cublas_math`).
 CUDA_BACKENDS = (
-    dict(name="cupy", device="cuda", xp_module="cupy", dtypes=("fp32", "tf32", "fp16"),
+    dict(name="cupy", device="cuda", xp_module="cupy", dtypes=("fp32", "tf32", "fp16", "bf16"),
          requires=("cupy",), pointwise="cupy",
          about="CuPy arrays and cuBLAS GEMMs; fused pointwise kernel kernels/cuda/rnn_pointwise.cu "
                "compiled by NVRTC (cupy.RawModule), launched on CuPy's current stream"),
-    dict(name="pycuda", device="cuda", xp_module="cupy", dtypes=("fp32", "tf32", "fp16"),
+    dict(name="pycuda", device="cuda", xp_module="cupy", dtypes=("fp32", "tf32", "fp16", "bf16"),
          requires=("cupy", "pycuda"), pointwise="pycuda",
          about="CuPy arrays and cuBLAS GEMMs; the same .cu compiled by PyCUDA's SourceModule (nvcc) "
                "in CuPy's primary context, prepared launches on the default stream"),

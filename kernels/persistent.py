@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dtypes import canonical
+from .dtypes import canonical, storage
 from .errors import BadInput, MissingDependency, Unsupported
 
 SOURCE = Path(__file__).resolve().parent / "cuda" / "rnn_persistent.cu"
@@ -479,17 +479,16 @@ class PersistentRNN:
         self.kernel = _cupy_kernel(f"{self.cell}_persistent_{SUFFIX[self.precision]}", dev)
         self.limits = limits_from_device(dev, self.kernel)
         self._plans = {}
-        dt = cupy.float16 if self.precision == "fp16" else cupy.float32
-        if self.precision == "bf16":
-            raise Unsupported("persistent: bf16 arrays need CuPy bfloat16 support (ml_dtypes); "
-                              "the .cu has bf16 entries")
+        # Rounded to the storage type on the host (bf16: ml_dtypes' bfloat16, which CuPy 14 takes).
+        dt = storage(self.precision)
         self.dtype = dt
         w_ih, w_hh, b_ih, b_hh = (np.asarray(a, np.float64) for a in params.layers[0].arrays())
         bias, b_hn = fold_biases(self.cell, b_ih, b_hh, self.H)
-        self.w_ih_t = cupy.asarray(np.ascontiguousarray(w_ih.T), dt)   # (I, G*H)
-        self.w_hh = cupy.asarray(w_hh, dt)
-        self.bias = cupy.asarray(bias, dt)
-        self.b_hn = cupy.asarray(b_hn if b_hn is not None else np.zeros(1), dt)
+        dev_array = lambda a: cupy.asarray(np.asarray(a).astype(dt))  # noqa: E731
+        self.w_ih_t = dev_array(np.ascontiguousarray(w_ih.T))   # (I, G*H)
+        self.w_hh = dev_array(w_hh)
+        self.bias = dev_array(bias)
+        self.b_hn = dev_array(b_hn if b_hn is not None else np.zeros(1))
         self._dummy = cupy.zeros(1, dt)
 
     def geometry(self, B: int) -> Geometry:

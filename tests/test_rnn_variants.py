@@ -44,6 +44,31 @@ def test_variant_matches_reference(op, backend, precision, variant, plan, size):
 
 
 @pytest.mark.parametrize("op", ["lstm", "gru"])
+@pytest.mark.parametrize("variant,plan", PLANS, ids=lambda v: v.label if isinstance(v, Plan) else str(v))
+@pytest.mark.parametrize("size", [SIZES[1], SIZES[2]], ids=lambda s: "T%dB%dI%dH%dL%d" % s)
+def test_bf16_storage_on_numpy_matches_reference(op, variant, plan, size):
+    """The CPU twin of the GPU bf16 path: ml_dtypes storage, fp32-accumulated GEMMs, and a fused
+    pointwise stage that widens to fp32 and rounds once per stored value."""
+    check, flat, inp = _run(op, variant, "numpy", "bf16", plan, size)
+    assert check.passed, check.detail
+    assert all(a.dtype.name == "bfloat16" for a in flat) and inp["x"].dtype.name == "bfloat16"
+    assert check.max_rel_err > 1e-4    # really bf16: fp32 storage would agree to ~1e-7
+
+
+def test_bf16_fused_pointwise_rounds_once():
+    """Widening inside the fused NumPy stage keeps its error at the storage rounding; rounding
+    after each in-place op (what the naive cell does) is measurably worse over a long sequence."""
+    prob = RNNProblem("lstm", 60, 8, 16, 64, 1)
+    errs = {}
+    for variant, plan in (("naive", None), ("fused", Plan(frozenset({"fuse_pointwise"})))):
+        inp = make_inputs(prob, seed=5, precision="bf16")
+        impl = RNN(inp["params"], variant=variant, backend="numpy", dtype="bf16", opts=plan)
+        y, (h, c) = impl(inp["x"], inp["h0"], inp["c0"])
+        errs[variant] = compare((y, h, c), reference_outputs(prob, 5, "bf16"), "bf16").max_rel_err
+    assert errs["fused"] < errs["naive"], errs
+
+
+@pytest.mark.parametrize("op", ["lstm", "gru"])
 def test_fp32_error_stays_small_over_long_sequences(op):
     check, _, _ = _run(op, "fused", "numba", "fp32", None, (100, 4, 32, 64, 1))
     assert check.passed and check.max_rel_err < 1e-5
@@ -113,7 +138,8 @@ def test_tanh_rational_accuracy():
 @pytest.mark.parametrize("kwargs,err,match", [
     (dict(variant="fast"), BadInput, "variant 'fast' is unknown; allowed: naive, fused"),
     (dict(backend="torch"), BadInput, "backend 'torch' is unknown; allowed: numpy, numba"),
-    (dict(dtype="fp16"), Unsupported, "dtype fp16 is not available on backend numpy; allowed: fp32, fp64"),
+    (dict(dtype="fp16"), Unsupported, "dtype fp16 is not available on backend numpy; allowed: fp32, fp64, bf16"),
+    (dict(dtype="bf16", backend="numba"), Unsupported, "dtype bf16 is not available on backend numba; allowed: fp32, fp64$"),
     (dict(dtype="int8"), BadInput, "dtype 'int8' is unknown"),
     (dict(opts="group_gemm,warp_speed"), BadInput, "fusion step 'warp_speed' is unknown"),
     (dict(variant="naive", opts="group_gemm"), BadInput, "variant 'naive' takes no fusion steps"),

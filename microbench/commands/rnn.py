@@ -93,8 +93,7 @@ def plan_cases(args) -> tuple:
     if not precisions:
         raise BadInput(f"--dtype {args.dtype!r} names no precision; allowed: fp64, fp32")
     for p in precisions:
-        if p != "bf16":
-            check_memory(problem.memory_estimate(dtypes.storage(p).itemsize), f"{op} {problem.label} {p}")
+        check_memory(problem.memory_estimate(dtypes.itemsize(p)), f"{op} {problem.label} {p}")
     thread_counts = parse_threads(args.threads)
     device = resolve_device(args.device, op)
     backend_names = csv_list(args.backend) if args.backend else None
