@@ -102,14 +102,50 @@ def test_variant_matches_reference(cases, name, variant, dtype):
     assert rel_err(y, ref) < tol
 
 
+@pytest.mark.parametrize("transforms", winograd.TRANSFORMS)
 @pytest.mark.parametrize("tile", winograd.TILES)
 @pytest.mark.parametrize("dtype", ["fp32", "fp64"])
-def test_winograd_tiles(cases, tile, dtype):
+def test_winograd_tiles(cases, tile, dtype, transforms):
     tol = TOL_WINOGRAD_FP32[tile] if dtype == "fp32" else TOL[dtype]
+    served = 0
     for name, p in SHAPES.items():
         if winograd.accepts(p, dtype, tile) is None:
             x, w, b, ref = cases[name, dtype]
-            assert rel_err(winograd.conv2d_winograd(x, w, b, p, tile=tile), ref) < tol, name
+            y = winograd.conv2d_winograd(x, w, b, p, tile=tile, transforms=transforms)
+            assert y.shape == p.y_shape and y.dtype == x.dtype, name
+            assert rel_err(y, ref) < tol, name
+            served += 1
+    assert served >= 4     # padded, unpadded, NHWC, partial tiles
+
+
+def test_winograd_numba_edges_and_bias():
+    """Padding wider than a tile's overlap, planes smaller than a tile, a 1-row output, no bias,
+    and a bias that must be added once per output (not once per tile)."""
+    rng = np.random.default_rng(7)
+    for p in (ConvProblem(1, 2, 3, 3, 3, 3, 3, pad=4), ConvProblem(2, 3, 3, 17, 2, 3, 3),
+              ConvProblem(1, 1, 1, 1, 1, 3, 3, pad=1), ConvProblem(3, 4, 9, 6, 5, 3, 3, pad=(0, 2), bias=False)):
+        x, w, b = p.random_inputs(rng, "fp64")
+        ref = conv2d_reference(x, w, b, p)
+        for tile in winograd.TILES:
+            y = winograd.conv2d_winograd(x, w, b, p, tile=tile, transforms="numba")
+            assert rel_err(y, ref) < 1e-10, (p, tile)
+
+
+def test_winograd_numba_source_skips_zero_terms():
+    from kernels.conv.winograd_numba import kernel_source
+    src = kernel_source(4, "float32")
+    assert "np.float32(0.0)" not in src and "0.0 *" not in src
+    # F(4x4,3x3)'s B^T has 2 + 4 + 4 + 4 + 4 + 2 = 20 nonzero off-identity terms per 1-D pass:
+    # count the multiplies the first row of the input transform really does.
+    first = next(ln for ln in src.splitlines() if "t0_0 = " in ln)
+    assert first.count("d") == 3 and "np.float32(4.0) * d0_0" in first
+
+
+def test_winograd_unknown_transforms():
+    p = SHAPES["3x3_pad1"]
+    x, w, b = p.random_inputs(np.random.default_rng(0), "fp32")
+    with pytest.raises(BadInput, match="winograd transforms 'cuda' are unknown; allowed: numba, numpy"):
+        winograd.conv2d_winograd(x, w, b, p, transforms="cuda")
 
 
 @pytest.mark.parametrize("m", winograd.TILES)

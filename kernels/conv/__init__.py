@@ -52,7 +52,8 @@ CONV_VARIANTS = {v.name: v for v in (
     ConvVariant("implicit_gemm", "implicit_gemm",
                 "numba GEMM tiles gathering their column-matrix slice on the fly into L1"),
     ConvVariant("winograd", "winograd",
-                "F(4x4,3x3) transforms + 36 batched BLAS GEMMs; 3x3, stride 1, dilation 1, groups 1"),
+                "F(4x4,3x3): numba-fused input/output transforms + 36 batched BLAS GEMMs; "
+                "3x3, stride 1, dilation 1, groups 1"),
 )}
 
 

@@ -144,13 +144,25 @@ def accepts(problem: ConvProblem, dtype, tile: int = 4) -> str | None:
     return None
 
 
-def conv2d_winograd(x, w, b, problem: ConvProblem, tile: int = 4) -> np.ndarray:
-    """F(tile x tile, 3x3); ``tile`` is 2 or 4."""
+TRANSFORMS = ("numba", "numpy")
+
+
+def conv2d_winograd(x, w, b, problem: ConvProblem, tile: int = 4, transforms: str = "numpy") -> np.ndarray:
+    """F(tile x tile, 3x3); ``tile`` is 2 or 4.  ``transforms``: ``numpy`` (whole-array passes,
+    below: the readable formulation) or ``numba`` (fused parallel kernels,
+    :mod:`kernels.conv.winograd_numba`); the GEMMs are BLAS in both."""
     dt = check_inputs(x, w, b, problem)
     reason = accepts(problem, dt, tile)
     if reason:
         raise Unsupported(reason)
+    if transforms not in TRANSFORMS:
+        raise BadInput(f"winograd transforms {transforms!r} are unknown; allowed: {', '.join(TRANSFORMS)}")
     p, m = problem, tile
+    if transforms == "numba":
+        from .winograd_numba import conv2d_winograd_numba
+        xc = np.ascontiguousarray(to_nchw(np.asarray(x), p.layout))
+        y = conv2d_winograd_numba(xc, np.asarray(w), b if p.bias else None, p.pad, p.P, p.Q, m)
+        return from_nchw(y, p.layout)
     alpha = m + 2
     AT, G, BT = matrices(m, dt)
     tP, tQ = -(-p.P // m), -(-p.Q // m)                     # tiles per column / row, rounded up
@@ -186,8 +198,8 @@ def conv2d_winograd(x, w, b, problem: ConvProblem, tile: int = 4) -> np.ndarray:
 
 
 def run(x, w, b, problem: ConvProblem) -> np.ndarray:
-    """The registry's entry: F(4x4, 3x3), the usual choice for 3x3 layers."""
-    return conv2d_winograd(x, w, b, problem, tile=4)
+    """The registry's entry: F(4x4, 3x3), the usual choice for 3x3 layers, numba transforms."""
+    return conv2d_winograd(x, w, b, problem, tile=4, transforms="numba")
 
 
 def run_f2(x, w, b, problem: ConvProblem) -> np.ndarray:
