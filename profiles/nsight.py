@@ -22,7 +22,7 @@ from profiles.explain import KernelRow
 
 OPS = ("lstm", "gru", "conv")
 VARIANTS = ("naive", "fused", "persistent", "cudnn", "direct", "im2col", "implicit_gemm",
-            "winograd")
+            "winograd", "winograd_f2")
 
 
 # -- command lines -----------------------------------------------------------------------------

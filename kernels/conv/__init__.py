@@ -31,17 +31,18 @@ class ConvVariant:
     description: str
     dtypes: tuple = ("fp32", "fp64")
     devices: tuple = ("cpu",)
+    suffix: str = ""                     # the module's accepts<suffix> / run<suffix> entries
 
     def _mod(self):
         return importlib.import_module(f"{__name__}.{self.module}")
 
     def accepts(self, problem: ConvProblem, dtype) -> str | None:
         """None if this variant computes ``problem`` at ``dtype``, else the reason it does not."""
-        return self._mod().accepts(problem, canonical(dtype))
+        return getattr(self._mod(), "accepts" + self.suffix)(problem, canonical(dtype))
 
     def run(self, x, w, b, problem: ConvProblem):
         """``y`` in ``problem.layout`` and the inputs' dtype."""
-        return self._mod().run(x, w, b, problem)
+        return getattr(self._mod(), "run" + self.suffix)(x, w, b, problem)
 
 
 CONV_VARIANTS = {v.name: v for v in (
@@ -54,6 +55,9 @@ CONV_VARIANTS = {v.name: v for v in (
     ConvVariant("winograd", "winograd",
                 "F(4x4,3x3): numba-fused input/output transforms + 36 batched BLAS GEMMs; "
                 "3x3, stride 1, dilation 1, groups 1"),
+    ConvVariant("winograd_f2", "winograd",
+                "F(2x2,3x3): numba-fused transforms + 16 batched BLAS GEMMs (2.25x the multiplies "
+                "of F(4x4), a tenth of its rounding)", suffix="_f2"),
 )}
 
 

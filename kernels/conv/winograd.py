@@ -202,5 +202,10 @@ def run(x, w, b, problem: ConvProblem) -> np.ndarray:
     return conv2d_winograd(x, w, b, problem, tile=4, transforms="numba")
 
 
+def accepts_f2(problem: ConvProblem, dtype) -> str | None:
+    return accepts(problem, dtype, tile=2)
+
+
 def run_f2(x, w, b, problem: ConvProblem) -> np.ndarray:
-    return conv2d_winograd(x, w, b, problem, tile=2)
+    """The ``winograd_f2`` variant: F(2x2, 3x3), numba transforms."""
+    return conv2d_winograd(x, w, b, problem, tile=2, transforms="numba")

@@ -13,7 +13,8 @@ from ..checks import compare
 from ..registry import Check, Prepared, VariantRecord, register
 
 # Where each CPU variant's work happens, shown as the backend of its row.
-BACKEND = {"direct": "numba", "im2col": "numpy", "implicit_gemm": "numba", "winograd": "numba"}
+BACKEND = {"direct": "numba", "im2col": "numpy", "implicit_gemm": "numba", "winograd": "numba",
+           "winograd_f2": "numba"}
 
 # Winograd's transforms amplify rounding: F(4x4,3x3) in fp32 reached 8.5e-6 of the output's
 # magnitude at C=512 (tests/test_conv.py), too close to the 1e-5 fp32 tolerance to be stable.

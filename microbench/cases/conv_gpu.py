@@ -1,9 +1,11 @@
 """conv2d builders on the GPU (CuPy): our CUDA C / cuBLAS variants, checked against the float64
-reference before timing.  Registered as ("conv", variant, "cupy") beside the CPU records.
+reference before timing.  Registered as ("conv", variant, "cupy") beside the CPU records of the
+same name and algorithm (``winograd`` is F(4x4,3x3) and ``winograd_f2`` F(2x2,3x3) on both).
 
 Each builder raises :class:`kernels.errors.Unsupported` with the reason when there is no GPU, no
-CuPy, or the variant does not serve the shape or precision (:func:`kernels.conv.gpu.accepts_gpu`),
-and :class:`kernels.errors.BadInput` when the case cannot fit in the GPU's free memory.
+CuPy, or the variant does not serve the shape or precision (:func:`kernels.conv.gpu.accepts_gpu`;
+every variant serves NCHW and NHWC activations), and :class:`kernels.errors.BadInput` when the
+case cannot fit in the GPU's free memory.
 """
 from __future__ import annotations
 
@@ -26,13 +28,15 @@ ABOUT = {
     "im2col": "column matrix built on the device (strided copy in CuPy), one cuBLAS GEMM per group",
     "implicit_gemm": "CUDA C GEMM tiles (64x64x16, 4x4 per thread; 128x128x8, 8x8, on large "
                      "layers), column-matrix slices gathered into shared memory on the fly",
-    "winograd": "F(2x2,3x3): CUDA C input/output transforms, filter transform and 16 batched "
+    "winograd_f2": "F(2x2,3x3): CUDA C input/output transforms, filter transform and 16 batched "
                 "cuBLAS GEMMs in CuPy; 3x3 stride 1 dilation 1 groups 1",
+    "winograd": "F(4x4,3x3): CUDA C input/output transforms on 6x6 tiles, filter transform "
+                   "and 36 batched cuBLAS GEMMs in CuPy; 3x3 stride 1 dilation 1 groups 1",
 }
 
-# F(2x2,3x3)'s fp32 error is below 1e-5 on the CPU (tests/test_conv.py); the scale stays that of
-# the CPU winograd row so the two rows are judged alike.
-TOL_SCALE = {"winograd": CPU_TOL_SCALE.get("winograd", 1.0)}
+# Judged as the CPU rows of the same name are.
+TOL_SCALE = {"winograd": CPU_TOL_SCALE.get("winograd", 1.0),
+             "winograd_f2": CPU_TOL_SCALE.get("winograd_f2", 1.0)}
 
 
 def build_conv_gpu(problem: ConvProblem, seed: int, *, variant: str, precision: str,
@@ -68,6 +72,6 @@ def build_conv_gpu(problem: ConvProblem, seed: int, *, variant: str, precision: 
                           "workspace_bytes": cg.workspace_bytes(variant, problem, precision)})
 
 
-for _name in ("direct", "im2col", "implicit_gemm", "winograd"):
+for _name in ABOUT:
     register(VariantRecord("conv", _name, BACKEND, functools.partial(build_conv_gpu, variant=_name),
                            ABOUT[_name]))
