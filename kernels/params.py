@@ -67,7 +67,8 @@ class RNNParams:
                 raise BadInput(f"layer {l} is a {type(layer).__name__}; expected kernels.params.Layer")
             width = self.input_size if l == 0 else H
             want = {"w_ih": (G * H, width), "w_hh": (G * H, H), "b_ih": (G * H,), "b_hh": (G * H,)}
-            dtypes = {np.asarray(a).dtype for a in layer.arrays()}
+            # .dtype first: CuPy arrays (kernels.torch on a GPU) refuse np.asarray
+            dtypes = {a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype for a in layer.arrays()}
             if len(dtypes) != 1:
                 raise BadInput(f"layer {l}: weights mix dtypes {sorted(map(str, dtypes))}; use one")
             for name, shape in want.items():

@@ -110,8 +110,10 @@ def table(outcomes: list, console: Console, *, ladder: bool = False, title: str 
     if ok:
         nv = ok[0].record.get("nvtx") or {}
         cost = nv.get("cost_per_range_s")
+        call = ("training step (forward + backward; GFLOP/s from 3x the forward GEMM FLOPs)"
+                if "fwd+bwd" in title else "forward call")
         lines = [f"GFLOP/s counts multiply-adds as 2 FLOPs (GEMM FLOPs only for RNNs); time is per "
-                 f"forward call, median of the samples; vs {baseline} = {baseline} time / this time."]
+                 f"{call}, median of the samples; vs {baseline} = {baseline} time / this time."]
         if peak_gflops:
             lines.append(f"% peak: of {peak_gflops:.0f} GFLOP/s, a 1024^3 GEMM through NumPy's BLAS "
                          "measured on this machine just before.")

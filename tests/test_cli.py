@@ -84,7 +84,7 @@ BAD = [
     (["lstm", "--backend", "torch"], "backend 'torch' is unknown for lstm; allowed: numpy, numba"),
     (["lstm", "--backend", "cupy", "--device", "cpu"], "backend cupy does not run on cpu"),
     (["lstm", "--dtype", "fp8"], "dtype 'fp8' is unknown"),
-    (["lstm", "--dtype", "fp16", "--device", "cpu"], "--dtype fp16: the chosen backends on cpu compute fp32, fp64"),
+    (["lstm", "--dtype", "fp16", "--device", "cpu"], "--dtype fp16: the chosen backends on cpu compute bf16, fp32, fp64"),
     (["lstm", "-H", "0"], "-H=0 is out of range"),
     (["lstm", "-B", "-3"], "-B=-3 is out of range"),
     (["lstm", "-T", "x"], "argument -T: invalid int value: 'x'"),
@@ -110,7 +110,7 @@ BAD = [
     (["lstm", "--cell", "layernorm", "--backend", "cupy", "--device", "cpu"],
      "--cell layernorm runs on cpu backends numpy, numba, not 'cupy'"),
     (["lstm", "--cell", "peephole", "--ladder"], "--cell peephole has one fused arrangement"),
-    (["lstm", "--cell", "layernorm", "--frameworks", "torch"], "the frameworks have no layernorm LSTM path"),
+    (["lstm", "--cell", "peephole", "--frameworks", "torch"], "the frameworks have no peephole LSTM path"),
     (["gru", "--cell", "layernorm"], "unrecognized arguments: --cell"),
     (["lstm", "--persistent", "--device", "cpu"], "variant 'persistent' runs on cuda only; this run is on cpu"),
 ]

@@ -67,3 +67,23 @@ def test_astype_converts_every_array():
     p = GRUParams.random(3, 4, 2).astype(np.float32)
     assert p.dtype == np.float32
     assert all(a.dtype == np.float32 and a.flags.c_contiguous for L in p.layers for a in L.arrays())
+
+
+def test_params_accept_device_arrays_that_refuse_numpy_conversion():
+    """kernels.torch builds parameter containers from CuPy views on a GPU; CuPy refuses
+    np.asarray, so validation must read .shape and .dtype only."""
+    from kernels.custom import LayerNormLSTMParams
+    from kernels.params import Layer
+
+    class DeviceArray:
+        def __init__(self, a):
+            self.shape, self.dtype = a.shape, a.dtype
+
+        def __array__(self, *args, **kwargs):
+            raise TypeError("Implicit conversion to a NumPy array is not allowed")
+
+    p = LayerNormLSTMParams.random(3, 4, 2, seed=1)
+    layers = tuple(Layer(*(DeviceArray(a) for a in l.arrays())) for l in p.layers)
+    extras = tuple({k: DeviceArray(np.asarray(v)) for k, v in e.items()} for e in p.extras)
+    q = LayerNormLSTMParams(3, 4, layers, extras)
+    assert q.num_layers == 2 and q.hidden_size == 4

@@ -7,6 +7,11 @@ The builder starts the framework's worker, sends our canonical weights and input
 Prepared whose ``check`` compares those outputs with the float64 reference and whose ``measure``
 times the layer inside the worker.  A framework that is not installed, or a path that does not
 exist (or does not compute our function), raises Unsupported: a SKIPPED row with the reason.
+
+Two kinds of rows are made per run instead of registered: the layer-norm LSTM rows
+(``--cell layernorm``: :data:`LAYERNORM_PATHS`, fed our LayerNormLSTMParams and checked against
+its float64 reference) and training-step rows (``--backward``: ``torch/fused+bwd``; the worker
+also gets dY, returns y and every gradient, checked by :func:`.backward.check_grads`).
 """
 from __future__ import annotations
 
@@ -15,7 +20,9 @@ import functools
 import os
 from pathlib import Path
 
+import numpy as np
 
+from fusion.cellexpr import LN_EPS
 from kernels import dtypes
 from kernels.errors import BadInput, Unsupported
 
@@ -23,6 +30,7 @@ from ..frameworks import FRAMEWORKS, PATHS, describe, skip_reason
 from ..problems import RNNProblem
 from ..registry import REGISTRY, Prepared, VariantRecord, register
 from ..stats import Measurement
+from .custom import check_custom, make_custom_inputs
 from .rnn import compare, make_inputs, reference_outputs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -52,27 +60,84 @@ def default_python(framework: str) -> str | None:
     return None
 
 
+# The layer-norm LSTM (``--cell layernorm``): no framework ships one, so each row is the cell
+# written in the framework's own ops, as a researcher would (input GEMM and its layer norm over
+# all T*B rows at once, then per step the recurrent GEMM, its layer norm and the pointwise
+# work), loaded with our canonical parameters (kernels.custom.LayerNormLSTMParams).
+# framework -> device -> path -> what it runs ("skip: " + reason where the adapter has none).
+_NO_LN = ("skip: the {fw} adapter has no layer-norm LSTM (it runs the framework's built-in "
+          "LSTM/GRU layers); layer-norm rows: torch, jax")
+LAYERNORM_PATHS = {
+    "torch": {dev: {"eager": "op-by-op layer-norm LSTM in PyTorch eager (F.layer_norm, a Python loop over steps)",
+                    "compile": "the same cell step under torch.compile (Inductor), the step loop in Python"}
+              for dev in ("cpu", "cuda")},
+    "jax": {dev: {"scan": "layer-norm LSTM in jax.numpy, lax.scan over steps, under jax.jit"}
+            for dev in ("cpu", "cuda")},
+    "tensorflow": {dev: {"layernorm": _NO_LN.format(fw="tensorflow")} for dev in ("cpu", "cuda")},
+    "mxnet": {dev: {"layernorm": _NO_LN.format(fw="mxnet")} for dev in ("cpu", "cuda")},
+}
+
+# --backward: the frameworks whose adapter has a training step (forward + backward of
+# sum(y * dY)); the others' rows are skipped with this reason.
+TRAINING_FRAMEWORKS = ("torch", "jax")
+_NO_TRAINING = ("the {fw} adapter times the forward pass only; training-step rows: "
+                + ", ".join(TRAINING_FRAMEWORKS))
+
+
+def path_reason(framework: str, device: str, path: str, op: str, cell: str = "plain",
+                backward: bool = False) -> str | None:
+    """Why a framework row cannot run (the SKIPPED text), or None."""
+    if cell == "layernorm":
+        text = LAYERNORM_PATHS[framework][device][path]
+        if text.startswith("skip: "):
+            return text[len("skip: "):]
+    else:
+        reason = skip_reason(framework, device, path, op)
+        if reason:
+            return reason
+    if backward and framework not in TRAINING_FRAMEWORKS:
+        return _NO_TRAINING.format(fw=framework)
+    return None
+
+
 def build_framework(problem: RNNProblem, seed: int, *, framework: str, path: str, device: str,
                     precision: str, plan=None, threads: int | None = None,
-                    python: str | None = None) -> Prepared:
+                    python: str | None = None, cell: str = "plain", backward: bool = False) -> Prepared:
+    """``cell``: plain or layernorm (LSTM only); ``backward``: time a training step (forward and
+    backward of sum(y * dY)) and check y and every gradient instead of the forward outputs."""
     from ..frameworks.client import Worker
-    from ..frameworks.convert import pack_layers
+    from ..frameworks.convert import pack_extras, pack_layers
+    from . import backward as bwcases
 
     op = getattr(problem, "op", "conv")
-    reason = skip_reason(framework, device, path, op)
+    reason = path_reason(framework, device, path, op, cell, backward) if op != "conv" else \
+        skip_reason(framework, device, path, op)
     if reason:
         raise Unsupported(reason)
     if op == "conv":
         return _build_conv(problem, seed, framework=framework, path=path, device=device,
                            precision=precision, threads=threads, python=python)
-    inp = make_inputs(problem, seed, precision)
+    if cell not in ("plain", "layernorm") or (cell == "layernorm" and op != "lstm"):
+        raise BadInput(f"framework rows exist for plain LSTM/GRU and the layer-norm LSTM, not {cell} {op}")
+    if backward:
+        inp = bwcases.train_inputs(problem, seed, precision, cell)
+    elif cell == "layernorm":
+        inp = make_custom_inputs(problem, seed, precision, cell)
+    else:
+        inp = make_inputs(problem, seed, precision)
     arrays = {"x": inp["x"], "h0": inp["h0"],
               **pack_layers([layer.arrays() for layer in inp["params"].layers])}
     if inp["c0"] is not None:
         arrays["c0"] = inp["c0"]
+    if cell == "layernorm":
+        arrays.update(pack_extras(inp["params"].extras))
+        arrays["ln_eps"] = np.float64(LN_EPS)
+    if backward:
+        arrays["dy"] = inp["dy"]          # its presence asks the adapter for a training step
+    wop = "layernorm" if cell == "layernorm" else op
     worker = Worker(framework, python=python or default_python(framework), threads=threads, device=device)
     try:
-        ans = worker.request({"cmd": "build", "op": problem.op, "path": path, "precision": precision,
+        ans = worker.request({"cmd": "build", "op": wop, "path": path, "precision": precision,
                               "inputs": worker.save("inputs.npz", arrays),
                               "outputs": worker.path("outputs.npz")})
         outputs = worker.load("outputs.npz")
@@ -82,6 +147,10 @@ def build_framework(problem: RNNProblem, seed: int, *, framework: str, path: str
     winfo = ans["info"]
 
     def check():
+        if backward:
+            return bwcases.check_grads(outputs, problem, seed, precision, cell)
+        if cell == "layernorm":
+            return check_custom(outputs, problem, seed, precision, cell)
         return compare(outputs, reference_outputs(problem, seed, precision), precision)
 
     def measure(settings) -> Measurement:
@@ -89,12 +158,19 @@ def build_framework(problem: RNNProblem, seed: int, *, framework: str, path: str
         got = worker.request({"cmd": "measure", "settings": dataclasses.asdict(settings)}, timeout=budget)
         return Measurement(got["samples"], settings.max_noise)
 
-    info = {"framework": framework, "path": path, "runs": describe(framework, device, path, problem.op),
+    runs = LAYERNORM_PATHS[framework][device][path] if cell == "layernorm" else \
+        describe(framework, device, path, problem.op)
+    info = {"framework": framework, "path": path, "runs": runs, "cell": cell,
+            "pass": "forward+backward" if backward else "forward",
             "compile_s": winfo.get("compile_s", winfo.get("first_call_s")),
             "worker": worker.env, **winfo}
-    return Prepared(inputs={}, run=lambda: worker.request({"cmd": "run"}), flops=problem.flops(),
-                    bytes=problem.bytes(dtypes.storage(precision).itemsize), check=check, info=info,
-                    measure=measure, close=worker.close)
+    nbytes = problem.bytes(dtypes.storage(precision).itemsize)
+    if backward:
+        info.update(flops_rule=bwcases.FLOPS_NOTE,
+                    loss="sum(y * dY), dY the same fixed random array our training rows get")
+    return Prepared(inputs={}, run=lambda: worker.request({"cmd": "run"}),
+                    flops=problem.flops() * (3 if backward else 1), bytes=nbytes * (2 if backward else 1),
+                    check=check, info=info, measure=measure, close=worker.close)
 
 
 def _build_conv(problem, seed, *, framework, path, device, precision, threads, python) -> Prepared:
@@ -137,16 +213,45 @@ def records(op: str, device: str, names: list) -> list:
     return sorted((r for r in out if r.framework in names), key=lambda r: names.index(r.framework))
 
 
+def _variant_records(op: str, device: str, chosen: list, cell: str, backward: bool) -> list:
+    """Records of the layer-norm rows and of training rows (path ``+bwd``), built per run: they
+    are not in the registry, whose framework records are the plain forward rows."""
+    suffix = "+bwd" if backward else ""
+    out = []
+    if cell == "layernorm":
+        for fw in chosen:
+            for path, text in LAYERNORM_PATHS[fw][device].items():
+                out.append(VariantRecord(
+                    op, fw, path + suffix,
+                    functools.partial(build_framework, framework=fw, path=path, device=device,
+                                      cell=cell, backward=backward),
+                    text, framework=fw, device_name=device))
+        return out
+    for rec in records(op, device, chosen):
+        out.append(dataclasses.replace(rec, backend=rec.backend + suffix, build=functools.partial(
+            build_framework, framework=rec.framework, path=rec.backend, device=device, backward=True)))
+    return out
+
+
 def framework_cases(op: str, problem, names, device: str, precisions: list, seed: int = 0,
-                    threads: list | None = None, python: dict | None = None) -> list:
+                    threads: list | None = None, python: dict | None = None, *,
+                    cell: str = "plain", backward: bool = False) -> list:
     """Cases for every path of every named framework (``names``: 'all', 'torch,jax' or a list).
 
     ``threads``: thread counts to sweep (None: library defaults); ``python``: {framework:
     interpreter}.  For the ``conv`` command too; an op without framework records raises BadInput.
+    ``cell="layernorm"`` (lstm): the layer-norm rows (:data:`LAYERNORM_PATHS`); ``backward``:
+    training-step rows, labelled ``framework/path+bwd``.
     """
     from ..runner import Case
     chosen = parse_frameworks(names)
-    recs = records(op, device, chosen)
+    if cell != "plain" or backward:
+        if cell not in ("plain", "layernorm") or (cell == "layernorm" and op != "lstm"):
+            raise BadInput(f"--frameworks with --cell {cell}: framework rows exist for the plain "
+                           "and the layernorm LSTM")
+        recs = _variant_records(op, device, chosen, cell, backward)
+    else:
+        recs = records(op, device, chosen)
     if not recs:
         have = sorted({r.op for r in FRAMEWORK_RECORDS})
         raise BadInput(f"--frameworks: no framework case for {op} on {device}; ops with framework "

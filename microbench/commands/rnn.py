@@ -38,10 +38,21 @@ def _add_rnn(sub, op: str, variant_names: list):
         v.add_argument("--cell", choices=("plain", "layernorm", "peephole"), default="plain",
                        help="the LSTM cell: plain (default), layernorm (Ba et al. 2016) or peephole; "
                             "custom cells run the naive and fused variants on the CPU backends")
+    v.add_argument("--backward", action="store_true",
+                   help="time a training step instead of the forward pass: forward + backward of "
+                        "sum(y * dY) for a fixed random dY, gradients for x, h0"
+                        + (", c0" if op == "lstm" else "") + " and every weight. Ours: the fused "
+                        "variant (kernels.backward, numpy backend, CPU)"
+                        + (", plain or --cell layernorm" if op == "lstm" else "")
+                        + "; with --frameworks each framework's training step (torch, jax). "
+                        "y and every gradient are checked against float64; GFLOP/s counts 3x the "
+                        "forward GEMM FLOPs")
     f = p.add_argument_group("frameworks")
     f.add_argument("--frameworks", metavar="LIST",
                    help="also run these frameworks' fused and generic paths, each in its own worker "
-                        "process with the same weights: comma list of torch, tensorflow, jax, mxnet, or all")
+                        "process with the same weights: comma list of torch, tensorflow, jax, mxnet, or all"
+                        + ("; with --cell layernorm their layer-norm LSTMs instead (torch eager and "
+                           "torch.compile, jax lax.scan), with our layer-norm parameters" if op == "lstm" else ""))
     f.add_argument("--python", metavar="FW=PATH", action="append",
                    help="run framework FW's worker under this interpreter, e.g. mxnet=.venv-mxnet/bin/python "
                         "(repeatable; mxnet uses .venv-mxnet when it exists)")
@@ -92,10 +103,11 @@ def plan_cases(args) -> tuple:
     precisions = [dtypes.canonical(d) for d in csv_list(args.dtype)]
     if not precisions:
         raise BadInput(f"--dtype {args.dtype!r} names no precision; allowed: fp64, fp32")
+    backward = getattr(args, "backward", False)
     for p in precisions:
         check_memory(problem.memory_estimate(dtypes.itemsize(p)), f"{op} {problem.label} {p}")
     thread_counts = parse_threads(args.threads)
-    device = resolve_device(args.device, op)
+    device = _backward_device(args.device) if backward else resolve_device(args.device, op)
     backend_names = csv_list(args.backend) if args.backend else None
     if args.ladder and (args.opt or args.variant_flags):
         raise BadInput("--ladder chooses the variants and steps itself; drop --opt and the variant flags")
@@ -105,9 +117,12 @@ def plan_cases(args) -> tuple:
     if python and not fw_names:
         raise BadInput("--python only applies to framework workers; add --frameworks")
     cell = getattr(args, "cell", "plain")
+    if backward:
+        return _backward_cases(args, cell, problem, precisions, thread_counts, device,
+                               variant_names, backend_names, fw_names, python), device
     if cell != "plain":
         return _custom_cell_cases(args, cell, problem, precisions, thread_counts, device,
-                                  variant_names, backend_names, fw_names), device
+                                  variant_names, backend_names, fw_names, python), device
     records = registry.select(op, variant_names, backend_names, device)
     if not records:
         raise BadInput(f"no {op} variant matches on {device}")
@@ -137,18 +152,73 @@ def plan_cases(args) -> tuple:
     return cases, device
 
 
+def _backward_device(requested: str) -> str:
+    """--backward runs kernels.backward with NumPy: the CPU, whatever a GPU offers."""
+    if requested == "cuda":
+        raise BadInput("--backward runs on the CPU only (kernels.backward on the numpy backend), "
+                       "not --device cuda; allowed with --backward: --device cpu, auto")
+    return "cpu"
+
+
+def _backward_cases(args, cell, problem, precisions, thread_counts, device, variant_names,
+                    backend_names, fw_names, python) -> list:
+    """Training-step cases: our fused forward + backward, then the frameworks' training steps."""
+    import functools
+
+    from ..cases import backward as bwcases
+    from ..cases.frameworks import framework_cases
+    from ..problems import check_memory
+    from ..registry import VariantRecord
+    from ..runner import Case
+    from kernels import dtypes
+    if cell not in bwcases.BACKWARD_CELLS:
+        raise BadInput(f"--backward: kernels.backward has no {cell} LSTM; allowed with --backward: "
+                       f"--cell {', '.join(bwcases.BACKWARD_CELLS)}")
+    if args.ladder or args.opt:
+        raise BadInput("--backward times one arrangement (the fused one); drop --ladder and --opt")
+    for v in variant_names or ():
+        if v != "fused":
+            raise BadInput(f"--backward: only the fused variant has a backward pass, not {v!r}; "
+                           "allowed: --fused (or --all)")
+    for b in backend_names or ():
+        if b not in bwcases.BACKWARD_BACKENDS:
+            raise BadInput(f"--backward runs on backend {', '.join(bwcases.BACKWARD_BACKENDS)} "
+                           f"(kernels.backward), not {b!r}")
+    for p in precisions:
+        if p not in bwcases.BACKWARD_PRECISIONS:
+            raise BadInput(f"--backward computes {', '.join(bwcases.BACKWARD_PRECISIONS)}, not {p}")
+        check_memory(bwcases.memory_estimate(problem, dtypes.itemsize(p)),
+                     f"{problem.op} {problem.label} {p} forward+backward")
+    name = "fused+bwd" if cell == "plain" else f"{cell}-fused+bwd"
+    cases = []
+    for threads in thread_counts:
+        for p in precisions:
+            for b in bwcases.BACKWARD_BACKENDS:
+                rec = VariantRecord(problem.op, name, b,
+                                    functools.partial(bwcases.build_backward, cell=cell, backend=b),
+                                    "fused forward + backward (kernels.backward)")
+                cases.append(Case(rec, problem, p, args.seed, None, threads))
+    if fw_names:
+        cases += framework_cases(problem.op, problem, fw_names, device, precisions, args.seed,
+                                 thread_counts, python, cell=cell, backward=True)
+    return cases
+
+
 def _custom_cell_cases(args, cell, problem, precisions, thread_counts, device, variant_names,
-                       backend_names, fw_names) -> list:
-    """Cases of a custom LSTM cell (kernels.custom): naive and fused on the device's backends."""
+                       backend_names, fw_names, python=None) -> list:
+    """Cases of a custom LSTM cell (kernels.custom): naive and fused on the device's backends,
+    then (layer norm) the frameworks' layer-norm LSTMs."""
     import functools
 
     from ..cases.custom import build_custom
+    from ..cases.frameworks import framework_cases
     from ..registry import VariantRecord
     from ..runner import Case
     if args.ladder or args.opt:
         raise BadInput(f"--cell {cell} has one fused arrangement; drop --ladder and --opt")
-    if fw_names:
-        raise BadInput(f"--cell {cell}: the frameworks have no {cell} LSTM path to compare; drop --frameworks")
+    if fw_names and cell != "layernorm":
+        raise BadInput(f"--cell {cell}: the frameworks have no {cell} LSTM path to compare "
+                       "(framework rows exist for --cell plain and layernorm); drop --frameworks")
     from kernels.custom import CPU_BACKENDS, GPU_BACKENDS
     allowed_v = ("naive", "fused")
     allowed_b = CPU_BACKENDS if device == "cpu" else GPU_BACKENDS
@@ -171,6 +241,9 @@ def _custom_cell_cases(args, cell, problem, precisions, thread_counts, device, v
                                         functools.partial(build_custom, cell=cell, variant=v, backend=b),
                                         f"{cell} LSTM, {v}")
                     cases.append(Case(rec, problem, p, args.seed, None, threads))
+    if fw_names:
+        cases += framework_cases("lstm", problem, fw_names, device, precisions, args.seed,
+                                 thread_counts, python, cell=cell)
     return cases
 
 
@@ -187,8 +260,13 @@ def cmd_rnn(args) -> int:
     cases, device = plan_cases(args)
     outcomes, out, err = run_cases(cases, settings, args)
     cell = getattr(args, "cell", "plain")
-    report.table(outcomes, out, ladder=args.ladder, title=args.op if cell == "plain" else f"{args.op} [{cell}]",
-                 baseline="naive" if cell == "plain" else f"{cell}-naive")
+    # escaped: the table title is rich markup, where "[layernorm]" would read as a style tag
+    title = args.op if cell == "plain" else f"{args.op} \\[{cell}]"
+    baseline = "naive" if cell == "plain" else f"{cell}-naive"
+    if getattr(args, "backward", False):
+        title += " fwd+bwd"
+        baseline = "fused+bwd" if cell == "plain" else f"{cell}-fused+bwd"
+    report.table(outcomes, out, ladder=args.ladder, title=title, baseline=baseline)
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         err.print(f"[red]{len(failed)} case(s) FAILED[/]; see the table" + (f" and {args.json}" if args.json else ""))

@@ -59,6 +59,37 @@ def unpack_layers(d) -> list:
     return layers
 
 
+# -- the layer-norm LSTM's extra parameters, and what a training step returns ---------------------
+
+# Per layer, as kernels.custom.LayerNormLSTMParams declares them (tested equal): gains and biases
+# of the layer norms over x W_ih^T (4, H), over h W_hh^T (4, H) and over c (H,).  Spelled out here
+# because workers do not import ``kernels``.
+LAYERNORM_EXTRAS = ("lnx_g", "lnx_b", "lnh_g", "lnh_b", "lnc_g", "lnc_b")
+
+
+def pack_extras(extras) -> dict:
+    """``[{"lnx_g": ..., ...}, ...]`` (one dict per layer) -> ``{"lnx_g0": ..., ...}``."""
+    return {f"{name}{l}": np.ascontiguousarray(e[name]) for l, e in enumerate(extras) for name in LAYERNORM_EXTRAS}
+
+
+def unpack_extras(d) -> list:
+    """Inverse of :func:`pack_extras` (as many layers as :func:`unpack_layers` finds)."""
+    out, l = [], 0
+    while f"lnx_g{l}" in d:
+        out.append({name: np.asarray(d[f"{name}{l}"]) for name in LAYERNORM_EXTRAS})
+        l += 1
+    return out
+
+
+def grad_names(op: str, num_layers: int) -> list:
+    """Order of the arrays a training step returns (worker -> parent): the forward output ``y``,
+    then the gradients of ``sum(y * dy)`` with respect to ``x``, ``h0``, ``c0`` (not for a GRU) and,
+    per layer, ``w_ih, w_hh, b_ih, b_hh`` (and the layer-norm extras for op ``layernorm``)."""
+    names = ["y", "dx", "dh0"] + (["dc0"] if op != "gru" else [])
+    per = ("w_ih", "w_hh", "b_ih", "b_hh") + (LAYERNORM_EXTRAS if op == "layernorm" else ())
+    return names + [f"d{n}{l}" for l in range(num_layers) for n in per]
+
+
 # -- PyTorch and MXNet: our layout, gate order included ------------------------------------------
 
 def to_torch(layer, cell: str) -> dict:
@@ -147,6 +178,22 @@ def from_flax(p: dict, cell: str) -> tuple:
     else:
         b_ih = np.concatenate([np.asarray(p[f"i{g}"]["bias"]) for g in gates])
         b_hh = np.concatenate([zero, zero, np.asarray(p["hn"]["bias"])])
+    return w_ih, w_hh, b_ih, b_hh
+
+
+def grads_from_flax(g: dict, cell: str) -> tuple:
+    """Gradients with respect to the params of :func:`to_flax`, back in our layout.
+
+    A bias :func:`to_flax` summed from ``b_ih`` and ``b_hh`` has one gradient, which is the
+    gradient of each of the two (d(a + b)/da = d(a + b)/db); ``b_hn`` kept apart has its own."""
+    gates = GATES[cell]
+    w_ih = np.concatenate([np.asarray(g[f"i{k}"]["kernel"]).T for k in gates])
+    w_hh = np.concatenate([np.asarray(g[f"h{k}"]["kernel"]).T for k in gates])
+    if cell == "lstm":
+        db = np.concatenate([np.asarray(g[f"h{k}"]["bias"]) for k in gates])
+        return w_ih, w_hh, db, db.copy()
+    b_ih = np.concatenate([np.asarray(g[f"i{k}"]["bias"]) for k in gates])
+    b_hh = np.concatenate([np.asarray(g["ir"]["bias"]), np.asarray(g["iz"]["bias"]), np.asarray(g["hn"]["bias"])])
     return w_ih, w_hh, b_ih, b_hh
 
 

@@ -1,4 +1,6 @@
-"""JAX: Flax ``nn.RNN`` over a cell (``lax.scan``) under ``jax.jit``; ``jax.experimental.rnn`` on GPU.
+"""JAX: Flax ``nn.RNN`` over a cell (``lax.scan``) under ``jax.jit``; ``jax.experimental.rnn`` on GPU;
+the layer-norm LSTM in ``jax.numpy`` (``lax.scan``).  The scan paths also have a training step
+(``jax.vjp`` under the same jit) when the parent sends an upstream gradient ``dy``.
 
 XLA:CPU has no fused RNN kernel and ``jax.experimental.rnn.lstm`` lowers to cuDNN only (on a CPU
 it fails for want of the GPU plugin), so on a CPU the scan is the only path JAX has.  XLA:CPU
@@ -14,7 +16,8 @@ import time
 import numpy as np
 
 from .common import Built, Unsupported, dims
-from .convert import to_cudnn_packed, to_flax, unpack_layers
+from .convert import (LAYERNORM_EXTRAS, grads_from_flax, to_cudnn_packed, to_flax, unpack_extras,
+                      unpack_layers)
 
 _jax = None
 _affinity = None
@@ -47,6 +50,9 @@ def setup(threads, device) -> dict:
 
 
 def build(op, path, device, precision, arrays) -> Built:
+    """``op``: lstm, gru or layernorm (the layer-norm LSTM, path scan).  With ``dy`` among the
+    arrays the row is a training step: ``jax.vjp`` of the forward with cotangent ``dy`` for y,
+    both under one jit."""
     jax = _jax
     import jax.numpy as jnp
     T, B, I, H, L = dims(arrays)
@@ -62,12 +68,29 @@ def build(op, path, device, precision, arrays) -> Built:
     put = lambda a: jax.device_put(jnp.asarray(np.asarray(a), dtype=dt), dev)  # noqa: E731
     layers = unpack_layers(arrays)
     x, h0 = put(arrays["x"]), put(arrays["h0"])
-    c0 = put(arrays["c0"]) if op == "lstm" else None
+    c0 = put(arrays["c0"]) if op != "gru" else None
+    train = "dy" in arrays
     info = {"precision_switches": {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision},
-            "mode": "jax.jit, compiled ahead (lower().compile()), no grad transform",
+            "mode": "jax.jit, compiled ahead (lower().compile()), " + (
+                "jax.vjp of y with cotangent dy (forward + backward in one program)" if train
+                else "no grad transform"),
             "affinity": _affinity}
+    to_canonical = None      # weight gradients -> our layout (training rows)
 
-    if path in ("generic", "nocudnn"):
+    if op == "layernorm":
+        if path != "scan":
+            raise Unsupported(f"jax has no layer-norm LSTM path {path!r}; path: scan")
+        extras = unpack_extras(arrays)
+        params = [{k: put(v) for k, v in zip(("w_ih", "w_hh", "b_ih", "b_hh"), layer)} |
+                  {k: put(v) for k, v in extras[l].items()} for l, layer in enumerate(layers)]
+        fwd = _layernorm_fn(L, float(arrays["ln_eps"]))
+        args = (params, x, h0, c0)
+        time_major = True
+        info["kernel"] = ("lax.scan over steps: recurrent GEMM + XLA-fused layer norms and pointwise "
+                          "per step; input GEMM and its layer norm once for all steps")
+        names = ("w_ih", "w_hh", "b_ih", "b_hh") + LAYERNORM_EXTRAS
+        to_canonical = lambda g: [d[k] for d in g for k in names]  # noqa: E731
+    elif path in ("generic", "nocudnn"):
         import flax.linen as nn
         cell = (nn.OptimizedLSTMCell(H, dtype=dt, param_dtype=dt) if op == "lstm"
                 else nn.GRUCell(H, dtype=dt, param_dtype=dt))
@@ -88,7 +111,10 @@ def build(op, path, device, precision, arrays) -> Built:
         args = (params, x, h0, c0)
         time_major = True
         info["kernel"] = f"lax.scan over flax {type(cell).__name__}: GEMMs + fused elementwise per step"
+        to_canonical = lambda g: [a for d in g for a in grads_from_flax(d["params"]["cell"], op)]  # noqa: E731
     elif path == "cudnn" and device == "cuda":
+        if train:
+            raise Unsupported("the jax cudnn row times the forward pass only (jax.experimental.rnn)")
         if op != "lstm":
             raise Unsupported("jax.experimental.rnn offers LSTM only")
         from jax.experimental import rnn as jrnn
@@ -107,6 +133,8 @@ def build(op, path, device, precision, arrays) -> Built:
     else:
         raise Unsupported(f"jax has no path {path!r} on {device}")
 
+    if train:
+        return _training(fwd, args, put(arrays["dy"]), to_canonical, op, info)
     t0 = time.perf_counter()
     compiled = jax.jit(fwd).lower(*args).compile()
     info["compile_s"] = time.perf_counter() - t0
@@ -122,6 +150,65 @@ def build(op, path, device, precision, arrays) -> Built:
         return tuple(out)
 
     return Built(run, outputs, info)
+
+
+def _training(fwd, args, dy, to_canonical, op, info) -> Built:
+    """One jitted program: y and the gradients of sum(y * dy) with respect to the weights,
+    x, h0 (and c0); outputs in convert.grad_names order."""
+    jax = _jax
+    params, x, h0, c0 = args
+    lstm = op != "gru"
+
+    def step(params, x, h0, c0, dy):
+        primals = (params, x, h0, c0) if lstm else (params, x, h0)
+        y, vjp = jax.vjp(lambda *p: fwd(*p, *((None,) if not lstm else ()))[0], *primals)
+        return (y, *vjp(dy))
+
+    t0 = time.perf_counter()
+    compiled = jax.jit(step).lower(params, x, h0, c0, dy).compile()
+    info["compile_s"] = time.perf_counter() - t0
+    last = {}
+
+    def run():
+        last["out"] = jax.block_until_ready(compiled(params, x, h0, c0, dy))
+
+    def outputs():
+        y, g_params, *g_states = last["out"]
+        return tuple(np.asarray(a, dtype=np.float64) for a in (y, *g_states, *to_canonical(g_params)))
+
+    return Built(run, outputs, info)
+
+
+def _layernorm_fn(L: int, eps: float):
+    """fwd(params, x, h0, c0) -> (y, h_n, c_n) of the layer-norm LSTM in jax.numpy."""
+    import jax.numpy as jnp
+    lax = _jax.lax
+
+    def ln(a, g, b):
+        mu = a.mean(axis=-1, keepdims=True)
+        d = a - mu
+        return d * lax.rsqrt((d * d).mean(axis=-1, keepdims=True) + eps) * g + b
+
+    def fwd(params, x, h0, c0):
+        T, B, _ = x.shape
+        seq, hs, cs = x, [], []
+        for l in range(L):
+            w = params[l]
+            ax = ln(seq.reshape(T * B, -1) @ w["w_ih"].T, w["lnx_g"].reshape(-1), w["lnx_b"].reshape(-1))
+            ax = (ax + w["b_ih"] + w["b_hh"]).reshape(T, B, -1)     # biases after the norm
+
+            def step(carry, ax_t, w=w):
+                h, c = carry
+                ah = ln(h @ w["w_hh"].T, w["lnh_g"].reshape(-1), w["lnh_b"].reshape(-1))
+                i, f, g, o = jnp.split(ax_t + ah, 4, axis=-1)
+                c = _jax.nn.sigmoid(f) * c + _jax.nn.sigmoid(i) * jnp.tanh(g)
+                h = _jax.nn.sigmoid(o) * jnp.tanh(ln(c, w["lnc_g"], w["lnc_b"]))
+                return (h, c), h
+            (h, c), seq = lax.scan(step, (h0[l], c0[l]), ax)
+            hs.append(h)
+            cs.append(c)
+        return seq, jnp.stack(hs), jnp.stack(cs)
+    return fwd
 
 
 def build_conv(path, device, precision, arrays, geom) -> Built:

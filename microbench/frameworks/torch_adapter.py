@@ -1,10 +1,14 @@
-"""PyTorch: nn.LSTM/nn.GRU (ATen's fused RNN: oneDNN on a CPU, cuDNN on a GPU) and a cell loop."""
+"""PyTorch: nn.LSTM/nn.GRU (ATen's fused RNN: oneDNN on a CPU, cuDNN on a GPU) and a cell loop;
+the layer-norm LSTM in PyTorch ops, eager and under torch.compile.  Every path also has a training
+step (forward and backward through autograd) when the parent sends an upstream gradient ``dy``."""
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
 from .common import Built, Unsupported, dims
-from .convert import to_torch, unpack_layers
+from .convert import LAYERNORM_EXTRAS, to_torch, unpack_extras, unpack_layers
 
 _torch = None
 
@@ -52,6 +56,8 @@ def _dtype(precision, device):
 
 
 def build(op, path, device, precision, arrays) -> Built:
+    """``op``: lstm, gru or layernorm (the layer-norm LSTM, paths eager and compile).  With ``dy``
+    among the arrays the row is a training step: forward and backward of ``sum(y * dy)``."""
     torch, nn = _torch, _torch.nn
     T, B, I, H, L = dims(arrays)
     dt = _dtype(precision, device)
@@ -59,36 +65,42 @@ def build(op, path, device, precision, arrays) -> Built:
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev, dt)  # noqa: E731
     layers = unpack_layers(arrays)
     x, h0 = t(arrays["x"]), t(arrays["h0"])
-    c0 = t(arrays["c0"]) if op == "lstm" else None
+    c0 = t(arrays["c0"]) if op != "gru" else None
+    train = "dy" in arrays
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     info = {"precision_switches": {"float32_matmul_precision": torch.get_float32_matmul_precision(),
                                    "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
                                    "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32},
-            "mode": "torch.inference_mode, eval(), grad disabled"}
+            "mode": ("training step: train(), autograd.grad of sum(y * dy) w.r.t. x, h0, c0 and every weight"
+                     if train else "torch.inference_mode, eval(), grad disabled")}
+    if op == "layernorm":
+        return _build_layernorm(path, device, dt, arrays, layers, (x, h0, c0), info, sync)
 
     if path in ("fused", "cudnn"):
-        mod = (nn.LSTM if op == "lstm" else nn.GRU)(I, H, num_layers=L).to(dev, dt).eval()
+        mod = (nn.LSTM if op == "lstm" else nn.GRU)(I, H, num_layers=L).to(dev, dt).train(train)
         for l, layer in enumerate(layers):
             for name, a in to_torch(layer, op).items():
                 getattr(mod, f"{name}_l{l}").copy_(t(a))
-        state = (h0, c0) if op == "lstm" else h0
+        weights = [getattr(mod, f"{name}_l{l}") for l in range(L) for name in _CANON]
 
-        def fwd():
-            with torch.inference_mode():
-                return mod(x, state)
+        def net(x, h0, c0=None):
+            return mod(x, (h0, c0) if op == "lstm" else h0)
         info["kernel"] = ("cuDNN RNN" if device == "cuda" else
                           "oneDNN (mkldnn_rnn)" if dt == torch.float32 and info_mkldnn() else "ATen native")
+        if train:
+            info["kernel"] += ", forward and backward"
     elif path in ("generic", "nocudnn"):
         Cell = nn.LSTMCell if op == "lstm" else nn.GRUCell
         cells = []
         for l, layer in enumerate(layers):
-            cell = Cell(I if l == 0 else H, H).to(dev, dt).eval()
+            cell = Cell(I if l == 0 else H, H).to(dev, dt).train(train)
             for name, a in to_torch(layer, op).items():
                 getattr(cell, name).copy_(t(a))
             cells.append(cell)
+        weights = [getattr(cell, name) for cell in cells for name in _CANON]
 
-        def fwd():
-            with torch.inference_mode(), torch.backends.cudnn.flags(enabled=False):
+        def net(x, h0, c0=None):
+            with torch.backends.cudnn.flags(enabled=False):
                 seq, hs, cs = x, [], []
                 for l, cell in enumerate(cells):
                     h = h0[l]
@@ -104,14 +116,21 @@ def build(op, path, device, precision, arrays) -> Built:
                     hs.append(h)
                     cs.append(c)
                 return (seq, (torch.stack(hs), torch.stack(cs))) if op == "lstm" else (seq, torch.stack(hs))
-        info["kernel"] = "per step: cell GEMMs + pointwise ops (ATen), Python loop"
+        info["kernel"] = "per step: cell GEMMs + pointwise ops (ATen), Python loop" + (
+            "; autograd replays it backwards" if train else "")
     else:
         raise Unsupported(f"torch has no path {path!r} on {device}")
+
+    inputs = (x, h0, c0) if op == "lstm" else (x, h0)
+    if train:
+        run, outputs = _training(lambda *a: net(*a)[0], inputs, weights, t(arrays["dy"]), sync)
+        return Built(run, outputs, info)
 
     last = {}
 
     def run():
-        last["out"] = fwd()
+        with torch.inference_mode():
+            last["out"] = net(*inputs)
         sync()
 
     def outputs():
@@ -119,6 +138,123 @@ def build(op, path, device, precision, arrays) -> Built:
         parts = (y, *st) if op == "lstm" else (y, st)
         return tuple(p.detach().to("cpu", torch.float64).numpy() for p in parts)
 
+    return Built(run, outputs, info)
+
+
+_CANON = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def _training(forward, inputs, weights, dy, sync):
+    """(run, outputs) of a training step: ``y = forward(*inputs)``, then the gradients of
+    ``sum(y * dy)`` with respect to the inputs and the weights (autograd.grad: nothing
+    accumulates between calls, no optimizer step).  outputs: y, then the gradients in order."""
+    torch = _torch
+    leaves = [a.detach().clone().requires_grad_(True) for a in inputs]
+    for w in weights:
+        w.requires_grad_(True)
+    last = {}
+
+    def run():
+        with torch.enable_grad():
+            y = forward(*leaves)
+            grads = torch.autograd.grad(y, leaves + list(weights), grad_outputs=dy)
+        last["out"] = (y.detach(), *grads)
+        sync()
+
+    def outputs():
+        return tuple(a.detach().to("cpu", torch.float64).numpy() for a in last["out"])
+
+    return run, outputs
+
+
+def _layernorm_fns(eps: float):
+    """The layer-norm LSTM in PyTorch ops: the input part for all steps at once, and one step.
+
+    Biases come after the input layer norm (as kernels.custom defines the cell), so they are
+    added to its output rather than folded into the GEMM."""
+    torch = _torch
+    F = torch.nn.functional
+
+    def inputs(seq, w_ih, g, b, bias):
+        T, B, _ = seq.shape
+        a = seq.reshape(T * B, -1) @ w_ih.T                      # one GEMM, M = T*B
+        return (F.layer_norm(a, (a.shape[1],), g, b, eps) + bias).reshape(T, B, -1)
+
+    def step(ax, h, c, w_hh, g, b, cg, cb):
+        H = h.shape[1]
+        ah = F.layer_norm(h @ w_hh.T, (4 * H,), g, b, eps)
+        i, f, gg, o = (ax + ah).chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(gg)
+        h = torch.sigmoid(o) * torch.tanh(F.layer_norm(c, (H,), cg, cb, eps))
+        return h, c
+    return inputs, step
+
+
+def _build_layernorm(path, device, dt, arrays, layers, state, info, sync) -> Built:
+    """Our layer-norm LSTM, op by op: ``eager``, or ``compile`` (the same two functions under
+    torch.compile; the step loop stays in Python, so one small graph compiles, not T of them)."""
+    torch = _torch
+    dev = torch.device(device)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev, dt)  # noqa: E731
+    x, h0, c0 = state
+    T = x.shape[0]
+    train = "dy" in arrays
+    extras = unpack_extras(arrays)
+    # canonical order per layer: w_ih, w_hh, b_ih, b_hh, then the layer-norm extras
+    weights = [t(a) for l, layer in enumerate(layers)
+               for a in (*layer, *(extras[l][n] for n in LAYERNORM_EXTRAS))]
+    per = 4 + len(LAYERNORM_EXTRAS)
+    inputs_fn, step_fn = _layernorm_fns(float(arrays["ln_eps"]))
+    if path == "compile":
+        inputs_fn = torch.compile(inputs_fn, dynamic=False, fullgraph=True)
+        step_fn = torch.compile(step_fn, dynamic=False, fullgraph=True)
+        info["kernel"] = ("per step: the recurrent GEMM and Inductor-generated kernels for the layer "
+                          "norms and pointwise work (torch.compile, fullgraph), Python step loop")
+    elif path == "eager":
+        info["kernel"] = "per step: the recurrent GEMM, 2 F.layer_norm and ~10 ATen pointwise ops, Python loop"
+    else:
+        raise Unsupported(f"torch has no layer-norm LSTM path {path!r}; paths: eager, compile")
+
+    def net(x, h0, c0, *ws):
+        seq, hs, cs = x, [], []
+        for l in range(len(layers)):
+            w_ih, w_hh, b_ih, b_hh, lnx_g, lnx_b, lnh_g, lnh_b, lnc_g, lnc_b = ws[l * per:(l + 1) * per]
+            ax = inputs_fn(seq, w_ih, lnx_g.reshape(-1), lnx_b.reshape(-1), b_ih + b_hh)
+            g, b = lnh_g.reshape(-1), lnh_b.reshape(-1)
+            h, c, ys = h0[l], c0[l], []
+            for step in range(T):
+                h, c = step_fn(ax[step], h, c, w_hh, g, b, lnc_g, lnc_b)
+                ys.append(h)
+            seq = torch.stack(ys)
+            hs.append(h)
+            cs.append(c)
+        return seq, torch.stack(hs), torch.stack(cs)
+
+    if train:
+        run, outputs = _training(lambda *a: net(*a, *weights)[0], (x, h0, c0), weights,
+                                 t(arrays["dy"]), sync)
+    else:
+        last = {}
+
+        def run():
+            with torch.no_grad():
+                last["out"] = net(x, h0, c0, *weights)
+            sync()
+
+        def outputs():
+            return tuple(p.to("cpu", torch.float64).numpy() for p in last["out"])
+        info["mode"] = "torch.no_grad"
+
+    if path == "compile":
+        # Compilation happens on the first call; where it cannot (no C++ compiler, an
+        # unsupported op), the row is skipped with the reason instead of failing the run.
+        t0 = time.perf_counter()
+        try:
+            run()
+        except Exception as e:  # noqa: BLE001
+            msg = (str(e).strip().splitlines() or [""])[0][:300]
+            raise Unsupported(f"torch.compile failed here ({type(e).__name__}: {msg})") from None
+        info["compile_s"] = time.perf_counter() - t0
     return Built(run, outputs, info)
 
 

@@ -1,0 +1,299 @@
+"""``--backward`` and the framework layer-norm rows: our training-step cases, the gradient check
+(it must fail on a wrong gradient), the frameworks' layer-norm LSTMs and training steps against
+the float64 references, and the CLI (rows, JSON records, bad input)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kernels.custom import LayerNormLSTMParams
+from kernels.errors import Unsupported
+from kernels.params import GRUParams, LSTMParams
+from microbench import cli
+from microbench.cases import backward as bwc
+from microbench.cases import frameworks as fcases
+from microbench.frameworks import convert
+from microbench.harness import Settings
+from microbench.problems import RNNProblem
+
+TINY = ["-T", "3", "-B", "2", "-H", "8", "--warmup", "0", "--min-time", "0", "--min-samples", "2",
+        "--max-time", "0.2"]
+CELLS = [("lstm", "plain"), ("gru", "plain"), ("lstm", "layernorm")]
+IDS = ["lstm", "gru", "layernorm"]
+
+
+def _problem(op, T=4, B=3, I=5, H=6, L=2):
+    return RNNProblem(op, T, B, I, H, L)
+
+
+# -- our training-step cases -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("precision", ["fp32", "fp64"])
+@pytest.mark.parametrize("op,cell", CELLS, ids=IDS)
+def test_backward_case_passes_its_check(op, cell, precision):
+    problem = _problem(op)
+    prepared = bwc.build_backward(problem, 0, cell=cell, backend="numpy", precision=precision)
+    check = prepared.check()
+    assert check.passed, check.detail
+    assert prepared.flops == 3 * problem.flops()
+    assert prepared.info["pass"] == "forward+backward"
+    y, g = prepared.run()
+    names = convert.grad_names(bwc.grad_op(problem, cell), problem.L)
+    assert len(bwc.flatten_grads(bwc.grad_op(problem, cell), y, g)) == len(names)
+
+
+@pytest.mark.parametrize("op,cell", CELLS, ids=IDS)
+def test_a_wrong_gradient_fails_the_check(op, cell):
+    problem = _problem(op)
+    prepared = bwc.build_backward(problem, 0, cell=cell, backend="numpy", precision="fp32")
+    gop = bwc.grad_op(problem, cell)
+    good = bwc.flatten_grads(gop, *prepared.run())
+    names = convert.grad_names(gop, problem.L)
+    assert bwc.check_grads(good, problem, 0, "fp32", cell).passed
+    for name in ("dx", "dh0", "dw_hh1", "db_ih0") + (("dlnh_g0", "dlnc_b1") if cell == "layernorm" else ()):
+        k = names.index(name)
+        bad = list(good)
+        bad[k] = bad[k] * 1.001                 # 0.1 % off: far beyond fp32 rounding
+        check = bwc.check_grads(bad, problem, 0, "fp32", cell)
+        assert not check.passed and check.detail.startswith(name), (name, check)
+    # a transposed gate block (the bug a constant dY would hide)
+    k = names.index("dw_ih0")
+    H = problem.H
+    swapped = good[k].copy()
+    swapped[:H], swapped[H:2 * H] = good[k][H:2 * H], good[k][:H]
+    assert not bwc.check_grads([*good[:k], swapped, *good[k + 1:]], problem, 0, "fp32", cell).passed
+    nan = list(good)
+    nan[1] = good[1].copy()
+    nan[1].flat[0] = np.nan
+    assert "NaN" in bwc.check_grads(nan, problem, 0, "fp32", cell).detail
+    assert not bwc.check_grads(good[:-1], problem, 0, "fp32", cell).passed
+
+
+def test_upstream_gradient_is_fresh_random_and_seeded():
+    p = _problem("lstm")
+    dy = bwc.upstream_grad(p, 0, "fp32")
+    assert dy.shape == (p.T, p.B, p.H) and dy.dtype == np.float32
+    assert np.std(dy) > 0.5 and not np.allclose(dy, dy.flat[0])
+    np.testing.assert_array_equal(dy, bwc.upstream_grad(p, 0, "fp32"))
+    assert not np.array_equal(dy, bwc.upstream_grad(p, 1, "fp32"))
+
+
+def test_tolerance_is_the_precision_one_where_well_conditioned():
+    names, ref, tols = bwc.reference_grads(RNNProblem("lstm", 10, 8, 64, 64, 1), 0, "fp32", "plain")
+    assert names[:4] == ("y", "dx", "dh0", "dc0") and len(ref) == len(tols) == len(names)
+    assert all(t == 1e-5 for t in tols)
+    _, _, tols = bwc.reference_grads(_problem("lstm"), 0, "fp32", "layernorm")
+    assert all(t >= 1e-5 for t in tols)
+
+
+def test_chaotic_layernorm_sizes_pass_with_measured_tolerance_and_wrong_results_still_fail():
+    """At T=100 the seeded layer-norm LSTM amplifies one fp32 rounding ~1e3-fold: correct fp32
+    rows are off by more than 1e-5 and must pass; a result 1 % off must still fail."""
+    from microbench.cases import custom as ccases
+    problem = RNNProblem("lstm", 100, 4, 64, 64, 1)
+    fwd = ccases.build_custom(problem, 0, cell="layernorm", variant="fused", backend="numpy", precision="fp32")
+    check = fwd.check()
+    assert check.passed and check.max_rel_err > 1e-5 and check.tol > 1e-5, check
+    y, (h, c) = fwd.run()
+    assert not ccases.check_custom([y * 1.01, h, c], problem, 0, "fp32", "layernorm").passed
+    train = bwc.build_backward(problem, 0, cell="layernorm", backend="numpy", precision="fp32")
+    check = train.check()
+    assert check.passed and check.tol > 1e-5, check
+    good = bwc.flatten_grads("layernorm", *train.run())
+    assert not bwc.check_grads([good[0], good[1] * 1.01, *good[2:]], problem, 0, "fp32", "layernorm").passed
+
+
+# -- conversions (NumPy only) ----------------------------------------------------------------------
+
+def test_layernorm_extra_names_match_the_cell_declaration():
+    assert convert.LAYERNORM_EXTRAS == tuple(p for p, _ in LayerNormLSTMParams.expr.params)
+    p = LayerNormLSTMParams.random(3, 4, 2, seed=0)
+    back = convert.unpack_extras(convert.pack_extras(p.extras))
+    for got, want in zip(back, p.extras):
+        assert set(got) == set(want)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_grads_from_flax_is_the_adjoint_of_to_flax(cell):
+    """to_flax is linear in the canonical weights, so for any flax-shaped G and canonical V,
+    <G, to_flax(V)> = <grads_from_flax(G), V> (the chain rule the jax rows rely on)."""
+    params = {"lstm": LSTMParams, "gru": GRUParams}[cell]
+    rng = np.random.default_rng(0)
+    V = params.random(5, 4, 1, seed=1).layers[0].arrays()
+    G = {k: {n: rng.standard_normal(np.shape(a)) for n, a in d.items()}
+         for k, d in convert.to_flax(V, cell).items()}
+    fv = convert.to_flax(V, cell)
+    lhs = sum(float(np.sum(G[k][n] * np.asarray(fv[k][n]))) for k in G for n in G[k])
+    rhs = sum(float(np.sum(g * v)) for g, v in zip(convert.grads_from_flax(G, cell), V))
+    assert abs(lhs - rhs) < 1e-10 * max(1.0, abs(lhs))
+
+
+def test_grad_names():
+    assert convert.grad_names("gru", 1) == ["y", "dx", "dh0", "dw_ih0", "dw_hh0", "db_ih0", "db_hh0"]
+    names = convert.grad_names("layernorm", 2)
+    assert names[:4] == ["y", "dx", "dh0", "dc0"] and len(names) == 4 + 2 * 10 and names[-1] == "dlnc_b1"
+
+
+# -- framework rows without a worker: skips and their reasons --------------------------------------
+
+@pytest.mark.parametrize("fw", ["tensorflow", "mxnet"])
+def test_frameworks_without_the_path_are_skipped_rows(fw):
+    p = _problem("lstm")
+    with pytest.raises(Unsupported, match="no layer-norm LSTM"):
+        fcases.build_framework(p, 0, framework=fw, path="layernorm", device="cpu", precision="fp32",
+                               cell="layernorm")
+    with pytest.raises(Unsupported, match="forward pass only"):
+        fcases.build_framework(p, 0, framework=fw, path="generic", device="cpu", precision="fp32",
+                               backward=True)
+
+
+def test_framework_case_labels():
+    p = _problem("lstm")
+    labels = [c.label for c in fcases.framework_cases("lstm", p, "all", "cpu", ["fp32"], cell="layernorm")]
+    assert labels == ["torch/eager", "torch/compile", "tensorflow/layernorm", "jax/scan", "mxnet/layernorm"]
+    labels = [c.label for c in fcases.framework_cases("lstm", p, "torch,jax", "cpu", ["fp32"],
+                                                      cell="layernorm", backward=True)]
+    assert labels == ["torch/eager+bwd", "torch/compile+bwd", "jax/scan+bwd"]
+    labels = [c.label for c in fcases.framework_cases("gru", _problem("gru"), "torch,jax", "cpu", ["fp32"],
+                                                      backward=True)]
+    assert labels == ["torch/fused+bwd", "torch/generic+bwd", "jax/fused+bwd", "jax/generic+bwd"]
+
+
+# -- framework rows against the float64 references (a worker each) ---------------------------------
+
+def _framework_row(fw, problem, path, **kw):
+    prepared = fcases.build_framework(problem, 1, framework=fw, path=path, device="cpu",
+                                      precision="fp32", threads=1, **kw)
+    try:
+        check = prepared.check()
+        assert check.passed, check.detail
+        # time it too: a run that works once but not twice must fail here
+        m = prepared.measure(Settings(0.0, 0.0, 1.0, 2, 1.0))
+        assert m.n >= 2 and m.median > 0
+        return prepared.info
+    finally:
+        prepared.close()
+
+
+LN_ROWS = [("torch", "eager", False), ("torch", "compile", False), ("jax", "scan", False),
+           ("torch", "eager", True), ("torch", "compile", True), ("jax", "scan", True)]
+
+
+@pytest.mark.parametrize("fw,path,backward", LN_ROWS,
+                         ids=[f"{f}-{p}{'-bwd' if b else ''}" for f, p, b in LN_ROWS])
+def test_framework_layernorm_rows_match_the_reference(fw, path, backward):
+    pytest.importorskip(fw, reason=f"{fw} is not importable here (pip install -e '.[frameworks]')")
+    if fw == "jax":
+        pytest.importorskip("flax", reason="flax is not importable here")
+    info = _framework_row(fw, _problem("lstm", T=5, B=3, I=7, H=6, L=2), path, cell="layernorm",
+                          backward=backward)
+    assert info["cell"] == "layernorm" and info["pass"] == ("forward+backward" if backward else "forward")
+
+
+TRAIN_ROWS = [("torch", "lstm", "fused"), ("torch", "lstm", "generic"), ("torch", "gru", "fused"),
+              ("torch", "gru", "generic"), ("jax", "lstm", "generic"), ("jax", "gru", "generic")]
+
+
+@pytest.mark.parametrize("fw,op,path", TRAIN_ROWS, ids=[f"{f}-{o}-{p}" for f, o, p in TRAIN_ROWS])
+def test_framework_training_steps_match_the_reference(fw, op, path):
+    pytest.importorskip(fw, reason=f"{fw} is not importable here (pip install -e '.[frameworks]')")
+    if fw == "jax":
+        pytest.importorskip("flax", reason="flax is not importable here")
+    _framework_row(fw, _problem(op, T=5, B=3, I=7, H=6, L=2), path, backward=True)
+
+
+def test_torch_compile_failure_is_a_skip(monkeypatch):
+    """Where torch.compile cannot compile (no C++ compiler, say), the row is skipped with the
+    reason, not a crash (the adapter runs in-process here, with torch.compile replaced)."""
+    torch = pytest.importorskip("torch", reason="torch is not importable here")
+    from microbench.frameworks import torch_adapter
+
+    def broken_compile(fn, **kw):
+        def call(*a, **k):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return call
+    grad = torch.is_grad_enabled()
+    try:
+        torch_adapter.setup(None, "cpu")
+        monkeypatch.setattr(torch, "compile", broken_compile)
+        p = LayerNormLSTMParams.random(4, 3, 1, seed=0)
+        rng = np.random.default_rng(0)
+        arrays = {"x": rng.standard_normal((2, 2, 4)), "h0": rng.standard_normal((1, 2, 3)),
+                  "c0": rng.standard_normal((1, 2, 3)), "ln_eps": np.float64(1e-5),
+                  **convert.pack_layers([layer.arrays() for layer in p.layers]),
+                  **convert.pack_extras(p.extras)}
+        with pytest.raises(torch_adapter.Unsupported, match="torch.compile failed here.*C\\+\\+ compiler"):
+            torch_adapter.build("layernorm", "compile", "cpu", "fp32", arrays)
+    finally:
+        torch.set_grad_enabled(grad)
+
+
+# -- the CLI -------------------------------------------------------------------------------------
+
+def test_cli_backward_rows_and_json(run_cli, tmp_path):
+    out = tmp_path / "b.jsonl"
+    for op in ("lstm", "gru"):
+        r = run_cli(op, "--backward", *TINY, "--json", str(out))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "fused+bwd/numpy" in r.stdout and "fwd+bwd" in r.stdout
+    r = run_cli("lstm", "--cell", "layernorm", "--backward", *TINY, "--json", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "layernorm-fused+bwd/numpy" in r.stdout and "[layernorm] fwd+bwd" in r.stdout
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["op"], r["variant"]) for r in recs] == [("lstm", "fused+bwd"), ("gru", "fused+bwd"),
+                                                       ("lstm", "layernorm-fused+bwd")]
+    for rec in recs:
+        assert rec["status"] == "ok" and rec["check"]["passed"]
+        assert rec["info"]["pass"] == "forward+backward"
+    assert recs[0]["flops"] == 3 * RNNProblem("lstm", 3, 2, 8, 8).flops()
+
+
+def test_help_documents_backward(run_cli):
+    for op in ("lstm", "gru"):
+        r = run_cli(op, "--help")
+        assert r.returncode == 0 and "--backward" in r.stdout and "3x the" in r.stdout
+
+
+BAD = [
+    (["lstm", "--backward", "--naive"], "--backward: only the fused variant has a backward pass, not 'naive'"),
+    (["lstm", "--cell", "layernorm", "--backward", "--naive"], "only the fused variant"),
+    (["gru", "--backward", "--device", "cuda"], "--backward runs on the CPU only"),
+    (["lstm", "--backward", "--backend", "numba"], "--backward runs on backend numpy (kernels.backward), not 'numba'"),
+    (["lstm", "--backward", "--cell", "peephole"], "kernels.backward has no peephole LSTM"),
+    (["lstm", "--backward", "--ladder"], "--backward times one arrangement"),
+    (["lstm", "--backward", "--dtype", "bf16"], "--backward computes fp32, fp64, not bf16"),
+    (["lstm", "--cell", "peephole", "--frameworks", "torch"], "the frameworks have no peephole LSTM path"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_backward_input_is_one_line_exit_2(argv, message, capsys):
+    code = cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("microbench: error: ") and message in err
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
+def test_readme_target_command_runs(backward, run_cli, tmp_path):
+    """python -m microbench lstm --cell layernorm --all --frameworks torch,jax [--backward]."""
+    pytest.importorskip("torch", reason="torch is not importable here")
+    pytest.importorskip("jax", reason="jax is not importable here")
+    out = tmp_path / "t.jsonl"
+    r = run_cli("lstm", "--cell", "layernorm", "--all", "--frameworks", "torch,jax",
+                *(["--backward"] if backward else []), *TINY, "--json", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    suffix = "+bwd" if backward else ""
+    labels = {rec["label"] for rec in recs}
+    assert {f"torch/eager{suffix}", f"torch/compile{suffix}", f"jax/scan{suffix}"} <= labels
+    for rec in recs:
+        if rec["label"] == f"torch/compile{suffix}" and rec["status"] == "skipped":
+            assert "torch.compile failed here" in rec["error"]
+            continue
+        assert rec["status"] == "ok" and rec["check"]["passed"], rec["label"]
