@@ -219,3 +219,28 @@ def test_graph_step_is_a_plain_call_on_numpy():
                opts=Plan(frozenset({"group_gemm", "hoist_input", "fuse_pointwise", "graph"})))
     y, h = impl(inp["x"], inp["h0"])
     assert compare((y, h), reference_outputs(prob, 1, "fp32"), "fp32").passed
+
+
+def test_small_steps_run_the_pointwise_kernel_on_one_thread(monkeypatch):
+    """Below PARALLEL_MIN_UNITS the numba kernel runs on the calling thread (waking the workers
+    costs more than the step), and the caller's numba thread count is restored afterwards."""
+    import numba
+
+    from fusion import pointwise
+    seen = []
+    real = pointwise._numba_kernels("float32")[0]
+
+    def spy(*args):
+        seen.append(numba.get_num_threads())
+        return real(*args)
+
+    monkeypatch.setattr(pointwise, "_numba_kernels", lambda name: (spy, None))
+    before = numba.get_num_threads()
+    B, H = 2, 8
+    gx, gh = (np.random.default_rng(0).standard_normal((B, 4, H)).astype(np.float32) for _ in range(2))
+    c, h = np.zeros((B, H), np.float32), np.empty((B, H), np.float32)
+    pointwise.NumbaLSTM()(np, gx, gh, None, None, c, h, c)
+    assert seen == [1] and numba.get_num_threads() == before
+    monkeypatch.setattr(pointwise, "PARALLEL_MIN_UNITS", 1)
+    pointwise.NumbaLSTM()(np, gx, gh, None, None, c, h, c)
+    assert seen[-1] == before
