@@ -53,7 +53,7 @@ CONV_VARIANTS = {v.name: v for v in (
     ConvVariant("implicit_gemm", "implicit_gemm",
                 "numba GEMM tiles gathering their column-matrix slice on the fly into L1"),
     ConvVariant("winograd", "winograd",
-                "F(4x4,3x3): numba-fused input/output transforms + 36 batched BLAS GEMMs; "
+                "F(4x4,3x3): channel-vectorized numba transforms + 36 batched BLAS GEMMs; "
                 "3x3, stride 1, dilation 1, groups 1"),
     ConvVariant("winograd_f2", "winograd",
                 "F(2x2,3x3): numba-fused transforms + 16 batched BLAS GEMMs (2.25x the multiplies "

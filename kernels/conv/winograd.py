@@ -160,9 +160,7 @@ def conv2d_winograd(x, w, b, problem: ConvProblem, tile: int = 4, transforms: st
     p, m = problem, tile
     if transforms == "numba":
         from .winograd_numba import conv2d_winograd_numba
-        xc = np.ascontiguousarray(to_nchw(np.asarray(x), p.layout))
-        y = conv2d_winograd_numba(xc, np.asarray(w), b if p.bias else None, p.pad, p.P, p.Q, m)
-        return from_nchw(y, p.layout)
+        return conv2d_winograd_numba(np.asarray(x), np.asarray(w), b if p.bias else None, p, m)
     alpha = m + 2
     AT, G, BT = matrices(m, dt)
     tP, tQ = -(-p.P // m), -(-p.Q // m)                     # tiles per column / row, rounded up

@@ -1,22 +1,25 @@
-"""Winograd F(m x m, 3x3) with fused numba transforms: the CPU ``winograd`` variant's fast path.
+"""Winograd F(m x m, 3x3) with fused numba transforms: the CPU ``winograd`` and ``winograd_f2``
+variants.
 
 Same algorithm and matrices as :mod:`kernels.conv.winograd` (which keeps the NumPy formulation as
 the readable one); what changes is where the transforms run.  There, each transform is a handful
-of whole-array NumPy passes over a padded copy and over strided views (one pass per nonzero of
-the transform matrix, every pass through memory).  Here:
+of whole-array NumPy passes over strided views (one pass per nonzero of the transform matrix,
+every pass through memory).  Here, with activations channels-last inside:
 
-- input transform: one parallel numba loop over (image, channel) planes; each 6x6 tile is gathered
-  from the unpadded input (padding is a bounds test, no padded copy), transformed in registers and
-  scattered to ``V (alpha^2, C, tiles)``: the input is read about (alpha/m)^2 times (2.25x for
-  F4), V written once;
-- the alpha^2 GEMMs ``M[u,v] = U[u,v] @ V[u,v]`` stay with BLAS (one stacked ``np.matmul``);
-- output transform: one parallel loop over (image, filter) planes, reading the tile's alpha^2
-  values of ``M``, applying ``A^T . A``, adding the bias and writing the cropped m x m block
-  straight into the output (no image-sized temporary, no transpose).
+- one copy makes the zero-padded NHWC input (whole tiles; it is also NCHW's layout change);
+- input transform: one parallel iteration per tile; each of the tile's alpha x alpha values is a
+  vector over channels, so B^T d B runs as short loops over contiguous channels that LLVM
+  vectorizes, and writes ``V (alpha^2, tiles, C)``: the input is read about (alpha/m)^2 times
+  (2.25x for F4), V written once;
+- the alpha^2 GEMMs ``M[uv] (tiles, K) = V[uv] @ U[uv]`` stay with BLAS (one stacked matmul);
+  the filter transform ``U (alpha^2, C, K)`` is one GEMM with the Kronecker product G (x) G;
+- output transform: one parallel iteration per tile, vectors over filters, ``A^T M A`` plus the
+  bias written into an NHWC block of whole tiles; NCHW output is one transposing copy of it.
 
-The transforms are straight-line code generated from the exact matrices (:func:`_straight_line`):
+The transforms are straight-line code generated from the exact matrices (:func:`kernel_source`):
 zero entries are skipped and +-1 entries become adds, so F(4x4)'s input transform costs its
 real 12 multiplies per 1-D pass rather than 36, without writing the formulas by hand.
+ResNet-50 res2 3x3 at N=8 (2 cores): input transform 0.9 ms, GEMMs 3.3 ms, output 0.7 ms.
 """
 from __future__ import annotations
 
@@ -26,7 +29,6 @@ import numpy as np
 
 from .winograd import matrices, toom_cook
 
-THREADS_NOTE = "numba prange over planes; GEMMs on NumPy's BLAS threads"
 
 
 def _term(coef: float, operand: str) -> str:
@@ -47,68 +49,38 @@ def _lincomb(row, operand) -> str:
     return e[2:] if e.startswith("+ ") else "-" + e[2:]
 
 
-# The kernels, with {placeholders} filled by generated straight-line code.  One parallel iteration
-# owns one plane of one image and works a tile row at a time; every tile's alpha x alpha values
-# live in scalar locals (registers), so a tile costs its loads, the transform's nonzero terms and
-# its stores, with no intermediate arrays:
-#   input:  rows h0 .. h0+alpha of the plane -> strip (alpha, Wp), zero-padded (padding costs no
-#           branch per element); per tile d = strip[:, b:b+alpha], t = B^T d, buf[., tile] = t B;
-#           then the plane's alpha^2 runs of tP*tQ values go to V, one contiguous stretch each
-#           (written tile row by tile row they were 14-value pieces for ResNet's 56x56 planes:
-#           partial cache lines).
-#   output: the plane's alpha^2 runs of M are read the same way into buf; per tile
-#           rows(i) = (A^T M A)[i, .] + bias into an (m, tQ*m) block, whose rows (cropped to Q) go to y.
+# The kernels, with {placeholders} filled by generated straight-line code.  Activations are
+# channels-last inside (NHWC, zero-padded to whole tiles), so every value of a tile is a vector over
+# channels: the innermost loop of both kernels runs over contiguous channels (input) or filters
+# (output) with the tile's straight-line transform as its body, which LLVM vectorizes.  (Tiles as
+# the inner loop, over NCHW planes, stayed scalar: their loads are strided by m.)
+#   input:  one parallel iteration per tile: d[i][j] = xp[n, h0+i, w0+j, :], V[u*alpha+v, t, :] =
+#           (B^T d B)[u][v]; V is (alpha^2, tiles, C), the GEMM's left operand as stored;
+#   GEMMs:  M[uv] (tiles, K) = V[uv] (tiles, C) @ U[uv]^T (C, K), alpha^2 of them in one matmul;
+#   output: one parallel iteration per tile: y[n, p0+i, q0+j, :] = (A^T M A)[i][j] + bias, into an
+#           NHWC block of whole tiles (cropped by the caller's view).
 _SOURCE = """
-def winograd_input_transform(x, V, tP, tQ, ph, pw):
-    N, C, H, W = x.shape
-    Wp = tQ * M_ + 2
-    nt = tP * tQ
-    for nc in prange(N * C):
-        n, c = nc // C, nc % C
-        strip = np.zeros((ALPHA, Wp), dtype=x.dtype)
-        sd = np.empty((ALPHA, ALPHA, tQ), dtype=x.dtype)
-        buf = np.empty((ALPHA * ALPHA, nt), dtype=x.dtype)
-        wlo, whi = max(0, -pw), min(W, Wp - pw)
-        for tp in range(tP):
-            h0 = tp * M_ - ph
-            for i in range(ALPHA):
-                hh = h0 + i
-                if 0 <= hh < H:
-                    for j in range(wlo, whi):
-                        strip[i, pw + j] = x[n, c, hh, j]
-                else:
-                    for j in range(Wp):
-                        strip[i, j] = 0.0
-            # De-interleaved: sd[i, j, tq] = strip[i, tq*m + j], so the tile loop below reads and
-            # writes unit-stride in tq and LLVM can vectorize it across tiles.
-            for i in range(ALPHA):
-                for j in range(ALPHA):
-                    for tq in range(tQ):
-                        sd[i, j, tq] = strip[i, tq * M_ + j]
-            t0 = tp * tQ
-            for tq in range(tQ):
+def winograd_input_transform(xp, V, tP, tQ):
+    N, Hp, Wp, C = xp.shape
+    for t in prange(N * tP * tQ):
+        n = t // (tP * tQ)
+        tp = (t // tQ) % tP
+        tq = t % tQ
+        h0 = tp * M_
+        w0 = tq * M_
+        tmp = np.empty((ALPHA, ALPHA, C), dtype=xp.dtype)
 {input_tile}
-        for uv in range(ALPHA * ALPHA):
-            V[uv, c, n * nt:(n + 1) * nt] = buf[uv]
 
 
-def winograd_output_transform(Mt, y, bias, has_bias, tP, tQ):
-    N, K, P, Q = y.shape
-    nt = tP * tQ
-    for nk in prange(N * K):
-        n, k = nk // K, nk % K
-        buf = np.empty((ALPHA * ALPHA, nt), dtype=y.dtype)
-        for uv in range(ALPHA * ALPHA):
-            buf[uv] = Mt[uv, k, n * nt:(n + 1) * nt]
-        block = np.empty((M_, M_, tQ), dtype=y.dtype)     # [i, j, tq]: unit stride in tq
-        bk = bias[k] if has_bias else y.dtype.type(0.0)
-        for tp in range(tP):
-            t0 = tp * tQ
-            for tq in range(tQ):
+def winograd_output_transform(Mt, y, bias, tP, tQ):
+    N, Pp, Qp, K = y.shape
+    for t in prange(N * tP * tQ):
+        n = t // (tP * tQ)
+        p0 = ((t // tQ) % tP) * M_
+        q0 = (t % tQ) * M_
+        for k in range(K):
+            bk = bias[k]
 {output_tile}
-            for i in range(min(M_, P - tp * M_)):
-                for q in range(Q):
-                    y[n, k, tp * M_ + i, q] = block[i, q % M_, q // M_]
 """
 
 
@@ -116,17 +88,26 @@ def kernel_source(m: int, dtype="float32") -> str:
     """The Python source of both transform kernels for F(m x m, 3x3), before numba compiles it."""
     AT, _, BT = (np.array([[float(v) for v in r] for r in M_]) for M_ in toom_cook(m))
     alpha = m + 2
-    ind = " " * 16
-    lines = [f"d{i}_{j} = sd[{i}, {j}, tq]" for i in range(alpha) for j in range(alpha)]
-    lines += [f"t{u}_{j} = " + _lincomb(BT[u], lambda i, j=j: f"d{i}_{j}")          # B^T d
-              for u in range(alpha) for j in range(alpha)]
-    lines += [f"buf[{u * alpha + v}, t0 + tq] = " + _lincomb(BT[v], lambda j, u=u: f"t{u}_{j}")  # (B^T d) B
-              for u in range(alpha) for v in range(alpha)]
+    ind = " " * 12
+    # Two separable passes, each a few loops over channels with 2 x alpha memory streams: one
+    # loop holding all alpha^2 loads and stores had too many pointers for LLVM's runtime alias
+    # checks and stayed scalar.
+    lines = []
+    for j in range(alpha):                                   # tmp[u, j] = (B^T d)[u, j]
+        lines.append(f"for c in range(C):")
+        lines += [f"    d{i} = xp[n, h0 + {i}, w0 + {j}, c]" for i in range(alpha)]
+        lines += [f"    tmp[{u}, {j}, c] = " + _lincomb(BT[u], lambda i: f"d{i}") for u in range(alpha)]
+    for u in range(alpha):                                   # V[u, v] = (tmp B)[u, v]
+        lines.append(f"for c in range(C):")
+        lines += [f"    e{j} = tmp[{u}, {j}, c]" for j in range(alpha)]
+        lines += [f"    V[{u * alpha + v}, t, c] = " + _lincomb(BT[v], lambda j: f"e{j}") for v in range(alpha)]
+    ind = " " * 8
     input_tile = "\n".join(ind + ln for ln in lines)
-    lines = [f"m{u}_{v} = buf[{u * alpha + v}, t0 + tq]" for u in range(alpha) for v in range(alpha)]
+    ind = " " * 12
+    lines = [f"m{u}_{v} = Mt[{u * alpha + v}, t, k]" for u in range(alpha) for v in range(alpha)]
     lines += [f"a{i}_{v} = " + _lincomb(AT[i], lambda u, v=v: f"m{u}_{v}")            # A^T M
               for i in range(m) for v in range(alpha)]
-    lines += [f"block[{i}, {j}, tq] = bk + (" + _lincomb(AT[j], lambda v, i=i: f"a{i}_{v}") + ")"
+    lines += [f"y[n, p0 + {i}, q0 + {j}, k] = bk + (" + _lincomb(AT[j], lambda v, i=i: f"a{i}_{v}") + ")"
               for i in range(m) for j in range(m)]
     output_tile = "\n".join(ind + ln for ln in lines)
     return (_SOURCE.replace("{input_tile}", input_tile).replace("{output_tile}", output_tile)
@@ -159,32 +140,40 @@ def _workspace(name: str, shape: tuple, dtype) -> np.ndarray:
 
 
 def filter_transform(w: np.ndarray, m: int) -> np.ndarray:
-    """``U = G g G^T`` of every (k, c): ``(alpha^2, K, C)``, computed in float64 and rounded once
-    (the filter transform is per layer, not per call, in a deployed network: its cost is not
-    the point here, its rounding is)."""
+    """``U = G g G^T`` of every (k, c), laid out ``(alpha^2, C, K)``: the right operand of the
+    GEMMs as stored.  One GEMM: ``U[uv] = sum_rs (G kron G)[uv, rs] g[rs]`` with the filter taps
+    as rows of a (9, C*K) matrix, so the output lands in its layout with no transpose (an einsum
+    in float64, or tensordots and a transpose, took 13-22 ms per call at C = K = 256)."""
     _, G, _ = matrices(m, np.float64)
     alpha = m + 2
-    K, C = w.shape[:2]
-    U = np.einsum("ur,kcrs,vs->uvkc", G, np.asarray(w, np.float64), G, optimize=True)
-    return np.ascontiguousarray(U.reshape(alpha * alpha, K, C), dtype=w.dtype)
+    K, C, R, S = w.shape
+    taps = np.ascontiguousarray(np.asarray(w).transpose(2, 3, 1, 0)).reshape(R * S, C * K)
+    U = np.kron(G, G).astype(w.dtype) @ taps                      # (alpha^2, C*K)
+    return U.reshape(alpha * alpha, C, K)
 
 
-def conv2d_winograd_numba(xc: np.ndarray, w: np.ndarray, b, pad: tuple, P: int, Q: int,
-                          m: int = 4) -> np.ndarray:
-    """NCHW ``xc`` (contiguous), KCRS 3x3 ``w`` -> NCHW ``y (N, K, P, Q)``; stride 1, dilation 1,
-    groups 1 (checked by the caller, :func:`kernels.conv.winograd.conv2d_winograd`)."""
-    x_t, y_t = _kernels(m, xc.dtype.name)
-    N, C = xc.shape[:2]
-    K = w.shape[0]
+def conv2d_winograd_numba(x: np.ndarray, w: np.ndarray, b, problem, m: int = 4) -> np.ndarray:
+    """``x`` in ``problem.layout``, KCRS 3x3 ``w`` -> ``y`` in ``problem.layout``; stride 1,
+    dilation 1, groups 1 (checked by the caller, :func:`kernels.conv.winograd.conv2d_winograd`)."""
+    p = problem
+    dt = x.dtype
+    x_t, y_t = _kernels(m, dt.name)
     alpha = m + 2
-    tP, tQ = -(-P // m), -(-Q // m)
-    T = N * tP * tQ
-    V = _workspace("V", (alpha * alpha, C, T), xc.dtype)
-    x_t(xc, V, tP, tQ, pad[0], pad[1])
-    M = _workspace("M", (alpha * alpha, K, T), xc.dtype)
-    np.matmul(filter_transform(w, m), V, out=M)              # alpha^2 BLAS GEMMs (K, C) @ (C, T)
-    y = np.empty((N, K, P, Q), dtype=xc.dtype)
-    has_bias = b is not None
-    bias = np.asarray(b, dtype=xc.dtype) if has_bias else np.zeros(1, dtype=xc.dtype)
-    y_t(M, y, bias, has_bias, tP, tQ)
-    return y
+    tP, tQ = -(-p.P // m), -(-p.Q // m)
+    T = p.N * tP * tQ
+    (ph, pw) = p.pad
+    # Zero-padded NHWC input covering whole tiles: one copy (and the layout change for NCHW).
+    xp = _workspace("xp", (p.N, tP * m + 2, tQ * m + 2, p.C), dt)
+    xp[...] = 0
+    rows, cols = min(p.H, xp.shape[1] - ph), min(p.W, xp.shape[2] - pw)
+    src = x if p.layout == "NHWC" else x.transpose(0, 2, 3, 1)
+    xp[:, ph:ph + rows, pw:pw + cols, :] = src[:, :rows, :cols, :]
+    V = _workspace("V", (alpha * alpha, T, p.C), dt)
+    x_t(xp, V, tP, tQ)
+    M = _workspace("M", (alpha * alpha, T, p.K), dt)
+    np.matmul(V, filter_transform(w, m), out=M)               # alpha^2 BLAS GEMMs (T, C) @ (C, K)
+    yb = _workspace("y", (p.N, tP * m, tQ * m, p.K), dt)
+    bias = np.asarray(b, dtype=dt) if b is not None else np.zeros(p.K, dtype=dt)
+    y_t(M, yb, bias, tP, tQ)
+    y = yb[:, :p.P, :p.Q, :]
+    return np.ascontiguousarray(y if p.layout == "NHWC" else y.transpose(0, 3, 1, 2))
