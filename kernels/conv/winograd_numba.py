@@ -30,7 +30,6 @@ import numpy as np
 from .winograd import matrices, toom_cook
 
 
-
 def _term(coef: float, operand: str) -> str:
     # Constants are literals of the storage type (FT): a bare 4.0 would promote fp32 math to fp64.
     if coef == 1.0:
