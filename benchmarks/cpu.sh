@@ -7,6 +7,7 @@ out="benchmarks/results/cpu-$(date -u +%Y-%m-%d)"
 mkdir -p "$out"
 run() {  # name, then microbench arguments
   local name=$1; shift
+  rm -f "$out/$name.jsonl"    # --json appends: one run per file
   echo "+ python3 -m microbench $*" | tee "$out/$name.txt"
   COLUMNS=200 python3 -m microbench "$@" --json "$out/$name.jsonl" | tee -a "$out/$name.txt"
 }
