@@ -128,32 +128,42 @@ def _states(params, h0, c0, B):
     return _initial(h0, params, B), _initial(c0, params, B)
 
 
-def peephole_lstm_reference(x, params: PeepholeLSTMParams, h0=None, c0=None):
-    """Returns ``y (T, B, H)`` and ``(h_n, c_n)``, float64; time-major input."""
-    if not isinstance(params, PeepholeLSTMParams):
-        raise BadInput(f"needs PeepholeLSTMParams, got {type(params).__name__}")
+def _reference(x, params, cls, step, h0, c0):
+    """The layer/time loop of the custom-cell references, float64: ``step(x_t, h, c, w_ih, w_hh,
+    b_ih, b_hh, extras) -> (h, c)`` is the cell.  Returns ``y (T, B, H)`` and ``(h_n, c_n)``."""
+    if not isinstance(params, cls):
+        raise BadInput(f"needs {cls.__name__}, got {type(params).__name__}")
     T, B = check_sequence(np.shape(x), params, False, {"h0": h0, "c0": c0})
     h_all, c_all = _states(params, h0, c0, B)
     h_n, c_n = np.empty_like(h_all), np.empty_like(c_all)
     seq = np.asarray(x, dtype=np.float64)
     for l, layer in enumerate(params.layers):
-        w_ih, w_hh, b_ih, b_hh = (np.asarray(a, dtype=np.float64) for a in layer.arrays())
-        w_ci, w_cf, w_co = np.asarray(params.extras[l]["peep"], dtype=np.float64)
+        weights = tuple(np.asarray(a, dtype=np.float64) for a in layer.arrays())
+        extras = {k: np.asarray(v, dtype=np.float64) for k, v in params.extras[l].items()}
         h, c = h_all[l], c_all[l]
         out = np.empty((T, B, params.hidden_size))
         for t in range(T):
-            pre = seq[t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh
-            a_i, a_f, a_g, a_o = np.split(pre, 4, axis=1)
-            i = sigmoid(a_i + w_ci * c)          # peepholes on the previous cell state
-            f = sigmoid(a_f + w_cf * c)
-            g = np.tanh(a_g)
-            c = f * c + i * g
-            o = sigmoid(a_o + w_co * c)          # the output gate sees the new cell state
-            h = o * np.tanh(c)
+            h, c = step(seq[t], h, c, *weights, extras)
             out[t] = h
         h_n[l], c_n[l] = h, c
         seq = out
     return seq, (h_n, c_n)
+
+
+def _peephole_step(x_t, h, c, w_ih, w_hh, b_ih, b_hh, e):
+    w_ci, w_cf, w_co = e["peep"]
+    a_i, a_f, a_g, a_o = np.split(x_t @ w_ih.T + b_ih + h @ w_hh.T + b_hh, 4, axis=1)
+    i = sigmoid(a_i + w_ci * c)          # peepholes on the previous cell state
+    f = sigmoid(a_f + w_cf * c)
+    g = np.tanh(a_g)
+    c = f * c + i * g
+    o = sigmoid(a_o + w_co * c)          # the output gate sees the new cell state
+    return o * np.tanh(c), c
+
+
+def peephole_lstm_reference(x, params: PeepholeLSTMParams, h0=None, c0=None):
+    """Returns ``y (T, B, H)`` and ``(h_n, c_n)``, float64; time-major input."""
+    return _reference(x, params, PeepholeLSTMParams, _peephole_step, h0, c0)
 
 
 def layer_norm(a, gain, bias, eps: float = cellexpr.LN_EPS):
@@ -163,30 +173,18 @@ def layer_norm(a, gain, bias, eps: float = cellexpr.LN_EPS):
     return (a - mu) / np.sqrt(var + eps) * gain + bias
 
 
+def _layernorm_step(x_t, h, c, w_ih, w_hh, b_ih, b_hh, e):
+    ax = layer_norm(x_t @ w_ih.T, e["lnx_g"].ravel(), e["lnx_b"].ravel())   # over 4H
+    ah = layer_norm(h @ w_hh.T, e["lnh_g"].ravel(), e["lnh_b"].ravel())     # over 4H
+    a_i, a_f, a_g, a_o = np.split(ax + ah + b_ih + b_hh, 4, axis=1)
+    i, f, g, o = sigmoid(a_i), sigmoid(a_f), np.tanh(a_g), sigmoid(a_o)
+    c = f * c + i * g
+    return o * np.tanh(layer_norm(c, e["lnc_g"], e["lnc_b"])), c            # over H
+
+
 def layernorm_lstm_reference(x, params: LayerNormLSTMParams, h0=None, c0=None):
     """Returns ``y (T, B, H)`` and ``(h_n, c_n)``, float64; time-major input."""
-    if not isinstance(params, LayerNormLSTMParams):
-        raise BadInput(f"needs LayerNormLSTMParams, got {type(params).__name__}")
-    T, B = check_sequence(np.shape(x), params, False, {"h0": h0, "c0": c0})
-    h_all, c_all = _states(params, h0, c0, B)
-    h_n, c_n = np.empty_like(h_all), np.empty_like(c_all)
-    seq = np.asarray(x, dtype=np.float64)
-    for l, layer in enumerate(params.layers):
-        w_ih, w_hh, b_ih, b_hh = (np.asarray(a, dtype=np.float64) for a in layer.arrays())
-        e = {k: np.asarray(v, dtype=np.float64) for k, v in params.extras[l].items()}
-        h, c = h_all[l], c_all[l]
-        out = np.empty((T, B, params.hidden_size))
-        for t in range(T):
-            ax = layer_norm(seq[t] @ w_ih.T, e["lnx_g"].ravel(), e["lnx_b"].ravel())   # over 4H
-            ah = layer_norm(h @ w_hh.T, e["lnh_g"].ravel(), e["lnh_b"].ravel())        # over 4H
-            a_i, a_f, a_g, a_o = np.split(ax + ah + b_ih + b_hh, 4, axis=1)
-            i, f, g, o = sigmoid(a_i), sigmoid(a_f), np.tanh(a_g), sigmoid(a_o)
-            c = f * c + i * g
-            h = o * np.tanh(layer_norm(c, e["lnc_g"], e["lnc_b"]))                        # over H
-            out[t] = h
-        h_n[l], c_n[l] = h, c
-        seq = out
-    return seq, (h_n, c_n)
+    return _reference(x, params, LayerNormLSTMParams, _layernorm_step, h0, c0)
 
 
 CUSTOM_REFERENCES = {"peephole": peephole_lstm_reference, "layernorm": layernorm_lstm_reference}
