@@ -506,27 +506,29 @@ def a_start(p: ConvProblem, kl) -> tuple:
     return c, rs // p.S, rs % p.S
 
 
+def _add_digits(digits: tuple, radices: tuple, steps: tuple) -> list:
+    """Mixed-radix ``digits + steps``, least significant digit first, one carry per digit (the
+    most significant digit has no radix and takes the last carry)."""
+    out, carry = [], 0
+    for d, radix, step in zip(digits, radices + (None,), steps):
+        d = d + step + carry
+        if radix is None:
+            out.append(d)
+            break
+        carry = d >= radix
+        out.append(np.where(carry, d - radix, d))
+    return out
+
+
 def a_advance(p: ConvProblem, c, r, s, BK: int = BK) -> tuple:
     """The kernel's step of ``(c, r, s)`` by BK reduction columns: one carry per digit, least
     significant digit first (NCHW s, r, c; NHWC c, s, r)."""
     if p.layout == "NHWC":
-        dc, ds, dr = BK % p.Cg, (BK // p.Cg) % p.S, BK // (p.Cg * p.S)
-        c = c + dc
-        carry = c >= p.Cg
-        c, s = np.where(carry, c - p.Cg, c), s + carry
-        s = s + ds
-        carry = s >= p.S
-        s, r = np.where(carry, s - p.S, s), r + carry
-        return c, r + dr, s
+        c, s, r = _add_digits((c, s, r), (p.Cg, p.S), (BK % p.Cg, (BK // p.Cg) % p.S, BK // (p.Cg * p.S)))
+        return c, r, s
     RS = p.R * p.S
-    dC, dR, dS = BK // RS, (BK % RS) // p.S, BK % p.S
-    s = s + dS
-    carry = s >= p.S
-    s, r = np.where(carry, s - p.S, s), r + carry
-    r = r + dR
-    carry = r >= p.R
-    r, c = np.where(carry, r - p.R, r), c + carry
-    return c + dC, r, s
+    s, r, c = _add_digits((s, r, c), (p.S, p.R), (BK % p.S, (BK % RS) // p.S, BK // RS))
+    return c, r, s
 
 
 def _a_gather(xc, p: ConvProblem, g: int, m, c, r, s):
