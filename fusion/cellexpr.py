@@ -290,6 +290,16 @@ def _inputs_used(an: _Analysis, stmts, extra_exprs=()) -> list:
     return [n for n in an.inputs if n in used]
 
 
+def _unit_lines(an: _Analysis, stmts, reds, load, pr, c_syntax: bool = False) -> list:
+    """One pass's per-unit lines, shared by the generators: load each input the pass uses,
+    compute its statements, add into its reductions (Python, or C with ``c_syntax``)."""
+    decl, end = ("const float ", ";") if c_syntax else ("", "")
+    lines = [f"{decl}v_{n} = {load(n)}{end}" for n in _inputs_used(an, stmts, [e for _, e in reds])]
+    lines += [f"{decl}v_{st.name} = {pr(st.expr)}{end}" for st in stmts]
+    lines += [f"a{n} += {pr(e)}{end}" for n, e in reds]
+    return lines
+
+
 def _passes(an: _Analysis, cell: Cell):
     """[(level, reductions of that level, unit statements they need)] then the final pass."""
     out = []
@@ -434,12 +444,7 @@ def numba_source(cell: Cell, dtype: str = "float32") -> str:
         for n, _ in reds:
             body.append(f"{ind}a{n} = _zero")
         body.append(f"{ind}for j in range(H):")
-        for n in _inputs_used(an, stmts, [e for _, e in reds]):
-            body.append(f"{ind}    v_{n} = {load(n)}")
-        for s in stmts:
-            body.append(f"{ind}    v_{s.name} = {pr(s.expr)}")
-        for n, e in reds:
-            body.append(f"{ind}    a{n} += {pr(e)}")
+        body += [f"{ind}    {ln}" for ln in _unit_lines(an, stmts, reds, load, pr)]
         if final:
             for s in states:
                 body.append(f"{ind}    r_{s}[j] = v_{s}")
@@ -583,13 +588,7 @@ def cuda_source(cell: Cell, *, prelude: bool = True) -> str:
         return f"mbc::load(p_{src[1]} + {off})"
 
     def unit_block(stmts, reds, final, ind):
-        out = []
-        for n in _inputs_used(an, stmts, [e for _, e in reds]):
-            out.append(f"{ind}const float v_{n} = {load(n)};")
-        for s in stmts:
-            out.append(f"{ind}const float v_{s.name} = {pr(s.expr)};")
-        for n, e in reds:
-            out.append(f"{ind}a{n} += {pr(e)};")
+        out = [f"{ind}{ln}" for ln in _unit_lines(an, stmts, reds, load, pr, c_syntax=True)]
         if final:
             for s in cell.states:
                 out.append(f"{ind}mbc::store({s}_out + b * {s}_out_sb + j, v_{s});")
@@ -687,12 +686,7 @@ def numba_cuda_source(cell: Cell) -> str:
         for n, _ in reds:
             B.append(f"{ind}a{n} = _zero")
         B += [f"{ind}j = tid", f"{ind}while j < H:"]
-        for n in _inputs_used(an, stmts, [e for _, e in reds]):
-            B.append(f"{ind}    v_{n} = {load(n)}")
-        for s in stmts:
-            B.append(f"{ind}    v_{s.name} = {pr(s.expr)}")
-        for n, e in reds:
-            B.append(f"{ind}    a{n} += {pr(e)}")
+        B += [f"{ind}    {ln}" for ln in _unit_lines(an, stmts, reds, load, pr)]
         if final:
             for s in states:
                 B.append(f"{ind}    {s}_out[b, j] = v_{s}")
