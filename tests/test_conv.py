@@ -131,6 +131,19 @@ def test_winograd_numba_edges_and_bias():
             assert rel_err(y, ref) < 1e-10, (p, tile)
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_winograd_numba_results_survive_the_next_call(layout):
+    """The transforms reuse workspace buffers between calls; a returned output must not be one."""
+    p = ConvProblem(1, 3, 8, 8, 2, 3, 3, pad=1, layout=layout)       # P = Q = 8: whole F4 tiles
+    rng = np.random.default_rng(3)
+    x1, w, b = p.random_inputs(rng, "fp64")
+    y1 = winograd.conv2d_winograd(x1, w, b, p, transforms="numba")
+    keep = y1.copy()
+    winograd.conv2d_winograd(p.random_inputs(rng, "fp64")[0], w, b, p, transforms="numba")
+    np.testing.assert_array_equal(y1, keep)
+    assert rel_err(y1, conv2d_reference(x1, w, b, p)) < 1e-10
+
+
 def test_winograd_numba_source_skips_zero_terms():
     from kernels.conv.winograd_numba import kernel_source
     src = kernel_source(4, "float32")

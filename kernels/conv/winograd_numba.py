@@ -175,4 +175,6 @@ def conv2d_winograd_numba(x: np.ndarray, w: np.ndarray, b, problem, m: int = 4) 
     bias = np.asarray(b, dtype=dt) if b is not None else np.zeros(p.K, dtype=dt)
     y_t(M, yb, bias, tP, tQ)
     y = yb[:, :p.P, :p.Q, :]
-    return np.ascontiguousarray(y if p.layout == "NHWC" else y.transpose(0, 3, 1, 2))
+    # Always a copy: yb is the workspace, and the caller's result must survive the next call
+    # (ascontiguousarray would hand out yb itself for NHWC when P and Q are multiples of m).
+    return np.array(y if p.layout == "NHWC" else y.transpose(0, 3, 1, 2), order="C", copy=True)
