@@ -8,22 +8,33 @@ from kernels import dtypes
 from .registry import Check
 
 
-def compare(outputs, reference, precision: str, names=("y", "h_n", "c_n"), tol: float | None = None) -> Check:
-    """Largest error of any output, relative to that output's largest magnitude; NaN never passes."""
-    tol = dtypes.tolerance(precision) if tol is None else tol
-    worst, where = 0.0, ""
-    for name, got, want in zip(names, outputs, reference):
+def compare(outputs, reference, precision: str, names=("y", "h_n", "c_n"), tol=None) -> Check:
+    """Every output against its reference, error relative to the reference's largest magnitude;
+    NaN never passes.  ``tol``: one tolerance for all outputs, or a sequence with one per output
+    (default: the precision's).  A failure reports the output furthest past its tolerance, a pass
+    the largest error."""
+    per_output = isinstance(tol, (list, tuple))
+    tols = list(tol) if per_output else [dtypes.tolerance(precision) if tol is None else tol] * len(reference)
+    fmt = ".1e" if per_output else ".0e"
+    outputs = list(outputs)
+    if len(outputs) != len(reference):
+        return Check(float("inf"), tols[0], False,
+                     f"{len(outputs)} arrays returned; expected {len(reference)} ({', '.join(names)})")
+    rows = []
+    for name, got, want, t in zip(names, outputs, reference, tols):
         got = np.asarray(got, dtype=np.float64)
         if got.shape != want.shape:
-            return Check(float("inf"), tol, False, f"{name} has shape {got.shape}, expected {want.shape}")
+            return Check(float("inf"), t, False, f"{name} has shape {got.shape}, expected {want.shape}")
         if not np.all(np.isfinite(got)):
-            return Check(float("nan"), tol, False, f"{name} contains NaN or Inf")
+            return Check(float("nan"), t, False, f"{name} contains NaN or Inf")
         scale = max(float(np.max(np.abs(want))), np.finfo(np.float64).tiny)
-        err = float(np.max(np.abs(got - want))) / scale
-        if err > worst or not where:
-            worst, where = err, name
-    passed = worst <= tol
-    return Check(worst, tol, passed, "" if passed else f"{where}: max relative error {worst:.2e} > {tol:.0e}")
+        rows.append((name, float(np.max(np.abs(got - want))) / scale, t))
+    failed = [r for r in rows if r[1] > r[2]]
+    if failed:
+        name, err, t = max(failed, key=lambda r: r[1] / r[2])
+        return Check(err, t, False, f"{name}: max relative error {err:.2e} > {t:{fmt}}")
+    name, err, t = max(rows, key=lambda r: r[1])
+    return Check(err, t, True, "")
 
 
 def to_host(a):

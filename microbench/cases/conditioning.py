@@ -20,6 +20,7 @@ import numpy as np
 
 from kernels import dtypes
 
+from ..checks import compare
 from ..registry import Check
 
 # Observed error / change (fp32): <= 10 forward and <= 3 backward where the change decides the
@@ -67,24 +68,6 @@ def tolerances(base, moved, precision: str) -> tuple:
 
 
 def compare_each(outputs, reference, tols, names) -> Check:
-    """Every array against its reference and its own tolerance; NaN never passes.  The row shows
-    (as every check does) the largest error and that array's tolerance, or, when an array fails,
-    the one furthest past its tolerance."""
-    outputs = list(outputs)
-    if len(outputs) != len(reference):
-        return Check(float("inf"), tols[0], False,
-                     f"{len(outputs)} arrays returned; expected {len(reference)} ({', '.join(names)})")
-    rows = []
-    for name, got, want, tol in zip(names, outputs, reference, tols):
-        got = np.asarray(got, dtype=np.float64)
-        if got.shape != want.shape:
-            return Check(float("inf"), tol, False, f"{name} has shape {got.shape}, expected {want.shape}")
-        if not np.all(np.isfinite(got)):
-            return Check(float("nan"), tol, False, f"{name} contains NaN or Inf")
-        rows.append((name, rel_err(got, want), tol))
-    failed = [r for r in rows if r[1] > r[2]]
-    if failed:
-        name, err, tol = max(failed, key=lambda r: r[1] / r[2])
-        return Check(err, tol, False, f"{name}: max relative error {err:.2e} > {tol:.1e}")
-    name, err, tol = max(rows, key=lambda r: r[1])
-    return Check(err, tol, True, "")
+    """Every array against its reference and its own tolerance (:func:`microbench.checks.compare`
+    with one tolerance per array)."""
+    return compare(outputs, reference, "fp64", names=names, tol=tuple(tols))
