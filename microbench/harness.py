@@ -51,7 +51,12 @@ class CpuTimer:
 
 class CudaEventTimer:
     """CUDA events recorded around each call on the current CuPy stream; the end event is
-    synchronized before the elapsed time is read, so a sample is device time of that call."""
+    synchronized before the elapsed time is read, so a sample is device time of that call.
+
+    The events time only what is ordered between them on that stream: a callable that queues
+    its work on another stream must join it back to the current one before it returns (as
+    :func:`graph_replay` and the ``streams``/``wavefront`` plans do), or the sample misses it.
+    """
 
     name = "cuda-events"
 
@@ -73,26 +78,31 @@ class CudaEventTimer:
 
 
 def graph_replay(run: Callable[[], object]) -> Callable[[], object]:
-    """Capture one call of ``run`` on a fresh stream as a CUDA graph; return its replay.
+    """Capture one call of ``run`` as a CUDA graph; return a callable that replays it.
 
-    Replaying removes the host's per-kernel launch cost from the samples, which is what a
-    framework's graph mode or a persistent kernel removes; a case whose call cannot be captured
-    (it synchronizes or allocates outside CuPy's pool) fails with CUDA's reason.
+    Capture needs a stream of its own (CUDA refuses to capture the legacy default stream), but the
+    replay is launched on the *current* stream at call time: the timer's events and the cold-mode
+    flush are queued there, so the graph runs after the flush and between the two events.  (A
+    replay on the capture stream, a non-blocking one, would not be ordered with the legacy stream
+    at all: the events would time nothing.)  Replaying removes the host's per-kernel launch cost
+    from the samples; a call that cannot be captured (it synchronizes, or allocates outside
+    CuPy's pool) fails with CUDA's reason.
     """
     import cupy
-    stream = cupy.cuda.Stream(non_blocking=True)
-    with stream:
+    capture = cupy.cuda.Stream(non_blocking=True)
+    with capture:
         run()                      # allocate every buffer before capturing
-        stream.synchronize()
-        stream.begin_capture()
+        capture.synchronize()
+        capture.begin_capture()
         try:
             run()
         finally:
-            graph = stream.end_capture()
-    graph.upload(stream)
+            graph = capture.end_capture()
+        graph.upload(capture)
+        capture.synchronize()
 
     def replay():
-        graph.launch(stream)
+        graph.launch(cupy.cuda.get_current_stream())
     return replay
 
 

@@ -99,7 +99,10 @@ def run_case(case: Case, settings: Settings, env: dict, nvtx_cost: float) -> Out
                 if settings.graph:
                     if case.device != "cuda":
                         raise Unsupported("--graph replays CUDA graphs: it needs a GPU case")
-                    run = graph_replay(run)
+                    if case.plan is None or "graph" not in case.plan:
+                        run = graph_replay(run)
+                    # else the call already replays a graph of its own (the ``graph`` step):
+                    # capturing a graph launch inside another capture is not what CUDA offers
                 flush = flusher_for(case.device) if settings.cold else None
                 clocks = gpustate.read() if case.device == "cuda" else None
                 m = measure(run, settings, timer_for(case.device), around=around, before_sample=flush)

@@ -1,0 +1,59 @@
+"""GPU timing and stream code against a stand-in CuPy that keeps CUDA's ordering rules
+(tests/fakecuda.py): each defect below once passed every other test because nothing on a CPU
+modelled which stream a piece of work runs on."""
+import pytest
+
+from tests import fakecuda
+
+
+@pytest.fixture
+def cp(monkeypatch):
+    return fakecuda.install(monkeypatch)
+
+
+def test_event_timer_times_work_on_the_current_stream(cp):
+    from microbench.harness import CudaEventTimer
+    t = CudaEventTimer()
+    assert t.sample(lambda: cp.kernel(3.0)) == pytest.approx(3e-3)
+
+
+def test_events_on_the_legacy_stream_miss_a_non_blocking_stream(cp):
+    """The model itself: what the --graph defect looked like (a few us whatever the work)."""
+    from microbench.harness import CudaEventTimer
+    side = cp.cuda.Stream(non_blocking=True)
+
+    def run():
+        with side:
+            cp.kernel(3.0)
+    assert CudaEventTimer().sample(run) == pytest.approx(0.0)
+
+
+def test_graph_replay_is_timed_by_the_events(cp):
+    """--graph: the replay must run between the timer's two events (it once ran on its own
+    non-blocking stream, and every sample read ~0 whatever the graph did)."""
+    from microbench.harness import CudaEventTimer, graph_replay
+    replay = graph_replay(lambda: cp.kernel(2.0, "work"))
+    samples = [CudaEventTimer().sample(replay) for _ in range(3)]
+    assert samples == pytest.approx([2e-3] * 3)
+
+
+def test_graph_replay_runs_after_the_cold_flush(cp):
+    """--cold --graph: the flush is queued before each sample and must finish before the graph
+    starts, on the same stream."""
+    from microbench.caches import GpuFlusher
+    from microbench.harness import CudaEventTimer, Settings, graph_replay, measure
+    replay = graph_replay(lambda: cp.kernel(1.0, "work"))
+    flush = GpuFlusher()
+    m = measure(replay, Settings(warmup=0, min_time=0, max_time=5, min_samples=4), CudaEventTimer(),
+                before_sample=flush)
+    assert m.samples == pytest.approx([1e-3] * len(m.samples))
+    log = cp.device.log
+    for i, (label, stream, start, end) in enumerate(log):
+        if label == "work" and i > 0 and log[i - 1][0] == "fill":
+            assert start >= log[i - 1][3], "the graph started before the flush had finished"
+    assert sum(1 for e in log if e[0] == "fill") >= 4
+
+
+def test_capture_on_the_legacy_stream_is_refused_by_the_model(cp):
+    with pytest.raises(RuntimeError, match="legacy"):
+        cp.cuda.get_current_stream().begin_capture()
