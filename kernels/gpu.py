@@ -27,7 +27,7 @@ DRIVER_LIB = "libcuda.so.1"
 # its arrays and cuBLAS GEMMs in CuPy (so xp is cupy); they differ in how the fused pointwise
 # kernel is built and launched.  bf16 arrays are CuPy 14's ml_dtypes bfloat16 (GEMMs through
 # cublasGemmEx with fp32 compute); the .cu has bf16 entries, numba.cuda has no bfloat16 array
-# type.  tf32 stores fp32 and switches the cuBLAS handle to TF32 tensor-op math for the call
+# type.  tf32 stores fp32 and sets CuPy's float32 GEMM compute type to TF32 for the call
 # (:func:`cublas_math`).
 CUDA_BACKENDS = (
     dict(name="cupy", device="cuda", xp_module="cupy", dtypes=("fp32", "tf32", "fp16", "bf16"),
@@ -166,19 +166,40 @@ def check_fits(bytes_needed: int, *, device: int = 0, what: str = "this case") -
 
 @contextlib.contextmanager
 def cublas_math(xp, precision: str):
-    """TF32 tensor-op math on CuPy's cuBLAS handle while the body runs, for ``tf32`` only.
+    """TF32 GEMMs in CuPy while the body runs, for ``tf32`` only.
 
-    fp32 keeps cuBLAS's default (no TF32, as PyTorch with allow_tf32 off); the previous mode is
-    restored, so other code sharing the handle is not affected.
+    CuPy picks the cuBLAS compute type of its float32 matmul/dot from a per-dtype setting
+    (``cupy._core._routines_linalg.set_compute_type``; ``CUPY_TF32=1`` sets the same default).
+    Setting it to ``COMPUTE_TYPE_TF32`` makes CuPy call ``cublasGemmEx`` with
+    ``CUBLAS_COMPUTE_32F_FAST_TF32``: the explicit route, which leaves the handle's math mode
+    alone.  (CuPy 14's ``cupy_backends.cuda.libs.cublas`` exports only ``CUBLAS_DEFAULT_MATH`` and
+    ``CUBLAS_TENSOR_OP_MATH`` among the math modes, so naming ``CUBLAS_TF32_TENSOR_OP_MATH`` there
+    fails.)  fp32 keeps CuPy's default (no TF32 unless ``CUPY_TF32`` asks, as PyTorch with
+    allow_tf32 off); the previous setting is restored, so other code in the process is unaffected.
     """
     if precision != "tf32" or getattr(xp, "__name__", "") != "cupy":
         yield
         return
-    from cupy_backends.cuda.libs import cublas
-    handle = xp.cuda.device.get_cublas_handle()
-    old = cublas.getMathMode(handle)
-    cublas.setMathMode(handle, cublas.CUBLAS_TF32_TENSOR_OP_MATH)
+    import numpy
+    linalg = tf32_switch(xp)
+    old = linalg.get_compute_type(numpy.float32)
+    linalg.set_compute_type(numpy.float32, linalg.COMPUTE_TYPE_TF32)
     try:
         yield
     finally:
-        cublas.setMathMode(handle, old)
+        linalg.set_compute_type(numpy.float32, old)
+
+
+def tf32_switch(xp):
+    """CuPy's module that holds the GEMM compute type per dtype (a private module, so its absence
+    is said in one line rather than as an AttributeError deep inside a case)."""
+    try:
+        from cupy._core import _routines_linalg as linalg
+    except ImportError as e:
+        raise Unsupported(f"tf32 needs cupy._core._routines_linalg (CuPy >= 8): {e}") from None
+    missing = [n for n in ("get_compute_type", "set_compute_type", "COMPUTE_TYPE_TF32")
+               if not hasattr(linalg, n)]
+    if missing:
+        raise Unsupported(f"tf32: this CuPy ({getattr(xp, '__version__', '?')}) lacks "
+                          f"{', '.join(missing)} in cupy._core._routines_linalg")
+    return linalg
