@@ -296,8 +296,12 @@ def test_config_values():
     cfg = R.rnn_config(_params(dtype=np.float16), batch=3, seq_len=5, precision="fp16")
     assert (cfg.data_type, cfg.math_prec, cfg.math_type) == (R.CUDNN_DATA_HALF, R.CUDNN_DATA_FLOAT,
                                                              R.CUDNN_TENSOR_OP_MATH)
+    # tf32 is CUDNN_DEFAULT_MATH (TF32 Tensor Cores for fp32 data, as PyTorch with TF32 allowed);
+    # ALLOW_CONVERSION would let cuDNN down-convert fp32 to fp16 (values from cudnn_graph.h)
     cfg = R.rnn_config(_params(), batch=3, seq_len=5, precision="tf32")
-    assert cfg.math_type == R.CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION
+    assert cfg.math_type == R.CUDNN_DEFAULT_MATH == 0
+    assert R.CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION == 2 and R.CUDNN_FMA_MATH == 3
+    assert all(p[3] != R.CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION for p in R.PRECISION.values())
 
 
 @pytest.mark.parametrize("kw,exc,match", [

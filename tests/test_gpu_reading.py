@@ -51,3 +51,37 @@ def test_the_installed_cupy_has_what_tf32_uses():
     linalg = tf32_switch(cupy)
     assert linalg.COMPUTE_TYPE_TF32 != linalg.COMPUTE_TYPE_DEFAULT
     assert callable(linalg.get_compute_type) and callable(linalg.set_compute_type)
+
+
+# -- cuDNN convolution math ------------------------------------------------------------------------
+def test_fp32_frontend_graph_deselects_tensor_core_plans():
+    """cudnn-frontend may pick Tensor Core (TF32) engines for fp32 unless their plans are
+    deselected between create_execution_plans and check_support."""
+    from kernels.cudnn.conv import build_graph
+    calls = []
+
+    class Graph:
+        def __getattr__(self, name):
+            return lambda *a: calls.append((name, a))
+    cudnn = types.SimpleNamespace(heur_mode=types.SimpleNamespace(A="A", FALLBACK="FB"),
+                                  numerical_note=types.SimpleNamespace(TENSOR_CORE="TC"))
+    build_graph(Graph(), cudnn, "fp32")
+    names = [c[0] for c in calls]
+    assert ("deselect_numeric_notes", (["TC"],)) in calls
+    assert names.index("create_execution_plans") < names.index("deselect_numeric_notes") \
+        < names.index("check_support") < names.index("build_plans")
+    calls.clear()
+    build_graph(Graph(), cudnn, "tf32")
+    assert "deselect_numeric_notes" not in [c[0] for c in calls]
+
+
+def test_legacy_heuristic_pick_skips_tensor_core_rows_for_fp32():
+    from kernels.cudnn import conv as C
+    ok = "CUDNN_STATUS_SUCCESS"
+    rows = [{"algo": "WINOGRAD_NONFUSED", "status": ok, "math_type": C.CUDNN_TENSOR_OP_MATH},
+            {"algo": "IMPLICIT_GEMM", "status": "CUDNN_STATUS_NOT_SUPPORTED", "math_type": 3},
+            {"algo": "IMPLICIT_PRECOMP_GEMM", "status": ok, "math_type": C.CUDNN_FMA_MATH}]
+    assert C.pick_heuristic_row(rows, "fp32")["algo"] == "IMPLICIT_PRECOMP_GEMM"
+    assert C.pick_heuristic_row(rows, "tf32")["algo"] == "WINOGRAD_NONFUSED"
+    assert C.pick_heuristic_row(rows[:2], "fp32") is None
+    assert (C.CUDNN_TENSOR_OP_MATH, C.CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION, C.CUDNN_FMA_MATH) == (1, 2, 3)

@@ -33,7 +33,8 @@ FWD_ALGOS = {  # cudnnConvolutionFwdAlgo_t (cudnn_ops.h)
 ALGO_BY_ID = {v: k for k, v in FWD_ALGOS.items()}
 CUDNN_CROSS_CORRELATION = 1
 CUDNN_TENSOR_NCHW, CUDNN_TENSOR_NHWC = 0, 1
-CUDNN_DEFAULT_MATH, CUDNN_TENSOR_OP_MATH, CUDNN_FMA_MATH = 0, 1, 3
+# cudnnMathType_t (cudnn_graph.h)
+CUDNN_DEFAULT_MATH, CUDNN_TENSOR_OP_MATH, CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION, CUDNN_FMA_MATH = 0, 1, 2, 3
 # precision -> (numpy storage, data type, math type)
 PRECISION = {"fp32": (np.float32, CUDNN_DATA_FLOAT, CUDNN_FMA_MATH),
              "tf32": (np.float32, CUDNN_DATA_FLOAT, CUDNN_DEFAULT_MATH),
@@ -117,6 +118,7 @@ class CudnnConv:
                      CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT)
             lib.call("cudnnSetConvolutionGroupCount", self.conv_desc.ptr, p.groups)
             lib.call("cudnnSetConvolutionMathType", self.conv_desc.ptr, math)
+            self.math_type = math      # an "auto" choice replaces it with its heuristic row's
             dims = [ctypes.c_int() for _ in range(4)]
             lib.call("cudnnGetConvolution2dForwardOutputDim", self.conv_desc.ptr, self.x_desc.ptr,
                      self.w_desc.ptr, *map(ctypes.byref, dims))
@@ -175,10 +177,15 @@ class CudnnConv:
                 raise Unsupported(f"cuDNN algorithm {algo} does not serve "
                                   f"{self.problem.describe()} {self.precision}: {e}") from e
             return algo
-        for row in self.heuristics():
-            if row["status"] == "CUDNN_STATUS_SUCCESS":
-                return row["algo"]
-        raise Unsupported(f"cuDNN's heuristics offer no algorithm for {self.problem.describe()}")
+        row = pick_heuristic_row(self.heuristics(), self.precision)
+        if row is None:
+            raise Unsupported(f"cuDNN's heuristics offer no algorithm for {self.problem.describe()} "
+                              f"{self.precision}")
+        # The row's math type is part of the choice (an algorithm ranked with Tensor Core math
+        # may not serve FMA math): set it on the descriptor, as PyTorch does per perf row.
+        self.lib.call("cudnnSetConvolutionMathType", self.conv_desc.ptr, row["math_type"])
+        self.math_type = row["math_type"]
+        return row["algo"]
 
     def __call__(self, x, w, b=None):
         p = self.problem
@@ -216,6 +223,16 @@ class CudnnConv:
         self.close()
 
 
+def pick_heuristic_row(rows: list, precision: str):
+    """The first successful heuristic row whose math type the precision allows: fp32 never takes
+    a Tensor Core row (TF32 or a down-conversion would miss fp32's tolerance)."""
+    banned = {CUDNN_TENSOR_OP_MATH, CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION} if precision == "fp32" else set()
+    for row in rows:
+        if row["status"] == "CUDNN_STATUS_SUCCESS" and row["math_type"] not in banned:
+            return row
+    return None
+
+
 def algorithm_table(problem: ConvProblem, precision: str = "fp32", lib=None) -> list:
     """One row per cuDNN forward algorithm for ``problem``: workspace or the status that rules
     it out, plus cuDNN's own timing from cudnnFindConvolutionForwardAlgorithm."""
@@ -247,6 +264,22 @@ def _packed_strides(problem: ConvProblem, dims_nchw, layout: str) -> list:
     if layout == "NCHW":
         return [c * h * w, h * w, w, 1]
     return [h * w * c, 1, w * c, c]
+
+
+def build_graph(g, cudnn, precision: str):
+    """validate -> operation graph -> execution plans -> (filter) -> support -> build.
+
+    The steps one by one rather than ``g.build()``: for fp32 the plans whose numerical notes say
+    ``TENSOR_CORE`` are deselected before the support check, so cuDNN cannot run an fp32
+    convolution as TF32 (PyTorch does the same with TF32 off).  tf32 and fp16 keep every plan.
+    """
+    g.validate()
+    g.build_operation_graph()
+    g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+    if precision == "fp32":
+        g.deselect_numeric_notes([cudnn.numerical_note.TENSOR_CORE])
+    g.check_support()
+    g.build_plans()
 
 
 class FrontendConv:
@@ -289,15 +322,7 @@ class FrontendConv:
             y.set_output(True).set_data_type(io)
             y.set_dim(list(yd)).set_stride(_packed_strides(p, yd, p.layout))
             self.Y, self.graph = y, g
-            heur = [cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK]
-            try:
-                g.build(heur)
-            except AttributeError:  # frontends before the one-call build()
-                g.validate()
-                g.build_operation_graph()
-                g.create_execution_plans(heur)
-                g.check_support()
-                g.build_plans()
+            build_graph(g, cudnn, self.precision)
             self.workspace = cupy.empty(max(g.get_workspace_size(), 1), dtype=cupy.uint8)
             self.y = cupy.empty(p.y_shape, dtype=self.storage)
             self._w_cache = None

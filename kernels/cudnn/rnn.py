@@ -57,10 +57,13 @@ CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION, CUDNN_FMA_MATH = 2, 3
 # precision -> (numpy storage, cudnn dataType, mathPrec, mathType).
 # fp32 uses FMA math: no Tensor Cores and no TF32 (CUDNN_DEFAULT_MATH permits TF32 on A100 and
 # later, which would miss fp32's 1e-5 tolerance); this is what PyTorch asks for with TF32 off.
-# tf32: fp32 data, Tensor Core math allowed to convert.  fp16: half data, fp32 accumulation.
+# tf32: fp32 data with CUDNN_DEFAULT_MATH, which lets cuDNN run fp32 GEMMs as TF32 on Tensor Cores
+# (what PyTorch asks for with TF32 allowed).  Not CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION: that lets
+# cuDNN down-convert fp32 operands to fp16, a different precision with fp16's range.
+# fp16: half data, fp32 accumulation.
 PRECISION = {
     "fp32": (np.float32, CUDNN_DATA_FLOAT, CUDNN_DATA_FLOAT, CUDNN_FMA_MATH),
-    "tf32": (np.float32, CUDNN_DATA_FLOAT, CUDNN_DATA_FLOAT, CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION),
+    "tf32": (np.float32, CUDNN_DATA_FLOAT, CUDNN_DATA_FLOAT, CUDNN_DEFAULT_MATH),
     "fp16": (np.float16, CUDNN_DATA_HALF, CUDNN_DATA_FLOAT, CUDNN_TENSOR_OP_MATH),
 }
 MATH_NAMES = {0: "CUDNN_DEFAULT_MATH", 1: "CUDNN_TENSOR_OP_MATH",
