@@ -17,6 +17,9 @@ import random
 
 
 class SerialStreams:
+    def begin(self):
+        pass
+
     def stream(self, key):
         return key
 
@@ -34,9 +37,21 @@ class SerialStreams:
 
 
 class CupyStreams:
+    """CUDA streams and events, made once and reused: a built RNN keeps one scheduler, so a timed
+    call creates no stream and, after its first call, no event (host work the samples would
+    otherwise include).  Reusing an event across calls is safe: ``cudaStreamWaitEvent`` waits for
+    the record that was current when the wait was issued, and every wait of one call is issued
+    before the next call records again."""
+
     def __init__(self, cupy):
         self.cp = cupy
         self._streams = {}
+        self._events: list = []
+        self._next = 0
+
+    def begin(self):
+        """A new call: the events of the previous call may be recorded again."""
+        self._next = 0
 
     def stream(self, key):
         if key == "main":
@@ -51,7 +66,10 @@ class CupyStreams:
             fn()
 
     def record(self, stream):
-        e = self.cp.cuda.Event(block=False, disable_timing=True)
+        if self._next == len(self._events):
+            self._events.append(self.cp.cuda.Event(block=False, disable_timing=True))
+        e = self._events[self._next]
+        self._next += 1
         e.record(stream)
         return e
 
@@ -75,6 +93,9 @@ class DeferredStreams:
         self.pending_waits: dict = {}
         self.done: set = set()
         self.executed: list = []
+
+    def begin(self):
+        pass
 
     def stream(self, key):
         self.queues.setdefault(key, [])

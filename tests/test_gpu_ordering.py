@@ -1,6 +1,7 @@
 """GPU timing and stream code against a stand-in CuPy that keeps CUDA's ordering rules
 (tests/fakecuda.py): each defect below once passed every other test because nothing on a CPU
 modelled which stream a piece of work runs on."""
+import numpy as np
 import pytest
 
 from tests import fakecuda
@@ -57,3 +58,45 @@ def test_graph_replay_runs_after_the_cold_flush(cp):
 def test_capture_on_the_legacy_stream_is_refused_by_the_model(cp):
     with pytest.raises(RuntimeError, match="legacy"):
         cp.cuda.get_current_stream().begin_capture()
+
+
+# -- no host objects inside a timed call (streams, wavefront, graph) ------------------------------
+def _rnn_on_fake_cupy(cp, steps, cell="lstm"):
+    """A built RNN whose orchestration runs against the stand-in CuPy (array math is NumPy's)."""
+    from fusion.steps import Plan
+    from kernels.params import PARAMS
+    from kernels.rnn import RNN
+    p = PARAMS[cell].random(5, 6, 2, seed=1).astype(np.float32)
+    rnn = RNN(p, variant="fused", backend="numpy", dtype="fp32", opts=Plan(frozenset(steps)),
+              reuse_outputs=True)
+    rnn.xp = cp
+    return p, rnn
+
+
+FUSED = ("group_gemm", "hoist_input", "fuse_pointwise")
+
+
+@pytest.mark.parametrize("steps", [FUSED + ("streams",), FUSED + ("streams", "wavefront")])
+def test_stream_plans_make_their_streams_and_events_once(cp, steps):
+    from kernels.reference import REFERENCES
+    p, rnn = _rnn_on_fake_cupy(cp, steps)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((9, 3, 5)).astype(np.float32)
+    rnn(x)
+    with fakecuda.no_new_host_objects(cp):
+        y, (h, c) = rnn(x)
+    ry, (rh, rc) = REFERENCES["lstm"](x, p)
+    assert np.max(np.abs(y - ry)) < 1e-5
+
+
+def test_graph_call_makes_no_events_and_copies_nothing_with_its_own_buffers(cp):
+    p, rnn = _rnn_on_fake_cupy(cp, FUSED + ("graph",), cell="gru")
+    x = np.random.default_rng(0).standard_normal((4, 2, 5)).astype(np.float32)
+    h0 = np.zeros((2, 2, 6), np.float32)
+    sx, sh, _ = rnn.graph_inputs(x, h0)
+    first = rnn(sx, sh)
+    with fakecuda.no_new_host_objects(cp):
+        y, h = rnn(sx, sh)
+    assert y is first[0]          # reuse_outputs: the graph's buffers, not copies
+    entry = next(iter(rnn._graphs.values()))
+    assert sx is entry["static"]["seq"] and sh is entry["static"]["h0"]
