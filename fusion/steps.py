@@ -64,8 +64,9 @@ class Plan:
         return name in self.steps
 
     @classmethod
-    def full(cls, device: str = "cpu") -> "Plan":
-        return cls(frozenset(n for n in LADDER if device in STEPS[n].devices))
+    def full(cls, device: str = "cpu", exclude: tuple = ()) -> "Plan":
+        """Every step the device has, less ``exclude`` (steps a backend cannot run)."""
+        return cls(frozenset(n for n in LADDER if device in STEPS[n].devices and n not in exclude))
 
     @classmethod
     def parse(cls, text: str | None, device: str = "cpu") -> "Plan":
@@ -89,6 +90,13 @@ class Plan:
     @property
     def label(self) -> str:
         return ",".join(self.ordered()) or "none"
+
+
+def full_plan(device: str, backend: str) -> Plan:
+    """The default plan of ``backend``: every step of its device that it can run."""
+    from kernels.backends import BACKENDS
+    b = BACKENDS.get(backend)
+    return Plan.full(device, exclude=b.no_steps if b is not None else ())
 
 
 def ladder(device: str = "cpu") -> list:

@@ -24,6 +24,8 @@ class Backend:
     requires: tuple = ()        # importable modules it needs
     pointwise: str = ""         # fused pointwise provider
     about: str = ""
+    no_steps: tuple = ()        # fusion steps this backend cannot run, and why
+    no_steps_why: str = ""
 
     def missing(self) -> str | None:
         """Why this backend cannot run here, or None."""
@@ -42,6 +44,12 @@ class Backend:
         if reason:
             raise Unsupported(reason)
         return importlib.import_module(self.xp_module)
+
+    def check_plan(self, plan) -> None:
+        """Unsupported (a skip with the reason) for a plan holding a step this backend lacks."""
+        bad = [n for n in self.no_steps if n in plan]
+        if bad:
+            raise Unsupported(f"backend {self.name} cannot run step {', '.join(bad)}: {self.no_steps_why}")
 
     def check_dtype(self, dtype) -> str:
         name = canonical(dtype)

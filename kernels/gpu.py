@@ -36,6 +36,11 @@ CUDA_BACKENDS = (
                "compiled by NVRTC (cupy.RawModule), launched on CuPy's current stream"),
     dict(name="pycuda", device="cuda", xp_module="cupy", dtypes=("fp32", "tf32", "fp16", "bf16"),
          requires=("cupy", "pycuda"), pointwise="pycuda",
+         # PyCUDA cannot launch on a stream it did not create, so its kernels run on the legacy
+         # default stream: the steps that put the pointwise kernel on another stream are out.
+         no_steps=("wavefront", "graph"),
+         no_steps_why="PyCUDA launches on the legacy default stream, and these steps run the "
+                      "pointwise kernel on other streams (use the cupy backend)",
          about="CuPy arrays and cuBLAS GEMMs; the same .cu compiled by PyCUDA's SourceModule (nvcc) "
                "in CuPy's primary context, prepared launches on the default stream"),
     dict(name="numba-cuda", device="cuda", xp_module="cupy", dtypes=("fp32", "tf32", "fp16"),

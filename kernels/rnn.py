@@ -88,8 +88,11 @@ class RNN:
             self.plan = Plan()
         elif isinstance(opts, Plan):
             self.plan = opts
+        elif opts is None or (isinstance(opts, str) and opts.strip() == "all"):
+            self.plan = Plan.full(self.backend.device, exclude=self.backend.no_steps)
         else:
             self.plan = Plan.parse(opts, self.backend.device)
+        self.backend.check_plan(self.plan)
         self.variant, self.params, self.cell = variant, params, params.cell
         # Streams/events implementation; None picks the one of the array module.  Tests pass a
         # fusion.streams.DeferredStreams to run the stream logic in an adversarial order.

@@ -57,8 +57,8 @@ def _measured_region(case):
 
 
 def _full(case):
-    from fusion.steps import Plan
-    return Plan.full(case.device)
+    from fusion.steps import full_plan
+    return full_plan(case.device, case.backend)
 
 
 @dataclass

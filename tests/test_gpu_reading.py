@@ -85,3 +85,19 @@ def test_legacy_heuristic_pick_skips_tensor_core_rows_for_fp32():
     assert C.pick_heuristic_row(rows, "tf32")["algo"] == "WINOGRAD_NONFUSED"
     assert C.pick_heuristic_row(rows[:2], "fp32") is None
     assert (C.CUDNN_TENSOR_OP_MATH, C.CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION, C.CUDNN_FMA_MATH) == (1, 2, 3)
+
+
+# -- PyCUDA and the default GPU plan ---------------------------------------------------------------
+def test_pycuda_default_plan_leaves_out_the_steps_it_cannot_run():
+    """PyCUDA launches on the legacy default stream only; the default GPU plan once held
+    ``graph`` (a capture on a non-blocking stream), so the pycuda backend never ran it."""
+    from fusion.steps import Plan, full_plan
+    from kernels.backends import BACKENDS
+    from kernels.errors import Unsupported
+    pyc = full_plan("cuda", "pycuda")
+    assert "graph" not in pyc and "wavefront" not in pyc and "fuse_pointwise" in pyc
+    assert "streams" in pyc            # its pointwise kernel stays on the caller's stream
+    assert full_plan("cuda", "cupy") == Plan.full("cuda")
+    BACKENDS["pycuda"].check_plan(pyc)
+    with pytest.raises(Unsupported, match="legacy default stream"):
+        BACKENDS["pycuda"].check_plan(Plan(frozenset({"fuse_pointwise", "graph"})))

@@ -87,7 +87,7 @@ def resolve_device(requested: str, op: str) -> str:
 
 def plan_cases(args) -> tuple:
     """(cases, device): every case the arguments ask for, validated before anything runs."""
-    from fusion.steps import Plan, ladder
+    from fusion.steps import Plan, full_plan, ladder
     from kernels import dtypes
     from kernels.backends import BACKENDS
 
@@ -144,7 +144,7 @@ def plan_cases(args) -> tuple:
                                           rung_plan if v == "fused" else None, threads, label))
             else:
                 for rec in records:
-                    rp = (plan or Plan.full(device)) if rec.fusable else None
+                    rp = (plan or full_plan(device, rec.backend)) if rec.fusable else None
                     cases.append(Case(rec, problem, p, args.seed, rp, threads))
     if fw_names:
         cases += framework_cases(op, problem, fw_names, device, precisions, args.seed,

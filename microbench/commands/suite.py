@@ -135,7 +135,7 @@ def _memory_need(problem, precision: str) -> int:
 
 def plan(args, suite, device: str) -> list:
     """Entries of the suite after the filters, each with the cases it runs or the reason it cannot."""
-    from fusion.steps import Plan, ladder
+    from fusion.steps import full_plan, ladder
     from kernels import dtypes
     from kernels.backends import BACKENDS
 
@@ -201,7 +201,7 @@ def plan(args, suite, device: str) -> list:
         else:
             for rec in ours:
                 if keep(rec.variant):
-                    built.append((rec, Plan.full(device) if rec.fusable else None, ""))
+                    built.append((rec, full_plan(device, rec.backend) if rec.fusable else None, ""))
         if not built and not theirs:
             e.reason = "no variant left after the filters" if (variants or backends) else \
                 f"no {spec.op} variant runs on {device}"
