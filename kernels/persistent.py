@@ -508,9 +508,25 @@ class PersistentRNN:
             self._plans[B] = geo
         return geo
 
-    def __call__(self, x, h0, c0=None):
+    def __call__(self, x, h0=None, c0=None):
+        """Three launches: the input GEMM, the bias add and the persistent kernel.
+
+        ``x`` (T, B, I) is taken in the storage type, converted if it is not: the kernel reads
+        the GEMM's output as that type, so an fp32 ``x`` with fp16 weights must not promote the
+        GEMM to fp32.  ``h0``/``c0`` (B, H) default to zeros, as in every other variant.
+        """
         import cupy
+        lstm = self.cell == "lstm"
+        if getattr(x, "ndim", 0) != 3:
+            raise BadInput(f"x must be (T, B, I); got shape {getattr(x, 'shape', None)}")
         T, B, _ = x.shape
+        if not lstm and c0 is not None:
+            raise BadInput("a GRU has no cell state: c0 must be None")
+        for name, v in (("h0", h0), ("c0", c0)):
+            if v is not None and tuple(v.shape) != (B, self.H):
+                raise BadInput(f"{name} must be (B, H) = {(B, self.H)}; got {tuple(v.shape)}")
+        if x.dtype != self.dtype:
+            x = x.astype(self.dtype)
         geo = self.geometry(B)
         H = self.H
         # gemm_x: one cuBLAS GEMM for all T steps, biases folded: gx (T, B, G*H)
@@ -518,11 +534,12 @@ class PersistentRNN:
         gx += self.bias
         y = cupy.empty((T, B, H), self.dtype)
         h_n = cupy.empty((B, H), self.dtype)
-        lstm = self.cell == "lstm"
         c_n = cupy.empty((B, H), self.dtype) if lstm else self._dummy
-        args = (self.w_hh, gx, self._dummy if lstm else self.b_hn,
-                cupy.ascontiguousarray(h0, self.dtype),
-                cupy.ascontiguousarray(c0, self.dtype) if lstm else self._dummy,
+
+        def state(v):
+            return cupy.zeros((B, H), self.dtype) if v is None else cupy.ascontiguousarray(v, self.dtype)
+        args = (self.w_hh, gx, self._dummy if lstm else self.b_hn, state(h0),
+                state(c0) if lstm else self._dummy,
                 y, h_n, c_n, np.int32(T), np.int32(B), np.int32(H),
                 *(np.int32(v) for v in geo.args()))
         self.kernel((geo.blocks,), (THREADS,), args, shared_mem=geo.smem)

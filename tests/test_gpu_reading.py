@@ -101,3 +101,42 @@ def test_pycuda_default_plan_leaves_out_the_steps_it_cannot_run():
     BACKENDS["pycuda"].check_plan(pyc)
     with pytest.raises(Unsupported, match="legacy default stream"):
         BACKENDS["pycuda"].check_plan(Plan(frozenset({"fuse_pointwise", "graph"})))
+
+
+# -- the persistent kernel's launcher --------------------------------------------------------------
+def _persistent_on_stand_in(monkeypatch, cell, precision):
+    """PersistentRNN with a stand-in CuPy (NumPy arrays) and a kernel that records its arguments."""
+    from kernels import persistent as kp
+    from kernels.params import PARAMS
+    from tests import fakecuda
+    cp = fakecuda.install(monkeypatch)
+    cp.cuda.runtime = types.SimpleNamespace(getDevice=lambda: 0)
+    cp.cuda.driver = types.SimpleNamespace(occupancyMaxActiveBlocksPerMultiprocessor=lambda *a: 1)
+    launches = []
+
+    class Kernel:
+        kernel = types.SimpleNamespace(ptr=1)
+
+        def __call__(self, grid, block, args, shared_mem=0):
+            launches.append(args)
+    monkeypatch.setattr(kp, "_cupy_kernel", lambda symbol, dev: Kernel())
+    monkeypatch.setattr(kp, "limits_from_device", lambda dev, k: kp.H100)
+    p = PARAMS[cell].random(8, 16, 1, seed=3)
+    return kp.PersistentRNN(p, precision), launches
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_persistent_call_converts_x_and_defaults_states(monkeypatch, cell):
+    """fp32 x with fp16 weights once promoted the input GEMM to fp32 while the kernel read it as
+    fp16; c0=None (zeros everywhere else) was passed on as None."""
+    run, launches = _persistent_on_stand_in(monkeypatch, cell, "fp16")
+    x = np.random.default_rng(0).standard_normal((5, 3, 8)).astype(np.float32)
+    run(x)
+    w_hh, gx, _, h0, c0, y, h_n, c_n = launches[-1][:8]
+    assert gx.dtype == np.float16 and y.dtype == np.float16
+    assert h0.shape == (3, 16) and not h0.any()
+    if cell == "lstm":
+        assert c0.shape == (3, 16) and not c0.any()
+    from kernels.errors import BadInput
+    with pytest.raises(BadInput, match="h0 must be"):
+        run(x, np.zeros((2, 16), np.float16))

@@ -54,7 +54,9 @@ def build_persistent(problem: RNNProblem, seed: int, *, backend: str = "cupy", p
     itemsize = np.dtype(impl.dtype).itemsize
     return Prepared(inputs={"x": x, "h0": h0, "c0": c0}, run=run, flops=problem.flops(),
                     bytes=problem.bytes(itemsize), check=check,
-                    info={"plan": "persistent", "geometry": geo.describe(), "launches_per_call": 2})
+                    info={"plan": "persistent", "geometry": geo.describe(),
+                          # input GEMM, bias add, persistent kernel
+                          "launches_per_call": 3})
 
 
 for _op in ("lstm", "gru"):
