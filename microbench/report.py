@@ -92,6 +92,9 @@ def table(outcomes: list, console: Console, *, ladder: bool = False, title: str 
             nv = o.record.get("nvtx") or {}
             if nv.get("est_overhead_frac") and nv["est_overhead_frac"] > 0.01:
                 note = f"NVTX ~{100 * nv['est_overhead_frac']:.0f}%"
+            opts = o.record.get("options") or {}
+            if opts.get("mode_asked"):
+                note = (note + "; " if note else "") + f"ran {opts['mode']} (asked {opts['mode_asked']})"
             warn = (o.record.get("gpu_state") or {}).get("warning")
             if warn:
                 note = (note + "; " if note else "") + f"[yellow]{warn}[/]"

@@ -24,6 +24,9 @@ def record(*, case, status: str, env: dict, measurement=None, check=None, prepar
         "op": case.op,
         "variant": case.variant,
         "backend": case.backend,
+        # "" for our variants; the framework of a framework row (its identity, and what the
+        # report's framework plots group by)
+        "framework": getattr(case.record, "framework", "") or "",
         "device": case.device,
         "dtype": case.precision,
         "shape": case.problem.shape(),

@@ -11,6 +11,8 @@ import numpy as np
 class Measurement:
     samples: list = field(default_factory=list)   # seconds per call
     max_noise: float = 0.05                        # relative noise above which a result is flagged
+    mode: str = ""                                 # set when timed elsewhere: the mode it really ran in
+    timer: str = ""                                # ... and the timer it used
 
     @cached_property
     def _q(self):

@@ -43,6 +43,8 @@ def identity(rec: dict, *, with_env: bool = True) -> tuple:
     """The identity key of a record (``with_env=False`` drops env_id: compare across machines)."""
     options = {k: v for k, v in (rec.get("options") or {}).items() if k not in VOLATILE_OPTIONS}
     options.setdefault("mode", DEFAULT_MODE)   # older records, and skips (never timed), have none
+    if "mode_asked" in options:   # a row that could not run the mode asked is keyed by the request
+        options["mode"] = options.pop("mode_asked")
     key = (rec.get("op"), rec.get("variant"), rec.get("backend"), rec.get("framework") or "",
            rec.get("dtype"), _freeze(rec.get("shape") or {}), _freeze(options))
     return key + ((rec.get("env_id"),) if with_env else ())

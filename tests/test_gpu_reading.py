@@ -140,3 +140,45 @@ def test_persistent_call_converts_x_and_defaults_states(monkeypatch, cell):
     from kernels.errors import BadInput
     with pytest.raises(BadInput, match="h0 must be"):
         run(x, np.zeros((2, 16), np.float16))
+
+
+# -- framework rows: the mode and timer they really ran with ---------------------------------------
+def test_framework_worker_reports_the_mode_it_runs():
+    """Framework rows were labelled cold/+graph while the worker ignored both: the worker now
+    flushes when asked (its own flush, or on the CPU a NumPy buffer), never replays a graph, and
+    reports what it ran."""
+    from microbench.frameworks.worker import timing_mode
+    bare = types.SimpleNamespace()
+    _, flush, mode, name = timing_mode(bare, "cpu", {"cold": True, "graph": True})
+    assert flush is not None and mode == "cold" and name == "perf_counter"
+    flush()
+    _, flush, mode, _ = timing_mode(bare, "cuda", {"cold": True, "graph": False})
+    assert flush is None and mode == "warm"         # no device flush offered: not called cold
+    events = types.SimpleNamespace(name="cuda-events", sample=lambda fn: 0.0)
+    gpu = types.SimpleNamespace(timer=lambda dev: events, flusher=lambda dev: (lambda: None))
+    timer, flush, mode, name = timing_mode(gpu, "cuda", {"cold": True})
+    assert timer is events and mode == "cold" and name == "cuda-events"
+
+
+def test_runner_records_the_mode_a_framework_row_ran(monkeypatch):
+    from microbench import runner
+    from microbench.harness import Settings
+    from microbench.problems import RNNProblem
+    from microbench.registry import Check, Prepared, VariantRecord
+    from microbench.stats import Measurement
+    from microbench import store
+
+    def build(problem, seed, *, precision, plan):
+        return Prepared(inputs={}, run=lambda: None, flops=1, bytes=1,
+                        check=lambda: Check(0.0, 1e-5, True, ""), info={},
+                        measure=lambda s: Measurement([1e-3] * 5, s.max_noise, mode="warm",
+                                                      timer="perf_counter around a synchronizing call"))
+    rec = VariantRecord("lstm", "fused", "torch", build, "stand-in", framework="torch")
+    case = runner.Case(rec, RNNProblem("lstm", 2, 2, 2, 2, 1), "fp32")
+    out = runner.run_case(case, Settings(warmup=0, min_time=0, graph=True), {"env_id": "x"}, 0.0)
+    assert out.status == "ok", out.error
+    opts = out.record["options"]
+    assert opts["mode"] == "warm" and opts["mode_asked"] == "warm+graph"
+    assert out.record["timer"] == "perf_counter around a synchronizing call"
+    # keyed by what was asked, so --resume finds it
+    assert store.identity(out.record) == store.case_identity(case, "x", "warm+graph")

@@ -153,10 +153,7 @@ def build_framework(problem: RNNProblem, seed: int, *, framework: str, path: str
             return check_custom(outputs, problem, seed, precision, cell)
         return compare(outputs, reference_outputs(problem, seed, precision), precision)
 
-    def measure(settings) -> Measurement:
-        budget = settings.max_time * 2 + 120
-        got = worker.request({"cmd": "measure", "settings": dataclasses.asdict(settings)}, timeout=budget)
-        return Measurement(got["samples"], settings.max_noise)
+    measure = _measure_in(worker)
 
     runs = LAYERNORM_PATHS[framework][device][path] if cell == "layernorm" else \
         describe(framework, device, path, problem.op)
@@ -171,6 +168,17 @@ def build_framework(problem: RNNProblem, seed: int, *, framework: str, path: str
     return Prepared(inputs={}, run=lambda: worker.request({"cmd": "run"}),
                     flops=problem.flops() * (3 if backward else 1), bytes=nbytes * (2 if backward else 1),
                     check=check, info=info, measure=measure, close=worker.close)
+
+
+def _measure_in(worker):
+    """Time a case inside its worker; the Measurement carries the mode and timer the worker really
+    used (a framework row never replays a CUDA graph, and cold mode needs a flush it can run)."""
+    def measure(settings) -> Measurement:
+        got = worker.request({"cmd": "measure", "settings": dataclasses.asdict(settings)},
+                             timeout=settings.max_time * 2 + 120)
+        return Measurement(got["samples"], settings.max_noise, mode=got.get("mode", ""),
+                           timer=got.get("timer", ""))
+    return measure
 
 
 def _build_conv(problem, seed, *, framework, path, device, precision, threads, python) -> Prepared:
@@ -193,10 +201,7 @@ def _build_conv(problem, seed, *, framework, path, device, precision, threads, p
         raise
     winfo = ans["info"]
 
-    def measure(settings) -> Measurement:
-        got = worker.request({"cmd": "measure", "settings": dataclasses.asdict(settings)},
-                             timeout=settings.max_time * 2 + 120)
-        return Measurement(got["samples"], settings.max_noise)
+    measure = _measure_in(worker)
 
     info = {"framework": framework, "path": path, "runs": describe(framework, device, path, "conv"),
             "compile_s": winfo.get("compile_s", winfo.get("first_call_s")), "worker": worker.env, **winfo}

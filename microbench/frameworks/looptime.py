@@ -28,12 +28,17 @@ def relative_noise(samples) -> float:
     return (q3 - q1) / med if med > 0 else float("inf")
 
 
-def measure(run, settings: dict, clock=time.perf_counter) -> list:
-    """Seconds per call of ``run`` (which returns only when its work is complete)."""
+def measure(run, settings: dict, clock=time.perf_counter, before_sample=None, sample=None) -> list:
+    """Seconds per call of ``run`` (which returns only when its work is complete).
+    ``before_sample`` runs untimed before each measured sample (cold mode); ``sample(fn)`` replaces
+    the wall-clock timer (device events)."""
     warmup, min_time, max_time = settings["warmup"], settings["min_time"], settings["max_time"]
     min_samples, max_noise = settings["min_samples"], settings["max_noise"]
+    timed = sample
 
     def sample():
+        if timed is not None:
+            return timed(run)
         t0 = clock()
         run()
         return clock() - t0
@@ -46,6 +51,8 @@ def measure(run, settings: dict, clock=time.perf_counter) -> list:
             break
     samples = []
     while True:
+        if before_sample is not None:
+            before_sample()
         samples.append(sample())
         n, total = len(samples), sum(samples)
         if clock() - start >= max_time and n >= min(3, min_samples):

@@ -67,7 +67,7 @@ def build(op, path, device, precision, arrays) -> Built:
     x, h0 = t(arrays["x"]), t(arrays["h0"])
     c0 = t(arrays["c0"]) if op != "gru" else None
     train = "dy" in arrays
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync = _syncer(device)
     info = {"precision_switches": {"float32_matmul_precision": torch.get_float32_matmul_precision(),
                                    "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
                                    "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32},
@@ -258,6 +258,58 @@ def _build_layernorm(path, device, dt, arrays, layers, state, info, sync) -> Bui
     return Built(run, outputs, info)
 
 
+# While the worker times a call with CUDA events the call must not synchronize the host: the end
+# event would then be queued only after the host woke up, and the sample would include that gap.
+_EVENTS_TIMING = {"on": False}
+
+
+def _syncer(device: str):
+    if device != "cuda":
+        return lambda: None
+
+    def sync():
+        if not _EVENTS_TIMING["on"]:
+            _torch.cuda.synchronize()
+    return sync
+
+
+class CudaEventTimer:
+    """torch.cuda.Event pairs on torch's current stream around each call, the end event
+    synchronized before reading: the same device-time samples our GPU rows get."""
+
+    name = "cuda-events"
+
+    def __init__(self):
+        self.start = _torch.cuda.Event(enable_timing=True)
+        self.end = _torch.cuda.Event(enable_timing=True)
+
+    def sample(self, fn):
+        stream = _torch.cuda.current_stream()
+        _EVENTS_TIMING["on"] = True
+        try:
+            self.start.record(stream)
+            fn()
+            self.end.record(stream)
+        finally:
+            _EVENTS_TIMING["on"] = False
+        self.end.synchronize()
+        return self.start.elapsed_time(self.end) / 1e3
+
+
+def timer(device: str):
+    """The worker's timer on ``device``: CUDA events on a GPU, else None (wall clock)."""
+    return CudaEventTimer() if device == "cuda" else None
+
+
+def flusher(device: str):
+    """Cold mode on a GPU: write twice the L2 on torch's current stream before each sample."""
+    if device != "cuda":
+        return None
+    l2 = _torch.cuda.get_device_properties(_torch.cuda.current_device()).L2_cache_size
+    buf = _torch.empty(2 * l2 // 4, dtype=_torch.float32, device="cuda")
+    return lambda: buf.fill_(1.0)
+
+
 def info_mkldnn() -> bool:
     b = _torch.backends.mkldnn
     return bool(b.enabled and b.is_available())
@@ -286,7 +338,7 @@ def build_conv(path, device, precision, arrays, geom) -> Built:
         kernel = "ATen fallback (slow_conv2d: unfold + GEMM)"
     else:
         raise Unsupported(f"torch has no conv path {path!r} on {device}")
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync = _syncer(device)
     last = {}
 
     def run():

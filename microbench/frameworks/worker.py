@@ -42,16 +42,54 @@ def thread_env(threads: int | None) -> dict:
 
 
 def _timing():
-    """(name, measure(run, settings_dict) -> samples)."""
+    """(name, measure(run, settings_dict, timer, flush) -> samples)."""
     try:
         from microbench.harness import CpuTimer, Settings, measure
 
-        def run_measure(run, settings):
-            return list(measure(run, Settings(**settings), CpuTimer()).samples)
+        def run_measure(run, settings, timer=None, flush=None):
+            return list(measure(run, Settings(**settings), timer or CpuTimer(),
+                                before_sample=flush).samples)
         return "microbench.harness.measure", run_measure
     except ImportError:
         from .looptime import measure
-        return "microbench.frameworks.looptime.measure", measure
+
+        def run_measure(run, settings, timer=None, flush=None):
+            return measure(run, settings, before_sample=flush,
+                           sample=timer.sample if timer is not None else None)
+        return "microbench.frameworks.looptime.measure", run_measure
+
+
+def cpu_flusher():
+    """Cold mode on the CPU: write twice the last-level cache before each sample (untimed)."""
+    import numpy as np
+    try:
+        from microbench.caches import cpu_llc_bytes
+        llc = cpu_llc_bytes()
+    except ImportError:          # a foreign interpreter without our package: the common default
+        llc = 32 << 20
+    buf = np.ones(2 * llc // 8, dtype=np.float64)
+
+    def flush():
+        np.add(buf, 1.0, out=buf)
+    return flush
+
+
+def timing_mode(adapter, device: str, settings: dict):
+    """(timer or None, flush or None, mode, timer name): what this worker really runs for the
+    requested settings.  Graph replay is ours only: a framework row never runs in graph mode,
+    and says so in its mode rather than being labelled with a mode it did not run."""
+    make_timer = getattr(adapter, "timer", None)
+    timer = make_timer(device) if make_timer is not None else None
+    flush = None
+    if settings.get("cold"):
+        make_flush = getattr(adapter, "flusher", None)
+        flush = make_flush(device) if make_flush is not None else None
+        if flush is None and device == "cpu":
+            flush = cpu_flusher()
+    mode = "cold" if flush is not None else "warm"
+    name = timer.name if timer is not None else (
+        "perf_counter" if device == "cpu" else "perf_counter around a synchronizing call")
+    return timer, flush, mode, name
 
 
 def main(argv=None) -> int:
@@ -123,7 +161,9 @@ def main(argv=None) -> int:
                 built.run()
                 send({"ok": True})
             elif cmd == "measure":
-                send({"ok": True, "samples": run_measure(built.run, req["settings"])})
+                timer, flush, mode, tname = timing_mode(adapter, args.device, req["settings"])
+                send({"ok": True, "samples": run_measure(built.run, req["settings"], timer, flush),
+                      "mode": mode, "timer": tname})
             elif cmd == "quit":
                 send({"ok": True})
                 return 0
