@@ -182,3 +182,16 @@ def test_runner_records_the_mode_a_framework_row_ran(monkeypatch):
     assert out.record["timer"] == "perf_counter around a synchronizing call"
     # keyed by what was asked, so --resume finds it
     assert store.identity(out.record) == store.case_identity(case, "x", "warm+graph")
+
+
+def test_cudnn_loaded_directory_reads_the_process_maps(monkeypatch, tmp_path):
+    """benchmarks/gpu/cudnn_vs_torch.py points our binding at the cuDNN PyTorch already mapped,
+    so one process never holds two cuDNN builds under one soname."""
+    import builtins
+    from kernels.cudnn import lib
+    maps = tmp_path / "maps"
+    maps.write_text("7f00-7f01 r-xp 0 08:01 1 /opt/x/torch/lib/libcudnn.so.9\n"
+                    "7f02-7f03 r-xp 0 08:01 2 /usr/lib/libc.so.6\n")
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: real_open(maps if p == "/proc/self/maps" else p, *a, **k))
+    assert lib.loaded_directory() == "/opt/x/torch/lib"

@@ -92,6 +92,14 @@ def main(argv=None):
     import torch
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
+    # One cuDNN build in the process: PyTorch loads its own first, and our binding is pointed at
+    # that same directory (two builds under one soname could mix their sub-libraries).
+    torch.backends.cudnn.version()
+    from kernels.cudnn import lib as cudnn_lib
+    torch_dir = cudnn_lib.loaded_directory()
+    if torch_dir is None:
+        sys.exit("PyTorch did not load libcudnn.so.9 into this process; cannot share its cuDNN")
+    os.environ[cudnn_lib.ENV_VAR] = torch_dir
     from kernels.cudnn.rnn import CUDNN_RNN_ALGO, CudnnRNN
     from kernels.errors import Unsupported
     from microbench.cases.rnn import compare, make_inputs, reference_outputs

@@ -250,7 +250,7 @@ def load_from(found: Found) -> Library:
             where = found.searched_text()
             raise MissingDependency("cuDNN 9 (libcudnn.so.9)", "the cudnn variants",
                                     f"searched: {where}; dlopen({MAIN}): {e}; {HINT}") from None
-        directory = _loaded_dir(main) or SYSTEM
+        directory = loaded_directory() or SYSTEM
     else:
         for name in SUBLIBS:
             p = os.path.join(found.directory, name)
@@ -277,8 +277,9 @@ def load_from(found: Found) -> Library:
     return lib
 
 
-def _loaded_dir(cdll: ctypes.CDLL) -> str | None:
-    """The directory a library opened by soname came from (Linux: /proc/self/maps)."""
+def loaded_directory() -> str | None:
+    """The directory of the cuDNN already mapped into this process, if any (Linux:
+    /proc/self/maps): where PyTorch's cuDNN came from, so ours can load the same build."""
     try:
         with open("/proc/self/maps") as f:
             for line in f:
