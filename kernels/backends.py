@@ -34,6 +34,9 @@ class Backend:
             ok, reason = gpu.detect()
             if not ok:
                 return f"backend {self.name} needs a GPU: {reason}"
+            mismatch = gpu.driver_mismatch() if "cupy" in self.requires else None
+            if mismatch:
+                return f"backend {self.name}: {mismatch}"
         for mod in self.requires:
             if importlib.util.find_spec(mod) is None:
                 return str(MissingDependency(mod, f"backend {self.name}", f"pip install {mod}"))

@@ -104,6 +104,40 @@ def available() -> bool:
     return detect()[0]
 
 
+@functools.lru_cache(maxsize=1)
+def driver_cuda_version() -> int | None:
+    """The CUDA version the driver supports, as CUDA encodes it (13000 = 13.0), or None."""
+    lib = _load_driver()
+    if isinstance(lib, str) or lib.cuInit(0) != 0:
+        return None
+    version = ctypes.c_int(0)
+    return version.value if lib.cuDriverGetVersion(ctypes.byref(version)) == 0 else None
+
+
+def cupy_cuda_major() -> int | None:
+    """The CUDA major version the installed CuPy wheel is built for (cupy-cuda13x -> 13), or None
+    (no CuPy, or a source build whose version cannot be told from its name)."""
+    import importlib.metadata as md
+    import re
+    for dist in md.distributions():
+        m = re.fullmatch(r"cupy-cuda(\d+)x", (dist.metadata.get("Name") or "").lower())
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def driver_mismatch(driver: int | None = None, cupy_major: int | None = None) -> str | None:
+    """Why the installed CuPy cannot run on this driver (one line), or None.  A CUDA 13 CuPy on a
+    driver that supports CUDA 12 fails on its first call; say so before any case runs."""
+    driver = driver_cuda_version() if driver is None else driver
+    cupy_major = cupy_cuda_major() if cupy_major is None else cupy_major
+    if driver is None or cupy_major is None or driver // 1000 >= cupy_major:
+        return None
+    return (f"the installed cupy-cuda{cupy_major}x needs a driver for CUDA {cupy_major}; this driver "
+            f"supports CUDA {driver // 1000}.{driver % 1000 // 10}: update the driver, or install "
+            f"cupy-cuda{driver // 1000}x (scripts/setup picks the CuPy that matches the driver)")
+
+
 def _free_memory_driver(device: int) -> tuple:
     """``(free, total)`` bytes through the driver: the primary context is retained for the call
     (creating it costs a few hundred MB of device memory, released again if nobody else holds it)."""

@@ -195,3 +195,53 @@ def test_cudnn_loaded_directory_reads_the_process_maps(monkeypatch, tmp_path):
     real_open = builtins.open
     monkeypatch.setattr(builtins, "open", lambda p, *a, **k: real_open(maps if p == "/proc/self/maps" else p, *a, **k))
     assert lib.loaded_directory() == "/opt/x/torch/lib"
+
+
+# -- installs --------------------------------------------------------------------------------------
+def test_a_cuda13_cupy_on_an_older_driver_is_a_skip_with_the_reason():
+    from kernels.gpu import driver_mismatch
+    assert driver_mismatch(12040, 13) == (
+        "the installed cupy-cuda13x needs a driver for CUDA 13; this driver supports CUDA 12.4: "
+        "update the driver, or install cupy-cuda12x (scripts/setup picks the CuPy that matches "
+        "the driver)")
+    assert driver_mismatch(13000, 13) is None and driver_mismatch(13020, 12) is None
+
+
+def test_backend_reports_the_driver_mismatch(monkeypatch):
+    from kernels import gpu
+    from kernels.backends import BACKENDS
+    monkeypatch.setattr(gpu, "detect", lambda: (True, "1 GPU: stand-in"))
+    monkeypatch.setattr(gpu, "driver_cuda_version", lambda: 12080)
+    monkeypatch.setattr(gpu, "cupy_cuda_major", lambda: 13)
+    assert "needs a driver for CUDA 13" in BACKENDS["cupy"].missing()
+    monkeypatch.setattr(gpu, "driver_cuda_version", lambda: 13000)
+    if HAVE_CUPY:
+        assert BACKENDS["cupy"].missing() is None
+
+
+@pytest.mark.skipif(not HAVE_CUPY, reason="CuPy is not installed (the test extra installs it)")
+def test_the_installed_cupy_wheel_names_its_cuda_major():
+    from kernels.gpu import cupy_cuda_major
+    assert cupy_cuda_major() in (12, 13)
+
+
+def test_gpu_device_script_fits_its_budget_and_file_limit():
+    """benchmarks/gpu/all.sh is the first run on any GPU: its step timeouts (loops counted) must
+    add up to under 9 minutes, and it may write at most 8 files (what comes back)."""
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parent.parent / "benchmarks/gpu/all.sh").read_text()
+    total, mult = 0, 1
+    for line in text.splitlines():
+        s = line.strip()
+        loop = re.match(r"for \w+ in (.+); do", s)
+        if loop:
+            mult = len(loop.group(1).split())
+        elif s == "done":
+            mult = 1
+        m = re.match(r"(?:timeout|bench) (\d+) ", s)
+        if m:
+            total += mult * int(m.group(1))
+    assert 0 < total <= 9 * 60 - 20, total
+    files = set(re.findall(r'\$OUT/([\w.-]+)"', text))
+    assert 0 < len(files) <= 8, files
