@@ -94,10 +94,6 @@ class _CustomLSTMParams(RNNParams):
     def num_weights(self) -> int:
         return super().num_weights() + sum(np.size(a) for e in self.extras for a in e.values())
 
-    def as_lstm(self) -> LSTMParams:
-        """The canonical part alone (for comparisons with a plain LSTM)."""
-        return LSTMParams(self.input_size, self.hidden_size, self.layers)
-
 
 class PeepholeLSTMParams(_CustomLSTMParams):
     kind, expr = "peephole", cellexpr.PEEPHOLE_LSTM

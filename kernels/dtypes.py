@@ -54,9 +54,5 @@ def itemsize(name) -> int:
     return 2 if canonical(name) == "bf16" else storage(name).itemsize
 
 
-def is_bfloat16(dtype) -> bool:
-    return getattr(dtype, "name", str(dtype)) == "bfloat16"
-
-
 def tolerance(name) -> float:
     return _PRECISIONS[canonical(name)][1]

@@ -552,9 +552,5 @@ def source_defines() -> dict:
             for m in re.finditer(r"#define\s+MB_PERSIST_(\w+)\s+(\d+)", read_source())}
 
 
-def flops_per_step(cell: str, H: int, B: int) -> int:
-    return 2 * GATES[cell] * H * H * B
-
-
 __all__ = ["DeviceLimits", "Geometry", "H100", "plan", "largest_h", "emulate", "emulate_layer",
            "PersistentRNN", "smem_layout", "fold_biases", "DecompositionError"]
