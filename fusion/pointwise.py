@@ -119,7 +119,7 @@ class NumpyGRU:
 # SIMD tanh).  For fp32 we use a rational approximation tanh(x) ~ x P(u) / Q(u), u = (x/9)^2, on
 # x clamped to [-9, 9] (tanh(9) rounds to 1 in fp32).  The coefficients are a least-squares fit of
 # the relative error on 40k Chebyshev nodes; evaluated in fp32 the maximum relative error is
-# 3.5e-7 (about 6 ulp) over [-12, 12], checked in tests/test_pointwise.py.  All coefficients are
+# 3.5e-7 (about 6 ulp) over [-12, 12], checked in tests/test_rnn_variants.py.  All coefficients are
 # positive, so Horner's rule has no cancellation.  fp64 keeps libm's tanh: it is the precision
 # that must agree with the reference to 1e-10.
 TANH_CLAMP = 9.0

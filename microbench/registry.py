@@ -2,7 +2,7 @@
 
 A record binds (op, variant, backend) to a builder.  Builders follow one contract:
 
-    build(problem, rng, *, dtype, plan) -> Prepared
+    build(problem, seed, *, precision, plan) -> Prepared
 
 Allocation, compilation and weight loading happen in ``build``; only ``Prepared.run`` is timed.
 """
