@@ -469,3 +469,24 @@ def test_conv_cudnn_variants_are_registered_and_skip_without_a_gpu():
     rec = registry.REGISTRY[("conv", "cudnn", "cupy")]
     with pytest.raises(Unsupported, match="need a GPU"):
         rec.build(ConvProblem(N=1, C=4, H=8, W=8, K=4, R=3, S=3, pad=1), 0, precision="fp32")
+
+
+@pytest.mark.gpu
+def test_rnn_tf32_keeps_fp32_range():
+    """tf32 must be TF32 (fp32's exponent range), not a down-conversion to fp16: with inputs of
+    magnitude 1e-20 and zero states and biases, the outputs are ~1e-21, which fp16 flushes to 0
+    (relative error 1) while TF32 keeps them to ~1e-3.  A CPU cannot tell these apart; the
+    constant is checked in test_config_values."""
+    import cupy as cp
+    from kernels.params import LSTMParams
+    from kernels.reference import lstm_reference
+    p = LSTMParams.random(8, 16, 1, seed=2, dtype=np.float32)
+    for layer in p.layers:
+        layer.b_ih[...] = 0
+        layer.b_hh[...] = 0
+    x = (1e-20 * np.random.default_rng(3).standard_normal((5, 3, 8))).astype(np.float32)
+    zeros = np.zeros((1, 3, 16), np.float32)
+    rnn = R.CudnnRNN(p, batch=3, seq_len=5, precision="tf32")
+    y = rnn(cp.asarray(x), cp.asarray(zeros), cp.asarray(zeros))[0].get().astype(np.float64)
+    ry, _ = lstm_reference(x, p, zeros, zeros)
+    assert np.max(np.abs(y - ry)) / np.max(np.abs(ry)) < 1e-2
