@@ -99,11 +99,28 @@ def global_problem(cell: str, T: int, I: int, H: int, L: int, batch: int):
     return RNNProblem(cell, T, batch, I, H, L)
 
 
+def conv_problem(geometry: dict, batch: int):
+    """A ConvProblem of the given geometry (everything but N) at this global batch."""
+    from kernels.conv import ConvProblem
+    return ConvProblem(N=batch, **geometry)
+
+
+def conv_inputs(problem, seed: int, precision: str) -> dict:
+    """x, w, b of the global problem from the seed; dY standard normal from its own stream."""
+    from kernels import dtypes
+    x, w, b = problem.random_inputs(np.random.default_rng(seed), precision)
+    dy = np.random.default_rng([seed, 2]).standard_normal(problem.y_shape).astype(dtypes.storage(precision))
+    return {"x": x, "w": w, "b": b, "dy": dy}
+
+
 def rank_inputs(problem, seed: int, precision: str, rank: int, b: int) -> dict:
     """This rank's slice of the global batch, and the weights (the same on every rank)."""
     from .cases.backward import train_inputs
-    inp = train_inputs(problem, seed, precision, "plain")
     sl = slice(rank * b, (rank + 1) * b)
+    if problem.op == "conv":
+        inp = conv_inputs(problem, seed, precision)
+        return {**inp, "x": np.ascontiguousarray(inp["x"][sl]), "dy": np.ascontiguousarray(inp["dy"][sl])}
+    inp = train_inputs(problem, seed, precision, "plain")
     out = {"params": inp["params"], "x": np.ascontiguousarray(inp["x"][:, sl]),
            "h0": np.ascontiguousarray(inp["h0"][:, sl]), "dy": np.ascontiguousarray(inp["dy"][:, sl])}
     out["c0"] = np.ascontiguousarray(inp["c0"][:, sl]) if inp.get("c0") is not None else None
@@ -114,12 +131,55 @@ def check_outputs(outputs: list, problem, seed: int, precision: str, rank: int, 
     """A rank's [y, dx, dh0, (dc0), weight grads averaged over n] against the float64 step."""
     from .cases import conditioning as cond
     from .cases.backward import reference_grads
-    names, ref, tols = reference_grads(problem, seed, precision, "plain")
     sl = slice(rank * b, (rank + 1) * b)
-    n_batch = 4 if problem.op == "lstm" else 3           # y, dx, dh0 (, dc0) carry the batch
-    refs = [r[:, sl] if i < n_batch else r for i, r in enumerate(ref)]
+    if problem.op == "conv":
+        names, ref, tols = conv_reference(problem, seed, precision)
+        n_batch = 2                                       # y, dx carry the batch (axis 0)
+        refs = [r[sl] if i < n_batch else r for i, r in enumerate(ref)]
+    else:
+        names, ref, tols = reference_grads(problem, seed, precision, "plain")
+        n_batch = 4 if problem.op == "lstm" else 3       # y, dx, dh0 (, dc0) carry the batch (axis 1)
+        refs = [r[:, sl] if i < n_batch else r for i, r in enumerate(ref)]
     got = [np.asarray(o, dtype=np.float64) * (n if i >= n_batch else 1) for i, o in enumerate(outputs)]
     return cond.compare_each(got, refs, tols, names)
+
+
+def _torch_conv_step(problem, x, w, b, dy) -> list:
+    """y, dx, dw, db of sum(y * dy) by torch autograd in float64 (NCHW or NHWC arrays)."""
+    import torch
+    import torch.nn.functional as F
+    nhwc = problem.layout == "NHWC"
+    t = lambda a: torch.tensor(np.asarray(a, dtype=np.float64))  # noqa: E731
+    xt = t(x.transpose(0, 3, 1, 2) if nhwc else x).requires_grad_(True)
+    wt = t(w).requires_grad_(True)
+    bt = t(b).requires_grad_(True) if b is not None else None
+    y = F.conv2d(xt, wt, bt, stride=problem.stride, padding=problem.pad, dilation=problem.dilation,
+                 groups=problem.groups)
+    dyt = t(dy.transpose(0, 3, 1, 2) if nhwc else dy)
+    (y * dyt).sum().backward()
+    back = (lambda a: a.permute(0, 2, 3, 1)) if nhwc else (lambda a: a)
+    out = [back(y.detach()).numpy(), back(xt.grad).numpy(), wt.grad.numpy()]
+    return out + ([bt.grad.numpy()] if bt is not None else [])
+
+
+_CONV_REF: dict = {}
+
+
+def conv_reference(problem, seed: int, precision: str) -> tuple:
+    """(names, float64 y and gradients on the whole batch by torch autograd, tolerances): each
+    tolerance follows the measured conditioning, as the RNN training checks do."""
+    from .cases import conditioning as cond
+    key = (problem, seed, precision)
+    if key not in _CONV_REF:
+        inp = conv_inputs(problem, seed, precision)
+        base = _torch_conv_step(problem, inp["x"], inp["w"], inp["b"], inp["dy"])
+        u, rng = cond.unit_roundoff(precision), np.random.default_rng([seed, 3])
+        moved = _torch_conv_step(problem, cond.perturb(inp["x"], rng, u), cond.perturb(inp["w"], rng, u),
+                                 cond.perturb(inp["b"], rng, u), inp["dy"])
+        names = ["y", "dx", "dw"] + (["db"] if problem.bias else [])
+        _CONV_REF.clear()
+        _CONV_REF[key] = (names, base, cond.tolerances(base, moved, precision))
+    return _CONV_REF[key]
 
 
 # -- buckets ---------------------------------------------------------------------------------------
@@ -131,12 +191,19 @@ class Buckets:
     NAMES = ("w_ih", "w_hh", "b_ih", "b_hh")
 
     def __init__(self, params, cap_bytes: int, group, n: int, xp, dtype, torch_device):
+        """``params``: RNN parameters (gradients per layer, last layer first) or a list of
+        ``(name, shape)`` in the order backward finishes them (a convolution: w, b)."""
         import torch
-        L = params.num_layers
-        items = []                                   # (layer, name, shape), last layer first
-        for l in reversed(range(L)):
-            for name, a in zip(self.NAMES, params.layers[l].arrays()):
-                items.append((l, name, tuple(a.shape)))
+        items = []                                   # (layer, name, shape), in backward's order
+        if isinstance(params, list):
+            items = [(0, name, tuple(shape)) for name, shape in params]
+        else:
+            for l in reversed(range(params.num_layers)):
+                for name, a in zip(self.NAMES, params.layers[l].arrays()):
+                    items.append((l, name, tuple(a.shape)))
+        self.names = {}
+        for l, name, _ in items:
+            self.names.setdefault(l, []).append(name)
         self.buckets, cur, size = [], [], 0
         item = np.dtype(dtype).itemsize
         for it in items:
@@ -173,7 +240,7 @@ class Buckets:
 
     def add(self, layer: int, grads: dict) -> None:
         """Backward's on_layer hook: copy the layer's gradients in; launch every bucket completed."""
-        for name in self.NAMES:
+        for name in self.names[layer]:
             k, off, cnt, _ = self.where[(layer, name)]
             self.flat[k][off:off + cnt] = grads[name].reshape(-1)
             self.left[k] -= 1
@@ -207,7 +274,7 @@ class Buckets:
 
     def layer_grads(self, layer: int) -> dict:
         out = {}
-        for name in self.NAMES:
+        for name in self.names[layer]:
             k, off, cnt, shape = self.where[(layer, name)]
             out[name] = self.flat[k][off:off + cnt].reshape(shape)
         return out
@@ -320,7 +387,106 @@ class DDPStep:
         return [o.detach().cpu().numpy() for o in out]
 
 
+class OursConvStep(OursStep):
+    """im2col forward and backward (kernels.conv.backward); dW and db all-reduced while dX is computed."""
+
+    def __init__(self, g, group, cfg: Config, problem, inp: dict, precision: str, bucket_mb: float):
+        from kernels import dtypes
+        self.xp = np
+        if g.device == "cuda":
+            import cupy
+            self.xp = cupy
+        xp = self.xp
+        self.dt = dtypes.storage(precision)
+        self.problem = _rank_conv(problem, cfg.batch)
+        self.x, self.w, self.dy = (xp.asarray(inp[k], dtype=self.dt) for k in ("x", "w", "dy"))
+        self.b = xp.asarray(inp["b"], dtype=self.dt) if inp["b"] is not None else None
+        items = [("w", self.w.shape)] + ([("b", self.b.shape)] if self.b is not None else [])
+        self.buckets = Buckets(items, int(bucket_mb * 2 ** 20), group, cfg.n, xp, self.dt, g.torch_device())
+        self.sync = (lambda: xp.cuda.get_current_stream().synchronize()) if xp is not np else (lambda: None)
+
+    def step(self) -> tuple:
+        from kernels.conv import backward as cbw
+        t0 = time.perf_counter()
+        with _phase("forward"):
+            y, tape = cbw.forward_train(self.x, self.w, self.b, self.problem, xp=self.xp)
+            self.sync()
+        t1 = time.perf_counter()
+        with _phase("backward"):
+            g = cbw.backward(tape, self.dy, xp=self.xp, on_params=lambda gr: self.buckets.add(0, gr))
+            self.sync()
+        t2 = time.perf_counter()
+        with _phase("exposed"):
+            self.buckets.wait()
+        t3 = time.perf_counter()
+        return (y, g), {"forward": t1 - t0, "backward": t2 - t1, "exposed": t3 - t2, "step": t3 - t0}
+
+    def outputs(self, result) -> list:
+        y, g = result
+        avg = self.buckets.layer_grads(0)
+        out = [y, g["x"], avg["w"]] + ([avg["b"]] if self.b is not None else [])
+        return [self._host(a) for a in out]
+
+
+class DDPConvStep(DDPStep):
+    """nn.Conv2d with the same weights under DistributedDataParallel."""
+
+    def __init__(self, g, group, cfg: Config, problem, inp: dict, precision: str, bucket_mb: float):
+        import torch
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        dt = {"fp32": torch.float32, "fp64": torch.float64}[precision]
+        dev = g.torch_device()
+        p = problem
+        conv = torch.nn.Conv2d(p.C, p.K, (p.R, p.S), stride=p.stride, padding=p.pad, dilation=p.dilation,
+                               groups=p.groups, bias=p.bias).to(dtype=dt)
+        with torch.no_grad():
+            conv.weight.copy_(torch.from_numpy(np.asarray(inp["w"])))
+            if p.bias:
+                conv.bias.copy_(torch.from_numpy(np.asarray(inp["b"])))
+        conv = conv.to(dev)
+        if p.layout == "NHWC":
+            conv = conv.to(memory_format=torch.channels_last)
+        kw = {"device_ids": [g.device_index]} if g.device == "cuda" else {}
+        self.model = DDP(conv, process_group=group, bucket_cap_mb=bucket_mb, **kw)
+        self.nhwc, self.torch, self.bias = p.layout == "NHWC", torch, p.bias
+        perm = (lambda a: a.permute(0, 3, 1, 2)) if self.nhwc else (lambda a: a)
+        self.x = perm(torch.as_tensor(np.asarray(inp["x"]), dtype=dt, device=dev))
+        self.dy = perm(torch.as_tensor(np.asarray(inp["dy"]), dtype=dt, device=dev))
+        self.sync = torch.cuda.synchronize if g.device == "cuda" else (lambda: None)
+        self.no_sync = False
+
+    def step(self) -> tuple:
+        self.model.zero_grad(set_to_none=True)
+        x = self.x.detach().requires_grad_(True)
+        ctx = self.model.no_sync() if self.no_sync else contextlib.nullcontext()
+        t0 = time.perf_counter()
+        with ctx:
+            with _phase("forward"):
+                y = self.model(x)
+                loss = (y * self.dy).sum()
+                self.sync()
+            t1 = time.perf_counter()
+            with _phase("backward"):
+                loss.backward()
+                self.sync()
+        t2 = time.perf_counter()
+        return (y, x), {"forward": t1 - t0, "backward": t2 - t1, "step": t2 - t0}
+
+    def outputs(self, result) -> list:
+        y, x = result
+        m = self.model.module
+        back = (lambda a: a.permute(0, 2, 3, 1)) if self.nhwc else (lambda a: a)
+        out = [back(y.detach()), back(x.grad), m.weight.grad] + ([m.bias.grad] if self.bias else [])
+        return [o.detach().cpu().contiguous().numpy() for o in out]
+
+
+def _rank_conv(problem, batch: int):
+    import dataclasses
+    return dataclasses.replace(problem, N=batch)
+
+
 STEPS = {"ours": OursStep, "ddp": DDPStep}
+CONV_STEPS = {"ours": OursConvStep, "ddp": DDPConvStep}
 
 
 # -- running one configuration ---------------------------------------------------------------------
@@ -341,17 +507,19 @@ def _q(samples) -> dict:
     return {"median_s": float(med), "q1_s": float(q1), "q3_s": float(q3)}
 
 
-def run_config(g, group, cfg: Config, *, T, I, H, L, seed, precision, steps, warmup, bucket_mb) -> Result:
-    """Check, then time one configuration on ranks 0..n-1 (only they call this)."""
+def run_config(g, group, cfg: Config, *, make_problem, seed, precision, steps, warmup, bucket_mb) -> Result:
+    """Check, then time one configuration on ranks 0..n-1 (only they call this);
+    ``make_problem(global_batch)`` gives the whole batch's problem."""
     import torch
     import torch.distributed as dist
 
     from . import distributed as mdist
     res = Result(cfg)
-    problem = global_problem(cfg.cell, T, I, H, L, cfg.global_batch)
+    problem = make_problem(cfg.global_batch)
     inp = rank_inputs(problem, seed, precision, g.rank, cfg.batch)
     with mdist.failures(g, f"{cfg.impl} {cfg.mode} n={cfg.n}"):
-        impl = STEPS[cfg.impl](g, group, cfg, problem, inp, precision, bucket_mb)
+        impl = (CONV_STEPS if cfg.cell == "conv" else STEPS)[cfg.impl](g, group, cfg, problem, inp, precision,
+                                                                        bucket_mb)
         result, _ = impl.step()
         chk = check_outputs(impl.outputs(result), problem, seed, precision, g.rank, cfg.batch, cfg.n)
         err = chk.max_rel_err if np.isfinite(chk.max_rel_err) else 1e300
@@ -399,7 +567,7 @@ def run_config(g, group, cfg: Config, *, T, I, H, L, seed, precision, steps, war
 
 
 def _allreduce_alone(impl, group, cfg) -> float:
-    if isinstance(impl, OursStep):
+    if isinstance(impl, OursStep):   # ours, RNN or conv
         return impl.allreduce_alone()
     # DDP: its gradient bytes in one flat all-reduce per bucket cap, as ours (same sizes, same order)
     import torch

@@ -195,3 +195,75 @@ def test_scale_and_allreduce_on_gpus_with_nccl(tmp_path):
     r = torchrun("scale", "lstm", "--device", "cuda", *TINY, nproc=nproc)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "FAILED" not in r.stdout
+
+
+# -- conv --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("geom", [dict(N=2, C=4, H=7, W=6, K=6, R=3, S=2, stride=(2, 1), pad=(1, 0), dilation=(1, 2),
+                                       groups=2),
+                                  dict(N=3, C=3, H=5, W=5, K=4, R=1, S=1, layout="NHWC"),
+                                  dict(N=1, C=2, H=6, W=6, K=3, R=3, S=3, pad=1, bias=False)])
+def test_conv_backward_matches_torch_autograd_and_finite_differences(geom):
+    from kernels.conv import ConvProblem, conv2d_reference
+    from kernels.conv import backward as cbw
+    p = ConvProblem(**geom)
+    x, w, b = p.random_inputs(np.random.default_rng(1), "fp64")
+    dy = np.random.default_rng(2).standard_normal(p.y_shape)
+    y, tape = cbw.forward_train(x, w, b, p)
+    g = cbw.backward(tape, dy)
+    np.testing.assert_allclose(y, conv2d_reference(x, w, b, p), rtol=1e-12, atol=1e-12)
+    ref = scaling._torch_conv_step(p, x, w, b, dy)
+    np.testing.assert_allclose(g["x"], ref[1], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(g["w"], ref[2], rtol=1e-10, atol=1e-12)
+    if p.bias:
+        np.testing.assert_allclose(g["b"], ref[3], rtol=1e-10, atol=1e-12)
+    else:
+        assert g["b"] is None
+    # one weight and one input element by central differences of sum(y * dy)
+    loss = lambda xx, ww: float(np.sum(conv2d_reference(xx, ww, b, p) * dy))  # noqa: E731
+    eps = 1e-6
+    for arr, grad, which in ((w, g["w"], "w"), (x, g["x"], "x")):
+        idx = tuple(s // 2 for s in arr.shape)
+        plus, minus = arr.copy(), arr.copy()
+        plus[idx] += eps
+        minus[idx] -= eps
+        args = (lambda a: (a, w)) if which == "x" else (lambda a: (x, a))
+        fd = (loss(*args(plus)) - loss(*args(minus))) / (2 * eps)
+        assert fd == pytest.approx(grad[idx], rel=1e-6, abs=1e-8)
+
+
+def test_conv_gradient_check_catches_a_missing_average():
+    from kernels.conv import backward as cbw
+    n, b = 2, 2
+    problem = scaling.conv_problem(dict(C=3, H=5, W=5, K=4, R=3, S=3, pad=1), n * b)
+    outs, grads = [], []
+    for r in range(n):
+        inp = scaling.rank_inputs(problem, 0, "fp64", r, b)
+        y, tape = cbw.forward_train(inp["x"], inp["w"], inp["b"], scaling._rank_conv(problem, b))
+        grads.append(cbw.backward(tape, inp["dy"]))
+        outs.append(y)
+    avg = {k: sum(g[k] for g in grads) / n for k in ("w", "b")}
+    good = [outs[0], grads[0]["x"], avg["w"], avg["b"]]
+    assert scaling.check_outputs(good, problem, 0, "fp64", 0, b, n).passed
+    bad = [outs[0], grads[0]["x"], grads[0]["w"], avg["b"]]          # rank 0's own dW, not averaged
+    assert not scaling.check_outputs(bad, problem, 0, "fp64", 0, b, n).passed
+
+
+def test_scale_conv_under_torchrun(tmp_path):
+    out = tmp_path / "c.jsonl"
+    r = torchrun("scale", "conv", "--device", "cpu", "-B", "2", "-C", "4", "-H", "6", "-K", "5", "--steps", "2",
+                 "--warmup", "0", "--scaling", "weak", "--ranks", "1,2", "--json", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(recs) == 4 and all(x["status"] == "ok" and x["check"]["passed"] for x in recs)
+    assert {x["op"] for x in recs} == {"scale-conv"} and {x["shape"]["N"] for x in recs} == {2, 4}
+
+
+def test_scale_sizes_belong_to_their_op(run_cli):
+    r = run_cli("scale", "lstm", "-C", "3")
+    assert r.returncode == 2 and "-C is a conv size" in r.stderr
+    r = run_cli("scale", "conv", "-I", "3")
+    assert r.returncode == 2 and "-I is an RNN size" in r.stderr
+    r = run_cli("scale", "conv", "-H", "2", "-R", "5", "--pad", "0")
+    assert r.returncode == 2 and "filter must fit" in r.stderr and "Traceback" not in r.stderr

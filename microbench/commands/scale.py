@@ -1,4 +1,4 @@
-"""``scale lstm|gru``: a data-parallel training step on 1..N ranks, started by torchrun.
+"""``scale lstm|gru|conv``: a data-parallel training step on 1..N ranks, started by torchrun.
 
     torchrun --nproc-per-node 2 -m microbench scale lstm --device cpu -T 10 -B 8 -H 64
 
@@ -18,6 +18,7 @@ from ..cli import csv_list
 EPILOG = """examples:
   torchrun --nproc-per-node 2 -m microbench scale lstm --device cpu -T 10 -B 8 -H 64
   torchrun --nproc-per-node 4 -m microbench scale gru --device cuda -H 1024 -B 64 --scaling weak
+  torchrun --nproc-per-node 2 -m microbench scale conv --device cpu --layer resnet50/res2_3x3 -B 4
   torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
       -m microbench scale lstm --device cuda --ranks 1,8,16
   nsys profile --trace=cuda,nvtx,osrt torchrun --nproc-per-node 2 -m microbench scale lstm   # phases as NVTX ranges
@@ -31,16 +32,26 @@ def add_parsers(sub) -> None:
                        description="Time a data-parallel training step (ours: fused forward + kernels.backward "
                                    "with bucketed all-reduce; PyTorch DDP) on 1..N ranks, weak and strong "
                                    "scaling, gradients checked against a float64 step on the whole batch.")
-    p.add_argument("op", choices=("lstm", "gru"), help="the layer")
+    p.add_argument("op", choices=("lstm", "gru", "conv"), help="the layer")
     add_dist_args(p)
-    s = p.add_argument_group("sizes")
+    s = p.add_argument_group("sizes (RNN: -T -H -I -L; conv: --layer or -C -H -W -K -R -S --stride --pad ...)")
     s.add_argument("-T", type=int, default=50, help="sequence length (default 50)")
-    s.add_argument("-B", type=int, default=32, help="batch of one rank at n=1 (default 32): weak scaling keeps "
-                                                    "it per rank, strong scaling splits it over the n ranks")
-    s.add_argument("-H", type=int, default=256, help="hidden size (default 256)")
+    s.add_argument("-B", type=int, default=32, help="batch of one rank at n=1 (default 32; conv: N): weak scaling "
+                                                    "keeps it per rank, strong scaling splits it over the n ranks")
+    s.add_argument("-H", type=int, default=None, help="RNN hidden size (default 256); conv input height (default 32)")
     s.add_argument("-I", type=int, default=None, help="input size (default: H)")
     s.add_argument("-L", type=int, default=2, help="layers (default 2: the top layer's all-reduce overlaps "
                                                    "the lower layer's backward)")
+    for flag, help_ in (("-C", "conv input channels (default 32)"), ("-W", "conv input width (default: H)"),
+                        ("-K", "conv output channels (default 32)"), ("-R", "conv filter height (default 3)"),
+                        ("-S", "conv filter width (default: R)")):
+        s.add_argument(flag, type=int, help=help_)
+    s.add_argument("--layer", metavar="NAME", help="conv: a named layer, e.g. resnet50/res2_3x3 (its N is -B)")
+    s.add_argument("--stride", type=int, help="conv stride (default 1)")
+    s.add_argument("--pad", type=int, help="conv padding (default (R-1)/2)")
+    s.add_argument("--dilation", type=int, help="conv dilation (default 1)")
+    s.add_argument("--groups", type=int, help="conv groups (default 1)")
+    s.add_argument("--layout", choices=("NCHW", "NHWC"), help="conv activation layout (default NCHW)")
     s.add_argument("--dtype", default="fp32", choices=("fp32", "fp64"), help="fp32 (default) or fp64")
     s.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default 0)")
     r = p.add_argument_group("runs")
@@ -80,8 +91,41 @@ def _ranks(text):
     return sorted(set(out))
 
 
+def problem_factory(args):
+    """``make(global_batch)`` for the op, and a one-line description of the per-rank shape."""
+    from .. import scaling
+    if args.op != "conv":
+        for flag in ("C", "W", "K", "R", "S", "layer", "stride", "pad", "dilation", "groups", "layout"):
+            if getattr(args, flag) is not None:
+                raise BadInput(f"{'-' if len(flag) == 1 else '--'}{flag} is a conv size; scale {args.op} takes "
+                               "-T -B -H -I -L")
+        H = 256 if args.H is None else args.H
+        I = args.I or H
+        args.H, args.I = H, I
+        return (lambda gb: scaling.global_problem(args.op, args.T, I, H, args.L, gb),
+                f"T{args.T} H{H} I{I} L{args.L}")
+    if args.I is not None:
+        raise BadInput("-I is an RNN size; scale conv takes --layer or -C -H -W -K -R -S")
+    if args.layer:
+        from ..suites.conv_shapes import conv_layer
+        base = conv_layer(args.layer, 1)
+        geom = {k: getattr(base, k) for k in ("C", "H", "W", "K", "R", "S", "stride", "pad", "dilation",
+                                              "groups", "layout")}
+    else:
+        R = args.R or 3
+        geom = dict(C=32, H=32, W=None, K=32, R=R, S=None, stride=1, pad=None, dilation=1, groups=1, layout="NCHW")
+    for k in ("C", "H", "W", "K", "R", "S", "stride", "pad", "dilation", "groups", "layout"):
+        if getattr(args, k) is not None:
+            geom[k] = getattr(args, k)
+    geom["W"] = geom["W"] if geom["W"] is not None else geom["H"]
+    geom["S"] = geom["S"] if geom["S"] is not None else geom["R"]
+    geom["pad"] = geom["pad"] if geom["pad"] is not None else (geom["R"] - 1) // 2
+    probe = scaling.conv_problem(geom, 1)            # validates the geometry now (one line if bad)
+    return (lambda gb: scaling.conv_problem(geom, gb), probe.describe().split(" ", 1)[1])
+
+
 def validate(args) -> None:
-    for flag, v in (("-T", args.T), ("-B", args.B), ("-H", args.H), ("-L", args.L), ("--steps", args.steps)):
+    for flag, v in (("-T", args.T), ("-B", args.B), ("-L", args.L), ("--steps", args.steps)):
         if v < 1:
             raise BadInput(f"{flag} {v} must be at least 1")
     if args.I is not None and args.I < 1:
@@ -92,7 +136,7 @@ def validate(args) -> None:
         raise BadInput(f"--bucket-mb {args.bucket_mb} must be positive")
 
 
-def record(g, res, env, args, eff) -> dict:
+def record(g, res, env, args, eff, make_problem) -> dict:
     """A microbench.result/1 record of one configuration (op scale-lstm / scale-gru)."""
     from .. import results
     c = res.config
@@ -103,10 +147,11 @@ def record(g, res, env, args, eff) -> dict:
         stats = Measurement(step).to_dict()
     return {"schema": results.SCHEMA, "op": f"scale-{c.cell}", "variant": c.impl, "backend": g.backend,
             "device": g.device, **results.placement(g.device, env), "dtype": args.dtype,
-            "shape": {"T": args.T, "B": c.batch, "I": args.I or args.H, "H": args.H, "L": args.L,
-                      "ranks": c.n, "global_batch": c.global_batch},
+            "shape": {**make_problem(c.global_batch).shape(), "B": c.batch, "ranks": c.n,
+                      "global_batch": c.global_batch},
             "options": {"plan": None, "threads": None, "seed": args.seed, "rung": None, "nvtx": args.nvtx,
-                        "scaling": c.mode, "bucket_mb": args.bucket_mb, "mode": "warm"},
+                        "scaling": c.mode, "bucket_mb": args.bucket_mb, "mode": "warm",
+                        **({"layout": make_problem(1).layout} if c.cell == "conv" else {})},
             "label": f"{c.impl}/{c.mode}/n{c.n}", "status": res.status, "error": res.error or None,
             "env_id": env.get("env_id"), "env": env, "timer": "perf_counter+sync",
             "samples_s": step if res.status == "ok" else None, "stats": stats if res.status == "ok" else None,
@@ -128,6 +173,7 @@ def cmd_scale(args) -> int:
     from ..results import JsonlWriter
 
     validate(args)
+    make_problem, shape_text = problem_factory(args)
     modes = _choices(args.scaling, scaling.MODES, "--scaling")
     impls = _choices(args.impl, scaling.IMPLS, "--impl")
     ranks = _ranks(args.ranks)
@@ -140,7 +186,7 @@ def cmd_scale(args) -> int:
         writer = JsonlWriter(args.json) if args.json and g.is_root else None
         if not args.quiet:
             mdist.note_launch(g, err, f"scale {args.op}")
-            mdist.say(g, out, f"scale {args.op}: T{args.T} H{args.H} I{args.I or args.H} L{args.L} {args.dtype}, "
+            mdist.say(g, out, f"scale {args.op}: {shape_text} {args.dtype}, "
                               f"B{args.B} per rank (weak) / global (strong), {g.world} rank(s), {g.backend} "
                               f"on {g.device}, {args.steps} steps")
         env = menv.collect(cheap=True) if g.is_root else {}
@@ -151,9 +197,9 @@ def cmd_scale(args) -> int:
                 results.append(scaling.Result(cfg, "skipped", reason))
                 continue
             if g.rank < cfg.n:
-                res = scaling.run_config(g, groups[cfg.n], cfg, T=args.T, I=args.I or args.H, H=args.H,
-                                         L=args.L, seed=args.seed, precision=args.dtype, steps=args.steps,
-                                         warmup=args.warmup, bucket_mb=args.bucket_mb)
+                res = scaling.run_config(g, groups[cfg.n], cfg, make_problem=make_problem, seed=args.seed,
+                                         precision=args.dtype, steps=args.steps, warmup=args.warmup,
+                                         bucket_mb=args.bucket_mb)
             else:
                 res = scaling.Result(cfg, "skipped", "rank idle")
             with mdist.failures(g, "the barrier between configurations"):
@@ -163,7 +209,7 @@ def cmd_scale(args) -> int:
         if g.is_root:
             if writer:
                 for res in results:
-                    writer.write(record(g, res, env, args, eff.get(res.config)))
+                    writer.write(record(g, res, env, args, eff.get(res.config), make_problem))
                 writer.close()
             table(results, eff, out, g)
         failed = sum(r.status == "failed" for r in results)
@@ -212,5 +258,5 @@ def table(results, eff, out, g) -> None:
     out.print("[dim]efficiency: weak t(1)/t(n), strong t(1)/(n t(n)), against the same row at 1 rank. all-reduce: "
               "the gradient buckets reduced alone; exposed: the part not hidden behind backward (ours: the wait "
               "after backward; ddp: backward minus backward under no_sync); hidden = 1 - exposed/all-reduce. "
-              "Gradients: n x the averaged weight gradients and each rank's x/h0/c0 gradients against one "
+              "Gradients: n x the averaged weight gradients and each rank's input (and state) gradients against one "
               "float64 step on the concatenated batch.[/]")
