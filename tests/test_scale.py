@@ -25,6 +25,14 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
 TINY = ["-T", "4", "-B", "4", "-H", "8", "-L", "2", "--steps", "3", "--warmup", "1"]
 
 
+def validate(recs: list) -> None:
+    """Records of allreduce and scale follow microbench.result/1 (compare and report read them)."""
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((ROOT / "microbench" / "schema" / "result-v1.json").read_text())
+    for rec in recs:
+        jsonschema.validate(rec, schema)
+
+
 def torchrun(*args, nproc=2, env=None, timeout=240):
     """``torchrun --standalone --nproc-per-node N -m microbench ...`` (a free port per run)."""
     e = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), COLUMNS="200")
@@ -62,6 +70,7 @@ def test_allreduce_over_two_ranks_prints_the_bandwidth_table(tmp_path):
         assert col in r.stdout
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(recs) == 4 and {x["dtype"] for x in recs} == {"fp32", "bf16"}
+    validate(recs)
     for x in recs:
         d = x["derived"]
         assert x["status"] == "ok" and x["check"]["passed"] and x["shape"]["ranks"] == 2
@@ -85,6 +94,7 @@ def test_scale_lstm_under_torchrun_checks_gradients_and_prints_the_table(tmp_pat
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     # ours and ddp, weak and strong, n = 1 and 2: every one checked and timed
     assert len(recs) == 8 and all(x["status"] == "ok" and x["check"]["passed"] for x in recs)
+    validate(recs)
     assert {(x["variant"], x["options"]["scaling"], x["shape"]["ranks"]) for x in recs} == \
         {(i, m, n) for i in ("ours", "ddp") for m in ("weak", "strong") for n in (1, 2)}
     for x in recs:
@@ -258,6 +268,7 @@ def test_scale_conv_under_torchrun(tmp_path):
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(recs) == 4 and all(x["status"] == "ok" and x["check"]["passed"] for x in recs)
     assert {x["op"] for x in recs} == {"scale-conv"} and {x["shape"]["N"] for x in recs} == {2, 4}
+    validate(recs)
 
 
 def test_scale_sizes_belong_to_their_op(run_cli):

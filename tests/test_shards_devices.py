@@ -260,3 +260,34 @@ def test_nvml_and_cuda_agree_on_a_real_gpu():
     h = devices.nvml_handle(pynvml, 0)
     assert pynvml.nvmlDeviceGetUUID(h) == devices.uuid(0)
     assert gpustate.read(0) and "error" not in gpustate.read(0)
+
+
+def test_shard_auto_reads_the_launcher(monkeypatch, tmp_path):
+    import argparse
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT",
+              "SLURM_ARRAY_TASK_MIN"):
+        monkeypatch.delenv(k, raising=False)
+    args = argparse.Namespace(device="cpu")
+    with pytest.raises(BadInput, match="--shard auto needs torchrun"):
+        msuite.auto_shard(args)
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "5")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "4")
+    assert msuite.auto_shard(args) == (3, 4)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert msuite.auto_shard(args) == (2, 2) and args.device == "cpu"
+    assert msuite.parse_shard("AUTO") == "auto"
+
+
+def test_shard_auto_under_torchrun_writes_one_file_per_shard(tmp_path, run_cli):
+    base = ["suite", "quick", "--only", "lstm-h128", "--backend", "numpy", "--device", "cpu", "--quiet",
+            "--shard", "auto", *FAST]
+    r = run_cli(*base, "--json", str(tmp_path / "one.jsonl"), env={"RANK": "0", "WORLD_SIZE": "2"})
+    assert r.returncode == 2 and "put {shard} in the path" in r.stderr
+    for rank in ("0", "1"):
+        r = run_cli(*base, "--json", str(tmp_path / "q-{shard}.jsonl"), env={"RANK": rank, "WORLD_SIZE": "2"})
+        assert r.returncode == 0, r.stderr
+    a, _ = store.read(tmp_path / "q-1.jsonl")
+    b, _ = store.read(tmp_path / "q-2.jsonl")
+    assert len(a) + len(b) == 5 and {r["shard"]["index"] for r in a + b} == {1, 2}

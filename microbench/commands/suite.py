@@ -53,7 +53,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--shard", metavar="K/N", type=parse_shard,
                    help="run only the K-th of N disjoint, deterministic slices of the plan (1 <= K <= N), "
                         "balanced by estimated time; every shard must be given the same suite, filters, "
-                        "--device, --dtype and --threads. report/compare merge the shards' --json files")
+                        "--dtype and --threads. 'auto': K/N from torchrun (RANK, WORLD_SIZE; each rank on "
+                        "cuda:LOCAL_RANK) or a Slurm array job. {shard} in --json becomes K. report/compare "
+                        "merge the shards' files")
     p.add_argument("--resume", action="store_true",
                    help="skip the cases --json already holds for this environment (ok or skipped)")
     add_timing(p)
@@ -63,9 +65,11 @@ def add_parsers(sub) -> None:
                    max_noise=None)
 
 
-def parse_shard(text: str) -> tuple:
-    """``K/N`` -> (K, N) with 1 <= K <= N (argparse type; a bad value is a one-line error)."""
+def parse_shard(text: str):
+    """``K/N`` -> (K, N) with 1 <= K <= N, or ``auto`` (argparse type; a bad value is one line)."""
     import argparse
+    if str(text).strip().lower() == "auto":
+        return "auto"
     k, sep, n = str(text).partition("/")
     try:
         k, n = int(k), int(n)
@@ -73,6 +77,34 @@ def parse_shard(text: str) -> tuple:
         k = n = None
     if not sep or k is None or n < 1 or not 1 <= k <= n:
         raise argparse.ArgumentTypeError(f"{text!r} is not K/N with 1 <= K <= N (e.g. 1/2, 2/2)")
+    return k, n
+
+
+def auto_shard(args) -> tuple:
+    """(K, N) from the launcher: torchrun's RANK/WORLD_SIZE (and each rank on cuda:LOCAL_RANK when
+    the device is cuda or auto with a GPU), or a Slurm array job's task id among its tasks."""
+    import os
+
+    from kernels import gpu as kgpu
+    env = os.environ
+    if not ("RANK" in env and "WORLD_SIZE" in env) and \
+            not ("SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env):
+        raise BadInput("--shard auto needs torchrun (RANK, WORLD_SIZE) or a Slurm array job "
+                       "(SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT); give --shard K/N")
+    try:
+        if "RANK" in env and "WORLD_SIZE" in env:
+            k, n = int(env["RANK"]) + 1, int(env["WORLD_SIZE"])
+            kind, index = devices.parse(args.device)
+            if kind == "cuda" and index is None or kind == "auto" and kgpu.detect()[0]:
+                args.device = f"cuda:{int(env.get('LOCAL_RANK', 0))}"
+        else:
+            first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+            k, n = int(env["SLURM_ARRAY_TASK_ID"]) - first + 1, int(env["SLURM_ARRAY_TASK_COUNT"])
+    except ValueError:
+        raise BadInput("--shard auto: the launcher's rank variables are not integers") from None
+    if not 1 <= k <= n:
+        raise BadInput(f"--shard auto: shard {k} of {n} from the launcher is out of range (array ids must be "
+                       "consecutive)")
     return k, n
 
 
@@ -386,6 +418,15 @@ def cmd_suite(args) -> int:
     if not suite.specs:
         raise BadInput(f"suite {suite.name!r} is empty")
     settings = _settings(args, suite)
+    if args.shard == "auto":
+        args.shard = auto_shard(args)
+        if args.json and "{shard}" not in args.json and args.shard[1] > 1:
+            raise BadInput(f"--shard auto: {args.shard[1]} processes would append to one file {args.json!r}; "
+                           "put {shard} in the path (e.g. --json 'run-{shard}.jsonl')")
+    if args.json and "{shard}" in args.json:
+        if not args.shard:
+            raise BadInput(f"--json {args.json!r}: {{shard}} is replaced by the shard number; add --shard K/N")
+        args.json = args.json.replace("{shard}", str(args.shard[0]))
     from profiles import capture
     capture.enable(getattr(args, "profile", False))
     counts = parse_threads(args.threads) if args.threads is not None else \
