@@ -33,13 +33,51 @@ def validate(recs: list) -> None:
         jsonschema.validate(rec, schema)
 
 
-def torchrun(*args, nproc=2, env=None, timeout=240):
+def torchrun(*args, nproc=2, env=None, timeout=240, cwd=ROOT):
     """``torchrun --standalone --nproc-per-node N -m microbench ...`` (a free port per run)."""
     e = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), COLUMNS="200")
     e.update(env or {})
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "microbench", *args]
-    return subprocess.run(cmd, cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+
+
+SHRINK = {"allreduce": ["--sizes", "1000", "--iters", "2", "--dtype", "fp32"],
+          "suite": ["--only", "lstm-h128", "--backend", "numpy", "--warmup", "0", "--min-time", "0.01",
+                    "--min-samples", "3", "--max-time", "0.1"]}
+
+
+def test_readme_scale_examples_run(tmp_path, run_cli):
+    """The README's scaling-out block, in order, with tiny sizes (later flags override earlier)."""
+    import re
+    import shlex
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- scale-examples -->\s*```\w*\n(.*?)```", readme, re.S).group(1)
+    lines = [x for x in block.splitlines() if x.strip()]
+    assert any(x.startswith("torchrun") for x in lines) and any("--shard" in x for x in lines)
+    for line in lines:
+        argv = shlex.split(line.split("#")[0])
+        if argv[0] == "torchrun":
+            args = argv[argv.index("microbench") + 1:]
+            if args[:2] == ["scale", "lstm"]:
+                extra = [*TINY, "--scaling", "weak"]
+            elif args[:2] == ["scale", "conv"]:           # also: conv under torchrun, its records
+                extra = ["-B", "2", "-C", "4", "-H", "6", "-W", "6", "-K", "4", "--steps", "2", "--warmup", "0",
+                         "--scaling", "weak", "--json", "conv.jsonl"]
+            else:
+                extra = SHRINK[args[0]]
+            r = torchrun(*args, *extra, cwd=tmp_path)
+        else:
+            assert argv[:3] == ["python3", "-m", "microbench"]
+            args = argv[3:]
+            r = run_cli(*args, *SHRINK.get(args[0], []), cwd=tmp_path)
+        assert r.returncode == 0, (line, r.stdout[-2000:], r.stderr[-2000:])
+        assert "Traceback" not in r.stderr
+    recs = [json.loads(x) for x in (tmp_path / "conv.jsonl").read_text().splitlines()]
+    assert len(recs) == 4 and all(x["status"] == "ok" and x["check"]["passed"] for x in recs)
+    assert {x["op"] for x in recs} == {"scale-conv"} and {x["shape"]["N"] for x in recs} == {2, 4}
+    assert {x["shape"]["C"] for x in recs} == {4}                   # explicit sizes override --layer
+    validate(recs)
 
 
 # -- allreduce -------------------------------------------------------------------------------------
@@ -258,17 +296,6 @@ def test_conv_gradient_check_catches_a_missing_average():
     assert scaling.check_outputs(good, problem, 0, "fp64", 0, b, n).passed
     bad = [outs[0], grads[0]["x"], grads[0]["w"], avg["b"]]          # rank 0's own dW, not averaged
     assert not scaling.check_outputs(bad, problem, 0, "fp64", 0, b, n).passed
-
-
-def test_scale_conv_under_torchrun(tmp_path):
-    out = tmp_path / "c.jsonl"
-    r = torchrun("scale", "conv", "--device", "cpu", "-B", "2", "-C", "4", "-H", "6", "-K", "5", "--steps", "2",
-                 "--warmup", "0", "--scaling", "weak", "--ranks", "1,2", "--json", str(out))
-    assert r.returncode == 0, r.stderr[-3000:]
-    recs = [json.loads(line) for line in out.read_text().splitlines()]
-    assert len(recs) == 4 and all(x["status"] == "ok" and x["check"]["passed"] for x in recs)
-    assert {x["op"] for x in recs} == {"scale-conv"} and {x["shape"]["N"] for x in recs} == {2, 4}
-    validate(recs)
 
 
 def test_scale_sizes_belong_to_their_op(run_cli):
