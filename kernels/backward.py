@@ -176,8 +176,12 @@ def _weight_grads(xp, dgx, dgh, X, Hprev):
             "b_ih": gx2.sum(axis=0), "b_hh": gh2.sum(axis=0)}
 
 
-def lstm_backward(tape: Tape, dy, dh_n=None, dc_n=None, *, xp=np) -> Grads:
-    """Gradients of a scalar loss given ``dy`` (T, B, H) and, optionally, ``dh_n``, ``dc_n`` (L, B, H)."""
+def lstm_backward(tape: Tape, dy, dh_n=None, dc_n=None, *, xp=np, on_layer=None) -> Grads:
+    """Gradients of a scalar loss given ``dy`` (T, B, H) and, optionally, ``dh_n``, ``dc_n`` (L, B, H).
+
+    ``on_layer(l, grads_l)`` is called as soon as layer l's weight gradients are final (last layer
+    first), before the layers below are differentiated: a data-parallel step starts their
+    all-reduce there, so it overlaps the rest of the backward pass."""
     p, dt = tape.params, tape.dtype
     L, H = p.num_layers, p.hidden_size
     layernorm = tape.cell == "layernorm"
@@ -235,12 +239,15 @@ def lstm_backward(tape: Tape, dy, dh_n=None, dc_n=None, *, xp=np) -> Grads:
             dAX = dP
             gw = _weight_grads(xp, dP, dP, rec["x"], hs[:T])
         grads[l] = gw
+        if on_layer is not None:
+            on_layer(l, gw)
         dh0[l], dc0[l] = dh, dc
         dseq = (dAX.reshape(T * B, 4 * H) @ w_ih).reshape(T, B, -1)             # dX, one GEMM
     return Grads(dseq, dh0, dc0, grads)
 
 
-def gru_backward(tape: Tape, dy, dh_n=None, *, xp=np) -> Grads:
+def gru_backward(tape: Tape, dy, dh_n=None, *, xp=np, on_layer=None) -> Grads:
+    """As :func:`lstm_backward`, for the GRU."""
     p, dt = tape.params, tape.dtype
     L, H = p.num_layers, p.hidden_size
     dseq = xp.asarray(dy, dtype=dt)
@@ -264,6 +271,8 @@ def gru_backward(tape: Tape, dy, dh_n=None, *, xp=np) -> Grads:
             gh[:, :H], gh[:, H:2 * H], gh[:, 2 * H:] = dar, daz, dan * r     # reset after the GEMM
             dh = dht * z + gh @ w_hh                                          # 1 GEMM per step
         grads[l] = _weight_grads(xp, dGX, dGH, rec["x"], hs[:T])
+        if on_layer is not None:
+            on_layer(l, grads[l])
         dh0[l] = dh
         dseq = (dGX.reshape(T * B, 3 * H) @ w_ih).reshape(T, B, -1)
     return Grads(dseq, dh0, None, grads)
@@ -280,7 +289,7 @@ def forward_train(x, params, h0=None, c0=None, *, xp=np, dtype=None):
     return y, (h, c), tape
 
 
-def backward(tape: Tape, dy, dstates=(), *, xp=np) -> Grads:
+def backward(tape: Tape, dy, dstates=(), *, xp=np, on_layer=None) -> Grads:
     if tape.cell == "gru":
-        return gru_backward(tape, dy, *dstates, xp=xp)
-    return lstm_backward(tape, dy, *dstates, xp=xp)
+        return gru_backward(tape, dy, *dstates, xp=xp, on_layer=on_layer)
+    return lstm_backward(tape, dy, *dstates, xp=xp, on_layer=on_layer)

@@ -21,13 +21,18 @@ def _nvml():
     return pynvml
 
 
-def read(index: int = 0) -> dict | None:
-    """SM and memory clocks (MHz), temperature (C), power (W), throttle reasons; None without NVML."""
+def read(index: int | None = None) -> dict | None:
+    """SM and memory clocks (MHz), temperature (C), power (W), throttle reasons of CUDA ordinal
+    ``index`` (None: the selected one, kernels.devices); None without NVML.
+
+    NVML numbers every GPU of the machine and ignores CUDA_VISIBLE_DEVICES, so the handle is
+    looked up by the ordinal's PCI bus id (kernels.devices.nvml_handle), never by index."""
+    from kernels import devices
     nv = _nvml()
     if nv is None:
         return None
     try:
-        h = nv.nvmlDeviceGetHandleByIndex(index)
+        h = devices.nvml_handle(nv, index)
         state = {
             "sm_mhz": nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM),
             "mem_mhz": nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM),

@@ -23,6 +23,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .store import machine  # noqa: E402  (ratios and panels never mix machines)
+
 MAX_PANELS = 12
 MAX_SERIES = 10
 
@@ -117,7 +119,7 @@ def ladder_plot(records: list) -> Plot:
     title = "Fusion ladder: time per rung"
     recs = [r for r in ok_records(records) if (r.get("options") or {}).get("rung")]
     groups = _group(recs, lambda r: (r["op"], shape_text(r), r.get("dtype"), r.get("backend"),
-                                     threads_of(r), r.get("env_id")))
+                                     threads_of(r), r.get("env_id"), machine(r)))
     if not groups:
         return Plot(title, None, "no ladder records (run lstm/gru --ladder or a suite with ladder entries)")
     keys = list(groups)[:MAX_PANELS]
@@ -135,7 +137,7 @@ def ladder_plot(records: list) -> Plot:
                 ax.annotate(f"{naive / m:.2f}x", (i, m), ha="center", va="bottom", fontsize=8,
                             xytext=(0, 3), textcoords="offset points")
         ax.set_xticks(range(len(rows)), names, rotation=25, ha="right", fontsize=8)
-        op, shape, dtype, backend, thr, _ = key
+        op, shape, dtype, backend, thr = key[:5]
         ax.set_title(f"{op} {shape} {dtype} {backend}" + (f", {thr} thr" if thr else ""), fontsize=9)
         ax.set_ylabel("ms per call (median, IQR bar)")
         ax.set_ylim(0, max(ms) * 1.2)
@@ -150,7 +152,8 @@ def ladder_plot(records: list) -> Plot:
 def convergence_plot(records: list) -> Plot:
     title = "Framework convergence: best time per framework path"
     recs = ok_records(records)
-    groups = _group(recs, lambda r: (r["op"], shape_text(r), r.get("dtype"), threads_of(r), r.get("env_id")))
+    groups = _group(recs, lambda r: (r["op"], shape_text(r), r.get("dtype"), threads_of(r), r.get("env_id"),
+                                     machine(r)))
     if not groups:
         return Plot(title, None, "no measured records")
     # panels with the most implementations first
@@ -182,7 +185,7 @@ def convergence_plot(records: list) -> Plot:
             ax.annotate(f"{w:.3g} ms", (w, i), va="center", fontsize=8, xytext=(3, 0),
                         textcoords="offset points")
         ax.set_xlim(0, max(wall) * 1.3)
-        op, shape, dtype, thr, _ = key
+        op, shape, dtype, thr = key[:4]
         ax.set_title(f"{op} {shape} {dtype}" + (f", {thr} thr" if thr else ""), fontsize=9)
         ax.set_xlabel("ms per call (median)")
     kind = "wall vs GPU-busy" if any_busy else "wall time only (no GPU-busy data in these records)"
@@ -242,7 +245,7 @@ def scaling_series(records: list) -> list:
         if not t:
             continue
         opts = {k: v for k, v in (r.get("options") or {}).items() if k != "threads"}
-        key = identity({**r, "options": opts})
+        key = identity({**r, "options": opts}) + (machine(r),)   # never a speedup across machines
         groups.setdefault(key, {})[t] = r
     out = []
     for by_t in groups.values():

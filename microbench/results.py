@@ -28,6 +28,7 @@ def record(*, case, status: str, env: dict, measurement=None, check=None, prepar
         # report's framework plots group by)
         "framework": getattr(case.record, "framework", "") or "",
         "device": case.device,
+        **placement(case.device, env),
         "dtype": case.precision,
         "shape": case.problem.shape(),
         "options": case.options(),
@@ -58,6 +59,16 @@ def record(*, case, status: str, env: dict, measurement=None, check=None, prepar
             "gbps": prepared.bytes / med / 1e9 if prepared and med > 0 else None,
         }
     return rec
+
+
+def placement(device: str, env: dict) -> dict:
+    """Where a case ran: ``host``, ``device_index`` (the CUDA ordinal; None on the CPU) and
+    ``device_name`` (the GPU's or the CPU's model), so merged shards keep their machines apart."""
+    if device == "cuda":
+        from kernels import devices
+        index = devices.selected()
+        return {"host": env.get("host"), "device_index": index, "device_name": devices.name(index)}
+    return {"host": env.get("host"), "device_index": None, "device_name": env.get("cpu")}
 
 
 class JsonlWriter:

@@ -149,6 +149,45 @@ def done_keys(path) -> tuple:
     return {identity(r) for r in records if r.get("status") in DONE_STATUSES}, skipped
 
 
+def machine(rec: dict) -> str | None:
+    """The machine a record was measured on: host and the device's model (``host`` and
+    ``device_name``, or the environment's host and CPU in records that predate them); None when
+    the record does not say.  Ratios (compare, report) never pair records of different machines
+    unless asked: identical hardware on two hosts still differs in clocks, cooling and neighbours."""
+    env = rec.get("env") if isinstance(rec.get("env"), dict) else {}
+    host = rec.get("host") or env.get("host")
+    dev = rec.get("device_name") or (env.get("cpu") if rec.get("device", "cpu") == "cpu" else None)
+    if host is None and dev is None:
+        return None
+    index = rec.get("device_index")
+    return f"{host or '?'} ({dev or '?'}{'' if index is None else f', cuda:{index}'})"
+
+
+def same_machine(a: dict, b: dict) -> bool:
+    """Whether two records come from one machine (GPU ordinals of one host count as one machine
+    when the model matches; records that do not say are taken as one machine)."""
+    ma, mb = machine(a), machine(b)
+    if ma is None or mb is None:
+        return True
+    strip = lambda m: m.split(", cuda:")[0]  # noqa: E731
+    return strip(ma) == strip(mb)
+
+
+def shards(records: list) -> list:
+    """One line per sharded plan in the records: which shards are present and which missing."""
+    plans: dict = {}
+    for r in records:
+        sh = r.get("shard")
+        if isinstance(sh, dict) and isinstance(sh.get("count"), int):
+            plans.setdefault((sh.get("plan"), sh["count"]), set()).add(sh.get("index"))
+    out = []
+    for (plan, n), have in plans.items():
+        missing = sorted(set(range(1, n + 1)) - have)
+        line = f"plan {plan}: shard(s) {', '.join(map(str, sorted(have)))} of {n} merged"
+        out.append(line + (f"; MISSING shard(s) {', '.join(map(str, missing))}" if missing else ""))
+    return out
+
+
 def latest(records: list, *, with_env: bool = False, status: str | None = "ok") -> dict:
     """identity -> the last record of each identity (a rerun supersedes an earlier record)."""
     out = {}

@@ -8,7 +8,10 @@ versions, or before and after a change.  Each row gets a verdict:
                    spread measured in both runs, so it is not evidence of a change
     B faster/slower  the ranges are apart; the ratio B/A says by how much
 
-Where a file holds a case more than once (a rerun), its last ok record counts.
+Where a file holds a case more than once (a rerun), its last ok record counts.  Each side may be
+several files (comma list or a quoted glob: the shards of one sharded suite run), merged in order.
+A row whose A and B records come from different machines (store.machine: host and device model)
+is refused unless --across-machines says that is the comparison wanted.
 """
 from __future__ import annotations
 
@@ -21,8 +24,11 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("compare", help="compare two results files case by case",
                        description="The cases two --json files share, side by side: medians, the ratio "
                                    "B/A and whether the difference is inside the measured spread.")
-    p.add_argument("a", metavar="A.jsonl", help="baseline results file")
-    p.add_argument("b", metavar="B.jsonl", help="results file compared with the baseline")
+    p.add_argument("a", metavar="A.jsonl", help="baseline results file(s): a comma list or a quoted glob "
+                                                "(e.g. 'base-*.jsonl', the shards of one run) merge")
+    p.add_argument("b", metavar="B.jsonl", help="results file(s) compared with the baseline, the same way")
+    p.add_argument("--across-machines", action="store_true",
+                   help="allow rows whose A and B were measured on different machines (host or device model)")
     p.add_argument("--only", metavar="REGEX", help="rows whose case text matches")
     p.set_defaults(func=cmd_compare)
 
@@ -62,18 +68,48 @@ def _stats_ok(rec: dict) -> bool:
         and st["median_s"] > 0
 
 
-def pair(records_a: list, records_b: list) -> tuple:
-    """(rows, only_in_a, only_in_b): rows for the cases both hold, in A's order."""
+def files_of(text: str) -> list:
+    """The files one side names: a comma list, each part a path or a glob pattern (sorted)."""
+    import glob
+    from pathlib import Path
+    out = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        if not Path(part).exists() and any(ch in part for ch in "*?["):
+            found = sorted(glob.glob(part))
+            if not found:
+                raise BadInput(f"{part!r} matches no file")
+            out += found
+        else:
+            out.append(part)
+    if not out:
+        raise BadInput(f"{text!r} names no results file")
+    return out
+
+
+def pair(records_a: list, records_b: list, *, across_machines: bool = False) -> tuple:
+    """(rows, only_in_a, only_in_b): rows for the cases both hold, in A's order.  Rows whose A and
+    B come from different machines raise BadInput unless ``across_machines``."""
     from .. import store
     a = {k: r for k, r in store.latest(records_a).items() if _stats_ok(r)}
     b = {k: r for k, r in store.latest(records_b).items() if _stats_ok(r)}
-    rows = []
+    rows, mixed = [], []
     for key, ra in a.items():
         rb = b.get(key)
         if rb is None:
             continue
+        if not store.same_machine(ra, rb):
+            mixed.append((ra, rb))
+            if not across_machines:
+                continue
         sa, sb = ra["stats"], rb["stats"]
         rows.append(Row(_what(ra), _label(ra), sa, sb, sb["median_s"] / sa["median_s"], verdict(sa, sb)))
+    if mixed and not across_machines:
+        ra, rb = mixed[0]
+        raise BadInput(f"{len(mixed)} case(s) were measured on different machines in A and B (e.g. "
+                       f"{store.machine(ra)} vs {store.machine(rb)}): a ratio would mix the machines "
+                       "with the change; pass --across-machines to compare them anyway")
     return rows, len(set(a) - set(b)), len(set(b) - set(a))
 
 
@@ -94,9 +130,9 @@ def cmd_compare(args) -> int:
         only = re.compile(args.only) if args.only is not None else None
     except re.error as e:
         raise BadInput(f"--only {args.only!r} is not a regular expression: {e}") from None
-    recs_a, bad_a = store.load(args.a)
-    recs_b, bad_b = store.load(args.b)
-    rows, only_a, only_b = pair(recs_a, recs_b)
+    recs_a, bad_a = store.load(files_of(args.a))
+    recs_b, bad_b = store.load(files_of(args.b))
+    rows, only_a, only_b = pair(recs_a, recs_b, across_machines=getattr(args, "across_machines", False))
     if only is not None:
         rows = [r for r in rows if only.search(f"{r.what} {r.label}")]
     if not rows:
@@ -119,6 +155,7 @@ def cmd_compare(args) -> int:
     notes = []
     if only_a or only_b:
         notes.append(f"only in A: {only_a}, only in B: {only_b} (not compared)")
+    notes += [f"A: {line}" for line in store.shards(recs_a)] + [f"B: {line}" for line in store.shards(recs_b)]
     if bad_a or bad_b:
         notes.append(f"lines that are not records, skipped: A {bad_a}, B {bad_b}")
     notes.append("B/A < 1: B is faster. within noise: the IQRs [q1, q3] of A and B overlap.")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from kernels import devices
 from kernels.errors import BadInput
 
 from ..cli import add_output, add_timing, csv_list
@@ -29,8 +30,8 @@ def add_parsers(sub) -> None:
         v.add_argument(f"--{rec.variant}", dest="variant_flags", action="append_const", const=rec.variant,
                        help=rec.about + where)
     v.add_argument("--all", action="store_true", help="every variant (the default when none is named)")
-    v.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="auto (default): a GPU if one is found and a GPU variant exists, else the CPU")
+    v.add_argument("--device", type=devices.argparse_type, default="auto", metavar="DEVICE",
+                   help="auto (default): a GPU if one is found and a GPU variant exists, else the CPU; cpu; cuda; cuda:K (the K-th GPU)")
     v.add_argument("--dtype", metavar="LIST", default="fp32",
                    help="comma list: fp64, fp32 on the CPU; fp32, tf32, fp16 on a GPU (default fp32)")
     v.add_argument("--frameworks", metavar="LIST",

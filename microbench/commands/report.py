@@ -210,6 +210,8 @@ def cmd_report(args) -> int:
     records, skipped = store.load(args.files)
     if skipped:
         err.print(f"note: {skipped} line(s) that are not records were skipped", highlight=False)
+    for line in store.shards(records):     # a sharded suite's files, merged: say which are missing
+        err.print(escape(f"note: {line}"), highlight=False)
     if not targets:
         for title, cols, rows in (("results", RESULT_COLUMNS, result_rows(records)),
                                   ("thread scaling", *scaling_rows(records))):

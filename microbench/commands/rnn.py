@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from kernels import devices
 from kernels.errors import BadInput
 
 from ..cli import EPILOG_RNN, add_output, add_timing, console, csv_list
@@ -31,8 +32,9 @@ def _add_rnn(sub, op: str, variant_names: list):
                    help="fusion steps for the fused variant: comma list of group_gemm, hoist_input, "
                         "pretranspose, fuse_pointwise; or all (default) or none")
     v.add_argument("--backend", metavar="LIST", help="comma list (default: every backend of the device)")
-    v.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="auto (default): a GPU if one is found, else the CPU")
+    v.add_argument("--device", type=devices.argparse_type, default="auto", metavar="DEVICE",
+                   help="auto (default): a GPU if one is found, else the CPU; cpu; cuda; cuda:K "
+                        "(the K-th GPU, counted as CUDA_VISIBLE_DEVICES shows them)")
     v.add_argument("--dtype", metavar="LIST", default="fp32", help="comma list of fp64, fp32 (default fp32)")
     if op == "lstm":
         v.add_argument("--cell", choices=("plain", "layernorm", "peephole"), default="plain",
@@ -69,20 +71,24 @@ def _add_rnn(sub, op: str, variant_names: list):
 
 
 def resolve_device(requested: str, op: str) -> str:
+    """``cpu`` or ``cuda`` for a --device value (auto, cpu, cuda, cuda:K); a GPU choice also
+    selects the ordinal (kernels.devices.select: validated, CuPy and torch pointed at it)."""
     from .. import env as menv
     from .. import registry
+    kind, index = devices.parse(requested)
     gpu = menv.gpu()
     has_cuda_backend = bool(registry.backends(op, "cuda"))
-    if requested == "cuda":
+    if kind == "cuda":
         if not gpu.get("available"):
-            raise BadInput(f"--device cuda: no CUDA GPU found ({gpu.get('reason', 'unknown')}); "
+            raise BadInput(f"--device {requested}: no CUDA GPU found ({gpu.get('reason', 'unknown')}); "
                            "allowed here: cpu, auto")
         if not has_cuda_backend:
-            raise BadInput(f"--device cuda: no {op} backend for cuda is installed; allowed here: cpu, auto")
+            raise BadInput(f"--device {requested}: no {op} backend for cuda is installed; allowed here: cpu, auto")
+        devices.select(index)
         return "cuda"
-    if requested == "auto":
+    if kind == "auto":
         return "cuda" if gpu.get("available") and has_cuda_backend else "cpu"
-    return requested
+    return kind
 
 
 def plan_cases(args) -> tuple:
@@ -154,9 +160,9 @@ def plan_cases(args) -> tuple:
 
 def _backward_device(requested: str) -> str:
     """--backward runs kernels.backward with NumPy: the CPU, whatever a GPU offers."""
-    if requested == "cuda":
-        raise BadInput("--backward runs on the CPU only (kernels.backward on the numpy backend), "
-                       "not --device cuda; allowed with --backward: --device cpu, auto")
+    if devices.parse(requested)[0] == "cuda":
+        raise BadInput(f"--backward runs on the CPU only (kernels.backward on the numpy backend), "
+                       f"not --device {requested}; allowed with --backward: --device cpu, auto")
     return "cpu"
 
 

@@ -11,6 +11,7 @@ import argparse
 import re
 from dataclasses import dataclass, field
 
+from kernels import devices
 from kernels.errors import BadInput
 
 from rich.markup import escape
@@ -23,6 +24,7 @@ EPILOG = """examples:
   python -m microbench suite quick --json q.jsonl --resume           # finish an interrupted run
   python -m microbench suite deepbench-rnn-inference --only 'lstm' --list   # the plan only
   python -m microbench suite deepbench-rnn-device --variants fused --threads 1,2 --json t.jsonl
+  python -m microbench suite quick --device cpu --shard 2/4 --json q-2.jsonl   # one slice of four
 """
 
 # Timing defaults when neither the suite nor the command line sets them (those of `lstm`).
@@ -44,10 +46,16 @@ def add_parsers(sub) -> None:
     f.add_argument("--frameworks", metavar="LIST", help="framework adapters to add (comma list or all)")
     f.add_argument("--backend", metavar="LIST", help="backends to keep (default: every backend of the device)")
     f.add_argument("--dtype", metavar="LIST", default="fp32", help="comma list of fp64, fp32 (default fp32)")
-    f.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="auto (default): a GPU if one is found, else the CPU")
+    f.add_argument("--device", type=devices.argparse_type, default="auto", metavar="DEVICE",
+                   help="auto (default): a GPU if one is found, else the CPU; cpu; cuda; cuda:K (the K-th GPU)")
     f.add_argument("--batch", type=int, metavar="N", help="override every entry's batch size")
     f.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default 0)")
+    p.add_argument("--shard", metavar="K/N", type=parse_shard,
+                   help="run only the K-th of N disjoint, deterministic slices of the plan (1 <= K <= N), "
+                        "balanced by estimated time; every shard must be given the same suite, filters, "
+                        "--dtype and --threads. 'auto': K/N from torchrun (RANK, WORLD_SIZE; each rank on "
+                        "cuda:LOCAL_RANK) or a Slurm array job. {shard} in --json becomes K. report/compare "
+                        "merge the shards' files")
     p.add_argument("--resume", action="store_true",
                    help="skip the cases --json already holds for this environment (ok or skipped)")
     add_timing(p)
@@ -55,6 +63,82 @@ def add_parsers(sub) -> None:
     # None: "not given", so the suite's own timing (quick's is short) applies.
     p.set_defaults(func=cmd_suite, warmup=None, min_time=None, max_time=None, min_samples=None,
                    max_noise=None)
+
+
+def parse_shard(text: str):
+    """``K/N`` -> (K, N) with 1 <= K <= N, or ``auto`` (argparse type; a bad value is one line)."""
+    import argparse
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    k, sep, n = str(text).partition("/")
+    try:
+        k, n = int(k), int(n)
+    except ValueError:
+        k = n = None
+    if not sep or k is None or n < 1 or not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(f"{text!r} is not K/N with 1 <= K <= N (e.g. 1/2, 2/2)")
+    return k, n
+
+
+def auto_shard(args) -> tuple:
+    """(K, N) from the launcher: torchrun's RANK/WORLD_SIZE (and each rank on cuda:LOCAL_RANK when
+    the device is cuda or auto with a GPU), or a Slurm array job's task id among its tasks."""
+    import os
+
+    from kernels import gpu as kgpu
+    env = os.environ
+    if not ("RANK" in env and "WORLD_SIZE" in env) and \
+            not ("SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env):
+        raise BadInput("--shard auto needs torchrun (RANK, WORLD_SIZE) or a Slurm array job "
+                       "(SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT); give --shard K/N")
+    try:
+        if "RANK" in env and "WORLD_SIZE" in env:
+            k, n = int(env["RANK"]) + 1, int(env["WORLD_SIZE"])
+            kind, index = devices.parse(args.device)
+            if kind == "cuda" and index is None or kind == "auto" and kgpu.detect()[0]:
+                args.device = f"cuda:{int(env.get('LOCAL_RANK', 0))}"
+        else:
+            first = int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+            k, n = int(env["SLURM_ARRAY_TASK_ID"]) - first + 1, int(env["SLURM_ARRAY_TASK_COUNT"])
+    except ValueError:
+        raise BadInput("--shard auto: the launcher's rank variables are not integers") from None
+    if not 1 <= k <= n:
+        raise BadInput(f"--shard auto: shard {k} of {n} from the launcher is out of range (array ids must be "
+                       "consecutive)")
+    return k, n
+
+
+def shard_of(costs: list, n: int) -> list:
+    """The shard (0-based) of each planned case: longest estimated time first, each to the shard
+    with the least time so far (ties: plan order, then the lower shard).  Depends on the plan
+    alone, so N processes that plan the same cases slice it into the same disjoint, covering parts."""
+    order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
+    load, out = [0.0] * n, [0] * len(costs)
+    for i in order:
+        k = min(range(n), key=lambda j: (load[j], j))
+        out[i] = k
+        load[k] += costs[i]
+    return out
+
+
+def apply_shard(entries: list, shard: tuple, settings) -> dict:
+    """Keep in each entry only the cases of shard (K, N); returns the ``shard`` field of the
+    records: index, count, the plan's fingerprint (shards of one plan share it) and its size."""
+    import hashlib
+
+    from .. import store
+    k, n = shard
+    planned = [(e, "case", c) for e in entries for c in e.cases] + \
+              [(e, "skip", cr) for e in entries for cr in e.skipped]
+    ident = lambda item: store.case_identity(item[2] if item[1] == "case" else item[2][0], None)  # noqa: E731
+    fingerprint = hashlib.sha1(repr(sorted(repr(ident(it)) for it in planned)).encode()).hexdigest()[:12]
+    costs = [estimate_case_s(c, settings) if kind == "case" else 0.0 for _, kind, c in planned]
+    owner = shard_of(costs, n)
+    keep = {id(item[2]) for item, o in zip(planned, owner) if o == k - 1}
+    for e in entries:
+        e.cases = [c for c in e.cases if id(c) in keep]
+        e.skipped = [cr for cr in e.skipped if id(cr) in keep]
+    return {"index": k, "count": n, "plan": fingerprint, "plan_cases": len(planned)}
 
 
 # -- planning ------------------------------------------------------------------------------------
@@ -275,10 +359,11 @@ def list_suites(out) -> int:
     return 0
 
 
-def print_plan(entries, suite, settings, out, *, device, resume_note="") -> tuple:
+def print_plan(entries, suite, settings, out, *, device, resume_note="", shard=None) -> tuple:
     from rich import box
     from rich.table import Table
-    t = Table(title=f"plan: suite {suite.name} on {device} ({suite.source})", box=box.SIMPLE_HEAD,
+    part = f", shard {shard['index']}/{shard['count']} of plan {shard['plan']}" if shard else ""
+    t = Table(title=f"plan: suite {suite.name} on {device}{part} ({suite.source})", box=box.SIMPLE_HEAD,
               title_justify="left")
     for c, j in (("entry", "left"), ("shape", "left"), ("cases", "right"), ("est.", "right"), ("note", "left")):
         t.add_column(c, justify=j)
@@ -333,6 +418,15 @@ def cmd_suite(args) -> int:
     if not suite.specs:
         raise BadInput(f"suite {suite.name!r} is empty")
     settings = _settings(args, suite)
+    if args.shard == "auto":
+        args.shard = auto_shard(args)
+        if args.json and "{shard}" not in args.json and args.shard[1] > 1:
+            raise BadInput(f"--shard auto: {args.shard[1]} processes would append to one file {args.json!r}; "
+                           "put {shard} in the path (e.g. --json 'run-{shard}.jsonl')")
+    if args.json and "{shard}" in args.json:
+        if not args.shard:
+            raise BadInput(f"--json {args.json!r}: {{shard}} is replaced by the shard number; add --shard K/N")
+        args.json = args.json.replace("{shard}", str(args.shard[0]))
     from profiles import capture
     capture.enable(getattr(args, "profile", False))
     counts = parse_threads(args.threads) if args.threads is not None else \
@@ -355,6 +449,7 @@ def cmd_suite(args) -> int:
         raise BadInput(f"every case of suite {suite.name} is skipped: "
                        f"{next((e.skipped[0][1] for e in entries if e.skipped), 'see the plan')}")
 
+    shard = apply_shard(entries, args.shard, settings) if args.shard else None
     env = menv.collect()
     done, bad_lines = set(), 0
     if args.json and not args.list:
@@ -375,17 +470,18 @@ def cmd_suite(args) -> int:
         err.print(f"[yellow]note[/]: {escape(args.json)}: {bad_lines} line(s) are not records (a torn or "
                   "corrupt line); they are skipped and left in place")
     n_todo, n_done = print_plan(entries, suite, settings, out, device=device,
-                                resume_note=f" in {args.json} for env {env['env_id']} (--resume)")
+                                resume_note=f" in {args.json} for env {env['env_id']} (--resume)",
+                                shard=shard)
     if args.list:
         return 0
     try:
-        return _run(entries, settings, env, writer, args, out, err, n_todo, n_done)
+        return _run(entries, settings, env, writer, args, out, err, n_todo, n_done, shard)
     finally:
         if writer:
             writer.close()
 
 
-def _run(entries, settings, env, writer, args, out, err, n_todo, n_done) -> int:
+def _run(entries, settings, env, writer, args, out, err, n_todo, n_done, shard=None) -> int:
     from rich.progress import Progress
 
     from .. import results
@@ -395,11 +491,17 @@ def _run(entries, settings, env, writer, args, out, err, n_todo, n_done) -> int:
     for e in entries:                      # memory skips are results too: record them first
         for case, reason in e.skipped:
             rec = results.record(case=case, status="skipped", env=env, error=reason)
+            if shard:
+                rec["shard"] = shard
             if writer:
                 writer.write(rec)
             e.outcomes.append(Outcome(case, "skipped", rec, error=reason))
     if n_todo == 0:
-        out.print(escape(f"nothing left to run: all {n_done} case(s) are recorded in {args.json}"))
+        if n_done:
+            out.print(escape(f"nothing left to run: all {n_done} case(s) are recorded in {args.json}"))
+        elif shard:
+            out.print(escape(f"shard {shard['index']}/{shard['count']} holds no case to run (the plan has "
+                             f"{shard['plan_cases']}; use fewer shards)"))
         return 0
     finished = 0
     try:
@@ -409,6 +511,8 @@ def _run(entries, settings, env, writer, args, out, err, n_todo, n_done) -> int:
                 for case in e.cases:
                     bar.update(task, description=f"{e.spec.name} {case.label} {case.precision}", refresh=True)
                     o = run_case(case, settings, env, nvtx_cost)
+                    if shard:
+                        o.record["shard"] = shard
                     if writer:
                         writer.write(o.record)
                     e.outcomes.append(o)

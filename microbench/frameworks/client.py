@@ -82,6 +82,9 @@ class Worker:
             env.pop("OMP_WAIT_POLICY")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         env["PYTHONUNBUFFERED"] = "1"
+        if device == "cuda":   # the worker's cuda:0 is the GPU this process selected (--device cuda:K)
+            from kernels import devices
+            env.update(devices.worker_env())
         cmd = [self.python, "-m", "microbench.frameworks.worker", framework, "--device", device]
         if threads:
             cmd += ["--threads", str(threads)]
