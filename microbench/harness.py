@@ -27,7 +27,9 @@ class Timer(Protocol):
     name: str
 
     def sample(self, fn: Callable[[], object]) -> float:
-        """Seconds one call of ``fn`` takes, with all its work complete when it returns."""
+        """Seconds one call of ``fn`` takes, with all its work complete when it returns.  What the
+        call returned is kept in ``last`` (set after the clock is read), so the outputs of the
+        last timed call can be checked after timing."""
 
     def overhead(self) -> float:
         """Seconds the timer itself adds to one sample (reported, not subtracted)."""
@@ -35,11 +37,14 @@ class Timer(Protocol):
 
 class CpuTimer:
     name = "perf_counter"
+    last = None
 
     def sample(self, fn):
         t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
+        out = fn()
+        t1 = time.perf_counter()
+        self.last = out
+        return t1 - t0
 
     def overhead(self, n: int = 2000) -> float:
         noop = lambda: None  # noqa: E731
@@ -54,6 +59,7 @@ class CudaEventTimer:
     synchronized before the elapsed time is read, so a sample is device time of that call."""
 
     name = "cuda-events"
+    last = None
 
     def __init__(self):
         import cupy
@@ -63,9 +69,10 @@ class CudaEventTimer:
     def sample(self, fn):
         stream = self._cp.cuda.get_current_stream()
         self._start.record(stream)
-        fn()
+        out = fn()
         self._end.record(stream)
         self._end.synchronize()
+        self.last = out
         return self._cp.cuda.get_elapsed_time(self._start, self._end) / 1e3
 
     def overhead(self, n: int = 200) -> float:
@@ -77,7 +84,9 @@ def graph_replay(run: Callable[[], object]) -> Callable[[], object]:
 
     Replaying removes the host's per-kernel launch cost from the samples, which is what a
     framework's graph mode or a persistent kernel removes; a case whose call cannot be captured
-    (it synchronizes or allocates outside CuPy's pool) fails with CUDA's reason.
+    (it synchronizes or allocates outside CuPy's pool) fails with CUDA's reason.  The replay
+    returns the captured call's outputs, which every replay rewrites, so the outputs of the last
+    replay can be checked after timing.
     """
     import cupy
     stream = cupy.cuda.Stream(non_blocking=True)
@@ -86,13 +95,14 @@ def graph_replay(run: Callable[[], object]) -> Callable[[], object]:
         stream.synchronize()
         stream.begin_capture()
         try:
-            run()
+            outputs = run()
         finally:
             graph = stream.end_capture()
     graph.upload(stream)
 
     def replay():
         graph.launch(stream)
+        return outputs
     return replay
 
 
