@@ -58,10 +58,17 @@ def settings_from(args):
                     cold=args.cold, graph=args.graph)
 
 
+def output_path(text: str) -> str:
+    """argparse type of output paths: an empty one is refused (it would silently write nothing)."""
+    if not text:
+        raise argparse.ArgumentTypeError("'' is empty; give a file path")
+    return text
+
+
 def add_output(p) -> None:
     o = p.add_argument_group("output")
     o.add_argument("--threads", metavar="LIST", help="sweep CPU thread counts, e.g. 1,2 (BLAS and numba)")
-    o.add_argument("--json", metavar="PATH", help="append one JSON line per case (schema: docs/results.md)")
+    o.add_argument("--json", metavar="PATH", type=output_path, help="append one JSON line per case (schema: docs/results.md)")
     o.add_argument("--nvtx", choices=("on", "case", "off"), default="on",
                    help="NVTX ranges: on (case and phases, default), case (case ranges only), off")
     o.add_argument("--quiet", action="store_true", help="print the table only (no header, no progress)")

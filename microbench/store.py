@@ -96,14 +96,10 @@ def normalize(rec: dict) -> dict | None:
 
 def read(path) -> tuple:
     """(records, skipped_lines) of one file; a missing or unreadable file raises BadInput."""
-    p = Path(path)
-    if p.is_dir():
-        raise BadInput(f"{str(path)!r} is a directory, not a results file")
-    if not p.exists():
-        raise BadInput(f"results file {str(path)!r} does not exist")
+    from .files import open_input, shown
     records, skipped = [], 0
     try:
-        with open(p, "rb") as f:
+        with open_input(path, "results file") as f:
             for raw in f:
                 line = raw.strip()
                 if not line:
@@ -117,7 +113,7 @@ def read(path) -> tuple:
                 else:
                     records.append(rec)
     except OSError as e:
-        raise BadInput(f"results file {str(path)!r} cannot be read: {e.strerror}") from None
+        raise BadInput(f"results file {shown(path)} cannot be read: {e.strerror or e}") from None
     return records, skipped
 
 
@@ -141,8 +137,12 @@ def load(paths, *, require: bool = True) -> tuple:
 
 def done_keys(path) -> tuple:
     """(keys of finished cases, skipped lines) of a results file; a file not there yet has none."""
-    if not Path(path).exists():
+    from .files import kind, shown
+    k = kind(path, "--json")
+    if k == "missing":
         return set(), 0
+    if k != "file":
+        raise BadInput(f"--resume reads --json {shown(path)} back, so it must be a regular file, not a {k}")
     records, skipped = read(path)
     return {identity(r) for r in records if r.get("status") in DONE_STATUSES}, skipped
 
