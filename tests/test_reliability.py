@@ -116,3 +116,120 @@ def test_the_check_after_timing_sees_the_last_timed_call():
     n = len(returned)
     assert runner.check_after_timing(Prepared({}, run, 1, 1, check), timer.last, "cpu").passed
     assert seen[-1] is returned[-1] and len(returned) == n   # no extra call
+
+
+# -- output files ------------------------------------------------------------------------------------
+
+QUICK_ARGS = ["lstm", "--backend", "numpy", "--naive", *SMALL, "--quiet"]
+
+
+def _one_line_exit_2(argv, capsys, message):
+    code = cli.main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("microbench: error: "), err
+    assert message in err, err
+    return err
+
+
+@pytest.mark.parametrize("path,message", [
+    ("", "argument --json: '' is empty; give a file path"),
+    ("/dev/full", "--json '/dev/full' cannot be written: No space left on device (after 0 record(s))"),
+    ("x" * 300, "File name too long"),
+    ("/tmp/" + "/".join(["abcdefgh"] * 600), "File name too long"),
+    ("/dev/zero/x.jsonl", "cannot be used: Not a directory"),
+])
+def test_json_output_that_cannot_be_written_is_one_line(path, message, capsys):
+    err = _one_line_exit_2([*QUICK_ARGS, "--json", path], capsys, message)
+    assert len(err) < 400   # a 5000-character path is shortened in the message
+
+
+def test_json_to_dev_null_works(capsys):
+    assert cli.main([*QUICK_ARGS, "--json", "/dev/null"]) == 0
+    assert "naive/numpy" in capsys.readouterr().out
+
+
+def test_json_to_dev_stdout_streams_the_records(run_cli):
+    r = run_cli(*QUICK_ARGS, "--json", "/dev/stdout")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    recs = [json.loads(line) for line in r.stdout.splitlines() if line.startswith("{")]
+    assert len(recs) == 1 and recs[0]["status"] == "ok"
+    assert "naive/numpy" in r.stdout
+
+
+def test_json_fifo_without_reader_fails_with_reader_works(tmp_path, capsys):
+    import os
+    import threading
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    _one_line_exit_2([*QUICK_ARGS, "--json", str(fifo)], capsys, "is a FIFO that no process reads")
+    got = []
+    ready = threading.Event()
+
+    def reader():
+        import time
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)   # a reader is present from here on
+        ready.set()
+        data, deadline = b"", time.monotonic() + 120
+        while time.monotonic() < deadline:   # until a writer came, wrote and left (end of file)
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                chunk = None
+            if chunk:
+                data += chunk
+            elif chunk == b"" and data:
+                break
+            else:
+                time.sleep(0.01)
+        os.close(fd)
+        got.append(data)
+    t = threading.Thread(target=reader)
+    t.start()
+    ready.wait(10)
+    assert cli.main([*QUICK_ARGS, "--json", str(fifo)]) == 0
+    t.join(30)
+    assert json.loads(got[0].decode().splitlines()[0])["variant"] == "naive"
+
+
+def test_report_refuses_non_regular_targets(tmp_path, capsys):
+    import os
+    src = tmp_path / "r.jsonl"
+    src.write_text(json.dumps(_record()) + "\n")
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    for flag in ("--html", "--md"):
+        _one_line_exit_2(["report", str(src), flag, "/dev/null"], capsys,
+                         f"{flag} '/dev/null' is a character device, not a regular file")
+        _one_line_exit_2(["report", str(src), flag, str(fifo)], capsys, "is a FIFO, not a regular file")
+        _one_line_exit_2(["report", str(src), flag, ""], capsys, "'' is empty")
+        _one_line_exit_2(["report", str(src), flag, str(tmp_path / ("y" * 300))], capsys, "too long")
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+
+
+def test_compare_on_a_fifo_or_device_does_not_hang(tmp_path, capsys):
+    import os
+    src = tmp_path / "r.jsonl"
+    src.write_text(json.dumps(_record()) + "\n")
+    fifo = tmp_path / "f"
+    os.mkfifo(fifo)
+    _one_line_exit_2(["compare", str(fifo), str(src)], capsys, "no microbench records in")
+    _one_line_exit_2(["compare", "/dev/zero", str(src)], capsys,
+                     "results file '/dev/zero' is a character device, not a regular file or a pipe")
+    _one_line_exit_2(["suite", "quick", "--resume", "--json", "/dev/null", "--device", "cpu"], capsys,
+                     "--resume reads --json '/dev/null' back, so it must be a regular file")
+
+
+def _record(**over):
+    """A valid microbench.result/1 record of an ok case."""
+    rec = {"schema": "microbench.result/1", "op": "lstm", "variant": "naive", "backend": "numpy",
+           "device": "cpu", "dtype": "fp32", "shape": {"T": 3, "B": 2, "I": 8, "H": 8, "L": 1},
+           "options": {"plan": None, "threads": None, "seed": 0, "rung": None, "nvtx": "on", "mode": "warm"},
+           "label": "naive/numpy", "status": "ok", "error": None, "env_id": "e1", "env": {},
+           "timer": "perf_counter", "samples_s": [1e-3, 1.1e-3, 1.2e-3],
+           "stats": {"n": 3, "median_s": 1.1e-3, "q1_s": 1.05e-3, "q3_s": 1.15e-3, "iqr_s": 1e-4,
+                     "min_s": 1e-3, "mean_s": 1.1e-3, "rel_noise": 0.09, "noisy": True},
+           "flops": 1000, "bytes": 1000, "derived": {"gflops": 1.0, "gbps": 1.0},
+           "check": {"max_rel_err": 1e-7, "tol": 1e-5, "passed": True, "detail": ""}}
+    rec.update(over)
+    return rec
