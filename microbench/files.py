@@ -55,8 +55,9 @@ def check_output(path, flag: str, *, streams: bool = False) -> str:
     if k == "missing":
         parent = os.path.dirname(str(path)) or "."
         try:
-            ok = os.path.isdir(parent)
-            os.stat(parent)
+            ok = stat.S_ISDIR(os.stat(parent).st_mode)
+        except FileNotFoundError:
+            ok = False
         except OSError as e:
             raise BadInput(f"{flag} {shown(path)} cannot be used: {_reason(e)}") from None
         if not ok:
