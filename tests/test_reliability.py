@@ -233,3 +233,76 @@ def _record(**over):
            "check": {"max_rel_err": 1e-7, "tol": 1e-5, "passed": True, "detail": ""}}
     rec.update(over)
     return rec
+
+
+# -- result records read back ------------------------------------------------------------------------
+
+def _without(d: dict, key: str) -> dict:
+    return {k: v for k, v in d.items() if k != key}
+
+
+BAD_RECORDS = [
+    ("current stats without iqr_s", lambda r: {**r, "stats": _without(r["stats"], "iqr_s")}, "stats: 'iqr_s' is a required"),
+    ("median 0", lambda r: {**r, "stats": {**r["stats"], "median_s": 0}}, "stats.median_s: 0 is not a time"),
+    ("median 1e-300", lambda r: {**r, "stats": {**r["stats"], "median_s": 1e-300}}, "is not a time"),
+    ("median Infinity", lambda r: {**r, "stats": {**r["stats"], "median_s": float("inf")}}, "stats.median_s: inf is not a finite"),
+    ("median NaN", lambda r: {**r, "stats": {**r["stats"], "median_s": float("nan")}}, "stats.median_s: nan is not a finite"),
+    ("list for a string", lambda r: {**r, "variant": ["naive"]}, "variant: ['naive'] is not of type 'string'"),
+    ("string for a number", lambda r: {**r, "stats": {**r["stats"], "q1_s": "fast"}}, "stats.q1_s: 'fast' is not of type 'number'"),
+    ("unknown status", lambda r: {**r, "status": "great"}, "status: 'great' is not one of"),
+    ("options a list", lambda r: {**r, "options": ["warm"]}, "options: ['warm'] is not of type 'object'"),
+    ("threads a string", lambda r: {**r, "options": {**r["options"], "threads": "two"}}, "options.threads"),
+    ("samples Infinity", lambda r: {**r, "samples_s": [1e-3, float("inf")]}, "samples_s[1]: inf is not a finite"),
+    ("env.gpu a string", lambda r: {**r, "env": {"gpu": "H100"}}, "env.gpu: 'H100' is not of type"),
+    ("missing label", lambda r: _without(r, "label"), "'label' is a required property"),
+    ("ok without a check", lambda r: {**r, "check": None}, "check: None is not of type 'object'"),
+]
+
+
+@pytest.mark.parametrize("name,bad,why", BAD_RECORDS, ids=[b[0] for b in BAD_RECORDS])
+def test_an_invalid_record_is_skipped_with_file_and_line(name, bad, why, tmp_path):
+    from microbench import store
+    f = tmp_path / "r.jsonl"
+    f.write_text(json.dumps(_record()) + "\n\n" + json.dumps(bad(_record())) + "\n")
+    recs, notes = store.read(f)
+    assert len(recs) == 1 and len(notes) == 1, notes
+    assert notes[0].startswith(f"{f}:3: ") and why in notes[0], notes[0]
+
+
+def test_old_records_without_iqr_load_with_it_derived(tmp_path):
+    from microbench import store
+    old = {"op": "lstm", "variant": "naive", "backend": "numpy",
+           "stats": {"median": 0.01, "q1": 0.009, "q3": 0.012}}
+    f = tmp_path / "old.jsonl"
+    f.write_text(json.dumps(old) + "\n" + json.dumps({**old, "stats": {"median": "x"}}) + "\n")
+    recs, notes = store.read(f)
+    assert len(recs) == 1 and recs[0]["stats"]["iqr_s"] == pytest.approx(0.003)
+    assert notes == [f"{f}:2: stats.median_s: 'x' is not of type 'number'"]
+
+
+@pytest.mark.parametrize("cmd", [["compare", "{bad}", "{good}"], ["compare", "{good}", "{bad}"],
+                                 ["report", "{bad}"], ["report", "{bad}", "--md", "{out}"]])
+def test_commands_skip_bad_records_and_fail_only_when_none_is_left(cmd, tmp_path, capsys):
+    bad, good, out = tmp_path / "bad.jsonl", tmp_path / "good.jsonl", tmp_path / "o.md"
+    bad.write_bytes(b"".join(json.dumps(b(_record())).encode() + b"\n" for _, b, _ in BAD_RECORDS)
+                    + b"\x00\xff\xfe binary\n")
+    good.write_text(json.dumps(_record()) + "\n")
+    argv = [a.format(bad=bad, good=good, out=out) for a in cmd]
+    _one_line_exit_2(argv, capsys, f"no microbench records in {bad} ({len(BAD_RECORDS) + 1} line(s) skipped; "
+                                   f"first: {bad}:1: stats: 'iqr_s' is a required property)")
+    # one usable record among the bad ones: the command works and names the skipped lines
+    with open(bad, "a") as f:
+        f.write(json.dumps(_record()) + "\n")
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"note: skipped {bad}:2: stats.median_s: 0 is not a time" in err
+    assert f"and {len(BAD_RECORDS) + 1 - 5} more skipped line(s)" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00\x01\xff\xfe" * 10, b"[1, 2]", b'{"traces": 3}',
+                                     b'{"traces": [{"label": "x"}]}', b'{"traces": [{"label": "x", "records": [{"start_ns": "a"}]}]}',
+                                     b'{"env": [], "traces": []}'])
+def test_explain_reference_rejects_a_bad_trace_file(content, tmp_path, capsys):
+    f = tmp_path / "t.json"
+    f.write_bytes(content)
+    _one_line_exit_2(["explain", "lstm", "--reference", str(f)], capsys, str(f))

@@ -96,6 +96,7 @@ def cmd_compare(args) -> int:
         raise BadInput(f"--only {args.only!r} is not a regular expression: {e}") from None
     recs_a, bad_a = store.load(args.a)
     recs_b, bad_b = store.load(args.b)
+    store.print_skipped(bad_a + bad_b, err)
     rows, only_a, only_b = pair(recs_a, recs_b)
     if only is not None:
         rows = [r for r in rows if only.search(f"{r.what} {r.label}")]
@@ -120,7 +121,7 @@ def cmd_compare(args) -> int:
     if only_a or only_b:
         notes.append(f"only in A: {only_a}, only in B: {only_b} (not compared)")
     if bad_a or bad_b:
-        notes.append(f"lines that are not records, skipped: A {bad_a}, B {bad_b}")
+        notes.append(f"lines that are not usable records, skipped: A {len(bad_a)}, B {len(bad_b)}")
     notes.append("B/A < 1: B is faster. within noise: the IQRs [q1, q3] of A and B overlap.")
     for n in notes:
         out.print(f"[dim]{escape(n)}[/]")

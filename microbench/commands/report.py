@@ -208,9 +208,9 @@ def cmd_report(args) -> int:
     out, err = console(), console(stderr=True)
     targets = [(flag, _check_output(path, flag, args.files))
                for flag, path in (("--html", args.html), ("--md", args.md)) if path]
-    records, skipped = store.load(args.files)
-    if skipped:
-        err.print(f"note: {skipped} line(s) that are not records were skipped", highlight=False)
+    records, notes = store.load(args.files)
+    store.print_skipped(notes, err)
+    skipped = len(notes)
     if not targets:
         for title, cols, rows in (("results", RESULT_COLUMNS, result_rows(records)),
                                   ("thread scaling", *scaling_rows(records))):

@@ -356,7 +356,7 @@ def cmd_suite(args) -> int:
                        f"{next((e.skipped[0][1] for e in entries if e.skipped), 'see the plan')}")
 
     env = menv.collect()
-    done, bad_lines = set(), 0
+    done, bad_lines = set(), []
     if args.json and not args.list:
         writer = JsonlWriter(args.json)          # checks the path before anything runs
     else:
@@ -372,8 +372,9 @@ def cmd_suite(args) -> int:
     if not args.quiet:
         report.header(env, out)
     if bad_lines:
-        err.print(f"[yellow]note[/]: {escape(args.json)}: {bad_lines} line(s) are not records (a torn or "
-                  "corrupt line); they are skipped and left in place")
+        err.print(f"[yellow]note[/]: {escape(args.json)}: {len(bad_lines)} line(s) are not usable records (a torn "
+                  "or corrupt line, an invalid record); they are skipped and left in place")
+        store.print_skipped(bad_lines, err)
     n_todo, n_done = print_plan(entries, suite, settings, out, device=device,
                                 resume_note=f" in {args.json} for env {env['env_id']} (--resume)")
     if args.list:
