@@ -32,6 +32,31 @@ def csv_list(text: str) -> list:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
+def named_list(flag: str, text: str | None, allowed: str = "") -> list | None:
+    """A comma list given to ``flag`` (None when the flag is absent); one that names nothing
+    (``--backend ,``, ``--backend ''``) is refused rather than read as "all"."""
+    if text is None:
+        return None
+    names = list(dict.fromkeys(csv_list(text)))
+    if not names:
+        raise BadInput(f"{flag} {text!r} names nothing" + (f"; allowed: {allowed}" if allowed else ""))
+    return names
+
+
+SEED_MAX = 2**63 - 1
+
+
+def seed_arg(text: str) -> int:
+    """argparse type of --seed: NumPy's generators take a non-negative integer."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 0 <= n <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{n} is out of range; allowed: 0..{SEED_MAX}")
+    return n
+
+
 def add_timing(p):
     g = p.add_argument_group("timing")
     g.add_argument("--warmup", type=float, default=0.2, metavar="S", help="seconds of warm-up calls (default 0.2)")

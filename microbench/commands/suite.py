@@ -15,7 +15,7 @@ from kernels.errors import BadInput
 
 from rich.markup import escape
 
-from ..cli import add_output, add_timing, csv_list
+from ..cli import add_output, add_timing, csv_list, named_list, seed_arg
 
 EPILOG = """examples:
   python -m microbench suite --list                                  # the suites
@@ -47,7 +47,7 @@ def add_parsers(sub) -> None:
     f.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto (default): a GPU if one is found, else the CPU")
     f.add_argument("--batch", type=int, metavar="N", help="override every entry's batch size")
-    f.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default 0)")
+    f.add_argument("--seed", type=seed_arg, default=0, help="seed of weights and inputs (default 0)")
     p.add_argument("--resume", action="store_true",
                    help="skip the cases --json already holds for this environment (ok or skipped)")
     add_timing(p)
@@ -148,7 +148,7 @@ def plan(args, suite, device: str) -> list:
         only = re.compile(args.only) if args.only is not None else None
     except re.error as e:
         raise BadInput(f"--only {args.only!r} is not a regular expression: {e}") from None
-    precisions = [dtypes.canonical(d) for d in csv_list(args.dtype)]
+    precisions = list(dict.fromkeys(dtypes.canonical(d) for d in csv_list(args.dtype)))
     if not precisions:
         raise BadInput(f"--dtype {args.dtype!r} names no precision; allowed: fp64, fp32")
     threads_given = parse_threads(args.threads) if args.threads is not None else None
@@ -161,7 +161,7 @@ def plan(args, suite, device: str) -> list:
     if variants:
         _check_variants(variants, ops)
     frameworks = _frameworks(args.frameworks)
-    backends = csv_list(args.backend) if args.backend else None
+    backends = named_list("--backend", args.backend)
     if backends is not None:
         known = {r.backend for r in registry.REGISTRY.values() if r.op in ops}
         for b in backends:
