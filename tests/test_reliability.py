@@ -306,3 +306,52 @@ def test_explain_reference_rejects_a_bad_trace_file(content, tmp_path, capsys):
     f = tmp_path / "t.json"
     f.write_bytes(content)
     _one_line_exit_2(["explain", "lstm", "--reference", str(f)], capsys, str(f))
+
+
+# -- command-line consistency ------------------------------------------------------------------------
+
+BAD_ARGS = [
+    (["lstm", "--seed", "-1"], "argument --seed: -1 is out of range; allowed: 0.."),
+    (["conv", "--seed", "-1"], "argument --seed: -1 is out of range"),
+    (["suite", "quick", "--seed", "-1"], "argument --seed: -1 is out of range"),
+    (["lstm", "--backend", ","], "--backend ',' names nothing; allowed: numpy, numba"),
+    (["lstm", "--backend", ""], "--backend '' names nothing"),
+    (["suite", "quick", "--backend", ","], "--backend ',' names nothing"),
+    (["lstm", "--opt", ""], "--opt '' names no step"),
+    (["lstm", "--opt", ","], "--opt ',' names no step"),
+    (["lstm", "--dtype", ","], "--dtype ',' names no precision"),
+    (["lstm", "--frameworks", ""], "--frameworks names no framework"),
+    (["conv", "--frameworks", ""], "--frameworks names no framework"),
+    (["explain", "lstm", "--frameworks", ","], "--frameworks ',' names nothing"),
+    (["lstm", "--naive", "--opt", "group_gemm"],
+     "--opt 'group_gemm' sets the fusion steps of the fused variant, which is not selected (naive)"),
+    (["lstm", "--ladder", "--opt", ""], "--ladder chooses the variants and steps itself"),
+    (["profile", "nsys", "lstm", "--frobnicate"], "benchmark arguments 'lstm --frobnicate': unrecognized arguments: --frobnicate"),
+    (["profile", "ncu", "gru", "-H", "x"], "argument -H: invalid int value: 'x'"),
+    (["lstm", "--frameworks", "jax", "--python", "jax=/bin/true"],
+     "--python jax=/bin/true: not a working Python 3 interpreter"),
+    (["explain", "lstm", "--cpu", "-T", "100000", "-B", "100000", "-H", "10000"],
+     "explain --cpu lstm T=100000 B=100000 H=10000 needs about"),
+]
+
+
+@pytest.mark.parametrize("argv,message", BAD_ARGS, ids=[" ".join(a) for a, _ in BAD_ARGS])
+def test_bad_command_line_is_one_line_exit_2(argv, message, capsys):
+    _one_line_exit_2(argv, capsys, message)
+    assert capsys.readouterr().out == ""      # refused before anything is printed or run
+
+
+def test_repeated_dtypes_and_thread_counts_run_once():
+    from microbench.commands.rnn import plan_cases
+    args = cli.build_parser().parse_args(["lstm", "--backend", "numpy", "--device", "cpu",
+                                          "--dtype", "fp32,fp32,float32", "--threads", "1,1", *SMALL])
+    cases, _ = plan_cases(args)
+    assert len(cases) == 2 and {c.precision for c in cases} == {"fp32"}   # naive + fused, once each
+
+
+def test_opt_with_the_fused_variant_among_others_is_kept():
+    from microbench.commands.rnn import plan_cases
+    args = cli.build_parser().parse_args(["lstm", "--naive", "--fused", "--backend", "numpy",
+                                          "--device", "cpu", "--opt", "group_gemm", *SMALL])
+    cases, _ = plan_cases(args)
+    assert [c.plan.label if c.plan else None for c in cases] == [None, "group_gemm"]
