@@ -355,3 +355,52 @@ def test_opt_with_the_fused_variant_among_others_is_kept():
                                           "--device", "cpu", "--opt", "group_gemm", *SMALL])
     cases, _ = plan_cases(args)
     assert [c.plan.label if c.plan else None for c in cases] == [None, "group_gemm"]
+
+
+# -- Python API --------------------------------------------------------------------------------------
+
+def _api_cases():
+    from kernels.params import GRUParams, LSTMParams
+    from kernels.reference import gru_reference, lstm_reference
+    from kernels.rnn import RNN
+    p, g = LSTMParams.random(4, 3), GRUParams.random(4, 3, 2)
+    x = np.ones((2, 1, 4))
+    s = np.ones((1, 1, 3))
+    return [
+        ("complex h0", lambda: RNN(p, backend="numpy")(x, s.astype(complex)), "h0 has dtype complex128 (complex)"),
+        ("complex c0", lambda: RNN(p, backend="numpy")(x, s, s.astype(np.complex64)), "c0 has dtype complex64"),
+        ("complex x", lambda: RNN(p, backend="numpy")(x.astype(complex)), "x has dtype complex128"),
+        ("text h0", lambda: RNN(p, backend="numpy")(x, np.full((1, 1, 3), "a")), "h0 has dtype <U1 (not numbers)"),
+        ("reference complex h0", lambda: lstm_reference(x, p, s.astype(complex)), "h0 has dtype complex128"),
+        ("gru reference complex x", lambda: gru_reference(x.astype(complex), g), "x has dtype complex128"),
+        ("int64 weights", lambda: LSTMParams.random(4, 3, dtype=np.int64), "dtype 'int64' is unknown; allowed: fp64"),
+        ("int weights by astype", lambda: p.astype(np.int32),
+         "layer 0 weights have dtype int32; allowed: float64, float32, float16, bfloat16"),
+        ("opts list", lambda: RNN(p, backend="numpy", opts=["group_gemm"]),
+         "opts=['group_gemm'] is not a fusion plan; allowed: a comma-separated string of steps (group_gemm"),
+        ("opts int", lambda: RNN(p, backend="numpy", opts=3), "opts=3 is not a fusion plan"),
+        ("gate layer 5", lambda: p.gate(5, "i"), "layer 5 is out of range; allowed: 0..0"),
+        ("gate layer -1", lambda: g.gate(-1, "r"), "layer -1 is out of range; allowed: 0..1"),
+        ("gate layer '0'", lambda: p.gate("0", "i"), "layer '0' is out of range"),
+        ("layers None", lambda: LSTMParams(4, 3, None),
+         "layers=None must be a tuple or list of kernels.params.Layer, one per layer"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(14))
+def test_python_api_bad_input_is_bad_input(index):
+    from kernels.errors import BadInput
+    name, call, message = _api_cases()[index]
+    with pytest.raises(BadInput) as e:
+        call()
+    assert message in str(e.value), (name, str(e.value))
+
+
+def test_python_api_still_takes_real_inputs_and_low_precision_weights():
+    from kernels.params import LSTMParams
+    from kernels.rnn import RNN
+    p = LSTMParams.random(4, 3, dtype="fp32")
+    assert p.dtype == np.float32 and np.abs(p.layers[0].w_ih).max() > 0
+    assert LSTMParams.random(4, 3, dtype="bf16").dtype.name == "bfloat16"
+    y, _ = RNN(p, backend="numpy")(np.ones((2, 1, 4), dtype=np.int64), np.zeros((1, 1, 3), np.float16))
+    assert y.shape == (2, 1, 3) and np.isfinite(y).all()
