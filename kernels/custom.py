@@ -129,7 +129,7 @@ def _reference(x, params, cls, step, h0, c0):
     b_ih, b_hh, extras) -> (h, c)`` is the cell.  Returns ``y (T, B, H)`` and ``(h_n, c_n)``."""
     if not isinstance(params, cls):
         raise BadInput(f"needs {cls.__name__}, got {type(params).__name__}")
-    T, B = check_sequence(np.shape(x), params, False, {"h0": h0, "c0": c0})
+    T, B = check_sequence(np.shape(x), params, False, {"h0": h0, "c0": c0}, x=x)
     h_all, c_all = _states(params, h0, c0, B)
     h_n, c_n = np.empty_like(h_all), np.empty_like(c_all)
     seq = np.asarray(x, dtype=np.float64)
@@ -258,7 +258,7 @@ class CustomLSTM:
         from .gpu import cublas_math
         p, xp = self.params, self.xp
         T, B = check_sequence(tuple(x.shape) if hasattr(x, "shape") else np.shape(x), p, False,
-                              {"h0": h0, "c0": c0})
+                              {"h0": h0, "c0": c0}, x=x)
         dt, H, L = self.dtype, p.hidden_size, p.num_layers
         seq = xp.asarray(x, dtype=dt)
         h_n, c_n = xp.empty((L, B, H), dt), xp.empty((L, B, H), dt)

@@ -34,6 +34,27 @@ def check_dim(name: str, value) -> int:
     return int(value)
 
 
+def real_float(name: str, dtype) -> None:
+    """Weights are floating point: float64, float32, float16 or bfloat16 (BadInput otherwise)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:      # not a NumPy/CuPy dtype: the variants refuse it with their own words
+        return
+    if dt.kind != "f" and dt.name != "bfloat16":
+        raise BadInput(f"{name} have dtype {dt}; allowed: float64, float32, float16, bfloat16")
+
+
+def check_real(name: str, a) -> None:
+    """An input or state array of real numbers (BadInput for complex, text, objects, dates)."""
+    if a is None:
+        return
+    dt = a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype
+    if dt.kind not in "fiub" and np.dtype(dt).name != "bfloat16":
+        what = "complex" if dt.kind == "c" else "not numbers"
+        raise BadInput(f"{name} has dtype {dt} ({what}); expected real numbers "
+                       "(float64, float32, float16, bfloat16 or integers)")
+
+
 @dataclass(frozen=True)
 class Layer:
     w_ih: np.ndarray
@@ -58,6 +79,9 @@ class RNNParams:
     def __post_init__(self):
         check_dim("input_size", self.input_size)
         check_dim("hidden_size", self.hidden_size)
+        if not isinstance(self.layers, (tuple, list)):
+            raise BadInput(f"layers={self.layers!r} must be a tuple or list of kernels.params.Layer, "
+                           "one per layer")
         object.__setattr__(self, "layers", tuple(self.layers))
         if not self.layers:
             raise BadInput(f"{type(self).__name__} needs at least one layer")
@@ -71,6 +95,7 @@ class RNNParams:
             dtypes = {a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype for a in layer.arrays()}
             if len(dtypes) != 1:
                 raise BadInput(f"layer {l}: weights mix dtypes {sorted(map(str, dtypes))}; use one")
+            real_float(f"layer {l} weights", next(iter(dtypes)))
             for name, shape in want.items():
                 got = np.shape(getattr(layer, name))
                 if got != shape:
@@ -85,6 +110,8 @@ class RNNParams:
         check_dim("input_size", input_size)
         H = check_dim("hidden_size", hidden_size)
         check_dim("num_layers", num_layers)
+        from .dtypes import canonical, storage
+        dtype = storage(canonical(dtype))   # an integer dtype would round every weight to 0
         G = len(GATES[cls.cell])
         rng = np.random.default_rng(seed)
         k = 1.0 / np.sqrt(H)
@@ -124,6 +151,9 @@ class RNNParams:
             raise BadInput(f"gate {gate!r} is unknown for {self.cell}; allowed: {', '.join(self.gates)}")
         if which not in ("w_ih", "w_hh", "b_ih", "b_hh"):
             raise BadInput(f"array {which!r} is unknown; allowed: w_ih, w_hh, b_ih, b_hh")
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) \
+                or not 0 <= layer < self.num_layers:
+            raise BadInput(f"layer {layer!r} is out of range; allowed: 0..{self.num_layers - 1}")
         k, H = self.gates.index(gate), self.hidden_size
         return getattr(self.layers[layer], which)[k * H:(k + 1) * H]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import BadInput
-from .params import GRUParams, LSTMParams, RNNParams
+from .params import GRUParams, LSTMParams, RNNParams, check_real
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -17,8 +17,12 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def check_sequence(shape, params: RNNParams, batch_first: bool, states: dict) -> tuple:
-    """Validate an input shape and the initial states' shapes; return ``(T, B)``."""
+def check_sequence(shape, params: RNNParams, batch_first: bool, states: dict, x=None) -> tuple:
+    """Validate an input shape, the initial states' shapes and (given ``x``) that the input and
+    states are real numbers (a complex h0 would silently lose its imaginary part); return ``(T, B)``."""
+    check_real("x", x)
+    for name, s in states.items():
+        check_real(name, s)
     shape = tuple(shape)
     layout = "(B, T, I)" if batch_first else "(T, B, I)"
     if len(shape) != 3:
@@ -50,7 +54,7 @@ def lstm_reference(x, params: LSTMParams, h0=None, c0=None, *, batch_first: bool
     """Returns ``y (T, B, H)`` (or ``(B, T, H)``) and ``(h_n, c_n)``, each ``(L, B, H)``, float64."""
     if not isinstance(params, LSTMParams):
         raise BadInput(f"lstm needs LSTMParams, got {type(params).__name__}")
-    T, B = check_sequence(np.shape(x), params, batch_first, {"h0": h0, "c0": c0})
+    T, B = check_sequence(np.shape(x), params, batch_first, {"h0": h0, "c0": c0}, x=x)
     h_all, c_all = _initial(h0, params, B), _initial(c0, params, B)
     h_n, c_n = np.empty_like(h_all), np.empty_like(c_all)
     seq = _time_major(x, batch_first)
@@ -73,7 +77,7 @@ def gru_reference(x, params: GRUParams, h0=None, *, batch_first: bool = False):
     """Returns ``y (T, B, H)`` (or ``(B, T, H)``) and ``h_n (L, B, H)``, float64."""
     if not isinstance(params, GRUParams):
         raise BadInput(f"gru needs GRUParams, got {type(params).__name__}")
-    T, B = check_sequence(np.shape(x), params, batch_first, {"h0": h0})
+    T, B = check_sequence(np.shape(x), params, batch_first, {"h0": h0}, x=x)
     h_all = _initial(h0, params, B)
     h_n = np.empty_like(h_all)
     seq = _time_major(x, batch_first)

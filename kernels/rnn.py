@@ -22,7 +22,7 @@ import numpy as np
 from fusion import gemm as fgemm
 from fusion import pointwise as fpointwise
 from fusion import streams as fstreams
-from fusion.steps import CHUNKS, Plan
+from fusion.steps import CHUNKS, STEPS, Plan
 from profiles import nvtx
 
 from . import cells
@@ -90,6 +90,9 @@ class RNN:
             self.plan = opts
         elif opts is None or (isinstance(opts, str) and opts.strip() == "all"):
             self.plan = Plan.full(self.backend.device, exclude=self.backend.no_steps)
+        elif not isinstance(opts, str):
+            raise BadInput(f"opts={opts!r} is not a fusion plan; allowed: a comma-separated string of "
+                           f"steps ({', '.join(STEPS)}), 'all', 'none', a fusion.Plan, or None")
         else:
             self.plan = Plan.parse(opts, self.backend.device)
         self.backend.check_plan(self.plan)
@@ -117,7 +120,7 @@ class RNN:
         if self.cell == "gru" and c0 is not None:
             raise BadInput("a GRU has no cell state: c0 must be None")
         x = xp.asarray(x)
-        T, B = check_sequence(x.shape, p, batch_first, states)
+        T, B = check_sequence(x.shape, p, batch_first, states, x=x)
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)  # outside any timed region: builders pass the built dtype
         seq = x.transpose(1, 0, 2) if batch_first else x

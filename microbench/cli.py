@@ -33,6 +33,31 @@ def csv_list(text: str) -> list:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
+def named_list(flag: str, text: str | None, allowed: str = "") -> list | None:
+    """A comma list given to ``flag`` (None when the flag is absent); one that names nothing
+    (``--backend ,``, ``--backend ''``) is refused rather than read as "all"."""
+    if text is None:
+        return None
+    names = list(dict.fromkeys(csv_list(text)))
+    if not names:
+        raise BadInput(f"{flag} {text!r} names nothing" + (f"; allowed: {allowed}" if allowed else ""))
+    return names
+
+
+SEED_MAX = 2**63 - 1
+
+
+def seed_arg(text: str) -> int:
+    """argparse type of --seed: NumPy's generators take a non-negative integer."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 0 <= n <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{n} is out of range; allowed: 0..{SEED_MAX}")
+    return n
+
+
 def add_timing(p):
     g = p.add_argument_group("timing")
     g.add_argument("--warmup", type=float, default=0.2, metavar="S", help="seconds of warm-up calls (default 0.2)")
@@ -59,10 +84,17 @@ def settings_from(args):
                     cold=args.cold, graph=args.graph)
 
 
+def output_path(text: str) -> str:
+    """argparse type of output paths: an empty one is refused (it would silently write nothing)."""
+    if not text:
+        raise argparse.ArgumentTypeError("'' is empty; give a file path")
+    return text
+
+
 def add_output(p) -> None:
     o = p.add_argument_group("output")
     o.add_argument("--threads", metavar="LIST", help="sweep CPU thread counts, e.g. 1,2 (BLAS and numba)")
-    o.add_argument("--json", metavar="PATH", help="append one JSON line per case (schema: docs/results.md)")
+    o.add_argument("--json", metavar="PATH", type=output_path, help="append one JSON line per case (schema: docs/results.md)")
     o.add_argument("--nvtx", choices=("on", "case", "off"), default="on",
                    help="NVTX ranges: on (case and phases, default), case (case ranges only), off")
     o.add_argument("--quiet", action="store_true", help="print the table only (no header, no progress)")

@@ -27,7 +27,9 @@ class Timer(Protocol):
     name: str
 
     def sample(self, fn: Callable[[], object]) -> float:
-        """Seconds one call of ``fn`` takes, with all its work complete when it returns."""
+        """Seconds one call of ``fn`` takes, with all its work complete when it returns.  What the
+        call returned is kept in ``last`` (set after the clock is read), so the outputs of the
+        last timed call can be checked after timing."""
 
     def overhead(self) -> float:
         """Seconds the timer itself adds to one sample (reported, not subtracted)."""
@@ -35,11 +37,14 @@ class Timer(Protocol):
 
 class CpuTimer:
     name = "perf_counter"
+    last = None
 
     def sample(self, fn):
         t0 = time.perf_counter()
-        fn()
-        return time.perf_counter() - t0
+        out = fn()
+        t1 = time.perf_counter()
+        self.last = out
+        return t1 - t0
 
     def overhead(self, n: int = 2000) -> float:
         noop = lambda: None  # noqa: E731
@@ -59,6 +64,7 @@ class CudaEventTimer:
     """
 
     name = "cuda-events"
+    last = None
 
     def __init__(self):
         import cupy
@@ -68,9 +74,10 @@ class CudaEventTimer:
     def sample(self, fn):
         stream = self._cp.cuda.get_current_stream()
         self._start.record(stream)
-        fn()
+        out = fn()
         self._end.record(stream)
         self._end.synchronize()
+        self.last = out
         return self._cp.cuda.get_elapsed_time(self._start, self._end) / 1e3
 
     def overhead(self, n: int = 200) -> float:
@@ -86,7 +93,8 @@ def graph_replay(run: Callable[[], object]) -> Callable[[], object]:
     replay on the capture stream, a non-blocking one, would not be ordered with the legacy stream
     at all: the events would time nothing.)  Replaying removes the host's per-kernel launch cost
     from the samples; a call that cannot be captured (it synchronizes, or allocates outside
-    CuPy's pool) fails with CUDA's reason.
+    CuPy's pool) fails with CUDA's reason.  The replay returns the captured call's outputs, which
+    every replay rewrites, so the outputs of the last replay can be checked after timing.
     """
     import cupy
     capture = cupy.cuda.Stream(non_blocking=True)
@@ -95,7 +103,7 @@ def graph_replay(run: Callable[[], object]) -> Callable[[], object]:
         capture.synchronize()
         capture.begin_capture()
         try:
-            run()
+            outputs = run()
         finally:
             graph = capture.end_capture()
         graph.upload(capture)
@@ -103,6 +111,7 @@ def graph_replay(run: Callable[[], object]) -> Callable[[], object]:
 
     def replay():
         graph.launch(cupy.cuda.get_current_stream())
+        return outputs
     return replay
 
 

@@ -23,7 +23,9 @@ class Prepared:
     run: Callable[[], object]         # the timed call; returns the outputs
     flops: int                        # per call
     bytes: int                        # compulsory traffic per call
-    check: Callable[[], "Check"]      # runs once, compares with the float64 reference
+    # Compares with the float64 reference: check() calls run once; check(out), where a builder
+    # accepts it, checks ``out``, a timed call's return value (the runner's check after timing).
+    check: Callable[..., "Check"]
     info: dict = field(default_factory=dict)
     # Set when the case must be timed elsewhere (a framework's worker process, with that
     # framework's own synchronisation): called with the harness Settings, returns a Measurement.

@@ -73,20 +73,17 @@ def placement(device: str, env: dict) -> dict:
 
 class JsonlWriter:
     """Appends one line per record and flushes it to disk at once, so an interrupted run keeps
-    every finished case.  The path is checked for writability up front (a one-line error)."""
+    every finished case.  The path is checked up front (a one-line error): a regular file, or a
+    stream (``/dev/null``, a terminal, a pipe or FIFO with a reader; see microbench.files).  A
+    write that fails (a full disk, a reader gone) ends the run with a one-line error."""
 
-    def __init__(self, path: str):
-        self.path = Path(path)
-        if self.path.is_dir():
-            raise BadInput(f"--json {path!r} is a directory; give a file path")
-        parent = self.path.parent if str(self.path.parent) else Path(".")
-        if not parent.exists():
-            raise BadInput(f"--json {path!r}: folder {str(parent)!r} does not exist")
-        try:
-            self._f = open(self.path, "a", encoding="utf-8")
-        except OSError as e:
-            raise BadInput(f"--json {path!r} cannot be written: {e.strerror}") from None
-        self._end_torn_line()
+    def __init__(self, path: str, flag: str = "--json"):
+        from . import files
+        self.path, self.flag, self.written = Path(path), flag, 0
+        self._kind = files.check_output(path, flag, streams=True)
+        self._f = files.open_append(path, flag, self._kind)
+        if self._kind in ("file", "missing"):
+            self._end_torn_line()
 
     def _end_torn_line(self) -> None:
         """A run killed mid-write can leave a last line without its newline: end it, so the next
@@ -101,17 +98,29 @@ class JsonlWriter:
         except OSError:
             return
         if torn:
-            self._f.write("\n")
-            self._f.flush()
+            self._write_line("")
 
     def write(self, rec: dict) -> None:
         # One write call per line: a crash leaves at worst a partial last line, which load() skips.
-        self._f.write(json.dumps(rec, separators=(",", ":"), default=_jsonable) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        self._write_line(json.dumps(rec, separators=(",", ":"), default=_jsonable))
+        self.written += 1
+
+    def _write_line(self, text: str) -> None:
+        from .files import shown
+        try:
+            self._f.write(text + "\n")
+            self._f.flush()
+            if self._kind in ("file", "missing"):   # fsync is for files (EINVAL on a device)
+                os.fsync(self._f.fileno())
+        except OSError as e:
+            raise BadInput(f"{self.flag} {shown(self.path)} cannot be written: {e.strerror or e} "
+                           f"(after {self.written} record(s)); the run stops here") from None
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError:   # the write that failed already said so; its buffered line is lost
+            pass
 
 
 def _jsonable(o):

@@ -1,7 +1,14 @@
-"""Runs cases: build, check against the reference, then time; failures and skips become records."""
+"""Runs cases: build, check against the reference, time, check again; failures and skips become records.
+
+The check runs twice: on the first call's outputs before timing, and on the outputs of the last
+timed call after timing (same inputs, outside the samples).  The second catches a variant that is
+right once and wrong later: stale state, a buffer reused across calls, a graph replay reading
+the wrong input.  A case failing either check is recorded FAILED, never timed as passing.
+"""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import traceback
 from dataclasses import dataclass, field
 
@@ -61,6 +68,26 @@ def _full(case):
     return full_plan(case.device, case.backend)
 
 
+def check_after_timing(prepared, last, device: str):
+    """The check on the outputs of the last timed call (``last``) when the case's check takes
+    outputs; otherwise (a check without that parameter, a case timed in a worker process, a timed
+    call that returns nothing) the check itself, which calls the case once more on the same
+    inputs (a framework case's check reads its worker's latest outputs)."""
+    if device == "cuda":   # the last call (or graph replay) may still run on its own stream
+        import cupy
+        cupy.cuda.Device().synchronize()
+    if last is not None and _takes_outputs(prepared.check):
+        return prepared.check(last)
+    return prepared.check()
+
+
+def _takes_outputs(check) -> bool:
+    try:
+        return len(inspect.signature(check).parameters) >= 1
+    except (TypeError, ValueError):
+        return False
+
+
 @dataclass
 class Outcome:
     case: Case
@@ -92,6 +119,7 @@ def run_case(case: Case, settings: Settings, env: dict, nvtx_cost: float) -> Out
                 return finish("failed", check=check, prepared=prepared, error=check.detail)
             around = lambda: _measured_region(case)  # noqa: E731
             extra = {}
+            last = None   # what the last timed call returned (timed here, not in a worker)
             if prepared.measure is not None:
                 m = prepared.measure(settings)
             else:
@@ -105,11 +133,17 @@ def run_case(case: Case, settings: Settings, env: dict, nvtx_cost: float) -> Out
                     # capturing a graph launch inside another capture is not what CUDA offers
                 flush = flusher_for(case.device) if settings.cold else None
                 clocks = gpustate.read() if case.device == "cuda" else None
-                m = measure(run, settings, timer_for(case.device), around=around, before_sample=flush)
+                timer = timer_for(case.device)
+                m = measure(run, settings, timer, around=around, before_sample=flush)
+                last = getattr(timer, "last", None)
                 if clocks is not None:
                     after = gpustate.read()
                     extra["gpu_state"] = {"before": clocks, "after": after,
                                           "warning": gpustate.verdict(clocks, after)}
+            after_check = check_after_timing(prepared, last, case.device)
+            if not after_check.passed:
+                return finish("failed", check=after_check, prepared=prepared,
+                              error=f"wrong after timing (the first call passed): {after_check.detail}")
             nvtx_info = {"level": nvtx.level(), "ranges_per_run": ranges,
                          "cost_per_range_s": nvtx_cost,
                          "est_overhead_frac": ranges * nvtx_cost / m.median if m.median > 0 else None}

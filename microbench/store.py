@@ -3,11 +3,16 @@
 Writing is :class:`microbench.results.JsonlWriter` (one line per finished case, flushed and
 fsynced at once; it also ends a torn last line before appending).  This module reads:
 
-- :func:`load` returns the records of one or more files and the number of lines it skipped:
-  blank lines are ignored, lines that are not JSON (a torn line from a killed run, an editor's
-  accident) or not a microbench record are counted and skipped, never fatal.  Records of older
-  schema versions (``microbench.result/0``, or none at all but with op/variant/backend) are
-  upgraded in memory by :func:`normalize`, so old files keep loading.
+- :func:`load` returns the records of one or more files and a note for each line it skipped
+  (``file:line: why``): blank lines are ignored; lines that are not JSON (a torn line from a
+  killed run, an editor's accident), not a microbench record, or a record that fails
+  validation are skipped, never fatal.  Records are untrusted input: a current record is
+  validated against the published schema (``microbench/schema/result-v1.json``, with
+  jsonschema), an older one (``microbench.result/0``, or none at all but with
+  op/variant/backend) is upgraded in memory by :func:`normalize` and validated against the same
+  schema without its required lists; then every timing must be a finite number and the median
+  of a timed record at least a picosecond, so the ratios and logarithms readers take are
+  defined.  A file left with no usable record is BadInput (exit 2).
 - :func:`identity` is the key of a record: op, variant, backend, framework, dtype, shape,
   options (without the NVTX level, which does not change what was computed; a missing timing
   ``mode`` counts as ``warm``) and env_id.  The same
@@ -17,12 +22,15 @@ fsynced at once; it also ends a torn last line before appending).  This module r
 """
 from __future__ import annotations
 
+import copy
+import functools
 import json
+import math
 from pathlib import Path
 
 from kernels.errors import BadInput
 
-from .results import SCHEMA
+from .results import SCHEMA, SCHEMA_FILE
 
 # Options that describe how a case was observed, not what it computed.
 VOLATILE_OPTIONS = ("nvtx",)
@@ -91,43 +99,113 @@ def normalize(rec: dict) -> dict | None:
             if k in stats:
                 stats[f"{k}_s"] = stats.pop(k)
         out["stats"] = stats
+    if out["schema_read"] != SCHEMA and isinstance(stats, dict) and "iqr_s" not in stats \
+            and _number(stats.get("q1_s")) and _number(stats.get("q3_s")):   # older records lack it
+        out["stats"] = {**stats, "iqr_s": stats["q3_s"] - stats["q1_s"]}
     if out["stats"] is not None and not isinstance(out["stats"], dict):
         return None
     return out
 
 
-def read(path) -> tuple:
-    """(records, skipped_lines) of one file; a missing or unreadable file raises BadInput."""
-    p = Path(path)
-    if p.is_dir():
-        raise BadInput(f"{str(path)!r} is a directory, not a results file")
-    if not p.exists():
-        raise BadInput(f"results file {str(path)!r} does not exist")
-    records, skipped = [], 0
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+@functools.lru_cache(maxsize=2)
+def _validator(current: bool):
+    """The schema validator for current records, or (``current=False``) for upgraded older
+    ones: the same types and values, without the required lists and the per-status rules."""
     try:
-        with open(p, "rb") as f:
-            for raw in f:
+        import jsonschema
+    except ImportError:
+        raise BadInput("reading results files validates them with jsonschema, which cannot be "
+                       "imported; pip install jsonschema") from None
+    schema = json.loads(SCHEMA_FILE.read_text())
+    if not current:
+        schema = copy.deepcopy(schema)
+        schema.pop("required", None)
+        schema.pop("allOf", None)
+        schema["properties"].pop("schema", None)
+        schema["properties"]["stats"]["required"] = ["median_s"]
+        schema["properties"]["check"].pop("required", None)
+    return jsonschema.Draft202012Validator(schema)
+
+
+# Below a picosecond no clock measures; above it, medians keep ratios and logarithms finite.
+MIN_MEDIAN_S = 1e-12
+
+
+def problem(rec: dict, *, current: bool) -> str | None:
+    """Why a record cannot be used, or None: the schema (``current``: the full one, else the
+    one for upgraded older records), then finite timings."""
+    import jsonschema
+    validator = _validator(current)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(rec))
+    if error is not None:
+        where = error.json_path.replace("$.", "", 1) if error.json_path != "$" else "record"
+        return f"{where}: {_short(error.message)}"
+    stats = rec.get("stats")
+    if isinstance(stats, dict):
+        for k, v in stats.items():
+            if _number(v) and not math.isfinite(v):
+                return f"stats.{k}: {v} is not a finite number"
+        med = stats.get("median_s")
+        if rec.get("status") == "ok" and not (_number(med) and med >= MIN_MEDIAN_S):
+            return f"stats.median_s: {med!r} is not a time (at least {MIN_MEDIAN_S:g} s)"
+    for i, v in enumerate(rec.get("samples_s") or ()):
+        if not math.isfinite(v):
+            return f"samples_s[{i}]: {v} is not a finite number"
+    for k, v in (rec.get("derived") or {}).items():
+        if _number(v) and not math.isfinite(v):
+            return f"derived.{k}: {v} is not a finite number"
+    return None
+
+
+def _short(text: str, n: int = 100) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def read(path) -> tuple:
+    """(records, notes) of one file: a note ``file:line: why`` for every line skipped (not JSON,
+    not a microbench record, an invalid record); a missing or unreadable file raises BadInput."""
+    from .files import open_input, shown
+    records, skipped = [], []
+    try:
+        with open_input(path, "results file") as f:
+            for lineno, raw in enumerate(f, 1):
                 line = raw.strip()
                 if not line:
                     continue
                 try:
-                    rec = normalize(json.loads(line.decode("utf-8")))
-                except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-                    rec = None
-                if rec is None:
-                    skipped += 1
+                    raw = json.loads(line.decode("utf-8"))
+                    # a current record as written, before normalize fills any gap; an older one
+                    # as upgraded
+                    current = isinstance(raw, dict) and raw.get("schema") == SCHEMA
+                    why = problem(raw, current=True) if current else None
+                    rec = None if why else normalize(raw)
+                    if not why:
+                        why = "not a microbench record" if rec is None else \
+                            (None if current else problem(rec, current=False))
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    why = "not JSON (a torn or corrupt line)"
+                except RecursionError:
+                    why = "nested too deeply"
+                if why:
+                    skipped.append(f"{path}:{lineno}: {why}")
                 else:
                     records.append(rec)
     except OSError as e:
-        raise BadInput(f"results file {str(path)!r} cannot be read: {e.strerror}") from None
+        raise BadInput(f"results file {shown(path)} cannot be read: {e.strerror or e}") from None
     return records, skipped
 
 
 def load(paths, *, require: bool = True) -> tuple:
-    """(records, skipped) of several files in order; ``require``: no record at all is BadInput."""
+    """(records, notes) of several files in order (notes: one ``file:line: why`` per skipped
+    line); ``require``: no usable record at all is BadInput."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
-    records, skipped = [], 0
+    records, skipped = [], []
     for path in paths:
         recs, bad = read(path)
         for r in recs:
@@ -136,15 +214,29 @@ def load(paths, *, require: bool = True) -> tuple:
         skipped += bad
     if require and not records:
         names = ", ".join(map(str, paths))
-        extra = f" ({skipped} line(s) that are not records)" if skipped else ""
+        extra = f" ({len(skipped)} line(s) skipped; first: {skipped[0]})" if skipped else ""
         raise BadInput(f"no microbench records in {names}{extra}")
     return records, skipped
 
 
+def print_skipped(notes: list, err, limit: int = 5) -> None:
+    """The skipped lines on stderr, one note each (the first ``limit``, then a count)."""
+    from rich.markup import escape
+    for n in notes[:limit]:
+        err.print(f"note: skipped {escape(n)}", highlight=False)
+    if len(notes) > limit:
+        err.print(f"note: ... and {len(notes) - limit} more skipped line(s)", highlight=False)
+
+
 def done_keys(path) -> tuple:
-    """(keys of finished cases, skipped lines) of a results file; a file not there yet has none."""
-    if not Path(path).exists():
-        return set(), 0
+    """(keys of finished cases, notes on skipped lines) of a results file; a file not there yet
+    has none."""
+    from .files import kind, shown
+    k = kind(path, "--json")
+    if k == "missing":
+        return set(), []
+    if k != "file":
+        raise BadInput(f"--resume reads --json {shown(path)} back, so it must be a regular file, not a {k}")
     records, skipped = read(path)
     return {identity(r) for r in records if r.get("status") in DONE_STATUSES}, skipped
 

@@ -21,7 +21,8 @@ def parse_threads(text: str | None) -> list:
             raise BadInput(f"--threads {part!r} is not an integer; expected a list such as 1,2,4") from None
         if not 1 <= n <= 1024:
             raise BadInput(f"--threads {n} is out of range; allowed: 1..1024")
-        out.append(n)
+        if n not in out:   # 1,1 is one count: each case runs once
+            out.append(n)
     if not out:
         raise BadInput("--threads names no thread count; expected a list such as 1,2,4")
     return out

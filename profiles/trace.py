@@ -53,11 +53,15 @@ class KernelRecord:
         kind = d.get("kind", "kernel")
         if kind not in KINDS:
             raise BadInput(f"record kind {kind!r} is unknown; allowed: {', '.join(KINDS)}")
-        return cls(kind=kind, name=d.get("name") or f"[{kind}]",
-                   start_ns=int(d["start_ns"]), end_ns=int(d["end_ns"]),
-                   stream=int(d.get("stream", -1)),
-                   grid=tuple(d.get("grid", (0, 0, 0))), block=tuple(d.get("block", (0, 0, 0))),
-                   nvtx=d.get("nvtx", ""), bytes=int(d.get("bytes", 0)))
+        rec = cls(kind=kind, name=str(d.get("name") or f"[{kind}]"),
+                  start_ns=int(d["start_ns"]), end_ns=int(d["end_ns"]),
+                  stream=int(d.get("stream", -1)),
+                  grid=tuple(int(v) for v in d.get("grid", (0, 0, 0))),
+                  block=tuple(int(v) for v in d.get("block", (0, 0, 0))),
+                  nvtx=str(d.get("nvtx", "")), bytes=int(d.get("bytes", 0)))
+        if rec.end_ns < rec.start_ns or len(rec.grid) != 3 or len(rec.block) != 3:
+            raise ValueError(f"record {rec.name!r} ends before it starts or has no 3-d grid/block")
+        return rec
 
     def to_dict(self) -> dict:
         d = {"kind": self.kind, "name": self.name, "start_ns": self.start_ns,
@@ -93,15 +97,29 @@ class Trace:
 
 def load(path: str | Path) -> tuple[dict, list[Trace]]:
     """``(env, traces)`` from a JSON file in the reference layout."""
+    from microbench.files import open_input
+    with open_input(path, "trace file") as f:     # a regular file or a pipe; BadInput otherwise
+        raw = f.read()
     path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"trace file {str(path)!r} does not exist")
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict) or "traces" not in data:
-        raise BadInput(f"{path.name} is not a trace file; expected an object with 'env' and 'traces'")
-    traces = [Trace(label=t["label"], meta=dict(t.get("meta", {})), wall_ns=t.get("wall_ns"),
-                    records=[KernelRecord.from_dict(r) for r in t["records"]], source=path.name)
-              for t in data["traces"]]
+    expected = "expected an object with 'env' and 'traces' (profiles/reference format)"
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise BadInput(f"trace file {str(path)!r} is not JSON; {expected}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("traces"), list) \
+            or not isinstance(data.get("env", {}), dict):
+        raise BadInput(f"trace file {str(path)!r} is not a trace file; {expected}")
+    traces = []
+    for i, t in enumerate(data["traces"]):
+        try:   # untrusted input: any missing key or wrong type is one error naming the trace
+            traces.append(Trace(label=str(t["label"]), meta=dict(t.get("meta", {})),
+                                wall_ns=None if t.get("wall_ns") is None else int(t["wall_ns"]),
+                                records=[KernelRecord.from_dict(r) for r in t["records"]],
+                                source=path.name))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            what = f"no {e}" if isinstance(e, KeyError) else str(e)
+            raise BadInput(f"trace file {str(path)!r}: trace {i} is not in the reference format "
+                           f"({what})") from None
     return dict(data.get("env", {})), traces
 
 

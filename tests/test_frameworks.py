@@ -234,6 +234,8 @@ def test_framework_matches_reference(fw, op, path):
         # time every path too: a run callable that works once but not twice must fail here
         m = prepared.measure(Settings(0.0, 0.0, 2.0, 3, 1.0))
         assert m.n >= 3 and m.median > 0
+        after = prepared.check()      # the worker's last timed call, as the runner checks it
+        assert after.passed, after.detail
     finally:
         prepared.close()
 
@@ -265,5 +267,7 @@ def test_framework_conv_matches_reference(fw, path, layout):
         assert check.passed, check.detail
         m = prepared.measure(Settings(0.0, 0.0, 2.0, 3, 1.0))
         assert m.n >= 3 and m.median > 0
+        after = prepared.check()      # the worker's last timed call, as the runner checks it
+        assert after.passed, after.detail
     finally:
         prepared.close()

@@ -123,7 +123,8 @@ def test_loader_is_tolerant_and_reads_old_records(tmp_path):
     f = tmp_path / "mixed.jsonl"
     f.write_text("\n".join([good, "{not json", "", "[1, 2]", old, '{"schema": "other/1"}', good[:50]]))
     recs, bad = store.read(f)
-    assert len(recs) == 2 and bad == 4
+    assert len(recs) == 2 and len(bad) == 4
+    assert bad[0] == f"{f}:2: not JSON (a torn or corrupt line)" and bad[1] == f"{f}:4: not a microbench record"
     assert recs[1]["schema_read"] == "microbench.result/0"
     assert recs[1]["stats"]["median_s"] == 0.01 and recs[1]["label"] == "naive/numpy"
 
@@ -163,7 +164,7 @@ def test_resume_skips_recorded_cases(tmp_path):
     assert "nothing left to run: all 5 case(s)" in second.stdout
     assert _lines(out) == 5
     recs, bad = store.read(out)
-    assert bad == 0 and len({store.identity(r) for r in recs}) == 5
+    assert bad == [] and len({store.identity(r) for r in recs}) == 5
 
 
 def test_interrupted_run_leaves_a_valid_file_and_resume_completes_it(tmp_path):
@@ -182,14 +183,14 @@ def test_interrupted_run_leaves_a_valid_file_and_resume_completes_it(tmp_path):
     assert "Traceback" not in err
     assert "interrupted after" in err and "--resume" in err
     recs, bad = store.read(out)
-    assert bad == 0 and 2 <= len(recs) < 10
+    assert bad == [] and 2 <= len(recs) < 10
     with open(out, "a") as f:                       # and a torn last line, as a kill -9 leaves
         f.write('{"schema": "microbench.result/1", "op": "ls')
     done = _run(*args)
     assert done.returncode == 0, done.stderr
-    assert "not records" in done.stderr              # the torn line is reported, not fatal
+    assert "not usable records" in done.stderr       # the torn line is reported, not fatal
     recs, bad = store.read(out)
-    assert bad == 1
+    assert len(bad) == 1 and "not JSON" in bad[0]
     keys = {store.identity(r) for r in recs}
     assert len(keys) == 10 == len(recs)              # every case once: none repeated, none missing
 
@@ -202,7 +203,7 @@ def _rec(variant: str, med: float, iqr: float, env: str, H: int = 64) -> dict:
             "device": "cpu", "dtype": "fp32", "shape": {"T": 10, "B": 8, "I": H, "H": H, "L": 1},
             "options": {"plan": None, "threads": 1, "seed": 0, "rung": None, "nvtx": "on"},
             "label": f"{variant}/numpy", "status": "ok", "error": None, "env_id": env, "env": {},
-            "samples_s": [med], "check": None,
+            "samples_s": [med], "check": {"max_rel_err": 0.0, "tol": 1e-5, "passed": True},
             "stats": {"n": 9, "median_s": med, "q1_s": med - iqr / 2, "q3_s": med + iqr / 2, "iqr_s": iqr,
                       "min_s": med - iqr, "mean_s": med, "rel_noise": iqr / med, "noisy": False}}
 

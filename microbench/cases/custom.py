@@ -85,8 +85,8 @@ def build_custom(problem: RNNProblem, seed: int, *, cell: str, variant: str, bac
     x, h0, c0 = (xp.asarray(inp[k]) for k in ("x", "h0", "c0"))   # on the device before timing
     run = lambda: impl(x, h0, c0)  # noqa: E731
 
-    def check() -> Check:
-        y, (h, c) = run()
+    def check(out=None) -> Check:   # out: a timed call's return value, else one call now
+        y, (h, c) = run() if out is None else out
         return check_custom([to_host(a) for a in (y, h, c)], problem, seed, precision, cell)
 
     itemsize = np.dtype(impl.dtype).itemsize

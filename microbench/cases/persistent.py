@@ -40,8 +40,8 @@ def build_persistent(problem: RNNProblem, seed: int, *, backend: str = "cupy", p
     c0 = xp.asarray(inp["c0"][0]) if inp["c0"] is not None else None
     run = (lambda: impl(x, h0, c0)) if problem.op == "lstm" else (lambda: impl(x, h0))  # noqa: E731
 
-    def check() -> Check:
-        out = run()
+    def check(out=None) -> Check:   # out: a timed call's return value, else one call now
+        out = run() if out is None else out
         if problem.op == "lstm":
             y, (h, c) = out
             got = (y, h[None], c[None])

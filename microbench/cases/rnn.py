@@ -66,8 +66,8 @@ def build_rnn(problem: RNNProblem, seed: int, *, variant: str, backend: str, pre
     else:
         run = lambda: impl(x, h0)  # noqa: E731
 
-    def check() -> Check:
-        out = _flatten(problem.op, run())
+    def check(out=None) -> Check:   # out: a timed call's return value, else one call now
+        out = _flatten(problem.op, run() if out is None else out)
         return compare([to_host(a) for a in out], reference_outputs(problem, seed, precision), precision)
 
     itemsize = np.dtype(impl.dtype).itemsize

@@ -132,6 +132,7 @@ def cmd_compare(args) -> int:
         raise BadInput(f"--only {args.only!r} is not a regular expression: {e}") from None
     recs_a, bad_a = store.load(files_of(args.a))
     recs_b, bad_b = store.load(files_of(args.b))
+    store.print_skipped(bad_a + bad_b, err)
     rows, only_a, only_b = pair(recs_a, recs_b, across_machines=getattr(args, "across_machines", False))
     if only is not None:
         rows = [r for r in rows if only.search(f"{r.what} {r.label}")]
@@ -157,7 +158,7 @@ def cmd_compare(args) -> int:
         notes.append(f"only in A: {only_a}, only in B: {only_b} (not compared)")
     notes += [f"A: {line}" for line in store.shards(recs_a)] + [f"B: {line}" for line in store.shards(recs_b)]
     if bad_a or bad_b:
-        notes.append(f"lines that are not records, skipped: A {bad_a}, B {bad_b}")
+        notes.append(f"lines that are not usable records, skipped: A {len(bad_a)}, B {len(bad_b)}")
     notes.append("B/A < 1: B is faster. within noise: the IQRs [q1, q3] of A and B overlap.")
     for n in notes:
         out.print(f"[dim]{escape(n)}[/]")

@@ -6,7 +6,7 @@ import argparse
 from kernels import devices
 from kernels.errors import BadInput
 
-from ..cli import add_output, add_timing, csv_list
+from ..cli import add_output, add_timing, csv_list, seed_arg
 
 EPILOG = """examples:
   python -m microbench conv --all --layer resnet50/res2_3x3 -N 8
@@ -50,7 +50,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--dilation", type=int, help="dilation (both axes)")
     s.add_argument("--groups", type=int, help="groups")
     s.add_argument("--layout", choices=("NCHW", "NHWC"), help="activation layout (default NCHW)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
+    s.add_argument("--seed", type=seed_arg, default=0, help="seed of the inputs (default 0)")
     add_timing(p)
     add_output(p)
     p.set_defaults(func=cmd_conv, op="conv")
@@ -93,7 +93,7 @@ def cmd_conv(args) -> int:
     prepare_numba_pool(threads)
     nvtx.set_level(args.nvtx)
     problem = problem_from_args(args)
-    precisions = [dtypes.canonical(d) for d in csv_list(args.dtype)]
+    precisions = list(dict.fromkeys(dtypes.canonical(d) for d in csv_list(args.dtype)))
     if not precisions:
         raise BadInput(f"--dtype {args.dtype!r} names no precision; allowed: fp64, fp32")
     device = resolve_device(args.device, "conv")
@@ -107,7 +107,7 @@ def cmd_conv(args) -> int:
     names = None if args.all or not args.variant_flags else list(dict.fromkeys(args.variant_flags))
     records = registry.select("conv", names, None, device)
     cases = [Case(r, problem, p, args.seed, None, t) for t in threads for p in precisions for r in records]
-    if args.frameworks:
+    if args.frameworks is not None:    # '' names no framework: parse_frameworks refuses it
         from ..cases.frameworks import framework_cases
         from ..frameworks.client import parse_python
         cases += framework_cases("conv", problem, args.frameworks, device, precisions, args.seed,

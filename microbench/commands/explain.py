@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import console, csv_list
+from ..cli import console, named_list
 
 EPILOG = """examples:
   python -m microbench explain lstm                       # this machine has no GPU: the H100 traces
@@ -32,27 +32,33 @@ def add_parsers(sub) -> None:
 
 
 def cmd_explain(args) -> int:
-    from profiles import explain
-
-    from .. import env as menv
-    an = explain.explain_reference(
-        args.op, args.reference,
-        frameworks=csv_list(args.frameworks) if args.frameworks else None,
-        variants=csv_list(args.variants) if args.variants else None)
     import importlib.util
 
     from kernels.params import check_dim
+    from profiles import explain
+
+    from .. import env as menv
     gpu = menv.gpu()
+    cpu_wanted = args.cpu or (not gpu.get("available") and importlib.util.find_spec("torch") is not None)
+    if cpu_wanted and args.op != "conv":   # sizes are checked before anything is printed
+        from ..problems import RNNProblem, check_memory
+        T, B, H = (check_dim(f"-{n}", getattr(args, n)) for n in ("T", "B", "H"))
+        # the estimate the benchmarks use (fp32 buffers, the float64 reference's too): sizes that
+        # cannot fit are refused before torch tries to allocate them
+        check_memory(RNNProblem(args.op, T, B, H, H, 1).memory_estimate(4),
+                     f"explain --cpu {args.op} T={T} B={B} H={H}")
+    an = explain.explain_reference(
+        args.op, args.reference,
+        frameworks=named_list("--frameworks", args.frameworks),
+        variants=named_list("--variants", args.variants))
     if not gpu.get("available"):
         an.notes.append(f"This machine has no usable GPU ({gpu.get('reason')}), so nothing was traced "
                         "here; on a GPU with cupti-python (pip install '.[gpu]') record new traces "
                         "with profiles.trace.capture and pass them with --reference.")
     out = console()
     explain.render(an, out)
-    cpu_wanted = args.cpu or (not gpu.get("available") and importlib.util.find_spec("torch") is not None)
     if cpu_wanted and args.op != "conv":
         from profiles import cpu_profile
-        T, B, H = (check_dim(f"-{n}", getattr(args, n)) for n in ("T", "B", "H"))
         cpu_profile.render(cpu_profile.profile_torch(args.op, T, B, H), args.op, out)
     elif cpu_wanted:
         out.print("- The CPU explanation covers lstm and gru; for conv see the reference traces above.")

@@ -32,6 +32,7 @@ def cmd_profile(args) -> int:
     if args.output:
         kw["output"] = args.output
     argv = nsight.profile_command(args.tool, args.bench, **kw)
+    _check_bench_args(list(args.bench))
     if not args.run:
         print(nsight.shell(argv))
         return 0
@@ -39,3 +40,13 @@ def cmd_profile(args) -> int:
         raise BadInput(f"{argv[0]} is not on PATH; install Nsight {'Systems' if argv[0] == 'nsys' else 'Compute'} "
                        "or run without --run to print the command")
     return subprocess.call(argv)
+
+
+def _check_bench_args(bench: list) -> None:
+    """The benchmark's own parser reads the arguments first, so a bad flag or value is refused
+    here instead of being printed into (or run as) an Nsight command line."""
+    from ..cli import UsageError, build_parser
+    try:
+        build_parser().parse_args(bench)
+    except UsageError as e:
+        raise BadInput(f"benchmark arguments {' '.join(bench)!r}: {e}") from None

@@ -18,12 +18,13 @@ from kernels.errors import BadInput
 
 
 def add_parsers(sub) -> None:
+    from ..cli import output_path
     p = sub.add_parser("report", help="tables and plots (HTML, Markdown) of results files",
                        description="Tables of results files; with --html/--md also plots (ladder, "
                                    "framework convergence, roofline, thread scaling) embedded as PNG.")
     p.add_argument("files", nargs="+", metavar="FILE", help="results files (JSON lines, from --json)")
-    p.add_argument("--html", metavar="PATH", help="write a self-contained HTML report")
-    p.add_argument("--md", metavar="PATH", help="write a Markdown report (images as data URIs)")
+    p.add_argument("--html", metavar="PATH", type=output_path, help="write a self-contained HTML report")
+    p.add_argument("--md", metavar="PATH", type=output_path, help="write a Markdown report (images as data URIs)")
     p.add_argument("--title", default="microbench report", help="report title")
     p.set_defaults(func=cmd_report)
 
@@ -93,12 +94,12 @@ ENV_COLUMNS = ("env_id", "date", "cpu", "gpu", "libraries")
 
 
 def _check_output(path: str, flag: str, inputs: list) -> Path:
+    from ..files import check_output
+    # a regular file or a new one: the report is renamed into place, which would replace a
+    # device node or a FIFO with a regular file
+    check_output(path, flag)
     p = Path(path)
-    if p.is_dir():
-        raise BadInput(f"{flag} {path!r} is a directory; give a file path")
     parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise BadInput(f"{flag} {path!r}: folder {str(parent)!r} does not exist")
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
         raise BadInput(f"{flag} {path!r} cannot be written (permission denied)")
     for f in inputs:
@@ -207,9 +208,9 @@ def cmd_report(args) -> int:
     out, err = console(), console(stderr=True)
     targets = [(flag, _check_output(path, flag, args.files))
                for flag, path in (("--html", args.html), ("--md", args.md)) if path]
-    records, skipped = store.load(args.files)
-    if skipped:
-        err.print(f"note: {skipped} line(s) that are not records were skipped", highlight=False)
+    records, notes = store.load(args.files)
+    store.print_skipped(notes, err)
+    skipped = len(notes)
     for line in store.shards(records):     # a sharded suite's files, merged: say which are missing
         err.print(escape(f"note: {line}"), highlight=False)
     if not targets:

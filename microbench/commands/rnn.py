@@ -6,7 +6,7 @@ import argparse
 from kernels import devices
 from kernels.errors import BadInput
 
-from ..cli import EPILOG_RNN, add_output, add_timing, console, csv_list
+from ..cli import EPILOG_RNN, add_output, add_timing, console, csv_list, named_list, seed_arg
 
 
 def add_parsers(sub) -> None:
@@ -64,7 +64,7 @@ def _add_rnn(sub, op: str, variant_names: list):
     s.add_argument("-H", type=int, default=512, help="hidden size (default 512)")
     s.add_argument("-I", type=int, default=None, help="input size (default: H)")
     s.add_argument("-L", type=int, default=1, help="layers (default 1)")
-    s.add_argument("--seed", type=int, default=0, help="seed of weights, inputs and states (default 0)")
+    s.add_argument("--seed", type=seed_arg, default=0, help="seed of weights, inputs and states (default 0)")
     add_timing(p)
     add_output(p)
     p.set_defaults(func=cmd_rnn, op=op)
@@ -106,7 +106,7 @@ def plan_cases(args) -> tuple:
 
     op = args.op
     problem = RNNProblem(op, args.T, args.B, args.I if args.I is not None else args.H, args.H, args.L)
-    precisions = [dtypes.canonical(d) for d in csv_list(args.dtype)]
+    precisions = list(dict.fromkeys(dtypes.canonical(d) for d in csv_list(args.dtype)))
     if not precisions:
         raise BadInput(f"--dtype {args.dtype!r} names no precision; allowed: fp64, fp32")
     backward = getattr(args, "backward", False)
@@ -114,11 +114,11 @@ def plan_cases(args) -> tuple:
         check_memory(problem.memory_estimate(dtypes.itemsize(p)), f"{op} {problem.label} {p}")
     thread_counts = parse_threads(args.threads)
     device = _backward_device(args.device) if backward else resolve_device(args.device, op)
-    backend_names = csv_list(args.backend) if args.backend else None
-    if args.ladder and (args.opt or args.variant_flags):
+    backend_names = named_list("--backend", args.backend, ", ".join(registry.backends(op)))
+    if args.ladder and (args.opt is not None or args.variant_flags):
         raise BadInput("--ladder chooses the variants and steps itself; drop --opt and the variant flags")
     variant_names = None if args.all or not args.variant_flags else list(dict.fromkeys(args.variant_flags))
-    fw_names = parse_frameworks(args.frameworks) if args.frameworks else []
+    fw_names = parse_frameworks(args.frameworks) if args.frameworks is not None else []
     python = parse_python(args.python) if args.python else {}
     if python and not fw_names:
         raise BadInput("--python only applies to framework workers; add --frameworks")
@@ -137,7 +137,11 @@ def plan_cases(args) -> tuple:
         if not able:
             have = sorted({d for r in records for d in BACKENDS[r.backend].dtypes})
             raise BadInput(f"--dtype {p}: the chosen backends on {device} compute {', '.join(have)}")
-    plan = Plan.parse(args.opt, device) if args.opt else None
+    plan = Plan.parse(args.opt, device) if args.opt is not None else None
+    if plan is not None and not any(r.fusable for r in records):
+        raise BadInput(f"--opt {args.opt!r} sets the fusion steps of the fused variant, which is not "
+                       f"selected ({', '.join(dict.fromkeys(r.variant for r in records))}); add --fused "
+                       "or drop --opt")
     cases = []
     for threads in thread_counts:
         for p in precisions:
@@ -180,7 +184,7 @@ def _backward_cases(args, cell, problem, precisions, thread_counts, device, vari
     if cell not in bwcases.BACKWARD_CELLS:
         raise BadInput(f"--backward: kernels.backward has no {cell} LSTM; allowed with --backward: "
                        f"--cell {', '.join(bwcases.BACKWARD_CELLS)}")
-    if args.ladder or args.opt:
+    if args.ladder or args.opt is not None:
         raise BadInput("--backward times one arrangement (the fused one); drop --ladder and --opt")
     for v in variant_names or ():
         if v != "fused":
@@ -220,7 +224,7 @@ def _custom_cell_cases(args, cell, problem, precisions, thread_counts, device, v
     from ..cases.frameworks import framework_cases
     from ..registry import VariantRecord
     from ..runner import Case
-    if args.ladder or args.opt:
+    if args.ladder or args.opt is not None:
         raise BadInput(f"--cell {cell} has one fused arrangement; drop --ladder and --opt")
     if fw_names and cell != "layernorm":
         raise BadInput(f"--cell {cell}: the frameworks have no {cell} LSTM path to compare "

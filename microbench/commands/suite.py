@@ -16,7 +16,7 @@ from kernels.errors import BadInput
 
 from rich.markup import escape
 
-from ..cli import add_output, add_timing, csv_list
+from ..cli import add_output, add_timing, csv_list, named_list, seed_arg
 
 EPILOG = """examples:
   python -m microbench suite --list                                  # the suites
@@ -49,7 +49,7 @@ def add_parsers(sub) -> None:
     f.add_argument("--device", type=devices.argparse_type, default="auto", metavar="DEVICE",
                    help="auto (default): a GPU if one is found, else the CPU; cpu; cuda; cuda:K (the K-th GPU)")
     f.add_argument("--batch", type=int, metavar="N", help="override every entry's batch size")
-    f.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default 0)")
+    f.add_argument("--seed", type=seed_arg, default=0, help="seed of weights and inputs (default 0)")
     p.add_argument("--shard", metavar="K/N", type=parse_shard,
                    help="run only the K-th of N disjoint, deterministic slices of the plan (1 <= K <= N), "
                         "balanced by estimated time; every shard must be given the same suite, filters, "
@@ -232,7 +232,7 @@ def plan(args, suite, device: str) -> list:
         only = re.compile(args.only) if args.only is not None else None
     except re.error as e:
         raise BadInput(f"--only {args.only!r} is not a regular expression: {e}") from None
-    precisions = [dtypes.canonical(d) for d in csv_list(args.dtype)]
+    precisions = list(dict.fromkeys(dtypes.canonical(d) for d in csv_list(args.dtype)))
     if not precisions:
         raise BadInput(f"--dtype {args.dtype!r} names no precision; allowed: fp64, fp32")
     threads_given = parse_threads(args.threads) if args.threads is not None else None
@@ -245,7 +245,7 @@ def plan(args, suite, device: str) -> list:
     if variants:
         _check_variants(variants, ops)
     frameworks = _frameworks(args.frameworks)
-    backends = csv_list(args.backend) if args.backend else None
+    backends = named_list("--backend", args.backend)
     if backends is not None:
         known = {r.backend for r in registry.REGISTRY.values() if r.op in ops}
         for b in backends:
@@ -451,7 +451,7 @@ def cmd_suite(args) -> int:
 
     shard = apply_shard(entries, args.shard, settings) if args.shard else None
     env = menv.collect()
-    done, bad_lines = set(), 0
+    done, bad_lines = set(), []
     if args.json and not args.list:
         writer = JsonlWriter(args.json)          # checks the path before anything runs
     else:
@@ -467,8 +467,9 @@ def cmd_suite(args) -> int:
     if not args.quiet:
         report.header(env, out)
     if bad_lines:
-        err.print(f"[yellow]note[/]: {escape(args.json)}: {bad_lines} line(s) are not records (a torn or "
-                  "corrupt line); they are skipped and left in place")
+        err.print(f"[yellow]note[/]: {escape(args.json)}: {len(bad_lines)} line(s) are not usable records (a torn "
+                  "or corrupt line, an invalid record); they are skipped and left in place")
+        store.print_skipped(bad_lines, err)
     n_todo, n_done = print_plan(entries, suite, settings, out, device=device,
                                 resume_note=f" in {args.json} for env {env['env_id']} (--resume)",
                                 shard=shard)

@@ -53,8 +53,27 @@ def parse_python(items) -> dict:
             path = os.path.expanduser(path.strip())
             if not (os.path.isfile(path) and os.access(path, os.X_OK)):
                 raise BadInput(f"--python {name}={path}: not an executable file")
+            problem = _interpreter_problem(path)
+            if problem:
+                raise BadInput(f"--python {name}={path}: not a working Python 3 interpreter ({problem})")
             out[name] = path
     return out
+
+
+def _interpreter_problem(path: str) -> str:
+    """Why ``path`` is not a Python 3 that can run a worker ('' when it is): it must run a line
+    of Python and say so (an executable like /bin/true exits 0 and says nothing)."""
+    import subprocess
+    probe = "import sys; print('microbench-python', sys.version_info[0])"
+    try:
+        r = subprocess.run([path, "-c", probe], capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"it does not start: {e}"
+    if r.returncode != 0 or not r.stdout.startswith("microbench-python 3"):
+        said = (r.stderr or r.stdout).strip().splitlines()
+        return f"'-c print' exited {r.returncode}" + (f": {said[-1][:120]}" if said else " without output")
+    return ""
 
 
 class Worker:

@@ -160,6 +160,9 @@ def main(argv=None) -> int:
             elif cmd == "run":
                 built.run()
                 send({"ok": True})
+            elif cmd == "outputs":   # of the latest call: after "measure", the last timed one
+                np.savez(req["outputs"], *[np.asarray(a) for a in built.outputs()])
+                send({"ok": True})
             elif cmd == "measure":
                 timer, flush, mode, tname = timing_mode(adapter, args.device, req["settings"])
                 send({"ok": True, "samples": run_measure(built.run, req["settings"], timer, flush),
