@@ -24,6 +24,7 @@ def record(*, case, status: str, env: dict, measurement=None, check=None, prepar
         "op": case.op,
         "variant": case.variant,
         "backend": case.backend,
+        "framework": getattr(case.record, "framework", "") or "",   # "" for our own variants
         "device": case.device,
         "dtype": case.precision,
         "shape": case.problem.shape(),
