@@ -122,6 +122,16 @@ class RNNParams:
             layers.append(Layer(draw(G * H, width), draw(G * H, H), draw(G * H), draw(G * H)))
         return cls(input_size, hidden_size, tuple(layers))
 
+    @classmethod
+    def from_torch(cls, module):
+        """Float64 copies of a ``torch.nn.LSTM``/``torch.nn.GRU``'s weights (same names and gate
+        order, nothing reordered); the way back is :func:`kernels.torch.torch_module`."""
+        from .torch import params_from_torch
+        p = params_from_torch(module)
+        if not isinstance(p, cls):
+            raise BadInput(f"{cls.__name__}.from_torch got a {type(module).__name__}")
+        return p
+
     def astype(self, dtype):
         """A copy with every array in ``dtype`` (contiguous)."""
         conv = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
@@ -143,7 +153,9 @@ class RNNParams:
 
     @property
     def dtype(self) -> np.dtype:
-        return np.asarray(self.layers[0].w_ih).dtype
+        # the array's own .dtype: CuPy arrays (kernels.torch on a GPU) refuse np.asarray
+        w = self.layers[0].w_ih
+        return np.dtype(w.dtype) if hasattr(w, "dtype") else np.asarray(w).dtype
 
     def gate(self, layer: int, gate: str, which: str = "w_ih") -> np.ndarray:
         """The rows of one gate in one array, e.g. ``gate(0, "f", "w_hh")`` -> (H, H)."""

@@ -304,11 +304,28 @@ def _dtype_of(x):
     return x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
 
 
+def _as_array(a, name: str):
+    """NumPy and CuPy arrays as they are; any other DLPack array (a torch or JAX tensor on the
+    CPU) as a zero-copy NumPy view; else a one-line error saying what is taken."""
+    if a is None or isinstance(a, np.ndarray) or type(a).__module__.split(".")[0] == "cupy":
+        return a
+    if hasattr(a, "__dlpack__"):
+        try:
+            return np.from_dlpack(a)
+        except (TypeError, RuntimeError, BufferError, ValueError) as e:
+            raise BadInput(f"{name}: a {type(a).__module__}.{type(a).__name__} that NumPy cannot take "
+                           f"through DLPack ({str(e).splitlines()[0]}); pass a NumPy array (CPU), a CuPy "
+                           "array (GPU) or a CPU tensor without grad (tensor.detach().cpu()); for "
+                           "autograd use kernels.torch / kernels.jax") from None
+    return a
+
+
 def lstm(x, params: LSTMParams, h0=None, c0=None, *, variant: str = "fused", backend: str = "numpy",
          dtype=None, opts=None, batch_first: bool = False):
     """LSTM forward. Returns ``y`` and ``(h_n, c_n)``. See :class:`RNN` for the keywords."""
     if not isinstance(params, LSTMParams):
         raise BadInput(f"lstm needs LSTMParams, got {type(params).__name__}")
+    x, h0, c0 = _as_array(x, "x"), _as_array(h0, "h0"), _as_array(c0, "c0")
     dtype = dtype if dtype is not None else _dtype_of(x)
     return RNN(params, variant=variant, backend=backend, dtype=dtype, opts=opts)(
         x, h0, c0, batch_first=batch_first)
@@ -319,6 +336,7 @@ def gru(x, params: GRUParams, h0=None, *, variant: str = "fused", backend: str =
     """GRU forward. Returns ``y`` and ``h_n``. See :class:`RNN` for the keywords."""
     if not isinstance(params, GRUParams):
         raise BadInput(f"gru needs GRUParams, got {type(params).__name__}")
+    x, h0 = _as_array(x, "x"), _as_array(h0, "h0")
     dtype = dtype if dtype is not None else _dtype_of(x)
     return RNN(params, variant=variant, backend=backend, dtype=dtype, opts=opts)(
         x, h0, batch_first=batch_first)

@@ -16,7 +16,7 @@ Records are the normalized dicts of :mod:`microbench.store` (status ok with stat
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import matplotlib
 
@@ -26,7 +26,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .store import machine  # noqa: E402  (ratios and panels never mix machines)
 
 MAX_PANELS = 12
+MAX_CONVERGENCE_PANELS = 6
 MAX_SERIES = 10
+LOG_SPAN = 30        # max/min ratio above which a time axis is drawn in log scale
+OURS_COLOR, FRAMEWORK_COLOR, BUSY_COLOR = "#3b75af", "#6a9f58", "#e08a2c"
 
 
 @dataclass
@@ -34,6 +37,7 @@ class Plot:
     title: str
     png: bytes | None
     note: str = ""
+    data: dict = field(default_factory=dict)   # what is drawn, by panel: for tests and captions
 
 
 # -- record helpers ------------------------------------------------------------------------------
@@ -59,11 +63,17 @@ def threads_of(rec: dict):
     return (rec.get("options") or {}).get("threads")
 
 
+def framework_of(rec: dict) -> str:
+    """The framework of a framework row ("" for ours); older files kept it only under ``info``."""
+    return str(rec.get("framework") or (rec.get("info") or {}).get("framework") or "")
+
+
 def impl_name(rec: dict) -> str:
-    """framework/path for framework records, ours/<backend> for our variants."""
-    if rec.get("framework"):
-        return str(rec.get("label") or f"{rec['framework']}/{rec.get('variant')}")
-    return f"ours/{rec.get('backend')}"
+    """``torch/fused`` (framework/path) for framework rows, ``ours: fused/numba`` for ours."""
+    fw = framework_of(rec)
+    if fw:
+        return f"{fw}/{rec.get('backend')}"
+    return f"ours: {rec.get('label') or rec.get('variant') + '/' + str(rec.get('backend'))}"
 
 
 def gpu_busy(rec: dict):
@@ -150,17 +160,21 @@ def ladder_plot(records: list) -> Plot:
 
 
 def convergence_plot(records: list) -> Plot:
+    """Per shape, the best median of each implementation: framework paths (``torch/fused``) and our
+    variants (``ours: fused/numba``), IQR error bars; panels with framework rows first."""
     title = "Framework convergence: best time per framework path"
     recs = ok_records(records)
     groups = _group(recs, lambda r: (r["op"], shape_text(r), r.get("dtype"), threads_of(r), r.get("env_id"),
                                      machine(r)))
     if not groups:
         return Plot(title, None, "no measured records")
-    # panels with the most implementations first
-    ranked = sorted(groups, key=lambda k: -len({impl_name(r) for r in groups[k]}))[:6]
+    n_fw = lambda k: len({framework_of(r) for r in groups[k] if framework_of(r)})  # noqa: E731
+    ranked = sorted(groups, key=lambda k: (-n_fw(k), -len({impl_name(r) for r in groups[k]})))
+    shown = ranked[:MAX_CONVERGENCE_PANELS]
     any_busy = any(gpu_busy(r) for r in recs)
-    fig, axes = _grid(len(ranked))
-    for ax, key in zip(axes, ranked):
+    fig, axes = _grid(len(shown))
+    data = {}
+    for ax, key in zip(axes, shown):
         best: dict = {}
         for r in groups[key]:
             name = impl_name(r)
@@ -168,31 +182,46 @@ def convergence_plot(records: list) -> Plot:
                 best[name] = r
         names = sorted(best, key=lambda n: best[n]["stats"]["median_s"])
         wall = [_ms(best[n]) for n in names]
-        y = range(len(names))
+        err = list(zip(*[_err_ms(best[n]) for n in names]))
+        y = list(range(len(names)))
+        colors = [FRAMEWORK_COLOR if framework_of(best[n]) else OURS_COLOR for n in names]
         if any_busy:
             busy = [(gpu_busy(best[n]) or 0) * 1e3 for n in names]
-            ax.barh([i - 0.2 for i in y], wall, height=0.4, color="#3b75af", label="wall")
-            ax.barh([i + 0.2 for i in y], busy, height=0.4, color="#e08a2c", label="GPU busy")
-            ax.legend(fontsize=8)
+            ax.barh([i - 0.2 for i in y], wall, height=0.4, xerr=err, color=colors, capsize=2)
+            ax.barh([i + 0.2 for i in y], busy, height=0.4, color=BUSY_COLOR)
         else:
-            ax.barh(list(y), wall, color="#3b75af", label="wall only")
-            ax.legend(fontsize=8, title="GPU-busy not recorded", title_fontsize=7)
-        labels = [f"{n} ({best[n].get('options', {}).get('rung') or best[n].get('variant')})"
-                  if not best[n].get("framework") else n for n in names]
-        ax.set_yticks(list(y), labels, fontsize=8)
+            ax.barh(y, wall, xerr=err, color=colors, capsize=2)
+        ax.set_yticks(y, names, fontsize=8)
         ax.invert_yaxis()
         for i, w in enumerate(wall):
-            ax.annotate(f"{w:.3g} ms", (w, i), va="center", fontsize=8, xytext=(3, 0),
+            ax.annotate(f"{w:.3g} ms", (w + err[1][i], i), va="center", fontsize=8, xytext=(3, 0),
                         textcoords="offset points")
-        ax.set_xlim(0, max(wall) * 1.3)
+        top = max(w + e for w, e in zip(wall, err[1]))
+        if top / max(min(wall), 1e-12) > LOG_SPAN:      # a linear axis would hide the fast rows
+            ax.set_xscale("log")
+            ax.set_xlim(min(wall) / 2, top * 4)
+        else:
+            ax.set_xlim(0, top * 1.35)
         op, shape, dtype, thr = key[:4]
-        ax.set_title(f"{op} {shape} {dtype}" + (f", {thr} thr" if thr else ""), fontsize=9)
-        ax.set_xlabel("ms per call (median)")
+        panel = f"{op} {shape} {dtype}" + (f", {thr} thr" if thr else "")
+        ax.set_title(panel, fontsize=9)
+        ax.set_xlabel("ms per call (median, IQR bar)" + (", log scale" if ax.get_xscale() == "log" else ""))
+        data[panel] = {n: {"median_ms": w, "framework": framework_of(best[n]) or None,
+                           "n": best[n]["stats"].get("n")} for n, w in zip(names, wall)}
+    from matplotlib.patches import Patch
+    handles = [Patch(color=OURS_COLOR, label="ours (microbench kernels)"),
+               Patch(color=FRAMEWORK_COLOR, label="framework path")]
+    if any_busy:
+        handles.append(Patch(color=BUSY_COLOR, label="GPU busy"))
+    axes[0].legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.08), fontsize=7, ncol=len(handles),
+                   frameon=False)     # once, above the first panel, not per panel
     kind = "wall vs GPU-busy" if any_busy else "wall time only (no GPU-busy data in these records)"
     fig.suptitle(f"{title}: {kind}", fontsize=11)
-    n_fw = len({r["framework"] for r in recs if r.get("framework")})
-    note = f"{n_fw} framework(s)" if n_fw else "no framework records: our backends only"
-    return Plot(title, _png(fig), note + ("" if any_busy else "; wall time only"))
+    fws = sorted({framework_of(r) for r in recs if framework_of(r)})
+    note = f"frameworks: {', '.join(fws)}" if fws else "no framework records: our backends only"
+    if len(groups) > len(shown):
+        note += f"; {len(groups) - len(shown)} more shape(s) not drawn (fewest framework rows)"
+    return Plot(title, _png(fig), note + ("" if any_busy else "; wall time only"), data=data)
 
 
 # -- roofline -------------------------------------------------------------------------------------

@@ -90,6 +90,8 @@ def normalize(rec: dict) -> dict | None:
         out.setdefault(key, default)
     if not isinstance(out["options"], dict) or not isinstance(out["shape"], dict):
         return None
+    if not out["framework"] and isinstance(out.get("info"), dict) and out["info"].get("framework"):
+        out["framework"] = str(out["info"]["framework"])    # files written before it was top-level
     if "label" not in out or not out["label"]:
         out["label"] = f"{out['options'].get('rung') or out['variant']}/{out['backend']}"
     stats = out.get("stats")
