@@ -69,8 +69,15 @@ BACKENDS = {b.name: b for b in (
             "NumPy ufuncs and BLAS GEMMs (whatever BLAS NumPy links: OpenBLAS in the wheels)"),
     Backend("numba", "cpu", "numpy", ("fp32", "fp64"), ("numba",), "numba",
             "BLAS GEMMs through NumPy, pointwise kernels compiled by numba (@njit(parallel=True))"),
+    # oneDNN's primitives called directly (kernels.onednn): the onednn variants' rows only.
+    Backend("onednn", "cpu", "numpy", ("fp32", "bf16"), (), "",
+            "oneDNN primitives (libdnnl.so.3 through ctypes): the CPU's vendor library"),
     *(Backend(**spec) for spec in CUDA_BACKENDS),
 )}
+
+
+# Backends that only a vendor library's variants run on (no naive/fused step loop of ours).
+LIBRARY_BACKENDS = ("onednn",)
 
 
 def get_backend(name: str) -> Backend:

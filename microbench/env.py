@@ -23,6 +23,7 @@ LIBRARIES = (
     ("numba-cuda", "numba-cuda"), ("cupti-python", "cupti-python"),
     ("nvidia-cudnn-cu13", "cudnn (wheel)"), ("nvidia-cudnn-cu12", "cudnn (wheel)"),
     ("nvidia-cudnn-frontend", "cudnn-frontend"), ("nvidia-ml-py", "nvidia-ml-py"),
+    ("onednn-cpu-gomp", "onednn (wheel)"), ("onednn", "onednn (wheel)"),
     ("torch", "torch"), ("tensorflow", "tensorflow"), ("tensorflow-cpu", "tensorflow"),
     ("keras", "keras"), ("jax", "jax"), ("jaxlib", "jaxlib"), ("flax", "flax"),
     ("mxnet", "mxnet"), ("matplotlib", "matplotlib"),
@@ -81,6 +82,12 @@ def cudnn() -> dict:
     return kcudnn.describe()
 
 
+def onednn() -> dict:
+    """oneDNN's version, effective ISA and threading runtime (kernels.onednn), or why not found."""
+    from kernels import onednn as konednn
+    return konednn.describe()
+
+
 def collect(cheap: bool = False) -> dict:
     """Everything that identifies where a measurement was taken."""
     env = {
@@ -95,6 +102,7 @@ def collect(cheap: bool = False) -> dict:
         "blas": blas(),
         "gpu": gpu(),
         "cudnn": cudnn(),
+        "onednn": onednn(),
         "env_vars": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "NUMBA_NUM_THREADS",
                                                  "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
                                                  "OPENBLAS_CORETYPE", "CUDA_VISIBLE_DEVICES")
@@ -112,6 +120,9 @@ def env_id(env: dict) -> str:
     key = {k: env.get(k) for k in ("cpu", "cores", "python", "libraries")}
     key["gpu"] = {k: env.get("gpu", {}).get(k) for k in ("name", "driver")}
     key["cudnn"] = env.get("cudnn", {}).get("version")
+    od = env.get("onednn") or {}
+    if od.get("available"):    # the ISA oneDNN dispatches to decides its implementations
+        key["onednn"] = [od.get("version"), od.get("isa")]
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -28,6 +28,9 @@ def header(env: dict, console: Console) -> None:
     console.print(f"[bold]microbench[/]  {env.get('date', '')}  env {env.get('env_id', '')}")
     console.print(f"CPU  {env.get('cpu')}, {env.get('cores')} cores; BLAS {blas or '?'}")
     console.print(f"GPU  {gpu_line}")
+    od = env.get("onednn") or {}
+    if od.get("available"):
+        console.print(f"oneDNN {od.get('version')} ({od.get('isa')}, {od.get('cpu_runtime')})")
     console.print("libs " + ", ".join(f"{k} {v}" for k, v in libs.items()))
 
 

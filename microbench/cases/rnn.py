@@ -6,7 +6,7 @@ import functools
 import numpy as np
 
 from kernels import dtypes
-from kernels.backends import BACKENDS
+from kernels.backends import BACKENDS, LIBRARY_BACKENDS
 from kernels.params import PARAMS
 from kernels.reference import REFERENCES
 from kernels.rnn import RNN
@@ -88,7 +88,7 @@ _ABOUT = {
 
 for _op in ("lstm", "gru"):
     for _variant in ("naive", "fused"):
-        for _backend in BACKENDS:
+        for _backend in (b for b in BACKENDS if b not in LIBRARY_BACKENDS):
             register(VariantRecord(
                 _op, _variant, _backend,
                 functools.partial(build_rnn, variant=_variant, backend=_backend),

@@ -30,6 +30,9 @@ def cmd_env(args) -> int:
     cd = info["cudnn"]
     rows.append(("cudnn", f"{cd.get('version')} from {cd.get('path')}" if cd.get("available")
                  else f"not found ({cd.get('reason')})"))
+    od = info.get("onednn") or {}
+    rows.append(("onednn", f"{od.get('version')} ({od.get('isa')}, {od.get('cpu_runtime')}) from "
+                           f"{od.get('path')}" if od.get("available") else f"not found ({od.get('reason')})"))
     for k, v in info["libraries"].items():
         rows.append((k, v))
     nv = info["nvtx"]

@@ -146,7 +146,7 @@ def plan_cases(args) -> tuple:
     for threads in thread_counts:
         for p in precisions:
             if args.ladder:
-                for backend in dict.fromkeys(r.backend for r in records):
+                for backend in dict.fromkeys(r.backend for r in records if r.fusable):
                     for label, rung_plan in ladder(device):
                         v = "naive" if label == "naive" else "fused"
                         rec = registry.REGISTRY[(op, v, backend)]

@@ -1,0 +1,22 @@
+"""Direct oneDNN 3 calls through ctypes, on NumPy memory, no framework in between: the CPU's
+counterpart of :mod:`kernels.cudnn`.
+
+- :mod:`.lib`: find and load ``libdnnl.so.3`` (``MICROBENCH_ONEDNN_PATH``, the
+  ``onednn-cpu-gomp`` wheel, the system loader path), the C prototypes and enum values of
+  oneDNN 3.2 (checked against the library's own names at load); :func:`describe` for
+  ``microbench env`` (version, effective ISA, threading runtime).
+- :mod:`.errors`: every ``dnnl_status_t`` as a named exception (``dnnl_unimplemented`` is also
+  :class:`kernels.errors.Unsupported`, so a case skips with oneDNN's reason).
+- :mod:`.core`: engine, stream, memories and primitives owned by a :class:`~.core.Scope` that
+  releases them on every path.
+- :mod:`.rnn`: LSTM and linear-before-reset GRU inference (``dnnl_lstm_forward``,
+  ``dnnl_lbr_gru_forward``).  :mod:`.conv`: forward convolution, direct and Winograd.
+- :mod:`.verbose`: capture of oneDNN's verbose log (our calls and the frameworks') and its parser.
+
+Importing this package loads nothing: oneDNN is opened on first use.
+"""
+from .errors import OnednnError, OnednnUnimplemented, check, status_name
+from .lib import ENV_VAR, available, describe, find, load, version
+
+__all__ = ["ENV_VAR", "OnednnError", "OnednnUnimplemented", "available", "check", "describe",
+           "find", "load", "status_name", "version"]
