@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import BadInput
-from .params import GRUParams, LSTMParams, RNNParams
+from .params import GRUParams, LSTMParams, RNNParams, VanillaRNNParams
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -94,4 +94,35 @@ def gru_reference(x, params: GRUParams, h0=None, *, batch_first: bool = False):
     return (seq.transpose(1, 0, 2) if batch_first else seq), h_n
 
 
-REFERENCES = {"lstm": lstm_reference, "gru": gru_reference}
+def relu(x: np.ndarray) -> np.ndarray:
+    """max(x, 0); NaN stays NaN (np.maximum propagates it)."""
+    return np.maximum(x, 0.0)
+
+
+ACTIVATIONS = {"relu": relu, "tanh": np.tanh}
+
+
+def rnn_reference(x, params: VanillaRNNParams, h0=None, *, batch_first: bool = False):
+    """Vanilla RNN, ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`` with ``act`` the
+    parameters' ``nonlinearity`` (ReLU or tanh; PyTorch's ``nn.RNN``, cuDNN's ``CUDNN_RNN_RELU``
+    and ``CUDNN_RNN_TANH``).  Returns ``y (T, B, H)`` (or ``(B, T, H)``) and ``h_n (L, B, H)``."""
+    if not isinstance(params, VanillaRNNParams):
+        raise BadInput(f"rnn needs VanillaRNNParams, got {type(params).__name__}")
+    T, B = check_sequence(np.shape(x), params, batch_first, {"h0": h0})
+    act = ACTIVATIONS[params.nonlinearity]
+    h_all = _initial(h0, params, B)
+    h_n = np.empty_like(h_all)
+    seq = _time_major(x, batch_first)
+    for l, layer in enumerate(params.layers):
+        w_ih, w_hh, b_ih, b_hh = (np.asarray(a, dtype=np.float64) for a in layer.arrays())
+        h = h_all[l]
+        out = np.empty((T, B, params.hidden_size))
+        for t in range(T):
+            h = act(seq[t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh)
+            out[t] = h
+        h_n[l] = h
+        seq = out
+    return (seq.transpose(1, 0, 2) if batch_first else seq), h_n
+
+
+REFERENCES = {"lstm": lstm_reference, "gru": gru_reference, "rnn": rnn_reference}

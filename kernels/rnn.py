@@ -1,4 +1,4 @@
-"""LSTM and GRU forward passes as ``naive`` and ``fused`` variants, generic over the array module.
+"""LSTM, GRU and vanilla RNN forward passes as ``naive`` and ``fused`` variants, generic over the array module.
 
 The step loop below is the whole algorithm; the variant and the fusion plan only decide how the
 GEMMs are arranged (:mod:`fusion.gemm`) and which pointwise stage runs (op by op from
@@ -30,7 +30,7 @@ from .backends import get_backend
 from .dtypes import canonical, storage
 from .errors import BadInput
 from .gpu import cublas_math
-from .params import GRUParams, LSTMParams, RNNParams
+from .params import GRUParams, LSTMParams, RNNParams, VanillaRNNParams
 from .reference import check_sequence
 
 VARIANTS = ("naive", "fused")
@@ -48,8 +48,9 @@ class _LayerExec:
         b_ih, b_hh = b_ih.reshape(G, H), b_hh.reshape(G, H)
         self.hoist = "hoist_input" in plan
         # Which biases are folded into the hoisted input GEMM and which the pointwise stage adds.
-        # LSTM: b_ih + b_hh can always be summed; GRU: b_hn sits inside r * (...), so only b_ih moves.
-        if cell == "lstm":
+        # LSTM, vanilla RNN: b_ih + b_hh can always be summed; GRU: b_hn sits inside r * (...), so
+        # only b_ih moves.
+        if cell in ("lstm", "rnn"):
             summed = xp.ascontiguousarray(b_ih + b_hh)
             if self.hoist:
                 self.b_fold, self.bx, self.bh = summed, None, None
@@ -62,7 +63,7 @@ class _LayerExec:
 
 
 class RNN:
-    """A built LSTM or GRU: ``RNN(params, variant=..., backend=..., dtype=..., opts=...)(x, ...)``.
+    """A built LSTM, GRU or vanilla RNN: ``RNN(params, variant=..., backend=..., dtype=..., opts=...)(x, ...)``.
 
     ``opts`` (fused only): a :class:`fusion.Plan`, a comma-separated string of step names, or None
     for every step of the backend's device.  A Plan given directly may hold GPU-only steps
@@ -73,8 +74,8 @@ class RNN:
 
     def __init__(self, params: RNNParams, *, variant: str = "fused", backend: str = "numpy",
                  dtype=None, opts=None, scheduler=None):
-        if not isinstance(params, (LSTMParams, GRUParams)):
-            raise BadInput(f"params must be LSTMParams or GRUParams, got {type(params).__name__}")
+        if not isinstance(params, (LSTMParams, GRUParams, VanillaRNNParams)):
+            raise BadInput(f"params must be LSTMParams, GRUParams or VanillaRNNParams, got {type(params).__name__}")
         if variant not in VARIANTS:
             raise BadInput(f"variant {variant!r} is unknown; allowed: {', '.join(VARIANTS)}")
         self.backend = get_backend(backend)
@@ -97,8 +98,9 @@ class RNN:
         self._graphs: dict = {}
         # A fused stage writes h straight into y[t]; the op-by-op one returns fresh arrays.
         self.fused = "fuse_pointwise" in self.plan
-        self.pointwise = (fpointwise.get(self.cell, self.backend.pointwise) if self.fused
-                          else cells.NAIVE[self.cell])
+        # params.kind: the vanilla cell's nonlinearity picks its kernels (rnn_relu, rnn_tanh)
+        self.pointwise = (fpointwise.get(params.kind, self.backend.pointwise) if self.fused
+                          else cells.NAIVE[params.kind])
         self.layers = [_LayerExec(self.xp, self.cell, layer, params.num_gates, self.plan, self.dtype,
                                   self.fused)
                        for layer in params.layers]
@@ -107,8 +109,8 @@ class RNN:
     def __call__(self, x, h0=None, c0=None, *, batch_first: bool = False):
         xp, p = self.xp, self.params
         states = {"h0": h0, "c0": c0} if self.cell == "lstm" else {"h0": h0}
-        if self.cell == "gru" and c0 is not None:
-            raise BadInput("a GRU has no cell state: c0 must be None")
+        if self.cell != "lstm" and c0 is not None:
+            raise BadInput(f"a {self.cell.upper()} has no cell state: c0 must be None")
         x = xp.asarray(x)
         T, B = check_sequence(x.shape, p, batch_first, states)
         if x.dtype != self.dtype:
@@ -278,6 +280,17 @@ def gru(x, params: GRUParams, h0=None, *, variant: str = "fused", backend: str =
     """GRU forward. Returns ``y`` and ``h_n``. See :class:`RNN` for the keywords."""
     if not isinstance(params, GRUParams):
         raise BadInput(f"gru needs GRUParams, got {type(params).__name__}")
+    dtype = dtype if dtype is not None else _dtype_of(x)
+    return RNN(params, variant=variant, backend=backend, dtype=dtype, opts=opts)(
+        x, h0, batch_first=batch_first)
+
+
+def rnn(x, params: VanillaRNNParams, h0=None, *, variant: str = "fused", backend: str = "numpy",
+        dtype=None, opts=None, batch_first: bool = False):
+    """Vanilla RNN forward (``params.nonlinearity``: relu or tanh). Returns ``y`` and ``h_n``.
+    See :class:`RNN` for the keywords."""
+    if not isinstance(params, VanillaRNNParams):
+        raise BadInput(f"rnn needs VanillaRNNParams, got {type(params).__name__}")
     dtype = dtype if dtype is not None else _dtype_of(x)
     return RNN(params, variant=variant, backend=backend, dtype=dtype, opts=opts)(
         x, h0, batch_first=batch_first)

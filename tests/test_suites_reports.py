@@ -36,15 +36,18 @@ FAST = ["--warmup", "0", "--min-time", "0.01", "--min-samples", "3", "--max-time
 
 
 def test_deepbench_rnn_tables_match_the_header():
-    # rows per table in rnn_problems.h (the commented-out GRU row excluded)
-    assert len(rnn_shapes.TABLES["deepbench-rnn-train"]) == 52
+    # rows per table in rnn_problems.h at DeepBench's last commit
+    assert len(rnn_shapes.TABLES["deepbench-rnn-train"]) == 53
     assert len(rnn_shapes.TABLES["deepbench-rnn-inference"]) == 69
     assert len(rnn_shapes.TABLES["deepbench-rnn-device"]) == 3
     train = rnn_shapes.TABLES["deepbench-rnn-train"]
     assert train[0] == rnn_shapes.RNNShape(1760, 16, 50, "vanilla")
     assert train[12] == rnn_shapes.RNNShape(512, 16, 25, "lstm")
     assert train[-1] == rnn_shapes.RNNShape(1024, 64, 1500, "gru")
-    assert rnn_shapes.RNNShape(2816, 32, 1500, "gru") not in train
+    # commented out by 608d7a3, restored by 11dd9f7: live at HEAD and in the training sheet
+    assert train[34] == rnn_shapes.RNNShape(2816, 32, 1500, "gru")
+    assert sum(s.cell == "vanilla" for s in train) == 12
+    assert [s.cell for s in train].count("gru") == 19
     inf = rnn_shapes.TABLES["deepbench-rnn-inference"]
     assert inf[15] == rnn_shapes.RNNShape(2816, 1, 1500, "gru")
     assert inf[-1] == rnn_shapes.RNNShape(1024, 4, 1500, "gru")

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from kernels.errors import BadInput
 
-from . import conv_shapes, rnn_shapes
+from . import DEEPBENCH_COMMIT, conv_shapes, rnn_shapes
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def _conv(name: str, table: str, about: str, source: str) -> Suite:
     return Suite(name, f"{about} ({len(specs)} layers)", source, specs)
 
 
-_DB_CONV = "baidu-research/DeepBench code/kernels/conv_problems.h (see conv_shapes.py)"
+_DB_CONV = f"baidu-research/DeepBench code/kernels/conv_problems.h (commit {DEEPBENCH_COMMIT})"
 
 # The quick tour: ladders small enough that Python overhead and fusion both show (one of them at
 # 1 and 2 threads, for the thread-scaling plot), and two conv layers at batch 1-2.  About two
