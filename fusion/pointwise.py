@@ -376,3 +376,21 @@ def get(cell: str, provider: str):
 from .pointwise_cuda import PROVIDERS as _CUDA_PROVIDERS  # noqa: E402
 
 _PROVIDERS.update(_CUDA_PROVIDERS)
+
+
+class GeneratedRNN:
+    """The vanilla cell on a GPU backend: the kernel fusion.cellexpr generates from ``RNN_RELU`` /
+    ``RNN_TANH`` (CUDA C through CuPy, or numba.cuda), behind the GRU's signature.  Imported on
+    first use: cellexpr_gpu imports nothing heavy, but it is only needed on a GPU."""
+
+    def __init__(self, nonlinearity: str, backend: str):
+        from . import cellexpr, cellexpr_gpu
+        self.launch = cellexpr_gpu.provider(cellexpr.get(f"rnn_{nonlinearity}"), backend)
+
+    def __call__(self, xp, gx, gh, bx, bh, h_prev, h_out):
+        return self.launch(xp, gx, gh, bx, bh, h_prev, (), (), h_out, ())
+
+
+for _act in ("relu", "tanh"):
+    for _gpu in ("cupy", "numba-cuda"):     # no PyCUDA launcher for generated kernels: naive only there
+        _PROVIDERS[(f"rnn_{_act}", _gpu)] = functools.partial(GeneratedRNN, _act, _gpu)
