@@ -531,7 +531,7 @@ __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
 __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 __device__ __forceinline__ float sigmoid(float a) { return fmaf(0.5f, tanhf(0.5f * a), 0.5f); }
-// not fmaxf: fmaxf(NaN, 0) is 0, and a NaN must reach the output and fail the check
+// a compare, not fmaxf (which returns 0 for a NaN): a NaN must reach the output and fail the check
 __device__ __forceinline__ float relu(float a) { return a < 0.0f ? 0.0f : a; }
 template <typename T>
 __device__ __forceinline__ float bias(const T* __restrict__ b, long long off) { return b ? load(b + off) : 0.0f; }

@@ -66,6 +66,6 @@ def rnn_tanh_pointwise(xp, gx, gh, bx, bh, h_prev, h_out=None):
     return (xp.tanh(_preactivation(gx, gh, bx, bh, 0)),)
 
 
-# Keyed by RNNParams.kind: the vanilla cell's nonlinearity picks its function.
+# Keyed by RNNParams.cell_mode: the vanilla cell's nonlinearity picks its function.
 NAIVE = {"lstm": lstm_pointwise, "gru": gru_pointwise, "rnn_relu": rnn_relu_pointwise,
          "rnn_tanh": rnn_tanh_pointwise}

@@ -110,7 +110,7 @@ class RNNParams:
         return GATES[self.cell]
 
     @property
-    def kind(self) -> str:
+    def cell_mode(self) -> str:
         """The cell with its variant: ``lstm``, ``gru``, ``rnn_relu``, ``rnn_tanh`` (cuDNN's modes)."""
         return self.cell
 
@@ -165,7 +165,7 @@ class VanillaRNNParams(RNNParams):
         super().__post_init__()
 
     @property
-    def kind(self) -> str:
+    def cell_mode(self) -> str:
         return f"rnn_{self.nonlinearity}"
 
 

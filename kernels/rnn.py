@@ -112,9 +112,9 @@ class RNN:
         self._graphs: dict = {}
         # A fused stage writes h straight into y[t]; the op-by-op one returns fresh arrays.
         self.fused = "fuse_pointwise" in self.plan
-        # params.kind: the vanilla cell's nonlinearity picks its kernels (rnn_relu, rnn_tanh)
-        self.pointwise = (fpointwise.get(params.kind, self.backend.pointwise) if self.fused
-                          else cells.NAIVE[params.kind])
+        # params.cell_mode: the vanilla cell's nonlinearity picks its kernels (rnn_relu, rnn_tanh)
+        self.pointwise = (fpointwise.get(params.cell_mode, self.backend.pointwise) if self.fused
+                          else cells.NAIVE[params.cell_mode])
         self.skip_input = bool(skip_input)
         self.layers = [_LayerExec(self.xp, self.cell, layer, params.num_gates, self.plan, self.dtype,
                                   self.fused, given=self.skip_input and l == 0)

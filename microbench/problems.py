@@ -46,8 +46,8 @@ class RNNProblem:
             raise BadInput(f"skip_input={self.skip_input!r} must be True or False")
 
     @property
-    def kind(self) -> str:
-        """``lstm``, ``gru``, ``rnn_relu`` or ``rnn_tanh`` (as kernels.params.RNNParams.kind)."""
+    def cell_mode(self) -> str:
+        """``lstm``, ``gru``, ``rnn_relu`` or ``rnn_tanh`` (as kernels.params.RNNParams.cell_mode)."""
         return f"rnn_{self.nonlinearity}" if self.op == "rnn" else self.op
 
     @property

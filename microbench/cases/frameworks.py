@@ -135,7 +135,7 @@ def build_framework(problem: RNNProblem, seed: int, *, framework: str, path: str
     if backward:
         arrays["dy"] = inp["dy"]          # its presence asks the adapter for a training step
     # the worker's op: the vanilla cell travels with its nonlinearity (rnn_relu, rnn_tanh)
-    wop = "layernorm" if cell == "layernorm" else problem.kind
+    wop = "layernorm" if cell == "layernorm" else problem.cell_mode
     worker = Worker(framework, python=python or default_python(framework), threads=threads, device=device)
     try:
         ans = worker.request({"cmd": "build", "op": wop, "path": path, "precision": precision,

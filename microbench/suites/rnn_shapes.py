@@ -109,11 +109,16 @@ def shapes(table: str) -> tuple:
         raise BadInput(f"RNN table {table!r} is unknown; allowed: {', '.join(TABLES)}") from None
 
 
-def rnn_problem(shape: RNNShape, batch: int | None = None) -> RNNProblem:
-    """The RNNProblem DeepBench times for a row: I = H, one layer; ``batch`` overrides B.
+# DeepBench's cell names -> microbench op and the vanilla cell's nonlinearity (cudnn_helper.h
+# maps "vanilla" to CUDNN_RNN_RELU; MIOpen's bench to miopenRNNRELU).
+OPS = {"vanilla": ("rnn", "relu"), "lstm": ("lstm", ""), "gru": ("gru", "")}
 
-    A vanilla row raises BadInput (microbench has no vanilla RNN op)."""
-    if shape.cell not in ("lstm", "gru"):
-        raise BadInput(f"cell {shape.cell!r} has no microbench op; allowed: lstm, gru")
-    return RNNProblem(shape.cell, shape.steps, shape.batch if batch is None else batch,
-                      shape.hidden, shape.hidden, 1)
+
+def rnn_problem(shape: RNNShape, batch: int | None = None, *, skip_input: bool = True) -> RNNProblem:
+    """The RNNProblem DeepBench times for a row: I = H, one layer, the recurrent part only
+    (``skip_input``; False: the whole layer, input GEMM included); ``batch`` overrides B."""
+    if shape.cell not in OPS:
+        raise BadInput(f"cell {shape.cell!r} is unknown; allowed: {', '.join(OPS)}")
+    op, act = OPS[shape.cell]
+    return RNNProblem(op, shape.steps, shape.batch if batch is None else batch,
+                      shape.hidden, shape.hidden, 1, nonlinearity=act, skip_input=skip_input)
