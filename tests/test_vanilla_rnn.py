@@ -208,3 +208,38 @@ def test_generated_cells_match_the_hand_written_stage(act):
     assert ("mbc::relu" in src) == (act == "relu")
     if act == "relu":
         assert "fmaxf(" not in src                 # fmaxf(NaN, 0) = 0 would hide a NaN
+
+
+# -- CLI, frameworks ------------------------------------------------------------------------------
+TINY = ["-H", "8", "-B", "3", "-T", "4", "--warmup", "0", "--min-time", "0", "--min-samples", "2", "--quiet"]
+
+
+def test_rnn_command_with_torch_rows_and_skip_input(run_cli, tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "r.jsonl"
+    r = run_cli("rnn", "--all", "--nonlinearity", "relu", "--skip-input", "--backend", "numpy",
+                "--frameworks", "torch,tensorflow", *TINY, "--json", str(out), timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    recs = {f"{x['variant']}/{x['backend']}": x for x in map(__import__("json").loads, out.read_text().splitlines())}
+    for ours in ("naive/numpy", "fused/numpy"):
+        assert recs[ours]["status"] == "ok"
+        assert recs[ours]["options"] == {**recs[ours]["options"], "nonlinearity": "relu", "skip_input": True}
+        assert recs[ours]["flops"] == 2 * 4 * 3 * 8 * 8          # recurrent GEMMs only
+    for path in ("torch/fused", "torch/generic"):
+        rec = recs[path]
+        assert rec["status"] == "ok" and rec["check"]["passed"], rec["error"]
+        assert "skip_input" not in rec["options"] and rec["label"].startswith("torch+input-gemm/")
+        assert rec["flops"] == 2 * 2 * 4 * 3 * 8 * 8              # the whole layer
+    assert recs["tensorflow/fused"]["status"] == "skipped"
+    assert "no vanilla RNN row" in recs["tensorflow/fused"]["error"]
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["rnn", "--nonlinearity", "sigmoid"], "invalid choice"),
+    (["lstm", "--skip-input", "--cell", "layernorm"], "--skip-input applies to the plain cells"),
+    (["gru", "--nonlinearity", "relu"], "unrecognized arguments"),
+])
+def test_rnn_bad_input(argv, msg, capsys):
+    from microbench import cli
+    assert cli.main(argv + TINY) == 2
+    assert msg in capsys.readouterr().err
