@@ -243,3 +243,28 @@ def test_rnn_bad_input(argv, msg, capsys):
     from microbench import cli
     assert cli.main(argv + TINY) == 2
     assert msg in capsys.readouterr().err
+
+
+def test_cudnn_cell_modes_and_weight_slots():
+    # values from cudnn_adv.h (cuDNN 9): CUDNN_RNN_RELU = 0, CUDNN_RNN_TANH = 1
+    from kernels.cudnn import rnn as cr
+    assert (cr.CUDNN_CELL["rnn_relu"], cr.CUDNN_CELL["rnn_tanh"]) == (0, 1)
+    for act in ACTS:
+        p = VanillaRNNParams.random(8, 8, 2, nonlinearity=act).astype(np.float32)
+        cfg = cr.rnn_config(p, batch=2, seq_len=3)
+        assert cfg.cell == f"rnn_{act}"
+    slots = [(s.layer, s.lin_id, s.matrix, s.rows) for s in cr.weight_plan("rnn", 2, 8)]
+    assert slots == [(0, 0, "w_ih", slice(0, 8)), (0, 1, "w_hh", slice(0, 8)),
+                     (1, 0, "w_ih", slice(0, 8)), (1, 1, "w_hh", slice(0, 8))]
+
+
+def test_gpu_variants_refuse_skip_input_with_the_reason():
+    from kernels.errors import Unsupported
+    from microbench.cases.cudnn import build_cudnn_rnn
+    from microbench.cases.persistent import build_persistent
+    from microbench.problems import RNNProblem
+    prob = RNNProblem("lstm", 3, 2, 8, 8, skip_input=True)
+    with pytest.raises(Unsupported, match="skip-input"):
+        build_cudnn_rnn(prob, 0, algo="standard", precision="fp32")
+    with pytest.raises(Unsupported, match="skip-input"):
+        build_persistent(prob, 0, precision="fp32")
