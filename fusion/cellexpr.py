@@ -21,7 +21,7 @@ Names a body may read, all at one unit ``(b, j)`` of the step:
   ``<p>`` for one declared with ``None`` (array ``(H,)``);
 - ``H``, the hidden size, as a number.
 
-Functions: ``sigmoid``, ``tanh``, ``exp``, ``sqrt``, and ``rowsum(e)``: the sum of ``e`` over the
+Functions: ``sigmoid``, ``tanh``, ``relu`` (NaN stays NaN), ``exp``, ``sqrt``, and ``rowsum(e)``: the sum of ``e`` over the
 H units of the batch row (what layer norm needs).  Operators ``+ - * /``, unary minus, ``** n``
 for a small positive integer n.  A body must assign ``h`` and each state.  Statements may appear
 in any order that defines a name before its use.
@@ -73,7 +73,7 @@ import numpy as np
 
 from kernels.errors import BadInput, MissingDependency
 
-FUNCS = ("sigmoid", "tanh", "exp", "sqrt", "rowsum")
+FUNCS = ("sigmoid", "tanh", "relu", "exp", "sqrt", "rowsum")
 MAX_POW = 4
 NUMBA_CUDA_THREADS = 256
 CUDA_THREADS = 256
@@ -354,7 +354,7 @@ def numpy_source(cell: Cell) -> str:
     args = ["xp", "gx", "gh", "bx", "bh", "h_prev"] + [f"{s}_prev" for s in cell.states] + [p for p, _ in cell.params]
 
     class P(_Printer):
-        funcs = {"sigmoid": "_sigmoid", "tanh": "xp.tanh", "exp": "xp.exp", "sqrt": "xp.sqrt"}
+        funcs = {"sigmoid": "_sigmoid", "tanh": "xp.tanh", "relu": "_relu", "exp": "xp.exp", "sqrt": "xp.sqrt"}
 
     pr = P(lambda n: f"v_{n}", _const_py)
     lines = [f"def step({', '.join(args)}):", "    B, _, H = gx.shape", "    v_H = float(H)"]
@@ -377,6 +377,7 @@ def numpy_source(cell: Cell) -> str:
     outs = ("h",) + cell.states
     lines.append(f"    return ({', '.join(f'v_{o}' for o in outs)},)")
     return "import numpy as np\n\n\ndef _sigmoid(a):\n    return 0.5 * np.tanh(0.5 * a) + 0.5\n\n\n" \
+        "def _relu(a):\n    return np.maximum(a, 0.0)\n\n\n" \
         + "\n".join(lines) + "\n"
 
 
@@ -415,7 +416,7 @@ def numba_source(cell: Cell, dtype: str = "float32") -> str:
     consts, const = _named_constants()
 
     class P(_Printer):
-        funcs = {"sigmoid": "_sig", "tanh": "_tanh", "exp": "np.exp", "sqrt": "np.sqrt"}
+        funcs = {"sigmoid": "_sig", "tanh": "_tanh", "relu": "_relu", "exp": "np.exp", "sqrt": "np.sqrt"}
 
     pr = P(lambda n: f"v_{n}", const)
     states = list(cell.states)
@@ -476,6 +477,8 @@ def numba_source(cell: Cell, dtype: str = "float32") -> str:
     # allowed to reassociate, and scalar it made the layer-norm LSTM step 10x slower than the plain
     # cell's.  "reassoc" alone: no assumption about NaN or infinities, so NaN still propagates.
     fm = ", fastmath={'reassoc'}" if any(reds for _, reds, _ in _passes(an, cell)) else ""
+    head += ["", "", "@numba.njit(inline='always')", "def _relu(a):",
+             "    return _zero if a < _zero else a    # NaN < 0 is false: NaN passes through"]
     head += ["", "", "@numba.njit(inline='always')", "def _sig(a):", "    return _half * _tanh(_half * a) + _half",
              "", "", f"@numba.njit(parallel=True, cache=True{fm})", f"def kernel({', '.join(args)}):"]
     return "\n".join(head + body) + "\n"
@@ -528,6 +531,8 @@ __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
 __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 __device__ __forceinline__ float sigmoid(float a) { return fmaf(0.5f, tanhf(0.5f * a), 0.5f); }
+// a compare, not fmaxf (which returns 0 for a NaN): a NaN must reach the output and fail the check
+__device__ __forceinline__ float relu(float a) { return a < 0.0f ? 0.0f : a; }
 template <typename T>
 __device__ __forceinline__ float bias(const T* __restrict__ b, long long off) { return b ? load(b + off) : 0.0f; }
 // Sum of v over the block, returned to every thread.  blockDim.x is a multiple of 32, at most 1024.
@@ -563,7 +568,7 @@ def cuda_source(cell: Cell, *, prelude: bool = True) -> str:
     an = analyse(cell)
 
     class P(_Printer):
-        funcs = {"sigmoid": "mbc::sigmoid", "tanh": "tanhf", "exp": "expf", "sqrt": "sqrtf"}
+        funcs = {"sigmoid": "mbc::sigmoid", "tanh": "tanhf", "relu": "mbc::relu", "exp": "expf", "sqrt": "sqrtf"}
 
     pr = P(lambda n: f"v_{n}", _c_const)
     red = an.levels > 0
@@ -659,6 +664,12 @@ def numba_cuda_source(cell: Cell) -> str:
 
     class P(_Printer):
         funcs = {"sigmoid": "_sig", "tanh": "math.tanh", "exp": "math.exp", "sqrt": "math.sqrt"}
+
+        def __call__(self, n):
+            if isinstance(n, ast.Call) and n.func.id == "relu":   # inline: a device function needs a context
+                a = super().__call__(n.args[0])
+                return f"(_zero if {a} < _zero else {a})"
+            return super().__call__(n)
 
     pr = P(lambda n: f"v_{n}", const)
     states = list(cell.states)
@@ -802,7 +813,15 @@ LAYERNORM_LSTM = Cell("layernorm_lstm", gates="ifgo", states=("c",), params=(
     h = o * tanh((c - mc) / sqrt(vc + {LN_EPS!r}) * lnc_g + lnc_b)
 """)
 
-CELLS = {c.name: c for c in (LSTM, GRU, PEEPHOLE_LSTM, LAYERNORM_LSTM)}
+# The vanilla (Elman) RNN: one gate block, biases summed (cuDNN's CUDNN_RNN_RELU / _TANH).
+RNN_RELU = Cell("rnn_relu", gates="h", states=(), body="""
+    h = relu(gx_h + gh_h + bx_h + bh_h)
+""")
+RNN_TANH = Cell("rnn_tanh", gates="h", states=(), body="""
+    h = tanh(gx_h + gh_h + bx_h + bh_h)
+""")
+
+CELLS = {c.name: c for c in (LSTM, GRU, PEEPHOLE_LSTM, LAYERNORM_LSTM, RNN_RELU, RNN_TANH)}
 
 
 def get(name: str) -> Cell:

@@ -8,6 +8,9 @@ Two CPU providers, same signatures as :mod:`kernels.cells`:
   reads each gate pre-activation once, keeps every intermediate in registers and writes h and c.
   Bytes per step: reads G*B*H (gx) + G*B*H (gh) + B*H (c or h) , writes 2*B*H (LSTM) or B*H (GRU).
 
+The vanilla RNN (``rnn_relu``, ``rnn_tanh``) has the GRU's signature with G = 1 and one combined
+bias: one add of the two GEMM results, the bias and the nonlinearity, written into h.
+
 The GPU providers (CUDA C in ``kernels/cuda/``, numba.cuda) plug into :func:`get` the same way.
 """
 from __future__ import annotations
@@ -109,6 +112,34 @@ class NumpyGRU:
         np.subtract(h_prev, n, out=h_w)
         h_w *= s[:, 1]
         h_w += n
+        if narrow:
+            h_out[...] = h_w
+        return (h_out,)
+
+
+class NumpyRNN:
+    """Vanilla cell in place: ``h_out = act(gx + gh + b)``, three passes, no temporaries."""
+
+    def __init__(self, nonlinearity: str):
+        self.nonlinearity = nonlinearity
+        self.scratch = _Scratch()
+
+    def __call__(self, xp, gx, gh, bx, bh, h_prev, h_out):
+        wd = _work_dtype(gx.dtype)
+        narrow = wd != h_out.dtype
+        h_w = self.scratch.get("h", h_out.shape, wd) if narrow else h_out
+        if narrow:
+            h_w[...] = gx[:, 0]
+            h_w += gh[:, 0]
+        else:
+            np.add(gx[:, 0], gh[:, 0], out=h_w)
+        for b in (bx, bh):
+            if b is not None:
+                h_w += b[0]
+        if self.nonlinearity == "relu":
+            np.maximum(h_w, 0, out=h_w)       # propagates NaN
+        else:
+            np.tanh(h_w, out=h_w)
         if narrow:
             h_out[...] = h_w
         return (h_out,)
@@ -216,6 +247,58 @@ def _numba_kernels(dtype_name: str):
     return lstm_pointwise_fused, gru_pointwise_fused
 
 
+@functools.lru_cache(maxsize=None)
+def _numba_rnn_kernel(dtype_name: str, nonlinearity: str):
+    """The vanilla cell's fused kernel: one pass, h = act(gx + gh + b)."""
+    import numba
+    ft = np.dtype(dtype_name).type
+    zero = ft(0.0)
+    tanh = _numba_tanh(dtype_name)
+    relu = nonlinearity == "relu"
+
+    @numba.njit(parallel=True)
+    def rnn_pointwise_fused(gx, gh, b, has_b, h_out):
+        B, _, H = gx.shape
+        for n in numba.prange(B):
+            x, r, ho = gx[n], gh[n], h_out[n]
+            for j in range(H):
+                a = x[0, j] + r[0, j]
+                if has_b:
+                    a += b[0, j]
+                if relu:
+                    ho[j] = zero if a < zero else a     # NaN < 0 is false: NaN passes through
+                else:
+                    ho[j] = tanh(a)
+
+    return rnn_pointwise_fused
+
+
+@functools.lru_cache(maxsize=None)
+def _numba_tanh(dtype_name: str):
+    """The tanh of the fused kernels (rational fp32 approximation, libm's in fp64), as its own
+    inlinable function for kernels compiled outside :func:`_numba_kernels`."""
+    import numba
+    ft = np.dtype(dtype_name).type
+    one = ft(1.0)
+    lo, hi, inv = ft(-TANH_CLAMP), ft(TANH_CLAMP), ft(1 / TANH_CLAMP)
+    P0, P1, P2, P3, P4 = (ft(a) for a in TANH_P)
+    Q0, Q1, Q2, Q3, Q4, Q5 = (ft(a) for a in TANH_Q)
+    if dtype_name != "float32":
+        @numba.njit(inline="always")
+        def tanh64(x):
+            return np.tanh(x)
+        return tanh64
+
+    @numba.njit(inline="always")
+    def tanh32(x):
+        xc = min(max(x, lo), hi)
+        u = (xc * inv) * (xc * inv)
+        p = (((P4 * u + P3) * u + P2) * u + P1) * u + P0
+        q = ((((Q5 * u + Q4) * u + Q3) * u + Q2) * u + Q1) * u + Q0
+        return min(max(xc * p / q, -one), one)
+    return tanh32
+
+
 # Units (batch x hidden) below which a step's kernel runs on the calling thread alone.  Waking
 # numba's workers costs ~65 us per call here (OMP_WAIT_POLICY=PASSIVE lets them sleep, so they do
 # not spin on the cores the GEMM needs); measured on 2 cores, LSTM kernel, 1 vs 2 threads:
@@ -257,11 +340,27 @@ class NumbaGRU:
         return (h_out,)
 
 
+class NumbaRNN:
+    def __init__(self, nonlinearity: str):
+        self.nonlinearity = nonlinearity
+
+    def __call__(self, xp, gx, gh, bx, bh, h_prev, h_out):
+        kernel = _numba_rnn_kernel(gx.dtype.name, self.nonlinearity)
+        if bx is not None and bh is not None:
+            raise ValueError("the fused RNN kernel takes one combined bias")
+        b = bx if bx is not None else bh
+        _launch(kernel, h_out.size, gx, gh, b if b is not None else _EMPTY[gx.dtype.name], b is not None, h_out)
+        return (h_out,)
+
+
 # A typed stand-in for an absent bias, so one compiled specialization serves both cases.
 _EMPTY = {name: np.zeros((1, 1), dtype=name) for name in ("float32", "float64")}
 
 _PROVIDERS = {("lstm", "numpy"): NumpyLSTM, ("gru", "numpy"): NumpyGRU,
               ("lstm", "numba"): NumbaLSTM, ("gru", "numba"): NumbaGRU}
+for _act in ("relu", "tanh"):
+    _PROVIDERS[(f"rnn_{_act}", "numpy")] = functools.partial(NumpyRNN, _act)
+    _PROVIDERS[(f"rnn_{_act}", "numba")] = functools.partial(NumbaRNN, _act)
 
 
 def get(cell: str, provider: str):
@@ -277,3 +376,21 @@ def get(cell: str, provider: str):
 from .pointwise_cuda import PROVIDERS as _CUDA_PROVIDERS  # noqa: E402
 
 _PROVIDERS.update(_CUDA_PROVIDERS)
+
+
+class GeneratedRNN:
+    """The vanilla cell on a GPU backend: the kernel fusion.cellexpr generates from ``RNN_RELU`` /
+    ``RNN_TANH`` (CUDA C through CuPy, or numba.cuda), behind the GRU's signature.  Imported on
+    first use: cellexpr_gpu imports nothing heavy, but it is only needed on a GPU."""
+
+    def __init__(self, nonlinearity: str, backend: str):
+        from . import cellexpr, cellexpr_gpu
+        self.launch = cellexpr_gpu.provider(cellexpr.get(f"rnn_{nonlinearity}"), backend)
+
+    def __call__(self, xp, gx, gh, bx, bh, h_prev, h_out):
+        return self.launch(xp, gx, gh, bx, bh, h_prev, (), (), h_out, ())
+
+
+for _act in ("relu", "tanh"):
+    for _gpu in ("cupy", "numba-cuda"):     # no PyCUDA launcher for generated kernels: naive only there
+        _PROVIDERS[(f"rnn_{_act}", _gpu)] = functools.partial(GeneratedRNN, _act, _gpu)

@@ -1,4 +1,4 @@
-"""microbench kernels: LSTM, GRU (and convolution) implementations, importable, no timing.
+"""microbench kernels: LSTM, GRU, vanilla RNN (and convolution) implementations, importable, no timing.
 
     from kernels import lstm, LSTMParams
     params = LSTMParams.random(input_size=256, hidden_size=256, num_layers=2, seed=0)
@@ -22,9 +22,9 @@ _EXPORTS = {
     "BadInput": "errors", "MicrobenchError": "errors", "MissingDependency": "errors",
     "Unsupported": "errors",
     "GRUParams": "params", "LSTMParams": "params", "Layer": "params", "RNNParams": "params",
-    "reorder_gates": "params",
-    "gru_reference": "reference", "lstm_reference": "reference",
-    "RNN": "rnn", "VARIANTS": "rnn", "gru": "rnn", "lstm": "rnn",
+    "reorder_gates": "params", "VanillaRNNParams": "params",
+    "gru_reference": "reference", "lstm_reference": "reference", "rnn_reference": "reference",
+    "RNN": "rnn", "VARIANTS": "rnn", "gru": "rnn", "lstm": "rnn", "rnn": "rnn",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,5 @@
-"""Backward passes (data and weights) of the fused LSTM, GRU and layer-norm LSTM, generic over ``xp``.
+"""Backward passes (data and weights) of the fused LSTM, GRU, vanilla RNN and layer-norm LSTM,
+generic over ``xp``.
 
 Training forward (``*_forward_train``) runs the fused arrangement (input GEMM hoisted over all T,
 one recurrent GEMM per step) and keeps a *tape*: what backward needs and nothing it can
@@ -7,6 +8,8 @@ recompute cheaply.  Per layer, with T steps, B rows, G gates:
 - LSTM:  the layer input X (T, B, I), h_{t-1} for every t (T+1, B, H), c_t (T+1, B, H), the
   activated gates (T, B, 4H);  tanh(c_t) is recomputed.
 - GRU:   X, h (T+1, B, H), activated r, z, n and the recurrent part of n, W_hn h + b_hn (T, B, H each).
+- vanilla RNN: X and h (T+1, B, H); the activation's derivative is read off h (ReLU: h > 0;
+  tanh: 1 - h^2).
 - LN-LSTM: X, h, c, activated gates, the normalised pre-activations x^, h^ (T, B, 4H) and their
   inverse deviations (T, B, 1), the normalised cell state c^ and its inverse deviation,
   tanh(LN(c)) (T, B, H).
@@ -21,7 +24,12 @@ steps after the loop, as one GEMM each with M = T*B:
 For the GRU the input and recurrent gate gradients differ in one block (dGH_n = dGX_n * r); for
 the layer-norm LSTM both go through their layer norm's backward (dGX after the loop, dGH inside).
 
-Multi-layer: the dX of layer l is the dy of layer l-1.  ``xp`` is NumPy on the CPU, CuPy on a
+Multi-layer: the dX of layer l is the dy of layer l-1.
+
+``skip_input`` (plain cells): the first layer's input projection ``x W_ih^T`` is the given input
+(DeepBench's recurrent-layer timing, cuDNN's ``CUDNN_SKIP_INPUT``), so that layer has no input
+GEMM, no W_ih gradient (its entry is absent from ``Grads.layers[0]``), and ``Grads.x`` is the
+gradient with respect to the given projection: the gate pre-activation gradients, no dX GEMM.  ``xp`` is NumPy on the CPU, CuPy on a
 GPU (the CuPy path is the one kernels.torch uses there; unverified without a GPU).
 """
 from __future__ import annotations
@@ -53,13 +61,14 @@ class Tape:
     params: object
     dtype: object
     layers: list = field(default_factory=list)   # one dict per layer
+    skip_input: bool = False                     # layer 0 read the given input projection
 
 
 @dataclass
 class Grads:
     x: object
     h0: object
-    c0: object                                  # None for the GRU
+    c0: object                                  # None for the GRU and the vanilla RNN
     layers: list                                # per layer: {"w_ih", "w_hh", "b_ih", "b_hh", extras...}
 
 
@@ -79,24 +88,37 @@ def _ln_bwd(da_hat, a_hat, s):
 
 
 # -- forward with tape -----------------------------------------------------------------------
-def lstm_forward_train(x, params, h0=None, c0=None, *, xp=np, dtype=None):
+def _skip_check(skip_input: bool, layernorm: bool = False):
+    if skip_input and layernorm:
+        raise BadInput("skip_input applies to the plain cells, not the layer-norm LSTM")
+
+
+def _input_gemm(seq, w_ih, T: int, B: int, given: bool):
+    """The hoisted input GEMM over all T*B rows, or (skip-input, first layer) a copy of the given
+    projection (a copy: the caller adds biases in place)."""
+    rows = seq.reshape(T * B, -1)
+    return rows.copy() if given else rows @ w_ih.T
+
+
+def lstm_forward_train(x, params, h0=None, c0=None, *, xp=np, dtype=None, skip_input: bool = False):
     """``y (T, B, H), h_n, c_n, tape`` for an LSTMParams or LayerNormLSTMParams (``params.kind``)."""
     layernorm = getattr(params, "kind", "") == "layernorm"
     if params.cell != "lstm" or getattr(params, "kind", "") not in ("", "layernorm"):
         raise BadInput(f"lstm_forward_train takes LSTMParams or LayerNormLSTMParams, got {type(params).__name__}")
+    _skip_check(skip_input, layernorm)
     dtype = dtype or params.dtype
     seq = xp.asarray(x, dtype=dtype)
     T, B, _ = seq.shape
     L, H = params.num_layers, params.hidden_size
     h0a, c0a = _init_state(xp, h0, L, B, H, dtype), _init_state(xp, c0, L, B, H, dtype)
-    tape = Tape("layernorm" if layernorm else "lstm", params, dtype)
+    tape = Tape("layernorm" if layernorm else "lstm", params, dtype, skip_input=skip_input)
     h_n, c_n = xp.empty((L, B, H), dtype), xp.empty((L, B, H), dtype)
     for l in range(L):
         w_ih, w_hh, b_ih, b_hh = _arrays(xp, params, l, dtype)
         hs, cs = xp.empty((T + 1, B, H), dtype), xp.empty((T + 1, B, H), dtype)
         hs[0], cs[0] = h0a[l], c0a[l]
         act = xp.empty((T, B, 4 * H), dtype)
-        ax = seq.reshape(T * B, -1) @ w_ih.T                                   # hoisted, M = T*B
+        ax = _input_gemm(seq, w_ih, T, B, skip_input and l == 0)              # hoisted, M = T*B
         rec = {"x": seq, "h": hs, "c": cs, "act": act}
         if layernorm:
             e = {k: xp.asarray(v, dtype=dtype) for k, v in params.extras[l].items()}
@@ -136,7 +158,7 @@ def lstm_forward_train(x, params, h0=None, c0=None, *, xp=np, dtype=None):
     return seq, h_n, c_n, tape
 
 
-def gru_forward_train(x, params, h0=None, *, xp=np, dtype=None):
+def gru_forward_train(x, params, h0=None, *, xp=np, dtype=None, skip_input: bool = False):
     """``y (T, B, H), h_n, tape`` for GRUParams."""
     if params.cell != "gru":
         raise BadInput(f"gru_forward_train takes GRUParams, got {type(params).__name__}")
@@ -145,14 +167,14 @@ def gru_forward_train(x, params, h0=None, *, xp=np, dtype=None):
     T, B, _ = seq.shape
     L, H = params.num_layers, params.hidden_size
     h0a = _init_state(xp, h0, L, B, H, dtype)
-    tape = Tape("gru", params, dtype)
+    tape = Tape("gru", params, dtype, skip_input=skip_input)
     h_n = xp.empty((L, B, H), dtype)
     for l in range(L):
         w_ih, w_hh, b_ih, b_hh = _arrays(xp, params, l, dtype)
         hs = xp.empty((T + 1, B, H), dtype)
         hs[0] = h0a[l]
         r_, z_, n_, hn_ = (xp.empty((T, B, H), dtype) for _ in range(4))
-        gx = (seq.reshape(T * B, -1) @ w_ih.T + b_ih).reshape(T, B, 3 * H)  # hoisted
+        gx = (_input_gemm(seq, w_ih, T, B, skip_input and l == 0) + b_ih).reshape(T, B, 3 * H)  # hoisted
         for t in range(T):
             gh = hs[t] @ w_hh.T + b_hh
             r = _sig(xp, gx[t, :, :H] + gh[:, :H])
@@ -167,8 +189,46 @@ def gru_forward_train(x, params, h0=None, *, xp=np, dtype=None):
     return seq, h_n, tape
 
 
+def rnn_forward_train(x, params, h0=None, *, xp=np, dtype=None, skip_input: bool = False):
+    """``y (T, B, H), h_n, tape`` for VanillaRNNParams (ReLU or tanh)."""
+    if params.cell != "rnn":
+        raise BadInput(f"rnn_forward_train takes VanillaRNNParams, got {type(params).__name__}")
+    relu = params.nonlinearity == "relu"
+    dtype = dtype or params.dtype
+    seq = xp.asarray(x, dtype=dtype)
+    T, B, _ = seq.shape
+    L, H = params.num_layers, params.hidden_size
+    h0a = _init_state(xp, h0, L, B, H, dtype)
+    tape = Tape("rnn", params, dtype, skip_input=skip_input)
+    h_n = xp.empty((L, B, H), dtype)
+    for l in range(L):
+        w_ih, w_hh, b_ih, b_hh = _arrays(xp, params, l, dtype)
+        hs = xp.empty((T + 1, B, H), dtype)
+        hs[0] = h0a[l]
+        ax = _input_gemm(seq, w_ih, T, B, skip_input and l == 0)              # hoisted, M = T*B
+        ax += b_ih + b_hh
+        ax = ax.reshape(T, B, H)
+        for t in range(T):
+            a = ax[t] + hs[t] @ w_hh.T                                         # 1 GEMM per step
+            hs[t + 1] = xp.maximum(a, 0) if relu else xp.tanh(a)
+        tape.layers.append({"x": seq, "h": hs})
+        h_n[l] = hs[T]
+        seq = hs[1:]
+    return seq, h_n, tape
+
+
 # -- backward ---------------------------------------------------------------------------------
-def _weight_grads(xp, dgx, dgh, X, Hprev):
+def _input_grad(dgx, w_ih, gw: dict, given: bool):
+    """dX = dGX W_ih (one GEMM over T*B rows); with a given projection (skip-input, first layer)
+    dGX itself, and no W_ih gradient."""
+    if given:
+        gw.pop("w_ih")
+        return dgx
+    T, B, GH = dgx.shape
+    return (dgx.reshape(T * B, GH) @ w_ih).reshape(T, B, -1)
+
+
+def _weight_grads(xp, dgx, dgh, X, Hprev, given: bool = False):
     """The batched weight-gradient GEMMs of one layer (M = T*B each)."""
     T, B, GH = dgx.shape
     gx2, gh2 = dgx.reshape(T * B, GH), dgh.reshape(T * B, GH)
@@ -242,7 +302,7 @@ def lstm_backward(tape: Tape, dy, dh_n=None, dc_n=None, *, xp=np, on_layer=None)
         if on_layer is not None:
             on_layer(l, gw)
         dh0[l], dc0[l] = dh, dc
-        dseq = (dAX.reshape(T * B, 4 * H) @ w_ih).reshape(T, B, -1)             # dX, one GEMM
+        dseq = _input_grad(dAX, w_ih, gw, tape.skip_input and l == 0)           # dX, one GEMM
     return Grads(dseq, dh0, dc0, grads)
 
 
@@ -274,22 +334,51 @@ def gru_backward(tape: Tape, dy, dh_n=None, *, xp=np, on_layer=None) -> Grads:
         if on_layer is not None:
             on_layer(l, grads[l])
         dh0[l] = dh
-        dseq = (dGX.reshape(T * B, 3 * H) @ w_ih).reshape(T, B, -1)
+        dseq = _input_grad(dGX, w_ih, grads[l], tape.skip_input and l == 0)
     return Grads(dseq, dh0, None, grads)
 
 
-def forward_train(x, params, h0=None, c0=None, *, xp=np, dtype=None):
+def rnn_backward(tape: Tape, dy, dh_n=None, *, xp=np, on_layer=None) -> Grads:
+    p, dt = tape.params, tape.dtype
+    L, H = p.num_layers, p.hidden_size
+    relu = p.nonlinearity == "relu"
+    dseq = xp.asarray(dy, dtype=dt)
+    T, B, _ = dseq.shape
+    dh0 = xp.empty((L, B, H), dt)
+    grads = [None] * L
+    for l in reversed(range(L)):
+        rec = tape.layers[l]
+        w_ih, w_hh, _, _ = _arrays(xp, p, l, dt)
+        hs = rec["h"]
+        dh = xp.zeros((B, H), dt) if dh_n is None else xp.array(dh_n[l], dtype=dt)
+        dP = xp.empty((T, B, H), dt)
+        for t in reversed(range(T)):
+            h = hs[t + 1]
+            dP[t] = (dseq[t] + dh) * ((h > 0) if relu else (1.0 - h * h))
+            dh = dP[t] @ w_hh                                                    # 1 GEMM per step
+        grads[l] = _weight_grads(xp, dP, dP, rec["x"], hs[:T])
+        if on_layer is not None:
+            on_layer(l, grads[l])
+        dh0[l] = dh
+        dseq = _input_grad(dP, w_ih, grads[l], tape.skip_input and l == 0)
+    return Grads(dseq, dh0, None, grads)
+
+
+def forward_train(x, params, h0=None, c0=None, *, xp=np, dtype=None, skip_input: bool = False):
     """Dispatch on the parameters: ``(y, states, tape)`` with states ``(h_n, c_n)`` or ``(h_n,)``."""
-    if params.cell == "gru":
+    if params.cell in ("gru", "rnn"):
         if c0 is not None:
-            raise BadInput("a GRU has no cell state: c0 must be None")
-        y, h, tape = gru_forward_train(x, params, h0, xp=xp, dtype=dtype)
+            raise BadInput(f"a {params.cell.upper()} has no cell state: c0 must be None")
+        fwd = gru_forward_train if params.cell == "gru" else rnn_forward_train
+        y, h, tape = fwd(x, params, h0, xp=xp, dtype=dtype, skip_input=skip_input)
         return y, (h,), tape
-    y, h, c, tape = lstm_forward_train(x, params, h0, c0, xp=xp, dtype=dtype)
+    y, h, c, tape = lstm_forward_train(x, params, h0, c0, xp=xp, dtype=dtype, skip_input=skip_input)
     return y, (h, c), tape
 
 
 def backward(tape: Tape, dy, dstates=(), *, xp=np, on_layer=None) -> Grads:
     if tape.cell == "gru":
         return gru_backward(tape, dy, *dstates, xp=xp, on_layer=on_layer)
+    if tape.cell == "rnn":
+        return rnn_backward(tape, dy, *dstates, xp=xp, on_layer=on_layer)
     return lstm_backward(tape, dy, *dstates, xp=xp, on_layer=on_layer)

@@ -9,7 +9,8 @@ Common signature, whatever the backend (``xp`` is its array module):
 - ``bx``, ``bh``: ``(G, H)`` biases still to be added, or None when already folded in;
 - LSTM: ``lstm_pointwise(xp, gx, gh, bx, bh, c_prev, h_out, c_out) -> (h, c)``;
 - GRU:  ``gru_pointwise(xp, gx, gh, bx, bh, h_prev, h_out) -> (h,)`` (``bh`` is never None:
-  ``b_hn`` sits inside the reset product).
+  ``b_hn`` sits inside the reset product);
+- vanilla RNN (``rnn_relu``, ``rnn_tanh``): the GRU's signature, G = 1.
 
 The op-by-op versions allocate their results and ignore the ``*_out`` buffers; the fused
 versions write into them.
@@ -56,4 +57,15 @@ def gru_pointwise(xp, gx, gh, bx, bh, h_prev, h_out=None):
     return (h,)
 
 
-NAIVE = {"lstm": lstm_pointwise, "gru": gru_pointwise}
+def rnn_relu_pointwise(xp, gx, gh, bx, bh, h_prev, h_out=None):
+    # maximum, not a comparison and a select: NaN must reach the output and fail the check
+    return (xp.maximum(_preactivation(gx, gh, bx, bh, 0), 0.0),)
+
+
+def rnn_tanh_pointwise(xp, gx, gh, bx, bh, h_prev, h_out=None):
+    return (xp.tanh(_preactivation(gx, gh, bx, bh, 0)),)
+
+
+# Keyed by RNNParams.cell_mode: the vanilla cell's nonlinearity picks its function.
+NAIVE = {"lstm": lstm_pointwise, "gru": gru_pointwise, "rnn_relu": rnn_relu_pointwise,
+         "rnn_tanh": rnn_tanh_pointwise}

@@ -6,20 +6,23 @@ first layer, ``H`` above it) and ``G`` gates,
     w_ih: (G*H, I_l)   w_hh: (G*H, H)   b_ih: (G*H,)   b_hh: (G*H,)
 
 with the gate blocks stacked along the rows in the canonical order:
-LSTM ``i, f, g, o``; GRU ``r, z, n``.  The GRU applies its reset gate *after* the recurrent GEMM
+LSTM ``i, f, g, o``; GRU ``r, z, n``; the vanilla RNN one block ``h``
+(``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``, ``act`` ReLU or tanh, PyTorch's
+``nn.RNN`` and cuDNN's ``CUDNN_RNN_RELU``/``CUDNN_RNN_TANH``).  The GRU applies its reset gate *after* the recurrent GEMM
 (``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``), as cuDNN and PyTorch do, so ``b_hn`` can not be
 folded into ``b_in``.  Frameworks with other orders (Keras ``i, f, c, o`` with ``(I, G*H)``
 kernels, ...) convert with :func:`reorder_gates`.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from .errors import BadInput
 
-GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n")}
+GATES = {"lstm": ("i", "f", "g", "o"), "gru": ("r", "z", "n"), "rnn": ("h",)}
+NONLINEARITIES = ("relu", "tanh")     # of the vanilla RNN cell (op "rnn")
 
 # A sanity bound, not a memory check: larger sizes are almost always a typo (the CLI checks memory).
 MAX_DIM = 1 << 24
@@ -105,8 +108,9 @@ class RNNParams:
     # -- construction ---------------------------------------------------------------------
     @classmethod
     def random(cls, input_size: int, hidden_size: int, num_layers: int = 1, *, seed: int = 0,
-               dtype=np.float64):
-        """Uniform(-1/sqrt(H), 1/sqrt(H)) weights and biases (PyTorch's default), reproducible by seed."""
+               dtype=np.float64, **extra):
+        """Uniform(-1/sqrt(H), 1/sqrt(H)) weights and biases (PyTorch's default), reproducible by seed.
+        ``extra``: the subclass's own fields (``nonlinearity`` of a vanilla RNN)."""
         check_dim("input_size", input_size)
         H = check_dim("hidden_size", hidden_size)
         check_dim("num_layers", num_layers)
@@ -120,7 +124,7 @@ class RNNParams:
             width = input_size if l == 0 else H
             draw = lambda *shape: rng.uniform(-k, k, size=shape).astype(dtype)  # noqa: E731
             layers.append(Layer(draw(G * H, width), draw(G * H, H), draw(G * H), draw(G * H)))
-        return cls(input_size, hidden_size, tuple(layers))
+        return cls(input_size, hidden_size, tuple(layers), **extra)
 
     @classmethod
     def from_torch(cls, module):
@@ -135,13 +139,17 @@ class RNNParams:
     def astype(self, dtype):
         """A copy with every array in ``dtype`` (contiguous)."""
         conv = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
-        return type(self)(self.input_size, self.hidden_size,
-                          tuple(Layer(*map(conv, layer.arrays())) for layer in self.layers))
+        return replace(self, layers=tuple(Layer(*map(conv, layer.arrays())) for layer in self.layers))
 
     # -- views ---------------------------------------------------------------------------
     @property
     def gates(self) -> tuple:
         return GATES[self.cell]
+
+    @property
+    def cell_mode(self) -> str:
+        """The cell with its variant: ``lstm``, ``gru``, ``rnn_relu``, ``rnn_tanh`` (cuDNN's modes)."""
+        return self.cell
 
     @property
     def num_gates(self) -> int:
@@ -185,7 +193,25 @@ class GRUParams(RNNParams):
     cell = "gru"
 
 
-PARAMS = {"lstm": LSTMParams, "gru": GRUParams}
+@dataclass(frozen=True)
+class VanillaRNNParams(RNNParams):
+    """Vanilla (Elman) RNN weights, one block ``h``; ``nonlinearity`` ``relu`` or ``tanh``."""
+
+    nonlinearity: str = "tanh"
+
+    cell = "rnn"
+
+    def __post_init__(self):
+        if self.nonlinearity not in NONLINEARITIES:
+            raise BadInput(f"nonlinearity {self.nonlinearity!r} is unknown; allowed: {', '.join(NONLINEARITIES)}")
+        super().__post_init__()
+
+    @property
+    def cell_mode(self) -> str:
+        return f"rnn_{self.nonlinearity}"
+
+
+PARAMS = {"lstm": LSTMParams, "gru": GRUParams, "rnn": VanillaRNNParams}
 
 
 def reorder_gates(a: np.ndarray, src: str, dst: str, axis: int = 0) -> np.ndarray:

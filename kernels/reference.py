@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import BadInput
-from .params import GRUParams, LSTMParams, RNNParams, check_real
+from .params import GRUParams, LSTMParams, RNNParams, VanillaRNNParams, check_real
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -17,9 +17,11 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def check_sequence(shape, params: RNNParams, batch_first: bool, states: dict, x=None) -> tuple:
+def check_sequence(shape, params: RNNParams, batch_first: bool, states: dict,
+                   skip_input: bool = False, x=None) -> tuple:
     """Validate an input shape, the initial states' shapes and (given ``x``) that the input and
-    states are real numbers (a complex h0 would silently lose its imaginary part); return ``(T, B)``."""
+    states are real numbers (a complex h0 would silently lose its imaginary part); return ``(T, B)``.
+    With ``skip_input`` the input is the first layer's projection ``x W_ih^T``, width G*H."""
     check_real("x", x)
     for name, s in states.items():
         check_real(name, s)
@@ -30,7 +32,11 @@ def check_sequence(shape, params: RNNParams, batch_first: bool, states: dict, x=
     T, B, I = (shape[1], shape[0], shape[2]) if batch_first else shape
     if T == 0 or B == 0:
         raise BadInput(f"input has shape {shape}; T and B must be at least 1")
-    if I != params.input_size:
+    if skip_input:
+        if I != params.num_gates * params.hidden_size:
+            raise BadInput(f"skip-input: the input is the projection x W_ih^T of width G*H = "
+                           f"{params.num_gates * params.hidden_size}, not {I}")
+    elif I != params.input_size:
         raise BadInput(f"input width {I} does not match the parameters' input_size {params.input_size}")
     want = (params.num_layers, B, params.hidden_size)
     for name, s in states.items():
@@ -44,17 +50,25 @@ def _time_major(x, batch_first):
     return x.transpose(1, 0, 2) if batch_first else x
 
 
+def _input_part(seq_t, w_ih, b_ih, first_skipped: bool):
+    """The input half of the pre-activations: x W_ih^T + b_ih, or (skip-input, first layer) the
+    given projection + b_ih."""
+    return (seq_t if first_skipped else seq_t @ w_ih.T) + b_ih
+
+
 def _initial(state, params, B):
     if state is None:
         return np.zeros((params.num_layers, B, params.hidden_size))
     return np.asarray(state, dtype=np.float64)
 
 
-def lstm_reference(x, params: LSTMParams, h0=None, c0=None, *, batch_first: bool = False):
-    """Returns ``y (T, B, H)`` (or ``(B, T, H)``) and ``(h_n, c_n)``, each ``(L, B, H)``, float64."""
+def lstm_reference(x, params: LSTMParams, h0=None, c0=None, *, batch_first: bool = False,
+                   skip_input: bool = False):
+    """Returns ``y (T, B, H)`` (or ``(B, T, H)``) and ``(h_n, c_n)``, each ``(L, B, H)``, float64.
+    ``skip_input``: x is the first layer's input projection ``(T, B, 4H)`` (see RNNProblem)."""
     if not isinstance(params, LSTMParams):
         raise BadInput(f"lstm needs LSTMParams, got {type(params).__name__}")
-    T, B = check_sequence(np.shape(x), params, batch_first, {"h0": h0, "c0": c0}, x=x)
+    T, B = check_sequence(np.shape(x), params, batch_first, {"h0": h0, "c0": c0}, skip_input, x=x)
     h_all, c_all = _initial(h0, params, B), _initial(c0, params, B)
     h_n, c_n = np.empty_like(h_all), np.empty_like(c_all)
     seq = _time_major(x, batch_first)
@@ -63,7 +77,7 @@ def lstm_reference(x, params: LSTMParams, h0=None, c0=None, *, batch_first: bool
         h, c = h_all[l], c_all[l]
         out = np.empty((T, B, params.hidden_size))
         for t in range(T):
-            pre = seq[t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh
+            pre = _input_part(seq[t], w_ih, b_ih, skip_input and l == 0) + h @ w_hh.T + b_hh
             i, f, g, o = np.split(pre, 4, axis=1)
             c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
             h = sigmoid(o) * np.tanh(c)
@@ -73,11 +87,12 @@ def lstm_reference(x, params: LSTMParams, h0=None, c0=None, *, batch_first: bool
     return (seq.transpose(1, 0, 2) if batch_first else seq), (h_n, c_n)
 
 
-def gru_reference(x, params: GRUParams, h0=None, *, batch_first: bool = False):
-    """Returns ``y (T, B, H)`` (or ``(B, T, H)``) and ``h_n (L, B, H)``, float64."""
+def gru_reference(x, params: GRUParams, h0=None, *, batch_first: bool = False, skip_input: bool = False):
+    """Returns ``y (T, B, H)`` (or ``(B, T, H)``) and ``h_n (L, B, H)``, float64.
+    ``skip_input``: x is the first layer's input projection ``(T, B, 3H)``."""
     if not isinstance(params, GRUParams):
         raise BadInput(f"gru needs GRUParams, got {type(params).__name__}")
-    T, B = check_sequence(np.shape(x), params, batch_first, {"h0": h0}, x=x)
+    T, B = check_sequence(np.shape(x), params, batch_first, {"h0": h0}, skip_input, x=x)
     h_all = _initial(h0, params, B)
     h_n = np.empty_like(h_all)
     seq = _time_major(x, batch_first)
@@ -86,7 +101,7 @@ def gru_reference(x, params: GRUParams, h0=None, *, batch_first: bool = False):
         h = h_all[l]
         out = np.empty((T, B, params.hidden_size))
         for t in range(T):
-            xr, xz, xn = np.split(seq[t] @ w_ih.T + b_ih, 3, axis=1)
+            xr, xz, xn = np.split(_input_part(seq[t], w_ih, b_ih, skip_input and l == 0), 3, axis=1)
             hr, hz, hn = np.split(h @ w_hh.T + b_hh, 3, axis=1)
             r = sigmoid(xr + hr)
             z = sigmoid(xz + hz)
@@ -98,4 +113,37 @@ def gru_reference(x, params: GRUParams, h0=None, *, batch_first: bool = False):
     return (seq.transpose(1, 0, 2) if batch_first else seq), h_n
 
 
-REFERENCES = {"lstm": lstm_reference, "gru": gru_reference}
+def relu(x: np.ndarray) -> np.ndarray:
+    """max(x, 0); NaN stays NaN (np.maximum propagates it)."""
+    return np.maximum(x, 0.0)
+
+
+ACTIVATIONS = {"relu": relu, "tanh": np.tanh}
+
+
+def rnn_reference(x, params: VanillaRNNParams, h0=None, *, batch_first: bool = False,
+                  skip_input: bool = False):
+    """Vanilla RNN, ``h_t = act(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`` with ``act`` the
+    parameters' ``nonlinearity`` (ReLU or tanh; PyTorch's ``nn.RNN``, cuDNN's ``CUDNN_RNN_RELU``
+    and ``CUDNN_RNN_TANH``).  Returns ``y (T, B, H)`` (or ``(B, T, H)``) and ``h_n (L, B, H)``.
+    ``skip_input``: x is the first layer's input projection ``(T, B, H)``."""
+    if not isinstance(params, VanillaRNNParams):
+        raise BadInput(f"rnn needs VanillaRNNParams, got {type(params).__name__}")
+    T, B = check_sequence(np.shape(x), params, batch_first, {"h0": h0}, skip_input)
+    act = ACTIVATIONS[params.nonlinearity]
+    h_all = _initial(h0, params, B)
+    h_n = np.empty_like(h_all)
+    seq = _time_major(x, batch_first)
+    for l, layer in enumerate(params.layers):
+        w_ih, w_hh, b_ih, b_hh = (np.asarray(a, dtype=np.float64) for a in layer.arrays())
+        h = h_all[l]
+        out = np.empty((T, B, params.hidden_size))
+        for t in range(T):
+            h = act(_input_part(seq[t], w_ih, b_ih, skip_input and l == 0) + h @ w_hh.T + b_hh)
+            out[t] = h
+        h_n[l] = h
+        seq = out
+    return (seq.transpose(1, 0, 2) if batch_first else seq), h_n
+
+
+REFERENCES = {"lstm": lstm_reference, "gru": gru_reference, "rnn": rnn_reference}

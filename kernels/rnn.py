@@ -1,4 +1,4 @@
-"""LSTM and GRU forward passes as ``naive`` and ``fused`` variants, generic over the array module.
+"""LSTM, GRU and vanilla RNN forward passes as ``naive`` and ``fused`` variants, generic over the array module.
 
 The step loop below is the whole algorithm; the variant and the fusion plan only decide how the
 GEMMs are arranged (:mod:`fusion.gemm`) and which pointwise stage runs (op by op from
@@ -30,7 +30,7 @@ from .backends import get_backend
 from .dtypes import canonical, storage
 from .errors import BadInput
 from .gpu import cublas_math
-from .params import GRUParams, LSTMParams, RNNParams
+from .params import GRUParams, LSTMParams, RNNParams, VanillaRNNParams
 from .reference import check_sequence
 
 VARIANTS = ("naive", "fused")
@@ -39,17 +39,23 @@ VARIANTS = ("naive", "fused")
 class _LayerExec:
     """One layer's weights arranged for a plan, plus the biases the pointwise stage still adds."""
 
-    def __init__(self, xp, cell: str, layer, G: int, plan: Plan, dtype, fused: bool):
+    def __init__(self, xp, cell: str, layer, G: int, plan: Plan, dtype, fused: bool, given: bool = False):
         w_ih, w_hh, b_ih, b_hh = (xp.asarray(a, dtype=dtype) for a in layer.arrays())
         grouped, pre_t = "group_gemm" in plan, "pretranspose" in plan
-        self.proj_x = fgemm.Projection(xp, w_ih, G, grouped=grouped, pretransposed=pre_t)
-        self.proj_h = fgemm.Projection(xp, w_hh, G, grouped=grouped, pretransposed=pre_t)
         H = w_hh.shape[1]
+        # given (skip-input, first layer): the input projection is the caller's array, read in
+        # place; W_ih is not used, so not arranged (a stand-in of the right G*H rows keeps the
+        # layout helpers).  Its bias b_ih cannot be folded into the caller's array.
+        self.given = given
+        self.proj_x = fgemm.Projection(xp, w_ih[:, :1] if given else w_ih, G, grouped=grouped,
+                                       pretransposed=pre_t)
+        self.proj_h = fgemm.Projection(xp, w_hh, G, grouped=grouped, pretransposed=pre_t)
         b_ih, b_hh = b_ih.reshape(G, H), b_hh.reshape(G, H)
-        self.hoist = "hoist_input" in plan
+        self.hoist = "hoist_input" in plan and not given
         # Which biases are folded into the hoisted input GEMM and which the pointwise stage adds.
-        # LSTM: b_ih + b_hh can always be summed; GRU: b_hn sits inside r * (...), so only b_ih moves.
-        if cell == "lstm":
+        # LSTM, vanilla RNN: b_ih + b_hh can always be summed; GRU: b_hn sits inside r * (...), so
+        # only b_ih moves.
+        if cell in ("lstm", "rnn"):
             summed = xp.ascontiguousarray(b_ih + b_hh)
             if self.hoist:
                 self.b_fold, self.bx, self.bh = summed, None, None
@@ -60,21 +66,31 @@ class _LayerExec:
         else:
             self.b_fold, self.bx, self.bh = (b_ih, None, b_hh) if self.hoist else (None, b_ih, b_hh)
 
+    def given_rows(self, xp, seq, T: int, B: int):
+        """The caller's projection ``(T, B, G*H)`` as this layer's gx buffer, without a copy."""
+        flat = seq.reshape(T * B, self.proj_h.G * self.proj_h.H)
+        if self.proj_x.grouped:
+            return flat
+        return flat.reshape(T * B, self.proj_h.G, self.proj_h.H).transpose(1, 0, 2)
+
 
 class RNN:
-    """A built LSTM or GRU: ``RNN(params, variant=..., backend=..., dtype=..., opts=...)(x, ...)``.
+    """A built LSTM, GRU or vanilla RNN: ``RNN(params, variant=..., backend=..., dtype=..., opts=...)(x, ...)``.
 
     ``opts`` (fused only): a :class:`fusion.Plan`, a comma-separated string of step names, or None
     for every step of the backend's device.  A Plan given directly may hold GPU-only steps
     (streams, wavefront, graph) on NumPy: their orchestration then runs serially, which is how
     the CPU tests check it.  ``dtype``: precision name (``fp32``, ``fp64``) or NumPy dtype; default: the
-    parameters' dtype.
+    parameters' dtype.  ``skip_input``: the call's x is the first layer's input projection
+    ``x W_ih^T``, ``(T, B, G*H)`` in canonical gate order, and only the recurrent part runs
+    (DeepBench's recurrent-layer timing; cuDNN's ``CUDNN_SKIP_INPUT``); layers above run as usual.
     """
 
     def __init__(self, params: RNNParams, *, variant: str = "fused", backend: str = "numpy",
-                 dtype=None, opts=None, scheduler=None, reuse_outputs: bool = False):
-        if not isinstance(params, (LSTMParams, GRUParams)):
-            raise BadInput(f"params must be LSTMParams or GRUParams, got {type(params).__name__}")
+                 dtype=None, opts=None, scheduler=None, reuse_outputs: bool = False,
+                 skip_input: bool = False):
+        if not isinstance(params, (LSTMParams, GRUParams, VanillaRNNParams)):
+            raise BadInput(f"params must be LSTMParams, GRUParams or VanillaRNNParams, got {type(params).__name__}")
         if variant not in VARIANTS:
             raise BadInput(f"variant {variant!r} is unknown; allowed: {', '.join(VARIANTS)}")
         self.backend = get_backend(backend)
@@ -107,20 +123,22 @@ class RNN:
         self.reuse_outputs = bool(reuse_outputs)
         # A fused stage writes h straight into y[t]; the op-by-op one returns fresh arrays.
         self.fused = "fuse_pointwise" in self.plan
-        self.pointwise = (fpointwise.get(self.cell, self.backend.pointwise) if self.fused
-                          else cells.NAIVE[self.cell])
+        # params.cell_mode: the vanilla cell's nonlinearity picks its kernels (rnn_relu, rnn_tanh)
+        self.pointwise = (fpointwise.get(params.cell_mode, self.backend.pointwise) if self.fused
+                          else cells.NAIVE[params.cell_mode])
+        self.skip_input = bool(skip_input)
         self.layers = [_LayerExec(self.xp, self.cell, layer, params.num_gates, self.plan, self.dtype,
-                                  self.fused)
-                       for layer in params.layers]
+                                  self.fused, given=self.skip_input and l == 0)
+                       for l, layer in enumerate(params.layers)]
 
     # ------------------------------------------------------------------------------------------
     def __call__(self, x, h0=None, c0=None, *, batch_first: bool = False):
         xp, p = self.xp, self.params
         states = {"h0": h0, "c0": c0} if self.cell == "lstm" else {"h0": h0}
-        if self.cell == "gru" and c0 is not None:
-            raise BadInput("a GRU has no cell state: c0 must be None")
+        if self.cell != "lstm" and c0 is not None:
+            raise BadInput(f"a {self.cell.upper()} has no cell state: c0 must be None")
         x = xp.asarray(x)
-        T, B = check_sequence(x.shape, p, batch_first, states, x=x)
+        T, B = check_sequence(x.shape, p, batch_first, states, self.skip_input, x=x)
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)  # outside any timed region: builders pass the built dtype
         seq = x.transpose(1, 0, 2) if batch_first else x
@@ -163,7 +181,10 @@ class RNN:
             if self.cell == "lstm":  # updated in place, one buffer per layer
                 c = xp.zeros((B, H), dt) if c0 is None else xp.array(c0[l], dtype=dt)
             h_init = xp.zeros((B, H), dt) if h0 is None else xp.asarray(h0[l], dtype=dt)
-            gx_all = lay.proj_x.alloc(T * B, dt) if (lay.hoist or overlap) else None
+            if lay.given:
+                gx_all = lay.given_rows(xp, xp.ascontiguousarray(seq), T, B)
+            else:
+                gx_all = lay.proj_x.alloc(T * B, dt) if (lay.hoist or overlap) else None
             ctx.append(dict(c=c, h0=h_init, gx_all=gx_all, gh=lay.proj_h.alloc(B, dt),
                             gx_step=None if gx_all is not None else lay.proj_x.alloc(B, dt)))
         done = [[None] * n_chunks for _ in range(L)]
@@ -176,12 +197,14 @@ class RNN:
             inp = seq if l == 0 else ys[l - 1]
             if l > 0:
                 sch.wait(s_x[l], done[l - 1][k])
-            if lay.hoist:
+            if lay.given:             # nothing to project: the steps read the caller's rows
+                pass
+            elif lay.hoist:
                 sch.launch(s_x[l], lambda lay=lay, st=st, inp=inp, t0=t0, t1=t1: self._gemm_x(lay, st, inp, t0, t1, B))
                 if s_x[l] is not s_step[l]:
                     sch.wait(s_step[l], sch.record(s_x[l]))
             for t in range(t0, t1):
-                if not lay.hoist and st["gx_all"] is not None:  # per-step input GEMM into its rows
+                if not lay.hoist and not lay.given and st["gx_all"] is not None:  # per-step input GEMM
                     sch.launch(s_x[l], lambda lay=lay, st=st, inp=inp, t=t: self._gemm_x(lay, st, inp, t, t + 1, B))
                     if s_x[l] is not s_step[l]:
                         sch.wait(s_step[l], sch.record(s_x[l]))
@@ -337,6 +360,17 @@ def gru(x, params: GRUParams, h0=None, *, variant: str = "fused", backend: str =
     if not isinstance(params, GRUParams):
         raise BadInput(f"gru needs GRUParams, got {type(params).__name__}")
     x, h0 = _as_array(x, "x"), _as_array(h0, "h0")
+    dtype = dtype if dtype is not None else _dtype_of(x)
+    return RNN(params, variant=variant, backend=backend, dtype=dtype, opts=opts)(
+        x, h0, batch_first=batch_first)
+
+
+def rnn(x, params: VanillaRNNParams, h0=None, *, variant: str = "fused", backend: str = "numpy",
+        dtype=None, opts=None, batch_first: bool = False):
+    """Vanilla RNN forward (``params.nonlinearity``: relu or tanh). Returns ``y`` and ``h_n``.
+    See :class:`RNN` for the keywords."""
+    if not isinstance(params, VanillaRNNParams):
+        raise BadInput(f"rnn needs VanillaRNNParams, got {type(params).__name__}")
     dtype = dtype if dtype is not None else _dtype_of(x)
     return RNN(params, variant=variant, backend=backend, dtype=dtype, opts=opts)(
         x, h0, batch_first=batch_first)

@@ -53,7 +53,9 @@ class Case:
 
     def options(self) -> dict:
         return {"plan": self.plan.label if self.plan is not None else None, "threads": self.threads,
-                "seed": self.seed, "rung": self.rung or None, "nvtx": nvtx.level()}
+                "seed": self.seed, "rung": self.rung or None, "nvtx": nvtx.level(),
+                # what the problem computes besides its sizes (vanilla nonlinearity, skip-input)
+                **(self.problem.options() if hasattr(self.problem, "options") else {})}
 
 
 @contextlib.contextmanager

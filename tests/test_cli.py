@@ -33,7 +33,7 @@ def _shrunk(argv):
     # paths in the examples are relative to the repository; the test runs in a scratch folder
     argv = [str(ROOT / a) if "/" in a and (ROOT / a).exists() else a for a in argv]
     cmd = argv[0]
-    if cmd in ("lstm", "gru"):
+    if cmd in ("lstm", "gru", "rnn"):
         return argv + SMALL
     if cmd == "conv":
         return argv + ["-N", "1", "-H", "9", "-W", "9", "-C", "4", "-K", "4"] + QUICK_TIMING

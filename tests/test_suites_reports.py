@@ -36,15 +36,18 @@ FAST = ["--warmup", "0", "--min-time", "0.01", "--min-samples", "3", "--max-time
 
 
 def test_deepbench_rnn_tables_match_the_header():
-    # rows per table in rnn_problems.h (the commented-out GRU row excluded)
-    assert len(rnn_shapes.TABLES["deepbench-rnn-train"]) == 52
+    # rows per table in rnn_problems.h at DeepBench's last commit
+    assert len(rnn_shapes.TABLES["deepbench-rnn-train"]) == 53
     assert len(rnn_shapes.TABLES["deepbench-rnn-inference"]) == 69
     assert len(rnn_shapes.TABLES["deepbench-rnn-device"]) == 3
     train = rnn_shapes.TABLES["deepbench-rnn-train"]
     assert train[0] == rnn_shapes.RNNShape(1760, 16, 50, "vanilla")
     assert train[12] == rnn_shapes.RNNShape(512, 16, 25, "lstm")
     assert train[-1] == rnn_shapes.RNNShape(1024, 64, 1500, "gru")
-    assert rnn_shapes.RNNShape(2816, 32, 1500, "gru") not in train
+    # commented out by 608d7a3, restored by 11dd9f7: live at HEAD and in the training sheet
+    assert train[34] == rnn_shapes.RNNShape(2816, 32, 1500, "gru")
+    assert sum(s.cell == "vanilla" for s in train) == 12
+    assert [s.cell for s in train].count("gru") == 19
     inf = rnn_shapes.TABLES["deepbench-rnn-inference"]
     assert inf[15] == rnn_shapes.RNNShape(2816, 1, 1500, "gru")
     assert inf[-1] == rnn_shapes.RNNShape(1024, 4, 1500, "gru")
@@ -60,15 +63,11 @@ def test_every_suite_entry_constructs_a_valid_problem():
             # combined suites (deepbench-inference = rnn + conv tables) keep their parts' names
             assert spec.name.startswith(suite.name + "/") or suite.name in ("deepbench-train", "deepbench-inference",
                                                                            "deepbench-device")
-            if spec.op == "vanilla":
-                with pytest.raises(BadInput):
-                    rnn_shapes.rnn_problem(rnn_shapes.RNNShape(spec.H, spec.B, spec.T, "vanilla"))
-                continue
             p = msuite._problem(spec, None)
             assert p.flops() if callable(p.flops) else p.flops
             shape = p.shape()
             assert all(isinstance(v, int) and v >= 0 for v in shape.values())
-            if spec.op in ("lstm", "gru"):
+            if spec.op in ("lstm", "gru", "rnn"):
                 assert (p.T, p.B, p.H, p.I, p.L) == (spec.T, spec.B, spec.H, spec.H, 1)
 
 
@@ -90,11 +89,11 @@ def test_plan_lists_cases_and_estimate(capsys):
         assert name in out
 
 
-def test_plan_names_rows_that_cannot_run(capsys):
+def test_plan_runs_the_vanilla_rows(capsys):
     assert cli.main(["suite", "deepbench-rnn-device", "--list", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert out.count("no vanilla op in microbench") == 2
-    assert "lstm H256 B1 T150" in out
+    assert "cannot run" not in out
+    assert "rnn H32 B1 T672 relu skip-input" in out and "lstm H256 B1 T150 skip-input" in out
 
 
 def test_plan_filters(capsys):
@@ -309,7 +308,7 @@ def _bad_commands(f: dict) -> list:
         quick + ["--frameworks", "nosuchfw"], quick + ["--frameworks", ","], quick + ["--backend", "nosuch"],
         quick + ["--dtype", "fp99"], quick + ["--dtype", ","], quick + ["--device", "tpu"],
         quick + ["--nvtx", "maybe"], quick + ["--no-such-flag"], quick + ["--variants", "naive", "--backend", "cupy"],
-        ["suite", "deepbench-rnn-device", "--only", "/00[01]$"],
+        ["suite", "deepbench-rnn-train", "--only", "/000$", "--device", "cpu", "--dtype", "bf16"],
         # suite: sizes, threads and timing
         quick + ["--threads", "0"], quick + ["--threads=-1"], quick + ["--threads", "abc"],
         quick + ["--threads", "100000"], quick + ["--threads", ","], quick + ["--batch", "0"],

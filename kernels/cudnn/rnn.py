@@ -42,7 +42,8 @@ CUDNN_RNN_ALGO = {"standard": 0, "persist_static": 1, "persist_dynamic": 2,
                   "persist_static_small_h": 3}
 ALGO_NAMES = {0: "CUDNN_RNN_ALGO_STANDARD", 1: "CUDNN_RNN_ALGO_PERSIST_STATIC",
               2: "CUDNN_RNN_ALGO_PERSIST_DYNAMIC", 3: "CUDNN_RNN_ALGO_PERSIST_STATIC_SMALL_H"}
-CUDNN_CELL = {"lstm": 2, "gru": 3}                       # CUDNN_LSTM, CUDNN_GRU
+# cellMode by RNNParams.cell_mode: CUDNN_RNN_RELU, CUDNN_RNN_TANH, CUDNN_LSTM, CUDNN_GRU
+CUDNN_CELL = {"rnn_relu": 0, "rnn_tanh": 1, "lstm": 2, "gru": 3}
 CUDNN_RNN_DOUBLE_BIAS = 2
 CUDNN_UNIDIRECTIONAL = 0
 CUDNN_LINEAR_INPUT = 0
@@ -192,8 +193,8 @@ def rnn_config(params: RNNParams, *, batch: int, seq_len: int, algo: str = "stan
                precision: str = "fp32", mode: str = "inference") -> RNNConfig:
     """Validate a request; BadInput names the bad value, Unsupported a precision cuDNN's RNN
     path here does not take."""
-    if not isinstance(params, RNNParams) or params.cell not in CUDNN_CELL:
-        raise BadInput(f"params must be LSTMParams or GRUParams, got {type(params).__name__}")
+    if not isinstance(params, RNNParams) or params.cell_mode not in CUDNN_CELL:
+        raise BadInput(f"params must be LSTMParams or GRUParams or VanillaRNNParams, got {type(params).__name__}")
     if algo not in CUDNN_RNN_ALGO:
         raise BadInput(f"algo {algo!r} is unknown; allowed: {', '.join(CUDNN_RNN_ALGO)}")
     if mode not in CUDNN_FWD_MODE:
@@ -210,7 +211,7 @@ def rnn_config(params: RNNParams, *, batch: int, seq_len: int, algo: str = "stan
     if params.dtype != np.dtype(PRECISION[prec][0]):
         raise BadInput(f"params are {params.dtype}; precision {prec} stores "
                        f"{np.dtype(PRECISION[prec][0])} (use params.astype)")
-    return RNNConfig(params.cell, algo, prec, mode, I, H, L, B, T)
+    return RNNConfig(params.cell_mode, algo, prec, mode, I, H, L, B, T)
 
 
 def check_arrays(cfg: RNNConfig, x, h0, c0) -> None:

@@ -1,5 +1,5 @@
-"""Training-step cases (``--backward``): forward + backward of our fused LSTM, GRU and layer-norm
-LSTM (:mod:`kernels.backward`), and the gradient check every training row (ours and the
+"""Training-step cases (``--backward``): forward + backward of our fused LSTM, GRU, vanilla RNN and
+layer-norm LSTM (:mod:`kernels.backward`; plain cells also with ``--skip-input``), and the gradient check every training row (ours and the
 frameworks') goes through.
 
 The loss is ``sum(y * dY)`` for a fixed random ``dY`` (T, B, H) drawn from the seed (never zeros
@@ -63,22 +63,26 @@ def train_inputs(problem: RNNProblem, seed: int, precision: str, cell: str) -> d
     if cell not in BACKWARD_CELLS:
         raise BadInput(f"--backward: kernels.backward has no {cell} LSTM; allowed cells: "
                        f"{', '.join(BACKWARD_CELLS)}")
+    if cell != "plain" and problem.skip_input:
+        raise BadInput(f"--skip-input applies to the plain cells, not --cell {cell}")
     inp = make_inputs(problem, seed, precision) if cell == "plain" else \
         make_custom_inputs(problem, seed, precision, cell)
     return {**inp, "dy": upstream_grad(problem, seed, precision)}
 
 
 def flatten_grads(op: str, y, g: bw.Grads) -> list:
-    """``y`` and a :class:`kernels.backward.Grads` in :func:`grad_names` order."""
-    out = [y, g.x, g.h0] + ([g.c0] if op != "gru" else [])
+    """``y`` and a :class:`kernels.backward.Grads` in :func:`grad_names` order (a skip-input
+    first layer has no ``w_ih`` entry, and grad_names none either)."""
+    out = [y, g.x, g.h0] + ([g.c0] if op in ("lstm", "layernorm") else [])
     per = ("w_ih", "w_hh", "b_ih", "b_hh") + (LAYERNORM_EXTRAS if op == "layernorm" else ())
     for layer in g.layers:
-        out += [layer[k] for k in per]
+        out += [layer[k] for k in per if k in layer]
     return out
 
 
-def _float64_train(op, params, x, h0, c0, dy) -> list:
-    y, _, tape = bw.forward_train(x, params, h0, c0 if op != "gru" else None, dtype=np.float64)
+def _float64_train(op, params, x, h0, c0, dy, skip_input=False) -> list:
+    y, _, tape = bw.forward_train(x, params, h0, c0 if op in ("lstm", "layernorm") else None,
+                                  dtype=np.float64, skip_input=skip_input)
     return flatten_grads(op, y, bw.backward(tape, dy))
 
 
@@ -93,13 +97,19 @@ def reference_grads(problem: RNNProblem, seed: int, precision: str, cell: str) -
     p64 = inp["params"].astype(np.float64)
     x, h0, dy = (inp[k].astype(np.float64) for k in ("x", "h0", "dy"))
     c0 = inp["c0"].astype(np.float64) if inp["c0"] is not None else None
-    base = _float64_train(op, p64, x, h0, c0, dy)
-    forward = CUSTOM_REFERENCES[cell] if cell != "plain" else REFERENCES[problem.op]
-    ref = [forward(x, p64, h0, c0)[0] if op != "gru" else forward(x, p64, h0)[0]] + base[1:]
+    skip = problem.skip_input
+    base = _float64_train(op, p64, x, h0, c0, dy, skip)
+    if cell != "plain":
+        y = CUSTOM_REFERENCES[cell](x, p64, h0, c0)[0]
+    elif op == "lstm":
+        y = REFERENCES[op](x, p64, h0, c0, skip_input=skip)[0]
+    else:
+        y = REFERENCES[op](x, p64, h0, skip_input=skip)[0]
+    ref = [y] + base[1:]
     u, rng = cond.unit_roundoff(precision), np.random.default_rng([seed, 3])
     moved = _float64_train(op, cond.perturb_params(p64, rng, u), cond.perturb(x, rng, u),
-                           cond.perturb(h0, rng, u), cond.perturb(c0, rng, u), dy)
-    return tuple(grad_names(op, problem.L)), tuple(ref), cond.tolerances(base, moved, precision)
+                           cond.perturb(h0, rng, u), cond.perturb(c0, rng, u), dy, skip)
+    return tuple(grad_names(op, problem.L, skip)), tuple(ref), cond.tolerances(base, moved, precision)
 
 
 def check_grads(outputs, problem: RNNProblem, seed: int, precision: str, cell: str) -> Check:
@@ -135,7 +145,7 @@ def build_backward(problem: RNNProblem, seed: int, *, cell: str, backend: str, p
     dt = dtypes.storage(precision)
 
     def run():
-        y, _, tape = bw.forward_train(x, params, h0, c0, dtype=dt)
+        y, _, tape = bw.forward_train(x, params, h0, c0, dtype=dt, skip_input=problem.skip_input)
         return y, bw.backward(tape, dy)
 
     def check(out=None) -> Check:   # out: a timed call's return value, else one call now

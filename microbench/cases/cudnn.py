@@ -39,6 +39,11 @@ _ABOUT = {
 
 def build_cudnn_rnn(problem: RNNProblem, seed: int, *, algo: str, precision: str,
                     plan=None, mode: str = "inference") -> Prepared:
+    if problem.skip_input:
+        # CUDNN_SKIP_INPUT feeds x (T, B, H) to every gate as it is; our skip-input problem gives
+        # each gate its own projection (T, B, G*H), so the two are not the same function
+        raise Unsupported("the cudnn variants run the whole layer (CUDNN_LINEAR_INPUT); cuDNN's "
+                          "skip-input mode is not wired yet: use --input-gemm, or our variants")
     from kernels import gpu
     ok, reason = gpu.detect()
     if not ok:
@@ -75,7 +80,7 @@ def build_cudnn_rnn(problem: RNNProblem, seed: int, *, algo: str, precision: str
         raise
 
 
-for _op in ("lstm", "gru"):
+for _op in ("lstm", "gru", "rnn"):      # rnn: CUDNN_RNN_RELU / CUDNN_RNN_TANH
     for _variant, _algo in ALGORITHMS.items():
         register(VariantRecord(_op, _variant, BACKEND,
                                functools.partial(build_cudnn_rnn, algo=_algo),

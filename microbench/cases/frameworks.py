@@ -118,7 +118,7 @@ def build_framework(problem: RNNProblem, seed: int, *, framework: str, path: str
         return _build_conv(problem, seed, framework=framework, path=path, device=device,
                            precision=precision, threads=threads, python=python)
     if cell not in ("plain", "layernorm") or (cell == "layernorm" and op != "lstm"):
-        raise BadInput(f"framework rows exist for plain LSTM/GRU and the layer-norm LSTM, not {cell} {op}")
+        raise BadInput(f"framework rows exist for plain LSTM/GRU/RNN and the layer-norm LSTM, not {cell} {op}")
     if backward:
         inp = bwcases.train_inputs(problem, seed, precision, cell)
     elif cell == "layernorm":
@@ -134,7 +134,8 @@ def build_framework(problem: RNNProblem, seed: int, *, framework: str, path: str
         arrays["ln_eps"] = np.float64(LN_EPS)
     if backward:
         arrays["dy"] = inp["dy"]          # its presence asks the adapter for a training step
-    wop = "layernorm" if cell == "layernorm" else op
+    # the worker's op: the vanilla cell travels with its nonlinearity (rnn_relu, rnn_tanh)
+    wop = "layernorm" if cell == "layernorm" else problem.cell_mode
     worker = Worker(framework, python=python or default_python(framework), threads=threads, device=device)
     try:
         ans = worker.request({"cmd": "build", "op": wop, "path": path, "precision": precision,
@@ -290,7 +291,7 @@ def framework_cases(op: str, problem, names, device: str, precisions: list, seed
 # variant flags and backends; --frameworks selects them through framework_cases).
 FRAMEWORK_RECORDS: list = []
 
-for _op in ("lstm", "gru", "conv"):
+for _op in ("lstm", "gru", "rnn", "conv"):
     for _fw in FRAMEWORKS:
         for _dev, _paths in PATHS[_fw].items():
             for _path in _paths:

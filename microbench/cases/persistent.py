@@ -25,6 +25,9 @@ def build_persistent(problem: RNNProblem, seed: int, *, backend: str = "cupy", p
                      plan=None) -> Prepared:
     from kernels import persistent as kp
     # ``plan`` (a fusion plan) does not apply: persistent is the last rung, with every step in it.
+    if problem.skip_input:
+        raise Unsupported("the persistent kernel runs the whole layer (its own input GEMM); "
+                          "skip-input is not wired there: use --input-gemm, or our variants")
     if problem.L != 1:
         raise Unsupported(f"persistent {problem.op}: 1 layer only (got L={problem.L}); "
                           "use the fused variant")

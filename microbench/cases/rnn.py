@@ -1,4 +1,4 @@
-"""LSTM/GRU builders: our naive and fused variants on every backend, checked against the reference."""
+"""LSTM/GRU/vanilla-RNN builders: our naive and fused variants on every backend, checked against the reference."""
 from __future__ import annotations
 
 import functools
@@ -25,9 +25,13 @@ def make_inputs(problem: RNNProblem, seed: int, precision: str) -> dict:
     rounded values, so the check measures the computation, not the rounding of the inputs.
     """
     rng = np.random.default_rng(seed)
-    params = PARAMS[problem.op].random(problem.I, problem.H, problem.L, seed=seed)
+    extra = {"nonlinearity": problem.nonlinearity} if problem.op == "rnn" else {}
+    params = PARAMS[problem.op].random(problem.I, problem.H, problem.L, seed=seed, **extra)
     st = dtypes.storage(precision)
-    x = rng.standard_normal((problem.T, problem.B, problem.I)).astype(st)
+    # skip_input: x is the first layer's projection (T, B, G*H), drawn like one
+    # (x W_ih^T has about this spread for the seeded weights)
+    scale = 0.6 if problem.skip_input else 1.0
+    x = (scale * rng.standard_normal((problem.T, problem.B, problem.input_width))).astype(st)
     shape = (problem.L, problem.B, problem.H)
     h0 = (0.5 * rng.standard_normal(shape)).astype(st)
     c0 = (0.5 * rng.standard_normal(shape)).astype(st) if problem.op == "lstm" else None
@@ -38,10 +42,11 @@ def make_inputs(problem: RNNProblem, seed: int, precision: str) -> dict:
 def reference_outputs(problem: RNNProblem, seed: int, precision: str) -> tuple:
     """float64 outputs (y, h_n[, c_n]) for the rounded inputs; cached across the variants of a run."""
     inp = make_inputs(problem, seed, precision)
+    skip = {"skip_input": problem.skip_input}
     if problem.op == "lstm":
-        y, (h, c) = REFERENCES["lstm"](inp["x"], inp["params"], inp["h0"], inp["c0"])
+        y, (h, c) = REFERENCES["lstm"](inp["x"], inp["params"], inp["h0"], inp["c0"], **skip)
         return y, h, c
-    y, h = REFERENCES["gru"](inp["x"], inp["params"], inp["h0"])
+    y, h = REFERENCES[problem.op](inp["x"], inp["params"], inp["h0"], **skip)
     return y, h
 
 
@@ -54,7 +59,7 @@ def build_rnn(problem: RNNProblem, seed: int, *, variant: str, backend: str, pre
               plan=None) -> Prepared:
     inp = make_inputs(problem, seed, precision)
     impl = RNN(inp["params"], variant=variant, backend=backend, dtype=precision, opts=plan,
-               reuse_outputs=True)
+               reuse_outputs=True, skip_input=problem.skip_input)
     xp = impl.xp
     x, h0 = xp.asarray(inp["x"]), xp.asarray(inp["h0"])
     c0 = xp.asarray(inp["c0"]) if inp["c0"] is not None else None
@@ -78,7 +83,7 @@ def build_rnn(problem: RNNProblem, seed: int, *, variant: str, backend: str, pre
 
 def _gemms_per_step(impl: RNN) -> int:
     lay = impl.layers[0]
-    return lay.proj_h.gemms_per_call + (0 if lay.hoist else lay.proj_x.gemms_per_call)
+    return lay.proj_h.gemms_per_call + (0 if lay.hoist or lay.given else lay.proj_x.gemms_per_call)
 
 
 _ABOUT = {
@@ -86,9 +91,11 @@ _ABOUT = {
     "fused": "fusion steps applied (--opt picks them, --ladder adds them one by one)",
 }
 
-for _op in ("lstm", "gru"):
+for _op in ("lstm", "gru", "rnn"):
     for _variant in ("naive", "fused"):
         for _backend in (b for b in BACKENDS if b not in LIBRARY_BACKENDS):
+            if _op == "rnn" and _variant == "fused" and _backend == "pycuda":
+                continue    # no PyCUDA launcher for the generated vanilla-cell kernel (naive runs)
             register(VariantRecord(
                 _op, _variant, _backend,
                 functools.partial(build_rnn, variant=_variant, backend=_backend),

@@ -1,4 +1,5 @@
-"""``lstm`` and ``gru``: check and time our RNN variants (and, with --frameworks, the frameworks')."""
+"""``lstm``, ``gru`` and ``rnn`` (the vanilla cell): check and time our RNN variants (and, with
+--frameworks, the frameworks')."""
 from __future__ import annotations
 
 import argparse
@@ -12,12 +13,16 @@ from ..cli import EPILOG_RNN, add_output, add_timing, console, csv_list, named_l
 def add_parsers(sub) -> None:
     from .. import cases  # noqa: F401  (fills the registry)
     from .. import registry
-    for op in ("lstm", "gru"):
+    for op in ("lstm", "gru", "rnn"):
         _add_rnn(sub, op, registry.variants(op))
 
 
+_HELP = {"lstm": "time LSTM variants", "gru": "time GRU variants",
+         "rnn": "time vanilla RNN variants (h = relu|tanh(W x + U h + b), DeepBench's 'vanilla')"}
+
+
 def _add_rnn(sub, op: str, variant_names: list):
-    p = sub.add_parser(op, help=f"time {op.upper()} variants", epilog=EPILOG_RNN,
+    p = sub.add_parser(op, help=_HELP[op], epilog=EPILOG_RNN,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description=f"Check every {op.upper()} variant against the float64 reference, "
                                    "then time it and print a table (one row per variant).")
@@ -36,6 +41,15 @@ def _add_rnn(sub, op: str, variant_names: list):
                    help="auto (default): a GPU if one is found, else the CPU; cpu; cuda; cuda:K "
                         "(the K-th GPU, counted as CUDA_VISIBLE_DEVICES shows them)")
     v.add_argument("--dtype", metavar="LIST", default="fp32", help="comma list of fp64, fp32 (default fp32)")
+    if op == "rnn":
+        v.add_argument("--nonlinearity", choices=("tanh", "relu"), default="tanh",
+                       help="the vanilla cell's activation: tanh (default, PyTorch's nn.RNN default) or "
+                            "relu (DeepBench's vanilla rows, cuDNN CUDNN_RNN_RELU)")
+    v.add_argument("--skip-input", action="store_true",
+                   help="time the recurrent part only, as DeepBench does (cuDNN CUDNN_SKIP_INPUT): the "
+                        "first layer's input projection x W_ih^T is taken as given (a (T, B, G*H) input) "
+                        "and GFLOP/s counts the recurrent GEMMs only; framework rows, which cannot "
+                        "skip it, run the whole layer and say so")
     if op == "lstm":
         v.add_argument("--cell", choices=("plain", "layernorm", "peephole"), default="plain",
                        help="the LSTM cell: plain (default), layernorm (Ba et al. 2016) or peephole; "
@@ -105,7 +119,10 @@ def plan_cases(args) -> tuple:
     from ..threads import parse_threads
 
     op = args.op
-    problem = RNNProblem(op, args.T, args.B, args.I if args.I is not None else args.H, args.H, args.L)
+    skip = getattr(args, "skip_input", False)
+    problem = RNNProblem(op, args.T, args.B, args.I if args.I is not None else args.H, args.H, args.L,
+                         nonlinearity=getattr(args, "nonlinearity", "") if op == "rnn" else "",
+                         skip_input=skip)
     precisions = list(dict.fromkeys(dtypes.canonical(d) for d in csv_list(args.dtype)))
     if not precisions:
         raise BadInput(f"--dtype {args.dtype!r} names no precision; allowed: fp64, fp32")
@@ -123,6 +140,8 @@ def plan_cases(args) -> tuple:
     if python and not fw_names:
         raise BadInput("--python only applies to framework workers; add --frameworks")
     cell = getattr(args, "cell", "plain")
+    if skip and cell != "plain":
+        raise BadInput(f"--skip-input applies to the plain cells, not --cell {cell}")
     if backward:
         return _backward_cases(args, cell, problem, precisions, thread_counts, device,
                                variant_names, backend_names, fw_names, python), device
@@ -157,9 +176,25 @@ def plan_cases(args) -> tuple:
                     rp = (plan or full_plan(device, rec.backend)) if rec.fusable else None
                     cases.append(Case(rec, problem, p, args.seed, rp, threads))
     if fw_names:
-        cases += framework_cases(op, problem, fw_names, device, precisions, args.seed,
-                                 thread_counts, python)
+        cases += label_whole_layer(framework_cases(op, full_layer(problem), fw_names, device, precisions,
+                                                   args.seed, thread_counts, python), problem)
     return cases, device
+
+
+def full_layer(problem):
+    """The problem a framework row runs: frameworks cannot take the input projection as given, so
+    a skip-input problem runs as the whole layer there (its record says so: no skip_input)."""
+    import dataclasses
+    return dataclasses.replace(problem, skip_input=False) if problem.skip_input else problem
+
+
+def label_whole_layer(cases: list, problem) -> list:
+    """Framework rows of a skip-input run, labelled ``torch+input-gemm/fused``: they time more
+    work than our skip-input rows (the input GEMM), which the label must say."""
+    import dataclasses
+    if not problem.skip_input:
+        return cases
+    return [dataclasses.replace(c, rung=f"{c.variant}+input-gemm") for c in cases]
 
 
 def _backward_device(requested: str) -> str:
@@ -209,8 +244,9 @@ def _backward_cases(args, cell, problem, precisions, thread_counts, device, vari
                                     "fused forward + backward (kernels.backward)")
                 cases.append(Case(rec, problem, p, args.seed, None, threads))
     if fw_names:
-        cases += framework_cases(problem.op, problem, fw_names, device, precisions, args.seed,
-                                 thread_counts, python, cell=cell, backward=True)
+        cases += label_whole_layer(framework_cases(problem.op, full_layer(problem), fw_names, device,
+                                                   precisions, args.seed, thread_counts, python, cell=cell,
+                                                   backward=True), problem)
     return cases
 
 

@@ -56,6 +56,12 @@ def add_parsers(sub) -> None:
                         "--dtype and --threads. 'auto': K/N from torchrun (RANK, WORLD_SIZE; each rank on "
                         "cuda:LOCAL_RANK) or a Slurm array job. {shard} in --json becomes K. report/compare "
                         "merge the shards' files")
+    m = p.add_argument_group("what is timed (defaults: DeepBench's definitions, see suite --list)")
+    m.add_argument("--input-gemm", action="store_true",
+                   help="RNN rows: time the whole layer, the input GEMM included, instead of the "
+                        "recurrent part only (skip-input, DeepBench's definition and the default)")
+    m.add_argument("--forward-only", action="store_true",
+                   help="training suites: time the forward pass instead of a training step")
     p.add_argument("--resume", action="store_true",
                    help="skip the cases --json already holds for this environment (ok or skipped)")
     add_timing(p)
@@ -144,6 +150,10 @@ def apply_shard(entries: list, shard: tuple, settings) -> dict:
 # -- planning ------------------------------------------------------------------------------------
 
 
+RNN_OPS = ("lstm", "gru", "rnn")
+RUNNABLE = RNN_OPS + ("conv",)
+
+
 @dataclass
 class Entry:
     spec: object
@@ -179,12 +189,17 @@ def _frameworks(text: str | None) -> list:
 
 def _framework_cases(op, problem, names, device, precisions, seed, threads) -> list:
     """Cases of every path of the named frameworks, threads bound the way the lstm command binds
-    them (microbench.cases.frameworks); an op with no framework case gives none."""
+    them (microbench.cases.frameworks); an op with no framework case gives none.  Frameworks
+    cannot take the input projection as given: on a skip-input entry they run the whole layer,
+    labelled so (``torch+input-gemm/fused``)."""
     if not names:
         return []
     from ..cases.frameworks import framework_cases
+    from .rnn import full_layer, label_whole_layer
+    whole = full_layer(problem) if getattr(problem, "skip_input", False) else problem
     try:
-        return framework_cases(op, problem, names, device, precisions, seed, threads)
+        return label_whole_layer(framework_cases(op, whole, names, device, precisions, seed, threads), problem) \
+            if whole is not problem else framework_cases(op, problem, names, device, precisions, seed, threads)
     except BadInput:
         return []
 
@@ -193,19 +208,51 @@ def _check_variants(names: list, ops: set) -> None:
     from fusion.steps import STEPS
 
     from .. import registry
-    allowed = {v for op in ops for v in registry.variants(op)} | {"naive"} | {f"+{s}" for s in STEPS}
+    allowed = {v for op in ops for v in registry.variants(op)} | {"naive", "fused+bwd"} | {f"+{s}" for s in STEPS}
     for n in names:
         if n not in allowed:
             raise BadInput(f"--variants {n!r} is unknown for this suite; allowed: {', '.join(sorted(allowed))}")
 
 
-def _problem(spec, batch):
+def _problem(spec, batch, input_gemm: bool = False):
     from ..problems import RNNProblem
     from ..suites.conv_shapes import conv_layer
     if spec.is_conv:
         return conv_layer(spec.layer, batch if batch is not None else spec.batch)
     return RNNProblem(spec.op, spec.T, spec.B if batch is None else batch,
-                      spec.I if spec.I is not None else spec.H, spec.H, spec.L)
+                      spec.I if spec.I is not None else spec.H, spec.H, spec.L,
+                      nonlinearity=spec.nonlinearity, skip_input=spec.skip_input and not input_gemm)
+
+
+def _training_cases(spec, problem, device, precisions, frameworks, seed, threads, backends) -> tuple:
+    """(cases, reason): an RNN entry's training-step cases, ours (kernels.backward, NumPy on the
+    CPU) and the frameworks' (whole layer, labelled), or why none can run."""
+    import functools
+
+    from ..cases import backward as bwcases
+    from ..registry import VariantRecord
+    from ..runner import Case
+    from .rnn import full_layer, label_whole_layer
+    if device != "cpu":
+        return [], "the training step runs on the CPU only (kernels.backward); use --device cpu"
+    cases = []
+    for b in bwcases.BACKWARD_BACKENDS:
+        if backends is not None and b not in backends:
+            continue
+        rec = VariantRecord(spec.op, "fused+bwd", b, functools.partial(bwcases.build_backward, cell="plain", backend=b),
+                            "fused forward + backward (kernels.backward)")
+        cases += [Case(rec, problem, p, seed, None, t) for t in threads for p in precisions
+                  if p in bwcases.BACKWARD_PRECISIONS]
+    if frameworks:
+        from ..cases.frameworks import framework_cases
+        try:
+            cases += label_whole_layer(framework_cases(spec.op, full_layer(problem), frameworks, device, precisions,
+                                                       seed, threads, backward=True), problem)
+        except BadInput:
+            pass
+    if not cases:
+        return [], "no training-step case left after the filters (ours: numpy, fp32/fp64)"
+    return cases, ""
 
 
 def _memory_need(problem, precision: str) -> int:
@@ -262,17 +309,25 @@ def plan(args, suite, device: str) -> list:
             continue
         e = Entry(spec)
         entries.append(e)
-        if spec.op not in ("lstm", "gru", "conv"):
+        if spec.op not in RUNNABLE:
             e.reason = f"no {spec.op} op in microbench (kept as DeepBench data)"
             continue
         if not any(k[0] == spec.op for k in registry.REGISTRY):
             e.reason = f"no {spec.op} variant is registered yet"
             continue
-        problem = _problem(spec, args.batch)
+        problem = _problem(spec, args.batch, getattr(args, "input_gemm", False))
+        threads = threads_given or list(spec.threads or [None])
+        if spec.training and not spec.is_conv and not getattr(args, "forward_only", False):
+            if variants is not None and not any(v in ("fused", "fused+bwd") for v in variants):
+                e.reason = "no variant left after the filters (the training step is fused+bwd)"
+                continue
+            cases, e.reason = _training_cases(spec, problem, device, precisions, frameworks, args.seed,
+                                              threads, backends)
+            _fit_memory(e, cases, problem, avail)
+            continue
         ours = [r for r in registry.REGISTRY.values()
                 if r.op == spec.op and r.device == device and not r.framework
                 and (backends is None or r.backend in backends)]
-        threads = threads_given or list(spec.threads or [None])
         theirs = _framework_cases(spec.op, problem, frameworks, device, precisions, args.seed, threads)
         built = []   # (record, plan, rung)
         if spec.ladder and not spec.is_conv:
@@ -293,16 +348,29 @@ def plan(args, suite, device: str) -> list:
         cases = [Case(rec, problem, p, args.seed, rung_plan, t, rung)
                  for t in threads for p in precisions for rec, rung_plan, rung in built
                  if not (rec.backend in BACKENDS and p not in BACKENDS[rec.backend].dtypes)]
-        for case in cases + theirs:
-            need = _memory_need(problem, case.precision)
-            if avail is not None and need > avail:
-                e.skipped.append((case, f"needs about {need / 2**30:.1f} GiB, more than the "
-                                        f"{avail / 2**30:.1f} GiB of memory available"))
-            else:
-                e.cases.append(case)
+        _fit_memory(e, cases + theirs, problem, avail)
         if not e.cases and not e.skipped:
             e.reason = f"no chosen backend computes {', '.join(precisions)}"
     return entries
+
+
+def _fit_memory(e, cases, problem, avail) -> None:
+    """Split cases into the entry's runnable ones and its memory skips."""
+    for case in cases:
+        need = _memory_need(problem, case.precision)
+        if "+bwd" in case.variant or "+bwd" in case.backend:
+            from ..cases.backward import memory_estimate
+            need = memory_estimate(problem, _itemsize(case.precision))
+        if avail is not None and need > avail:
+            e.skipped.append((case, f"needs about {need / 2**30:.1f} GiB, more than the "
+                                    f"{avail / 2**30:.1f} GiB of memory available"))
+        else:
+            e.cases.append(case)
+
+
+def _itemsize(precision: str) -> int:
+    from kernels import dtypes
+    return dtypes.storage(precision).itemsize
 
 
 # -- estimate ------------------------------------------------------------------------------------
@@ -314,6 +382,8 @@ _STEP_OVERHEAD_S = {"naive": 150e-6, "fused": 40e-6}
 def estimate_run_s(case) -> float:
     """Seconds one timed call might take: GEMM FLOPs at a typical rate plus per-step Python cost."""
     flops = case.problem.flops() if callable(getattr(case.problem, "flops", None)) else case.problem.flops
+    if "+bwd" in case.variant or "+bwd" in case.backend:
+        flops *= 3                      # a training step: forward, backward-data, backward-weights
     rate = _CPU_GFLOPS.get(case.precision, 20.0) * 1e9 * (50 if case.device == "cuda" else 1)
     steps = getattr(case.problem, "T", 1) * getattr(case.problem, "L", 1)
     per_step = _STEP_OVERHEAD_S.get(case.variant, 60e-6)
@@ -351,10 +421,10 @@ def list_suites(out) -> int:
 
     from ..suites import catalog
     t = Table(title="suites (python -m microbench suite NAME)", box=box.SIMPLE_HEAD, title_justify="left")
-    for c in ("name", "entries", "what", "source"):
+    for c in ("name", "entries", "what", "times", "source"):
         t.add_column(c)
     for s in catalog.SUITES.values():
-        t.add_row(s.name, str(len(s.specs)), s.about, s.source)
+        t.add_row(s.name, str(len(s.specs)), s.about, s.times, s.source)
     out.print(t)
     return 0
 
@@ -363,8 +433,8 @@ def print_plan(entries, suite, settings, out, *, device, resume_note="", shard=N
     from rich import box
     from rich.table import Table
     part = f", shard {shard['index']}/{shard['count']} of plan {shard['plan']}" if shard else ""
-    t = Table(title=f"plan: suite {suite.name} on {device}{part} ({suite.source})", box=box.SIMPLE_HEAD,
-              title_justify="left")
+    t = Table(title=f"plan: suite {suite.name} on {device}{part} ({suite.source}); times: {suite.times}",
+              box=box.SIMPLE_HEAD, title_justify="left")
     for c, j in (("entry", "left"), ("shape", "left"), ("cases", "right"), ("est.", "right"), ("note", "left")):
         t.add_column(c, justify=j)
     total_cases = total_est = total_max = 0.0
@@ -435,8 +505,8 @@ def cmd_suite(args) -> int:
     nvtx.set_level(args.nvtx)
     if args.resume and not args.json:
         raise BadInput("--resume needs --json PATH (the file whose cases are skipped)")
-    ops = {s.op for s in suite.specs if s.op in ("lstm", "gru", "conv")}
-    device = resolve_device(args.device, next((o for o in ("lstm", "gru", "conv") if o in ops), "lstm"))
+    ops = {s.op for s in suite.specs if s.op in RUNNABLE}
+    device = resolve_device(args.device, next((o for o in RUNNABLE if o in ops), "lstm"))
     entries = plan(args, suite, device)
     if settings.graph and device != "cuda":
         raise BadInput("--graph replays CUDA graphs, but these cases run on the CPU; drop --graph "
@@ -475,6 +545,7 @@ def cmd_suite(args) -> int:
                                 shard=shard)
     if args.list:
         return 0
+    args.suite_obj = suite
     try:
         return _run(entries, settings, env, writer, args, out, err, n_todo, n_done, shard)
     finally:
@@ -489,11 +560,13 @@ def _run(entries, settings, env, writer, args, out, err, n_todo, n_done, shard=N
     from ..runner import Outcome, run_case
 
     nvtx_cost = env["nvtx"]["cost_per_range_s"]
+    suite = args.suite_obj
     for e in entries:                      # memory skips are results too: record them first
         for case, reason in e.skipped:
             rec = results.record(case=case, status="skipped", env=env, error=reason)
             if shard:
                 rec["shard"] = shard
+            rec["suite"] = e.spec.trace(suite)
             if writer:
                 writer.write(rec)
             e.outcomes.append(Outcome(case, "skipped", rec, error=reason))
@@ -514,6 +587,7 @@ def _run(entries, settings, env, writer, args, out, err, n_todo, n_done, shard=N
                     o = run_case(case, settings, env, nvtx_cost)
                     if shard:
                         o.record["shard"] = shard
+                    o.record["suite"] = e.spec.trace(suite)   # which DeepBench (or our) row this is
                     if writer:
                         writer.write(o.record)
                     e.outcomes.append(o)

@@ -20,22 +20,26 @@ FRAMEWORKS = ("torch", "tensorflow", "jax", "mxnet")
 # The module each framework's worker imports to see whether the framework is there.
 IMPORT_NAME = {"torch": "torch", "tensorflow": "tensorflow", "jax": "jax", "mxnet": "mxnet"}
 
-# framework -> device -> path -> op (lstm, gru, conv) -> what that path runs (None: the path does not exist for the
+# framework -> device -> path -> op (lstm, gru, rnn, conv) -> what that path runs (None: the path does not exist for the
 # op; the text after "skip:" is the reason shown in the SKIPPED row).
 PATHS = {
     "torch": {
         "cpu": {
             "fused": {"lstm": "nn.LSTM: ATen's fused CPU RNN (oneDNN for fp32)",
                       "gru": "nn.GRU: ATen's fused CPU RNN (oneDNN for fp32)",
+                      "rnn": "nn.RNN (relu or tanh): ATen's fused CPU RNN",
                       "conv": "F.conv2d: oneDNN (mkldnn) convolution"},
             "generic": {"lstm": "nn.LSTMCell stepped in a Python loop",
                         "gru": "nn.GRUCell stepped in a Python loop",
+                        "rnn": "nn.RNNCell stepped in a Python loop",
                         "conv": "F.conv2d with oneDNN disabled: ATen slow_conv2d (unfold + GEMM)"},
         },
         "cuda": {
             "cudnn": {"lstm": "nn.LSTM (cuDNN RNN)", "gru": "nn.GRU (cuDNN RNN)",
+                      "rnn": "nn.RNN (cuDNN RNN_RELU / RNN_TANH)",
                       "conv": "F.conv2d (cuDNN)"},
             "nocudnn": {"lstm": "nn.LSTMCell loop, cuDNN disabled", "gru": "nn.GRUCell loop, cuDNN disabled",
+                        "rnn": "nn.RNNCell loop, cuDNN disabled",
                         "conv": "F.conv2d with cuDNN disabled (ATen fallback)"},
         },
     },
@@ -95,6 +99,15 @@ PATHS = {
         },
     },
 }
+
+
+# The vanilla RNN (op rnn) is wired in the PyTorch adapter only so far; the other adapters' rows
+# say so (Keras SimpleRNN, flax SimpleCell and gluon rnn.RNN exist but are not converted yet).
+for _fw in ("tensorflow", "jax", "mxnet"):
+    for _paths in PATHS[_fw].values():
+        for _ops in _paths.values():
+            _ops["rnn"] = (f"skip: the {_fw} adapter has no vanilla RNN row yet; vanilla RNN "
+                           "framework rows: torch")
 
 
 def describe(framework: str, device: str, path: str, op: str) -> str:

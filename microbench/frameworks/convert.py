@@ -81,13 +81,16 @@ def unpack_extras(d) -> list:
     return out
 
 
-def grad_names(op: str, num_layers: int) -> list:
+def grad_names(op: str, num_layers: int, skip_input: bool = False) -> list:
     """Order of the arrays a training step returns (worker -> parent): the forward output ``y``,
-    then the gradients of ``sum(y * dy)`` with respect to ``x``, ``h0``, ``c0`` (not for a GRU) and,
-    per layer, ``w_ih, w_hh, b_ih, b_hh`` (and the layer-norm extras for op ``layernorm``)."""
-    names = ["y", "dx", "dh0"] + (["dc0"] if op != "gru" else [])
+    then the gradients of ``sum(y * dy)`` with respect to ``x``, ``h0``, ``c0`` (LSTMs only) and,
+    per layer, ``w_ih, w_hh, b_ih, b_hh`` (and the layer-norm extras for op ``layernorm``).
+    ``skip_input``: ``dx`` is the gradient of the given input projection and layer 0 has no
+    ``w_ih``.  ``op``: lstm, gru, layernorm, or rnn / rnn_relu / rnn_tanh."""
+    names = ["y", "dx", "dh0"] + (["dc0"] if op in ("lstm", "layernorm") else [])
     per = ("w_ih", "w_hh", "b_ih", "b_hh") + (LAYERNORM_EXTRAS if op == "layernorm" else ())
-    return names + [f"d{n}{l}" for l in range(num_layers) for n in per]
+    return names + [f"d{n}{l}" for l in range(num_layers) for n in per
+                    if not (skip_input and l == 0 and n == "w_ih")]
 
 
 # -- PyTorch and MXNet: our layout, gate order included ------------------------------------------

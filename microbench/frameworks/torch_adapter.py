@@ -1,8 +1,9 @@
-"""PyTorch: nn.LSTM/nn.GRU (ATen's fused RNN: oneDNN on a CPU, cuDNN on a GPU) and a cell loop;
+"""PyTorch: nn.LSTM/nn.GRU/nn.RNN (ATen's fused RNN: oneDNN on a CPU, cuDNN on a GPU) and a cell loop;
 the layer-norm LSTM in PyTorch ops, eager and under torch.compile.  Every path also has a training
 step (forward and backward through autograd) when the parent sends an upstream gradient ``dy``."""
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
@@ -56,7 +57,8 @@ def _dtype(precision, device):
 
 
 def build(op, path, device, precision, arrays) -> Built:
-    """``op``: lstm, gru or layernorm (the layer-norm LSTM, paths eager and compile).  With ``dy``
+    """``op``: lstm, gru, rnn_relu, rnn_tanh (nn.RNN) or layernorm (the layer-norm LSTM, paths
+    eager and compile).  With ``dy``
     among the arrays the row is a training step: forward and backward of ``sum(y * dy)``."""
     torch, nn = _torch, _torch.nn
     T, B, I, H, L = dims(arrays)
@@ -65,7 +67,8 @@ def build(op, path, device, precision, arrays) -> Built:
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev, dt)  # noqa: E731
     layers = unpack_layers(arrays)
     x, h0 = t(arrays["x"]), t(arrays["h0"])
-    c0 = t(arrays["c0"]) if op != "gru" else None
+    c0 = t(arrays["c0"]) if "c0" in arrays else None
+    act = op[len("rnn_"):] if op.startswith("rnn_") else None      # the vanilla cell's nonlinearity
     train = "dy" in arrays
     sync = _syncer(device)
     info = {"precision_switches": {"float32_matmul_precision": torch.get_float32_matmul_precision(),
@@ -77,7 +80,11 @@ def build(op, path, device, precision, arrays) -> Built:
         return _build_layernorm(path, device, dt, arrays, layers, (x, h0, c0), info, sync)
 
     if path in ("fused", "cudnn"):
-        mod = (nn.LSTM if op == "lstm" else nn.GRU)(I, H, num_layers=L).to(dev, dt).train(train)
+        if act:
+            mod = nn.RNN(I, H, num_layers=L, nonlinearity=act)
+        else:
+            mod = (nn.LSTM if op == "lstm" else nn.GRU)(I, H, num_layers=L)
+        mod = mod.to(dev, dt).train(train)
         for l, layer in enumerate(layers):
             for name, a in to_torch(layer, op).items():
                 getattr(mod, f"{name}_l{l}").copy_(t(a))
@@ -86,11 +93,14 @@ def build(op, path, device, precision, arrays) -> Built:
         def net(x, h0, c0=None):
             return mod(x, (h0, c0) if op == "lstm" else h0)
         info["kernel"] = ("cuDNN RNN" if device == "cuda" else
+                          f"ATen rnn_{act}" if act else
                           "oneDNN (mkldnn_rnn)" if dt == torch.float32 and info_mkldnn() else "ATen native")
         if train:
             info["kernel"] += ", forward and backward"
     elif path in ("generic", "nocudnn"):
         Cell = nn.LSTMCell if op == "lstm" else nn.GRUCell
+        if act:
+            Cell = functools.partial(nn.RNNCell, nonlinearity=act)
         cells = []
         for l, layer in enumerate(layers):
             cell = Cell(I if l == 0 else H, H).to(dev, dt).train(train)

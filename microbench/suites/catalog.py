@@ -20,9 +20,10 @@ Suites:
     deepbench-device
     quick                     a two-minute CPU tour: small LSTM/GRU ladders, two small conv layers
 
-Rows a suite carries but microbench cannot run (DeepBench's vanilla RNN rows) stay in the suite
-as specs; the command lists them as skipped with the reason, as it does conv specs while no conv
-variant is registered.
+Every DeepBench RNN row is timed the way DeepBench times it: the recurrent part only
+(``skip_input``; cuDNN ``CUDNN_SKIP_INPUT``), the vanilla rows as ReLU RNNs (``CUDNN_RNN_RELU``),
+and the training suite a training step.  Each record of a suite run carries the entry's trace
+(:meth:`CaseSpec.trace`: suite, entry, source with its commit, table name and row index).
 """
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 
 from kernels.errors import BadInput
 
-from . import conv_shapes, rnn_shapes
+from . import DEEPBENCH_COMMIT, conv_shapes, rnn_shapes
 
 
 @dataclass(frozen=True)
@@ -39,11 +40,15 @@ class CaseSpec:
     """One entry of a suite.
 
     name     ``suite/row`` (``deepbench-rnn-train/012``, ``resnet50-conv/res2_3x3``)
-    op       lstm, gru, vanilla (kept from DeepBench, not runnable) or conv
+    op       lstm, gru, rnn (the vanilla cell, with ``nonlinearity``) or conv
     T, B, H  RNN sizes (I = H, L = 1 unless ``I``/``L`` given); unused for conv
     layer    conv layer name for :func:`conv_shapes.conv_layer`; ``batch`` overrides its N
     ladder   run naive and each fusion rung instead of every variant
     threads  thread counts this entry sweeps unless the command line gives --threads
+    skip_input  RNN: time the recurrent part only (DeepBench's definition, see RNNProblem)
+    training    time a training step (forward + backward) instead of the forward pass
+    table, row  where the entry comes from: the list's name in the source file
+                (``training_set``) and the row's index in it; None for entries of our own
     """
 
     name: str
@@ -57,18 +62,31 @@ class CaseSpec:
     batch: int | None = None
     ladder: bool = False
     threads: tuple | None = None    # thread counts to sweep when --threads is not given
+    nonlinearity: str = ""
+    skip_input: bool = False
+    training: bool = False
+    table: str | None = None
+    row: int | None = None
 
     @property
     def is_conv(self) -> bool:
         return self.op == "conv"
 
     def describe(self) -> str:
+        train = " train" if self.training else ""
         if self.is_conv:
             n = "" if self.batch is None else f" N{self.batch}"
-            return f"conv {self.layer}{n}"
+            return f"conv {self.layer}{n}{train}"
         extra = "" if self.I in (None, self.H) else f" I{self.I}"
         layers = "" if self.L == 1 else f" L{self.L}"
-        return f"{self.op} H{self.H} B{self.B} T{self.T}{extra}{layers}"
+        act = f" {self.nonlinearity}" if self.nonlinearity else ""
+        skip = " skip-input" if self.skip_input else ""
+        return f"{self.op} H{self.H} B{self.B} T{self.T}{extra}{layers}{act}{skip}{train}"
+
+    def trace(self, suite: "Suite") -> dict:
+        """What a record of this entry carries to find its source row without matching shapes."""
+        return {"suite": suite.name, "entry": self.name, "source": suite.source,
+                "table": self.table, "row": self.row}
 
 
 @dataclass(frozen=True)
@@ -77,24 +95,34 @@ class Suite:
     about: str
     source: str
     specs: tuple
+    # What a run of the suite times, in words (the suite list and the README table say it).
+    times: str = "forward"
     # Timing used when the command line does not set it (quick trades precision for time).
     timing: dict = field(default_factory=dict)
 
 
-def _deepbench_rnn(name: str) -> Suite:
-    specs = tuple(CaseSpec(f"{name}/{i:03d}", s.cell, T=s.steps, B=s.batch, H=s.hidden)
-                  for i, s in enumerate(rnn_shapes.shapes(name)))
-    return Suite(name, f"DeepBench RNN {rnn_shapes.HEADER_NAMES[name]} ({len(specs)} rows)",
-                 rnn_shapes.SOURCE, specs)
+def _deepbench_rnn(name: str, training: bool) -> Suite:
+    specs = []
+    for i, s in enumerate(rnn_shapes.shapes(name)):
+        op, act = rnn_shapes.OPS[s.cell]
+        specs.append(CaseSpec(f"{name}/{i:03d}", op, T=s.steps, B=s.batch, H=s.hidden, nonlinearity=act,
+                              skip_input=True, training=training, table=rnn_shapes.HEADER_NAMES[name], row=i))
+    vanilla = sum(s.op == "rnn" for s in specs)
+    times = ("training step (forward + backward-data + backward-weights), recurrent part only "
+             "(skip-input)" if training else "forward, recurrent part only (skip-input)")
+    return Suite(name, f"DeepBench RNN {rnn_shapes.HEADER_NAMES[name]} ({len(specs)} rows, {vanilla} vanilla "
+                       "ReLU)", rnn_shapes.SOURCE, tuple(specs), times=times)
 
 
-def _conv(name: str, table: str, about: str, source: str) -> Suite:
-    specs = tuple(CaseSpec(f"{name}/{full.partition('/')[2]}", "conv", layer=full)
+def _conv(name: str, table: str, about: str, source: str, header: str | None = None,
+          times: str = "forward") -> Suite:
+    specs = tuple(CaseSpec(f"{name}/{full.partition('/')[2]}", "conv", layer=full, table=header,
+                           row=int(full.partition('/')[2]) if header else None)
                   for full in conv_shapes.list_layers(table))
-    return Suite(name, f"{about} ({len(specs)} layers)", source, specs)
+    return Suite(name, f"{about} ({len(specs)} layers)", source, specs, times=times)
 
 
-_DB_CONV = "baidu-research/DeepBench code/kernels/conv_problems.h (see conv_shapes.py)"
+_DB_CONV = f"baidu-research/DeepBench code/kernels/conv_problems.h (commit {DEEPBENCH_COMMIT})"
 
 # The quick tour: ladders small enough that Python overhead and fusion both show (one of them at
 # 1 and 2 threads, for the thread-scaling plot), and two conv layers at batch 1-2.  About two
@@ -108,23 +136,34 @@ _QUICK = (
     CaseSpec("quick/res4_1x1a", "conv", layer="resnet50/res4_1x1a", batch=2),
 )
 
-_SUITES_RNN = {kind: _deepbench_rnn(f"deepbench-rnn-{kind}") for kind in ("train", "inference", "device")}
+_SUITES_RNN = {kind: _deepbench_rnn(f"deepbench-rnn-{kind}", kind == "train")
+               for kind in ("train", "inference", "device")}
 _SUITES_CONV = {
-    "train": _conv("deepbench-conv-train", "deepbench-training", "DeepBench conv training table", _DB_CONV),
+    "train": _conv("deepbench-conv-train", "deepbench-training", "DeepBench conv training_set", _DB_CONV,
+                   "training_set", times="forward only: DeepBench's training table also times "
+                                     "backward-data and backward-weights, which microbench does not build yet"),
     "inference": _conv("deepbench-conv-inference", "deepbench-inference-server",
-                       "DeepBench conv inference_server table", _DB_CONV),
+                       "DeepBench conv inference_server_set", _DB_CONV, "inference_server_set"),
     "device": _conv("deepbench-conv-device", "deepbench-inference-device",
-                    "DeepBench conv inference_device table", _DB_CONV),
+                    "DeepBench conv inference_device_set", _DB_CONV, "inference_device_set"),
 }
+_RESNET50 = _conv("resnet50-conv", "resnet50", "every distinct ResNet-50 conv layer, batch 32",
+                  "He et al. 2016, torchvision layout (see conv_shapes.py)")
+# 24 named layers, 23 distinct shapes (res2_proj and res2_1x1b coincide): say both
+_RESNET50 = Suite(_RESNET50.name, _RESNET50.about.replace(
+    f"({len(_RESNET50.specs)} layers)", f"({len(_RESNET50.specs)} layers, "
+    f"{len({conv_shapes.conv_layer(s.layer) for s in _RESNET50.specs})} distinct shapes)"),
+    _RESNET50.source, _RESNET50.specs)
 
 SUITES = {s.name: s for s in (
     *_SUITES_RNN.values(),
-    _conv("resnet50-conv", "resnet50", "every distinct ResNet-50 conv layer, batch 32",
-          "He et al. 2016, torchvision layout (see conv_shapes.py)"),
+    _RESNET50,
     *_SUITES_CONV.values(),
     *(Suite(f"deepbench-{kind}", f"DeepBench {kind}: the RNN and the conv {kind} tables together",
-            "baidu-research/DeepBench (see rnn_shapes.py, conv_shapes.py)",
-            _SUITES_RNN[kind].specs + _SUITES_CONV[kind].specs) for kind in ("train", "inference", "device")),
+            f"baidu-research/DeepBench (commit {DEEPBENCH_COMMIT}; rnn_shapes.py, conv_shapes.py)",
+            _SUITES_RNN[kind].specs + _SUITES_CONV[kind].specs,
+            times=f"RNN rows: {_SUITES_RNN[kind].times}; conv rows: {_SUITES_CONV[kind].times}")
+      for kind in ("train", "inference", "device")),
     Suite("quick", "a two-minute CPU tour: small LSTM/GRU ladders and two small conv layers",
           "microbench", _QUICK, timing={"warmup": 0.05, "min_time": 0.25, "max_time": 3.0,
                                         "min_samples": 5, "max_noise": 0.05}),

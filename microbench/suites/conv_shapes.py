@@ -25,7 +25,7 @@ Layer names, by role:
 24 roles; 23 distinct shapes (res2_proj and res2_1x1b coincide).  ``batch`` defaults to 32.
 
 DeepBench: the three tables of baidu-research/DeepBench ``code/kernels/conv_problems.h``
-(commit da81ba7), carried over as data, one tuple per row, in the header's field order
+(commit da81ba7, the DEEPBENCH_COMMIT of microbench/suites/__init__.py), carried over as data, one tuple per row, in the header's field order
 
     (W, H, C, N, K, S, R, pad_w, pad_h, stride_w, stride_h)
 

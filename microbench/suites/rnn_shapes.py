@@ -1,22 +1,29 @@
 """DeepBench's RNN shapes, carried over as data.
 
-Source: baidu-research/DeepBench, ``code/kernels/rnn_problems.h`` (read at commit 608d7a3).  The
-header holds three tables, each row a tuple in the header's order
+Source: baidu-research/DeepBench at its last commit, da81ba7 (2020-08-11), file
+``code/kernels/rnn_problems.h`` (the conv tables in conv_shapes.py are read at the same commit).
+The header holds three tables, each row a tuple in the header's order
 
     (hidden units, batch size, timesteps, cell type)          # cell: "vanilla", "lstm", "gru"
 
-    training_set          52 rows: training-sized batches (8..128)
+    training_set          53 rows: training-sized batches (8..128), 12 of them vanilla
     inference_server_set  69 rows: batch 1, 2, 4
-    inference_device_set   3 rows: batch 1, small hidden sizes (on-device inference)
+    inference_device_set   3 rows: batch 1, small hidden sizes (on-device inference), 2 vanilla
 
 Rows are kept exactly, in table order, so a row's name is its table and index:
-``deepbench-rnn-train/012`` is the 13th row of ``training_set``.  The one row the header comments
-out (GRU 2816 x 32 x 1500) is left out as well.  DeepBench runs every cell with the input size
-equal to the hidden size, one layer, unidirectional, forward (training also times backward,
-which microbench does not): :func:`rnn_problem` builds that ``RNNProblem`` (I = H, L = 1).
+``deepbench-rnn-train/012`` is the 13th row of ``training_set``.  (Commit 608d7a3 commented out
+the GRU row 2816 x 32 x 1500; 11dd9f7, "revert change to rnn_problems.h", restored it 44 minutes
+later, and it is live at HEAD and in DeepBenchKernels_train.xlsx: it is row 034 here.)
 
-``vanilla`` rows (a plain tanh RNN) are kept as data because they are part of the tables; no
-vanilla op is registered in microbench, so the suites list them as skipped with that reason.
+What DeepBench times, and so what :func:`rnn_problem` builds: one layer, unidirectional, the
+input width equal to the hidden size, and the *recurrent part only*: cuDNN runs with
+``CUDNN_SKIP_INPUT`` (MIOpen ``miopenRNNskip``), and DeepBench's README says the W x_t product
+"should not be included in the time for the recurrent layer".  So the suites' problems are
+``skip_input=True``: the input projection is taken as given (see microbench.problems.RNNProblem),
+and FLOPs count the recurrent GEMMs only.  A ``vanilla`` row is cuDNN's ``CUDNN_RNN_RELU``
+(DeepBench's cudnn_helper.h maps "vanilla" to it): microbench's ``rnn`` op with a ReLU.
+The training suite times forward + backward (DeepBench's training table times forward,
+backward-data and backward-weights).
 """
 from __future__ import annotations
 
@@ -25,8 +32,10 @@ from dataclasses import dataclass
 from kernels.errors import BadInput
 
 from ..problems import RNNProblem
+from . import DEEPBENCH_COMMIT
 
-SOURCE = "baidu-research/DeepBench code/kernels/rnn_problems.h (commit 608d7a3)"
+COMMIT = DEEPBENCH_COMMIT
+SOURCE = f"baidu-research/DeepBench code/kernels/rnn_problems.h (commit {COMMIT})"
 CELLS = ("vanilla", "lstm", "gru")
 
 
@@ -52,8 +61,7 @@ _TRAIN = (
     (4096, 16, 25, "lstm"), (4096, 32, 25, "lstm"), (4096, 64, 25, "lstm"), (4096, 128, 25, "lstm"),
     (1536, 8, 50, "lstm"), (1536, 16, 50, "lstm"), (1536, 32, 50, "lstm"),
     (256, 16, 150, "lstm"), (256, 32, 150, "lstm"), (256, 64, 150, "lstm"),
-    # (2816, 32, 1500, "gru") is commented out in the header
-    (2816, 32, 750, "gru"), (2816, 32, 375, "gru"), (2816, 32, 187, "gru"),
+    (2816, 32, 1500, "gru"), (2816, 32, 750, "gru"), (2816, 32, 375, "gru"), (2816, 32, 187, "gru"),
     (2048, 32, 1500, "gru"), (2048, 32, 750, "gru"), (2048, 32, 375, "gru"), (2048, 32, 187, "gru"),
     (1536, 32, 1500, "gru"), (1536, 32, 750, "gru"), (1536, 32, 375, "gru"), (1536, 32, 187, "gru"),
     (2560, 32, 1500, "gru"), (2560, 32, 750, "gru"), (2560, 32, 375, "gru"), (2560, 32, 187, "gru"),
@@ -101,11 +109,16 @@ def shapes(table: str) -> tuple:
         raise BadInput(f"RNN table {table!r} is unknown; allowed: {', '.join(TABLES)}") from None
 
 
-def rnn_problem(shape: RNNShape, batch: int | None = None) -> RNNProblem:
-    """The RNNProblem DeepBench times for a row: I = H, one layer; ``batch`` overrides B.
+# DeepBench's cell names -> microbench op and the vanilla cell's nonlinearity (cudnn_helper.h
+# maps "vanilla" to CUDNN_RNN_RELU; MIOpen's bench to miopenRNNRELU).
+OPS = {"vanilla": ("rnn", "relu"), "lstm": ("lstm", ""), "gru": ("gru", "")}
 
-    A vanilla row raises BadInput (microbench has no vanilla RNN op)."""
-    if shape.cell not in ("lstm", "gru"):
-        raise BadInput(f"cell {shape.cell!r} has no microbench op; allowed: lstm, gru")
-    return RNNProblem(shape.cell, shape.steps, shape.batch if batch is None else batch,
-                      shape.hidden, shape.hidden, 1)
+
+def rnn_problem(shape: RNNShape, batch: int | None = None, *, skip_input: bool = True) -> RNNProblem:
+    """The RNNProblem DeepBench times for a row: I = H, one layer, the recurrent part only
+    (``skip_input``; False: the whole layer, input GEMM included); ``batch`` overrides B."""
+    if shape.cell not in OPS:
+        raise BadInput(f"cell {shape.cell!r} is unknown; allowed: {', '.join(OPS)}")
+    op, act = OPS[shape.cell]
+    return RNNProblem(op, shape.steps, shape.batch if batch is None else batch,
+                      shape.hidden, shape.hidden, 1, nonlinearity=act, skip_input=skip_input)
