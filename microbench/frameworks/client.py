@@ -20,7 +20,7 @@ import numpy as np
 
 from kernels.errors import BadInput, MicrobenchError, MissingDependency, Unsupported
 
-from . import FRAMEWORKS, IMPORT_NAME
+from . import FRAMEWORKS, IMPORT_NAME, NUMPY1
 
 START_TIMEOUT_S = 180.0     # importing TensorFlow on a busy 2-core machine takes ~10 s
 
@@ -138,8 +138,9 @@ class Worker:
         kind, message = ans.get("kind"), ans.get("message", "")
         via = "" if self.python == sys.executable else f" in {self.python}"
         if kind == "missing":
-            hint = (f"install it{via}, e.g. pip install -e '.[frameworks]'" if self.framework != "mxnet"
-                    else "run scripts/setup-mxnet and pass --python mxnet=.venv-mxnet/bin/python")
+            hint = (f"install it{via}, e.g. pip install -e '.[frameworks]'" if self.framework not in NUMPY1
+                    else f"run scripts/setup-mxnet (MXNet and Chainer's NumPy-1 interpreter) and pass "
+                         f"--python {self.framework}=.venv-mxnet/bin/python")
             raise MissingDependency(IMPORT_NAME[self.framework], f"the {self.framework} cases{via}",
                                     f"{hint} ({message})")
         if kind == "unsupported":
