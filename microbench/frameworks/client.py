@@ -20,7 +20,7 @@ import numpy as np
 
 from kernels.errors import BadInput, MicrobenchError, MissingDependency, Unsupported
 
-from . import FRAMEWORKS, IMPORT_NAME, NUMPY1
+from . import FRAMEWORKS, IMPORT_NAME, NOT_INSTALLABLE, NUMPY1
 
 START_TIMEOUT_S = 180.0     # importing TensorFlow on a busy 2-core machine takes ~10 s
 
@@ -48,6 +48,8 @@ def parse_python(items) -> dict:
             name = name.strip()
             if not sep or not path.strip():
                 raise BadInput(f"--python {part!r}: expected FRAMEWORK=/path/to/python")
+            if name in NOT_INSTALLABLE:
+                raise BadInput(f"--python {name}: not supported: {NOT_INSTALLABLE[name]}")
             if name not in FRAMEWORKS:
                 raise BadInput(f"--python {name!r}: unknown framework; allowed: {', '.join(FRAMEWORKS)}")
             path = os.path.expanduser(path.strip())
