@@ -46,6 +46,50 @@ def libraries() -> dict:
     return out
 
 
+# framework -> the distributions that provide it (the first one installed names its version)
+FRAMEWORK_DISTS = {"torch": ("torch",), "tensorflow": ("tensorflow", "tensorflow-cpu"), "jax": ("jax",),
+                   "mxnet": ("mxnet",), "chainer": ("chainer",)}
+
+
+def frameworks() -> dict:
+    """Each framework of the comparison: where its worker would run and its version, or why it is
+    not there (not installed, or not installable on a supported Python at all).  MXNet and Chainer
+    are looked up in their NumPy-1 interpreter, by package metadata (nothing is imported)."""
+    import subprocess
+
+    from microbench.cases.frameworks import default_python
+    from microbench.frameworks import FRAMEWORKS, NOT_INSTALLABLE, NUMPY1
+    out = {}
+    py1 = default_python(NUMPY1[0])
+    found1 = {}
+    if py1:
+        script = ("import importlib.metadata as m, json, sys\n"
+                  "def v(d):\n    try: return m.version(d)\n    except m.PackageNotFoundError: return None\n"
+                  "print(json.dumps({d: v(d) for d in sys.argv[1:]}))")
+        try:
+            r = subprocess.run([py1, "-c", script, "numpy", *(d for fw in NUMPY1 for d in FRAMEWORK_DISTS[fw])],
+                               capture_output=True, text=True, timeout=60)
+            found1 = json.loads(r.stdout) if r.returncode == 0 else {}
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            found1 = {}
+    for fw in FRAMEWORKS:
+        if fw in NUMPY1:
+            if not py1:
+                out[fw] = {"status": "missing", "reason": "no NumPy-1 interpreter (.venv-mxnet or "
+                           "$MICROBENCH_MXNET_VENV): run scripts/setup-mxnet"}
+                continue
+            v = next((found1[d] for d in FRAMEWORK_DISTS[fw] if found1.get(d)), None)
+            out[fw] = ({"status": "found", "version": v, "python": py1, "numpy": found1.get("numpy")} if v else
+                       {"status": "missing", "reason": f"not installed in {py1}: run scripts/setup-mxnet"})
+            continue
+        v = next((_version(d) for d in FRAMEWORK_DISTS[fw] if _version(d)), None)
+        out[fw] = ({"status": "found", "version": v, "python": sys.executable} if v else
+                   {"status": "missing", "reason": "not installed here: pip install -e '.[frameworks]'"})
+    for fw, why in NOT_INSTALLABLE.items():
+        out[fw] = {"status": "not supported", "reason": why}
+    return out
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -111,6 +155,7 @@ def collect(cheap: bool = False) -> dict:
     if not cheap:
         env["nvtx"] = {"available": nvtx.available(), "level": nvtx.level(),
                        "cost_per_range_s": nvtx.cost_per_range()}
+        env["frameworks"] = frameworks()
     env["env_id"] = env_id(env)
     return env
 

@@ -24,7 +24,7 @@ from profiles.classify import classify, gemm_precision
 REFERENCE = Path(__file__).parent / "reference" / "h100-2026-11-26-torch-jax.json"
 OPS = {"lstm": "lstm", "gru": "gru", "conv": "conv2d"}     # CLI name -> meta["op"]
 COMPUTE = ("gemm", "cudnn_rnn", "conv", "pointwise", "other")  # what a comparison looks at
-_NOT_PROBLEM = {"framework", "path", "jax", "torch", "tensorflow", "mxnet"}  # impl, not problem
+_NOT_PROBLEM = {"framework", "path", "jax", "torch", "tensorflow", "mxnet", "chainer"}  # impl, not problem
 TOP = 5
 
 

@@ -154,7 +154,8 @@ def test_frameworks_without_the_path_are_skipped_rows(fw):
 def test_framework_case_labels():
     p = _problem("lstm")
     labels = [c.label for c in fcases.framework_cases("lstm", p, "all", "cpu", ["fp32"], cell="layernorm")]
-    assert labels == ["torch/eager", "torch/compile", "tensorflow/layernorm", "jax/scan", "mxnet/layernorm"]
+    assert labels == ["torch/eager", "torch/compile", "tensorflow/layernorm", "jax/scan", "mxnet/layernorm",
+                      "chainer/layernorm"]
     labels = [c.label for c in fcases.framework_cases("lstm", p, "torch,jax", "cpu", ["fp32"],
                                                       cell="layernorm", backward=True)]
     assert labels == ["torch/eager+bwd", "torch/compile+bwd", "jax/scan+bwd"]

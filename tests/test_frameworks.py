@@ -14,7 +14,7 @@ from kernels.errors import BadInput, MissingDependency, Unsupported
 from kernels.params import GRUParams, LSTMParams, reorder_gates
 from kernels.reference import REFERENCES
 from microbench.cases import frameworks as fcases
-from microbench.frameworks import FRAMEWORKS, PATHS, convert, looptime, skip_reason
+from microbench.frameworks import FRAMEWORKS, NOT_INSTALLABLE, NUMPY1, PATHS, convert, looptime, skip_reason
 from microbench.harness import Settings
 from microbench.problems import RNNProblem
 
@@ -94,6 +94,32 @@ def test_tfblock_round_trip():
     np.testing.assert_allclose(back[2], b_ih + b_hh)
 
 
+@pytest.mark.parametrize("op", ["lstm", "gru"])
+def test_chainer_nstep_round_trip(op):
+    layer = _layer(op)
+    ws, bs = convert.to_chainer_nstep(layer, op)
+    G = 4 if op == "lstm" else 3
+    assert len(ws) == len(bs) == 2 * G and ws[0].shape == (4, 5) and ws[G].shape == (4, 4)
+    np.testing.assert_array_equal(ws[2 if op == "lstm" else 2], layer[0][8:12])     # w2: our g / n gate
+    for got, want in zip(convert.from_chainer_nstep(ws, bs, op), layer):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_chainer_lstm_cell_interleaves_a_i_f_o():
+    """F.lstm reads row 4j + k as gate k (a, i, f, o) of unit j."""
+    w_ih, w_hh, b_ih, b_hh = layer = _layer("lstm")
+    d = convert.to_chainer_lstm(layer)
+    H = 4
+    for k, g in enumerate("gifo"):
+        blk = "ifgo".index(g)
+        np.testing.assert_array_equal(d["upward.W"][k::4], w_ih[blk * H:(blk + 1) * H])
+        np.testing.assert_array_equal(d["lateral.W"][k::4], w_hh[blk * H:(blk + 1) * H])
+    back = convert.from_chainer_lstm(d)
+    np.testing.assert_array_equal(back[0], w_ih)
+    np.testing.assert_array_equal(back[1], w_hh)
+    np.testing.assert_allclose(back[2] + back[3], b_ih + b_hh)
+
+
 def test_pack_unpack_layers():
     p = GRUParams.random(3, 2, 3, seed=1)
     layers = [layer.arrays() for layer in p.layers]
@@ -153,10 +179,13 @@ def test_looptime_stopping_rule_on_a_scripted_clock():
 # -- names and bad input ----------------------------------------------------------------------------
 
 def test_parse_frameworks():
-    assert fcases.parse_frameworks("all") == list(FRAMEWORKS)
+    assert fcases.parse_frameworks("all") == list(FRAMEWORKS) and "chainer" in FRAMEWORKS
     assert fcases.parse_frameworks("jax,torch") == ["torch", "jax"]
-    with pytest.raises(BadInput, match="allowed: torch, tensorflow, jax, mxnet, all"):
-        fcases.parse_frameworks("torch,caffe")
+    with pytest.raises(BadInput, match="allowed: torch, tensorflow, jax, mxnet, chainer, all"):
+        fcases.parse_frameworks("torch,theano")
+    for name in ("cntk", "caffe"):
+        with pytest.raises(BadInput, match=f"--frameworks {name}: not supported: .*(wheel|package)"):
+            fcases.parse_frameworks(f"torch,{name}")
     with pytest.raises(BadInput):
         fcases.parse_frameworks(",")
 
@@ -165,6 +194,8 @@ def test_parse_python_rejects_bad_items(tmp_path):
     from microbench.frameworks.client import parse_python
     assert parse_python([f"mxnet={sys.executable}"]) == {"mxnet": sys.executable}
     with pytest.raises(BadInput, match="unknown framework"):
+        parse_python([f"theano={sys.executable}"])
+    with pytest.raises(BadInput, match="not supported"):
         parse_python([f"caffe={sys.executable}"])
     with pytest.raises(BadInput, match="not an executable"):
         parse_python([f"mxnet={tmp_path / 'nope'}"])
@@ -172,11 +203,13 @@ def test_parse_python_rejects_bad_items(tmp_path):
         parse_python(["mxnet"])
 
 
-def test_cli_unknown_framework_is_one_line_error(capsys):
+@pytest.mark.parametrize("name,says", [("theano", "torch, tensorflow, jax, mxnet, chainer"),
+                                       ("cntk", "no wheel for any Python"), ("caffe", "no wheel on PyPI")])
+def test_cli_unknown_or_uninstallable_framework_is_one_line_error(capsys, name, says):
     from microbench.cli import main
-    assert main(["lstm", "--frameworks", "caffe", "-H", "8", "-B", "2", "-T", "3", "--device", "cpu"]) == 2
+    assert main(["lstm", "--frameworks", name, "-H", "8", "-B", "2", "-T", "3", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "caffe" in err and "torch, tensorflow, jax, mxnet" in err
+    assert err.count("\n") == 0 and name in err and says in err
 
 
 def test_registry_rows_are_framework_slash_path():
@@ -202,9 +235,9 @@ def test_missing_framework_is_a_skipped_row():
 # -- each framework against the reference -----------------------------------------------------------
 
 def _available(fw):
-    if fw == "mxnet":
-        py = fcases.default_python("mxnet")
-        return (py, None) if py else (None, "no .venv-mxnet: run scripts/setup-mxnet to test MXNet")
+    if fw in NUMPY1:
+        py = fcases.default_python(fw)
+        return (py, None) if py else (None, f"no .venv-mxnet: run scripts/setup-mxnet to test {fw}")
     if importlib.util.find_spec(fw) is None:
         return None, f"{fw} is not importable here (pip install -e '.[frameworks]')"
     return None, None
@@ -244,7 +277,8 @@ def test_framework_matches_reference(fw, op, path):
 CONV_CASES = [("torch", "fused", "NCHW"), ("torch", "fused", "NHWC"), ("torch", "generic", "NCHW"),
               ("tensorflow", "fused", "NCHW"), ("tensorflow", "generic", "NCHW"),
               ("jax", "fused", "NHWC"), ("jax", "generic", "NCHW"),
-              ("mxnet", "fused", "NHWC"), ("mxnet", "generic", "NCHW")]
+              ("mxnet", "fused", "NHWC"), ("mxnet", "generic", "NCHW"),
+              ("chainer", "fused", "NHWC"), ("chainer", "generic", "NCHW")]
 
 
 @pytest.mark.parametrize("fw,path,layout", CONV_CASES, ids=[f"{f}-conv-{p}-{l}" for f, p, l in CONV_CASES])
@@ -271,3 +305,59 @@ def test_framework_conv_matches_reference(fw, path, layout):
         assert after.passed, after.detail
     finally:
         prepared.close()
+
+
+# Training steps of the frameworks whose worker runs in the NumPy-1 interpreter (torch's and
+# JAX's are in test_backward_cli.py): y and every gradient against kernels.backward in float64.
+NUMPY1_TRAIN = [("chainer", op, path) for op in ("lstm", "gru") for path in ("fused", "generic")]
+
+
+@pytest.mark.parametrize("fw,op,path", NUMPY1_TRAIN, ids=[f"{f}-{o}-{p}-bwd" for f, o, p in NUMPY1_TRAIN])
+def test_numpy1_framework_training_step_matches_the_reference(fw, op, path):
+    python, why = _available(fw)
+    if why:
+        pytest.skip(why)
+    problem = RNNProblem(op, T=4, B=3, I=5, H=6, L=2)
+    prepared = fcases.build_framework(problem, 1, framework=fw, path=path, device="cpu", precision="fp32",
+                                      threads=1, python=python, backward=True)
+    try:
+        check = prepared.check()
+        assert check.passed, check.detail
+        assert prepared.info["pass"] == "forward+backward"
+        prepared.run()      # a second call must work too
+    finally:
+        prepared.close()
+
+
+def test_chainer_cuda_without_cupy_is_a_skip_saying_why():
+    """Chainer 7.8.1 needs CuPy 7, which has no build for this Python: its GPU rows say so."""
+    python, why = _available("chainer")
+    if why:
+        pytest.skip(why)
+    from microbench.frameworks.client import Worker
+    with pytest.raises(Unsupported, match="CuPy >=7.7,<8"):
+        Worker("chainer", python=python, device="cuda").close()
+
+
+def test_env_names_every_framework_found_or_why_not(monkeypatch, tmp_path):
+    from microbench import env as menv
+    monkeypatch.setattr(fcases, "MXNET_VENV_PYTHON", tmp_path / "none" / "bin" / "python")
+    got = menv.frameworks()
+    assert list(got) == list(FRAMEWORKS) + list(NOT_INSTALLABLE)
+    for fw in NUMPY1:
+        assert got[fw]["status"] == "missing" and "scripts/setup-mxnet" in got[fw]["reason"]
+    for fw in NOT_INSTALLABLE:
+        assert got[fw]["status"] == "not supported" and got[fw]["reason"] == NOT_INSTALLABLE[fw]
+    for fw, f in got.items():
+        assert (f["status"] == "found") == bool(f.get("version")) and (f["status"] == "found" or f["reason"])
+
+
+def test_explain_on_a_cpu_says_what_each_framework_path_runs():
+    from microbench.commands.explain import _cpu_paths
+    lines = []
+    _cpu_paths("lstm", type("Out", (), {"print": lambda self, s: lines.append(s)})())
+    text = "\n".join(lines)
+    for fw in FRAMEWORKS:
+        assert f"{fw}/fused: " in text and f"{fw}/generic: " in text
+    assert "chainer/fused: L.NStepLSTM: Chainer's own CPU loop (no oneDNN)" in text
+    assert "jax/fused: no such row (XLA:CPU has no fused RNN kernel" in text

@@ -26,7 +26,7 @@ from fusion.cellexpr import LN_EPS
 from kernels import dtypes
 from kernels.errors import BadInput, Unsupported
 
-from ..frameworks import FRAMEWORKS, PATHS, describe, skip_reason
+from ..frameworks import FRAMEWORKS, NOT_INSTALLABLE, NUMPY1, PATHS, describe, skip_reason
 from ..problems import RNNProblem
 from ..registry import REGISTRY, Prepared, VariantRecord, register
 from ..stats import Measurement
@@ -34,7 +34,8 @@ from .custom import check_custom, make_custom_inputs
 from .rnn import compare, make_inputs, reference_outputs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-# MXNet's interpreter (scripts/setup-mxnet makes it): MICROBENCH_MXNET_VENV, else .venv-mxnet here.
+# MXNet's and Chainer's NumPy-1 interpreter (scripts/setup-mxnet makes it): MICROBENCH_MXNET_VENV,
+# else .venv-mxnet here.
 MXNET_VENV_PYTHON = Path(os.environ.get("MICROBENCH_MXNET_VENV", REPO_ROOT / ".venv-mxnet")) / "bin" / "python"
 
 
@@ -47,15 +48,17 @@ def parse_frameworks(text) -> list:
     if "all" in names:
         return list(FRAMEWORKS)
     for n in names:
+        if n in NOT_INSTALLABLE:
+            raise BadInput(f"--frameworks {n}: not supported: {NOT_INSTALLABLE[n]}")
         if n not in FRAMEWORKS:
             raise BadInput(f"--frameworks {n!r} is unknown; allowed: {', '.join(FRAMEWORKS)}, all")
     return [f for f in FRAMEWORKS if f in names]
 
 
 def default_python(framework: str) -> str | None:
-    """The interpreter a framework's worker runs under when --python does not say: MXNet uses
-    ``.venv-mxnet`` (made by scripts/setup-mxnet) when it exists; every other framework ours."""
-    if framework == "mxnet" and MXNET_VENV_PYTHON.exists():
+    """The interpreter a framework's worker runs under when --python does not say: MXNet and
+    Chainer use ``.venv-mxnet`` (made by scripts/setup-mxnet) when it exists; every other framework ours."""
+    if framework in NUMPY1 and MXNET_VENV_PYTHON.exists():
         return str(MXNET_VENV_PYTHON)
     return None
 
@@ -75,11 +78,12 @@ LAYERNORM_PATHS = {
             for dev in ("cpu", "cuda")},
     "tensorflow": {dev: {"layernorm": _NO_LN.format(fw="tensorflow")} for dev in ("cpu", "cuda")},
     "mxnet": {dev: {"layernorm": _NO_LN.format(fw="mxnet")} for dev in ("cpu", "cuda")},
+    "chainer": {dev: {"layernorm": _NO_LN.format(fw="chainer")} for dev in ("cpu", "cuda")},
 }
 
 # --backward: the frameworks whose adapter has a training step (forward + backward of
 # sum(y * dY)); the others' rows are skipped with this reason.
-TRAINING_FRAMEWORKS = ("torch", "jax")
+TRAINING_FRAMEWORKS = ("torch", "jax", "chainer")
 _NO_TRAINING = ("the {fw} adapter times the forward pass only; training-step rows: "
                 + ", ".join(TRAINING_FRAMEWORKS))
 

@@ -36,7 +36,7 @@ def add_parsers(sub) -> None:
                    help="comma list: fp64, fp32 on the CPU; fp32, tf32, fp16 on a GPU (default fp32)")
     v.add_argument("--frameworks", metavar="LIST",
                    help="also run these frameworks' conv2d paths in worker processes with the same "
-                        "inputs: comma list of torch, tensorflow, jax, mxnet, or all")
+                        "inputs: comma list of torch, tensorflow, jax, mxnet, chainer, or all")
     v.add_argument("--python", metavar="FW=PATH", action="append",
                    help="run framework FW's worker under this interpreter (repeatable)")
     s = p.add_argument_group("layer (a named layer, or explicit sizes; explicit sizes override the layer's)")

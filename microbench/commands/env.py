@@ -38,6 +38,10 @@ def cmd_env(args) -> int:
     nv = info["nvtx"]
     rows.append(("nvtx", f"{'available' if nv['available'] else 'not installed'}, "
                          f"{nv['cost_per_range_s'] * 1e6:.2f} us per range (push+pop) with no profiler"))
+    for fw, f in info.get("frameworks", {}).items():
+        rows.append((f"framework {fw}", f"{f['version']}" + (f" (NumPy {f['numpy']} interpreter {f['python']})"
+                                                             if "numpy" in f else "")
+                     if f["status"] == "found" else f"{f['status']}: {f['reason']}"))
     for k, v in info["env_vars"].items():
         rows.append((k, v))
     rows.append(("env_id", info["env_id"]))

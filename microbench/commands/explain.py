@@ -64,4 +64,17 @@ def cmd_explain(args) -> int:
         out.print("- The CPU explanation covers lstm and gru; for conv see the reference traces above.")
     elif not gpu.get("available"):
         out.print("- No CPU profile either: it needs PyTorch (pip install -e '.[frameworks]').")
+    if not gpu.get("available"):
+        _cpu_paths(args.op, out)
     return 0
+
+
+def _cpu_paths(op: str, out) -> None:
+    """What each framework's CPU rows run (``--frameworks all --device cpu`` times them): which
+    reach a fused vendor kernel (oneDNN) and which run their own loop, as Chainer's NStep does."""
+    from ..frameworks import FRAMEWORKS, PATHS
+    out.print(f"- What each framework's CPU {op} rows run (time them with `{op} --frameworks all --device cpu`):")
+    for fw in FRAMEWORKS:
+        for path, ops in PATHS[fw]["cpu"].items():
+            text = ops[op]
+            out.print(f"  {fw}/{path}: " + (f"no such row ({text[len('skip: '):]})" if text.startswith("skip: ") else text))

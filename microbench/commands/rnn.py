@@ -60,18 +60,19 @@ def _add_rnn(sub, op: str, variant_names: list):
                         + (", c0" if op == "lstm" else "") + " and every weight. Ours: the fused "
                         "variant (kernels.backward, numpy backend, CPU)"
                         + (", plain or --cell layernorm" if op == "lstm" else "")
-                        + "; with --frameworks each framework's training step (torch, jax). "
+                        + "; with --frameworks each framework's training step (torch, jax, chainer). "
                         "y and every gradient are checked against float64; GFLOP/s counts 3x the "
                         "forward GEMM FLOPs")
     f = p.add_argument_group("frameworks")
     f.add_argument("--frameworks", metavar="LIST",
                    help="also run these frameworks' fused and generic paths, each in its own worker "
-                        "process with the same weights: comma list of torch, tensorflow, jax, mxnet, or all"
+                        "process with the same weights: comma list of torch, tensorflow, jax, mxnet, chainer, or all "
+                        "(cntk and caffe cannot be installed on a supported Python)"
                         + ("; with --cell layernorm their layer-norm LSTMs instead (torch eager and "
                            "torch.compile, jax lax.scan), with our layer-norm parameters" if op == "lstm" else ""))
     f.add_argument("--python", metavar="FW=PATH", action="append",
                    help="run framework FW's worker under this interpreter, e.g. mxnet=.venv-mxnet/bin/python "
-                        "(repeatable; mxnet uses .venv-mxnet when it exists)")
+                        "(repeatable; mxnet and chainer use .venv-mxnet when it exists)")
     s = p.add_argument_group("sizes")
     s.add_argument("-T", type=int, default=100, help="sequence length (default 100)")
     s.add_argument("-B", type=int, default=64, help="batch (default 64)")

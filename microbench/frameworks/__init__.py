@@ -1,7 +1,7 @@
-"""Framework adapters: PyTorch, TensorFlow/Keras, JAX/Flax and MXNet computing our LSTM/GRU.
+"""Framework adapters: PyTorch, TensorFlow/Keras, JAX/Flax, MXNet and Chainer computing our LSTM/GRU.
 
 Each framework runs in its own worker process (:mod:`.worker`), optionally under its own
-interpreter (MXNet 1.9 needs NumPy 1.x), fed our canonical weights and inputs through ``.npz``
+interpreter (MXNet 1.9 and Chainer 7 need NumPy 1.x: they share one), fed our canonical weights and inputs through ``.npz``
 files and driven by one-line JSON messages (:mod:`.client`).  The worker builds the framework's
 layer with our weights converted (:mod:`.convert`), returns its outputs for the check, and times
 it with the framework's own synchronisation under the harness's stopping rule.
@@ -10,15 +10,28 @@ Paths (rows are labelled ``framework/path``): on a CPU ``fused`` is the framewor
 kernel where one exists and ``generic`` its cell run step by step; on a GPU ``cudnn`` is the
 layer that reaches cuDNN and ``nocudnn`` the cell loop with cuDNN switched off.
 
-This package's ``__init__`` imports nothing beyond the standard library: the MXNet worker runs it
-under an interpreter that has only NumPy and MXNet.
+This package's ``__init__`` imports nothing beyond the standard library: the MXNet and Chainer
+workers run it under an interpreter that has only NumPy, MXNet and Chainer.
 """
 from __future__ import annotations
 
-FRAMEWORKS = ("torch", "tensorflow", "jax", "mxnet")
+FRAMEWORKS = ("torch", "tensorflow", "jax", "mxnet", "chainer")
 
 # The module each framework's worker imports to see whether the framework is there.
-IMPORT_NAME = {"torch": "torch", "tensorflow": "tensorflow", "jax": "jax", "mxnet": "mxnet"}
+IMPORT_NAME = {"torch": "torch", "tensorflow": "tensorflow", "jax": "jax", "mxnet": "mxnet",
+               "chainer": "chainer"}
+
+# The frameworks that need NumPy 1: their workers run in the interpreter scripts/setup-mxnet makes.
+NUMPY1 = ("mxnet", "chainer")
+
+# Frameworks of the comparison this project grew from that no supported Python can install:
+# named here so that --frameworks and `microbench env` say why, instead of "unknown".
+NOT_INSTALLABLE = {
+    "cntk": "CNTK's last release (2.7.post2, 2020; no longer developed) has no wheel for any "
+            "Python this project supports (3.10 or newer) and no source distribution",
+    "caffe": "Caffe (last release 1.0, 2017; no longer developed) has no wheel on PyPI and no "
+             "package for this OS (Debian 13); it builds only from source",
+}
 
 # framework -> device -> path -> op (lstm, gru, rnn, conv) -> what that path runs (None: the path does not exist for the
 # op; the text after "skip:" is the reason shown in the SKIPPED row).
@@ -96,6 +109,28 @@ PATHS = {
             "nocudnn": {"lstm": "gluon rnn.LSTMCell unrolled, hybridized",
                         "gru": "gluon rnn.GRUCell unrolled, hybridized",
                         "conv": "nd.Convolution with cudnn_off=True"},
+        },
+    },
+    # Chainer 7.8.1 on a CPU has no oneDNN: iDeep (its oneDNN binding) has no build for this
+    # Python, and the NStep functions never call it; everything is NumPy, GEMMs in NumPy's BLAS.
+    "chainer": {
+        "cpu": {
+            "fused": {"lstm": "L.NStepLSTM: Chainer's own CPU loop (no oneDNN): per step and layer two "
+                              "NumPy GEMMs (BLAS) and F.lstm's pointwise kernel in NumPy",
+                      "gru": "L.NStepGRU: Chainer's own CPU loop (no oneDNN): per step and layer two "
+                             "NumPy GEMMs (BLAS) and the gates as NumPy ops",
+                      "conv": "L.Convolution2D: im2col in NumPy + one BLAS GEMM (tensordot); no oneDNN"},
+            "generic": {"lstm": "L.StatelessLSTM cell (F.lstm) stepped in a Python loop",
+                        "gru": "GRU cell of L.Linear + chainer.functions stepped in a Python loop "
+                               "(Chainer's GRU links apply the reset gate before the recurrent GEMM)",
+                        "conv": "skip: Chainer has one conv2d path on a CPU (the fused row)"},
+        },
+        "cuda": {
+            "cudnn": {"lstm": "L.NStepLSTM (cuDNN RNN through CuPy)", "gru": "L.NStepGRU (cuDNN RNN through CuPy)",
+                      "conv": "L.Convolution2D (cuDNN through CuPy)"},
+            "nocudnn": {"lstm": "L.StatelessLSTM cell loop, use_cudnn='never'",
+                        "gru": "GRU cell of L.Linear + chainer.functions loop, use_cudnn='never'",
+                        "conv": "L.Convolution2D with use_cudnn='never' (im2col + cuBLAS GEMM)"},
         },
     },
 }

@@ -20,7 +20,7 @@ import numpy as np
 
 from kernels.errors import BadInput, MicrobenchError, MissingDependency, Unsupported
 
-from . import FRAMEWORKS, IMPORT_NAME
+from . import FRAMEWORKS, IMPORT_NAME, NOT_INSTALLABLE, NUMPY1
 
 START_TIMEOUT_S = 180.0     # importing TensorFlow on a busy 2-core machine takes ~10 s
 
@@ -48,6 +48,8 @@ def parse_python(items) -> dict:
             name = name.strip()
             if not sep or not path.strip():
                 raise BadInput(f"--python {part!r}: expected FRAMEWORK=/path/to/python")
+            if name in NOT_INSTALLABLE:
+                raise BadInput(f"--python {name}: not supported: {NOT_INSTALLABLE[name]}")
             if name not in FRAMEWORKS:
                 raise BadInput(f"--python {name!r}: unknown framework; allowed: {', '.join(FRAMEWORKS)}")
             path = os.path.expanduser(path.strip())
@@ -160,8 +162,9 @@ class Worker:
         kind, message = ans.get("kind"), ans.get("message", "")
         via = "" if self.python == sys.executable else f" in {self.python}"
         if kind == "missing":
-            hint = (f"install it{via}, e.g. pip install -e '.[frameworks]'" if self.framework != "mxnet"
-                    else "run scripts/setup-mxnet and pass --python mxnet=.venv-mxnet/bin/python")
+            hint = (f"install it{via}, e.g. pip install -e '.[frameworks]'" if self.framework not in NUMPY1
+                    else f"run scripts/setup-mxnet (MXNet and Chainer's NumPy-1 interpreter) and pass "
+                         f"--python {self.framework}=.venv-mxnet/bin/python")
             raise MissingDependency(IMPORT_NAME[self.framework], f"the {self.framework} cases{via}",
                                     f"{hint} ({message})")
         if kind == "unsupported":

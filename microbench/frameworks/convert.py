@@ -26,6 +26,12 @@ ORDER = {
     ("keras", "gru"): "zrn",       # Keras z, r, h (reset_after=True keeps the recurrent bias apart)
     ("cudnn", "lstm"): "ifgo",     # jax.experimental.rnn packs cuDNN's order
     ("tfblock", "lstm"): "ifgo",   # tf.raw_ops.BlockLSTMV2: i, f, ci, o (found by test)
+    # Chainer's NStep links: w0..w3 (input) and w4..w7 (recurrent) are i, f, a (our g), o, as
+    # n_step_lstm's _lstm and its cuDNN weight concat use them (its docstring lists o before a:
+    # the code, and the test against the reference, say otherwise); GRU w0..w2 / w3..w5 r, z, n.
+    ("chainer_nstep", "lstm"): "ifgo", ("chainer_nstep", "gru"): "rzn",
+    # chainer.functions.lstm (and L.StatelessLSTM): gates a, i, f, o interleaved unit by unit.
+    ("chainer_lstm", "lstm"): "gifo",
 }
 
 
@@ -247,3 +253,54 @@ def from_tfblock(w: np.ndarray, b: np.ndarray, input_size: int) -> tuple:
     w_ih = reorder(np.asarray(w)[:input_size].T, src, dst)
     w_hh = reorder(np.asarray(w)[input_size:].T, src, dst)
     return w_ih, w_hh, reorder(b, src, dst), np.zeros_like(b)
+
+
+# -- Chainer 7: NStep links keep one (H, in) matrix and one bias per gate; F.lstm interleaves -------
+
+def to_chainer_nstep(layer, cell: str) -> tuple:
+    """``(ws, bs)`` of one ``L.NStepLSTM``/``L.NStepGRU`` layer: ``w0..w{G-1}`` the input
+    matrices, ``w{G}..w{2G-1}`` the recurrent ones, one gate each (``b`` alike, kept apart)."""
+    w_ih, w_hh, b_ih, b_hh = layer
+    src, dst = GATES[cell], ORDER[("chainer_nstep", cell)]
+    G = len(src)
+    ws = np.split(reorder(w_ih, src, dst), G) + np.split(reorder(w_hh, src, dst), G)
+    bs = np.split(reorder(b_ih, src, dst), G) + np.split(reorder(b_hh, src, dst), G)
+    return [np.ascontiguousarray(w) for w in ws], [np.ascontiguousarray(b) for b in bs]
+
+
+def from_chainer_nstep(ws, bs, cell: str) -> tuple:
+    """Inverse of :func:`to_chainer_nstep` (also maps the links' gradients to ours)."""
+    src, dst = ORDER[("chainer_nstep", cell)], GATES[cell]
+    G = len(src)
+    cat = lambda parts: reorder(np.concatenate([np.asarray(p) for p in parts]), src, dst)  # noqa: E731
+    return cat(ws[:G]), cat(ws[G:]), cat(bs[:G]), cat(bs[G:])
+
+
+def _interleave(a: np.ndarray) -> np.ndarray:
+    """Gate blocks ``(4H, ...)`` -> ``(H, 4, ...)`` flattened: row ``4j + k`` is gate k of unit j."""
+    blocks = np.stack(np.split(np.asarray(a), 4))
+    return np.ascontiguousarray(np.swapaxes(blocks, 0, 1).reshape(a.shape))
+
+
+def _deinterleave(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    H = a.shape[0] // 4
+    return np.ascontiguousarray(np.swapaxes(a.reshape((H, 4) + a.shape[1:]), 0, 1).reshape(a.shape))
+
+
+def to_chainer_lstm(layer, cell: str = "lstm") -> dict:
+    """``L.StatelessLSTM``: ``upward`` (x -> 4H, with the one bias, ``b_ih + b_hh``) and
+    ``lateral`` (h -> 4H, no bias), rows interleaved in F.lstm's a, i, f, o."""
+    w_ih, w_hh, b_ih, b_hh = layer
+    src, dst = GATES["lstm"], ORDER[("chainer_lstm", "lstm")]
+    return {"upward.W": _interleave(reorder(w_ih, src, dst)),
+            "upward.b": _interleave(reorder(b_ih, src, dst) + reorder(b_hh, src, dst)),
+            "lateral.W": _interleave(reorder(w_hh, src, dst))}
+
+
+def from_chainer_lstm(d: dict, cell: str = "lstm") -> tuple:
+    """Inverse of :func:`to_chainer_lstm`; the summed bias comes back whole as ``b_ih`` (b_hh 0)."""
+    src, dst = ORDER[("chainer_lstm", "lstm")], GATES["lstm"]
+    b = reorder(_deinterleave(d["upward.b"]), src, dst)
+    return (reorder(_deinterleave(d["upward.W"]), src, dst), reorder(_deinterleave(d["lateral.W"]), src, dst),
+            b, np.zeros_like(b))

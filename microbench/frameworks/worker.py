@@ -29,7 +29,7 @@ import traceback
 from .common import Unsupported
 
 ADAPTERS = {"torch": "torch_adapter", "tensorflow": "tensorflow_adapter", "jax": "jax_adapter",
-            "mxnet": "mxnet_adapter"}
+            "mxnet": "mxnet_adapter", "chainer": "chainer_adapter"}
 
 
 def thread_env(threads: int | None) -> dict:

@@ -1,0 +1,264 @@
+"""Chainer 7.8.1 (its last release): ``L.NStepLSTM``/``L.NStepGRU`` and a cell stepped in a loop;
+``L.Convolution2D``.  Every RNN path also has a training step (``chainer.grad`` of ``sum(y * dy)``)
+when the parent sends ``dy``.
+
+Chainer 7 needs NumPy 1 (it runs in the interpreter ``scripts/setup-mxnet`` makes, beside MXNet).
+On a CPU it has no oneDNN: iDeep, its oneDNN binding, has no build for this Python, and the NStep
+functions never call it; their CPU path is Chainer's own loop over steps and layers (two NumPy
+GEMMs and the pointwise gates per step).  On a GPU it needs CuPy 7 (``>=7.7,<8``) for cuDNN.
+Chainer's GRU links (``StatelessGRU``/``StatefulGRU``) apply the reset gate before the recurrent
+GEMM, which is not our GRU; the generic GRU is the cell written with ``L.Linear`` and
+``chainer.functions``, as a Chainer user would write cuDNN's GRU.  ``L.NStepGRU`` is cuDNN's.
+"""
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from .common import Built, Unsupported, dims
+from .convert import from_chainer_lstm, from_chainer_nstep, to_chainer_lstm, to_chainer_nstep, unpack_layers
+
+_ch = None
+_DTYPES = {"fp32": np.float32, "fp64": np.float64}
+
+
+def setup(threads, device) -> dict:
+    global _ch
+    if int(np.__version__.split(".")[0]) >= 2:
+        raise ImportError(f"chainer 7 does not run with numpy {np.__version__} (needs numpy<2)")
+    import chainer
+    from chainer.backends import cuda, intel64
+    _ch = chainer
+    if device == "cuda" and not (cuda.available and cuda.cudnn_enabled):
+        raise Unsupported(f"chainer {chainer.__version__} finds no CuPy with cuDNN: it needs CuPy >=7.7,<8, "
+                          f"which has no build for Python {sys.version_info[0]}.{sys.version_info[1]}")
+    return {"framework": "chainer", "version": chainer.__version__,
+            "ideep": intel64.is_ideep_available(), "cupy": cuda.available,
+            "cpu_kernels": "NumPy (GEMMs in NumPy's BLAS); no oneDNN",
+            "precision_switches": "none (the array dtype decides)"}
+
+
+class _Ctx:
+    """Where and how the layer runs: the array module, dtype, cuDNN switch and synchronisation."""
+
+    def __init__(self, path, device, precision):
+        chainer = _ch
+        if precision not in _DTYPES:
+            raise Unsupported(f"the chainer adapter runs {', '.join(_DTYPES)}; not {precision}")
+        self.dtype = _DTYPES[precision]
+        # links create their parameters in the configured dtype (one case per worker process)
+        chainer.global_config.dtype = np.dtype(self.dtype)
+        self.cuda = device == "cuda"
+        if self.cuda:
+            import cupy
+            self.xp, self.sync = cupy, cupy.cuda.Device().synchronize
+        else:
+            self.xp, self.sync = np, (lambda: None)
+        self.use_cudnn = "always" if path == "cudnn" else "never"
+        self.chainer = chainer
+
+    def array(self, a):
+        return self.xp.asarray(np.ascontiguousarray(a, dtype=self.dtype))
+
+    def link(self, link):
+        return link.to_gpu() if self.cuda else link
+
+    def config(self, train, backprop=False):
+        chainer = self.chainer
+        return _Many([chainer.using_config("train", train), chainer.using_config("use_cudnn", self.use_cudnn),
+                      chainer.using_config("enable_backprop", backprop)])
+
+    def host(self, a):
+        a = a.array if hasattr(a, "array") else a
+        return np.asarray(a.get() if self.cuda else a, dtype=np.float64)
+
+
+class _Many:
+    def __init__(self, cms):
+        self.cms = cms
+
+    def __enter__(self):
+        for cm in self.cms:
+            cm.__enter__()
+
+    def __exit__(self, *exc):
+        for cm in reversed(self.cms):
+            cm.__exit__(*exc)
+
+
+def _set(param, array):
+    if param.shape != array.shape:
+        raise ValueError(f"chainer parameter of shape {param.shape} given {array.shape}")
+    param.array[...] = array
+
+
+def build(op, path, device, precision, arrays) -> Built:
+    chainer = _ch
+    F, L = chainer.functions, chainer.links
+    if op not in ("lstm", "gru"):
+        raise Unsupported(f"the chainer adapter has no {op} path (it runs Chainer's LSTM/GRU layers)")
+    ctx = _Ctx(path, device, precision)
+    T, B, I, H, L_ = dims(arrays)
+    layers = unpack_layers(arrays)
+    lstm = op == "lstm"
+    train = "dy" in arrays
+    info = {"mode": "training step: chainer.grad of sum(y * dy) w.r.t. x, h0, c0 and every weight"
+            if train else "chainer.config.train=False, enable_backprop=False",
+            "use_cudnn": ctx.use_cudnn if ctx.cuda else "n/a (CPU)"}
+
+    G = 4 if lstm else 3
+    if path in ("fused", "cudnn"):
+        net = ctx.link((L.NStepLSTM if lstm else L.NStepGRU)(L_, I, H, 0.0))
+        for l, layer in enumerate(layers):
+            ws, bs = to_chainer_nstep(layer, op)
+            for j, (w, b) in enumerate(zip(ws, bs)):
+                _set(getattr(net[l], f"w{j}"), ctx.array(w))
+                _set(getattr(net[l], f"b{j}"), ctx.array(b))
+
+        def forward(xs, h0, c0=None):
+            # xs: one (T, I) sequence per batch entry, the form NStep links take
+            if lstm:
+                hy, cy, ys = net(h0, c0, xs)
+            else:
+                (hy, ys), cy = net(h0, xs), None
+            return F.stack(ys, axis=1), hy, cy
+
+        # per layer w0..w{2G-1}, then b0..b{2G-1}
+        params = [getattr(net[l], f"{k}{j}") for l in range(L_) for k in "wb" for j in range(2 * G)]
+
+        def layer_grads(g):
+            return from_chainer_nstep(g[:2 * G], g[2 * G:], op)
+        info["kernel"] = ("cuDNN RNN (through CuPy)" if ctx.cuda else
+                          "Chainer's NStep CPU loop: NumPy GEMMs (BLAS) + NumPy pointwise, no oneDNN")
+    elif path in ("generic", "nocudnn"):
+        cells = []
+        for l, layer in enumerate(layers):
+            if lstm:
+                cell = L.StatelessLSTM(I if l == 0 else H, H)
+                d = to_chainer_lstm(layer)
+                _set(cell.upward.W, d["upward.W"].astype(ctx.dtype))
+                _set(cell.upward.b, d["upward.b"].astype(ctx.dtype))
+                _set(cell.lateral.W, d["lateral.W"].astype(ctx.dtype))
+            else:
+                w_ih, w_hh, b_ih, b_hh = layer
+                cell = chainer.Chain()
+                with cell.init_scope():
+                    cell.x2h = L.Linear(w_ih.shape[1], G * H, initialW=w_ih.astype(ctx.dtype),
+                                        initial_bias=b_ih.astype(ctx.dtype))
+                    cell.h2h = L.Linear(H, G * H, initialW=w_hh.astype(ctx.dtype),
+                                        initial_bias=b_hh.astype(ctx.dtype))
+            cells.append(ctx.link(cell))
+
+        def gru_step(cell, x, h):
+            xr, xz, xn = F.split_axis(cell.x2h(x), 3, axis=1)
+            hr, hz, hn = F.split_axis(cell.h2h(h), 3, axis=1)
+            r, z = F.sigmoid(xr + hr), F.sigmoid(xz + hz)
+            return (1 - z) * F.tanh(xn + r * hn) + z * h
+
+        def forward(x, h0, c0=None):
+            seq, hs, cs = x, [], []
+            for l, cell in enumerate(cells):
+                h, c, ys = h0[l], (c0[l] if lstm else None), []
+                for t in range(T):
+                    if lstm:
+                        c, h = cell(c, h, seq[t])
+                    else:
+                        h = gru_step(cell, seq[t], h)
+                    ys.append(h)
+                seq = F.stack(ys)
+                hs.append(h)
+                cs.append(c)
+            return seq, F.stack(hs), (F.stack(cs) if lstm else None)
+
+        if lstm:
+            params = [p for c in cells for p in (c.upward.W, c.lateral.W, c.upward.b)]
+
+            def layer_grads(g):
+                w_ih, w_hh, db, _ = from_chainer_lstm({"upward.W": g[0], "lateral.W": g[1], "upward.b": g[2]})
+                return w_ih, w_hh, db, db.copy()    # one summed bias: its gradient is each part's
+        else:
+            params = [p for c in cells for p in (c.x2h.W, c.h2h.W, c.x2h.b, c.h2h.b)]
+
+            def layer_grads(g):
+                return tuple(g)
+        info["kernel"] = ("per step: cell GEMMs (F.linear on " + ("cuBLAS" if ctx.cuda else "NumPy's BLAS")
+                          + ") + pointwise chainer.functions, Python loop")
+    else:
+        raise Unsupported(f"chainer has no path {path!r} on {device}")
+
+    fused = path in ("fused", "cudnn")
+    x, h0 = ctx.array(arrays["x"]), ctx.array(arrays["h0"])
+    c0 = ctx.array(arrays["c0"]) if lstm else None
+    last = {}
+
+    if train:
+        dy = chainer.Variable(ctx.array(arrays["dy"]))
+        leaves = [chainer.Variable(a) for a in ((x, h0, c0) if lstm else (x, h0))]
+        per = len(params) // L_
+
+        def run():
+            # train=True only where it matters: cuDNN's RNN keeps its reserve space for the
+            # backward in training mode; on the CPU it would only add dropout(0) calls.
+            with ctx.config(ctx.cuda, backprop=True):
+                xin = F.separate(leaves[0], axis=1) if fused else leaves[0]
+                y = forward(xin, *leaves[1:])[0]
+                grads = chainer.grad([y], leaves + params, grad_outputs=[dy])
+            last["out"] = (y, grads)
+            ctx.sync()
+
+        def outputs():
+            y, grads = last["out"]
+            host = [ctx.host(g) for g in grads]
+            gp = host[len(leaves):]
+            gw = [a for l in range(L_) for a in layer_grads(gp[l * per:(l + 1) * per])]
+            return (ctx.host(y), *host[:len(leaves)], *gw)
+        info["kernel"] += ", forward and backward"
+        return Built(run, outputs, info)
+
+    xin = [x[:, b] for b in range(B)] if fused else x     # views, made once outside the timed call
+
+    def run():
+        with ctx.config(False):
+            last["out"] = forward(xin, h0, c0)
+        ctx.sync()
+
+    def outputs():
+        y, hn, cn = last["out"]
+        return tuple(ctx.host(a) for a in ((y, hn, cn) if lstm else (y, hn)))
+
+    return Built(run, outputs, info)
+
+
+def build_conv(path, device, precision, arrays, geom) -> Built:
+    """L.Convolution2D, NCHW with our KCRS filter (an NHWC problem is transposed outside the timed call)."""
+    chainer = _ch
+    if path not in ("fused", "cudnn", "nocudnn") or (device == "cpu") != (path == "fused"):
+        raise Unsupported(f"chainer has no conv path {path!r} on {device}")
+    ctx = _Ctx(path, device, precision)
+    nhwc = geom["layout"] == "NHWC"
+    xa = np.asarray(arrays["x"])
+    x = ctx.array(xa.transpose(0, 3, 1, 2) if nhwc else xa)
+    w = np.asarray(arrays["w"])
+    K, Cg, R, S = w.shape
+    has_b = "b" in arrays
+    conv = chainer.links.Convolution2D(Cg * geom["groups"], K, ksize=(R, S), stride=tuple(geom["stride"]),
+                                       pad=tuple(geom["pad"]), nobias=not has_b, dilate=tuple(geom["dilation"]),
+                                       groups=geom["groups"], initialW=w.astype(ctx.dtype),
+                                       initial_bias=np.asarray(arrays["b"]).astype(ctx.dtype) if has_b else None)
+    conv = ctx.link(conv)
+    last = {}
+
+    def run():
+        with ctx.config(False):
+            last["y"] = conv(x)
+        ctx.sync()
+
+    def outputs():
+        y = ctx.host(last["y"])
+        return (np.ascontiguousarray(y.transpose(0, 2, 3, 1)) if nhwc else y,)
+
+    return Built(run, outputs, {"kernel": ("cuDNN through CuPy" if path == "cudnn" else
+                                           "im2col + cuBLAS GEMM" if ctx.cuda else
+                                           "im2col in NumPy + BLAS GEMM (tensordot), no oneDNN"),
+                                "layout": "NCHW"})
