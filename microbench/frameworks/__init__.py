@@ -138,7 +138,7 @@ PATHS = {
 
 # The vanilla RNN (op rnn) is wired in the PyTorch adapter only so far; the other adapters' rows
 # say so (Keras SimpleRNN, flax SimpleCell and gluon rnn.RNN exist but are not converted yet).
-for _fw in ("tensorflow", "jax", "mxnet"):
+for _fw in ("tensorflow", "jax", "mxnet", "chainer"):
     for _paths in PATHS[_fw].values():
         for _ops in _paths.values():
             _ops["rnn"] = (f"skip: the {_fw} adapter has no vanilla RNN row yet; vanilla RNN "
