@@ -299,7 +299,7 @@ def _cudnn_version(v) -> str:
 
 def explain_reference(op: str, path: str | Path | None = None,
                       frameworks: Iterable[str] | None = None,
-                      variants: Iterable[str] | None = None) -> Analysis:
+                      variants: Iterable[str] | None = None, raw: bytes | None = None) -> Analysis:
     """The explanation rebuilt from committed traces (default: the H100 set) for ``op``.
 
     ``frameworks`` filters on ``meta["framework"]`` (torch, jax), ``variants`` on the first word
@@ -307,7 +307,7 @@ def explain_reference(op: str, path: str | Path | None = None,
     """
     if op not in OPS:
         raise BadInput(f"explain {op!r} is unknown; allowed: {', '.join(OPS)}")
-    env, traces = tr.load(path or REFERENCE)
+    env, traces = tr.load(path or REFERENCE, raw)
     traces = [t for t in traces if t.meta.get("op") == OPS[op]]
     for key, wanted, get in (("framework", frameworks, lambda t: t.meta.get("framework")),
                              ("variant", variants, lambda t: str(t.meta.get("path", "")).split()[0])):

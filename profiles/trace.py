@@ -95,11 +95,16 @@ class Trace:
 
 # -- reference-file format ---------------------------------------------------------------------
 
-def load(path: str | Path) -> tuple[dict, list[Trace]]:
-    """``(env, traces)`` from a JSON file in the reference layout."""
-    from microbench.files import open_input
-    with open_input(path, "trace file") as f:     # a regular file or a pipe; BadInput otherwise
-        raw = f.read()
+def load(path: str | Path, raw: bytes | None = None) -> tuple[dict, list[Trace]]:
+    """``(env, traces)`` from a JSON file in the reference layout.  ``raw``: the file's bytes,
+    already read by the caller (the command line opens user paths safely: microbench.files)."""
+    if raw is None:
+        try:
+            raw = Path(path).read_bytes()
+        except FileNotFoundError:
+            raise BadInput(f"trace file {str(path)!r} does not exist") from None
+        except OSError as e:
+            raise BadInput(f"trace file {str(path)!r} cannot be read: {e.strerror or e}") from None
     path = Path(path)
     expected = "expected an object with 'env' and 'traces' (profiles/reference format)"
     try:

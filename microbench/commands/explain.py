@@ -47,8 +47,13 @@ def cmd_explain(args) -> int:
         # cannot fit are refused before torch tries to allocate them
         check_memory(RNNProblem(args.op, T, B, H, H, 1).memory_estimate(4),
                      f"explain --cpu {args.op} T={T} B={B} H={H}")
+    raw = None
+    if args.reference:   # a user's path: a regular file or a pipe, one-line errors otherwise
+        from ..files import open_input
+        with open_input(args.reference, "trace file") as f:
+            raw = f.read()
     an = explain.explain_reference(
-        args.op, args.reference,
+        args.op, args.reference, raw=raw,
         frameworks=named_list("--frameworks", args.frameworks),
         variants=named_list("--variants", args.variants))
     if not gpu.get("available"):
