@@ -249,6 +249,16 @@ def test_pointwise_step_matches_reference(pointwise, monkeypatch, cell, case, pr
         assert np.all(np.isnan(wide[:, H:].astype(np.float32)))    # the row gaps stay untouched
 
 
+def test_pycuda_argument_layouts_match_the_compiled_entries(pointwise):
+    """PyCUDA's prepare() codes of the pointwise launcher against the parameter types g++ sees."""
+    code = {"P": "*", "q": "int64", "i": "int32"}
+    for stem, layout in (("lstm_pointwise_fused", pc._LSTM_ARGS), ("gru_pointwise_fused", pc._GRU_ARGS)):
+        for prec, sfx in SFX.items():
+            params = pointwise.get_function(f"{stem}_{sfx}").params
+            assert [p[0] if p.startswith("*") else p for p in params] == [code[c] for c in layout]
+            assert {p[1:] for p in params if p.startswith("*")} == {storage(prec).name}
+
+
 @pytest.mark.parametrize("prec", PRECS)
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_pointwise_layer_in_place_matches_reference(pointwise, monkeypatch, cell, prec):
@@ -425,6 +435,18 @@ def test_persistent_matches_reference(persistent, monkeypatch, name, prec):
     geo, got, want = run_persistent(persistent, monkeypatch, cell, prec, T, B, H, lim, order=T)
     for g, w in zip(got, want):
         assert rel_err(g, w) <= tolerance(prec), (name, geo.describe())
+
+
+def test_stand_in_refuses_what_the_driver_refuses(persistent):
+    """Without max_dynamic_shared_size_bytes a launch may not take over 48 KiB, and a cooperative
+    launch may not have more blocks than SMs: the persistent cases above pass these checks."""
+    lim = limits(2)
+    k = RawKernelStandIn(persistent.get_function("lstm_persistent_f32", cooperative=True), lim,
+                         ch.GuardedMemory())
+    with pytest.raises(ch.HostLaunchError, match="without raising max_dynamic_shared_size_bytes"):
+        k((1,), (kp.THREADS,), (), shared_mem=48 * 1024 + 16)
+    with pytest.raises(ch.HostLaunchError, match="cooperative launch of"):
+        k((3,), (kp.THREADS,), (), shared_mem=1024)
 
 
 def test_persistent_cases_cover_every_tile_split_and_chunking():
