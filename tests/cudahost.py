@@ -17,6 +17,7 @@ import hashlib
 import re
 import shutil
 import subprocess
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,7 @@ class _Job:
 
 
 _CACHE: dict = {}
+_LAUNCH = threading.Lock()      # the runtime's state is global: one launch at a time per process
 
 
 def _key(job: _Job) -> str:
@@ -190,8 +192,8 @@ class HostKernel:
         cfg = _Config((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), int(shared_mem),
                       int(self.cooperative), int(self.order))
         err = ctypes.create_string_buffer(4096)
-        keep = list(args)  # noqa: F841 - the arrays must outlive the call
-        rc = self._fn(slots.ctypes.data, ctypes.byref(cfg), err, len(err))
+        with _LAUNCH:
+            rc = self._fn(slots.ctypes.data, ctypes.byref(cfg), err, len(err))
         self.launches += 1
         if rc:
             raise HostLaunchError(f"{self.entry} grid {grid} block {block}: {err.value.decode()}")
