@@ -1,8 +1,8 @@
 """The project's CUDA C run on the CPU: g++ builds a .cu against ``tests/cuda_host/`` (every CUDA
 thread a fiber with its own stack; see the comment at the top of ``mb_host.h`` for what is
-modelled and what is not), and :class:`HostKernel` launches an entry the way CuPy's ``RawKernel`` does:
-``kernel(grid, block, args, shared_mem=...)``, arrays passed as pointers, NumPy scalars by their
-own width.  Every argument is checked against the entry's parameter types as the compiler sees
+modelled and what is not), and :class:`HostKernel` launches an entry the way CuPy's
+``RawKernel`` does: ``kernel(grid, block, args, shared_mem=...)``, arrays passed as pointers,
+NumPy scalars by their own width.  Every argument is checked against the entry's parameter types as the compiler sees
 them, so a launcher that passes an int32 where the kernel takes a 64-bit stride, or float32 data
 to an fp16 entry, fails here as it would corrupt memory on the GPU.
 
@@ -116,7 +116,8 @@ def build_all(jobs, workdir: Path, opt: str = "-O1") -> list:
     with ThreadPoolExecutor(max_workers=2) as pool:
         libs = list(pool.map(lambda j: _compile(j, workdir), todo))
     for j, lib in zip(todo, libs):
-        _CACHE[_key(j)] = HostModule(lib, j.entries)
+        code = re.sub(r"//[^\n]*|/\*.*?\*/", "", j.source, flags=re.S)
+        _CACHE[_key(j)] = HostModule(lib, j.entries, bool(re.search(r"(?<!extern )__shared__", code)))
     return [_CACHE[_key(j)] for j in jobs]
 
 
@@ -130,8 +131,9 @@ class _Config(ctypes.Structure):
 
 
 class HostModule:
-    def __init__(self, lib: Path, entries):
+    def __init__(self, lib: Path, entries, static_shared: bool = False):
         self.path = lib
+        self.static_shared = static_shared     # a __shared__ array: one copy, blocks in turn
         self.lib = ctypes.CDLL(str(lib))
         self.entries = tuple(entries)
         self._kernels = {}
@@ -139,6 +141,9 @@ class HostModule:
     def get_function(self, entry: str, cooperative: bool = False) -> "HostKernel":
         if entry not in self.entries:
             raise KeyError(f"{entry!r} is not an entry of this build; have {', '.join(self.entries)}")
+        if cooperative and self.static_shared:
+            raise HostBuildError(f"{entry}: a cooperative launch runs its blocks at once, but this "
+                                 "source declares static __shared__ arrays (one copy in the host model)")
         key = (entry, cooperative)
         if key not in self._kernels:
             self._kernels[key] = HostKernel(self, entry, cooperative)
