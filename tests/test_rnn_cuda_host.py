@@ -153,6 +153,18 @@ def test_model_reports_faults(toy, mode, coop, message):
     assert message in str(e.value)
 
 
+def test_guard_zones_catch_a_store_past_a_device_array(toy):
+    mem = ch.GuardedMemory()
+    out = mem.empty(127, np.float32)                  # one element short of the 128 threads
+    k = toy.get_function("toy_sync")
+    k.guards = [mem]
+    try:
+        with pytest.raises(ch.HostLaunchError, match="a store 0 bytes past the end of a 508-byte"):
+            k((2,), (64,), (out, np.int32(0), np.int32(64)), shared_mem=256)
+    finally:
+        k.guards = []
+
+
 def test_model_checks_launches_and_argument_types(toy):
     k = toy.get_function("toy_sync", cooperative=True)
     out = np.zeros(128, np.float32)
