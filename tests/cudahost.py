@@ -1,8 +1,8 @@
 """The project's CUDA C run on the CPU: g++ builds a .cu against ``tests/cuda_host/`` (every CUDA
 thread a fiber with its own stack; see the comment at the top of ``mb_host.h`` for what is
-modelled and what is not), and :class:`HostKernel` launches an entry the way CuPy's ``RawKernel`` does:
-``kernel(grid, block, args, shared_mem=...)``, arrays passed as pointers, NumPy scalars by their
-own width.  Every argument is checked against the entry's parameter types as the compiler sees
+modelled and what is not), and :class:`HostKernel` launches an entry the way CuPy's
+``RawKernel`` does: ``kernel(grid, block, args, shared_mem=...)``, arrays passed as pointers,
+NumPy scalars by their own width.  Every argument is checked against the entry's parameter types as the compiler sees
 them, so a launcher that passes an int32 where the kernel takes a 64-bit stride, or float32 data
 to an fp16 entry, fails here as it would corrupt memory on the GPU.
 
@@ -17,6 +17,7 @@ import hashlib
 import re
 import shutil
 import subprocess
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,10 @@ from pathlib import Path
 import numpy as np
 
 INCLUDE = Path(__file__).resolve().parent / "cuda_host"
-FLAGS = ("-std=c++17", "-O1", "-pthread", "-shared", "-fPIC", "-fno-strict-aliasing", "-w")
+# -fsanitize=alignment: a misaligned vector load (a fault on the GPU) is reported by mb_host.h,
+# which defines the handler; linked without -fsanitize, so libubsan stays out of the process.
+FLAGS = ("-std=c++17", "-fPIC", "-fno-strict-aliasing", "-w", "-fsanitize=alignment",
+         "-fsanitize-recover=alignment")
 _EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?(\w+)\s+(\w+)\s*\[\s*\]\s*;")
 
 
@@ -50,8 +54,9 @@ def launch_bound(source: str) -> str:
     return bounds.pop()
 
 
-def host_source(source: str, entries) -> str:
-    """The translation unit g++ compiles: the shim, the rewritten .cu, one wrapper per entry."""
+def host_source(source: str, entries, filename: str = "kernel.cu") -> str:
+    """The translation unit g++ compiles: the shim, the rewritten .cu (its lines numbered as in
+    ``filename``), one wrapper per entry."""
     text, n = _EXTERN_SHARED.subn(
         lambda m: f"{m.group(1)}* const {m.group(2)} = reinterpret_cast<{m.group(1)}*>(mb_dynamic_smem);",
         source)
@@ -59,7 +64,7 @@ def host_source(source: str, entries) -> str:
         raise HostBuildError(f"{n} extern __shared__ declarations; the host model expects at most one")
     bound = launch_bound(source)
     wrappers = "\n".join(f"MB_HOST_ENTRY({e}, {bound})" for e in entries)
-    return f'#include "mb_host.h"\n#line 1 "kernel.cu"\n{text}\n#line 1 "host_wrappers.cpp"\n{wrappers}\n'
+    return f'#include "mb_host.h"\n#line 1 "{filename}"\n{text}\n#line 1 "host_wrappers.cpp"\n{wrappers}\n'
 
 
 @dataclass
@@ -67,14 +72,16 @@ class _Job:
     source: str
     entries: tuple
     name: str
+    opt: str
 
 
 _CACHE: dict = {}
+_LAUNCH = threading.Lock()      # the runtime's state is global: one launch at a time per process
 
 
 def _key(job: _Job) -> str:
     h = hashlib.sha256(job.source.encode())
-    h.update(" ".join(job.entries).encode())
+    h.update(" ".join(job.entries + (job.opt,)).encode())
     for f in sorted(INCLUDE.glob("*.h")):
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
@@ -90,28 +97,32 @@ def _compile(job: _Job, workdir: Path) -> Path:
         return lib
     d.mkdir(parents=True, exist_ok=True)
     src = d / f"{job.name}.cpp"
-    src.write_text(host_source(job.source, job.entries))
-    proc = subprocess.run([compiler, *FLAGS, f"-I{INCLUDE}", "-o", str(lib), str(src)],
-                          capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        raise HostBuildError(f"g++ could not build {job.name}:\n{proc.stderr[-6000:]}")
+    src.write_text(host_source(job.source, job.entries, f"{job.name}.cu"))
+    obj = d / f"{job.name}.o"
+    for cmd in ([compiler, *FLAGS, job.opt, f"-I{INCLUDE}", "-c", "-o", str(obj), str(src)],
+                [compiler, "-shared", "-o", str(lib), str(obj)]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise HostBuildError(f"g++ could not build {job.name}:\n{proc.stderr[-6000:]}")
     return lib
 
 
-def build_all(jobs, workdir: Path) -> list:
+def build_all(jobs, workdir: Path, opt: str = "-O1") -> list:
     """Compile several ``(source, entries, name)`` at once (two at a time); a :class:`HostModule`
-    each, cached in this process by the text compiled."""
-    jobs = [_Job(s, tuple(e), n) for s, e, n in jobs]
+    each, cached in this process by the text compiled.  ``opt="-O0"`` halves the compile time of
+    builds that run little (planted bugs) at the cost of slower kernels."""
+    jobs = [_Job(s, tuple(e), n, opt) for s, e, n in jobs]
     todo = [j for j in jobs if _key(j) not in _CACHE]
     with ThreadPoolExecutor(max_workers=2) as pool:
         libs = list(pool.map(lambda j: _compile(j, workdir), todo))
     for j, lib in zip(todo, libs):
-        _CACHE[_key(j)] = HostModule(lib, j.entries)
+        code = re.sub(r"//[^\n]*|/\*.*?\*/", "", j.source, flags=re.S)
+        _CACHE[_key(j)] = HostModule(lib, j.entries, bool(re.search(r"(?<!extern )__shared__", code)))
     return [_CACHE[_key(j)] for j in jobs]
 
 
-def build(source: str, entries, name: str, workdir: Path) -> "HostModule":
-    return build_all([(source, entries, name)], workdir)[0]
+def build(source: str, entries, name: str, workdir: Path, opt: str = "-O1") -> "HostModule":
+    return build_all([(source, entries, name)], workdir, opt)[0]
 
 
 class _Config(ctypes.Structure):
@@ -120,8 +131,9 @@ class _Config(ctypes.Structure):
 
 
 class HostModule:
-    def __init__(self, lib: Path, entries):
+    def __init__(self, lib: Path, entries, static_shared: bool = False):
         self.path = lib
+        self.static_shared = static_shared     # a __shared__ array: one copy, blocks in turn
         self.lib = ctypes.CDLL(str(lib))
         self.entries = tuple(entries)
         self._kernels = {}
@@ -129,6 +141,9 @@ class HostModule:
     def get_function(self, entry: str, cooperative: bool = False) -> "HostKernel":
         if entry not in self.entries:
             raise KeyError(f"{entry!r} is not an entry of this build; have {', '.join(self.entries)}")
+        if cooperative and self.static_shared:
+            raise HostBuildError(f"{entry}: a cooperative launch runs its blocks at once, but this "
+                                 "source declares static __shared__ arrays (one copy in the host model)")
         key = (entry, cooperative)
         if key not in self._kernels:
             self._kernels[key] = HostKernel(self, entry, cooperative)
@@ -182,8 +197,8 @@ class HostKernel:
         cfg = _Config((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block), int(shared_mem),
                       int(self.cooperative), int(self.order))
         err = ctypes.create_string_buffer(4096)
-        keep = list(args)  # noqa: F841 - the arrays must outlive the call
-        rc = self._fn(slots.ctypes.data, ctypes.byref(cfg), err, len(err))
+        with _LAUNCH:
+            rc = self._fn(slots.ctypes.data, ctypes.byref(cfg), err, len(err))
         self.launches += 1
         if rc:
             raise HostLaunchError(f"{self.entry} grid {grid} block {block}: {err.value.decode()}")

@@ -12,13 +12,14 @@ edits of a copy of the source) must fail.
 
 Not modelled (see tests/cuda_host/mb_host.h): the GPU memory model (whether __ldcg is needed for
 h written by other blocks: a host load always sees the latest store), races between threads inside
-one barrier interval, timing, and the occupancy the real device grants (the stand-in answers
-from the plan's own numbers); the GPU tests in test_persistent.py and test_cuda_sources.py cover
-those on a GPU.
+one barrier interval, timing, the occupancy the real device grants (the stand-in answers from
+the plan's own numbers), and the device's own tanhf (the host's libm differs by an ulp or two);
+the GPU tests in test_persistent.py and test_cuda_sources.py cover those on a GPU.
 """
 from __future__ import annotations
 
 import functools
+import re
 import sys
 import types
 
@@ -86,6 +87,7 @@ extern "C" __global__ void __launch_bounds__(TOY_THREADS) toy_sync(float* out, i
     float v = smem[(threadIdx.x + 1) % blockDim.x];
     for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
     if (mode == 3) smem[n] = 0.f;                                    // 3: past the end
+    if (mode == 4) v += reinterpret_cast<const float4*>(smem + 1)->x;  // 4: misaligned
     out[blockIdx.x * blockDim.x + threadIdx.x] = v;
 }
 """
@@ -141,6 +143,7 @@ def test_model_runs_barriers_and_shuffles(toy):
     (1, False, "deadlock: 32 threads never finished; __syncthreads() of block 0: 5 of 32 threads arrived"),
     (2, False, "grid.sync() in a launch that is not cooperative"),
     (3, False, "wrote at byte 256 of its 256 bytes of dynamic shared memory"),
+    (4, False, "is not a multiple of 16 (the GPU faults)"),
 ])
 def test_model_reports_faults(toy, mode, coop, message):
     k = toy.get_function("toy_sync", cooperative=coop)
@@ -148,6 +151,18 @@ def test_model_reports_faults(toy, mode, coop, message):
     with pytest.raises(ch.HostLaunchError) as e:
         k((2,), (64,), (out, np.int32(mode), np.int32(64)), shared_mem=256)
     assert message in str(e.value)
+
+
+def test_guard_zones_catch_a_store_past_a_device_array(toy):
+    mem = ch.GuardedMemory()
+    out = mem.empty(127, np.float32)                  # one element short of the 128 threads
+    k = toy.get_function("toy_sync")
+    k.guards = [mem]
+    try:
+        with pytest.raises(ch.HostLaunchError, match="a store 0 bytes past the end of a 508-byte"):
+            k((2,), (64,), (out, np.int32(0), np.int32(64)), shared_mem=256)
+    finally:
+        k.guards = []
 
 
 def test_model_checks_launches_and_argument_types(toy):
@@ -160,12 +175,12 @@ def test_model_checks_launches_and_argument_types(toy):
         ((out.astype(np.float16), np.int32(0), np.int32(64)), (64,), "argument 0 (*float32): an array of float16"),
         ((out, np.int32(0), np.int32(64)), (512,), "over the kernel's __launch_bounds__ of 256"),
     ]:
-        with pytest.raises(ch.HostLaunchError, match=msg.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")):
+        with pytest.raises(ch.HostLaunchError, match=re.escape(msg)):
             k((2,), block, args, shared_mem=256)
 
 
 # -- rnn_pointwise.cu through the CuPy provider ------------------------------------------------------
-def _step_inputs(cell, B, H, prec, seed):
+def _step_inputs(cell, B, H, seed):
     p = PARAMS[cell].random(H, H, 1, seed=seed)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((1, B, H))
@@ -216,7 +231,7 @@ POINTWISE_CASES = [
 def test_pointwise_step_matches_reference(pointwise, monkeypatch, cell, case, prec):
     B, H, gx_kind, gh_kind, apart, alias, grid_y = case
     dt = storage(prec)
-    p, x, h0, c0 = _step_inputs(cell, B, H, prec, seed=B * 100 + H)
+    p, x, h0, c0 = _step_inputs(cell, B, H, seed=B * 100 + H)
     w_ih, w_hh, b_ih, b_hh = p.layers[0].arrays()
     G = p.num_gates
     ax = (x[0] @ w_ih.T + (0 if apart else b_ih)).reshape(B, G, H)
@@ -246,6 +261,16 @@ def test_pointwise_step_matches_reference(pointwise, monkeypatch, cell, case, pr
         assert np.all(np.isnan(wide[:, H:].astype(np.float32)))    # the row gaps stay untouched
 
 
+def test_pycuda_argument_layouts_match_the_compiled_entries(pointwise):
+    """PyCUDA's prepare() codes of the pointwise launcher against the parameter types g++ sees."""
+    code = {"P": "*", "q": "int64", "i": "int32"}
+    for stem, layout in (("lstm_pointwise_fused", pc._LSTM_ARGS), ("gru_pointwise_fused", pc._GRU_ARGS)):
+        for prec, sfx in SFX.items():
+            params = pointwise.get_function(f"{stem}_{sfx}").params
+            assert [p[0] if p.startswith("*") else p for p in params] == [code[c] for c in layout]
+            assert {p[1:] for p in params if p.startswith("*")} == {storage(prec).name}
+
+
 @pytest.mark.parametrize("prec", PRECS)
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_pointwise_layer_in_place_matches_reference(pointwise, monkeypatch, cell, prec):
@@ -253,7 +278,7 @@ def test_pointwise_layer_in_place_matches_reference(pointwise, monkeypatch, cell
     into y[t], the state updated in place, h_{t-1} read back from y."""
     T, B, H = 4, 3, 37
     dt = storage(prec)
-    p, x, h0, c0 = _step_inputs(cell, B, H, prec, seed=5)
+    p, x, h0, c0 = _step_inputs(cell, B, H, seed=5)
     x = np.random.default_rng(6).standard_normal((T, B, H))
     w_ih, w_hh, b_ih, b_hh = p.layers[0].arrays()
     G = p.num_gates
@@ -402,6 +427,7 @@ PERSIST_CASES = {
     "awkward_H33_B3": ("lstm", 3, 3, 33, limits(3)),
     "gru_H33_B3": ("gru", 3, 3, 33, limits(3)),
     "bt4_two_tiles_B5": ("lstm", 2, 5, 70, limits(5)),
+    "over_48k_smem": ("lstm", 2, 2, 100, limits(2)),
     "gru_bt4_B6": ("gru", 2, 6, 45, limits(3)),
     "chunks_of_one": ("lstm", 3, 3, 40, squeezed("lstm", 40, 3, "fp32", 2)),
     "gru_chunks_of_one": ("gru", 3, 3, 40, squeezed("gru", 40, 3, "fp32", 2)),
@@ -421,6 +447,18 @@ def test_persistent_matches_reference(persistent, monkeypatch, name, prec):
     geo, got, want = run_persistent(persistent, monkeypatch, cell, prec, T, B, H, lim, order=T)
     for g, w in zip(got, want):
         assert rel_err(g, w) <= tolerance(prec), (name, geo.describe())
+
+
+def test_stand_in_refuses_what_the_driver_refuses(persistent):
+    """Without max_dynamic_shared_size_bytes a launch may not take over 48 KiB, and a cooperative
+    launch may not have more blocks than SMs: the persistent cases above pass these checks."""
+    lim = limits(2)
+    k = RawKernelStandIn(persistent.get_function("lstm_persistent_f32", cooperative=True), lim,
+                         ch.GuardedMemory())
+    with pytest.raises(ch.HostLaunchError, match="without raising max_dynamic_shared_size_bytes"):
+        k((1,), (kp.THREADS,), (), shared_mem=48 * 1024 + 16)
+    with pytest.raises(ch.HostLaunchError, match="cooperative launch of"):
+        k((3,), (kp.THREADS,), (), shared_mem=1024)
 
 
 def test_persistent_cases_cover_every_tile_split_and_chunking():
@@ -516,7 +554,7 @@ def mutants(workdir):
             for name, (src, cell, _, _) in PERSIST_MUTANTS.items()]
     jobs += [(src, ["lstm_pointwise_fused_f32", "gru_pointwise_fused_f32"], f"pointwise_{name}")
              for name, src in POINTWISE_MUTANTS.items()]
-    mods = ch.build_all(jobs, workdir)
+    mods = ch.build_all(jobs, workdir, opt="-O0")      # compiled unoptimised: they run little
     names = [f"persist_{n}" for n in PERSIST_MUTANTS] + [f"pointwise_{n}" for n in POINTWISE_MUTANTS]
     return dict(zip(names, mods))
 

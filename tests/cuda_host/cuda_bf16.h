@@ -24,7 +24,7 @@ struct __nv_bfloat16 {
     __nv_bfloat16() = default;
     __nv_bfloat16(float f) : x(mbh::float_to_bf16_bits(f)) {}
 };
-struct __nv_bfloat162 { __nv_bfloat16 x, y; };
+struct alignas(4) __nv_bfloat162 { __nv_bfloat16 x, y; };
 static_assert(sizeof(__nv_bfloat16) == 2 && sizeof(__nv_bfloat162) == 4, "16-bit storage");
 
 inline float __bfloat162float(__nv_bfloat16 h) { return mbh::bf16_bits_to_float(h.x); }

@@ -52,7 +52,7 @@ struct __half {
     __half() = default;
     __half(float f) : x(mbh::float_to_half_bits(f)) {}
 };
-struct __half2 { __half x, y; };
+struct alignas(4) __half2 { __half x, y; };
 static_assert(sizeof(__half) == 2 && sizeof(__half2) == 4, "16-bit storage");
 
 inline float __half2float(__half h) { return mbh::half_bits_to_float(h.x); }

@@ -50,6 +50,30 @@ using std::min;
 #define __align__(n) __attribute__((aligned(n)))
 #define __launch_bounds__(...)
 
+// -- misaligned accesses: g++ -fsanitize=alignment calls this where the GPU would fault ----------
+// (a float4 or uint2 load from an address that is not a multiple of its size).
+namespace mbh { inline void fail(const std::string& what); }
+extern "C" {
+struct mb_ubsan_location { const char* file; uint32_t line, column; };
+struct mb_ubsan_type_mismatch {
+    mb_ubsan_location loc;
+    const void* type;
+    unsigned char log_alignment;
+    unsigned char kind;
+};
+inline void mb_misaligned(const mb_ubsan_type_mismatch* d, uintptr_t p) {
+    mbh::fail("misaligned access at " + std::string(d->loc.file) + ":" + std::to_string(d->loc.line) +
+              ": address " + std::to_string(p) + " is not a multiple of " +
+              std::to_string(1u << d->log_alignment) + " (the GPU faults)");
+}
+__attribute__((visibility("default"))) void __ubsan_handle_type_mismatch_v1(void* d, uintptr_t p) {
+    mb_misaligned(static_cast<const mb_ubsan_type_mismatch*>(d), p);
+}
+__attribute__((visibility("default"))) void __ubsan_handle_type_mismatch_v1_abort(void* d, uintptr_t p) {
+    mb_misaligned(static_cast<const mb_ubsan_type_mismatch*>(d), p);
+}
+}
+
 // -- context switch: a few instructions on x86-64, ucontext elsewhere -------------------------------
 #if defined(__x86_64__)
 extern "C" void mb_switch(void** save_sp, void* next_sp);
