@@ -168,12 +168,15 @@ def _free_memory_driver(device: int) -> tuple:
     return free.value, total.value
 
 
-def free_memory(device: int = 0) -> tuple:
-    """``(free, total)`` bytes on ``device``.  With CuPy installed, its view: the driver's free
+def free_memory(device: int | None = None) -> tuple:
+    """``(free, total)`` bytes on ``device`` (None: the ordinal --device cuda:K selected).  With CuPy installed, its view: the driver's free
     memory plus what CuPy's memory pool holds but does not use (a later CuPy allocation reuses it)."""
     ok, reason = detect()
     if not ok:
         raise Unsupported(reason)
+    if device is None:
+        from . import devices
+        device = devices.selected()
     if "cupy" in sys.modules or importlib.util.find_spec("cupy") is not None:
         import cupy
         with cupy.cuda.Device(device):
@@ -187,7 +190,7 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
-def check_fits(bytes_needed: int, *, device: int = 0, what: str = "this case") -> int:
+def check_fits(bytes_needed: int, *, device: int | None = None, what: str = "this case") -> int:
     """Raise :class:`BadInput` (one line) when an estimate of device memory exceeds what is free.
 
     Returns the free bytes.  The estimate is the caller's (weights, activations, workspace); the
@@ -196,6 +199,9 @@ def check_fits(bytes_needed: int, *, device: int = 0, what: str = "this case") -
     """
     if bytes_needed < 0:
         raise BadInput(f"bytes_needed={bytes_needed} must be >= 0")
+    if device is None:
+        from . import devices
+        device = devices.selected()
     free, total = free_memory(device)
     if bytes_needed > free:
         raise BadInput(f"{what} needs about {_gib(bytes_needed)} of GPU memory but GPU {device} has "

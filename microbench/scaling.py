@@ -254,11 +254,18 @@ class Buckets:
         self.ranges.append(_AsyncRange("allreduce"))
         self.works.append(dist.all_reduce(self.tensors[k], group=self.group, async_op=True))
 
+    def _device_sync(self) -> None:
+        """NCCL's wait() only orders torch's stream; the host must see the reduction finished."""
+        if self.xp is not np:
+            import torch
+            torch.cuda.synchronize()
+
     def wait(self) -> None:
         """Wait for every launched all-reduce, then average (divide by n)."""
         for w, r in zip(self.works, self.ranges):
             w.wait()
             r.end()
+        self._device_sync()
         for f in self.flat:
             f *= 1.0 / self.n
         self.reset()
@@ -270,6 +277,7 @@ class Buckets:
         for w, r in zip(self.works, self.ranges):
             w.wait()
             r.end()
+        self._device_sync()
         self.reset()
 
     def layer_grads(self, layer: int) -> dict:

@@ -95,7 +95,7 @@ BAD = [
     (["lstm", "--threads", "0"], "--threads 0 is out of range"),
     (["lstm", "--nvtx", "loud"], "argument --nvtx: invalid choice: 'loud'"),
     (["lstm", "--min-time", "-1"], "--min-time -1"),
-    (["lstm", "--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+    (["lstm", "--device", "tpu"], "argument --device: 'tpu' is unknown; allowed: auto, cpu, cuda, cuda:K"),
     (["lstm", "--device", "cuda"], "--device cuda: no CUDA GPU found"),
     (["lstm", "--json", "/nonexistent-dir/x.jsonl"], "does not exist"),
     (["lstm", "--json", "/"], "is a directory"),

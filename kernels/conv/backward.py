@@ -66,7 +66,7 @@ def forward_train(x, w, b, problem: ConvProblem, *, xp=np):
 def backward(tape: ConvTape, dy, *, xp=np, on_params=None) -> dict:
     """``{"x", "w", "b"}`` gradients of ``sum(y * dy)`` (b None without bias)."""
     p = tape.problem
-    G, Cg, Kg, RS, NPQ = p.groups, p.Cg, p.Kg, p.R * p.S, p.N * p.P * p.Q
+    G, Kg, NPQ = p.groups, p.Kg, p.N * p.P * p.Q
     dyk = xp.ascontiguousarray(_nchw(xp, xp.asarray(dy), p.layout).transpose(1, 0, 2, 3)).reshape(G, Kg, NPQ)
     dw = xp.matmul(dyk, tape.cols.transpose(0, 2, 1)).reshape(p.K, p.C // G, p.R, p.S)
     db = dyk.reshape(p.K, NPQ).sum(axis=1) if p.bias else None
