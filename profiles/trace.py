@@ -24,7 +24,9 @@ from typing import Any, Callable, Iterable
 
 from kernels.errors import BadInput, MissingDependency
 
-KINDS = ("kernel", "memcpy", "memset")
+# "primitive": one oneDNN primitive execution on the CPU, parsed from oneDNN's verbose log
+# (profiles.onednn_trace): name is the primitive kind, impl/prop/formats/shape say the rest.
+KINDS = ("kernel", "memcpy", "memset", "primitive")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +41,11 @@ class KernelRecord:
     block: tuple[int, int, int] = (0, 0, 0)
     nvtx: str = ""          # innermost range path at launch, e.g. "lstm/fused/cupy/step"
     bytes: int = 0          # memcpy/memset only
+    impl: str = ""          # primitive only: implementation, e.g. "brgemm:avx2", "ref:any"
+    prop: str = ""          # primitive only: propagation kind, e.g. "forward_inference"
+    formats: str = ""       # primitive only: "src_layer:f32 abc, wei_layer:f32 abdEc16e, ..."
+    shape: str = ""         # primitive only: oneDNN's problem description, e.g. "l1t100mb64..."
+    engine: str = ""        # primitive only: "cpu"
 
     @property
     def duration_ns(self) -> int:
@@ -58,7 +65,8 @@ class KernelRecord:
                   stream=int(d.get("stream", -1)),
                   grid=tuple(int(v) for v in d.get("grid", (0, 0, 0))),
                   block=tuple(int(v) for v in d.get("block", (0, 0, 0))),
-                  nvtx=str(d.get("nvtx", "")), bytes=int(d.get("bytes", 0)))
+                  nvtx=str(d.get("nvtx", "")), bytes=int(d.get("bytes", 0)),
+                  **{k: str(d.get(k, "")) for k in _PRIMITIVE_FIELDS})
         if rec.end_ns < rec.start_ns or len(rec.grid) != 3 or len(rec.block) != 3:
             raise ValueError(f"record {rec.name!r} ends before it starts or has no 3-d grid/block")
         return rec
@@ -68,11 +76,16 @@ class KernelRecord:
              "end_ns": self.end_ns, "stream": self.stream}
         if self.kind == "kernel":
             d.update(grid=list(self.grid), block=list(self.block))
+        elif self.kind == "primitive":
+            d.update({k: getattr(self, k) for k in _PRIMITIVE_FIELDS})
         else:
             d["bytes"] = self.bytes
         if self.nvtx:
             d["nvtx"] = self.nvtx
         return d
+
+
+_PRIMITIVE_FIELDS = ("impl", "prop", "formats", "shape", "engine")
 
 
 @dataclasses.dataclass

@@ -305,3 +305,40 @@ def test_missing_library_skips_with_the_places_searched(tmp_path, monkeypatch):
     finally:
         monkeypatch.delenv(L.ENV_VAR)
         L._load_cached.cache_clear()
+
+
+def test_nvtx_phase_per_primitive_named_by_its_kind():
+    from kernels.onednn.rnn import OnednnRNN
+    from profiles import nvtx
+    _lib()
+    p = LSTMParams.random(4, 4, 1, seed=0).astype(np.float32)
+    with OnednnRNN(p, batch=2, seq_len=2, reorder_each_call=True) as rnn:
+        assert [s.kind for s in rnn.steps] == ["reorder", "reorder", "rnn"]
+        rnn.bind(np.ones((2, 2, 4), np.float32), np.zeros((1, 2, 4), np.float32),
+                 np.zeros((1, 2, 4), np.float32))
+        old = nvtx.level()
+        try:
+            nvtx.set_level("on")
+            nvtx.reset_count()
+            rnn.run()
+            assert nvtx.reset_count() == 3          # one range per primitive executed
+            nvtx.set_level("case")
+            rnn.run()
+            assert nvtx.reset_count() == 0
+        finally:
+            nvtx.set_level(old)
+
+
+def test_bf16_case_runs_or_skips_with_onednn_status():
+    from microbench import cases  # noqa: F401
+    from microbench.harness import Settings
+    from microbench.problems import RNNProblem
+    from microbench.registry import REGISTRY
+    from microbench.runner import Case, run_case
+    _lib()
+    case = Case(REGISTRY[("gru", "onednn", "onednn")], RNNProblem("gru", 3, 2, 8, 8, 1), "bf16", 0)
+    o = run_case(case, Settings(0.01, 0.05, 1.0, 3, 1.0), {"env_id": "t"}, 0.0)
+    if o.status == "skipped":
+        assert "dnnl_unimplemented" in o.error
+    else:
+        assert o.status == "ok" and o.check.passed, o.error

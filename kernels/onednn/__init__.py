@@ -11,7 +11,10 @@ counterpart of :mod:`kernels.cudnn`.
   releases them on every path.
 - :mod:`.rnn`: LSTM and linear-before-reset GRU inference (``dnnl_lstm_forward``,
   ``dnnl_lbr_gru_forward``).  :mod:`.conv`: forward convolution, direct and Winograd.
-- :mod:`.verbose`: capture of oneDNN's verbose log (our calls and the frameworks') and its parser.
+- :mod:`.matmul`: ``x @ W`` as a oneDNN matmul with W in the primitive's own layout (packed
+  once), on the caller's buffers: the building block for a CPU ``pretranspose``.
+
+The verbose-log capture and parser live in :mod:`profiles.onednn_trace`.
 
 Importing this package loads nothing: oneDNN is opened on first use.
 """

@@ -55,7 +55,8 @@ ALG = {"convolution_direct": 0x1, "convolution_winograd": 0x2, "convolution_auto
 CPU_ENGINE = 1                      # dnnl_cpu
 STREAM_DEFAULT = 1                  # dnnl_stream_default_flags (in order)
 SCRATCHPAD_USER = 1                 # dnnl_scratchpad_mode_user
-QUERY = {"impl_info_str": 8, "exec_arg_md": 255, "scratchpad_md": 136}
+QUERY = {"impl_info_str": 8, "exec_arg_md": 255, "scratchpad_md": 136, "format_kind": 262}
+FORMAT_KIND = {0: "undef", 1: "any", 2: "blocked", 3: "opaque"}
 RUNTIME = {0: "none", 1: "sequential", 2: "OpenMP", 4: "TBB", 8: "threadpool", 256: "OpenCL",
            512: "SYCL"}
 CPU_ISA = {0x0: "default", 0x1: "sse41", 0x3: "avx", 0x7: "avx2", 0xf: "avx2_vnni",
@@ -104,6 +105,10 @@ PROTOTYPES = {
     "dnnl_primitive_attr_create": (I32, [PP]),
     "dnnl_primitive_attr_destroy": (I32, [P]),
     "dnnl_primitive_attr_set_scratchpad_mode": (I32, [P, I32]),
+    "dnnl_primitive_attr_set_post_ops": (I32, [P, P]),
+    "dnnl_post_ops_create": (I32, [PP]),
+    "dnnl_post_ops_destroy": (I32, [P]),
+    "dnnl_post_ops_append_sum": (I32, [P, ctypes.c_float, ctypes.c_int32, I32]),
     "dnnl_primitive_desc_destroy": (I32, [P]),
     "dnnl_primitive_desc_query": (I32, [P, I32, I32, P]),
     "dnnl_primitive_desc_query_md": (P, [P, I32, I32]),

@@ -187,8 +187,8 @@ class OnednnRNN:
     def _describe_md(self, md) -> str:
         """'blocked' or 'opaque' (dnnl_format_kind_t of the layout oneDNN chose), with its size."""
         kind = ctypes.c_int()
-        self.lib.call("dnnl_memory_desc_query", md, 262, ctypes.byref(kind))  # dnnl_query_format_kind
-        name = {2: "blocked", 3: "opaque", 1: "any"}.get(kind.value, str(kind.value))
+        self.lib.call("dnnl_memory_desc_query", md, L.QUERY["format_kind"], ctypes.byref(kind))
+        name = L.FORMAT_KIND.get(kind.value, str(kind.value))
         return f"{name} ({self.scope.md_size(md)} bytes)"
 
     # -- calls ---------------------------------------------------------------------------------

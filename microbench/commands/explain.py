@@ -9,6 +9,7 @@ EPILOG = """examples:
   python -m microbench explain lstm                       # this machine has no GPU: the H100 traces
   python -m microbench explain lstm --frameworks torch,jax --variants cudnn
   python -m microbench explain gru --reference my-traces.json
+  python -m microbench explain lstm --device cpu --frameworks torch,mxnet   # oneDNN, traced live
 """
 
 
@@ -26,12 +27,53 @@ def add_parsers(sub) -> None:
     p.add_argument("--cpu", action="store_true",
                    help="also profile PyTorch's fused and generic CPU paths here (torch.profiler); "
                         "the default when no GPU is found and torch is installed")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="cpu: trace oneDNN's primitives live here (ours and --frameworks, default "
+                        "torch,mxnet) and explain from them; cuda/auto: the GPU traces (reference "
+                        "or --reference), plus PyTorch's CPU profile where no GPU is found")
     for flag, default in (("-T", 50), ("-B", 16), ("-H", 256)):
         p.add_argument(flag, type=int, default=default, help=f"sizes of the CPU profile (default {default})")
+    p.add_argument("-C", type=int, default=32, help="conv, --device cpu: channels in and out (default 32)")
+    p.add_argument("--size", type=int, default=28, help="conv, --device cpu: image height and width (default 28)")
+    p.add_argument("--save-logs", metavar="DIR",
+                   help="--device cpu: also write each framework's raw oneDNN verbose log to DIR")
+    p.add_argument("--python", metavar="FW=PATH", action="append",
+                   help="--device cpu: run framework FW's worker under this interpreter")
     p.set_defaults(func=cmd_explain)
 
 
+def cmd_explain_cpu(args) -> int:
+    """--device cpu: ours and the frameworks through oneDNN, traced here (profiles.cpu_explain)."""
+    from kernels.params import check_dim
+    from profiles import cpu_explain
+
+    from ..cases.frameworks import parse_frameworks
+    from ..frameworks.client import parse_python
+    if args.reference or args.variants:
+        from kernels.errors import BadInput
+        raise BadInput("--device cpu traces live; --reference and --variants apply to GPU traces")
+    T, B, H, C, size = (check_dim(f"-{n}", getattr(args, n)) for n in ("T", "B", "H", "C", "size"))
+    frameworks = parse_frameworks(args.frameworks or "torch,mxnet")
+    problem = cpu_explain.problem_for(args.op, T, B, H, C, size)
+    err = console(stderr=True)
+    logs = {} if args.save_logs else None
+    rows = cpu_explain.collect(args.op, problem, frameworks, python=parse_python(args.python),
+                               logs=logs,
+                               progress=lambda what: err.print(f"tracing {what} ...", highlight=False))
+    cpu_explain.render(rows, args.op, console())
+    if logs:
+        from pathlib import Path
+        d = Path(args.save_logs)
+        d.mkdir(parents=True, exist_ok=True)
+        for label, text in logs.items():
+            (d / f"{label.replace('/', '-')}-{args.op}.log").write_text(text)
+        err.print(f"wrote {len(logs)} verbose log(s) to {d}")
+    return 0
+
+
 def cmd_explain(args) -> int:
+    if args.device == "cpu":
+        return cmd_explain_cpu(args)
     import importlib.util
 
     from kernels.params import check_dim

@@ -10,6 +10,8 @@ framework's own prints are sent to stderr, so they can not corrupt the channel) 
   (op "conv" adds "geometry": stride, pad, dilation, groups, layout; out.npz holds y)
   {"cmd": "run"}                               -> {"ok"}   (one untimed call)
   {"cmd": "measure", "settings": {...}}        -> {"ok", "samples": [seconds, ...]}
+  {"cmd": "trace", "calls": n}                 -> {"ok"}   (n untimed calls between marker
+                                                  lines on fd 1: profiles.onednn_trace)
   {"cmd": "quit"}                              -> {"ok"}, then exit
 
 Thread counts and device are fixed at start (``--threads``, ``--device``): frameworks size their
@@ -162,6 +164,13 @@ def main(argv=None) -> int:
                 send({"ok": True})
             elif cmd == "outputs":   # of the latest call: after "measure", the last timed one
                 np.savez(req["outputs"], *[np.asarray(a) for a in built.outputs()])
+            elif cmd == "trace":
+                # oneDNN's verbose lines (switched on by the parent's environment) go to fd 1,
+                # which is stderr.log here: the markers cut out this command's calls.
+                _trace_marker("microbench-trace-begin")
+                for _ in range(int(req.get("calls", 1))):
+                    built.run()
+                _trace_marker("microbench-trace-end")
                 send({"ok": True})
             elif cmd == "measure":
                 timer, flush, mode, tname = timing_mode(adapter, args.device, req["settings"])
@@ -179,6 +188,17 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001
             send({"ok": False, "kind": "error", "message": _describe(e)})
     return 0
+
+
+def _trace_marker(text: str) -> None:
+    """A line on fd 1 after everything C stdio buffered there (oneDNN's verbose printf)."""
+    import ctypes
+    sys.stdout.flush()
+    try:
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
+    os.write(1, f"\n{text}\n".encode())
 
 
 def _describe(e: BaseException) -> str:

@@ -1,0 +1,274 @@
+"""``explain lstm|gru|conv --device cpu``: the convergence story told live, from oneDNN traces.
+
+For each implementation asked for -- ours (``onednn``, ``onednn_reorder`` for RNNs) and each
+framework path (``torch/fused``, ``mxnet/fused``, ``tensorflow/generic``, ...) -- this module
+builds the case on the same weights and inputs, checks it against the float64 reference, times
+it untraced (a short harness run), then runs it a few more times with oneDNN's verbose mode on
+and parses the primitives it executed (:mod:`profiles.onednn_trace`).  :func:`sentences` states
+what the traces show -- which rows run the same primitive and implementation and how close their
+times are, what a framework adds around it (weight and activation reorders, per-step GEMM
+primitives), where oneDNN versions differ -- with every number computed from this run.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from kernels.errors import BadInput, MicrobenchError, Unsupported
+from profiles import onednn_trace as ot
+
+CALLS = 5            # traced calls per implementation (rows report the median call)
+
+
+@dataclasses.dataclass
+class Row:
+    """One implementation: its untraced time and the primitives it executed per call."""
+    label: str
+    wall_s: float | None = None
+    checked: str = ""
+    version: str = ""                    # oneDNN version seen in its log
+    primitives: list = dataclasses.field(default_factory=list)   # onednn_trace.PrimitiveRow
+    note: str = ""                       # why there is no trace / no time
+    steps: int | None = None
+
+    def of(self, cls: str) -> list:
+        return [p for p in self.primitives if p.cls == cls]
+
+    def count(self, cls: str | None = None) -> int:
+        return sum(p.count for p in self.primitives if cls is None or p.cls == cls)
+
+    def time_s(self, cls: str | None = None) -> float:
+        return sum(p.total_ns for p in self.primitives if cls is None or p.cls == cls) / 1e9
+
+    @property
+    def main(self):
+        """The compute primitive that takes most time (not a reorder), or None."""
+        compute = [p for p in self.primitives if p.cls not in ("reorder", "copy")]
+        return max(compute, key=lambda p: p.total_ns) if compute else None
+
+
+def _settings():
+    from microbench.harness import Settings
+    return Settings(warmup=0.1, min_time=0.5, max_time=5.0, min_samples=3, max_noise=1.0)
+
+
+def _wall(run: Callable) -> float:
+    from microbench.harness import CpuTimer, measure
+    return measure(run, _settings(), CpuTimer()).median
+
+
+def _ours(op: str, problem, seed: int, variant: str) -> Row:
+    from microbench import cases  # noqa: F401  (fills the registry)
+    from microbench.registry import REGISTRY
+    label = f"ours/{variant}"
+    rec = REGISTRY[(op, variant, "onednn")]
+    try:
+        prep = rec.build(problem, seed, precision="fp32")
+    except Unsupported as e:
+        return Row(label, note=f"skipped: {e}")
+    try:
+        chk = prep.check()
+        row = Row(label, checked=f"max rel err {chk.max_rel_err:.1e}" + ("" if chk.passed else " FAILED"))
+        row.wall_s = _wall(prep.run)
+        parsed = ot.capture_ours(prep.run, CALLS)
+        row.version = parsed.version or prep.info.get("onednn", "")
+        row.primitives = ot.summarize(parsed.trace(label), CALLS)
+        return row
+    finally:
+        if prep.close:
+            prep.close()
+
+
+def _framework(op: str, problem, seed: int, framework: str, path: str, python: str | None,
+               logs: dict | None) -> Row:
+    """Two workers: one without verbose mode (check and untraced time), then one started with
+    oneDNN's verbose switches on (the trace): TensorFlow and MXNet read them only at start-up."""
+    from microbench.cases.frameworks import build_framework, default_python
+    from microbench.frameworks.client import Worker
+    label = f"{framework}/{path}"
+    build = lambda: build_framework(problem, seed, framework=framework, path=path,  # noqa: E731
+                                    device="cpu", precision="fp32",
+                                    python=python or default_python(framework))
+    try:
+        prep = build()
+    except Unsupported as e:
+        return Row(label, note=f"skipped: {e}")
+    except MicrobenchError as e:
+        return Row(label, note=f"failed: {e}")
+    try:
+        chk = prep.check()
+        row = Row(label, checked=f"max rel err {chk.max_rel_err:.1e}" + ("" if chk.passed else " FAILED"))
+        row.wall_s = float(prep.measure(_settings()).median)
+    except MicrobenchError as e:
+        return Row(label, note=f"failed: {e}")
+    finally:
+        if prep.close:
+            prep.close()
+    try:
+        with ot.verbose_environment():
+            prep = build()
+    except MicrobenchError as e:
+        row.note = f"no trace: {e}"
+        return row
+    try:
+        worker = getattr(prep.close, "__self__", None)
+        if not isinstance(worker, Worker):
+            row.note = "no worker to trace"
+            return row
+        parsed = ot.capture_worker(worker, CALLS)
+        if logs is not None:
+            logs[label] = parsed.text or "# no oneDNN verbose line between the trace markers\n"
+        row.version = parsed.version
+        row.primitives = ot.summarize(parsed.trace(label), CALLS)
+        if not parsed.records:
+            row.note = "executed no oneDNN primitive"
+        return row
+    except MicrobenchError as e:
+        row.note = f"no trace: {e}"
+        return row
+    finally:
+        if prep.close:
+            prep.close()
+
+
+def problem_for(op: str, T: int, B: int, H: int, C: int = 32, size: int = 28):
+    if op == "conv":
+        from kernels.conv import ConvProblem
+        return ConvProblem(N=B, C=C, H=size, W=size, K=C, R=3, S=3, pad=1)
+    from microbench.problems import RNNProblem
+    return RNNProblem(op, T, B, H, H, 1)
+
+
+def collect(op: str, problem, frameworks: list, seed: int = 0, python: dict | None = None,
+            logs: dict | None = None, progress: Callable[[str], None] | None = None) -> list:
+    """Rows for ours and for every path of every named framework, in that order."""
+    from microbench.frameworks import PATHS
+    if op not in ("lstm", "gru", "conv"):
+        raise BadInput(f"explain covers lstm, gru, conv, not {op!r}")
+    python = python or {}
+    rows = []
+    for variant in (("onednn",) if op == "conv" else ("onednn", "onednn_reorder")):
+        if progress:
+            progress(f"ours/{variant}")
+        rows.append(_ours(op, problem, seed, variant))
+    for fw in frameworks:
+        for path in PATHS[fw].get("cpu", {}):
+            if progress:
+                progress(f"{fw}/{path}")
+            row = _framework(op, problem, seed, fw, path, python.get(fw), logs)
+            row.steps = getattr(problem, "T", None)
+            rows.append(row)
+    return rows
+
+
+# -- sentences -----------------------------------------------------------------------------------
+
+def _name(p) -> str:
+    return f"{p.kind} {p.impl}".strip()
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.2f} ms"
+
+
+def _pct(a: float, b: float) -> str:
+    return f"{100 * (a - b) / b:+.0f}%" if b else "n/a"
+
+
+def sentences(rows: list, op: str) -> list:
+    """Plain statements computed from the rows (nothing here is written in advance)."""
+    out = []
+    traced = [r for r in rows if r.primitives]
+    # 1. rows that run the same compute primitive and implementation
+    groups: dict = {}
+    for r in traced:
+        m = r.main
+        if m is not None:
+            groups.setdefault((m.kind, m.impl, m.prop), []).append(r)
+    for (kind, impl, prop), members in groups.items():
+        if len(members) < 2:
+            continue
+        base = members[0]
+        parts = [f"{r.label} {_ms(r.main.total_ns / 1e9)}" for r in members]
+        walls = [f"{r.label} {_ms(r.wall_s)}" for r in members if r.wall_s]
+        out.append(f"{', '.join(r.label for r in members)} execute the same oneDNN primitive: "
+                   f"{f'{kind} {impl}'.strip()} ({prop}), {base.main.count} per call; its time per call: "
+                   f"{'; '.join(parts)}" + (f"; untraced wall per call: {'; '.join(walls)}" if walls else "")
+                   + ".")
+    # 2. what differs: other implementations of the same primitive kind
+    kinds: dict = {}
+    for r in traced:
+        if r.main is not None:
+            kinds.setdefault(r.main.kind, {}).setdefault(r.main.impl, []).append(r)
+    for kind, impls in kinds.items():
+        if len(impls) < 2:
+            continue
+        desc = "; ".join(f"{', '.join(r.label for r in rs)}: {impl} "
+                         f"(oneDNN {', '.join(sorted({r.version or '?' for r in rs}))}, "
+                         f"{_ms(min(r.main.total_ns for r in rs) / 1e9)} per call)"
+                         for impl, rs in impls.items())
+        out.append(f"The {kind} primitive runs in {len(impls)} implementations: {desc}.")
+    # 3. what each row adds around its compute primitive
+    for r in traced:
+        re_ = r.of("reorder")
+        total = r.time_s()
+        if re_:
+            n, t = r.count("reorder"), r.time_s("reorder")
+            what = ", ".join(sorted({p.formats.split(', ')[-1].split(' ')[-1] for p in re_ if p.formats}))
+            out.append(f"{r.label} executes {n} reorder primitive(s) per call ({_ms(t)}, "
+                       f"{100 * t / total:.0f}% of its primitive time)"
+                       + (f", into layout(s) {what}" if what else "") + ".")
+        g = r.of("gemm")
+        if g and r.steps:
+            n = r.count("gemm")
+            out.append(f"{r.label} executes {n} GEMM primitive(s) per call ({n / r.steps:.1f} per "
+                       f"step, {', '.join(sorted({_name(p) for p in g}))}) and no fused RNN "
+                       f"primitive: the step-by-step pattern, {_ms(r.time_s('gemm'))} of primitive "
+                       f"time.")
+        if r.wall_s and total and total <= r.wall_s:
+            out.append(f"{r.label}: {_ms(r.wall_s)} per call untraced, of which oneDNN primitives "
+                       f"take {_ms(total)} ({100 * total / r.wall_s:.0f}%, traced); the rest, "
+                       f"{_ms(r.wall_s - total)}, is spent outside oneDNN.")
+        elif r.wall_s and total:
+            out.append(f"{r.label}: its traced primitive time ({_ms(total)}) exceeds its untraced "
+                       f"wall ({_ms(r.wall_s)}): verbose mode and this machine's load inflated the "
+                       f"traced calls, so read its counts and implementations, not those times.")
+    for r in rows:
+        if not r.primitives:
+            why = r.note or "no primitive recorded"
+            out.append(f"{r.label}: {why}" + ("" if why.startswith("skipped") else
+                                              " (its work runs outside oneDNN: BLAS or its own kernels)")
+                       + ".")
+    # 4. versions
+    vers = {r.label: r.version for r in traced if r.version}
+    if len(set(vers.values())) > 1:
+        out.append("oneDNN versions differ: " + ", ".join(f"{k} {v}" for k, v in vers.items()) + ".")
+    # 5. ours vs the closest framework row with the same primitive
+    ours = next((r for r in rows if r.label == "ours/onednn" and r.wall_s), None)
+    if ours and ours.main:
+        peers = [r for r in traced if not r.label.startswith("ours/") and r.main
+                 and r.main.kind == ours.main.kind and r.wall_s]
+        for p in peers:
+            extra = p.time_s("reorder") - ours.time_s("reorder")
+            out.append(f"ours/onednn vs {p.label}: {_ms(ours.wall_s)} vs {_ms(p.wall_s)} untraced "
+                       f"({_pct(ours.wall_s, p.wall_s)}); {p.label} spends {_ms(max(extra, 0.0))} more "
+                       f"per call in reorders" + ("" if p.main.impl == ours.main.impl else
+                                                  f" and runs {p.main.impl} instead of {ours.main.impl}")
+                       + ".")
+    return out
+
+
+def render(rows: list, op: str, console) -> None:
+    from rich.table import Table
+    t = Table(title=f"CPU: {op} through oneDNN, primitives per call (this machine, traced live)",
+              title_justify="left")
+    for col in ("implementation", "wall (untraced)", "check", "oneDNN", "primitives per call"):
+        t.add_column(col)
+    for r in rows:
+        prims = "; ".join(f"{_name(p)} x{p.count} {_ms(p.total_ns / 1e9)}"
+                          for p in r.primitives[:4]) or r.note
+        t.add_row(r.label, _ms(r.wall_s) if r.wall_s else "-", r.checked or "-", r.version or "-",
+                  prims)
+    console.print(t)
+    for s in sentences(rows, op):
+        console.print(f"- {s}")
