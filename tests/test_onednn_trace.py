@@ -12,7 +12,7 @@ from profiles import onednn_trace as ot
 from profiles import trace as tr
 
 FIX = Path(__file__).parent / "fixtures" / "onednn"
-CALLS = 5     # the fixtures hold 5 traced calls each (profiles.cpu_explain.CALLS)
+CALLS = 5     # the fixtures hold 5 traced calls each (microbench.cpu_explain.CALLS)
 
 
 def _fixture(name):

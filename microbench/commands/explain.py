@@ -43,9 +43,9 @@ def add_parsers(sub) -> None:
 
 
 def cmd_explain_cpu(args) -> int:
-    """--device cpu: ours and the frameworks through oneDNN, traced here (profiles.cpu_explain)."""
+    """--device cpu: ours and the frameworks through oneDNN, traced here (microbench.cpu_explain)."""
     from kernels.params import check_dim
-    from profiles import cpu_explain
+    from .. import cpu_explain
 
     from ..cases.frameworks import parse_frameworks
     from ..frameworks.client import parse_python
