@@ -220,16 +220,17 @@ def test_registry_rows_are_framework_slash_path():
         assert r.variant == r.framework and r.backend in PATHS[r.framework][r.device]
 
 
-def test_missing_framework_is_a_skipped_row():
-    """MXNet 1.9 refuses NumPy 2: under this interpreter its worker reports it missing."""
+@pytest.mark.parametrize("fw", NUMPY1)
+def test_missing_framework_is_a_skipped_row(fw):
+    """MXNet 1.9 and Chainer 7 refuse NumPy 2: under this interpreter their workers report them missing."""
     from microbench.runner import run_case
     p = RNNProblem("lstm", 3, 2, 4, 4)
-    [case] = [c for c in fcases.framework_cases("lstm", p, "mxnet", "cpu", ["fp32"], 0, None,
-                                                {"mxnet": sys.executable}) if c.backend == "fused"]
-    if importlib.util.find_spec("mxnet") is not None and np.__version__ < "2":
-        pytest.skip("mxnet imports in this interpreter")
+    [case] = [c for c in fcases.framework_cases("lstm", p, fw, "cpu", ["fp32"], 0, None,
+                                                {fw: sys.executable}) if c.backend == "fused"]
+    if importlib.util.find_spec(fw) is not None and np.__version__ < "2":
+        pytest.skip(f"{fw} imports in this interpreter")
     out = run_case(case, Settings(0, 0.01, 1, 1, 1), {}, 0.0)
-    assert out.status == "skipped" and "mxnet" in out.error
+    assert out.status == "skipped" and fw in out.error and "setup-mxnet" in out.error
 
 
 # -- each framework against the reference -----------------------------------------------------------

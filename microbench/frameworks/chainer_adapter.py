@@ -12,6 +12,7 @@ GEMM, which is not our GRU; the generic GRU is the cell written with ``L.Linear`
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import numpy as np
@@ -65,26 +66,14 @@ class _Ctx:
         return link.to_gpu() if self.cuda else link
 
     def config(self, train, backprop=False):
-        chainer = self.chainer
-        return _Many([chainer.using_config("train", train), chainer.using_config("use_cudnn", self.use_cudnn),
-                      chainer.using_config("enable_backprop", backprop)])
+        chainer, stack = self.chainer, contextlib.ExitStack()
+        for key, value in (("train", train), ("use_cudnn", self.use_cudnn), ("enable_backprop", backprop)):
+            stack.enter_context(chainer.using_config(key, value))
+        return stack
 
     def host(self, a):
         a = a.array if hasattr(a, "array") else a
         return np.asarray(a.get() if self.cuda else a, dtype=np.float64)
-
-
-class _Many:
-    def __init__(self, cms):
-        self.cms = cms
-
-    def __enter__(self):
-        for cm in self.cms:
-            cm.__enter__()
-
-    def __exit__(self, *exc):
-        for cm in reversed(self.cms):
-            cm.__exit__(*exc)
 
 
 def _set(param, array):
