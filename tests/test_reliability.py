@@ -404,3 +404,29 @@ def test_python_api_still_takes_real_inputs_and_low_precision_weights():
     assert LSTMParams.random(4, 3, dtype="bf16").dtype.name == "bfloat16"
     y, _ = RNN(p, backend="numpy")(np.ones((2, 1, 4), dtype=np.int64), np.zeros((1, 1, 3), np.float16))
     assert y.shape == (2, 1, 3) and np.isfinite(y).all()
+
+
+# -- Winograd's NaN tiles (documented in the README) ------------------------------------------------
+
+@pytest.mark.parametrize("pos", [(5, 5), (4, 4), (6, 7), (0, 0)])
+def test_winograd_spreads_a_nan_over_whole_tiles_and_fails_the_check(pos):
+    from kernels.conv import CONV_VARIANTS, ConvProblem, conv2d_reference
+    p = ConvProblem(N=1, C=4, H=16, W=16, K=4, R=3, S=3, pad=(1, 1))
+    x, w, b = p.random_inputs(np.random.default_rng(0), "fp32")
+    x[0, 0, pos[0], pos[1]] = np.nan
+    ref = np.isnan(conv2d_reference(x, w, b, p))
+    y = CONV_VARIANTS["winograd"].run(x, w, b, p)
+    nan = np.isnan(y)
+    assert ref.sum() in (16, 36) and 64 <= nan.sum() <= 100     # the README's numbers
+    assert nan[ref].all()                                        # every reference NaN is there
+    # ... and no NaN outside the 4x4 output tiles whose 6x6 input tile (rows 4t-1..4t+4 with
+    # pad 1) holds the NaN input
+    hit = [[t for t in range(4) if 4 * t - 1 <= pos[a] <= 4 * t + 4] for a in (0, 1)]
+    inside = np.zeros((16, 16), bool)
+    for tr in hit[0]:
+        for tc in hit[1]:
+            inside[4 * tr:4 * tr + 4, 4 * tc:4 * tc + 4] = True
+    assert not (nan & ~inside).any()
+    for name in ("direct", "im2col", "winograd_f2"):
+        assert (np.isnan(CONV_VARIANTS[name].run(x, w, b, p)) == ref).all()
+    assert not checks.compare([y], [conv2d_reference(x, w, b, p)], "fp32", names=("y",)).passed
