@@ -301,7 +301,12 @@ def test_commands_skip_bad_records_and_fail_only_when_none_is_left(cmd, tmp_path
 
 @pytest.mark.parametrize("content", [b"", b"\x00\x01\xff\xfe" * 10, b"[1, 2]", b'{"traces": 3}',
                                      b'{"traces": [{"label": "x"}]}', b'{"traces": [{"label": "x", "records": [{"start_ns": "a"}]}]}',
-                                     b'{"env": [], "traces": []}'])
+                                     b'{"env": [], "traces": []}',
+                                     b'{"traces": [{"label": "x", "meta": {"op": "LSTM"}, "records": []}]}',
+                                     b'{"traces": [{"label": "x", "meta": {"path": ["cudnn"]}, "records": '
+                                     b'[{"start_ns": 1, "end_ns": 2}]}]}',
+                                     b'{"traces": [{"label": "x", "meta": {"T": "x"}, "records": '
+                                     b'[{"start_ns": 1, "end_ns": 2}]}]}'])
 def test_explain_reference_rejects_a_bad_trace_file(content, tmp_path, capsys):
     f = tmp_path / "t.json"
     f.write_bytes(content)
