@@ -118,6 +118,39 @@ def test_the_check_after_timing_sees_the_last_timed_call():
     assert seen[-1] is returned[-1] and len(returned) == n   # no extra call
 
 
+def test_a_graph_replay_returns_the_captured_outputs_for_the_check(monkeypatch):
+    """CPU stand-in for CuPy's graph API: the replay hands back the buffers the captured call
+    returned (which every replay rewrites), so the check after timing reads the last replay's."""
+    import sys
+    import types
+
+    from microbench import runner
+    from microbench.harness import graph_replay
+
+    class Stream:
+        def __init__(self, non_blocking=False):
+            self.fn = None
+        __enter__ = lambda self: self          # noqa: E731
+        __exit__ = lambda self, *a: None       # noqa: E731
+        synchronize = begin_capture = lambda self: None  # noqa: E731
+
+        def end_capture(self):
+            return types.SimpleNamespace(upload=lambda s: None, launch=lambda s: calls.append(1))
+
+    calls, synced = [], []
+    cuda = types.SimpleNamespace(Stream=Stream, Device=lambda: types.SimpleNamespace(
+        synchronize=lambda: synced.append(1)))
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=cuda))
+    buf = np.zeros(3)
+    replay = graph_replay(lambda: buf)
+    assert replay() is buf and calls == [1]
+
+    def check(out=None):
+        return checks.compare([out], [np.ones(3)], "fp64", names=("y",))
+    result = runner.check_after_timing(Prepared({}, replay, 1, 1, check), replay(), "cuda")
+    assert synced == [1] and not result.passed   # the device is synchronized, then the buffer read
+
+
 # -- output files ------------------------------------------------------------------------------------
 
 QUICK_ARGS = ["lstm", "--backend", "numpy", "--naive", *SMALL, "--quiet"]
