@@ -179,12 +179,12 @@ def read(path) -> tuple:
                 if not line:
                     continue
                 try:
-                    raw = json.loads(line.decode("utf-8"))
+                    obj = json.loads(line.decode("utf-8"))
                     # a current record as written, before normalize fills any gap; an older one
                     # as upgraded
-                    current = isinstance(raw, dict) and raw.get("schema") == SCHEMA
-                    why = problem(raw, current=True) if current else None
-                    rec = None if why else normalize(raw)
+                    current = isinstance(obj, dict) and obj.get("schema") == SCHEMA
+                    why = problem(obj, current=True) if current else None
+                    rec = None if why else normalize(obj)
                     if not why:
                         why = "not a microbench record" if rec is None else \
                             (None if current else problem(rec, current=False))
