@@ -62,9 +62,12 @@ def check_output(path, flag: str, *, streams: bool = False) -> str:
             raise BadInput(f"{flag} {shown(path)} cannot be used: {_reason(e)}") from None
         if not ok:
             raise BadInput(f"{flag} {shown(path)}: folder {shown(parent)} does not exist")
-        if len(os.path.basename(str(path)).encode()) > os.pathconf(parent, "PC_NAME_MAX"):
-            raise BadInput(f"{flag} {shown(path)}: file name too long (at most "
-                           f"{os.pathconf(parent, 'PC_NAME_MAX')} bytes)")
+        try:
+            name_max = os.pathconf(parent, "PC_NAME_MAX")
+        except (OSError, ValueError):
+            name_max = 255
+        if len(os.path.basename(str(path)).encode()) > name_max:
+            raise BadInput(f"{flag} {shown(path)}: file name too long (at most {name_max} bytes)")
         return k
     if k == "file" or (streams and k in ("character device", "FIFO")):
         return k

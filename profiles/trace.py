@@ -130,6 +130,9 @@ def load(path: str | Path, raw: bytes | None = None) -> tuple[dict, list[Trace]]
     traces = []
     for i, t in enumerate(data["traces"]):
         try:   # untrusted input: any missing key or wrong type is one error naming the trace
+            _check_meta(dict(t.get("meta", {})))
+            if not t["records"]:
+                raise ValueError("it has no records")
             traces.append(Trace(label=str(t["label"]), meta=dict(t.get("meta", {})),
                                 wall_ns=None if t.get("wall_ns") is None else int(t["wall_ns"]),
                                 records=[KernelRecord.from_dict(r) for r in t["records"]],
@@ -139,6 +142,15 @@ def load(path: str | Path, raw: bytes | None = None) -> tuple[dict, list[Trace]]
             raise BadInput(f"trace file {str(path)!r}: trace {i} is not in the reference format "
                            f"({what})") from None
     return dict(data.get("env", {})), traces
+
+
+def _check_meta(meta: dict) -> None:
+    """The meta fields the analysis reads have the types it expects (ValueError otherwise)."""
+    for k, v in meta.items():
+        if k in ("op", "framework", "path", "dtype") and not isinstance(v, str):
+            raise ValueError(f"meta.{k} is {v!r}, not a string")
+        if k in ("T", "B", "H", "I", "L", "steps") and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"meta.{k} is {v!r}, not a positive integer")
 
 
 def dump(traces: Iterable[Trace], path: str | Path, env: dict) -> None:

@@ -118,6 +118,39 @@ def test_the_check_after_timing_sees_the_last_timed_call():
     assert seen[-1] is returned[-1] and len(returned) == n   # no extra call
 
 
+def test_a_graph_replay_returns_the_captured_outputs_for_the_check(monkeypatch):
+    """CPU stand-in for CuPy's graph API: the replay hands back the buffers the captured call
+    returned (which every replay rewrites), so the check after timing reads the last replay's."""
+    import sys
+    import types
+
+    from microbench import runner
+    from microbench.harness import graph_replay
+
+    class Stream:
+        def __init__(self, non_blocking=False):
+            self.fn = None
+        __enter__ = lambda self: self          # noqa: E731
+        __exit__ = lambda self, *a: None       # noqa: E731
+        synchronize = begin_capture = lambda self: None  # noqa: E731
+
+        def end_capture(self):
+            return types.SimpleNamespace(upload=lambda s: None, launch=lambda s: calls.append(1))
+
+    calls, synced = [], []
+    cuda = types.SimpleNamespace(Stream=Stream, Device=lambda: types.SimpleNamespace(
+        synchronize=lambda: synced.append(1)))
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=cuda))
+    buf = np.zeros(3)
+    replay = graph_replay(lambda: buf)
+    assert replay() is buf and calls == [1]
+
+    def check(out=None):
+        return checks.compare([out], [np.ones(3)], "fp64", names=("y",))
+    result = runner.check_after_timing(Prepared({}, replay, 1, 1, check), replay(), "cuda")
+    assert synced == [1] and not result.passed   # the device is synchronized, then the buffer read
+
+
 # -- output files ------------------------------------------------------------------------------------
 
 QUICK_ARGS = ["lstm", "--backend", "numpy", "--naive", *SMALL, "--quiet"]
@@ -252,7 +285,9 @@ BAD_RECORDS = [
     ("unknown status", lambda r: {**r, "status": "great"}, "status: 'great' is not one of"),
     ("options a list", lambda r: {**r, "options": ["warm"]}, "options: ['warm'] is not of type 'object'"),
     ("threads a string", lambda r: {**r, "options": {**r["options"], "threads": "two"}}, "options.threads"),
-    ("samples Infinity", lambda r: {**r, "samples_s": [1e-3, float("inf")]}, "samples_s[1]: inf is not a finite"),
+    ("samples Infinity", lambda r: {**r, "samples_s": [1e-3, float("inf")]}, "samples_s[1]: inf is not a finite number >= 0"),
+    ("sample a string", lambda r: {**r, "samples_s": [1e-3, "x"]}, "samples_s[1]: 'x' is not a finite"),
+    ("sample negative", lambda r: {**r, "samples_s": [-1.0]}, "samples_s[0]: -1.0 is not a finite"),
     ("env.gpu a string", lambda r: {**r, "env": {"gpu": "H100"}}, "env.gpu: 'H100' is not of type"),
     ("missing label", lambda r: _without(r, "label"), "'label' is a required property"),
     ("ok without a check", lambda r: {**r, "check": None}, "check: None is not of type 'object'"),
@@ -301,7 +336,12 @@ def test_commands_skip_bad_records_and_fail_only_when_none_is_left(cmd, tmp_path
 
 @pytest.mark.parametrize("content", [b"", b"\x00\x01\xff\xfe" * 10, b"[1, 2]", b'{"traces": 3}',
                                      b'{"traces": [{"label": "x"}]}', b'{"traces": [{"label": "x", "records": [{"start_ns": "a"}]}]}',
-                                     b'{"env": [], "traces": []}'])
+                                     b'{"env": [], "traces": []}',
+                                     b'{"traces": [{"label": "x", "meta": {"op": "LSTM"}, "records": []}]}',
+                                     b'{"traces": [{"label": "x", "meta": {"path": ["cudnn"]}, "records": '
+                                     b'[{"start_ns": 1, "end_ns": 2}]}]}',
+                                     b'{"traces": [{"label": "x", "meta": {"T": "x"}, "records": '
+                                     b'[{"start_ns": 1, "end_ns": 2}]}]}'])
 def test_explain_reference_rejects_a_bad_trace_file(content, tmp_path, capsys):
     f = tmp_path / "t.json"
     f.write_bytes(content)
@@ -404,3 +444,29 @@ def test_python_api_still_takes_real_inputs_and_low_precision_weights():
     assert LSTMParams.random(4, 3, dtype="bf16").dtype.name == "bfloat16"
     y, _ = RNN(p, backend="numpy")(np.ones((2, 1, 4), dtype=np.int64), np.zeros((1, 1, 3), np.float16))
     assert y.shape == (2, 1, 3) and np.isfinite(y).all()
+
+
+# -- Winograd's NaN tiles (documented in the README) ------------------------------------------------
+
+@pytest.mark.parametrize("pos", [(5, 5), (4, 4), (6, 7), (0, 0)])
+def test_winograd_spreads_a_nan_over_whole_tiles_and_fails_the_check(pos):
+    from kernels.conv import CONV_VARIANTS, ConvProblem, conv2d_reference
+    p = ConvProblem(N=1, C=4, H=16, W=16, K=4, R=3, S=3, pad=(1, 1))
+    x, w, b = p.random_inputs(np.random.default_rng(0), "fp32")
+    x[0, 0, pos[0], pos[1]] = np.nan
+    ref = np.isnan(conv2d_reference(x, w, b, p))
+    y = CONV_VARIANTS["winograd"].run(x, w, b, p)
+    nan = np.isnan(y)
+    assert ref.sum() in (16, 36) and 64 <= nan.sum() <= 100     # the README's numbers
+    assert nan[ref].all()                                        # every reference NaN is there
+    # ... and no NaN outside the 4x4 output tiles whose 6x6 input tile (rows 4t-1..4t+4 with
+    # pad 1) holds the NaN input
+    hit = [[t for t in range(4) if 4 * t - 1 <= pos[a] <= 4 * t + 4] for a in (0, 1)]
+    inside = np.zeros((16, 16), bool)
+    for tr in hit[0]:
+        for tc in hit[1]:
+            inside[4 * tr:4 * tr + 4, 4 * tc:4 * tc + 4] = True
+    assert not (nan & ~inside).any()
+    for name in ("direct", "im2col", "winograd_f2"):
+        assert (np.isnan(CONV_VARIANTS[name].run(x, w, b, p)) == ref).all()
+    assert not checks.compare([y], [conv2d_reference(x, w, b, p)], "fp32", names=("y",)).passed

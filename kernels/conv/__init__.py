@@ -54,7 +54,8 @@ CONV_VARIANTS = {v.name: v for v in (
                 "numba GEMM tiles gathering their column-matrix slice on the fly into L1"),
     ConvVariant("winograd", "winograd",
                 "F(4x4,3x3): channel-vectorized numba transforms + 36 batched BLAS GEMMs; "
-                "3x3, stride 1, dilation 1, groups 1"),
+                "3x3, stride 1, dilation 1, groups 1; a NaN input spreads over the 4x4 output "
+                "tiles whose 6x6 input tiles hold it (more NaN outputs than the reference)"),
     ConvVariant("winograd_f2", "winograd",
                 "F(2x2,3x3): numba-fused transforms + 16 batched BLAS GEMMs (2.25x the multiplies "
                 "of F(4x4), a tenth of its rounding)", suffix="_f2"),
