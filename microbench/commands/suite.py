@@ -264,7 +264,12 @@ def plan(args, suite, device: str) -> list:
             e.reason = "no variant left after the filters" if (variants or backends) else \
                 f"no {spec.op} variant runs on {device}"
             continue
-        if spec.is_conv and spec.training and not getattr(args, "forward_only", False) and device == "cpu":
+        conv_training = spec.is_conv and spec.training and not getattr(args, "forward_only", False)
+        if conv_training and device != "cpu":
+            e.reason = ("the backward phases run on the CPU only (kernels.conv.backward); use --device cpu, "
+                        "or --forward-only for the forward phase here")
+            continue
+        if conv_training:
             # the training table's backward phases, each its own case (variant+bwd_data, +bwd_weights)
             from ..cases.conv import backward_records
             from kernels.conv.backward import BACKWARD
