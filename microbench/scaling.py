@@ -396,7 +396,7 @@ class DDPStep:
 
 
 class OursConvStep(OursStep):
-    """im2col forward and backward (kernels.conv.backward); dW and db all-reduced while dX is computed."""
+    """im2col forward and backward (kernels.conv.train); dW and db all-reduced while dX is computed."""
 
     def __init__(self, g, group, cfg: Config, problem, inp: dict, precision: str, bucket_mb: float):
         from kernels import dtypes
@@ -414,7 +414,7 @@ class OursConvStep(OursStep):
         self.sync = (lambda: xp.cuda.get_current_stream().synchronize()) if xp is not np else (lambda: None)
 
     def step(self) -> tuple:
-        from kernels.conv import backward as cbw
+        from kernels.conv import train as cbw
         t0 = time.perf_counter()
         with _phase("forward"):
             y, tape = cbw.forward_train(self.x, self.w, self.b, self.problem, xp=self.xp)

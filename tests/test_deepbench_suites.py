@@ -35,7 +35,10 @@ def test_suites_say_what_they_time():
     inf = catalog.get("deepbench-rnn-inference")
     assert not any(s.training for s in inf.specs) and all(s.skip_input for s in inf.specs)
     assert inf.times.startswith("forward")
-    assert "forward only" in catalog.get("deepbench-conv-train").times
+    conv_train = catalog.get("deepbench-conv-train")
+    assert "backward-data" in conv_train.times and "backward-weights" in conv_train.times
+    assert all(s.training for s in conv_train.specs)
+    assert not any(s.training for s in catalog.get("deepbench-conv-inference").specs)
     assert "23 distinct shapes" in catalog.get("resnet50-conv").about
     spec = train.specs[34]
     assert (spec.op, spec.H, spec.B, spec.T) == ("gru", 2816, 32, 1500)

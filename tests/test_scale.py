@@ -254,7 +254,7 @@ def test_scale_and_allreduce_on_gpus_with_nccl(tmp_path):
                                   dict(N=1, C=2, H=6, W=6, K=3, R=3, S=3, pad=1, bias=False)])
 def test_conv_backward_matches_torch_autograd_and_finite_differences(geom):
     from kernels.conv import ConvProblem, conv2d_reference
-    from kernels.conv import backward as cbw
+    from kernels.conv import train as cbw
     p = ConvProblem(**geom)
     x, w, b = p.random_inputs(np.random.default_rng(1), "fp64")
     dy = np.random.default_rng(2).standard_normal(p.y_shape)
@@ -282,7 +282,7 @@ def test_conv_backward_matches_torch_autograd_and_finite_differences(geom):
 
 
 def test_conv_gradient_check_catches_a_missing_average():
-    from kernels.conv import backward as cbw
+    from kernels.conv import train as cbw
     n, b = 2, 2
     problem = scaling.conv_problem(dict(C=3, H=5, W=5, K=4, R=3, S=3, pad=1), n * b)
     outs, grads = [], []

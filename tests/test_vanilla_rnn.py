@@ -268,3 +268,43 @@ def test_gpu_variants_refuse_skip_input_with_the_reason():
         build_cudnn_rnn(prob, 0, algo="standard", precision="fp32")
     with pytest.raises(Unsupported, match="skip-input"):
         build_persistent(prob, 0, precision="fp32")
+
+
+_SIM_SCRIPT = r"""
+import json, sys
+import numpy as np
+from fusion import pointwise as fp
+from kernels import cells
+out = []
+for act in ("relu", "tanh"):
+    for B, H in ((1, 1), (3, 129)):
+        rng = np.random.default_rng(B * H)
+        gx = rng.standard_normal((B, 1, H)).astype(np.float32)
+        gh = rng.standard_normal((B, 1, H)).astype(np.float32)
+        b = rng.standard_normal((1, H)).astype(np.float32)
+        h_prev = rng.standard_normal((B, H)).astype(np.float32)
+        (want,) = cells.NAIVE["rnn_" + act](np, gx.astype(np.float64), gh.astype(np.float64), b, None, h_prev)
+        h = np.full((B, H), np.nan, np.float32)
+        fp.get("rnn_" + act, "numba-cuda")(np, gx, gh, b, None, h_prev, h)
+        out.append(float(np.abs(h - want).max()))
+print(json.dumps(out))
+"""
+
+
+def test_generated_gpu_provider_in_the_cuda_simulator():
+    """The numba-cuda provider of the vanilla cell (fusion.pointwise.GeneratedRNN) on awkward
+    sizes, in numba's CUDA simulator (a subprocess: the simulator replaces the real target)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    pytest.importorskip("numba.cuda")
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1",
+               PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", _SIM_SCRIPT], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    errs = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert len(errs) == 4 and max(errs) < 1e-6, errs

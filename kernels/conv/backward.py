@@ -1,85 +1,259 @@
-"""Conv2d training step through the column matrix, generic over ``xp`` (NumPy on the CPU, CuPy on a GPU).
+"""2-D convolution backward: backward-data (dx) and backward-weights (dw, db).
 
-Forward keeps the column matrix as its tape; backward is three GEMM-shaped pieces per group:
+For ``y = conv(x, w) + b`` and an upstream gradient ``dy`` (shape of y):
 
-    dW_g (K/G, C/G*R*S) = dY_g (K/G, N*P*Q) @ cols_g^T        weight gradient, one GEMM
-    db   (K)            = dY summed over N, P, Q
-    dcols_g             = W_g^T (C/G*R*S, K/G) @ dY_g          then col2im: every (r, s) tap's
-    dX                  = sum over taps of dcols scattered back  slice added into the padded dX
+    dx[n, c, h, v] = sum_{k in group(c), r, s, p, q : h = p*sh - ph + r*dh, v = q*sw - pw + s*dw}
+                     dy[n, k, p, q] * w[k, c', r, s]
+    dw[k, c', r, s] = sum_{n, p, q} dy[n, k, p, q] * x[n, c, p*sh - ph + r*dh, q*sw - pw + s*dw]
+    db[k]           = sum_{n, p, q} dy[n, k, p, q]
 
-Columns are built tap by tap from strided slices of the padded input (R*S slice copies, no
-``as_strided``), so the same code runs on CuPy.  Any stride, padding, dilation and groups; NHWC
-goes through NCHW (transposes outside the GEMMs).  ``on_params(grads)`` is called once dW and db
-are final and before dX is computed, so a data-parallel step can start their all-reduce while dX
-is still being computed (what DDP overlaps for a convolution).
+(``c' = c - g*C/G``, out-of-range input coordinates contribute nothing.)  These are what
+DeepBench's training table times besides the forward pass (cuDNN's ``BackwardData`` and
+``BackwardFilter``), and what autograd computes.
+
+- float64 references, tap by tap like :func:`kernels.conv.reference.conv2d_reference`: for each
+  filter tap ``(r, s)`` the strided slice of the padded input that tap meets; backward-data
+  scatters ``dy`` through the tap's weights into that slice, backward-weights contracts the slice
+  with ``dy``.  Checked in the tests against torch autograd and by the adjoint identity
+  ``<conv(x, w), dy> = <x, dx> = <w, dw>`` on the forward definition.
+- ``im2col``: backward-weights is one GEMM per group with the forward's column matrix,
+  ``dW_g (K/G, C/G*R*S) = dY_g (K/G, N*P*Q) @ cols_g^T``; backward-data is one GEMM per group
+  into a column-matrix gradient, ``dcols_g = W_g^T @ dY_g``, then ``col2im``: R*S strided adds
+  into the padded dx (the reverse of the forward's copy).
+- ``direct``: numba loops, no data rearranged.  Backward-data parallel over (n, c) input planes,
+  backward-weights parallel over the K*C/G filter slices, each written by one task only (its
+  N*P*Q-term sums accumulated in float64, then rounded once).
+
+Activations in ``problem.layout``; NHWC inputs go through NCHW views (direct) or one transposed
+copy each way (im2col).  Variants compute fp32 and fp64.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
 
 import numpy as np
 
+from ..dtypes import canonical
+from ..errors import BadInput, Unsupported
 from .geometry import ConvProblem
+from .im2col import columns
+from .reference import from_nchw, to_nchw
+
+DTYPES = ("fp32", "fp64")
+PHASES = ("bwd_data", "bwd_weights")
 
 
-@dataclass
-class ConvTape:
-    problem: ConvProblem
-    x_shape: tuple
-    cols: object          # (C, R, S, N, P, Q) as (G, C/G*R*S, N*P*Q) after reshape
-    w: object
+def check_grad_inputs(a, name: str, shape: tuple) -> np.dtype:
+    if tuple(np.shape(a)) != tuple(shape):
+        raise BadInput(f"{name} has shape {tuple(np.shape(a))}; expected {tuple(shape)}")
+    return np.asarray(a).dtype
 
 
-def _nchw(xp, a, layout):
-    return a if layout == "NCHW" else xp.ascontiguousarray(a.transpose(0, 3, 1, 2))
-
-
-def _back(xp, a, layout):
-    return a if layout == "NCHW" else xp.ascontiguousarray(a.transpose(0, 2, 3, 1))
-
-
-def _columns(xp, x, p: ConvProblem):
-    """(C, R, S, N, P, Q) receptive fields of an NCHW input, copied tap by tap."""
-    (ph, pw), (sh, sw), (dh, dw) = p.pad, p.stride, p.dilation
-    xpad = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
-    cols = xp.empty((p.C, p.R, p.S, p.N, p.P, p.Q), dtype=x.dtype)
+# -- float64 references ---------------------------------------------------------------------------
+def _taps(p: ConvProblem):
+    """(r, s, row slice, column slice) of the padded input each filter tap meets."""
+    (sh, sw), (dh, dw) = p.stride, p.dilation
     for r in range(p.R):
         for s in range(p.S):
-            tap = xpad[:, :, r * dh: r * dh + sh * (p.P - 1) + 1: sh, s * dw: s * dw + sw * (p.Q - 1) + 1: sw]
-            cols[:, r, s] = tap.transpose(1, 0, 2, 3)
-    return cols
+            h0, w0 = r * dh, s * dw
+            yield r, s, slice(h0, h0 + sh * (p.P - 1) + 1, sh), slice(w0, w0 + sw * (p.Q - 1) + 1, sw)
 
 
-def forward_train(x, w, b, problem: ConvProblem, *, xp=np):
-    """``y`` (problem.layout) and the tape: the im2col forward, column matrix kept."""
+def conv2d_backward_data_reference(dy, w, problem: ConvProblem) -> np.ndarray:
+    """``dx`` in ``problem.layout``, float64."""
     p = problem
-    G, Cg, Kg, RS, NPQ = p.groups, p.Cg, p.Kg, p.R * p.S, p.N * p.P * p.Q
-    cols = _columns(xp, _nchw(xp, xp.asarray(x), p.layout), p).reshape(G, Cg * RS, NPQ)
-    wg = xp.asarray(w).reshape(G, Kg, Cg * RS)
-    yk = xp.matmul(wg, cols).reshape(p.K, NPQ)
-    if b is not None:
-        yk = yk + xp.asarray(b)[:, None]
-    y = xp.ascontiguousarray(yk.reshape(p.K, p.N, p.P, p.Q).transpose(1, 0, 2, 3))
-    return _back(xp, y, p.layout), ConvTape(p, tuple(x.shape), cols, wg)
+    check_grad_inputs(dy, "dy", p.y_shape)
+    check_grad_inputs(w, "w", p.w_shape)
+    (ph, pw), G = p.pad, p.groups
+    dyg = to_nchw(np.asarray(dy, dtype=np.float64), p.layout).reshape(p.N, G, p.Kg, p.P, p.Q)
+    wg = np.asarray(w, dtype=np.float64).reshape(G, p.Kg, p.Cg, p.R, p.S)
+    dxpad = np.zeros((p.N, G, p.Cg, p.H + 2 * ph, p.W + 2 * pw))
+    for r, s, rows, cols in _taps(p):
+        dxpad[..., rows, cols] += np.einsum("ngkpq,gkc->ngcpq", dyg, wg[..., r, s])
+    dx = dxpad[..., ph:ph + p.H, pw:pw + p.W].reshape(p.N, p.C, p.H, p.W)
+    return from_nchw(dx, p.layout)
 
 
-def backward(tape: ConvTape, dy, *, xp=np, on_params=None) -> dict:
-    """``{"x", "w", "b"}`` gradients of ``sum(y * dy)`` (b None without bias)."""
-    p = tape.problem
-    G, Kg, NPQ = p.groups, p.Kg, p.N * p.P * p.Q
-    dyk = xp.ascontiguousarray(_nchw(xp, xp.asarray(dy), p.layout).transpose(1, 0, 2, 3)).reshape(G, Kg, NPQ)
-    dw = xp.matmul(dyk, tape.cols.transpose(0, 2, 1)).reshape(p.K, p.C // G, p.R, p.S)
-    db = dyk.reshape(p.K, NPQ).sum(axis=1) if p.bias else None
-    grads = {"w": dw, "b": db}
-    if on_params is not None:
-        on_params(grads)
-    dcols = xp.matmul(tape.w.transpose(0, 2, 1), dyk).reshape(p.C, p.R, p.S, p.N, p.P, p.Q)
-    (ph, pw), (sh, sw), (dh, dw_) = p.pad, p.stride, p.dilation
-    dxp = xp.zeros((p.N, p.C, p.H + 2 * ph, p.W + 2 * pw), dtype=dyk.dtype)
-    for r in range(p.R):
-        for s in range(p.S):
-            dxp[:, :, r * dh: r * dh + sh * (p.P - 1) + 1: sh, s * dw_: s * dw_ + sw * (p.Q - 1) + 1: sw] += \
-                dcols[:, r, s].transpose(1, 0, 2, 3)
-    dx = dxp[:, :, ph: ph + p.H, pw: pw + p.W]
-    grads["x"] = _back(xp, xp.ascontiguousarray(dx), p.layout)
-    return grads
+def conv2d_backward_weights_reference(x, dy, problem: ConvProblem) -> tuple:
+    """``(dw (K, C/G, R, S), db (K,) or None without bias)``, float64."""
+    p = problem
+    check_grad_inputs(x, "x", p.x_shape)
+    check_grad_inputs(dy, "dy", p.y_shape)
+    (ph, pw), G = p.pad, p.groups
+    xc = to_nchw(np.asarray(x, dtype=np.float64), p.layout)
+    xg = np.pad(xc, ((0, 0), (0, 0), (ph, ph), (pw, pw))).reshape(p.N, G, p.Cg, p.H + 2 * ph, p.W + 2 * pw)
+    dyc = to_nchw(np.asarray(dy, dtype=np.float64), p.layout)
+    dyg = dyc.reshape(p.N, G, p.Kg, p.P, p.Q)
+    dw = np.empty((G, p.Kg, p.Cg, p.R, p.S))
+    for r, s, rows, cols in _taps(p):
+        dw[..., r, s] = np.einsum("ngcpq,ngkpq->gkc", xg[..., rows, cols], dyg)
+    db = dyc.sum(axis=(0, 2, 3)) if p.bias else None
+    return dw.reshape(p.w_shape), db
+
+
+# -- im2col -----------------------------------------------------------------------------------------
+def accepts(problem: ConvProblem, dtype) -> str | None:
+    """Any geometry; fp32 and fp64 only (the same for every backward variant here)."""
+    name = canonical(dtype)
+    if name not in DTYPES:
+        return f"the conv backward variants compute {', '.join(DTYPES)}, not {name}"
+    return None
+
+
+def _nchw(problem: ConvProblem) -> ConvProblem:
+    return problem if problem.layout == "NCHW" else dataclasses.replace(problem, layout="NCHW")
+
+
+def _dtype(a, problem) -> np.dtype:
+    dt = np.asarray(a).dtype
+    reason = accepts(problem, dt)
+    if reason:
+        raise Unsupported(reason)
+    return dt
+
+
+def backward_data_im2col(dy, w, problem: ConvProblem) -> np.ndarray:
+    p = problem
+    dt = _dtype(dy, p)
+    check_grad_inputs(dy, "dy", p.y_shape)
+    check_grad_inputs(w, "w", p.w_shape)
+    (ph, pw), G, Cg, Kg, RS = p.pad, p.groups, p.Cg, p.Kg, p.R * p.S
+    NPQ = p.N * p.P * p.Q
+    # dY as (K, N*P*Q): the forward GEMM's output order
+    dyk = np.ascontiguousarray(to_nchw(np.asarray(dy), p.layout).transpose(1, 0, 2, 3)).reshape(p.K, NPQ)
+    w = np.asarray(w)
+    dcols = np.empty((p.C * RS, NPQ), dtype=dt)          # (C, R, S) x (N, P, Q), the column layout
+    for g in range(G):
+        wg = w[g * Kg:(g + 1) * Kg].reshape(Kg, Cg * RS)
+        np.matmul(wg.T, dyk[g * Kg:(g + 1) * Kg], out=dcols[g * Cg * RS:(g + 1) * Cg * RS])
+    # col2im: each tap's (C, N, P, Q) block added into the strided slice of the padded gradient
+    d6 = dcols.reshape(p.C, p.R, p.S, p.N, p.P, p.Q)
+    dxpad = np.zeros((p.N, p.C, p.H + 2 * ph, p.W + 2 * pw), dtype=dt)
+    for r, s, rows, cols in _taps(p):
+        dxpad[:, :, rows, cols] += d6[:, r, s].transpose(1, 0, 2, 3)
+    dx = dxpad[:, :, ph:ph + p.H, pw:pw + p.W]
+    return from_nchw(dx, p.layout)
+
+
+def backward_weights_im2col(x, dy, problem: ConvProblem) -> tuple:
+    p = problem
+    dt = _dtype(x, p)
+    check_grad_inputs(x, "x", p.x_shape)
+    check_grad_inputs(dy, "dy", p.y_shape)
+    G, Cg, Kg, RS = p.groups, p.Cg, p.Kg, p.R * p.S
+    NPQ = p.N * p.P * p.Q
+    q = _nchw(p)
+    view = columns(np.ascontiguousarray(to_nchw(np.asarray(x), p.layout)), q)   # (C, R, S, N, P, Q)
+    dyc = to_nchw(np.asarray(dy), p.layout)
+    dyk = np.ascontiguousarray(dyc.transpose(1, 0, 2, 3)).reshape(p.K, NPQ)
+    dw = np.empty((p.K, Cg * RS), dtype=dt)
+    for g in range(G):
+        cols = view[g * Cg:(g + 1) * Cg].reshape(Cg * RS, NPQ)          # the forward's copy
+        np.matmul(dyk[g * Kg:(g + 1) * Kg], cols.T, out=dw[g * Kg:(g + 1) * Kg])
+    db = dyk.sum(axis=1) if p.bias else None
+    return dw.reshape(p.w_shape), db
+
+
+# -- direct (numba) -----------------------------------------------------------------------------------
+_KERNELS = {}
+
+
+def _direct_kernels():
+    """Compiled on first use (importing this module does not import numba)."""
+    if _KERNELS:
+        return _KERNELS["data"], _KERNELS["weights"]
+    import numba
+
+    @numba.njit(parallel=True, cache=True)
+    def bwd_data(dy, w, dx, sh, sw, ph, pw, dh, dw_, groups):
+        N, C, H, W = dx.shape
+        K, Cg, R, S = w.shape
+        P, Q = dy.shape[2], dy.shape[3]
+        Kg = K // groups
+        for task in numba.prange(N * C):                  # one input plane per task: no races
+            n, c = task // C, task % C
+            g, cc = c // Cg, c % Cg
+            plane = dx[n, c]
+            for i in range(H):
+                for j in range(W):
+                    plane[i, j] = 0.0
+            for kk in range(Kg):
+                k = g * Kg + kk
+                for r in range(R):
+                    off_h = r * dh - ph
+                    i0 = max(0, -(off_h // sh)) if off_h < 0 else 0
+                    i1 = min(P, (H - 1 - off_h) // sh + 1) if H - 1 - off_h >= 0 else 0
+                    for s in range(S):
+                        wv = w[k, cc, r, s]
+                        off_w = s * dw_ - pw
+                        j0 = max(0, -(off_w // sw)) if off_w < 0 else 0
+                        j1 = min(Q, (W - 1 - off_w) // sw + 1) if W - 1 - off_w >= 0 else 0
+                        for i in range(i0, i1):
+                            hi = i * sh + off_h
+                            for j in range(j0, j1):
+                                plane[hi, j * sw + off_w] += dy[n, k, i, j] * wv
+
+    @numba.njit(parallel=True, cache=True)
+    def bwd_weights(x, dy, dwt, sh, sw, ph, pw, dh, dw_, groups):
+        N, C, H, W = x.shape
+        K, Cg, R, S = dwt.shape
+        P, Q = dy.shape[2], dy.shape[3]
+        Kg = K // groups
+        for task in numba.prange(K * Cg):                 # one (k, c) filter slice per task
+            k, cc = task // Cg, task % Cg
+            c = (k // Kg) * Cg + cc
+            for r in range(R):
+                off_h = r * dh - ph
+                i0 = max(0, -(off_h // sh)) if off_h < 0 else 0
+                i1 = min(P, (H - 1 - off_h) // sh + 1) if H - 1 - off_h >= 0 else 0
+                for s in range(S):
+                    off_w = s * dw_ - pw
+                    j0 = max(0, -(off_w // sw)) if off_w < 0 else 0
+                    j1 = min(Q, (W - 1 - off_w) // sw + 1) if W - 1 - off_w >= 0 else 0
+                    acc = 0.0            # float64: a sum over N*P*Q terms (10^5 in DeepBench rows)
+                    for n in range(N):
+                        for i in range(i0, i1):
+                            hi = i * sh + off_h
+                            for j in range(j0, j1):
+                                acc += dy[n, k, i, j] * x[n, c, hi, j * sw + off_w]
+                    dwt[k, cc, r, s] = acc
+
+    _KERNELS.update(data=bwd_data, weights=bwd_weights)
+    return bwd_data, bwd_weights
+
+
+def backward_data_direct(dy, w, problem: ConvProblem) -> np.ndarray:
+    p = problem
+    dt = _dtype(dy, p)
+    check_grad_inputs(dy, "dy", p.y_shape)
+    check_grad_inputs(w, "w", p.w_shape)
+    dx = np.empty(p.x_shape, dtype=dt)
+    _direct_kernels()[0](to_nchw(np.asarray(dy), p.layout), np.ascontiguousarray(w, dtype=dt),
+                         to_nchw(dx, p.layout), *p.stride, *p.pad, *p.dilation, p.groups)
+    return dx
+
+
+def backward_weights_direct(x, dy, problem: ConvProblem) -> tuple:
+    p = problem
+    dt = _dtype(x, p)
+    check_grad_inputs(x, "x", p.x_shape)
+    check_grad_inputs(dy, "dy", p.y_shape)
+    dw = np.empty(p.w_shape, dtype=dt)
+    dyc = to_nchw(np.asarray(dy), p.layout)
+    _direct_kernels()[1](to_nchw(np.asarray(x), p.layout), dyc, dw, *p.stride, *p.pad, *p.dilation, p.groups)
+    return dw, (dyc.sum(axis=(0, 2, 3)) if p.bias else None)
+
+
+# variant -> (backward-data, backward-weights)
+BACKWARD = {"im2col": (backward_data_im2col, backward_weights_im2col),
+            "direct": (backward_data_direct, backward_weights_direct)}
+
+
+def backward(variant: str, phase: str, x, w, dy, problem: ConvProblem):
+    """One phase of one variant: ``bwd_data -> dx``, ``bwd_weights -> (dw, db)``."""
+    if variant not in BACKWARD:
+        raise BadInput(f"conv backward variant {variant!r} is unknown; allowed: {', '.join(BACKWARD)}")
+    if phase not in PHASES:
+        raise BadInput(f"conv backward phase {phase!r} is unknown; allowed: {', '.join(PHASES)}")
+    data, weights = BACKWARD[variant]
+    return data(dy, w, problem) if phase == "bwd_data" else weights(x, dy, problem)

@@ -1,4 +1,5 @@
-"""conv2d builders: our CPU variants, checked against the float64 reference before timing."""
+"""conv2d builders: our CPU variants, checked against the float64 reference before timing; with
+``--backward`` (and in training suites) also their backward-data and backward-weights phases."""
 from __future__ import annotations
 
 import functools
@@ -50,3 +51,82 @@ def build_conv(problem: ConvProblem, seed: int, *, variant: str, precision: str,
 for _name, _v in CONV_VARIANTS.items():
     register(VariantRecord("conv", _name, BACKEND[_name], functools.partial(build_conv, variant=_name),
                            _v.description))
+
+
+# -- backward phases (conv --backward, training suites) -------------------------------------------
+# Built per run, not registered: the registry's conv records are the forward variants (and the CLI
+# flags come from them).  Each phase is its own case and record, as DeepBench times them.
+PHASE_ABOUT = {"bwd_data": "backward-data: dx from dy and w", "bwd_weights": "backward-weights: dw, db from x and dy"}
+
+
+def upstream_grad(problem: ConvProblem, seed: int, precision: str) -> np.ndarray:
+    """dy (shape of y): standard normal from its own stream of the seed, in the storage type."""
+    rng = np.random.default_rng([seed, 2])
+    return rng.standard_normal(problem.y_shape).astype(dtypes.storage(precision))
+
+
+def _phase_reference(phase, problem, x, w, dy):
+    from kernels.conv import backward as cb
+    if phase == "bwd_data":
+        return [cb.conv2d_backward_data_reference(dy, w, problem)]
+    dw, db = cb.conv2d_backward_weights_reference(x, dy, problem)
+    return [dw] + ([db] if db is not None else [])
+
+
+@functools.lru_cache(maxsize=4)
+def backward_reference(problem: ConvProblem, seed: int, precision: str, phase: str) -> tuple:
+    """``(float64 outputs, tolerances)`` of a phase on the rounded inputs.  Tolerance per output:
+    the precision's or 50x how far the float64 result moves when every input is perturbed by one
+    rounding of the storage type, whichever is larger (:mod:`.conditioning`): a weight gradient
+    sums N*P*Q products, and its fp32 rounding grows with that length."""
+    from . import conditioning as cond
+    x, w, _ = make_inputs(problem, seed, precision)
+    dy = upstream_grad(problem, seed, precision)
+    base = _phase_reference(phase, problem, x, w, dy)
+    u, rng = cond.unit_roundoff(precision), np.random.default_rng([seed, 3])
+    moved = _phase_reference(phase, problem, cond.perturb(x.astype(np.float64), rng, u),
+                             cond.perturb(w.astype(np.float64), rng, u), cond.perturb(dy.astype(np.float64), rng, u))
+    return tuple(base), cond.tolerances(base, moved, precision)
+
+
+def build_conv_backward(problem: ConvProblem, seed: int, *, variant: str, phase: str, precision: str,
+                        plan=None) -> Prepared:
+    from kernels.conv import backward as cb
+    from . import conditioning as cond
+    reason = cb.accepts(problem, precision)
+    if reason:
+        raise Unsupported(reason)
+    x, w, _ = make_inputs(problem, seed, precision)
+    dy = upstream_grad(problem, seed, precision)
+    names = ("dx",) if phase == "bwd_data" else (("dw", "db") if problem.bias else ("dw",))
+
+    def run():
+        return cb.backward(variant, phase, x, w, dy, problem)
+
+    def check() -> Check:
+        out = run()
+        outs = [out] if phase == "bwd_data" else [a for a in out if a is not None]
+        ref, tols = backward_reference(problem, seed, precision, phase)
+        return cond.compare_each(outs, ref, tols, names)
+
+    return Prepared(inputs={"x": x, "w": w, "dy": dy}, run=run, flops=problem.flops,
+                    bytes=problem.bytes(precision), check=check,
+                    info={"layout": problem.layout, "pass": phase, "outputs": list(names),
+                          "loss": "sum(y * dy), dy fixed standard normal (seed stream [seed, 2])",
+                          "flops_rule": "the forward's GEMM FLOPs: each backward phase is a GEMM of "
+                                        "the same size"})
+
+
+def backward_records(variants=None) -> list:
+    """A VariantRecord per (variant with a backward, phase), in CONV_VARIANTS order; ``variants``
+    (names) filters, an unknown or forward-only name raises BadInput naming the allowed ones."""
+    from kernels.conv.backward import BACKWARD, PHASES
+    from kernels.errors import BadInput
+    for v in variants or ():
+        if v not in BACKWARD:
+            raise BadInput(f"--backward: conv variant {v!r} has no backward pass; allowed: {', '.join(BACKWARD)}")
+    names = [v for v in CONV_VARIANTS if v in BACKWARD and (not variants or v in variants)]
+    return [VariantRecord("conv", f"{v}+{phase}", BACKEND[v],
+                          functools.partial(build_conv_backward, variant=v, phase=phase),
+                          f"{CONV_VARIANTS[v].description}; {PHASE_ABOUT[phase]}")
+            for v in names for phase in PHASES]

@@ -12,6 +12,7 @@ EPILOG = """examples:
   python -m microbench conv --all --layer resnet50/res2_3x3 -N 8
   python -m microbench conv --im2col --winograd -N 1 -C 64 -H 56 -W 56 -K 64 -R 3 -S 3 --pad 1
   python -m microbench conv --all -N 2 -C 3 -H 31 -W 29 -K 8 -R 7 -S 7 --stride 2 --pad 3 --layout NHWC
+  python -m microbench conv --backward --layer deepbench-training/017 -N 2   # forward, bwd-data, bwd-weights
 """
 
 
@@ -34,6 +35,11 @@ def add_parsers(sub) -> None:
                    help="auto (default): a GPU if one is found and a GPU variant exists, else the CPU; cpu; cuda; cuda:K (the K-th GPU)")
     v.add_argument("--dtype", metavar="LIST", default="fp32",
                    help="comma list: fp64, fp32 on the CPU; fp32, tf32, fp16 on a GPU (default fp32)")
+    v.add_argument("--backward", action="store_true",
+                   help="also time backward-data (dx) and backward-weights (dw, db) of sum(y * dY) for a "
+                        "fixed random dY, each phase its own row (variant+bwd_data, variant+bwd_weights) "
+                        "checked against float64: the three phases DeepBench's training table times. "
+                        "CPU variants with a backward pass: im2col, direct")
     v.add_argument("--frameworks", metavar="LIST",
                    help="also run these frameworks' conv2d paths in worker processes with the same "
                         "inputs: comma list of torch, tensorflow, jax, mxnet, chainer, or all")
@@ -106,6 +112,15 @@ def cmd_conv(args) -> int:
                      f"conv {problem.describe()} {p}")
     names = None if args.all or not args.variant_flags else list(dict.fromkeys(args.variant_flags))
     records = registry.select("conv", names, None, device)
+    if getattr(args, "backward", False):
+        from ..cases.conv import backward_records
+        from kernels.conv.backward import BACKWARD
+        if device != "cpu":
+            raise BadInput("--backward: the conv backward variants run on the CPU; use --device cpu")
+        if args.frameworks:
+            raise BadInput("--backward: framework conv backward rows are not built yet; drop --frameworks")
+        back = backward_records(names)
+        records = [r for r in records if r.variant in BACKWARD] + back
     cases = [Case(r, problem, p, args.seed, None, t) for t in threads for p in precisions for r in records]
     if args.frameworks is not None:    # '' names no framework: parse_frameworks refuses it
         from ..cases.frameworks import framework_cases

@@ -209,6 +209,9 @@ def _check_variants(names: list, ops: set) -> None:
 
     from .. import registry
     allowed = {v for op in ops for v in registry.variants(op)} | {"naive", "fused+bwd"} | {f"+{s}" for s in STEPS}
+    if "conv" in ops:
+        from kernels.conv.backward import BACKWARD, PHASES
+        allowed |= {f"{v}+{ph}" for v in BACKWARD for ph in PHASES}
     for n in names:
         if n not in allowed:
             raise BadInput(f"--variants {n!r} is unknown for this suite; allowed: {', '.join(sorted(allowed))}")
@@ -345,6 +348,19 @@ def plan(args, suite, device: str) -> list:
             e.reason = "no variant left after the filters" if (variants or backends) else \
                 f"no {spec.op} variant runs on {device}"
             continue
+        conv_training = spec.is_conv and spec.training and not getattr(args, "forward_only", False)
+        if conv_training and device != "cpu":
+            e.reason = ("the backward phases run on the CPU only (kernels.conv.backward); use --device cpu, "
+                        "or --forward-only for the forward phase here")
+            continue
+        if conv_training:
+            # the training table's backward phases, each its own case (variant+bwd_data, +bwd_weights)
+            from ..cases.conv import backward_records
+            from kernels.conv.backward import BACKWARD
+            built += [(rec, None, "") for rec in backward_records()
+                      if keep(rec.variant) or keep(rec.variant.partition("+")[0])
+                      if rec.variant.partition("+")[0] in BACKWARD
+                      and (backends is None or rec.backend in backends)]
         cases = [Case(rec, problem, p, args.seed, rung_plan, t, rung)
                  for t in threads for p in precisions for rec, rung_plan, rung in built
                  if not (rec.backend in BACKENDS and p not in BACKENDS[rec.backend].dtypes)]
@@ -358,7 +374,7 @@ def _fit_memory(e, cases, problem, avail) -> None:
     """Split cases into the entry's runnable ones and its memory skips."""
     for case in cases:
         need = _memory_need(problem, case.precision)
-        if "+bwd" in case.variant or "+bwd" in case.backend:
+        if hasattr(problem, "T") and ("+bwd" in case.variant or "+bwd" in case.backend):
             from ..cases.backward import memory_estimate
             need = memory_estimate(problem, _itemsize(case.precision))
         if avail is not None and need > avail:
@@ -382,7 +398,7 @@ _STEP_OVERHEAD_S = {"naive": 150e-6, "fused": 40e-6}
 def estimate_run_s(case) -> float:
     """Seconds one timed call might take: GEMM FLOPs at a typical rate plus per-step Python cost."""
     flops = case.problem.flops() if callable(getattr(case.problem, "flops", None)) else case.problem.flops
-    if "+bwd" in case.variant or "+bwd" in case.backend:
+    if hasattr(case.problem, "T") and ("+bwd" in case.variant or "+bwd" in case.backend):
         flops *= 3                      # a training step: forward, backward-data, backward-weights
     rate = _CPU_GFLOPS.get(case.precision, 20.0) * 1e9 * (50 if case.device == "cuda" else 1)
     steps = getattr(case.problem, "T", 1) * getattr(case.problem, "L", 1)

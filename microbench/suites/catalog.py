@@ -115,9 +115,9 @@ def _deepbench_rnn(name: str, training: bool) -> Suite:
 
 
 def _conv(name: str, table: str, about: str, source: str, header: str | None = None,
-          times: str = "forward") -> Suite:
+          times: str = "forward", training: bool = False) -> Suite:
     specs = tuple(CaseSpec(f"{name}/{full.partition('/')[2]}", "conv", layer=full, table=header,
-                           row=int(full.partition('/')[2]) if header else None)
+                           row=int(full.partition('/')[2]) if header else None, training=training)
                   for full in conv_shapes.list_layers(table))
     return Suite(name, f"{about} ({len(specs)} layers)", source, specs, times=times)
 
@@ -140,8 +140,9 @@ _SUITES_RNN = {kind: _deepbench_rnn(f"deepbench-rnn-{kind}", kind == "train")
                for kind in ("train", "inference", "device")}
 _SUITES_CONV = {
     "train": _conv("deepbench-conv-train", "deepbench-training", "DeepBench conv training_set", _DB_CONV,
-                   "training_set", times="forward only: DeepBench's training table also times "
-                                     "backward-data and backward-weights, which microbench does not build yet"),
+                   "training_set", training=True,
+                   times="forward + backward-data + backward-weights, each phase its own record "
+                         "(backward: the im2col and direct variants, CPU)"),
     "inference": _conv("deepbench-conv-inference", "deepbench-inference-server",
                        "DeepBench conv inference_server_set", _DB_CONV, "inference_server_set"),
     "device": _conv("deepbench-conv-device", "deepbench-inference-device",

@@ -1,0 +1,122 @@
+"""Convolution backward-data and backward-weights (kernels.conv.backward): the float64 references
+against PyTorch autograd and against the forward definition (adjoint identity), the im2col and
+direct variants against the references in fp64 and fp32, ``conv --backward`` and the training
+suite's three phases, each checked."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kernels.conv import ConvProblem, conv2d_reference
+from kernels.conv import backward as cb
+from kernels.errors import BadInput, Unsupported
+from microbench import cli
+
+GEOMETRIES = [
+    ConvProblem(N=2, C=4, H=7, W=6, K=6, R=3, S=2, stride=(2, 1), pad=(1, 2), dilation=(1, 2), groups=2),
+    ConvProblem(N=1, C=3, H=5, W=5, K=2, R=3, S=3, pad=1, layout="NHWC"),
+    ConvProblem(N=2, C=3, H=7, W=7, K=4, R=1, S=1, pad=3, stride=2, bias=False),   # border sees padding only
+    ConvProblem(N=1, C=2, H=4, W=9, K=3, R=5, S=2, stride=3, pad=(2, 0), layout="NHWC", groups=1),
+]
+IDS = ["groups-dilation", "nhwc", "1x1-pad3-s2", "nhwc-5x2-s3"]
+
+
+def _inputs(p, seed=0):
+    rng = np.random.default_rng(seed)
+    x, w, b = p.random_inputs(rng, "fp64")
+    return x, w, b, rng.standard_normal(p.y_shape)
+
+
+@pytest.mark.parametrize("p", GEOMETRIES, ids=IDS)
+def test_references_satisfy_the_adjoint_identity(p):
+    # <conv(x, w, b), dy> is linear in x, in w and in b: its gradients are dx, dw, db
+    x, w, b, dy = _inputs(p)
+    dx = cb.conv2d_backward_data_reference(dy, w, p)
+    dw, db = cb.conv2d_backward_weights_reference(x, dy, p)
+    zero_b = np.zeros_like(b) if p.bias else None
+    lhs_x = (conv2d_reference(x, w, zero_b, p) * dy).sum()
+    assert np.isclose(lhs_x, (x * dx).sum(), rtol=1e-12) and np.isclose(lhs_x, (w * dw).sum(), rtol=1e-12)
+    if p.bias:
+        bias_part = ((conv2d_reference(x, w, b, p) - conv2d_reference(x, w, zero_b, p)) * dy).sum()
+        assert np.isclose(bias_part, (b * db).sum(), rtol=1e-12)
+    else:
+        assert db is None
+
+
+@pytest.mark.parametrize("p", GEOMETRIES, ids=IDS)
+def test_references_match_torch_autograd(p):
+    torch = pytest.importorskip("torch")
+    x, w, b, dy = _inputs(p, 1)
+    nchw = (lambda a: a) if p.layout == "NCHW" else (lambda a: np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
+    tx = torch.tensor(nchw(x), requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True)
+    tb = torch.tensor(b, requires_grad=True) if p.bias else None
+    ty = torch.nn.functional.conv2d(tx, tw, tb, stride=p.stride, padding=p.pad, dilation=p.dilation, groups=p.groups)
+    (ty * torch.tensor(nchw(dy))).sum().backward()
+    dx = cb.conv2d_backward_data_reference(dy, w, p)
+    dw, db = cb.conv2d_backward_weights_reference(x, dy, p)
+    assert np.abs(nchw(dx) - tx.grad.numpy()).max() < 1e-12
+    assert np.abs(dw - tw.grad.numpy()).max() < 1e-12
+    if p.bias:
+        assert np.abs(db - tb.grad.numpy()).max() < 1e-12
+
+
+@pytest.mark.parametrize("p", GEOMETRIES, ids=IDS)
+@pytest.mark.parametrize("variant", sorted(cb.BACKWARD))
+@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 1e-5)])
+def test_variants_match_the_references(p, variant, dtype, tol):
+    x, w, b, dy = _inputs(p, 2)
+    dx = cb.conv2d_backward_data_reference(dy, w, p)
+    dw, db = cb.conv2d_backward_weights_reference(x, dy, p)
+    x, w, dy = x.astype(dtype), w.astype(dtype), dy.astype(dtype)
+    for _ in range(2):                           # a result wrong after the first call must fail
+        got_dx = cb.backward(variant, "bwd_data", x, w, dy, p)
+        got_dw, got_db = cb.backward(variant, "bwd_weights", x, w, dy, p)
+        assert got_dx.dtype == dtype and got_dw.dtype == dtype and got_dx.shape == p.x_shape
+        assert np.abs(got_dx - dx).max() <= tol * np.abs(dx).max()
+        assert np.abs(got_dw - dw).max() <= tol * np.abs(dw).max()
+        if p.bias:
+            assert np.abs(got_db - db).max() <= tol * np.abs(db).max()
+
+
+def test_bad_phase_variant_and_dtype():
+    p = GEOMETRIES[0]
+    x, w, b, dy = _inputs(p)
+    with pytest.raises(BadInput, match="phase"):
+        cb.backward("im2col", "bwd_input", x, w, dy, p)
+    with pytest.raises(BadInput, match="winograd"):
+        cb.backward("winograd", "bwd_data", x, w, dy, p)
+    with pytest.raises(BadInput, match="dy has shape"):
+        cb.backward("direct", "bwd_data", x, w, dy[:1], p)
+    with pytest.raises(Unsupported, match="fp32, fp64"):
+        cb.backward("im2col", "bwd_data", x, w, dy.astype(np.float16), p)
+
+
+def test_conv_backward_command(tmp_path, capsys):
+    out = tmp_path / "c.jsonl"
+    assert cli.main(["conv", "--backward", "-N", "1", "-C", "4", "-H", "9", "-W", "7", "-K", "6", "--stride", "2",
+                     "--warmup", "0", "--min-time", "0", "--min-samples", "2", "--quiet", "--json", str(out)]) == 0
+    recs = {r["variant"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(recs) == {"im2col", "direct", "im2col+bwd_data", "im2col+bwd_weights",
+                         "direct+bwd_data", "direct+bwd_weights"}
+    for name, r in recs.items():
+        assert r["status"] == "ok" and r["check"]["passed"], (name, r["error"])
+    assert "dx" in recs["im2col+bwd_data"]["check"]["detail"] or recs["im2col+bwd_data"]["info"]["outputs"] == ["dx"]
+    assert recs["direct+bwd_weights"]["info"]["outputs"] == ["dw", "db"]
+    assert cli.main(["conv", "--backward", "--winograd", "--quiet"]) == 2
+    assert "has no backward pass" in capsys.readouterr().err
+
+
+def test_training_suite_times_three_phases_each_checked(tmp_path, capsys):
+    out = tmp_path / "t.jsonl"
+    assert cli.main(["suite", "deepbench-conv-train", "--only", "/008$", "--batch", "1", "--device", "cpu",
+                     "--variants", "im2col,im2col+bwd_data,im2col+bwd_weights", "--json", str(out), "--quiet",
+                     "--warmup", "0", "--min-time", "0", "--min-samples", "2", "--max-time", "0.5"]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["variant"] for r in recs] == ["im2col", "im2col+bwd_data", "im2col+bwd_weights"]
+    for r in recs:
+        assert r["status"] == "ok" and r["check"]["passed"]
+        assert r["suite"] == {**r["suite"], "entry": "deepbench-conv-train/008", "table": "training_set", "row": 8}
+    capsys.readouterr()
