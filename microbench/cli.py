@@ -62,8 +62,10 @@ def add_output(p) -> None:
     o = p.add_argument_group("output")
     o.add_argument("--threads", metavar="LIST", help="sweep CPU thread counts, e.g. 1,2 (BLAS and numba)")
     o.add_argument("--json", metavar="PATH", help="append one JSON line per case (schema: docs/results.md)")
-    o.add_argument("--nvtx", choices=("on", "case", "off"), default="on",
-                   help="NVTX ranges: on (case and phases, default), case (case ranges only), off")
+    o.add_argument("--nvtx", choices=("auto", "on", "case", "off"), default="auto",
+                   help="NVTX ranges: auto (default: on only when nsys/ncu or another NVTX tool is "
+                        "attached, since ranges cost time our rows would carry and framework rows "
+                        "do not), on (case and phases), case (case ranges only), off")
     o.add_argument("--quiet", action="store_true", help="print the table only (no header, no progress)")
     o.add_argument("--profile", action="store_true",
                    help="bracket the measured samples with cudaProfilerStart/Stop (for nsys "
@@ -82,7 +84,7 @@ def build_parser() -> Parser:
 
 def run_cases(cases: list, settings, args) -> tuple:
     """Run cases in order with a progress bar; append each record to --json as it finishes."""
-    from rich.progress import Progress
+    from .progress import Progress
 
     from profiles import capture
 
@@ -104,17 +106,16 @@ def run_cases(cases: list, settings, args) -> tuple:
     nvtx_cost = env["nvtx"]["cost_per_range_s"]
     outcomes = []
     try:
-        # No auto-refresh: rich's refresh thread competes for the GIL whenever NumPy releases it
-        # and made a 0.7 ms case measure 16 ms.  The bar is redrawn between cases only.
-        with Progress(console=err, transient=True, disable=args.quiet, auto_refresh=False) as bar:
-            task = bar.add_task("cases", total=len(cases))
+        # A bar on a terminal (redrawn between samples, never by a thread), else a line per case.
+        with Progress(err, len(cases), quiet=args.quiet) as bar:
             for case in cases:
-                bar.update(task, description=f"{case.op} {case.label} {case.precision}", refresh=True)
-                o = run_case(case, settings, env, nvtx_cost)
+                bar.start(f"{case.op} {case.label} {case.precision}"
+                          + (f" {case.threads} thr" if case.threads else ""))
+                o = run_case(case, settings, env, nvtx_cost, progress=bar.within)
                 outcomes.append(o)
                 if writer:
                     writer.write(o.record)
-                bar.advance(task)
+                bar.done(o)
     finally:
         if writer:
             writer.close()

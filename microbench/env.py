@@ -101,7 +101,7 @@ def collect(cheap: bool = False) -> dict:
                      if k in os.environ},
     }
     if not cheap:
-        env["nvtx"] = {"available": nvtx.available(), "level": nvtx.level(),
+        env["nvtx"] = {"available": nvtx.available(), "level": nvtx.level(), "requested": nvtx.requested(),
                        "cost_per_range_s": nvtx.cost_per_range()}
     env["env_id"] = env_id(env)
     return env

@@ -118,8 +118,11 @@ def table(outcomes: list, console: Console, *, ladder: bool = False, title: str 
             lines.append(f"% peak: of {peak_gflops:.0f} GFLOP/s, a 1024^3 GEMM through NumPy's BLAS "
                          "measured on this machine just before.")
         most = max(o.record["nvtx"]["ranges_per_run"] for o in ok if o.record.get("nvtx"))
-        if cost is not None and nv.get("level") != "off" and most:
-            lines.append(f"NVTX ({nv.get('level')}): {most} ranges per call at most, "
-                         f"{cost * 1e6:.2f} us each here; --nvtx off removes them.")
+        from profiles import nvtx
+        if cost is not None and nv.get("level") not in (None, "off") and most:
+            lines.append(f"{nvtx.describe()}: {most} per call at most, {cost * 1e6:.2f} us each here, "
+                         "included in our rows' times (framework rows push none); --nvtx off removes them.")
+        elif nv.get("level") == "off":
+            lines.append(f"{nvtx.describe()}; --nvtx on pushes them (nsys/ncu turn them on by themselves).")
         for line in lines + sorted(notes):
             console.print(f"[dim]{line}[/]")

@@ -72,7 +72,8 @@ class Outcome:
     threads_used: dict = field(default_factory=dict)
 
 
-def run_case(case: Case, settings: Settings, env: dict, nvtx_cost: float) -> Outcome:
+def run_case(case: Case, settings: Settings, env: dict, nvtx_cost: float, progress=None) -> Outcome:
+    """``progress``: called between samples with the phase reached (microbench.progress)."""
     def finish(status, **kw):
         rec = results.record(case=case, status=status, env=env, **kw)
         rec["threads_used"] = used
@@ -102,7 +103,8 @@ def run_case(case: Case, settings: Settings, env: dict, nvtx_cost: float) -> Out
                     run = graph_replay(run)
                 flush = flusher_for(case.device) if settings.cold else None
                 clocks = gpustate.read() if case.device == "cuda" else None
-                m = measure(run, settings, timer_for(case.device), around=around, before_sample=flush)
+                m = measure(run, settings, timer_for(case.device), around=around, before_sample=flush,
+                            progress=progress)
                 if clocks is not None:
                     after = gpustate.read()
                     extra["gpu_state"] = {"before": clocks, "after": after,

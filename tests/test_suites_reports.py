@@ -224,8 +224,8 @@ def test_compare_verdicts(tmp_path, capsys):
     assert "within noise" in out and "B faster" in out and "B slower" in out
     assert "0.50x" in out and "1.20x" in out
     assert "only in A: 1, only in B: 0" in out
-    assert "3 case(s) in both; 2 differ beyond the spread, 1 within noise" in out
-    assert "the IQRs [q1, q3] of A and B overlap" in out
+    assert "3 case(s) in both; 2 differ (p < 0.01 and at least 5%), 0 differ by less than 5%, 1 within noise" in out
+    assert "Mann-Whitney" in out
 
 
 def test_compare_fixture_with_itself_is_all_noise(capsys):

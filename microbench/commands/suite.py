@@ -386,7 +386,7 @@ def cmd_suite(args) -> int:
 
 
 def _run(entries, settings, env, writer, args, out, err, n_todo, n_done) -> int:
-    from rich.progress import Progress
+    from ..progress import Progress
 
     from .. import results
     from ..runner import Outcome, run_case
@@ -403,17 +403,17 @@ def _run(entries, settings, env, writer, args, out, err, n_todo, n_done) -> int:
         return 0
     finished = 0
     try:
-        with Progress(console=err, transient=True, disable=args.quiet, auto_refresh=False) as bar:
-            task = bar.add_task("cases", total=n_todo)
+        with Progress(err, n_todo, quiet=args.quiet) as bar:
             for e in entries:
                 for case in e.cases:
-                    bar.update(task, description=f"{e.spec.name} {case.label} {case.precision}", refresh=True)
-                    o = run_case(case, settings, env, nvtx_cost)
+                    bar.start(f"{e.spec.name} {case.label} {case.precision}"
+                              + (f" {case.threads} thr" if case.threads else ""))
+                    o = run_case(case, settings, env, nvtx_cost, progress=bar.within)
                     if writer:
                         writer.write(o.record)
                     e.outcomes.append(o)
                     finished += 1
-                    bar.advance(task)
+                    bar.done(o)
     except KeyboardInterrupt:
         where = f"; {args.json} holds every finished case: rerun with --resume to finish" if writer else ""
         err.print(escape(f"microbench: interrupted after {finished} of {n_todo} case(s){where}"), highlight=False)
