@@ -23,6 +23,9 @@ class UsageError(Exception):
     pass
 
 
+COMMAND_LINE = None     # the arguments main() was given: records keep the command line
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage block: the message names the value and the choices
         raise UsageError(message)
@@ -74,8 +77,11 @@ def add_output(p) -> None:
 
 def build_parser() -> Parser:
     import importlib
+    from . import __version__
     parser = Parser(prog="microbench",
                     description="LSTM, GRU and convolution layers taken apart at kernel level.")
+    parser.add_argument("--version", action="version", version=f"microbench {__version__}",
+                        help="print the version and exit (env shows the git commit too)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         importlib.import_module(f"microbench.commands.{name}").add_parsers(sub)
@@ -130,6 +136,8 @@ def console(stderr: bool = False):
 
 
 def main(argv=None) -> int:
+    global COMMAND_LINE
+    COMMAND_LINE = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

@@ -24,6 +24,8 @@ def add_parsers(sub) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="results files (JSON lines, from --json)")
     p.add_argument("--html", metavar="PATH", help="write a self-contained HTML report")
     p.add_argument("--md", metavar="PATH", help="write a Markdown report (images as data URIs)")
+    p.add_argument("--csv", metavar="PATH", help="write one CSV row per case (numbers in seconds, "
+                                                 "for spreadsheets and pandas)")
     p.add_argument("--title", default="microbench report", help="report title")
     p.set_defaults(func=cmd_report)
 
@@ -87,6 +89,40 @@ def env_rows(records: list) -> list:
 
 
 ENV_COLUMNS = ("env_id", "date", "cpu", "gpu", "libraries")
+
+CSV_COLUMNS = ("op", "variant", "backend", "framework", "label", "device", "dtype", "T", "B", "I", "H", "L",
+               "N", "C", "W", "K", "R", "S", "threads", "mode", "nvtx", "status", "n", "median_s", "q1_s",
+               "q3_s", "min_s", "mean_s", "rel_noise", "gflops", "gbps", "max_rel_err", "error", "env_id",
+               "date", "commit", "dirty")
+
+
+def csv_text(records: list) -> str:
+    """The last record of each case as CSV: raw numbers (seconds), one column per shape field."""
+    import csv
+    import io
+
+    from .. import store
+    from ..plots import framework_of
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for r in store.latest(records, with_env=True, status=None).values():
+        shape, opts = r.get("shape") or {}, r.get("options") or {}
+        st = r.get("stats") if isinstance(r.get("stats"), dict) else {}
+        d, chk = r.get("derived") or {}, r.get("check") or {}
+        env = r.get("env") or {}
+        src = env.get("microbench") or {}
+        row = {"op": r.get("op"), "variant": r.get("variant"), "backend": r.get("backend"),
+               "framework": framework_of(r), "label": r.get("label"), "device": r.get("device"),
+               "dtype": r.get("dtype"), **{k: shape.get(k) for k in "TBIHLNCWKRS"},
+               "threads": opts.get("threads"), "mode": opts.get("mode"), "nvtx": opts.get("nvtx"),
+               "status": r.get("status"), **{k: st.get(k) for k in ("n", "median_s", "q1_s", "q3_s", "min_s",
+                                                                     "mean_s", "rel_noise")},
+               "gflops": d.get("gflops"), "gbps": d.get("gbps"), "max_rel_err": chk.get("max_rel_err"),
+               "error": r.get("error"), "env_id": r.get("env_id"), "date": env.get("date"),
+               "commit": src.get("commit"), "dirty": src.get("dirty")}
+        w.writerow(["" if row[c] is None else row[c] for c in CSV_COLUMNS])
+    return buf.getvalue()
 
 
 # -- writers ---------------------------------------------------------------------------------------
@@ -207,9 +243,15 @@ def cmd_report(args) -> int:
     out, err = console(), console(stderr=True)
     targets = [(flag, _check_output(path, flag, args.files))
                for flag, path in (("--html", args.html), ("--md", args.md)) if path]
+    csv_target = _check_output(args.csv, "--csv", args.files) if getattr(args, "csv", None) else None
     records, skipped = store.load(args.files)
     if skipped:
         err.print(f"note: {skipped} line(s) that are not records were skipped", highlight=False)
+    if csv_target is not None:
+        _write(csv_target, csv_text(records), "--csv")
+        out.print(escape(f"wrote {csv_target} ({len(records)} records)"), highlight=False)
+        if not targets:
+            return 0
     if not targets:
         for title, cols, rows in (("results", RESULT_COLUMNS, result_rows(records)),
                                   ("thread scaling", *scaling_rows(records))):
