@@ -106,6 +106,7 @@ def run_cases(cases: list, settings, args) -> tuple:
 
     writer = JsonlWriter(args.json) if args.json else None
     out, err = console(), console(stderr=True)
+    warn_threads(cases, err)
     env = menv.collect()
     if not args.quiet:
         report.header(env, out)
@@ -126,6 +127,15 @@ def run_cases(cases: list, settings, args) -> tuple:
         if writer:
             writer.close()
     return outcomes, out, err
+
+
+def warn_threads(cases, err) -> None:
+    from rich.markup import escape
+
+    from .threads import oversubscription_warning
+    warning = oversubscription_warning({c.threads for c in cases})
+    if warning:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
 def console(stderr: bool = False):

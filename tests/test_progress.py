@@ -75,3 +75,15 @@ def test_terminal_bar_starts_no_thread_and_redraws_within_a_case(monkeypatch):
         p.within("ignored off a terminal")
         p.done(_Outcome("failed", error="check failed"))
     assert piped.getvalue() == "[1/1] conv direct/numba fp32: failed: check failed\n"
+
+
+def test_threads_beyond_the_usable_cpus_are_warned_about(run_cli, monkeypatch):
+    from microbench import threads as mt
+    n, _ = mt.usable_cpus()
+    assert n >= 1
+    assert mt.oversubscription_warning({None, 1}) is None
+    w = mt.oversubscription_warning({1, n + 1, n + 3})
+    assert w.startswith(f"--threads {n + 1},{n + 3}: more threads than the {n} CPU(s)")
+    r = run_cli("lstm", "--fused", *TINY, "--threads", f"1,{n + 1}")
+    assert r.returncode == 0, r.stderr
+    assert f"warning: --threads {n + 1}: more threads than the {n} CPU(s)" in r.stderr

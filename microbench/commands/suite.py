@@ -391,6 +391,8 @@ def _run(entries, settings, env, writer, args, out, err, n_todo, n_done) -> int:
     from .. import results
     from ..runner import Outcome, run_case
 
+    from ..cli import warn_threads
+    warn_threads([c for e in entries for c in e.cases], err)
     nvtx_cost = env["nvtx"]["cost_per_range_s"]
     for e in entries:                      # memory skips are results too: record them first
         for case, reason in e.skipped:
