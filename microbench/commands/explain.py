@@ -26,8 +26,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--cpu", action="store_true",
                    help="also profile PyTorch's fused and generic CPU paths here (torch.profiler); "
                         "the default when no GPU is found and torch is installed")
-    for flag, default in (("-T", 50), ("-B", 16), ("-H", 256)):
-        p.add_argument(flag, type=int, default=default, help=f"sizes of the CPU profile (default {default})")
+    for flag, what, default in (("-T", "sequence length", 50), ("-B", "batch", 16), ("-H", "hidden size", 256)):
+        p.add_argument(flag, type=int, default=default, help=f"{what} of the CPU profile (default {default})")
     p.set_defaults(func=cmd_explain)
 
 

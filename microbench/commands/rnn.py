@@ -15,15 +15,31 @@ def add_parsers(sub) -> None:
         _add_rnn(sub, op, registry.variants(op))
 
 
+def _dtype_help() -> str:
+    """The precisions each device's backends compute, from the backend table (never out of step)."""
+    from kernels.backends import BACKENDS
+    parts = []
+    for device, words in (("cpu", "on the CPU"), ("cuda", "on a GPU")):
+        names = [b for b in BACKENDS.values() if b.device == device]
+        dts = list(dict.fromkeys(d for b in names for d in b.dtypes))
+        only = {d: [b.name for b in names if d in b.dtypes] for d in dts}
+        text = ", ".join(d + (f" ({'/'.join(only[d])} only)" if len(only[d]) < len(names) else "") for d in dts)
+        parts.append(f"{text} {words}")
+    return "; ".join(parts)
+
+
 def _add_rnn(sub, op: str, variant_names: list):
     p = sub.add_parser(op, help=f"time {op.upper()} variants", epilog=EPILOG_RNN,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description=f"Check every {op.upper()} variant against the float64 reference, "
                                    "then time it and print a table (one row per variant).")
+    from .. import registry
     v = p.add_argument_group("variants")
     for name in variant_names:
+        devices = {r.device for r in registry.ours(op) if r.variant == name}
+        where = " (GPU only)" if devices == {"cuda"} else " (CPU only)" if devices == {"cpu"} else ""
         v.add_argument(f"--{name}", dest="variant_flags", action="append_const", const=name,
-                       help=f"run the {name} variant")
+                       help=f"run the {name} variant{where}")
     v.add_argument("--all", action="store_true", help="run every variant (the default when none is named)")
     v.add_argument("--ladder", action="store_true",
                    help="naive, then each fusion step added in turn, with the speedup per rung")
@@ -33,7 +49,7 @@ def _add_rnn(sub, op: str, variant_names: list):
     v.add_argument("--backend", metavar="LIST", help="comma list (default: every backend of the device)")
     v.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto (default): a GPU if one is found, else the CPU")
-    v.add_argument("--dtype", metavar="LIST", default="fp32", help="comma list of fp64, fp32 (default fp32)")
+    v.add_argument("--dtype", metavar="LIST", default="fp32", help=f"comma list: {_dtype_help()} (default fp32)")
     if op == "lstm":
         v.add_argument("--cell", choices=("plain", "layernorm", "peephole"), default="plain",
                        help="the LSTM cell: plain (default), layernorm (Ba et al. 2016) or peephole; "
