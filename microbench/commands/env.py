@@ -49,6 +49,10 @@ def cmd_env(args) -> int:
                          "(push+pop) here"))
     for k, v in info["env_vars"].items():
         rows.append((k, v))
+    from ..names import others, shadowed
+    for name, dists in others().items():
+        state = shadowed(name) or "ours is imported first"
+        rows.append((f"also {name!r}", f"{', '.join(dists)} also installed here; {state}"))
     rows.append(("env_id", info["env_id"]))
     for k, v in rows:
         t.add_row(k, str(v))

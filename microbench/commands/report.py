@@ -268,7 +268,7 @@ def cmd_report(args) -> int:
         from .. import plots as mplots
     except ImportError as e:
         raise BadInput(f"--html/--md draw plots with matplotlib, which cannot be imported ({e}); "
-                       "pip install 'microbench[report]' or pip install matplotlib") from None
+                       "pip install 'microbench-kernels[report]' or pip install matplotlib") from None
     figures = mplots.all_plots(records)
     for flag, path in targets:
         render = render_html if flag == "--html" else render_md
