@@ -2,8 +2,11 @@
 
 Without an output flag the tables print to the terminal.  ``--html`` writes one self-contained
 page (PNG plots embedded as base64), ``--md`` a Markdown file with the same tables and images
-(data URIs).  The plots are those of :mod:`microbench.plots`: the fusion ladder, framework
-convergence, a roofline with ceilings measured in the file, and thread scaling.  Outputs are
+(data URIs); beside either, every figure also as SVG and PDF (``r.html`` -> ``r-roofline.svg``),
+captioned with the machine, commit and sample counts.  ``--csv`` writes one row per case.  The
+plots are those of :mod:`microbench.plots`: the fusion ladder, framework convergence, a roofline
+(with this machine's measured roofs when the records were taken here, else the best points of
+the file, labelled as such), and thread scaling.  Outputs are
 written to a temporary file and renamed, and may not name an input file, so a failed or
 mistaken report never damages results.
 """
@@ -15,18 +18,23 @@ import os
 from pathlib import Path
 
 from kernels.errors import BadInput
+from rich.markup import escape
 
 
 def add_parsers(sub) -> None:
     p = sub.add_parser("report", help="tables and plots (HTML, Markdown) of results files",
                        description="Tables of results files; with --html/--md also plots (ladder, "
-                                   "framework convergence, roofline, thread scaling) embedded as PNG.")
+                                   "framework convergence, roofline, thread scaling) embedded as PNG, "
+                                   "and each figure as SVG and PDF files beside the report.")
     p.add_argument("files", nargs="+", metavar="FILE", help="results files (JSON lines, from --json)")
     p.add_argument("--html", metavar="PATH", help="write a self-contained HTML report")
     p.add_argument("--md", metavar="PATH", help="write a Markdown report (images as data URIs)")
     p.add_argument("--csv", metavar="PATH", help="write one CSV row per case (numbers in seconds, "
                                                  "for spreadsheets and pandas)")
     p.add_argument("--title", default="microbench report", help="report title")
+    p.add_argument("--no-roofs", action="store_true",
+                   help="do not measure this machine's roofs for the roofline (they are measured, in "
+                        "a few seconds, only when the records were taken on this machine)")
     p.set_defaults(func=cmd_report)
 
 
@@ -160,6 +168,33 @@ def _write(path: Path, text: str, flag: str) -> None:
         raise BadInput(f"{flag} {str(path)!r} cannot be written: {e.strerror}") from None
 
 
+def _write_bytes(path: Path, data: bytes, flag: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise BadInput(f"{flag}: {str(path)!r} cannot be written: {e.strerror}") from None
+
+
+def figure_paths(report: Path, plot) -> dict:
+    """Format -> path of a plot's vector files beside the report: ``r.html`` -> ``r-roofline.svg``."""
+    return {fmt: report.with_name(f"{report.stem}-{plot.name}.{fmt}") for fmt in plot.files}
+
+
+def write_figures(report: Path, plots, flag: str) -> list:
+    written = []
+    for p in plots:
+        for fmt, path in figure_paths(report, p).items():
+            _write_bytes(path, p.files[fmt], flag)
+            written.append(path)
+    return written
+
+
 def _html_table(cols, rows) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = "\n".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
@@ -192,7 +227,7 @@ def noise_note(records: list) -> str:
             "was busy or the cases short; compare such numbers only with care, or rerun them")
 
 
-def render_html(title, sources, records, plots, skipped) -> str:
+def render_html(title, sources, records, plots, skipped, out_path=None) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
              f"<p class='note'>{len(records)} record(s) from {html.escape(', '.join(sources))}"
@@ -203,7 +238,10 @@ def render_html(title, sources, records, plots, skipped) -> str:
         parts.append(f"<h3>{html.escape(p.title)}</h3>")
         if p.png:
             b64 = base64.b64encode(p.png).decode("ascii")
-            parts.append(f"<img alt='{html.escape(p.title)}' src='data:image/png;base64,{b64}'>")
+            links = " ".join(f"<a href='{html.escape(path.name)}'>{fmt.upper()}</a>"
+                             for fmt, path in figure_paths(Path(out_path or "report.html"), p).items())
+            parts.append(f"<figure><img alt='{html.escape(p.title)}' src='data:image/png;base64,{b64}'>"
+                         f"<figcaption class='note'>{html.escape(p.caption)} {links}</figcaption></figure>")
         parts.append(f"<p class='note'>{html.escape(p.note)}</p>")
     cols, rows = scaling_rows(records)
     if rows:
@@ -215,7 +253,7 @@ def render_html(title, sources, records, plots, skipped) -> str:
     return "\n".join(parts)
 
 
-def render_md(title, sources, records, plots, skipped) -> str:
+def render_md(title, sources, records, plots, skipped, out_path=None) -> str:
     parts = [f"# {title}", "", f"{len(records)} record(s) from {', '.join(sources)}"
              + (f"; {skipped} line(s) that are not records were skipped" if skipped else ""), "",
              *([f"**{noise_note(records)}**", ""] if noise_note(records) else []),
@@ -223,13 +261,38 @@ def render_md(title, sources, records, plots, skipped) -> str:
     for p in plots:
         parts += [f"### {p.title}", ""]
         if p.png:
-            parts += [f"![{p.title}](data:image/png;base64,{base64.b64encode(p.png).decode('ascii')})", ""]
+            links = ", ".join(f"[{fmt.upper()}]({path.name})"
+                              for fmt, path in figure_paths(Path(out_path or "report.md"), p).items())
+            parts += [f"![{p.title}](data:image/png;base64,{base64.b64encode(p.png).decode('ascii')})", "",
+                      f"{p.caption} {links}", ""]
         parts += [f"_{p.note}_", ""]
     cols, rows = scaling_rows(records)
     if rows:
         parts += ["## Thread scaling", "", _md_table(cols, rows), ""]
     parts += ["## Results", "", _md_table(RESULT_COLUMNS, result_rows(records)), ""]
     return "\n".join(parts)
+
+
+def _roofs(records: list, args, err) -> dict | None:
+    """The machine's roofs for the roofline, measured now, when the records were taken on this
+    machine with these libraries (same env_id); otherwise None (the plot says so)."""
+    if getattr(args, "no_roofs", False):
+        return None
+    from .. import env as menv
+    from .. import peaks
+    here = menv.collect(cheap=True)
+    ids = {r.get("env_id") for r in records if r.get("status") == "ok"}
+    if ids != {here["env_id"]}:
+        return None
+    device = "cuda" if any(r.get("device") == "cuda" for r in records) and (here.get("gpu") or {}).get("available") \
+        else "cpu"
+    err.print(f"measuring this machine's roofs for the roofline ({device}: a GEMM and a streaming add)...",
+              highlight=False)
+    try:
+        return peaks.roofs(device)
+    except Exception as e:        # a GPU library missing or failing: the plot falls back, and says so
+        err.print(escape(f"note: roofs not measured ({type(e).__name__}: {e})"), highlight=False)
+        return None
 
 
 def cmd_report(args) -> int:
@@ -269,10 +332,12 @@ def cmd_report(args) -> int:
     except ImportError as e:
         raise BadInput(f"--html/--md draw plots with matplotlib, which cannot be imported ({e}); "
                        "pip install 'microbench-kernels[report]' or pip install matplotlib") from None
-    figures = mplots.all_plots(records)
+    figures = mplots.all_plots(records, roofs=_roofs(records, args, err))
     for flag, path in targets:
         render = render_html if flag == "--html" else render_md
-        _write(path, render(args.title, args.files, records, figures, skipped), flag)
-        out.print(escape(f"wrote {path} ({len(records)} records, "
-                         f"{sum(1 for f in figures if f.png)} plots)"), highlight=False)
+        _write(path, render(args.title, args.files, records, figures, skipped, out_path=path), flag)
+        files = write_figures(path, [f for f in figures if f.png], flag)
+        out.print(escape(f"wrote {path} ({len(records)} records, {sum(1 for f in figures if f.png)} "
+                         f"plots) and {len(files)} figure files beside it ({path.stem}-*.svg/.pdf)"),
+                  highlight=False)
     return 0
