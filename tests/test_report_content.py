@@ -135,3 +135,18 @@ def test_roofs_are_measured_only_for_records_of_this_machine(monkeypatch, fixtur
     assert mreport._roofs(mine, args, err)["device"] == "cpu"
     assert mreport._roofs(mine, SimpleNamespace(no_roofs=True), err) is None
     assert peaks.cpu_stream_gbps(mib=8, repeats=2) > 0
+
+
+def test_reruns_in_one_file_are_said_not_merged_silently(tmp_path, capsys):
+    from microbench import cli
+    f = tmp_path / "twice.jsonl"
+    f.write_text(FIXTURE.read_text() + FIXTURE.read_text().splitlines()[0] + "\n")
+    assert cli.main(["report", str(f)]) == 0
+    assert "1 record(s) are reruns of a case already in the file(s)" in capsys.readouterr().err
+
+
+def test_table_times_share_one_unit_and_width():
+    from microbench.report import time_unit
+    assert time_unit([2.5e-3, 0.9e-3]) == ("ms", 1e3, 3)
+    assert time_unit([1.2e-5, 4e-4]) == ("us", 1e6, 1)
+    assert time_unit([1.5, 0.2]) == ("s", 1.0, 3)

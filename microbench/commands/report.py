@@ -217,6 +217,16 @@ img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
 .note{color:#555;font-size:13px}"""
 
 
+def rerun_note(records: list) -> str:
+    """Records superseded by a later record of the same case (a rerun into the same --json)."""
+    from .. import store
+    n = len(records) - len(store.latest(records, with_env=True, status=None))
+    if not n:
+        return ""
+    return (f"{n} record(s) are reruns of a case already in the file(s): each case shows its last "
+            "record only (use a new --json per run, or --resume, to avoid duplicates)")
+
+
 def noise_note(records: list) -> str:
     """A warning when many measurements missed their noise target (a busy machine, short cases)."""
     st = [r["stats"] for r in records if r.get("status") == "ok" and isinstance(r.get("stats"), dict)]
@@ -233,6 +243,7 @@ def render_html(title, sources, records, plots, skipped, out_path=None) -> str:
              f"<p class='note'>{len(records)} record(s) from {html.escape(', '.join(sources))}"
              + (f"; {skipped} line(s) that are not records were skipped" if skipped else "") + "</p>",
              f"<p class='note'><b>{html.escape(noise_note(records))}</b></p>" if noise_note(records) else "",
+             f"<p class='note'>{html.escape(rerun_note(records))}</p>" if rerun_note(records) else "",
              "<h2>Environments</h2>", _html_table(ENV_COLUMNS, env_rows(records)), "<h2>Plots</h2>"]
     for p in plots:
         parts.append(f"<h3>{html.escape(p.title)}</h3>")
@@ -257,6 +268,7 @@ def render_md(title, sources, records, plots, skipped, out_path=None) -> str:
     parts = [f"# {title}", "", f"{len(records)} record(s) from {', '.join(sources)}"
              + (f"; {skipped} line(s) that are not records were skipped" if skipped else ""), "",
              *([f"**{noise_note(records)}**", ""] if noise_note(records) else []),
+             *([f"_{rerun_note(records)}_", ""] if rerun_note(records) else []),
              "## Environments", "", _md_table(ENV_COLUMNS, env_rows(records)), "", "## Plots", ""]
     for p in plots:
         parts += [f"### {p.title}", ""]
@@ -310,6 +322,8 @@ def cmd_report(args) -> int:
     records, skipped = store.load(args.files)
     if skipped:
         err.print(f"note: {skipped} line(s) that are not records were skipped", highlight=False)
+    if rerun_note(records):
+        err.print(escape(f"note: {rerun_note(records)}"), highlight=False)
     if csv_target is not None:
         _write(csv_target, csv_text(records), "--csv")
         out.print(escape(f"wrote {csv_target} ({len(records)} records)"), highlight=False)
