@@ -161,6 +161,7 @@ def test_resume_skips_recorded_cases(tmp_path):
     second = _run(*args)
     assert second.returncode == 0, second.stderr
     assert "nothing left to run: all 5 case(s)" in second.stdout
+    assert second.stdout.count("recorded earlier (--resume)") == 5   # the whole table, from the file
     assert _lines(out) == 5
     recs, bad = store.read(out)
     assert bad == 0 and len({store.identity(r) for r in recs}) == 5

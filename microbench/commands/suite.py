@@ -362,12 +362,21 @@ def cmd_suite(args) -> int:
     else:
         writer = None
     if args.resume:
+        from ..runner import Outcome
         done, bad_lines = store.done_keys(args.json)
+        recorded = store.latest(store.read(args.json)[0], with_env=True, status=None) if done else {}
         mode = mode_of(settings)
         for e in entries:
             before = len(e.cases) + len(e.skipped)
-            e.cases = [c for c in e.cases if store.case_identity(c, env["env_id"], mode) not in done]
-            e.skipped = [(c, r) for c, r in e.skipped if store.case_identity(c, env["env_id"], mode) not in done]
+            keys = {id(c): store.case_identity(c, env["env_id"], mode) for c in e.cases + [c for c, _ in e.skipped]}
+            # the cases already recorded still appear in the final table, from the file
+            for c in e.cases + [c for c, _ in e.skipped]:
+                rec = recorded.get(keys[id(c)])
+                if keys[id(c)] in done and rec is not None:
+                    e.outcomes.append(Outcome(c, rec["status"], {**rec, "_resumed": True},
+                                              error=rec.get("error") or ""))
+            e.cases = [c for c in e.cases if keys[id(c)] not in done]
+            e.skipped = [(c, r) for c, r in e.skipped if keys[id(c)] not in done]
             e.done = before - len(e.cases) - len(e.skipped)
     if not args.quiet:
         report.header(env, out)
@@ -402,6 +411,7 @@ def _run(entries, settings, env, writer, args, out, err, n_todo, n_done) -> int:
             e.outcomes.append(Outcome(case, "skipped", rec, error=reason))
     if n_todo == 0:
         out.print(escape(f"nothing left to run: all {n_done} case(s) are recorded in {args.json}"))
+        summary(entries, out)
         return 0
     finished = 0
     try:
@@ -448,8 +458,9 @@ def summary(entries, out) -> None:
             st = r["stats"]
             gf = (r.get("derived") or {}).get("gflops")
             t.add_row(e.spec.name, escape(c.label), c.precision, thr,
-                      fmt_time(st["median_s"]) + (" ~" if st["noisy"] else ""),
-                      f"{100 * st['rel_noise']:.1f}%", f"{gf:.1f}" if gf else "-", "")
+                      fmt_time(st["median_s"]) + (" ~" if st["noisy"] else "  "),
+                      f"{100 * st['rel_noise']:.1f}%", f"{gf:.1f}" if gf else "-",
+                      "recorded earlier (--resume)" if r.get("_resumed") else "")
     out.print(t)
     if any(o.status == "ok" and o.record["stats"]["noisy"] for e in entries for o in e.outcomes):
         out.print("[dim]~ noisy: IQR/median above --max-noise (sampling stopped at --max-time)[/]")
