@@ -2,16 +2,21 @@
 
     ladder_plot       one panel per ladder (op, shape, dtype, backend, threads): a bar per rung,
                       median with the IQR as error bar, speedup vs naive above each bar
-    convergence_plot  one panel per shape: the best time of each framework path (our variants
-                      as ``ours/<backend>``); wall time, and GPU-busy time beside it when records
-                      carry it (``gpu_busy_s``), else labelled "wall only"
-    roofline_plot     GFLOP/s against arithmetic intensity (FLOPs / compulsory bytes), with the
-                      ceilings *measured in the file*: the best GFLOP/s and the best GB/s of any
-                      record (not hardware peaks; the plot says so)
-    thread_plot       ms per call and speedup vs 1 thread (or the fewest threads recorded), per case
+    convergence_plot  one panel per shape, framework panels first: the best time of each
+                      implementation (framework paths ``torch/fused``, ours ``ours: fused/numba``)
+                      with IQR bars; wall time, and GPU-busy time beside it when records carry it
+                      (``gpu_busy_s``), else labelled "wall only"
+    roofline_plot     GFLOP/s against arithmetic intensity (FLOPs / compulsory bytes), against the
+                      machine's measured roofs when given (:func:`microbench.peaks.roofs`), else
+                      the best points of the file, drawn dashed and called lower bounds; colour:
+                      implementation, marker: thread count, bars: q1-q3
+    thread_plot       ms per call (IQR bars) and speedup vs 1 thread (or the fewest threads), per case
 
-A plot with no data to show returns ``Plot(png=None, note=why)``; the report prints the note.
-Records are the normalized dicts of :mod:`microbench.store` (status ok with stats).
+Every figure comes as PNG (for the page) and as SVG and PDF (:data:`FORMATS`, for papers), with a
+caption naming the machines, dates, commits and sample counts (:func:`caption`), drawn into the
+figure too.  ``Plot.data`` holds what was drawn, by panel, so tests check figures by their data
+and labels.  A plot with no data to show returns ``Plot(png=None, note=why)``; the report prints
+the note.  Records are the normalized dicts of :mod:`microbench.store` (status ok with stats).
 """
 from __future__ import annotations
 
