@@ -240,14 +240,16 @@ def convergence_plot(records: list, caption: str = "") -> Plot:
         ax.set_yticks(y, names, fontsize=8)
         ax.invert_yaxis()
         for i, w in enumerate(wall):
-            ax.annotate(f"{w:.3g} ms", (w + err[1][i], i), va="center", fontsize=8, xytext=(3, 0),
-                        textcoords="offset points")
-        top = max(w + e for w, e in zip(wall, err[1]))
-        if top / max(min(wall), 1e-12) > LOG_SPAN:      # a linear axis would hide the fast rows
+            ax.annotate(f"{w:.3g} ms", (min(w + err[1][i], max(wall) * 1.6), i), va="center", fontsize=8,
+                        xytext=(3, 0), textcoords="offset points")
+        # the axis follows the medians; a very wide IQR bar runs off the edge rather than
+        # squeezing every bar to nothing
+        top = min(max(w + e for w, e in zip(wall, err[1])), max(wall) * 1.6)
+        if max(wall) / max(min(wall), 1e-12) > LOG_SPAN:  # a linear axis would hide the fast rows
             ax.set_xscale("log")
             ax.set_xlim(min(wall) / 2, top * 4)
         else:
-            ax.set_xlim(0, top * 1.35)
+            ax.set_xlim(0, top * 1.3)
         op, shape, dtype, thr, _ = key
         panel = f"{op} {shape} {dtype}" + (f", {thr} thr" if thr else "")
         ax.set_title(panel, fontsize=9)
@@ -305,10 +307,11 @@ def roofline_plot(records: list, caption: str = "", roofs: dict | None = None) -
                 (lo * 1.1, lo * 1.1 * peak_b), ha="left", va="bottom", fontsize=8, rotation=0)
     series = _group(pts, impl_name)
     thr_marks = dict(zip(sorted({threads_of(r) or 0 for r in pts}), "os^Dv<>p*h"))
-    cmap = plt.get_cmap("tab10")
+    ncol = 10 if len(series) <= 10 else 20              # distinct colours for up to 20 series
+    cmap = plt.get_cmap(f"tab{ncol}")
     data = {}
     for i, (name, rs) in enumerate(list(series.items())[:20]):
-        color = cmap(i % 10)
+        color = cmap(i % ncol)
         for t, mark in thr_marks.items():
             sub = [r for r in rs if (threads_of(r) or 0) == t]
             if not sub:
@@ -322,7 +325,7 @@ def roofline_plot(records: list, caption: str = "", roofs: dict | None = None) -
             data.setdefault(name, []).extend(
                 {"ai": a, "gflops": y, "threads": t or None, "shape": shape_text(r)} for a, y, r in zip(xs, ys, sub))
     from matplotlib.lines import Line2D
-    impl_handles = [Line2D([], [], color=cmap(i % 10), marker="o", ls="", label=n)
+    impl_handles = [Line2D([], [], color=cmap(i % ncol), marker="o", ls="", label=n)
                     for i, n in enumerate(list(series)[:20])]
     thr_handles = [Line2D([], [], color="gray", marker=m, ls="", label=f"{t} thr" if t else "default threads")
                    for t, m in thr_marks.items()]
