@@ -150,3 +150,17 @@ def test_table_times_share_one_unit_and_width():
     assert time_unit([2.5e-3, 0.9e-3]) == ("ms", 1e3, 3)
     assert time_unit([1.2e-5, 4e-4]) == ("us", 1e6, 1)
     assert time_unit([1.5, 0.2]) == ("s", 1.0, 3)
+
+
+def test_resume_recognizes_framework_rows():
+    """The key of a planned framework case equals the key of its record read back, so --resume
+    skips framework rows it has (they carried the framework only under info before)."""
+    from microbench import cases  # noqa: F401  (fills the registry)
+    from microbench import registry, results
+    from microbench.problems import RNNProblem
+    from microbench.runner import Case
+    rec = next(r for r in registry.REGISTRY.values() if r.framework == "torch" and r.op == "lstm")
+    case = Case(rec, RNNProblem("lstm", T=2, B=1, I=3, H=3), "fp32")
+    written = results.record(case=case, status="skipped", env={"env_id": "e"}, error="x")
+    back = store.normalize(json.loads(json.dumps(written)))
+    assert store.identity(back) == store.case_identity(case, "e")
