@@ -24,6 +24,9 @@ class UsageError(Exception):
     pass
 
 
+COMMAND_LINE = None     # the arguments main() was given: records keep the command line
+
+
 class Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, no usage block: the message names the value and the choices
         raise UsageError(message)
@@ -95,8 +98,10 @@ def add_output(p) -> None:
     o = p.add_argument_group("output")
     o.add_argument("--threads", metavar="LIST", help="sweep CPU thread counts, e.g. 1,2 (BLAS and numba)")
     o.add_argument("--json", metavar="PATH", type=output_path, help="append one JSON line per case (schema: docs/results.md)")
-    o.add_argument("--nvtx", choices=("on", "case", "off"), default="on",
-                   help="NVTX ranges: on (case and phases, default), case (case ranges only), off")
+    o.add_argument("--nvtx", choices=("auto", "on", "case", "off"), default="auto",
+                   help="NVTX ranges: auto (default: on only when nsys/ncu or another NVTX tool is "
+                        "attached, since ranges cost time our rows would carry and framework rows "
+                        "do not), on (case and phases), case (case ranges only), off")
     o.add_argument("--quiet", action="store_true", help="print the table only (no header, no progress)")
     o.add_argument("--profile", action="store_true",
                    help="bracket the measured samples with cudaProfilerStart/Stop (for nsys "
@@ -105,8 +110,11 @@ def add_output(p) -> None:
 
 def build_parser() -> Parser:
     import importlib
+    from . import __version__
     parser = Parser(prog="microbench",
                     description="LSTM, GRU and convolution layers taken apart at kernel level.")
+    parser.add_argument("--version", action="version", version=f"microbench {__version__}",
+                        help="print the version and exit (env shows the git commit too)")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         importlib.import_module(f"microbench.commands.{name}").add_parsers(sub)
@@ -115,7 +123,7 @@ def build_parser() -> Parser:
 
 def run_cases(cases: list, settings, args) -> tuple:
     """Run cases in order with a progress bar; append each record to --json as it finishes."""
-    from rich.progress import Progress
+    from .progress import Progress
 
     from profiles import capture
 
@@ -131,27 +139,36 @@ def run_cases(cases: list, settings, args) -> tuple:
 
     writer = JsonlWriter(args.json) if args.json else None
     out, err = console(), console(stderr=True)
+    warn_threads(cases, err)
     env = menv.collect()
     if not args.quiet:
         report.header(env, out)
     nvtx_cost = env["nvtx"]["cost_per_range_s"]
     outcomes = []
     try:
-        # No auto-refresh: rich's refresh thread competes for the GIL whenever NumPy releases it
-        # and made a 0.7 ms case measure 16 ms.  The bar is redrawn between cases only.
-        with Progress(console=err, transient=True, disable=args.quiet, auto_refresh=False) as bar:
-            task = bar.add_task("cases", total=len(cases))
+        # A bar on a terminal (redrawn between samples, never by a thread), else a line per case.
+        with Progress(err, len(cases), quiet=args.quiet) as bar:
             for case in cases:
-                bar.update(task, description=f"{case.op} {case.label} {case.precision}", refresh=True)
-                o = run_case(case, settings, env, nvtx_cost)
+                bar.start(f"{case.op} {case.label} {case.precision}"
+                          + (f" {case.threads} thr" if case.threads else ""))
+                o = run_case(case, settings, env, nvtx_cost, progress=bar.within)
                 outcomes.append(o)
                 if writer:
                     writer.write(o.record)
-                bar.advance(task)
+                bar.done(o)
     finally:
         if writer:
             writer.close()
     return outcomes, out, err
+
+
+def warn_threads(cases, err) -> None:
+    from rich.markup import escape
+
+    from .threads import oversubscription_warning
+    warning = oversubscription_warning({c.threads for c in cases})
+    if warning:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
 def console(stderr: bool = False):
@@ -162,6 +179,8 @@ def console(stderr: bool = False):
 
 
 def main(argv=None) -> int:
+    global COMMAND_LINE
+    COMMAND_LINE = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)

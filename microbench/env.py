@@ -142,6 +142,10 @@ def collect(cheap: bool = False) -> dict:
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_gib": memory_gib(),
+        "cpu_clock": cpu_clock(),
+        "microbench": source(),
+        "command": argv(),
         "libraries": libraries(),
         "blas": blas(),
         "gpu": gpu(),
@@ -153,7 +157,8 @@ def collect(cheap: bool = False) -> dict:
                      if k in os.environ},
     }
     if not cheap:
-        env["nvtx"] = {"available": nvtx.available(), "level": nvtx.level(),
+        env["mxnet_worker"] = mxnet_worker()
+        env["nvtx"] = {"available": nvtx.available(), "level": nvtx.level(), "requested": nvtx.requested(),
                        "cost_per_range_s": nvtx.cost_per_range()}
         env["frameworks"] = frameworks()
     env["env_id"] = env_id(env)
@@ -172,4 +177,76 @@ def env_id(env: dict) -> str:
 
 
 def argv() -> str:
-    return " ".join(sys.argv)
+    """The command line of this run, as a shell would take it back."""
+    import shlex
+    from . import cli
+    if cli.COMMAND_LINE is not None:
+        return shlex.join(["python", "-m", "microbench", *cli.COMMAND_LINE])
+    return shlex.join(sys.argv)
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def source() -> dict:
+    """The package version, and the git commit of the checkout it runs from (with whether the
+    tracked files differ from it), so a result can be traced to the code that produced it."""
+    import subprocess
+    from . import __version__
+    out = {"version": __version__, "commit": None, "dirty": None, "path": REPO_ROOT}
+    if not os.path.exists(os.path.join(REPO_ROOT, ".git")):
+        return out            # an installed copy: the version is all there is
+    try:
+        git = lambda *a: subprocess.run(["git", "-C", REPO_ROOT, *a], capture_output=True,  # noqa: E731
+                                        text=True, timeout=10)
+        head = git("rev-parse", "HEAD")
+        if head.returncode == 0:
+            out["commit"] = head.stdout.strip()
+            status = git("status", "--porcelain", "--untracked-files=no")
+            out["dirty"] = bool(status.stdout.strip()) if status.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def memory_gib() -> float | None:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def cpu_clock() -> dict:
+    """Current and maximum CPU clock in MHz, where the kernel says (cpufreq may be absent in VMs)."""
+    out = {"current_mhz": None, "max_mhz": None}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("cpu MHz"):
+                    out["current_mhz"] = round(float(line.split(":", 1)[1]))
+                    break
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq") as f:
+            out["max_mhz"] = round(int(f.read()) / 1000)
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def mxnet_worker() -> dict:
+    """The interpreter MXNet rows run under (its own venv: MXNet needs NumPy 1) and its MXNet."""
+    import subprocess
+    from .cases.frameworks import default_python
+    py = default_python("mxnet")
+    if py is None:
+        return {"python": None, "mxnet": _version("mxnet"), "note": "no .venv-mxnet (scripts/setup-mxnet)"}
+    try:
+        r = subprocess.run([py, "-c", "import importlib.metadata as m, platform; "
+                                      "print(platform.python_version(), m.version('mxnet'), m.version('numpy'))"],
+                           capture_output=True, text=True, timeout=30)
+        pyv, mx, npv = r.stdout.split() if r.returncode == 0 else (None, None, None)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        pyv = mx = npv = None
+    return {"python": py, "python_version": pyv, "mxnet": mx, "numpy": npv}

@@ -141,12 +141,14 @@ class Settings:
 
 
 def measure(run: Callable[[], object], settings: Settings, timer: Timer | None = None,
-            around: Callable | None = None, before_sample: Callable | None = None) -> Measurement:
+            around: Callable | None = None, before_sample: Callable | None = None,
+            progress: Callable[[str], None] | None = None) -> Measurement:
     """Warm ``run`` up, then sample it per the stopping rule.
 
     ``around`` is an optional context-manager factory wrapped around the sampling loop only (the
     NVTX case range and the profiler capture range), so warm-up calls stay out of a profile.
     ``before_sample`` runs before every sample, untimed (the cache flush of cold mode).
+    ``progress`` is called between samples (untimed, on this thread) with the phase reached.
     """
     timer = timer or CpuTimer()
     start = time.perf_counter()
@@ -155,6 +157,8 @@ def measure(run: Callable[[], object], settings: Settings, timer: Timer | None =
         spent += timer.sample(run)
         if spent >= settings.warmup or time.perf_counter() - start >= settings.max_time / 2:
             break
+        if progress is not None:
+            progress(f"warm-up {spent:.1f} of {settings.warmup:g} s")
     samples: list = []
     with around() if around else contextlib.nullcontext():
         while True:
@@ -162,6 +166,8 @@ def measure(run: Callable[[], object], settings: Settings, timer: Timer | None =
                 before_sample()
             samples.append(timer.sample(run))
             n, total = len(samples), sum(samples)
+            if progress is not None:
+                progress(f"{n} samples, {total:.1f} of {settings.min_time:g}-{settings.max_time:g} s")
             elapsed = time.perf_counter() - start
             if elapsed >= settings.max_time and n >= min(3, settings.min_samples):
                 break

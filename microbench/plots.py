@@ -2,16 +2,21 @@
 
     ladder_plot       one panel per ladder (op, shape, dtype, backend, threads): a bar per rung,
                       median with the IQR as error bar, speedup vs naive above each bar
-    convergence_plot  one panel per shape: the best time of each framework path (our variants
-                      as ``ours/<backend>``); wall time, and GPU-busy time beside it when records
-                      carry it (``gpu_busy_s``), else labelled "wall only"
-    roofline_plot     GFLOP/s against arithmetic intensity (FLOPs / compulsory bytes), with the
-                      ceilings *measured in the file*: the best GFLOP/s and the best GB/s of any
-                      record (not hardware peaks; the plot says so)
-    thread_plot       ms per call and speedup vs 1 thread (or the fewest threads recorded), per case
+    convergence_plot  one panel per shape, framework panels first: the best time of each
+                      implementation (framework paths ``torch/fused``, ours ``ours: fused/numba``)
+                      with IQR bars; wall time, and GPU-busy time beside it when records carry it
+                      (``gpu_busy_s``), else labelled "wall only"
+    roofline_plot     GFLOP/s against arithmetic intensity (FLOPs / compulsory bytes), against the
+                      machine's measured roofs when given (:func:`microbench.peaks.roofs`), else
+                      the best points of the file, drawn dashed and called lower bounds; colour:
+                      implementation, marker: thread count, bars: q1-q3
+    thread_plot       ms per call (IQR bars) and speedup vs 1 thread (or the fewest threads), per case
 
-A plot with no data to show returns ``Plot(png=None, note=why)``; the report prints the note.
-Records are the normalized dicts of :mod:`microbench.store` (status ok with stats).
+Every figure comes as PNG (for the page) and as SVG and PDF (:data:`FORMATS`, for papers), with a
+caption naming the machines, dates, commits and sample counts (:func:`caption`), drawn into the
+figure too.  ``Plot.data`` holds what was drawn, by panel, so tests check figures by their data
+and labels.  A plot with no data to show returns ``Plot(png=None, note=why)``; the report prints
+the note.  Records are the normalized dicts of :mod:`microbench.store` (status ok with stats).
 """
 from __future__ import annotations
 
@@ -38,6 +43,9 @@ class Plot:
     png: bytes | None
     note: str = ""
     data: dict = field(default_factory=dict)   # what is drawn, by panel: for tests and captions
+    name: str = ""                             # file stem of the figure files (ladder, roofline, ...)
+    files: dict = field(default_factory=dict)  # format -> bytes: "svg", "pdf" (vector, for papers)
+    caption: str = ""                          # machine, commit, sample counts
 
 
 # -- record helpers ------------------------------------------------------------------------------
@@ -95,15 +103,56 @@ def _err_ms(rec) -> tuple:
     return (max(med - st.get("q1_s", med), 0) * 1e3, max(st.get("q3_s", med) - med, 0) * 1e3)
 
 
-def _png(fig) -> bytes:
+FORMATS = ("svg", "pdf")
+
+
+def _render(fig, caption: str = "", right: float = 1.0) -> tuple:
+    """(png bytes, {"svg": ..., "pdf": ...}): the PNG for the page, vector files for papers; the
+    caption (machine, commit, samples) is drawn under the figure so a copied file stays labelled."""
+    import textwrap
     import warnings
+    if caption:
+        fig.text(0.01, 0.005, "\n".join(textwrap.wrap(caption, 180)), fontsize=6.5, color="#444444",
+                 ha="left", va="bottom")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")        # tight_layout's "not compatible" notes
-        fig.tight_layout(rect=(0, 0, 1, 0.95))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        fig.tight_layout(rect=(0, 0.04 if caption else 0, right, 0.95))
+    out = {}
+    for fmt in ("png",) + FORMATS:
+        buf = io.BytesIO()
+        meta = {"Creator": "microbench"} if fmt in ("svg", "pdf") else None
+        fig.savefig(buf, format=fmt, dpi=110, bbox_inches="tight", metadata=meta)
+        out[fmt] = buf.getvalue()
     plt.close(fig)
-    return buf.getvalue()
+    return out.pop("png"), out
+
+
+def _plot(title, fig, note, *, name, caption="", data=None, right: float = 1.0) -> Plot:
+    png, files = _render(fig, caption, right)
+    return Plot(title, png, note, data=data or {}, name=name, files=files, caption=caption)
+
+
+def caption(records: list) -> str:
+    """Where and from what the figures were made: machines, commits, sample counts."""
+    recs = ok_records(records)
+    machines, commits = {}, set()
+    for r in recs:
+        e = r.get("env") or {}
+        gpu = e.get("gpu") or {}
+        machines.setdefault(r.get("env_id"), f"{e.get('cpu', '?')} ({e.get('cores', '?')} cores)"
+                            + (f", {gpu.get('name')}" if gpu.get("available") else ""))
+        src = e.get("microbench") or {}
+        if src.get("commit"):
+            commits.add(src["commit"][:10] + ("+dirty" if src.get("dirty") else ""))
+    ns = [r["stats"].get("n") for r in recs if isinstance(r["stats"].get("n"), int)]
+    dates = sorted({str((r.get("env") or {}).get("date", ""))[:10] for r in recs} - {""})
+    parts = ["; ".join(sorted(set(machines.values()))) or "machine not recorded",
+             f"microbench commit {', '.join(sorted(commits))}" if commits else "commit not recorded",
+             f"{len(recs)} measurements, {min(ns)}-{max(ns)} samples each" if ns else f"{len(recs)} measurements",
+             "median per point, bars: interquartile range"]
+    if dates:
+        parts.insert(1, dates[0] if len(dates) == 1 else f"{dates[0]}..{dates[-1]}")
+    return ". ".join(parts) + "."
 
 
 def _grid(n: int, w: float = 6.0, h: float = 3.8):
@@ -125,7 +174,7 @@ def _group(records: list, key) -> dict:
 # -- ladder --------------------------------------------------------------------------------------
 
 
-def ladder_plot(records: list) -> Plot:
+def ladder_plot(records: list, caption: str = "") -> Plot:
     title = "Fusion ladder: time per rung"
     recs = [r for r in ok_records(records) if (r.get("options") or {}).get("rung")]
     groups = _group(recs, lambda r: (r["op"], shape_text(r), r.get("dtype"), r.get("backend"),
@@ -153,13 +202,13 @@ def ladder_plot(records: list) -> Plot:
         ax.set_ylim(0, max(ms) * 1.2)
     fig.suptitle(title + " (label: speedup vs naive)", fontsize=11)
     more = f"; {len(groups) - len(keys)} more ladder(s) not drawn" if len(groups) > len(keys) else ""
-    return Plot(title, _png(fig), f"{len(groups)} ladder(s){more}")
+    return _plot(title, fig, f"{len(groups)} ladder(s){more}", name="ladder", caption=caption)
 
 
 # -- framework convergence ------------------------------------------------------------------------
 
 
-def convergence_plot(records: list) -> Plot:
+def convergence_plot(records: list, caption: str = "") -> Plot:
     """Per shape, the best median of each implementation: framework paths (``torch/fused``) and our
     variants (``ours: fused/numba``), IQR error bars; panels with framework rows first."""
     title = "Framework convergence: best time per framework path"
@@ -194,10 +243,12 @@ def convergence_plot(records: list) -> Plot:
         ax.set_yticks(y, names, fontsize=8)
         ax.invert_yaxis()
         for i, w in enumerate(wall):
-            ax.annotate(f"{w:.3g} ms", (w + err[1][i], i), va="center", fontsize=8, xytext=(3, 0),
-                        textcoords="offset points")
-        top = max(w + e for w, e in zip(wall, err[1]))
-        if top / max(min(wall), 1e-12) > LOG_SPAN:      # a linear axis would hide the fast rows
+            ax.annotate(f"{w:.3g} ms", (min(w + err[1][i], max(wall) * 1.6), i), va="center", fontsize=8,
+                        xytext=(3, 0), textcoords="offset points")
+        # the axis follows the medians; a very wide IQR bar runs off the edge rather than
+        # squeezing every bar to nothing
+        top = min(max(w + e for w, e in zip(wall, err[1])), max(wall) * 1.6)
+        if max(wall) / max(min(wall), 1e-12) > LOG_SPAN:  # a linear axis would hide the fast rows
             ax.set_xscale("log")
             ax.set_xlim(min(wall) / 2, top * 4)
         else:
@@ -221,45 +272,86 @@ def convergence_plot(records: list) -> Plot:
     note = f"frameworks: {', '.join(fws)}" if fws else "no framework records: our backends only"
     if len(groups) > len(shown):
         note += f"; {len(groups) - len(shown)} more shape(s) not drawn (fewest framework rows)"
-    return Plot(title, _png(fig), note + ("" if any_busy else "; wall time only"), data=data)
+    return _plot(title, fig, note + ("" if any_busy else "; wall time only"), name="convergence",
+                 caption=caption, data=data)
 
 
 # -- roofline -------------------------------------------------------------------------------------
 
 
-def roofline_plot(records: list) -> Plot:
-    title = "Roofline with ceilings measured in these records"
+def roofline_plot(records: list, caption: str = "", roofs: dict | None = None) -> Plot:
+    """GFLOP/s against arithmetic intensity.  Ceilings: ``roofs`` measured on the machine
+    (:func:`microbench.peaks.roofs`: a large GEMM and a streaming add), else the best point of the
+    file, drawn dashed and labelled as lower bounds of the hardware's.  Colour: implementation;
+    marker: thread count; bars: GFLOP/s at q3 and q1 of the samples."""
+    title = "Roofline"
     pts = [r for r in ok_records(records)
-           if (r.get("derived") or {}).get("gflops") and (r.get("derived") or {}).get("gbps")
-           and r.get("flops") and r.get("bytes")]
+           if (r.get("derived") or {}).get("gflops") and r.get("flops") and r.get("bytes")]
     if not pts:
-        return Plot(title, None, "no records with FLOPs and bytes")
-    peak_f = max(r["derived"]["gflops"] for r in pts)
-    peak_b = max(r["derived"]["gbps"] for r in pts)
-    ai = [r["flops"] / r["bytes"] for r in pts]
+        return Plot(title, None, "no records with FLOPs and bytes", name="roofline")
     import numpy as np
-    lo, hi = min(ai + [peak_f / peak_b]) / 4, max(ai + [peak_f / peak_b]) * 4
+    measured = bool(roofs and roofs.get("gflops") and roofs.get("gbps"))
+    if measured:
+        peak_f, peak_b = roofs["gflops"], roofs["gbps"]
+    else:
+        peak_f = max(r["derived"]["gflops"] for r in pts)
+        peak_b = max((r.get("derived") or {}).get("gbps") or r["bytes"] / r["stats"]["median_s"] / 1e9 for r in pts)
+    ai = [r["flops"] / r["bytes"] for r in pts]
+    ridge = peak_f / peak_b
+    lo, hi = min(ai + [ridge]) / 4, max(ai + [ridge]) * 4
     x = np.geomspace(lo, hi, 200)
-    fig, ax = plt.subplots(figsize=(8, 5))
-    ax.loglog(x, np.minimum(peak_f, x * peak_b), color="black", lw=1.5)
-    ax.annotate(f"best measured {peak_f:.1f} GFLOP/s", (hi, peak_f), ha="right", va="bottom", fontsize=8)
-    ax.annotate(f"best measured {peak_b:.2f} GB/s", (lo, lo * peak_b), ha="left", va="bottom",
-                fontsize=8, rotation=0)
-    series = _group(pts, lambda r: (r["op"], r.get("options", {}).get("rung") or r.get("variant")))
-    markers = {"lstm": "o", "gru": "s", "conv": "^"}
-    cmap = plt.get_cmap("tab10")
-    for i, ((op, name), rs) in enumerate(list(series.items())[:20]):
-        ax.scatter([r["flops"] / r["bytes"] for r in rs], [r["derived"]["gflops"] for r in rs],
-                   marker=markers.get(op, "D"), color=cmap(i % 10), label=f"{op} {name}", s=28, alpha=0.85)
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    style = {"color": "black", "lw": 1.5, "ls": "-" if measured else "--"}
+    ax.loglog(x, np.minimum(peak_f, x * peak_b), **style)
+    word = "measured" if measured else "best in file (lower bound)"
+    ax.annotate(f"{word}: {peak_f:.1f} GFLOP/s" + (f" ({roofs.get('gemm')})" if measured else ""),
+                (hi, peak_f), ha="right", va="bottom", fontsize=8)
+    ax.annotate(f"{word}: {peak_b:.1f} GB/s" + (f" ({roofs.get('stream')})" if measured else ""),
+                (lo * 1.1, lo * 1.1 * peak_b), ha="left", va="bottom", fontsize=8, rotation=0)
+    series = _group(pts, impl_name)
+    thr_marks = dict(zip(sorted({threads_of(r) or 0 for r in pts}), "os^Dv<>p*h"))
+    ncol = 10 if len(series) <= 10 else 20              # distinct colours for up to 20 series
+    cmap = plt.get_cmap(f"tab{ncol}")
+    data = {}
+    for i, (name, rs) in enumerate(list(series.items())[:20]):
+        color = cmap(i % ncol)
+        for t, mark in thr_marks.items():
+            sub = [r for r in rs if (threads_of(r) or 0) == t]
+            if not sub:
+                continue
+            xs = [r["flops"] / r["bytes"] for r in sub]
+            ys = [r["derived"]["gflops"] for r in sub]
+            lo_e = [y - r["flops"] / r["stats"].get("q3_s", r["stats"]["median_s"]) / 1e9 for r, y in zip(sub, ys)]
+            hi_e = [r["flops"] / r["stats"].get("q1_s", r["stats"]["median_s"]) / 1e9 - y for r, y in zip(sub, ys)]
+            ax.errorbar(xs, ys, yerr=[np.maximum(lo_e, 0), np.maximum(hi_e, 0)], fmt=mark, color=color,
+                        ms=5, capsize=2, lw=0.8, alpha=0.9)
+            data.setdefault(name, []).extend(
+                {"ai": a, "gflops": y, "threads": t or None, "shape": shape_text(r)} for a, y, r in zip(xs, ys, sub))
+    from matplotlib.lines import Line2D
+    impl_handles = [Line2D([], [], color=cmap(i % ncol), marker="o", ls="", label=n)
+                    for i, n in enumerate(list(series)[:20])]
+    thr_handles = [Line2D([], [], color="gray", marker=m, ls="", label=f"{t} thr" if t else "default threads")
+                   for t, m in thr_marks.items()]
+    # figure-level legends in the strip tight_layout leaves on the right (never clipped)
+    fig.legend(handles=impl_handles, fontsize=7, loc="upper right", bbox_to_anchor=(0.995, 0.93),
+               title="implementation", title_fontsize=8)
+    fig.legend(handles=thr_handles, fontsize=7, loc="lower right", bbox_to_anchor=(0.995, 0.08),
+               title="threads", title_fontsize=8)
     ax.set_xlabel("arithmetic intensity (GEMM FLOPs / compulsory bytes)")
-    ax.set_ylabel("GFLOP/s")
-    ax.set_title("Roofline: ceilings estimated from the best records in this file, not hardware peaks",
-                 fontsize=10)
-    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    ax.set_ylabel("GFLOP/s (median; bars: q1-q3)")
+    if measured:
+        ax.set_title(f"Roofline: ceilings measured on {roofs.get('where', 'this machine')} "
+                     f"({roofs.get('date', '')[:16]})", fontsize=10)
+        note = (f"ceilings measured: {peak_f:.1f} GFLOP/s ({roofs.get('gemm')}), {peak_b:.1f} GB/s "
+                f"({roofs.get('stream')}) on {roofs.get('where', 'this machine')} at {roofs.get('date', '?')}")
+    else:
+        ax.set_title("Roofline: ceilings are the best points of this file (no measured roofs for "
+                     "this machine), not hardware peaks", fontsize=10)
+        note = (f"ceilings estimated from the best records: {peak_f:.1f} GFLOP/s, {peak_b:.2f} GB/s "
+                "(not hardware peaks: lower bounds of them; run report on the machine that took the "
+                "records to measure its roofs)")
     ax.grid(True, which="both", alpha=0.3)
-    note = (f"ceilings estimated from the best records: {peak_f:.1f} GFLOP/s, {peak_b:.2f} GB/s "
-            "(not hardware peaks: lower bounds of them)")
-    return Plot(title, _png(fig), note)
+    return _plot(title, fig, note, name="roofline", caption=caption, data=data, right=0.76)
 
 
 # -- thread scaling -------------------------------------------------------------------------------
@@ -285,7 +377,7 @@ def scaling_series(records: list) -> list:
     return out
 
 
-def thread_plot(records: list) -> Plot:
+def thread_plot(records: list, caption: str = "") -> Plot:
     title = "Thread scaling: ms per call and speedup vs the fewest threads"
     series = scaling_series(records)
     if not series:
@@ -305,7 +397,8 @@ def thread_plot(records: list) -> Plot:
     for name, by_t in shown:
         ts = list(by_t)
         ms = [_ms(by_t[t]) for t in ts]
-        a1.plot(ts, ms, marker="o", label=name)
+        a1.errorbar(ts, ms, yerr=list(zip(*[_err_ms(by_t[t]) for t in ts])), marker="o", capsize=2,
+                    label=name)
         a2.plot(ts, [ms[0] / m for m in ms], marker="o", label=name)
     a2.plot(allt, [t / allt[0] for t in allt], color="black", ls="--", lw=1, label="ideal")
     for a in (a1, a2):
@@ -313,16 +406,20 @@ def thread_plot(records: list) -> Plot:
         a.set_xlabel("threads")
         a.grid(True, alpha=0.3)
     a1.set_ylim(bottom=0)
-    a1.set_ylabel("ms per call (median)")
+    a1.set_ylabel("ms per call (median, IQR bar)")
     a2.set_ylabel(f"speedup vs {allt[0]} thread{'s' * (allt[0] > 1)}")
     a2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.suptitle(title, fontsize=11)
     more = f"; {len(series) - len(shown)} more not drawn" if len(series) > len(shown) else ""
-    return Plot(title, _png(fig), f"{len(series)} case(s) at several thread counts{more}")
+    return _plot(title, fig, f"{len(series)} case(s) at several thread counts{more}", name="threads",
+                 caption=caption)
 
 
 ALL = (ladder_plot, convergence_plot, roofline_plot, thread_plot)
 
 
-def all_plots(records: list) -> list:
-    return [f(records) for f in ALL]
+def all_plots(records: list, roofs: dict | None = None) -> list:
+    """Every plot, each captioned with the machines, commits and sample counts of ``records``;
+    ``roofs``: measured machine ceilings for the roofline (:mod:`microbench.peaks`)."""
+    cap = caption(records)
+    return [f(records, cap, roofs) if f is roofline_plot else f(records, cap) for f in ALL]

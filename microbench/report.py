@@ -18,6 +18,20 @@ def fmt_time(s: float | None) -> str:
     return f"{s * 1e6:.1f} us"
 
 
+def time_unit(values) -> tuple:
+    """(unit, scale, decimals) for a column of seconds: one unit per column, chosen by the largest
+    value, with enough decimals that the smallest keeps three significant digits (at most 3)."""
+    import math
+    vals = [v for v in values if v and v > 0]
+    if not vals:
+        return "us", 1e6, 1
+    top = max(vals)
+    unit, scale = ("s", 1.0) if top >= 1 else ("ms", 1e3) if top >= 1e-3 else ("us", 1e6)
+    small = min(vals) * scale
+    decimals = min(3, max(0, 2 - math.floor(math.log10(small)))) if small > 0 else 1
+    return unit, scale, decimals
+
+
 def header(env: dict, console: Console) -> None:
     libs = env.get("libraries", {})
     blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('num_threads')} thr, "
@@ -66,6 +80,9 @@ def table(outcomes: list, console: Console, *, ladder: bool = False, title: str 
             t.add_column("% peak", justify="right")
         t.add_column("max rel err", justify="right")
         t.add_column("note")
+        unit, scale, dec = time_unit([x for o in rows if o.status == "ok"
+                                      for x in (o.measurement.median, o.measurement.min)])
+        col = lambda v: f"{v * scale:.{dec}f} {unit}"  # noqa: E731  (one unit per column)
         naive = {o.case.backend: o.measurement.median for o in rows
                  if o.case.variant == baseline and o.status == "ok"}
         any_base = next(iter(naive.values()), None)
@@ -80,12 +97,12 @@ def table(outcomes: list, console: Console, *, ladder: bool = False, title: str 
                 t.add_row(*cells)
                 continue
             m = o.measurement
-            med = fmt_time(m.median) + (" ~" if m.noisy else "")
+            med = col(m.median) + (" ~" if m.noisy else "  ")   # "~" in a column of its own width
             if m.noisy:
                 notes.add("~ noisy: IQR/median above --max-noise; rerun with a larger --min-time")
             base = naive.get(c.backend, any_base)
             vs = f"{base / m.median:.2f}x" if base else "-"
-            cells = [c.label, med, f"{100 * m.rel_noise:.1f}%", fmt_time(m.min), vs]
+            cells = [c.label, med, f"{100 * m.rel_noise:.1f}%", col(m.min), vs]
             if ladder:
                 p = prev.get(c.backend)
                 cells.append(f"{p / m.median:.2f}x" if p else "-")
@@ -101,7 +118,11 @@ def table(outcomes: list, console: Console, *, ladder: bool = False, title: str 
             warn = (o.record.get("gpu_state") or {}).get("warning")
             if warn:
                 note = (note + "; " if note else "") + f"[yellow]{warn}[/]"
-            cells.append(f"{gf:.1f}" if gf else "-")
+            effective = c.variant.startswith("winograd")
+            if effective:
+                notes.add("* effective GFLOP/s: the direct convolution's FLOPs / time; Winograd "
+                          "multiplies less, so it can exceed the measured GEMM peak")
+            cells.append((f"{gf:.1f}" + ("*" if effective else "")) if gf else "-")
             if peak_gflops:
                 cells.append(f"{100 * gf / peak_gflops:.0f}%" if gf else "-")
             cells += [f"{o.check.max_rel_err:.1e}", note]
@@ -124,8 +145,11 @@ def table(outcomes: list, console: Console, *, ladder: bool = False, title: str 
             lines.append(f"% peak: of {peak_gflops:.0f} GFLOP/s, a 1024^3 GEMM through NumPy's BLAS "
                          "measured on this machine just before.")
         most = max(o.record["nvtx"]["ranges_per_run"] for o in ok if o.record.get("nvtx"))
-        if cost is not None and nv.get("level") != "off" and most:
-            lines.append(f"NVTX ({nv.get('level')}): {most} ranges per call at most, "
-                         f"{cost * 1e6:.2f} us each here; --nvtx off removes them.")
+        from profiles import nvtx
+        if cost is not None and nv.get("level") not in (None, "off") and most:
+            lines.append(f"{nvtx.describe()}: {most} per call at most, {cost * 1e6:.2f} us each here, "
+                         "included in our rows' times (framework rows push none); --nvtx off removes them.")
+        elif nv.get("level") == "off":
+            lines.append(f"{nvtx.describe()}; --nvtx on pushes them (nsys/ncu turn them on by themselves).")
         for line in lines + sorted(notes):
             console.print(f"[dim]{line}[/]")

@@ -101,7 +101,8 @@ class Outcome:
     threads_used: dict = field(default_factory=dict)
 
 
-def run_case(case: Case, settings: Settings, env: dict, nvtx_cost: float) -> Outcome:
+def run_case(case: Case, settings: Settings, env: dict, nvtx_cost: float, progress=None) -> Outcome:
+    """``progress``: called between samples with the phase reached (microbench.progress)."""
     def finish(status, **kw):
         rec = results.record(case=case, status=status, env=env, **kw)
         rec["threads_used"] = used
@@ -136,7 +137,8 @@ def run_case(case: Case, settings: Settings, env: dict, nvtx_cost: float) -> Out
                 flush = flusher_for(case.device) if settings.cold else None
                 clocks = gpustate.read() if case.device == "cuda" else None
                 timer = timer_for(case.device)
-                m = measure(run, settings, timer, around=around, before_sample=flush)
+                m = measure(run, settings, timer, around=around, before_sample=flush,
+                            progress=progress)
                 last = getattr(timer, "last", None)
                 if clocks is not None:
                     after = gpustate.read()

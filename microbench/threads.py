@@ -28,6 +28,34 @@ def parse_threads(text: str | None) -> list:
     return out
 
 
+def usable_cpus() -> tuple:
+    """(CPUs this process may run on, why): the affinity mask, lowered by a cgroup CPU quota
+    (containers, CI runners) where one is set."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    why = f"{n} CPU(s) in its affinity mask"
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            q = max(1, int(int(quota) // int(period)))
+            if q < n:
+                n, why = q, f"a cgroup quota of {int(quota) / int(period):g} CPU(s)"
+    except (OSError, ValueError):
+        pass
+    return n, why
+
+
+def oversubscription_warning(counts) -> str | None:
+    """A warning when a sweep asks for more threads than the process may use: such cases time
+    threads waiting for each other (60x slower at 4 threads on 2 cores), not scaling."""
+    n, why = usable_cpus()
+    over = sorted({c for c in counts if c and c > n})
+    if not over:
+        return None
+    return (f"--threads {','.join(map(str, over))}: more threads than the {n} CPU(s) this process "
+            f"may use ({why}); those cases oversubscribe the CPUs and measure contention, not scaling")
+
+
 def prepare_numba_pool(counts: list) -> None:
     """numba sizes its pool once, at first use: make it large enough for the largest count asked."""
     wanted = max((n for n in counts if n), default=None)

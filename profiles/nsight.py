@@ -61,7 +61,7 @@ def nsys_command(bench_args: list[str], output: str = "microbench", python: str 
     _op(bench_args)
     return ["nsys", "profile", "--capture-range=cudaProfilerApi", "--capture-range-end=stop",
             "--trace=cuda,nvtx", f"--output={output}", "--force-overwrite=true", *extra,
-            python, "-m", "microbench", *bench_args, "--profile"]
+            python, "-m", "microbench", *_with_nvtx(bench_args), "--profile"]
 
 
 def ncu_command(bench_args: list[str], output: str | None = None, python: str = "python",
@@ -73,7 +73,14 @@ def ncu_command(bench_args: list[str], output: str | None = None, python: str = 
         cmd += ["--set", section_set]
     if output:
         cmd += ["--export", output, "--force-overwrite"]
-    return cmd + [*extra, python, "-m", "microbench", *bench_args]
+    return cmd + [*extra, python, "-m", "microbench", *_with_nvtx(bench_args)]
+
+
+def _with_nvtx(bench_args: list[str]) -> list[str]:
+    """The benchmark's arguments with NVTX ranges on unless they say otherwise (the default,
+    auto, would also see the tool, but the printed command should not depend on that)."""
+    has = any(a == "--nvtx" or a.startswith("--nvtx=") for a in bench_args)
+    return list(bench_args) if has else [*bench_args, "--nvtx", "on"]
 
 
 def profile_command(tool: str, bench_args: list[str], **kw) -> list[str]:

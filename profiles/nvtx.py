@@ -6,18 +6,36 @@ Case ranges are *nested* push/pop ranges ``{op}`` > ``{variant}`` > ``{backend}`
 ``gemm_x``, ``step`` (with ``gemm_h`` and ``pointwise`` nested in it).
 
 Ranges cost a little even with no profiler attached (a Python call and a C call per push and
-pop); :func:`cost_per_range` measures it and the harness reports it per case.  ``set_level``
-switches ranges off (``--nvtx off``) or keeps only the case ranges (``--nvtx case``).
+pop: 11-22% of a small fused LSTM call on a CPU), and framework rows carry none, so the default
+level ``auto`` pushes them only when an NVTX tool is attached: Nsight Systems, Nsight Compute
+and other NVTX tools announce themselves to the NVTX library through ``NVTX_INJECTION64_PATH``
+(without it every NVTX call is a no-op in C and only the Python cost would remain).
+``set_level`` forces them on (``--nvtx on``), keeps only the case ranges (``--nvtx case``) or
+switches them off; :func:`level` is the level in force (never ``auto``), which records and
+tables state.  :func:`cost_per_range` measures a push+pop pair; the harness reports it per case.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 
 DOMAIN = "microbench"
-LEVELS = ("on", "case", "off")
+LEVELS = ("auto", "on", "case", "off")
+INJECTION_VARS = ("NVTX_INJECTION64_PATH", "NVTX_INJECTION32_PATH")
 
-_level = "on"
+
+def tool_attached() -> bool:
+    """Whether an NVTX tool (nsys, ncu, another injection library) will receive our ranges."""
+    return any(os.environ.get(v) for v in INJECTION_VARS)
+
+
+def _resolve(level: str) -> str:
+    return ("on" if tool_attached() else "off") if level == "auto" else level
+
+
+_requested = "auto"
+_level = _resolve("auto")
 _count = 0          # ranges pushed since the last reset: the harness counts ranges per run
 _push = _pop = None
 
@@ -48,11 +66,37 @@ def set_level(level: str) -> None:
     if level not in LEVELS:
         from kernels.errors import BadInput
         raise BadInput(f"--nvtx {level!r} is unknown; allowed: {', '.join(LEVELS)}")
-    _level = level
+    global _requested
+    _requested, _level = level, _resolve(level)
 
 
 def level() -> str:
+    """The level in force: on, case or off (``auto`` resolved)."""
     return _level
+
+
+def requested() -> str:
+    """What was asked for (``auto`` by default)."""
+    return _requested
+
+
+def describe() -> str:
+    """One line for tables: whether ranges were pushed, and why."""
+    why = {"auto": ("an NVTX tool is attached" if tool_attached() else "no NVTX tool attached")}
+    reason = why.get(_requested, f"--nvtx {_requested}")
+    return f"NVTX ranges {'off' if _level == 'off' else _level} ({reason})"
+
+
+@contextlib.contextmanager
+def forced_on():
+    """Ranges on for a block (an in-process trace that records them), the level restored after."""
+    global _level
+    saved = _level
+    _level = "on"
+    try:
+        yield
+    finally:
+        _level = saved
 
 
 def available() -> bool:

@@ -285,7 +285,8 @@ def _log_ranges(clock: Callable[[], int]):
 
     nvtx._push, nvtx._pop = _push, _pop
     try:
-        yield log
+        with nvtx.forced_on():        # the trace attributes kernels to ranges: push them
+            yield log
     finally:
         nvtx._push, nvtx._pop = push, pop
 

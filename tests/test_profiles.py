@@ -233,7 +233,7 @@ def test_command_builders():
     cmd = nsight.profile_command("nsys", ["lstm", "--fused"])
     assert cmd[:2] == ["nsys", "profile"] and "--capture-range=cudaProfilerApi" in cmd
     assert "--trace=cuda,nvtx" in cmd and cmd[-1] == "--profile"
-    assert cmd[cmd.index("-m") + 1:] == ["microbench", "lstm", "--fused", "--profile"]
+    assert cmd[cmd.index("-m") + 1:] == ["microbench", "lstm", "--fused", "--nvtx", "on", "--profile"]
     ncu = nsight.profile_command("ncu", ["lstm", "--fused", "-H", "512"])
     assert ncu[:4] == ["ncu", "--nvtx", "--nvtx-include", "microbench@lstm/fused/"]
     assert nsight.profile_command("ncu", ["gru", "--variant", "cudnn"])[3] == "microbench@gru/cudnn/"

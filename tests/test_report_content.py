@@ -83,3 +83,84 @@ def test_framework_field_is_written_and_read_back():
     assert store.normalize(old)["framework"] == "torch"
     # --resume finds framework rows again: the planned case's key is the record's key
     assert store.identity(store.normalize(old)) == store.identity(store.normalize(r) | {"info": {}})
+
+
+ROOFS = {"gflops": 60.0, "gbps": 12.0, "gemm": "NumPy BLAS float32 1024^3 GEMM",
+         "stream": "NumPy streaming add, 3 x 96 MiB", "date": "2026-12-01T11:00:00+00:00",
+         "where": "this machine's CPU"}
+
+
+def test_roofline_uses_measured_roofs_and_tells_threads_apart(fixture_records):
+    p = plots.roofline_plot(fixture_records, roofs=ROOFS)
+    assert p.note.startswith("ceilings measured: 60.0 GFLOP/s (NumPy BLAS") and "12.0 GB/s" in p.note
+    threads = {pt["threads"] for pts in p.data.values() for pt in pts}
+    assert threads == {1, 2}
+    assert all(pt["ai"] > 0 and pt["gflops"] > 0 for pts in p.data.values() for pt in pts)
+    q = plots.roofline_plot(fixture_records)
+    assert "not hardware peaks" in q.note and "best records" in q.note
+
+
+def test_figures_come_as_vector_files_with_a_caption(fixture_records):
+    figs = plots.all_plots(fixture_records, roofs=ROOFS)
+    for p in figs:
+        if not p.png:
+            continue
+        assert p.files["pdf"][:5] == b"%PDF-" and b"<svg" in p.files["svg"][:2000]
+        assert p.caption.startswith("AMD EPYC (2 cores). 2026-11-26.")
+        assert "samples each" in p.caption and "interquartile range" in p.caption
+        assert b"interquartile" in p.files["svg"]                 # drawn into the figure itself
+
+
+def test_report_writes_figure_files_beside_it(tmp_path, capsys):
+    from microbench import cli
+    out = tmp_path / "r.html"
+    assert cli.main(["report", str(FIXTURE), "--html", str(out), "--no-roofs"]) == 0
+    for name in ("ladder", "convergence", "roofline", "threads"):
+        for fmt in ("svg", "pdf"):
+            assert (tmp_path / f"r-{name}.{fmt}").stat().st_size > 1000
+    text = out.read_text()
+    assert text.count("<figcaption") == 4 and "href='r-roofline.pdf'" in text
+
+
+def test_roofs_are_measured_only_for_records_of_this_machine(monkeypatch, fixture_records):
+    from types import SimpleNamespace
+    from microbench import env as menv
+    from microbench import peaks
+    from microbench.commands import report as mreport
+    monkeypatch.setattr(peaks, "roofs", lambda device="cpu": dict(ROOFS, device=device))
+    args, err = SimpleNamespace(no_roofs=False), SimpleNamespace(print=lambda *a, **k: None)
+    assert mreport._roofs(fixture_records, args, err) is None        # another machine's records
+    here = menv.collect(cheap=True)["env_id"]
+    mine = [dict(r, env_id=here) for r in fixture_records]
+    assert mreport._roofs(mine, args, err)["device"] == "cpu"
+    assert mreport._roofs(mine, SimpleNamespace(no_roofs=True), err) is None
+    assert peaks.cpu_stream_gbps(mib=8, repeats=2) > 0
+
+
+def test_reruns_in_one_file_are_said_not_merged_silently(tmp_path, capsys):
+    from microbench import cli
+    f = tmp_path / "twice.jsonl"
+    f.write_text(FIXTURE.read_text() + FIXTURE.read_text().splitlines()[0] + "\n")
+    assert cli.main(["report", str(f)]) == 0
+    assert "1 record(s) are reruns of a case already in the file(s)" in capsys.readouterr().err
+
+
+def test_table_times_share_one_unit_and_width():
+    from microbench.report import time_unit
+    assert time_unit([2.5e-3, 0.9e-3]) == ("ms", 1e3, 3)
+    assert time_unit([1.2e-5, 4e-4]) == ("us", 1e6, 1)
+    assert time_unit([1.5, 0.2]) == ("s", 1.0, 3)
+
+
+def test_resume_recognizes_framework_rows():
+    """The key of a planned framework case equals the key of its record read back, so --resume
+    skips framework rows it has (they carried the framework only under info before)."""
+    from microbench import cases  # noqa: F401  (fills the registry)
+    from microbench import registry, results
+    from microbench.problems import RNNProblem
+    from microbench.runner import Case
+    rec = next(r for r in registry.REGISTRY.values() if r.framework == "torch" and r.op == "lstm")
+    case = Case(rec, RNNProblem("lstm", T=2, B=1, I=3, H=3), "fp32")
+    written = results.record(case=case, status="skipped", env={"env_id": "e"}, error="x")
+    back = store.normalize(json.loads(json.dumps(written)))
+    assert store.identity(back) == store.case_identity(case, "e")

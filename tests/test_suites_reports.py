@@ -161,6 +161,7 @@ def test_resume_skips_recorded_cases(tmp_path):
     second = _run(*args)
     assert second.returncode == 0, second.stderr
     assert "nothing left to run: all 5 case(s)" in second.stdout
+    assert second.stdout.count("recorded earlier (--resume)") == 5   # the whole table, from the file
     assert _lines(out) == 5
     recs, bad = store.read(out)
     assert bad == [] and len({store.identity(r) for r in recs}) == 5
@@ -224,8 +225,8 @@ def test_compare_verdicts(tmp_path, capsys):
     assert "within noise" in out and "B faster" in out and "B slower" in out
     assert "0.50x" in out and "1.20x" in out
     assert "only in A: 1, only in B: 0" in out
-    assert "3 case(s) in both; 2 differ beyond the spread, 1 within noise" in out
-    assert "the IQRs [q1, q3] of A and B overlap" in out
+    assert "3 case(s) in both; 2 differ (p < 0.01 and at least 5%), 0 differ by less than 5%, 1 within noise" in out
+    assert "Mann-Whitney" in out
 
 
 def test_compare_fixture_with_itself_is_all_noise(capsys):

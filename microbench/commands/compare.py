@@ -2,11 +2,20 @@
 
 Cases are matched by identity without the environment (store.identity with_env=False): the same
 op, variant, backend, framework, dtype, shape and options, measured on two machines, two library
-versions, or before and after a change.  Each row gets a verdict:
+versions, or before and after a change.  Each row gets a verdict, as nvbench's and
+pytest-benchmark's comparisons do, from a statistical test and a minimum effect size:
 
-    within noise   the two interquartile ranges [q1, q3] overlap: the difference is inside the
-                   spread measured in both runs, so it is not evidence of a change
-    B faster/slower  the ranges are apart; the ratio B/A says by how much
+    B faster/slower  the stored samples of A and B differ (two-sided Mann-Whitney U test, SciPy,
+                     p < --alpha) AND the medians differ by at least --min-effect (default 5%)
+    within noise     the test does not separate them (p >= --alpha): no evidence of a change
+    below N%         the samples differ, but by less than --min-effect: real but too small to
+                     matter (runs minutes apart drift by a few percent)
+
+The p-value is printed per row: the confidence of that verdict.  Timing samples are not quite
+independent (drift, a busy neighbour), so p is a guide, not an exact error rate; the effect
+threshold is what keeps identical code from being called different.  Records without enough
+stored samples (fewer than 3 per side) fall back to the interquartile ranges: apart and beyond
+the minimum effect, or within noise.
 
 Where a file holds a case more than once (a rerun), its last ok record counts.  Each side may be
 several files (comma list or a quoted glob: the shards of one sharded suite run), merged in order.
@@ -30,7 +39,17 @@ def add_parsers(sub) -> None:
     p.add_argument("--across-machines", action="store_true",
                    help="allow rows whose A and B were measured on different machines (host or device model)")
     p.add_argument("--only", metavar="REGEX", help="rows whose case text matches")
+    p.add_argument("--alpha", type=float, default=ALPHA, metavar="P",
+                   help=f"significance level of the Mann-Whitney U test on the samples (default {ALPHA})")
+    p.add_argument("--min-effect", type=float, default=MIN_EFFECT, metavar="FRAC",
+                   help=f"smallest relative change of the median reported as faster/slower "
+                        f"(default {MIN_EFFECT}: 5%%)")
     p.set_defaults(func=cmd_compare)
+
+
+ALPHA = 0.01          # significance level of the test
+MIN_EFFECT = 0.05     # smallest relative change of the median that counts
+MIN_SAMPLES = 3       # fewer stored samples per side: the IQR rule instead of the test
 
 
 @dataclass(frozen=True)
@@ -40,14 +59,39 @@ class Row:
     a: dict          # stats of A
     b: dict          # stats of B
     ratio: float     # median B / median A (< 1: B is faster)
-    verdict: str     # "within noise", "B faster", "B slower"
+    verdict: str     # "within noise", "below 5%", "B faster", "B slower"
+    p: float | None = None   # two-sided Mann-Whitney U p-value (None: too few samples stored)
 
 
-def verdict(a: dict, b: dict) -> str:
-    """'within noise' when the IQRs [q1, q3] of the two overlap, else which side is faster."""
-    if max(a["q1_s"], b["q1_s"]) <= min(a["q3_s"], b["q3_s"]):
-        return "within noise"
-    return "B faster" if b["median_s"] < a["median_s"] else "B slower"
+def mann_whitney_p(a, b) -> float | None:
+    """Two-sided Mann-Whitney U p-value of two sample lists, or None if either is too short."""
+    if a is None or b is None or len(a) < MIN_SAMPLES or len(b) < MIN_SAMPLES:
+        return None
+    from scipy.stats import mannwhitneyu
+    return float(mannwhitneyu(a, b, alternative="two-sided").pvalue)
+
+
+def verdict(a: dict, b: dict, samples_a=None, samples_b=None, *, alpha: float = ALPHA,
+            min_effect: float = MIN_EFFECT) -> str:
+    """The verdict of one row from the stats (and, where stored, the samples) of A and B."""
+    return judge(a, b, samples_a, samples_b, alpha=alpha, min_effect=min_effect)[0]
+
+
+def judge(a: dict, b: dict, samples_a=None, samples_b=None, *, alpha: float = ALPHA,
+          min_effect: float = MIN_EFFECT) -> tuple:
+    """(verdict, p): the Mann-Whitney U test over the samples plus the minimum effect size;
+    without samples, 'apart' means the IQRs [q1, q3] do not overlap."""
+    ratio = b["median_s"] / a["median_s"]
+    p = mann_whitney_p(samples_a, samples_b)
+    if p is None:
+        apart = max(a["q1_s"], b["q1_s"]) > min(a["q3_s"], b["q3_s"])
+    else:
+        apart = p < alpha
+    if not apart:
+        return "within noise", p
+    if abs(ratio - 1) < min_effect:
+        return f"below {100 * min_effect:g}%", p
+    return ("B faster" if ratio < 1 else "B slower"), p
 
 
 def _what(rec: dict) -> str:
@@ -88,7 +132,15 @@ def files_of(text: str) -> list:
     return out
 
 
-def pair(records_a: list, records_b: list, *, across_machines: bool = False) -> tuple:
+def _samples(rec: dict):
+    s = rec.get("samples_s")
+    if isinstance(s, list) and s and all(isinstance(v, (int, float)) and v > 0 for v in s):
+        return s
+    return None
+
+
+def pair(records_a: list, records_b: list, *, across_machines: bool = False, alpha: float = ALPHA,
+         min_effect: float = MIN_EFFECT) -> tuple:
     """(rows, only_in_a, only_in_b): rows for the cases both hold, in A's order.  Rows whose A and
     B come from different machines raise BadInput unless ``across_machines``."""
     from .. import store
@@ -104,7 +156,8 @@ def pair(records_a: list, records_b: list, *, across_machines: bool = False) -> 
             if not across_machines:
                 continue
         sa, sb = ra["stats"], rb["stats"]
-        rows.append(Row(_what(ra), _label(ra), sa, sb, sb["median_s"] / sa["median_s"], verdict(sa, sb)))
+        v, p = judge(sa, sb, _samples(ra), _samples(rb), alpha=alpha, min_effect=min_effect)
+        rows.append(Row(_what(ra), _label(ra), sa, sb, sb["median_s"] / sa["median_s"], v, p))
     if mixed and not across_machines:
         ra, rb = mixed[0]
         raise BadInput(f"{len(mixed)} case(s) were measured on different machines in A and B (e.g. "
@@ -130,10 +183,15 @@ def cmd_compare(args) -> int:
         only = re.compile(args.only) if args.only is not None else None
     except re.error as e:
         raise BadInput(f"--only {args.only!r} is not a regular expression: {e}") from None
+    if not 0 < args.alpha < 1:
+        raise BadInput(f"--alpha {args.alpha} is outside (0, 1); e.g. 0.01")
+    if not 0 <= args.min_effect < 1:
+        raise BadInput(f"--min-effect {args.min_effect} is outside [0, 1); e.g. 0.05 for 5%")
     recs_a, bad_a = store.load(files_of(args.a))
     recs_b, bad_b = store.load(files_of(args.b))
     store.print_skipped(bad_a + bad_b, err)
-    rows, only_a, only_b = pair(recs_a, recs_b, across_machines=getattr(args, "across_machines", False))
+    rows, only_a, only_b = pair(recs_a, recs_b, across_machines=getattr(args, "across_machines", False),
+                                alpha=args.alpha, min_effect=args.min_effect)
     if only is not None:
         rows = [r for r in rows if only.search(f"{r.what} {r.label}")]
     if not rows:
@@ -141,25 +199,31 @@ def cmd_compare(args) -> int:
                        + (f" matching --only {args.only!r}" if only is not None else ""))
     t = Table(title=escape(f"compare  A = {args.a}   B = {args.b}"), box=box.SIMPLE_HEAD, title_justify="left")
     for c, j in (("case", "left"), ("variant", "left"), ("A median", "right"), ("A IQR", "right"),
-                 ("B median", "right"), ("B IQR", "right"), ("B/A", "right"), ("verdict", "left")):
+                 ("B median", "right"), ("B IQR", "right"), ("B/A", "right"), ("p", "right"),
+                 ("verdict", "left")):
         t.add_column(c, justify=j)
     for r in rows:
-        style = {"within noise": "dim", "B faster": "green", "B slower": "red"}[r.verdict]
+        style = {"B faster": "green", "B slower": "red"}.get(r.verdict, "dim")
         t.add_row(escape(r.what), escape(r.label), fmt_time(r.a["median_s"]), f"{100 * r.a['iqr_s'] / r.a['median_s']:.1f}%",
                   fmt_time(r.b["median_s"]), f"{100 * r.b['iqr_s'] / r.b['median_s']:.1f}%",
-                  f"{r.ratio:.2f}x", f"[{style}]{r.verdict}[/]")
+                  f"{r.ratio:.2f}x", "-" if r.p is None else f"{r.p:.1e}" if r.p < 0.01 else f"{r.p:.2f}",
+                  f"[{style}]{r.verdict}[/]")
     out.print(t)
-    changed = [r for r in rows if r.verdict != "within noise"]
+    changed = [r for r in rows if r.verdict in ("B faster", "B slower")]
+    small = [r for r in rows if r.verdict.startswith("below")]
     geo = math.exp(sum(math.log(r.ratio) for r in rows) / len(rows))
-    out.print(f"{len(rows)} case(s) in both; {len(changed)} differ beyond the spread, "
-              f"{len(rows) - len(changed)} within noise; geometric mean B/A {geo:.2f}x")
+    out.print(f"{len(rows)} case(s) in both; {len(changed)} differ (p < {args.alpha:g} and at least "
+              f"{100 * args.min_effect:g}%), {len(small)} differ by less than {100 * args.min_effect:g}%, "
+              f"{len(rows) - len(changed) - len(small)} within noise; geometric mean B/A {geo:.2f}x")
     notes = []
     if only_a or only_b:
         notes.append(f"only in A: {only_a}, only in B: {only_b} (not compared)")
     notes += [f"A: {line}" for line in store.shards(recs_a)] + [f"B: {line}" for line in store.shards(recs_b)]
     if bad_a or bad_b:
         notes.append(f"lines that are not usable records, skipped: A {len(bad_a)}, B {len(bad_b)}")
-    notes.append("B/A < 1: B is faster. within noise: the IQRs [q1, q3] of A and B overlap.")
+    notes.append("B/A < 1: B is faster. p: two-sided Mann-Whitney U test over the stored samples "
+                 "(the smaller, the surer a difference; '-': too few samples, then the IQRs [q1, q3] "
+                 "of A and B decide: within noise when they overlap).")
     for n in notes:
         out.print(f"[dim]{escape(n)}[/]")
     return 0

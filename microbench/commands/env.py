@@ -21,8 +21,15 @@ def cmd_env(args) -> int:
         print(json.dumps(info, indent=2, default=str))
         return 0
     t = Table(title="microbench env", show_header=False)
-    rows = [("date", info["date"]), ("python", info["python"]), ("platform", info["platform"]),
-            ("cpu", f"{info['cpu']} ({info['cores']} cores)")]
+    src = info["microbench"]
+    state = "" if src["commit"] is None else f", commit {src['commit'][:12]}" + (
+        " with uncommitted changes" if src["dirty"] else "")
+    clock = info["cpu_clock"]
+    mhz = "/".join(f"{v} MHz {k.split('_')[0]}" for k, v in clock.items() if v) or "clock not reported"
+    rows = [("microbench", f"{src['version']}{state} ({src['path']})"), ("command", info["command"]),
+            ("date", info["date"]), ("python", info["python"]), ("platform", info["platform"]),
+            ("cpu", f"{info['cpu']} ({info['cores']} cores, {info['affinity']} usable; {mhz})"),
+            ("memory", f"{info['memory_gib']} GiB")]
     for b in info["blas"]:
         rows.append(("blas", ", ".join(f"{k}={v}" for k, v in b.items())))
     g = info["gpu"]
@@ -34,16 +41,25 @@ def cmd_env(args) -> int:
     rows.append(("onednn", f"{od.get('version')} ({od.get('isa')}, {od.get('cpu_runtime')}) from "
                            f"{od.get('path')}" if od.get("available") else f"not found ({od.get('reason')})"))
     for k, v in info["libraries"].items():
-        rows.append((k, v))
+        if k != "nvtx":                       # its own row below
+            rows.append((k, v))
+    mx = info["mxnet_worker"]
+    rows.append(("mxnet worker", f"{mx['python']} (Python {mx.get('python_version')}, mxnet {mx.get('mxnet')}, "
+                                 f"numpy {mx.get('numpy')})" if mx["python"] else mx["note"]))
     nv = info["nvtx"]
-    rows.append(("nvtx", f"{'available' if nv['available'] else 'not installed'}, "
-                         f"{nv['cost_per_range_s'] * 1e6:.2f} us per range (push+pop) with no profiler"))
+    rows.append(("nvtx", f"{info['libraries'].get('nvtx', 'not installed')}; ranges {nv['level']} "
+                         f"(--nvtx {nv['requested']}); {nv['cost_per_range_s'] * 1e6:.2f} us per range "
+                         "(push+pop) here"))
     for fw, f in info.get("frameworks", {}).items():
         rows.append((f"framework {fw}", f"{f['version']}" + (f" (NumPy {f['numpy']} interpreter {f['python']})"
                                                              if "numpy" in f else "")
                      if f["status"] == "found" else f"{f['status']}: {f['reason']}"))
     for k, v in info["env_vars"].items():
         rows.append((k, v))
+    from ..names import others, shadowed
+    for name, dists in others().items():
+        state = shadowed(name) or "ours is imported first"
+        rows.append((f"also {name!r}", f"{', '.join(dists)} also installed here; {state}"))
     rows.append(("env_id", info["env_id"]))
     for k, v in rows:
         t.add_row(k, str(v))

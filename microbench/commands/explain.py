@@ -31,8 +31,8 @@ def add_parsers(sub) -> None:
                    help="cpu: trace oneDNN's primitives live here (ours and --frameworks, default "
                         "torch,mxnet) and explain from them; cuda/auto: the GPU traces (reference "
                         "or --reference), plus PyTorch's CPU profile where no GPU is found")
-    for flag, default in (("-T", 50), ("-B", 16), ("-H", 256)):
-        p.add_argument(flag, type=int, default=default, help=f"sizes of the CPU profile (default {default})")
+    for flag, what, default in (("-T", "sequence length", 50), ("-B", "batch", 16), ("-H", "hidden size", 256)):
+        p.add_argument(flag, type=int, default=default, help=f"{what} of the CPU profile (default {default})")
     p.add_argument("-C", type=int, default=32, help="conv, --device cpu: channels in and out (default 32)")
     p.add_argument("--size", type=int, default=28, help="conv, --device cpu: image height and width (default 28)")
     p.add_argument("--save-logs", metavar="DIR",

@@ -10,7 +10,10 @@ from kernels.errors import BadInput
 
 EPILOG = """examples:
   python -m microbench profile nsys lstm --fused -H 512 -B 64
-  python -m microbench profile ncu lstm --fused --run
+  python -m microbench profile ncu --run lstm --fused
+
+--run and --output belong before the benchmark's arguments; given after them they are still
+taken as profile's own (no benchmark takes them).
 """
 
 
@@ -26,8 +29,31 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_profile)
 
 
+def _own_flags(args) -> None:
+    """Take --run / --output back from the benchmark arguments (REMAINDER swallows everything after
+    the benchmark's name, and no benchmark accepts these two)."""
+    bench, i = [], 0
+    while i < len(args.bench):
+        a = args.bench[i]
+        if a == "--run":
+            args.run = True
+        elif a == "--output" or a.startswith("--output="):
+            if a == "--output":
+                if i + 1 >= len(args.bench):
+                    raise BadInput("--output needs a path")
+                i += 1
+                args.output = args.bench[i]
+            else:
+                args.output = a.split("=", 1)[1]
+        else:
+            bench.append(a)
+        i += 1
+    args.bench = bench
+
+
 def cmd_profile(args) -> int:
     from profiles import nsight
+    _own_flags(args)
     kw = {"python": sys.executable if args.run else "python"}
     if args.output:
         kw["output"] = args.output

@@ -2,8 +2,11 @@
 
 Without an output flag the tables print to the terminal.  ``--html`` writes one self-contained
 page (PNG plots embedded as base64), ``--md`` a Markdown file with the same tables and images
-(data URIs).  The plots are those of :mod:`microbench.plots`: the fusion ladder, framework
-convergence, a roofline with ceilings measured in the file, and thread scaling.  Outputs are
+(data URIs); beside either, every figure also as SVG and PDF (``r.html`` -> ``r-roofline.svg``),
+captioned with the machine, commit and sample counts.  ``--csv`` writes one row per case.  The
+plots are those of :mod:`microbench.plots`: the fusion ladder, framework convergence, a roofline
+(with this machine's measured roofs when the records were taken here, else the best points of
+the file, labelled as such), and thread scaling.  Outputs are
 written to a temporary file and renamed, and may not name an input file, so a failed or
 mistaken report never damages results.
 """
@@ -15,17 +18,24 @@ import os
 from pathlib import Path
 
 from kernels.errors import BadInput
+from rich.markup import escape
 
 
 def add_parsers(sub) -> None:
     from ..cli import output_path
     p = sub.add_parser("report", help="tables and plots (HTML, Markdown) of results files",
                        description="Tables of results files; with --html/--md also plots (ladder, "
-                                   "framework convergence, roofline, thread scaling) embedded as PNG.")
+                                   "framework convergence, roofline, thread scaling) embedded as PNG, "
+                                   "and each figure as SVG and PDF files beside the report.")
     p.add_argument("files", nargs="+", metavar="FILE", help="results files (JSON lines, from --json)")
     p.add_argument("--html", metavar="PATH", type=output_path, help="write a self-contained HTML report")
     p.add_argument("--md", metavar="PATH", type=output_path, help="write a Markdown report (images as data URIs)")
+    p.add_argument("--csv", metavar="PATH", type=output_path, help="write one CSV row per case (numbers in "
+                   "seconds, for spreadsheets and pandas)")
     p.add_argument("--title", default="microbench report", help="report title")
+    p.add_argument("--no-roofs", action="store_true",
+                   help="do not measure this machine's roofs for the roofline (they are measured, in "
+                        "a few seconds, only when the records were taken on this machine)")
     p.set_defaults(func=cmd_report)
 
 
@@ -89,6 +99,40 @@ def env_rows(records: list) -> list:
 
 ENV_COLUMNS = ("env_id", "date", "cpu", "gpu", "libraries")
 
+CSV_COLUMNS = ("op", "variant", "backend", "framework", "label", "device", "dtype", "T", "B", "I", "H", "L",
+               "N", "C", "W", "K", "R", "S", "threads", "mode", "nvtx", "status", "n", "median_s", "q1_s",
+               "q3_s", "min_s", "mean_s", "rel_noise", "gflops", "gbps", "max_rel_err", "error", "env_id",
+               "date", "commit", "dirty")
+
+
+def csv_text(records: list) -> str:
+    """The last record of each case as CSV: raw numbers (seconds), one column per shape field."""
+    import csv
+    import io
+
+    from .. import store
+    from ..plots import framework_of
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for r in store.latest(records, with_env=True, status=None).values():
+        shape, opts = r.get("shape") or {}, r.get("options") or {}
+        st = r.get("stats") if isinstance(r.get("stats"), dict) else {}
+        d, chk = r.get("derived") or {}, r.get("check") or {}
+        env = r.get("env") or {}
+        src = env.get("microbench") or {}
+        row = {"op": r.get("op"), "variant": r.get("variant"), "backend": r.get("backend"),
+               "framework": framework_of(r), "label": r.get("label"), "device": r.get("device"),
+               "dtype": r.get("dtype"), **{k: shape.get(k) for k in "TBIHLNCWKRS"},
+               "threads": opts.get("threads"), "mode": opts.get("mode"), "nvtx": opts.get("nvtx"),
+               "status": r.get("status"), **{k: st.get(k) for k in ("n", "median_s", "q1_s", "q3_s", "min_s",
+                                                                     "mean_s", "rel_noise")},
+               "gflops": d.get("gflops"), "gbps": d.get("gbps"), "max_rel_err": chk.get("max_rel_err"),
+               "error": r.get("error"), "env_id": r.get("env_id"), "date": env.get("date"),
+               "commit": src.get("commit"), "dirty": src.get("dirty")}
+        w.writerow(["" if row[c] is None else row[c] for c in CSV_COLUMNS])
+    return buf.getvalue()
+
 
 # -- writers ---------------------------------------------------------------------------------------
 
@@ -125,6 +169,33 @@ def _write(path: Path, text: str, flag: str) -> None:
         raise BadInput(f"{flag} {str(path)!r} cannot be written: {e.strerror}") from None
 
 
+def _write_bytes(path: Path, data: bytes, flag: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise BadInput(f"{flag}: {str(path)!r} cannot be written: {e.strerror}") from None
+
+
+def figure_paths(report: Path, plot) -> dict:
+    """Format -> path of a plot's vector files beside the report: ``r.html`` -> ``r-roofline.svg``."""
+    return {fmt: report.with_name(f"{report.stem}-{plot.name}.{fmt}") for fmt in plot.files}
+
+
+def write_figures(report: Path, plots, flag: str) -> list:
+    written = []
+    for p in plots:
+        for fmt, path in figure_paths(report, p).items():
+            _write_bytes(path, p.files[fmt], flag)
+            written.append(path)
+    return written
+
+
 def _html_table(cols, rows) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = "\n".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
@@ -147,6 +218,16 @@ img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
 .note{color:#555;font-size:13px}"""
 
 
+def rerun_note(records: list) -> str:
+    """Records superseded by a later record of the same case (a rerun into the same --json)."""
+    from .. import store
+    n = len(records) - len(store.latest(records, with_env=True, status=None))
+    if not n:
+        return ""
+    return (f"{n} record(s) are reruns of a case already in the file(s): each case shows its last "
+            "record only (use a new --json per run, or --resume, to avoid duplicates)")
+
+
 def noise_note(records: list) -> str:
     """A warning when many measurements missed their noise target (a busy machine, short cases)."""
     st = [r["stats"] for r in records if r.get("status") == "ok" and isinstance(r.get("stats"), dict)]
@@ -157,18 +238,22 @@ def noise_note(records: list) -> str:
             "was busy or the cases short; compare such numbers only with care, or rerun them")
 
 
-def render_html(title, sources, records, plots, skipped) -> str:
+def render_html(title, sources, records, plots, skipped, out_path=None) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
              f"<p class='note'>{len(records)} record(s) from {html.escape(', '.join(sources))}"
              + (f"; {skipped} line(s) that are not records were skipped" if skipped else "") + "</p>",
              f"<p class='note'><b>{html.escape(noise_note(records))}</b></p>" if noise_note(records) else "",
+             f"<p class='note'>{html.escape(rerun_note(records))}</p>" if rerun_note(records) else "",
              "<h2>Environments</h2>", _html_table(ENV_COLUMNS, env_rows(records)), "<h2>Plots</h2>"]
     for p in plots:
         parts.append(f"<h3>{html.escape(p.title)}</h3>")
         if p.png:
             b64 = base64.b64encode(p.png).decode("ascii")
-            parts.append(f"<img alt='{html.escape(p.title)}' src='data:image/png;base64,{b64}'>")
+            links = " ".join(f"<a href='{html.escape(path.name)}'>{fmt.upper()}</a>"
+                             for fmt, path in figure_paths(Path(out_path or "report.html"), p).items())
+            parts.append(f"<figure><img alt='{html.escape(p.title)}' src='data:image/png;base64,{b64}'>"
+                         f"<figcaption class='note'>{html.escape(p.caption)} {links}</figcaption></figure>")
         parts.append(f"<p class='note'>{html.escape(p.note)}</p>")
     cols, rows = scaling_rows(records)
     if rows:
@@ -180,21 +265,47 @@ def render_html(title, sources, records, plots, skipped) -> str:
     return "\n".join(parts)
 
 
-def render_md(title, sources, records, plots, skipped) -> str:
+def render_md(title, sources, records, plots, skipped, out_path=None) -> str:
     parts = [f"# {title}", "", f"{len(records)} record(s) from {', '.join(sources)}"
              + (f"; {skipped} line(s) that are not records were skipped" if skipped else ""), "",
              *([f"**{noise_note(records)}**", ""] if noise_note(records) else []),
+             *([f"_{rerun_note(records)}_", ""] if rerun_note(records) else []),
              "## Environments", "", _md_table(ENV_COLUMNS, env_rows(records)), "", "## Plots", ""]
     for p in plots:
         parts += [f"### {p.title}", ""]
         if p.png:
-            parts += [f"![{p.title}](data:image/png;base64,{base64.b64encode(p.png).decode('ascii')})", ""]
+            links = ", ".join(f"[{fmt.upper()}]({path.name})"
+                              for fmt, path in figure_paths(Path(out_path or "report.md"), p).items())
+            parts += [f"![{p.title}](data:image/png;base64,{base64.b64encode(p.png).decode('ascii')})", "",
+                      f"{p.caption} {links}", ""]
         parts += [f"_{p.note}_", ""]
     cols, rows = scaling_rows(records)
     if rows:
         parts += ["## Thread scaling", "", _md_table(cols, rows), ""]
     parts += ["## Results", "", _md_table(RESULT_COLUMNS, result_rows(records)), ""]
     return "\n".join(parts)
+
+
+def _roofs(records: list, args, err) -> dict | None:
+    """The machine's roofs for the roofline, measured now, when the records were taken on this
+    machine with these libraries (same env_id); otherwise None (the plot says so)."""
+    if getattr(args, "no_roofs", False):
+        return None
+    from .. import env as menv
+    from .. import peaks
+    here = menv.collect(cheap=True)
+    ids = {r.get("env_id") for r in records if r.get("status") == "ok"}
+    if ids != {here["env_id"]}:
+        return None
+    device = "cuda" if any(r.get("device") == "cuda" for r in records) and (here.get("gpu") or {}).get("available") \
+        else "cpu"
+    err.print(f"measuring this machine's roofs for the roofline ({device}: a GEMM and a streaming add)...",
+              highlight=False)
+    try:
+        return peaks.roofs(device)
+    except Exception as e:        # a GPU library missing or failing: the plot falls back, and says so
+        err.print(escape(f"note: roofs not measured ({type(e).__name__}: {e})"), highlight=False)
+        return None
 
 
 def cmd_report(args) -> int:
@@ -208,11 +319,19 @@ def cmd_report(args) -> int:
     out, err = console(), console(stderr=True)
     targets = [(flag, _check_output(path, flag, args.files))
                for flag, path in (("--html", args.html), ("--md", args.md)) if path]
+    csv_target = _check_output(args.csv, "--csv", args.files) if getattr(args, "csv", None) else None
     records, notes = store.load(args.files)
     store.print_skipped(notes, err)
     skipped = len(notes)
     for line in store.shards(records):     # a sharded suite's files, merged: say which are missing
         err.print(escape(f"note: {line}"), highlight=False)
+    if rerun_note(records):
+        err.print(escape(f"note: {rerun_note(records)}"), highlight=False)
+    if csv_target is not None:
+        _write(csv_target, csv_text(records), "--csv")
+        out.print(escape(f"wrote {csv_target} ({len(records)} records)"), highlight=False)
+        if not targets:
+            return 0
     if not targets:
         for title, cols, rows in (("results", RESULT_COLUMNS, result_rows(records)),
                                   ("thread scaling", *scaling_rows(records))):
@@ -229,11 +348,13 @@ def cmd_report(args) -> int:
         from .. import plots as mplots
     except ImportError as e:
         raise BadInput(f"--html/--md draw plots with matplotlib, which cannot be imported ({e}); "
-                       "pip install 'microbench[report]' or pip install matplotlib") from None
-    figures = mplots.all_plots(records)
+                       "pip install 'microbench-kernels[report]' or pip install matplotlib") from None
+    figures = mplots.all_plots(records, roofs=_roofs(records, args, err))
     for flag, path in targets:
         render = render_html if flag == "--html" else render_md
-        _write(path, render(args.title, args.files, records, figures, skipped), flag)
-        out.print(escape(f"wrote {path} ({len(records)} records, "
-                         f"{sum(1 for f in figures if f.png)} plots)"), highlight=False)
+        _write(path, render(args.title, args.files, records, figures, skipped, out_path=path), flag)
+        files = write_figures(path, [f for f in figures if f.png], flag)
+        out.print(escape(f"wrote {path} ({len(records)} records, {sum(1 for f in figures if f.png)} "
+                         f"plots) and {len(files)} figure files beside it ({path.stem}-*.svg/.pdf)"),
+                  highlight=False)
     return 0

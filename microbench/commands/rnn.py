@@ -19,6 +19,17 @@ def add_parsers(sub) -> None:
 
 _HELP = {"lstm": "time LSTM variants", "gru": "time GRU variants",
          "rnn": "time vanilla RNN variants (h = relu|tanh(W x + U h + b), DeepBench's 'vanilla')"}
+def _dtype_help() -> str:
+    """The precisions each device's backends compute, from the backend table (never out of step)."""
+    from kernels.backends import BACKENDS
+    parts = []
+    for device, words in (("cpu", "on the CPU"), ("cuda", "on a GPU")):
+        names = [b for b in BACKENDS.values() if b.device == device]
+        dts = list(dict.fromkeys(d for b in names for d in b.dtypes))
+        only = {d: [b.name for b in names if d in b.dtypes] for d in dts}
+        text = ", ".join(d + (f" ({'/'.join(only[d])} only)" if len(only[d]) < len(names) else "") for d in dts)
+        parts.append(f"{text} {words}")
+    return "; ".join(parts)
 
 
 def _add_rnn(sub, op: str, variant_names: list):
@@ -26,10 +37,13 @@ def _add_rnn(sub, op: str, variant_names: list):
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        description=f"Check every {op.upper()} variant against the float64 reference, "
                                    "then time it and print a table (one row per variant).")
+    from .. import registry
     v = p.add_argument_group("variants")
     for name in variant_names:
+        devices = {r.device for r in registry.ours(op) if r.variant == name}
+        where = " (GPU only)" if devices == {"cuda"} else " (CPU only)" if devices == {"cpu"} else ""
         v.add_argument(f"--{name}", dest="variant_flags", action="append_const", const=name,
-                       help=f"run the {name} variant")
+                       help=f"run the {name} variant{where}")
     v.add_argument("--all", action="store_true", help="run every variant (the default when none is named)")
     v.add_argument("--ladder", action="store_true",
                    help="naive, then each fusion step added in turn, with the speedup per rung")
@@ -40,7 +54,7 @@ def _add_rnn(sub, op: str, variant_names: list):
     v.add_argument("--device", type=devices.argparse_type, default="auto", metavar="DEVICE",
                    help="auto (default): a GPU if one is found, else the CPU; cpu; cuda; cuda:K "
                         "(the K-th GPU, counted as CUDA_VISIBLE_DEVICES shows them)")
-    v.add_argument("--dtype", metavar="LIST", default="fp32", help="comma list of fp64, fp32 (default fp32)")
+    v.add_argument("--dtype", metavar="LIST", default="fp32", help=f"comma list: {_dtype_help()} (default fp32)")
     if op == "rnn":
         v.add_argument("--nonlinearity", choices=("tanh", "relu"), default="tanh",
                        help="the vanilla cell's activation: tanh (default, PyTorch's nn.RNN default) or "

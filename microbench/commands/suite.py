@@ -543,12 +543,21 @@ def cmd_suite(args) -> int:
     else:
         writer = None
     if args.resume:
+        from ..runner import Outcome
         done, bad_lines = store.done_keys(args.json)
+        recorded = store.latest(store.read(args.json)[0], with_env=True, status=None) if done else {}
         mode = mode_of(settings)
         for e in entries:
             before = len(e.cases) + len(e.skipped)
-            e.cases = [c for c in e.cases if store.case_identity(c, env["env_id"], mode) not in done]
-            e.skipped = [(c, r) for c, r in e.skipped if store.case_identity(c, env["env_id"], mode) not in done]
+            keys = {id(c): store.case_identity(c, env["env_id"], mode) for c in e.cases + [c for c, _ in e.skipped]}
+            # the cases already recorded still appear in the final table, from the file
+            for c in e.cases + [c for c, _ in e.skipped]:
+                rec = recorded.get(keys[id(c)])
+                if keys[id(c)] in done and rec is not None:
+                    e.outcomes.append(Outcome(c, rec["status"], {**rec, "_resumed": True},
+                                              error=rec.get("error") or ""))
+            e.cases = [c for c in e.cases if keys[id(c)] not in done]
+            e.skipped = [(c, r) for c, r in e.skipped if keys[id(c)] not in done]
             e.done = before - len(e.cases) - len(e.skipped)
     if not args.quiet:
         report.header(env, out)
@@ -570,11 +579,13 @@ def cmd_suite(args) -> int:
 
 
 def _run(entries, settings, env, writer, args, out, err, n_todo, n_done, shard=None) -> int:
-    from rich.progress import Progress
+    from ..progress import Progress
 
     from .. import results
     from ..runner import Outcome, run_case
 
+    from ..cli import warn_threads
+    warn_threads([c for e in entries for c in e.cases], err)
     nvtx_cost = env["nvtx"]["cost_per_range_s"]
     suite = args.suite_obj
     for e in entries:                      # memory skips are results too: record them first
@@ -592,15 +603,16 @@ def _run(entries, settings, env, writer, args, out, err, n_todo, n_done, shard=N
         elif shard:
             out.print(escape(f"shard {shard['index']}/{shard['count']} holds no case to run (the plan has "
                              f"{shard['plan_cases']}; use fewer shards)"))
+        summary(entries, out)
         return 0
     finished = 0
     try:
-        with Progress(console=err, transient=True, disable=args.quiet, auto_refresh=False) as bar:
-            task = bar.add_task("cases", total=n_todo)
+        with Progress(err, n_todo, quiet=args.quiet) as bar:
             for e in entries:
                 for case in e.cases:
-                    bar.update(task, description=f"{e.spec.name} {case.label} {case.precision}", refresh=True)
-                    o = run_case(case, settings, env, nvtx_cost)
+                    bar.start(f"{e.spec.name} {case.label} {case.precision}"
+                              + (f" {case.threads} thr" if case.threads else ""))
+                    o = run_case(case, settings, env, nvtx_cost, progress=bar.within)
                     if shard:
                         o.record["shard"] = shard
                     o.record["suite"] = e.spec.trace(suite)   # which DeepBench (or our) row this is
@@ -608,7 +620,7 @@ def _run(entries, settings, env, writer, args, out, err, n_todo, n_done, shard=N
                         writer.write(o.record)
                     e.outcomes.append(o)
                     finished += 1
-                    bar.advance(task)
+                    bar.done(o)
     except KeyboardInterrupt:
         where = f"; {args.json} holds every finished case: rerun with --resume to finish" if writer else ""
         err.print(escape(f"microbench: interrupted after {finished} of {n_todo} case(s){where}"), highlight=False)
@@ -641,8 +653,9 @@ def summary(entries, out) -> None:
             st = r["stats"]
             gf = (r.get("derived") or {}).get("gflops")
             t.add_row(e.spec.name, escape(c.label), c.precision, thr,
-                      fmt_time(st["median_s"]) + (" ~" if st["noisy"] else ""),
-                      f"{100 * st['rel_noise']:.1f}%", f"{gf:.1f}" if gf else "-", "")
+                      fmt_time(st["median_s"]) + (" ~" if st["noisy"] else "  "),
+                      f"{100 * st['rel_noise']:.1f}%", f"{gf:.1f}" if gf else "-",
+                      "recorded earlier (--resume)" if r.get("_resumed") else "")
     out.print(t)
     if any(o.status == "ok" and o.record["stats"]["noisy"] for e in entries for o in e.outcomes):
         out.print("[dim]~ noisy: IQR/median above --max-noise (sampling stopped at --max-time)[/]")
