@@ -40,8 +40,8 @@ def _add_rnn(sub, op: str, variant_names: list):
     from .. import registry
     v = p.add_argument_group("variants")
     for name in variant_names:
-        devices = {r.device for r in registry.ours(op) if r.variant == name}
-        where = " (GPU only)" if devices == {"cuda"} else " (CPU only)" if devices == {"cpu"} else ""
+        on = {r.device for r in registry.ours(op) if r.variant == name}
+        where = " (GPU only)" if on == {"cuda"} else " (CPU only)" if on == {"cpu"} else ""
         v.add_argument(f"--{name}", dest="variant_flags", action="append_const", const=name,
                        help=f"run the {name} variant{where}")
     v.add_argument("--all", action="store_true", help="run every variant (the default when none is named)")
