@@ -164,6 +164,7 @@ def main(argv=None) -> int:
                 send({"ok": True})
             elif cmd == "outputs":   # of the latest call: after "measure", the last timed one
                 np.savez(req["outputs"], *[np.asarray(a) for a in built.outputs()])
+                send({"ok": True})
             elif cmd == "trace":
                 # oneDNN's verbose lines (switched on by the parent's environment) go to fd 1,
                 # which is stderr.log here: the markers cut out this command's calls.
