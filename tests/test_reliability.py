@@ -138,8 +138,8 @@ def test_a_graph_replay_returns_the_captured_outputs_for_the_check(monkeypatch):
             return types.SimpleNamespace(upload=lambda s: None, launch=lambda s: calls.append(1))
 
     calls, synced = [], []
-    cuda = types.SimpleNamespace(Stream=Stream, Device=lambda: types.SimpleNamespace(
-        synchronize=lambda: synced.append(1)))
+    cuda = types.SimpleNamespace(Stream=Stream, get_current_stream=lambda: Stream(),
+                                 Device=lambda: types.SimpleNamespace(synchronize=lambda: synced.append(1)))
     monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(cuda=cuda))
     buf = np.zeros(3)
     replay = graph_replay(lambda: buf)
