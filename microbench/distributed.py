@@ -180,11 +180,15 @@ def failures(g: Group, what: str):
         raise RankFailure(f"rank {g.rank} of {g.world}: {what} failed: {cause} ({text})") from None
 
 
-def finish(g: Group | None) -> None:
-    """Leave the group cleanly (after a failure: without waiting on the others)."""
+def finish(g: Group | None, clean: bool = False) -> None:
+    """Leave the group.  ``clean`` (every rank got to the end): a last barrier first, so no rank
+    tears down its gloo/NCCL threads while another still works in the group (a rank that left
+    early once aborted in C++ teardown); after a failure, without waiting on the others."""
     try:
         _, dist = _import_dist()
         if dist.is_initialized():
+            if clean:
+                dist.barrier()
             dist.destroy_process_group()
     except Exception:
         pass

@@ -200,6 +200,7 @@ def cmd_allreduce(args) -> int:
         raise BadInput(f"--iters {args.iters} must be at least 1")
     out, err = console(), console(stderr=True)
     g = mdist.init(args.device, args.dist_backend, args.timeout)
+    clean = False
     try:
         writer = JsonlWriter(args.json) if args.json and g.is_root else None
         if not args.quiet:
@@ -229,9 +230,10 @@ def cmd_allreduce(args) -> int:
             if not args.quiet:
                 out.print("[dim]time: mean per call, averaged over ranks; algbw = bytes / time; busbw = algbw x "
                           "2(n-1)/n (nccl-tests' definitions); +-IQR: rank 0's per-call spread[/]")
+        clean = True
         return 1 if any(r["wrong"] for r in rows) else 0
     except mdist.RankFailure as e:
         print(f"microbench: error: {e}", flush=True, file=__import__("sys").stderr)
         return 3
     finally:
-        mdist.finish(g)
+        mdist.finish(g, clean=clean)

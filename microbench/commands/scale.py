@@ -180,6 +180,7 @@ def cmd_scale(args) -> int:
     nvtx.set_level(args.nvtx)
     out, err = console(), console(stderr=True)
     g = mdist.init(args.device, args.dist_backend, args.timeout)
+    clean = False
     try:
         configs = scaling.plan(g.world, ranks, modes, impls, args.op, args.B)
         groups = mdist.subgroups(g, sorted({c.n for c, _ in configs}))
@@ -215,12 +216,13 @@ def cmd_scale(args) -> int:
         failed = sum(r.status == "failed" for r in results)
         if failed and g.is_root:
             err.print(f"[red]{failed} configuration(s) FAILED the gradient check[/]")
+        clean = True
         return 1 if failed else 0
     except mdist.RankFailure as e:
         print(f"microbench: error: {e}", file=sys.stderr, flush=True)
         return 3
     finally:
-        mdist.finish(g)
+        mdist.finish(g, clean=clean)
 
 
 def table(results, eff, out, g) -> None:
