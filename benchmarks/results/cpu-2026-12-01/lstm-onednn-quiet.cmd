@@ -1,0 +1,1 @@
+python3 -m microbench lstm --onednn --onednn_reorder --fused --backend numba,onednn --frameworks torch,mxnet --device cpu -H 512 -B 64 -T 100 --json benchmarks/results/cpu-2026-12-01/lstm-onednn-quiet.jsonl
