@@ -76,6 +76,15 @@ def framework_of(rec: dict) -> str:
     return str(rec.get("framework") or (rec.get("info") or {}).get("framework") or "")
 
 
+def computation_of(rec: dict) -> str:
+    """What a row computes beyond its shape: "" for a plain forward pass, else the cell
+    (layernorm, peephole) and/or "training step" (forward + backward)."""
+    info = rec.get("info") or {}
+    cell = info.get("cell") if info.get("cell") not in (None, "plain") else ""
+    step = "training step" if info.get("pass") == "forward+backward" else ""
+    return ", ".join(w for w in (cell, step) if w)
+
+
 def impl_name(rec: dict) -> str:
     """``torch/fused`` (framework/path) for framework rows, ``ours: fused/numba`` for ours."""
     fw = framework_of(rec)
@@ -213,8 +222,10 @@ def convergence_plot(records: list, caption: str = "") -> Plot:
     variants (``ours: fused/numba``), IQR error bars; panels with framework rows first."""
     title = "Framework convergence: best time per framework path"
     recs = ok_records(records)
+    # one panel per computation: a training step and a forward pass, or the layer-norm cell and
+    # the plain one, are different work and never share an axis
     groups = _group(recs, lambda r: (r["op"], shape_text(r), r.get("dtype"), threads_of(r), r.get("env_id"),
-                                     machine(r)))
+                                     machine(r), computation_of(r)))
     if not groups:
         return Plot(title, None, "no measured records")
     n_fw = lambda k: len({framework_of(r) for r in groups[k] if framework_of(r)})  # noqa: E731
@@ -254,7 +265,7 @@ def convergence_plot(records: list, caption: str = "") -> Plot:
         else:
             ax.set_xlim(0, top * 1.35)
         op, shape, dtype, thr = key[:4]
-        panel = f"{op} {shape} {dtype}" + (f", {thr} thr" if thr else "")
+        panel = f"{op} {shape} {dtype}" + (f", {key[-1]}" if key[-1] else "") + (f", {thr} thr" if thr else "")
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel("ms per call (median, IQR bar)" + (", log scale" if ax.get_xscale() == "log" else ""))
         data[panel] = {n: {"median_ms": w, "framework": framework_of(best[n]) or None,

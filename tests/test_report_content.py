@@ -164,3 +164,21 @@ def test_resume_recognizes_framework_rows():
     written = results.record(case=case, status="skipped", env={"env_id": "e"}, error="x")
     back = store.normalize(json.loads(json.dumps(written)))
     assert store.identity(back) == store.case_identity(case, "e")
+
+
+def test_convergence_never_puts_a_training_step_beside_a_forward_pass():
+    """A training step (forward + backward) and a forward pass of the same shape, or the
+    layer-norm cell and the plain one, are different work: separate panels."""
+    from microbench import plots
+    base = {"op": "lstm", "dtype": "fp32", "shape": {"T": 10, "B": 8, "I": 64, "H": 64, "L": 1},
+            "env_id": "e", "status": "ok", "options": {}, "stats": {"median_s": 1e-3, "q1_s": 1e-3,
+                                                                   "q3_s": 1e-3, "n": 5}}
+    fwd = {**base, "variant": "fused", "backend": "numpy", "label": "fused/numpy", "info": {}}
+    bwd = {**base, "variant": "fused+bwd", "backend": "numpy", "label": "fused+bwd/numpy",
+           "info": {"pass": "forward+backward", "cell": "plain"}}
+    ln = {**base, "variant": "layernorm-fused", "backend": "numpy", "label": "layernorm-fused/numpy",
+          "info": {"cell": "layernorm"}}
+    assert plots.computation_of(fwd) == "" and plots.computation_of(bwd) == "training step"
+    assert plots.computation_of(ln) == "layernorm"
+    plot = plots.convergence_plot([fwd, bwd, ln])
+    assert len(plot.data) == 3, plot.data
