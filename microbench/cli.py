@@ -75,6 +75,10 @@ def add_timing(p):
                    help="evict the last-level cache (CPU) or L2 (GPU) before every sample")
     g.add_argument("--graph", action="store_true",
                    help="GPU: capture one call as a CUDA graph and time its replays")
+    g.add_argument("--rounds", type=int, default=1, metavar="N",
+                   help="time the cases interleaved in N rounds, each case taking its share of "
+                        "the samples per round in a rotating order, so a slow phase of the machine "
+                        "hits every case alike (default 1: one case after another)")
 
 
 # Subcommand modules under microbench/commands/, in --help order; each has add_parsers(sub).
@@ -84,7 +88,7 @@ COMMANDS = ("rnn", "conv", "suite", "compare", "report", "explain", "profile", "
 def settings_from(args):
     from .harness import Settings
     return Settings(args.warmup, args.min_time, args.max_time, args.min_samples, args.max_noise,
-                    cold=args.cold, graph=args.graph)
+                    cold=args.cold, graph=args.graph, rounds=getattr(args, "rounds", 1))
 
 
 def output_path(text: str) -> str:
@@ -130,7 +134,7 @@ def run_cases(cases: list, settings, args) -> tuple:
     from . import env as menv
     from . import report
     from .results import JsonlWriter
-    from .runner import run_case
+    from .runner import run_case, run_interleaved
 
     capture.enable(getattr(args, "profile", False))
     if settings.graph and any(c.device != "cuda" for c in cases):
@@ -148,6 +152,12 @@ def run_cases(cases: list, settings, args) -> tuple:
     try:
         # A bar on a terminal (redrawn between samples, never by a thread), else a line per case.
         with Progress(err, len(cases), quiet=args.quiet) as bar:
+            if settings.rounds > 1:
+                outcomes = run_interleaved(cases, settings, env, nvtx_cost, bar)
+                if writer:
+                    for o in outcomes:
+                        writer.write(o.record)
+                return outcomes, out, err
             for case in cases:
                 bar.start(f"{case.op} {case.label} {case.precision}"
                           + (f" {case.threads} thr" if case.threads else ""))
@@ -159,6 +169,10 @@ def run_cases(cases: list, settings, args) -> tuple:
     finally:
         if writer:
             writer.close()
+    busy = menv.busy_warning(env.get("affinity") or env.get("cores"))
+    if busy and any(c.device == "cpu" for c in cases):
+        from rich.markup import escape
+        err.print(f"[yellow]warning:[/] {escape(busy)}", highlight=False)
     return outcomes, out, err
 
 

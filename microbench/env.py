@@ -132,6 +132,25 @@ def onednn() -> dict:
     return konednn.describe()
 
 
+def load_avg() -> list | None:
+    """The 1, 5 and 15-minute load averages as the run starts (other processes' share of the CPUs)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_warning(cores: int | None) -> str:
+    """A sentence when the machine is busier than its cores (read now, at the end of a run)."""
+    now = load_avg()
+    if not now or not cores or now[0] <= cores + 0.5:
+        return ""
+    return (f"load average {now[0]:.1f} on {cores} core(s) during this run: other processes "
+            "competed for the CPUs, so times are inflated, and thread pools that spin-wait "
+            "(the OpenMP pools of PyTorch and TensorFlow by default) can be slowed many-fold; "
+            "compare rows of a quiet run, or time them interleaved with --rounds")
+
+
 def collect(cheap: bool = False) -> dict:
     """Everything that identifies where a measurement was taken."""
     env = {
@@ -143,6 +162,7 @@ def collect(cheap: bool = False) -> dict:
         "cores": os.cpu_count(),
         "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_gib": memory_gib(),
+        "load_avg": load_avg(),
         "cpu_clock": cpu_clock(),
         "microbench": source(),
         "command": argv(),

@@ -128,6 +128,7 @@ class Settings:
     max_noise: float = 0.05    # target IQR / median
     cold: bool = False         # evict the last-level cache before every sample (microbench.caches)
     graph: bool = False        # GPU: capture one call as a CUDA graph and time its replays
+    rounds: int = 1            # >1: the cases of a run are timed interleaved (runner.run_interleaved)
 
     def __post_init__(self):
         for name in ("warmup", "min_time", "max_time", "max_noise"):
@@ -138,6 +139,8 @@ class Settings:
             raise BadInput(f"--max-time {self.max_time} is below --min-time {self.min_time}")
         if self.min_samples < 1:
             raise BadInput(f"--min-samples {self.min_samples} must be at least 1")
+        if not isinstance(self.rounds, int) or self.rounds < 1:
+            raise BadInput(f"--rounds {self.rounds} must be a whole number >= 1")
 
 
 def measure(run: Callable[[], object], settings: Settings, timer: Timer | None = None,

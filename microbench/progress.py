@@ -45,6 +45,14 @@ class Progress:
             self._bar.update(self._task, description=escape(text), refresh=True)
             self._last = time.perf_counter()
 
+    def note(self, text: str) -> None:
+        """A stage of the run between cases (an interleaved round): shown on the bar, or one line."""
+        if self._bar is not None:
+            self._bar.update(self._task, description=escape(text), refresh=True)
+            self._last = time.perf_counter()
+        elif not self.quiet:
+            self.console.print(escape(text), highlight=False, soft_wrap=True)
+
     def within(self, phase: str) -> None:
         """Inside a case, between two samples: ``phase`` is e.g. 'warm-up 0.1 s' or '40 samples'."""
         if self._bar is None:

@@ -8,7 +8,9 @@ the wrong input.  A case failing either check is recorded FAILED, never timed as
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
+import time
 import traceback
 from dataclasses import dataclass, field
 
@@ -21,6 +23,7 @@ from .caches import flusher_for
 from .harness import CpuTimer, Settings, graph_replay, measure, timer_for
 from .problems import RNNProblem
 from .registry import VariantRecord
+from .stats import Measurement, relative_noise
 from . import threads as mthreads
 
 
@@ -101,32 +104,71 @@ class Outcome:
     threads_used: dict = field(default_factory=dict)
 
 
-def run_case(case: Case, settings: Settings, env: dict, nvtx_cost: float, progress=None) -> Outcome:
-    """``progress``: called between samples with the phase reached (microbench.progress)."""
-    def finish(status, **kw):
-        rec = results.record(case=case, status=status, env=env, **kw)
-        rec["threads_used"] = used
-        return Outcome(case, status, rec, kw.get("measurement"), kw.get("check"), kw.get("error") or "",
-                       used)
+class _CaseRun:
+    """One case through its phases: ``open`` (build, first check), ``time`` (once, or once per
+    round when cases are interleaved), ``finish`` (check after timing, the record), ``close``.
 
-    used: dict = {}
-    prepared = None
-    try:
-        with mthreads.limit(case.threads) as used:
-            prepared = case.record.build(case.problem, case.seed, precision=case.precision,
-                                         plan=case.plan)
+    Every phase turns a failure into the case's outcome (``self.outcome``) instead of raising, so
+    one broken variant never stops the others; bad input (BadInput) still stops the run.
+    """
+
+    def __init__(self, case: Case, env: dict, nvtx_cost: float):
+        self.case, self.env, self.nvtx_cost = case, env, nvtx_cost
+        self.used: dict = {}
+        self.prepared = None
+        self.outcome: Outcome | None = None       # set once the case is finished
+        self.samples: list = []
+        self.mode = self.timer_used = ""
+        self.check = None
+        self.ranges = 0
+        self.extra: dict = {}
+        self._run = self._flush = self._timer = self._clocks = None
+        self._last = None
+
+    def _finish(self, status, **kw):
+        rec = results.record(case=self.case, status=status, env=self.env, **kw)
+        rec["threads_used"] = self.used
+        self.outcome = Outcome(self.case, status, rec, kw.get("measurement"), kw.get("check"),
+                               kw.get("error") or "", self.used)
+        return self.outcome
+
+    @contextlib.contextmanager
+    def _guard(self):
+        """Failures of a phase become the case's record (see the class docstring)."""
+        try:
+            with mthreads.limit(self.case.threads) as used:
+                if not self.used:           # the pools as the case began (the record's threads_used)
+                    self.used.update(used)
+                yield
+        except BadInput:
+            self.close()
+            raise  # a bad request stops the run with its one-line message
+        except Unsupported as e:
+            self._finish("skipped", error=str(e))
+        except MemoryError:
+            self._finish("failed", error="out of memory while building or running the case")
+        except MicrobenchError as e:
+            self._finish("failed", error=str(e))
+        except Exception as e:  # a bug in a variant must not stop the others: record it and go on
+            tb = traceback.extract_tb(e.__traceback__)[-1]
+            self._finish("failed", error=f"{type(e).__name__}: {e} (at {tb.filename}:{tb.lineno})")
+        if self.outcome is not None:
+            self.close()
+
+    def open(self, settings: Settings) -> None:
+        case = self.case
+        with self._guard():
+            self.prepared = case.record.build(case.problem, case.seed, precision=case.precision,
+                                              plan=case.plan)
             nvtx.reset_count()
-            check = prepared.check()
-            ranges = nvtx.reset_count()
-            if not check.passed:
-                return finish("failed", check=check, prepared=prepared, error=check.detail)
-            around = lambda: _measured_region(case)  # noqa: E731
-            extra = {}
-            last = None   # what the last timed call returned (timed here, not in a worker)
-            if prepared.measure is not None:
-                m = prepared.measure(settings)
-            else:
-                run = prepared.run
+            self.check = self.prepared.check()
+            self.ranges = nvtx.reset_count()
+            if not self.check.passed:
+                self._finish("failed", check=self.check, prepared=self.prepared,
+                             error=self.check.detail)
+                return
+            if self.prepared.measure is None:
+                run = self.prepared.run
                 if settings.graph:
                     if case.device != "cuda":
                         raise Unsupported("--graph replays CUDA graphs: it needs a GPU case")
@@ -134,45 +176,142 @@ def run_case(case: Case, settings: Settings, env: dict, nvtx_cost: float, progre
                         run = graph_replay(run)
                     # else the call already replays a graph of its own (the ``graph`` step):
                     # capturing a graph launch inside another capture is not what CUDA offers
-                flush = flusher_for(case.device) if settings.cold else None
-                clocks = gpustate.read() if case.device == "cuda" else None
-                timer = timer_for(case.device)
-                m = measure(run, settings, timer, around=around, before_sample=flush,
-                            progress=progress)
-                last = getattr(timer, "last", None)
-                if clocks is not None:
-                    after = gpustate.read()
-                    extra["gpu_state"] = {"before": clocks, "after": after,
-                                          "warning": gpustate.verdict(clocks, after)}
-            after_check = check_after_timing(prepared, last, case.device)
+                self._run = run
+                self._flush = flusher_for(case.device) if settings.cold else None
+                self._clocks = gpustate.read() if case.device == "cuda" else None
+                self._timer = timer_for(case.device)
+
+    def time(self, settings: Settings, progress=None) -> None:
+        """Sample the case under ``settings`` (all of its samples, or one round's share)."""
+        if self.outcome is not None:
+            return
+        with self._guard():
+            if self.prepared.measure is not None:     # timed elsewhere (a framework worker)
+                m = self.prepared.measure(settings)
+                self.mode, self.timer_used = m.mode or self.mode, m.timer or self.timer_used
+            else:
+                around = lambda: _measured_region(self.case)  # noqa: E731
+                m = measure(self._run, settings, self._timer, around=around,
+                            before_sample=self._flush, progress=progress)
+                self._last = getattr(self._timer, "last", None)
+            self.samples.extend(m.samples)
+
+    def finish(self, settings: Settings, rounds: int = 1) -> Outcome:
+        if self.outcome is not None:
+            return self.outcome
+        case, prepared = self.case, self.prepared
+        with self._guard():
+            if self._clocks is not None:
+                after = gpustate.read()
+                self.extra["gpu_state"] = {"before": self._clocks, "after": after,
+                                           "warning": gpustate.verdict(self._clocks, after)}
+            m = Measurement(self.samples, settings.max_noise, mode=self.mode, timer=self.timer_used)
+            after_check = check_after_timing(prepared, self._last, case.device)
             if not after_check.passed:
-                return finish("failed", check=after_check, prepared=prepared,
-                              error=f"wrong after timing (the first call passed): {after_check.detail}")
-            nvtx_info = {"level": nvtx.level(), "ranges_per_run": ranges,
-                         "cost_per_range_s": nvtx_cost,
-                         "est_overhead_frac": ranges * nvtx_cost / m.median if m.median > 0 else None}
-            out = finish("ok", measurement=m, check=check, prepared=prepared, nvtx_info=nvtx_info)
-            out.record.update(extra)
+                self._finish("failed", check=after_check, prepared=prepared,
+                             error=f"wrong after timing (the first call passed): {after_check.detail}")
+                return self.outcome
+            ranges, cost = self.ranges, self.nvtx_cost
+            nvtx_info = {"level": nvtx.level(), "ranges_per_run": ranges, "cost_per_range_s": cost,
+                         "est_overhead_frac": ranges * cost / m.median if m.median > 0 else None}
+            out = self._finish("ok", measurement=m, check=self.check, prepared=prepared,
+                               nvtx_info=nvtx_info)
+            out.record.update(self.extra)
             asked = ("cold" if settings.cold else "warm") + ("+graph" if settings.graph else "")
             # a case timed elsewhere (a framework worker) reports the mode it really ran in
             ran = m.mode or asked
             out.record["options"]["mode"] = ran
             if ran != asked:
                 out.record["options"]["mode_asked"] = asked
+            if rounds > 1:
+                out.record["options"]["rounds"] = rounds
             if m.timer:
                 out.record["timer"] = m.timer
-            return out
-    except BadInput:
-        raise  # a bad request stops the run with its one-line message
-    except Unsupported as e:
-        return finish("skipped", error=str(e))
-    except MemoryError:
-        return finish("failed", error="out of memory while building or running the case")
-    except MicrobenchError as e:
-        return finish("failed", error=str(e))
-    except Exception as e:  # a bug in a variant must not stop the others: record it and go on
-        tb = traceback.extract_tb(e.__traceback__)[-1]
-        return finish("failed", error=f"{type(e).__name__}: {e} (at {tb.filename}:{tb.lineno})")
-    finally:
+        self.close()
+        return self.outcome
+
+    def close(self) -> None:
+        prepared, self.prepared = self.prepared, None
         if prepared is not None and prepared.close is not None:
             prepared.close()
+
+
+def run_case(case: Case, settings: Settings, env: dict, nvtx_cost: float, progress=None) -> Outcome:
+    """Build, check, time and check again one case. ``progress``: called between samples with
+    the phase reached (microbench.progress)."""
+    run = _CaseRun(case, env, nvtx_cost)
+    try:
+        run.open(settings)
+        run.time(settings, progress)
+        return run.finish(settings)
+    finally:
+        run.close()
+
+
+def round_settings(settings: Settings, rounds: int, first: bool) -> Settings:
+    """One round's share of the timing budget: the first round warms up fully, a later one with
+    a single call (the other cases ran in between and took the caches); the noise rule is left
+    to the union of all rounds' samples (a round stops on its time and sample count alone)."""
+    return dataclasses.replace(
+        settings, warmup=settings.warmup if first else 0.0, min_time=settings.min_time / rounds,
+        max_time=max(settings.max_time / rounds, settings.min_time / rounds),
+        min_samples=max(1, -(-settings.min_samples // rounds)), max_noise=1e9, rounds=1)
+
+
+MAX_EXTRA_ROUNDS = 8     # each twice the one before: 255 more rounds' worth at most
+
+
+def run_interleaved(cases: list, settings: Settings, env: dict, nvtx_cost: float, bar) -> list:
+    """Time ``cases`` in ``settings.rounds`` interleaved rounds: every case is built and checked
+    first (all stay open), then each round gives every case its share of samples, the order
+    rotated by one case per round, so a slow phase of the machine (another process, a clock or
+    a noisy neighbour) lands on every case alike instead of on whichever ran then; each case is
+    then checked again and recorded with the union of its samples. A case whose union is still
+    above the noise target after N rounds gets further rounds (with the other such cases) until it
+    meets it or its ``max_time`` is spent, as one case timed alone would. ``bar``: microbench.progress."""
+    rounds = settings.rounds
+    runs = [_CaseRun(c, env, nvtx_cost) for c in cases]
+    try:
+        for r in runs:
+            bar.start(f"{r.case.op} {r.case.label} {r.case.precision}: build and check")
+            r.open(settings)
+        live = [r for r in runs if r.outcome is None]
+        spent = {id(r): 0.0 for r in live}
+        k = 0
+        while live:
+            # past N rounds only the cases still noisy go on, each extra round twice as long as
+            # the one before (a handful of rounds, not hundreds), until their max_time is spent
+            extra = max(0, k + 1 - rounds)
+            if extra <= 1:
+                bar.note(f"round {k + 1} of {rounds}: {len(live)} case(s) interleaved" if not extra
+                         else f"extra rounds for {len(live)} noisy case(s), until --max-noise or "
+                              "--max-time")
+            shift = k % len(live)
+            for r in live[shift:] + live[:shift]:
+                bar.start(f"round {k + 1}/{rounds} {r.case.op} {r.case.label} {r.case.precision}")
+                share = round_settings(settings, rounds, first=(k == 0))
+                if extra:
+                    left = max(settings.max_time - spent[id(r)], 0.0)
+                    grow = 2 ** extra
+                    share = dataclasses.replace(
+                        share, min_time=min(share.min_time * grow, left),
+                        max_time=min(share.max_time * grow, left),
+                        min_samples=share.min_samples * grow)
+                t0 = time.perf_counter()
+                r.time(share, bar.within)
+                spent[id(r)] += time.perf_counter() - t0
+            k += 1
+            if k >= rounds:
+                live = [r for r in live if r.outcome is None and spent[id(r)] < settings.max_time
+                        and relative_noise(r.samples) > settings.max_noise
+                        and k < rounds + MAX_EXTRA_ROUNDS]
+        outcomes = []
+        for r in runs:
+            bar.start(f"{r.case.op} {r.case.label} {r.case.precision}"
+                      + (f" {r.case.threads} thr" if r.case.threads else ""))
+            outcomes.append(r.finish(settings, rounds))
+            bar.done(outcomes[-1])
+        return outcomes
+    finally:
+        for r in runs:
+            r.close()

@@ -170,7 +170,8 @@ def _settings(args, suite):
     vals = {k: getattr(args, k) if getattr(args, k) is not None else suite.timing.get(k, d)
             for k, d in _TIMING.items()}
     return Settings(vals["warmup"], vals["min_time"], vals["max_time"], vals["min_samples"], vals["max_noise"],
-                    cold=getattr(args, "cold", False), graph=getattr(args, "graph", False))
+                    cold=getattr(args, "cold", False), graph=getattr(args, "graph", False),
+                    rounds=getattr(args, "rounds", 1) or 1)
 
 
 def mode_of(settings) -> str:
@@ -582,7 +583,7 @@ def _run(entries, settings, env, writer, args, out, err, n_todo, n_done, shard=N
     from ..progress import Progress
 
     from .. import results
-    from ..runner import Outcome, run_case
+    from ..runner import Outcome, run_case, run_interleaved
 
     from ..cli import warn_threads
     warn_threads([c for e in entries for c in e.cases], err)
@@ -609,10 +610,16 @@ def _run(entries, settings, env, writer, args, out, err, n_todo, n_done, shard=N
     try:
         with Progress(err, n_todo, quiet=args.quiet) as bar:
             for e in entries:
+                # --rounds N: an entry's cases are timed interleaved (the rows compared together)
+                interleaved = iter(run_interleaved(e.cases, settings, env, nvtx_cost, bar)) \
+                    if settings.rounds > 1 and e.cases else None
                 for case in e.cases:
-                    bar.start(f"{e.spec.name} {case.label} {case.precision}"
-                              + (f" {case.threads} thr" if case.threads else ""))
-                    o = run_case(case, settings, env, nvtx_cost, progress=bar.within)
+                    if interleaved is not None:
+                        o = next(interleaved)
+                    else:
+                        bar.start(f"{e.spec.name} {case.label} {case.precision}"
+                                  + (f" {case.threads} thr" if case.threads else ""))
+                        o = run_case(case, settings, env, nvtx_cost, progress=bar.within)
                     if shard:
                         o.record["shard"] = shard
                     o.record["suite"] = e.spec.trace(suite)   # which DeepBench (or our) row this is
@@ -620,7 +627,8 @@ def _run(entries, settings, env, writer, args, out, err, n_todo, n_done, shard=N
                         writer.write(o.record)
                     e.outcomes.append(o)
                     finished += 1
-                    bar.done(o)
+                    if interleaved is None:       # run_interleaved reports its own cases
+                        bar.done(o)
     except KeyboardInterrupt:
         where = f"; {args.json} holds every finished case: rerun with --resume to finish" if writer else ""
         err.print(escape(f"microbench: interrupted after {finished} of {n_todo} case(s){where}"), highlight=False)
