@@ -236,132 +236,163 @@ def _weight_grads(xp, dgx, dgh, X, Hprev, given: bool = False):
             "b_ih": gx2.sum(axis=0), "b_hh": gh2.sum(axis=0)}
 
 
+class _LSTMGates:
+    """The LSTM's (and layer-norm LSTM's) per-cell part of :func:`_backward`: one step's gate
+    derivatives, and after the loop its weight gradients.  It carries dc from step to step."""
+
+    carried = 1                                  # dc
+
+    def __init__(self, xp, tape: Tape, rec: dict, T: int, B: int, H: int):
+        dt = tape.dtype
+        self.xp, self.rec, self.H = xp, rec, H
+        self.layernorm = tape.cell == "layernorm"
+        self.dP = xp.empty((T, B, 4 * H), dt)    # gradient of the gate pre-activations
+        self.dAH = self.dP if not self.layernorm else xp.empty((T, B, 4 * H), dt)
+        if self.layernorm:
+            self.e = rec["e"]
+            self.d_lnc_g, self.d_lnc_b = xp.zeros((H,), dt), xp.zeros((H,), dt)
+
+    def step(self, t: int, dht, carry: tuple) -> tuple:
+        xp, rec, H = self.xp, self.rec, self.H
+        (dc,) = carry
+        cs = rec["c"]
+        a = rec["act"][t]
+        i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+        if self.layernorm:
+            e = self.e
+            tl, ch = rec["tl"][t], rec["ch"][t]
+            do = dht * tl
+            dln = dht * o * (1.0 - tl * tl)
+            self.d_lnc_g += (dln * ch).sum(axis=0)
+            self.d_lnc_b += dln.sum(axis=0)
+            dc = dc + _ln_bwd(dln * e["lnc_g"], ch, rec["sc"][t])
+        else:
+            tc = xp.tanh(cs[t + 1])
+            do = dht * tc
+            dc = dc + dht * o * (1.0 - tc * tc)
+        d = self.dP[t]
+        d[:, :H] = dc * g * i * (1.0 - i)
+        d[:, H:2 * H] = dc * cs[t] * f * (1.0 - f)
+        d[:, 2 * H:3 * H] = dc * i * (1.0 - g * g)
+        d[:, 3 * H:] = do * o * (1.0 - o)
+        dc = dc * f
+        if self.layernorm:
+            self.dAH[t] = _ln_bwd(d * self.e["lnh_g"].reshape(-1), rec["hh"][t], rec["sh"][t])
+        return self.dAH[t], None, (dc,)
+
+    def finish(self) -> tuple:
+        xp, rec, H, dP = self.xp, self.rec, self.H, self.dP
+        T, B = dP.shape[:2]
+        if not self.layernorm:
+            return dP, _weight_grads(xp, dP, dP, rec["x"], rec["h"][:T])
+        e = self.e
+        dAX = _ln_bwd(dP * e["lnx_g"].reshape(-1), rec["xh"], rec["sx"])            # all T at once
+        gw = _weight_grads(xp, dAX, self.dAH, rec["x"], rec["h"][:T])
+        db = dP.reshape(T * B, 4 * H).sum(axis=0)
+        gw["b_ih"], gw["b_hh"] = db, db.copy()
+        dP2 = dP.reshape(T * B, 4 * H)
+        gw["lnx_g"] = (dP2 * rec["xh"].reshape(T * B, -1)).sum(axis=0).reshape(4, H)
+        gw["lnh_g"] = (dP2 * rec["hh"].reshape(T * B, -1)).sum(axis=0).reshape(4, H)
+        gw["lnx_b"] = db.reshape(4, H).copy()
+        gw["lnh_b"] = db.reshape(4, H).copy()
+        gw["lnc_g"], gw["lnc_b"] = self.d_lnc_g, self.d_lnc_b
+        return dAX, gw
+
+
+class _GRUGates:
+    """The GRU's per-cell part of :func:`_backward`: input and recurrent gate gradients differ in
+    the n block (the reset is applied after the recurrent GEMM), and dh_{t-1} has a direct part."""
+
+    carried = 0
+
+    def __init__(self, xp, tape: Tape, rec: dict, T: int, B: int, H: int):
+        self.xp, self.rec, self.H = xp, rec, H
+        self.dGX, self.dGH = xp.empty((T, B, 3 * H), tape.dtype), xp.empty((T, B, 3 * H), tape.dtype)
+
+    def step(self, t: int, dht, carry: tuple) -> tuple:
+        rec, H = self.rec, self.H
+        r, z, n, hn = rec["r"][t], rec["z"][t], rec["n"][t], rec["hn"][t]
+        dan = dht * (1.0 - z) * (1.0 - n * n)
+        daz = dht * (rec["h"][t] - n) * z * (1.0 - z)
+        dar = dan * hn * r * (1.0 - r)
+        gx, gh = self.dGX[t], self.dGH[t]
+        gx[:, :H], gx[:, H:2 * H], gx[:, 2 * H:] = dar, daz, dan
+        gh[:, :H], gh[:, H:2 * H], gh[:, 2 * H:] = dar, daz, dan * r          # reset after the GEMM
+        return gh, dht * z, carry
+
+    def finish(self) -> tuple:
+        T = self.dGX.shape[0]
+        return self.dGX, _weight_grads(self.xp, self.dGX, self.dGH, self.rec["x"], self.rec["h"][:T])
+
+
+class _RNNGates:
+    """The vanilla RNN's per-cell part of :func:`_backward`: the activation's derivative, read off h."""
+
+    carried = 0
+
+    def __init__(self, xp, tape: Tape, rec: dict, T: int, B: int, H: int):
+        self.xp, self.rec = xp, rec
+        self.relu = tape.params.nonlinearity == "relu"
+        self.dP = xp.empty((T, B, H), tape.dtype)
+
+    def step(self, t: int, dht, carry: tuple) -> tuple:
+        h = self.rec["h"][t + 1]
+        self.dP[t] = dht * ((h > 0) if self.relu else (1.0 - h * h))
+        return self.dP[t], None, carry
+
+    def finish(self) -> tuple:
+        T = self.dP.shape[0]
+        return self.dP, _weight_grads(self.xp, self.dP, self.dP, self.rec["x"], self.rec["h"][:T])
+
+
+def _backward(gates, tape: Tape, dy, dstates: tuple, *, xp, on_layer) -> Grads:
+    """The walk through time shared by every cell; ``gates`` (``_LSTMGates``, ...) is the per-cell
+    part.  Per step: ``dG_h, dh_direct, carry = step(t, dh_t, carry)``, then the one GEMM
+    ``dh_{t-1} = dG_h W_hh (+ dh_direct)``; per layer after the loop ``finish()`` gives the input
+    gate gradients and the weight gradients (batched GEMMs, M = T*B)."""
+    p, dt = tape.params, tape.dtype
+    L, H = p.num_layers, p.hidden_size
+    dseq = xp.asarray(dy, dtype=dt)
+    T, B, _ = dseq.shape
+    finals = [xp.empty((L, B, H), dt) for _ in range(1 + gates.carried)]     # dh0 (, dc0)
+    grads = [None] * L
+    for l in reversed(range(L)):
+        rec = tape.layers[l]
+        w_ih, w_hh, _, _ = _arrays(xp, p, l, dt)
+        dh, *carry = (xp.zeros((B, H), dt) if d is None else xp.array(d[l], dtype=dt) for d in dstates)
+        cell = gates(xp, tape, rec, T, B, H)
+        carry = tuple(carry)
+        for t in reversed(range(T)):
+            dgh, direct, carry = cell.step(t, dseq[t] + dh, carry)
+            dh = dgh @ w_hh                                                      # 1 GEMM per step
+            if direct is not None:
+                dh = direct + dh
+        dgx, grads[l] = cell.finish()
+        if on_layer is not None:
+            on_layer(l, grads[l])
+        for fin, d in zip(finals, (dh, *carry)):
+            fin[l] = d
+        dseq = _input_grad(dgx, w_ih, grads[l], tape.skip_input and l == 0)     # dX, one GEMM
+    return Grads(dseq, finals[0], finals[1] if gates.carried else None, grads)
+
+
 def lstm_backward(tape: Tape, dy, dh_n=None, dc_n=None, *, xp=np, on_layer=None) -> Grads:
     """Gradients of a scalar loss given ``dy`` (T, B, H) and, optionally, ``dh_n``, ``dc_n`` (L, B, H).
 
     ``on_layer(l, grads_l)`` is called as soon as layer l's weight gradients are final (last layer
     first), before the layers below are differentiated: a data-parallel step starts their
     all-reduce there, so it overlaps the rest of the backward pass."""
-    p, dt = tape.params, tape.dtype
-    L, H = p.num_layers, p.hidden_size
-    layernorm = tape.cell == "layernorm"
-    dseq = xp.asarray(dy, dtype=dt)
-    T, B, _ = dseq.shape
-    dh0, dc0 = xp.empty((L, B, H), dt), xp.empty((L, B, H), dt)
-    grads = [None] * L
-    for l in reversed(range(L)):
-        rec = tape.layers[l]
-        w_ih, w_hh, _, _ = _arrays(xp, p, l, dt)
-        hs, cs, act = rec["h"], rec["c"], rec["act"]
-        dh = xp.zeros((B, H), dt) if dh_n is None else xp.array(dh_n[l], dtype=dt)
-        dc = xp.zeros((B, H), dt) if dc_n is None else xp.array(dc_n[l], dtype=dt)
-        dP = xp.empty((T, B, 4 * H), dt)          # gradient of the gate pre-activations
-        dAH = dP if not layernorm else xp.empty((T, B, 4 * H), dt)
-        if layernorm:
-            e = rec["e"]
-            d_lnc_g, d_lnc_b = xp.zeros((H,), dt), xp.zeros((H,), dt)
-        for t in reversed(range(T)):
-            a = act[t]
-            i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-            dht = dseq[t] + dh
-            if layernorm:
-                tl, ch = rec["tl"][t], rec["ch"][t]
-                do = dht * tl
-                dln = dht * o * (1.0 - tl * tl)
-                d_lnc_g += (dln * ch).sum(axis=0)
-                d_lnc_b += dln.sum(axis=0)
-                dc = dc + _ln_bwd(dln * e["lnc_g"], ch, rec["sc"][t])
-            else:
-                tc = xp.tanh(cs[t + 1])
-                do = dht * tc
-                dc = dc + dht * o * (1.0 - tc * tc)
-            d = dP[t]
-            d[:, :H] = dc * g * i * (1.0 - i)
-            d[:, H:2 * H] = dc * cs[t] * f * (1.0 - f)
-            d[:, 2 * H:3 * H] = dc * i * (1.0 - g * g)
-            d[:, 3 * H:] = do * o * (1.0 - o)
-            dc = dc * f
-            if layernorm:
-                dAH[t] = _ln_bwd(d * e["lnh_g"].reshape(-1), rec["hh"][t], rec["sh"][t])
-            dh = dAH[t] @ w_hh                                                   # 1 GEMM per step
-        if layernorm:
-            dAX = _ln_bwd(dP * e["lnx_g"].reshape(-1), rec["xh"], rec["sx"])      # all T at once
-            gw = _weight_grads(xp, dAX, dAH, rec["x"], hs[:T])
-            db = dP.reshape(T * B, 4 * H).sum(axis=0)
-            gw["b_ih"], gw["b_hh"] = db, db.copy()
-            dP2 = dP.reshape(T * B, 4 * H)
-            gw["lnx_g"] = (dP2 * rec["xh"].reshape(T * B, -1)).sum(axis=0).reshape(4, H)
-            gw["lnh_g"] = (dP2 * rec["hh"].reshape(T * B, -1)).sum(axis=0).reshape(4, H)
-            gw["lnx_b"] = db.reshape(4, H).copy()
-            gw["lnh_b"] = db.reshape(4, H).copy()
-            gw["lnc_g"], gw["lnc_b"] = d_lnc_g, d_lnc_b
-        else:
-            dAX = dP
-            gw = _weight_grads(xp, dP, dP, rec["x"], hs[:T])
-        grads[l] = gw
-        if on_layer is not None:
-            on_layer(l, gw)
-        dh0[l], dc0[l] = dh, dc
-        dseq = _input_grad(dAX, w_ih, gw, tape.skip_input and l == 0)           # dX, one GEMM
-    return Grads(dseq, dh0, dc0, grads)
+    return _backward(_LSTMGates, tape, dy, (dh_n, dc_n), xp=xp, on_layer=on_layer)
 
 
 def gru_backward(tape: Tape, dy, dh_n=None, *, xp=np, on_layer=None) -> Grads:
     """As :func:`lstm_backward`, for the GRU."""
-    p, dt = tape.params, tape.dtype
-    L, H = p.num_layers, p.hidden_size
-    dseq = xp.asarray(dy, dtype=dt)
-    T, B, _ = dseq.shape
-    dh0 = xp.empty((L, B, H), dt)
-    grads = [None] * L
-    for l in reversed(range(L)):
-        rec = tape.layers[l]
-        w_ih, w_hh, _, _ = _arrays(xp, p, l, dt)
-        hs = rec["h"]
-        dh = xp.zeros((B, H), dt) if dh_n is None else xp.array(dh_n[l], dtype=dt)
-        dGX, dGH = xp.empty((T, B, 3 * H), dt), xp.empty((T, B, 3 * H), dt)
-        for t in reversed(range(T)):
-            r, z, n, hn = rec["r"][t], rec["z"][t], rec["n"][t], rec["hn"][t]
-            dht = dseq[t] + dh
-            dan = dht * (1.0 - z) * (1.0 - n * n)
-            daz = dht * (hs[t] - n) * z * (1.0 - z)
-            dar = dan * hn * r * (1.0 - r)
-            gx, gh = dGX[t], dGH[t]
-            gx[:, :H], gx[:, H:2 * H], gx[:, 2 * H:] = dar, daz, dan
-            gh[:, :H], gh[:, H:2 * H], gh[:, 2 * H:] = dar, daz, dan * r     # reset after the GEMM
-            dh = dht * z + gh @ w_hh                                          # 1 GEMM per step
-        grads[l] = _weight_grads(xp, dGX, dGH, rec["x"], hs[:T])
-        if on_layer is not None:
-            on_layer(l, grads[l])
-        dh0[l] = dh
-        dseq = _input_grad(dGX, w_ih, grads[l], tape.skip_input and l == 0)
-    return Grads(dseq, dh0, None, grads)
+    return _backward(_GRUGates, tape, dy, (dh_n,), xp=xp, on_layer=on_layer)
 
 
 def rnn_backward(tape: Tape, dy, dh_n=None, *, xp=np, on_layer=None) -> Grads:
-    p, dt = tape.params, tape.dtype
-    L, H = p.num_layers, p.hidden_size
-    relu = p.nonlinearity == "relu"
-    dseq = xp.asarray(dy, dtype=dt)
-    T, B, _ = dseq.shape
-    dh0 = xp.empty((L, B, H), dt)
-    grads = [None] * L
-    for l in reversed(range(L)):
-        rec = tape.layers[l]
-        w_ih, w_hh, _, _ = _arrays(xp, p, l, dt)
-        hs = rec["h"]
-        dh = xp.zeros((B, H), dt) if dh_n is None else xp.array(dh_n[l], dtype=dt)
-        dP = xp.empty((T, B, H), dt)
-        for t in reversed(range(T)):
-            h = hs[t + 1]
-            dP[t] = (dseq[t] + dh) * ((h > 0) if relu else (1.0 - h * h))
-            dh = dP[t] @ w_hh                                                    # 1 GEMM per step
-        grads[l] = _weight_grads(xp, dP, dP, rec["x"], hs[:T])
-        if on_layer is not None:
-            on_layer(l, grads[l])
-        dh0[l] = dh
-        dseq = _input_grad(dP, w_ih, grads[l], tape.skip_input and l == 0)
-    return Grads(dseq, dh0, None, grads)
+    """As :func:`lstm_backward`, for the vanilla RNN."""
+    return _backward(_RNNGates, tape, dy, (dh_n,), xp=xp, on_layer=on_layer)
 
 
 def forward_train(x, params, h0=None, c0=None, *, xp=np, dtype=None, skip_input: bool = False):
