@@ -100,121 +100,154 @@ def _input_gemm(seq, w_ih, T: int, B: int, given: bool):
     return rows.copy() if given else rows @ w_ih.T
 
 
+class _LSTMForward:
+    """The LSTM's (and layer-norm LSTM's) per-cell part of :func:`_forward`; carries c."""
+
+    carried = 1                                  # c
+
+    def __init__(self, xp, params, l: int, T: int, B: int, H: int, dtype):
+        self.xp, self.H = xp, H
+        self.layernorm = getattr(params, "kind", "") == "layernorm"
+        self.rec = {"act": xp.empty((T, B, 4 * H), dtype)}
+        if self.layernorm:
+            self.e = {k: xp.asarray(v, dtype=dtype) for k, v in params.extras[l].items()}
+            self.rec.update(hh=xp.empty((T, B, 4 * H), dtype), sh=xp.empty((T, B, 1), dtype),
+                            ch=xp.empty((T, B, H), dtype), sc=xp.empty((T, B, 1), dtype),
+                            tl=xp.empty((T, B, H), dtype), e=self.e)
+
+    def inputs(self, ax, b_ih, b_hh):
+        """The hoisted input part of the gate pre-activations, biases added."""
+        if self.layernorm:
+            e = self.e
+            T, B, _ = self.rec["act"].shape
+            xh, sx = _ln_fwd(self.xp, ax)                                      # LN of all T at once
+            ax = xh * e["lnx_g"].reshape(-1) + e["lnx_b"].reshape(-1) + b_ih + b_hh
+            self.rec.update(xh=xh.reshape(T, B, 4 * self.H), sx=sx.reshape(T, B, 1))
+        else:
+            ax += b_ih + b_hh
+        return ax
+
+    def step(self, t: int, ax_t, ah, hs, cs) -> None:
+        xp, H, rec = self.xp, self.H, self.rec
+        if self.layernorm:
+            e = self.e
+            hh, sh = _ln_fwd(xp, ah)
+            rec["hh"][t], rec["sh"][t] = hh, sh
+            pre = ax_t + hh * e["lnh_g"].reshape(-1) + e["lnh_b"].reshape(-1)
+        else:
+            pre = ax_t + ah
+        a = rec["act"][t]
+        a[:, :2 * H] = _sig(xp, pre[:, :2 * H])
+        a[:, 2 * H:3 * H] = xp.tanh(pre[:, 2 * H:3 * H])
+        a[:, 3 * H:] = _sig(xp, pre[:, 3 * H:])
+        i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+        cs[t + 1] = f * cs[t] + i * g
+        if self.layernorm:
+            ch, sc = _ln_fwd(xp, cs[t + 1])
+            tl = xp.tanh(ch * e["lnc_g"] + e["lnc_b"])
+            rec["ch"][t], rec["sc"][t], rec["tl"][t] = ch, sc, tl
+            hs[t + 1] = o * tl
+        else:
+            hs[t + 1] = o * xp.tanh(cs[t + 1])
+
+
+class _GRUForward:
+    """The GRU's per-cell part of :func:`_forward`: the reset applied after the recurrent GEMM."""
+
+    carried = 0
+
+    def __init__(self, xp, params, l: int, T: int, B: int, H: int, dtype):
+        self.xp, self.H = xp, H
+        self.rec = {k: xp.empty((T, B, H), dtype) for k in ("r", "z", "n", "hn")}
+        self.b_hh = None
+
+    def inputs(self, ax, b_ih, b_hh):
+        self.b_hh = b_hh                                 # added to the recurrent part, before the reset
+        return ax + b_ih
+
+    def step(self, t: int, ax_t, ah, hs) -> None:
+        xp, H, rec = self.xp, self.H, self.rec
+        gh = ah + self.b_hh
+        r = _sig(xp, ax_t[:, :H] + gh[:, :H])
+        z = _sig(xp, ax_t[:, H:2 * H] + gh[:, H:2 * H])
+        hn = gh[:, 2 * H:]
+        n = xp.tanh(ax_t[:, 2 * H:] + r * hn)
+        hs[t + 1] = (1.0 - z) * n + z * hs[t]
+        rec["r"][t], rec["z"][t], rec["n"][t], rec["hn"][t] = r, z, n, hn
+
+
+class _RNNForward:
+    """The vanilla RNN's per-cell part of :func:`_forward` (ReLU or tanh)."""
+
+    carried = 0
+
+    def __init__(self, xp, params, l: int, T: int, B: int, H: int, dtype):
+        self.xp, self.rec = xp, {}
+        self.relu = params.nonlinearity == "relu"
+
+    def inputs(self, ax, b_ih, b_hh):
+        ax += b_ih + b_hh
+        return ax
+
+    def step(self, t: int, ax_t, ah, hs) -> None:
+        a = ax_t + ah
+        hs[t + 1] = self.xp.maximum(a, 0) if self.relu else self.xp.tanh(a)
+
+
+def _forward(cell, kind: str, x, params, states: tuple, *, xp, dtype, skip_input: bool):
+    """The fused forward shared by every cell, keeping the tape; ``cell`` (``_LSTMForward``, ...)
+    is the per-cell part.  Per layer: the hoisted input GEMM over all T*B rows, ``cell.inputs``
+    adds the biases; per step: the one recurrent GEMM, then ``cell.step`` writes h_{t+1} (and
+    c_{t+1}).  Returns ``y (T, B, H)``, the final states ``[h_n (, c_n)]`` and the tape."""
+    dtype = dtype or params.dtype
+    seq = xp.asarray(x, dtype=dtype)
+    T, B, _ = seq.shape
+    L, H = params.num_layers, params.hidden_size
+    init = [_init_state(xp, s, L, B, H, dtype) for s in states]           # h0 (, c0)
+    tape = Tape(kind, params, dtype, skip_input=skip_input)
+    finals = [xp.empty((L, B, H), dtype) for _ in states]
+    for l in range(L):
+        w_ih, w_hh, b_ih, b_hh = _arrays(xp, params, l, dtype)
+        layer = cell(xp, params, l, T, B, H, dtype)
+        carry = [xp.empty((T + 1, B, H), dtype) for _ in states]            # h (, c) for t = 0..T
+        for c, s0 in zip(carry, init):
+            c[0] = s0[l]
+        ax = layer.inputs(_input_gemm(seq, w_ih, T, B, skip_input and l == 0), b_ih, b_hh)  # hoisted
+        ax = ax.reshape(T, B, -1)
+        for t in range(T):
+            layer.step(t, ax[t], carry[0][t] @ w_hh.T, *carry)               # 1 GEMM per step
+        tape.layers.append({"x": seq, **dict(zip(("h", "c"), carry)), **layer.rec})
+        for fin, c in zip(finals, carry):
+            fin[l] = c[T]
+        seq = carry[0][1:]
+    return seq, finals, tape
+
+
 def lstm_forward_train(x, params, h0=None, c0=None, *, xp=np, dtype=None, skip_input: bool = False):
     """``y (T, B, H), h_n, c_n, tape`` for an LSTMParams or LayerNormLSTMParams (``params.kind``)."""
     layernorm = getattr(params, "kind", "") == "layernorm"
     if params.cell != "lstm" or getattr(params, "kind", "") not in ("", "layernorm"):
         raise BadInput(f"lstm_forward_train takes LSTMParams or LayerNormLSTMParams, got {type(params).__name__}")
     _skip_check(skip_input, layernorm)
-    dtype = dtype or params.dtype
-    seq = xp.asarray(x, dtype=dtype)
-    T, B, _ = seq.shape
-    L, H = params.num_layers, params.hidden_size
-    h0a, c0a = _init_state(xp, h0, L, B, H, dtype), _init_state(xp, c0, L, B, H, dtype)
-    tape = Tape("layernorm" if layernorm else "lstm", params, dtype, skip_input=skip_input)
-    h_n, c_n = xp.empty((L, B, H), dtype), xp.empty((L, B, H), dtype)
-    for l in range(L):
-        w_ih, w_hh, b_ih, b_hh = _arrays(xp, params, l, dtype)
-        hs, cs = xp.empty((T + 1, B, H), dtype), xp.empty((T + 1, B, H), dtype)
-        hs[0], cs[0] = h0a[l], c0a[l]
-        act = xp.empty((T, B, 4 * H), dtype)
-        ax = _input_gemm(seq, w_ih, T, B, skip_input and l == 0)              # hoisted, M = T*B
-        rec = {"x": seq, "h": hs, "c": cs, "act": act}
-        if layernorm:
-            e = {k: xp.asarray(v, dtype=dtype) for k, v in params.extras[l].items()}
-            xh, sx = _ln_fwd(xp, ax)                                           # LN of all T at once
-            ax = xh * e["lnx_g"].reshape(-1) + e["lnx_b"].reshape(-1) + b_ih + b_hh
-            rec.update(xh=xh.reshape(T, B, 4 * H), sx=sx.reshape(T, B, 1),
-                       hh=xp.empty((T, B, 4 * H), dtype), sh=xp.empty((T, B, 1), dtype),
-                       ch=xp.empty((T, B, H), dtype), sc=xp.empty((T, B, 1), dtype),
-                       tl=xp.empty((T, B, H), dtype), e=e)
-        else:
-            ax += b_ih + b_hh
-        ax = ax.reshape(T, B, 4 * H)
-        for t in range(T):
-            ah = hs[t] @ w_hh.T                                                # 1 GEMM per step
-            if layernorm:
-                hh, sh = _ln_fwd(xp, ah)
-                rec["hh"][t], rec["sh"][t] = hh, sh
-                pre = ax[t] + hh * e["lnh_g"].reshape(-1) + e["lnh_b"].reshape(-1)
-            else:
-                pre = ax[t] + ah
-            a = act[t]
-            a[:, :2 * H] = _sig(xp, pre[:, :2 * H])
-            a[:, 2 * H:3 * H] = xp.tanh(pre[:, 2 * H:3 * H])
-            a[:, 3 * H:] = _sig(xp, pre[:, 3 * H:])
-            i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-            cs[t + 1] = f * cs[t] + i * g
-            if layernorm:
-                ch, sc = _ln_fwd(xp, cs[t + 1])
-                tl = xp.tanh(ch * e["lnc_g"] + e["lnc_b"])
-                rec["ch"][t], rec["sc"][t], rec["tl"][t] = ch, sc, tl
-                hs[t + 1] = o * tl
-            else:
-                hs[t + 1] = o * xp.tanh(cs[t + 1])
-        tape.layers.append(rec)
-        h_n[l], c_n[l] = hs[T], cs[T]
-        seq = hs[1:]
-    return seq, h_n, c_n, tape
+    y, (h_n, c_n), tape = _forward(_LSTMForward, "layernorm" if layernorm else "lstm", x, params, (h0, c0),
+                                   xp=xp, dtype=dtype, skip_input=skip_input)
+    return y, h_n, c_n, tape
 
 
 def gru_forward_train(x, params, h0=None, *, xp=np, dtype=None, skip_input: bool = False):
     """``y (T, B, H), h_n, tape`` for GRUParams."""
     if params.cell != "gru":
         raise BadInput(f"gru_forward_train takes GRUParams, got {type(params).__name__}")
-    dtype = dtype or params.dtype
-    seq = xp.asarray(x, dtype=dtype)
-    T, B, _ = seq.shape
-    L, H = params.num_layers, params.hidden_size
-    h0a = _init_state(xp, h0, L, B, H, dtype)
-    tape = Tape("gru", params, dtype, skip_input=skip_input)
-    h_n = xp.empty((L, B, H), dtype)
-    for l in range(L):
-        w_ih, w_hh, b_ih, b_hh = _arrays(xp, params, l, dtype)
-        hs = xp.empty((T + 1, B, H), dtype)
-        hs[0] = h0a[l]
-        r_, z_, n_, hn_ = (xp.empty((T, B, H), dtype) for _ in range(4))
-        gx = (_input_gemm(seq, w_ih, T, B, skip_input and l == 0) + b_ih).reshape(T, B, 3 * H)  # hoisted
-        for t in range(T):
-            gh = hs[t] @ w_hh.T + b_hh
-            r = _sig(xp, gx[t, :, :H] + gh[:, :H])
-            z = _sig(xp, gx[t, :, H:2 * H] + gh[:, H:2 * H])
-            hn = gh[:, 2 * H:]
-            n = xp.tanh(gx[t, :, 2 * H:] + r * hn)
-            hs[t + 1] = (1.0 - z) * n + z * hs[t]
-            r_[t], z_[t], n_[t], hn_[t] = r, z, n, hn
-        tape.layers.append({"x": seq, "h": hs, "r": r_, "z": z_, "n": n_, "hn": hn_})
-        h_n[l] = hs[T]
-        seq = hs[1:]
-    return seq, h_n, tape
+    y, (h_n,), tape = _forward(_GRUForward, "gru", x, params, (h0,), xp=xp, dtype=dtype, skip_input=skip_input)
+    return y, h_n, tape
 
 
 def rnn_forward_train(x, params, h0=None, *, xp=np, dtype=None, skip_input: bool = False):
     """``y (T, B, H), h_n, tape`` for VanillaRNNParams (ReLU or tanh)."""
     if params.cell != "rnn":
         raise BadInput(f"rnn_forward_train takes VanillaRNNParams, got {type(params).__name__}")
-    relu = params.nonlinearity == "relu"
-    dtype = dtype or params.dtype
-    seq = xp.asarray(x, dtype=dtype)
-    T, B, _ = seq.shape
-    L, H = params.num_layers, params.hidden_size
-    h0a = _init_state(xp, h0, L, B, H, dtype)
-    tape = Tape("rnn", params, dtype, skip_input=skip_input)
-    h_n = xp.empty((L, B, H), dtype)
-    for l in range(L):
-        w_ih, w_hh, b_ih, b_hh = _arrays(xp, params, l, dtype)
-        hs = xp.empty((T + 1, B, H), dtype)
-        hs[0] = h0a[l]
-        ax = _input_gemm(seq, w_ih, T, B, skip_input and l == 0)              # hoisted, M = T*B
-        ax += b_ih + b_hh
-        ax = ax.reshape(T, B, H)
-        for t in range(T):
-            a = ax[t] + hs[t] @ w_hh.T                                         # 1 GEMM per step
-            hs[t + 1] = xp.maximum(a, 0) if relu else xp.tanh(a)
-        tape.layers.append({"x": seq, "h": hs})
-        h_n[l] = hs[T]
-        seq = hs[1:]
-    return seq, h_n, tape
+    y, (h_n,), tape = _forward(_RNNForward, "rnn", x, params, (h0,), xp=xp, dtype=dtype, skip_input=skip_input)
+    return y, h_n, tape
 
 
 # -- backward ---------------------------------------------------------------------------------
