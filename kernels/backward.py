@@ -100,121 +100,154 @@ def _input_gemm(seq, w_ih, T: int, B: int, given: bool):
     return rows.copy() if given else rows @ w_ih.T
 
 
+class _LSTMForward:
+    """The LSTM's (and layer-norm LSTM's) per-cell part of :func:`_forward`; carries c."""
+
+    carried = 1                                  # c
+
+    def __init__(self, xp, params, l: int, T: int, B: int, H: int, dtype):
+        self.xp, self.H = xp, H
+        self.layernorm = getattr(params, "kind", "") == "layernorm"
+        self.rec = {"act": xp.empty((T, B, 4 * H), dtype)}
+        if self.layernorm:
+            self.e = {k: xp.asarray(v, dtype=dtype) for k, v in params.extras[l].items()}
+            self.rec.update(hh=xp.empty((T, B, 4 * H), dtype), sh=xp.empty((T, B, 1), dtype),
+                            ch=xp.empty((T, B, H), dtype), sc=xp.empty((T, B, 1), dtype),
+                            tl=xp.empty((T, B, H), dtype), e=self.e)
+
+    def inputs(self, ax, b_ih, b_hh):
+        """The hoisted input part of the gate pre-activations, biases added."""
+        if self.layernorm:
+            e = self.e
+            T, B, _ = self.rec["act"].shape
+            xh, sx = _ln_fwd(self.xp, ax)                                      # LN of all T at once
+            ax = xh * e["lnx_g"].reshape(-1) + e["lnx_b"].reshape(-1) + b_ih + b_hh
+            self.rec.update(xh=xh.reshape(T, B, 4 * self.H), sx=sx.reshape(T, B, 1))
+        else:
+            ax += b_ih + b_hh
+        return ax
+
+    def step(self, t: int, ax_t, ah, hs, cs) -> None:
+        xp, H, rec = self.xp, self.H, self.rec
+        if self.layernorm:
+            e = self.e
+            hh, sh = _ln_fwd(xp, ah)
+            rec["hh"][t], rec["sh"][t] = hh, sh
+            pre = ax_t + hh * e["lnh_g"].reshape(-1) + e["lnh_b"].reshape(-1)
+        else:
+            pre = ax_t + ah
+        a = rec["act"][t]
+        a[:, :2 * H] = _sig(xp, pre[:, :2 * H])
+        a[:, 2 * H:3 * H] = xp.tanh(pre[:, 2 * H:3 * H])
+        a[:, 3 * H:] = _sig(xp, pre[:, 3 * H:])
+        i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+        cs[t + 1] = f * cs[t] + i * g
+        if self.layernorm:
+            ch, sc = _ln_fwd(xp, cs[t + 1])
+            tl = xp.tanh(ch * e["lnc_g"] + e["lnc_b"])
+            rec["ch"][t], rec["sc"][t], rec["tl"][t] = ch, sc, tl
+            hs[t + 1] = o * tl
+        else:
+            hs[t + 1] = o * xp.tanh(cs[t + 1])
+
+
+class _GRUForward:
+    """The GRU's per-cell part of :func:`_forward`: the reset applied after the recurrent GEMM."""
+
+    carried = 0
+
+    def __init__(self, xp, params, l: int, T: int, B: int, H: int, dtype):
+        self.xp, self.H = xp, H
+        self.rec = {k: xp.empty((T, B, H), dtype) for k in ("r", "z", "n", "hn")}
+        self.b_hh = None
+
+    def inputs(self, ax, b_ih, b_hh):
+        self.b_hh = b_hh                                 # added to the recurrent part, before the reset
+        return ax + b_ih
+
+    def step(self, t: int, ax_t, ah, hs) -> None:
+        xp, H, rec = self.xp, self.H, self.rec
+        gh = ah + self.b_hh
+        r = _sig(xp, ax_t[:, :H] + gh[:, :H])
+        z = _sig(xp, ax_t[:, H:2 * H] + gh[:, H:2 * H])
+        hn = gh[:, 2 * H:]
+        n = xp.tanh(ax_t[:, 2 * H:] + r * hn)
+        hs[t + 1] = (1.0 - z) * n + z * hs[t]
+        rec["r"][t], rec["z"][t], rec["n"][t], rec["hn"][t] = r, z, n, hn
+
+
+class _RNNForward:
+    """The vanilla RNN's per-cell part of :func:`_forward` (ReLU or tanh)."""
+
+    carried = 0
+
+    def __init__(self, xp, params, l: int, T: int, B: int, H: int, dtype):
+        self.xp, self.rec = xp, {}
+        self.relu = params.nonlinearity == "relu"
+
+    def inputs(self, ax, b_ih, b_hh):
+        ax += b_ih + b_hh
+        return ax
+
+    def step(self, t: int, ax_t, ah, hs) -> None:
+        a = ax_t + ah
+        hs[t + 1] = self.xp.maximum(a, 0) if self.relu else self.xp.tanh(a)
+
+
+def _forward(cell, kind: str, x, params, states: tuple, *, xp, dtype, skip_input: bool):
+    """The fused forward shared by every cell, keeping the tape; ``cell`` (``_LSTMForward``, ...)
+    is the per-cell part.  Per layer: the hoisted input GEMM over all T*B rows, ``cell.inputs``
+    adds the biases; per step: the one recurrent GEMM, then ``cell.step`` writes h_{t+1} (and
+    c_{t+1}).  Returns ``y (T, B, H)``, the final states ``[h_n (, c_n)]`` and the tape."""
+    dtype = dtype or params.dtype
+    seq = xp.asarray(x, dtype=dtype)
+    T, B, _ = seq.shape
+    L, H = params.num_layers, params.hidden_size
+    init = [_init_state(xp, s, L, B, H, dtype) for s in states]           # h0 (, c0)
+    tape = Tape(kind, params, dtype, skip_input=skip_input)
+    finals = [xp.empty((L, B, H), dtype) for _ in states]
+    for l in range(L):
+        w_ih, w_hh, b_ih, b_hh = _arrays(xp, params, l, dtype)
+        layer = cell(xp, params, l, T, B, H, dtype)
+        carry = [xp.empty((T + 1, B, H), dtype) for _ in states]            # h (, c) for t = 0..T
+        for c, s0 in zip(carry, init):
+            c[0] = s0[l]
+        ax = layer.inputs(_input_gemm(seq, w_ih, T, B, skip_input and l == 0), b_ih, b_hh)  # hoisted
+        ax = ax.reshape(T, B, -1)
+        for t in range(T):
+            layer.step(t, ax[t], carry[0][t] @ w_hh.T, *carry)               # 1 GEMM per step
+        tape.layers.append({"x": seq, **dict(zip(("h", "c"), carry)), **layer.rec})
+        for fin, c in zip(finals, carry):
+            fin[l] = c[T]
+        seq = carry[0][1:]
+    return seq, finals, tape
+
+
 def lstm_forward_train(x, params, h0=None, c0=None, *, xp=np, dtype=None, skip_input: bool = False):
     """``y (T, B, H), h_n, c_n, tape`` for an LSTMParams or LayerNormLSTMParams (``params.kind``)."""
     layernorm = getattr(params, "kind", "") == "layernorm"
     if params.cell != "lstm" or getattr(params, "kind", "") not in ("", "layernorm"):
         raise BadInput(f"lstm_forward_train takes LSTMParams or LayerNormLSTMParams, got {type(params).__name__}")
     _skip_check(skip_input, layernorm)
-    dtype = dtype or params.dtype
-    seq = xp.asarray(x, dtype=dtype)
-    T, B, _ = seq.shape
-    L, H = params.num_layers, params.hidden_size
-    h0a, c0a = _init_state(xp, h0, L, B, H, dtype), _init_state(xp, c0, L, B, H, dtype)
-    tape = Tape("layernorm" if layernorm else "lstm", params, dtype, skip_input=skip_input)
-    h_n, c_n = xp.empty((L, B, H), dtype), xp.empty((L, B, H), dtype)
-    for l in range(L):
-        w_ih, w_hh, b_ih, b_hh = _arrays(xp, params, l, dtype)
-        hs, cs = xp.empty((T + 1, B, H), dtype), xp.empty((T + 1, B, H), dtype)
-        hs[0], cs[0] = h0a[l], c0a[l]
-        act = xp.empty((T, B, 4 * H), dtype)
-        ax = _input_gemm(seq, w_ih, T, B, skip_input and l == 0)              # hoisted, M = T*B
-        rec = {"x": seq, "h": hs, "c": cs, "act": act}
-        if layernorm:
-            e = {k: xp.asarray(v, dtype=dtype) for k, v in params.extras[l].items()}
-            xh, sx = _ln_fwd(xp, ax)                                           # LN of all T at once
-            ax = xh * e["lnx_g"].reshape(-1) + e["lnx_b"].reshape(-1) + b_ih + b_hh
-            rec.update(xh=xh.reshape(T, B, 4 * H), sx=sx.reshape(T, B, 1),
-                       hh=xp.empty((T, B, 4 * H), dtype), sh=xp.empty((T, B, 1), dtype),
-                       ch=xp.empty((T, B, H), dtype), sc=xp.empty((T, B, 1), dtype),
-                       tl=xp.empty((T, B, H), dtype), e=e)
-        else:
-            ax += b_ih + b_hh
-        ax = ax.reshape(T, B, 4 * H)
-        for t in range(T):
-            ah = hs[t] @ w_hh.T                                                # 1 GEMM per step
-            if layernorm:
-                hh, sh = _ln_fwd(xp, ah)
-                rec["hh"][t], rec["sh"][t] = hh, sh
-                pre = ax[t] + hh * e["lnh_g"].reshape(-1) + e["lnh_b"].reshape(-1)
-            else:
-                pre = ax[t] + ah
-            a = act[t]
-            a[:, :2 * H] = _sig(xp, pre[:, :2 * H])
-            a[:, 2 * H:3 * H] = xp.tanh(pre[:, 2 * H:3 * H])
-            a[:, 3 * H:] = _sig(xp, pre[:, 3 * H:])
-            i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-            cs[t + 1] = f * cs[t] + i * g
-            if layernorm:
-                ch, sc = _ln_fwd(xp, cs[t + 1])
-                tl = xp.tanh(ch * e["lnc_g"] + e["lnc_b"])
-                rec["ch"][t], rec["sc"][t], rec["tl"][t] = ch, sc, tl
-                hs[t + 1] = o * tl
-            else:
-                hs[t + 1] = o * xp.tanh(cs[t + 1])
-        tape.layers.append(rec)
-        h_n[l], c_n[l] = hs[T], cs[T]
-        seq = hs[1:]
-    return seq, h_n, c_n, tape
+    y, (h_n, c_n), tape = _forward(_LSTMForward, "layernorm" if layernorm else "lstm", x, params, (h0, c0),
+                                   xp=xp, dtype=dtype, skip_input=skip_input)
+    return y, h_n, c_n, tape
 
 
 def gru_forward_train(x, params, h0=None, *, xp=np, dtype=None, skip_input: bool = False):
     """``y (T, B, H), h_n, tape`` for GRUParams."""
     if params.cell != "gru":
         raise BadInput(f"gru_forward_train takes GRUParams, got {type(params).__name__}")
-    dtype = dtype or params.dtype
-    seq = xp.asarray(x, dtype=dtype)
-    T, B, _ = seq.shape
-    L, H = params.num_layers, params.hidden_size
-    h0a = _init_state(xp, h0, L, B, H, dtype)
-    tape = Tape("gru", params, dtype, skip_input=skip_input)
-    h_n = xp.empty((L, B, H), dtype)
-    for l in range(L):
-        w_ih, w_hh, b_ih, b_hh = _arrays(xp, params, l, dtype)
-        hs = xp.empty((T + 1, B, H), dtype)
-        hs[0] = h0a[l]
-        r_, z_, n_, hn_ = (xp.empty((T, B, H), dtype) for _ in range(4))
-        gx = (_input_gemm(seq, w_ih, T, B, skip_input and l == 0) + b_ih).reshape(T, B, 3 * H)  # hoisted
-        for t in range(T):
-            gh = hs[t] @ w_hh.T + b_hh
-            r = _sig(xp, gx[t, :, :H] + gh[:, :H])
-            z = _sig(xp, gx[t, :, H:2 * H] + gh[:, H:2 * H])
-            hn = gh[:, 2 * H:]
-            n = xp.tanh(gx[t, :, 2 * H:] + r * hn)
-            hs[t + 1] = (1.0 - z) * n + z * hs[t]
-            r_[t], z_[t], n_[t], hn_[t] = r, z, n, hn
-        tape.layers.append({"x": seq, "h": hs, "r": r_, "z": z_, "n": n_, "hn": hn_})
-        h_n[l] = hs[T]
-        seq = hs[1:]
-    return seq, h_n, tape
+    y, (h_n,), tape = _forward(_GRUForward, "gru", x, params, (h0,), xp=xp, dtype=dtype, skip_input=skip_input)
+    return y, h_n, tape
 
 
 def rnn_forward_train(x, params, h0=None, *, xp=np, dtype=None, skip_input: bool = False):
     """``y (T, B, H), h_n, tape`` for VanillaRNNParams (ReLU or tanh)."""
     if params.cell != "rnn":
         raise BadInput(f"rnn_forward_train takes VanillaRNNParams, got {type(params).__name__}")
-    relu = params.nonlinearity == "relu"
-    dtype = dtype or params.dtype
-    seq = xp.asarray(x, dtype=dtype)
-    T, B, _ = seq.shape
-    L, H = params.num_layers, params.hidden_size
-    h0a = _init_state(xp, h0, L, B, H, dtype)
-    tape = Tape("rnn", params, dtype, skip_input=skip_input)
-    h_n = xp.empty((L, B, H), dtype)
-    for l in range(L):
-        w_ih, w_hh, b_ih, b_hh = _arrays(xp, params, l, dtype)
-        hs = xp.empty((T + 1, B, H), dtype)
-        hs[0] = h0a[l]
-        ax = _input_gemm(seq, w_ih, T, B, skip_input and l == 0)              # hoisted, M = T*B
-        ax += b_ih + b_hh
-        ax = ax.reshape(T, B, H)
-        for t in range(T):
-            a = ax[t] + hs[t] @ w_hh.T                                         # 1 GEMM per step
-            hs[t + 1] = xp.maximum(a, 0) if relu else xp.tanh(a)
-        tape.layers.append({"x": seq, "h": hs})
-        h_n[l] = hs[T]
-        seq = hs[1:]
-    return seq, h_n, tape
+    y, (h_n,), tape = _forward(_RNNForward, "rnn", x, params, (h0,), xp=xp, dtype=dtype, skip_input=skip_input)
+    return y, h_n, tape
 
 
 # -- backward ---------------------------------------------------------------------------------
@@ -236,132 +269,163 @@ def _weight_grads(xp, dgx, dgh, X, Hprev, given: bool = False):
             "b_ih": gx2.sum(axis=0), "b_hh": gh2.sum(axis=0)}
 
 
+class _LSTMGates:
+    """The LSTM's (and layer-norm LSTM's) per-cell part of :func:`_backward`: one step's gate
+    derivatives, and after the loop its weight gradients.  It carries dc from step to step."""
+
+    carried = 1                                  # dc
+
+    def __init__(self, xp, tape: Tape, rec: dict, T: int, B: int, H: int):
+        dt = tape.dtype
+        self.xp, self.rec, self.H = xp, rec, H
+        self.layernorm = tape.cell == "layernorm"
+        self.dP = xp.empty((T, B, 4 * H), dt)    # gradient of the gate pre-activations
+        self.dAH = self.dP if not self.layernorm else xp.empty((T, B, 4 * H), dt)
+        if self.layernorm:
+            self.e = rec["e"]
+            self.d_lnc_g, self.d_lnc_b = xp.zeros((H,), dt), xp.zeros((H,), dt)
+
+    def step(self, t: int, dht, carry: tuple) -> tuple:
+        xp, rec, H = self.xp, self.rec, self.H
+        (dc,) = carry
+        cs = rec["c"]
+        a = rec["act"][t]
+        i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
+        if self.layernorm:
+            e = self.e
+            tl, ch = rec["tl"][t], rec["ch"][t]
+            do = dht * tl
+            dln = dht * o * (1.0 - tl * tl)
+            self.d_lnc_g += (dln * ch).sum(axis=0)
+            self.d_lnc_b += dln.sum(axis=0)
+            dc = dc + _ln_bwd(dln * e["lnc_g"], ch, rec["sc"][t])
+        else:
+            tc = xp.tanh(cs[t + 1])
+            do = dht * tc
+            dc = dc + dht * o * (1.0 - tc * tc)
+        d = self.dP[t]
+        d[:, :H] = dc * g * i * (1.0 - i)
+        d[:, H:2 * H] = dc * cs[t] * f * (1.0 - f)
+        d[:, 2 * H:3 * H] = dc * i * (1.0 - g * g)
+        d[:, 3 * H:] = do * o * (1.0 - o)
+        dc = dc * f
+        if self.layernorm:
+            self.dAH[t] = _ln_bwd(d * self.e["lnh_g"].reshape(-1), rec["hh"][t], rec["sh"][t])
+        return self.dAH[t], None, (dc,)
+
+    def finish(self) -> tuple:
+        xp, rec, H, dP = self.xp, self.rec, self.H, self.dP
+        T, B = dP.shape[:2]
+        if not self.layernorm:
+            return dP, _weight_grads(xp, dP, dP, rec["x"], rec["h"][:T])
+        e = self.e
+        dAX = _ln_bwd(dP * e["lnx_g"].reshape(-1), rec["xh"], rec["sx"])            # all T at once
+        gw = _weight_grads(xp, dAX, self.dAH, rec["x"], rec["h"][:T])
+        db = dP.reshape(T * B, 4 * H).sum(axis=0)
+        gw["b_ih"], gw["b_hh"] = db, db.copy()
+        dP2 = dP.reshape(T * B, 4 * H)
+        gw["lnx_g"] = (dP2 * rec["xh"].reshape(T * B, -1)).sum(axis=0).reshape(4, H)
+        gw["lnh_g"] = (dP2 * rec["hh"].reshape(T * B, -1)).sum(axis=0).reshape(4, H)
+        gw["lnx_b"] = db.reshape(4, H).copy()
+        gw["lnh_b"] = db.reshape(4, H).copy()
+        gw["lnc_g"], gw["lnc_b"] = self.d_lnc_g, self.d_lnc_b
+        return dAX, gw
+
+
+class _GRUGates:
+    """The GRU's per-cell part of :func:`_backward`: input and recurrent gate gradients differ in
+    the n block (the reset is applied after the recurrent GEMM), and dh_{t-1} has a direct part."""
+
+    carried = 0
+
+    def __init__(self, xp, tape: Tape, rec: dict, T: int, B: int, H: int):
+        self.xp, self.rec, self.H = xp, rec, H
+        self.dGX, self.dGH = xp.empty((T, B, 3 * H), tape.dtype), xp.empty((T, B, 3 * H), tape.dtype)
+
+    def step(self, t: int, dht, carry: tuple) -> tuple:
+        rec, H = self.rec, self.H
+        r, z, n, hn = rec["r"][t], rec["z"][t], rec["n"][t], rec["hn"][t]
+        dan = dht * (1.0 - z) * (1.0 - n * n)
+        daz = dht * (rec["h"][t] - n) * z * (1.0 - z)
+        dar = dan * hn * r * (1.0 - r)
+        gx, gh = self.dGX[t], self.dGH[t]
+        gx[:, :H], gx[:, H:2 * H], gx[:, 2 * H:] = dar, daz, dan
+        gh[:, :H], gh[:, H:2 * H], gh[:, 2 * H:] = dar, daz, dan * r          # reset after the GEMM
+        return gh, dht * z, carry
+
+    def finish(self) -> tuple:
+        T = self.dGX.shape[0]
+        return self.dGX, _weight_grads(self.xp, self.dGX, self.dGH, self.rec["x"], self.rec["h"][:T])
+
+
+class _RNNGates:
+    """The vanilla RNN's per-cell part of :func:`_backward`: the activation's derivative, read off h."""
+
+    carried = 0
+
+    def __init__(self, xp, tape: Tape, rec: dict, T: int, B: int, H: int):
+        self.xp, self.rec = xp, rec
+        self.relu = tape.params.nonlinearity == "relu"
+        self.dP = xp.empty((T, B, H), tape.dtype)
+
+    def step(self, t: int, dht, carry: tuple) -> tuple:
+        h = self.rec["h"][t + 1]
+        self.dP[t] = dht * ((h > 0) if self.relu else (1.0 - h * h))
+        return self.dP[t], None, carry
+
+    def finish(self) -> tuple:
+        T = self.dP.shape[0]
+        return self.dP, _weight_grads(self.xp, self.dP, self.dP, self.rec["x"], self.rec["h"][:T])
+
+
+def _backward(gates, tape: Tape, dy, dstates: tuple, *, xp, on_layer) -> Grads:
+    """The walk through time shared by every cell; ``gates`` (``_LSTMGates``, ...) is the per-cell
+    part.  Per step: ``dG_h, dh_direct, carry = step(t, dh_t, carry)``, then the one GEMM
+    ``dh_{t-1} = dG_h W_hh (+ dh_direct)``; per layer after the loop ``finish()`` gives the input
+    gate gradients and the weight gradients (batched GEMMs, M = T*B)."""
+    p, dt = tape.params, tape.dtype
+    L, H = p.num_layers, p.hidden_size
+    dseq = xp.asarray(dy, dtype=dt)
+    T, B, _ = dseq.shape
+    finals = [xp.empty((L, B, H), dt) for _ in range(1 + gates.carried)]     # dh0 (, dc0)
+    grads = [None] * L
+    for l in reversed(range(L)):
+        rec = tape.layers[l]
+        w_ih, w_hh, _, _ = _arrays(xp, p, l, dt)
+        dh, *carry = (xp.zeros((B, H), dt) if d is None else xp.array(d[l], dtype=dt) for d in dstates)
+        cell = gates(xp, tape, rec, T, B, H)
+        carry = tuple(carry)
+        for t in reversed(range(T)):
+            dgh, direct, carry = cell.step(t, dseq[t] + dh, carry)
+            dh = dgh @ w_hh                                                      # 1 GEMM per step
+            if direct is not None:
+                dh = direct + dh
+        dgx, grads[l] = cell.finish()
+        if on_layer is not None:
+            on_layer(l, grads[l])
+        for fin, d in zip(finals, (dh, *carry)):
+            fin[l] = d
+        dseq = _input_grad(dgx, w_ih, grads[l], tape.skip_input and l == 0)     # dX, one GEMM
+    return Grads(dseq, finals[0], finals[1] if gates.carried else None, grads)
+
+
 def lstm_backward(tape: Tape, dy, dh_n=None, dc_n=None, *, xp=np, on_layer=None) -> Grads:
     """Gradients of a scalar loss given ``dy`` (T, B, H) and, optionally, ``dh_n``, ``dc_n`` (L, B, H).
 
     ``on_layer(l, grads_l)`` is called as soon as layer l's weight gradients are final (last layer
     first), before the layers below are differentiated: a data-parallel step starts their
     all-reduce there, so it overlaps the rest of the backward pass."""
-    p, dt = tape.params, tape.dtype
-    L, H = p.num_layers, p.hidden_size
-    layernorm = tape.cell == "layernorm"
-    dseq = xp.asarray(dy, dtype=dt)
-    T, B, _ = dseq.shape
-    dh0, dc0 = xp.empty((L, B, H), dt), xp.empty((L, B, H), dt)
-    grads = [None] * L
-    for l in reversed(range(L)):
-        rec = tape.layers[l]
-        w_ih, w_hh, _, _ = _arrays(xp, p, l, dt)
-        hs, cs, act = rec["h"], rec["c"], rec["act"]
-        dh = xp.zeros((B, H), dt) if dh_n is None else xp.array(dh_n[l], dtype=dt)
-        dc = xp.zeros((B, H), dt) if dc_n is None else xp.array(dc_n[l], dtype=dt)
-        dP = xp.empty((T, B, 4 * H), dt)          # gradient of the gate pre-activations
-        dAH = dP if not layernorm else xp.empty((T, B, 4 * H), dt)
-        if layernorm:
-            e = rec["e"]
-            d_lnc_g, d_lnc_b = xp.zeros((H,), dt), xp.zeros((H,), dt)
-        for t in reversed(range(T)):
-            a = act[t]
-            i, f, g, o = a[:, :H], a[:, H:2 * H], a[:, 2 * H:3 * H], a[:, 3 * H:]
-            dht = dseq[t] + dh
-            if layernorm:
-                tl, ch = rec["tl"][t], rec["ch"][t]
-                do = dht * tl
-                dln = dht * o * (1.0 - tl * tl)
-                d_lnc_g += (dln * ch).sum(axis=0)
-                d_lnc_b += dln.sum(axis=0)
-                dc = dc + _ln_bwd(dln * e["lnc_g"], ch, rec["sc"][t])
-            else:
-                tc = xp.tanh(cs[t + 1])
-                do = dht * tc
-                dc = dc + dht * o * (1.0 - tc * tc)
-            d = dP[t]
-            d[:, :H] = dc * g * i * (1.0 - i)
-            d[:, H:2 * H] = dc * cs[t] * f * (1.0 - f)
-            d[:, 2 * H:3 * H] = dc * i * (1.0 - g * g)
-            d[:, 3 * H:] = do * o * (1.0 - o)
-            dc = dc * f
-            if layernorm:
-                dAH[t] = _ln_bwd(d * e["lnh_g"].reshape(-1), rec["hh"][t], rec["sh"][t])
-            dh = dAH[t] @ w_hh                                                   # 1 GEMM per step
-        if layernorm:
-            dAX = _ln_bwd(dP * e["lnx_g"].reshape(-1), rec["xh"], rec["sx"])      # all T at once
-            gw = _weight_grads(xp, dAX, dAH, rec["x"], hs[:T])
-            db = dP.reshape(T * B, 4 * H).sum(axis=0)
-            gw["b_ih"], gw["b_hh"] = db, db.copy()
-            dP2 = dP.reshape(T * B, 4 * H)
-            gw["lnx_g"] = (dP2 * rec["xh"].reshape(T * B, -1)).sum(axis=0).reshape(4, H)
-            gw["lnh_g"] = (dP2 * rec["hh"].reshape(T * B, -1)).sum(axis=0).reshape(4, H)
-            gw["lnx_b"] = db.reshape(4, H).copy()
-            gw["lnh_b"] = db.reshape(4, H).copy()
-            gw["lnc_g"], gw["lnc_b"] = d_lnc_g, d_lnc_b
-        else:
-            dAX = dP
-            gw = _weight_grads(xp, dP, dP, rec["x"], hs[:T])
-        grads[l] = gw
-        if on_layer is not None:
-            on_layer(l, gw)
-        dh0[l], dc0[l] = dh, dc
-        dseq = _input_grad(dAX, w_ih, gw, tape.skip_input and l == 0)           # dX, one GEMM
-    return Grads(dseq, dh0, dc0, grads)
+    return _backward(_LSTMGates, tape, dy, (dh_n, dc_n), xp=xp, on_layer=on_layer)
 
 
 def gru_backward(tape: Tape, dy, dh_n=None, *, xp=np, on_layer=None) -> Grads:
     """As :func:`lstm_backward`, for the GRU."""
-    p, dt = tape.params, tape.dtype
-    L, H = p.num_layers, p.hidden_size
-    dseq = xp.asarray(dy, dtype=dt)
-    T, B, _ = dseq.shape
-    dh0 = xp.empty((L, B, H), dt)
-    grads = [None] * L
-    for l in reversed(range(L)):
-        rec = tape.layers[l]
-        w_ih, w_hh, _, _ = _arrays(xp, p, l, dt)
-        hs = rec["h"]
-        dh = xp.zeros((B, H), dt) if dh_n is None else xp.array(dh_n[l], dtype=dt)
-        dGX, dGH = xp.empty((T, B, 3 * H), dt), xp.empty((T, B, 3 * H), dt)
-        for t in reversed(range(T)):
-            r, z, n, hn = rec["r"][t], rec["z"][t], rec["n"][t], rec["hn"][t]
-            dht = dseq[t] + dh
-            dan = dht * (1.0 - z) * (1.0 - n * n)
-            daz = dht * (hs[t] - n) * z * (1.0 - z)
-            dar = dan * hn * r * (1.0 - r)
-            gx, gh = dGX[t], dGH[t]
-            gx[:, :H], gx[:, H:2 * H], gx[:, 2 * H:] = dar, daz, dan
-            gh[:, :H], gh[:, H:2 * H], gh[:, 2 * H:] = dar, daz, dan * r     # reset after the GEMM
-            dh = dht * z + gh @ w_hh                                          # 1 GEMM per step
-        grads[l] = _weight_grads(xp, dGX, dGH, rec["x"], hs[:T])
-        if on_layer is not None:
-            on_layer(l, grads[l])
-        dh0[l] = dh
-        dseq = _input_grad(dGX, w_ih, grads[l], tape.skip_input and l == 0)
-    return Grads(dseq, dh0, None, grads)
+    return _backward(_GRUGates, tape, dy, (dh_n,), xp=xp, on_layer=on_layer)
 
 
 def rnn_backward(tape: Tape, dy, dh_n=None, *, xp=np, on_layer=None) -> Grads:
-    p, dt = tape.params, tape.dtype
-    L, H = p.num_layers, p.hidden_size
-    relu = p.nonlinearity == "relu"
-    dseq = xp.asarray(dy, dtype=dt)
-    T, B, _ = dseq.shape
-    dh0 = xp.empty((L, B, H), dt)
-    grads = [None] * L
-    for l in reversed(range(L)):
-        rec = tape.layers[l]
-        w_ih, w_hh, _, _ = _arrays(xp, p, l, dt)
-        hs = rec["h"]
-        dh = xp.zeros((B, H), dt) if dh_n is None else xp.array(dh_n[l], dtype=dt)
-        dP = xp.empty((T, B, H), dt)
-        for t in reversed(range(T)):
-            h = hs[t + 1]
-            dP[t] = (dseq[t] + dh) * ((h > 0) if relu else (1.0 - h * h))
-            dh = dP[t] @ w_hh                                                    # 1 GEMM per step
-        grads[l] = _weight_grads(xp, dP, dP, rec["x"], hs[:T])
-        if on_layer is not None:
-            on_layer(l, grads[l])
-        dh0[l] = dh
-        dseq = _input_grad(dP, w_ih, grads[l], tape.skip_input and l == 0)
-    return Grads(dseq, dh0, None, grads)
+    """As :func:`lstm_backward`, for the vanilla RNN."""
+    return _backward(_RNNGates, tape, dy, (dh_n,), xp=xp, on_layer=on_layer)
 
 
 def forward_train(x, params, h0=None, c0=None, *, xp=np, dtype=None, skip_input: bool = False):

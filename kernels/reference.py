@@ -62,29 +62,51 @@ def _initial(state, params, B):
     return np.asarray(state, dtype=np.float64)
 
 
+def _recur(x, params: RNNParams, init: tuple, batch_first: bool, skip_input: bool, step):
+    """Layer by layer, one step at a time: ``state = step(xa, hh, b_hh, *state)`` with ``xa`` the
+    input part ``x_t W_ih^T + b_ih`` (see :func:`_input_part`), ``hh = h_{t-1} W_hh^T`` and the
+    state ``(h,)`` or ``(h, c)``; h is the layer's output.  Returns ``y`` and the final states."""
+    seq = _time_major(x, batch_first)
+    T, B = seq.shape[:2]
+    finals = tuple(np.empty_like(s) for s in init)
+    for l, layer in enumerate(params.layers):
+        w_ih, w_hh, b_ih, b_hh = (np.asarray(a, dtype=np.float64) for a in layer.arrays())
+        state = tuple(s[l] for s in init)
+        out = np.empty((T, B, params.hidden_size))
+        for t in range(T):
+            state = step(_input_part(seq[t], w_ih, b_ih, skip_input and l == 0), state[0] @ w_hh.T, b_hh, *state)
+            out[t] = state[0]
+        for f, s in zip(finals, state):
+            f[l] = s
+        seq = out
+    return (seq.transpose(1, 0, 2) if batch_first else seq), finals
+
+
+def _lstm_step(xa, hh, b_hh, h, c):
+    i, f, g, o = np.split(xa + hh + b_hh, 4, axis=1)
+    c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+    return sigmoid(o) * np.tanh(c), c
+
+
+def _gru_step(xa, hh, b_hh, h):
+    xr, xz, xn = np.split(xa, 3, axis=1)
+    hr, hz, hn = np.split(hh + b_hh, 3, axis=1)
+    r = sigmoid(xr + hr)
+    z = sigmoid(xz + hz)
+    n = np.tanh(xn + r * hn)  # reset applied after the recurrent GEMM (cuDNN's GRU)
+    return ((1.0 - z) * n + z * h,)
+
+
 def lstm_reference(x, params: LSTMParams, h0=None, c0=None, *, batch_first: bool = False,
                    skip_input: bool = False):
     """Returns ``y (T, B, H)`` (or ``(B, T, H)``) and ``(h_n, c_n)``, each ``(L, B, H)``, float64.
     ``skip_input``: x is the first layer's input projection ``(T, B, 4H)`` (see RNNProblem)."""
     if not isinstance(params, LSTMParams):
         raise BadInput(f"lstm needs LSTMParams, got {type(params).__name__}")
-    T, B = check_sequence(np.shape(x), params, batch_first, {"h0": h0, "c0": c0}, skip_input, x=x)
-    h_all, c_all = _initial(h0, params, B), _initial(c0, params, B)
-    h_n, c_n = np.empty_like(h_all), np.empty_like(c_all)
-    seq = _time_major(x, batch_first)
-    for l, layer in enumerate(params.layers):
-        w_ih, w_hh, b_ih, b_hh = (np.asarray(a, dtype=np.float64) for a in layer.arrays())
-        h, c = h_all[l], c_all[l]
-        out = np.empty((T, B, params.hidden_size))
-        for t in range(T):
-            pre = _input_part(seq[t], w_ih, b_ih, skip_input and l == 0) + h @ w_hh.T + b_hh
-            i, f, g, o = np.split(pre, 4, axis=1)
-            c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
-            h = sigmoid(o) * np.tanh(c)
-            out[t] = h
-        h_n[l], c_n[l] = h, c
-        seq = out
-    return (seq.transpose(1, 0, 2) if batch_first else seq), (h_n, c_n)
+    _, B = check_sequence(np.shape(x), params, batch_first, {"h0": h0, "c0": c0}, skip_input, x=x)
+    y, (h_n, c_n) = _recur(x, params, (_initial(h0, params, B), _initial(c0, params, B)), batch_first,
+                           skip_input, _lstm_step)
+    return y, (h_n, c_n)
 
 
 def gru_reference(x, params: GRUParams, h0=None, *, batch_first: bool = False, skip_input: bool = False):
@@ -92,25 +114,9 @@ def gru_reference(x, params: GRUParams, h0=None, *, batch_first: bool = False, s
     ``skip_input``: x is the first layer's input projection ``(T, B, 3H)``."""
     if not isinstance(params, GRUParams):
         raise BadInput(f"gru needs GRUParams, got {type(params).__name__}")
-    T, B = check_sequence(np.shape(x), params, batch_first, {"h0": h0}, skip_input, x=x)
-    h_all = _initial(h0, params, B)
-    h_n = np.empty_like(h_all)
-    seq = _time_major(x, batch_first)
-    for l, layer in enumerate(params.layers):
-        w_ih, w_hh, b_ih, b_hh = (np.asarray(a, dtype=np.float64) for a in layer.arrays())
-        h = h_all[l]
-        out = np.empty((T, B, params.hidden_size))
-        for t in range(T):
-            xr, xz, xn = np.split(_input_part(seq[t], w_ih, b_ih, skip_input and l == 0), 3, axis=1)
-            hr, hz, hn = np.split(h @ w_hh.T + b_hh, 3, axis=1)
-            r = sigmoid(xr + hr)
-            z = sigmoid(xz + hz)
-            n = np.tanh(xn + r * hn)  # reset applied after the recurrent GEMM (cuDNN's GRU)
-            h = (1.0 - z) * n + z * h
-            out[t] = h
-        h_n[l] = h
-        seq = out
-    return (seq.transpose(1, 0, 2) if batch_first else seq), h_n
+    _, B = check_sequence(np.shape(x), params, batch_first, {"h0": h0}, skip_input, x=x)
+    y, (h_n,) = _recur(x, params, (_initial(h0, params, B),), batch_first, skip_input, _gru_step)
+    return y, h_n
 
 
 def relu(x: np.ndarray) -> np.ndarray:
@@ -129,21 +135,11 @@ def rnn_reference(x, params: VanillaRNNParams, h0=None, *, batch_first: bool = F
     ``skip_input``: x is the first layer's input projection ``(T, B, H)``."""
     if not isinstance(params, VanillaRNNParams):
         raise BadInput(f"rnn needs VanillaRNNParams, got {type(params).__name__}")
-    T, B = check_sequence(np.shape(x), params, batch_first, {"h0": h0}, skip_input)
+    _, B = check_sequence(np.shape(x), params, batch_first, {"h0": h0}, skip_input)
     act = ACTIVATIONS[params.nonlinearity]
-    h_all = _initial(h0, params, B)
-    h_n = np.empty_like(h_all)
-    seq = _time_major(x, batch_first)
-    for l, layer in enumerate(params.layers):
-        w_ih, w_hh, b_ih, b_hh = (np.asarray(a, dtype=np.float64) for a in layer.arrays())
-        h = h_all[l]
-        out = np.empty((T, B, params.hidden_size))
-        for t in range(T):
-            h = act(_input_part(seq[t], w_ih, b_ih, skip_input and l == 0) + h @ w_hh.T + b_hh)
-            out[t] = h
-        h_n[l] = h
-        seq = out
-    return (seq.transpose(1, 0, 2) if batch_first else seq), h_n
+    y, (h_n,) = _recur(x, params, (_initial(h0, params, B),), batch_first, skip_input,
+                       lambda xa, hh, b_hh, h: (act(xa + hh + b_hh),))
+    return y, h_n
 
 
 REFERENCES = {"lstm": lstm_reference, "gru": gru_reference, "rnn": rnn_reference}

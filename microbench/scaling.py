@@ -254,18 +254,19 @@ class Buckets:
         self.ranges.append(_AsyncRange("allreduce"))
         self.works.append(dist.all_reduce(self.tensors[k], group=self.group, async_op=True))
 
-    def _device_sync(self) -> None:
-        """NCCL's wait() only orders torch's stream; the host must see the reduction finished."""
+    def _wait_launched(self) -> None:
+        """Wait for every launched all-reduce; NCCL's wait() only orders torch's stream, so the
+        host then waits for the device too."""
+        for w, r in zip(self.works, self.ranges):
+            w.wait()
+            r.end()
         if self.xp is not np:
             import torch
             torch.cuda.synchronize()
 
     def wait(self) -> None:
         """Wait for every launched all-reduce, then average (divide by n)."""
-        for w, r in zip(self.works, self.ranges):
-            w.wait()
-            r.end()
-        self._device_sync()
+        self._wait_launched()
         for f in self.flat:
             f *= 1.0 / self.n
         self.reset()
@@ -274,10 +275,7 @@ class Buckets:
         """The all-reduce alone: every bucket launched back to back, no compute around it."""
         for k in range(len(self.buckets)):
             self._launch(k)
-        for w, r in zip(self.works, self.ranges):
-            w.wait()
-            r.end()
-        self._device_sync()
+        self._wait_launched()
         self.reset()
 
     def layer_grads(self, layer: int) -> dict:
@@ -290,34 +288,56 @@ class Buckets:
 
 # -- the two implementations -----------------------------------------------------------------------
 
+def _array_module(g):
+    """NumPy on a CPU rank, CuPy on a GPU rank."""
+    if g.device == "cuda":
+        import cupy
+        return cupy
+    return np
+
+
+def _torch_dtype(torch, precision: str):
+    return {"fp32": torch.float32, "fp64": torch.float64}[precision]
+
+
 class OursStep:
     """Fused forward + kernels.backward; gradients all-reduced in buckets during backward."""
 
     def __init__(self, g, group, cfg: Config, problem, inp: dict, precision: str, bucket_mb: float):
-        from kernels import dtypes
-        self.xp = np
-        if g.device == "cuda":
-            import cupy
-            self.xp = cupy
-        xp = self.xp
-        self.dt = dtypes.storage(precision)
+        xp = self._setup(g, precision)
         self.params = inp["params"]
         self.x, self.h0, self.dy = (xp.asarray(inp[k], dtype=self.dt) for k in ("x", "h0", "dy"))
         self.c0 = xp.asarray(inp["c0"], dtype=self.dt) if inp["c0"] is not None else None
         self.op = cfg.cell
         self.buckets = Buckets(self.params, int(bucket_mb * 2 ** 20), group, cfg.n, xp, self.dt, g.torch_device())
+
+    def _setup(self, g, precision: str):
+        """The array module, storage dtype and device sync of this rank; returns the module."""
+        from kernels import dtypes
+        xp = self.xp = _array_module(g)
+        self.dt = dtypes.storage(precision)
         self.sync = (lambda: xp.cuda.get_current_stream().synchronize()) if xp is not np else (lambda: None)
+        return xp
+
+    def _forward(self) -> tuple:
+        """(y, tape)."""
+        from kernels import backward as bw
+        y, _, tape = bw.forward_train(self.x, self.params, self.h0, self.c0, xp=self.xp, dtype=self.dt)
+        return y, tape
+
+    def _backward(self, tape):
+        from kernels import backward as bw
+        return bw.backward(tape, self.dy, xp=self.xp, on_layer=self.buckets.add)
 
     def step(self) -> tuple:
         """(outputs for the check, {phase: seconds})."""
-        from kernels import backward as bw
         t0 = time.perf_counter()
         with _phase("forward"):
-            y, _, tape = bw.forward_train(self.x, self.params, self.h0, self.c0, xp=self.xp, dtype=self.dt)
+            y, tape = self._forward()
             self.sync()
         t1 = time.perf_counter()
         with _phase("backward"):
-            g = bw.backward(tape, self.dy, xp=self.xp, on_layer=self.buckets.add)
+            g = self._backward(tape)
             self.sync()
         t2 = time.perf_counter()
         with _phase("exposed"):
@@ -346,36 +366,46 @@ class DDPStep:
 
     def __init__(self, g, group, cfg: Config, problem, inp: dict, precision: str, bucket_mb: float):
         import torch
-        from torch.nn.parallel import DistributedDataParallel as DDP
 
         from kernels.torch import load_canonical
-        dt = {"fp32": torch.float32, "fp64": torch.float64}[precision]
-        dev = g.torch_device()
+        dt, dev = _torch_dtype(torch, precision), g.torch_device()
         mod = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cfg.cell]
         p = inp["params"]
         model = mod(p.input_size, p.hidden_size, p.num_layers).to(dtype=dt)
         load_canonical(model, p)
-        model = model.to(dev)
-        kw = {"device_ids": [g.device_index]} if g.device == "cuda" else {}
-        self.model = DDP(model, process_group=group, bucket_cap_mb=bucket_mb, **kw)
-        self.L, self.op, self.torch = p.num_layers, cfg.cell, torch
+        self._wrap(g, group, model.to(dev), bucket_mb)
+        self.L, self.op = p.num_layers, cfg.cell
         t = lambda a: torch.as_tensor(np.asarray(a), dtype=dt, device=dev)  # noqa: E731
         self.x, self.h0, self.dy = t(inp["x"]), t(inp["h0"]), t(inp["dy"])
         self.c0 = t(inp["c0"]) if inp["c0"] is not None else None
+
+    def _wrap(self, g, group, module, bucket_mb: float) -> None:
+        """The module under DDP (same bucket cap as ours), and the device sync."""
+        import torch
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        kw = {"device_ids": [g.device_index]} if g.device == "cuda" else {}
+        self.model = DDP(module, process_group=group, bucket_cap_mb=bucket_mb, **kw)
+        self.torch = torch
         self.sync = torch.cuda.synchronize if g.device == "cuda" else (lambda: None)
         self.no_sync = False
 
-    def step(self) -> tuple:
-        torch = self.torch
-        self.model.zero_grad(set_to_none=True)
+    def _inputs(self) -> tuple:
+        """(the model's arguments, what the outputs need of them): fresh leaves every step."""
         leaves = [a.detach().requires_grad_(True) for a in (self.x, self.h0, self.c0) if a is not None]
-        x, h0 = leaves[0], leaves[1]
-        state = (h0, leaves[2]) if self.c0 is not None else h0
+        state = (leaves[1], leaves[2]) if self.c0 is not None else leaves[1]
+        return (leaves[0], state), leaves
+
+    def _y(self, out):
+        return out[0]                    # nn.LSTM / nn.GRU: (y, states)
+
+    def step(self) -> tuple:
+        self.model.zero_grad(set_to_none=True)
+        args, keep = self._inputs()
         ctx = self.model.no_sync() if self.no_sync else contextlib.nullcontext()
         t0 = time.perf_counter()
         with ctx:
             with _phase("forward"):
-                y, _ = self.model(x, state)
+                y = self._y(self.model(*args))
                 loss = (y * self.dy).sum()
                 self.sync()
             t1 = time.perf_counter()
@@ -383,8 +413,7 @@ class DDPStep:
                 loss.backward()          # DDP all-reduces its buckets here and waits for them
                 self.sync()
         t2 = time.perf_counter()
-        del torch
-        return (y, leaves), {"forward": t1 - t0, "backward": t2 - t1, "step": t2 - t0}
+        return (y, keep), {"forward": t1 - t0, "backward": t2 - t1, "step": t2 - t0}
 
     def outputs(self, result) -> list:
         y, leaves = result
@@ -399,35 +428,20 @@ class OursConvStep(OursStep):
     """im2col forward and backward (kernels.conv.train); dW and db all-reduced while dX is computed."""
 
     def __init__(self, g, group, cfg: Config, problem, inp: dict, precision: str, bucket_mb: float):
-        from kernels import dtypes
-        self.xp = np
-        if g.device == "cuda":
-            import cupy
-            self.xp = cupy
-        xp = self.xp
-        self.dt = dtypes.storage(precision)
+        xp = self._setup(g, precision)
         self.problem = _rank_conv(problem, cfg.batch)
         self.x, self.w, self.dy = (xp.asarray(inp[k], dtype=self.dt) for k in ("x", "w", "dy"))
         self.b = xp.asarray(inp["b"], dtype=self.dt) if inp["b"] is not None else None
         items = [("w", self.w.shape)] + ([("b", self.b.shape)] if self.b is not None else [])
         self.buckets = Buckets(items, int(bucket_mb * 2 ** 20), group, cfg.n, xp, self.dt, g.torch_device())
-        self.sync = (lambda: xp.cuda.get_current_stream().synchronize()) if xp is not np else (lambda: None)
 
-    def step(self) -> tuple:
+    def _forward(self) -> tuple:
         from kernels.conv import train as cbw
-        t0 = time.perf_counter()
-        with _phase("forward"):
-            y, tape = cbw.forward_train(self.x, self.w, self.b, self.problem, xp=self.xp)
-            self.sync()
-        t1 = time.perf_counter()
-        with _phase("backward"):
-            g = cbw.backward(tape, self.dy, xp=self.xp, on_params=lambda gr: self.buckets.add(0, gr))
-            self.sync()
-        t2 = time.perf_counter()
-        with _phase("exposed"):
-            self.buckets.wait()
-        t3 = time.perf_counter()
-        return (y, g), {"forward": t1 - t0, "backward": t2 - t1, "exposed": t3 - t2, "step": t3 - t0}
+        return cbw.forward_train(self.x, self.w, self.b, self.problem, xp=self.xp)
+
+    def _backward(self, tape):
+        from kernels.conv import train as cbw
+        return cbw.backward(tape, self.dy, xp=self.xp, on_params=lambda gr: self.buckets.add(0, gr))
 
     def outputs(self, result) -> list:
         y, g = result
@@ -441,9 +455,7 @@ class DDPConvStep(DDPStep):
 
     def __init__(self, g, group, cfg: Config, problem, inp: dict, precision: str, bucket_mb: float):
         import torch
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        dt = {"fp32": torch.float32, "fp64": torch.float64}[precision]
-        dev = g.torch_device()
+        dt, dev = _torch_dtype(torch, precision), g.torch_device()
         p = problem
         conv = torch.nn.Conv2d(p.C, p.K, (p.R, p.S), stride=p.stride, padding=p.pad, dilation=p.dilation,
                                groups=p.groups, bias=p.bias).to(dtype=dt)
@@ -454,31 +466,18 @@ class DDPConvStep(DDPStep):
         conv = conv.to(dev)
         if p.layout == "NHWC":
             conv = conv.to(memory_format=torch.channels_last)
-        kw = {"device_ids": [g.device_index]} if g.device == "cuda" else {}
-        self.model = DDP(conv, process_group=group, bucket_cap_mb=bucket_mb, **kw)
-        self.nhwc, self.torch, self.bias = p.layout == "NHWC", torch, p.bias
+        self._wrap(g, group, conv, bucket_mb)
+        self.nhwc, self.bias = p.layout == "NHWC", p.bias
         perm = (lambda a: a.permute(0, 3, 1, 2)) if self.nhwc else (lambda a: a)
         self.x = perm(torch.as_tensor(np.asarray(inp["x"]), dtype=dt, device=dev))
         self.dy = perm(torch.as_tensor(np.asarray(inp["dy"]), dtype=dt, device=dev))
-        self.sync = torch.cuda.synchronize if g.device == "cuda" else (lambda: None)
-        self.no_sync = False
 
-    def step(self) -> tuple:
-        self.model.zero_grad(set_to_none=True)
+    def _inputs(self) -> tuple:
         x = self.x.detach().requires_grad_(True)
-        ctx = self.model.no_sync() if self.no_sync else contextlib.nullcontext()
-        t0 = time.perf_counter()
-        with ctx:
-            with _phase("forward"):
-                y = self.model(x)
-                loss = (y * self.dy).sum()
-                self.sync()
-            t1 = time.perf_counter()
-            with _phase("backward"):
-                loss.backward()
-                self.sync()
-        t2 = time.perf_counter()
-        return (y, x), {"forward": t1 - t0, "backward": t2 - t1, "step": t2 - t0}
+        return (x,), x
+
+    def _y(self, out):
+        return out
 
     def outputs(self, result) -> list:
         y, x = result

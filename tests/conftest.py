@@ -34,3 +34,19 @@ def run_cli():
         return subprocess.run([sys.executable, "-m", "microbench", *args], cwd=cwd or ROOT, env=e,
                               capture_output=True, text=True, timeout=timeout)
     return run
+
+
+@pytest.fixture
+def register_variants():
+    """``register_variants(record, ...)`` puts test-double variants in the registry for one test;
+    they are removed after it, so no other test sees them."""
+    from microbench import registry
+    added = []
+
+    def register(*records):
+        for r in records:
+            registry.register(r)
+            added.append(r)
+    yield register
+    for r in added:
+        del registry.REGISTRY[r.key]

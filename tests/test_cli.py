@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from microbench import cli, registry
+from microbench import cli
 from microbench.registry import Check, Prepared, VariantRecord
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,7 +134,7 @@ def test_bad_input_through_a_subprocess_has_no_traceback(run_cli):
 
 
 @pytest.fixture
-def broken_variant():
+def broken_variant(register_variants):
     """A registered variant whose results are wrong, to see FAILED handling end to end."""
     def build(problem, seed, *, precision, plan=None):
         def check():
@@ -144,13 +144,8 @@ def broken_variant():
     def crash(problem, seed, *, precision, plan=None):
         raise RuntimeError("kernel exploded")
 
-    recs = [VariantRecord("lstm", "broken", "numpy", build, "test double"),
-            VariantRecord("lstm", "crashing", "numpy", crash, "test double")]
-    for r in recs:
-        registry.register(r)
-    yield
-    for r in recs:
-        del registry.REGISTRY[r.key]
+    register_variants(VariantRecord("lstm", "broken", "numpy", build, "test double"),
+                      VariantRecord("lstm", "crashing", "numpy", crash, "test double"))
 
 
 def test_failed_case_is_reported_and_run_continues(broken_variant, capsys, tmp_path):

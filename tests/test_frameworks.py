@@ -244,14 +244,20 @@ def _available(fw):
     return None, None
 
 
+def _python_or_skip(fw):
+    """The interpreter to run ``fw`` with (None: this one), or skip the test with the reason."""
+    python, why = _available(fw)
+    if why:
+        pytest.skip(why)
+    return python
+
+
 CASES = [(fw, op, path) for fw in FRAMEWORKS for op in ("lstm", "gru") for path in PATHS[fw]["cpu"]]
 
 
 @pytest.mark.parametrize("fw,op,path", CASES, ids=[f"{f}-{o}-{p}" for f, o, p in CASES])
 def test_framework_matches_reference(fw, op, path):
-    python, why = _available(fw)
-    if why:
-        pytest.skip(why)
+    python = _python_or_skip(fw)
     problem = RNNProblem(op, T=5, B=3, I=7, H=6, L=2)
     build = lambda: fcases.build_framework(problem, 1, framework=fw, path=path, device="cpu",  # noqa: E731
                                            precision="fp32", threads=1, python=python)
@@ -285,9 +291,7 @@ CONV_CASES = [("torch", "fused", "NCHW"), ("torch", "fused", "NHWC"), ("torch", 
 @pytest.mark.parametrize("fw,path,layout", CONV_CASES, ids=[f"{f}-conv-{p}-{l}" for f, p, l in CONV_CASES])
 def test_framework_conv_matches_reference(fw, path, layout):
     from kernels.conv import ConvProblem
-    python, why = _available(fw)
-    if why:
-        pytest.skip(why)
+    python = _python_or_skip(fw)
     problem = ConvProblem(N=2, C=3, H=9, W=8, K=5, R=3, S=3, stride=(2, 1), pad=(1, 2), layout=layout)
     build = lambda: fcases.build_framework(problem, 2, framework=fw, path=path, device="cpu",  # noqa: E731
                                            precision="fp32", threads=1, python=python)
@@ -315,9 +319,7 @@ NUMPY1_TRAIN = [("chainer", op, path) for op in ("lstm", "gru") for path in ("fu
 
 @pytest.mark.parametrize("fw,op,path", NUMPY1_TRAIN, ids=[f"{f}-{o}-{p}-bwd" for f, o, p in NUMPY1_TRAIN])
 def test_numpy1_framework_training_step_matches_the_reference(fw, op, path):
-    python, why = _available(fw)
-    if why:
-        pytest.skip(why)
+    python = _python_or_skip(fw)
     problem = RNNProblem(op, T=4, B=3, I=5, H=6, L=2)
     prepared = fcases.build_framework(problem, 1, framework=fw, path=path, device="cpu", precision="fp32",
                                       threads=1, python=python, backward=True)
@@ -332,9 +334,7 @@ def test_numpy1_framework_training_step_matches_the_reference(fw, op, path):
 
 def test_chainer_cuda_without_cupy_is_a_skip_saying_why():
     """Chainer 7.8.1 needs CuPy 7, which has no build for this Python: its GPU rows say so."""
-    python, why = _available("chainer")
-    if why:
-        pytest.skip(why)
+    python = _python_or_skip("chainer")
     from microbench.frameworks.client import Worker
     with pytest.raises(Unsupported, match="CuPy >=7.7,<8"):
         Worker("chainer", python=python, device="cuda").close()

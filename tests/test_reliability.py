@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from microbench import checks, cli, registry
+from microbench import checks, cli
 from microbench.harness import Settings
 from microbench.registry import Prepared, VariantRecord
 
@@ -67,15 +67,10 @@ def _nan_reference_builder(problem, seed, *, precision, plan=None):
 
 
 @pytest.fixture
-def wrong_variants():
-    recs = [VariantRecord("lstm", "stale", "numpy", _wrong_later_builder(True), "test double"),
-            VariantRecord("lstm", "stale2", "numpy", _wrong_later_builder(False), "test double"),
-            VariantRecord("lstm", "nanref", "numpy", _nan_reference_builder, "test double")]
-    for r in recs:
-        registry.register(r)
-    yield
-    for r in recs:
-        del registry.REGISTRY[r.key]
+def wrong_variants(register_variants):
+    register_variants(VariantRecord("lstm", "stale", "numpy", _wrong_later_builder(True), "test double"),
+                      VariantRecord("lstm", "stale2", "numpy", _wrong_later_builder(False), "test double"),
+                      VariantRecord("lstm", "nanref", "numpy", _nan_reference_builder, "test double"))
 
 
 def test_the_gate_fails_both_constructed_wrong_results(wrong_variants, capsys, tmp_path):

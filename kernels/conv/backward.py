@@ -50,13 +50,29 @@ def check_grad_inputs(a, name: str, shape: tuple) -> np.dtype:
 
 
 # -- float64 references ---------------------------------------------------------------------------
-def _taps(p: ConvProblem):
+def taps(p: ConvProblem):
     """(r, s, row slice, column slice) of the padded input each filter tap meets."""
     (sh, sw), (dh, dw) = p.stride, p.dilation
     for r in range(p.R):
         for s in range(p.S):
             h0, w0 = r * dh, s * dw
             yield r, s, slice(h0, h0 + sh * (p.P - 1) + 1, sh), slice(w0, w0 + sw * (p.Q - 1) + 1, sw)
+
+
+def dy_rows(xp, dy, p: ConvProblem):
+    """dY as (K, N*P*Q), the forward GEMM's output order (a contiguous copy; ``xp`` NumPy or CuPy)."""
+    return xp.ascontiguousarray(to_nchw(xp.asarray(dy), p.layout).transpose(1, 0, 2, 3)).reshape(p.K, p.N * p.P * p.Q)
+
+
+def col2im(xp, dcols, p: ConvProblem, dtype):
+    """dx (N, C, H, W) from the column-matrix gradient ``dcols`` (C, R, S, N, P, Q): each tap's
+    (C, N, P, Q) block added into the strided slice of the padded gradient (the reverse of the
+    forward's copy); ``xp`` NumPy or CuPy."""
+    ph, pw = p.pad
+    dxpad = xp.zeros((p.N, p.C, p.H + 2 * ph, p.W + 2 * pw), dtype=dtype)
+    for r, s, rows, cols in taps(p):
+        dxpad[:, :, rows, cols] += dcols[:, r, s].transpose(1, 0, 2, 3)
+    return dxpad[:, :, ph:ph + p.H, pw:pw + p.W]
 
 
 def conv2d_backward_data_reference(dy, w, problem: ConvProblem) -> np.ndarray:
@@ -68,7 +84,7 @@ def conv2d_backward_data_reference(dy, w, problem: ConvProblem) -> np.ndarray:
     dyg = to_nchw(np.asarray(dy, dtype=np.float64), p.layout).reshape(p.N, G, p.Kg, p.P, p.Q)
     wg = np.asarray(w, dtype=np.float64).reshape(G, p.Kg, p.Cg, p.R, p.S)
     dxpad = np.zeros((p.N, G, p.Cg, p.H + 2 * ph, p.W + 2 * pw))
-    for r, s, rows, cols in _taps(p):
+    for r, s, rows, cols in taps(p):
         dxpad[..., rows, cols] += np.einsum("ngkpq,gkc->ngcpq", dyg, wg[..., r, s])
     dx = dxpad[..., ph:ph + p.H, pw:pw + p.W].reshape(p.N, p.C, p.H, p.W)
     return from_nchw(dx, p.layout)
@@ -85,7 +101,7 @@ def conv2d_backward_weights_reference(x, dy, problem: ConvProblem) -> tuple:
     dyc = to_nchw(np.asarray(dy, dtype=np.float64), p.layout)
     dyg = dyc.reshape(p.N, G, p.Kg, p.P, p.Q)
     dw = np.empty((G, p.Kg, p.Cg, p.R, p.S))
-    for r, s, rows, cols in _taps(p):
+    for r, s, rows, cols in taps(p):
         dw[..., r, s] = np.einsum("ngcpq,ngkpq->gkc", xg[..., rows, cols], dyg)
     db = dyc.sum(axis=(0, 2, 3)) if p.bias else None
     return dw.reshape(p.w_shape), db
@@ -117,21 +133,14 @@ def backward_data_im2col(dy, w, problem: ConvProblem) -> np.ndarray:
     dt = _dtype(dy, p)
     check_grad_inputs(dy, "dy", p.y_shape)
     check_grad_inputs(w, "w", p.w_shape)
-    (ph, pw), G, Cg, Kg, RS = p.pad, p.groups, p.Cg, p.Kg, p.R * p.S
-    NPQ = p.N * p.P * p.Q
-    # dY as (K, N*P*Q): the forward GEMM's output order
-    dyk = np.ascontiguousarray(to_nchw(np.asarray(dy), p.layout).transpose(1, 0, 2, 3)).reshape(p.K, NPQ)
+    G, Cg, Kg, RS = p.groups, p.Cg, p.Kg, p.R * p.S
+    dyk = dy_rows(np, dy, p)
     w = np.asarray(w)
-    dcols = np.empty((p.C * RS, NPQ), dtype=dt)          # (C, R, S) x (N, P, Q), the column layout
+    dcols = np.empty((p.C * RS, dyk.shape[1]), dtype=dt)   # (C, R, S) x (N, P, Q), the column layout
     for g in range(G):
         wg = w[g * Kg:(g + 1) * Kg].reshape(Kg, Cg * RS)
         np.matmul(wg.T, dyk[g * Kg:(g + 1) * Kg], out=dcols[g * Cg * RS:(g + 1) * Cg * RS])
-    # col2im: each tap's (C, N, P, Q) block added into the strided slice of the padded gradient
-    d6 = dcols.reshape(p.C, p.R, p.S, p.N, p.P, p.Q)
-    dxpad = np.zeros((p.N, p.C, p.H + 2 * ph, p.W + 2 * pw), dtype=dt)
-    for r, s, rows, cols in _taps(p):
-        dxpad[:, :, rows, cols] += d6[:, r, s].transpose(1, 0, 2, 3)
-    dx = dxpad[:, :, ph:ph + p.H, pw:pw + p.W]
+    dx = col2im(np, dcols.reshape(p.C, p.R, p.S, p.N, p.P, p.Q), p, dt)
     return from_nchw(dx, p.layout)
 
 
@@ -144,8 +153,7 @@ def backward_weights_im2col(x, dy, problem: ConvProblem) -> tuple:
     NPQ = p.N * p.P * p.Q
     q = _nchw(p)
     view = columns(np.ascontiguousarray(to_nchw(np.asarray(x), p.layout)), q)   # (C, R, S, N, P, Q)
-    dyc = to_nchw(np.asarray(dy), p.layout)
-    dyk = np.ascontiguousarray(dyc.transpose(1, 0, 2, 3)).reshape(p.K, NPQ)
+    dyk = dy_rows(np, dy, p)
     dw = np.empty((p.K, Cg * RS), dtype=dt)
     for g in range(G):
         cols = view[g * Cg:(g + 1) * Cg].reshape(Cg * RS, NPQ)          # the forward's copy
@@ -164,6 +172,8 @@ def _direct_kernels():
         return _KERNELS["data"], _KERNELS["weights"]
     import numba
 
+    from .direct import inside          # the valid output range of one tap, as the forward kernel
+
     @numba.njit(parallel=True, cache=True)
     def bwd_data(dy, w, dx, sh, sw, ph, pw, dh, dw_, groups):
         N, C, H, W = dx.shape
@@ -181,13 +191,11 @@ def _direct_kernels():
                 k = g * Kg + kk
                 for r in range(R):
                     off_h = r * dh - ph
-                    i0 = max(0, -(off_h // sh)) if off_h < 0 else 0
-                    i1 = min(P, (H - 1 - off_h) // sh + 1) if H - 1 - off_h >= 0 else 0
+                    i0, i1 = inside(off_h, sh, H, P)
                     for s in range(S):
                         wv = w[k, cc, r, s]
                         off_w = s * dw_ - pw
-                        j0 = max(0, -(off_w // sw)) if off_w < 0 else 0
-                        j1 = min(Q, (W - 1 - off_w) // sw + 1) if W - 1 - off_w >= 0 else 0
+                        j0, j1 = inside(off_w, sw, W, Q)
                         for i in range(i0, i1):
                             hi = i * sh + off_h
                             for j in range(j0, j1):
@@ -204,12 +212,10 @@ def _direct_kernels():
             c = (k // Kg) * Cg + cc
             for r in range(R):
                 off_h = r * dh - ph
-                i0 = max(0, -(off_h // sh)) if off_h < 0 else 0
-                i1 = min(P, (H - 1 - off_h) // sh + 1) if H - 1 - off_h >= 0 else 0
+                i0, i1 = inside(off_h, sh, H, P)
                 for s in range(S):
                     off_w = s * dw_ - pw
-                    j0 = max(0, -(off_w // sw)) if off_w < 0 else 0
-                    j1 = min(Q, (W - 1 - off_w) // sw + 1) if W - 1 - off_w >= 0 else 0
+                    j0, j1 = inside(off_w, sw, W, Q)
                     acc = 0.0            # float64: a sum over N*P*Q terms (10^5 in DeepBench rows)
                     for n in range(N):
                         for i in range(i0, i1):

@@ -28,6 +28,16 @@ from .reference import to_nchw
 DTYPES = ("fp32", "fp64")
 
 
+@numba.njit(cache=True)
+def inside(off, stride, size, n):
+    """The output rows ``[i0, i1)`` of ``n`` whose input row ``i*stride + off`` lies in ``[0, size)``:
+    ``i0 = ceil(-off/stride)``, ``i1 = floor((size-1-off)/stride) + 1``, clipped to ``[0, n]``.  Computed
+    once per tap, so the loops over the plane need no bounds test (the backward kernels use it too)."""
+    i0 = max(0, -(off // stride)) if off < 0 else 0
+    i1 = min(n, (size - 1 - off) // stride + 1) if size - 1 - off >= 0 else 0
+    return i0, i1
+
+
 @numba.njit(parallel=True, cache=True)
 def _direct_kernel(x, w, b, y, sh, sw, ph, pw, dh, dw, groups):
     N, C, H, W = x.shape
@@ -45,15 +55,12 @@ def _direct_kernel(x, w, b, y, sh, sw, ph, pw, dh, dw, groups):
         for cc in range(Cg):
             c = g * Cg + cc
             for r in range(R):
-                # rows i with 0 <= i*sh + off_h <= H-1: i0 = ceil(-off_h/sh), i1 = floor(...)+1
                 off_h = r * dh - ph
-                i0 = max(0, -(off_h // sh)) if off_h < 0 else 0
-                i1 = min(P, (H - 1 - off_h) // sh + 1) if H - 1 - off_h >= 0 else 0
+                i0, i1 = inside(off_h, sh, H, P)
                 for s in range(S):
                     wv = w[k, cc, r, s]
                     off_w = s * dw - pw
-                    j0 = max(0, -(off_w // sw)) if off_w < 0 else 0
-                    j1 = min(Q, (W - 1 - off_w) // sw + 1) if W - 1 - off_w >= 0 else 0
+                    j0, j1 = inside(off_w, sw, W, Q)
                     for i in range(i0, i1):
                         hi = i * sh + off_h
                         for j in range(j0, j1):

@@ -1,6 +1,8 @@
 """Conv2d training step through the column matrix, generic over ``xp`` (NumPy on the CPU, CuPy on a GPU):
 what ``microbench scale conv`` runs on every rank.  The per-phase references and timed CPU variants
-(backward-data, backward-weights) are :mod:`kernels.conv.backward`.
+(backward-data, backward-weights) are :mod:`kernels.conv.backward`; this step uses its tap slices,
+its dY layout and its ``col2im``, with one batched GEMM over the groups where the timed CPU
+variants loop over them.
 
 Forward keeps the column matrix as its tape; backward is three GEMM-shaped pieces per group:
 
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .backward import taps, col2im, dy_rows
 from .geometry import ConvProblem
 
 
@@ -42,13 +45,11 @@ def _back(xp, a, layout):
 
 def _columns(xp, x, p: ConvProblem):
     """(C, R, S, N, P, Q) receptive fields of an NCHW input, copied tap by tap."""
-    (ph, pw), (sh, sw), (dh, dw) = p.pad, p.stride, p.dilation
+    ph, pw = p.pad
     xpad = xp.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
     cols = xp.empty((p.C, p.R, p.S, p.N, p.P, p.Q), dtype=x.dtype)
-    for r in range(p.R):
-        for s in range(p.S):
-            tap = xpad[:, :, r * dh: r * dh + sh * (p.P - 1) + 1: sh, s * dw: s * dw + sw * (p.Q - 1) + 1: sw]
-            cols[:, r, s] = tap.transpose(1, 0, 2, 3)
+    for r, s, hs, ws in taps(p):
+        cols[:, r, s] = xpad[:, :, hs, ws].transpose(1, 0, 2, 3)
     return cols
 
 
@@ -69,19 +70,13 @@ def backward(tape: ConvTape, dy, *, xp=np, on_params=None) -> dict:
     """``{"x", "w", "b"}`` gradients of ``sum(y * dy)`` (b None without bias)."""
     p = tape.problem
     G, Kg, NPQ = p.groups, p.Kg, p.N * p.P * p.Q
-    dyk = xp.ascontiguousarray(_nchw(xp, xp.asarray(dy), p.layout).transpose(1, 0, 2, 3)).reshape(G, Kg, NPQ)
+    dyk = dy_rows(xp, dy, p).reshape(G, Kg, NPQ)
     dw = xp.matmul(dyk, tape.cols.transpose(0, 2, 1)).reshape(p.K, p.C // G, p.R, p.S)
     db = dyk.reshape(p.K, NPQ).sum(axis=1) if p.bias else None
     grads = {"w": dw, "b": db}
     if on_params is not None:
         on_params(grads)
     dcols = xp.matmul(tape.w.transpose(0, 2, 1), dyk).reshape(p.C, p.R, p.S, p.N, p.P, p.Q)
-    (ph, pw), (sh, sw), (dh, dw_) = p.pad, p.stride, p.dilation
-    dxp = xp.zeros((p.N, p.C, p.H + 2 * ph, p.W + 2 * pw), dtype=dyk.dtype)
-    for r in range(p.R):
-        for s in range(p.S):
-            dxp[:, :, r * dh: r * dh + sh * (p.P - 1) + 1: sh, s * dw_: s * dw_ + sw * (p.Q - 1) + 1: sw] += \
-                dcols[:, r, s].transpose(1, 0, 2, 3)
-    dx = dxp[:, :, ph: ph + p.H, pw: pw + p.W]
+    dx = col2im(xp, dcols, p, dyk.dtype)
     grads["x"] = _back(xp, xp.ascontiguousarray(dx), p.layout)
     return grads
