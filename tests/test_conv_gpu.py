@@ -20,6 +20,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from kernels import cudasrc
 from kernels.conv import ConvProblem, conv2d_reference
 from kernels.conv import gpu as cg
 from kernels.conv import winograd as cpu_winograd
@@ -117,7 +118,7 @@ def test_nvcc_compiles_sm90_without_spills(tmp_path):
 
 def test_nvrtc_compiles_every_entry():
     try:
-        ptx = cg.nvrtc_compile("sm_90", cubin=False).decode(errors="replace")
+        ptx = cudasrc.nvrtc_compile(cg.SOURCE, "sm_90", cubin=False).decode(errors="replace")
     except MissingDependency as e:
         pytest.skip(str(e))
     entries = set(re.findall(r"\.entry\s+(\w+)", ptx))

@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fusion import cellexpr as ce
 from fusion import pointwise_cuda as pc
+from kernels import cudasrc
 from kernels.errors import MissingDependency
 
 from cudatools import parse_resource_usage
@@ -56,9 +58,9 @@ def test_nvcc_compiles(cu, arch, tmp_path):
 
 
 # -- NVRTC (what CuPy's RawModule compiles with) ----------------------------------------------
-def _nvrtc_or_skip(*args, **kw):
+def _nvrtc_or_skip(source=pc.SOURCE, **kw):
     try:
-        return pc.nvrtc_compile(*args, **kw)
+        return cudasrc.nvrtc_compile(source, **kw)
     except MissingDependency as e:
         pytest.skip(str(e))
 
@@ -74,9 +76,61 @@ def test_compile_error_carries_the_log():
     broken = pc.read_source().replace("fmaf(f, ", "fmaf(f_undefined, ", 1)
     assert broken != pc.read_source()
     with pytest.raises(pc.KernelCompileError) as info:
-        _nvrtc_or_skip(broken)
+        _nvrtc_or_skip(broken, filename=pc.SOURCE.name)
     msg = str(info.value)
     assert "rnn_pointwise.cu" in msg and "f_undefined" in msg and "undefined" in msg
+    # the inlined header's #line markers keep the .cu's own line numbers in the log
+    line = pc.SOURCE.read_text().splitlines().index(
+        next(ln for ln in pc.SOURCE.read_text().splitlines() if "fmaf(f, " in ln)) + 1
+    assert f"rnn_pointwise.cu({line})" in msg, msg
+
+
+# -- the shared device header -------------------------------------------------------------------
+HEADER = cudasrc.CUDA_DIR / "mb_device.cuh"
+SHARED = ("load", "store", "sigmoid")
+
+
+@pytest.mark.parametrize("cu", CU_FILES, ids=lambda p: p.name)
+def test_every_source_includes_the_shared_header(cu):
+    """Each .cu takes load/store/sigmoid from mb_device.cuh instead of writing its own copy."""
+    text = cu.read_text()
+    assert '#include "mb_device.cuh"' in text
+    for f in SHARED:
+        assert not re.search(rf"__device__[^;{{]*\b(mb_)?{f}\(", text), f"{cu.name} defines its own {f}"
+    expanded = cudasrc.read(cu)
+    assert not re.search(r'^#include "mb_device.cuh"', expanded, re.M) and "namespace mb {" in expanded
+
+
+def test_generated_source_includes_the_shared_header():
+    src = ce.cuda_source(ce.LSTM)
+    assert '#include "mb_device.cuh"' in src
+    for f in SHARED:
+        assert f"using mb::{f};" in src
+        assert not re.search(rf"__device__[^;{{]*\b{f}\(", src), f"the prelude defines its own {f}"
+
+
+def test_expand_inlines_once_and_keeps_line_numbers():
+    text = '#include "mb_device.cuh"\n#include "mb_device.cuh"\nint x;\n#include <cuda_fp16.h>\n'
+    out = cudasrc.expand(text, "t.cu")
+    assert out.count("#define MB_DEVICE_CUH") == 1               # a header once per translation unit
+    assert '#line 1 "mb_device.cuh"' in out and '#line 2 "t.cu"' in out
+    # the second include leaves its line empty, so "int x;" is still line 3; system includes stay
+    assert out.endswith('#line 2 "t.cu"\n\nint x;\n#include <cuda_fp16.h>\n')
+    assert cudasrc.expand('#include "not_ours.h"\n', "t.cu") == '#include "not_ours.h"\n'
+
+
+def test_header_compiles_in_a_generated_and_a_hand_written_source(tmp_path, monkeypatch):
+    """NVRTC sees the header through the loader in both kinds of source, and an error inside the
+    header is reported against the header's own file and line."""
+    _nvrtc_or_skip(ce.cuda_source(ce.GRU), filename="gru_cell.cu")
+    _nvrtc_or_skip(pc.SOURCE)
+    broken = HEADER.read_text().replace("return *p;", "return *p + undefined_in_header;", 1)
+    line = next(i for i, ln in enumerate(broken.splitlines(), 1) if "undefined_in_header" in ln)
+    (tmp_path / HEADER.name).write_text(broken)
+    monkeypatch.setattr(cudasrc, "CUDA_DIR", tmp_path)
+    with pytest.raises(cudasrc.KernelCompileError) as info:
+        _nvrtc_or_skip(pc.SOURCE.read_text(), filename=pc.SOURCE.name)
+    assert f"mb_device.cuh({line})" in str(info.value), str(info.value)
 
 
 # -- launch shape -----------------------------------------------------------------------------

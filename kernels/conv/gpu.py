@@ -34,17 +34,17 @@ std::barrier for __syncthreads) through these launchers.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
+from .. import cudasrc
 from ..dtypes import canonical
 from ..errors import BadInput, MissingDependency, Unsupported
 from . import winograd as cpu_winograd
 from .geometry import ConvProblem
 
-SOURCE = Path(__file__).resolve().parent.parent / "cuda" / "conv2d.cu"
+SOURCE = cudasrc.CUDA_DIR / "conv2d.cu"
 VARIANTS = ("direct", "im2col", "implicit_gemm", "winograd_f2", "winograd")
 DTYPES = {"direct": ("fp32", "fp16"), "im2col": ("fp32", "fp16"),
           "implicit_gemm": ("fp32", "fp16"), "winograd_f2": ("fp32",), "winograd": ("fp32",)}
@@ -173,7 +173,8 @@ def device_bytes(variant: str, problem: ConvProblem, dtype) -> int:
 
 # -- compilation ------------------------------------------------------------------------------
 def read_source() -> str:
-    return SOURCE.read_text()
+    """The .cu as every compiler gets it (its shared header inlined by :func:`kernels.cudasrc.read`)."""
+    return cudasrc.read(SOURCE)
 
 
 def source_constants() -> dict:
@@ -182,16 +183,8 @@ def source_constants() -> dict:
             for m in re.finditer(r"#define\s+MB_(\w+)\s+(\d+)", read_source())}
 
 
-def nvrtc_compile(arch: str = "sm_90", *, cubin: bool = True, source: str | None = None) -> bytes:
-    """NVRTC (no GPU needed) with the launcher's options; errors carry the compiler's log."""
-    from fusion import pointwise_cuda as pc
-    return pc.nvrtc_compile(read_source() if source is None else source, arch, cubin=cubin,
-                            filename=SOURCE.name)
-
-
 def _function(symbol_: str, device: int):
-    from fusion.pointwise_cuda import raw_function
-    return raw_function(SOURCE, symbol_, device)
+    return cudasrc.file_function(SOURCE, symbol_, device)
 
 
 def _cupy():
