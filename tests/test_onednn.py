@@ -296,7 +296,7 @@ def test_missing_library_skips_with_the_places_searched(tmp_path, monkeypatch):
     from microbench.registry import REGISTRY
     from microbench.runner import Case, run_case
     monkeypatch.setenv(L.ENV_VAR, str(tmp_path))
-    L._load_cached.cache_clear()
+    L._loader.cache_clear()
     try:
         case = Case(REGISTRY[("lstm", "onednn", "onednn")], RNNProblem("lstm", 2, 2, 4, 4, 1), "fp32")
         o = run_case(case, Settings(0.01, 0.05, 1.0, 3, 1.0), {"env_id": "t"}, 0.0)
@@ -304,7 +304,7 @@ def test_missing_library_skips_with_the_places_searched(tmp_path, monkeypatch):
         assert str(tmp_path) in o.error and "onednn-cpu-gomp" in o.error
     finally:
         monkeypatch.delenv(L.ENV_VAR)
-        L._load_cached.cache_clear()
+        L._loader.cache_clear()
 
 
 def test_nvtx_phase_per_primitive_named_by_its_kind():
