@@ -24,6 +24,7 @@ from ..conv.geometry import ConvProblem
 from ..dtypes import canonical
 from ..errors import BadInput, MissingDependency, Unsupported
 from . import errors as cerr
+from . import handles
 from .handles import (CUDNN_DATA_FLOAT, CUDNN_DATA_HALF, CUDNN_DEFAULT_MATH, CUDNN_FMA_MATH,
                       CUDNN_TENSOR_OP_MATH, CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION, PI, PSZ, Descriptor,
                       Handle, I, P)
@@ -89,15 +90,7 @@ class CudnnConv:
                  lib=None):
         self.precision = check_request(problem, precision, algo)
         self.problem = p = problem
-        from kernels import gpu
-        ok, reason = gpu.detect()
-        if not ok:
-            raise Unsupported(f"the cudnn conv variant needs a GPU: {reason}")
-        if lib is None:
-            from .lib import load
-            lib = load()
-        import cupy
-        self.lib, self._cp = lib, cupy
+        self.lib, self._cp = handles.open_gpu(lib, "cudnn conv")
         for name, argtypes in PROTOTYPES.items():
             lib.fn(name, argtypes)
         self._stack = st = ExitStack()

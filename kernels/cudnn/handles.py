@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 from contextlib import ExitStack
 
+from ..errors import Unsupported
 from . import errors as cerr
 
 # cudnnDataType_t, cudnnMathType_t (cudnn_graph.h, cuDNN 9)
@@ -32,6 +33,21 @@ PROTOTYPES = {
     "cudnnSetTensorNdDescriptor": [P, I, I, PI, PI],
     "cudnnGetTensorNdDescriptor": [P, I, PI, PI, PI, PI],
 }
+
+
+def open_gpu(lib, variant: str):
+    """``(lib, cupy)`` for a variant about to run: Unsupported naming ``variant`` when there is no
+    GPU (checked first: cuDNN loads without one, but cudnnCreate fails), then the process's cuDNN
+    unless ``lib`` is given."""
+    from kernels import gpu
+    ok, reason = gpu.detect()
+    if not ok:
+        raise Unsupported(f"the {variant} variant needs a GPU: {reason}")
+    if lib is None:
+        from .lib import load
+        lib = load()
+    import cupy
+    return lib, cupy
 
 
 def bind(lib, names=None, prototypes=PROTOTYPES) -> None:

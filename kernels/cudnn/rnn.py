@@ -270,15 +270,7 @@ class CudnnRNN:
                  precision: str = "fp32", mode: str = "inference", lib=None):
         self.cfg = cfg = rnn_config(params, batch=batch, seq_len=seq_len, algo=algo,
                                     precision=precision, mode=mode)
-        from kernels import gpu
-        ok, reason = gpu.detect()
-        if not ok:
-            raise Unsupported(f"the cudnn variant needs a GPU: {reason}")
-        if lib is None:
-            from .lib import load
-            lib = load()
-        import cupy
-        self.lib, self._cp = lib, cupy
+        self.lib, self._cp = handles.open_gpu(lib, "cudnn")
         bind(lib)
         self._stack = ExitStack()
         try:
