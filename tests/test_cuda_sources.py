@@ -133,6 +133,15 @@ def test_header_compiles_in_a_generated_and_a_hand_written_source(tmp_path, monk
     assert f"mb_device.cuh({line})" in str(info.value), str(info.value)
 
 
+def test_resources_reads_the_loaded_entry():
+    """What cudasrc.resources reports is the driver's attributes of the entry, as ints."""
+    import types
+    k = types.SimpleNamespace(num_regs=40, local_size_bytes=0, shared_size_bytes=132,
+                              const_size_bytes=0, max_threads_per_block=1024)
+    assert cudasrc.resources(k) == {"num_regs": 40, "local_size_bytes": 0, "shared_size_bytes": 132,
+                                    "const_size_bytes": 0, "max_threads_per_block": 1024}
+
+
 # -- launch shape -----------------------------------------------------------------------------
 def test_launch_bounds_match_the_source():
     m = re.search(r"#define\s+MB_POINTWISE_THREADS\s+(\d+)", pc.read_source())

@@ -68,6 +68,28 @@ def test_unloadable_file_is_a_missing_dependency(tmp_path):
 
 
 # -- statuses ----------------------------------------------------------------------------------
+def test_loader_keeps_a_failure_until_cleared():
+    """kernels.vendorlib.Loader (both library loaders): one search per process, the failure kept
+    as the skip reason of every variant, forgotten by cache_clear()."""
+    from kernels import vendorlib
+    calls = []
+
+    def attempt():
+        calls.append(1)
+        if len(calls) == 1:
+            raise MissingDependency("libx", "the x variants", "searched: nowhere")
+        return type("Lib", (), {"version": "1.2.3"})()
+    loader = vendorlib.Loader(attempt)
+    assert loader.available(lambda lib: "ok")[0] is False
+    assert loader.version() is None and loader.describe(dict)["reason"].startswith("libx")
+    with pytest.raises(MissingDependency, match="searched: nowhere"):
+        loader()
+    assert len(calls) == 1
+    loader.cache_clear()
+    assert loader.version() == "1.2.3" and loader.available(lambda lib: f"x {lib.version}") == (True, "x 1.2.3")
+    assert len(calls) == 2
+
+
 def test_statuses_become_named_exceptions():
     with pytest.raises(E.OnednnUnimplemented, match=r"dnnl_foo failed: dnnl_unimplemented \(3\)") as ei:
         E.check("dnnl_foo", 3, "winograd")
