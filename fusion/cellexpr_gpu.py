@@ -163,7 +163,7 @@ def cupy_function(cell: ce.Cell, dtype_name: str, device: int):
     """The compiled entry of ``cell`` for a storage type, on ``device`` (one NVRTC run per cell and
     device builds the module of all storage types)."""
     return cudasrc.function(module_source(cell), ce.cuda_symbol(cell, dtype_name), device,
-                            name=f"the generated kernel of cell {cell.name}")
+                            name=f"the generated kernel of cell {cell.name}", filename=f"{cell.name}_cell.cu")
 
 
 class CupyCell:

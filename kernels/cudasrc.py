@@ -151,15 +151,17 @@ def module(code: str, device: int, cooperative: bool = False):
         return cupy.RawModule(code=code, options=compile_options(), enable_cooperative_groups=cooperative)
 
 
-def function(code: str, symbol: str, device: int, *, name: str, cooperative: bool = False):
+def function(code: str, symbol: str, device: int, *, name: str, filename: str = "kernel.cu",
+             cooperative: bool = False):
     """Entry ``symbol`` of CUDA C text ``code`` (local includes inlined here), compiled and loaded on
     ``device``: a ``cupy.RawKernel``, launched on CuPy's current stream.  ``name`` says what failed
-    to compile in the error.  Callers keep the result (a lookup hashes the whole text)."""
+    to compile in the error, ``filename`` names the text in the log's line references.  Callers
+    keep the result (a lookup hashes the whole text)."""
     import cupy
     from cupy.cuda.compiler import CompileException
     with cupy.cuda.Device(device):
         try:
-            return module(expand(code, name), device, cooperative).get_function(symbol)
+            return module(expand(code, filename), device, cooperative).get_function(symbol)
         except CompileException as e:
             log = e.get_message() if hasattr(e, "get_message") else str(e)
             raise KernelCompileError(f"NVRTC (CuPy RawModule) could not compile {name} "
@@ -170,7 +172,8 @@ def function(code: str, symbol: str, device: int, *, name: str, cooperative: boo
 def file_function(source: Path, symbol: str, device: int, cooperative: bool = False):
     """Entry ``symbol`` of a .cu under ``kernels/cuda``, loaded on ``device`` (cached by path: cheap
     to call before every launch)."""
-    return function(read(source), symbol, device, name=str(source), cooperative=cooperative)
+    return function(read(source), symbol, device, name=str(source), filename=Path(source).name,
+                    cooperative=cooperative)
 
 
 _RESOURCES = ("num_regs", "local_size_bytes", "shared_size_bytes", "const_size_bytes", "max_threads_per_block")

@@ -8,6 +8,7 @@ With a GPU (``-m gpu``): the whole RNN on each GPU backend against ``kernels.ref
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -131,6 +132,55 @@ def test_header_compiles_in_a_generated_and_a_hand_written_source(tmp_path, monk
     with pytest.raises(cudasrc.KernelCompileError) as info:
         _nvrtc_or_skip(pc.SOURCE.read_text(), filename=pc.SOURCE.name)
     assert f"mb_device.cuh({line})" in str(info.value), str(info.value)
+
+
+def _stand_in_cupy(monkeypatch, fail: str | None = None):
+    """The slice of CuPy the loader calls: RawModule (records what it was given) and the
+    compiler's CompileException, raised by get_function when ``fail`` is set."""
+    import contextlib
+    import types
+    made = []
+
+    class CompileException(Exception):
+        def get_message(self):
+            return fail
+
+    class RawModule:
+        def __init__(self, *, code, options, enable_cooperative_groups):
+            self.code, self.options, self.coop = code, options, enable_cooperative_groups
+            made.append(self)
+
+        def get_function(self, symbol):
+            if fail:
+                raise CompileException(fail)
+            return (self, symbol)
+    compiler = types.SimpleNamespace(CompileException=CompileException)
+    cuda = types.SimpleNamespace(Device=lambda d: contextlib.nullcontext(), compiler=compiler)
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(RawModule=RawModule, cuda=cuda))
+    monkeypatch.setitem(sys.modules, "cupy.cuda", cuda)
+    monkeypatch.setitem(sys.modules, "cupy.cuda.compiler", compiler)
+    for cached in ("module", "file_function"):   # fresh caches: no stand-in outlives the test
+        monkeypatch.setattr(cudasrc, cached, functools.lru_cache(maxsize=None)(getattr(cudasrc, cached).__wrapped__))
+    return made
+
+
+def test_loader_gives_raw_module_the_expanded_source(monkeypatch):
+    made = _stand_in_cupy(monkeypatch)
+    mod, sym = cudasrc.file_function(pc.SOURCE, "lstm_pointwise_fused_f32", 0)
+    assert sym == "lstm_pointwise_fused_f32" and mod.code == pc.read_source() and not mod.coop
+    assert mod.options == cudasrc.compile_options()
+    cudasrc.file_function(pc.SOURCE, "gru_pointwise_fused_f32", 0)
+    assert len(made) == 1                                   # one module (one NVRTC run) per source
+    mod, _ = cudasrc.function(ce.cuda_source(ce.GRU), "gru_cell_f32", 0, name="cell gru",
+                              filename="gru_cell.cu", cooperative=True)
+    assert mod.coop and '#line 1 "mb_device.cuh"' in mod.code and '"gru_cell.cu"' in mod.code
+
+
+def test_loader_compile_error_carries_the_log(monkeypatch):
+    _stand_in_cupy(monkeypatch, fail="rnn_pointwise.cu(80): error: identifier x is undefined")
+    with pytest.raises(cudasrc.KernelCompileError, match=r"could not compile .*rnn_pointwise.cu \(options "
+                       r"--std=c\+\+17.*\n.*identifier x is undefined"):
+        cudasrc.file_function(pc.SOURCE, "lstm_pointwise_fused_f32", 0)
 
 
 def test_resources_reads_the_loaded_entry():
