@@ -51,7 +51,7 @@ def test_layering(top, forbidden):
     assert not bad, "\n".join(bad)
 
 
-def test_only_the_rnn_runners_of_kernels_import_fusion():
+def test_kernels_imports_fusion_only_where_built_on_it():
     """The launchers (persistent, conv, cuDNN, oneDNN) build their CUDA and load their libraries
     through kernels' own leaf modules (kernels.cudasrc, kernels.vendorlib), not through fusion."""
     bad = []
