@@ -32,11 +32,12 @@ __all__ = ["CUDA_DIR", "KernelCompileError", "read", "expand", "cuda_include_dir
 
 
 # -- source text ----------------------------------------------------------------------------
-def expand(text: str, filename: str, _seen: frozenset = frozenset()) -> str:
+def expand(text: str, filename: str, _seen: set | None = None) -> str:
     """``text`` with each ``#include "x.cuh"`` of a file in ``kernels/cuda`` replaced by that file
-    (recursively, each header once per translation unit).  Other includes are left to the compiler."""
+    (recursively, each header once per translation unit: a repeated include leaves its line empty).
+    Other includes are left to the compiler."""
     out, pos = [], 0
-    seen = set(_seen)
+    seen = set() if _seen is None else _seen
     for m in _LOCAL_INCLUDE.finditer(text):
         header = CUDA_DIR / m.group(1)
         if not header.is_file():
@@ -45,7 +46,7 @@ def expand(text: str, filename: str, _seen: frozenset = frozenset()) -> str:
         out.append(text[pos:m.start()])
         if m.group(1) not in seen:
             seen.add(m.group(1))
-            body = expand(header.read_text(), header.name, frozenset(seen))
+            body = expand(header.read_text(), header.name, seen)
             out.append(f'#line 1 "{header.name}"\n{body.rstrip()}\n#line {line} "{filename}"')
         pos = m.end()
     out.append(text[pos:])
