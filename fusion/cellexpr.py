@@ -518,19 +518,16 @@ class NumbaCell:
 
 
 # -- CUDA C ----------------------------------------------------------------------------------------
-_CUDA_PRELUDE = r"""#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+# The helpers every project kernel shares come from kernels/cuda/mb_device.cuh, which
+# kernels.cudasrc inlines before NVRTC runs (nvcc needs -I kernels/cuda for generated text).
+_CUDA_PRELUDE = r"""#include "mb_device.cuh"
 
 #ifndef MB_CELLEXPR_PRELUDE
 #define MB_CELLEXPR_PRELUDE
 namespace mbc {
-__device__ __forceinline__ float load(const float* p) { return *p; }
-__device__ __forceinline__ float load(const __half* p) { return __half2float(*p); }
-__device__ __forceinline__ float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-__device__ __forceinline__ float sigmoid(float a) { return fmaf(0.5f, tanhf(0.5f * a), 0.5f); }
+using mb::load;
+using mb::store;
+using mb::sigmoid;
 // a compare, not fmaxf (which returns 0 for a NaN): a NaN must reach the output and fail the check
 __device__ __forceinline__ float relu(float a) { return a < 0.0f ? 0.0f : a; }
 template <typename T>

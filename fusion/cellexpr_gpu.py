@@ -11,10 +11,11 @@ shaped as the cell declares them.  Arrays are CuPy arrays (``xp`` is cupy); the 
 CuPy's current stream.
 
 - :class:`CupyCell`: :func:`fusion.cellexpr.cuda_source` compiled by NVRTC through
-  ``cupy.RawModule`` with :func:`fusion.pointwise_cuda.compile_options` (the ``-I`` folders that
-  hold ``cuda_fp16.h``/``cuda_bf16.h`` under CUDA 13).  One NVRTC run per cell and device builds
-  the module holding the f32/f16/bf16 entries; the entry of a storage type is looked up once.
-  A compile error raises :class:`~fusion.pointwise_cuda.KernelCompileError` with NVRTC's log.
+  ``cupy.RawModule`` by :func:`kernels.cudasrc.function` (which inlines ``kernels/cuda/mb_device.cuh``
+  and passes the ``-I`` folders that hold ``cuda_fp16.h``/``cuda_bf16.h`` under CUDA 13).  One
+  NVRTC run per cell and device builds the module holding the f32/f16/bf16 entries; the entry of a
+  storage type is looked up once.  A compile error raises
+  :class:`~kernels.errors.KernelCompileError` with NVRTC's log.
 - :class:`NumbaCudaCell`: :func:`fusion.cellexpr.numba_cuda_kernel`, CuPy arrays passed through
   ``__cuda_array_interface__``, launched on an external stream wrapping CuPy's current one.  Under
   the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) it also takes NumPy arrays (wrapped as the
@@ -45,10 +46,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kernels import cudasrc
 from kernels.errors import BadInput, MissingDependency, Unsupported
 
 from . import cellexpr as ce
-from . import pointwise_cuda as pc
 
 MAX_GRID = 65535          # gridDim.y limit (no-reduction kernel); gridDim.x is kept under it too
 CUDA_SHARED_FLOATS = 33   # __shared__ float sh[33] in the generated CUDA C (see _CUDA_PRELUDE)
@@ -157,39 +158,12 @@ def module_source(cell: ce.Cell) -> str:
     return ce.cuda_source(cell)
 
 
-def nvrtc_options() -> tuple:
-    """NVRTC options of the launcher (RawModule adds the architecture of the device)."""
-    return pc.compile_options()
-
-
-def nvrtc_check(cell: ce.Cell, arch: str = "sm_90") -> bytes:
-    """Compile the launcher's source with NVRTC for ``arch`` without a GPU (cubin bytes).
-
-    :func:`fusion.pointwise_cuda.nvrtc_compile` passes ``--gpu-architecture`` and
-    :func:`nvrtc_options`, the options RawModule gets."""
-    return pc.nvrtc_compile(module_source(cell), arch, filename=f"{cell.name}_cell.cu")
-
-
-@functools.lru_cache(maxsize=None)
-def _cupy_module(cell: ce.Cell, device: int):
-    import cupy
-    with cupy.cuda.Device(device):
-        return cupy.RawModule(code=module_source(cell), options=nvrtc_options())
-
-
 @functools.lru_cache(maxsize=None)
 def cupy_function(cell: ce.Cell, dtype_name: str, device: int):
-    """The compiled entry of ``cell`` for a storage type, on ``device`` (RawModule compiles on the
-    first lookup, once per cell and device)."""
-    import cupy
-    from cupy.cuda.compiler import CompileException
-    with cupy.cuda.Device(device):
-        try:
-            return _cupy_module(cell, device).get_function(ce.cuda_symbol(cell, dtype_name))
-        except CompileException as e:
-            log = e.get_message() if hasattr(e, "get_message") else str(e)
-            raise pc.KernelCompileError(f"NVRTC (CuPy RawModule) could not compile the generated kernel of "
-                                        f"cell {cell.name} (options {' '.join(nvrtc_options())}):\n{log}") from None
+    """The compiled entry of ``cell`` for a storage type, on ``device`` (one NVRTC run per cell and
+    device builds the module of all storage types)."""
+    return cudasrc.function(module_source(cell), ce.cuda_symbol(cell, dtype_name), device,
+                            name=f"the generated kernel of cell {cell.name}", filename=f"{cell.name}_cell.cu")
 
 
 class CupyCell:

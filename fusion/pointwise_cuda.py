@@ -18,24 +18,23 @@ these providers on a machine without them, and a backend without its modules is 
 :meth:`kernels.backends.Backend.missing` before any provider is called.
 
 Compilation happens on first use (the harness's warm-up): once per process and device for the
-CUDA C module (all storage types in one NVRTC run, 0.2-0.3 s on the CPU machine), once per
-storage type for numba.  A compile error raises :class:`KernelCompileError` with the compiler's log.
+CUDA C module (all storage types in one NVRTC run, 0.2-0.3 s on the CPU machine, through
+:mod:`kernels.cudasrc`), once per storage type for numba.  A compile error raises
+:class:`~kernels.errors.KernelCompileError` with the compiler's log.
 """
 from __future__ import annotations
 
 import atexit
 import functools
 import math
-import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 
-from kernels.errors import BadInput, MicrobenchError, MissingDependency, Unsupported
+from kernels import cudasrc
+from kernels.errors import BadInput, KernelCompileError, MissingDependency, Unsupported
 
-CUDA_DIR = Path(__file__).resolve().parent.parent / "kernels" / "cuda"
-SOURCE = CUDA_DIR / "rnn_pointwise.cu"
+SOURCE = cudasrc.CUDA_DIR / "rnn_pointwise.cu"
 
 # Must equal MB_POINTWISE_THREADS in the .cu (its __launch_bounds__); tests/test_cuda_sources.py checks.
 THREADS = 256
@@ -49,85 +48,10 @@ _LSTM_ARGS = "PqqPqqPPPqPqPqii"
 _GRU_ARGS = "PqqPqqPPPqPqii"
 
 
-class KernelCompileError(MicrobenchError):
-    """A GPU kernel did not compile; the message carries the compiler's log."""
-
-
-# -- source, include path, NVRTC ------------------------------------------------------------
+# -- source ----------------------------------------------------------------------------------
 def read_source() -> str:
-    return SOURCE.read_text()
-
-
-@functools.lru_cache(maxsize=None)
-def cuda_include_dirs() -> tuple:
-    """Folders that hold ``cuda_fp16.h`` and ``cuda_bf16.h``.
-
-    NVRTC 13.0 does not ship them built in ("could not open source file cuda_fp16.h"), so every
-    compile gets ``-I`` for the first of: $CUDA_PATH/$CUDA_HOME, CuPy's CUDA path, /usr/local/cuda,
-    the nvidia wheels' unified 13.x layout, numba-cuda's bundled copies.  Empty if none is found.
-    """
-    import importlib.util
-    cands = [os.environ.get("CUDA_PATH"), os.environ.get("CUDA_HOME"), "/usr/local/cuda"]
-    cands = [os.path.join(c, "include") for c in cands if c]
-    for mod, sub in (("nvidia", "cu13/include"), ("nvidia", "cuda_runtime/include"),
-                     ("numba_cuda", "numba/cuda/include/13")):
-        spec = importlib.util.find_spec(mod)
-        for loc in (spec.submodule_search_locations or []) if spec else []:
-            cands.append(os.path.join(loc, sub))
-    for c in cands:
-        if os.path.isfile(os.path.join(c, "cuda_fp16.h")) and os.path.isfile(os.path.join(c, "cuda_bf16.h")):
-            return (c,)
-    return ()
-
-
-def compile_options() -> tuple:
-    # CUDA 13 moved cuda/std/* (which cooperative_groups.h includes) under include/cccl.
-    dirs = cuda_include_dirs()
-    cccl = tuple(f"-I{d}/cccl" for d in dirs if Path(d, "cccl").is_dir())
-    return ("--std=c++17",) + tuple(f"-I{d}" for d in dirs) + cccl
-
-
-def nvrtc_compile(source: str | None = None, arch: str = "sm_90", *, cubin: bool = True,
-                  filename: str = SOURCE.name) -> bytes:
-    """Compile with NVRTC (through ``cuda.bindings``, no GPU needed): cubin (or PTX) bytes.
-
-    The compiler CuPy's RawModule runs, used by the tests on machines without a GPU and by the
-    PyCUDA provider where nvcc is absent.
-    """
-    try:
-        from cuda.bindings import nvrtc
-    except ImportError as e:
-        raise MissingDependency("cuda-bindings", "NVRTC compilation", "pip install cuda-bindings") from e
-    src = (read_source() if source is None else source).encode()
-    opts = [o.encode() for o in (f"--gpu-architecture={arch}",) + compile_options()]
-
-    def check(result, what):
-        status = result[0] if isinstance(result, tuple) else result
-        if status != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            raise KernelCompileError(f"NVRTC {what} failed: {status.name}")
-        return result[1] if isinstance(result, tuple) and len(result) > 1 else None
-
-    try:
-        prog = check(nvrtc.nvrtcCreateProgram(src, filename.encode(), 0, [], []), "create")
-    except RuntimeError as e:  # libnvrtc.so not found by cuda.pathfinder
-        raise MissingDependency("libnvrtc", "NVRTC compilation",
-                                f"pip install nvidia-cuda-nvrtc ({e})") from e
-    try:
-        (status,) = nvrtc.nvrtcCompileProgram(prog, len(opts), opts)
-        size = check(nvrtc.nvrtcGetProgramLogSize(prog), "log size")
-        log = b" " * size
-        check(nvrtc.nvrtcGetProgramLog(prog, log), "log")
-        if status != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            shown = " ".join(o.decode() for o in opts)
-            raise KernelCompileError(f"NVRTC could not compile {filename} for {arch} (options {shown}):\n"
-                                     + log.decode(errors="replace").rstrip("\x00").strip())
-        get_size, get = ((nvrtc.nvrtcGetCUBINSize, nvrtc.nvrtcGetCUBIN) if cubin
-                         else (nvrtc.nvrtcGetPTXSize, nvrtc.nvrtcGetPTX))
-        out = b" " * check(get_size(prog), "size")
-        check(get(prog, out), "get")
-        return out
-    finally:
-        nvrtc.nvrtcDestroyProgram(prog)
+    """The .cu as every compiler gets it (its shared header inlined by :func:`kernels.cudasrc.read`)."""
+    return cudasrc.read(SOURCE)
 
 
 # -- launch shape and argument checks (shared by all three providers) ------------------------
@@ -214,30 +138,8 @@ def _typed(args, layout: str, pointer):
 
 
 # -- CuPy: RawModule ------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
-def raw_module(source: Path, device: int):
-    """CuPy RawModule of one .cu under kernels/cuda, built (by NVRTC, on first use) for ``device``."""
-    import cupy
-    with cupy.cuda.Device(device):
-        return cupy.RawModule(code=Path(source).read_text(), options=compile_options())
-
-
-@functools.lru_cache(maxsize=None)
-def raw_function(source: Path, symbol: str, device: int):
-    """One entry of a .cu, loaded on ``device``; a compile error carries NVRTC's log."""
-    import cupy
-    from cupy.cuda.compiler import CompileException
-    with cupy.cuda.Device(device):
-        try:
-            return raw_module(source, device).get_function(symbol)
-        except CompileException as e:
-            log = e.get_message() if hasattr(e, "get_message") else str(e)
-            raise KernelCompileError(f"NVRTC (CuPy RawModule) could not compile {source} "
-                                     f"(options {' '.join(compile_options())}):\n{log}") from None
-
-
 def _cupy_function(symbol: str, device: int):
-    return raw_function(SOURCE, symbol, device)
+    return cudasrc.file_function(SOURCE, symbol, device)
 
 
 def _cupy_pointer(a):
@@ -307,12 +209,12 @@ def _pycuda_module(device: int):
     atexit.register(_pop_context, ctx)
     if shutil.which("nvcc") is None:
         major, minor = drv.Device(device).compute_capability()
-        return drv.module_from_buffer(nvrtc_compile(arch=f"sm_{major}{minor}"))
+        return drv.module_from_buffer(cudasrc.nvrtc_compile(SOURCE, arch=f"sm_{major}{minor}"))
     from pycuda.compiler import SourceModule
     try:
         # no_extern_c: the source declares its own extern "C" entries.
         return SourceModule(read_source(), no_extern_c=True, options=["--std=c++17"],
-                            include_dirs=[str(CUDA_DIR), *cuda_include_dirs()])
+                            include_dirs=list(cudasrc.cuda_include_dirs()))
     except drv.CompileError as e:
         log = "\n".join(s for s in (getattr(e, "stderr", ""), getattr(e, "stdout", "")) if s) or str(e)
         raise KernelCompileError(f"nvcc (PyCUDA SourceModule) could not compile {SOURCE}:\n{log}") from None

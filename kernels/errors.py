@@ -25,3 +25,7 @@ class MissingDependency(Unsupported):
         if hint:
             msg += f"; {hint}"
         super().__init__(msg)
+
+
+class KernelCompileError(MicrobenchError):
+    """A GPU kernel did not compile; the message carries the compiler's log."""

@@ -19,17 +19,16 @@ h_{t-1} read by every block each step P*B*H*S*T (from L2), y written T*B*H*S.
 """
 from __future__ import annotations
 
-import functools
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from . import cudasrc
 from .dtypes import canonical, storage
 from .errors import BadInput, MissingDependency, Unsupported
 
-SOURCE = Path(__file__).resolve().parent / "cuda" / "rnn_persistent.cu"
+SOURCE = cudasrc.CUDA_DIR / "rnn_persistent.cu"
 
 # Must equal the #defines of the .cu (tests/test_persistent.py checks).
 THREADS = 256
@@ -413,19 +412,8 @@ def emulate_layer(cell: str, layer, x, h0, c0=None, *, limits: DeviceLimits = H1
 
 # -- compilation and launch (CuPy) ------------------------------------------------------------
 def read_source() -> str:
-    return SOURCE.read_text()
-
-
-def compile_options() -> tuple:
-    from fusion import pointwise_cuda as pc
-    return pc.compile_options()
-
-
-def nvrtc_ptx(arch: str = "sm_90", source: str | None = None) -> str:
-    """PTX from NVRTC with the launcher's options (no GPU needed); compile errors carry the log."""
-    from fusion import pointwise_cuda as pc
-    return pc.nvrtc_compile(read_source() if source is None else source, arch, cubin=False,
-                            filename=SOURCE.name).decode(errors="replace")
+    """The .cu as every compiler gets it (its shared header inlined by :func:`kernels.cudasrc.read`)."""
+    return cudasrc.read(SOURCE)
 
 
 def limits_from_device(device: int | None = None, kernel=None, smem: int | None = None) -> DeviceLimits:
@@ -445,17 +433,9 @@ def limits_from_device(device: int | None = None, kernel=None, smem: int | None 
                         pr.get("reservedSharedMemPerBlock", 1024), regs, per_sm)
 
 
-@functools.lru_cache(maxsize=None)
 def _cupy_kernel(symbol: str, device: int):
-    import cupy
-    from fusion.pointwise_cuda import KernelCompileError
-    k = cupy.RawKernel(read_source(), symbol, options=compile_options(),
-                       enable_cooperative_groups=True)
-    try:
-        k.compile()
-    except cupy.cuda.compiler.CompileException as e:
-        raise KernelCompileError(f"NVRTC (CuPy) could not compile {SOURCE}:\n{e}") from None
-    return k
+    # cooperative: the entries sync the grid between steps (cuLaunchCooperativeKernel)
+    return cudasrc.file_function(SOURCE, symbol, device, cooperative=True)
 
 
 class PersistentRNN:

@@ -20,8 +20,10 @@ import subprocess
 import numpy as np
 import pytest
 
+from kernels import cudasrc
 from kernels.conv import ConvProblem, conv2d_reference
 from kernels.conv import gpu as cg
+from kernels.conv import gpu_emulate as ge
 from kernels.conv import winograd as cpu_winograd
 from kernels.errors import BadInput, MissingDependency, Unsupported
 
@@ -117,7 +119,7 @@ def test_nvcc_compiles_sm90_without_spills(tmp_path):
 
 def test_nvrtc_compiles_every_entry():
     try:
-        ptx = cg.nvrtc_compile("sm_90", cubin=False).decode(errors="replace")
+        ptx = cudasrc.nvrtc_compile(cg.SOURCE, "sm_90", cubin=False).decode(errors="replace")
     except MissingDependency as e:
         pytest.skip(str(e))
     entries = set(re.findall(r"\.entry\s+(\w+)", ptx))
@@ -165,13 +167,13 @@ def test_variant_stems_are_shared():
 def test_emulated_direct_matches_reference(name, layout):
     p = in_layout(SHAPES[name], layout)
     x, w, b, ref = inputs(p)
-    assert rel_err(cg.emulate_direct(x, w, b, p), ref) <= 1e-12, (name, layout)
+    assert rel_err(ge.emulate_direct(x, w, b, p), ref) <= 1e-12, (name, layout)
 
 
 def test_direct_thread_order_is_the_output_order():
     """NHWC: consecutive threads take consecutive channels of one pixel (coalesced stores)."""
     p = in_layout(SHAPES["3x3_pad1_odd"], "NHWC")
-    n, k, pp, q = cg.direct_thread_coords(p, np.arange(p.K + 1))
+    n, k, pp, q = ge.direct_thread_coords(p, np.arange(p.K + 1))
     assert list(k[:p.K]) == list(range(p.K)) and k[p.K] == 0 and q[p.K] == 1
     assert np.all(n == 0) and np.all(pp == 0)
 
@@ -181,7 +183,7 @@ def test_direct_thread_order_is_the_output_order():
 @pytest.mark.parametrize("stem", ["conv2d_implicit_gemm", "conv2d_implicit_gemm128"])
 def test_thread_maps_cover_each_slot_once(stem, layout):
     BM, BN, BK = cg.TILES[stem]
-    ml, kl = cg.a_slots(cg.THREADS, BM, BK, layout)
+    ml, kl = ge.a_slots(cg.THREADS, BM, BK, layout)
     if layout == "NCHW":
         assert np.all(ml == (np.arange(cg.THREADS) % BM)[:, None])      # row fixed per thread
     else:
@@ -189,11 +191,11 @@ def test_thread_maps_cover_each_slot_once(stem, layout):
     a = np.zeros((BK, BM), int)
     np.add.at(a, (kl.ravel(), ml.ravel()), 1)
     assert np.all(a == 1)
-    kb, jb = cg.b_slots(cg.THREADS, BN, BK)
+    kb, jb = ge.b_slots(cg.THREADS, BN, BK)
     bt = np.zeros((BK, BN), int)
     np.add.at(bt, (kb.ravel(), jb.ravel()), 1)
     assert np.all(bt == 1)
-    om, oj = cg.out_slots(cg.THREADS, BM, BN)
+    om, oj = ge.out_slots(cg.THREADS, BM, BN)
     o = np.zeros((BM, BN), int)
     np.add.at(o, (om.ravel(), oj.ravel()), 1)
     assert np.all(o == 1)
@@ -206,8 +208,8 @@ def test_nhwc_a_tile_stores_hit_distinct_banks(stem):
     """NHWC writes the A tile down its columns; with the row pad a warp's 32 stores of one i
     land in 32 different banks (without it, 16 or 8 threads share a bank)."""
     BM, _, BK = cg.TILES[stem]
-    ml, kl = cg.a_slots(cg.THREADS, BM, BK, "NHWC")
-    for pad, distinct in ((cg.a_pad(BK, "NHWC"), True), (0, False)):
+    ml, kl = ge.a_slots(cg.THREADS, BM, BK, "NHWC")
+    for pad, distinct in ((ge.a_pad(BK, "NHWC"), True), (0, False)):
         banks = (kl * (BM + pad) + ml) % 32
         for warp in range(cg.THREADS // 32):
             for i in range(ml.shape[1]):
@@ -222,7 +224,7 @@ def test_emulated_implicit_gemm_matches_reference(name, layout):
     p = in_layout(SHAPES[name], layout)
     x, w, b, ref = inputs(p)
     stats = {}
-    y = cg.emulate_implicit_gemm(x, w, b, p, stats=stats)
+    y = ge.emulate_implicit_gemm(x, w, b, p, stats=stats)
     assert rel_err(y, ref) <= 1e-12, (name, layout)
     assert stats["blocks"] == np.prod(cg.implicit_gemm_grid(p, "conv2d_implicit_gemm"))
     if max(p.pad) > 0:
@@ -237,7 +239,7 @@ def test_emulated_implicit_gemm_other_tiles(tiles, layout):
     for name in ("3x2_mixed_g2", "7x7_stem_c3", "groups2_wide_k"):
         p = in_layout(SHAPES[name], layout)
         x, w, b, ref = inputs(p)
-        y = cg.emulate_implicit_gemm(x, w, b, p, BM, BN, BK, threads)
+        y = ge.emulate_implicit_gemm(x, w, b, p, BM, BN, BK, threads)
         assert rel_err(y, ref) <= 1e-12, (name, tiles, layout)
 
 
@@ -245,11 +247,11 @@ def test_nhwc_reduction_digits_carry():
     """BK = 16 over Cg = 3, S = 3: every digit carries; the carried (c, r, s) stays on its column."""
     p = in_layout(ConvProblem(1, 3, 5, 5, 2, 3, 3), "NHWC")
     kl = np.arange(16)
-    c, r, s = cg.a_start(p, kl)
+    c, r, s = ge.a_start(p, kl)
     for k0 in range(0, 3 * 9 + 16, 16):
-        assert np.array_equal(cg.reduction_column(p, c, r, s), k0 + kl)
+        assert np.array_equal(ge.reduction_column(p, c, r, s), k0 + kl)
         assert np.all(c < p.Cg) and np.all(s < p.S)
-        c, r, s = cg.a_advance(p, c, r, s, 16)
+        c, r, s = ge.a_advance(p, c, r, s, 16)
 
 
 def test_implicit_gemm_tile_choice():
@@ -264,7 +266,7 @@ def test_emulated_implicit_gemm_fp32_within_tolerance(layout):
     p = in_layout(SHAPES["many_m_tiles"], layout)
     x, w, b = p.random_inputs(np.random.default_rng(3), "fp32")
     ref = conv2d_reference(x, w, b, p)
-    assert rel_err(cg.emulate_implicit_gemm(x, w, b, p), ref) <= 1e-5
+    assert rel_err(ge.emulate_implicit_gemm(x, w, b, p), ref) <= 1e-5
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -272,12 +274,12 @@ def test_emulation_catches_a_wrong_index(layout):
     """The check has teeth: a gather off by one tap fails it."""
     p = in_layout(SHAPES["3x3_pad1_odd"], layout)
     x, w, b, ref = inputs(p)
-    orig = cg._a_gather
+    orig = ge._a_gather
     try:
-        cg._a_gather = lambda xc, pr, g, m, c, r, s: orig(xc, pr, g, m, c, r, s + 1)
-        assert rel_err(cg.emulate_implicit_gemm(x, w, b, p), ref) > 1e-3
+        ge._a_gather = lambda xc, pr, g, m, c, r, s: orig(xc, pr, g, m, c, r, s + 1)
+        assert rel_err(ge.emulate_implicit_gemm(x, w, b, p), ref) > 1e-3
     finally:
-        cg._a_gather = orig
+        ge._a_gather = orig
 
 
 def test_emulations_catch_a_wrong_layout_offset(monkeypatch):
@@ -285,11 +287,11 @@ def test_emulations_catch_a_wrong_layout_offset(monkeypatch):
     emulation."""
     p = in_layout(SHAPES["3x3_pad1_odd"], "NHWC")
     x, w, b, ref = inputs(p)
-    orig = cg.x_offset
-    monkeypatch.setattr(cg, "x_offset", lambda pr, *a: orig(in_layout(pr, "NCHW"), *a))
-    assert rel_err(cg.emulate_direct(x, w, b, p), ref) > 1e-3
-    assert rel_err(cg.emulate_implicit_gemm(x, w, b, p), ref) > 1e-3
-    assert rel_err(cg.emulate_winograd(x, w, b, p, "winograd"), ref) > 1e-3
+    orig = ge.x_offset
+    monkeypatch.setattr(ge, "x_offset", lambda pr, *a: orig(in_layout(pr, "NCHW"), *a))
+    assert rel_err(ge.emulate_direct(x, w, b, p), ref) > 1e-3
+    assert rel_err(ge.emulate_implicit_gemm(x, w, b, p), ref) > 1e-3
+    assert rel_err(ge.emulate_winograd(x, w, b, p, "winograd"), ref) > 1e-3
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -310,8 +312,8 @@ def test_winograd_matrices_compute_f2x3():
     y = cg.WINO_AT @ ((cg.WINO_G @ g) * (cg.WINO_BT @ d))
     assert np.allclose(y, [d[0:3] @ g, d[1:4] @ g], atol=1e-14)
     # the elementwise forms of the .cu equal the matrices
-    assert np.allclose(cg._bt(*np.eye(4)), cg.WINO_BT)
-    assert np.allclose(cg._at(*np.eye(4)), cg.WINO_AT)
+    assert np.allclose(ge._bt(*np.eye(4)), cg.WINO_BT)
+    assert np.allclose(ge._at(*np.eye(4)), cg.WINO_AT)
 
 
 def test_winograd_matrices_compute_f4x3():
@@ -325,8 +327,8 @@ def test_winograd_matrices_compute_f4x3():
     g, d = rng.standard_normal(3), rng.standard_normal(6)
     y = AT @ ((G @ g) * (BT @ d))
     assert np.allclose(y, np.correlate(d, g, "valid"), atol=1e-13)
-    assert np.array_equal(np.array(cg._bt4(*np.eye(6))), BT)
-    assert np.array_equal(np.array(cg._at4(*np.eye(6))), AT)
+    assert np.array_equal(np.array(ge._bt4(*np.eye(6))), BT)
+    assert np.array_equal(np.array(ge._at4(*np.eye(6))), AT)
 
 
 def test_cu_spells_out_the_f4_matrices():
@@ -350,7 +352,7 @@ def test_cu_spells_out_the_f4_matrices():
 def test_emulated_winograd_matches_reference(name, variant, layout):
     p = in_layout(WINO_SHAPES[name], layout)
     x, w, b, ref = inputs(p)
-    assert rel_err(cg.emulate_winograd(x, w, b, p, variant), ref) <= 1e-12, (name, variant, layout)
+    assert rel_err(ge.emulate_winograd(x, w, b, p, variant), ref) <= 1e-12, (name, variant, layout)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -359,7 +361,7 @@ def test_emulated_winograd_fp32_within_tolerance(variant, layout):
     p = in_layout(ConvProblem(2, 32, 14, 13, 16, 3, 3, pad=1), layout)
     x, w, b = p.random_inputs(np.random.default_rng(5), "fp32")
     ref = conv2d_reference(x, w, b, p)
-    assert rel_err(cg.emulate_winograd(x, w, b, p, variant), ref) <= FP32_TOL.get(variant, 1e-5)
+    assert rel_err(ge.emulate_winograd(x, w, b, p, variant), ref) <= FP32_TOL.get(variant, 1e-5)
 
 
 def test_winograd_operand_layouts():
@@ -371,8 +373,8 @@ def test_winograd_operand_layouts():
     assert cg.winograd_filter_transform(w, np, 4, "NCHW").shape == (36, 13, 3)
     assert cg.winograd_filter_transform(w, np, 4, "NHWC").shape == (36, 3, 13)
     x = np.ones(p.x_shape)
-    assert cg.emulate_winograd_input(x, p, 4).shape == (36, 3, 12)
-    assert cg.emulate_winograd_input(x, in_layout(p, "NHWC"), 4).shape == (36, 12, 3)
+    assert ge.emulate_winograd_input(x, p, 4).shape == (36, 3, 12)
+    assert ge.emulate_winograd_input(x, in_layout(p, "NHWC"), 4).shape == (36, 12, 3)
     assert cg.workspace_bytes("winograd", p, "fp32") == 4 * 36 * (3 * 12 + 13 * 12 + 13 * 3)
 
 
@@ -380,14 +382,14 @@ def test_winograd_f4_emulation_catches_a_wrong_transform(monkeypatch):
     """The F(4x4) check has teeth: one wrong coefficient in B^T fails it."""
     p = WINO_SHAPES["p9_q5_c3_k13"]
     x, w, b, ref = inputs(p)
-    orig = cg._bt4
+    orig = ge._bt4
 
     def wrong(*d):
         o = list(orig(*d))
         o[3] = o[3] + d[2]                          # -1 -> 0 in row 3, column 2
         return tuple(o)
-    monkeypatch.setitem(cg.TRANSFORMS, 4, (wrong, cg._at4))
-    assert rel_err(cg.emulate_winograd(x, w, b, p, "winograd"), ref) > 1e-3
+    monkeypatch.setitem(ge.TRANSFORMS, 4, (wrong, ge._at4))
+    assert rel_err(ge.emulate_winograd(x, w, b, p, "winograd"), ref) > 1e-3
 
 
 # -- the .cu itself, run on the CPU ------------------------------------------------------------
@@ -565,7 +567,7 @@ def test_new_paths_reject_bad_input_in_one_line():
         (lambda: cg.winograd_tiles(p3, 6), "m=6 has no GPU kernel; allowed: 2, 4"),
         (lambda: cg.implicit_gemm_grid(p3, "conv2d_implicit_gemm256"),
          "'conv2d_implicit_gemm256' is unknown"),
-        (lambda: cg.emulate_winograd(x32, w, b, p3, "winograd_f6"), "'winograd_f6' is unknown; allowed: "),
+        (lambda: ge.emulate_winograd(x32, w, b, p3, "winograd_f6"), "'winograd_f6' is unknown; allowed: "),
         (lambda: cg.accepts_gpu("winograd_f6", p3, "fp32"),
          "allowed: direct, im2col, implicit_gemm, winograd_f2, winograd"),
     ]
@@ -654,7 +656,7 @@ def test_gpu_winograd_matches_its_emulation(variant, layout):
     y = cp.asnumpy(cg.RUNNERS[variant](cp.asarray(x), cp.asarray(w), cp.asarray(b), p))
     ref = conv2d_reference(x, w, b, p)
     assert rel_err(y, ref) <= FP32_TOL.get(variant, 1e-5)
-    assert rel_err(y, cg.emulate_winograd(x, w, b, p, variant)) <= 1e-5
+    assert rel_err(y, ge.emulate_winograd(x, w, b, p, variant)) <= 1e-5
 
 
 @pytest.mark.gpu

@@ -8,6 +8,7 @@ With a GPU (``-m gpu``): the whole RNN on each GPU backend against ``kernels.ref
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -19,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fusion import cellexpr as ce
 from fusion import pointwise_cuda as pc
+from kernels import cudasrc
 from kernels.errors import MissingDependency
 
 from cudatools import parse_resource_usage
@@ -56,9 +59,9 @@ def test_nvcc_compiles(cu, arch, tmp_path):
 
 
 # -- NVRTC (what CuPy's RawModule compiles with) ----------------------------------------------
-def _nvrtc_or_skip(*args, **kw):
+def _nvrtc_or_skip(source=pc.SOURCE, **kw):
     try:
-        return pc.nvrtc_compile(*args, **kw)
+        return cudasrc.nvrtc_compile(source, **kw)
     except MissingDependency as e:
         pytest.skip(str(e))
 
@@ -74,9 +77,119 @@ def test_compile_error_carries_the_log():
     broken = pc.read_source().replace("fmaf(f, ", "fmaf(f_undefined, ", 1)
     assert broken != pc.read_source()
     with pytest.raises(pc.KernelCompileError) as info:
-        _nvrtc_or_skip(broken)
+        _nvrtc_or_skip(broken, filename=pc.SOURCE.name)
     msg = str(info.value)
     assert "rnn_pointwise.cu" in msg and "f_undefined" in msg and "undefined" in msg
+    # the inlined header's #line markers keep the .cu's own line numbers in the log
+    line = pc.SOURCE.read_text().splitlines().index(
+        next(ln for ln in pc.SOURCE.read_text().splitlines() if "fmaf(f, " in ln)) + 1
+    assert f"rnn_pointwise.cu({line})" in msg, msg
+
+
+# -- the shared device header -------------------------------------------------------------------
+HEADER = cudasrc.CUDA_DIR / "mb_device.cuh"
+SHARED = ("load", "store", "sigmoid")
+
+
+@pytest.mark.parametrize("cu", CU_FILES, ids=lambda p: p.name)
+def test_every_source_includes_the_shared_header(cu):
+    """Each .cu takes load/store/sigmoid from mb_device.cuh instead of writing its own copy."""
+    text = cu.read_text()
+    assert '#include "mb_device.cuh"' in text
+    for f in SHARED:
+        assert not re.search(rf"__device__[^;{{]*\b(mb_)?{f}\(", text), f"{cu.name} defines its own {f}"
+    expanded = cudasrc.read(cu)
+    assert not re.search(r'^#include "mb_device.cuh"', expanded, re.M) and "namespace mb {" in expanded
+
+
+def test_generated_source_includes_the_shared_header():
+    src = ce.cuda_source(ce.LSTM)
+    assert '#include "mb_device.cuh"' in src
+    for f in SHARED:
+        assert f"using mb::{f};" in src
+        assert not re.search(rf"__device__[^;{{]*\b{f}\(", src), f"the prelude defines its own {f}"
+
+
+def test_expand_inlines_once_and_keeps_line_numbers():
+    text = '#include "mb_device.cuh"\n#include "mb_device.cuh"\nint x;\n#include <cuda_fp16.h>\n'
+    out = cudasrc.expand(text, "t.cu")
+    assert out.count("#define MB_DEVICE_CUH") == 1               # a header once per translation unit
+    assert '#line 1 "mb_device.cuh"' in out and '#line 2 "t.cu"' in out
+    # the second include leaves its line empty, so "int x;" is still line 3; system includes stay
+    assert out.endswith('#line 2 "t.cu"\n\nint x;\n#include <cuda_fp16.h>\n')
+    assert cudasrc.expand('#include "not_ours.h"\n', "t.cu") == '#include "not_ours.h"\n'
+
+
+def test_header_compiles_in_a_generated_and_a_hand_written_source(tmp_path, monkeypatch):
+    """NVRTC sees the header through the loader in both kinds of source, and an error inside the
+    header is reported against the header's own file and line."""
+    _nvrtc_or_skip(ce.cuda_source(ce.GRU), filename="gru_cell.cu")
+    _nvrtc_or_skip(pc.SOURCE)
+    broken = HEADER.read_text().replace("return *p;", "return *p + undefined_in_header;", 1)
+    line = next(i for i, ln in enumerate(broken.splitlines(), 1) if "undefined_in_header" in ln)
+    (tmp_path / HEADER.name).write_text(broken)
+    monkeypatch.setattr(cudasrc, "CUDA_DIR", tmp_path)
+    with pytest.raises(cudasrc.KernelCompileError) as info:
+        _nvrtc_or_skip(pc.SOURCE.read_text(), filename=pc.SOURCE.name)
+    assert f"mb_device.cuh({line})" in str(info.value), str(info.value)
+
+
+def _stand_in_cupy(monkeypatch, fail: str | None = None):
+    """The slice of CuPy the loader calls: RawModule (records what it was given) and the
+    compiler's CompileException, raised by get_function when ``fail`` is set."""
+    import contextlib
+    import types
+    made = []
+
+    class CompileException(Exception):
+        def get_message(self):
+            return fail
+
+    class RawModule:
+        def __init__(self, *, code, options, enable_cooperative_groups):
+            self.code, self.options, self.coop = code, options, enable_cooperative_groups
+            made.append(self)
+
+        def get_function(self, symbol):
+            if fail:
+                raise CompileException(fail)
+            return (self, symbol)
+    compiler = types.SimpleNamespace(CompileException=CompileException)
+    cuda = types.SimpleNamespace(Device=lambda d: contextlib.nullcontext(), compiler=compiler)
+    monkeypatch.setitem(sys.modules, "cupy", types.SimpleNamespace(RawModule=RawModule, cuda=cuda))
+    monkeypatch.setitem(sys.modules, "cupy.cuda", cuda)
+    monkeypatch.setitem(sys.modules, "cupy.cuda.compiler", compiler)
+    for cached in ("module", "file_function"):   # fresh caches: no stand-in outlives the test
+        monkeypatch.setattr(cudasrc, cached, functools.lru_cache(maxsize=None)(getattr(cudasrc, cached).__wrapped__))
+    return made
+
+
+def test_loader_gives_raw_module_the_expanded_source(monkeypatch):
+    made = _stand_in_cupy(monkeypatch)
+    mod, sym = cudasrc.file_function(pc.SOURCE, "lstm_pointwise_fused_f32", 0)
+    assert sym == "lstm_pointwise_fused_f32" and mod.code == pc.read_source() and not mod.coop
+    assert mod.options == cudasrc.compile_options()
+    cudasrc.file_function(pc.SOURCE, "gru_pointwise_fused_f32", 0)
+    assert len(made) == 1                                   # one module (one NVRTC run) per source
+    mod, _ = cudasrc.function(ce.cuda_source(ce.GRU), "gru_cell_f32", 0, name="cell gru",
+                              filename="gru_cell.cu", cooperative=True)
+    assert mod.coop and '#line 1 "mb_device.cuh"' in mod.code and '"gru_cell.cu"' in mod.code
+
+
+def test_loader_compile_error_carries_the_log(monkeypatch):
+    _stand_in_cupy(monkeypatch, fail="rnn_pointwise.cu(80): error: identifier x is undefined")
+    with pytest.raises(cudasrc.KernelCompileError, match=r"could not compile .*rnn_pointwise.cu \(options "
+                       r"--std=c\+\+17.*\n.*identifier x is undefined"):
+        cudasrc.file_function(pc.SOURCE, "lstm_pointwise_fused_f32", 0)
+
+
+def test_resources_reads_the_loaded_entry():
+    """What cudasrc.resources reports is the driver's attributes of the entry, as ints."""
+    import types
+    k = types.SimpleNamespace(num_regs=40, local_size_bytes=0, shared_size_bytes=132,
+                              const_size_bytes=0, max_threads_per_block=1024)
+    assert cudasrc.resources(k) == {"num_regs": 40, "local_size_bytes": 0, "shared_size_bytes": 132,
+                                    "const_size_bytes": 0, "max_threads_per_block": 1024}
 
 
 # -- launch shape -----------------------------------------------------------------------------

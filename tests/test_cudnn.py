@@ -12,6 +12,7 @@ import pytest
 
 from kernels.cudnn import errors as E
 from kernels.cudnn import lib as L
+from kernels.cudnn import handles
 from kernels.cudnn import rnn as R
 from kernels.errors import BadInput, MissingDependency, Unsupported
 from kernels.params import GRUParams, LSTMParams
@@ -300,8 +301,8 @@ def test_config_values():
     # ALLOW_CONVERSION would let cuDNN down-convert fp32 to fp16 (values from cudnn_graph.h)
     cfg = R.rnn_config(_params(), batch=3, seq_len=5, precision="tf32")
     assert cfg.math_type == R.CUDNN_DEFAULT_MATH == 0
-    assert R.CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION == 2 and R.CUDNN_FMA_MATH == 3
-    assert all(p[3] != R.CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION for p in R.PRECISION.values())
+    assert handles.CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION == 2 and R.CUDNN_FMA_MATH == 3
+    assert all(p[3] != handles.CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION for p in R.PRECISION.values())
 
 
 @pytest.mark.parametrize("kw,exc,match", [

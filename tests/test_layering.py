@@ -49,3 +49,16 @@ def test_layering(top, forbidden):
             if any(mod == f or mod.startswith(f + ".") for f in forbidden):
                 bad.append(f"{path.relative_to(ROOT)} imports {mod}")
     assert not bad, "\n".join(bad)
+
+
+def test_kernels_imports_fusion_only_where_built_on_it():
+    """The launchers (persistent, conv, cuDNN, oneDNN) build their CUDA and load their libraries
+    through kernels' own leaf modules (kernels.cudasrc, kernels.vendorlib), not through fusion."""
+    bad = []
+    for path, package in _package_files("kernels"):
+        module = package if path.stem == "__init__" else f"{package}.{path.stem}"
+        if module in KERNELS_ON_FUSION:
+            continue
+        bad += [f"{path.relative_to(ROOT)} imports {m}" for m in _imports(path, package)
+                if m == "fusion" or m.startswith("fusion.")]
+    assert not bad, "\n".join(bad)

@@ -68,6 +68,28 @@ def test_unloadable_file_is_a_missing_dependency(tmp_path):
 
 
 # -- statuses ----------------------------------------------------------------------------------
+def test_loader_keeps_a_failure_until_cleared():
+    """kernels.vendorlib.Loader (both library loaders): one search per process, the failure kept
+    as the skip reason of every variant, forgotten by cache_clear()."""
+    from kernels import vendorlib
+    calls = []
+
+    def attempt():
+        calls.append(1)
+        if len(calls) == 1:
+            raise MissingDependency("libx", "the x variants", "searched: nowhere")
+        return type("Lib", (), {"version": "1.2.3"})()
+    loader = vendorlib.Loader(attempt)
+    assert loader.available(lambda lib: "ok")[0] is False
+    assert loader.version() is None and loader.describe(dict)["reason"].startswith("libx")
+    with pytest.raises(MissingDependency, match="searched: nowhere"):
+        loader()
+    assert len(calls) == 1
+    loader.cache_clear()
+    assert loader.version() == "1.2.3" and loader.available(lambda lib: f"x {lib.version}") == (True, "x 1.2.3")
+    assert len(calls) == 2
+
+
 def test_statuses_become_named_exceptions():
     with pytest.raises(E.OnednnUnimplemented, match=r"dnnl_foo failed: dnnl_unimplemented \(3\)") as ei:
         E.check("dnnl_foo", 3, "winograd")
@@ -296,7 +318,7 @@ def test_missing_library_skips_with_the_places_searched(tmp_path, monkeypatch):
     from microbench.registry import REGISTRY
     from microbench.runner import Case, run_case
     monkeypatch.setenv(L.ENV_VAR, str(tmp_path))
-    L._load_cached.cache_clear()
+    L._loader.cache_clear()
     try:
         case = Case(REGISTRY[("lstm", "onednn", "onednn")], RNNProblem("lstm", 2, 2, 4, 4, 1), "fp32")
         o = run_case(case, Settings(0.01, 0.05, 1.0, 3, 1.0), {"env_id": "t"}, 0.0)
@@ -304,7 +326,7 @@ def test_missing_library_skips_with_the_places_searched(tmp_path, monkeypatch):
         assert str(tmp_path) in o.error and "onednn-cpu-gomp" in o.error
     finally:
         monkeypatch.delenv(L.ENV_VAR)
-        L._load_cached.cache_clear()
+        L._loader.cache_clear()
 
 
 def test_nvtx_phase_per_primitive_named_by_its_kind():

@@ -25,7 +25,7 @@
 //   conv2d_winograd_input{L}_f32       F(4x4,3x3) input transform   V[36][..]
 //   conv2d_winograd_output{L}_f32      F(4x4,3x3) output transform of M[36][..], + bias, crop
 // The Winograd filter transforms and the batched GEMMs run in CuPy (cuBLAS).
-#include <cuda_fp16.h>
+#include "mb_device.cuh"   // mb::load, mb::store
 
 #define MB_CONV_THREADS 256
 #define MB_CONV_WARP 32
@@ -48,11 +48,6 @@
 // F(4x4,3x3): 6x6 input tiles, 4x4 output tiles
 #define MB_WINO4_ALPHA 6
 #define MB_WINO4_M 4
-
-__device__ __forceinline__ float mb_load(const float* p) { return *p; }
-__device__ __forceinline__ float mb_load(const __half* p) { return __half2float(*p); }
-__device__ __forceinline__ void mb_store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void mb_store(__half* p, float v) { *p = __float2half_rn(v); }
 
 #define MB_GEOM_PARAMS                                                                          \
     int N, int C, int H, int W, int K, int R, int S, int P, int Q, int sh, int sw, int ph, int pw, \
@@ -90,7 +85,7 @@ __device__ __forceinline__ void direct_body(const T* __restrict__ x, const T* __
         }
         const int g = k / Kg;
         const int h0 = p * sh - ph, w0 = q * sw - pw;
-        float acc = b ? mb_load(b + k) : 0.0f;
+        float acc = b ? mb::load(b + k) : 0.0f;
         const T* wk = w + (long long)k * Cg * RS;
         if constexpr (NHWC) {
             const T* xn = x + (long long)n * H * W * C + (long long)g * Cg;
@@ -106,7 +101,7 @@ __device__ __forceinline__ void direct_body(const T* __restrict__ x, const T* __
                     // f16 instance
 #pragma unroll 4
                     for (int c = 0; c < Cg; ++c)
-                        acc = fmaf(mb_load(xp + c), mb_load(wp + c * RS), acc);
+                        acc = fmaf(mb::load(xp + c), mb::load(wp + c * RS), acc);
                 }
             }
         } else {
@@ -119,12 +114,12 @@ __device__ __forceinline__ void direct_body(const T* __restrict__ x, const T* __
                     for (int s = 0; s < S; ++s) {
                         const int wi = w0 + s * dw;
                         if (wi < 0 || wi >= W) continue;
-                        acc = fmaf(mb_load(xc + (long long)hi * W + wi), mb_load(wc + r * S + s), acc);
+                        acc = fmaf(mb::load(xc + (long long)hi * W + wi), mb::load(wc + r * S + s), acc);
                     }
                 }
             }
         }
-        mb_store(y + idx, acc);
+        mb::store(y + idx, acc);
     }
 }
 
@@ -270,14 +265,14 @@ __device__ __forceinline__ void implicit_gemm_body(const T* __restrict__ x, cons
                 float v = 0.0f;
                 const int hi = n_h0[i] + hr, wi = n_w0[i] + wsd;
                 if (k_ok && n_ok[i] && hi >= 0 && hi < H && wi >= 0 && wi < W)
-                    v = mb_load(n_x[i] + ((long long)hi * W + wi) * C + kc);
+                    v = mb::load(n_x[i] + ((long long)hi * W + wi) * C + kc);
                 ra[i] = v;
             }
             const int wtap = (kc * R + kr) * S + ks;
 #pragma unroll
             for (int i = 0; i < B_PER; ++i) {
                 const int j = j0 + tid / BK + i * (NT / BK);
-                rb[i] = (k_ok && j < Kg) ? mb_load(wg + (long long)j * Kgemm + wtap) : 0.0f;
+                rb[i] = (k_ok && j < Kg) ? mb::load(wg + (long long)j * Kgemm + wtap) : 0.0f;
             }
             kc += dc;
             if (kc >= Cg) { kc -= Cg; ++ks; }
@@ -291,7 +286,7 @@ __device__ __forceinline__ void implicit_gemm_body(const T* __restrict__ x, cons
                 if (a_row_ok && a_c[i] < Cg) {
                     const int hi = a_h0 + a_r[i] * dh, wi = a_w0 + a_s[i] * dw;
                     if (hi >= 0 && hi < H && wi >= 0 && wi < W)
-                        v = mb_load(xg + ((long long)a_c[i] * H + hi) * W + wi);
+                        v = mb::load(xg + ((long long)a_c[i] * H + hi) * W + wi);
                 }
                 ra[i] = v;
                 a_s[i] += dS;
@@ -304,7 +299,7 @@ __device__ __forceinline__ void implicit_gemm_body(const T* __restrict__ x, cons
             for (int i = 0; i < B_PER; ++i) {
                 const int idx = tid + i * NT;
                 const int kk = k0 + idx % BK, j = j0 + idx / BK;
-                rb[i] = (kk < Kgemm && j < Kg) ? mb_load(wg + (long long)j * Kgemm + kk) : 0.0f;
+                rb[i] = (kk < Kgemm && j < Kg) ? mb::load(wg + (long long)j * Kgemm + kk) : 0.0f;
             }
         }
     };
@@ -371,11 +366,11 @@ __device__ __forceinline__ void implicit_gemm_body(const T* __restrict__ x, cons
             const int jj = j0 + (j / 4) * 64 + tn * 4 + j % 4;
             if (jj >= Kg) continue;
             const int k = g * Kg + jj;
-            const float bias = b ? mb_load(b + k) : 0.0f;
+            const float bias = b ? mb::load(b + k) : 0.0f;
             if constexpr (NHWC)
-                mb_store(y + (long long)m * K + k, acc[i][j] + bias);
+                mb::store(y + (long long)m * K + k, acc[i][j] + bias);
             else
-                mb_store(y + ((long long)n * K + k) * PQ + pq, acc[i][j] + bias);
+                mb::store(y + ((long long)n * K + k) * PQ + pq, acc[i][j] + bias);
         }
     }
 }

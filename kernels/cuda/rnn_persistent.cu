@@ -45,9 +45,8 @@
 // Symbols: lstm_persistent_{f32,f16,bf16}  gru_persistent_{f32,f16,bf16}.
 // Grid sync compiles without -rdc (CUDA >= 11 implements it in the header); the launch must be
 // cooperative (cuLaunchCooperativeKernel; CuPy RawKernel(enable_cooperative_groups=True)).
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
 #include <cooperative_groups.h>
+#include "mb_device.cuh"
 
 #define MB_PERSIST_THREADS 256
 #define MB_PERSIST_WARPS 8
@@ -58,9 +57,9 @@ namespace mbp {
 
 namespace cg = cooperative_groups;
 
-__device__ __forceinline__ float load(const float* p) { return *p; }
-__device__ __forceinline__ float load(const __half* p) { return __half2float(*p); }
-__device__ __forceinline__ float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
+using mb::load;
+using mb::store;
+using mb::sigmoid;
 
 // h_{t-1} was written by other blocks in this launch: bypass L1 (not coherent across SMs).
 __device__ __forceinline__ float load_cg(const float* p) { return __ldcg(p); }
@@ -70,10 +69,6 @@ __device__ __forceinline__ float load_cg(const __half* p) {
 __device__ __forceinline__ float load_cg(const __nv_bfloat16* p) {
     return __bfloat162float(__ushort_as_bfloat16(__ldcg(reinterpret_cast<const unsigned short*>(p))));
 }
-
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
 // Four consecutive elements of shared memory, widened to fp32 (one 16- or 8-byte load).
 __device__ __forceinline__ float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
@@ -89,8 +84,6 @@ __device__ __forceinline__ float4 ld4(const __nv_bfloat16* p) {
     const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&u.y));
     return make_float4(a.x, a.y, b.x, b.y);
 }
-
-__device__ __forceinline__ float sigmoid(float a) { return fmaf(0.5f, tanhf(0.5f * a), 0.5f); }
 
 __device__ __forceinline__ size_t align16(size_t n) { return (n + 15) & ~size_t(15); }
 

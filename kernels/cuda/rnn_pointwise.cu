@@ -36,24 +36,12 @@
 // ships built in.  Symbols (extern "C", so the launchers find them by name):
 //   lstm_pointwise_fused_f32  lstm_pointwise_fused_f16  lstm_pointwise_fused_bf16
 //   gru_pointwise_fused_f32   gru_pointwise_fused_f16   gru_pointwise_fused_bf16
-#include <cuda_fp16.h>
-#include <cuda_bf16.h>
+#include "mb_device.cuh"   // mb::load, mb::store, mb::sigmoid
 
 // The launcher never uses more threads per block; telling the compiler lets it budget registers.
 #define MB_POINTWISE_THREADS 256
 
 namespace mb {
-
-__device__ __forceinline__ float load(const float* p) { return *p; }
-__device__ __forceinline__ float load(const __half* p) { return __half2float(*p); }
-__device__ __forceinline__ float load(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-__device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
-__device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-
-// tanhf, not a fast approximation: fp32 runs are checked against float64 at 1e-5 (dtypes.py).
-__device__ __forceinline__ float sigmoid(float a) { return fmaf(0.5f, tanhf(0.5f * a), 0.5f); }
 
 // Pre-activation of gate k at unit (b, j): gx + gh + the biases that are not folded.
 template <typename T>

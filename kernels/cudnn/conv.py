@@ -24,7 +24,10 @@ from ..conv.geometry import ConvProblem
 from ..dtypes import canonical
 from ..errors import BadInput, MissingDependency, Unsupported
 from . import errors as cerr
-from .rnn import CUDNN_DATA_FLOAT, CUDNN_DATA_HALF, Descriptor, Handle
+from . import handles
+from .handles import (CUDNN_DATA_FLOAT, CUDNN_DATA_HALF, CUDNN_DEFAULT_MATH, CUDNN_FMA_MATH,
+                      CUDNN_TENSOR_OP_MATH, CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION, PI, PSZ, Descriptor,
+                      Handle, I, P)
 
 FWD_ALGOS = {  # cudnnConvolutionFwdAlgo_t (cudnn_ops.h)
     "implicit_gemm": 0, "implicit_precomp_gemm": 1, "gemm": 2, "direct": 3, "fft": 4,
@@ -33,8 +36,6 @@ FWD_ALGOS = {  # cudnnConvolutionFwdAlgo_t (cudnn_ops.h)
 ALGO_BY_ID = {v: k for k, v in FWD_ALGOS.items()}
 CUDNN_CROSS_CORRELATION = 1
 CUDNN_TENSOR_NCHW, CUDNN_TENSOR_NHWC = 0, 1
-# cudnnMathType_t (cudnn_graph.h)
-CUDNN_DEFAULT_MATH, CUDNN_TENSOR_OP_MATH, CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION, CUDNN_FMA_MATH = 0, 1, 2, 3
 # precision -> (numpy storage, data type, math type)
 PRECISION = {"fp32": (np.float32, CUDNN_DATA_FLOAT, CUDNN_FMA_MATH),
              "tf32": (np.float32, CUDNN_DATA_FLOAT, CUDNN_DEFAULT_MATH),
@@ -48,20 +49,18 @@ class _Perf(ctypes.Structure):
                 ("mathType", ctypes.c_int), ("reserved", ctypes.c_int * 3)]
 
 
-_p, _i, _pp = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_void_p)
-_pi, _psz = ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_size_t)
 PROTOTYPES = {
-    "cudnnSetTensor4dDescriptor": [_p, _i, _i, _i, _i, _i, _i],
-    "cudnnSetFilter4dDescriptor": [_p, _i, _i, _i, _i, _i, _i],
-    "cudnnSetConvolution2dDescriptor": [_p, _i, _i, _i, _i, _i, _i, _i, _i],
-    "cudnnSetConvolutionGroupCount": [_p, _i],
-    "cudnnSetConvolutionMathType": [_p, _i],
-    "cudnnGetConvolution2dForwardOutputDim": [_p, _p, _p, _pi, _pi, _pi, _pi],
-    "cudnnGetConvolutionForwardWorkspaceSize": [_p, _p, _p, _p, _p, _i, _psz],
-    "cudnnFindConvolutionForwardAlgorithm": [_p, _p, _p, _p, _p, _i, _pi, ctypes.POINTER(_Perf)],
-    "cudnnGetConvolutionForwardAlgorithm_v7": [_p, _p, _p, _p, _p, _i, _pi, ctypes.POINTER(_Perf)],
-    "cudnnConvolutionForward": [_p, _p, _p, _p, _p, _p, _p, _i, _p, ctypes.c_size_t, _p, _p, _p],
-    "cudnnAddTensor": [_p, _p, _p, _p, _p, _p, _p],
+    "cudnnSetTensor4dDescriptor": [P, I, I, I, I, I, I],
+    "cudnnSetFilter4dDescriptor": [P, I, I, I, I, I, I],
+    "cudnnSetConvolution2dDescriptor": [P, I, I, I, I, I, I, I, I],
+    "cudnnSetConvolutionGroupCount": [P, I],
+    "cudnnSetConvolutionMathType": [P, I],
+    "cudnnGetConvolution2dForwardOutputDim": [P, P, P, PI, PI, PI, PI],
+    "cudnnGetConvolutionForwardWorkspaceSize": [P, P, P, P, P, I, PSZ],
+    "cudnnFindConvolutionForwardAlgorithm": [P, P, P, P, P, I, PI, ctypes.POINTER(_Perf)],
+    "cudnnGetConvolutionForwardAlgorithm_v7": [P, P, P, P, P, I, PI, ctypes.POINTER(_Perf)],
+    "cudnnConvolutionForward": [P, P, P, P, P, P, P, I, P, ctypes.c_size_t, P, P, P],
+    "cudnnAddTensor": [P, P, P, P, P, P, P],
 }
 
 
@@ -91,15 +90,7 @@ class CudnnConv:
                  lib=None):
         self.precision = check_request(problem, precision, algo)
         self.problem = p = problem
-        from kernels import gpu
-        ok, reason = gpu.detect()
-        if not ok:
-            raise Unsupported(f"the cudnn conv variant needs a GPU: {reason}")
-        if lib is None:
-            from .lib import load
-            lib = load()
-        import cupy
-        self.lib, self._cp = lib, cupy
+        self.lib, self._cp = handles.open_gpu(lib, "cudnn conv")
         for name, argtypes in PROTOTYPES.items():
             lib.fn(name, argtypes)
         self._stack = st = ExitStack()

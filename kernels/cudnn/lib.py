@@ -23,14 +23,14 @@ Nothing here imports CuPy: ``microbench env`` and the registry ask :func:`descri
 from __future__ import annotations
 
 import ctypes
-import functools
 import importlib.metadata as md
 import os
 import sys
 import threading
-from dataclasses import dataclass, field
 
+from .. import vendorlib
 from ..errors import MissingDependency
+from ..vendorlib import SYSTEM, Candidate
 from . import errors as cerr
 
 ENV_VAR = "MICROBENCH_CUDNN_PATH"
@@ -39,48 +39,12 @@ MAIN = "libcudnn.so.9"
 SUBLIBS = ("libcudnn_graph.so.9", "libcudnn_ops.so.9", "libcudnn_cnn.so.9", "libcudnn_adv.so.9")
 WHEELS = ("nvidia-cudnn-cu13", "nvidia-cudnn-cu12")
 WHEEL_SUBDIR = os.path.join("nvidia", "cudnn", "lib")
-SYSTEM = "system loader path"
 HINT = (f"pip install nvidia-cudnn-cu13 (or -cu12), or set {ENV_VAR} to the directory holding "
         f"{MAIN}")
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One place searched: where, found from what, and whether ``libcudnn.so.9`` is there."""
-
-    path: str            # a directory, or SYSTEM for the loader's own search
-    source: str          # "env MICROBENCH_CUDNN_PATH", "wheel nvidia-cudnn-cu13", "sys.path", SYSTEM
-    present: bool
-
-
-@dataclass(frozen=True)
-class Found:
-    """The result of :func:`find`: the chosen place (None when nothing has cuDNN) and every
-    place looked at, in order."""
-
-    directory: str | None
-    source: str
-    searched: tuple = field(default_factory=tuple)
-
-    def searched_text(self) -> str:
-        return "; ".join(f"{c.path} ({c.source}{'' if c.present else ': no ' + MAIN})"
-                         for c in self.searched)
-
-
-def _has_main(directory: str) -> bool:
-    return os.path.isfile(os.path.join(directory, MAIN))
-
-
-def _env_candidates(value: str) -> list:
-    out = []
-    for part in value.split(os.pathsep):
-        part = part.strip()
-        if not part:
-            continue
-        d = os.path.dirname(part) if os.path.basename(part) == MAIN else part
-        d = os.path.abspath(os.path.expanduser(d))
-        out.append(Candidate(d, f"env {ENV_VAR}", _has_main(d)))
-    return out
+class Found(vendorlib.Found):
+    main = MAIN
 
 
 def _wheel_candidates(search_path) -> list:
@@ -94,14 +58,14 @@ def _wheel_candidates(search_path) -> list:
             d = os.path.abspath(d)
             if d not in seen:
                 seen.add(d)
-                out.append(Candidate(d, f"wheel {dist}", _has_main(d)))
+                out.append(Candidate(d, f"wheel {dist}", vendorlib.has_file(d, MAIN)))
         search_path = sys.path
     for entry in search_path:
         d = os.path.abspath(os.path.join(entry or os.curdir, WHEEL_SUBDIR))
         if d in seen or not os.path.isdir(d):
             continue
         seen.add(d)
-        out.append(Candidate(d, "sys.path", _has_main(d)))
+        out.append(Candidate(d, "sys.path", vendorlib.has_file(d, MAIN)))
     return out
 
 
@@ -112,22 +76,8 @@ def find(env: dict | None = None, search_path=None, *, system: bool = True) -> F
     ``sys.path``: the tests pass a fake tree.  ``system=False`` leaves the loader path out.
     A Found with ``directory=SYSTEM`` means "no directory of ours; let dlopen search".
     """
-    env = os.environ if env is None else env
-    value = env.get(ENV_VAR, "")
-    if value.strip():
-        cands = _env_candidates(value)
-        for c in cands:
-            if c.present:
-                return Found(c.path, c.source, tuple(cands))
-        return Found(None, f"env {ENV_VAR}", tuple(cands))
-    cands = _wheel_candidates(search_path)
-    for c in cands:
-        if c.present:
-            return Found(c.path, c.source, tuple(cands))
-    if system:
-        sys_cand = Candidate(SYSTEM, SYSTEM, True)  # only dlopen can tell
-        return Found(SYSTEM, SYSTEM, tuple(cands) + (sys_cand,))
-    return Found(None, "", tuple(cands))
+    return vendorlib.find(Found, ENV_VAR, env, lambda name: name == MAIN,
+                          lambda: _wheel_candidates(search_path), system=system)
 
 
 class Library:
@@ -280,59 +230,37 @@ def load_from(found: Found) -> Library:
 def loaded_directory() -> str | None:
     """The directory of the cuDNN already mapped into this process, if any (Linux:
     /proc/self/maps): where PyTorch's cuDNN came from, so ours can load the same build."""
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                if line.rstrip().endswith("/" + MAIN):
-                    return os.path.dirname(line.split(None, 5)[-1].strip())
-    except OSError:
-        pass
-    return None
+    path = vendorlib.mapped_path(MAIN)
+    return None if path is None else os.path.dirname(path)
 
 
-@functools.lru_cache(maxsize=1)
-def _load_cached():
-    try:
-        return load_from(find())
-    except MissingDependency as e:
-        return e
+# The process's cuDNN, found and loaded on first use; _loader.cache_clear() forgets it.
+_loader = vendorlib.Loader(lambda: load_from(find()))
 
 
 def load() -> Library:
     """The process's cuDNN (found and loaded once); raises MissingDependency with the places
     searched when there is none.  Change MICROBENCH_CUDNN_PATH before the first call."""
-    got = _load_cached()
-    if isinstance(got, Exception):
-        raise got
-    return got
+    return _loader()
 
 
 def available() -> tuple:
     """``(ok, reason)``: whether cuDNN loads here (a GPU is not needed for this answer)."""
-    try:
-        lib = load()
-    except MissingDependency as e:
-        return False, str(e)
-    return True, f"cuDNN {lib.version} from {lib.directory} ({lib.source})"
+    return _loader.available(lambda lib: f"cuDNN {lib.version} from {lib.directory} ({lib.source})")
 
 
 def version() -> str | None:
     """``'9.28.1'``, or None when cuDNN cannot be loaded."""
-    try:
-        return load().version
-    except MissingDependency:
-        return None
+    return _loader.version()
 
 
 def describe() -> dict:
     """What ``microbench env`` prints about cuDNN: version, where from, or why it is missing."""
-    try:
-        lib = load()
-    except MissingDependency as e:
-        return {"available": False, "reason": str(e)}
-    out = {"available": True, "version": lib.version, "version_int": lib.version_int,
-           "path": lib.directory, "source": lib.source, "sublibraries": sorted(lib.sublibs)}
-    cudart = lib.cudart_version
-    if cudart:
-        out["built_for_cudart"] = f"{cudart // 1000}.{cudart % 1000 // 10}"
-    return out
+    def facts(lib):
+        out = {"version": lib.version, "version_int": lib.version_int, "path": lib.directory,
+               "source": lib.source, "sublibraries": sorted(lib.sublibs)}
+        cudart = lib.cudart_version
+        if cudart:
+            out["built_for_cudart"] = f"{cudart // 1000}.{cudart % 1000 // 10}"
+        return out
+    return _loader.describe(facts)

@@ -36,6 +36,10 @@ from ..dtypes import canonical
 from ..errors import BadInput, MicrobenchError, Unsupported
 from ..params import GATES, RNNParams, check_dim
 from . import errors as cerr
+from . import handles
+from .handles import (CUDNN_DATA_FLOAT, CUDNN_DATA_HALF, CUDNN_DEFAULT_MATH, CUDNN_FMA_MATH,
+                      CUDNN_TENSOR_OP_MATH, MATH_NAMES, PI, PP, PSZ, SZ, U32, Descriptor, Handle, I, P,
+                      ints, tensor_dims, tensor_nd)
 
 # -- enums (cudnn_adv.h / cudnn_graph.h, cuDNN 9) --------------------------------------------
 CUDNN_RNN_ALGO = {"standard": 0, "persist_static": 1, "persist_dynamic": 2,
@@ -50,10 +54,6 @@ CUDNN_LINEAR_INPUT = 0
 CUDNN_FWD_MODE = {"inference": 0, "training": 1}
 CUDNN_RNN_DATA_LAYOUT_SEQ_MAJOR_PACKED = 1
 CUDNN_RNN_PADDED_IO_DISABLED = 0
-CUDNN_DATA_FLOAT, CUDNN_DATA_HALF, CUDNN_DATA_BFLOAT16 = 0, 2, 9
-CUDNN_DATA_INT32 = 4
-CUDNN_DEFAULT_MATH, CUDNN_TENSOR_OP_MATH = 0, 1
-CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION, CUDNN_FMA_MATH = 2, 3
 
 # precision -> (numpy storage, cudnn dataType, mathPrec, mathType).
 # fp32 uses FMA math: no Tensor Cores and no TF32 (CUDNN_DEFAULT_MATH permits TF32 on A100 and
@@ -67,8 +67,6 @@ PRECISION = {
     "tf32": (np.float32, CUDNN_DATA_FLOAT, CUDNN_DATA_FLOAT, CUDNN_DEFAULT_MATH),
     "fp16": (np.float16, CUDNN_DATA_HALF, CUDNN_DATA_FLOAT, CUDNN_TENSOR_OP_MATH),
 }
-MATH_NAMES = {0: "CUDNN_DEFAULT_MATH", 1: "CUDNN_TENSOR_OP_MATH",
-              2: "CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION", 3: "CUDNN_FMA_MATH"}
 INT32_MAX = 2**31 - 1
 
 
@@ -233,120 +231,31 @@ def check_arrays(cfg: RNNConfig, x, h0, c0) -> None:
             raise BadInput(f"{name} must be C-contiguous")
 
 
-# -- ctypes binding --------------------------------------------------------------------------
-_p, _i, _u32, _sz = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_size_t
-_pp, _pi, _psz = ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_size_t)
-
+# -- ctypes binding (handles and tensor descriptors: kernels.cudnn.handles) -------------------
 PROTOTYPES = {
-    "cudnnCreate": [_pp],
-    "cudnnDestroy": [_p],
-    "cudnnSetStream": [_p, _p],
-    "cudnnCreateTensorDescriptor": [_pp],
-    "cudnnDestroyTensorDescriptor": [_p],
-    "cudnnSetTensorNdDescriptor": [_p, _i, _i, _pi, _pi],
-    "cudnnGetTensorNdDescriptor": [_p, _i, _pi, _pi, _pi, _pi],
-    "cudnnCreateDropoutDescriptor": [_pp],
-    "cudnnDestroyDropoutDescriptor": [_p],
-    "cudnnDropoutGetStatesSize": [_p, _psz],
-    "cudnnSetDropoutDescriptor": [_p, _p, ctypes.c_float, _p, _sz, ctypes.c_ulonglong],
-    "cudnnCreateRNNDescriptor": [_pp],
-    "cudnnDestroyRNNDescriptor": [_p],
-    "cudnnSetRNNDescriptor_v8": [_p, _i, _i, _i, _i, _i, _i, _i, _i, ctypes.c_int32,
-                                 ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, _p, _u32],
-    "cudnnCreateRNNDataDescriptor": [_pp],
-    "cudnnDestroyRNNDataDescriptor": [_p],
-    "cudnnSetRNNDataDescriptor": [_p, _i, _i, _i, _i, _i, _pi, _p],
-    "cudnnBuildRNNDynamic": [_p, _p, _i],
-    "cudnnGetRNNWeightSpaceSize": [_p, _p, _psz],
-    "cudnnGetRNNWeightParams": [_p, _p, ctypes.c_int32, _sz, _p, ctypes.c_int32, _p, _pp, _p, _pp],
-    "cudnnGetRNNTempSpaceSizes": [_p, _p, _i, _p, _psz, _psz],
-    "cudnnRNNForward": [_p, _p, _i, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _p, _sz, _p, _sz, _p,
-                        _sz, _p],
+    **handles.PROTOTYPES,
+    "cudnnCreateDropoutDescriptor": [PP],
+    "cudnnDestroyDropoutDescriptor": [P],
+    "cudnnDropoutGetStatesSize": [P, PSZ],
+    "cudnnSetDropoutDescriptor": [P, P, ctypes.c_float, P, SZ, ctypes.c_ulonglong],
+    "cudnnCreateRNNDescriptor": [PP],
+    "cudnnDestroyRNNDescriptor": [P],
+    "cudnnSetRNNDescriptor_v8": [P, I, I, I, I, I, I, I, I, ctypes.c_int32,
+                                 ctypes.c_int32, ctypes.c_int32, ctypes.c_int32, P, U32],
+    "cudnnCreateRNNDataDescriptor": [PP],
+    "cudnnDestroyRNNDataDescriptor": [P],
+    "cudnnSetRNNDataDescriptor": [P, I, I, I, I, I, PI, P],
+    "cudnnBuildRNNDynamic": [P, P, I],
+    "cudnnGetRNNWeightSpaceSize": [P, P, PSZ],
+    "cudnnGetRNNWeightParams": [P, P, ctypes.c_int32, SZ, P, ctypes.c_int32, P, PP, P, PP],
+    "cudnnGetRNNTempSpaceSizes": [P, P, I, P, PSZ, PSZ],
+    "cudnnRNNForward": [P, P, I, P, P, P, P, P, P, P, P, P, P, P, SZ, P, SZ, P, SZ, P],
 }
 
 
 def bind(lib, names=None) -> None:
-    for name in names or PROTOTYPES:
-        lib.fn(name, PROTOTYPES[name])
-
-
-class Handle:
-    """A cuDNN handle bound to a CUDA stream (``cudnnSetStream``); a context manager."""
-
-    def __init__(self, lib, stream_ptr: int = 0):
-        bind(lib, ("cudnnCreate", "cudnnDestroy", "cudnnSetStream"))
-        self.lib, self.ptr = lib, ctypes.c_void_p()
-        lib.call("cudnnCreate", ctypes.byref(self.ptr))
-        self.stream = None
-        try:
-            self.set_stream(stream_ptr)
-        except BaseException:
-            self.close()
-            raise
-
-    def set_stream(self, stream_ptr: int) -> None:
-        if stream_ptr != self.stream:
-            self.lib.call("cudnnSetStream", self.ptr, ctypes.c_void_p(stream_ptr or None))
-            self.stream = stream_ptr
-
-    def close(self) -> None:
-        if self.ptr:
-            ptr, self.ptr = self.ptr, ctypes.c_void_p()
-            cerr.check("cudnnDestroy", self.lib.fn("cudnnDestroy", [_p])(ptr), self.lib)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class Descriptor:
-    """Any ``cudnnCreateX``/``cudnnDestroyX`` pair as a context manager."""
-
-    def __init__(self, lib, kind: str):
-        self.lib, self.kind = lib, kind
-        self._create, self._destroy = f"cudnnCreate{kind}", f"cudnnDestroy{kind}"
-        lib.fn(self._create, [_pp])
-        lib.fn(self._destroy, [_p])
-        self.ptr = ctypes.c_void_p()
-        lib.call(self._create, ctypes.byref(self.ptr))
-
-    def close(self) -> None:
-        if self.ptr:
-            ptr, self.ptr = self.ptr, ctypes.c_void_p()
-            self.lib.call(self._destroy, ptr)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def _ints(values):
-    return (ctypes.c_int * len(values))(*values)
-
-
-def tensor_nd(lib, stack: ExitStack, data_type: int, dims) -> Descriptor:
-    """A fully packed N-d tensor descriptor (``cudnnSetTensorNdDescriptor``)."""
-    d = stack.enter_context(Descriptor(lib, "TensorDescriptor"))
-    strides, acc = [], 1
-    for n in reversed(dims):
-        strides.insert(0, acc)
-        acc *= n
-    bind(lib, ("cudnnSetTensorNdDescriptor",))
-    lib.call("cudnnSetTensorNdDescriptor", d.ptr, data_type, len(dims), _ints(dims), _ints(strides))
-    return d
-
-
-def tensor_dims(lib, desc: Descriptor) -> tuple:
-    bind(lib, ("cudnnGetTensorNdDescriptor",))
-    dt, nb = ctypes.c_int(), ctypes.c_int()
-    dims, strides = (ctypes.c_int * 8)(), (ctypes.c_int * 8)()
-    lib.call("cudnnGetTensorNdDescriptor", desc.ptr, 8, ctypes.byref(dt), ctypes.byref(nb),
-             dims, strides)
-    return tuple(dims[: nb.value])
+    """Set the prototypes of the RNN API (and the handle and tensor calls) on ``lib``."""
+    handles.bind(lib, names, PROTOTYPES)
 
 
 def _as_unsupported(cfg: RNNConfig, e: cerr.CudnnError) -> Unsupported:
@@ -361,15 +270,7 @@ class CudnnRNN:
                  precision: str = "fp32", mode: str = "inference", lib=None):
         self.cfg = cfg = rnn_config(params, batch=batch, seq_len=seq_len, algo=algo,
                                     precision=precision, mode=mode)
-        from kernels import gpu
-        ok, reason = gpu.detect()
-        if not ok:
-            raise Unsupported(f"the cudnn variant needs a GPU: {reason}")
-        if lib is None:
-            from .lib import load
-            lib = load()
-        import cupy
-        self.lib, self._cp = lib, cupy
+        self.lib, self._cp = handles.open_gpu(lib, "cudnn")
         bind(lib)
         self._stack = ExitStack()
         try:
@@ -412,7 +313,7 @@ class CudnnRNN:
         if cfg.algo == "persist_dynamic":  # NVRTC-compiles the persistent kernel for this batch
             lib.call("cudnnBuildRNNDynamic", h, self.rnn.ptr, B)
 
-        seq = _ints([T] * B)
+        seq = ints([T] * B)
         self.x_desc = st.enter_context(Descriptor(lib, "RNNDataDescriptor"))
         lib.call("cudnnSetRNNDataDescriptor", self.x_desc.ptr, cfg.data_type,
                  CUDNN_RNN_DATA_LAYOUT_SEQ_MAJOR_PACKED, T, B, I, seq, None)

@@ -29,15 +29,15 @@ import importlib.metadata as md
 import os
 import sys
 import threading
-from dataclasses import dataclass, field
 
+from .. import vendorlib
 from ..errors import MissingDependency
+from ..vendorlib import SYSTEM, Candidate
 from . import errors as derr
 
 ENV_VAR = "MICROBENCH_ONEDNN_PATH"
 MAIN = "libdnnl.so.3"
 WHEELS = ("onednn-cpu-gomp", "onednn-cpu-iomp", "onednn-cpu-tbb", "onednn")
-SYSTEM = "system loader path"
 HINT = (f"pip install onednn-cpu-gomp (or set {ENV_VAR} to the directory holding {MAIN})")
 MIN_VERSION = (3, 0)
 
@@ -130,26 +130,8 @@ NAMERS = ("dnnl_fmt_tag2str", "dnnl_dt2str", "dnnl_status2str", "dnnl_prop_kind2
           "dnnl_alg_kind2str", "dnnl_cpu_isa2str", "dnnl_runtime2str")
 
 
-@dataclass(frozen=True)
-class Candidate:
-    path: str           # a directory, or SYSTEM
-    source: str
-    present: bool
-
-
-@dataclass(frozen=True)
-class Found:
-    directory: str | None
-    source: str
-    searched: tuple = field(default_factory=tuple)
-
-    def searched_text(self) -> str:
-        return "; ".join(f"{c.path} ({c.source}{'' if c.present else ': no ' + MAIN})"
-                         for c in self.searched)
-
-
-def _has_main(directory: str) -> bool:
-    return os.path.isfile(os.path.join(directory, MAIN))
+class Found(vendorlib.Found):
+    main = MAIN
 
 
 def _wheel_dirs() -> list:
@@ -169,35 +151,18 @@ def _wheel_dirs() -> list:
 def find(env: dict | None = None, wheel_dirs=None, prefix: str | None = None, *,
          system: bool = True) -> Found:
     """Where oneDNN is, without loading it (the tests pass a fake tree)."""
-    env = os.environ if env is None else env
-    value = env.get(ENV_VAR, "")
-    if value.strip():
-        cands = []
-        for part in value.split(os.pathsep):
-            part = part.strip()
-            if not part:
-                continue
-            d = os.path.dirname(part) if os.path.basename(part).startswith("libdnnl.so") else part
-            d = os.path.abspath(os.path.expanduser(d))
-            cands.append(Candidate(d, f"env {ENV_VAR}", _has_main(d)))
-        for c in cands:
-            if c.present:
-                return Found(c.path, c.source, tuple(cands))
-        return Found(None, f"env {ENV_VAR}", tuple(cands))
-    cands, seen = [], set()
-    for d, source in (_wheel_dirs() if wheel_dirs is None else wheel_dirs):
+    def candidates():
+        cands, seen = [], set()
+        for d, source in (_wheel_dirs() if wheel_dirs is None else wheel_dirs):
+            if d not in seen:
+                seen.add(d)
+                cands.append(Candidate(d, source, vendorlib.has_file(d, MAIN)))
+        d = os.path.abspath(os.path.join(sys.prefix if prefix is None else prefix, "lib"))
         if d not in seen:
-            seen.add(d)
-            cands.append(Candidate(d, source, _has_main(d)))
-    d = os.path.abspath(os.path.join(sys.prefix if prefix is None else prefix, "lib"))
-    if d not in seen:
-        cands.append(Candidate(d, "sys.prefix", _has_main(d)))
-    for c in cands:
-        if c.present:
-            return Found(c.path, c.source, tuple(cands))
-    if system:
-        return Found(SYSTEM, SYSTEM, tuple(cands) + (Candidate(SYSTEM, SYSTEM, True),))
-    return Found(None, "", tuple(cands))
+            cands.append(Candidate(d, "sys.prefix", vendorlib.has_file(d, MAIN)))
+        return cands
+    return vendorlib.find(Found, ENV_VAR, env, lambda name: name.startswith("libdnnl.so"), candidates,
+                          system=system)
 
 
 class Library:
@@ -315,53 +280,30 @@ def load_from(found: Found) -> Library:
 
 
 def _loaded_path() -> str | None:
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                if line.rstrip().endswith("/" + MAIN):
-                    return line.split(None, 5)[-1].strip()
-    except OSError:
-        pass
-    return None
+    return vendorlib.mapped_path(MAIN)
 
 
-@functools.lru_cache(maxsize=1)
-def _load_cached():
-    try:
-        return load_from(find())
-    except MissingDependency as e:
-        return e
+# The process's oneDNN, found and loaded on first use; _loader.cache_clear() forgets it.
+_loader = vendorlib.Loader(lambda: load_from(find()))
 
 
 def load() -> Library:
     """The process's oneDNN (found and loaded once); MissingDependency names the places searched."""
-    got = _load_cached()
-    if isinstance(got, Exception):
-        raise got
-    return got
+    return _loader()
 
 
 def available() -> tuple:
-    try:
-        lib = load()
-    except MissingDependency as e:
-        return False, str(e)
-    return True, f"oneDNN {lib.version} ({lib.isa}) from {lib.path} ({lib.source})"
+    return _loader.available(lambda lib: f"oneDNN {lib.version} ({lib.isa}) from {lib.path} ({lib.source})")
 
 
 def version() -> str | None:
-    try:
-        return load().version
-    except MissingDependency:
-        return None
+    return _loader.version()
 
 
 def describe() -> dict:
     """What ``microbench env`` prints about oneDNN: version, ISA, runtime, where from, or why not."""
-    try:
-        lib = load()
-    except MissingDependency as e:
-        return {"available": False, "reason": str(e)}
-    v = lib.version_info
-    return {"available": True, "version": lib.version, "commit": v["hash"][:12], "isa": lib.isa,
-            "cpu_runtime": v["cpu_runtime"], "path": lib.path, "source": lib.source}
+    def facts(lib):
+        v = lib.version_info
+        return {"version": lib.version, "commit": v["hash"][:12], "isa": lib.isa,
+                "cpu_runtime": v["cpu_runtime"], "path": lib.path, "source": lib.source}
+    return _loader.describe(facts)
