@@ -245,3 +245,47 @@ def test_gpu_device_script_fits_its_budget_and_file_limit():
     assert 0 < total <= 9 * 60 - 20, total
     files = set(re.findall(r'\$OUT/([\w.-]+)"', text))
     assert 0 < len(files) <= 8, files
+
+
+class _Reached(Exception):
+    """Raised by the stand-in library's first real call: construction got that far."""
+
+
+class _StandInCudnn:
+    version = 90000
+
+    def __init__(self):
+        self.bound = []
+
+    def fn(self, name, argtypes, restype=None):
+        self.bound.append(name)
+        return lambda *a: 0
+
+    def call(self, name, *args):
+        raise _Reached(name)
+
+
+@pytest.mark.parametrize("what", ["rnn", "conv"])
+def test_cudnn_variants_build_with_the_process_library(monkeypatch, what):
+    """Built without ``lib=`` (as the GPU benchmarks and tests do), a cuDNN variant binds and
+    calls the library ``load()`` returns: a refactor once left the constructor binding ``None``
+    (AttributeError on a GPU) and using a module it no longer imported (NameError)."""
+    import kernels.gpu
+    import kernels.cudnn.lib as L
+    monkeypatch.setattr(kernels.gpu, "detect", lambda *a, **k: (True, ""))
+    lib = _StandInCudnn()
+    monkeypatch.setattr(L, "load", lambda *a, **k: lib)
+    fake_cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(
+        get_current_stream=lambda: types.SimpleNamespace(ptr=0)))
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    if what == "rnn":
+        from kernels.cudnn.rnn import CudnnRNN
+        from kernels.params import LSTMParams
+        build = lambda: CudnnRNN(LSTMParams.random(8, 16, 1, seed=0).astype(np.float32), batch=3, seq_len=5)  # noqa: E731
+    else:
+        from kernels.conv import ConvProblem
+        from kernels.cudnn.conv import CudnnConv
+        build = lambda: CudnnConv(ConvProblem(N=2, C=8, H=9, W=9, K=16, R=3, S=3, pad=1))  # noqa: E731
+    with pytest.raises(_Reached):
+        build()
+    assert lib.bound, "the constructor bound no cuDNN function on the loaded library"

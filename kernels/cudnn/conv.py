@@ -90,7 +90,8 @@ class CudnnConv:
                  lib=None):
         self.precision = check_request(problem, precision, algo)
         self.problem = p = problem
-        self.lib, self._cp = handles.open_gpu(lib, "cudnn conv")
+        lib, cupy = handles.open_gpu(lib, "cudnn conv")
+        self.lib, self._cp = lib, cupy
         for name, argtypes in PROTOTYPES.items():
             lib.fn(name, argtypes)
         self._stack = st = ExitStack()

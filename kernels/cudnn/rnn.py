@@ -271,7 +271,7 @@ class CudnnRNN:
         self.cfg = cfg = rnn_config(params, batch=batch, seq_len=seq_len, algo=algo,
                                     precision=precision, mode=mode)
         self.lib, self._cp = handles.open_gpu(lib, "cudnn")
-        bind(lib)
+        bind(self.lib)
         self._stack = ExitStack()
         try:
             self._build(params)
