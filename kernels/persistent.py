@@ -433,6 +433,16 @@ def limits_from_device(device: int | None = None, kernel=None, smem: int | None 
                         pr.get("reservedSharedMemPerBlock", 1024), regs, per_sm)
 
 
+def _allow_smem(kernel, smem: int) -> None:
+    """Raise the kernel's dynamic shared-memory limit (cudaFuncAttributeMaxDynamicSharedMemorySize)
+    to ``smem`` if it is lower.  The attribute belongs to the CUfunction, which every
+    PersistentRNN of one cell and precision shares (the loader caches it): set per plan, the
+    limit a smaller batch's plan left behind failed a later larger launch, so it only grows and
+    is read back before every launch (one cuFuncGetAttribute, which CuPy's getter calls)."""
+    if smem > 48 * 1024 and kernel.max_dynamic_shared_size_bytes < smem:
+        kernel.max_dynamic_shared_size_bytes = smem
+
+
 def _cupy_kernel(symbol: str, device: int):
     # cooperative: the entries sync the grid between steps (cuLaunchCooperativeKernel)
     return cudasrc.file_function(SOURCE, symbol, device, cooperative=True)
@@ -476,8 +486,7 @@ class PersistentRNN:
         if geo is None:
             import cupy
             geo = plan(self.cell, self.H, B, self.precision, self.limits)
-            if geo.smem > 48 * 1024:
-                self.kernel.max_dynamic_shared_size_bytes = geo.smem
+            _allow_smem(self.kernel, geo.smem)
             # The occupancy API has the final word on co-residency of this very launch.
             per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
                 self.kernel.kernel.ptr, THREADS, geo.smem)
@@ -522,6 +531,7 @@ class PersistentRNN:
                 state(c0) if lstm else self._dummy,
                 y, h_n, c_n, np.int32(T), np.int32(B), np.int32(H),
                 *(np.int32(v) for v in geo.args()))
+        _allow_smem(self.kernel, geo.smem)    # another instance/batch may share this CUfunction
         self.kernel((geo.blocks,), (THREADS,), args, shared_mem=geo.smem)
         return (y, (h_n, c_n)) if lstm else (y, h_n)
 

@@ -289,3 +289,37 @@ def test_cudnn_variants_build_with_the_process_library(monkeypatch, what):
     with pytest.raises(_Reached):
         build()
     assert lib.bound, "the constructor bound no cuDNN function on the loaded library"
+
+
+def test_persistent_shared_memory_limit_follows_the_largest_plan(monkeypatch):
+    """The dynamic shared-memory limit is an attribute of the CUfunction that every instance of
+    one cell and precision shares: planned per batch, a smaller plan lowered it below what an
+    earlier, larger one launches with (cudaErrorInvalidValue on a GPU)."""
+    from kernels import persistent as kp
+    from tests import fakecuda
+    cp = fakecuda.install(monkeypatch)
+    cp.cuda.runtime = types.SimpleNamespace(getDevice=lambda: 0)
+    cp.cuda.driver = types.SimpleNamespace(occupancyMaxActiveBlocksPerMultiprocessor=lambda *a: 1)
+
+    class Kernel:           # one CUfunction, shared like the loader's cached one
+        kernel = types.SimpleNamespace(ptr=7)
+        max_dynamic_shared_size_bytes = 0
+
+        def __call__(self, grid, block, args, shared_mem=0):
+            if shared_mem > 48 * 1024 and shared_mem > self.max_dynamic_shared_size_bytes:
+                raise RuntimeError(f"launch with {shared_mem} B of dynamic shared memory above "
+                                   f"the function's limit {self.max_dynamic_shared_size_bytes}")
+    shared = Kernel()
+    monkeypatch.setattr(kp, "_cupy_kernel", lambda symbol, dev: shared)
+    monkeypatch.setattr(kp, "limits_from_device", lambda dev, k: kp.H100)
+    from kernels.params import PARAMS
+    H = 1024
+    big, small = 64, 8
+    assert kp.plan("lstm", H, big, "fp16").smem > kp.plan("lstm", H, small, "fp16").smem > 48 * 1024
+    p = PARAMS["lstm"].random(4, H, 1, seed=0)
+    first, second = kp.PersistentRNN(p, "fp16"), kp.PersistentRNN(p, "fp16")
+    x = lambda B: np.zeros((2, B, 4), np.float16)  # noqa: E731
+    first(x(big))
+    second(x(small))          # plans the smaller batch on the same function
+    first(x(big))             # ... which must not have lowered the limit the larger one needs
+    second(x(big))
