@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from .common import Built, Unsupported, dims
-from .convert import LAYERNORM_EXTRAS, to_torch, unpack_extras, unpack_layers
+from .convert import LAYERNORM_EXTRAS, split_op, to_torch, unpack_extras, unpack_layers
 
 _torch = None
 
@@ -68,7 +68,7 @@ def build(op, path, device, precision, arrays) -> Built:
     layers = unpack_layers(arrays)
     x, h0 = t(arrays["x"]), t(arrays["h0"])
     c0 = t(arrays["c0"]) if "c0" in arrays else None
-    act = op[len("rnn_"):] if op.startswith("rnn_") else None      # the vanilla cell's nonlinearity
+    act = split_op(op)[1]           # the vanilla cell's nonlinearity (None for the other cells)
     train = "dy" in arrays
     sync = _syncer(device)
     info = {"precision_switches": {"float32_matmul_precision": torch.get_float32_matmul_precision(),
