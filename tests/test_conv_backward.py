@@ -162,3 +162,17 @@ def test_conv_backward_command_with_framework_rows(tmp_path, capsys):
     assert skipped["status"] == "skipped" and "conv backward rows: torch" in skipped["error"]
     assert recs["tensorflow/fused"]["status"] == "ok"            # its forward row still runs
     capsys.readouterr()
+
+
+def test_training_suite_adds_the_framework_phases(tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "s.jsonl"
+    assert cli.main(["suite", "deepbench-conv-train", "--only", "/008$", "--batch", "1", "--device", "cpu",
+                     "--variants", "im2col", "--frameworks", "torch", "--json", str(out), "--quiet",
+                     "--warmup", "0", "--min-time", "0", "--min-samples", "2", "--max-time", "0.5"]) == 0
+    recs = {f"{r['variant']}/{r['backend']}": r for r in map(json.loads, out.read_text().splitlines())}
+    for label in ("torch/fused", "torch/fused+bwd_data", "torch/fused+bwd_weights", "torch/generic+bwd_weights"):
+        r = recs[label]
+        assert r["status"] == "ok" and r["check"]["passed"], (label, r["error"])
+        assert r["suite"]["entry"] == "deepbench-conv-train/008"
+    capsys.readouterr()
