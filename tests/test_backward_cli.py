@@ -10,7 +10,7 @@ import pytest
 
 from kernels.custom import LayerNormLSTMParams
 from kernels.errors import Unsupported
-from kernels.params import GRUParams, LSTMParams
+from kernels.params import GRUParams, LSTMParams, VanillaRNNParams
 from microbench import cli
 from microbench.cases import backward as bwc
 from microbench.cases import frameworks as fcases
@@ -117,11 +117,11 @@ def test_layernorm_extra_names_match_the_cell_declaration():
             np.testing.assert_array_equal(got[k], want[k])
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
 def test_grads_from_flax_is_the_adjoint_of_to_flax(cell):
     """to_flax is linear in the canonical weights, so for any flax-shaped G and canonical V,
     <G, to_flax(V)> = <grads_from_flax(G), V> (the chain rule the jax rows rely on)."""
-    params = {"lstm": LSTMParams, "gru": GRUParams}[cell]
+    params = {"lstm": LSTMParams, "gru": GRUParams, "rnn": VanillaRNNParams}[cell]
     rng = np.random.default_rng(0)
     V = params.random(5, 4, 1, seed=1).layers[0].arrays()
     G = {k: {n: rng.standard_normal(np.shape(a)) for n, a in d.items()}

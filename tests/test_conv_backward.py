@@ -120,3 +120,59 @@ def test_training_suite_times_three_phases_each_checked(tmp_path, capsys):
         assert r["status"] == "ok" and r["check"]["passed"]
         assert r["suite"] == {**r["suite"], "entry": "deepbench-conv-train/008", "table": "training_set", "row": 8}
     capsys.readouterr()
+
+
+# -- framework rows: torch's backward phases (aten.convolution_backward), in a worker each ----------
+TORCH_ROWS = [("fused", 0), ("fused", 2), ("generic", 1)]
+
+
+@pytest.mark.parametrize("path,g", TORCH_ROWS, ids=[f"{p}-{IDS[g]}" for p, g in TORCH_ROWS])
+def test_torch_backward_phases_match_the_references(path, g):
+    pytest.importorskip("torch")
+    from microbench.cases import frameworks as fcases
+    p = GEOMETRIES[g]
+    for phase, outputs in (("bwd_data", ["dx"]), ("bwd_weights", ["dw", "db"] if p.bias else ["dw"])):
+        prepared = fcases.build_framework(p, 3, framework="torch", path=path, device="cpu", precision="fp32",
+                                          threads=1, phase=phase)
+        try:
+            check = prepared.check()
+            assert check.passed, (phase, check.detail)
+            assert prepared.info["pass"] == phase and prepared.info["outputs"] == outputs
+            assert phase in prepared.info["backward"]
+            prepared.run()                  # a second call, read back through the worker
+            after = prepared.check()
+            assert after.passed, (phase, after.detail)
+        finally:
+            prepared.close()
+
+
+def test_conv_backward_command_with_framework_rows(tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "f.jsonl"
+    assert cli.main(["conv", "--backward", "--direct", "--frameworks", "torch,tensorflow", "-N", "1", "-C", "3",
+                     "-H", "7", "-W", "6", "-K", "4", "--stride", "2", "--pad", "1", "--threads", "1",
+                     "--warmup", "0", "--min-time", "0", "--min-samples", "2", "--quiet", "--json", str(out)]) == 0
+    recs = {f"{r['variant']}/{r['backend']}": r for r in map(json.loads, out.read_text().splitlines())}
+    for path in ("fused", "generic"):
+        for phase in ("bwd_data", "bwd_weights"):
+            r = recs[f"torch/{path}+{phase}"]
+            assert r["status"] == "ok" and r["check"]["passed"], r["error"]
+            assert r["info"]["pass"] == phase
+    skipped = recs["tensorflow/fused+bwd_data"]
+    assert skipped["status"] == "skipped" and "conv backward rows: torch" in skipped["error"]
+    assert recs["tensorflow/fused"]["status"] == "ok"            # its forward row still runs
+    capsys.readouterr()
+
+
+def test_training_suite_adds_the_framework_phases(tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "s.jsonl"
+    assert cli.main(["suite", "deepbench-conv-train", "--only", "/008$", "--batch", "1", "--device", "cpu",
+                     "--variants", "im2col", "--frameworks", "torch", "--json", str(out), "--quiet",
+                     "--warmup", "0", "--min-time", "0", "--min-samples", "2", "--max-time", "0.5"]) == 0
+    recs = {f"{r['variant']}/{r['backend']}": r for r in map(json.loads, out.read_text().splitlines())}
+    for label in ("torch/fused", "torch/fused+bwd_data", "torch/fused+bwd_weights", "torch/generic+bwd_weights"):
+        r = recs[label]
+        assert r["status"] == "ok" and r["check"]["passed"], (label, r["error"])
+        assert r["suite"]["entry"] == "deepbench-conv-train/008"
+    capsys.readouterr()

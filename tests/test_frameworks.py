@@ -10,15 +10,15 @@ import sys
 import numpy as np
 import pytest
 
-from kernels.errors import BadInput, MissingDependency, Unsupported
-from kernels.params import GRUParams, LSTMParams, reorder_gates
+from kernels.errors import BadInput, Unsupported
+from kernels.params import GRUParams, LSTMParams, VanillaRNNParams, reorder_gates
 from kernels.reference import REFERENCES
 from microbench.cases import frameworks as fcases
 from microbench.frameworks import FRAMEWORKS, NOT_INSTALLABLE, NUMPY1, PATHS, convert, looptime, skip_reason
 from microbench.harness import Settings
 from microbench.problems import RNNProblem
 
-PARAMS = {"lstm": LSTMParams, "gru": GRUParams}
+PARAMS = {"lstm": LSTMParams, "gru": GRUParams, "rnn": VanillaRNNParams}
 
 
 def _layer(op, I=5, H=4, seed=0):
@@ -37,7 +37,7 @@ def test_reorder_matches_kernels_reorder_gates_and_inverts():
         convert.reorder(a, "ifgo", "ifgx")
 
 
-@pytest.mark.parametrize("op", ["lstm", "gru"])
+@pytest.mark.parametrize("op", ["lstm", "gru", "rnn"])
 def test_torch_mxnet_layouts_are_ours(op):
     layer = _layer(op)
     for to, back in ((convert.to_torch, convert.from_torch), (convert.to_mxnet, convert.from_mxnet)):
@@ -45,7 +45,7 @@ def test_torch_mxnet_layouts_are_ours(op):
             np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("op", ["lstm", "gru"])
+@pytest.mark.parametrize("op", ["lstm", "gru", "rnn"])
 def test_keras_round_trip(op):
     w_ih, w_hh, b_ih, b_hh = layer = _layer(op)
     kernel, recurrent, bias = convert.to_keras(layer, op)
@@ -60,7 +60,7 @@ def test_keras_round_trip(op):
         np.testing.assert_allclose(back[2] + back[3], b_ih + b_hh)
 
 
-@pytest.mark.parametrize("op", ["lstm", "gru"])
+@pytest.mark.parametrize("op", ["lstm", "gru", "rnn"])
 def test_flax_round_trip(op):
     w_ih, w_hh, b_ih, b_hh = layer = _layer(op)
     back = convert.from_flax(convert.to_flax(layer, op), op)
@@ -94,13 +94,17 @@ def test_tfblock_round_trip():
     np.testing.assert_allclose(back[2], b_ih + b_hh)
 
 
-@pytest.mark.parametrize("op", ["lstm", "gru"])
+@pytest.mark.parametrize("op", ["lstm", "gru", "rnn"])
 def test_chainer_nstep_round_trip(op):
     layer = _layer(op)
     ws, bs = convert.to_chainer_nstep(layer, op)
-    G = 4 if op == "lstm" else 3
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[op]
     assert len(ws) == len(bs) == 2 * G and ws[0].shape == (4, 5) and ws[G].shape == (4, 4)
-    np.testing.assert_array_equal(ws[2 if op == "lstm" else 2], layer[0][8:12])     # w2: our g / n gate
+    if op != "rnn":
+        np.testing.assert_array_equal(ws[2], layer[0][8:12])     # w2: our g / n gate
+    else:       # NStepRNN: w0 the input matrix, w1 the recurrent one, biases apart
+        np.testing.assert_array_equal(ws[1], layer[1])
+        np.testing.assert_array_equal(bs[1], layer[3])
     for got, want in zip(convert.from_chainer_nstep(ws, bs, op), layer):
         np.testing.assert_array_equal(got, want)
 
@@ -118,6 +122,24 @@ def test_chainer_lstm_cell_interleaves_a_i_f_o():
     np.testing.assert_array_equal(back[0], w_ih)
     np.testing.assert_array_equal(back[1], w_hh)
     np.testing.assert_allclose(back[2] + back[3], b_ih + b_hh)
+
+
+def test_split_op_names_the_vanilla_activation():
+    assert convert.split_op("rnn_relu") == ("rnn", "relu")
+    assert convert.split_op("rnn_tanh") == ("rnn", "tanh")
+    assert convert.split_op("gru") == ("gru", None)
+    with pytest.raises(ValueError, match="'sigmoid' is unknown; allowed: relu, tanh"):
+        convert.split_op("rnn_sigmoid")
+
+
+def test_every_framework_path_says_what_it_runs_for_every_op():
+    for fw, devices in PATHS.items():
+        for device, paths in devices.items():
+            for path, ops in paths.items():
+                assert set(ops) == {"lstm", "gru", "rnn", "conv"}, (fw, device, path)
+    # the vanilla cell has a row in every framework on the CPU (the fused one where it exists)
+    for fw in FRAMEWORKS:
+        assert any(not skip_reason(fw, "cpu", path, "rnn") for path in PATHS[fw]["cpu"]), fw
 
 
 def test_pack_unpack_layers():
@@ -252,13 +274,14 @@ def _python_or_skip(fw):
     return python
 
 
-CASES = [(fw, op, path) for fw in FRAMEWORKS for op in ("lstm", "gru") for path in PATHS[fw]["cpu"]]
+CASES = [(fw, op, path) for fw in FRAMEWORKS for op in ("lstm", "gru", "rnn") for path in PATHS[fw]["cpu"]]
 
 
 @pytest.mark.parametrize("fw,op,path", CASES, ids=[f"{f}-{o}-{p}" for f, o, p in CASES])
 def test_framework_matches_reference(fw, op, path):
     python = _python_or_skip(fw)
-    problem = RNNProblem(op, T=5, B=3, I=7, H=6, L=2)
+    # the vanilla cell as DeepBench's (ReLU); tanh in test_vanilla_rnn.py
+    problem = RNNProblem(op, T=5, B=3, I=7, H=6, L=2, nonlinearity="relu" if op == "rnn" else "")
     build = lambda: fcases.build_framework(problem, 1, framework=fw, path=path, device="cpu",  # noqa: E731
                                            precision="fp32", threads=1, python=python)
     reason = skip_reason(fw, "cpu", path, op)
@@ -314,13 +337,13 @@ def test_framework_conv_matches_reference(fw, path, layout):
 
 # Training steps of the frameworks whose worker runs in the NumPy-1 interpreter (torch's and
 # JAX's are in test_backward_cli.py): y and every gradient against kernels.backward in float64.
-NUMPY1_TRAIN = [("chainer", op, path) for op in ("lstm", "gru") for path in ("fused", "generic")]
+NUMPY1_TRAIN = [("chainer", op, path) for op in ("lstm", "gru", "rnn") for path in ("fused", "generic")]
 
 
 @pytest.mark.parametrize("fw,op,path", NUMPY1_TRAIN, ids=[f"{f}-{o}-{p}-bwd" for f, o, p in NUMPY1_TRAIN])
 def test_numpy1_framework_training_step_matches_the_reference(fw, op, path):
     python = _python_or_skip(fw)
-    problem = RNNProblem(op, T=4, B=3, I=5, H=6, L=2)
+    problem = RNNProblem(op, T=4, B=3, I=5, H=6, L=2, nonlinearity="relu" if op == "rnn" else "")
     prepared = fcases.build_framework(problem, 1, framework=fw, path=path, device="cpu", precision="fp32",
                                       threads=1, python=python, backward=True)
     try:

@@ -1,6 +1,6 @@
 """The direct oneDNN binding: discovery, status translation and weight layout run everywhere;
-LSTM, linear-before-reset GRU and conv2d run through the real library against the float64
-references.
+LSTM, linear-before-reset GRU, the vanilla RNN (ReLU, tanh) and conv2d run through the real
+library against the float64 references.
 
 oneDNN comes from the ``onednn-cpu-gomp`` wheel, a base dependency on x86-64 Linux: where it can
 not be loaded these tests skip with the reason, except under CI, where that is a failure.
@@ -14,7 +14,7 @@ import pytest
 from kernels.errors import BadInput, MissingDependency, Unsupported
 from kernels.onednn import errors as E
 from kernels.onednn import lib as L
-from kernels.params import GRUParams, LSTMParams
+from kernels.params import GRUParams, LSTMParams, VanillaRNNParams
 from kernels.reference import REFERENCES
 
 
@@ -174,6 +174,17 @@ def test_lstm_gates_keep_our_order():
                                p.layers[1].b_ih + p.layers[1].b_hh, rtol=1e-6)
 
 
+def test_vanilla_rnn_has_one_gate_and_the_biases_summed():
+    from kernels.onednn.rnn import onednn_bias, onednn_weights
+    p = VanillaRNNParams.random(3, 2, 2, seed=2, nonlinearity="relu")
+    w = onednn_weights(p, [1], "w_ih")
+    assert w.shape == (1, 1, 1, 2, 2)
+    np.testing.assert_array_equal(w[0, 0, 0], p.layers[1].w_ih)
+    b = onednn_bias(p, [0, 1])
+    assert b.shape == (2, 1, 1, 2) and b.dtype == np.float32
+    np.testing.assert_allclose(b[0, 0, 0], p.layers[0].b_ih + p.layers[0].b_hh, rtol=1e-6)
+
+
 def test_layer_groups():
     from kernels.onednn.rnn import layer_groups
     assert layer_groups(1, 5, 8) == [[0]]
@@ -215,11 +226,33 @@ def test_rnn_matches_reference(op, I, H, L_, each):
         assert info["weight_reorder"] == ("every call" if each else "once, at build")
 
 
+@pytest.mark.parametrize("act", ["relu", "tanh"])
+@pytest.mark.parametrize("I,H,L_", [(16, 32, 1), (24, 32, 3), (33, 33, 2)])
+def test_vanilla_rnn_matches_reference(act, I, H, L_):
+    from kernels.onednn.rnn import OnednnRNN
+    _lib()
+    T, B = 7, 3
+    p = VanillaRNNParams.random(I, H, L_, seed=5, nonlinearity=act).astype(np.float32)
+    rng = np.random.default_rng(6)
+    with OnednnRNN(p, batch=B, seq_len=T) as rnn:
+        for _ in range(2):       # fresh inputs on the second call: nothing stale may pass
+            x = rng.standard_normal((T, B, I)).astype(np.float32)
+            h0 = (0.5 * rng.standard_normal((L_, B, H))).astype(np.float32)
+            y, h = rnn(x, h0)
+            ry, rh = REFERENCES["rnn"](x.astype(np.float64), p, h0.astype(np.float64))
+            np.testing.assert_allclose(y, ry, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(h, rh, rtol=1e-5, atol=1e-5)
+        assert rnn.info()["primitive"] == "dnnl_vanilla_rnn_forward"
+        assert rnn.info()["activation"] == f"eltwise_{act}"
+    # the activation reached the primitive: ReLU clips to exact zeros, tanh does not
+    assert (y == 0).any() == (act == "relu")
+
+
 def test_rnn_rejects_bad_arguments():
     from kernels.onednn.rnn import OnednnRNN
     _lib()
     p = LSTMParams.random(4, 4, 1, seed=0).astype(np.float32)
-    with pytest.raises(BadInput, match="LSTMParams or GRUParams"):
+    with pytest.raises(BadInput, match="LSTMParams, GRUParams or VanillaRNNParams"):
         OnednnRNN("nope", batch=2, seq_len=2)
     with pytest.raises(Unsupported, match="fp64 is not offered"):
         OnednnRNN(p, batch=2, seq_len=2, precision="fp64")
@@ -289,26 +322,63 @@ def test_conv_winograd_runs_or_skips_with_the_library_reason():
 def test_variants_registered_on_the_cpu():
     from microbench import cases  # noqa: F401
     from microbench.registry import REGISTRY
-    for op in ("lstm", "gru"):
+    for op in ("lstm", "gru", "rnn"):
         for v in ("onednn", "onednn_reorder"):
             assert REGISTRY[(op, v, "onednn")].device == "cpu"
         assert (op, "naive", "onednn") not in REGISTRY
     assert {("conv", "onednn", "onednn"), ("conv", "onednn_winograd", "onednn")} <= set(REGISTRY)
 
 
-@pytest.mark.parametrize("op,variant", [("lstm", "onednn"), ("gru", "onednn_reorder")])
-def test_case_checks_and_times(op, variant):
+@pytest.mark.parametrize("op,variant,act", [("lstm", "onednn", ""), ("gru", "onednn_reorder", ""),
+                                            ("rnn", "onednn", "relu"), ("rnn", "onednn_reorder", "tanh")])
+def test_case_checks_and_times(op, variant, act):
     from microbench import cases  # noqa: F401
     from microbench.harness import Settings
     from microbench.problems import RNNProblem
     from microbench.registry import REGISTRY
     from microbench.runner import Case, run_case
     _lib()
-    case = Case(REGISTRY[(op, variant, "onednn")], RNNProblem(op, 5, 4, 8, 16, 2), "fp32", 0)
+    case = Case(REGISTRY[(op, variant, "onednn")], RNNProblem(op, 5, 4, 8, 16, 2, nonlinearity=act),
+                "fp32", 0)
     o = run_case(case, Settings(0.01, 0.05, 1.0, 3, 1.0), {"env_id": "t"}, 0.0)
     assert o.status == "ok", o.error
     assert o.check.passed and o.check.max_rel_err < 1e-5
     assert o.record["info"]["impl"]
+
+
+def test_skip_input_case_skips_with_the_reason():
+    # oneDNN always multiplies the layer input by weights_layer: no recurrent-only row
+    from microbench import cases  # noqa: F401
+    from microbench.harness import Settings
+    from microbench.problems import RNNProblem
+    from microbench.registry import REGISTRY
+    from microbench.runner import Case, run_case
+    case = Case(REGISTRY[("rnn", "onednn", "onednn")],
+                RNNProblem("rnn", 3, 2, 8, 8, 1, nonlinearity="relu", skip_input=True), "fp32", 0)
+    o = run_case(case, Settings(0.01, 0.05, 1.0, 3, 1.0), {"env_id": "t"}, 0.0)
+    assert o.status == "skipped" and "no skip-input mode" in o.error and "--input-gemm" in o.error
+
+
+def test_deepbench_vanilla_rows_get_onednn_rows_with_input_gemm(tmp_path, monkeypatch, capsys):
+    import dataclasses
+    import json
+
+    from microbench import cli
+    from microbench.suites import catalog
+    _lib()
+    suite = catalog.get("deepbench-rnn-device")       # rows 0, 1: vanilla ReLU; 2: LSTM
+    specs = tuple(dataclasses.replace(s, H=8, T=3, B=2) for s in suite.specs)
+    monkeypatch.setitem(catalog.SUITES, suite.name, dataclasses.replace(suite, specs=specs))
+    out = tmp_path / "dev.jsonl"
+    assert cli.main(["suite", suite.name, "--device", "cpu", "--variants", "onednn", "--backend", "onednn",
+                     "--input-gemm", "--json", str(out), "--quiet", "--warmup", "0", "--min-time",
+                     "0.005", "--min-samples", "3", "--max-time", "0.05"]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["op"], r["variant"], r["status"]) for r in recs] == \
+        [("rnn", "onednn", "ok"), ("rnn", "onednn", "ok"), ("lstm", "onednn", "ok")]
+    assert all(r["check"]["passed"] for r in recs)
+    assert [r["options"].get("nonlinearity") for r in recs] == ["relu", "relu", None]
+    capsys.readouterr()
 
 
 def test_missing_library_skips_with_the_places_searched(tmp_path, monkeypatch):

@@ -231,7 +231,62 @@ def test_rnn_command_with_torch_rows_and_skip_input(run_cli, tmp_path):
         assert "skip_input" not in rec["options"] and rec["label"].startswith("torch+input-gemm/")
         assert rec["flops"] == 2 * 2 * 4 * 3 * 8 * 8              # the whole layer
     assert recs["tensorflow/fused"]["status"] == "skipped"
-    assert "no vanilla RNN row" in recs["tensorflow/fused"]["error"]
+    assert "no fused vanilla RNN op" in recs["tensorflow/fused"]["error"]
+    if "tensorflow/generic" in recs and recs["tensorflow/generic"]["status"] != "skipped":
+        rec = recs["tensorflow/generic"]        # Keras SimpleRNNCell(activation="relu")
+        assert rec["status"] == "ok" and rec["check"]["passed"], rec["error"]
+        assert rec["label"].startswith("tensorflow+input-gemm/")
+
+
+# One row per framework with the tanh cell (test_frameworks.py runs every CPU path with ReLU), and
+# the training steps of the frameworks that have one: each in a worker, against float64.
+TANH_ROWS = [("tensorflow", "generic"), ("jax", "generic"), ("mxnet", "fused"), ("chainer", "generic")]
+
+
+def _framework_python(fw):
+    import importlib.util
+
+    from microbench.cases import frameworks as fcases
+    from microbench.frameworks import NUMPY1
+    if fw in NUMPY1:
+        py = fcases.default_python(fw)
+        if not py:
+            pytest.skip(f"no .venv-mxnet: run scripts/setup-mxnet to test {fw}")
+        return py
+    if importlib.util.find_spec(fw) is None:
+        pytest.skip(f"{fw} is not importable here (pip install -e '.[frameworks]')")
+    return None
+
+
+def _framework_check(fw, path, act, backward=False):
+    from microbench.cases import frameworks as fcases
+    from microbench.problems import RNNProblem
+    python = _framework_python(fw)
+    problem = RNNProblem("rnn", T=5, B=3, I=7, H=6, L=2, nonlinearity=act)
+    prepared = fcases.build_framework(problem, 1, framework=fw, path=path, device="cpu", precision="fp32",
+                                      threads=1, python=python, backward=backward)
+    try:
+        check = prepared.check()
+        assert check.passed, check.detail
+        prepared.run()          # a second call must work too
+        after = prepared.check()
+        assert after.passed, after.detail
+        return prepared.info
+    finally:
+        prepared.close()
+
+
+@pytest.mark.parametrize("fw,path", TANH_ROWS, ids=[f"{f}-{p}" for f, p in TANH_ROWS])
+def test_framework_tanh_rows_match_the_reference(fw, path):
+    # (the ReLU rows of test_frameworks.py fail if an adapter ignores the activation it is sent)
+    _framework_check(fw, path, "tanh")
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_jax_vanilla_training_step_matches_the_reference(act):
+    pytest.importorskip("flax", reason="flax is not importable here")
+    info = _framework_check("jax", "generic", act, backward=True)
+    assert info["pass"] == "forward+backward" and "SimpleCell" in info["kernel"]
 
 
 @pytest.mark.parametrize("argv,msg", [

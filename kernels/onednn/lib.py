@@ -51,7 +51,8 @@ TAG_ALIAS = {"x": "a", "tnc": "abc", "ldnc": "abcd", "ldgo": "abcd", "ldigo": "a
              "oihw": "abcd"}
 PROP = {"forward_training": 64, "forward_inference": 96}
 DIRECTION_L2R = 1                   # dnnl_unidirectional_left2right
-ALG = {"convolution_direct": 0x1, "convolution_winograd": 0x2, "convolution_auto": 0x3}
+ALG = {"convolution_direct": 0x1, "convolution_winograd": 0x2, "convolution_auto": 0x3,
+       "eltwise_relu": 0x20, "eltwise_tanh": 0x21}   # the last two: the vanilla RNN's activation
 CPU_ENGINE = 1                      # dnnl_cpu
 STREAM_DEFAULT = 1                  # dnnl_stream_default_flags (in order)
 SCRATCHPAD_USER = 1                 # dnnl_scratchpad_mode_user
@@ -118,6 +119,9 @@ PROTOTYPES = {
     "dnnl_reorder_primitive_desc_create": (I32, [PP, P, P, P, P, P]),
     "dnnl_lstm_forward_primitive_desc_create": (I32, [PP, P, I32, I32] + [P] * 11 + [U32, P]),
     "dnnl_lbr_gru_forward_primitive_desc_create": (I32, [PP, P, I32, I32] + [P] * 7 + [U32, P]),
+    # (pd, engine, prop_kind, activation, direction, 7 memory descs, flags, alpha, beta, attr)
+    "dnnl_vanilla_rnn_forward_primitive_desc_create": (
+        I32, [PP, P, I32, I32, I32] + [P] * 7 + [U32, ctypes.c_float, ctypes.c_float, P]),
     "dnnl_convolution_forward_primitive_desc_create": (
         I32, [PP, P, I32, I32, P, P, P, P, Dims, Dims, Dims, Dims, P]),
     "dnnl_matmul_primitive_desc_create": (I32, [PP, P, P, P, P, P, P]),

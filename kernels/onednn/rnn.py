@@ -1,4 +1,5 @@
-"""LSTM and GRU inference through oneDNN's RNN primitives, called with ctypes on NumPy memory.
+"""LSTM, GRU and vanilla RNN inference through oneDNN's RNN primitives, called with ctypes on
+NumPy memory.
 
     from kernels.onednn.rnn import OnednnRNN
     with OnednnRNN(params, batch=64, seq_len=100) as rnn:
@@ -7,7 +8,9 @@
 Primitives: ``dnnl_lstm_forward`` for the LSTM and ``dnnl_lbr_gru_forward`` for the GRU: the
 linear-before-reset GRU, whose candidate is ``tanh(W_o x + b_o + r * (U_o h + b_u'))``, the
 reset-after form cuDNN, PyTorch and our reference use (``dnnl_gru_forward`` resets before the
-recurrent GEMM: a different function).  Both in ``forward_inference``, left to right.
+recurrent GEMM: a different function).  The vanilla cell (op ``rnn``) is ``dnnl_vanilla_rnn_forward``
+with activation ``eltwise_relu`` (alpha, the negative slope, 0: a plain ReLU) or ``eltwise_tanh``.
+All in ``forward_inference``, left to right.
 
 Weight layout.  oneDNN's weights are ``(layers, directions, input, gates, hidden)``; a
 descriptor with tag ``ldgoi`` stores them gate, then output row, then input innermost: exactly
@@ -18,6 +21,8 @@ our ``w_ih`` / ``w_hh`` ``(G*H, width)`` row-major blocks, once the gates are in
   ``b_u, b_r, b_o, b_u'`` = ``b_iz + b_hz, b_ir + b_hr, b_in, b_hn``: the recurrent bias of the
   candidate stays inside the reset product, as in ours.
 - LSTM bias: ``b_ih + b_hh`` per gate.  Biases are f32 in every precision (oneDNN's rule).
+- Vanilla RNN: one gate, ``h``; bias ``b_ih + b_hh`` (one gate: the bias is added before the
+  activation, so the two sum).
 
 The primitive is created with weights of format ``any``: oneDNN picks its preferred (blocked,
 packed) layout, and a ``reorder`` converts our weights into it.  With ``reorder_each_call=False``
@@ -40,10 +45,14 @@ from . import core
 from . import lib as L
 
 CELLS = {"lstm": "dnnl_lstm_forward_primitive_desc_create",
-         "gru": "dnnl_lbr_gru_forward_primitive_desc_create"}
+         "gru": "dnnl_lbr_gru_forward_primitive_desc_create",
+         "rnn": "dnnl_vanilla_rnn_forward_primitive_desc_create"}
 # our canonical gate order -> oneDNN's
-GATE_ORDER = {"lstm": ("ifgo", "ifgo"), "gru": ("rzn", "zrn")}
-PRIMITIVE = {"lstm": "vanilla_lstm", "gru": "lbr_gru"}
+GATE_ORDER = {"lstm": ("ifgo", "ifgo"), "gru": ("rzn", "zrn"), "rnn": ("h", "h")}
+PRIMITIVE = {"lstm": "vanilla_lstm", "gru": "lbr_gru", "rnn": "vanilla_rnn"}
+BIAS_GATES = {"lstm": 4, "gru": 4, "rnn": 1}     # the LBR GRU's bias has a fourth gate
+# the vanilla cell's activation (dnnl_alg_kind_t)
+ACTIVATION = {"relu": "eltwise_relu", "tanh": "eltwise_tanh"}
 
 
 def layer_groups(num_layers: int, input_size: int, hidden_size: int) -> list:
@@ -68,15 +77,15 @@ def onednn_weights(params: RNNParams, layers: list, which: str) -> np.ndarray:
 
 
 def onednn_bias(params: RNNParams, layers: list) -> np.ndarray:
-    """The bias of ``layers``, (nl, 1, G', H) float32 in oneDNN's order (G' = 4 for both cells)."""
+    """The bias of ``layers``, (nl, 1, G', H) float32 in oneDNN's order (G' = BIAS_GATES)."""
     H = params.hidden_size
     out = []
     for l in layers:
         lay = params.layers[l]
         b_ih = np.asarray(lay.b_ih, dtype=np.float64)
         b_hh = np.asarray(lay.b_hh, dtype=np.float64)
-        if params.cell == "lstm":
-            b = (b_ih + b_hh).reshape(4, H)
+        if params.cell in ("lstm", "rnn"):
+            b = (b_ih + b_hh).reshape(BIAS_GATES[params.cell], H)
         else:
             g = lambda a, k: a[k * H:(k + 1) * H]  # noqa: E731  (our r, z, n = 0, 1, 2)
             b = np.stack([g(b_ih, 1) + g(b_hh, 1), g(b_ih, 0) + g(b_hh, 0), g(b_ih, 2), g(b_hh, 2)])
@@ -85,13 +94,16 @@ def onednn_bias(params: RNNParams, layers: list) -> np.ndarray:
 
 
 class OnednnRNN:
-    """One LSTM/GRU network as oneDNN primitives; ``__call__(x, h0[, c0])`` runs inference."""
+    """One LSTM/GRU/vanilla RNN network as oneDNN primitives; ``__call__(x, h0[, c0])`` runs
+    inference."""
 
     def __init__(self, params: RNNParams, *, batch: int, seq_len: int, precision: str = "fp32",
                  reorder_each_call: bool = False, lib=None):
         if not isinstance(params, RNNParams) or params.cell not in CELLS:
-            raise BadInput(f"params must be LSTMParams or GRUParams, got {type(params).__name__}")
+            raise BadInput(f"params must be LSTMParams, GRUParams or VanillaRNNParams, got "
+                           f"{type(params).__name__}")
         self.cell = params.cell
+        self.nonlinearity = getattr(params, "nonlinearity", "")
         self.precision = canonical(precision)
         self.B, self.T = check_dim("batch", batch), check_dim("seq_len", seq_len)
         self.I, self.H, self.L = params.input_size, params.hidden_size, params.num_layers
@@ -131,7 +143,7 @@ class OnednnRNN:
                 "src_iter": s.md((nl, 1, B, H), dt, "ldnc"),
                 "weights_layer": s.md((nl, 1, width, G, H), dt, "any"),
                 "weights_iter": s.md((nl, 1, H, G, H), dt, "any"),
-                "bias": s.md((nl, 1, 4, H), f32, "ldgo"),
+                "bias": s.md((nl, 1, BIAS_GATES[self.cell], H), f32, "ldgo"),
                 "dst_layer": s.md((T, B, H), dt, "tnc"),
                 "dst_iter": s.md((nl, 1, B, H), dt, "ldnc"),
             }
@@ -145,8 +157,13 @@ class OnednnRNN:
                 args = [md["src_layer"], md["src_iter"], md["weights_layer"], md["weights_iter"],
                         md["bias"], md["dst_layer"], md["dst_iter"]]
             attr = s.attr_user_scratchpad()
-            pd = s.pd(CELLS[self.cell], ctx.engine, L.PROP["forward_inference"], L.DIRECTION_L2R,
-                      *args, 0, attr)
+            prop = L.PROP["forward_inference"]
+            if self.cell == "rnn":
+                # activation before direction; alpha 0 (ReLU's negative slope), beta unused
+                pd = s.pd(CELLS["rnn"], ctx.engine, prop, L.ALG[ACTIVATION[self.nonlinearity]],
+                          L.DIRECTION_L2R, *args, 0, 0.0, 0.0, attr)
+            else:
+                pd = s.pd(CELLS[self.cell], ctx.engine, prop, L.DIRECTION_L2R, *args, 0, attr)
             self.impl.append(s.impl_info(pd))
             dst_arr = self.y if gi == len(groups) - 1 else np.empty((T, B, H), self.dtype)
             mem = {
@@ -223,7 +240,9 @@ class OnednnRNN:
         return self.run()
 
     def info(self) -> dict:
-        return {"primitive": f"dnnl_{'lstm' if self.cell == 'lstm' else 'lbr_gru'}_forward",
+        name = {"lstm": "lstm", "gru": "lbr_gru", "rnn": "vanilla_rnn"}[self.cell]
+        out = {"activation": ACTIVATION[self.nonlinearity]} if self.cell == "rnn" else {}
+        return {"primitive": f"dnnl_{name}_forward", **out,
                 "impl": sorted(set(self.impl)), "primitives_per_call": len(self.steps),
                 "weight_reorder": "every call" if self.reorder_each_call else "once, at build",
                 "weight_formats": self.weight_formats, "onednn": self.lib.version,

@@ -106,9 +106,11 @@ def path_reason(framework: str, device: str, path: str, op: str, cell: str = "pl
 
 def build_framework(problem: RNNProblem, seed: int, *, framework: str, path: str, device: str,
                     precision: str, plan=None, threads: int | None = None,
-                    python: str | None = None, cell: str = "plain", backward: bool = False) -> Prepared:
+                    python: str | None = None, cell: str = "plain", backward: bool = False,
+                    phase: str | None = None) -> Prepared:
     """``cell``: plain or layernorm (LSTM only); ``backward``: time a training step (forward and
-    backward of sum(y * dY)) and check y and every gradient instead of the forward outputs."""
+    backward of sum(y * dY)) and check y and every gradient instead of the forward outputs;
+    ``phase`` (conv only): one backward phase, bwd_data or bwd_weights, instead of the forward."""
     from ..frameworks.client import Worker
     from ..frameworks.convert import pack_extras, pack_layers
     from . import backward as bwcases
@@ -118,9 +120,12 @@ def build_framework(problem: RNNProblem, seed: int, *, framework: str, path: str
         skip_reason(framework, device, path, op)
     if reason:
         raise Unsupported(reason)
+    if phase and framework not in CONV_BACKWARD_FRAMEWORKS:
+        raise Unsupported(f"the {framework} adapter times the conv forward only; conv backward rows: "
+                          + ", ".join(CONV_BACKWARD_FRAMEWORKS))
     if op == "conv":
         return _build_conv(problem, seed, framework=framework, path=path, device=device,
-                           precision=precision, threads=threads, python=python)
+                           precision=precision, threads=threads, python=python, phase=phase)
     if cell not in ("plain", "layernorm") or (cell == "layernorm" and op != "lstm"):
         raise BadInput(f"framework rows exist for plain LSTM/GRU/RNN and the layer-norm LSTM, not {cell} {op}")
     if backward:
@@ -190,21 +195,27 @@ def _measure_in(worker):
     return measure
 
 
-def _build_conv(problem, seed, *, framework, path, device, precision, threads, python) -> Prepared:
+def _build_conv(problem, seed, *, framework, path, device, precision, threads, python,
+                phase=None) -> Prepared:
     from ..checks import compare as compare_conv
     from ..frameworks.client import Worker
-    from .conv import make_inputs as conv_inputs, reference_output
+    from . import conditioning as cond
+    from .conv import backward_reference, make_inputs as conv_inputs, reference_output, upstream_grad
 
     x, w, b = conv_inputs(problem, seed, precision)
     arrays = {"x": x, "w": w, **({"b": b} if b is not None else {})}
+    if phase:       # the same dy our backward rows get
+        arrays["dy"] = upstream_grad(problem, seed, precision)
     geometry = {"stride": list(problem.stride), "pad": list(problem.pad), "dilation": list(problem.dilation),
                 "groups": problem.groups, "layout": problem.layout}
+    request = {"cmd": "build", "op": "conv", "path": path, "precision": precision, "geometry": geometry}
+    if phase:
+        request["phase"] = phase
     worker = Worker(framework, python=python or default_python(framework), threads=threads, device=device)
     try:
-        ans = worker.request({"cmd": "build", "op": "conv", "path": path, "precision": precision,
-                              "geometry": geometry, "inputs": worker.save("inputs.npz", arrays),
+        ans = worker.request({**request, "inputs": worker.save("inputs.npz", arrays),
                               "outputs": worker.path("outputs.npz")})
-        [y] = worker.load("outputs.npz")
+        outputs = worker.load("outputs.npz")
     except BaseException:
         worker.close()
         raise
@@ -214,11 +225,18 @@ def _build_conv(problem, seed, *, framework, path, device, precision, threads, p
 
     info = {"framework": framework, "path": path, "runs": describe(framework, device, path, "conv"),
             "compile_s": winfo.get("compile_s", winfo.get("first_call_s")), "worker": worker.env, **winfo}
-    first = [[y]]
+    first = [outputs]
+    names = (("dx",) if phase == "bwd_data" else ("dw", "db") if problem.bias else ("dw",)) if phase else ("y",)
+    if phase:
+        info.update({"pass": phase, "outputs": list(names),
+                     "loss": "sum(y * dy), dy the same fixed array our backward rows get"})
 
     def check():   # as for the RNN rows: the build call's outputs first, then the latest call's
-        return compare_conv(first.pop() if first else latest_outputs(worker),
-                            [reference_output(problem, seed, precision)], precision, names=("y",))
+        got = first.pop() if first else latest_outputs(worker)
+        if phase:   # against the float64 phase reference, tolerances as for our backward rows
+            ref, tols = backward_reference(problem, seed, precision, phase)
+            return cond.compare_each(list(got), ref, tols, names)
+        return compare_conv(got, [reference_output(problem, seed, precision)], precision, names=names)
 
     return Prepared(inputs={}, run=lambda: worker.request({"cmd": "run"}), flops=problem.flops,
                     bytes=problem.bytes(precision), check=check,
@@ -288,6 +306,32 @@ def framework_cases(op: str, problem, names, device: str, precisions: list, seed
                 bound = dataclasses.replace(rec, build=functools.partial(
                     rec.build, threads=n, python=python.get(rec.framework)))
                 cases.append(Case(bound, problem, p, seed, None, n))
+    return cases
+
+
+# Frameworks whose adapter has conv backward phases (build_conv_backward); the others' rows are
+# skipped with this list.
+CONV_BACKWARD_FRAMEWORKS = ("torch",)
+
+
+def conv_backward_cases(problem, names, device: str, precisions: list, seed: int = 0,
+                        threads: list | None = None, python: dict | None = None) -> list:
+    """Backward-data and backward-weights rows (``framework/path+bwd_data``, ...) of every conv
+    path of the named frameworks, each checked against the float64 phase reference."""
+    from kernels.conv.backward import PHASES
+
+    from ..runner import Case
+    chosen = parse_frameworks(names)
+    python = python or {}
+    cases = []
+    for n in threads or [None]:
+        for p in precisions:
+            for rec in records("conv", device, chosen):
+                for phase in PHASES:
+                    bound = dataclasses.replace(rec, backend=f"{rec.backend}+{phase}", build=functools.partial(
+                        build_framework, framework=rec.framework, path=rec.backend, device=device, phase=phase,
+                        threads=n, python=python.get(rec.framework)))
+                    cases.append(Case(bound, problem, p, seed, None, n))
     return cases
 
 

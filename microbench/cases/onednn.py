@@ -2,15 +2,18 @@
 framework), the CPU's counterpart of the ``cudnn`` variants, checked against the same float64
 reference as every variant.
 
-- ``onednn``: LSTM (``dnnl_lstm_forward``) and the linear-before-reset GRU
-  (``dnnl_lbr_gru_forward``) in inference, weights reordered into the primitive's layout once
-  at build; conv2d with oneDNN's direct algorithm.
+- ``onednn``: LSTM (``dnnl_lstm_forward``), the linear-before-reset GRU
+  (``dnnl_lbr_gru_forward``) and the vanilla RNN (``dnnl_vanilla_rnn_forward``, ReLU or tanh) in
+  inference, weights reordered into the primitive's layout once at build; conv2d with oneDNN's
+  direct algorithm.
 - ``onednn_reorder``: the same RNN primitive, paying the weight reorders on every call, as
   PyTorch's ``mkldnn_rnn_layer`` does: the difference between the two rows is that cost.
 - ``onednn_winograd``: conv2d with ``convolution_winograd`` where oneDNN offers it.
 
 Skips (kernels.errors.Unsupported) with the reason when oneDNN cannot be loaded, or refuses the
-request (``dnnl_unimplemented``: bf16 on a CPU without AVX-512, Winograd for most shapes/ISAs).
+request (``dnnl_unimplemented``: bf16 on a CPU without AVX-512, Winograd for most shapes/ISAs);
+and for a skip-input problem: oneDNN's RNN primitives always multiply the layer input by
+``weights_layer`` (no skip-input mode), so they cannot time the recurrent part alone.
 """
 from __future__ import annotations
 
@@ -43,6 +46,9 @@ def build_onednn_rnn(problem: RNNProblem, seed: int, *, reorder_each_call: bool,
     from kernels.onednn.lib import load
     from kernels.onednn.rnn import OnednnRNN
     precision = _precision(precision)
+    if problem.skip_input:
+        raise Unsupported("oneDNN's RNN primitives have no skip-input mode (they always compute the "
+                          "input GEMM); drop --skip-input (suites: --input-gemm) for an onednn row")
     lib = load()  # MissingDependency (an Unsupported) names the places searched
     inp = make_inputs(problem, seed, precision)
     rnn = OnednnRNN(inp["params"], batch=problem.B, seq_len=problem.T, precision=precision,
@@ -76,7 +82,7 @@ _ABOUT_RNN = {
           "call (what PyTorch's mkldnn_rnn_layer does)",
 }
 
-for _op, _cell in (("lstm", "lstm"), ("gru", "lbr_gru")):
+for _op, _cell in (("lstm", "lstm"), ("gru", "lbr_gru"), ("rnn", "vanilla_rnn")):
     for _variant, _each in RNN_VARIANTS.items():
         register(VariantRecord(_op, _variant, BACKEND,
                                functools.partial(build_onednn_rnn, reorder_each_call=_each),

@@ -39,7 +39,9 @@ def add_parsers(sub) -> None:
                    help="also time backward-data (dx) and backward-weights (dw, db) of sum(y * dY) for a "
                         "fixed random dY, each phase its own row (variant+bwd_data, variant+bwd_weights) "
                         "checked against float64: the three phases DeepBench's training table times. "
-                        "CPU variants with a backward pass: im2col, direct")
+                        "CPU variants with a backward pass: im2col, direct; with --frameworks, each "
+                        "framework path's phases too (torch: aten.convolution_backward; the others "
+                        "are skipped rows saying so)")
     v.add_argument("--frameworks", metavar="LIST",
                    help="also run these frameworks' conv2d paths in worker processes with the same "
                         "inputs: comma list of torch, tensorflow, jax, mxnet, chainer, or all")
@@ -117,16 +119,18 @@ def cmd_conv(args) -> int:
         from kernels.conv.backward import BACKWARD
         if device != "cpu":
             raise BadInput("--backward: the conv backward variants run on the CPU; use --device cpu")
-        if args.frameworks:
-            raise BadInput("--backward: framework conv backward rows are not built yet; drop --frameworks")
         back = backward_records(names)
         records = [r for r in records if r.variant in BACKWARD] + back
     cases = [Case(r, problem, p, args.seed, None, t) for t in threads for p in precisions for r in records]
     if args.frameworks is not None:    # '' names no framework: parse_frameworks refuses it
         from ..cases.frameworks import framework_cases
         from ..frameworks.client import parse_python
+        python = parse_python(args.python) if args.python else {}
         cases += framework_cases("conv", problem, args.frameworks, device, precisions, args.seed,
-                                 threads, parse_python(args.python) if args.python else {})
+                                 threads, python)
+        if getattr(args, "backward", False):
+            from ..cases.frameworks import conv_backward_cases
+            cases += conv_backward_cases(problem, args.frameworks, device, precisions, args.seed, threads, python)
     elif args.python:
         raise BadInput("--python only applies to framework workers; add --frameworks")
     outcomes, out, err = run_cases(cases, settings, args)

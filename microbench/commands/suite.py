@@ -362,6 +362,9 @@ def plan(args, suite, device: str) -> list:
                       if keep(rec.variant) or keep(rec.variant.partition("+")[0])
                       if rec.variant.partition("+")[0] in BACKWARD
                       and (backends is None or rec.backend in backends)]
+            if frameworks:      # the frameworks' phases too (torch; the others say why not)
+                from ..cases.frameworks import conv_backward_cases
+                theirs += conv_backward_cases(problem, frameworks, device, precisions, args.seed, threads)
         cases = [Case(rec, problem, p, args.seed, rung_plan, t, rung)
                  for t in threads for p in precisions for rec, rung_plan, rung in built
                  if not (rec.backend in BACKENDS and p not in BACKENDS[rec.backend].dtypes)]

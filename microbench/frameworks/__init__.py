@@ -1,4 +1,5 @@
-"""Framework adapters: PyTorch, TensorFlow/Keras, JAX/Flax, MXNet and Chainer computing our LSTM/GRU.
+"""Framework adapters: PyTorch, TensorFlow/Keras, JAX/Flax, MXNet and Chainer computing our
+LSTM/GRU/vanilla RNN (and conv2d).
 
 Each framework runs in its own worker process (:mod:`.worker`), optionally under its own
 interpreter (MXNet 1.9 and Chainer 7 need NumPy 1.x: they share one), fed our canonical weights and inputs through ``.npz``
@@ -61,17 +62,22 @@ PATHS = {
             "fused": {"lstm": "tf.raw_ops.BlockLSTMV2: TF's fused CPU LSTM kernel, in a tf.function",
                       "gru": "skip: TensorFlow has no fused GRU sequence op; GRUBlockCell applies the "
                              "reset gate before the recurrent GEMM, which is not our GRU",
+                      "rnn": "skip: TensorFlow has no fused vanilla RNN op; Keras runs SimpleRNN as "
+                             "its cell in a loop (the generic row)",
                       "conv": "tf.nn.conv2d in a tf.function (NHWC; oneDNN when TF_ENABLE_ONEDNN_OPTS is on)"},
             "generic": {"lstm": "keras.layers.RNN(LSTMCell) in a tf.function (Keras 3, TF backend)",
                         "gru": "keras.layers.RNN(GRUCell(reset_after=True)) in a tf.function",
+                        "rnn": "keras.layers.RNN(SimpleRNNCell(activation=relu|tanh)) in a tf.function",
                         "conv": "skip: TensorFlow has one conv2d path on a CPU (the fused row)"},
         },
         "cuda": {
             "cudnn": {"lstm": "keras.layers.LSTM(use_cudnn=True) in a tf.function",
                       "gru": "keras.layers.GRU(use_cudnn=True, reset_after=True) in a tf.function",
+                      "rnn": "skip: Keras 3's SimpleRNN has no cuDNN path (the nocudnn row is its cell loop)",
                       "conv": "tf.nn.conv2d in a tf.function (cuDNN)"},
             "nocudnn": {"lstm": "keras.layers.RNN(LSTMCell) in a tf.function",
                         "gru": "keras.layers.RNN(GRUCell(reset_after=True)) in a tf.function",
+                        "rnn": "keras.layers.RNN(SimpleRNNCell(activation=relu|tanh)) in a tf.function",
                         "conv": "skip: TensorFlow has no switch that keeps conv2d off cuDNN"},
         },
     },
@@ -80,17 +86,22 @@ PATHS = {
             "fused": {"lstm": "skip: XLA:CPU has no fused RNN kernel; jax.experimental.rnn lowers "
                               "to cuDNN only (the generic path is what JAX runs on a CPU)",
                       "gru": "skip: XLA:CPU has no fused RNN kernel and jax.experimental.rnn has no GRU",
+                      "rnn": "skip: XLA:CPU has no fused RNN kernel and jax.experimental.rnn has no "
+                             "vanilla RNN",
                       "conv": "lax.conv_general_dilated under jax.jit (XLA:CPU convolution)"},
             "generic": {"lstm": "flax nn.RNN(OptimizedLSTMCell) (lax.scan) under jax.jit",
                         "gru": "flax nn.RNN(GRUCell) (lax.scan) under jax.jit",
+                        "rnn": "flax nn.RNN(SimpleCell(activation_fn=relu|tanh)) (lax.scan) under jax.jit",
                         "conv": "skip: XLA has one conv2d path (the fused row)"},
         },
         "cuda": {
             "cudnn": {"lstm": "jax.experimental.rnn.lstm (cuDNN) under jax.jit",
                       "gru": "skip: jax.experimental.rnn offers LSTM only",
+                      "rnn": "skip: jax.experimental.rnn offers LSTM only",
                       "conv": "lax.conv_general_dilated under jax.jit (cuDNN through XLA)"},
             "nocudnn": {"lstm": "flax nn.RNN(OptimizedLSTMCell) (lax.scan) under jax.jit",
                         "gru": "flax nn.RNN(GRUCell) (lax.scan) under jax.jit",
+                        "rnn": "flax nn.RNN(SimpleCell(activation_fn=relu|tanh)) (lax.scan) under jax.jit",
                         "conv": "skip: XLA has no switch that keeps conv2d off cuDNN"},
         },
     },
@@ -98,16 +109,21 @@ PATHS = {
         "cpu": {
             "fused": {"lstm": "gluon rnn.LSTM, hybridized: MXNet's fused RNN op (oneDNN on CPU)",
                       "gru": "gluon rnn.GRU, hybridized: MXNet's fused RNN op (oneDNN on CPU)",
+                      "rnn": "gluon rnn.RNN(activation=relu|tanh), hybridized: MXNet's fused RNN op "
+                             "(oneDNN on CPU)",
                       "conv": "nd.Convolution (oneDNN on CPU)"},
             "generic": {"lstm": "gluon rnn.LSTMCell unrolled, hybridized",
                         "gru": "gluon rnn.GRUCell unrolled, hybridized",
+                        "rnn": "gluon rnn.RNNCell(activation=relu|tanh) unrolled, hybridized",
                         "conv": "skip: MXNet has one conv2d path on a CPU (the fused row)"},
         },
         "cuda": {
             "cudnn": {"lstm": "gluon rnn.LSTM (cuDNN)", "gru": "gluon rnn.GRU (cuDNN)",
+                      "rnn": "gluon rnn.RNN (cuDNN RNN_RELU / RNN_TANH)",
                       "conv": "nd.Convolution (cuDNN)"},
             "nocudnn": {"lstm": "gluon rnn.LSTMCell unrolled, hybridized",
                         "gru": "gluon rnn.GRUCell unrolled, hybridized",
+                        "rnn": "gluon rnn.RNNCell unrolled, hybridized",
                         "conv": "nd.Convolution with cudnn_off=True"},
         },
     },
@@ -119,30 +135,26 @@ PATHS = {
                               "NumPy GEMMs (BLAS) and F.lstm's pointwise kernel in NumPy",
                       "gru": "L.NStepGRU: Chainer's own CPU loop (no oneDNN): per step and layer two "
                              "NumPy GEMMs (BLAS) and the gates as NumPy ops",
+                      "rnn": "L.NStepRNNReLU / L.NStepRNNTanh: Chainer's own CPU loop (no oneDNN): per "
+                             "step and layer two NumPy GEMMs (BLAS) and the activation",
                       "conv": "L.Convolution2D: im2col in NumPy + one BLAS GEMM (tensordot); no oneDNN"},
             "generic": {"lstm": "L.StatelessLSTM cell (F.lstm) stepped in a Python loop",
                         "gru": "GRU cell of L.Linear + chainer.functions stepped in a Python loop "
                                "(Chainer's GRU links apply the reset gate before the recurrent GEMM)",
+                        "rnn": "vanilla cell of L.Linear + F.relu / F.tanh stepped in a Python loop",
                         "conv": "skip: Chainer has one conv2d path on a CPU (the fused row)"},
         },
         "cuda": {
             "cudnn": {"lstm": "L.NStepLSTM (cuDNN RNN through CuPy)", "gru": "L.NStepGRU (cuDNN RNN through CuPy)",
+                      "rnn": "L.NStepRNNReLU / L.NStepRNNTanh (cuDNN RNN through CuPy)",
                       "conv": "L.Convolution2D (cuDNN through CuPy)"},
             "nocudnn": {"lstm": "L.StatelessLSTM cell loop, use_cudnn='never'",
                         "gru": "GRU cell of L.Linear + chainer.functions loop, use_cudnn='never'",
+                        "rnn": "vanilla cell of L.Linear + F.relu / F.tanh loop, use_cudnn='never'",
                         "conv": "L.Convolution2D with use_cudnn='never' (im2col + cuBLAS GEMM)"},
         },
     },
 }
-
-
-# The vanilla RNN (op rnn) is wired in the PyTorch adapter only so far; the other adapters' rows
-# say so (Keras SimpleRNN, flax SimpleCell and gluon rnn.RNN exist but are not converted yet).
-for _fw in ("tensorflow", "jax", "mxnet", "chainer"):
-    for _paths in PATHS[_fw].values():
-        for _ops in _paths.values():
-            _ops["rnn"] = (f"skip: the {_fw} adapter has no vanilla RNN row yet; vanilla RNN "
-                           "framework rows: torch")
 
 
 def describe(framework: str, device: str, path: str, op: str) -> str:

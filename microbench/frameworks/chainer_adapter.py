@@ -9,6 +9,9 @@ GEMMs and the pointwise gates per step).  On a GPU it needs CuPy 7 (``>=7.7,<8``
 Chainer's GRU links (``StatelessGRU``/``StatefulGRU``) apply the reset gate before the recurrent
 GEMM, which is not our GRU; the generic GRU is the cell written with ``L.Linear`` and
 ``chainer.functions``, as a Chainer user would write cuDNN's GRU.  ``L.NStepGRU`` is cuDNN's.
+The vanilla RNN (op ``rnn_relu``/``rnn_tanh``): ``L.NStepRNNReLU``/``L.NStepRNNTanh`` (one input
+and one recurrent matrix and bias per layer, as ours) and the cell of ``L.Linear`` + ``F.relu`` /
+``F.tanh`` stepped in a loop.
 """
 from __future__ import annotations
 
@@ -18,7 +21,8 @@ import sys
 import numpy as np
 
 from .common import Built, Unsupported, dims
-from .convert import from_chainer_lstm, from_chainer_nstep, to_chainer_lstm, to_chainer_nstep, unpack_layers
+from .convert import (from_chainer_lstm, from_chainer_nstep, split_op, to_chainer_lstm, to_chainer_nstep,
+                      unpack_layers)
 
 _ch = None
 _DTYPES = {"fp32": np.float32, "fp64": np.float64}
@@ -85,8 +89,9 @@ def _set(param, array):
 def build(op, path, device, precision, arrays) -> Built:
     chainer = _ch
     F, L = chainer.functions, chainer.links
-    if op not in ("lstm", "gru"):
-        raise Unsupported(f"the chainer adapter has no {op} path (it runs Chainer's LSTM/GRU layers)")
+    if op not in ("lstm", "gru", "rnn_relu", "rnn_tanh"):
+        raise Unsupported(f"the chainer adapter has no {op} path (it runs Chainer's LSTM/GRU/RNN layers)")
+    cell_op, act = split_op(op)
     ctx = _Ctx(path, device, precision)
     T, B, I, H, L_ = dims(arrays)
     layers = unpack_layers(arrays)
@@ -96,11 +101,13 @@ def build(op, path, device, precision, arrays) -> Built:
             if train else "chainer.config.train=False, enable_backprop=False",
             "use_cudnn": ctx.use_cudnn if ctx.cuda else "n/a (CPU)"}
 
-    G = 4 if lstm else 3
+    G = {"lstm": 4, "gru": 3, "rnn": 1}[cell_op]
     if path in ("fused", "cudnn"):
-        net = ctx.link((L.NStepLSTM if lstm else L.NStepGRU)(L_, I, H, 0.0))
+        NStep = {"lstm": L.NStepLSTM, "gru": L.NStepGRU,
+                 "rnn": L.NStepRNNReLU if act == "relu" else L.NStepRNNTanh}[cell_op]
+        net = ctx.link(NStep(L_, I, H, 0.0))
         for l, layer in enumerate(layers):
-            ws, bs = to_chainer_nstep(layer, op)
+            ws, bs = to_chainer_nstep(layer, cell_op)
             for j, (w, b) in enumerate(zip(ws, bs)):
                 _set(getattr(net[l], f"w{j}"), ctx.array(w))
                 _set(getattr(net[l], f"b{j}"), ctx.array(b))
@@ -117,7 +124,7 @@ def build(op, path, device, precision, arrays) -> Built:
         params = [getattr(net[l], f"{k}{j}") for l in range(L_) for k in "wb" for j in range(2 * G)]
 
         def layer_grads(g):
-            return from_chainer_nstep(g[:2 * G], g[2 * G:], op)
+            return from_chainer_nstep(g[:2 * G], g[2 * G:], cell_op)
         info["kernel"] = ("cuDNN RNN (through CuPy)" if ctx.cuda else
                           "Chainer's NStep CPU loop: NumPy GEMMs (BLAS) + NumPy pointwise, no oneDNN")
     elif path in ("generic", "nocudnn"):
@@ -145,6 +152,11 @@ def build(op, path, device, precision, arrays) -> Built:
             r, z = F.sigmoid(xr + hr), F.sigmoid(xz + hz)
             return (1 - z) * F.tanh(xn + r * hn) + z * h
 
+        def vanilla_step(cell, x, h):
+            return (F.relu if act == "relu" else F.tanh)(cell.x2h(x) + cell.h2h(h))
+
+        step = vanilla_step if cell_op == "rnn" else gru_step
+
         def forward(x, h0, c0=None):
             seq, hs, cs = x, [], []
             for l, cell in enumerate(cells):
@@ -153,7 +165,7 @@ def build(op, path, device, precision, arrays) -> Built:
                     if lstm:
                         c, h = cell(c, h, seq[t])
                     else:
-                        h = gru_step(cell, seq[t], h)
+                        h = step(cell, seq[t], h)
                     ys.append(h)
                 seq = F.stack(ys)
                 hs.append(h)

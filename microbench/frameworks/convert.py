@@ -2,7 +2,7 @@
 
 Canonical (``kernels.params``): per layer ``w_ih (G*H, I)``, ``w_hh (G*H, H)``, ``b_ih``, ``b_hh``
 ``(G*H,)``; gate blocks stacked along the rows, LSTM ``i f g o``, GRU ``r z n`` with the reset gate
-applied after the recurrent GEMM.  Gate orders below are written in our letters.
+applied after the recurrent GEMM, the vanilla RNN (op ``rnn``) one block ``h``.  Gate orders below are written in our letters.
 
 This module imports NumPy only: it runs inside every worker, including the MXNet interpreter
 with NumPy 1.x, and in the always-run round-trip tests.  It deliberately does not import
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-GATES = {"lstm": "ifgo", "gru": "rzn"}
+GATES = {"lstm": "ifgo", "gru": "rzn", "rnn": "h"}
 
 # Gate order of each layout, in our letters.
 ORDER = {
@@ -32,7 +32,20 @@ ORDER = {
     ("chainer_nstep", "lstm"): "ifgo", ("chainer_nstep", "gru"): "rzn",
     # chainer.functions.lstm (and L.StatelessLSTM): gates a, i, f, o interleaved unit by unit.
     ("chainer_lstm", "lstm"): "gifo",
+    # the vanilla RNN has one block: every layout keeps it (Keras and Flax transpose it)
+    ("torch", "rnn"): "h", ("mxnet", "rnn"): "h", ("keras", "rnn"): "h", ("chainer_nstep", "rnn"): "h",
 }
+
+
+def split_op(op: str) -> tuple:
+    """A worker's op and the vanilla cell's activation: ``rnn_relu`` -> (``rnn``, ``relu``),
+    ``lstm`` -> (``lstm``, None)."""
+    if op.startswith("rnn_"):
+        act = op[len("rnn_"):]
+        if act not in ("relu", "tanh"):
+            raise ValueError(f"vanilla RNN activation {act!r} is unknown; allowed: relu, tanh")
+        return "rnn", act
+    return op, None
 
 
 def reorder(a: np.ndarray, src: str, dst: str, axis: int = 0) -> np.ndarray:
@@ -124,14 +137,15 @@ def from_mxnet(d: dict, cell: str) -> tuple:
 def to_keras(layer, cell: str) -> list:
     """``layer.set_weights`` order: kernel (I, G*H), recurrent_kernel (H, G*H), bias.
 
-    LSTM: one bias, ``b_ih + b_hh`` (Keras adds a single bias).  GRU with ``reset_after=True``:
-    bias (2, 3H) = [input bias; recurrent bias], kept apart as our GRU needs.
+    LSTM and the vanilla RNN (``SimpleRNNCell``): one bias, ``b_ih + b_hh`` (Keras adds a single
+    bias).  GRU with ``reset_after=True``: bias (2, 3H) = [input bias; recurrent bias], kept apart
+    as our GRU needs.
     """
     w_ih, w_hh, b_ih, b_hh = layer
     src, dst = GATES[cell], ORDER[("keras", cell)]
     kernel = np.ascontiguousarray(reorder(w_ih, src, dst).T)
     recurrent = np.ascontiguousarray(reorder(w_hh, src, dst).T)
-    if cell == "lstm":
+    if cell in ("lstm", "rnn"):
         bias = reorder(b_ih, src, dst) + reorder(b_hh, src, dst)
     else:
         bias = np.stack([reorder(b_ih, src, dst), reorder(b_hh, src, dst)])
@@ -139,12 +153,13 @@ def to_keras(layer, cell: str) -> list:
 
 
 def from_keras(weights, cell: str) -> tuple:
-    """Inverse of :func:`to_keras`; an LSTM's summed bias comes back whole as ``b_ih`` (b_hh = 0)."""
+    """Inverse of :func:`to_keras`; a summed bias (LSTM, vanilla RNN) comes back whole as ``b_ih``
+    (b_hh = 0)."""
     kernel, recurrent, bias = weights
     src, dst = ORDER[("keras", cell)], GATES[cell]
     w_ih = reorder(np.asarray(kernel).T, src, dst)
     w_hh = reorder(np.asarray(recurrent).T, src, dst)
-    if cell == "lstm":
+    if cell in ("lstm", "rnn"):
         b_ih, b_hh = reorder(bias, src, dst), np.zeros_like(bias)
     else:
         b_ih, b_hh = reorder(bias[0], src, dst), reorder(bias[1], src, dst)
@@ -155,12 +170,17 @@ def from_keras(weights, cell: str) -> tuple:
 
 def to_flax(layer, cell: str) -> dict:
     """Params of ``OptimizedLSTMCell``/``LSTMCell`` (``i?`` kernels without bias, ``h?`` with) or
-    ``GRUCell`` (``ir, iz, in`` with bias, ``hr, hz`` without, ``hn`` with).  Biases the cell adds
-    together are summed here: the LSTM's four, the GRU's r and z; ``b_hn`` stays inside ``r * (.)``."""
+    ``GRUCell`` (``ir, iz, in`` with bias, ``hr, hz`` without, ``hn`` with), or ``SimpleCell``
+    (the vanilla RNN: ``i`` with bias, ``h`` without).  Biases the cell adds together are summed
+    here: the LSTM's four, the GRU's r and z, the vanilla cell's two; ``b_hn`` stays inside
+    ``r * (.)``."""
     w_ih, w_hh, b_ih, b_hh = layer
     H = w_hh.shape[1]
     blk = lambda a, k: a[k * H:(k + 1) * H]  # noqa: E731
     p = {}
+    if cell == "rnn":
+        return {"i": {"kernel": np.ascontiguousarray(w_ih.T), "bias": b_ih + b_hh},
+                "h": {"kernel": np.ascontiguousarray(w_hh.T)}}
     if cell == "lstm":
         for k, g in enumerate("ifgo"):
             p[f"i{g}"] = {"kernel": np.ascontiguousarray(blk(w_ih, k).T)}
@@ -176,6 +196,9 @@ def to_flax(layer, cell: str) -> dict:
 
 def from_flax(p: dict, cell: str) -> tuple:
     """Inverse of :func:`to_flax`; summed biases come back in ``b_ih`` (their ``b_hh`` part 0)."""
+    if cell == "rnn":
+        b_ih = np.asarray(p["i"]["bias"])
+        return np.asarray(p["i"]["kernel"]).T, np.asarray(p["h"]["kernel"]).T, b_ih, np.zeros_like(b_ih)
     gates = GATES[cell]
     w_ih = np.concatenate([np.asarray(p[f"i{g}"]["kernel"]).T for g in gates])
     w_hh = np.concatenate([np.asarray(p[f"h{g}"]["kernel"]).T for g in gates])
@@ -195,6 +218,9 @@ def grads_from_flax(g: dict, cell: str) -> tuple:
 
     A bias :func:`to_flax` summed from ``b_ih`` and ``b_hh`` has one gradient, which is the
     gradient of each of the two (d(a + b)/da = d(a + b)/db); ``b_hn`` kept apart has its own."""
+    if cell == "rnn":
+        db = np.asarray(g["i"]["bias"])
+        return np.asarray(g["i"]["kernel"]).T, np.asarray(g["h"]["kernel"]).T, db, db.copy()
     gates = GATES[cell]
     w_ih = np.concatenate([np.asarray(g[f"i{k}"]["kernel"]).T for k in gates])
     w_hh = np.concatenate([np.asarray(g[f"h{k}"]["kernel"]).T for k in gates])

@@ -1,5 +1,6 @@
 """JAX: Flax ``nn.RNN`` over a cell (``lax.scan``) under ``jax.jit``; ``jax.experimental.rnn`` on GPU;
-the layer-norm LSTM in ``jax.numpy`` (``lax.scan``).  The scan paths also have a training step
+the layer-norm LSTM in ``jax.numpy`` (``lax.scan``); the vanilla RNN through Flax's ``SimpleCell``
+(``activation_fn`` ``nn.relu`` or ``nn.tanh``).  The scan paths also have a training step
 (``jax.vjp`` under the same jit) when the parent sends an upstream gradient ``dy``.
 
 XLA:CPU has no fused RNN kernel and ``jax.experimental.rnn.lstm`` lowers to cuDNN only (on a CPU
@@ -16,8 +17,8 @@ import time
 import numpy as np
 
 from .common import Built, Unsupported, dims
-from .convert import (LAYERNORM_EXTRAS, grads_from_flax, to_cudnn_packed, to_flax, unpack_extras,
-                      unpack_layers)
+from .convert import (LAYERNORM_EXTRAS, grads_from_flax, split_op, to_cudnn_packed, to_flax,
+                      unpack_extras, unpack_layers)
 
 _jax = None
 _affinity = None
@@ -50,12 +51,13 @@ def setup(threads, device) -> dict:
 
 
 def build(op, path, device, precision, arrays) -> Built:
-    """``op``: lstm, gru or layernorm (the layer-norm LSTM, path scan).  With ``dy`` among the
+    """``op``: lstm, gru, rnn_relu, rnn_tanh or layernorm (the layer-norm LSTM, path scan).  With ``dy`` among the
     arrays the row is a training step: ``jax.vjp`` of the forward with cotangent ``dy`` for y,
     both under one jit."""
     jax = _jax
     import jax.numpy as jnp
     T, B, I, H, L = dims(arrays)
+    cell_op, act = split_op(op)
     table = {"fp32": jnp.float32, "fp64": jnp.float64}
     if device == "cuda":
         table.update({"fp16": jnp.float16, "bf16": jnp.bfloat16})
@@ -68,7 +70,7 @@ def build(op, path, device, precision, arrays) -> Built:
     put = lambda a: jax.device_put(jnp.asarray(np.asarray(a), dtype=dt), dev)  # noqa: E731
     layers = unpack_layers(arrays)
     x, h0 = put(arrays["x"]), put(arrays["h0"])
-    c0 = put(arrays["c0"]) if op != "gru" else None
+    c0 = put(arrays["c0"]) if "c0" in arrays else None       # the LSTMs only
     train = "dy" in arrays
     info = {"precision_switches": {"jax_default_matmul_precision": jax.config.jax_default_matmul_precision},
             "mode": "jax.jit, compiled ahead (lower().compile()), " + (
@@ -92,10 +94,12 @@ def build(op, path, device, precision, arrays) -> Built:
         to_canonical = lambda g: [d[k] for d in g for k in names]  # noqa: E731
     elif path in ("generic", "nocudnn"):
         import flax.linen as nn
-        cell = (nn.OptimizedLSTMCell(H, dtype=dt, param_dtype=dt) if op == "lstm"
+        cell = (nn.OptimizedLSTMCell(H, dtype=dt, param_dtype=dt) if op == "lstm" else
+                nn.SimpleCell(H, activation_fn={"relu": nn.relu, "tanh": nn.tanh}[act], dtype=dt,
+                              param_dtype=dt) if cell_op == "rnn"
                 else nn.GRUCell(H, dtype=dt, param_dtype=dt))
         rnn = nn.RNN(cell, time_major=True, return_carry=True)
-        params = [jax.tree_util.tree_map(put, {"params": {"cell": to_flax(layer, op)}}) for layer in layers]
+        params = [jax.tree_util.tree_map(put, {"params": {"cell": to_flax(layer, cell_op)}}) for layer in layers]
 
         def fwd(params, x, h0, c0):
             seq, hs, cs = x, [], []
@@ -110,8 +114,9 @@ def build(op, path, device, precision, arrays) -> Built:
             return (seq, jnp.stack(hs), jnp.stack(cs)) if op == "lstm" else (seq, jnp.stack(hs))
         args = (params, x, h0, c0)
         time_major = True
-        info["kernel"] = f"lax.scan over flax {type(cell).__name__}: GEMMs + fused elementwise per step"
-        to_canonical = lambda g: [a for d in g for a in grads_from_flax(d["params"]["cell"], op)]  # noqa: E731
+        info["kernel"] = f"lax.scan over flax {type(cell).__name__}: GEMMs + fused elementwise per step" + (
+            f" ({act})" if act else "")
+        to_canonical = lambda g: [a for d in g for a in grads_from_flax(d["params"]["cell"], cell_op)]  # noqa: E731
     elif path == "cudnn" and device == "cuda":
         if train:
             raise Unsupported("the jax cudnn row times the forward pass only (jax.experimental.rnn)")
@@ -157,7 +162,7 @@ def _training(fwd, args, dy, to_canonical, op, info) -> Built:
     x, h0 (and c0); outputs in convert.grad_names order."""
     jax = _jax
     params, x, h0, c0 = args
-    lstm = op != "gru"
+    lstm = c0 is not None         # the LSTMs carry c; the GRU and the vanilla cell do not
 
     def step(params, x, h0, c0, dy):
         primals = (params, x, h0, c0) if lstm else (params, x, h0)

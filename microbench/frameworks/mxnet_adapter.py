@@ -2,16 +2,19 @@
 
 MXNet 1.9.1 needs NumPy < 2 (it uses ``np.PZERO``; with NumPy 1.24-1.26 it also needs ``np.bool``
 back), so this adapter usually runs in its own interpreter (``scripts/setup-mxnet``).  Its GRU is
-cuDNN's (reset gate after the recurrent GEMM): the same function as ours.
+cuDNN's (reset gate after the recurrent GEMM): the same function as ours.  The vanilla RNN (op
+``rnn_relu``/``rnn_tanh``) is ``rnn.RNN(activation=...)``, the same fused RNN op in mode
+``rnn_relu``/``rnn_tanh``, and ``rnn.RNNCell`` unrolled.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
 
 from .common import Built, Unsupported, dims
-from .convert import to_mxnet, unpack_layers
+from .convert import split_op, to_mxnet, unpack_layers
 
 _mx = None
 
@@ -35,10 +38,12 @@ def setup(threads, device) -> dict:
 
 
 def build(op, path, device, precision, arrays) -> Built:
+    """``op``: lstm, gru, rnn_relu or rnn_tanh."""
     mx = _mx
     from mxnet import gluon
     from mxnet.gluon import rnn
     T, B, I, H, L = dims(arrays)
+    cell_op, act = split_op(op)
     if precision != "fp32":
         raise Unsupported(f"the mxnet adapter runs fp32 only; not {precision}")
     ctx = mx.gpu(0) if device == "cuda" else mx.cpu()
@@ -50,7 +55,10 @@ def build(op, path, device, precision, arrays) -> Built:
             "mkldnn": mx.runtime.Features().is_enabled("MKLDNN")}
 
     if path in ("fused", "cudnn"):
-        net = (rnn.LSTM if op == "lstm" else rnn.GRU)(H, num_layers=L, layout="TNC", input_size=I)
+        if cell_op == "rnn":
+            net = rnn.RNN(H, num_layers=L, activation=act, layout="TNC", input_size=I)
+        else:
+            net = (rnn.LSTM if op == "lstm" else rnn.GRU)(H, num_layers=L, layout="TNC", input_size=I)
         net.initialize(ctx=ctx)
         params = net.collect_params()
         for l, layer in enumerate(layers):
@@ -62,6 +70,8 @@ def build(op, path, device, precision, arrays) -> Built:
                                              "oneDNN" if info["mkldnn"] else "native CPU") + ")"
     elif path in ("generic", "nocudnn"):
         Cell = rnn.LSTMCell if op == "lstm" else rnn.GRUCell
+        if cell_op == "rnn":
+            Cell = functools.partial(rnn.RNNCell, activation=act)
 
         class Unrolled(gluon.HybridBlock):
             def __init__(self):
@@ -109,7 +119,7 @@ def build(op, path, device, precision, arrays) -> Built:
         y, flat = out[0], out[1:]
         per = 2 if op == "lstm" else 1
         hs = np.stack([flat[per * l].asnumpy() for l in range(L)]).astype(np.float64)
-        if op == "gru":
+        if op != "lstm":
             return y.asnumpy().astype(np.float64), hs
         cs = np.stack([flat[per * l + 1].asnumpy() for l in range(L)]).astype(np.float64)
         return y.asnumpy().astype(np.float64), hs, cs

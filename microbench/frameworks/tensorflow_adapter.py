@@ -2,7 +2,9 @@
 
 On a CPU Keras 3's LSTM/GRU layers have no fused kernel (their cuDNN branch needs a GPU, and
 otherwise they run the cell in a ``tf.while_loop``), so the CPU ``fused`` path is
-``tf.raw_ops.BlockLSTMV2``, TensorFlow's own fused LSTM sequence kernel.
+``tf.raw_ops.BlockLSTMV2``, TensorFlow's own fused LSTM sequence kernel.  The vanilla RNN (op
+``rnn_relu``/``rnn_tanh``) is ``keras.layers.RNN(SimpleRNNCell(activation=...))``: TensorFlow has
+no fused vanilla RNN op and Keras 3's ``SimpleRNN`` no cuDNN branch, so it has the cell loop only.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import os
 import numpy as np
 
 from .common import Built, Unsupported, dims
-from .convert import to_keras, to_tfblock, unpack_layers
+from .convert import split_op, to_keras, to_tfblock, unpack_layers
 
 _tf = None
 
@@ -45,9 +47,11 @@ def setup(threads, device) -> dict:
 
 
 def build(op, path, device, precision, arrays) -> Built:
+    """``op``: lstm, gru, rnn_relu or rnn_tanh (the vanilla cell, SimpleRNNCell)."""
     tf = _tf
     import keras
     T, B, I, H, L = dims(arrays)
+    cell_op, act = split_op(op)
     table = {"fp32": "float32", "fp64": "float64"}
     if device == "cuda":
         table.update({"fp16": "float16", "tf32": "float32"})
@@ -65,6 +69,9 @@ def build(op, path, device, precision, arrays) -> Built:
     with tf.device(tdev):
         h0 = c(arrays["h0"])
         c0 = c(arrays["c0"]) if op == "lstm" else None
+        if cell_op == "rnn" and path not in ("generic", "nocudnn"):
+            raise Unsupported("TensorFlow has no fused vanilla RNN op and Keras 3's SimpleRNN no cuDNN "
+                              "path; the vanilla cell runs as keras.layers.RNN(SimpleRNNCell) only")
         if path == "fused" and device == "cpu":
             if op != "lstm":
                 raise Unsupported("TensorFlow has no fused GRU sequence op; GRUBlockCell applies the reset "
@@ -97,11 +104,12 @@ def build(op, path, device, precision, arrays) -> Built:
                     m = (keras.layers.LSTM(H, return_sequences=True, return_state=True, **kw) if op == "lstm"
                          else keras.layers.GRU(H, return_sequences=True, return_state=True, reset_after=True, **kw))
                 else:
-                    cell = (keras.layers.LSTMCell(H, dtype=dt) if op == "lstm"
+                    cell = (keras.layers.SimpleRNNCell(H, activation=act, dtype=dt) if cell_op == "rnn" else
+                            keras.layers.LSTMCell(H, dtype=dt) if op == "lstm"
                             else keras.layers.GRUCell(H, reset_after=True, dtype=dt))
                     m = keras.layers.RNN(cell, return_sequences=True, return_state=True, dtype=dt)
                 m.build((B, T, width))
-                m.set_weights([np.asarray(a).astype(dt) for a in to_keras(layer, op)])
+                m.set_weights([np.asarray(a).astype(dt) for a in to_keras(layer, cell_op)])
                 mods.append(m)
 
             @tf.function(jit_compile=False)

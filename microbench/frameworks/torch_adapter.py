@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from .common import Built, Unsupported, dims
-from .convert import LAYERNORM_EXTRAS, to_torch, unpack_extras, unpack_layers
+from .convert import LAYERNORM_EXTRAS, split_op, to_torch, unpack_extras, unpack_layers
 
 _torch = None
 
@@ -68,7 +68,7 @@ def build(op, path, device, precision, arrays) -> Built:
     layers = unpack_layers(arrays)
     x, h0 = t(arrays["x"]), t(arrays["h0"])
     c0 = t(arrays["c0"]) if "c0" in arrays else None
-    act = op[len("rnn_"):] if op.startswith("rnn_") else None      # the vanilla cell's nonlinearity
+    act = split_op(op)[1]           # the vanilla cell's nonlinearity (None for the other cells)
     train = "dy" in arrays
     sync = _syncer(device)
     info = {"precision_switches": {"float32_matmul_precision": torch.get_float32_matmul_precision(),
@@ -325,19 +325,21 @@ def info_mkldnn() -> bool:
     return bool(b.enabled and b.is_available())
 
 
-def build_conv(path, device, precision, arrays, geom) -> Built:
-    """F.conv2d with our KCRS filter as is; NHWC problems run in channels_last memory format."""
+def _conv_setup(path, device, precision, arrays, geom) -> tuple:
+    """(to_device, x, w, b, flags, kernel, nhwc) of a conv row: our KCRS filter as is; an NHWC
+    problem's tensors in channels_last memory format."""
     torch = _torch
-    F = torch.nn.functional
     dt = _dtype(precision, device)
     dev = torch.device(device)
     nhwc = geom["layout"] == "NHWC"
-    xa = np.asarray(arrays["x"])
-    x = torch.from_numpy(np.ascontiguousarray(xa.transpose(0, 3, 1, 2) if nhwc else xa)).to(dev, dt)
-    if nhwc:
-        x = x.contiguous(memory_format=torch.channels_last)
-    w = torch.from_numpy(np.ascontiguousarray(arrays["w"])).to(dev, dt)
-    b = torch.from_numpy(np.asarray(arrays["b"])).to(dev, dt) if "b" in arrays else None
+
+    def to_device(a, activation=True):
+        a = np.asarray(a)
+        t = torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2) if nhwc and activation else a)).to(dev, dt)
+        return t.contiguous(memory_format=torch.channels_last) if nhwc and activation else t
+    x = to_device(arrays["x"])
+    w = to_device(arrays["w"], activation=False)
+    b = to_device(arrays["b"], activation=False) if "b" in arrays else None
     # A factory, not a context manager object: one made by @contextmanager can be entered once.
     backend = torch.backends.mkldnn if device == "cpu" else torch.backends.cudnn
     if path in ("fused", "cudnn"):
@@ -348,6 +350,21 @@ def build_conv(path, device, precision, arrays, geom) -> Built:
         kernel = "ATen fallback (slow_conv2d: unfold + GEMM)"
     else:
         raise Unsupported(f"torch has no conv path {path!r} on {device}")
+    return to_device, x, w, b, flags, kernel, nhwc
+
+
+def _conv_info(kernel, geom) -> dict:
+    torch = _torch
+    return {"kernel": kernel, "layout": geom["layout"],
+            "precision_switches": {"float32_matmul_precision": torch.get_float32_matmul_precision(),
+                                   "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32}}
+
+
+def build_conv(path, device, precision, arrays, geom) -> Built:
+    """F.conv2d with our KCRS filter as is; NHWC problems run in channels_last memory format."""
+    torch = _torch
+    F = torch.nn.functional
+    _, x, w, b, flags, kernel, nhwc = _conv_setup(path, device, precision, arrays, geom)
     sync = _syncer(device)
     last = {}
 
@@ -361,6 +378,38 @@ def build_conv(path, device, precision, arrays, geom) -> Built:
         y = last["y"].to("cpu", torch.float64)
         return ((y.permute(0, 2, 3, 1) if nhwc else y).contiguous().numpy(),)
 
-    return Built(run, outputs, {"kernel": kernel, "layout": geom["layout"],
-                                "precision_switches": {"float32_matmul_precision": torch.get_float32_matmul_precision(),
-                                                       "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32}})
+    return Built(run, outputs, _conv_info(kernel, geom))
+
+
+def build_conv_backward(path, device, precision, arrays, geom, phase) -> Built:
+    """One backward phase of ``sum(y * dy)`` for the conv2d of :func:`build_conv`: ``bwd_data``
+    (dx) or ``bwd_weights`` (dw, and db with a bias).  Each calls
+    ``aten.convolution_backward``, the op autograd's ConvolutionBackward0 node runs, with an
+    output mask that asks for that phase only, so the two are timed apart as DeepBench times them."""
+    torch = _torch
+    if phase not in ("bwd_data", "bwd_weights"):
+        raise Unsupported(f"conv backward phase {phase!r} is unknown; allowed: bwd_data, bwd_weights")
+    to_device, x, w, b, flags, kernel, nhwc = _conv_setup(path, device, precision, arrays, geom)
+    dy = to_device(arrays["dy"])
+    data = phase == "bwd_data"
+    mask = [True, False, False] if data else [False, True, b is not None]
+    args = (dy, x, w, list(b.shape) if b is not None else None, list(geom["stride"]), list(geom["pad"]),
+            list(geom["dilation"]), False, [0, 0], geom["groups"], mask)
+    sync = _syncer(device)
+    last = {}
+
+    def run():
+        with torch.no_grad(), flags():
+            last["out"] = torch.ops.aten.convolution_backward(*args)
+        sync()
+
+    def outputs():
+        dx, dw, db = last["out"]
+        if data:
+            dx = dx.to("cpu", torch.float64)
+            return ((dx.permute(0, 2, 3, 1) if nhwc else dx).contiguous().numpy(),)
+        return tuple(a.to("cpu", torch.float64).contiguous().numpy() for a in (dw, db) if a is not None)
+
+    info = _conv_info(kernel + ", backward", geom)
+    info["backward"] = f"aten.convolution_backward, output_mask {mask} ({phase})"
+    return Built(run, outputs, info)

@@ -7,7 +7,9 @@ framework's own prints are sent to stderr, so they can not corrupt the channel) 
   (on start)                                   -> {"ok", "env": versions, threads, switches}
   {"cmd": "build", "op", "path", "precision",
    "inputs": in.npz, "outputs": out.npz}       -> {"ok", "info"}; out.npz holds y, h_n[, c_n]
-  (op "conv" adds "geometry": stride, pad, dilation, groups, layout; out.npz holds y)
+  (op "conv" adds "geometry": stride, pad, dilation, groups, layout; out.npz holds y; with
+   "phase" bwd_data or bwd_weights and dy among the inputs, one backward phase: out.npz holds
+   dx, or dw[, db])
   {"cmd": "run"}                               -> {"ok"}   (one untimed call)
   {"cmd": "measure", "settings": {...}}        -> {"ok", "samples": [seconds, ...]}
   {"cmd": "trace", "calls": n}                 -> {"ok"}   (n untimed calls between marker
@@ -147,7 +149,13 @@ def main(argv=None) -> int:
                 with np.load(req["inputs"]) as f:
                     arrays = {k: f[k] for k in f.files}
                 t0 = time.perf_counter()
-                if req["op"] == "conv":
+                if req["op"] == "conv" and req.get("phase"):
+                    backward = getattr(adapter, "build_conv_backward", None)
+                    if backward is None:
+                        raise Unsupported(f"the {args.framework} adapter has no conv backward phases")
+                    built = backward(req["path"], args.device, req["precision"], arrays, req["geometry"],
+                                     req["phase"])
+                elif req["op"] == "conv":
                     built = adapter.build_conv(req["path"], args.device, req["precision"], arrays, req["geometry"])
                 else:
                     built = adapter.build(req["op"], req["path"], args.device, req["precision"], arrays)
