@@ -112,6 +112,12 @@ class Cell:
     def has_reductions(self) -> bool:
         return analyse(self).levels > 0
 
+    @property
+    def foldable_biases(self) -> tuple:
+        """The biases a builder may add into gx once (``("bx", "bh")``, ``("bx",)`` or ``()``);
+        see :func:`foldable_biases`."""
+        return foldable_biases(self)
+
 
 @dataclass(frozen=True)
 class _Stmt:
@@ -233,6 +239,51 @@ def analyse(cell: Cell) -> _Analysis:
             raise BadInput(f"{where}: {out!r} must depend on the unit's inputs")
     levels = max((lv for _, lv in reductions.values()), default=0)
     return _Analysis(tuple(stmts), reductions, inputs, levels)
+
+
+@functools.lru_cache(maxsize=None)
+def foldable_biases(cell: Cell) -> tuple:
+    """Which biases can be added into the input GEMM's result instead of inside the cell.
+
+    Bias ``b`` (``bx`` or ``bh``) folds when, for every gate ``g``, each occurrence of ``gx_g``
+    and of ``b_g`` is a term of the same sum (a chain of ``+``) holding each of them once: then
+    ``gx_g + b_g`` computed once before the step loop is the same value (up to the order of the
+    additions).  LSTM, vanilla RNN: both; GRU: ``bx`` only (``bh_n`` sits inside ``r * (...)``);
+    layer-norm LSTM: neither (``gx`` is normalised before its biases are added).
+    ``bh`` is tried only if ``bx`` folds: a builder folds ``bx`` first.
+    """
+    tree = ast.parse(_dedent(cell.body))
+    occ: dict = {}
+    chains = []
+
+    def terms(n) -> list:
+        if isinstance(n, ast.BinOp) and isinstance(n.op, ast.Add):
+            return terms(n.left) + terms(n.right)
+        return [n]
+
+    def visit(n, in_sum: bool = False):
+        if isinstance(n, ast.Name):
+            occ[n.id] = occ.get(n.id, 0) + 1
+        is_sum = isinstance(n, ast.BinOp) and isinstance(n.op, ast.Add)
+        if is_sum and not in_sum:      # the outermost + of a chain: record its direct terms
+            names = [t.id for t in terms(n) if isinstance(t, ast.Name)]
+            chains.append({k: names.count(k) for k in set(names)})
+        for child in ast.iter_child_nodes(n):
+            visit(child, is_sum)
+
+    visit(tree)
+
+    def folds(src: str) -> bool:
+        for g in cell.gates:
+            a, b = f"gx_{g}", f"{src}_{g}"
+            paired = sum(1 for c in chains if c.get(a) == 1 and c.get(b) == 1)
+            if not paired == occ.get(a, 0) == occ.get(b, 0):
+                return False
+        return True
+
+    if not folds("bx"):
+        return ()
+    return ("bx", "bh") if folds("bh") else ("bx",)
 
 
 def _dedent(body: str) -> str:
