@@ -10,19 +10,19 @@ cell's declaration in :mod:`fusion.cellexpr` says:
   for ``h W_hh^T``; ``lnc_g, lnc_b (H,)``: layer norm of c before the output tanh.  The canonical
   biases are added after the normalisation (so they are not folded into the input GEMM).
 
-The containers derive from :class:`~kernels.params.RNNParams`, not from ``LSTMParams``: the
-plain :func:`kernels.lstm` refuses them instead of silently dropping the extra parameters.
+The containers derive from :class:`~kernels.params.CellParams` (a cell declared with
+:mod:`fusion.cellexpr`), not from ``LSTMParams``: the plain :func:`kernels.lstm` refuses them
+instead of silently dropping the extra parameters.
 
-Variants (:func:`custom_lstm`): ``naive``: per-gate GEMMs every step and the cell's op-by-op
-NumPy pointwise code (generated from the same declaration); ``fused``: input GEMM hoisted over
-all T (one GEMM with M = T*B), one grouped recurrent GEMM per step, and the generated fused
-kernel (``backend="numba"``) or the op-by-op code (``backend="numpy"``).
-
-GPU backends (``cupy``, ``numba-cuda``; :data:`kernels.gpu.CUDA_BACKENDS`): CuPy arrays and
-cuBLAS GEMMs (the same hoisted input GEMM and grouped recurrent GEMM), the generated CUDA C
-kernel launched by :class:`fusion.cellexpr_gpu.CupyCell` or the generated numba.cuda kernel by
-:class:`fusion.cellexpr_gpu.NumbaCudaCell`; ``naive`` runs the op-by-op code on CuPy arrays.
-Precisions fp32, tf32 (TF32 cuBLAS math) and fp16 (fp16 storage, fp32 math in the kernel).
+The runner is :class:`kernels.rnn.RNN`, the plain cells' one (:class:`CustomLSTM` is ``RNN`` with
+the defaults these cells always had: backend ``numba``, every fusion step of the backend).
+Variants: ``naive``: per-gate GEMMs every step and the cell's op-by-op NumPy pointwise code
+(generated from the same declaration); ``fused``: the fusion plan (``opts``, as for the plain
+cells) with the generated fused kernel (``numba``, ``cupy``: CUDA C through
+:class:`fusion.cellexpr_gpu.CupyCell`, ``numba-cuda``: :class:`fusion.cellexpr_gpu.NumbaCudaCell`)
+or the op-by-op code (``numpy``).  The biases fold into the input GEMM where the declaration
+allows it (peephole: both; layer norm: neither).
+GPU precisions fp32, tf32 (TF32 cuBLAS math) and fp16 (fp16 storage, fp32 math in the kernel).
 Without a GPU, building one raises :class:`~kernels.errors.Unsupported` with the reason, except
 ``numba-cuda`` under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), which runs the same step
 loop with NumPy arrays and GEMMs (how the CPU tests check it).

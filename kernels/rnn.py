@@ -128,7 +128,6 @@ class RNN:
             raise BadInput(f"pointwise {pointwise!r} is unknown for cell {params.cell_mode}; allowed: "
                            f"{', '.join(allowed)}")
         self.generated = pointwise == "generated"
-        self.pointwise_provider = pointwise
         self.expr = params.expr if declared else None
         if self.generated:
             from fusion import cellexpr

@@ -309,6 +309,9 @@ def test_foldable_biases():
     assert ce.foldable_biases(ce.LSTM) == ("bx", "bh") and ce.foldable_biases(CIFG) == ("bx", "bh")
     assert ce.foldable_biases(ce.GRU) == ("bx",)
     assert ce.foldable_biases(ce.LAYERNORM_LSTM) == ()
+    from kernels.rnn import PLAIN_FOLDS     # the hand-written path's rule says the same
+    for name, folds in (("lstm", "lstm"), ("gru", "gru"), ("rnn_relu", "rnn"), ("rnn_tanh", "rnn")):
+        assert ce.get(name).foldable_biases == PLAIN_FOLDS[folds], name
     sub = ce.Cell("sub", gates="h", states=(), body="h = tanh(gx_h - bx_h + gh_h + bh_h)")
     twice = ce.Cell("twice", gates="h", states=(), body="h = tanh(gx_h + bx_h + gh_h + bh_h) * bx_h")
     assert ce.foldable_biases(sub) == () and ce.foldable_biases(twice) == ()
