@@ -51,11 +51,11 @@ class _CustomLSTMParams(CellParams):
 
 
 class PeepholeLSTMParams(_CustomLSTMParams):
-    kind, EXPR = "peephole", cellexpr.PEEPHOLE_LSTM   # extras drawn as the weights
+    kind, expr = "peephole", cellexpr.PEEPHOLE_LSTM   # extras drawn as the weights
 
 
 class LayerNormLSTMParams(_CustomLSTMParams):
-    kind, EXPR = "layernorm", cellexpr.LAYERNORM_LSTM
+    kind, expr = "layernorm", cellexpr.LAYERNORM_LSTM
 
     @staticmethod
     def _draw_extra(rng, name, shape):

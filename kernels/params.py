@@ -235,11 +235,10 @@ class CellParams(RNNParams):
     extras: tuple = ()
     expr: object = None
 
-    EXPR = None           # a subclass's cell
-
+    # ``expr`` is also a class attribute: a subclass sets its cell there (it is then the default)
     def __post_init__(self):
         if self.expr is None:
-            object.__setattr__(self, "expr", type(self).EXPR)
+            object.__setattr__(self, "expr", type(self).expr)
         if self.expr is None or not hasattr(self.expr, "gates"):
             raise BadInput(f"{type(self).__name__}: expr={self.expr!r} is not a fusion.cellexpr.Cell")
         if not self.extras and self.expr.params:
@@ -283,7 +282,7 @@ class CellParams(RNNParams):
                dtype=np.float64, cell=None):
         """Canonical weights as :meth:`RNNParams.random` (same seed, same numbers for the same G),
         extras from a second stream of the same seed (see :meth:`_draw_extra`)."""
-        expr = cell if cell is not None else cls.EXPR
+        expr = cell if cell is not None else cls.expr
         if expr is None:
             raise BadInput(f"{cls.__name__}.random needs cell= (a fusion.cellexpr.Cell)")
         H = check_dim("hidden_size", hidden_size)
