@@ -143,11 +143,11 @@ class RNN:
         self.precision = canonical(dtype if dtype is not None else params.dtype)
         if self.generated and self.backend.device == "cpu" and self.precision not in ("fp32", "fp64"):
             raise BadInput(f"generated cells run in fp32 or fp64 on the CPU, not {self.precision}")
+        self.backend.check_dtype(self.precision)
         if backend == "numba-cuda" and self.generated and _simulator():
             self.xp = np     # numba's CUDA simulator (tests): NumPy arrays, kernels run on the CPU
         else:
             self.xp = self.backend.xp()        # Unsupported (with the reason) without a GPU
-        self.backend.check_dtype(self.precision)
         self.dtype = storage(self.precision)
         if variant == "naive":
             if opts not in (None, "none", Plan()):
