@@ -46,7 +46,7 @@ from .reference import check_sequence
 VARIANTS = ("naive", "fused")
 POINTWISE = ("handwritten", "generated")
 # Biases the plain cells fold into the input GEMM's result (fusion.cellexpr.foldable_biases says
-# the same of their declarations; tests/test_rnn_variants.py checks it).
+# the same of their declarations; tests/test_custom_cells.py checks it).
 PLAIN_FOLDS = {"lstm": ("bx", "bh"), "rnn": ("bx", "bh"), "gru": ("bx",)}
 # The backends of the generated kernels: NumPy op by op, numba CPU, CUDA C through CuPy, numba.cuda.
 GENERATED_BACKENDS = ("numpy", "numba", "cupy", "numba-cuda")
