@@ -34,16 +34,16 @@ import numpy as np
 
 from fusion import cellexpr
 
+from .backends import get_backend
 from .errors import BadInput
 from .params import CellParams
 from .reference import _initial, check_sequence, sigmoid
-from .rnn import RNN
+from .rnn import GENERATED_BACKENDS, RNN
 
 CUSTOM_CELLS = ("peephole", "layernorm")
-VARIANTS = ("naive", "fused")
-CPU_BACKENDS = ("numpy", "numba")
-GPU_BACKENDS = ("cupy", "numba-cuda")
-BACKENDS = CPU_BACKENDS + GPU_BACKENDS
+# The runner's backends of generated kernels, by device (the CLI's --cell backends)
+CPU_BACKENDS = tuple(b for b in GENERATED_BACKENDS if get_backend(b).device == "cpu")
+GPU_BACKENDS = tuple(b for b in GENERATED_BACKENDS if get_backend(b).device == "cuda")
 
 
 class _CustomLSTMParams(CellParams):
