@@ -21,7 +21,7 @@ _EXPORTS = {
     "BACKENDS": "backends", "Backend": "backends", "get_backend": "backends",
     "BadInput": "errors", "MicrobenchError": "errors", "MissingDependency": "errors",
     "Unsupported": "errors",
-    "GRUParams": "params", "LSTMParams": "params", "Layer": "params", "RNNParams": "params",
+    "CellParams": "params", "GRUParams": "params", "LSTMParams": "params", "Layer": "params", "RNNParams": "params",
     "reorder_gates": "params", "VanillaRNNParams": "params",
     "gru_reference": "reference", "lstm_reference": "reference", "rnn_reference": "reference",
     "RNN": "rnn", "VARIANTS": "rnn", "gru": "rnn", "lstm": "rnn", "rnn": "rnn",

@@ -10,19 +10,19 @@ cell's declaration in :mod:`fusion.cellexpr` says:
   for ``h W_hh^T``; ``lnc_g, lnc_b (H,)``: layer norm of c before the output tanh.  The canonical
   biases are added after the normalisation (so they are not folded into the input GEMM).
 
-The containers derive from :class:`~kernels.params.RNNParams`, not from ``LSTMParams``: the
-plain :func:`kernels.lstm` refuses them instead of silently dropping the extra parameters.
+The containers derive from :class:`~kernels.params.CellParams` (a cell declared with
+:mod:`fusion.cellexpr`), not from ``LSTMParams``: the plain :func:`kernels.lstm` refuses them
+instead of silently dropping the extra parameters.
 
-Variants (:func:`custom_lstm`): ``naive``: per-gate GEMMs every step and the cell's op-by-op
-NumPy pointwise code (generated from the same declaration); ``fused``: input GEMM hoisted over
-all T (one GEMM with M = T*B), one grouped recurrent GEMM per step, and the generated fused
-kernel (``backend="numba"``) or the op-by-op code (``backend="numpy"``).
-
-GPU backends (``cupy``, ``numba-cuda``; :data:`kernels.gpu.CUDA_BACKENDS`): CuPy arrays and
-cuBLAS GEMMs (the same hoisted input GEMM and grouped recurrent GEMM), the generated CUDA C
-kernel launched by :class:`fusion.cellexpr_gpu.CupyCell` or the generated numba.cuda kernel by
-:class:`fusion.cellexpr_gpu.NumbaCudaCell`; ``naive`` runs the op-by-op code on CuPy arrays.
-Precisions fp32, tf32 (TF32 cuBLAS math) and fp16 (fp16 storage, fp32 math in the kernel).
+The runner is :class:`kernels.rnn.RNN`, the plain cells' one (:class:`CustomLSTM` is ``RNN`` with
+the defaults these cells always had: backend ``numba``, every fusion step of the backend).
+Variants: ``naive``: per-gate GEMMs every step and the cell's op-by-op NumPy pointwise code
+(generated from the same declaration); ``fused``: the fusion plan (``opts``, as for the plain
+cells) with the generated fused kernel (``numba``, ``cupy``: CUDA C through
+:class:`fusion.cellexpr_gpu.CupyCell`, ``numba-cuda``: :class:`fusion.cellexpr_gpu.NumbaCudaCell`)
+or the op-by-op code (``numpy``).  The biases fold into the input GEMM where the declaration
+allows it (peephole: both; layer norm: neither).
+GPU precisions fp32, tf32 (TF32 cuBLAS math) and fp16 (fp16 storage, fp32 math in the kernel).
 Without a GPU, building one raises :class:`~kernels.errors.Unsupported` with the reason, except
 ``numba-cuda`` under numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), which runs the same step
 loop with NumPy arrays and GEMMs (how the CPU tests check it).
@@ -30,78 +30,28 @@ Inputs may be NumPy or CuPy arrays; outputs are CuPy arrays.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from fusion import cellexpr
 
-from .dtypes import canonical, storage
-from .errors import BadInput, Unsupported
-from .params import Layer, LSTMParams, RNNParams
+from .backends import get_backend
+from .errors import BadInput
+from .params import CellParams
 from .reference import _initial, check_sequence, sigmoid
+from .rnn import GENERATED_BACKENDS, RNN
 
 CUSTOM_CELLS = ("peephole", "layernorm")
-VARIANTS = ("naive", "fused")
-CPU_BACKENDS = ("numpy", "numba")
-GPU_BACKENDS = ("cupy", "numba-cuda")
-BACKENDS = CPU_BACKENDS + GPU_BACKENDS
+# The runner's backends of generated kernels, by device (the CLI's --cell backends)
+CPU_BACKENDS = tuple(b for b in GENERATED_BACKENDS if get_backend(b).device == "cpu")
+GPU_BACKENDS = tuple(b for b in GENERATED_BACKENDS if get_backend(b).device == "cuda")
 
 
-@dataclass(frozen=True)
-class _CustomLSTMParams(RNNParams):
-    extras: tuple = ()
-
-    cell = "lstm"
+class _CustomLSTMParams(CellParams):
     kind = ""             # "peephole" or "layernorm"
-    expr = None           # the fusion.cellexpr.Cell
-
-    def __post_init__(self):
-        super().__post_init__()
-        object.__setattr__(self, "extras", tuple(dict(e) for e in self.extras))
-        if len(self.extras) != len(self.layers):
-            raise BadInput(f"{type(self).__name__}: {len(self.extras)} extra-parameter sets for "
-                           f"{len(self.layers)} layers")
-        for l, e in enumerate(self.extras):
-            want = {p: self.expr.param_shape(p, self.hidden_size) for p, _ in self.expr.params}
-            if set(e) != set(want):
-                raise BadInput(f"layer {l}: extra parameters {sorted(e)}; expected {sorted(want)}")
-            for name, shape in want.items():
-                if np.shape(e[name]) != shape:
-                    raise BadInput(f"layer {l}: {name} has shape {np.shape(e[name])}; expected {shape}")
-
-    @classmethod
-    def random(cls, input_size: int, hidden_size: int, num_layers: int = 1, *, seed: int = 0,
-               dtype=np.float64):
-        """Canonical weights as :meth:`LSTMParams.random` (same seed, same numbers), extras from
-        a second stream of the same seed (see :meth:`_draw_extra`)."""
-        base = LSTMParams.random(input_size, hidden_size, num_layers, seed=seed, dtype=dtype)
-        rng = np.random.default_rng([seed, 1])
-        extras = tuple({p: cls._draw_extra(rng, p, cls.expr.param_shape(p, hidden_size)).astype(dtype)
-                        for p, _ in cls.expr.params} for _ in range(num_layers))
-        return cls(input_size, hidden_size, base.layers, extras)
-
-    def astype(self, dtype):
-        conv = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
-        return type(self)(self.input_size, self.hidden_size,
-                          tuple(Layer(*map(conv, layer.arrays())) for layer in self.layers),
-                          tuple({k: conv(v) for k, v in e.items()} for e in self.extras))
-
-    def extra_arrays(self, layer: int) -> tuple:
-        """The layer's extra arrays in the cell declaration's order (the kernel's argument order)."""
-        return tuple(self.extras[layer][p] for p, _ in self.expr.params)
-
-    def num_weights(self) -> int:
-        return super().num_weights() + sum(np.size(a) for e in self.extras for a in e.values())
 
 
 class PeepholeLSTMParams(_CustomLSTMParams):
-    kind, expr = "peephole", cellexpr.PEEPHOLE_LSTM
-
-    @staticmethod
-    def _draw_extra(rng, name, shape):
-        k = 1.0 / np.sqrt(shape[-1])
-        return rng.uniform(-k, k, size=shape)
+    kind, expr = "peephole", cellexpr.PEEPHOLE_LSTM   # extras drawn as the weights
 
 
 class LayerNormLSTMParams(_CustomLSTMParams):
@@ -186,16 +136,18 @@ def layernorm_lstm_reference(x, params: LayerNormLSTMParams, h0=None, c0=None):
 CUSTOM_REFERENCES = {"peephole": peephole_lstm_reference, "layernorm": layernorm_lstm_reference}
 
 
-# -- the runner --------------------------------------------------------------------------------
-class CustomLSTM:
-    """Built once (weights arranged, kernel compiled on first call), called many times::
+# -- the runner: kernels.rnn.RNN with the custom cells' defaults ------------------------------
+class CustomLSTM(RNN):
+    """:class:`kernels.rnn.RNN` for the shipped custom LSTM cells, with their defaults (backend
+    ``numba``, every fusion step of the backend) and the ``cell`` name checked against the
+    parameters.  Built once, called many times::
 
         run = CustomLSTM(params, variant="fused", backend="numba", dtype="fp32")
         y, (h_n, c_n) = run(x, h0, c0)
     """
 
     def __init__(self, params: _CustomLSTMParams, *, cell: str | None = None, variant: str = "fused",
-                 backend: str = "numba", dtype=None):
+                 backend: str = "numba", dtype=None, opts=None, **kw):
         if not isinstance(params, _CustomLSTMParams):
             raise BadInput(f"params must be PeepholeLSTMParams or LayerNormLSTMParams, got {type(params).__name__}")
         cell = params.kind if cell is None else cell
@@ -203,107 +155,11 @@ class CustomLSTM:
             raise BadInput(f"cell {cell!r} is unknown; allowed: {', '.join(CUSTOM_CELLS)}")
         if cell != params.kind:
             raise BadInput(f"cell {cell!r} given {type(params).__name__} (a {params.kind} cell)")
-        if variant not in VARIANTS:
-            raise BadInput(f"variant {variant!r} is unknown; allowed: {', '.join(VARIANTS)}")
-        if backend not in BACKENDS:
-            raise BadInput(f"backend {backend!r} is unknown; allowed: {', '.join(BACKENDS)}")
-        self.precision = canonical(dtype if dtype is not None else params.dtype)
-        self.on_gpu = backend in GPU_BACKENDS
-        if self.on_gpu:
-            from fusion.cellexpr_gpu import simulator_active
-
-            from .backends import get_backend
-            be = get_backend(backend)
-            if backend == "numba-cuda" and simulator_active():
-                self.xp = np   # numba's CUDA simulator (tests): NumPy arrays, kernels run on the CPU
-            else:
-                self.xp = be.xp()                  # Unsupported (with the reason) without a GPU
-            if self.precision not in be.dtypes:
-                raise Unsupported(f"custom cells on {backend} run in {', '.join(be.dtypes)}, not {self.precision}")
-        else:
-            self.xp = np
-            if self.precision not in ("fp32", "fp64"):
-                raise BadInput(f"custom cells run in fp32 or fp64 on the CPU, not {self.precision}")
-        xp = self.xp
-        self.dtype = dt = storage(self.precision)
-        self.cell, self.variant, self.backend, self.params = cell, variant, backend, params
-        self.expr = params.expr
-        self.fused_kernel = variant == "fused" and backend != "numpy"
-        self.op_by_op = cellexpr.numpy_step(self.expr)
-        if not self.fused_kernel:
-            self.provider = None
-        elif self.on_gpu:
-            from fusion import cellexpr_gpu
-            self.provider = cellexpr_gpu.provider(self.expr, backend)
-        else:
-            self.provider = cellexpr.NumbaCell(self.expr)
-        H = params.hidden_size
-        fold = cell != "layernorm"   # LN normalises x W_ih^T alone: its biases come after
-        self.layers = []
-        for l, layer in enumerate(params.layers):
-            w_ih, w_hh, b_ih, b_hh = (xp.ascontiguousarray(xp.asarray(a, dtype=dt)) for a in layer.arrays())
-            lay = {"w_ih": w_ih, "w_hh": w_hh, "extra": tuple(xp.ascontiguousarray(xp.asarray(a, dtype=dt))
-                                                              for a in params.extra_arrays(l))}
-            if variant == "naive":
-                lay["w_ih_k"] = [xp.ascontiguousarray(w_ih[k * H:(k + 1) * H]) for k in range(4)]
-                lay["w_hh_k"] = [xp.ascontiguousarray(w_hh[k * H:(k + 1) * H]) for k in range(4)]
-                lay["bx"], lay["bh"], lay["fold"] = b_ih.reshape(4, H), b_hh.reshape(4, H), None
-            elif fold:
-                lay["bx"], lay["bh"], lay["fold"] = None, None, (b_ih + b_hh).reshape(4, H)
-            else:
-                lay["bx"], lay["bh"], lay["fold"] = b_ih.reshape(4, H), b_hh.reshape(4, H), None
-            self.layers.append(lay)
-
-    def __call__(self, x, h0=None, c0=None):
-        from .gpu import cublas_math
-        p, xp = self.params, self.xp
-        T, B = check_sequence(tuple(x.shape) if hasattr(x, "shape") else np.shape(x), p, False,
-                              {"h0": h0, "c0": c0}, x=x)
-        dt, H, L = self.dtype, p.hidden_size, p.num_layers
-        seq = xp.asarray(x, dtype=dt)
-        h_n, c_n = xp.empty((L, B, H), dt), xp.empty((L, B, H), dt)
-        with cublas_math(xp, self.precision):      # TF32 GEMMs for tf32 only; a no-op on the CPU
-            for l, lay in enumerate(self.layers):
-                h = xp.zeros((B, H), dt) if h0 is None else xp.asarray(h0[l], dtype=dt)
-                c = xp.zeros((B, H), dt) if c0 is None else xp.array(c0[l], dtype=dt)  # a copy: updated in place
-                run = self._naive_layer if self.variant == "naive" else self._fused_layer
-                seq, h, c = run(lay, seq, h, c, T, B, H)
-                h_n[l], c_n[l] = h, c
-        return seq, (h_n, c_n)
-
-    def _naive_layer(self, lay, seq, h, c, T, B, H):
-        xp = self.xp
-        y = xp.empty((T, B, H), self.dtype)
-        for t in range(T):
-            gx = xp.stack([seq[t] @ w.T for w in lay["w_ih_k"]], axis=1)   # 4 GEMMs
-            gh = xp.stack([h @ w.T for w in lay["w_hh_k"]], axis=1)        # 4 GEMMs
-            h, c = self.op_by_op(xp, gx, gh, lay["bx"], lay["bh"], h, c, *lay["extra"])
-            h, c = h.astype(self.dtype, copy=False), c.astype(self.dtype, copy=False)
-            y[t] = h
-        return y, h, c
-
-    def _fused_layer(self, lay, seq, h, c, T, B, H):
-        dt, xp = self.dtype, self.xp
-        y = xp.empty((T, B, H), dt)
-        gx_all = xp.ascontiguousarray(seq).reshape(T * B, -1) @ lay["w_ih"].T        # hoisted: M = T*B
-        if lay["fold"] is not None:
-            gx_all.reshape(T * B, 4, H)[...] += lay["fold"]
-        gh_buf = xp.empty((B, 4 * H), dt)
-        gh = gh_buf.reshape(B, 4, H)
-        for t in range(T):
-            gx = gx_all[t * B:(t + 1) * B].reshape(B, 4, H)
-            xp.matmul(h, lay["w_hh"].T, out=gh_buf)                                    # 1 GEMM
-            if self.fused_kernel:
-                self.provider(xp, gx, gh, lay["bx"], lay["bh"], h, (c,), lay["extra"], y[t], (c,))
-                h = y[t]
-            else:
-                h, c = self.op_by_op(xp, gx, gh, lay["bx"], lay["bh"], h, c, *lay["extra"])
-                y[t] = h
-        return y, h, c
+        super().__init__(params, variant=variant, backend=backend, dtype=dtype, opts=opts, **kw)
 
 
 def custom_lstm(x, params, h0=None, c0=None, *, cell: str | None = None, variant: str = "fused",
-                backend: str = "numba", dtype=None):
+                backend: str = "numba", dtype=None, opts=None):
     """Forward pass of a peephole or layer-norm LSTM: ``y, (h_n, c_n)``; see :class:`CustomLSTM`."""
     dtype = dtype if dtype is not None else (x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype)
-    return CustomLSTM(params, cell=cell, variant=variant, backend=backend, dtype=dtype)(x, h0, c0)
+    return CustomLSTM(params, cell=cell, variant=variant, backend=backend, dtype=dtype, opts=opts)(x, h0, c0)

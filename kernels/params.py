@@ -114,17 +114,8 @@ class RNNParams:
         check_dim("input_size", input_size)
         H = check_dim("hidden_size", hidden_size)
         check_dim("num_layers", num_layers)
-        from .dtypes import canonical, storage
-        dtype = storage(canonical(dtype))   # an integer dtype would round every weight to 0
-        G = len(GATES[cls.cell])
-        rng = np.random.default_rng(seed)
-        k = 1.0 / np.sqrt(H)
-        layers = []
-        for l in range(num_layers):
-            width = input_size if l == 0 else H
-            draw = lambda *shape: rng.uniform(-k, k, size=shape).astype(dtype)  # noqa: E731
-            layers.append(Layer(draw(G * H, width), draw(G * H, H), draw(G * H), draw(G * H)))
-        return cls(input_size, hidden_size, tuple(layers), **extra)
+        layers = random_layers(input_size, H, num_layers, len(GATES[cls.cell]), seed=seed, dtype=dtype)
+        return cls(input_size, hidden_size, layers, **extra)
 
     @classmethod
     def from_torch(cls, module):
@@ -181,6 +172,23 @@ class RNNParams:
         return sum(np.size(a) for layer in self.layers for a in layer.arrays())
 
 
+def random_layers(input_size: int, hidden_size: int, num_layers: int, num_gates: int, *, seed: int,
+                  dtype) -> tuple:
+    """The layers of :meth:`RNNParams.random`: Uniform(-1/sqrt(H), 1/sqrt(H)), drawn from ``seed``
+    layer by layer in the order w_ih, w_hh, b_ih, b_hh (a custom cell with G gates draws the same way)."""
+    from .dtypes import canonical, storage
+    dtype = storage(canonical(dtype))   # an integer dtype would round every weight to 0
+    G, H = num_gates, hidden_size
+    rng = np.random.default_rng(seed)
+    k = 1.0 / np.sqrt(H)
+    layers = []
+    for l in range(num_layers):
+        width = input_size if l == 0 else H
+        draw = lambda *shape: rng.uniform(-k, k, size=shape).astype(dtype)  # noqa: E731
+        layers.append(Layer(draw(G * H, width), draw(G * H, H), draw(G * H), draw(G * H)))
+    return tuple(layers)
+
+
 class LSTMParams(RNNParams):
     """LSTM weights, gates ``i, f, g, o``."""
 
@@ -212,6 +220,99 @@ class VanillaRNNParams(RNNParams):
 
 
 PARAMS = {"lstm": LSTMParams, "gru": GRUParams, "rnn": VanillaRNNParams}
+
+
+@dataclass(frozen=True)
+class CellParams(RNNParams):
+    """Weights of an RNN whose cell is a :class:`fusion.cellexpr.Cell` (``expr``): the canonical
+    layout with the cell's G gates in its declared order, plus its per-unit parameters
+    (``extras``, one dict per layer, named and shaped as the declaration says).
+    Subclasses fix the cell (:class:`kernels.custom.PeepholeLSTMParams`, ...); for a cell of your
+    own, ``CellParams.random(I, H, L, cell=MY_CELL)`` or ``CellParams(I, H, layers, extras, MY_CELL)``.
+    A cell whose states are ``("c",)`` is called like an LSTM (``h0, c0``), one without states
+    like a GRU.  (This module does not import fusion: the cell is used through its attributes.)"""
+
+    extras: tuple = ()
+    expr: object = None
+
+    # ``expr`` is also a class attribute: a subclass sets its cell there (it is then the default)
+    def __post_init__(self):
+        if self.expr is None:
+            object.__setattr__(self, "expr", type(self).expr)
+        if self.expr is None or not hasattr(self.expr, "gates"):
+            raise BadInput(f"{type(self).__name__}: expr={self.expr!r} is not a fusion.cellexpr.Cell")
+        if not self.extras and self.expr.params:
+            raise BadInput(f"{type(self).__name__}: cell {self.expr.name} has parameters "
+                           f"{', '.join(p for p, _ in self.expr.params)}; give extras, one dict per layer")
+        if not self.extras:
+            object.__setattr__(self, "extras", tuple({} for _ in self.layers))
+        super().__post_init__()
+        object.__setattr__(self, "extras", tuple(dict(e) for e in self.extras))
+        if len(self.extras) != len(self.layers):
+            raise BadInput(f"{type(self).__name__}: {len(self.extras)} extra-parameter sets for "
+                           f"{len(self.layers)} layers")
+        for l, e in enumerate(self.extras):
+            want = {p: self.expr.param_shape(p, self.hidden_size) for p, _ in self.expr.params}
+            if set(e) != set(want):
+                raise BadInput(f"layer {l}: extra parameters {sorted(e)}; expected {sorted(want)}")
+            for name, shape in want.items():
+                if np.shape(e[name]) != shape:
+                    raise BadInput(f"layer {l}: {name} has shape {np.shape(e[name])}; expected {shape}")
+
+    @property
+    def cell(self) -> str:
+        """``lstm`` for a cell with the LSTM's states (h and c: called with ``h0, c0``), else
+        the cell's name."""
+        return "lstm" if tuple(self.expr.states) == ("c",) else self.expr.name
+
+    @property
+    def gates(self) -> tuple:
+        return tuple(self.expr.gates)
+
+    @property
+    def num_gates(self) -> int:
+        return len(self.expr.gates)
+
+    @property
+    def cell_mode(self) -> str:
+        return self.expr.name
+
+    @classmethod
+    def random(cls, input_size: int, hidden_size: int, num_layers: int = 1, *, seed: int = 0,
+               dtype=np.float64, cell=None):
+        """Canonical weights as :meth:`RNNParams.random` (same seed, same numbers for the same G),
+        extras from a second stream of the same seed (see :meth:`_draw_extra`)."""
+        expr = cell if cell is not None else cls.expr
+        if expr is None:
+            raise BadInput(f"{cls.__name__}.random needs cell= (a fusion.cellexpr.Cell)")
+        H = check_dim("hidden_size", hidden_size)
+        check_dim("num_layers", num_layers)
+        layers = random_layers(check_dim("input_size", input_size), H, num_layers, len(expr.gates),
+                               seed=seed, dtype=dtype)
+        rng = np.random.default_rng([seed, 1])
+        dt = layers[0].w_ih.dtype
+        extras = tuple({p: cls._draw_extra(rng, p, expr.param_shape(p, H)).astype(dt)
+                        for p, _ in expr.params} for _ in range(num_layers))
+        return cls(input_size, hidden_size, layers, extras, expr)
+
+    @staticmethod
+    def _draw_extra(rng, name, shape):
+        """Uniform(-1/sqrt(H), 1/sqrt(H)), as the weights."""
+        k = 1.0 / np.sqrt(shape[-1])
+        return rng.uniform(-k, k, size=shape)
+
+    def astype(self, dtype):
+        conv = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
+        return type(self)(self.input_size, self.hidden_size,
+                          tuple(Layer(*map(conv, layer.arrays())) for layer in self.layers),
+                          tuple({k: conv(v) for k, v in e.items()} for e in self.extras), self.expr)
+
+    def extra_arrays(self, layer: int) -> tuple:
+        """The layer's extra arrays in the cell declaration's order (the kernel's argument order)."""
+        return tuple(self.extras[layer][p] for p, _ in self.expr.params)
+
+    def num_weights(self) -> int:
+        return super().num_weights() + sum(np.size(a) for e in self.extras for a in e.values())
 
 
 def reorder_gates(a: np.ndarray, src: str, dst: str, axis: int = 0) -> np.ndarray:

@@ -14,6 +14,16 @@ Build once (weights arranged, kernels compiled), call many times::
 
     run = RNN(params, variant="fused", backend="numba", dtype="fp32")
     y, (h_n, c_n) = run(x)
+
+The cell is the parameters' one: a plain LSTM, GRU or vanilla RNN, or any
+:class:`fusion.cellexpr.Cell` through :class:`kernels.params.CellParams` (the peephole and
+layer-norm LSTMs of :mod:`kernels.custom`, a cell of your own).  Every cell gets the same GEMM
+arrangement, fusion steps, backends and graphs; only the pointwise stage is the cell's own.  Its
+provider (``pointwise=``): ``handwritten``, the tuned kernels of :mod:`fusion.pointwise` (numba,
+``kernels/cuda/rnn_pointwise.cu``, numba.cuda), the production path of the plain cells; or
+``generated``, the kernels :mod:`fusion.cellexpr` generates from the cell's declaration, the only
+path of a declared cell and, for the plain cells, the oracle the tests hold the hand-written
+kernels to.
 """
 from __future__ import annotations
 
@@ -30,17 +40,26 @@ from .backends import get_backend
 from .dtypes import canonical, storage
 from .errors import BadInput
 from .gpu import cublas_math
-from .params import GRUParams, LSTMParams, RNNParams, VanillaRNNParams
+from .params import CellParams, GRUParams, LSTMParams, RNNParams, VanillaRNNParams
 from .reference import check_sequence
 
 VARIANTS = ("naive", "fused")
+POINTWISE = ("handwritten", "generated")
+# Biases the plain cells fold into the input GEMM's result (fusion.cellexpr.foldable_biases says
+# the same of their declarations; tests/test_custom_cells.py checks it).
+PLAIN_FOLDS = {"lstm": ("bx", "bh"), "rnn": ("bx", "bh"), "gru": ("bx",)}
+# The backends of the generated kernels: NumPy op by op, numba CPU, CUDA C through CuPy, numba.cuda.
+GENERATED_BACKENDS = ("numpy", "numba", "cupy", "numba-cuda")
 
 
 class _LayerExec:
     """One layer's weights arranged for a plan, plus the biases the pointwise stage still adds."""
 
-    def __init__(self, xp, cell: str, layer, G: int, plan: Plan, dtype, fused: bool, given: bool = False):
+    def __init__(self, xp, folds: tuple, layer, G: int, plan: Plan, dtype, fused: bool, given: bool = False,
+                 extra: tuple = ()):
         w_ih, w_hh, b_ih, b_hh = (xp.asarray(a, dtype=dtype) for a in layer.arrays())
+        # a declared cell's per-unit parameters, in its declaration's order (the kernel's)
+        self.extra = tuple(xp.ascontiguousarray(xp.asarray(a, dtype=dtype)) for a in extra)
         grouped, pre_t = "group_gemm" in plan, "pretranspose" in plan
         H = w_hh.shape[1]
         # given (skip-input, first layer): the input projection is the caller's array, read in
@@ -52,10 +71,11 @@ class _LayerExec:
         self.proj_h = fgemm.Projection(xp, w_hh, G, grouped=grouped, pretransposed=pre_t)
         b_ih, b_hh = b_ih.reshape(G, H), b_hh.reshape(G, H)
         self.hoist = "hoist_input" in plan and not given
-        # Which biases are folded into the hoisted input GEMM and which the pointwise stage adds.
-        # LSTM, vanilla RNN: b_ih + b_hh can always be summed; GRU: b_hn sits inside r * (...), so
-        # only b_ih moves.
-        if cell in ("lstm", "rnn"):
+        # Which biases are folded into the hoisted input GEMM and which the pointwise stage adds
+        # (``folds``, see fusion.cellexpr.foldable_biases).  LSTM, vanilla RNN: b_ih + b_hh can
+        # always be summed; GRU: b_hn sits inside r * (...), so only b_ih moves; layer-norm LSTM:
+        # neither (gx is normalised before its biases are added).
+        if folds == ("bx", "bh"):
             summed = xp.ascontiguousarray(b_ih + b_hh)
             if self.hoist:
                 self.b_fold, self.bx, self.bh = summed, None, None
@@ -63,8 +83,10 @@ class _LayerExec:
                 self.b_fold, self.bx, self.bh = None, summed, None
             else:
                 self.b_fold, self.bx, self.bh = None, b_ih, b_hh
-        else:
+        elif folds == ("bx",):
             self.b_fold, self.bx, self.bh = (b_ih, None, b_hh) if self.hoist else (None, b_ih, b_hh)
+        else:
+            self.b_fold, self.bx, self.bh = None, b_ih, b_hh
 
     def given_rows(self, xp, seq, T: int, B: int):
         """The caller's projection ``(T, B, G*H)`` as this layer's gx buffer, without a copy."""
@@ -75,7 +97,7 @@ class _LayerExec:
 
 
 class RNN:
-    """A built LSTM, GRU or vanilla RNN: ``RNN(params, variant=..., backend=..., dtype=..., opts=...)(x, ...)``.
+    """A built LSTM, GRU, vanilla RNN or declared cell: ``RNN(params, variant=..., backend=..., dtype=..., opts=...)(x, ...)``.
 
     ``opts`` (fused only): a :class:`fusion.Plan`, a comma-separated string of step names, or None
     for every step of the backend's device.  A Plan given directly may hold GPU-only steps
@@ -84,19 +106,49 @@ class RNN:
     parameters' dtype.  ``skip_input``: the call's x is the first layer's input projection
     ``x W_ih^T``, ``(T, B, G*H)`` in canonical gate order, and only the recurrent part runs
     (DeepBench's recurrent-layer timing; cuDNN's ``CUDNN_SKIP_INPUT``); layers above run as usual.
+    ``pointwise``: ``handwritten`` (default of the plain cells) or ``generated`` (the only one of a
+    declared cell, :class:`~kernels.params.CellParams`); see the module doc.  A declared cell runs
+    on the backends of :data:`GENERATED_BACKENDS`; it is called like an LSTM (``h0, c0``) when its
+    states are ``("c",)``, like a GRU when it has none.
     """
 
     def __init__(self, params: RNNParams, *, variant: str = "fused", backend: str = "numpy",
                  dtype=None, opts=None, scheduler=None, reuse_outputs: bool = False,
-                 skip_input: bool = False):
-        if not isinstance(params, (LSTMParams, GRUParams, VanillaRNNParams)):
-            raise BadInput(f"params must be LSTMParams, GRUParams or VanillaRNNParams, got {type(params).__name__}")
+                 skip_input: bool = False, pointwise: str | None = None):
+        if not isinstance(params, (LSTMParams, GRUParams, VanillaRNNParams, CellParams)):
+            raise BadInput(f"params must be LSTMParams, GRUParams, VanillaRNNParams or CellParams, "
+                           f"got {type(params).__name__}")
         if variant not in VARIANTS:
             raise BadInput(f"variant {variant!r} is unknown; allowed: {', '.join(VARIANTS)}")
+        declared = isinstance(params, CellParams)
+        if pointwise is None:
+            pointwise = "generated" if declared else "handwritten"
+        if pointwise not in POINTWISE or (declared and pointwise != "generated"):
+            allowed = ("generated",) if declared else POINTWISE
+            raise BadInput(f"pointwise {pointwise!r} is unknown for cell {params.cell_mode}; allowed: "
+                           f"{', '.join(allowed)}")
+        self.generated = pointwise == "generated"
+        self.expr = params.expr if declared else None
+        if self.generated:
+            from fusion import cellexpr
+            if self.expr is None:
+                self.expr = cellexpr.get(params.cell_mode)
+            if tuple(self.expr.states) not in ((), ("c",)):
+                raise BadInput(f"cell {self.expr.name} has states {self.expr.states}; the runner takes "
+                               "cells with the LSTM's states (c) or none")
+            if backend not in GENERATED_BACKENDS:
+                raise BadInput(f"backend {backend!r} has no generated kernels of cell {self.expr.name}; "
+                               f"allowed: {', '.join(GENERATED_BACKENDS)}")
         self.backend = get_backend(backend)
-        self.precision = self.backend.check_dtype(canonical(dtype if dtype is not None else params.dtype))
+        self.precision = canonical(dtype if dtype is not None else params.dtype)
+        if self.generated and self.backend.device == "cpu" and self.precision not in ("fp32", "fp64"):
+            raise BadInput(f"generated cells run in fp32 or fp64 on the CPU, not {self.precision}")
+        self.backend.check_dtype(self.precision)
+        if backend == "numba-cuda" and self.generated and _simulator():
+            self.xp = np     # numba's CUDA simulator (tests): NumPy arrays, kernels run on the CPU
+        else:
+            self.xp = self.backend.xp()        # Unsupported (with the reason) without a GPU
         self.dtype = storage(self.precision)
-        self.xp = self.backend.xp()
         if variant == "naive":
             if opts not in (None, "none", Plan()):
                 raise BadInput(f"variant 'naive' takes no fusion steps (got opts={opts!r}); "
@@ -113,6 +165,7 @@ class RNN:
             self.plan = Plan.parse(opts, self.backend.device)
         self.backend.check_plan(self.plan)
         self.variant, self.params, self.cell = variant, params, params.cell
+        self.has_c = (tuple(self.expr.states) == ("c",)) if self.expr is not None else params.cell == "lstm"
         # Streams/events implementation; None picks the one of the array module.  Tests pass a
         # fusion.streams.DeferredStreams to run the stream logic in an adversarial order.
         self.scheduler = scheduler
@@ -121,21 +174,43 @@ class RNN:
         # graph step: return the graph's own output buffers (overwritten by the next call) instead
         # of copies; a benchmark loop wants no copy inside the timed call, research code the copy.
         self.reuse_outputs = bool(reuse_outputs)
-        # A fused stage writes h straight into y[t]; the op-by-op one returns fresh arrays.
         self.fused = "fuse_pointwise" in self.plan
-        # params.cell_mode: the vanilla cell's nonlinearity picks its kernels (rnn_relu, rnn_tanh)
-        self.pointwise = (fpointwise.get(params.cell_mode, self.backend.pointwise) if self.fused
-                          else cells.NAIVE[params.cell_mode])
+        self.pointwise = self._pointwise_stage(params, backend)
+        # A fused kernel writes h straight into y[t]; the op-by-op code returns fresh arrays
+        # (NumPy has no fused kernel of a declared cell: its fused stage is the op-by-op code).
+        self.in_place = self.fused and not (self.generated and backend == "numpy")
         self.skip_input = bool(skip_input)
-        self.layers = [_LayerExec(self.xp, self.cell, layer, params.num_gates, self.plan, self.dtype,
-                                  self.fused, given=self.skip_input and l == 0)
+        folds = self.expr.foldable_biases if self.generated else PLAIN_FOLDS[self.cell]
+        self.layers = [_LayerExec(self.xp, folds, layer, params.num_gates, self.plan, self.dtype,
+                                  self.fused, given=self.skip_input and l == 0,
+                                  extra=params.extra_arrays(l) if declared else ())
                        for l, layer in enumerate(params.layers)]
+
+    @property
+    def provider(self):
+        """The pointwise stage's callable (a generated kernel's launcher, a hand-written kernel,
+        or the op-by-op code)."""
+        return self.pointwise
+
+    def _pointwise_stage(self, params, backend: str):
+        """The per-step pointwise callable: op by op (naive), or the fused provider."""
+        if not self.generated:
+            # params.cell_mode: the vanilla cell's nonlinearity picks its kernels (rnn_relu, rnn_tanh)
+            return (fpointwise.get(params.cell_mode, self.backend.pointwise) if self.fused
+                    else cells.NAIVE[params.cell_mode])
+        from fusion import cellexpr
+        if not self.fused or backend == "numpy":
+            return cellexpr.numpy_step(self.expr)
+        if backend == "numba":
+            return cellexpr.NumbaCell(self.expr)
+        from fusion import cellexpr_gpu
+        return cellexpr_gpu.provider(self.expr, backend)
 
     # ------------------------------------------------------------------------------------------
     def __call__(self, x, h0=None, c0=None, *, batch_first: bool = False):
         xp, p = self.xp, self.params
-        states = {"h0": h0, "c0": c0} if self.cell == "lstm" else {"h0": h0}
-        if self.cell != "lstm" and c0 is not None:
+        states = {"h0": h0, "c0": c0} if self.has_c else {"h0": h0}
+        if not self.has_c and c0 is not None:
             raise BadInput(f"a {self.cell.upper()} has no cell state: c0 must be None")
         x = xp.asarray(x)
         T, B = check_sequence(x.shape, p, batch_first, states, self.skip_input, x=x)
@@ -148,7 +223,7 @@ class RNN:
             else:
                 y, h_n, c_n = self._forward(seq, h0, c0, T, B)
         y = y.transpose(1, 0, 2) if batch_first else y
-        return (y, (h_n, c_n)) if self.cell == "lstm" else (y, h_n)
+        return (y, (h_n, c_n)) if self.has_c else (y, h_n)
 
     def _forward(self, seq, h0, c0, T: int, B: int):
         """Issue every GEMM and pointwise stage of every layer on the scheduler's streams.
@@ -174,11 +249,11 @@ class RNN:
                 sch.wait(s, start)
         ys = [xp.empty((T, B, H), dtype=dt) for _ in range(L)]
         h_n = xp.empty((L, B, H), dtype=dt)
-        c_n = xp.empty((L, B, H), dtype=dt) if self.cell == "lstm" else None
+        c_n = xp.empty((L, B, H), dtype=dt) if self.has_c else None
         ctx = []
         for l, lay in enumerate(self.layers):
             c = None
-            if self.cell == "lstm":  # updated in place, one buffer per layer
+            if self.has_c:  # updated in place, one buffer per layer
                 c = xp.zeros((B, H), dt) if c0 is None else xp.array(c0[l], dtype=dt)
             h_init = xp.zeros((B, H), dt) if h0 is None else xp.asarray(h0[l], dtype=dt)
             if lay.given:
@@ -241,7 +316,9 @@ class RNN:
                 lay.proj_h(h_prev, st["gh"])
             gh = lay.proj_h.gates(st["gh"])
             with nvtx.phase("pointwise"):
-                if st["c"] is not None:
+                if self.generated:
+                    self._generated_pointwise(lay, gx, gh, h_prev, y[t], st["c"])
+                elif st["c"] is not None:
                     h, c = self.pointwise(xp, gx, gh, lay.bx, lay.bh, st["c"], y[t], st["c"])
                     if not self.fused:   # the op-by-op cell returns new arrays
                         y[t] = h
@@ -250,6 +327,18 @@ class RNN:
                     (h,) = self.pointwise(xp, gx, gh, lay.bx, lay.bh, h_prev, y[t])
                     if not self.fused:
                         y[t] = h
+
+    def _generated_pointwise(self, lay: _LayerExec, gx, gh, h_prev, h_out, c):
+        """A generated stage: the fused kernel (state updated in place, h written into h_out) or
+        the op-by-op code (fresh arrays, copied in)."""
+        states = () if c is None else (c,)
+        if self.in_place:
+            self.pointwise(self.xp, gx, gh, lay.bx, lay.bh, h_prev, states, lay.extra, h_out, states)
+            return
+        h, *new = self.pointwise(self.xp, gx, gh, lay.bx, lay.bh, h_prev, *states, *lay.extra)
+        h_out[...] = h
+        for s, v in zip(states, new):
+            s[...] = v
 
     def streams_for(self):
         """The scheduler: the one given, else one per built RNN (its streams and events are made
@@ -290,7 +379,7 @@ class RNN:
             raise BadInput("graph_inputs is for plans with the graph step on a GPU backend")
         x = self.xp.asarray(x, dtype=self.dtype)
         T, B = check_sequence(x.shape, self.params, False,
-                              {"h0": h0, "c0": c0} if self.cell == "lstm" else {"h0": h0})
+                              {"h0": h0, "c0": c0} if self.has_c else {"h0": h0})
         with cublas_math(self.xp, self.precision):
             static = self._graph_entry(x, h0, c0, T, B)["static"]
         static["seq"][...] = x
@@ -321,6 +410,12 @@ class RNN:
         if self.reuse_outputs:
             return g["outs"]
         return tuple(None if o is None else o.copy() for o in g["outs"])
+
+
+def _simulator() -> bool:
+    """numba's CUDA simulator is on (then the numba-cuda backend's generated kernels take NumPy arrays)."""
+    from fusion.cellexpr_gpu import simulator_active
+    return simulator_active()
 
 
 def _dtype_of(x):

@@ -111,7 +111,9 @@ BAD = [
     (["profile", "ncu", "resnet"], "profile needs a benchmark op first, got 'resnet'"),
     (["lstm", "--cell", "layernorm", "--backend", "cupy", "--device", "cpu"],
      "--cell layernorm runs on cpu backends numpy, numba, not 'cupy'"),
-    (["lstm", "--cell", "peephole", "--ladder"], "--cell peephole has one fused arrangement"),
+    (["lstm", "--cell", "peephole", "--naive", "--opt", "group_gemm"],
+     "sets the fusion steps of the fused variant, which is not selected"),
+    (["lstm", "--cell", "peephole", "--ladder", "--fused"], "--ladder chooses the variants and steps itself"),
     (["lstm", "--cell", "peephole", "--frameworks", "torch"], "the frameworks have no peephole LSTM path"),
     (["gru", "--cell", "layernorm"], "unrecognized arguments: --cell"),
     (["lstm", "--persistent", "--device", "cpu"], "variant 'persistent' runs on cuda only; this run is on cpu"),
@@ -126,6 +128,26 @@ def test_bad_input_is_one_line_exit_2(argv, message, capsys):
     assert len(err.splitlines()) == 1, err
     assert err.startswith("microbench: error: ")
     assert message in err
+
+
+def test_custom_cell_ladder_and_opt(run_cli, tmp_path):
+    """A custom cell runs on the plain cells' runner: the ladder's rungs and --opt's plan, each
+    checked against the cell's float64 reference; without --opt the record's plan stays null."""
+    out = tmp_path / "r.jsonl"
+    r = run_cli("lstm", "--cell", "peephole", "--ladder", "--backend", "numba", *SMALL, "--json", str(out))
+    assert r.returncode == 0, r.stdout + r.stderr
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [x["options"]["rung"] for x in recs] == ["naive", "+group_gemm", "+hoist_input",
+                                                   "+pretranspose", "+fuse_pointwise"]
+    assert all(x["status"] == "ok" and x["check"]["passed"] for x in recs)
+    assert recs[-1]["info"]["pointwise"] == "generated fused kernel" and recs[0]["info"]["gemms_per_step"] == 8
+    out2 = tmp_path / "r2.jsonl"
+    r = run_cli("lstm", "--cell", "layernorm", "--fused", "--backend", "numba", "--opt", "group_gemm,fuse_pointwise",
+                *SMALL, "--json", str(out2))
+    assert r.returncode == 0, r.stdout + r.stderr
+    (rec,) = [json.loads(line) for line in out2.read_text().splitlines()]
+    assert rec["options"]["plan"] == "group_gemm,fuse_pointwise" and rec["check"]["passed"]
+    assert rec["info"]["gemms_per_step"] == 2      # input GEMM not hoisted: one per step
 
 
 def test_bad_input_through_a_subprocess_has_no_traceback(run_cli):

@@ -219,3 +219,132 @@ def test_generated_numba_cuda_in_simulator():
     worst = json.loads(proc.stdout.strip().splitlines()[-1])
     for case, err in worst.items():
         assert err <= (1e-5 if case.endswith("float32") else 2e-3), (case, err)
+
+
+# -- a declared cell on the one runner (kernels.rnn.RNN) -------------------------------------------
+def _cifg_reference(x, params, h0=None, c0=None):
+    """The CIFG LSTM in float64, written out by hand (not generated): gates f, g, o; i = 1 - f."""
+    from kernels.reference import sigmoid
+    T, B, _ = x.shape
+    L, H = params.num_layers, params.hidden_size
+    h_n, c_n = np.zeros((L, B, H)), np.zeros((L, B, H))
+    seq = np.asarray(x, np.float64)
+    for l, layer in enumerate(params.layers):
+        w_ih, w_hh, b_ih, b_hh = (np.asarray(a, np.float64) for a in layer.arrays())
+        h = np.zeros((B, H)) if h0 is None else np.asarray(h0[l], np.float64)
+        c = np.zeros((B, H)) if c0 is None else np.asarray(c0[l], np.float64)
+        out = np.empty((T, B, H))
+        for t in range(T):
+            a_f, a_g, a_o = np.split(seq[t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh, 3, axis=1)
+            f = sigmoid(a_f)
+            c = f * c + (1 - f) * np.tanh(a_g)
+            h = sigmoid(a_o) * np.tanh(c)
+            out[t] = h
+        h_n[l], c_n[l] = h, c
+        seq = out
+    return seq, (h_n, c_n)
+
+
+def _readme_block(marker: str) -> str:
+    import re
+    text = (ROOT / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, re.S) if marker in b]
+    assert len(blocks) == 1, f"README has {len(blocks)} python blocks with {marker!r}"
+    return blocks[0]
+
+
+def test_readme_cifg_cell_runs():
+    """The README's user-defined cell, executed as written, against the hand-written reference."""
+    ns: dict = {}
+    exec(compile(_readme_block("CIFG = Cell("), "README.md CIFG block", "exec"), ns)
+    params, x = ns["params"], ns["x_cifg"]
+    assert params.num_gates == 3 and ns["CIFG"].foldable_biases == ("bx", "bh")
+    y_ref, (h_ref, c_ref) = _cifg_reference(x, params)
+    for got, want in ((ns["y_cifg"], y_ref), (ns["h_n"], h_ref), (ns["c_n"], c_ref)):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def _ladder_plans():
+    from fusion.steps import ladder
+    return [(label, plan) for label, plan in ladder("cpu")]
+
+
+@pytest.mark.parametrize("rung,plan", _ladder_plans(), ids=[r for r, _ in _ladder_plans()])
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_declared_cell_every_rung(rung, plan, backend):
+    """A declared cell gets every fusion step of the ladder on both CPU backends (h0, c0 given)."""
+    from kernels import RNN, CellParams
+    T, B, I, H, L = 4, 3, 5, 7, 2
+    rng = np.random.default_rng(9)
+    params = CellParams.random(I, H, L, cell=CIFG, seed=3)
+    x = rng.standard_normal((T, B, I))
+    h0, c0 = (0.5 * rng.standard_normal((L, B, H)) for _ in range(2))
+    want = _cifg_reference(x, params, h0, c0)
+    variant = "naive" if rung == "naive" else "fused"
+    for dt, tol in (("fp64", 1e-12), ("fp32", 2e-5)):
+        run = RNN(params, variant=variant, backend=backend, dtype=dt, opts=plan if variant == "fused" else None)
+        y, (h, c) = run(x, h0, c0)
+        for got, w in ((y, want[0]), (h, want[1][0]), (c, want[1][1])):
+            np.testing.assert_allclose(got, w, rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("opts", ["all", "group_gemm,fuse_pointwise", "fuse_pointwise"])
+def test_plain_cells_generated_provider_matches_hand_written(cell, opts):
+    """pointwise="generated" (the kernels fusion.cellexpr generates from LSTM/GRU/RNN_TANH) on the
+    whole runner gives the hand-written kernels' results: the oracle of the production path."""
+    from kernels import RNN
+    from kernels.params import PARAMS
+    params = PARAMS[cell].random(5, 33, 2, seed=1).astype(np.float32)
+    x = np.random.default_rng(2).standard_normal((6, 3, 5)).astype(np.float32)
+    outs = [RNN(params, variant="fused", backend="numba", dtype="fp32", opts=opts, pointwise=p)(x)
+            for p in ("handwritten", "generated")]
+    flat = [(o[0], *o[1]) if cell == "lstm" else (o[0], o[1]) for o in outs]
+    for a, b in zip(*flat):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_foldable_biases():
+    """Folding follows the declaration: both biases, b_ih only (GRU) or none (layer norm)."""
+    assert ce.foldable_biases(ce.LSTM) == ("bx", "bh") and ce.foldable_biases(CIFG) == ("bx", "bh")
+    assert ce.foldable_biases(ce.GRU) == ("bx",)
+    assert ce.foldable_biases(ce.LAYERNORM_LSTM) == ()
+    from kernels.rnn import PLAIN_FOLDS     # the hand-written path's rule says the same
+    for name, folds in (("lstm", "lstm"), ("gru", "gru"), ("rnn_relu", "rnn"), ("rnn_tanh", "rnn")):
+        assert ce.get(name).foldable_biases == PLAIN_FOLDS[folds], name
+    sub = ce.Cell("sub", gates="h", states=(), body="h = tanh(gx_h - bx_h + gh_h + bh_h)")
+    twice = ce.Cell("twice", gates="h", states=(), body="h = tanh(gx_h + bx_h + gh_h + bh_h) * bx_h")
+    assert ce.foldable_biases(sub) == () and ce.foldable_biases(twice) == ()
+
+
+def test_runner_refuses_what_it_cannot_run():
+    from kernels import RNN, CellParams, LSTMParams
+    p = CellParams.random(2, 3, cell=CIFG)
+    with pytest.raises(BadInput, match="backend 'pycuda'"):
+        RNN(p, backend="pycuda")
+    with pytest.raises(BadInput, match="pointwise 'handwritten'"):
+        RNN(p, pointwise="handwritten")
+    with pytest.raises(BadInput, match="fp32 or fp64"):
+        RNN(p, dtype="bf16")
+    two = ce.Cell("two_states", gates="ifgo", states=("c", "m"), body="c = gx_i * c_prev\nm = gx_f\nh = c + m")
+    with pytest.raises(BadInput, match="states"):
+        RNN(CellParams.random(2, 3, cell=two))
+    with pytest.raises(BadInput, match="extras"):
+        CellParams(2, 3, LSTMParams.random(2, 3).layers, (), ce.PEEPHOLE_LSTM)
+    with pytest.raises(BadInput, match="not a fusion.cellexpr.Cell"):
+        CellParams(2, 3, LSTMParams.random(2, 3).layers)
+
+
+def test_shipped_params_draw_the_same_numbers():
+    """The peephole container on CellParams draws what it drew before: LSTMParams' weights for
+    the seed, the extras from the seed's second stream."""
+    from kernels import LSTMParams
+    p = CUSTOM_PARAMS["peephole"].random(3, 5, 2, seed=7)
+    base = LSTMParams.random(3, 5, 2, seed=7)
+    for a, b in zip(p.layers, base.layers):
+        for u, v in zip(a.arrays(), b.arrays()):
+            np.testing.assert_array_equal(u, v)
+    k = 1.0 / np.sqrt(5)
+    want = np.random.default_rng([7, 1]).uniform(-k, k, size=(3, 5))
+    np.testing.assert_array_equal(p.extras[0]["peep"], want)

@@ -1,5 +1,5 @@
 // Device helpers shared by every CUDA source of the project: the hand-written kernels in this
-// folder (rnn_pointwise.cu, rnn_persistent.cu, conv2d.cu) and the cells fusion/cellexpr.py
+// folder (rnn_pointwise.cu, rnn_persistent.cu, conv2d.cu) and the cells fusion/cellexpr/ (cuda_c.py)
 // generates.  Each includes it as `#include "mb_device.cuh"`; kernels/cudasrc.py inlines it before
 // NVRTC runs (so CuPy's kernel cache hashes the whole program), nvcc finds it beside the .cu.
 //

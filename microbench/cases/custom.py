@@ -1,4 +1,5 @@
-"""Custom LSTM cells (``--cell layernorm|peephole``): builders following :mod:`microbench.cases.rnn`.
+"""Custom LSTM cells (``--cell layernorm|peephole``): builders following :mod:`microbench.cases.rnn`
+(the same runner, :class:`kernels.rnn.RNN`, with the cell's generated pointwise kernels).
 
 Not registered here: ``microbench.commands.rnn`` makes the records per run.  The problem is an
 LSTM :class:`~microbench.problems.RNNProblem` (``op == "lstm"``); the cell picks the parameters.
@@ -19,6 +20,7 @@ from ..checks import to_host
 from ..problems import RNNProblem
 from ..registry import Check, Prepared
 from . import conditioning as cond
+from .rnn import gemms_per_step
 
 __all__ = ["build_custom", "check_custom", "make_custom_inputs", "custom_reference_outputs"]
 
@@ -71,18 +73,19 @@ def build_custom(problem: RNNProblem, seed: int, *, cell: str, variant: str, bac
     """``variant``: naive | fused; ``backend``: numpy | numba (CPU) or cupy | numba-cuda (GPU:
     CuPy arrays and cuBLAS GEMMs, the generated CUDA C or numba.cuda kernel; precisions fp32,
     tf32, fp16).  Without a GPU a GPU backend raises :class:`~kernels.errors.Unsupported` with the
-    reason (the case is skipped).  ``plan`` must be None or every step: the custom runner has one
-    fused arrangement (hoisted input GEMM, grouped recurrent GEMM, generated pointwise kernel)."""
-    if plan not in (None, "all"):
-        raise BadInput(f"custom cells take no fusion plan (got {plan!r}); use --variant naive or fused")
+    reason (the case is skipped).  ``plan``: the fused variant's fusion steps (None: every step of
+    the backend), as for the plain cells: the same runner, :class:`kernels.rnn.RNN`."""
     if backend in GPU_BACKENDS:
         reason = get_backend(backend).missing()   # before drawing inputs: no GPU, no CuPy, ...
         if reason:
             raise Unsupported(reason)
     inp = make_custom_inputs(problem, seed, precision, cell)
-    impl = CustomLSTM(inp["params"], cell=cell, variant=variant, backend=backend, dtype=precision)
+    impl = CustomLSTM(inp["params"], cell=cell, variant=variant, backend=backend, dtype=precision,
+                      opts=plan, reuse_outputs=True)
     xp = impl.xp
     x, h0, c0 = (xp.asarray(inp[k]) for k in ("x", "h0", "c0"))   # on the device before timing
+    if "graph" in impl.plan and xp.__name__ == "cupy":
+        x, h0, c0 = impl.graph_inputs(x, h0, c0)   # the graph's own buffers: nothing copied in
     run = lambda: impl(x, h0, c0)  # noqa: E731
 
     def check(out=None) -> Check:   # out: a timed call's return value, else one call now
@@ -90,12 +93,12 @@ def build_custom(problem: RNNProblem, seed: int, *, cell: str, variant: str, bac
         return check_custom([to_host(a) for a in (y, h, c)], problem, seed, precision, cell)
 
     itemsize = np.dtype(impl.dtype).itemsize
-    pointwise = "generated fused kernel" if impl.fused_kernel else "op by op"
-    if impl.fused_kernel and impl.on_gpu:
+    pointwise = "generated fused kernel" if impl.in_place else "op by op"
+    if impl.in_place and impl.backend.device == "cuda":
         pointwise += " (CUDA C, RawModule)" if backend == "cupy" else " (numba.cuda)"
     return Prepared(inputs={"x": x, "h0": h0, "c0": c0}, run=run, flops=problem.flops(),
                     bytes=problem.bytes(itemsize), check=check,
                     info={"cell": cell, "pointwise": pointwise,
-                          "gemms_per_step": 8 if variant == "naive" else 1,
+                          "gemms_per_step": gemms_per_step(impl),
                           "tolerance": f"per output max(precision tolerance, {cond.SENSITIVITY_FACTOR:g} x "
                                        "measured conditioning)"})

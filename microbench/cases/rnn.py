@@ -15,7 +15,7 @@ from ..checks import compare, to_host
 from ..problems import RNNProblem
 from ..registry import Check, Prepared, VariantRecord, register
 
-__all__ = ["build_rnn", "compare", "make_inputs", "reference_outputs"]
+__all__ = ["build_rnn", "compare", "gemms_per_step", "make_inputs", "reference_outputs"]
 
 
 def make_inputs(problem: RNNProblem, seed: int, precision: str) -> dict:
@@ -78,10 +78,11 @@ def build_rnn(problem: RNNProblem, seed: int, *, variant: str, backend: str, pre
     itemsize = np.dtype(impl.dtype).itemsize
     return Prepared(inputs={"x": x, "h0": h0, "c0": c0}, run=run, flops=problem.flops(),
                     bytes=problem.bytes(itemsize), check=check,
-                    info={"plan": impl.plan.label, "gemms_per_step": _gemms_per_step(impl)})
+                    info={"plan": impl.plan.label, "gemms_per_step": gemms_per_step(impl)})
 
 
-def _gemms_per_step(impl: RNN) -> int:
+def gemms_per_step(impl: RNN) -> int:
+    """GEMM calls per step of a built runner (the recurrent ones, plus the input ones unless hoisted)."""
     lay = impl.layers[0]
     return lay.proj_h.gemms_per_call + (0 if lay.hoist or lay.given else lay.proj_x.gemms_per_call)
 

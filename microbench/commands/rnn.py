@@ -67,7 +67,8 @@ def _add_rnn(sub, op: str, variant_names: list):
     if op == "lstm":
         v.add_argument("--cell", choices=("plain", "layernorm", "peephole"), default="plain",
                        help="the LSTM cell: plain (default), layernorm (Ba et al. 2016) or peephole; "
-                            "custom cells run the naive and fused variants on the CPU backends")
+                            "custom cells run the naive and fused variants (with --opt and --ladder) "
+                            "on the same runner and backends")
     v.add_argument("--backward", action="store_true",
                    help="time a training step instead of the forward pass: forward + backward of "
                         "sum(y * dY) for a fixed random dY, gradients for x, h0"
@@ -271,12 +272,12 @@ def _custom_cell_cases(args, cell, problem, precisions, thread_counts, device, v
     then (layer norm) the frameworks' layer-norm LSTMs."""
     import functools
 
+    from fusion.steps import Plan, ladder
+
     from ..cases.custom import build_custom
     from ..cases.frameworks import framework_cases
     from ..registry import VariantRecord
     from ..runner import Case
-    if args.ladder or args.opt is not None:
-        raise BadInput(f"--cell {cell} has one fused arrangement; drop --ladder and --opt")
     if fw_names and cell != "layernorm":
         raise BadInput(f"--cell {cell}: the frameworks have no {cell} LSTM path to compare "
                        "(framework rows exist for --cell plain and layernorm); drop --frameworks")
@@ -293,15 +294,30 @@ def _custom_cell_cases(args, cell, problem, precisions, thread_counts, device, v
     for b in backend_names or ():
         if b not in allowed_b:
             raise BadInput(f"--cell {cell} runs on {device} backends {', '.join(allowed_b)}, not {b!r}")
+    plan = Plan.parse(args.opt, device) if args.opt is not None else None
+    if plan is not None and "fused" not in (variant_names or allowed_v):
+        raise BadInput(f"--opt {args.opt!r} sets the fusion steps of the fused variant, which is not "
+                       "selected; add --fused or drop --opt")
+
+    def record(v, b):   # the same runner as the plain cells (kernels.rnn.RNN), the cell's kernels
+        return VariantRecord("lstm", f"{cell}-{v}", b,
+                             functools.partial(build_custom, cell=cell, variant=v, backend=b),
+                             f"{cell} LSTM, {v}", fusable=v == "fused")
     cases = []
     for threads in thread_counts:
         for p in precisions:
+            if args.ladder:
+                for b in backend_names or allowed_b:
+                    for label, rung_plan in ladder(device):
+                        v = "naive" if label == "naive" else "fused"
+                        cases.append(Case(record(v, b), problem, p, args.seed,
+                                          rung_plan if v == "fused" else None, threads, label))
+                continue
             for v in variant_names or allowed_v:
                 for b in backend_names or allowed_b:
-                    rec = VariantRecord("lstm", f"{cell}-{v}", b,
-                                        functools.partial(build_custom, cell=cell, variant=v, backend=b),
-                                        f"{cell} LSTM, {v}")
-                    cases.append(Case(rec, problem, p, args.seed, None, threads))
+                    # no --opt: plan None, every step of the backend (kernels.rnn.RNN's default)
+                    cases.append(Case(record(v, b), problem, p, args.seed,
+                                      plan if v == "fused" else None, threads))
     if fw_names:
         cases += framework_cases("lstm", problem, fw_names, device, precisions, args.seed,
                                  thread_counts, python, cell=cell)
