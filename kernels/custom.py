@@ -36,6 +36,7 @@ import numpy as np
 
 from fusion import cellexpr
 
+from .backends import step_backends
 from .dtypes import canonical, storage
 from .errors import BadInput, Unsupported
 from .params import Layer, LSTMParams, RNNParams
@@ -43,8 +44,9 @@ from .reference import _initial, check_sequence, sigmoid
 
 CUSTOM_CELLS = ("peephole", "layernorm")
 VARIANTS = ("naive", "fused")
-CPU_BACKENDS = ("numpy", "numba")
-GPU_BACKENDS = ("cupy", "numba-cuda")
+# the step-loop backends (kernels.backends), on the GPU those that launch generated kernels
+CPU_BACKENDS = step_backends("cpu")
+GPU_BACKENDS = step_backends("cuda", generated=True)
 BACKENDS = CPU_BACKENDS + GPU_BACKENDS
 
 

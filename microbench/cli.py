@@ -78,7 +78,8 @@ def add_timing(p):
 
 
 # Subcommand modules under microbench/commands/, in --help order; each has add_parsers(sub).
-COMMANDS = ("rnn", "conv", "suite", "compare", "report", "explain", "profile", "allreduce", "scale", "env")
+COMMANDS = ("rnn", "conv", "suite", "compare", "report", "explain", "profile", "allreduce", "scale",
+            "variants", "env")
 
 
 def settings_from(args):

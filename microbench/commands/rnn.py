@@ -65,7 +65,8 @@ def _add_rnn(sub, op: str, variant_names: list):
                         "and GFLOP/s counts the recurrent GEMMs only; framework rows, which cannot "
                         "skip it, run the whole layer and say so")
     if op == "lstm":
-        v.add_argument("--cell", choices=("plain", "layernorm", "peephole"), default="plain",
+        cells = ("plain",) + tuple(sorted({r.cell for r in registry.listing(op) if r.cell != "plain"}))
+        v.add_argument("--cell", choices=cells, default="plain",
                        help="the LSTM cell: plain (default), layernorm (Ba et al. 2016) or peephole; "
                             "custom cells run the naive and fused variants on the CPU backends")
     v.add_argument("--backward", action="store_true",
@@ -222,13 +223,12 @@ def _backward_device(requested: str) -> str:
 
 def _backward_cases(args, cell, problem, precisions, thread_counts, device, variant_names,
                     backend_names, fw_names, python) -> list:
-    """Training-step cases: our fused forward + backward, then the frameworks' training steps."""
-    import functools
-
+    """Training-step cases: our fused forward + backward (the registry's "bwd" records of the
+    cell), then the frameworks' training steps."""
+    from .. import registry
     from ..cases import backward as bwcases
     from ..cases.frameworks import framework_cases
     from ..problems import check_memory
-    from ..registry import VariantRecord
     from ..runner import Case
     from kernels import dtypes
     if cell not in bwcases.BACKWARD_CELLS:
@@ -249,15 +249,9 @@ def _backward_cases(args, cell, problem, precisions, thread_counts, device, vari
             raise BadInput(f"--backward computes {', '.join(bwcases.BACKWARD_PRECISIONS)}, not {p}")
         check_memory(bwcases.memory_estimate(problem, dtypes.itemsize(p)),
                      f"{problem.op} {problem.label} {p} forward+backward")
-    name = "fused+bwd" if cell == "plain" else f"{cell}-fused+bwd"
-    cases = []
-    for threads in thread_counts:
-        for p in precisions:
-            for b in bwcases.BACKWARD_BACKENDS:
-                rec = VariantRecord(problem.op, name, b,
-                                    functools.partial(bwcases.build_backward, cell=cell, backend=b),
-                                    "fused forward + backward (kernels.backward)")
-                cases.append(Case(rec, problem, p, args.seed, None, threads))
+    recs = registry.ours(problem.op, cell, "bwd")
+    cases = [Case(rec, problem, p, args.seed, None, threads)
+             for threads in thread_counts for p in precisions for rec in recs]
     if fw_names:
         cases += label_whole_layer(framework_cases(problem.op, full_layer(problem), fw_names, device,
                                                    precisions, args.seed, thread_counts, python, cell=cell,
@@ -267,26 +261,25 @@ def _backward_cases(args, cell, problem, precisions, thread_counts, device, vari
 
 def _custom_cell_cases(args, cell, problem, precisions, thread_counts, device, variant_names,
                        backend_names, fw_names, python=None) -> list:
-    """Cases of a custom LSTM cell (kernels.custom): naive and fused on the device's backends,
-    then (layer norm) the frameworks' layer-norm LSTMs."""
-    import functools
-
-    from ..cases.custom import build_custom
+    """Cases of a custom LSTM cell (kernels.custom; the registry's records of the cell): naive and
+    fused on the device's backends, then (layer norm) the frameworks' layer-norm LSTMs."""
+    from .. import registry
     from ..cases.frameworks import framework_cases
-    from ..registry import VariantRecord
     from ..runner import Case
     if args.ladder or args.opt is not None:
         raise BadInput(f"--cell {cell} has one fused arrangement; drop --ladder and --opt")
     if fw_names and cell != "layernorm":
         raise BadInput(f"--cell {cell}: the frameworks have no {cell} LSTM path to compare "
                        "(framework rows exist for --cell plain and layernorm); drop --frameworks")
-    from kernels.custom import CPU_BACKENDS, GPU_BACKENDS
-    allowed_v = ("naive", "fused")
-    allowed_b = CPU_BACKENDS if device == "cpu" else GPU_BACKENDS
+    on = [r for r in registry.ours("lstm", cell) if r.device == device]
+    prefix = f"{cell}-"
+    allowed_v = tuple(dict.fromkeys(r.variant[len(prefix):] for r in on))
+    allowed_b = tuple(dict.fromkeys(r.backend for r in on))
     if device == "cuda":
+        dts = on[0].precisions
         for p in precisions:
-            if p not in ("fp32", "tf32", "fp16"):
-                raise BadInput(f"--cell {cell} on cuda computes fp32, tf32, fp16, not {p}")
+            if p not in dts:
+                raise BadInput(f"--cell {cell} on cuda computes {', '.join(dts)}, not {p}")
     for v in variant_names or ():
         if v not in allowed_v:
             raise BadInput(f"--cell {cell} has variants {', '.join(allowed_v)}, not {v!r}")
@@ -298,9 +291,7 @@ def _custom_cell_cases(args, cell, problem, precisions, thread_counts, device, v
         for p in precisions:
             for v in variant_names or allowed_v:
                 for b in backend_names or allowed_b:
-                    rec = VariantRecord("lstm", f"{cell}-{v}", b,
-                                        functools.partial(build_custom, cell=cell, variant=v, backend=b),
-                                        f"{cell} LSTM, {v}")
+                    rec = registry.REGISTRY[("lstm", f"{prefix}{v}", b)]
                     cases.append(Case(rec, problem, p, args.seed, None, threads))
     if fw_names:
         cases += framework_cases("lstm", problem, fw_names, device, precisions, args.seed,

@@ -209,9 +209,7 @@ def _check_variants(names: list, ops: set) -> None:
 
     from .. import registry
     allowed = {v for op in ops for v in registry.variants(op)} | {"naive", "fused+bwd"} | {f"+{s}" for s in STEPS}
-    if "conv" in ops:
-        from kernels.conv.backward import BACKWARD, PHASES
-        allowed |= {f"{v}+{ph}" for v in BACKWARD for ph in PHASES}
+    allowed |= {r.variant for op in ops for r in registry.ours(op, direction="bwd")}
     for n in names:
         if n not in allowed:
             raise BadInput(f"--variants {n!r} is unknown for this suite; allowed: {', '.join(sorted(allowed))}")
@@ -230,22 +228,17 @@ def _problem(spec, batch, input_gemm: bool = False):
 def _training_cases(spec, problem, device, precisions, frameworks, seed, threads, backends) -> tuple:
     """(cases, reason): an RNN entry's training-step cases, ours (kernels.backward, NumPy on the
     CPU) and the frameworks' (whole layer, labelled), or why none can run."""
-    import functools
-
-    from ..cases import backward as bwcases
-    from ..registry import VariantRecord
+    from .. import registry
     from ..runner import Case
     from .rnn import full_layer, label_whole_layer
     if device != "cpu":
         return [], "the training step runs on the CPU only (kernels.backward); use --device cpu"
     cases = []
-    for b in bwcases.BACKWARD_BACKENDS:
-        if backends is not None and b not in backends:
+    for rec in registry.ours(spec.op, direction="bwd"):
+        if backends is not None and rec.backend not in backends:
             continue
-        rec = VariantRecord(spec.op, "fused+bwd", b, functools.partial(bwcases.build_backward, cell="plain", backend=b),
-                            "fused forward + backward (kernels.backward)")
         cases += [Case(rec, problem, p, seed, None, t) for t in threads for p in precisions
-                  if p in bwcases.BACKWARD_PRECISIONS]
+                  if p in rec.precisions]
     if frameworks:
         from ..cases.frameworks import framework_cases
         try:
@@ -328,8 +321,7 @@ def plan(args, suite, device: str) -> list:
                                               threads, backends)
             _fit_memory(e, cases, problem, avail)
             continue
-        ours = [r for r in registry.REGISTRY.values()
-                if r.op == spec.op and r.device == device and not r.framework
+        ours = [r for r in registry.ours(spec.op) if r.device == device
                 and (backends is None or r.backend in backends)]
         theirs = _framework_cases(spec.op, problem, frameworks, device, precisions, args.seed, threads)
         built = []   # (record, plan, rung)
