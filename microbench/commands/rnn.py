@@ -7,7 +7,7 @@ import argparse
 from kernels import devices
 from kernels.errors import BadInput
 
-from ..cli import EPILOG_RNN, add_output, add_timing, console, csv_list, named_list, seed_arg
+from ..cli import EPILOG_RNN, add_output, add_timing, console, named_list, seed_arg
 
 
 def add_parsers(sub) -> None:
@@ -100,36 +100,15 @@ def _add_rnn(sub, op: str, variant_names: list):
     p.set_defaults(func=cmd_rnn, op=op)
 
 
-def resolve_device(requested: str, op: str) -> str:
-    """``cpu`` or ``cuda`` for a --device value (auto, cpu, cuda, cuda:K); a GPU choice also
-    selects the ordinal (kernels.devices.select: validated, CuPy and torch pointed at it)."""
-    from .. import env as menv
-    from .. import registry
-    kind, index = devices.parse(requested)
-    gpu = menv.gpu()
-    has_cuda_backend = bool(registry.backends(op, "cuda"))
-    if kind == "cuda":
-        if not gpu.get("available"):
-            raise BadInput(f"--device {requested}: no CUDA GPU found ({gpu.get('reason', 'unknown')}); "
-                           "allowed here: cpu, auto")
-        if not has_cuda_backend:
-            raise BadInput(f"--device {requested}: no {op} backend for cuda is installed; allowed here: cpu, auto")
-        devices.select(index)
-        return "cuda"
-    if kind == "auto":
-        return "cuda" if gpu.get("available") and has_cuda_backend else "cpu"
-    return kind
-
-
 def plan_cases(args) -> tuple:
     """(cases, device): every case the arguments ask for, validated before anything runs."""
-    from fusion.steps import Plan, full_plan, ladder
-    from kernels import dtypes
+    from fusion.steps import Plan
     from kernels.backends import BACKENDS
 
     from .. import registry
     from ..cases.frameworks import framework_cases, parse_frameworks
     from ..frameworks.client import parse_python
+    from ..planner import default_plan, ladder_rungs, memory_need, parse_precisions, resolve_device
     from ..problems import RNNProblem, check_memory
     from ..runner import Case
     from ..threads import parse_threads
@@ -139,12 +118,10 @@ def plan_cases(args) -> tuple:
     problem = RNNProblem(op, args.T, args.B, args.I if args.I is not None else args.H, args.H, args.L,
                          nonlinearity=getattr(args, "nonlinearity", "") if op == "rnn" else "",
                          skip_input=skip)
-    precisions = list(dict.fromkeys(dtypes.canonical(d) for d in csv_list(args.dtype)))
-    if not precisions:
-        raise BadInput(f"--dtype {args.dtype!r} names no precision; allowed: fp64, fp32")
+    precisions = parse_precisions(args.dtype)
     backward = getattr(args, "backward", False)
     for p in precisions:
-        check_memory(problem.memory_estimate(dtypes.itemsize(p)), f"{op} {problem.label} {p}")
+        check_memory(memory_need(problem, p), f"{op} {problem.label} {p}")
     thread_counts = parse_threads(args.threads)
     device = _backward_device(args.device) if backward else resolve_device(args.device, op)
     backend_names = named_list("--backend", args.backend, ", ".join(registry.backends(op)))
@@ -181,16 +158,12 @@ def plan_cases(args) -> tuple:
     for threads in thread_counts:
         for p in precisions:
             if args.ladder:
-                for backend in dict.fromkeys(r.backend for r in records if r.fusable):
-                    for label, rung_plan in ladder(device):
-                        v = "naive" if label == "naive" else "fused"
-                        rec = registry.REGISTRY[(op, v, backend)]
-                        cases.append(Case(rec, problem, p, args.seed,
-                                          rung_plan if v == "fused" else None, threads, label))
+                fusable = dict.fromkeys(r.backend for r in records if r.fusable)
+                cases += [Case(rec, problem, p, args.seed, rung_plan, threads, label)
+                          for rec, rung_plan, label in ladder_rungs(op, fusable, device)]
             else:
-                for rec in records:
-                    rp = (plan or full_plan(device, rec.backend)) if rec.fusable else None
-                    cases.append(Case(rec, problem, p, args.seed, rp, threads))
+                cases += [Case(rec, problem, p, args.seed, default_plan(rec, device, plan), threads)
+                          for rec in records]
     if fw_names:
         cases += label_whole_layer(framework_cases(op, full_layer(problem), fw_names, device, precisions,
                                                    args.seed, thread_counts, python), problem)
