@@ -1,5 +1,6 @@
 """Command line: ``python -m microbench COMMAND ...``, one module per command in
-:mod:`microbench.commands` (lstm, gru, conv, suite, compare, report, explain, profile, env).
+:mod:`microbench.commands` (lstm, gru, rnn, conv, suite, compare, report, explain, profile,
+allreduce, scale, variants, env: :data:`COMMANDS`).
 
 Bad input ends the run with one line on stderr (``microbench: error: ...``), exit code 2, and
 no traceback.  A failed case is shown as FAILED in the table and in the JSON, the other cases
