@@ -17,14 +17,13 @@ from kernels.errors import MissingDependency, Unsupported
 
 from ..checks import compare, to_host
 from ..registry import Check, Prepared, VariantRecord, register
-from .conv import make_inputs, reference_output
+from .conv import TOL_SCALE, make_inputs, reference_output
 
 BACKEND = "cupy"
 
 
 def _tol_scale(variant: str) -> float:
     """Judged as the CPU rows of the same name are (one algorithm, one rounding)."""
-    from .conv import TOL_SCALE
     return TOL_SCALE.get(variant, 1.0)
 
 
