@@ -14,13 +14,15 @@ COLUMNS = ("op", "variant", "backend", "device", "dtypes", "cell", "dir", "code"
 
 
 def add_parsers(sub) -> None:
+    from .. import cases  # noqa: F401  (fills the registry)
+    from .. import registry
     p = sub.add_parser("variants", help="list every registered variant and where its code lives",
                        description="List the registry: one row per variant of each op (ours; with "
                                    "--frameworks the framework rows too), with its backend, device, "
                                    "dtypes, cell, direction (fwd, or bwd: --backward and training "
                                    "suites), its code as module:function, and whether it can run "
                                    "on this machine (the reason when not).")
-    p.add_argument("op", nargs="?", metavar="OP", help="one op (lstm, gru, rnn, conv); default: every op")
+    p.add_argument("op", nargs="?", metavar="OP", help=f"one op ({', '.join(registry.ops())}); default: every op")
     p.add_argument("--frameworks", action="store_true", help="also list the framework rows (--frameworks)")
     p.add_argument("--json", action="store_true", help="one JSON object per row instead of the table")
     p.set_defaults(func=cmd_variants)
