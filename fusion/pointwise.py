@@ -19,6 +19,7 @@ import functools
 
 import numpy as np
 
+from kernels.backends import get_backend, step_backends
 from kernels.errors import MissingDependency
 
 
@@ -356,11 +357,15 @@ class NumbaRNN:
 # A typed stand-in for an absent bias, so one compiled specialization serves both cases.
 _EMPTY = {name: np.zeros((1, 1), dtype=name) for name in ("float32", "float64")}
 
-_PROVIDERS = {("lstm", "numpy"): NumpyLSTM, ("gru", "numpy"): NumpyGRU,
-              ("lstm", "numba"): NumbaLSTM, ("gru", "numba"): NumbaGRU}
-for _act in ("relu", "tanh"):
-    _PROVIDERS[(f"rnn_{_act}", "numpy")] = functools.partial(NumpyRNN, _act)
-    _PROVIDERS[(f"rnn_{_act}", "numba")] = functools.partial(NumbaRNN, _act)
+# The CPU providers' kernels, by the provider name a backend's ``pointwise`` field names
+# (kernels.backends); the vanilla cell's kernel takes its activation.
+_CPU_KERNELS = {"numpy": (NumpyLSTM, NumpyGRU, NumpyRNN), "numba": (NumbaLSTM, NumbaGRU, NumbaRNN)}
+_PROVIDERS = {}
+for _name in (get_backend(b).pointwise for b in step_backends("cpu")):
+    _lstm, _gru, _rnn = _CPU_KERNELS[_name]
+    _PROVIDERS.update({("lstm", _name): _lstm, ("gru", _name): _gru})
+    for _act in ("relu", "tanh"):
+        _PROVIDERS[(f"rnn_{_act}", _name)] = functools.partial(_rnn, _act)
 
 
 def get(cell: str, provider: str):
@@ -392,5 +397,5 @@ class GeneratedRNN:
 
 
 for _act in ("relu", "tanh"):
-    for _gpu in ("cupy", "numba-cuda"):     # no PyCUDA launcher for generated kernels: naive only there
+    for _gpu in step_backends("cuda", generated=True):     # PyCUDA has no launcher for them: naive there
         _PROVIDERS[(f"rnn_{_act}", _gpu)] = functools.partial(GeneratedRNN, _act, _gpu)

@@ -26,6 +26,9 @@ class Backend:
     about: str = ""
     no_steps: tuple = ()        # fusion steps this backend cannot run, and why
     no_steps_why: str = ""
+    # launches the pointwise kernels fusion.cellexpr generates (custom cells, the fused vanilla
+    # cell); PyCUDA has no launcher for them
+    generated: bool = True
 
     def missing(self) -> str | None:
         """Why this backend cannot run here, or None."""
@@ -78,6 +81,14 @@ BACKENDS = {b.name: b for b in (
 
 # Backends that only a vendor library's variants run on (no naive/fused step loop of ours).
 LIBRARY_BACKENDS = ("onednn",)
+
+
+def step_backends(device: str | None = None, generated: bool = False) -> tuple:
+    """Names of the backends our naive/fused step loop runs on (not the vendor-library ones), on
+    ``device`` when given; ``generated``: only those that launch fusion.cellexpr's generated
+    kernels.  The one list the registry, the custom cells and the pointwise providers follow."""
+    return tuple(b.name for b in BACKENDS.values() if b.name not in LIBRARY_BACKENDS
+                 and (device is None or b.device == device) and (b.generated or not generated))
 
 
 def get_backend(name: str) -> Backend:

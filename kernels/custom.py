@@ -34,7 +34,7 @@ import numpy as np
 
 from fusion import cellexpr
 
-from .backends import get_backend
+from .backends import step_backends
 from .errors import BadInput
 from .params import CellParams
 from .reference import _initial, check_sequence, sigmoid
@@ -42,8 +42,9 @@ from .rnn import GENERATED_BACKENDS, RNN
 
 CUSTOM_CELLS = ("peephole", "layernorm")
 # The runner's backends of generated kernels, by device (the CLI's --cell backends)
-CPU_BACKENDS = tuple(b for b in GENERATED_BACKENDS if get_backend(b).device == "cpu")
-GPU_BACKENDS = tuple(b for b in GENERATED_BACKENDS if get_backend(b).device == "cuda")
+CPU_BACKENDS = step_backends("cpu", generated=True)
+GPU_BACKENDS = step_backends("cuda", generated=True)
+BACKENDS = CPU_BACKENDS + GPU_BACKENDS
 
 
 class _CustomLSTMParams(CellParams):

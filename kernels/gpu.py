@@ -35,7 +35,7 @@ CUDA_BACKENDS = (
          about="CuPy arrays and cuBLAS GEMMs; fused pointwise kernel kernels/cuda/rnn_pointwise.cu "
                "compiled by NVRTC (cupy.RawModule), launched on CuPy's current stream"),
     dict(name="pycuda", device="cuda", xp_module="cupy", dtypes=("fp32", "tf32", "fp16", "bf16"),
-         requires=("cupy", "pycuda"), pointwise="pycuda",
+         requires=("cupy", "pycuda"), pointwise="pycuda", generated=False,
          # PyCUDA cannot launch on a stream it did not create, so its kernels run on the legacy
          # default stream: the steps that put the pointwise kernel on another stream are out.
          no_steps=("wavefront", "graph"),

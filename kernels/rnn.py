@@ -36,7 +36,7 @@ from fusion.steps import CHUNKS, STEPS, Plan
 from profiles import nvtx
 
 from . import cells
-from .backends import get_backend
+from .backends import get_backend, step_backends
 from .dtypes import canonical, storage
 from .errors import BadInput
 from .gpu import cublas_math
@@ -49,7 +49,7 @@ POINTWISE = ("handwritten", "generated")
 # the same of their declarations; tests/test_custom_cells.py checks it).
 PLAIN_FOLDS = {"lstm": ("bx", "bh"), "rnn": ("bx", "bh"), "gru": ("bx",)}
 # The backends of the generated kernels: NumPy op by op, numba CPU, CUDA C through CuPy, numba.cuda.
-GENERATED_BACKENDS = ("numpy", "numba", "cupy", "numba-cuda")
+GENERATED_BACKENDS = step_backends(generated=True)   # those that launch generated kernels
 
 
 class _LayerExec:

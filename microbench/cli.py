@@ -1,5 +1,6 @@
 """Command line: ``python -m microbench COMMAND ...``, one module per command in
-:mod:`microbench.commands` (lstm, gru, conv, suite, compare, report, explain, profile, env).
+:mod:`microbench.commands` (lstm, gru, rnn, conv, suite, compare, report, explain, profile,
+allreduce, scale, variants, env: :data:`COMMANDS`).
 
 Bad input ends the run with one line on stderr (``microbench: error: ...``), exit code 2, and
 no traceback.  A failed case is shown as FAILED in the table and in the JSON, the other cases
@@ -62,15 +63,20 @@ def seed_arg(text: str) -> int:
 
 
 def add_timing(p):
+    from .planner import timing_defaults
+    d = timing_defaults()     # harness.Settings' defaults, written there once
     g = p.add_argument_group("timing")
-    g.add_argument("--warmup", type=float, default=0.2, metavar="S", help="seconds of warm-up calls (default 0.2)")
-    g.add_argument("--min-time", type=float, default=1.0, metavar="S",
-                   help="measure at least this many seconds per case (default 1.0)")
-    g.add_argument("--max-time", type=float, default=20.0, metavar="S",
-                   help="stop sampling a case after this many seconds (default 20)")
-    g.add_argument("--min-samples", type=int, default=5, metavar="N", help="samples at least (default 5)")
-    g.add_argument("--max-noise", type=float, default=0.05, metavar="F",
-                   help="sample until IQR/median is below this (default 0.05); noisier results are flagged ~")
+    g.add_argument("--warmup", type=float, default=d["warmup"], metavar="S",
+                   help=f"seconds of warm-up calls (default {d['warmup']})")
+    g.add_argument("--min-time", type=float, default=d["min_time"], metavar="S",
+                   help=f"measure at least this many seconds per case (default {d['min_time']})")
+    g.add_argument("--max-time", type=float, default=d["max_time"], metavar="S",
+                   help=f"stop sampling a case after this many seconds (default {d['max_time']:g})")
+    g.add_argument("--min-samples", type=int, default=d["min_samples"], metavar="N",
+                   help=f"samples at least (default {d['min_samples']})")
+    g.add_argument("--max-noise", type=float, default=d["max_noise"], metavar="F",
+                   help=f"sample until IQR/median is below this (default {d['max_noise']}); noisier "
+                        "results are flagged ~")
     g.add_argument("--cold", action="store_true",
                    help="evict the last-level cache (CPU) or L2 (GPU) before every sample")
     g.add_argument("--graph", action="store_true",
@@ -82,7 +88,8 @@ def add_timing(p):
 
 
 # Subcommand modules under microbench/commands/, in --help order; each has add_parsers(sub).
-COMMANDS = ("rnn", "conv", "suite", "compare", "report", "explain", "profile", "allreduce", "scale", "env")
+COMMANDS = ("rnn", "conv", "suite", "compare", "report", "explain", "profile", "allreduce", "scale",
+            "variants", "env")
 
 
 def settings_from(args):

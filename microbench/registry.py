@@ -1,6 +1,12 @@
-"""One record per variant: the CLI's --naive/--fused flags and the suites are keys into it.
+"""One record per variant: the CLI's --naive/--fused flags, --cell, --backward, the suites, the
+tests' parametrization and ``python -m microbench variants`` are keys into it.
 
-A record binds (op, variant, backend) to a builder.  Builders follow one contract:
+Every variant of every op registers here once, from the module of its op in
+:mod:`microbench.cases` (``register(VariantRecord(...))`` at import; importing
+:mod:`microbench.cases` fills the registry).  A record binds (op, variant, backend) to a builder
+and says what the variant is: devices, dtypes, cell, direction (fwd, or bwd for training steps
+and backward phases), tolerance scale, a line about it and where its code is (``module:function``).
+Builders follow one contract:
 
     build(problem, seed, *, precision, plan) -> Prepared
 
@@ -45,8 +51,15 @@ class Check:
                 "detail": self.detail}
 
 
+DIRECTIONS = ("fwd", "bwd")
+
+
 @dataclass(frozen=True)
 class VariantRecord:
+    """One variant of one op: everything the CLI flags, the suites, the tests' parametrization and
+    ``microbench variants`` read about it.  ``code`` is where its computation lives, as
+    ``module:function`` (``python -m microbench variants OP`` prints it; a test imports each)."""
+
     op: str
     variant: str
     backend: str
@@ -55,6 +68,18 @@ class VariantRecord:
     fusable: bool = False    # takes a fusion plan (--opt, --ladder)
     framework: str = ""      # set for framework cases (rows labelled framework/path)
     device_name: str = ""    # explicit device where the backend name does not tell it
+    code: str = ""           # "module:function" (or module:Class) of the variant's computation
+    dtypes: tuple = ()       # precisions it computes; () = every precision of its backend
+    cell: str = "plain"      # the LSTM cell (--cell): plain, layernorm, peephole
+    direction: str = "fwd"   # fwd: the forward pass; bwd: a training step or a backward phase
+    tol_scale: float = 1.0   # multiple of the precision's check tolerance (transform algorithms)
+    # Why it cannot run here besides its backend's reason (a vendor library that does not load),
+    # or None; cheap: nothing is built.
+    probe: Callable[[], str | None] | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        if self.direction not in DIRECTIONS:
+            raise ValueError(f"direction {self.direction!r} of {self.key}; allowed: {', '.join(DIRECTIONS)}")
 
     @property
     def device(self) -> str:
@@ -63,8 +88,43 @@ class VariantRecord:
         return BACKENDS[self.backend].device if self.backend in BACKENDS else "cpu"
 
     @property
+    def devices(self) -> tuple:
+        return (self.device,)
+
+    @property
+    def precisions(self) -> tuple:
+        """The precisions it computes: its own list, else its backend's."""
+        if self.dtypes:
+            return self.dtypes
+        return BACKENDS[self.backend].dtypes if self.backend in BACKENDS else ()
+
+    @property
     def key(self) -> tuple:
         return (self.op, self.variant, self.backend)
+
+
+def missing(record: VariantRecord) -> str | None:
+    """Why ``record`` cannot run on this machine (its backend's reason, then its probe's), or None."""
+    if record.backend in BACKENDS:
+        reason = BACKENDS[record.backend].missing()
+        if reason:
+            return reason
+    return record.probe() if record.probe is not None else None
+
+
+def library_probe(module: str) -> Callable[[], str | None]:
+    """A probe from a vendor library module's ``available() -> (ok, text)`` (kernels.cudnn.lib,
+    kernels.onednn.lib), imported when the probe runs."""
+    def probe():
+        import importlib
+        ok, text = importlib.import_module(module).available()
+        return None if ok else text
+    return probe
+
+
+def code_of(fn) -> str:
+    """``module:qualname`` of a function or class, for a record's ``code``."""
+    return f"{fn.__module__}:{fn.__qualname__}"
 
 
 REGISTRY: dict = {}
@@ -77,9 +137,22 @@ def register(record: VariantRecord) -> VariantRecord:
     return record
 
 
-def ours(op: str) -> list:
-    """Records of our own variants of an op (framework records are chosen with --frameworks)."""
-    return [r for r in REGISTRY.values() if r.op == op and not r.framework]
+def ours(op: str, cell: str = "plain", direction: str = "fwd") -> list:
+    """Records of our own variants of an op, forward pass of the plain cell unless asked
+    (framework records are chosen with --frameworks)."""
+    return [r for r in REGISTRY.values() if r.op == op and not r.framework
+            and r.cell == cell and r.direction == direction]
+
+
+def listing(op: str | None = None) -> list:
+    """Every registered record of ``op`` (every op when None) in registration order: ours (plain
+    cell forward first, then the other cells, then the backward records), then the frameworks'."""
+    recs = [r for r in REGISTRY.values() if op is None or r.op == op]
+    return sorted(recs, key=lambda r: (bool(r.framework), r.cell != "plain", r.direction == "bwd"))
+
+
+def ops() -> list:
+    return list(dict.fromkeys(r.op for r in REGISTRY.values()))
 
 
 def variants(op: str) -> list:

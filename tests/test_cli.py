@@ -117,6 +117,7 @@ BAD = [
     (["lstm", "--cell", "peephole", "--frameworks", "torch"], "the frameworks have no peephole LSTM path"),
     (["gru", "--cell", "layernorm"], "unrecognized arguments: --cell"),
     (["lstm", "--persistent", "--device", "cpu"], "variant 'persistent' runs on cuda only; this run is on cpu"),
+    (["variants", "lsmt"], "variants: op 'lsmt' is unknown; allowed: lstm, gru, rnn, conv"),
 ]
 
 
@@ -193,7 +194,7 @@ def test_env_json(run_cli):
 
 def test_help_lists_every_command(run_cli):
     r = run_cli("--help")
-    for name in ("lstm", "gru", "conv", "explain", "profile", "env"):
+    for name in ("lstm", "gru", "conv", "explain", "profile", "variants", "env"):
         assert name in r.stdout
     r = run_cli("lstm", "--help")
     for flag in ("--naive", "--fused", "--ladder", "--opt", "--threads", "--json", "--nvtx", "--profile"):

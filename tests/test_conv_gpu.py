@@ -578,15 +578,15 @@ def test_new_paths_reject_bad_input_in_one_line():
 
 
 def test_registered_beside_the_cpu_variants():
-    import microbench.cases.conv  # noqa: F401
-    import microbench.cases.conv_gpu as cases_gpu
+    import microbench.cases  # noqa: F401
     from microbench.registry import REGISTRY
     for v in cg.VARIANTS:
         rec = REGISTRY[("conv", v, "cupy")]
         assert rec.device == "cuda"
         assert any(k[0] == "conv" and k[1] == v and k[2] != "cupy" for k in REGISTRY), v
     assert "F(4x4,3x3)" in REGISTRY[("conv", "winograd", "cupy")].about
-    assert cases_gpu.TOL_SCALE["winograd"] >= cases_gpu.TOL_SCALE["winograd_f2"]
+    assert REGISTRY[("conv", "winograd", "cupy")].tol_scale >= REGISTRY[("conv", "winograd_f2", "cupy")].tol_scale
+    assert REGISTRY[("conv", "winograd", "cupy")].tol_scale == REGISTRY[("conv", "winograd", "numba")].tol_scale
 
 
 def test_builder_skips_with_the_reason():

@@ -43,3 +43,9 @@ def test_profile_run_is_profiles_own_flag_wherever_it_is_written(argv, monkeypat
     [cmd] = calls
     tail = cmd[cmd.index("-m") + 1:]
     assert tail == ["microbench", "lstm", "--fused", "--nvtx", "on"] and "rep" in cmd
+
+
+def test_variants_help_says_what_each_row_holds():
+    text = _help("variants")
+    assert "module:function" in text and "--frameworks" in text and "--json" in text
+    assert "OP one op (lstm, gru, rnn, conv)" in text

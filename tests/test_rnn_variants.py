@@ -9,8 +9,12 @@ from fusion.steps import LADDER, STEPS, Plan, ladder
 from fusion.streams import DeferredStreams
 from kernels import RNN, BadInput, GRUParams, LSTMParams, Unsupported, gru, lstm
 from kernels.dtypes import tolerance
+from microbench import registry
 from microbench.cases.rnn import compare, make_inputs, reference_outputs
 from microbench.problems import RNNProblem
+
+# The CPU backends of our fused step loop, from the registry: a new one is tested here unasked.
+CPU_BACKENDS = [r.backend for r in registry.ours("lstm") if r.variant == "fused" and r.device == "cpu"]
 
 SIZES = [  # T, B, I, H, L: ones, odd, a width just past a power of two, several layers
     (1, 1, 1, 1, 1),
@@ -32,7 +36,7 @@ def _run(op, variant, backend, precision, plan, size):
 
 
 @pytest.mark.parametrize("op", ["lstm", "gru"])
-@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("precision", ["fp32", "fp64"])
 @pytest.mark.parametrize("variant,plan", PLANS, ids=lambda v: v.label if isinstance(v, Plan) else str(v))
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: "T%dB%dI%dH%dL%d" % s)
@@ -79,7 +83,7 @@ def test_batch_first_and_public_functions():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 2, 3))
     want, (wh, wc) = lstm(x, p, variant="naive")
-    for backend in ("numpy", "numba"):
+    for backend in CPU_BACKENDS:
         got, (h, c) = lstm(x.transpose(1, 0, 2), p, backend=backend, batch_first=True)
         np.testing.assert_allclose(got, want.transpose(1, 0, 2), rtol=1e-12, atol=1e-14)
         np.testing.assert_allclose(h, wh, rtol=1e-12, atol=1e-14)

@@ -32,6 +32,7 @@ class ConvVariant:
     dtypes: tuple = ("fp32", "fp64")
     devices: tuple = ("cpu",)
     suffix: str = ""                     # the module's accepts<suffix> / run<suffix> entries
+    backend: str = "numba"               # where its work happens (numba kernels, or NumPy + BLAS)
 
     def _mod(self):
         return importlib.import_module(f"{__name__}.{self.module}")
@@ -49,7 +50,8 @@ CONV_VARIANTS = {v.name: v for v in (
     ConvVariant("direct", "direct",
                 "seven nested loops, numba parallel over (n, k) output planes, no data rearranged"),
     ConvVariant("im2col", "im2col",
-                "explicit column matrix (strided view + one copy), then one BLAS GEMM per group"),
+                "explicit column matrix (strided view + one copy), then one BLAS GEMM per group",
+                backend="numpy"),
     ConvVariant("implicit_gemm", "implicit_gemm",
                 "numba GEMM tiles gathering their column-matrix slice on the fly into L1"),
     ConvVariant("winograd", "winograd",

@@ -39,22 +39,47 @@ from . import winograd as cpu_winograd
 from .geometry import ConvProblem
 
 SOURCE = cudasrc.CUDA_DIR / "conv2d.cu"
-VARIANTS = ("direct", "im2col", "implicit_gemm", "winograd_f2", "winograd")
-DTYPES = {"direct": ("fp32", "fp16"), "im2col": ("fp32", "fp16"),
-          "implicit_gemm": ("fp32", "fp16"), "winograd_f2": ("fp32",), "winograd": ("fp32",)}
+
+
+class Algorithm(NamedTuple):
+    """One GPU conv algorithm, defined here once: microbench registers one record from each row
+    (``conv/<name>/cupy``), and the tables below (VARIANTS, DTYPES, KERNEL_STEMS, RUNNERS) derive
+    from it."""
+    launcher: str        # its run function in this module (RUNNERS holds the function)
+    dtypes: tuple        # the precisions it computes
+    stems: tuple         # the conv2d.cu kernel stems it launches, each built for ``dtypes``
+    about: str           # what it does, as `microbench variants conv` shows it
+
+
+ALGORITHMS = {
+    "direct": Algorithm("run_direct_gpu", ("fp32", "fp16"), ("conv2d_direct",),
+                        "CUDA C, one thread per output element running the seven loops "
+                        "(kernels/cuda/conv2d.cu conv2d_direct)"),
+    "im2col": Algorithm("im2col_gpu", ("fp32", "fp16"), (),
+                        "column matrix built on the device (strided copy in CuPy), one cuBLAS GEMM "
+                        "per group"),
+    "implicit_gemm": Algorithm("run_implicit_gemm_gpu", ("fp32", "fp16"),
+                               ("conv2d_implicit_gemm", "conv2d_implicit_gemm128"),
+                               "CUDA C GEMM tiles (64x64x16, 4x4 per thread; 128x128x8, 8x8, on "
+                               "large layers), column-matrix slices gathered into shared memory on "
+                               "the fly"),
+    "winograd_f2": Algorithm("run_winograd_f2_gpu", ("fp32",),
+                             ("conv2d_winograd_f2_input", "conv2d_winograd_f2_output"),
+                             "F(2x2,3x3): CUDA C input/output transforms, filter transform and 16 "
+                             "batched cuBLAS GEMMs in CuPy; 3x3 stride 1 dilation 1 groups 1"),
+    "winograd": Algorithm("run_winograd_gpu", ("fp32",),
+                          ("conv2d_winograd_input", "conv2d_winograd_output"),
+                          "F(4x4,3x3): CUDA C input/output transforms on 6x6 tiles, filter "
+                          "transform and 36 batched cuBLAS GEMMs in CuPy; 3x3 stride 1 dilation 1 "
+                          "groups 1"),
+}
+VARIANTS = tuple(ALGORITHMS)
+DTYPES = {name: a.dtypes for name, a in ALGORITHMS.items()}
 SUFFIX = {"fp32": "f32", "fp16": "f16"}
 # One kernel instance per layout: the entry's name carries the layout between stem and dtype.
 LAYOUT_TAG = {"NCHW": "", "NHWC": "_nhwc"}
 # The .cu's kernel stems and the precisions each is built for.
-KERNEL_STEMS = {
-    "conv2d_direct": ("fp32", "fp16"),
-    "conv2d_implicit_gemm": ("fp32", "fp16"),
-    "conv2d_implicit_gemm128": ("fp32", "fp16"),
-    "conv2d_winograd_f2_input": ("fp32",),
-    "conv2d_winograd_f2_output": ("fp32",),
-    "conv2d_winograd_input": ("fp32",),
-    "conv2d_winograd_output": ("fp32",),
-}
+KERNEL_STEMS = {stem: a.dtypes for a in ALGORITHMS.values() for stem in a.stems}
 
 
 def symbol(stem: str, dtype, layout: str = "NCHW") -> str:
@@ -377,5 +402,4 @@ def run_winograd_gpu(x, w, b, problem: ConvProblem):
     return _run_winograd(x, w, b, problem, "winograd")
 
 
-RUNNERS = {"direct": run_direct_gpu, "im2col": im2col_gpu, "implicit_gemm": run_implicit_gemm_gpu,
-           "winograd_f2": run_winograd_f2_gpu, "winograd": run_winograd_gpu}
+RUNNERS = {name: globals()[a.launcher] for name, a in ALGORITHMS.items()}

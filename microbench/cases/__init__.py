@@ -1,2 +1,2 @@
 """Builders for each op; importing this package fills the registry."""
-from . import conv, conv_gpu, cudnn, custom, frameworks, onednn, persistent, rnn  # noqa: F401
+from . import backward, conv, conv_gpu, cudnn, custom, frameworks, onednn, persistent, rnn  # noqa: F401

@@ -32,7 +32,7 @@ from kernels.reference import REFERENCES
 
 from ..frameworks.convert import LAYERNORM_EXTRAS, grad_names
 from ..problems import RNNProblem
-from ..registry import Check, Prepared
+from ..registry import Check, Prepared, VariantRecord, register
 from . import conditioning as cond
 from .custom import make_custom_inputs
 from .rnn import make_inputs
@@ -165,3 +165,14 @@ def build_backward(problem: RNNProblem, seed: int, *, cell: str, backend: str, p
                            "conditioning)",
               "arrangement": "input GEMM hoisted over T, 1 recurrent GEMM per step forward and "
                              "backward, weight gradients batched over T*B rows"})
+
+
+# Registered with direction "bwd" (``registry.ours(op, cell, direction="bwd")``; --backward and
+# the training suites select them): the plain cells of every RNN op, and the layer-norm LSTM.
+for _op, _cell in (("lstm", "plain"), ("gru", "plain"), ("rnn", "plain"), ("lstm", "layernorm")):
+    for _backend in BACKWARD_BACKENDS:
+        register(VariantRecord(
+            _op, "fused+bwd" if _cell == "plain" else f"{_cell}-fused+bwd", _backend,
+            functools.partial(build_backward, cell=_cell, backend=_backend),
+            "fused forward + backward (kernels.backward)", code="kernels.backward:backward",
+            dtypes=BACKWARD_PRECISIONS, cell=_cell, direction="bwd"))

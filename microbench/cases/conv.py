@@ -11,11 +11,7 @@ from kernels.conv import CONV_VARIANTS, ConvProblem, conv2d_reference
 from kernels.errors import Unsupported
 
 from ..checks import compare
-from ..registry import Check, Prepared, VariantRecord, register
-
-# Where each CPU variant's work happens, shown as the backend of its row.
-BACKEND = {"direct": "numba", "im2col": "numpy", "implicit_gemm": "numba", "winograd": "numba",
-           "winograd_f2": "numba"}
+from ..registry import Check, Prepared, VariantRecord, code_of, register
 
 # Winograd's transforms amplify rounding: F(4x4,3x3) in fp32 reached 8.5e-6 of the output's
 # magnitude at C=512 (tests/test_conv.py), too close to the 1e-5 fp32 tolerance to be stable.
@@ -48,14 +44,15 @@ def build_conv(problem: ConvProblem, seed: int, *, variant: str, precision: str,
                     bytes=problem.bytes(precision), check=check, info={"layout": problem.layout})
 
 
-for _name, _v in CONV_VARIANTS.items():
-    register(VariantRecord("conv", _name, BACKEND[_name], functools.partial(build_conv, variant=_name),
-                           _v.description))
+for _name, _v in CONV_VARIANTS.items():   # the backend of its row: where its work happens
+    register(VariantRecord("conv", _name, _v.backend, functools.partial(build_conv, variant=_name),
+                           _v.description, code=f"kernels.conv.{_v.module}:run{_v.suffix}",
+                           dtypes=_v.dtypes, tol_scale=TOL_SCALE.get(_name, 1.0)))
 
 
 # -- backward phases (conv --backward, training suites) -------------------------------------------
-# Built per run, not registered: the registry's conv records are the forward variants (and the CLI
-# flags come from them).  Each phase is its own case and record, as DeepBench times them.
+# Registered with direction "bwd" (registry.ours("conv") and the CLI flags are the forward
+# variants).  Each phase is its own case and record, as DeepBench times them.
 PHASE_ABOUT = {"bwd_data": "backward-data: dx from dy and w", "bwd_weights": "backward-weights: dw, db from x and dy"}
 
 
@@ -118,15 +115,27 @@ def build_conv_backward(problem: ConvProblem, seed: int, *, variant: str, phase:
 
 
 def backward_records(variants=None) -> list:
-    """A VariantRecord per (variant with a backward, phase), in CONV_VARIANTS order; ``variants``
-    (names) filters, an unknown or forward-only name raises BadInput naming the allowed ones."""
-    from kernels.conv.backward import BACKWARD, PHASES
+    """The registered record per (variant with a backward, phase), in CONV_VARIANTS order;
+    ``variants`` (names) filters, an unknown or forward-only name raises BadInput naming the allowed ones."""
+    from kernels.conv.backward import BACKWARD
     from kernels.errors import BadInput
+
+    from ..registry import ours
     for v in variants or ():
         if v not in BACKWARD:
             raise BadInput(f"--backward: conv variant {v!r} has no backward pass; allowed: {', '.join(BACKWARD)}")
-    names = [v for v in CONV_VARIANTS if v in BACKWARD and (not variants or v in variants)]
-    return [VariantRecord("conv", f"{v}+{phase}", BACKEND[v],
-                          functools.partial(build_conv_backward, variant=v, phase=phase),
-                          f"{CONV_VARIANTS[v].description}; {PHASE_ABOUT[phase]}")
-            for v in names for phase in PHASES]
+    return [r for r in ours("conv", direction="bwd")
+            if not variants or r.variant.partition("+")[0] in variants]
+
+
+def _register_backward() -> None:
+    from kernels.conv.backward import BACKWARD, PHASES
+    for v in (v for v in CONV_VARIANTS if v in BACKWARD):
+        for phase, fn in zip(PHASES, BACKWARD[v]):
+            register(VariantRecord("conv", f"{v}+{phase}", CONV_VARIANTS[v].backend,
+                                   functools.partial(build_conv_backward, variant=v, phase=phase),
+                                   f"{CONV_VARIANTS[v].description}; {PHASE_ABOUT[phase]}",
+                                   code=code_of(fn), dtypes=CONV_VARIANTS[v].dtypes, direction="bwd"))
+
+
+_register_backward()

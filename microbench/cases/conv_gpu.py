@@ -17,26 +17,14 @@ from kernels.errors import MissingDependency, Unsupported
 
 from ..checks import compare, to_host
 from ..registry import Check, Prepared, VariantRecord, register
-from .conv import TOL_SCALE as CPU_TOL_SCALE
-from .conv import make_inputs, reference_output
+from .conv import TOL_SCALE, make_inputs, reference_output
 
 BACKEND = "cupy"
 
-ABOUT = {
-    "direct": "CUDA C, one thread per output element running the seven loops "
-              "(kernels/cuda/conv2d.cu conv2d_direct)",
-    "im2col": "column matrix built on the device (strided copy in CuPy), one cuBLAS GEMM per group",
-    "implicit_gemm": "CUDA C GEMM tiles (64x64x16, 4x4 per thread; 128x128x8, 8x8, on large "
-                     "layers), column-matrix slices gathered into shared memory on the fly",
-    "winograd_f2": "F(2x2,3x3): CUDA C input/output transforms, filter transform and 16 batched "
-                "cuBLAS GEMMs in CuPy; 3x3 stride 1 dilation 1 groups 1",
-    "winograd": "F(4x4,3x3): CUDA C input/output transforms on 6x6 tiles, filter transform "
-                   "and 36 batched cuBLAS GEMMs in CuPy; 3x3 stride 1 dilation 1 groups 1",
-}
 
-# Judged as the CPU rows of the same name are.
-TOL_SCALE = {"winograd": CPU_TOL_SCALE.get("winograd", 1.0),
-             "winograd_f2": CPU_TOL_SCALE.get("winograd_f2", 1.0)}
+def _tol_scale(variant: str) -> float:
+    """Judged as the CPU rows of the same name are (one algorithm, one rounding)."""
+    return TOL_SCALE.get(variant, 1.0)
 
 
 def build_conv_gpu(problem: ConvProblem, seed: int, *, variant: str, precision: str,
@@ -60,7 +48,7 @@ def build_conv_gpu(problem: ConvProblem, seed: int, *, variant: str, precision: 
     bd = cp.asarray(b) if b is not None else None
     fn = cg.RUNNERS[variant]
     run = functools.partial(fn, xd, wd, bd, problem)
-    tol = dtypes.tolerance(precision) * TOL_SCALE.get(variant, 1.0)
+    tol = dtypes.tolerance(precision) * _tol_scale(variant)
 
     def check(out=None) -> Check:   # out: a timed call's return value, else one call now
         return compare([to_host(run() if out is None else out)], [reference_output(problem, seed, precision)], precision,
@@ -72,6 +60,13 @@ def build_conv_gpu(problem: ConvProblem, seed: int, *, variant: str, precision: 
                           "workspace_bytes": cg.workspace_bytes(variant, problem, precision)})
 
 
-for _name in ABOUT:
-    register(VariantRecord("conv", _name, BACKEND, functools.partial(build_conv_gpu, variant=_name),
-                           ABOUT[_name]))
+def _register():
+    """One record per GPU algorithm, from its row in kernels.conv.gpu.ALGORITHMS."""
+    from kernels.conv.gpu import ALGORITHMS
+    for name, algo in ALGORITHMS.items():
+        register(VariantRecord("conv", name, BACKEND, functools.partial(build_conv_gpu, variant=name),
+                               algo.about, code=f"kernels.conv.gpu:{algo.launcher}", dtypes=algo.dtypes,
+                               tol_scale=_tol_scale(name)))
+
+
+_register()

@@ -13,7 +13,7 @@ import numpy as np
 from kernels.errors import Unsupported
 
 from ..problems import RNNProblem
-from ..registry import Check, Prepared, VariantRecord, register
+from ..registry import Check, Prepared, VariantRecord, library_probe, register
 from .rnn import compare, make_inputs, reference_outputs
 
 # variant name -> cuDNN algorithm (kernels.cudnn.rnn.CUDNN_RNN_ALGO)
@@ -80,11 +80,19 @@ def build_cudnn_rnn(problem: RNNProblem, seed: int, *, algo: str, precision: str
         raise
 
 
-for _op in ("lstm", "gru", "rnn"):      # rnn: CUDNN_RNN_RELU / CUDNN_RNN_TANH
-    for _variant, _algo in ALGORITHMS.items():
-        register(VariantRecord(_op, _variant, BACKEND,
-                               functools.partial(build_cudnn_rnn, algo=_algo),
-                               _ABOUT[_algo]))
+_PROBE = library_probe("kernels.cudnn.lib")
+
+
+def _register_rnn():
+    from kernels.cudnn.rnn import PRECISION
+    for op in ("lstm", "gru", "rnn"):      # rnn: CUDNN_RNN_RELU / CUDNN_RNN_TANH
+        for variant, algo in ALGORITHMS.items():
+            register(VariantRecord(op, variant, BACKEND, functools.partial(build_cudnn_rnn, algo=algo),
+                                   _ABOUT[algo], code="kernels.cudnn.rnn:CudnnRNN",
+                                   dtypes=tuple(PRECISION), probe=_PROBE))
+
+
+_register_rnn()
 
 
 # -- convolution ---------------------------------------------------------------------------------
@@ -126,16 +134,21 @@ def build_cudnn_conv(problem, seed: int, *, algo: str, precision: str, plan=None
 
 
 def _register_conv():
-    from kernels.cudnn.conv import FWD_ALGOS
+    from kernels.cudnn.conv import FWD_ALGOS, PRECISION
+    common = dict(dtypes=tuple(PRECISION), probe=_PROBE)
     register(VariantRecord("conv", "cudnn", BACKEND, functools.partial(build_cudnn_conv, algo="auto"),
-                           "cuDNN legacy API, the algorithm cuDNN's heuristics pick"))
+                           "cuDNN legacy API, the algorithm cuDNN's heuristics pick",
+                           code="kernels.cudnn.conv:CudnnConv", **common))
     for algo in FWD_ALGOS:
         register(VariantRecord("conv", f"cudnn_{algo}", BACKEND,
                                functools.partial(build_cudnn_conv, algo=algo),
-                               f"cuDNN legacy API, CUDNN_CONVOLUTION_FWD_ALGO_{algo.upper()}"))
+                               f"cuDNN legacy API, CUDNN_CONVOLUTION_FWD_ALGO_{algo.upper()}",
+                               code="kernels.cudnn.conv:CudnnConv",
+                               tol_scale=_CONV_TOL_SCALE.get(algo, 1.0), **common))
     register(VariantRecord("conv", "cudnn_frontend", BACKEND,
                            functools.partial(build_cudnn_conv, algo="auto", frontend=True),
-                           "cuDNN frontend graph conv_fprop (heuristics, workspace)"))
+                           "cuDNN frontend graph conv_fprop (heuristics, workspace)",
+                           code="kernels.cudnn.conv:FrontendConv", **common))
 
 
 _register_conv()

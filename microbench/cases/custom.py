@@ -1,8 +1,9 @@
 """Custom LSTM cells (``--cell layernorm|peephole``): builders following :mod:`microbench.cases.rnn`
 (the same runner, :class:`kernels.rnn.RNN`, with the cell's generated pointwise kernels).
 
-Not registered here: ``microbench.commands.rnn`` makes the records per run.  The problem is an
-LSTM :class:`~microbench.problems.RNNProblem` (``op == "lstm"``); the cell picks the parameters.
+Registered as ("lstm", "<cell>-<variant>", backend) with ``cell`` set (``registry.ours("lstm",
+cell=...)``; ``--cell`` selects them).  The problem is an LSTM
+:class:`~microbench.problems.RNNProblem` (``op == "lstm"``); the cell picks the parameters.
 The check's tolerance follows the problem's measured conditioning (:mod:`.conditioning`).
 """
 from __future__ import annotations
@@ -13,12 +14,13 @@ import numpy as np
 
 from kernels import dtypes
 from kernels.backends import get_backend
-from kernels.custom import CUSTOM_PARAMS, CUSTOM_REFERENCES, GPU_BACKENDS, CustomLSTM
+from kernels.custom import (CPU_BACKENDS, CUSTOM_CELLS, CUSTOM_PARAMS, CUSTOM_REFERENCES,
+                            GPU_BACKENDS, CustomLSTM)
 from kernels.errors import BadInput, Unsupported
 
 from ..checks import to_host
 from ..problems import RNNProblem
-from ..registry import Check, Prepared
+from ..registry import Check, Prepared, VariantRecord, code_of, register
 from . import conditioning as cond
 from .rnn import gemms_per_step
 
@@ -102,3 +104,19 @@ def build_custom(problem: RNNProblem, seed: int, *, cell: str, variant: str, bac
                           "gemms_per_step": gemms_per_step(impl),
                           "tolerance": f"per output max(precision tolerance, {cond.SENSITIVITY_FACTOR:g} x "
                                        "measured conditioning)"})
+
+
+# What --cell computes: fp32, fp64 on the CPU (CustomLSTM refuses others there); on a GPU the
+# generated kernel's fp32, tf32, fp16.
+CPU_PRECISIONS = ("fp32", "fp64")
+GPU_PRECISIONS = ("fp32", "tf32", "fp16")
+
+for _cell in CUSTOM_CELLS:
+    for _variant in ("naive", "fused"):
+        for _backend in CPU_BACKENDS + GPU_BACKENDS:
+            register(VariantRecord(
+                "lstm", f"{_cell}-{_variant}", _backend,
+                functools.partial(build_custom, cell=_cell, variant=_variant, backend=_backend),
+                f"{_cell} LSTM, {_variant}", fusable=_variant == "fused", code=code_of(CustomLSTM),
+                cell=_cell,
+                dtypes=GPU_PRECISIONS if _backend in GPU_BACKENDS else CPU_PRECISIONS))

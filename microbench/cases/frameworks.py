@@ -339,6 +339,26 @@ def conv_backward_cases(problem, names, device: str, precisions: list, seed: int
 # variant flags and backends; --frameworks selects them through framework_cases).
 FRAMEWORK_RECORDS: list = []
 
+
+def _probe(framework: str, device: str, path: str, op: str):
+    """Why a framework row cannot run here (for ``microbench variants``), or None: the adapter's
+    skip, no GPU for a cuda row, or the framework importable neither here nor in its own venv."""
+    def probe():
+        import importlib.util
+        reason = skip_reason(framework, device, path, op)
+        if reason:
+            return reason
+        if device == "cuda":
+            from kernels import gpu
+            ok, why = gpu.detect()
+            if not ok:
+                return f"{framework} {path} on cuda needs a GPU: {why}"
+        if default_python(framework) is None and importlib.util.find_spec(framework) is None:
+            return f"{framework} is not importable here (install it, or give --python {framework}=PATH)"
+        return None
+    return probe
+
+
 for _op in ("lstm", "gru", "rnn", "conv"):
     for _fw in FRAMEWORKS:
         for _dev, _paths in PATHS[_fw].items():
@@ -346,6 +366,8 @@ for _op in ("lstm", "gru", "rnn", "conv"):
                 _rec = VariantRecord(
                     _op, _fw, _path,
                     functools.partial(build_framework, framework=_fw, path=_path, device=_dev),
-                    describe(_fw, _dev, _path, _op), framework=_fw, device_name=_dev)
+                    describe(_fw, _dev, _path, _op), framework=_fw, device_name=_dev,
+                    code=f"microbench.frameworks.{_fw}_adapter:" + ("build_conv" if _op == "conv" else "build"),
+                    probe=_probe(_fw, _dev, _path, _op))
                 FRAMEWORK_RECORDS.append(_rec)
                 register(_rec)

@@ -25,7 +25,7 @@ from kernels import dtypes
 from kernels.errors import Unsupported
 
 from ..problems import RNNProblem
-from ..registry import Check, Prepared, VariantRecord, register
+from ..registry import Check, Prepared, VariantRecord, library_probe, register
 from .rnn import compare, make_inputs, reference_outputs
 
 BACKEND = "onednn"
@@ -82,11 +82,14 @@ _ABOUT_RNN = {
           "call (what PyTorch's mkldnn_rnn_layer does)",
 }
 
+_PROBE = library_probe("kernels.onednn.lib")
+
 for _op, _cell in (("lstm", "lstm"), ("gru", "lbr_gru"), ("rnn", "vanilla_rnn")):
     for _variant, _each in RNN_VARIANTS.items():
         register(VariantRecord(_op, _variant, BACKEND,
                                functools.partial(build_onednn_rnn, reorder_each_call=_each),
-                               _ABOUT_RNN[_each].format(cell=_cell)))
+                               _ABOUT_RNN[_each].format(cell=_cell), code="kernels.onednn.rnn:OnednnRNN",
+                               dtypes=PRECISIONS, probe=_PROBE))
 
 
 # -- convolution ---------------------------------------------------------------------------------
@@ -127,7 +130,10 @@ def build_onednn_conv(problem, seed: int, *, algo: str, precision: str, plan=Non
 
 register(VariantRecord("conv", "onednn", BACKEND, functools.partial(build_onednn_conv, algo="direct"),
                        "oneDNN convolution primitive, convolution_direct, layouts of oneDNN's "
-                       "choice (activations reordered per call where the user layout differs)"))
+                       "choice (activations reordered per call where the user layout differs)",
+                       code="kernels.onednn.conv:OnednnConv", dtypes=PRECISIONS, probe=_PROBE))
 register(VariantRecord("conv", "onednn_winograd", BACKEND,
                        functools.partial(build_onednn_conv, algo="winograd"),
-                       "oneDNN convolution primitive, convolution_winograd (where oneDNN offers it)"))
+                       "oneDNN convolution primitive, convolution_winograd (where oneDNN offers it)",
+                       code="kernels.onednn.conv:OnednnConv", dtypes=PRECISIONS, probe=_PROBE,
+                       tol_scale=_CONV_TOL_SCALE["winograd"]))

@@ -64,4 +64,5 @@ def build_persistent(problem: RNNProblem, seed: int, *, backend: str = "cupy", p
 
 for _op in ("lstm", "gru"):
     register(VariantRecord(_op, "persistent", "cupy",
-                           functools.partial(build_persistent, backend="cupy"), ABOUT))
+                           functools.partial(build_persistent, backend="cupy"), ABOUT,
+                           code="kernels.persistent:PersistentRNN"))

@@ -6,14 +6,14 @@ import functools
 import numpy as np
 
 from kernels import dtypes
-from kernels.backends import BACKENDS, LIBRARY_BACKENDS
+from kernels.backends import step_backends
 from kernels.params import PARAMS
 from kernels.reference import REFERENCES
 from kernels.rnn import RNN
 
 from ..checks import compare, to_host
 from ..problems import RNNProblem
-from ..registry import Check, Prepared, VariantRecord, register
+from ..registry import Check, Prepared, VariantRecord, code_of, register
 
 __all__ = ["build_rnn", "compare", "gemms_per_step", "make_inputs", "reference_outputs"]
 
@@ -94,10 +94,10 @@ _ABOUT = {
 
 for _op in ("lstm", "gru", "rnn"):
     for _variant in ("naive", "fused"):
-        for _backend in (b for b in BACKENDS if b not in LIBRARY_BACKENDS):
-            if _op == "rnn" and _variant == "fused" and _backend == "pycuda":
-                continue    # no PyCUDA launcher for the generated vanilla-cell kernel (naive runs)
+        for _backend in step_backends():
+            if _op == "rnn" and _variant == "fused" and _backend not in step_backends(generated=True):
+                continue    # no launcher for the generated vanilla-cell kernel there (naive runs)
             register(VariantRecord(
                 _op, _variant, _backend,
                 functools.partial(build_rnn, variant=_variant, backend=_backend),
-                _ABOUT[_variant], fusable=_variant == "fused"))
+                _ABOUT[_variant], fusable=_variant == "fused", code=code_of(RNN)))

@@ -6,7 +6,7 @@ import argparse
 from kernels import devices
 from kernels.errors import BadInput
 
-from ..cli import add_output, add_timing, csv_list, seed_arg
+from ..cli import add_output, add_timing, seed_arg
 
 EPILOG = """examples:
   python -m microbench conv --all --layer resnet50/res2_3x3 -N 8
@@ -85,33 +85,27 @@ def problem_from_args(args):
 
 
 def cmd_conv(args) -> int:
-    from kernels import dtypes
     from profiles import nvtx
 
     from .. import registry, report
     from ..cli import run_cases, settings_from
     from ..peaks import cpu_gemm_gflops
+    from ..planner import memory_need, parse_precisions, resolve_device
     from ..problems import check_memory
     from ..runner import Case
     from ..threads import parse_threads, prepare_numba_pool
-    from .rnn import resolve_device
 
     settings = settings_from(args)
     threads = parse_threads(args.threads)
     prepare_numba_pool(threads)
     nvtx.set_level(args.nvtx)
     problem = problem_from_args(args)
-    precisions = list(dict.fromkeys(dtypes.canonical(d) for d in csv_list(args.dtype)))
-    if not precisions:
-        raise BadInput(f"--dtype {args.dtype!r} names no precision; allowed: fp64, fp32")
+    precisions = parse_precisions(args.dtype)
     device = resolve_device(args.device, "conv")
     for p in precisions:
         if device == "cpu" and p not in ("fp32", "fp64"):
             raise BadInput(f"--dtype {p}: the conv variants on the CPU compute fp32, fp64")
-        # input, filter, output and the reference's float64 copies; im2col's column matrix
-        cols = problem.N * problem.P * problem.Q * problem.Cg * problem.R * problem.S
-        check_memory(problem.bytes(p) * 2 + 8 * problem.elements + cols * dtypes.storage(p).itemsize,
-                     f"conv {problem.describe()} {p}")
+        check_memory(memory_need(problem, p), f"conv {problem.describe()} {p}")
     names = None if args.all or not args.variant_flags else list(dict.fromkeys(args.variant_flags))
     records = registry.select("conv", names, None, device)
     if getattr(args, "backward", False):

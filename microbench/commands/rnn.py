@@ -7,7 +7,7 @@ import argparse
 from kernels import devices
 from kernels.errors import BadInput
 
-from ..cli import EPILOG_RNN, add_output, add_timing, console, csv_list, named_list, seed_arg
+from ..cli import EPILOG_RNN, add_output, add_timing, console, named_list, seed_arg
 
 
 def add_parsers(sub) -> None:
@@ -65,7 +65,8 @@ def _add_rnn(sub, op: str, variant_names: list):
                         "and GFLOP/s counts the recurrent GEMMs only; framework rows, which cannot "
                         "skip it, run the whole layer and say so")
     if op == "lstm":
-        v.add_argument("--cell", choices=("plain", "layernorm", "peephole"), default="plain",
+        cells = ("plain",) + tuple(sorted({r.cell for r in registry.listing(op) if r.cell != "plain"}))
+        v.add_argument("--cell", choices=cells, default="plain",
                        help="the LSTM cell: plain (default), layernorm (Ba et al. 2016) or peephole; "
                             "custom cells run the naive and fused variants (with --opt and --ladder) "
                             "on the same runner and backends")
@@ -100,36 +101,15 @@ def _add_rnn(sub, op: str, variant_names: list):
     p.set_defaults(func=cmd_rnn, op=op)
 
 
-def resolve_device(requested: str, op: str) -> str:
-    """``cpu`` or ``cuda`` for a --device value (auto, cpu, cuda, cuda:K); a GPU choice also
-    selects the ordinal (kernels.devices.select: validated, CuPy and torch pointed at it)."""
-    from .. import env as menv
-    from .. import registry
-    kind, index = devices.parse(requested)
-    gpu = menv.gpu()
-    has_cuda_backend = bool(registry.backends(op, "cuda"))
-    if kind == "cuda":
-        if not gpu.get("available"):
-            raise BadInput(f"--device {requested}: no CUDA GPU found ({gpu.get('reason', 'unknown')}); "
-                           "allowed here: cpu, auto")
-        if not has_cuda_backend:
-            raise BadInput(f"--device {requested}: no {op} backend for cuda is installed; allowed here: cpu, auto")
-        devices.select(index)
-        return "cuda"
-    if kind == "auto":
-        return "cuda" if gpu.get("available") and has_cuda_backend else "cpu"
-    return kind
-
-
 def plan_cases(args) -> tuple:
     """(cases, device): every case the arguments ask for, validated before anything runs."""
-    from fusion.steps import Plan, full_plan, ladder
-    from kernels import dtypes
+    from fusion.steps import Plan
     from kernels.backends import BACKENDS
 
     from .. import registry
     from ..cases.frameworks import framework_cases, parse_frameworks
     from ..frameworks.client import parse_python
+    from ..planner import default_plan, ladder_rungs, memory_need, parse_precisions, resolve_device
     from ..problems import RNNProblem, check_memory
     from ..runner import Case
     from ..threads import parse_threads
@@ -139,12 +119,10 @@ def plan_cases(args) -> tuple:
     problem = RNNProblem(op, args.T, args.B, args.I if args.I is not None else args.H, args.H, args.L,
                          nonlinearity=getattr(args, "nonlinearity", "") if op == "rnn" else "",
                          skip_input=skip)
-    precisions = list(dict.fromkeys(dtypes.canonical(d) for d in csv_list(args.dtype)))
-    if not precisions:
-        raise BadInput(f"--dtype {args.dtype!r} names no precision; allowed: fp64, fp32")
+    precisions = parse_precisions(args.dtype)
     backward = getattr(args, "backward", False)
     for p in precisions:
-        check_memory(problem.memory_estimate(dtypes.itemsize(p)), f"{op} {problem.label} {p}")
+        check_memory(memory_need(problem, p), f"{op} {problem.label} {p}")
     thread_counts = parse_threads(args.threads)
     device = _backward_device(args.device) if backward else resolve_device(args.device, op)
     backend_names = named_list("--backend", args.backend, ", ".join(registry.backends(op)))
@@ -181,16 +159,12 @@ def plan_cases(args) -> tuple:
     for threads in thread_counts:
         for p in precisions:
             if args.ladder:
-                for backend in dict.fromkeys(r.backend for r in records if r.fusable):
-                    for label, rung_plan in ladder(device):
-                        v = "naive" if label == "naive" else "fused"
-                        rec = registry.REGISTRY[(op, v, backend)]
-                        cases.append(Case(rec, problem, p, args.seed,
-                                          rung_plan if v == "fused" else None, threads, label))
+                fusable = dict.fromkeys(r.backend for r in records if r.fusable)
+                cases += [Case(rec, problem, p, args.seed, rung_plan, threads, label)
+                          for rec, rung_plan, label in ladder_rungs(op, fusable, device)]
             else:
-                for rec in records:
-                    rp = (plan or full_plan(device, rec.backend)) if rec.fusable else None
-                    cases.append(Case(rec, problem, p, args.seed, rp, threads))
+                cases += [Case(rec, problem, p, args.seed, default_plan(rec, device, plan), threads)
+                          for rec in records]
     if fw_names:
         cases += label_whole_layer(framework_cases(op, full_layer(problem), fw_names, device, precisions,
                                                    args.seed, thread_counts, python), problem)
@@ -223,13 +197,12 @@ def _backward_device(requested: str) -> str:
 
 def _backward_cases(args, cell, problem, precisions, thread_counts, device, variant_names,
                     backend_names, fw_names, python) -> list:
-    """Training-step cases: our fused forward + backward, then the frameworks' training steps."""
-    import functools
-
+    """Training-step cases: our fused forward + backward (the registry's "bwd" records of the
+    cell), then the frameworks' training steps."""
+    from .. import registry
     from ..cases import backward as bwcases
     from ..cases.frameworks import framework_cases
     from ..problems import check_memory
-    from ..registry import VariantRecord
     from ..runner import Case
     from kernels import dtypes
     if cell not in bwcases.BACKWARD_CELLS:
@@ -250,15 +223,9 @@ def _backward_cases(args, cell, problem, precisions, thread_counts, device, vari
             raise BadInput(f"--backward computes {', '.join(bwcases.BACKWARD_PRECISIONS)}, not {p}")
         check_memory(bwcases.memory_estimate(problem, dtypes.itemsize(p)),
                      f"{problem.op} {problem.label} {p} forward+backward")
-    name = "fused+bwd" if cell == "plain" else f"{cell}-fused+bwd"
-    cases = []
-    for threads in thread_counts:
-        for p in precisions:
-            for b in bwcases.BACKWARD_BACKENDS:
-                rec = VariantRecord(problem.op, name, b,
-                                    functools.partial(bwcases.build_backward, cell=cell, backend=b),
-                                    "fused forward + backward (kernels.backward)")
-                cases.append(Case(rec, problem, p, args.seed, None, threads))
+    recs = registry.ours(problem.op, cell, "bwd")
+    cases = [Case(rec, problem, p, args.seed, None, threads)
+             for threads in thread_counts for p in precisions for rec in recs]
     if fw_names:
         cases += label_whole_layer(framework_cases(problem.op, full_layer(problem), fw_names, device,
                                                    precisions, args.seed, thread_counts, python, cell=cell,
@@ -268,26 +235,26 @@ def _backward_cases(args, cell, problem, precisions, thread_counts, device, vari
 
 def _custom_cell_cases(args, cell, problem, precisions, thread_counts, device, variant_names,
                        backend_names, fw_names, python=None) -> list:
-    """Cases of a custom LSTM cell (kernels.custom): naive and fused on the device's backends,
-    then (layer norm) the frameworks' layer-norm LSTMs."""
-    import functools
-
+    """Cases of a custom LSTM cell (the registry's records of the cell, run by kernels.rnn.RNN as
+    the plain cells are): naive and fused on the device's backends, with --opt and --ladder, then
+    (layer norm) the frameworks' layer-norm LSTMs."""
     from fusion.steps import Plan, ladder
 
-    from ..cases.custom import build_custom
+    from .. import registry
     from ..cases.frameworks import framework_cases
-    from ..registry import VariantRecord
     from ..runner import Case
     if fw_names and cell != "layernorm":
         raise BadInput(f"--cell {cell}: the frameworks have no {cell} LSTM path to compare "
                        "(framework rows exist for --cell plain and layernorm); drop --frameworks")
-    from kernels.custom import CPU_BACKENDS, GPU_BACKENDS
-    allowed_v = ("naive", "fused")
-    allowed_b = CPU_BACKENDS if device == "cpu" else GPU_BACKENDS
+    on = [r for r in registry.ours("lstm", cell) if r.device == device]
+    prefix = f"{cell}-"
+    allowed_v = tuple(dict.fromkeys(r.variant[len(prefix):] for r in on))
+    allowed_b = tuple(dict.fromkeys(r.backend for r in on))
     if device == "cuda":
+        dts = on[0].precisions
         for p in precisions:
-            if p not in ("fp32", "tf32", "fp16"):
-                raise BadInput(f"--cell {cell} on cuda computes fp32, tf32, fp16, not {p}")
+            if p not in dts:
+                raise BadInput(f"--cell {cell} on cuda computes {', '.join(dts)}, not {p}")
     for v in variant_names or ():
         if v not in allowed_v:
             raise BadInput(f"--cell {cell} has variants {', '.join(allowed_v)}, not {v!r}")
@@ -299,10 +266,8 @@ def _custom_cell_cases(args, cell, problem, precisions, thread_counts, device, v
         raise BadInput(f"--opt {args.opt!r} sets the fusion steps of the fused variant, which is not "
                        "selected; add --fused or drop --opt")
 
-    def record(v, b):   # the same runner as the plain cells (kernels.rnn.RNN), the cell's kernels
-        return VariantRecord("lstm", f"{cell}-{v}", b,
-                             functools.partial(build_custom, cell=cell, variant=v, backend=b),
-                             f"{cell} LSTM, {v}", fusable=v == "fused")
+    def record(v, b):
+        return registry.REGISTRY[("lstm", f"{prefix}{v}", b)]
     cases = []
     for threads in thread_counts:
         for p in precisions:

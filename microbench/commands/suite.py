@@ -28,7 +28,6 @@ EPILOG = """examples:
 """
 
 # Timing defaults when neither the suite nor the command line sets them (those of `lstm`).
-_TIMING = {"warmup": 0.2, "min_time": 1.0, "max_time": 20.0, "min_samples": 5, "max_noise": 0.05}
 
 
 def add_parsers(sub) -> None:
@@ -167,8 +166,9 @@ class Entry:
 
 def _settings(args, suite):
     from ..harness import Settings
+    from ..planner import timing_defaults
     vals = {k: getattr(args, k) if getattr(args, k) is not None else suite.timing.get(k, d)
-            for k, d in _TIMING.items()}
+            for k, d in timing_defaults().items()}
     return Settings(vals["warmup"], vals["min_time"], vals["max_time"], vals["min_samples"], vals["max_noise"],
                     cold=getattr(args, "cold", False), graph=getattr(args, "graph", False),
                     rounds=getattr(args, "rounds", 1) or 1)
@@ -210,9 +210,7 @@ def _check_variants(names: list, ops: set) -> None:
 
     from .. import registry
     allowed = {v for op in ops for v in registry.variants(op)} | {"naive", "fused+bwd"} | {f"+{s}" for s in STEPS}
-    if "conv" in ops:
-        from kernels.conv.backward import BACKWARD, PHASES
-        allowed |= {f"{v}+{ph}" for v in BACKWARD for ph in PHASES}
+    allowed |= {r.variant for op in ops for r in registry.ours(op, direction="bwd")}
     for n in names:
         if n not in allowed:
             raise BadInput(f"--variants {n!r} is unknown for this suite; allowed: {', '.join(sorted(allowed))}")
@@ -231,22 +229,17 @@ def _problem(spec, batch, input_gemm: bool = False):
 def _training_cases(spec, problem, device, precisions, frameworks, seed, threads, backends) -> tuple:
     """(cases, reason): an RNN entry's training-step cases, ours (kernels.backward, NumPy on the
     CPU) and the frameworks' (whole layer, labelled), or why none can run."""
-    import functools
-
-    from ..cases import backward as bwcases
-    from ..registry import VariantRecord
+    from .. import registry
     from ..runner import Case
     from .rnn import full_layer, label_whole_layer
     if device != "cpu":
         return [], "the training step runs on the CPU only (kernels.backward); use --device cpu"
     cases = []
-    for b in bwcases.BACKWARD_BACKENDS:
-        if backends is not None and b not in backends:
+    for rec in registry.ours(spec.op, direction="bwd"):
+        if backends is not None and rec.backend not in backends:
             continue
-        rec = VariantRecord(spec.op, "fused+bwd", b, functools.partial(bwcases.build_backward, cell="plain", backend=b),
-                            "fused forward + backward (kernels.backward)")
         cases += [Case(rec, problem, p, seed, None, t) for t in threads for p in precisions
-                  if p in bwcases.BACKWARD_PRECISIONS]
+                  if p in rec.precisions]
     if frameworks:
         from ..cases.frameworks import framework_cases
         try:
@@ -259,22 +252,12 @@ def _training_cases(spec, problem, device, precisions, frameworks, seed, threads
     return cases, ""
 
 
-def _memory_need(problem, precision: str) -> int:
-    from kernels import dtypes
-    item = dtypes.storage(precision).itemsize
-    if hasattr(problem, "memory_estimate"):
-        return problem.memory_estimate(item)
-    cols = problem.N * problem.P * problem.Q * problem.Cg * problem.R * problem.S
-    return problem.bytes(precision) * 2 + 8 * problem.elements + cols * item
-
-
 def plan(args, suite, device: str) -> list:
     """Entries of the suite after the filters, each with the cases it runs or the reason it cannot."""
-    from fusion.steps import full_plan, ladder
-    from kernels import dtypes
     from kernels.backends import BACKENDS
 
     from .. import registry
+    from ..planner import default_plan, ladder_rungs, parse_precisions
     from ..problems import available_memory
     from ..runner import Case
     from ..threads import parse_threads
@@ -283,9 +266,7 @@ def plan(args, suite, device: str) -> list:
         only = re.compile(args.only) if args.only is not None else None
     except re.error as e:
         raise BadInput(f"--only {args.only!r} is not a regular expression: {e}") from None
-    precisions = list(dict.fromkeys(dtypes.canonical(d) for d in csv_list(args.dtype)))
-    if not precisions:
-        raise BadInput(f"--dtype {args.dtype!r} names no precision; allowed: fp64, fp32")
+    precisions = parse_precisions(args.dtype)
     threads_given = parse_threads(args.threads) if args.threads is not None else None
     if args.batch is not None and args.batch < 1:
         raise BadInput(f"--batch {args.batch} must be at least 1")
@@ -329,22 +310,16 @@ def plan(args, suite, device: str) -> list:
                                               threads, backends)
             _fit_memory(e, cases, problem, avail)
             continue
-        ours = [r for r in registry.REGISTRY.values()
-                if r.op == spec.op and r.device == device and not r.framework
+        ours = [r for r in registry.ours(spec.op) if r.device == device
                 and (backends is None or r.backend in backends)]
         theirs = _framework_cases(spec.op, problem, frameworks, device, precisions, args.seed, threads)
         built = []   # (record, plan, rung)
         if spec.ladder and not spec.is_conv:
-            for backend in dict.fromkeys(r.backend for r in ours if r.fusable or r.variant == "naive"):
-                for label, rung_plan in ladder(device):
-                    v = "naive" if label == "naive" else "fused"
-                    rec = registry.REGISTRY.get((spec.op, v, backend))
-                    if rec is not None and (keep(label) or keep(v)):
-                        built.append((rec, rung_plan if v == "fused" else None, label))
+            on = dict.fromkeys(r.backend for r in ours if r.fusable or r.variant == "naive")
+            built += [(rec, rung_plan, label) for rec, rung_plan, label in ladder_rungs(spec.op, on, device)
+                      if keep(label) or keep(rec.variant)]
         else:
-            for rec in ours:
-                if keep(rec.variant):
-                    built.append((rec, full_plan(device, rec.backend) if rec.fusable else None, ""))
+            built += [(rec, default_plan(rec, device), "") for rec in ours if keep(rec.variant)]
         if not built and not theirs:
             e.reason = "no variant left after the filters" if (variants or backends) else \
                 f"no {spec.op} variant runs on {device}"
@@ -376,8 +351,9 @@ def plan(args, suite, device: str) -> list:
 
 def _fit_memory(e, cases, problem, avail) -> None:
     """Split cases into the entry's runnable ones and its memory skips."""
+    from ..planner import memory_need
     for case in cases:
-        need = _memory_need(problem, case.precision)
+        need = memory_need(problem, case.precision)
         if hasattr(problem, "T") and ("+bwd" in case.variant or "+bwd" in case.backend):
             from ..cases.backward import memory_estimate
             need = memory_estimate(problem, _itemsize(case.precision))
@@ -497,7 +473,7 @@ def cmd_suite(args) -> int:
     from ..results import JsonlWriter
     from ..suites import catalog
     from ..threads import parse_threads, prepare_numba_pool
-    from .rnn import resolve_device
+    from ..planner import resolve_device
 
     out, err = console(), console(stderr=True)
     if args.name is None:
