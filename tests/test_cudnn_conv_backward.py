@@ -326,3 +326,32 @@ def test_conv_backward_on_cuda_lists_skipped_cudnn_rows(monkeypatch, tmp_path):
         assert r["status"] == "skipped" and "no CUDA driver" in r["error"], (name, r)
     assert cli.main(["conv", "--backward", "--device", "cuda", "--implicit_gemm", "--quiet"]) == 2
 
+
+
+# -- on a GPU ------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_every_backward_row_matches_the_reference_on_a_gpu(layout, precision):
+    """Each row's own check (float64 phase reference); an algorithm cuDNN refuses is skipped, but
+    each phase must run at least its heuristic pick and one named algorithm."""
+    import dataclasses
+
+    from microbench.cases.cudnn import conv_backward_records
+    p = dataclasses.replace(ConvProblem(N=2, C=8, H=9, W=9, K=16, R=3, S=3, pad=1), layout=layout)
+    ran = {"bwd_data": 0, "bwd_weights": 0}
+    for rec in conv_backward_records():
+        try:
+            prep = rec.build(p, 0, precision=precision)
+        except Unsupported:
+            assert not rec.variant.startswith("cudnn+"), rec.variant     # auto must find one
+            continue
+        try:
+            check = prep.check()
+        except Unsupported:
+            continue
+        finally:
+            prep.close()
+        assert check.passed, (rec.variant, check.detail)
+        ran[rec.variant.partition("+")[2]] += 1
+    assert all(n >= 2 for n in ran.values()), ran
