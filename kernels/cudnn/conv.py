@@ -101,13 +101,16 @@ class _LegacyConv:
     descriptors (the output size cross-checked with cuDNN's), the algorithm choice (``auto``:
     cuDNN's heuristic first choice among those that run), its workspace, the filter in cuDNN's
     format.  A phase names its algorithm table, its two query functions and the four descriptors
-    they take, in the header's order (``_operands``), and allocates its outputs (``_allocate``)."""
+    they take, in the header's order (``OPERANDS``), and allocates its outputs (``_allocate``)."""
 
     ALGOS, ALGO_COUNT = FWD_ALGOS, 8    # ALGO_COUNT: the enum's CUDNN_..._ALGO_COUNT
     WORKSPACE_FN = "cudnnGetConvolutionForwardWorkspaceSize"
     HEURISTIC_FN = "cudnnGetConvolutionForwardAlgorithm_v7"
     ENUM = "CUDNN_CONVOLUTION_FWD_ALGO_"
     VARIANT = "cudnn conv"
+    # the descriptors WORKSPACE_FN and HEURISTIC_FN take after the handle, in the header's order
+    OPERANDS = ("x_desc", "w_desc", "conv_desc", "y_desc")
+    OUTPUTS = ("y",)       # device arrays _allocate makes, dropped at close
 
     def __init__(self, problem: ConvProblem, *, precision: str = "fp32", algo: str = "auto",
                  lib=None):
@@ -164,10 +167,12 @@ class _LegacyConv:
         raise NotImplementedError
 
     def _operands(self) -> tuple:
-        raise NotImplementedError
+        return tuple(getattr(self, name) for name in self.OPERANDS)
 
     def _release(self):
         self.workspace = self._w_cache = None
+        for name in self.OUTPUTS:
+            setattr(self, name, None)
 
     def workspace_size(self, algo: str) -> int:
         size = ctypes.c_size_t()
@@ -247,13 +252,6 @@ class CudnnConv(_LegacyConv):
     def _allocate(self, cupy) -> None:
         self.y = cupy.empty(self.problem.y_shape, dtype=self.storage)
 
-    def _operands(self) -> tuple:       # xDesc, wDesc, convDesc, yDesc
-        return self.x_desc, self.w_desc, self.conv_desc, self.y_desc
-
-    def _release(self):
-        super()._release()
-        self.y = None
-
     def find(self) -> list:
         """cudnnFindConvolutionForwardAlgorithm: cuDNN runs every algorithm and times it."""
         return self._perf_rows("cudnnFindConvolutionForwardAlgorithm")
@@ -284,16 +282,10 @@ class CudnnConvBackwardData(_LegacyConv):
     HEURISTIC_FN = "cudnnGetConvolutionBackwardDataAlgorithm_v7"
     ENUM = "CUDNN_CONVOLUTION_BWD_DATA_ALGO_"
     VARIANT = "cudnn conv backward-data"
+    OPERANDS, OUTPUTS = ("w_desc", "y_desc", "conv_desc", "x_desc"), ("dx",)   # w, dy, conv, dx
 
     def _allocate(self, cupy) -> None:
         self.dx = cupy.empty(self.problem.x_shape, dtype=self.storage)
-
-    def _operands(self) -> tuple:       # wDesc, dyDesc, convDesc, dxDesc
-        return self.w_desc, self.y_desc, self.conv_desc, self.x_desc
-
-    def _release(self):
-        super()._release()
-        self.dx = None
 
     def __call__(self, w, dy):
         p = self.problem
@@ -318,19 +310,13 @@ class CudnnConvBackwardFilter(_LegacyConv):
     HEURISTIC_FN = "cudnnGetConvolutionBackwardFilterAlgorithm_v7"
     ENUM = "CUDNN_CONVOLUTION_BWD_FILTER_ALGO_"
     VARIANT = "cudnn conv backward-filter"
+    OPERANDS, OUTPUTS = ("x_desc", "y_desc", "conv_desc", "w_desc"), ("dw", "db")   # x, dy, conv, dw
 
     def _allocate(self, cupy) -> None:
         p = self.problem
         shape = p.w_shape if p.layout == "NCHW" else (p.K, p.R, p.S, p.Cg)   # cuDNN's format
         self.dw = cupy.empty(shape, dtype=self.storage)
         self.db = cupy.empty((p.K,), dtype=self.storage) if p.bias else None
-
-    def _operands(self) -> tuple:       # xDesc, dyDesc, convDesc, dwDesc
-        return self.x_desc, self.y_desc, self.conv_desc, self.w_desc
-
-    def _release(self):
-        super()._release()
-        self.dw = self.db = None
 
     def __call__(self, x, dy):
         p = self.problem
