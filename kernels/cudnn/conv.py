@@ -1,16 +1,23 @@
-"""2-D forward convolution through cuDNN: the legacy API (every algorithm, one by one) and the
-``nvidia-cudnn-frontend`` graph API (``conv_fprop`` with heuristics).
+"""2-D convolution through cuDNN: the forward pass through the legacy API (every algorithm, one
+by one) and the ``nvidia-cudnn-frontend`` graph API (``conv_fprop`` with heuristics); the
+backward-data and backward-filter (+ bias) phases through the legacy API, per algorithm.
 
-    from kernels.cudnn.conv import CudnnConv, algorithm_table
+    from kernels.cudnn.conv import CudnnConv, CudnnConvBackwardData, CudnnConvBackwardFilter, algorithm_table
     with CudnnConv(problem, precision="fp16", algo="implicit_precomp_gemm") as conv:
         y = conv(x, w, b)                      # CuPy arrays, problem.layout, w always KCRS
     rows = algorithm_table(problem, "fp32")    # one row per cuDNN algorithm: status, time, workspace
+    with CudnnConvBackwardData(problem, algo="algo_1") as bd:
+        dx = bd(w, dy)
+    with CudnnConvBackwardFilter(problem) as bf:   # auto: cuDNN's heuristic pick
+        dw, db = bf(x, dy)                     # dw KCRS; db None without a bias
 
 Layouts: activations NCHW or NHWC as ``problem.layout`` says; the filter is our KCRS, copied once
 in ``build`` to KRSC for NHWC (cuDNN's NHWC filter format).  Bias: ``cudnnAddTensor`` after the
 convolution (legacy path) or a fused ``add`` node (frontend path).
 Math: fp32 = CUDNN_FMA_MATH (no TF32, as PyTorch with TF32 off), tf32 = CUDNN_DEFAULT_MATH
 (TF32 permitted on A100 and later), fp16 = CUDNN_TENSOR_OP_MATH; accumulation in fp32 always.
+Prototypes and enum values are those of cuDNN 9's cudnn_cnn.h / cudnn_ops.h
+(tests/test_cudnn_conv_backward.py checks them against the header text where it is found).
 """
 from __future__ import annotations
 
