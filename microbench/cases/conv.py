@@ -124,8 +124,8 @@ def backward_records(variants=None) -> list:
     for v in variants or ():
         if v not in BACKWARD:
             raise BadInput(f"--backward: conv variant {v!r} has no backward pass; allowed: {', '.join(BACKWARD)}")
-    return [r for r in ours("conv", direction="bwd")
-            if not variants or r.variant.partition("+")[0] in variants]
+    return [r for r in ours("conv", direction="bwd") if r.device == "cpu"
+            and (not variants or r.variant.partition("+")[0] in variants)]
 
 
 def _register_backward() -> None:

@@ -152,3 +152,79 @@ def _register_conv():
 
 
 _register_conv()
+
+
+# -- convolution backward (conv --backward on a GPU) ----------------------------------------------
+# Built per run like the CPU phases (microbench.cases.conv.backward_records), not registered: the
+# registry's conv records are the forward variants.  Rows: cudnn+PHASE (cuDNN's heuristic pick)
+# and cudnn_ALGO+PHASE per algorithm of the phase, ALGO as in CUDNN_CONVOLUTION_BWD_*_ALGO_*.
+_BWD_TOL_SCALE = {"fft": 10.0, "fft_tiling": 10.0, "winograd": 10.0, "winograd_nonfused": 10.0}
+
+
+def build_cudnn_conv_backward(problem, seed: int, *, algo: str, phase: str, precision: str,
+                              plan=None) -> Prepared:
+    """One backward phase through the legacy API (bwd_data: dx; bwd_weights: dw and, with a
+    bias, db), checked against the float64 phase reference as the CPU phases are; transform
+    algorithms get the forward's 10x (their error is not measured yet)."""
+    from kernels import gpu
+    ok, reason = gpu.detect()
+    if not ok:
+        raise Unsupported(f"the cudnn conv backward variants need a GPU: {reason}")
+    import cupy as cp
+    from kernels.cudnn.conv import BACKWARD
+
+    from . import conditioning as cond
+    from .conv import backward_reference, make_inputs as conv_inputs, upstream_grad
+    op = BACKWARD[phase](problem, precision=precision, algo=algo)
+    try:
+        x, w, _ = conv_inputs(problem, seed, precision)
+        x, w, dy = cp.asarray(x), cp.asarray(w), cp.asarray(upstream_grad(problem, seed, precision))
+        run = functools.partial(op, w, dy) if phase == "bwd_data" else functools.partial(op, x, dy)
+        names = ("dx",) if phase == "bwd_data" else (("dw", "db") if problem.bias else ("dw",))
+        scale = _BWD_TOL_SCALE.get(op.algo, 1.0)
+
+        def check(out=None) -> Check:   # out: a timed call's return value, else one call now
+            out = run() if out is None else out
+            outs = [out] if phase == "bwd_data" else [a for a in out if a is not None]
+            ref, tols = backward_reference(problem, seed, precision, phase)
+            return cond.compare_each([np.asarray(a.get()) for a in outs], ref,
+                                     [t * scale for t in tols], names)
+
+        info = {"algo": op.algo, "workspace_bytes": op.workspace_bytes, "layout": problem.layout,
+                "pass": phase, "outputs": list(names)}
+        return Prepared(inputs={"x": x, "w": w, "dy": dy}, run=run, flops=problem.flops,
+                        bytes=problem.bytes(precision), check=check, info=info, close=op.close)
+    except BaseException:
+        op.close()
+        raise
+
+
+def _register_conv_backward() -> None:
+    """A record per (phase, algorithm), direction bwd: cudnn+PHASE (cuDNN's heuristic pick)
+    first, then cudnn_ALGO+PHASE per algorithm of the phase's enum."""
+    from kernels.conv.backward import PHASES
+    from kernels.cudnn.conv import BACKWARD, PRECISION
+    from .conv import PHASE_ABOUT
+    common = dict(dtypes=tuple(PRECISION), probe=_PROBE, direction="bwd")
+    for phase in PHASES:
+        cls = BACKWARD[phase]
+        fn = cls.HEURISTIC_FN.replace("cudnnGet", "cudnn").replace("Algorithm_v7", "")
+        code = f"kernels.cudnn.conv:{cls.__name__}"
+        register(VariantRecord("conv", f"cudnn+{phase}", BACKEND, functools.partial(
+            build_cudnn_conv_backward, algo="auto", phase=phase),
+            f"cuDNN legacy API {fn}, the algorithm cuDNN's heuristics pick; {PHASE_ABOUT[phase]}",
+            code=code, **common))
+        for a in cls.ALGOS:
+            register(VariantRecord("conv", f"cudnn_{a}+{phase}", BACKEND, functools.partial(
+                build_cudnn_conv_backward, algo=a, phase=phase),
+                f"cuDNN legacy API {fn}, {cls.enum_name(a)}; {PHASE_ABOUT[phase]}", code=code,
+                tol_scale=_BWD_TOL_SCALE.get(a, 1.0), **common))
+
+
+_register_conv_backward()
+
+
+def conv_backward_records() -> list:
+    """The registered cuDNN backward records (cudnn+PHASE, then cudnn_ALGO+PHASE), registry order."""
+    from ..registry import ours
+    return [r for r in ours("conv", direction="bwd") if r.backend == BACKEND]

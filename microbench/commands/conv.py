@@ -39,7 +39,9 @@ def add_parsers(sub) -> None:
                    help="also time backward-data (dx) and backward-weights (dw, db) of sum(y * dY) for a "
                         "fixed random dY, each phase its own row (variant+bwd_data, variant+bwd_weights) "
                         "checked against float64: the three phases DeepBench's training table times. "
-                        "CPU variants with a backward pass: im2col, direct; with --frameworks, each "
+                        "CPU variants with a backward pass: im2col, direct; on a GPU cuDNN's, per "
+                        "algorithm (cudnn_ALGO+bwd_data, cudnn_ALGO+bwd_weights; cudnn+PHASE: its "
+                        "heuristic pick) beside the legacy forward rows; with --frameworks, each "
                         "framework path's phases too (torch: aten.convolution_backward; the others "
                         "are skipped rows saying so)")
     v.add_argument("--frameworks", metavar="LIST",
@@ -111,10 +113,17 @@ def cmd_conv(args) -> int:
     if getattr(args, "backward", False):
         from ..cases.conv import backward_records
         from kernels.conv.backward import BACKWARD
-        if device != "cpu":
-            raise BadInput("--backward: the conv backward variants run on the CPU; use --device cpu")
-        back = backward_records(names)
-        records = [r for r in records if r.variant in BACKWARD] + back
+        if device == "cpu":
+            back = backward_records(names)
+            records = [r for r in records if r.variant in BACKWARD] + back
+        else:   # cuDNN's phases: the legacy API's forward rows, then each phase per algorithm
+            from ..cases.cudnn import conv_backward_records
+            from kernels.cudnn.conv import FWD_ALGOS
+            legacy = {"cudnn"} | {f"cudnn_{a}" for a in FWD_ALGOS}
+            if names and not legacy & set(names):
+                raise BadInput(f"--backward on {device}: the backward phases are cuDNN's; allowed "
+                               "variants: cudnn, cudnn_<forward algorithm>")
+            records = [r for r in records if r.variant in legacy] + conv_backward_records()
     cases = [Case(r, problem, p, args.seed, None, t) for t in threads for p in precisions for r in records]
     if args.frameworks is not None:    # '' names no framework: parse_frameworks refuses it
         from ..cases.frameworks import framework_cases
