@@ -1,4 +1,6 @@
-"""Shared test set-up: `gpu`-marked tests skip with the reason where no GPU is found."""
+"""Shared test set-up: `gpu`-marked tests skip with the reason where no GPU is found; the
+`onednn_lib` fixture skips where oneDNN cannot be loaded (and fails in CI, where it is a base
+dependency)."""
 import os
 import sys
 from pathlib import Path
@@ -34,3 +36,14 @@ def run_cli():
         return subprocess.run([sys.executable, "-m", "microbench", *args], cwd=cwd or ROOT, env=e,
                               capture_output=True, text=True, timeout=timeout)
     return run
+
+
+@pytest.fixture(scope="session")
+def onednn_lib():
+    from kernels.onednn import lib as L
+    ok, reason = L.available()
+    if not ok:
+        if os.environ.get("CI"):
+            pytest.fail(f"oneDNN must load in CI (a base dependency): {reason}")
+        pytest.skip(reason)
+    return L.load()

@@ -1,8 +1,6 @@
 """The CPU GEMM provider of the fused plan: under ``pretranspose`` (fp32) the weights are packed
 once into oneDNN's inner-product layout and every GEMM runs from them; without oneDNN the plan
 runs on BLAS and says so.  Every result is checked against the float64 reference."""
-import os
-
 import numpy as np
 import pytest
 
@@ -24,12 +22,8 @@ PACKED_PLANS = ["all", "pretranspose", "group_gemm,pretranspose", "hoist_input,p
 
 
 @pytest.fixture(scope="module")
-def onednn():
-    ok, reason = dnnl.available()
-    if not ok:
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+def onednn(onednn_lib):
+    return onednn_lib
 
 
 def _check(op, backend, plan, size, *, batch_first=False, precision="fp32"):

@@ -1,22 +1,15 @@
 """kernels.onednn.matmul.PackedMatmul and PackedInnerProduct: oneDNN matmul / inner product with
 the weights in the primitive's own layout (packed once), the source and destination the caller's
 own buffers."""
-import os
 
 import numpy as np
 import pytest
 
 from kernels.errors import BadInput
-from kernels.onednn import lib as L
 
 
 @pytest.fixture(scope="module", params=["PackedMatmul", "PackedInnerProduct"])
-def mm_cls(request):
-    ok, reason = L.available()
-    if not ok:
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+def mm_cls(request, onednn_lib):
     from kernels.onednn import matmul
     return getattr(matmul, request.param)
 
