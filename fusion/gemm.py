@@ -41,7 +41,8 @@ ONEDNN = "onednn"
 def provider_for(xp, device: str, precision: str, plan) -> tuple:
     """(packer or None, info) for a plan's GEMMs.  ``packer(mat (K, N), m)`` returns a callable
     ``(x (m, K), out (m, N))`` writing ``x @ mat`` into ``out``; None means the array module's
-    matmul.  ``info`` is what a case records: ``{"provider": ..., "reason": ...}``."""
+    matmul.  ``info`` is what a case records: ``{"provider": ..., "reason": ...}``, with
+    ``fallback`` set when oneDNN would have run but cannot be loaded (the table notes it)."""
     if "pretranspose" not in plan or device != "cpu" or xp is not np:
         return None, {}
     if precision != "fp32":
@@ -51,7 +52,7 @@ def provider_for(xp, device: str, precision: str, plan) -> tuple:
     try:
         lib = dnnl.load()
     except MissingDependency as e:
-        return None, {"provider": BLAS, "reason": f"oneDNN not loaded: {e}"}
+        return None, {"provider": BLAS, "fallback": True, "reason": f"oneDNN not loaded: {e}"}
     from kernels.onednn.matmul import PackedInnerProduct
 
     def pack(mat, m):

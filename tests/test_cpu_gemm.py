@@ -1,6 +1,8 @@
 """The CPU GEMM provider of the fused plan: under ``pretranspose`` (fp32) the weights are packed
 once into oneDNN's inner-product layout and every GEMM runs from them; without oneDNN the plan
 runs on BLAS and says so.  Every result is checked against the float64 reference."""
+import json
+
 import numpy as np
 import pytest
 
@@ -92,6 +94,7 @@ def test_fallback_to_blas_when_onednn_cannot_be_loaded(monkeypatch):
         impl = _check(op, "numba", "all", (5, 3, 7, 9, 2))
         assert impl.gemm_info["provider"] == fgemm.BLAS
         assert "oneDNN not loaded" in impl.gemm_info["reason"]
+        assert impl.gemm_info["fallback"] is True
         assert impl.layers[0].proj_h.packer is None and not impl.layers[0].proj_h._packed
     prep = build_rnn(RNNProblem("lstm", 3, 2, 4, 5, 1), 0, variant="fused", backend="numba",
                      precision="fp32", plan="all")
@@ -104,6 +107,7 @@ def test_provider_only_where_packing_applies(onednn):
     """fp64 and plans without pretranspose keep BLAS; fp64 records why."""
     impl = _check("lstm", "numba", "all", (3, 2, 4, 5, 1), precision="fp64")
     assert impl.gemm_info["provider"] == fgemm.BLAS and "fp32 only" in impl.gemm_info["reason"]
+    assert "fallback" not in impl.gemm_info    # a choice, not a missing library: no table note
     impl = _check("lstm", "numba", "group_gemm,hoist_input,fuse_pointwise", (3, 2, 4, 5, 1))
     assert impl.gemm_info == {}
     prep = build_rnn(RNNProblem("gru", 3, 2, 4, 5, 1), 0, variant="fused", backend="numba",
@@ -129,3 +133,17 @@ def test_threads_limit_reaches_onednn_openmp(onednn):
     from microbench import threads
     with threads.limit(1) as used:
         assert used.get("openmp") == 1 and used.get("numba") == 1, used
+
+
+def test_table_and_record_say_when_pretranspose_ran_on_blas(run_cli, tmp_path):
+    """A oneDNN search path with no library in it (the loader then looks nowhere else): the
+    fused row still runs and checks, its note and its record say BLAS and why."""
+    out = tmp_path / "r.jsonl"
+    r = run_cli("lstm", "--fused", "--backend", "numba", "--device", "cpu", "-T", "3", "-B", "2",
+                "-H", "8", "--warmup", "0", "--min-time", "0", "--min-samples", "2",
+                "--json", str(out), env={"MICROBENCH_ONEDNN_PATH": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert "BLAS GEMMs (no oneDNN packing)" in r.stdout and "oneDNN not loaded" in r.stdout
+    (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rec["status"] == "ok" and rec["info"]["gemm"]["provider"] == "blas"
+    assert str(tmp_path) in rec["info"]["gemm"]["reason"]
