@@ -40,10 +40,5 @@ def run_cli():
 
 @pytest.fixture(scope="session")
 def onednn_lib():
-    from kernels.onednn import lib as L
-    ok, reason = L.available()
-    if not ok:
-        if os.environ.get("CI"):
-            pytest.fail(f"oneDNN must load in CI (a base dependency): {reason}")
-        pytest.skip(reason)
-    return L.load()
+    from onednn_tools import require_onednn
+    return require_onednn()
