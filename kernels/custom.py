@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from fusion import cellexpr
+from fusion import gemm as fgemm
+from fusion.steps import Plan
 
 from .dtypes import canonical, storage
 from .errors import BadInput, Unsupported
@@ -239,6 +241,10 @@ class CustomLSTM:
             self.provider = cellexpr.NumbaCell(self.expr)
         H = params.hidden_size
         fold = cell != "layernorm"   # LN normalises x W_ih^T alone: its biases come after
+        # The fused layer runs grouped, hoisted and pretransposed GEMMs: on the CPU in fp32 the
+        # same packed oneDNN provider as the fused plan of kernels.rnn (gemm_info says which).
+        packer, self.gemm_info = (None, {}) if variant != "fused" else fgemm.provider_for(
+            xp, "cuda" if self.on_gpu else "cpu", self.precision, Plan(frozenset({"pretranspose"})))
         self.layers = []
         for l, layer in enumerate(params.layers):
             w_ih, w_hh, b_ih, b_hh = (xp.ascontiguousarray(xp.asarray(a, dtype=dt)) for a in layer.arrays())
@@ -252,7 +258,23 @@ class CustomLSTM:
                 lay["bx"], lay["bh"], lay["fold"] = None, None, (b_ih + b_hh).reshape(4, H)
             else:
                 lay["bx"], lay["bh"], lay["fold"] = b_ih.reshape(4, H), b_hh.reshape(4, H), None
+            if packer is not None:
+                lay["proj_x"], lay["proj_h"] = (fgemm.Projection(xp, w, 4, grouped=True, pretransposed=True,
+                                                                 packer=packer) for w in (w_ih, w_hh))
             self.layers.append(lay)
+
+    def gemm_step_info(self) -> dict:
+        """The packed primitives of the last layer's recurrent GEMM (empty without packing)."""
+        lay = self.layers[-1]
+        return lay["proj_h"].info() if "proj_h" in lay else {}
+
+    def prepare(self, T: int, B: int) -> "CustomLSTM":
+        """Pack the weights for a call with T steps and batch B now (a no-op without packing)."""
+        for lay in self.layers:
+            if "proj_h" in lay:
+                lay["proj_x"].prepare(T * B)
+                lay["proj_h"].prepare(B)
+        return self
 
     def __call__(self, x, h0=None, c0=None):
         from .gpu import cublas_math
@@ -285,14 +307,22 @@ class CustomLSTM:
     def _fused_layer(self, lay, seq, h, c, T, B, H):
         dt, xp = self.dtype, self.xp
         y = xp.empty((T, B, H), dt)
-        gx_all = xp.ascontiguousarray(seq).reshape(T * B, -1) @ lay["w_ih"].T        # hoisted: M = T*B
+        rows = xp.ascontiguousarray(seq).reshape(T * B, -1)
+        packed = "proj_h" in lay
+        if packed:                                                                   # hoisted: M = T*B
+            gx_all = lay["proj_x"](rows, xp.empty((T * B, 4 * H), dt))
+        else:
+            gx_all = rows @ lay["w_ih"].T
         if lay["fold"] is not None:
             gx_all.reshape(T * B, 4, H)[...] += lay["fold"]
         gh_buf = xp.empty((B, 4 * H), dt)
         gh = gh_buf.reshape(B, 4, H)
         for t in range(T):
             gx = gx_all[t * B:(t + 1) * B].reshape(B, 4, H)
-            xp.matmul(h, lay["w_hh"].T, out=gh_buf)                                    # 1 GEMM
+            if packed:                                                               # 1 GEMM
+                lay["proj_h"](h, gh_buf)
+            else:
+                xp.matmul(h, lay["w_hh"].T, out=gh_buf)
             if self.fused_kernel:
                 self.provider(xp, gx, gh, lay["bx"], lay["bh"], h, (c,), lay["extra"], y[t], (c,))
                 h = y[t]

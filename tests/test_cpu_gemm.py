@@ -86,10 +86,13 @@ def test_prepare_packs_every_gemm_before_the_first_call(onednn, plan):
     assert check.passed, check.detail
 
 
+def _missing():
+    """Stands in for the loader where no oneDNN can be found."""
+    raise MissingDependency("oneDNN 3 (libdnnl.so.3)", "the onednn variants", "searched: nowhere")
+
+
 def test_fallback_to_blas_when_onednn_cannot_be_loaded(monkeypatch):
-    def missing():
-        raise MissingDependency("oneDNN 3 (libdnnl.so.3)", "the onednn variants", "searched: nowhere")
-    monkeypatch.setattr(dnnl, "load", missing)
+    monkeypatch.setattr(dnnl, "load", _missing)
     for op in ("lstm", "gru"):
         impl = _check(op, "numba", "all", (5, 3, 7, 9, 2))
         assert impl.gemm_info["provider"] == fgemm.BLAS
@@ -147,3 +150,23 @@ def test_table_and_record_say_when_pretranspose_ran_on_blas(run_cli, tmp_path):
     (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert rec["status"] == "ok" and rec["info"]["gemm"]["provider"] == "blas"
     assert str(tmp_path) in rec["info"]["gemm"]["reason"]
+
+
+@pytest.mark.parametrize("cell", ["layernorm", "peephole"])
+@pytest.mark.parametrize("size", [(5, 3, 7, 9, 2), (4, 1, 5, 16, 1)], ids=lambda s: "T%dB%dI%dH%dL%d" % s)
+def test_custom_cells_use_the_packed_provider(onednn, monkeypatch, cell, size):
+    """The layer-norm and peephole LSTMs' fused layer runs the same GEMMs (hoisted, grouped):
+    packed on oneDNN when it loads, on BLAS (recorded) when it does not."""
+    from microbench.cases.custom import build_custom
+    prob = RNNProblem("lstm", *size)
+    prep = build_custom(prob, 3, cell=cell, variant="fused", backend="numba", precision="fp32")
+    assert prep.info["gemm"]["provider"] == "onednn"
+    assert list(prep.info["gemm"]["step"]) == [f"M={size[1]}"]
+    check = prep.check()
+    assert check.passed, check.detail
+
+    monkeypatch.setattr(dnnl, "load", _missing)
+    prep = build_custom(prob, 3, cell=cell, variant="fused", backend="numba", precision="fp32")
+    assert prep.info["gemm"]["provider"] == "blas" and prep.info["gemm"]["fallback"]
+    check = prep.check()
+    assert check.passed, check.detail

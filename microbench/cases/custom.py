@@ -81,6 +81,7 @@ def build_custom(problem: RNNProblem, seed: int, *, cell: str, variant: str, bac
             raise Unsupported(reason)
     inp = make_custom_inputs(problem, seed, precision, cell)
     impl = CustomLSTM(inp["params"], cell=cell, variant=variant, backend=backend, dtype=precision)
+    impl.prepare(problem.T, problem.B)   # packed weights (oneDNN provider) made here, not timed
     xp = impl.xp
     x, h0, c0 = (xp.asarray(inp[k]) for k in ("x", "h0", "c0"))   # on the device before timing
     run = lambda: impl(x, h0, c0)  # noqa: E731
@@ -93,9 +94,10 @@ def build_custom(problem: RNNProblem, seed: int, *, cell: str, variant: str, bac
     pointwise = "generated fused kernel" if impl.fused_kernel else "op by op"
     if impl.fused_kernel and impl.on_gpu:
         pointwise += " (CUDA C, RawModule)" if backend == "cupy" else " (numba.cuda)"
+    info = {"cell": cell, "pointwise": pointwise, "gemms_per_step": 8 if variant == "naive" else 1,
+            "tolerance": f"per output max(precision tolerance, {cond.SENSITIVITY_FACTOR:g} x "
+                         "measured conditioning)"}
+    if impl.gemm_info:     # CPU fused: which GEMM provider ran (and why not oneDNN)
+        info["gemm"] = dict(impl.gemm_info, step=impl.gemm_step_info())
     return Prepared(inputs={"x": x, "h0": h0, "c0": c0}, run=run, flops=problem.flops(),
-                    bytes=problem.bytes(itemsize), check=check,
-                    info={"cell": cell, "pointwise": pointwise,
-                          "gemms_per_step": 8 if variant == "naive" else 1,
-                          "tolerance": f"per output max(precision tolerance, {cond.SENSITIVITY_FACTOR:g} x "
-                                       "measured conditioning)"})
+                    bytes=problem.bytes(itemsize), check=check, info=info)
