@@ -5,12 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out="benchmarks/results/cpu-$(date -u +%Y-%m-%d)"
 mkdir -p "$out"
-run() {  # name, then microbench arguments
-  local name=$1; shift
-  rm -f "$out/$name.jsonl"    # --json appends: one run per file
-  echo "+ python3 -m microbench $*" | tee "$out/$name.txt"
-  COLUMNS=200 python3 -m microbench "$@" --json "$out/$name.jsonl" | tee -a "$out/$name.txt"
-}
+. benchmarks/run.sh   # run NAME ARGS...: one microbench run, its table and records under $out
 python3 -m microbench env > "$out/env.txt"
 run lstm-ladder lstm --ladder -H 512 -B 64 -T 100 --device cpu --min-time 3
 run gru-ladder gru --ladder -H 512 -B 64 -T 100 --device cpu --min-time 3

@@ -8,6 +8,15 @@ buffer has one of two layouts, both seen by the pointwise stage as a ``(M, G, H)
 - per gate:  ``(G, M, H)``: G GEMMs with N = H, each writing a contiguous block.
 
 The array module ``xp`` (NumPy, CuPy) is a parameter, so the same arrangement serves every backend.
+
+GEMM providers.  The array module's own matmul (BLAS, cuBLAS) runs every GEMM, except on the
+CPU under ``pretranspose`` in fp32: there :func:`provider_for` gives a oneDNN packer, and each
+weight block is packed once per row count M into the layout oneDNN's ``inner_product`` prefers
+(``brgemm:avx2`` blocks it as ``AB8b16a`` on AVX2), which is what "pre-transposing the weights"
+means on a CPU: OpenBLAS has no pre-packed-weights API, so without oneDNN the rung stays a
+contiguous transposed copy for BLAS.  A packed call points the primitive at the step loop's own
+buffers; nothing is allocated or reordered per step.  When oneDNN cannot be loaded the provider
+is BLAS and its info says why.
 """
 from __future__ import annotations
 
@@ -25,8 +34,35 @@ def matmul(xp, a, b, out):
     return xp.matmul(a, b, out=out)
 
 
+BLAS = "blas"
+ONEDNN = "onednn"
+
+
+def provider_for(xp, device: str, precision: str, plan) -> tuple:
+    """(packer or None, info) for a plan's GEMMs.  ``packer(mat (K, N), m)`` returns a callable
+    ``(x (m, K), out (m, N))`` writing ``x @ mat`` into ``out``; None means the array module's
+    matmul.  ``info`` is what a case records: ``{"provider": ..., "reason": ...}``, with
+    ``fallback`` set when oneDNN would have run but cannot be loaded (the table notes it)."""
+    if "pretranspose" not in plan or device != "cpu" or xp is not np:
+        return None, {}
+    if precision != "fp32":
+        return None, {"provider": BLAS, "reason": f"the oneDNN packed GEMM is fp32 only ({precision} here)"}
+    from kernels.errors import MissingDependency
+    from kernels.onednn import lib as dnnl
+    try:
+        lib = dnnl.load()
+    except MissingDependency as e:
+        return None, {"provider": BLAS, "fallback": True, "reason": f"oneDNN not loaded: {e}"}
+    from kernels.onednn.matmul import PackedInnerProduct
+
+    def pack(mat, m):
+        return PackedInnerProduct(mat, m=m, lib=lib)
+    return pack, {"provider": ONEDNN, "primitive": PackedInnerProduct.kind, "version": lib.version,
+                  "isa": lib.isa}
+
+
 class Projection:
-    def __init__(self, xp, w, num_gates: int, *, grouped: bool, pretransposed: bool):
+    def __init__(self, xp, w, num_gates: int, *, grouped: bool, pretransposed: bool, packer=None):
         self.xp, self.G = xp, num_gates
         self.H = w.shape[0] // num_gates
         self.K = w.shape[1]
@@ -38,6 +74,22 @@ class Projection:
             self.mats = [xp.ascontiguousarray(b.T) for b in blocks]
         else:
             self.mats = [xp.ascontiguousarray(b) for b in blocks]
+        # packer (oneDNN, pretransposed only): one packed primitive per weight block and row count
+        self.packer = packer if pretransposed else None
+        self._packed: dict = {}     # M -> [packed GEMM per block]
+        self._stage: dict = {}      # M -> contiguous copy of a strided x (batch-first input)
+
+    def prepare(self, M: int) -> list:
+        """The packed GEMMs for M rows, packing the weights now if this M is new (build time when
+        :meth:`kernels.rnn.RNN.prepare` is called, else the first call)."""
+        prims = self._packed.get(M)
+        if prims is None:
+            prims = self._packed[M] = [self.packer(mat, M) for mat in self.mats]
+        return prims
+
+    def info(self) -> dict:
+        """The packed primitives made so far (implementation and whether the weights were packed)."""
+        return {f"M={m}": p[0].info() for m, p in sorted(self._packed.items())}
 
     def alloc(self, M: int, dtype):
         shape = (M, self.G * self.H) if self.grouped else (self.G, M, self.H)
@@ -58,6 +110,17 @@ class Projection:
     def __call__(self, x, buf):
         """buf <- x @ W.T, with one GEMM (grouped) or G GEMMs (per gate)."""
         outs = [buf] if self.grouped else list(buf)
+        if self.packer is not None:
+            M = x.shape[0]
+            if not x.flags.c_contiguous:   # a time step of batch-first input: copy into a buffer made once
+                stage = self._stage.get(M)
+                if stage is None:
+                    stage = self._stage[M] = np.empty(x.shape, x.dtype)
+                np.copyto(stage, x)
+                x = stage
+            for gemm, out in zip(self._packed.get(M) or self.prepare(M), outs):
+                gemm(x, out)
+            return buf
         for mat, out in zip(self.mats, outs):
             matmul(self.xp, x, mat if self.pretransposed else mat.T, out)
         return buf

@@ -23,9 +23,10 @@ STEPS = {s.name: s for s in (
          "one large GEMM keeps the BLAS/cuBLAS kernel busier than G small ones and calls it G times less"),
     Step("hoist_input", "the input GEMM runs once for all T steps (M = T*B) before the step loop",
          "x does not depend on h: T small GEMMs become one large one, and its bias is folded in once"),
-    Step("pretranspose", "weights are stored transposed and contiguous, so every GEMM is x @ W",
-         "the GEMM reads weights along rows; on the CPU BLAS takes a transposed view for free, on a GPU "
-         "it selects the NN kernel instead of TN"),
+    Step("pretranspose", "weights are stored transposed and contiguous, so every GEMM is x @ W; on the "
+         "CPU (fp32) they are packed once into oneDNN's inner-product layout and every GEMM runs from it",
+         "the GEMM reads weights laid out for it: on the CPU oneDNN's brgemm kernel reads pre-packed "
+         "blocks instead of BLAS repacking W on every call; on a GPU it selects the NN kernel instead of TN"),
     Step("fuse_pointwise", "all pointwise operations of a step run as one kernel",
          "about 15-30 array operations per step, each a pass over memory (and a launch on a GPU), "
          "become one pass that keeps gates in registers"),

@@ -38,7 +38,7 @@ from .backends import step_backends
 from .errors import BadInput
 from .params import CellParams
 from .reference import _initial, check_sequence, sigmoid
-from .rnn import GENERATED_BACKENDS, RNN
+from .rnn import RNN
 
 CUSTOM_CELLS = ("peephole", "layernorm")
 # The runner's backends of generated kernels, by device (the CLI's --cell backends)

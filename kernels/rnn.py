@@ -56,7 +56,7 @@ class _LayerExec:
     """One layer's weights arranged for a plan, plus the biases the pointwise stage still adds."""
 
     def __init__(self, xp, folds: tuple, layer, G: int, plan: Plan, dtype, fused: bool, given: bool = False,
-                 extra: tuple = ()):
+                 extra: tuple = (), packer=None):
         w_ih, w_hh, b_ih, b_hh = (xp.asarray(a, dtype=dtype) for a in layer.arrays())
         # a declared cell's per-unit parameters, in its declaration's order (the kernel's)
         self.extra = tuple(xp.ascontiguousarray(xp.asarray(a, dtype=dtype)) for a in extra)
@@ -67,8 +67,8 @@ class _LayerExec:
         # layout helpers).  Its bias b_ih cannot be folded into the caller's array.
         self.given = given
         self.proj_x = fgemm.Projection(xp, w_ih[:, :1] if given else w_ih, G, grouped=grouped,
-                                       pretransposed=pre_t)
-        self.proj_h = fgemm.Projection(xp, w_hh, G, grouped=grouped, pretransposed=pre_t)
+                                       pretransposed=pre_t, packer=packer)
+        self.proj_h = fgemm.Projection(xp, w_hh, G, grouped=grouped, pretransposed=pre_t, packer=packer)
         b_ih, b_hh = b_ih.reshape(G, H), b_hh.reshape(G, H)
         self.hoist = "hoist_input" in plan and not given
         # Which biases are folded into the hoisted input GEMM and which the pointwise stage adds
@@ -181,10 +181,36 @@ class RNN:
         self.in_place = self.fused and not (self.generated and backend == "numpy")
         self.skip_input = bool(skip_input)
         folds = self.expr.foldable_biases if self.generated else PLAIN_FOLDS[self.cell]
+        # GEMM provider: oneDNN with packed weights on the CPU under pretranspose (fp32), else
+        # the array module's matmul; gemm_info says which, and why not oneDNN.
+        packer, self.gemm_info = fgemm.provider_for(self.xp, self.backend.device, self.precision, self.plan)
         self.layers = [_LayerExec(self.xp, folds, layer, params.num_gates, self.plan, self.dtype,
                                   self.fused, given=self.skip_input and l == 0,
-                                  extra=params.extra_arrays(l) if declared else ())
+                                  extra=params.extra_arrays(l) if declared else (), packer=packer)
                        for l, layer in enumerate(params.layers)]
+
+    def prepare(self, T: int, B: int) -> "RNN":
+        """Pack the weights for every GEMM a call with T steps and batch B makes, now rather than
+        in the first call (a no-op without a packing provider).  Each row count M is one oneDNN
+        primitive: B for the step GEMMs, T*B (or a chunk of it) for the hoisted input GEMM."""
+        if self.gemm_info.get("provider") != fgemm.ONEDNN:
+            return self
+        chunk = self._chunk(T)
+        for lay in self.layers:
+            lay.proj_h.prepare(B)
+            if lay.given:
+                continue
+            if not lay.hoist:
+                lay.proj_x.prepare(B)
+                continue
+            for t0 in range(0, T, chunk):
+                lay.proj_x.prepare((min(T, t0 + chunk) - t0) * B)
+        return self
+
+    def _chunk(self, T: int) -> int:
+        """Steps per chunk of work: T, or T/CHUNKS when streams or wavefront overlap chunks."""
+        overlap = "streams" in self.plan or "wavefront" in self.plan
+        return max(1, -(-T // CHUNKS)) if overlap else T
 
     @property
     def provider(self):
@@ -237,7 +263,7 @@ class RNN:
         sch.begin()
         L, H = self.params.num_layers, self.params.hidden_size
         overlap = "streams" in self.plan or "wavefront" in self.plan
-        chunk = max(1, -(-T // CHUNKS)) if overlap else T
+        chunk = self._chunk(T)
         n_chunks = -(-T // chunk)
         main = sch.stream("main")
         s_step = [sch.stream(("layer", l)) if "wavefront" in self.plan else main for l in range(L)]

@@ -107,7 +107,8 @@ def output_path(text: str) -> str:
 
 def add_output(p) -> None:
     o = p.add_argument_group("output")
-    o.add_argument("--threads", metavar="LIST", help="sweep CPU thread counts, e.g. 1,2 (BLAS and numba)")
+    o.add_argument("--threads", metavar="LIST", help="sweep CPU thread counts, e.g. 1,2 (BLAS, numba and OpenMP, "
+                   "which oneDNN runs on)")
     o.add_argument("--json", metavar="PATH", type=output_path, help="append one JSON line per case (schema: docs/results.md)")
     o.add_argument("--nvtx", choices=("auto", "on", "case", "off"), default="auto",
                    help="NVTX ranges: auto (default: on only when nsys/ncu or another NVTX tool is "

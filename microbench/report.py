@@ -115,6 +115,10 @@ def table(outcomes: list, console: Console, *, ladder: bool = False, title: str 
             opts = o.record.get("options") or {}
             if opts.get("mode_asked"):
                 note = (note + "; " if note else "") + f"ran {opts['mode']} (asked {opts['mode_asked']})"
+            gemm = (o.record.get("info") or {}).get("gemm") or {}
+            if gemm.get("fallback"):
+                note = (note + "; " if note else "") + "BLAS GEMMs (no oneDNN packing)"
+                notes.add(f"BLAS GEMMs: pretranspose ran without packed oneDNN weights: {gemm.get('reason', '')}")
             warn = (o.record.get("gpu_state") or {}).get("warning")
             if warn:
                 note = (note + "; " if note else "") + f"[yellow]{warn}[/]"

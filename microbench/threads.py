@@ -1,4 +1,4 @@
-"""CPU thread control: BLAS pools through threadpoolctl and numba's pool, as one context manager."""
+"""CPU thread control: BLAS and OpenMP pools through threadpoolctl and numba's pool, as one context manager."""
 from __future__ import annotations
 
 import contextlib
@@ -63,13 +63,24 @@ def prepare_numba_pool(counts: list) -> None:
         os.environ["NUMBA_NUM_THREADS"] = str(max(wanted, os.cpu_count() or 1))
 
 
+def load_openmp_users() -> None:
+    """Load oneDNN (and with it libgomp) if it is installed.  threadpoolctl limits only the
+    libraries loaded when it is entered, and a case builds its oneDNN primitives inside the
+    limit, each fixing its thread count when created: loaded later, oneDNN would run on every
+    core whatever --threads says."""
+    from kernels.onednn import lib as dnnl
+    dnnl.available()     # a missing oneDNN is reported by the cases that need it, not here
+
+
 @contextlib.contextmanager
 def limit(n: int | None):
-    """Run the body with ``n`` BLAS and numba threads (None: leave the defaults). Yields what was set."""
+    """Run the body with ``n`` BLAS, OpenMP (oneDNN's) and numba threads (None: leave the
+    defaults). Yields what was set."""
     from threadpoolctl import threadpool_limits
     if n is None:
         yield current()
         return
+    load_openmp_users()
     import numba
     if n > numba.config.NUMBA_NUM_THREADS:
         raise BadInput(f"--threads {n} exceeds numba's pool of {numba.config.NUMBA_NUM_THREADS} "

@@ -1,4 +1,6 @@
-"""Shared test set-up: `gpu`-marked tests skip with the reason where no GPU is found."""
+"""Shared test set-up: `gpu`-marked tests skip with the reason where no GPU is found; the
+`onednn_lib` fixture skips where oneDNN cannot be loaded (and fails in CI, where it is a base
+dependency)."""
 import os
 import sys
 from pathlib import Path
@@ -50,3 +52,9 @@ def register_variants():
     yield register
     for r in added:
         del registry.REGISTRY[r.key]
+
+
+@pytest.fixture(scope="session")
+def onednn_lib():
+    from onednn_tools import require_onednn
+    return require_onednn()

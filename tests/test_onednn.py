@@ -6,7 +6,6 @@ oneDNN comes from the ``onednn-cpu-gomp`` wheel, a base dependency on x86-64 Lin
 not be loaded these tests skip with the reason, except under CI, where that is a failure.
 """
 import ctypes
-import os
 
 import numpy as np
 import pytest
@@ -16,15 +15,10 @@ from kernels.onednn import errors as E
 from kernels.onednn import lib as L
 from kernels.params import GRUParams, LSTMParams, VanillaRNNParams
 from kernels.reference import REFERENCES
+from onednn_tools import require_onednn
 
 
-def _lib():
-    ok, reason = L.available()
-    if not ok:
-        if os.environ.get("CI"):
-            pytest.fail(f"oneDNN must load in CI (a base dependency): {reason}")
-        pytest.skip(reason)
-    return L.load()
+_lib = require_onednn
 
 
 # -- discovery ---------------------------------------------------------------------------------

@@ -1,23 +1,17 @@
-"""kernels.onednn.matmul.PackedMatmul: oneDNN matmul with the weights in the primitive's own
-layout (packed once), the source and destination the caller's own buffers."""
-import os
+"""kernels.onednn.matmul.PackedMatmul and PackedInnerProduct: oneDNN matmul / inner product with
+the weights in the primitive's own layout (packed once), the source and destination the caller's
+own buffers."""
 
 import numpy as np
 import pytest
 
 from kernels.errors import BadInput
-from kernels.onednn import lib as L
 
 
-@pytest.fixture(scope="module")
-def mm_cls():
-    ok, reason = L.available()
-    if not ok:
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    from kernels.onednn.matmul import PackedMatmul
-    return PackedMatmul
+@pytest.fixture(scope="module", params=["PackedMatmul", "PackedInnerProduct"])
+def mm_cls(request, onednn_lib):
+    from kernels.onednn import matmul
+    return getattr(matmul, request.param)
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 3, 5), (8, 32, 64), (64, 96, 128)])

@@ -11,8 +11,9 @@ counterpart of :mod:`kernels.cudnn`.
   releases them on every path.
 - :mod:`.rnn`: LSTM and linear-before-reset GRU inference (``dnnl_lstm_forward``,
   ``dnnl_lbr_gru_forward``).  :mod:`.conv`: forward convolution, direct and Winograd.
-- :mod:`.matmul`: ``x @ W`` as a oneDNN matmul with W in the primitive's own layout (packed
-  once), on the caller's buffers: the building block for a CPU ``pretranspose``.
+- :mod:`.matmul`: ``x @ W`` as a oneDNN matmul or inner product with W in the primitive's own
+  layout (packed once), on the caller's buffers: the inner product is the fused plan's CPU GEMM
+  under ``pretranspose`` (:mod:`fusion.gemm`).
 
 The verbose-log capture and parser live in :mod:`profiles.onednn_trace`.
 

@@ -84,6 +84,7 @@ def build_custom(problem: RNNProblem, seed: int, *, cell: str, variant: str, bac
     inp = make_custom_inputs(problem, seed, precision, cell)
     impl = CustomLSTM(inp["params"], cell=cell, variant=variant, backend=backend, dtype=precision,
                       opts=plan, reuse_outputs=True)
+    impl.prepare(problem.T, problem.B)   # packed weights (oneDNN provider) made here, not timed
     xp = impl.xp
     x, h0, c0 = (xp.asarray(inp[k]) for k in ("x", "h0", "c0"))   # on the device before timing
     if "graph" in impl.plan and xp.__name__ == "cupy":
@@ -98,12 +99,13 @@ def build_custom(problem: RNNProblem, seed: int, *, cell: str, variant: str, bac
     pointwise = "generated fused kernel" if impl.in_place else "op by op"
     if impl.in_place and impl.backend.device == "cuda":
         pointwise += " (CUDA C, RawModule)" if backend == "cupy" else " (numba.cuda)"
+    info = {"cell": cell, "pointwise": pointwise, "gemms_per_step": gemms_per_step(impl),
+            "tolerance": f"per output max(precision tolerance, {cond.SENSITIVITY_FACTOR:g} x "
+                         "measured conditioning)"}
+    if impl.gemm_info:     # CPU fused: which GEMM provider ran (and why not oneDNN)
+        info["gemm"] = dict(impl.gemm_info, step=impl.layers[-1].proj_h.info())
     return Prepared(inputs={"x": x, "h0": h0, "c0": c0}, run=run, flops=problem.flops(),
-                    bytes=problem.bytes(itemsize), check=check,
-                    info={"cell": cell, "pointwise": pointwise,
-                          "gemms_per_step": gemms_per_step(impl),
-                          "tolerance": f"per output max(precision tolerance, {cond.SENSITIVITY_FACTOR:g} x "
-                                       "measured conditioning)"})
+                    bytes=problem.bytes(itemsize), check=check, info=info)
 
 
 # What --cell computes: fp32, fp64 on the CPU (CustomLSTM refuses others there); on a GPU the

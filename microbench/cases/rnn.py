@@ -60,6 +60,7 @@ def build_rnn(problem: RNNProblem, seed: int, *, variant: str, backend: str, pre
     inp = make_inputs(problem, seed, precision)
     impl = RNN(inp["params"], variant=variant, backend=backend, dtype=precision, opts=plan,
                reuse_outputs=True, skip_input=problem.skip_input)
+    impl.prepare(problem.T, problem.B)   # packed weights (oneDNN provider) made here, not timed
     xp = impl.xp
     x, h0 = xp.asarray(inp["x"]), xp.asarray(inp["h0"])
     c0 = xp.asarray(inp["c0"]) if inp["c0"] is not None else None
@@ -76,9 +77,11 @@ def build_rnn(problem: RNNProblem, seed: int, *, variant: str, backend: str, pre
         return compare([to_host(a) for a in out], reference_outputs(problem, seed, precision), precision)
 
     itemsize = np.dtype(impl.dtype).itemsize
+    info = {"plan": impl.plan.label, "gemms_per_step": gemms_per_step(impl)}
+    if impl.gemm_info:     # CPU pretranspose: which GEMM provider ran (and why not oneDNN)
+        info["gemm"] = dict(impl.gemm_info, step=impl.layers[-1].proj_h.info())
     return Prepared(inputs={"x": x, "h0": h0, "c0": c0}, run=run, flops=problem.flops(),
-                    bytes=problem.bytes(itemsize), check=check,
-                    info={"plan": impl.plan.label, "gemms_per_step": gemms_per_step(impl)})
+                    bytes=problem.bytes(itemsize), check=check, info=info)
 
 
 def gemms_per_step(impl: RNN) -> int:

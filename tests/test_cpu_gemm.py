@@ -1,0 +1,172 @@
+"""The CPU GEMM provider of the fused plan: under ``pretranspose`` (fp32) the weights are packed
+once into oneDNN's inner-product layout and every GEMM runs from them; without oneDNN the plan
+runs on BLAS and says so.  Every result is checked against the float64 reference."""
+import json
+
+import numpy as np
+import pytest
+
+from fusion import gemm as fgemm
+from fusion.steps import Plan, ladder
+from kernels import RNN, MissingDependency
+from kernels.onednn import lib as dnnl
+from microbench.cases.rnn import build_rnn, compare, make_inputs, reference_outputs
+from microbench.problems import RNNProblem
+
+SIZES = [  # T, B, I, H, L: batch 1, odd widths, two layers, a width past a power of two
+    (4, 1, 5, 16, 1),
+    (5, 3, 7, 9, 2),
+    (3, 2, 33, 129, 1),
+    (6, 1, 1, 3, 2),
+]
+PACKED_PLANS = ["all", "pretranspose", "group_gemm,pretranspose", "hoist_input,pretranspose",
+                "group_gemm,hoist_input,pretranspose,fuse_pointwise"]
+
+
+@pytest.fixture(scope="module")
+def onednn(onednn_lib):
+    return onednn_lib
+
+
+def _check(op, backend, plan, size, *, batch_first=False, precision="fp32"):
+    prob = RNNProblem(op, *size)
+    inp = make_inputs(prob, seed=5, precision=precision)
+    impl = RNN(inp["params"], variant="fused", backend=backend, dtype=precision, opts=plan)
+    x = inp["x"]
+    if batch_first:   # (B, T, I): each step's rows are a strided view the provider must copy
+        x = np.ascontiguousarray(x.transpose(1, 0, 2))
+    states = (inp["h0"], inp["c0"]) if op == "lstm" else (inp["h0"],)
+    out = impl(x, *states, batch_first=batch_first)
+    y = out[0].transpose(1, 0, 2) if batch_first else out[0]
+    flat = (y, *out[1]) if op == "lstm" else (y, out[1])
+    check = compare(flat, reference_outputs(prob, 5, precision), precision)
+    assert check.passed, check.detail
+    return impl
+
+
+@pytest.mark.parametrize("op", ["lstm", "gru"])
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("plan", PACKED_PLANS)
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: "T%dB%dI%dH%dL%d" % s)
+def test_packed_provider_matches_reference(onednn, op, backend, plan, size):
+    impl = _check(op, backend, plan, size)
+    assert impl.gemm_info["provider"] == fgemm.ONEDNN
+    made = impl.layers[0].proj_h.info()
+    assert list(made) == [f"M={size[1]}"], made
+    assert made[f"M={size[1]}"]["primitive"] == "inner_product"
+
+
+@pytest.mark.parametrize("op", ["lstm", "gru"])
+@pytest.mark.parametrize("plan", ["all", "pretranspose"])
+def test_batch_first_input_through_packed_gemm(onednn, op, plan):
+    """Not hoisted, a step's input rows are strided: copied into a buffer made once per M."""
+    impl = _check(op, "numba", plan, (5, 3, 7, 9, 2), batch_first=True)
+    stages = impl.layers[0].proj_x._stage
+    assert list(stages) == ([] if "hoist_input" in impl.plan else [3])
+
+
+@pytest.mark.parametrize("plan", ["all", "pretranspose",
+                                  "group_gemm,hoist_input,pretranspose,fuse_pointwise,streams,wavefront"])
+def test_prepare_packs_every_gemm_before_the_first_call(onednn, plan):
+    """prepare(T, B) makes every primitive a call uses: the call itself packs nothing more."""
+    T, B = 9, 3     # streams/wavefront: chunks of ceil(9/8) = 2 steps, the last of 1: M = 6 and 3
+    prob = RNNProblem("lstm", T, B, 6, 8, 2)
+    inp = make_inputs(prob, seed=5, precision="fp32")
+    impl = RNN(inp["params"], variant="fused", backend="numpy", dtype="fp32",
+               opts=Plan(frozenset(plan.split(","))) if plan != "all" else plan).prepare(T, B)
+    before = [(sorted(l.proj_x._packed), sorted(l.proj_h._packed)) for l in impl.layers]
+    for _ in range(2):
+        out = impl(inp["x"], inp["h0"], inp["c0"])
+    after = [(sorted(l.proj_x._packed), sorted(l.proj_h._packed)) for l in impl.layers]
+    assert before == after
+    assert all(h == [B] for _, h in after)
+    want_x = {"all": [T * B], "pretranspose": [B]}.get(plan, [B, 2 * B])
+    assert after[0][0] == want_x, after
+    check = compare((out[0], *out[1]), reference_outputs(prob, 5, "fp32"), "fp32")
+    assert check.passed, check.detail
+
+
+def _missing():
+    """Stands in for the loader where no oneDNN can be found."""
+    raise MissingDependency("oneDNN 3 (libdnnl.so.3)", "the onednn variants", "searched: nowhere")
+
+
+def test_fallback_to_blas_when_onednn_cannot_be_loaded(monkeypatch):
+    monkeypatch.setattr(dnnl, "load", _missing)
+    for op in ("lstm", "gru"):
+        impl = _check(op, "numba", "all", (5, 3, 7, 9, 2))
+        assert impl.gemm_info["provider"] == fgemm.BLAS
+        assert "oneDNN not loaded" in impl.gemm_info["reason"]
+        assert impl.gemm_info["fallback"] is True
+        assert impl.layers[0].proj_h.packer is None and not impl.layers[0].proj_h._packed
+    prep = build_rnn(RNNProblem("lstm", 3, 2, 4, 5, 1), 0, variant="fused", backend="numba",
+                     precision="fp32", plan="all")
+    assert prep.info["gemm"]["provider"] == "blas"
+    assert "searched: nowhere" in prep.info["gemm"]["reason"]
+    assert prep.check().passed
+
+
+def test_provider_only_where_packing_applies(onednn):
+    """fp64 and plans without pretranspose keep BLAS; fp64 records why."""
+    impl = _check("lstm", "numba", "all", (3, 2, 4, 5, 1), precision="fp64")
+    assert impl.gemm_info["provider"] == fgemm.BLAS and "fp32 only" in impl.gemm_info["reason"]
+    assert "fallback" not in impl.gemm_info    # a choice, not a missing library: no table note
+    impl = _check("lstm", "numba", "group_gemm,hoist_input,fuse_pointwise", (3, 2, 4, 5, 1))
+    assert impl.gemm_info == {}
+    prep = build_rnn(RNNProblem("gru", 3, 2, 4, 5, 1), 0, variant="fused", backend="numba",
+                     precision="fp32", plan="all")
+    assert prep.info["gemm"]["provider"] == "onednn"
+    assert prep.info["gemm"]["step"]["M=2"]["impl"]
+
+
+@pytest.mark.parametrize("op", ["lstm", "gru"])
+def test_ladder_rungs_with_the_packed_provider(onednn, op):
+    """Every CPU rung still matches the reference; packing starts exactly at +pretranspose."""
+    seen = []
+    for label, plan in ladder("cpu"):
+        impl = _check(op, "numba", plan, (5, 3, 7, 9, 2))
+        seen.append((label, impl.gemm_info.get("provider")))
+    start = [label for label, _ in seen].index("+pretranspose")
+    assert all(p is None for _, p in seen[:start]), seen
+    assert all(p == fgemm.ONEDNN for _, p in seen[start:]), seen
+
+
+def test_threads_limit_reaches_onednn_openmp(onednn):
+    """--threads sets oneDNN's OpenMP pool too (loaded before threadpoolctl is entered)."""
+    from microbench import threads
+    with threads.limit(1) as used:
+        assert used.get("openmp") == 1 and used.get("numba") == 1, used
+
+
+def test_table_and_record_say_when_pretranspose_ran_on_blas(run_cli, tmp_path):
+    """A oneDNN search path with no library in it (the loader then looks nowhere else): the
+    fused row still runs and checks, its note and its record say BLAS and why."""
+    out = tmp_path / "r.jsonl"
+    r = run_cli("lstm", "--fused", "--backend", "numba", "--device", "cpu", "-T", "3", "-B", "2",
+                "-H", "8", "--warmup", "0", "--min-time", "0", "--min-samples", "2",
+                "--json", str(out), env={"MICROBENCH_ONEDNN_PATH": str(tmp_path)})
+    assert r.returncode == 0, r.stderr
+    assert "BLAS GEMMs (no oneDNN packing)" in r.stdout and "oneDNN not loaded" in r.stdout
+    (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rec["status"] == "ok" and rec["info"]["gemm"]["provider"] == "blas"
+    assert str(tmp_path) in rec["info"]["gemm"]["reason"]
+
+
+@pytest.mark.parametrize("cell", ["layernorm", "peephole"])
+@pytest.mark.parametrize("size", [(5, 3, 7, 9, 2), (4, 1, 5, 16, 1)], ids=lambda s: "T%dB%dI%dH%dL%d" % s)
+def test_custom_cells_use_the_packed_provider(onednn, monkeypatch, cell, size):
+    """The layer-norm and peephole LSTMs' fused layer runs the same GEMMs (hoisted, grouped):
+    packed on oneDNN when it loads, on BLAS (recorded) when it does not."""
+    from microbench.cases.custom import build_custom
+    prob = RNNProblem("lstm", *size)
+    prep = build_custom(prob, 3, cell=cell, variant="fused", backend="numba", precision="fp32")
+    assert prep.info["gemm"]["provider"] == "onednn"
+    assert list(prep.info["gemm"]["step"]) == [f"M={size[1]}"]
+    check = prep.check()
+    assert check.passed, check.detail
+
+    monkeypatch.setattr(dnnl, "load", _missing)
+    prep = build_custom(prob, 3, cell=cell, variant="fused", backend="numba", precision="fp32")
+    assert prep.info["gemm"]["provider"] == "blas" and prep.info["gemm"]["fallback"]
+    check = prep.check()
+    assert check.passed, check.detail
