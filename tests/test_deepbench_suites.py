@@ -113,3 +113,22 @@ def test_framework_rows_of_a_skip_input_entry_are_labelled_whole_layer(capsys):
     fw = [c for c in entry.cases if c.record.framework]
     assert fw and all(not c.problem.skip_input for c in fw)
     capsys.readouterr()
+
+
+def test_conv_training_suite_on_a_gpu_plans_cudnns_backward_phases():
+    """On a GPU the training table's backward phases are cuDNN's, per algorithm (they were once
+    refused there with "the backward phases run on the CPU only"); on the CPU they are ours."""
+    from microbench import cases  # noqa: F401  (fills the registry)
+    from microbench.commands import suite as msuite
+    import argparse
+    args = argparse.Namespace(only="/017$", dtype="fp32", threads=None, batch=2, variants=None,
+                              frameworks=None, backend=None, seed=0, input_gemm=False, forward_only=False)
+    suite = catalog.get("deepbench-conv-train")
+    (gpu,) = msuite.plan(args, suite, "cuda")
+    assert not gpu.reason, gpu.reason
+    labels = {c.label for c in gpu.cases + [c for c, _ in gpu.skipped]}
+    assert {"cudnn+bwd_data/cupy", "cudnn+bwd_weights/cupy", "cudnn_algo_1+bwd_data/cupy"} <= labels
+    assert not any(c.device == "cpu" for c in gpu.cases)
+    (cpu,) = msuite.plan(args, suite, "cpu")
+    cpu_labels = {c.label for c in cpu.cases}
+    assert "im2col+bwd_data/numpy" in cpu_labels and not any("cudnn" in x for x in cpu_labels)

@@ -325,17 +325,12 @@ def plan(args, suite, device: str) -> list:
                 f"no {spec.op} variant runs on {device}"
             continue
         conv_training = spec.is_conv and spec.training and not getattr(args, "forward_only", False)
-        if conv_training and device != "cpu":
-            e.reason = ("the backward phases run on the CPU only (kernels.conv.backward); use --device cpu, "
-                        "or --forward-only for the forward phase here")
-            continue
         if conv_training:
-            # the training table's backward phases, each its own case (variant+bwd_data, +bwd_weights)
-            from ..cases.conv import backward_records
-            from kernels.conv.backward import BACKWARD
-            built += [(rec, None, "") for rec in backward_records()
-                      if keep(rec.variant) or keep(rec.variant.partition("+")[0])
-                      if rec.variant.partition("+")[0] in BACKWARD
+            # the training table's backward phases, each its own case (variant+bwd_data,
+            # +bwd_weights): on the CPU ours (kernels.conv.backward), on a GPU cuDNN's per algorithm
+            built += [(rec, None, "") for rec in registry.ours("conv", direction="bwd")
+                      if rec.device == device
+                      and (keep(rec.variant) or keep(rec.variant.partition("+")[0]))
                       and (backends is None or rec.backend in backends)]
             if frameworks:      # the frameworks' phases too (torch; the others say why not)
                 from ..cases.frameworks import conv_backward_cases
