@@ -428,3 +428,16 @@ def test_bf16_case_runs_or_skips_with_onednn_status():
         assert "dnnl_unimplemented" in o.error
     else:
         assert o.status == "ok" and o.check.passed, o.error
+
+
+def test_rnn_after_close_is_refused_not_executed():
+    """Executing released primitives crashed the process; after close() a call is an error."""
+    from kernels.onednn.rnn import OnednnRNN
+    _lib()
+    p = VanillaRNNParams.random(4, 5, 1, seed=1, nonlinearity="tanh").astype(np.float32)
+    rnn = OnednnRNN(p, batch=2, seq_len=3)
+    x, h0 = np.ones((3, 2, 4), np.float32), np.zeros((1, 2, 5), np.float32)
+    rnn(x, h0)
+    rnn.close()
+    with pytest.raises(BadInput, match="was closed"):
+        rnn(x, h0)

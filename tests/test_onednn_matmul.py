@@ -43,3 +43,37 @@ def test_refuses_wrong_buffers(mm_cls):
             mm(np.ones((2, 8), np.float32)[:, ::2], np.zeros((2, 6), np.float32))
     with pytest.raises(BadInput, match="matrix"):
         mm_cls(np.ones(3, np.float32), m=2)
+
+
+@pytest.mark.parametrize("cls", ["PackedInnerProduct", "PackedMatmul"])
+def test_packed_gemm_refuses_a_bias_of_the_wrong_length_and_a_call_after_close(onednn_lib, cls):
+    """A bias shorter than N was read past its end (garbage results), and a call after close()
+    executed released handles (a segmentation fault)."""
+    from kernels.onednn import matmul as M
+    from kernels.errors import BadInput
+    w = np.ones((8, 33), np.float32)
+    with pytest.raises(BadInput, match=r"bias has shape \(5,\); expected \(33,\) or \(1, 33\)"):
+        getattr(M, cls)(w, m=4, bias=np.ones(5, np.float32))
+    p = getattr(M, cls)(w, m=4, bias=np.zeros(33, np.float32))
+    x, out = np.ones((4, 8), np.float32), np.empty((4, 33), np.float32)
+    assert np.allclose(p(x, out), 8.0)
+    p.close()
+    with pytest.raises(BadInput, match="was closed"):
+        p(x, out)
+
+
+def test_packed_gemm_follows_the_buffers_it_is_given(onednn_lib):
+    """The output address is set only when it changes: a call on another buffer (or the same
+    address reused) must still land where it is asked to."""
+    from kernels.onednn.matmul import PackedInnerProduct
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 12)).astype(np.float32)
+    p = PackedInnerProduct(w, m=3)
+    big = np.zeros((9, 12), np.float32)
+    for i in range(3):
+        x = rng.standard_normal((3, 16)).astype(np.float32)
+        p(x, big[3 * i:3 * i + 3])
+        np.testing.assert_allclose(big[3 * i:3 * i + 3], x @ w, rtol=1e-5, atol=1e-5)
+        p(x, big[3 * i:3 * i + 3])          # the same addresses again
+        np.testing.assert_allclose(big[3 * i:3 * i + 3], x @ w, rtol=1e-5, atol=1e-5)
+    p.close()

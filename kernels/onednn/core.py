@@ -54,12 +54,14 @@ class Scope:
         self.lib = lib
         self._owned: list = []
         self.buffers: list = []          # host buffers that memories point into: kept alive
+        self.closed = False              # after close(): what used these handles must not run
 
     def own(self, destroy: str, handle: ctypes.c_void_p) -> ctypes.c_void_p:
         self._owned.append((destroy, handle))
         return handle
 
     def close(self) -> None:
+        self.closed = True
         while self._owned:
             destroy, handle = self._owned.pop()
             if handle:

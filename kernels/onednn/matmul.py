@@ -27,6 +27,7 @@ import numpy as np
 from ..dtypes import canonical, storage
 from ..errors import BadInput
 from . import core
+from . import errors as derr
 from . import lib as L
 
 
@@ -49,6 +50,10 @@ class _Packed:
         self.m, (self.k, self.n) = int(m), w.shape
         if self.m <= 0:
             raise BadInput(f"m={m} must be a positive integer")
+        if bias is not None and np.shape(bias) not in ((self.n,), (1, self.n)):
+            # the primitive reads n floats from it, whatever its length: refuse, never overrun
+            raise BadInput(f"bias has shape {np.shape(bias)}; expected ({self.n},) or (1, {self.n})")
+        self._ptrs = [None, None]    # the (src, dst) addresses the memories point at now
         self.precision = canonical(precision)
         self.dtype = storage(self.precision)
         self.lib = lib or L.load()
@@ -93,7 +98,7 @@ class _Packed:
         # source and destination start on placeholder buffers; each call points them at its own
         mem["src"] = self._src = s.memory(src_md, ctx.engine, np.zeros((self.m, self.k), self.dtype))
         mem["dst"] = self._dst = s.memory(dst_md, ctx.engine, np.zeros((self.m, self.n), self.dtype))
-        self._step = core.Step(lib, "matmul", s.primitive(pd), ctx.stream, mem)
+        self._step = core.Step(lib, self.kind, s.primitive(pd), ctx.stream, mem)
         self._set = lib.fn("dnnl_memory_set_data_handle")
         self._wait = lib.fn("dnnl_stream_wait")
 
@@ -102,11 +107,20 @@ class _Packed:
             raise BadInput(f"{name} must be a C-contiguous {self.dtype} array of shape {shape}; got "
                            f"{a.dtype} {a.shape}{'' if a.flags.c_contiguous else ' (not contiguous)'}")
 
+    def _point(self, which: int, memory, address: int) -> None:
+        """Point a memory at ``address`` unless it already does (a step loop passes the same
+        output buffer every step: the call is skipped, not repeated)."""
+        if self._ptrs[which] != address:
+            derr.check("dnnl_memory_set_data_handle", self._set(memory, ctypes.c_void_p(address)))
+            self._ptrs[which] = address
+
     def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        if self.scope.closed:   # its primitive and memories are released: executing them would crash
+            raise BadInput(f"this oneDNN {self.kind} was closed; build a new one")
         self._check("x", x, (self.m, self.k))
         self._check("out", out, (self.m, self.n))
-        self._set(self._src, ctypes.c_void_p(x.ctypes.data))
-        self._set(self._dst, ctypes.c_void_p(out.ctypes.data))
+        self._point(0, self._src, x.ctypes.data)
+        self._point(1, self._dst, out.ctypes.data)
         self._step()
         st = self._wait(self.ctx.stream)
         if st:

@@ -228,6 +228,8 @@ class OnednnRNN:
 
     def run(self) -> tuple:
         """One inference over the bound inputs; returns (y, h_n[, c_n]) (buffers reused per call)."""
+        if self.scope.closed:   # its primitives and memories are released: executing would crash
+            raise BadInput("this oneDNN RNN was closed; build a new one")
         for step in self.steps:
             step()
         st = self._wait(self.ctx.stream)
