@@ -61,6 +61,9 @@ def provider_for(xp, device: str, precision: str, plan) -> tuple:
                   "isa": lib.isa}
 
 
+MAX_PACKED = 8     # row counts a Projection keeps packed (a run uses 1-3: B, T*B, a chunk)
+
+
 class Projection:
     def __init__(self, xp, w, num_gates: int, *, grouped: bool, pretransposed: bool, packer=None):
         self.xp, self.G = xp, num_gates
@@ -84,6 +87,12 @@ class Projection:
         :meth:`kernels.rnn.RNN.prepare` is called, else the first call)."""
         prims = self._packed.get(M)
         if prims is None:
+            # Each row count holds its own packed copy of the weights: sequences of ever new
+            # lengths (hoisted M = T*B) must not grow memory without bound, so the oldest row
+            # count beyond MAX_PACKED is released (packed again if it comes back).
+            while len(self._packed) >= MAX_PACKED:
+                for old in self._packed.pop(next(iter(self._packed))):
+                    old.close()
             prims = self._packed[M] = [self.packer(mat, M) for mat in self.mats]
         return prims
 

@@ -170,3 +170,20 @@ def test_custom_cells_use_the_packed_provider(onednn, monkeypatch, cell, size):
     assert prep.info["gemm"]["provider"] == "blas" and prep.info["gemm"]["fallback"]
     check = prep.check()
     assert check.passed, check.detail
+
+
+def test_packed_row_counts_are_bounded(onednn):
+    """One packed copy of the weights per row count: ever new sequence lengths (hoisted
+    M = T*B) once grew memory without bound; the oldest is released past MAX_PACKED."""
+    pack, info = fgemm.provider_for(np, "cpu", "fp32", Plan.parse("pretranspose", "cpu"))
+    assert info["provider"] == fgemm.ONEDNN, info
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 5)).astype(np.float32)
+    proj = fgemm.Projection(np, w, 2, grouped=True, pretransposed=True, packer=pack)
+    for M in range(1, fgemm.MAX_PACKED + 5):
+        x = rng.standard_normal((M, 5)).astype(np.float32)
+        out = proj(x, proj.alloc(M, np.float32))
+        np.testing.assert_allclose(out, x @ w.T, rtol=1e-5, atol=1e-5)
+    assert len(proj._packed) == fgemm.MAX_PACKED
+    x = rng.standard_normal((1, 5)).astype(np.float32)     # released, packed again: still right
+    np.testing.assert_allclose(proj(x, proj.alloc(1, np.float32)), x @ w.T, rtol=1e-5, atol=1e-5)
