@@ -11,8 +11,9 @@ Literate order, as the rest of ``kernels``:
    a :class:`_Tracked` memory checks that no two blocks write one element in one step, that every
    read of ``h`` happens after the barrier that published it, and that every output is written once.
 3. :class:`PersistentRNN` -- the launcher: one cuBLAS GEMM for the input projection of all T steps
-   (biases folded), then one cooperative launch through CuPy (``RawKernel(...,
-   enable_cooperative_groups=True)``).
+   (biases folded), then one cooperative launch through CuPy (:func:`kernels.cudasrc.file_function`
+   with ``cooperative=True``).  The entry's CUfunction is shared by every instance of one cell and
+   precision, so its dynamic shared-memory limit is only raised, and checked before every launch.
 
 Bytes per launch (S = storage size): W_hh G*H*H*S once (not once per step), gx T*B*G*H*S,
 h_{t-1} read by every block each step P*B*H*S*T (from L2), y written T*B*H*S.

@@ -1,4 +1,5 @@
-"""2-D convolution, forward: one geometry, one float64 reference, four CPU variants.
+"""2-D convolution: one geometry, one float64 reference, five CPU forward variants (backward
+phases in :mod:`kernels.conv.backward`, the training step in :mod:`kernels.conv.train`).
 
     from kernels.conv import conv2d, ConvProblem
     problem = ConvProblem(N=8, C=64, H=56, W=56, K=64, R=3, S=3, pad=1)

@@ -5,8 +5,12 @@
   :func:`describe` for ``microbench env``.
 - :mod:`.errors`: every ``cudnnStatus_t`` as a named exception (:class:`CudnnError`;
   NOT_SUPPORTED statuses are also :class:`kernels.errors.Unsupported`, so a case skips).
-- :mod:`.rnn`: LSTM/GRU forward by ``cudnnRNNForward`` (v8 RNN API), every RNN algorithm.
-- :mod:`.conv`: forward convolution, legacy API per algorithm and cudnn-frontend graph.
+- :mod:`.handles`: the handle, descriptors and type enums that :mod:`.rnn` and :mod:`.conv`
+  share, and the one helper that opens GPU, library and CuPy for a variant.
+- :mod:`.rnn`: LSTM/GRU/vanilla RNN forward by ``cudnnRNNForward`` (v8 RNN API), every RNN
+  algorithm.
+- :mod:`.conv`: forward convolution, legacy API per algorithm and cudnn-frontend graph; the
+  backward-data and backward-filter phases, legacy API per algorithm.
 
 Importing this package loads nothing: cuDNN is opened on first use.
 """

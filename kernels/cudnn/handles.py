@@ -1,8 +1,9 @@
 """What every cuDNN binding of the project shares (:mod:`kernels.cudnn.rnn`,
 :mod:`kernels.cudnn.conv`): the data and math type enums, the ctypes shorthands, the prototypes of
 the handle and N-d tensor descriptor calls, a :class:`Handle` bound to a CUDA stream and any
-``cudnnCreateX``/``cudnnDestroyX`` pair as a :class:`Descriptor`.  Each is a context manager, so
-an ``ExitStack`` releases them on every path, also when a constructor fails half-way.
+``cudnnCreateX``/``cudnnDestroyX`` pair as a :class:`Descriptor` (each a context manager, so an
+``ExitStack`` releases them on every path, also when a constructor fails half-way), and
+:func:`open_gpu`, which the RNN and legacy-API conv classes call first for their library and CuPy.
 """
 from __future__ import annotations
 

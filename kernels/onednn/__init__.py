@@ -9,8 +9,8 @@ counterpart of :mod:`kernels.cudnn`.
   :class:`kernels.errors.Unsupported`, so a case skips with oneDNN's reason).
 - :mod:`.core`: engine, stream, memories and primitives owned by a :class:`~.core.Scope` that
   releases them on every path.
-- :mod:`.rnn`: LSTM and linear-before-reset GRU inference (``dnnl_lstm_forward``,
-  ``dnnl_lbr_gru_forward``).  :mod:`.conv`: forward convolution, direct and Winograd.
+- :mod:`.rnn`: LSTM, linear-before-reset GRU and vanilla RNN inference (``dnnl_lstm_forward``,
+  ``dnnl_lbr_gru_forward``, ``dnnl_vanilla_rnn_forward`` with ReLU or tanh).  :mod:`.conv`: forward convolution, direct and Winograd.
 - :mod:`.matmul`: ``x @ W`` as a oneDNN matmul or inner product with W in the primitive's own
   layout (packed once), on the caller's buffers: the inner product is the fused plan's CPU GEMM
   under ``pretranspose`` (:mod:`fusion.gemm`).

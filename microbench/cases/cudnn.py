@@ -1,5 +1,8 @@
-"""The ``cudnn`` LSTM/GRU variants: cuDNN's own RNN kernels called directly (no framework), one
-case per cuDNN RNN algorithm, checked against the same float64 reference as every variant.
+"""The ``cudnn`` variants: cuDNN's own kernels called directly (no framework), checked against the
+same float64 reference as every variant.  LSTM, GRU and vanilla RNN: one case per cuDNN RNN
+algorithm.  conv2d: the legacy API's forward per algorithm (``cudnn`` its heuristic pick) and the
+frontend graph; with ``--backward``, backward-data and backward-filter per algorithm
+(``cudnn_ALGO+bwd_data``, ``cudnn+bwd_weights``, ..., direction ``bwd``).
 
 Skips (kernels.errors.Unsupported) with the reason when there is no GPU, no cuDNN, or cuDNN
 refuses the algorithm for the shape or precision (its status name and message).

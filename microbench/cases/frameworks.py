@@ -1,4 +1,5 @@
-"""Framework cases: each framework's fused and generic LSTM/GRU/conv2d paths, run in a worker process.
+"""Framework cases: each framework's fused and generic LSTM/GRU/vanilla RNN/conv2d paths, run in a
+worker process.
 
 One :class:`~microbench.registry.VariantRecord` per (op, framework, device, path), with
 ``variant`` = framework and ``backend`` = path, so rows read ``torch/fused``, ``jax/generic``.
@@ -8,10 +9,13 @@ Prepared whose ``check`` compares those outputs with the float64 reference and w
 times the layer inside the worker.  A framework that is not installed, or a path that does not
 exist (or does not compute our function), raises Unsupported: a SKIPPED row with the reason.
 
-Two kinds of rows are made per run instead of registered: the layer-norm LSTM rows
+Three kinds of rows are made per run instead of registered: the layer-norm LSTM rows
 (``--cell layernorm``: :data:`LAYERNORM_PATHS`, fed our LayerNormLSTMParams and checked against
-its float64 reference) and training-step rows (``--backward``: ``torch/fused+bwd``; the worker
-also gets dY, returns y and every gradient, checked by :func:`.backward.check_grads`).
+its float64 reference), training-step rows (``--backward``: ``torch/fused+bwd``; the worker
+also gets dY, returns y and every gradient, checked by :func:`.backward.check_grads`) and conv
+backward phase rows (``conv --backward``: ``torch/fused+bwd_data``, ...; :func:`conv_backward_cases`,
+checked against the float64 phase references; frameworks outside
+:data:`CONV_BACKWARD_FRAMEWORKS` are skipped rows saying so).
 """
 from __future__ import annotations
 

@@ -49,7 +49,8 @@ def _add_rnn(sub, op: str, variant_names: list):
                    help="naive, then each fusion step added in turn, with the speedup per rung")
     v.add_argument("--opt", metavar="STEPS",
                    help="fusion steps for the fused variant: comma list of group_gemm, hoist_input, "
-                        "pretranspose, fuse_pointwise; or all (default) or none")
+                        "pretranspose, fuse_pointwise (on a GPU also streams, wavefront, graph); "
+                        "or all (default: every step the backend has) or none")
     v.add_argument("--backend", metavar="LIST", help="comma list (default: every backend of the device)")
     v.add_argument("--device", type=devices.argparse_type, default="auto", metavar="DEVICE",
                    help="auto (default): a GPU if one is found, else the CPU; cpu; cuda; cuda:K "

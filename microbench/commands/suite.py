@@ -44,7 +44,8 @@ def add_parsers(sub) -> None:
                    help="our variants or ladder rungs to keep, e.g. naive,fused or naive,+group_gemm")
     f.add_argument("--frameworks", metavar="LIST", help="framework adapters to add (comma list or all)")
     f.add_argument("--backend", metavar="LIST", help="backends to keep (default: every backend of the device)")
-    f.add_argument("--dtype", metavar="LIST", default="fp32", help="comma list of fp64, fp32 (default fp32)")
+    f.add_argument("--dtype", metavar="LIST", default="fp32",
+                   help="comma list of precisions, e.g. fp32,fp64 (default fp32)")
     f.add_argument("--device", type=devices.argparse_type, default="auto", metavar="DEVICE",
                    help="auto (default): a GPU if one is found, else the CPU; cpu; cuda; cuda:K (the K-th GPU)")
     f.add_argument("--batch", type=int, metavar="N", help="override every entry's batch size")

@@ -1,6 +1,9 @@
-"""PyTorch: nn.LSTM/nn.GRU/nn.RNN (ATen's fused RNN: oneDNN on a CPU, cuDNN on a GPU) and a cell loop;
-the layer-norm LSTM in PyTorch ops, eager and under torch.compile.  Every path also has a training
-step (forward and backward through autograd) when the parent sends an upstream gradient ``dy``."""
+"""PyTorch: nn.LSTM/nn.GRU/nn.RNN (ATen's fused RNN: cuDNN on a GPU; on a CPU oneDNN for the LSTM only)
+and a cell loop; the layer-norm LSTM in PyTorch ops, eager and under torch.compile.  Every path
+also has a training step (forward and backward through autograd) when the parent sends an
+upstream gradient ``dy``.
+Convolutions: ``F.conv2d``, and its backward-data and backward-weights phases one at a time
+through ``aten.convolution_backward`` (:func:`build_conv_backward`)."""
 from __future__ import annotations
 
 import functools
