@@ -26,7 +26,7 @@ def parse_precisions(text: str) -> list:
     from .cli import csv_list
     precisions = list(dict.fromkeys(dtypes.canonical(d) for d in csv_list(text)))
     if not precisions:
-        raise BadInput(f"--dtype {text!r} names no precision; allowed: fp64, fp32")
+        raise BadInput(f"--dtype {text!r} names no precision; allowed: {', '.join(dtypes.PRECISIONS)}")
     return precisions
 
 

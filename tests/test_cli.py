@@ -104,7 +104,7 @@ BAD = [
     (["conv", "-H", "2", "-R", "5", "--pad", "0"], "output size P=-2 <= 0"),
     (["conv", "--groups", "3"], "groups=3 must divide both C=64 and K=64"),
     (["conv", "--layer", "resnet50/res9_3x3"], "resnet50/res9_3x3"),
-    (["conv", "--dtype", "fp16"], "--dtype fp16: the conv variants on the CPU compute fp32, fp64"),
+    (["conv", "--dtype", "fp16"], "--dtype fp16: the conv variants on the CPU compute fp64, fp32, bf16"),
     (["explain", "rnn"], "argument op: invalid choice: 'rnn'"),
     (["explain", "lstm", "--frameworks", "caffe"], "no reference lstm trace for framework 'caffe'"),
     (["profile", "vtune", "lstm"], "argument tool: invalid choice: 'vtune'"),

@@ -7,6 +7,8 @@ not be loaded these tests skip with the reason, except under CI, where that is a
 """
 import ctypes
 
+import json
+
 import numpy as np
 import pytest
 
@@ -441,3 +443,18 @@ def test_rnn_after_close_is_refused_not_executed():
     rnn.close()
     with pytest.raises(BadInput, match="was closed"):
         rnn(x, h0)
+
+
+def test_conv_bf16_is_reachable_from_the_command_line(capsys, tmp_path):
+    """The onednn conv records compute bf16, but `conv` refused every CPU dtype but fp32/fp64:
+    the row now runs, or is skipped with oneDNN's status where the CPU has no bf16."""
+    from microbench import cli
+    _lib()
+    out = tmp_path / "c.jsonl"
+    code = cli.main(["conv", "--onednn", "--dtype", "bf16", "--device", "cpu", "-N", "1", "-C", "4",
+                     "-H", "6", "-W", "6", "-K", "4", "--min-time", "0", "--warmup", "0", "--quiet",
+                     "--json", str(out)])
+    capsys.readouterr()
+    [rec] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert code == 0 and rec["dtype"] == "bf16" and rec["variant"] == "onednn"
+    assert rec["status"] == "ok" or (rec["status"] == "skipped" and "dnnl_" in rec["error"])

@@ -20,7 +20,7 @@ def test_ladder_rungs_per_backend_and_a_missing_fused_record_left_out():
 
 def test_parse_precisions_canonical_once_each_and_empty_refused():
     assert planner.parse_precisions("fp32, float64,fp32") == ["fp32", "fp64"]
-    with pytest.raises(BadInput, match="--dtype ',' names no precision; allowed: fp64, fp32"):
+    with pytest.raises(BadInput, match="--dtype .,. names no precision; allowed: fp64, fp32, tf32, fp16, bf16"):
         planner.parse_precisions(",")
 
 

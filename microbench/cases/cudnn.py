@@ -157,11 +157,10 @@ def _register_conv():
 _register_conv()
 
 
-# -- convolution backward (conv --backward on a GPU) ----------------------------------------------
-# Built per run like the CPU phases (microbench.cases.conv.backward_records), not registered: the
-# registry's conv records are the forward variants.  Rows: cudnn+PHASE (cuDNN's heuristic pick)
-# and cudnn_ALGO+PHASE per algorithm of the phase, ALGO as in CUDNN_CONVOLUTION_BWD_*_ALGO_*.
-_BWD_TOL_SCALE = {"fft": 10.0, "fft_tiling": 10.0, "winograd": 10.0, "winograd_nonfused": 10.0}
+# -- convolution backward (conv --backward on a GPU, the conv training suites) ---------------------
+# Registered with direction bwd like the CPU phases.  Rows: cudnn+PHASE (cuDNN's heuristic pick)
+# and cudnn_ALGO+PHASE per algorithm of the phase, ALGO as in CUDNN_CONVOLUTION_BWD_*_ALGO_*; the
+# transform algorithms get the forward's tolerance scale (_CONV_TOL_SCALE: the same names).
 
 
 def build_cudnn_conv_backward(problem, seed: int, *, algo: str, phase: str, precision: str,
@@ -184,7 +183,7 @@ def build_cudnn_conv_backward(problem, seed: int, *, algo: str, phase: str, prec
         x, w, dy = cp.asarray(x), cp.asarray(w), cp.asarray(upstream_grad(problem, seed, precision))
         run = functools.partial(op, w, dy) if phase == "bwd_data" else functools.partial(op, x, dy)
         names = ("dx",) if phase == "bwd_data" else (("dw", "db") if problem.bias else ("dw",))
-        scale = _BWD_TOL_SCALE.get(op.algo, 1.0)
+        scale = _CONV_TOL_SCALE.get(op.algo, 1.0)
 
         def check(out=None) -> Check:   # out: a timed call's return value, else one call now
             out = run() if out is None else out
@@ -221,7 +220,7 @@ def _register_conv_backward() -> None:
             register(VariantRecord("conv", f"cudnn_{a}+{phase}", BACKEND, functools.partial(
                 build_cudnn_conv_backward, algo=a, phase=phase),
                 f"cuDNN legacy API {fn}, {cls.enum_name(a)}; {PHASE_ABOUT[phase]}", code=code,
-                tol_scale=_BWD_TOL_SCALE.get(a, 1.0), **common))
+                tol_scale=_CONV_TOL_SCALE.get(a, 1.0), **common))
 
 
 _register_conv_backward()

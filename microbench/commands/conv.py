@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from kernels import devices
+from kernels import devices, dtypes
 from kernels.errors import BadInput
 
 from ..cli import add_output, add_timing, seed_arg
@@ -104,9 +104,13 @@ def cmd_conv(args) -> int:
     problem = problem_from_args(args)
     precisions = parse_precisions(args.dtype)
     device = resolve_device(args.device, "conv")
+    # what the device's conv records compute (oneDNN's bf16 included); a record that does not
+    # compute a chosen one is a skipped row with its reason
+    offered = [d for d in dtypes.PRECISIONS
+               if any(d in r.precisions for r in registry.ours("conv") if r.device == device)]
     for p in precisions:
-        if device == "cpu" and p not in ("fp32", "fp64"):
-            raise BadInput(f"--dtype {p}: the conv variants on the CPU compute fp32, fp64")
+        if device == "cpu" and p not in offered:
+            raise BadInput(f"--dtype {p}: the conv variants on the CPU compute {', '.join(offered)}")
         check_memory(memory_need(problem, p), f"conv {problem.describe()} {p}")
     names = None if args.all or not args.variant_flags else list(dict.fromkeys(args.variant_flags))
     records = registry.select("conv", names, None, device)
