@@ -311,8 +311,8 @@ def test_conv_backward_on_cuda_lists_skipped_cudnn_rows(monkeypatch, tmp_path):
     the legacy forward rows and every backward row, each skipped with the reason, none failed."""
     import kernels.gpu
     from microbench import cli
-    from microbench.commands import rnn as rnn_cmd
-    monkeypatch.setattr(rnn_cmd, "resolve_device", lambda requested, op: "cuda")
+    from microbench import planner
+    monkeypatch.setattr(planner, "resolve_device", lambda requested, op: "cuda")
     monkeypatch.setattr(kernels.gpu, "detect", lambda *a, **k: (False, "no CUDA driver"))
     out = tmp_path / "c.jsonl"
     assert cli.main(["conv", "--backward", "--device", "cuda", "-N", "1", "-C", "4", "-H", "9", "-W", "7",
