@@ -175,6 +175,31 @@ def _pct(a: float, b: float) -> str:
     return f"{100 * (a - b) / b:+.0f}%" if b else "n/a"
 
 
+def _signed(s: float) -> str:
+    return f"{s * 1e3:+.2f} ms"
+
+
+def _account(ours, p, op: str) -> str:
+    """ours/onednn against a framework row with the same compute primitive: the untraced
+    difference, then the traced one split into the compute primitive, the reorders and (where
+    the traces fit inside the walls) the time outside oneDNN."""
+    parts = [f"the {ours.main.kind} primitive {_signed((ours.main.total_ns - p.main.total_ns) / 1e9)} "
+             f"({ours.main.impl} in oneDNN {ours.version or '?'} against "
+             f"{p.main.impl} in oneDNN {p.version or '?'})",
+             f"reorders {_signed(ours.time_s('reorder') - p.time_s('reorder'))} "
+             f"({ours.count('reorder')} against {p.count('reorder')} per call)"]
+    if ours.time_s() <= ours.wall_s and p.time_s() <= p.wall_s:
+        outside = (ours.wall_s - ours.time_s()) - (p.wall_s - p.time_s())
+        parts.append(f"work outside oneDNN {_signed(outside)}")
+    text = (f"ours/onednn vs {p.label}: {_ms(ours.wall_s)} vs {_ms(p.wall_s)} untraced "
+            f"({_pct(ours.wall_s, p.wall_s)}); traced, ours differs by " + ", ".join(parts) + ".")
+    if p.wall_s and abs(ours.wall_s - p.wall_s) > 0.05 * p.wall_s:
+        cmd = f"{op} --onednn --frameworks {p.label.split('/')[0]} --rounds 5"
+        text += (" The rows were timed one after another, so part of a difference this size can "
+                 f"be the machine's drift: `{cmd}` times them interleaved.")
+    return text
+
+
 def sentences(rows: list, op: str) -> list:
     """Plain statements computed from the rows (nothing here is written in advance)."""
     out = []
@@ -249,12 +274,7 @@ def sentences(rows: list, op: str) -> list:
         peers = [r for r in traced if not r.label.startswith("ours/") and r.main
                  and r.main.kind == ours.main.kind and r.wall_s]
         for p in peers:
-            extra = p.time_s("reorder") - ours.time_s("reorder")
-            out.append(f"ours/onednn vs {p.label}: {_ms(ours.wall_s)} vs {_ms(p.wall_s)} untraced "
-                       f"({_pct(ours.wall_s, p.wall_s)}); {p.label} spends {_ms(max(extra, 0.0))} more "
-                       f"per call in reorders" + ("" if p.main.impl == ours.main.impl else
-                                                  f" and runs {p.main.impl} instead of {ours.main.impl}")
-                       + ".")
+            out.append(_account(ours, p, op))
     return out
 
 

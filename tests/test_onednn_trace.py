@@ -210,3 +210,24 @@ def test_explain_cpu_traces_ours_and_torch_live(run_cli, tmp_path):
 def test_explain_cpu_refuses_reference_options(run_cli):
     r = run_cli("explain", "lstm", "--device", "cpu", "--reference", "x.json")
     assert r.returncode == 2 and "--device cpu traces live" in r.stderr
+
+
+def test_explain_accounts_for_the_difference_between_ours_and_a_framework():
+    """The comparison splits the traced difference into the compute primitive, the reorders and
+    the work outside oneDNN (it once named only torch's extra reorders, while the primitive
+    itself made the difference), and says when sequential timing may be the cause."""
+    from microbench.cpu_explain import Row, sentences
+    PR = ot.PrimitiveRow
+    ours = Row("ours/onednn", wall_s=0.300, version="3.2.0",
+               primitives=[PR("rnn", "brgemm:avx2", "forward_inference", 1, 277_000_000)])
+    torch = Row("torch/fused", wall_s=0.240, version="3.12.0",
+                primitives=[PR("rnn", "brgemm:avx2", "forward_inference", 1, 217_000_000),
+                            PR("reorder", "jit:blk", "undef", 2, 1_200_000)])
+    text = " ".join(sentences([ours, torch], "lstm"))
+    assert ("ours/onednn vs torch/fused: 300.00 ms vs 240.00 ms untraced (+25%); traced, ours "
+            "differs by the rnn primitive +60.00 ms (brgemm:avx2 in oneDNN 3.2.0 against "
+            "brgemm:avx2 in oneDNN 3.12.0), reorders -1.20 ms (0 against 2 per call), work outside "
+            "oneDNN +1.20 ms.") in text
+    assert "`lstm --onednn --frameworks torch --rounds 5` times them interleaved" in text
+    close = Row("torch/fused", wall_s=0.299, version="3.12.0", primitives=torch.primitives)
+    assert "--rounds" not in " ".join(sentences([ours, close], "lstm"))
