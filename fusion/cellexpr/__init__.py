@@ -6,15 +6,13 @@ generators share), one generator per target (:mod:`.numpy_gen`, :mod:`.numba_cpu
 imported from here: ``from fusion import cellexpr as ce; ce.LSTM, ce.numba_source(...)``.
 
 A :class:`Cell` is a list of assignments in a small language (parsed with :mod:`ast`, never
-``eval``-ed as given), one statement per line, each name assigned once::
+``eval``-ed as given), one statement per line, each name assigned once (the shipped cells in
+:mod:`.cells`, e.g. ``PEEPHOLE_LSTM``, show a parameter declaration too)::
 
-    PEEPHOLE_LSTM = Cell("peephole_lstm", gates="ifgo", states=("c",), params=(("peep", "ifo"),), body='''
-        i = sigmoid(gx_i + gh_i + bx_i + bh_i + peep_i * c_prev)
-        f = sigmoid(gx_f + gh_f + bx_f + bh_f + peep_f * c_prev)
-        g = tanh(gx_g + gh_g + bx_g + bh_g)
-        c = f * c_prev + i * g
-        o = sigmoid(gx_o + gh_o + bx_o + bh_o + peep_o * c)
-        h = o * tanh(c)
+    MINIMAL_GRU = Cell("minimal_gru", gates="fn", states=(), body='''
+        f = sigmoid(gx_f + gh_f + bx_f + bh_f)
+        n = tanh(gx_n + bx_n + f * (gh_n + bh_n))
+        h = (1 - f) * h_prev + f * n
     ''')
 
 Names a body may read, all at one unit ``(b, j)`` of the step:
