@@ -160,20 +160,19 @@ def run_cases(cases: list, settings, args) -> tuple:
     try:
         # A bar on a terminal (redrawn between samples, never by a thread), else a line per case.
         with Progress(err, len(cases), quiet=args.quiet) as bar:
-            if settings.rounds > 1:
+            if settings.rounds > 1:      # every case finishes after the last round
                 outcomes = run_interleaved(cases, settings, env, nvtx_cost, bar)
-                if writer:
-                    for o in outcomes:
+                for o in outcomes:
+                    if writer:
                         writer.write(o.record)
-                return outcomes, out, err
-            for case in cases:
-                bar.start(f"{case.op} {case.label} {case.precision}"
-                          + (f" {case.threads} thr" if case.threads else ""))
-                o = run_case(case, settings, env, nvtx_cost, progress=bar.within)
-                outcomes.append(o)
-                if writer:
-                    writer.write(o.record)
-                bar.done(o)
+            else:
+                for case in cases:
+                    bar.start(case.title)
+                    o = run_case(case, settings, env, nvtx_cost, progress=bar.within)
+                    outcomes.append(o)
+                    if writer:
+                        writer.write(o.record)
+                    bar.done(o)
     finally:
         if writer:
             writer.close()

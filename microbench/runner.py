@@ -43,6 +43,11 @@ class Case:
     device = property(lambda self: self.record.device)
 
     @property
+    def title(self) -> str:
+        """What the progress bar and its lines call the case."""
+        return f"{self.op} {self.label} {self.precision}" + (f" {self.threads} thr" if self.threads else "")
+
+    @property
     def timer_name(self) -> str:
         return "cuda-events" if self.device == "cuda" else CpuTimer.name
 
@@ -118,6 +123,7 @@ class _CaseRun:
         self.prepared = None
         self.outcome: Outcome | None = None       # set once the case is finished
         self.samples: list = []
+        self.spent = 0.0                           # seconds spent sampling it so far
         self.mode = self.timer_used = ""
         self.check = None
         self.ranges = 0
@@ -185,6 +191,7 @@ class _CaseRun:
         """Sample the case under ``settings`` (all of its samples, or one round's share)."""
         if self.outcome is not None:
             return
+        start = time.perf_counter()
         with self._guard():
             if self.prepared.measure is not None:     # timed elsewhere (a framework worker)
                 m = self.prepared.measure(settings)
@@ -195,8 +202,9 @@ class _CaseRun:
                             before_sample=self._flush, progress=progress)
                 self._last = getattr(self._timer, "last", None)
             self.samples.extend(m.samples)
+        self.spent += time.perf_counter() - start
 
-    def finish(self, settings: Settings, rounds: int = 1) -> Outcome:
+    def finish(self, settings: Settings) -> Outcome:
         if self.outcome is not None:
             return self.outcome
         case, prepared = self.case, self.prepared
@@ -223,8 +231,8 @@ class _CaseRun:
             out.record["options"]["mode"] = ran
             if ran != asked:
                 out.record["options"]["mode_asked"] = asked
-            if rounds > 1:
-                out.record["options"]["rounds"] = rounds
+            if settings.rounds > 1:
+                out.record["options"]["rounds"] = settings.rounds
             if m.timer:
                 out.record["timer"] = m.timer
         self.close()
@@ -248,14 +256,25 @@ def run_case(case: Case, settings: Settings, env: dict, nvtx_cost: float, progre
         run.close()
 
 
-def round_settings(settings: Settings, rounds: int, first: bool) -> Settings:
-    """One round's share of the timing budget: the first round warms up fully, a later one with
-    a single call (the other cases ran in between and took the caches); the noise rule is left
-    to the union of all rounds' samples (a round stops on its time and sample count alone)."""
-    return dataclasses.replace(
-        settings, warmup=settings.warmup if first else 0.0, min_time=settings.min_time / rounds,
-        max_time=max(settings.max_time / rounds, settings.min_time / rounds),
-        min_samples=max(1, -(-settings.min_samples // rounds)), max_noise=1e9, rounds=1)
+def round_settings(settings: Settings, k: int, spent: float) -> Settings:
+    """Round ``k``'s share of a case's timing budget (``spent``: seconds it has sampled so far).
+    Of the first ``settings.rounds`` rounds, the first warms up fully and a later one with a
+    single call (the other cases ran in between and took the caches); the noise rule is left to
+    the union of all rounds' samples (a round stops on its time and sample count alone). An extra
+    round, for a case still noisy after them, is twice as long as the one before (a handful of
+    rounds, not hundreds), within what is left of its ``max_time``."""
+    n = settings.rounds
+    share = dataclasses.replace(
+        settings, warmup=settings.warmup if k == 0 else 0.0, min_time=settings.min_time / n,
+        max_time=max(settings.max_time / n, settings.min_time / n),
+        min_samples=max(1, -(-settings.min_samples // n)), max_noise=1e9, rounds=1)
+    extra = max(0, k + 1 - n)
+    if not extra:
+        return share
+    left, grow = max(settings.max_time - spent, 0.0), 2 ** extra
+    return dataclasses.replace(share, min_time=min(share.min_time * grow, left),
+                               max_time=min(share.max_time * grow, left),
+                               min_samples=share.min_samples * grow)
 
 
 MAX_EXTRA_ROUNDS = 8     # each twice the one before: 255 more rounds' worth at most
@@ -273,43 +292,28 @@ def run_interleaved(cases: list, settings: Settings, env: dict, nvtx_cost: float
     runs = [_CaseRun(c, env, nvtx_cost) for c in cases]
     try:
         for r in runs:
-            bar.start(f"{r.case.op} {r.case.label} {r.case.precision}: build and check")
+            bar.start(f"{r.case.title}: build and check")
             r.open(settings)
         live = [r for r in runs if r.outcome is None]
-        spent = {id(r): 0.0 for r in live}
         k = 0
         while live:
-            # past N rounds only the cases still noisy go on, each extra round twice as long as
-            # the one before (a handful of rounds, not hundreds), until their max_time is spent
-            extra = max(0, k + 1 - rounds)
-            if extra <= 1:
-                bar.note(f"round {k + 1} of {rounds}: {len(live)} case(s) interleaved" if not extra
-                         else f"extra rounds for {len(live)} noisy case(s), until --max-noise or "
-                              "--max-time")
+            if k < rounds:
+                bar.note(f"round {k + 1} of {rounds}: {len(live)} case(s) interleaved")
+            elif k == rounds:
+                bar.note(f"extra rounds for {len(live)} noisy case(s), until --max-noise or --max-time")
             shift = k % len(live)
             for r in live[shift:] + live[:shift]:
-                bar.start(f"round {k + 1}/{rounds} {r.case.op} {r.case.label} {r.case.precision}")
-                share = round_settings(settings, rounds, first=(k == 0))
-                if extra:
-                    left = max(settings.max_time - spent[id(r)], 0.0)
-                    grow = 2 ** extra
-                    share = dataclasses.replace(
-                        share, min_time=min(share.min_time * grow, left),
-                        max_time=min(share.max_time * grow, left),
-                        min_samples=share.min_samples * grow)
-                t0 = time.perf_counter()
-                r.time(share, bar.within)
-                spent[id(r)] += time.perf_counter() - t0
+                bar.start(f"round {k + 1}/{rounds} {r.case.title}")
+                r.time(round_settings(settings, k, r.spent), bar.within)
             k += 1
-            if k >= rounds:
-                live = [r for r in live if r.outcome is None and spent[id(r)] < settings.max_time
+            if k >= rounds:   # past N rounds only the cases still noisy go on
+                live = [r for r in live if r.outcome is None and r.spent < settings.max_time
                         and relative_noise(r.samples) > settings.max_noise
                         and k < rounds + MAX_EXTRA_ROUNDS]
         outcomes = []
         for r in runs:
-            bar.start(f"{r.case.op} {r.case.label} {r.case.precision}"
-                      + (f" {r.case.threads} thr" if r.case.threads else ""))
-            outcomes.append(r.finish(settings, rounds))
+            bar.start(r.case.title)
+            outcomes.append(r.finish(settings))
             bar.done(outcomes[-1])
         return outcomes
     finally:

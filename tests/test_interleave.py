@@ -170,3 +170,14 @@ def test_a_busy_machine_is_named_after_the_run(monkeypatch):
     monkeypatch.setattr(env.os, "getloadavg", lambda: (1.2, 1.0, 1.0))
     assert env.busy_warning(2) == ""
     assert env.load_avg() == [1.2, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("rounds", ["1", "2"])
+def test_the_busy_warning_ends_a_run_interleaved_or_not(monkeypatch, capsys, rounds):
+    """The interleaved path once returned before the warning; both paths end with it."""
+    from microbench import env
+    monkeypatch.setattr(env.os, "getloadavg", lambda: (9.0, 8.0, 7.0))
+    code = cli.main(["lstm", "--fused", "--backend", "numpy", *SMALL, "--rounds", rounds,
+                     "--min-time", "0", "--warmup", "0", "--min-samples", "2", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 0 and "warning: load average 9.0 on" in " ".join(err.split())
