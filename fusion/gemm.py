@@ -127,7 +127,7 @@ class Projection:
                     stage = self._stage[M] = np.empty(x.shape, x.dtype)
                 np.copyto(stage, x)
                 x = stage
-            for gemm, out in zip(self._packed.get(M) or self.prepare(M), outs):
+            for gemm, out in zip(self.prepare(M), outs):
                 gemm(x, out)
             return buf
         for mat, out in zip(self.mats, outs):
