@@ -277,9 +277,9 @@ def test_auto_takes_the_first_usable_heuristic_row(gpu_stand_in):
 
 def test_refused_algorithm_is_a_skipped_row_with_cudnns_status(gpu_stand_in, monkeypatch):
     import kernels.cudnn.lib as L
-    from microbench.cases.cudnn import conv_backward_records
+    from microbench.cases.conv import backward_records
     monkeypatch.setattr(L, "load", lambda *a, **k: _RecordingCudnn(P1, refuse={2}))
-    rec = {r.variant: r for r in conv_backward_records()}
+    rec = {r.variant: r for r in backward_records(device="cuda")}
     for variant in ("cudnn_fft+bwd_data", "cudnn_fft+bwd_weights"):
         with pytest.raises(Unsupported, match=r"ALGO_FFT does not serve.*CUDNN_STATUS_NOT_SUPPORTED"):
             rec[variant].build(P1, 0, precision="fp32")
@@ -294,8 +294,8 @@ def test_request_checks():
 # -- the rows ------------------------------------------------------------------------------------
 def test_rows_per_phase_and_algorithm_skip_without_a_gpu(monkeypatch):
     import kernels.gpu
-    from microbench.cases.cudnn import conv_backward_records
-    recs = conv_backward_records()
+    from microbench.cases.conv import backward_records
+    recs = backward_records(device="cuda")
     names = [r.variant for r in recs]
     assert names == (["cudnn+bwd_data"] + [f"cudnn_{a}+bwd_data" for a in C.BWD_DATA_ALGOS]
                      + ["cudnn+bwd_weights"] + [f"cudnn_{a}+bwd_weights" for a in C.BWD_FILTER_ALGOS])
@@ -337,10 +337,10 @@ def test_every_backward_row_matches_the_reference_on_a_gpu(layout, precision):
     each phase must run at least its heuristic pick and one named algorithm."""
     import dataclasses
 
-    from microbench.cases.cudnn import conv_backward_records
+    from microbench.cases.conv import backward_records
     p = dataclasses.replace(ConvProblem(N=2, C=8, H=9, W=9, K=16, R=3, S=3, pad=1), layout=layout)
     ran = {"bwd_data": 0, "bwd_weights": 0}
-    for rec in conv_backward_records():
+    for rec in backward_records(device="cuda"):
         try:
             prep = rec.build(p, 0, precision=precision)
         except Unsupported:

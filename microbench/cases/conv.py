@@ -114,9 +114,11 @@ def build_conv_backward(problem: ConvProblem, seed: int, *, variant: str, phase:
                                         "the same size"})
 
 
-def backward_records(variants=None) -> list:
-    """The registered record per (variant with a backward, phase), in CONV_VARIANTS order;
-    ``variants`` (names) filters, an unknown or forward-only name raises BadInput naming the allowed ones."""
+def backward_records(variants=None, device: str = "cpu") -> list:
+    """The registered backward-phase records of ``device`` in registry order: on the CPU ours
+    per (variant with a backward, phase), on a GPU cuDNN's (cudnn+PHASE, then cudnn_ALGO+PHASE).
+    ``variants`` (CPU names) filters; an unknown or forward-only name raises BadInput naming the
+    allowed ones."""
     from kernels.conv.backward import BACKWARD
     from kernels.errors import BadInput
 
@@ -124,7 +126,7 @@ def backward_records(variants=None) -> list:
     for v in variants or ():
         if v not in BACKWARD:
             raise BadInput(f"--backward: conv variant {v!r} has no backward pass; allowed: {', '.join(BACKWARD)}")
-    return [r for r in ours("conv", direction="bwd") if r.device == "cpu"
+    return [r for r in ours("conv", direction="bwd") if r.device == device
             and (not variants or r.variant.partition("+")[0] in variants)]
 
 

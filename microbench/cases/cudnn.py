@@ -225,8 +225,3 @@ def _register_conv_backward() -> None:
 
 _register_conv_backward()
 
-
-def conv_backward_records() -> list:
-    """The registered cuDNN backward records (cudnn+PHASE, then cudnn_ALGO+PHASE), registry order."""
-    from ..registry import ours
-    return [r for r in ours("conv", direction="bwd") if r.backend == BACKEND]

@@ -121,13 +121,12 @@ def cmd_conv(args) -> int:
             back = backward_records(names)
             records = [r for r in records if r.variant in BACKWARD] + back
         else:   # cuDNN's phases: the legacy API's forward rows, then each phase per algorithm
-            from ..cases.cudnn import conv_backward_records
             from kernels.cudnn.conv import FWD_ALGOS
             legacy = {"cudnn"} | {f"cudnn_{a}" for a in FWD_ALGOS}
             if names and not legacy & set(names):
                 raise BadInput(f"--backward on {device}: the backward phases are cuDNN's; allowed "
                                "variants: cudnn, cudnn_<forward algorithm>")
-            records = [r for r in records if r.variant in legacy] + conv_backward_records()
+            records = [r for r in records if r.variant in legacy] + backward_records(device=device)
     cases = [Case(r, problem, p, args.seed, None, t) for t in threads for p in precisions for r in records]
     if args.frameworks is not None:    # '' names no framework: parse_frameworks refuses it
         from ..cases.frameworks import framework_cases

@@ -329,9 +329,9 @@ def plan(args, suite, device: str) -> list:
         if conv_training:
             # the training table's backward phases, each its own case (variant+bwd_data,
             # +bwd_weights): on the CPU ours (kernels.conv.backward), on a GPU cuDNN's per algorithm
-            built += [(rec, None, "") for rec in registry.ours("conv", direction="bwd")
-                      if rec.device == device
-                      and (keep(rec.variant) or keep(rec.variant.partition("+")[0]))
+            from ..cases.conv import backward_records
+            built += [(rec, None, "") for rec in backward_records(device=device)
+                      if (keep(rec.variant) or keep(rec.variant.partition("+")[0]))
                       and (backends is None or rec.backend in backends)]
             if frameworks:      # the frameworks' phases too (torch; the others say why not)
                 from ..cases.frameworks import conv_backward_cases
