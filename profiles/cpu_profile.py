@@ -10,6 +10,7 @@ sentences computed from those numbers.
 from __future__ import annotations
 
 import re
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -65,16 +66,24 @@ def _record(torch, label: str, fn, steps: int, repeats: int = 3) -> CpuRun:
         t0 = time.perf_counter()
         fn()
         walls.append(time.perf_counter() - t0)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
-    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
+    # Each call is profiled on its own and every operator keeps its median self time over the
+    # calls: one preemption on a busy machine would otherwise decide a whole class's share.
+    per_call = []
+    for _ in range(repeats):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        per_call.append({e.key: (e.count, e.self_cpu_time_total / 1e6)
+                         for e in prof.key_averages() if e.key.startswith("aten::")})
+    keys = set().union(*per_call)
+    events = {k: (max(c.get(k, (0, 0.0))[0] for c in per_call),
+                  statistics.median(c.get(k, (0, 0.0))[1] for c in per_call)) for k in keys}
     self_s: dict = {}
-    for e in events:
-        cls = cpu_class(e.key)
-        self_s[cls] = self_s.get(cls, 0.0) + e.self_cpu_time_total / 1e6
-    top = sorted(((e.key, e.count, e.self_cpu_time_total / 1e6, cpu_class(e.key)) for e in events),
+    for key, (_, secs) in events.items():
+        cls = cpu_class(key)
+        self_s[cls] = self_s.get(cls, 0.0) + secs
+    top = sorted(((k, n, secs, cpu_class(k)) for k, (n, secs) in events.items()),
                  key=lambda r: -r[2])[:5]
-    return CpuRun(label, sorted(walls)[len(walls) // 2], sum(e.count for e in events), steps, self_s, top)
+    return CpuRun(label, sorted(walls)[len(walls) // 2], sum(n for n, _ in events.values()), steps, self_s, top)
 
 
 def profile_torch(op: str, T: int, B: int, H: int, seed: int = 0) -> list:
