@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fusion import cpuloop
 from fusion import gemm as fgemm
 from fusion import pointwise as fpointwise
 from fusion import streams as fstreams
@@ -66,8 +67,6 @@ class _LayerExec:
         # place; W_ih is not used, so not arranged (a stand-in of the right G*H rows keeps the
         # layout helpers).  Its bias b_ih cannot be folded into the caller's array.
         self.given = given
-        self.proj_x = fgemm.Projection(xp, w_ih[:, :1] if given else w_ih, G, grouped=grouped,
-                                       pretransposed=pre_t, packer=packer)
         self.proj_h = fgemm.Projection(xp, w_hh, G, grouped=grouped, pretransposed=pre_t, packer=packer)
         b_ih, b_hh = b_ih.reshape(G, H), b_hh.reshape(G, H)
         self.hoist = "hoist_input" in plan and not given
@@ -87,6 +86,9 @@ class _LayerExec:
             self.b_fold, self.bx, self.bh = (b_ih, None, b_hh) if self.hoist else (None, b_ih, b_hh)
         else:
             self.b_fold, self.bx, self.bh = None, b_ih, b_hh
+        # a packed input GEMM adds the folded bias itself (oneDNN's bias argument)
+        self.proj_x = fgemm.Projection(xp, w_ih[:, :1] if given else w_ih, G, grouped=grouped,
+                                       pretransposed=pre_t, packer=packer, bias=self.b_fold)
 
     def given_rows(self, xp, seq, T: int, B: int):
         """The caller's projection ``(T, B, G*H)`` as this layer's gx buffer, without a copy."""
@@ -188,6 +190,11 @@ class RNN:
                                   self.fused, given=self.skip_input and l == 0,
                                   extra=params.extra_arrays(l) if declared else (), packer=packer)
                        for l, layer in enumerate(params.layers)]
+        # numba's fused kernel over packed oneDNN GEMMs: each layer's steps run as one compiled
+        # call (fusion.cpuloop) instead of a Python loop; one StepLoop per batch size, per layer.
+        self.compiled_loop = cpuloop.applies(self.plan, backend, params.cell_mode, self.generated,
+                                             self.gemm_info.get("provider"))
+        self._step_loops: dict = {}
 
     def prepare(self, T: int, B: int) -> "RNN":
         """Pack the weights for every GEMM a call with T steps and batch B makes, now rather than
@@ -196,8 +203,10 @@ class RNN:
         if self.gemm_info.get("provider") != fgemm.ONEDNN:
             return self
         chunk = self._chunk(T)
-        for lay in self.layers:
+        for l, lay in enumerate(self.layers):
             lay.proj_h.prepare(B)
+            if self.compiled_loop:
+                self._step_loop(l, B)
             if lay.given:
                 continue
             if not lay.hoist:
@@ -281,7 +290,7 @@ class RNN:
             c = None
             if self.has_c:  # updated in place, one buffer per layer
                 c = xp.zeros((B, H), dt) if c0 is None else xp.array(c0[l], dtype=dt)
-            h_init = xp.zeros((B, H), dt) if h0 is None else xp.asarray(h0[l], dtype=dt)
+            h_init = xp.zeros((B, H), dt) if h0 is None else xp.ascontiguousarray(h0[l], dtype=dt)
             if lay.given:
                 gx_all = lay.given_rows(xp, xp.ascontiguousarray(seq), T, B)
             else:
@@ -304,6 +313,10 @@ class RNN:
                 sch.launch(s_x[l], lambda lay=lay, st=st, inp=inp, t0=t0, t1=t1: self._gemm_x(lay, st, inp, t0, t1, B))
                 if s_x[l] is not s_step[l]:
                     sch.wait(s_step[l], sch.record(s_x[l]))
+            if self.compiled_loop:
+                sch.launch(s_step[l], lambda l=l, t0=t0, t1=t1: self._loop_steps(l, t0, t1, ys[l], ctx[l], B))
+                done[l][k] = sch.record(s_step[l])
+                continue
             for t in range(t0, t1):
                 if not lay.hoist and not lay.given and st["gx_all"] is not None:  # per-step input GEMM
                     sch.launch(s_x[l], lambda lay=lay, st=st, inp=inp, t=t: self._gemm_x(lay, st, inp, t, t + 1, B))
@@ -325,9 +338,23 @@ class RNN:
             buf = st["gx_all"]
             out = buf[t0 * B:t1 * B] if lay.proj_x.grouped else buf[:, t0 * B:t1 * B]
             lay.proj_x(rows, out)
-            if lay.b_fold is not None:
+            if lay.b_fold is not None and not lay.proj_x.adds_bias:
                 gates = lay.proj_x.gates(out)
                 gates += lay.b_fold
+
+    def _step_loop(self, l: int, B: int):
+        loop = self._step_loops.get((l, B))
+        if loop is None:
+            lay = self.layers[l]
+            loop = self._step_loops[(l, B)] = cpuloop.StepLoop(lay.proj_h.prepare(B)[0],
+                                                               self.params.cell_mode, self.dtype)
+        return loop
+
+    def _loop_steps(self, l: int, t0: int, t1: int, y, st: dict, B: int):
+        """Steps t0..t1 of layer l as one compiled call (GEMM and cell kernel per step)."""
+        lay = self.layers[l]
+        with nvtx.phase("steps"):
+            self._step_loop(l, B)(st["h0"], y, st["gx_all"], st["gh"], lay.bx, lay.bh, st["c"], t0, t1)
 
     def _step(self, l: int, t: int, inp, y, st: dict, B: int):
         xp, lay = self.xp, self.layers[l]

@@ -53,7 +53,11 @@ def test_packed_provider_matches_reference(onednn, op, backend, plan, size):
     assert impl.gemm_info["provider"] == fgemm.ONEDNN
     made = impl.layers[0].proj_h.info()
     assert list(made) == [f"M={size[1]}"], made
-    assert made[f"M={size[1]}"]["primitive"] == "inner_product"
+    step = made[f"M={size[1]}"]
+    # the faster of the two at build time, both timed (fusion.gemm.find_fastest)
+    assert step["primitive"] in ("inner_product", "matmul")
+    assert set(step["find_us"]) == {"inner_product", "matmul"}
+    assert step["find_us"][step["primitive"]] == min(step["find_us"].values())
 
 
 @pytest.mark.parametrize("op", ["lstm", "gru"])
@@ -187,3 +191,32 @@ def test_packed_row_counts_are_bounded(onednn):
     assert len(proj._packed) == fgemm.MAX_PACKED
     x = rng.standard_normal((1, 5)).astype(np.float32)     # released, packed again: still right
     np.testing.assert_allclose(proj(x, proj.alloc(1, np.float32)), x @ w.T, rtol=1e-5, atol=1e-5)
+
+
+class _Timed:
+    """A stand-in primitive kind whose calls take a set time (fusion.gemm.find_fastest)."""
+    delay = 0.0
+    closed = 0
+
+    def __init__(self, mat, *, m, bias, lib):
+        self.shape = (m, mat.shape[1])
+
+    def __call__(self, x, out):
+        import time
+        time.sleep(self.delay)
+        out[...] = 1.0
+        return out
+
+    def close(self):
+        type(self).closed += 1
+
+
+def test_find_fastest_keeps_the_faster_kind_and_closes_the_other():
+    slow = type("slow", (_Timed,), {"delay": 0.004, "kind": "slow", "closed": 0})
+    fast = type("fast", (_Timed,), {"delay": 0.0, "kind": "fast", "closed": 0})
+    w = np.zeros((3, 4), np.float32)
+    for kinds in ([slow, fast], [fast, slow]):
+        best = fgemm.find_fastest(kinds, w, 2, None, lib=None)
+        assert isinstance(best, fast) and set(best.found) == {"slow", "fast"}
+        assert best.found["fast"] < best.found["slow"]
+    assert slow.closed == 2 and fast.closed == 0

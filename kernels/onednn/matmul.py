@@ -127,9 +127,14 @@ class _Packed:
             core.wait(self.ctx)
         return out
 
+    found: dict | None = None    # us per call of each kind tried, when chosen by a find step
+
     def info(self) -> dict:
-        return {"primitive": self.kind, "impl": self.impl, "weights_packed": self.packed,
-                "m": self.m, "k": self.k, "n": self.n}
+        out = {"primitive": self.kind, "impl": self.impl, "weights_packed": self.packed,
+               "m": self.m, "k": self.k, "n": self.n}
+        if self.found:
+            out["find_us"] = dict(self.found)
+        return out
 
     def close(self) -> None:
         self.scope.close()

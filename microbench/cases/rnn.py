@@ -80,6 +80,10 @@ def build_rnn(problem: RNNProblem, seed: int, *, variant: str, backend: str, pre
     info = {"plan": impl.plan.label, "gemms_per_step": gemms_per_step(impl)}
     if impl.gemm_info:     # CPU pretranspose: which GEMM provider ran (and why not oneDNN)
         info["gemm"] = dict(impl.gemm_info, step=impl.layers[-1].proj_h.info())
+        if impl.layers[0].hoist:
+            info["gemm"]["input"] = impl.layers[0].proj_x.info()
+    if impl.compiled_loop:  # fusion.cpuloop: each layer's steps in one native call
+        info["step_loop"] = "compiled (numba: packed oneDNN GEMM + fused kernel per step)"
     return Prepared(inputs={"x": x, "h0": h0, "c0": c0}, run=run, flops=problem.flops(),
                     bytes=problem.bytes(itemsize), check=check, info=info)
 

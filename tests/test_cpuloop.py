@@ -1,0 +1,127 @@
+"""The compiled CPU step loop (fusion.cpuloop): the same numbers as the Python loop it replaces,
+for every cell, layer count, state and input mode, on the serial and the parallel kernel; oneDNN
+errors inside the loop surface with the step; and it is used exactly when it applies."""
+import numpy as np
+import pytest
+
+from fusion import cpuloop
+from fusion import pointwise as fpw
+from kernels import RNN
+from kernels.onednn.errors import OnednnError
+from microbench.cases.rnn import build_rnn, compare, make_inputs, reference_outputs
+from microbench.problems import RNNProblem
+
+
+@pytest.fixture(scope="module")
+def onednn(onednn_lib):
+    return onednn_lib
+
+
+CELLS = [("lstm", {}), ("gru", {}), ("rnn", {"nonlinearity": "relu"}), ("rnn", {"nonlinearity": "tanh"})]
+
+
+def _params(op, extra, I, H, L, seed=3):
+    from kernels.params import GRUParams, LSTMParams, VanillaRNNParams
+    cls = {"lstm": LSTMParams, "gru": GRUParams, "rnn": VanillaRNNParams}[op]
+    return cls.random(I, H, num_layers=L, seed=seed, **extra)
+
+
+def _both(impl, x, states):
+    """One call through the compiled loop and one through the Python loop, same built runner
+    (same packed primitives and kernels)."""
+    assert impl.compiled_loop
+    fast = impl(x, *states)
+    impl.compiled_loop = False
+    try:
+        slow = impl(x, *states)
+    finally:
+        impl.compiled_loop = True
+    return fast, slow
+
+
+def _flat(out):
+    y, st = out
+    return [y, *st] if isinstance(st, tuple) else [y, st]
+
+
+@pytest.mark.parametrize("op,extra", CELLS, ids=lambda v: v if isinstance(v, str) else v.get("nonlinearity", ""))
+@pytest.mark.parametrize("T,B,I,H,L", [(5, 3, 7, 9, 2), (1, 1, 4, 3, 1), (7, 2, 33, 17, 1)])
+@pytest.mark.parametrize("given_states", [False, True])
+def test_compiled_loop_equals_python_loop(onednn, op, extra, T, B, I, H, L, given_states):
+    rng = np.random.default_rng(T * 100 + B)
+    impl = RNN(_params(op, extra, I, H, L), backend="numba", dtype="fp32").prepare(T, B)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    states = ()
+    if given_states:
+        states = (rng.standard_normal((L, B, H)).astype(np.float32),)
+        if op == "lstm":
+            states += (rng.standard_normal((L, B, H)).astype(np.float32),)
+    fast, slow = _both(impl, x, states)
+    for a, b in zip(_flat(fast), _flat(slow)):
+        np.testing.assert_array_equal(a, b)
+    # a second call starts from the given states again (the loop keeps nothing between calls)
+    again = impl(x, *states)
+    for a, b in zip(_flat(again), _flat(fast)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("op", ["lstm", "gru"])
+def test_parallel_kernel_inside_the_loop(onednn, monkeypatch, op):
+    """Above PARALLEL_MIN_UNITS the loop calls numba's parallel kernel (2 threads here)."""
+    import numba
+    monkeypatch.setattr(fpw, "PARALLEL_MIN_UNITS", 1)
+    n = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    try:
+        impl = RNN(_params(op, {}, 6, 8, 1), backend="numba", dtype="fp32").prepare(4, 3)
+        x = np.random.default_rng(0).standard_normal((4, 3, 6)).astype(np.float32)
+        fast, slow = _both(impl, x, ())
+    finally:
+        numba.set_num_threads(n)
+    for a, b in zip(_flat(fast), _flat(slow)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("op", ["lstm", "gru", "rnn"])
+def test_compiled_cases_pass_the_reference_check_with_skip_input(onednn, op):
+    """Through the case builder (what the CLI times): skip-input and two layers, float64 reference."""
+    prob = RNNProblem(op, 6, 3, 5, 8, 2, skip_input=True)
+    prep = build_rnn(prob, seed=4, variant="fused", backend="numba", precision="fp32")
+    assert "compiled" in prep.info["step_loop"]
+    for _ in range(2):
+        check = prep.check()
+        assert check.passed, check.detail
+
+
+def test_a_onednn_error_inside_the_loop_names_the_step(onednn):
+    impl = RNN(_params("lstm", {}, 4, 5, 1), backend="numba", dtype="fp32").prepare(3, 2)
+    loop = impl._step_loop(0, 2)
+    prim, stream, args, nargs, _src = loop._handles
+    loop._handles = (prim, stream, args, nargs, 0)       # a NULL memory: set_data_handle refuses it
+    x = np.zeros((3, 2, 4), np.float32)
+    with pytest.raises(OnednnError, match="step 0"):
+        impl(x)
+
+
+@pytest.mark.parametrize("backend,opts,dtype,expect", [
+    ("numba", None, "fp32", True),
+    ("numba", "group_gemm,hoist_input,pretranspose", "fp32", False),   # no fused kernel to call
+    ("numba", "hoist_input,pretranspose,fuse_pointwise", "fp32", False),  # G GEMMs per step
+    ("numba", None, "fp64", False),                                     # BLAS provider in fp64
+    ("numpy", None, "fp32", False),                                     # no compiled kernel
+])
+def test_the_loop_is_used_exactly_when_it_applies(onednn, backend, opts, dtype, expect):
+    impl = RNN(_params("lstm", {}, 4, 5, 1), backend=backend, dtype=dtype, opts=opts)
+    assert impl.compiled_loop is expect
+    prob = RNNProblem("lstm", 3, 2, 4, 5, 1)
+    inp = make_inputs(prob, seed=1, precision=dtype)
+    out = RNN(inp["params"], backend=backend, dtype=dtype, opts=opts)(inp["x"], inp["h0"], inp["c0"])
+    check = compare((out[0], *out[1]), reference_outputs(prob, 1, dtype), dtype)
+    assert check.passed, check.detail
+
+
+def test_declared_cells_keep_the_python_loop(onednn):
+    assert not cpuloop.applies(frozenset({"group_gemm", "hoist_input", "pretranspose", "fuse_pointwise"}),
+                               "numba", "lstm", True, "onednn")
+    with pytest.raises(Exception, match="compiled step loop runs cells"):
+        cpuloop.StepLoop(None, "peephole", np.float32)
