@@ -7,7 +7,8 @@ oneDNN ``matmul`` and oneDNN ``inner_product``, each with its weights packed onc
 (:mod:`kernels.onednn.matmul`), writing into a buffer made once.  Per provider: the median and
 minimum of one step GEMM (B x H @ H x 4H) and of the hoisted input GEMM (T*B x H @ H x 4H), the
 implementation oneDNN picked and whether it packed the weights.  Every result is checked against
-float64 before it is timed.  This is what picked ``inner_product`` for :mod:`fusion.gemm`.
+float64 before it is timed.  It shows why :mod:`fusion.gemm` times both oneDNN kinds per shape
+when a case is built (``find_fastest``) rather than fixing one: the winner changes with M.
 """
 from __future__ import annotations
 

@@ -3,22 +3,23 @@
 # LSTM and GRU, T=100, fp32, at H512 B64, H256 B16 and H1024 B1, 1 and 2 threads: our
 # fused/numba beside torch/fused and our onednn variant in the same run, then the ladder of each
 # shape (the +pretranspose rung against +hoist_input), then the GEMM providers alone.
-# Tables and JSON records go to benchmarks/results/cpu-pretranspose-<date>/; ratios.txt holds
+# Tables and JSON records go to benchmarks/results/cpu-pretranspose-<date>/ (or $OUT); ratios.txt holds
 # fused/numba / torch/fused per row (the target is <= 1.00).  Run it on a quiet machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="benchmarks/results/cpu-pretranspose-$(date -u +%Y-%m-%d)"
+out="${OUT:-benchmarks/results/cpu-pretranspose-$(date -u +%Y-%m-%d)}"
 mkdir -p "$out"
 . benchmarks/run.sh
 MIN_TIME=${MIN_TIME:-3}
+ROUNDS=${ROUNDS:-3}    # rows interleaved in rotating rounds: slow drifts hit every row alike
 python3 -m microbench env > "$out/env.txt"
 for op in lstm gru; do
   for shape in "512 64" "256 16" "1024 1"; do
     set -- $shape
     run "$op-H$1-B$2" "$op" --fused --onednn --backend numba,onednn --frameworks torch \
-      --device cpu -T 100 -H "$1" -B "$2" --threads 1,2 --min-time "$MIN_TIME"
+      --device cpu -T 100 -H "$1" -B "$2" --threads 1,2 --min-time "$MIN_TIME" --rounds "$ROUNDS"
     run "$op-H$1-B$2-ladder" "$op" --ladder --backend numba \
-      --device cpu -T 100 -H "$1" -B "$2" --threads 1,2 --min-time "$MIN_TIME"
+      --device cpu -T 100 -H "$1" -B "$2" --threads 1,2 --min-time "$MIN_TIME" --rounds "$ROUNDS"
   done
 done
 python3 benchmarks/cpu_gemm.py --threads 1,2 | tee "$out/gemm-providers.txt"
