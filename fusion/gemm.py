@@ -176,3 +176,27 @@ class Projection:
     @property
     def gemms_per_call(self) -> int:
         return len(self.mats)
+
+
+class PackedWeights:
+    """``(key, a, w) -> a @ w`` with every fixed weight matrix packed once per row count by a
+    provider's packer (:func:`provider_for`): the training step's GEMM provider
+    (:mod:`kernels.backward`: the forward's input and recurrent GEMMs and the backward's dX and dh
+    GEMMs; the weight gradients multiply two activations and stay on BLAS).  ``key`` names the
+    matrix; ``w`` is read only the first time a (key, row count) is seen, so the weights must not
+    change while this object is in use (a benchmark case's fixed parameters, not a training loop)."""
+
+    def __init__(self, packer):
+        self.packer = packer
+        self._prims: dict = {}
+
+    def __call__(self, key, a, w):
+        M = a.shape[0]
+        prim = self._prims.get((key, M))
+        if prim is None:
+            prim = self._prims[(key, M)] = self.packer(np.ascontiguousarray(w, np.float32), M)
+        out = np.empty((M, w.shape[1]), np.float32)
+        return prim(np.ascontiguousarray(a, np.float32), out)
+
+    def info(self) -> dict:
+        return {f"{key[0]}[{key[1]}] M={m}": p.info()["primitive"] for (key, m), p in sorted(self._prims.items())}

@@ -62,6 +62,7 @@ class Tape:
     dtype: object
     layers: list = field(default_factory=list)   # one dict per layer
     skip_input: bool = False                     # layer 0 read the given input projection
+    gemm: object = None                          # (key, a, w) -> a @ w: the forward's provider
 
 
 @dataclass
@@ -93,11 +94,18 @@ def _skip_check(skip_input: bool, layernorm: bool = False):
         raise BadInput("skip_input applies to the plain cells, not the layer-norm LSTM")
 
 
-def _input_gemm(seq, w_ih, T: int, B: int, given: bool):
+def _plain_gemm(key, a, w):
+    """``a @ w``.  A ``gemm`` given to the forward has this signature; ``key`` names the fixed
+    weight matrix (``("w_hh.T", layer)``, ...), so a provider can keep it packed
+    (:class:`fusion.gemm.PackedWeights`)."""
+    return a @ w
+
+
+def _input_gemm(seq, w_ih, T: int, B: int, given: bool, mm=_plain_gemm, l: int = 0):
     """The hoisted input GEMM over all T*B rows, or (skip-input, first layer) a copy of the given
     projection (a copy: the caller adds biases in place)."""
     rows = seq.reshape(T * B, -1)
-    return rows.copy() if given else rows @ w_ih.T
+    return rows.copy() if given else mm(("w_ih.T", l), rows, w_ih.T)
 
 
 class _LSTMForward:
@@ -194,7 +202,7 @@ class _RNNForward:
         hs[t + 1] = self.xp.maximum(a, 0) if self.relu else self.xp.tanh(a)
 
 
-def _forward(cell, kind: str, x, params, states: tuple, *, xp, dtype, skip_input: bool):
+def _forward(cell, kind: str, x, params, states: tuple, *, xp, dtype, skip_input: bool, gemm=None):
     """The fused forward shared by every cell, keeping the tape; ``cell`` (``_LSTMForward``, ...)
     is the per-cell part.  Per layer: the hoisted input GEMM over all T*B rows, ``cell.inputs``
     adds the biases; per step: the one recurrent GEMM, then ``cell.step`` writes h_{t+1} (and
@@ -204,7 +212,8 @@ def _forward(cell, kind: str, x, params, states: tuple, *, xp, dtype, skip_input
     T, B, _ = seq.shape
     L, H = params.num_layers, params.hidden_size
     init = [_init_state(xp, s, L, B, H, dtype) for s in states]           # h0 (, c0)
-    tape = Tape(kind, params, dtype, skip_input=skip_input)
+    mm = gemm or _plain_gemm
+    tape = Tape(kind, params, dtype, skip_input=skip_input, gemm=mm)
     finals = [xp.empty((L, B, H), dtype) for _ in states]
     for l in range(L):
         w_ih, w_hh, b_ih, b_hh = _arrays(xp, params, l, dtype)
@@ -212,10 +221,10 @@ def _forward(cell, kind: str, x, params, states: tuple, *, xp, dtype, skip_input
         carry = [xp.empty((T + 1, B, H), dtype) for _ in states]            # h (, c) for t = 0..T
         for c, s0 in zip(carry, init):
             c[0] = s0[l]
-        ax = layer.inputs(_input_gemm(seq, w_ih, T, B, skip_input and l == 0), b_ih, b_hh)  # hoisted
+        ax = layer.inputs(_input_gemm(seq, w_ih, T, B, skip_input and l == 0, mm, l), b_ih, b_hh)  # hoisted
         ax = ax.reshape(T, B, -1)
         for t in range(T):
-            layer.step(t, ax[t], carry[0][t] @ w_hh.T, *carry)               # 1 GEMM per step
+            layer.step(t, ax[t], mm(("w_hh.T", l), carry[0][t], w_hh.T), *carry)   # 1 GEMM per step
         tape.layers.append({"x": seq, **dict(zip(("h", "c"), carry)), **layer.rec})
         for fin, c in zip(finals, carry):
             fin[l] = c[T]
@@ -223,42 +232,47 @@ def _forward(cell, kind: str, x, params, states: tuple, *, xp, dtype, skip_input
     return seq, finals, tape
 
 
-def lstm_forward_train(x, params, h0=None, c0=None, *, xp=np, dtype=None, skip_input: bool = False):
+def lstm_forward_train(x, params, h0=None, c0=None, *, xp=np, dtype=None, skip_input: bool = False,
+                       gemm=None):
     """``y (T, B, H), h_n, c_n, tape`` for an LSTMParams or LayerNormLSTMParams (``params.kind``)."""
     layernorm = getattr(params, "kind", "") == "layernorm"
     if params.cell != "lstm" or getattr(params, "kind", "") not in ("", "layernorm"):
         raise BadInput(f"lstm_forward_train takes LSTMParams or LayerNormLSTMParams, got {type(params).__name__}")
     _skip_check(skip_input, layernorm)
     y, (h_n, c_n), tape = _forward(_LSTMForward, "layernorm" if layernorm else "lstm", x, params, (h0, c0),
-                                   xp=xp, dtype=dtype, skip_input=skip_input)
+                                   xp=xp, dtype=dtype, skip_input=skip_input, gemm=gemm)
     return y, h_n, c_n, tape
 
 
-def gru_forward_train(x, params, h0=None, *, xp=np, dtype=None, skip_input: bool = False):
+def gru_forward_train(x, params, h0=None, *, xp=np, dtype=None, skip_input: bool = False,
+                      gemm=None):
     """``y (T, B, H), h_n, tape`` for GRUParams."""
     if params.cell != "gru":
         raise BadInput(f"gru_forward_train takes GRUParams, got {type(params).__name__}")
-    y, (h_n,), tape = _forward(_GRUForward, "gru", x, params, (h0,), xp=xp, dtype=dtype, skip_input=skip_input)
+    y, (h_n,), tape = _forward(_GRUForward, "gru", x, params, (h0,), xp=xp, dtype=dtype,
+                               skip_input=skip_input, gemm=gemm)
     return y, h_n, tape
 
 
-def rnn_forward_train(x, params, h0=None, *, xp=np, dtype=None, skip_input: bool = False):
+def rnn_forward_train(x, params, h0=None, *, xp=np, dtype=None, skip_input: bool = False,
+                      gemm=None):
     """``y (T, B, H), h_n, tape`` for VanillaRNNParams (ReLU or tanh)."""
     if params.cell != "rnn":
         raise BadInput(f"rnn_forward_train takes VanillaRNNParams, got {type(params).__name__}")
-    y, (h_n,), tape = _forward(_RNNForward, "rnn", x, params, (h0,), xp=xp, dtype=dtype, skip_input=skip_input)
+    y, (h_n,), tape = _forward(_RNNForward, "rnn", x, params, (h0,), xp=xp, dtype=dtype,
+                               skip_input=skip_input, gemm=gemm)
     return y, h_n, tape
 
 
 # -- backward ---------------------------------------------------------------------------------
-def _input_grad(dgx, w_ih, gw: dict, given: bool):
+def _input_grad(dgx, w_ih, gw: dict, given: bool, mm=_plain_gemm, l: int = 0):
     """dX = dGX W_ih (one GEMM over T*B rows); with a given projection (skip-input, first layer)
     dGX itself, and no W_ih gradient."""
     if given:
         gw.pop("w_ih")
         return dgx
     T, B, GH = dgx.shape
-    return (dgx.reshape(T * B, GH) @ w_ih).reshape(T, B, -1)
+    return mm(("w_ih", l), dgx.reshape(T * B, GH), w_ih).reshape(T, B, -1)
 
 
 def _weight_grads(xp, dgx, dgh, X, Hprev, given: bool = False):
@@ -384,6 +398,7 @@ def _backward(gates, tape: Tape, dy, dstates: tuple, *, xp, on_layer) -> Grads:
     ``dh_{t-1} = dG_h W_hh (+ dh_direct)``; per layer after the loop ``finish()`` gives the input
     gate gradients and the weight gradients (batched GEMMs, M = T*B)."""
     p, dt = tape.params, tape.dtype
+    mm = tape.gemm or _plain_gemm
     L, H = p.num_layers, p.hidden_size
     dseq = xp.asarray(dy, dtype=dt)
     T, B, _ = dseq.shape
@@ -397,7 +412,7 @@ def _backward(gates, tape: Tape, dy, dstates: tuple, *, xp, on_layer) -> Grads:
         carry = tuple(carry)
         for t in reversed(range(T)):
             dgh, direct, carry = cell.step(t, dseq[t] + dh, carry)
-            dh = dgh @ w_hh                                                      # 1 GEMM per step
+            dh = mm(("w_hh", l), dgh, w_hh)                                      # 1 GEMM per step
             if direct is not None:
                 dh = direct + dh
         dgx, grads[l] = cell.finish()
@@ -405,7 +420,7 @@ def _backward(gates, tape: Tape, dy, dstates: tuple, *, xp, on_layer) -> Grads:
             on_layer(l, grads[l])
         for fin, d in zip(finals, (dh, *carry)):
             fin[l] = d
-        dseq = _input_grad(dgx, w_ih, grads[l], tape.skip_input and l == 0)     # dX, one GEMM
+        dseq = _input_grad(dgx, w_ih, grads[l], tape.skip_input and l == 0, mm, l)  # dX, one GEMM
     return Grads(dseq, finals[0], finals[1] if gates.carried else None, grads)
 
 
@@ -428,15 +443,20 @@ def rnn_backward(tape: Tape, dy, dh_n=None, *, xp=np, on_layer=None) -> Grads:
     return _backward(_RNNGates, tape, dy, (dh_n,), xp=xp, on_layer=on_layer)
 
 
-def forward_train(x, params, h0=None, c0=None, *, xp=np, dtype=None, skip_input: bool = False):
-    """Dispatch on the parameters: ``(y, states, tape)`` with states ``(h_n, c_n)`` or ``(h_n,)``."""
+def forward_train(x, params, h0=None, c0=None, *, xp=np, dtype=None, skip_input: bool = False,
+                  gemm=None):
+    """Dispatch on the parameters: ``(y, states, tape)`` with states ``(h_n, c_n)`` or ``(h_n,)``.
+    ``gemm``: ``(key, a, w) -> a @ w`` for every GEMM by a weight matrix, forward and backward
+    (the tape keeps it); default NumPy's/CuPy's matmul.  A packing provider keeps each weight
+    matrix packed once, so give one only while the parameters do not change between calls."""
     if params.cell in ("gru", "rnn"):
         if c0 is not None:
             raise BadInput(f"a {params.cell.upper()} has no cell state: c0 must be None")
         fwd = gru_forward_train if params.cell == "gru" else rnn_forward_train
-        y, h, tape = fwd(x, params, h0, xp=xp, dtype=dtype, skip_input=skip_input)
+        y, h, tape = fwd(x, params, h0, xp=xp, dtype=dtype, skip_input=skip_input, gemm=gemm)
         return y, (h,), tape
-    y, h, c, tape = lstm_forward_train(x, params, h0, c0, xp=xp, dtype=dtype, skip_input=skip_input)
+    y, h, c, tape = lstm_forward_train(x, params, h0, c0, xp=xp, dtype=dtype, skip_input=skip_input,
+                                       gemm=gemm)
     return y, (h, c), tape
 
 

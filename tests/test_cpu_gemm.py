@@ -220,3 +220,37 @@ def test_find_fastest_keeps_the_faster_kind_and_closes_the_other():
         assert isinstance(best, fast) and set(best.found) == {"slow", "fast"}
         assert best.found["fast"] < best.found["slow"]
     assert slow.closed == 2 and fast.closed == 0
+
+
+@pytest.mark.parametrize("op,cell", [("lstm", "plain"), ("gru", "plain"), ("rnn", "plain"),
+                                     ("lstm", "layernorm")])
+def test_training_step_runs_its_weight_gemms_packed(onednn, monkeypatch, op, cell):
+    """--backward on the CPU in fp32: the forward's input and recurrent GEMMs and the backward's
+    dX and dh GEMMs run from packed weights (the weight gradients stay on BLAS); checked against
+    the float64 gradients, twice; fp64 and a missing oneDNN stay on BLAS and say so."""
+    from microbench.cases.backward import build_backward
+    made = []
+
+    class Spy(fgemm.PackedWeights):
+        def __call__(self, key, a, w):
+            made.append((key, a.shape[0]))
+            return super().__call__(key, a, w)
+
+    monkeypatch.setattr(fgemm, "PackedWeights", Spy)
+    T, B = 4, 3
+    prob = RNNProblem(op, T, B, 5, 6, 2)
+    prep = build_backward(prob, 2, cell=cell, backend="numpy", precision="fp32")
+    assert prep.info["gemm"]["provider"] == fgemm.ONEDNN
+    for _ in range(2):
+        check = prep.check()
+        assert check.passed, check.detail
+    keys = set(made)
+    for l in range(2):
+        assert {(("w_ih.T", l), T * B), (("w_hh.T", l), B), (("w_hh", l), B)} <= keys
+    assert (("w_ih", 1), T * B) in keys       # dX of the top layer feeds the layer below
+    made.clear()
+    assert build_backward(prob, 2, cell=cell, backend="numpy", precision="fp64").info["gemm"]["provider"] == "blas"
+    monkeypatch.setattr(dnnl, "load", _missing)
+    prep = build_backward(prob, 2, cell=cell, backend="numpy", precision="fp32")
+    assert prep.info["gemm"]["provider"] == "blas" and prep.info["gemm"]["fallback"]
+    assert prep.check().passed and made == []

@@ -24,6 +24,8 @@ import functools
 
 import numpy as np
 
+from fusion import gemm as fgemm
+from fusion.steps import Plan
 from kernels import backward as bw
 from kernels import dtypes
 from kernels.custom import CUSTOM_REFERENCES
@@ -143,9 +145,14 @@ def build_backward(problem: RNNProblem, seed: int, *, cell: str, backend: str, p
     inp = train_inputs(problem, seed, precision, cell)
     params, x, h0, c0, dy = (inp[k] for k in ("params", "x", "h0", "c0", "dy"))
     dt = dtypes.storage(precision)
+    # The CPU's packed GEMMs (fp32, oneDNN): every GEMM by a weight matrix, forward and backward,
+    # runs from weights packed once, as the fused forward's pretranspose does; else BLAS.
+    packer, gemm_info = fgemm.provider_for(np, "cpu", precision, Plan(frozenset({"pretranspose"})))
+    gemm = fgemm.PackedWeights(packer) if packer is not None else None
 
     def run():
-        y, _, tape = bw.forward_train(x, params, h0, c0, dtype=dt, skip_input=problem.skip_input)
+        y, _, tape = bw.forward_train(x, params, h0, c0, dtype=dt, skip_input=problem.skip_input,
+                                      gemm=gemm)
         return y, bw.backward(tape, dy)
 
     def check(out=None) -> Check:   # out: a timed call's return value, else one call now
@@ -164,7 +171,8 @@ def build_backward(problem: RNNProblem, seed: int, *, cell: str, backend: str, p
               "tolerance": f"per array max(precision tolerance, {cond.SENSITIVITY_FACTOR:g} x measured "
                            "conditioning)",
               "arrangement": "input GEMM hoisted over T, 1 recurrent GEMM per step forward and "
-                             "backward, weight gradients batched over T*B rows"})
+                             "backward, weight gradients batched over T*B rows",
+              "gemm": dict(gemm_info) or {"provider": fgemm.BLAS}})
 
 
 # Registered with direction "bwd" (``registry.ours(op, cell, direction="bwd")``; --backward and
