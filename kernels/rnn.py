@@ -343,11 +343,13 @@ class RNN:
                 gates += lay.b_fold
 
     def _step_loop(self, l: int, B: int):
+        """Layer l's compiled loop for batch B, over the packed GEMM its projection holds now (a
+        projection releases the primitives of old row counts: a loop over one is made anew)."""
+        gemm = self.layers[l].proj_h.prepare(B)[0]
         loop = self._step_loops.get((l, B))
-        if loop is None:
-            lay = self.layers[l]
-            loop = self._step_loops[(l, B)] = cpuloop.StepLoop(lay.proj_h.prepare(B)[0],
-                                                               self.params.cell_mode, self.dtype)
+        if loop is None or loop.gemm is not gemm:
+            self._step_loops = {k: v for k, v in self._step_loops.items() if not v.gemm.scope.closed}
+            loop = self._step_loops[(l, B)] = cpuloop.StepLoop(gemm, self.params.cell_mode, self.dtype)
         return loop
 
     def _loop_steps(self, l: int, t0: int, t1: int, y, st: dict, B: int):

@@ -125,3 +125,19 @@ def test_declared_cells_keep_the_python_loop(onednn):
                                "numba", "lstm", True, "onednn")
     with pytest.raises(Exception, match="compiled step loop runs cells"):
         cpuloop.StepLoop(None, "peephole", np.float32)
+
+
+def test_a_released_packed_gemm_gets_a_new_loop(onednn, monkeypatch):
+    """Batch sizes beyond MAX_PACKED release the oldest packed GEMMs; a loop over a released one
+    is rebuilt over the new primitive, never run on a closed one."""
+    from fusion import gemm as fgemm
+    monkeypatch.setattr(fgemm, "MAX_PACKED", 2)
+    impl = RNN(_params("gru", {}, 4, 5, 1), backend="numba", dtype="fp32")
+    rng = np.random.default_rng(0)
+    xs = {B: rng.standard_normal((3, B, 4)).astype(np.float32) for B in (1, 2, 3)}
+    first = impl(xs[1])[0]
+    for B in (2, 3):
+        impl(xs[B])
+    again = impl(xs[1])[0]          # B=1's primitive was released and packed anew (the find step
+    np.testing.assert_allclose(again, first, rtol=1e-6, atol=1e-7)   # may pick the other kind)
+    assert all(not loop.gemm.scope.closed for loop in impl._step_loops.values())
