@@ -132,6 +132,30 @@ def test_grads_from_flax_is_the_adjoint_of_to_flax(cell):
     assert abs(lhs - rhs) < 1e-10 * max(1.0, abs(lhs))
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_grads_from_keras_is_the_adjoint_of_to_keras(cell):
+    """As for Flax: <G, to_keras(V)> = <grads_from_keras(G), V> for Keras-shaped G (the
+    tensorflow generic rows map the tape's variable gradients back with it)."""
+    params = {"lstm": LSTMParams, "gru": GRUParams, "rnn": VanillaRNNParams}[cell]
+    rng = np.random.default_rng(0)
+    V = params.random(5, 4, 1, seed=1).layers[0].arrays()
+    kv = convert.to_keras(V, cell)
+    G = [rng.standard_normal(np.shape(a)) for a in kv]
+    lhs = sum(float(np.sum(g * np.asarray(a))) for g, a in zip(G, kv))
+    rhs = sum(float(np.sum(g * v)) for g, v in zip(convert.grads_from_keras(G, cell), V))
+    assert abs(lhs - rhs) < 1e-10 * max(1.0, abs(lhs))
+
+
+def test_grads_from_tfblock_is_the_adjoint_of_to_tfblock():
+    rng = np.random.default_rng(0)
+    V = LSTMParams.random(5, 4, 1, seed=1).layers[0].arrays()
+    w, b = convert.to_tfblock(V)
+    gw, gb = rng.standard_normal(w.shape), rng.standard_normal(b.shape)
+    lhs = float(np.sum(gw * w) + np.sum(gb * b))
+    rhs = sum(float(np.sum(g * v)) for g, v in zip(convert.grads_from_tfblock(gw, gb, 5), V))
+    assert abs(lhs - rhs) < 1e-10 * max(1.0, abs(lhs))
+
+
 def test_grad_names():
     assert convert.grad_names("gru", 1) == ["y", "dx", "dh0", "dw_ih0", "dw_hh0", "db_ih0", "db_hh0"]
     names = convert.grad_names("layernorm", 2)
@@ -141,12 +165,14 @@ def test_grad_names():
 # -- framework rows without a worker: skips and their reasons --------------------------------------
 
 @pytest.mark.parametrize("fw", ["tensorflow", "mxnet"])
-def test_frameworks_without_the_path_are_skipped_rows(fw):
+def test_frameworks_without_the_path_are_skipped_rows(fw, monkeypatch):
     p = _problem("lstm")
     with pytest.raises(Unsupported, match="no layer-norm LSTM"):
         fcases.build_framework(p, 0, framework=fw, path="layernorm", device="cpu", precision="fp32",
                                cell="layernorm")
-    with pytest.raises(Unsupported, match="forward pass only"):
+    # every adapter has a training step now; one left out of TRAINING_FRAMEWORKS is a skipped row
+    monkeypatch.setattr(fcases, "TRAINING_FRAMEWORKS", tuple(f for f in fcases.TRAINING_FRAMEWORKS if f != fw))
+    with pytest.raises(Unsupported, match=f"the {fw} adapter times the forward pass only; training-step rows: torch"):
         fcases.build_framework(p, 0, framework=fw, path="generic", device="cpu", precision="fp32",
                                backward=True)
 
@@ -162,6 +188,9 @@ def test_framework_case_labels():
     labels = [c.label for c in fcases.framework_cases("gru", _problem("gru"), "torch,jax", "cpu", ["fp32"],
                                                       backward=True)]
     assert labels == ["torch/fused+bwd", "torch/generic+bwd", "jax/fused+bwd", "jax/generic+bwd"]
+    labels = [c.label for c in fcases.framework_cases("lstm", p, "tensorflow,mxnet", "cpu", ["fp32"],
+                                                      backward=True)]
+    assert labels == ["tensorflow/fused+bwd", "tensorflow/generic+bwd", "mxnet/fused+bwd", "mxnet/generic+bwd"]
 
 
 # -- framework rows against the float64 references (a worker each) ---------------------------------
@@ -195,16 +224,32 @@ def test_framework_layernorm_rows_match_the_reference(fw, path, backward):
     assert info["cell"] == "layernorm" and info["pass"] == ("forward+backward" if backward else "forward")
 
 
-TRAIN_ROWS = [("torch", "lstm", "fused"), ("torch", "lstm", "generic"), ("torch", "gru", "fused"),
-              ("torch", "gru", "generic"), ("jax", "lstm", "generic"), ("jax", "gru", "generic")]
+TRAIN_ROWS = [("torch", "lstm", "fused", 2), ("torch", "lstm", "generic", 2), ("torch", "gru", "fused", 2),
+              ("torch", "gru", "generic", 2), ("jax", "lstm", "generic", 2), ("jax", "gru", "generic", 2),
+              # BlockLSTMV2 through the gradient that matches its gate layout (see _block_lstm), and Keras
+              ("tensorflow", "lstm", "fused", 1), ("tensorflow", "lstm", "fused", 2),
+              ("tensorflow", "lstm", "generic", 2), ("tensorflow", "gru", "generic", 1),
+              ("tensorflow", "gru", "generic", 2)]
 
 
-@pytest.mark.parametrize("fw,op,path", TRAIN_ROWS, ids=[f"{f}-{o}-{p}" for f, o, p in TRAIN_ROWS])
-def test_framework_training_steps_match_the_reference(fw, op, path):
+@pytest.mark.parametrize("fw,op,path,L", TRAIN_ROWS, ids=[f"{f}-{o}-{p}-L{n}" for f, o, p, n in TRAIN_ROWS])
+def test_framework_training_steps_match_the_reference(fw, op, path, L):
     pytest.importorskip(fw, reason=f"{fw} is not importable here (pip install -e '.[frameworks]')")
     if fw == "jax":
         pytest.importorskip("flax", reason="flax is not importable here")
-    _framework_row(fw, _problem(op, T=5, B=3, I=7, H=6, L=2), path, backward=True)
+    info = _framework_row(fw, _problem(op, T=5, B=3, I=7, H=6, L=L), path, backward=True)
+    assert info["pass"] == "forward+backward"
+
+
+def test_tensorflow_training_rows_without_a_path_say_why():
+    """TF has no fused GRU, and BlockLSTMV2 no double kernel: skipped rows with the reason."""
+    pytest.importorskip("tensorflow", reason="tensorflow is not importable here (pip install -e '.[frameworks]')")
+    with pytest.raises(Unsupported, match="no fused GRU sequence op"):
+        fcases.build_framework(_problem("gru"), 1, framework="tensorflow", path="fused", device="cpu",
+                               precision="fp32", backward=True)
+    with pytest.raises(Unsupported, match="BlockLSTMV2 runs half and float only; not fp64"):
+        fcases.build_framework(_problem("lstm"), 1, framework="tensorflow", path="fused", device="cpu",
+                               precision="fp64", threads=1, backward=True)
 
 
 def test_torch_compile_failure_is_a_skip(monkeypatch):

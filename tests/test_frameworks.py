@@ -335,15 +335,18 @@ def test_framework_conv_matches_reference(fw, path, layout):
         prepared.close()
 
 
-# Training steps of the frameworks whose worker runs in the NumPy-1 interpreter (torch's and
-# JAX's are in test_backward_cli.py): y and every gradient against kernels.backward in float64.
-NUMPY1_TRAIN = [("chainer", op, path) for op in ("lstm", "gru", "rnn") for path in ("fused", "generic")]
+# Training steps of the frameworks whose worker runs in the NumPy-1 interpreter (torch's, JAX's
+# and TensorFlow's are in test_backward_cli.py): y and every gradient against kernels.backward in
+# float64.  MXNet's with one layer too (a worker starts in seconds).
+NUMPY1_TRAIN = [(fw, op, path, L) for fw, layers in (("chainer", (2,)), ("mxnet", (1, 2)))
+                for op in ("lstm", "gru", "rnn") for path in ("fused", "generic") for L in layers]
 
 
-@pytest.mark.parametrize("fw,op,path", NUMPY1_TRAIN, ids=[f"{f}-{o}-{p}-bwd" for f, o, p in NUMPY1_TRAIN])
-def test_numpy1_framework_training_step_matches_the_reference(fw, op, path):
+@pytest.mark.parametrize("fw,op,path,L", NUMPY1_TRAIN,
+                         ids=[f"{f}-{o}-{p}-L{n}-bwd" for f, o, p, n in NUMPY1_TRAIN])
+def test_numpy1_framework_training_step_matches_the_reference(fw, op, path, L):
     python = _python_or_skip(fw)
-    problem = RNNProblem(op, T=4, B=3, I=5, H=6, L=2, nonlinearity="relu" if op == "rnn" else "")
+    problem = RNNProblem(op, T=4, B=3, I=5, H=6, L=L, nonlinearity="relu" if op == "rnn" else "")
     prepared = fcases.build_framework(problem, 1, framework=fw, path=path, device="cpu", precision="fp32",
                                       threads=1, python=python, backward=True)
     try:

@@ -289,6 +289,18 @@ def test_jax_vanilla_training_step_matches_the_reference(act):
     assert info["pass"] == "forward+backward" and "SimpleCell" in info["kernel"]
 
 
+# Keras SimpleRNNCell under a GradientTape, and MXNet's fused RNN op in both modes (its ReLU rows
+# and the unrolled cells are in test_frameworks.py)
+VANILLA_TRAIN = [("tensorflow", "generic", "relu"), ("tensorflow", "generic", "tanh"), ("mxnet", "fused", "tanh"),
+                 ("mxnet", "generic", "tanh")]
+
+
+@pytest.mark.parametrize("fw,path,act", VANILLA_TRAIN, ids=[f"{f}-{p}-{a}" for f, p, a in VANILLA_TRAIN])
+def test_framework_vanilla_training_step_matches_the_reference(fw, path, act):
+    info = _framework_check(fw, path, act, backward=True)
+    assert info["pass"] == "forward+backward" and "forward and backward" in info["kernel"]
+
+
 @pytest.mark.parametrize("argv,msg", [
     (["rnn", "--nonlinearity", "sigmoid"], "invalid choice"),
     (["lstm", "--skip-input", "--cell", "layernorm"], "--skip-input applies to the plain cells"),

@@ -86,10 +86,10 @@ LAYERNORM_PATHS = {
 }
 
 # --backward: the frameworks whose adapter has a training step (forward + backward of
-# sum(y * dY)); the others' rows are skipped with this reason.
-TRAINING_FRAMEWORKS = ("torch", "jax", "chainer")
-_NO_TRAINING = ("the {fw} adapter times the forward pass only; training-step rows: "
-                + ", ".join(TRAINING_FRAMEWORKS))
+# sum(y * dY)); today every one.  A framework added to FRAMEWORKS without one gets skipped rows
+# with this reason (a path an adapter cannot differentiate raises Unsupported itself).
+TRAINING_FRAMEWORKS = ("torch", "tensorflow", "jax", "mxnet", "chainer")
+_NO_TRAINING = "the {fw} adapter times the forward pass only; training-step rows: {have}"
 
 
 def path_reason(framework: str, device: str, path: str, op: str, cell: str = "plain",
@@ -104,7 +104,7 @@ def path_reason(framework: str, device: str, path: str, op: str, cell: str = "pl
         if reason:
             return reason
     if backward and framework not in TRAINING_FRAMEWORKS:
-        return _NO_TRAINING.format(fw=framework)
+        return _NO_TRAINING.format(fw=framework, have=", ".join(TRAINING_FRAMEWORKS))
     return None
 
 

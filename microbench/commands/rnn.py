@@ -77,7 +77,8 @@ def _add_rnn(sub, op: str, variant_names: list):
                         + (", c0" if op == "lstm" else "") + " and every weight. Ours: the fused "
                         "variant (kernels.backward, numpy backend, CPU)"
                         + (", plain or --cell layernorm" if op == "lstm" else "")
-                        + "; with --frameworks each framework's training step (torch, jax, chainer). "
+                        + "; with --frameworks each framework's training step (torch, tensorflow, jax, mxnet, "
+                        "chainer; a path that cannot be differentiated is a skipped row saying why). "
                         "y and every gradient are checked against float64; GFLOP/s counts 3x the "
                         "forward GEMM FLOPs")
     f = p.add_argument_group("frameworks")

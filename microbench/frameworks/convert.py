@@ -166,6 +166,17 @@ def from_keras(weights, cell: str) -> tuple:
     return w_ih, w_hh, b_ih, b_hh
 
 
+def grads_from_keras(grads, cell: str) -> tuple:
+    """Gradients with respect to the weights of :func:`to_keras` (kernel, recurrent_kernel,
+    bias), back in our layout.  The transposes and gate permutations are orthogonal, so their
+    adjoint is their inverse (:func:`from_keras`); a bias summed from ``b_ih`` and ``b_hh`` (LSTM,
+    vanilla RNN) has one gradient, which is the gradient of each of the two."""
+    w_ih, w_hh, b_ih, b_hh = from_keras(grads, cell)
+    if cell in ("lstm", "rnn"):
+        b_hh = b_ih.copy()
+    return w_ih, w_hh, b_ih, b_hh
+
+
 # -- Flax linen cells: one Dense per gate ---------------------------------------------------------
 
 def to_flax(layer, cell: str) -> dict:
@@ -279,6 +290,13 @@ def from_tfblock(w: np.ndarray, b: np.ndarray, input_size: int) -> tuple:
     w_ih = reorder(np.asarray(w)[:input_size].T, src, dst)
     w_hh = reorder(np.asarray(w)[input_size:].T, src, dst)
     return w_ih, w_hh, reorder(b, src, dst), np.zeros_like(b)
+
+
+def grads_from_tfblock(w_grad: np.ndarray, b_grad: np.ndarray, input_size: int) -> tuple:
+    """Gradients with respect to :func:`to_tfblock`'s ``w`` and ``b``, in our layout (the summed
+    bias's gradient is each part's, as in :func:`grads_from_keras`)."""
+    w_ih, w_hh, db, _ = from_tfblock(w_grad, b_grad, input_size)
+    return w_ih, w_hh, db, db.copy()
 
 
 # -- Chainer 7: NStep links keep one (H, in) matrix and one bias per gate; F.lstm interleaves -------

@@ -5,6 +5,10 @@ back), so this adapter usually runs in its own interpreter (``scripts/setup-mxne
 cuDNN's (reset gate after the recurrent GEMM): the same function as ours.  The vanilla RNN (op
 ``rnn_relu``/``rnn_tanh``) is ``rnn.RNN(activation=...)``, the same fused RNN op in mode
 ``rnn_relu``/``rnn_tanh``, and ``rnn.RNNCell`` unrolled.
+
+With ``dy`` among the arrays every path is a training step instead: the forward under
+``autograd.record()`` and ``y.backward(dy)``, gradients written into x, the initial states and
+every parameter (``attach_grad``, grad_req ``write``: nothing accumulates between calls).
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import os
 import numpy as np
 
 from .common import Built, Unsupported, dims
-from .convert import split_op, to_mxnet, unpack_layers
+from .convert import from_mxnet, split_op, to_mxnet, unpack_layers
 
 _mx = None
 
@@ -51,7 +55,10 @@ def build(op, path, device, precision, arrays) -> Built:
     layers = unpack_layers(arrays)
     x, h0 = nd(arrays["x"]), nd(arrays["h0"])
     c0 = nd(arrays["c0"]) if op == "lstm" else None
-    info = {"mode": "hybridize(static_alloc, static_shape), autograd not recording",
+    train = "dy" in arrays
+    info = {"mode": "hybridize(static_alloc, static_shape), " + (
+                "autograd.record(train_mode=True), y.backward(dy): gradients of sum(y * dy) w.r.t. "
+                "x, h0, c0 and every parameter" if train else "autograd not recording"),
             "mkldnn": mx.runtime.Features().is_enabled("MKLDNN")}
 
     if path in ("fused", "cudnn"):
@@ -61,10 +68,12 @@ def build(op, path, device, precision, arrays) -> Built:
             net = (rnn.LSTM if op == "lstm" else rnn.GRU)(H, num_layers=L, layout="TNC", input_size=I)
         net.initialize(ctx=ctx)
         params = net.collect_params()
+        weights = {}       # (layer, MXNet name) -> Parameter
         for l, layer in enumerate(layers):
             for name, a in to_mxnet(layer, op).items():
                 [key] = [k for k in params.keys() if k.endswith(f"l{l}_{name}")]
                 params[key].set_data(nd(a))
+                weights[l, name] = params[key]
         states = [h0, c0] if op == "lstm" else [h0]
         info["kernel"] = "fused RNN op (" + ("cuDNN" if device == "cuda" else
                                              "oneDNN" if info["mkldnn"] else "native CPU") + ")"
@@ -92,16 +101,23 @@ def build(op, path, device, precision, arrays) -> Built:
 
         net = Unrolled()
         net.initialize(ctx=ctx)
-        for cell, layer in zip(net.cells, layers):
+        weights = {}
+        for l, (cell, layer) in enumerate(zip(net.cells, layers)):
             params = cell.collect_params()
             for name, a in to_mxnet(layer, op).items():
                 [key] = [k for k in params.keys() if k.endswith(name)]
                 params[key].set_data(nd(a))
-        states = ([s for l in range(L) for s in (h0[l], c0[l])] if op == "lstm" else [h0[l] for l in range(L)])
+                weights[l, name] = params[key]
+        # one array per layer and state (copies, not views of h0/c0: each gets its own gradient)
+        states = ([s.copy() for l in range(L) for s in (h0[l], c0[l])] if op == "lstm"
+                  else [h0[l].copy() for l in range(L)])
         info["kernel"] = "cell ops per step, unrolled into one graph"
     else:
         raise Unsupported(f"mxnet has no path {path!r} on {device}")
     net.hybridize(static_alloc=True, static_shape=True)
+    if train:
+        info["kernel"] += ", forward and backward"
+        return _training(net, path in ("fused", "cudnn"), x, states, weights, nd(arrays["dy"]), op, L, info)
     last = {}
 
     def run():
@@ -125,6 +141,38 @@ def build(op, path, device, precision, arrays) -> Built:
         return y.asnumpy().astype(np.float64), hs, cs
 
     return Built(run, outputs, info)
+
+
+def _training(net, fused, x, states, weights, dy, op, L, info) -> Built:
+    """A training step of ``net``: outputs y, dx, dh0[, dc0], then per layer the gradients of
+    w_ih, w_hh, b_ih, b_hh (MXNet keeps our layout: :func:`.convert.from_mxnet`)."""
+    mx = _mx
+    for a in (x, *states):
+        a.attach_grad()
+    last = {}
+
+    def run():
+        with mx.autograd.record(train_mode=True):
+            out = net(x, states) if fused else net(x, *states)
+            y = out[0]
+        y.backward(dy)
+        mx.nd.waitall()
+        last["y"] = y
+
+    def outputs():
+        host = lambda a: a.asnumpy().astype(np.float64)  # noqa: E731
+        if fused:       # the whole (L, B, H) states
+            gs = [host(s.grad) for s in states]
+        else:           # one array per layer and state, interleaved h, c as the net takes them
+            per = len(states) // L
+            gs = [np.stack([host(states[per * l + k].grad) for l in range(L)]) for k in range(per)]
+        gw = [host(g) for l in range(L) for g in from_mxnet({n: weights[l, n].grad() for n in _NAMES}, op)]
+        return (host(last["y"]), host(x.grad), *gs, *gw)
+
+    return Built(run, outputs, info)
+
+
+_NAMES = ("i2h_weight", "i2h_bias", "h2h_weight", "h2h_bias")
 
 
 def build_conv(path, device, precision, arrays, geom) -> Built:

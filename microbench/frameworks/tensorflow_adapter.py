@@ -5,6 +5,11 @@ otherwise they run the cell in a ``tf.while_loop``), so the CPU ``fused`` path i
 ``tf.raw_ops.BlockLSTMV2``, TensorFlow's own fused LSTM sequence kernel.  The vanilla RNN (op
 ``rnn_relu``/``rnn_tanh``) is ``keras.layers.RNN(SimpleRNNCell(activation=...))``: TensorFlow has
 no fused vanilla RNN op and Keras 3's ``SimpleRNN`` no cuDNN branch, so it has the cell loop only.
+
+With ``dy`` among the arrays every path is a training step instead: one ``tf.function`` runs the
+forward under a ``tf.GradientTape`` and the gradients of ``sum(y * dy)`` with respect to x, the
+initial states and the weights (BlockLSTMV2 backpropagates through TF's fused BlockLSTMGradV2
+kernel, Keras through its cell's ops).
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import os
 import numpy as np
 
 from .common import Built, Unsupported, dims
-from .convert import split_op, to_keras, to_tfblock, unpack_layers
+from .convert import grads_from_keras, grads_from_tfblock, split_op, to_keras, to_tfblock, unpack_layers
 
 _tf = None
 
@@ -63,8 +68,11 @@ def build(op, path, device, precision, arrays) -> Built:
     layers = unpack_layers(arrays)
     tdev = "/GPU:0" if device == "cuda" else "/CPU:0"
     c = lambda a: tf.constant(np.asarray(a).astype(dt))  # noqa: E731
+    train = "dy" in arrays
     info = {"precision_switches": {"tensor_float_32": tf.config.experimental.tensor_float_32_execution_enabled()},
-            "mode": "tf.function (jit_compile=False), training=False, no GradientTape"}
+            "mode": ("tf.function (jit_compile=False), training=True: GradientTape gradients of sum(y * dy) "
+                     "w.r.t. x, h0, c0 and every weight" if train else
+                     "tf.function (jit_compile=False), training=False, no GradientTape")}
 
     with tf.device(tdev):
         h0 = c(arrays["h0"])
@@ -76,24 +84,28 @@ def build(op, path, device, precision, arrays) -> Built:
             if op != "lstm":
                 raise Unsupported("TensorFlow has no fused GRU sequence op; GRUBlockCell applies the reset "
                                   "gate before the recurrent GEMM, which is not our GRU")
+            if dt != "float32":
+                raise Unsupported(f"tf.raw_ops.BlockLSTMV2 runs half and float only; not {precision}")
             x = c(arrays["x"])                       # BlockLSTM is time-major, like us
-            ws = [tuple(map(c, to_tfblock(layer))) for layer in layers]
-            zero = tf.zeros([H], dtype=dt)
+            # the weights are arguments of the step (not captured constants): the tape watches them
+            weights = [w for layer in layers for w in map(c, to_tfblock(layer))]
+            block = _block_lstm(tf, T, H, dt)
 
-            @tf.function(jit_compile=False)
-            def fwd(x, h0, c0):
+            def forward(x, h0, c0, *weights):
                 seq, hs, cs = x, [], []
-                for l, (w, b) in enumerate(ws):
-                    out = tf.raw_ops.BlockLSTMV2(seq_len_max=tf.constant(T, tf.int64), x=seq,
-                                                 cs_prev=c0[l], h_prev=h0[l], w=w, wci=zero, wcf=zero,
-                                                 wco=zero, b=b, cell_clip=0.0, use_peephole=False)
+                for l in range(L):
+                    out = block(seq, c0[l], h0[l], weights[2 * l], weights[2 * l + 1])
                     seq = out[6]
                     hs.append(seq[-1])
                     cs.append(out[1][-1])
                 return seq, tf.stack(hs), tf.stack(cs)
-            args = (x, h0, c0)
+            states = (h0, c0)
+
+            def to_canonical(g):         # per layer (w, b) -> w_ih, w_hh, b_ih, b_hh
+                return [a for l in range(L) for a in grads_from_tfblock(g[2 * l], g[2 * l + 1], I if l == 0 else H)]
             time_major = True
-            info["kernel"] = "BlockLSTMV2 (Eigen, fused gates; 7 (T,B,H) outputs written)"
+            info["kernel"] = "BlockLSTMV2 (Eigen, fused gates; 7 (T,B,H) outputs written)" + (
+                "; backward: BlockLSTMGradV2" if train else "")
         elif path in ("generic", "cudnn", "nocudnn"):
             x = c(np.ascontiguousarray(np.asarray(arrays["x"]).transpose(1, 0, 2)))   # Keras is batch-major
             mods = []
@@ -111,24 +123,36 @@ def build(op, path, device, precision, arrays) -> Built:
                 m.build((B, T, width))
                 m.set_weights([np.asarray(a).astype(dt) for a in to_keras(layer, cell_op)])
                 mods.append(m)
+            # the layers' own variables, in to_keras order (kernel, recurrent_kernel, bias)
+            weights = [v for m in mods for v in (m.cell.kernel, m.cell.recurrent_kernel, m.cell.bias)]
 
-            @tf.function(jit_compile=False)
-            def fwd(x, h0, c0=None):
+            def forward(x, h0, c0=None):
                 seq, hs, cs = x, [], []
                 for l, m in enumerate(mods):
                     init = [h0[l], c0[l]] if op == "lstm" else [h0[l]]
-                    out = m(seq, initial_state=init, training=False)
+                    out = m(seq, initial_state=init, training=train)
                     seq = out[0]
                     hs.append(out[1])
                     if op == "lstm":
                         cs.append(out[2])
                 return (seq, tf.stack(hs), tf.stack(cs)) if op == "lstm" else (seq, tf.stack(hs))
-            args = (x, h0, c0) if op == "lstm" else (x, h0)
+            states = (h0, c0) if op == "lstm" else (h0,)
+
+            def to_canonical(g):
+                return [a for l in range(L) for a in grads_from_keras(g[3 * l:3 * l + 3], cell_op)]
             time_major = False
             info["kernel"] = ("Keras cuDNN RNN" if path == "cudnn" else
-                              "Keras cell in a tf.while_loop (GEMMs + pointwise ops per step)")
+                              "Keras cell in a tf.while_loop (GEMMs + pointwise ops per step)") + (
+                ", forward and backward (GradientTape)" if train else "")
         else:
             raise Unsupported(f"tensorflow has no path {path!r} on {device}")
+        if train:
+            dy = np.asarray(arrays["dy"])
+            dy = c(dy if time_major else np.ascontiguousarray(dy.transpose(1, 0, 2)))
+            fwd, args = _training_step(forward, x, states, weights, dy, keras_vars=not time_major)
+        else:
+            fwd = tf.function(forward, jit_compile=False)
+            args = (x, *states, *weights) if time_major else (x, *states)
         import time
         t0 = time.perf_counter()
         fwd.get_concrete_function(*args)            # trace outside the timed region
@@ -143,16 +167,73 @@ def build(op, path, device, precision, arrays) -> Built:
         if sync is not None:
             sync()
         else:
-            out[1].numpy()      # the final state: (L,B,H), forces the call to complete
+            out[1].numpy()      # the final state (or dx): forces the call to complete
         last["out"] = out
 
     def outputs():
         out = [np.asarray(o.numpy(), dtype=np.float64) for o in last["out"]]
+        if train:       # y, dx, dh0[, dc0], then the weight gradients in the framework's layout
+            n = 1 + len(states) + 1
+            grads = to_canonical(out[n:])
+            out = out[:n] + [np.asarray(a) for a in grads]
         if not time_major:
             out[0] = out[0].transpose(1, 0, 2)
+            if train:
+                out[1] = out[1].transpose(1, 0, 2)          # dx, batch-major like x
         return tuple(out)
 
     return Built(run, outputs, info)
+
+
+def _training_step(forward, x, states, weights, dy, keras_vars):
+    """(step, args): a tf.function returning y, then the gradients of sum(y * dy) with respect
+    to x, the states and ``weights`` (Keras variables, read inside the step; or the BlockLSTM
+    tensors, passed in as arguments and watched)."""
+    tf = _tf
+    n_in = 1 + len(states)
+
+    @tf.function(jit_compile=False)
+    def step(*args):
+        leaves = list(args)
+        with tf.GradientTape() as tape:
+            tape.watch(leaves)
+            y = forward(*(leaves if not keras_vars else leaves[:n_in]))[0]
+            loss = tf.reduce_sum(y * dy)
+        grads = tape.gradient(loss, leaves + (list(weights) if keras_vars else []))
+        return (y, *grads)
+    args = (x, *states) if keras_vars else (x, *states, *weights)
+    return step, args
+
+
+def _block_lstm(tf, T, H, dt):
+    """BlockLSTMV2 with the gradient that matches its gate layout.
+
+    TF registers one gradient function for BlockLSTM and BlockLSTMV2 (tensorflow/python/ops/
+    rnn_grad.py), and it calls BlockLSTMGrad, which reads the weights in V1's gate order (i, ci,
+    f, o) while V2 stores i, f, ci, o: through the tape, V2's dx and dw come out wrong (checked
+    against finite differences in TF 2.21).  BlockLSTMGradV2 is TF's fused backward kernel for
+    V2's layout; this wrapper makes the tape call it."""
+    zero = tf.zeros([H], dtype=dt)
+    seq_len = tf.constant(T, tf.int64)
+
+    @tf.custom_gradient
+    def block(x, cs_prev, h_prev, w, b):
+        out = tf.raw_ops.BlockLSTMV2(seq_len_max=seq_len, x=x, cs_prev=cs_prev, h_prev=h_prev, w=w,
+                                     wci=zero, wcf=zero, wco=zero, b=b, cell_clip=0.0, use_peephole=False)
+
+        def grad(*gs):
+            # gradients of the 7 outputs; only cs and h carry the state and the output onwards
+            # (the gate activations are saved for the backward, never used downstream)
+            cs_grad = gs[1] if gs[1] is not None else tf.zeros_like(out[1])
+            h_grad = gs[6] if gs[6] is not None else tf.zeros_like(out[6])
+            r = tf.raw_ops.BlockLSTMGradV2(seq_len_max=seq_len, x=x, cs_prev=cs_prev, h_prev=h_prev, w=w,
+                                           wci=zero, wcf=zero, wco=zero, b=b, i=out[0], cs=out[1], f=out[2],
+                                           o=out[3], ci=out[4], co=out[5], h=out[6], cs_grad=cs_grad,
+                                           h_grad=h_grad, use_peephole=False)
+            x_grad, cs_prev_grad, h_prev_grad, w_grad, _, _, _, b_grad = r
+            return x_grad, cs_prev_grad, h_prev_grad, w_grad, b_grad
+        return list(out), grad
+    return block
 
 
 def build_conv(path, device, precision, arrays, geom) -> Built:
