@@ -232,18 +232,28 @@ for dil, groups in ((2, 1), (1, 2)):
             print(name, "ran")
         except tf.errors.OpError as e:
             print(name, "refused")
+# the forward: grappler fuses Conv2D + BiasAdd in a tf.function, and the fused CPU kernel refuses groups
+fwd = tf.function(lambda x, w, b: tf.nn.bias_add(tf.nn.conv2d(x, w, strides=1, padding="VALID"), b))
+for name, fs in (("fused", [3, 3, 2, 4]), ("plain", [3, 3, 4, 4])):
+    try:
+        fwd(tf.ones([1, 6, 6, 4]), tf.ones(fs), tf.ones([4]))
+        print(name, "ran")
+    except tf.errors.OpError as e:
+        print(name, "refused")
 """
 
 
 def test_tensorflow_cpu_gradient_ops_still_refuse_what_the_adapter_skips():
-    """The adapter skips dilation and groups on a CPU without trying them: if a TensorFlow release
-    runs them, this fails, and the refusal (tensorflow_adapter._conv_refusal) should go."""
+    """The adapter skips dilation and groups on a CPU without trying them (and the grouped forward
+    with a bias): if a TensorFlow release runs them, this fails, and the refusal
+    (tensorflow_adapter._conv_refusal, build_conv) should go."""
     pytest.importorskip("tensorflow")
     import subprocess
     import sys
     out = subprocess.run([sys.executable, "-c", TF_REFUSAL], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["input", "refused", "filter", "refused"] * 2, out.stdout
+    assert out.stdout.split() == ["input", "refused", "filter", "refused"] * 2 + ["fused", "refused", "plain", "ran"], \
+        out.stdout
 
 
 def test_conv_backward_command_with_framework_rows(tmp_path, capsys):

@@ -166,6 +166,11 @@ def build_conv(path, device, precision, arrays, geom) -> Built:
     dt = {"fp32": "float32", "fp64": "float64"}.get(precision)
     if dt is None:
         raise Unsupported(f"the tensorflow conv adapter runs fp32, fp64; not {precision}")
+    if device == "cpu" and geom["groups"] != 1 and "b" in arrays:
+        # Grappler's remapper turns Conv2D + BiasAdd into _FusedConv2D, which fails at run time
+        # on a CPU for groups ("Fused conv implementation does not support grouped convolutions").
+        raise Unsupported(f"TensorFlow fuses Conv2D + BiasAdd into _FusedConv2D, whose CPU kernel does not "
+                          f"support grouped convolutions; this problem has groups={geom['groups']} and a bias")
     nchw = geom["layout"] == "NCHW"
     xa = np.asarray(arrays["x"])
     with tf.device("/GPU:0" if device == "cuda" else "/CPU:0"):
