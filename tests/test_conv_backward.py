@@ -5,6 +5,7 @@ suite's three phases, each checked."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -146,21 +147,138 @@ def test_torch_backward_phases_match_the_references(path, g):
             prepared.close()
 
 
+# -- framework rows: TensorFlow's (Conv2DBackpropInput/Filter + BiasAddGrad), JAX's (jax.vjp),
+# MXNet's (y.backward with gradients for one phase's inputs) and Chainer's
+# (Convolution2DFunction.backward for one phase's inputs), in a worker each ----------------------
+def _python_or_skip(framework):
+    """The interpreter the framework's worker runs under (None: this one), or skip saying why."""
+    import importlib.util
+    from microbench.cases import frameworks as fcases
+    from microbench.frameworks import NUMPY1
+    if framework in NUMPY1:
+        python = fcases.default_python(framework)
+        if python is None:
+            pytest.skip(f"no .venv-mxnet: run scripts/setup-mxnet to test {framework}")
+        return python
+    if importlib.util.find_spec(framework) is None:
+        pytest.skip(f"{framework} is not importable here (pip install -e '.[frameworks]')")
+    return None
+
+
+# Per framework: groups with dilation (GEOMETRIES[0]) where its CPU op has them, no bias with
+# padding wider than the kernel (2), NHWC with stride 3 (3); fp64 where the adapter runs it.
+FRAMEWORK_ROWS = [("jax", 0, "fp32"), ("jax", 2, "fp32"), ("jax", 3, "fp64"),
+                  ("tensorflow", 2, "fp32"), ("tensorflow", 3, "fp64"),
+                  ("mxnet", 0, "fp32"), ("mxnet", 2, "fp32"), ("mxnet", 3, "fp32"),
+                  ("chainer", 0, "fp32"), ("chainer", 2, "fp32"), ("chainer", 3, "fp64")]
+# what each adapter says runs, per phase (info["backward"])
+SAYS = {"jax": ("with respect to x ", "with respect to w"),
+        "tensorflow": ("Conv2DBackpropInput", "Conv2DBackpropFilter"),
+        "mxnet": ("gradients for x only", "gradients for w"),
+        "chainer": ("target indexes [0]", "target indexes [1")}
+
+
+@pytest.mark.parametrize("fw,g,precision", FRAMEWORK_ROWS, ids=[f"{f}-{IDS[g]}-{pr}" for f, g, pr in FRAMEWORK_ROWS])
+def test_framework_backward_phases_match_the_references(fw, g, precision):
+    from microbench.cases import frameworks as fcases
+    python = _python_or_skip(fw)
+    p = GEOMETRIES[g]
+    for phase, outputs, says in zip(("bwd_data", "bwd_weights"), (["dx"], ["dw", "db"] if p.bias else ["dw"]),
+                                    SAYS[fw]):
+        prepared = fcases.build_framework(p, 3, framework=fw, path="fused", device="cpu", precision=precision,
+                                          threads=1, python=python, phase=phase)
+        try:
+            check = prepared.check()
+            assert check.passed, (phase, check.detail)
+            assert prepared.info["pass"] == phase and prepared.info["outputs"] == outputs
+            assert phase in prepared.info["backward"] and says in prepared.info["backward"]
+            if fw == "tensorflow":
+                assert ("BiasAddGrad" in prepared.info["kernel"]) == (p.bias and phase == "bwd_weights")
+            if fw == "jax":     # one phase only: XLA dropped the unused forward convolution
+                assert prepared.info["convolutions"] in (1, None)
+            prepared.run()                  # a second call, read back through the worker
+            after = prepared.check()
+            assert after.passed, (phase, after.detail)
+        finally:
+            prepared.close()
+
+
+def test_tensorflow_cpu_refusals_are_skipped_rows():
+    pytest.importorskip("tensorflow")
+    from microbench.cases import frameworks as fcases
+    for p, phase, says in (
+            (ConvProblem(N=1, C=2, H=6, W=6, K=2, R=3, S=3, dilation=2), "bwd_data",
+             "dilation 1 only; this problem has dilation (2, 2)"),
+            (ConvProblem(N=1, C=4, H=6, W=6, K=4, R=3, S=3, groups=2), "bwd_weights",
+             "grouped convolutions; this problem has groups=2")):
+        with pytest.raises(Unsupported, match=re.escape(says)):
+            fcases.build_framework(p, 0, framework="tensorflow", path="fused", device="cpu", precision="fp32",
+                                   threads=1, phase=phase)
+
+
+TF_REFUSAL = """
+import os
+os.environ.update(CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
+import tensorflow as tf
+for dil, groups in ((2, 1), (1, 2)):
+    x, dy = tf.ones([1, 6, 6, 4]), tf.ones([1, 6 - 2 * dil, 6 - 2 * dil, 4])
+    kw = dict(out_backprop=dy, strides=[1, 1, 1, 1], padding="VALID", dilations=[1, dil, dil, 1])
+    fs = [3, 3, 4 // groups, 4]
+    for name, call in (("input", lambda: tf.raw_ops.Conv2DBackpropInput(input_sizes=[1, 6, 6, 4],
+                                                                          filter=tf.ones(fs), **kw)),
+                       ("filter", lambda: tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=fs, **kw))):
+        try:
+            call()
+            print(name, "ran")
+        except tf.errors.OpError as e:
+            print(name, "refused")
+# the forward: grappler fuses Conv2D + BiasAdd in a tf.function, and the fused CPU kernel refuses groups
+fwd = tf.function(lambda x, w, b: tf.nn.bias_add(tf.nn.conv2d(x, w, strides=1, padding="VALID"), b))
+for name, fs in (("fused", [3, 3, 2, 4]), ("plain", [3, 3, 4, 4])):
+    try:
+        fwd(tf.ones([1, 6, 6, 4]), tf.ones(fs), tf.ones([4]))
+        print(name, "ran")
+    except tf.errors.OpError as e:
+        print(name, "refused")
+"""
+
+
+def test_tensorflow_cpu_gradient_ops_still_refuse_what_the_adapter_skips():
+    """The adapter skips dilation and groups on a CPU without trying them (and the grouped forward
+    with a bias): if a TensorFlow release runs them, this fails, and the refusal
+    (tensorflow_adapter._conv_refusal, build_conv) should go."""
+    pytest.importorskip("tensorflow")
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", TF_REFUSAL], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["input", "refused", "filter", "refused"] * 2 + ["fused", "refused", "plain", "ran"], \
+        out.stdout
+
+
 def test_conv_backward_command_with_framework_rows(tmp_path, capsys):
+    import importlib.util
     pytest.importorskip("torch")
     out = tmp_path / "f.jsonl"
-    assert cli.main(["conv", "--backward", "--direct", "--frameworks", "torch,tensorflow", "-N", "1", "-C", "3",
-                     "-H", "7", "-W", "6", "-K", "4", "--stride", "2", "--pad", "1", "--threads", "1",
-                     "--warmup", "0", "--min-time", "0", "--min-samples", "2", "--quiet", "--json", str(out)]) == 0
+    # dilation 2: TensorFlow's CPU gradient ops refuse it, so its phase rows are skipped saying so
+    assert cli.main(["conv", "--backward", "--direct", "--frameworks", "torch,tensorflow,jax", "-N", "1",
+                     "-C", "3", "-H", "7", "-W", "6", "-K", "4", "--stride", "2", "--pad", "1", "--dilation", "2",
+                     "--threads", "1", "--warmup", "0", "--min-time", "0", "--min-samples", "2", "--max-time", "0.5",
+                     "--quiet", "--json", str(out)]) == 0
     recs = {f"{r['variant']}/{r['backend']}": r for r in map(json.loads, out.read_text().splitlines())}
-    for path in ("fused", "generic"):
+    rows = [("torch", "fused"), ("torch", "generic")]
+    if importlib.util.find_spec("jax") is not None:
+        rows.append(("jax", "fused"))
+    for fw, path in rows:
         for phase in ("bwd_data", "bwd_weights"):
-            r = recs[f"torch/{path}+{phase}"]
-            assert r["status"] == "ok" and r["check"]["passed"], r["error"]
-            assert r["info"]["pass"] == phase
-    skipped = recs["tensorflow/fused+bwd_data"]
-    assert skipped["status"] == "skipped" and "conv backward rows: torch" in skipped["error"]
-    assert recs["tensorflow/fused"]["status"] == "ok"            # its forward row still runs
+            r = recs[f"{fw}/{path}+{phase}"]
+            assert r["status"] == "ok" and r["check"]["passed"], (fw, r["error"])
+            assert r["info"]["pass"] == phase and phase in r["info"]["backward"]
+    if importlib.util.find_spec("tensorflow") is not None:
+        for phase in ("bwd_data", "bwd_weights"):
+            skipped = recs[f"tensorflow/fused+{phase}"]
+            assert skipped["status"] == "skipped" and "dilation 1 only" in skipped["error"]
+        assert recs["tensorflow/fused"]["status"] == "ok"            # its forward row still runs
     capsys.readouterr()
 
 

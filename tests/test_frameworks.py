@@ -335,6 +335,26 @@ def test_framework_conv_matches_reference(fw, path, layout):
         prepared.close()
 
 
+def test_tensorflow_grouped_conv_forward_runs_without_a_bias_and_is_skipped_with_one():
+    """With a bias TensorFlow fuses Conv2D + BiasAdd into a kernel that refuses groups on a CPU."""
+    from kernels.conv import ConvProblem
+    pytest.importorskip("tensorflow")
+    kw = dict(N=2, C=4, H=9, W=8, K=6, R=3, S=3, stride=2, pad=1, groups=2)
+    with pytest.raises(Unsupported, match=re.escape("_FusedConv2D, whose CPU kernel does not support grouped")):
+        fcases.build_framework(ConvProblem(**kw), 2, framework="tensorflow", path="fused", device="cpu",
+                               precision="fp32", threads=1)
+    prepared = fcases.build_framework(ConvProblem(**kw, bias=False), 2, framework="tensorflow", path="fused",
+                                      device="cpu", precision="fp32", threads=1)
+    try:
+        check = prepared.check()
+        assert check.passed, check.detail
+        prepared.run()
+        after = prepared.check()
+        assert after.passed, after.detail
+    finally:
+        prepared.close()
+
+
 # Training steps of the frameworks whose worker runs in the NumPy-1 interpreter (torch's, JAX's
 # and TensorFlow's are in test_backward_cli.py): y and every gradient against kernels.backward in
 # float64.  MXNet's with one layer too (a worker starts in seconds).

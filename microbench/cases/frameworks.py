@@ -14,8 +14,8 @@ Three kinds of rows are made per run instead of registered: the layer-norm LSTM 
 its float64 reference), training-step rows (``--backward``: ``torch/fused+bwd``; the worker
 also gets dY, returns y and every gradient, checked by :func:`.backward.check_grads`) and conv
 backward phase rows (``conv --backward``: ``torch/fused+bwd_data``, ...; :func:`conv_backward_cases`,
-checked against the float64 phase references; frameworks outside
-:data:`CONV_BACKWARD_FRAMEWORKS` are skipped rows saying so).
+checked against the float64 phase references; every adapter has them, and a geometry a
+framework's gradient op refuses is a skipped row saying so).
 """
 from __future__ import annotations
 
@@ -124,9 +124,6 @@ def build_framework(problem: RNNProblem, seed: int, *, framework: str, path: str
         skip_reason(framework, device, path, op)
     if reason:
         raise Unsupported(reason)
-    if phase and framework not in CONV_BACKWARD_FRAMEWORKS:
-        raise Unsupported(f"the {framework} adapter times the conv forward only; conv backward rows: "
-                          + ", ".join(CONV_BACKWARD_FRAMEWORKS))
     if op == "conv":
         return _build_conv(problem, seed, framework=framework, path=path, device=device,
                            precision=precision, threads=threads, python=python, phase=phase)
@@ -311,11 +308,6 @@ def framework_cases(op: str, problem, names, device: str, precisions: list, seed
                     rec.build, threads=n, python=python.get(rec.framework)))
                 cases.append(Case(bound, problem, p, seed, None, n))
     return cases
-
-
-# Frameworks whose adapter has conv backward phases (build_conv_backward); the others' rows are
-# skipped with this list.
-CONV_BACKWARD_FRAMEWORKS = ("torch",)
 
 
 def conv_backward_cases(problem, names, device: str, precisions: list, seed: int = 0,

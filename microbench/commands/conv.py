@@ -42,8 +42,10 @@ def add_parsers(sub) -> None:
                         "CPU variants with a backward pass: im2col, direct; on a GPU cuDNN's, per "
                         "algorithm (cudnn_ALGO+bwd_data, cudnn_ALGO+bwd_weights; cudnn+PHASE: its "
                         "heuristic pick) beside the legacy forward rows; with --frameworks, each "
-                        "framework path's phases too (torch: aten.convolution_backward; the others "
-                        "are skipped rows saying so)")
+                        "framework path's phases too (torch: aten.convolution_backward; tensorflow: "
+                        "Conv2DBackpropInput/Filter; jax: jax.vjp; mxnet: y.backward; chainer: "
+                        "Convolution2DFunction.backward; a geometry the framework refuses is a "
+                        "skipped row saying so)")
     v.add_argument("--frameworks", metavar="LIST",
                    help="also run these frameworks' conv2d paths in worker processes with the same "
                         "inputs: comma list of torch, tensorflow, jax, mxnet, chainer, or all")

@@ -333,7 +333,7 @@ def plan(args, suite, device: str) -> list:
             built += [(rec, None, "") for rec in backward_records(device=device)
                       if (keep(rec.variant) or keep(rec.variant.partition("+")[0]))
                       and (backends is None or rec.backend in backends)]
-            if frameworks:      # the frameworks' phases too (torch; the others say why not)
+            if frameworks:      # the frameworks' phases too (a geometry one refuses: a skipped row)
                 from ..cases.frameworks import conv_backward_cases
                 theirs += conv_backward_cases(problem, frameworks, device, precisions, args.seed, threads)
         cases = [Case(rec, problem, p, args.seed, rung_plan, t, rung)

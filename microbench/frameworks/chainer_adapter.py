@@ -1,6 +1,7 @@
 """Chainer 7.8.1 (its last release): ``L.NStepLSTM``/``L.NStepGRU`` and a cell stepped in a loop;
 ``L.Convolution2D``.  Every RNN path also has a training step (``chainer.grad`` of ``sum(y * dy)``)
-when the parent sends ``dy``.
+when the parent sends ``dy``; the conv its backward-data and backward-weights phases
+(:func:`build_conv_backward`).
 
 Chainer 7 needs NumPy 1 (it runs in the interpreter ``scripts/setup-mxnet`` makes, beside MXNet).
 On a CPU it has no oneDNN: iDeep, its oneDNN binding, has no build for this Python, and the NStep
@@ -263,3 +264,56 @@ def build_conv(path, device, precision, arrays, geom) -> Built:
                                            "im2col + cuBLAS GEMM" if ctx.cuda else
                                            "im2col in NumPy + BLAS GEMM (tensordot), no oneDNN"),
                                 "layout": "NCHW"})
+
+
+def build_conv_backward(path, device, precision, arrays, geom, phase) -> Built:
+    """One backward phase of ``sum(y * dy)`` for the conv of :func:`build_conv`: the backward of
+    ``F.convolution_2d``'s node (``Convolution2DFunction.backward``, what ``Variable.backward``
+    calls) asked for one phase's inputs only, as the torch adapter's output mask does:
+    ``bwd_data`` (index 0: ``F.deconvolution_2d`` of dy, dx) or ``bwd_weights`` (index 1:
+    ``Convolution2DGradW``, dw; and index 2, dy summed over N, H, W, db, with a bias).  The forward
+    runs once at build time, outside the timed call, to record the node and the inputs it keeps;
+    the timed call runs without backprop, as Chainer's own backward pass does by default.  NCHW
+    with our KCRS filter; an NHWC problem is transposed outside the timed call."""
+    chainer = _ch
+    from chainer.functions.connection.convolution_2d import Convolution2DFunction
+    if phase not in ("bwd_data", "bwd_weights"):
+        raise Unsupported(f"conv backward phase {phase!r} is unknown; allowed: bwd_data, bwd_weights")
+    if path not in ("fused", "cudnn", "nocudnn") or (device == "cpu") != (path == "fused"):
+        raise Unsupported(f"chainer has no conv path {path!r} on {device}")
+    ctx = _Ctx(path, device, precision)
+    nhwc = geom["layout"] == "NHWC"
+    nchw = lambda a: np.asarray(a).transpose(0, 3, 1, 2) if nhwc else np.asarray(a)  # noqa: E731
+    has_b = "b" in arrays
+    x = chainer.Variable(ctx.array(nchw(arrays["x"])))
+    w = chainer.Variable(ctx.array(arrays["w"]))
+    b = chainer.Variable(ctx.array(arrays["b"])) if has_b else None
+    gy = chainer.Variable(ctx.array(nchw(arrays["dy"])))
+    node = Convolution2DFunction(stride=tuple(geom["stride"]), pad=tuple(geom["pad"]), cover_all=False,
+                                 dilate=tuple(geom["dilation"]), groups=geom["groups"])
+    with ctx.config(False, backprop=True):
+        y, = node.apply((x, w, b) if has_b else (x, w))
+    if y.shape != gy.shape:
+        raise ValueError(f"chainer conv output has shape {y.shape}, dy {gy.shape}")
+    data = phase == "bwd_data"
+    indexes = (0,) if data else ((1, 2) if has_b else (1,))
+    last = {}
+
+    def run():
+        with ctx.config(False):
+            last["out"] = node.backward(indexes, (gy,))
+        ctx.sync()
+
+    def outputs():
+        out = [ctx.host(a) for a in last["out"]]
+        if data and nhwc:
+            out[0] = np.ascontiguousarray(out[0].transpose(0, 2, 3, 1))
+        return tuple(out)
+
+    ops = ("F.deconvolution_2d" if data else
+           "Convolution2DGradW" + (" + F.sum of dy over (N, H, W)" if has_b else ""))
+    kernel = ("cuDNN through CuPy" if path == "cudnn" else "im2col/col2im + cuBLAS GEMM" if ctx.cuda
+              else "im2col/col2im in NumPy + BLAS GEMM (tensordot), no oneDNN")
+    return Built(run, outputs, {
+        "kernel": f"{ops}: {kernel}", "layout": "NCHW",
+        "backward": f"Convolution2DFunction.backward, target indexes {list(indexes)}: {ops} ({phase})"})

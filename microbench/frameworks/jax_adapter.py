@@ -1,6 +1,8 @@
 """JAX: Flax ``nn.RNN`` over a cell (``lax.scan``) under ``jax.jit``; ``jax.experimental.rnn`` on GPU;
 the layer-norm LSTM in ``jax.numpy`` (``lax.scan``); the vanilla RNN through Flax's ``SimpleCell``
-(``activation_fn`` ``nn.relu`` or ``nn.tanh``).  The scan paths also have a training step
+(``activation_fn`` ``nn.relu`` or ``nn.tanh``); conv2d (``lax.conv_general_dilated``) and its
+backward-data and backward-weights phases (``jax.vjp`` with respect to x, or to w and b:
+:func:`build_conv_backward`).  The scan paths also have a training step
 (``jax.vjp`` under the same jit) when the parent sends an upstream gradient ``dy``.
 
 XLA:CPU has no fused RNN kernel and ``jax.experimental.rnn.lstm`` lowers to cuDNN only (on a CPU
@@ -216,8 +218,9 @@ def _layernorm_fn(L: int, eps: float):
     return fwd
 
 
-def build_conv(path, device, precision, arrays, geom) -> Built:
-    """lax.conv_general_dilated in the problem's layout with the OIHW (= our KCRS) filter."""
+def _conv_fn(path, device, precision, geom):
+    """(put, fwd(x, w, b)) of a conv row: lax.conv_general_dilated in the problem's layout with the
+    OIHW (= our KCRS) filter, the bias added when b is not None."""
     jax = _jax
     import jax.numpy as jnp
     if path not in (("fused",) if device == "cpu" else ("cudnn",)):
@@ -229,8 +232,6 @@ def build_conv(path, device, precision, arrays, geom) -> Built:
         jax.config.update("jax_enable_x64", True)
     dev = jax.devices("gpu" if device == "cuda" else "cpu")[0]
     put = lambda a: jax.device_put(jnp.asarray(np.asarray(a), dtype=dt), dev)  # noqa: E731
-    x, w = put(arrays["x"]), put(arrays["w"])
-    b = put(arrays["b"]) if "b" in arrays else None
     lay = geom["layout"]
     (ph, pw) = geom["pad"]
 
@@ -243,6 +244,16 @@ def build_conv(path, device, precision, arrays, geom) -> Built:
         if b is not None:
             y = y + (b[None, :, None, None] if lay == "NCHW" else b)
         return y
+    return put, fwd
+
+
+def build_conv(path, device, precision, arrays, geom) -> Built:
+    """lax.conv_general_dilated in the problem's layout with the OIHW (= our KCRS) filter."""
+    jax = _jax
+    put, fwd = _conv_fn(path, device, precision, geom)
+    x, w = put(arrays["x"]), put(arrays["w"])
+    b = put(arrays["b"]) if "b" in arrays else None
+    lay = geom["layout"]
     t0 = time.perf_counter()
     compiled = jax.jit(fwd).lower(x, w, b).compile()
     info = {"kernel": "XLA convolution", "layout": lay, "compile_s": time.perf_counter() - t0,
@@ -253,3 +264,48 @@ def build_conv(path, device, precision, arrays, geom) -> Built:
         last["y"] = jax.block_until_ready(compiled(x, w, b))
 
     return Built(run, lambda: (np.asarray(last["y"], dtype=np.float64),), info)
+
+
+def build_conv_backward(path, device, precision, arrays, geom, phase) -> Built:
+    """One backward phase of ``sum(y * dy)`` for the conv of :func:`build_conv`, jitted:
+    ``bwd_data`` is ``jax.vjp`` of the conv with respect to x alone (dx), ``bwd_weights`` with
+    respect to w, and b when the problem has one (dw[, db]).  The other operands are constants of
+    the vjp, so XLA keeps only that phase's transposed convolution (the forward's result is unused
+    and dropped); ``info["convolutions"]`` counts the convolution instructions left in the
+    compiled program."""
+    jax = _jax
+    if phase not in ("bwd_data", "bwd_weights"):
+        raise Unsupported(f"conv backward phase {phase!r} is unknown; allowed: bwd_data, bwd_weights")
+    put, fwd = _conv_fn(path, device, precision, geom)
+    x, w, dy = put(arrays["x"]), put(arrays["w"]), put(arrays["dy"])
+    b = put(arrays["b"]) if "b" in arrays else None
+    data = phase == "bwd_data"
+
+    if data:
+        def bwd(x, w, b, dy):
+            return jax.vjp(lambda x: fwd(x, w, b), x)[1](dy)           # (dx,)
+    elif b is not None:
+        def bwd(x, w, b, dy):
+            return jax.vjp(lambda w, b: fwd(x, w, b), w, b)[1](dy)     # (dw, db)
+    else:
+        def bwd(x, w, b, dy):
+            return jax.vjp(lambda w: fwd(x, w, None), w)[1](dy)        # (dw,)
+    t0 = time.perf_counter()
+    compiled = jax.jit(bwd).lower(x, w, b, dy).compile()
+    compile_s = time.perf_counter() - t0
+    try:
+        hlo = compiled.as_text()
+        convs = sum(" convolution(" in line for line in hlo.splitlines())
+    except Exception:  # noqa: BLE001  (an introspection aid only; the row does not depend on it)
+        convs = None
+    wrt = "x" if data else ("w, b" if b is not None else "w")
+    info = {"kernel": "XLA convolution (transposed, from jax.vjp), backward", "layout": geom["layout"],
+            "compile_s": compile_s, "convolutions": convs,
+            "backward": f"jax.vjp of lax.conv_general_dilated with respect to {wrt} under jax.jit ({phase})",
+            "precision_switches": {"precision": "HIGHEST"}, "affinity": _affinity}
+    last = {}
+
+    def run():
+        last["out"] = jax.block_until_ready(compiled(x, w, b, dy))
+
+    return Built(run, lambda: tuple(np.asarray(a, dtype=np.float64) for a in last["out"]), info)

@@ -4,7 +4,8 @@ MXNet 1.9.1 needs NumPy < 2 (it uses ``np.PZERO``; with NumPy 1.24-1.26 it also 
 back), so this adapter usually runs in its own interpreter (``scripts/setup-mxnet``).  Its GRU is
 cuDNN's (reset gate after the recurrent GEMM): the same function as ours.  The vanilla RNN (op
 ``rnn_relu``/``rnn_tanh``) is ``rnn.RNN(activation=...)``, the same fused RNN op in mode
-``rnn_relu``/``rnn_tanh``, and ``rnn.RNNCell`` unrolled.
+``rnn_relu``/``rnn_tanh``, and ``rnn.RNNCell`` unrolled.  conv2d: ``nd.Convolution`` and its
+backward-data and backward-weights phases (:func:`build_conv_backward`).
 
 With ``dy`` among the arrays every path is a training step instead: the forward under
 ``autograd.record()`` and ``y.backward(dy)``, gradients written into x, the initial states and
@@ -175,8 +176,9 @@ def _training(net, fused, x, states, weights, dy, op, L, info) -> Built:
 _NAMES = ("i2h_weight", "i2h_bias", "h2h_weight", "h2h_bias")
 
 
-def build_conv(path, device, precision, arrays, geom) -> Built:
-    """nd.Convolution, NCHW with our KCRS filter (an NHWC problem is transposed outside the timed call)."""
+def _conv_setup(path, device, precision, arrays, geom) -> tuple:
+    """(to_ctx, x, w, b, kw) of a conv row: NCHW arrays (an NHWC problem's activations transposed
+    here, outside the timed call), our KCRS filter, nd.Convolution's keyword arguments."""
     mx = _mx
     if precision != "fp32":
         raise Unsupported(f"the mxnet adapter runs fp32 only; not {precision}")
@@ -184,15 +186,26 @@ def build_conv(path, device, precision, arrays, geom) -> Built:
         raise Unsupported(f"mxnet has no conv path {path!r} on {device}")
     ctx = mx.gpu(0) if device == "cuda" else mx.cpu()
     nhwc = geom["layout"] == "NHWC"
-    xa = np.asarray(arrays["x"], dtype=np.float32)
-    x = mx.nd.array(np.ascontiguousarray(xa.transpose(0, 3, 1, 2) if nhwc else xa), ctx=ctx)
-    w = mx.nd.array(np.asarray(arrays["w"], dtype=np.float32), ctx=ctx)
-    b = mx.nd.array(np.asarray(arrays["b"], dtype=np.float32), ctx=ctx) if "b" in arrays else None
+
+    def to_ctx(a, activation=True):
+        a = np.asarray(a, dtype=np.float32)
+        return mx.nd.array(np.ascontiguousarray(a.transpose(0, 3, 1, 2) if nhwc and activation else a), ctx=ctx)
+    x = to_ctx(arrays["x"])
+    w = to_ctx(arrays["w"], activation=False)
+    b = to_ctx(arrays["b"], activation=False) if "b" in arrays else None
     K, _, R, S = w.shape
     kw = dict(kernel=(R, S), stride=tuple(geom["stride"]), dilate=tuple(geom["dilation"]),
               pad=tuple(geom["pad"]), num_filter=K, num_group=geom["groups"], no_bias=b is None)
     if device == "cuda":
         kw["cudnn_off"] = path == "nocudnn"
+    return to_ctx, x, w, b, kw
+
+
+def build_conv(path, device, precision, arrays, geom) -> Built:
+    """nd.Convolution, NCHW with our KCRS filter (an NHWC problem is transposed outside the timed call)."""
+    mx = _mx
+    _, x, w, b, kw = _conv_setup(path, device, precision, arrays, geom)
+    nhwc = geom["layout"] == "NHWC"
     last = {}
 
     def run():
@@ -205,3 +218,44 @@ def build_conv(path, device, precision, arrays, geom) -> Built:
 
     return Built(run, outputs, {"kernel": "Convolution op (" + ("oneDNN" if device == "cpu" else "cuDNN") + ")",
                                 "layout": "NCHW"})
+
+
+def build_conv_backward(path, device, precision, arrays, geom, phase) -> Built:
+    """One backward phase of ``sum(y * dy)`` for the conv of :func:`build_conv`: the forward is
+    recorded once under ``autograd.record`` at build time, outside the timed call; each timed call
+    is ``y.backward(dy, retain_graph=True)``, which runs the Convolution op's backward
+    (``_backward_Convolution``).  Only the phase's inputs have a gradient buffer (``attach_grad``):
+    x for ``bwd_data``, w (and b) for ``bwd_weights``; the others get grad_req null, and the
+    backward computes only the requested part (on a CPU oneDNN's backward-data primitive, or its
+    backward-weights primitive, which also gives the bias gradient)."""
+    mx = _mx
+    if phase not in ("bwd_data", "bwd_weights"):
+        raise Unsupported(f"conv backward phase {phase!r} is unknown; allowed: bwd_data, bwd_weights")
+    to_ctx, x, w, b, kw = _conv_setup(path, device, precision, arrays, geom)
+    nhwc = geom["layout"] == "NHWC"
+    dy = to_ctx(arrays["dy"])
+    data = phase == "bwd_data"
+    wrt = [x] if data else [w] + ([b] if b is not None else [])
+    for a in wrt:
+        a.attach_grad(grad_req="write")
+    with mx.autograd.record(train_mode=False):
+        y = mx.nd.Convolution(x, w, b, **kw) if b is not None else mx.nd.Convolution(x, w, **kw)
+    if y.shape != dy.shape:
+        raise ValueError(f"mxnet conv output has shape {y.shape}, dy {dy.shape}")
+    mx.nd.waitall()
+
+    def run():
+        y.backward(out_grad=dy, retain_graph=True, train_mode=False)
+        mx.nd.waitall()
+
+    def outputs():
+        out = [a.grad.asnumpy().astype(np.float64) for a in wrt]
+        if data and nhwc:
+            out[0] = np.ascontiguousarray(out[0].transpose(0, 2, 3, 1))
+        return tuple(out)
+
+    grads = "x" if data else ("w, b" if b is not None else "w")
+    backend = ("oneDNN" if device == "cpu" else "cuDNN" if path == "cudnn" else "cudnn_off: MXNet's own GPU kernels")
+    return Built(run, outputs, {
+        "kernel": f"Convolution op backward ({backend})", "layout": "NCHW",
+        "backward": f"_backward_Convolution through y.backward(dy), gradients for {grads} only ({phase})"})

@@ -1,4 +1,6 @@
-"""TensorFlow 2 with Keras 3: Keras RNN layers in a tf.function, and TF's fused CPU LSTM op.
+"""TensorFlow 2 with Keras 3: Keras RNN layers in a tf.function, and TF's fused CPU LSTM op;
+conv2d forward (``tf.nn.conv2d``) and its backward-data and backward-weights phases
+(``Conv2DBackpropInput``, ``Conv2DBackpropFilter`` + ``BiasAddGrad``: :func:`build_conv_backward`).
 
 On a CPU Keras 3's LSTM/GRU layers have no fused kernel (their cuDNN branch needs a GPU, and
 otherwise they run the cell in a ``tf.while_loop``), so the CPU ``fused`` path is
@@ -245,6 +247,11 @@ def build_conv(path, device, precision, arrays, geom) -> Built:
     dt = {"fp32": "float32", "fp64": "float64"}.get(precision)
     if dt is None:
         raise Unsupported(f"the tensorflow conv adapter runs fp32, fp64; not {precision}")
+    if device == "cpu" and geom["groups"] != 1 and "b" in arrays:
+        # Grappler's remapper turns Conv2D + BiasAdd into _FusedConv2D, which fails at run time
+        # on a CPU for groups ("Fused conv implementation does not support grouped convolutions").
+        raise Unsupported(f"TensorFlow fuses Conv2D + BiasAdd into _FusedConv2D, whose CPU kernel does not "
+                          f"support grouped convolutions; this problem has groups={geom['groups']} and a bias")
     nchw = geom["layout"] == "NCHW"
     xa = np.asarray(arrays["x"])
     with tf.device("/GPU:0" if device == "cuda" else "/CPU:0"):
@@ -274,5 +281,100 @@ def build_conv(path, device, precision, arrays, geom) -> Built:
     def outputs():
         y = np.asarray(last["y"].numpy(), dtype=np.float64)
         return (np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if nchw else y,)
+
+    return Built(run, outputs, info)
+
+
+def _conv_refusal(device, geom):
+    """Why TensorFlow's conv2d gradient ops refuse this geometry on ``device``, or None.  On a
+    CPU both Conv2DBackpropInput and Conv2DBackpropFilter fail at run time for a dilation above 1
+    ("Current CPU implementations do not yet support dilation rates larger than 1") and for
+    groups ("Gradients for grouped convolutions are not supported on CPU"), so TF itself cannot
+    differentiate those convolutions there; said before a worker call fails on them."""
+    if device != "cpu":
+        return None
+    if any(d != 1 for d in geom["dilation"]):
+        return (f"TensorFlow's CPU Conv2DBackpropInput/Conv2DBackpropFilter support dilation 1 only; "
+                f"this problem has dilation {tuple(geom['dilation'])}")
+    if geom["groups"] != 1:
+        return (f"TensorFlow's CPU conv2d gradient ops do not support grouped convolutions; "
+                f"this problem has groups={geom['groups']}")
+    return None
+
+
+def build_conv_backward(path, device, precision, arrays, geom, phase) -> Built:
+    """One backward phase of ``sum(y * dy)`` for the conv2d of :func:`build_conv`, through the ops
+    TensorFlow's registered Conv2D gradient runs, in a tf.function: ``bwd_data`` is
+    ``Conv2DBackpropInput`` (dx), ``bwd_weights`` is ``Conv2DBackpropFilter`` (dw) and, with a
+    bias, ``BiasAddGrad`` (db, the gradient of ``tf.nn.bias_add``: dy summed over N, H, W).  NHWC
+    with an HWIO filter as the forward; an NCHW problem's dy and x are transposed once, outside the
+    timed call, and dx/dw go back to our layouts when read."""
+    tf = _tf
+    if phase not in ("bwd_data", "bwd_weights"):
+        raise Unsupported(f"conv backward phase {phase!r} is unknown; allowed: bwd_data, bwd_weights")
+    if path not in (("fused",) if device == "cpu" else ("cudnn",)):
+        raise Unsupported(f"tensorflow has no conv path {path!r} on {device}")
+    dt = {"fp32": "float32", "fp64": "float64"}.get(precision)
+    if dt is None:
+        raise Unsupported(f"the tensorflow conv adapter runs fp32, fp64; not {precision}")
+    reason = _conv_refusal(device, geom)
+    if reason:
+        raise Unsupported(reason)
+    nchw = geom["layout"] == "NCHW"
+    nhwc = lambda a: tf.constant(np.ascontiguousarray(  # noqa: E731
+        np.asarray(a).transpose(0, 2, 3, 1) if nchw else np.asarray(a)).astype(dt))
+    data = phase == "bwd_data"
+    has_b = "b" in arrays
+    wa = np.asarray(arrays["w"])
+    K, Cg, R, S = wa.shape
+    (ph, pw), (sh, sw), (dh, dw) = geom["pad"], geom["stride"], geom["dilation"]
+    conv_kw = dict(strides=[1, sh, sw, 1], padding="EXPLICIT", explicit_paddings=[0, 0, ph, ph, pw, pw, 0, 0],
+                   dilations=[1, dh, dw, 1], data_format="NHWC")
+    with tf.device("/GPU:0" if device == "cuda" else "/CPU:0"):
+        dy = nhwc(arrays["dy"])
+        if data:
+            xs = np.asarray(arrays["x"]).shape
+            sizes = tf.constant([xs[0], xs[2], xs[3], xs[1]] if nchw else list(xs), tf.int32)
+            w = tf.constant(np.ascontiguousarray(wa.transpose(2, 3, 1, 0)).astype(dt))
+
+            @tf.function(jit_compile=False)
+            def bwd(dy, w):
+                return (tf.raw_ops.Conv2DBackpropInput(input_sizes=sizes, filter=w, out_backprop=dy, **conv_kw),)
+            args = (dy, w)
+            ops = "Conv2DBackpropInput"
+        else:
+            x = nhwc(arrays["x"])
+            sizes = tf.constant([R, S, Cg, K], tf.int32)
+
+            @tf.function(jit_compile=False)
+            def bwd(dy, x):
+                dwt = tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=sizes, out_backprop=dy, **conv_kw)
+                return (dwt, tf.raw_ops.BiasAddGrad(out_backprop=dy, data_format="NHWC")) if has_b else (dwt,)
+            args = (dy, x)
+            ops = "Conv2DBackpropFilter" + (" + BiasAddGrad" if has_b else "")
+        import time
+        t0 = time.perf_counter()
+        bwd.get_concrete_function(*args)        # trace outside the timed region
+        # On a CPU these ops are not rewritten to oneDNN convolutions: ONEDNN_VERBOSE shows only
+        # oneDNN sgemm calls (TF 2.21, fp32), with TF_ENABLE_ONEDNN_OPTS on and off.
+        info = {"kernel": f"{ops} in a tf.function" + (
+                    ": TensorFlow's own CPU kernels (im2col/col2im + GEMM), no oneDNN convolution"
+                    if device == "cpu" else " (cuDNN)"),
+                "layout": "NHWC", "compile_s": time.perf_counter() - t0,
+                "backward": f"{ops}: the ops of TensorFlow's Conv2D/BiasAdd gradients ({phase})",
+                "precision_switches": {"tensor_float_32": tf.config.experimental.tensor_float_32_execution_enabled()}}
+    last = {}
+
+    def run():
+        out = bwd(*args)
+        out[0].numpy() if device == "cpu" else tf.test.experimental.sync_devices()
+        last["out"] = out
+
+    def outputs():
+        out = [np.asarray(o.numpy(), dtype=np.float64) for o in last["out"]]
+        if data:        # NHWC -> the problem's layout
+            return (np.ascontiguousarray(out[0].transpose(0, 3, 1, 2)) if nchw else out[0],)
+        out[0] = np.ascontiguousarray(out[0].transpose(3, 2, 0, 1))     # HWIO -> our KCRS
+        return tuple(out)
 
     return Built(run, outputs, info)
