@@ -1,8 +1,8 @@
 """The CPU step loop compiled: one native call runs every step of a layer.
 
 With ``pretranspose`` (oneDNN packed GEMMs) and ``fuse_pointwise`` on the numba backend, a step is
-two native calls: the recurrent GEMM (one oneDNN ``inner_product`` primitive) and the fused cell
-kernel.  Issued from Python, each step also pays the interpreter: the loop, the projection's
+two native calls: the recurrent GEMM (one packed oneDNN primitive, ``inner_product`` or
+``matmul``, whichever :func:`fusion.gemm.find_fastest` kept) and the fused cell kernel.  Issued from Python, each step also pays the interpreter: the loop, the projection's
 argument checks, two ctypes calls, the kernel's dispatch.  At small shapes (one step's GEMM is
 8 MFLOP at H=256, B=16, about 100 us) that is a large share of the step.  Here the loop itself is
 compiled by numba: it calls oneDNN's C API directly (``dnnl_memory_set_data_handle`` to point the
@@ -26,6 +26,8 @@ from . import pointwise as fpw
 
 # Cells with a hand-written numba kernel the loop can call (the pointwise module's kernels).
 CELLS = ("lstm", "gru", "rnn_relu", "rnn_tanh")
+# The oneDNN calls of one step, in order (a failing status names its call).
+CALLS = ("dnnl_memory_set_data_handle", "dnnl_primitive_execute", "dnnl_stream_wait")
 
 
 def applies(plan, backend: str, cell_mode: str, generated: bool, provider: str) -> bool:
@@ -69,7 +71,8 @@ def _loops(lib_path: str, dtype_name: str, cell_mode: str):
 def _compile(kernel, cell_mode: str, set_handle, execute, wait):
     """The loop for one cell kernel.  ``b1``/``b2``/``has_b``: the biases the kernel adds (the
     GRU's input bias and its recurrent bias, else one combined bias); ``c``: the LSTM's cell
-    state, updated in place (unused otherwise).  Returns (steps done, oneDNN status)."""
+    state, updated in place (unused otherwise).  Returns (step, oneDNN status, which call: an
+    index into :data:`CALLS`); status 0 when every step ran."""
     import numba
 
     if cell_mode == "lstm":
@@ -93,20 +96,22 @@ def _compile(kernel, cell_mode: str, set_handle, execute, wait):
         for t in range(t0, t1):
             hp = h0 if t == 0 else y[t - 1]
             st = set_handle(src_mem, hp.ctypes.data)
-            if st == 0:
-                st = execute(prim, stream, nargs, args)
-            if st == 0:
-                st = wait(stream)
             if st != 0:
-                return t, st
+                return t, st, 0
+            st = execute(prim, stream, nargs, args)
+            if st != 0:
+                return t, st, 1
+            st = wait(stream)
+            if st != 0:
+                return t, st, 2
             cell(gx[t * B:(t + 1) * B].reshape((B, G, H)), r, b1, b2, has_b, c, hp, y[t])
-        return t1, 0
+        return t1, 0, 0
     return loop
 
 
 class StepLoop:
-    """One layer's compiled recurrent loop over the packed GEMM ``gemm`` (M = B rows, a
-    :class:`kernels.onednn.matmul.PackedInnerProduct`) and the cell's fused kernel."""
+    """One layer's compiled recurrent loop over the packed GEMM ``gemm`` (M = B rows: a
+    :mod:`kernels.onednn.matmul` primitive, inner product or matmul) and the cell's fused kernel."""
 
     def __init__(self, gemm, cell_mode: str, dtype):
         if cell_mode not in CELLS:
@@ -130,9 +135,21 @@ class StepLoop:
         for name, a, shape in (("h0", h0, (B, H)), ("y", y, (y.shape[0], B, H)),
                                ("gh", gh, (B, g.n)), ("gx", gx, (gx.shape[0], g.n))):
             g._check(name, a, shape)
-        if gx.shape[0] < t1 * B or y.shape[0] < t1 or g.m != B or g.k != H:
+        if not 0 <= t0 <= t1 or gx.shape[0] < t1 * B or y.shape[0] < t1 or g.m != B or g.k != H:
             raise BadInput(f"step loop shapes disagree: gx {gx.shape}, y {y.shape}, steps {t0}..{t1}, "
                            f"GEMM {g.m}x{g.k}x{g.n}")
+        # numba does not check bounds: the state and the biases are read (and c written) B x H and
+        # G x H at a time, so a wrong shape would reach memory the arrays do not own
+        G = g.n // H
+        if self.cell_mode == "lstm":
+            if c is None:
+                raise BadInput("an LSTM's compiled step loop needs its cell state c; got None")
+            g._check("c", c, (B, H))
+        for name, b in (("bx", bx), ("bh", bh)):
+            if b is not None:
+                g._check(name, b, (G, H))
+        if self.cell_mode == "gru" and bh is None:
+            raise BadInput("a GRU's compiled step loop needs its recurrent bias bh (b_hn sits inside r * (...))")
         g._point(1, g._dst, gh.ctypes.data)          # every step writes the same gh buffer
         empty = fpw._EMPTY[self.dtype_name]
         if self.cell_mode == "gru":
@@ -146,6 +163,6 @@ class StepLoop:
         loop = self._loops[1 if par else 0]
         prim, stream, args, nargs, src = self._handles
         g._ptrs[0] = None                            # the loop moves the source: re-point next time
-        t, status = loop(prim, stream, args, nargs, src, h0, y, gx, gh, b1, b2, has_b, state, t0, t1)
+        t, status, call = loop(prim, stream, args, nargs, src, h0, y, gx, gh, b1, b2, has_b, state, t0, t1)
         if status:
-            derr.check(f"the compiled step loop at step {t} (dnnl_primitive_execute)", status)
+            derr.check(f"the compiled step loop at step {t} ({CALLS[call]})", status)

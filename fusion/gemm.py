@@ -67,8 +67,9 @@ def find_fastest(kinds: list, mat, m: int, bias, lib, calls: int = 3):
     the shape and the ISA.  Measured on an AVX2 CPU, one thread: at M=16 (K=256, N=1024) the
     inner product's brgemm with packed weights takes 108 us and matmul's plain-layout gemm 198 us;
     at M=1 (K=1024, N=4096, a GEMV) matmul takes 330-560 us and the inner product 730-790 us.
-    Runs when a case is built (``RNN.prepare``), never inside a timed call.  The kept primitive's
-    ``info()`` names the others' times (``find``)."""
+    Runs when a case is built (``RNN.prepare``) or, for :class:`PackedWeights`, in the first call
+    of a training step, which the harness makes as its check and warm-up: never inside a timed
+    sample.  The kept primitive's ``info()`` names every kind's time (``find_us``)."""
     import time
     x = np.zeros((m, mat.shape[0]), np.float32)
     out = np.empty((m, mat.shape[1]), np.float32)

@@ -99,8 +99,22 @@ def test_a_onednn_error_inside_the_loop_names_the_step(onednn):
     prim, stream, args, nargs, _src = loop._handles
     loop._handles = (prim, stream, args, nargs, 0)       # a NULL memory: set_data_handle refuses it
     x = np.zeros((3, 2, 4), np.float32)
-    with pytest.raises(OnednnError, match="step 0"):
+    with pytest.raises(OnednnError, match=r"step 0 \(dnnl_memory_set_data_handle\)"):
         impl(x)
+
+
+def test_the_loop_refuses_arrays_it_would_overrun(onednn):
+    """numba does not check bounds: a missing state or a bias of the wrong shape is refused."""
+    impl = RNN(_params("lstm", {}, 4, 5, 1), backend="numba", dtype="fp32").prepare(3, 2)
+    loop = impl._step_loop(0, 2)
+    f32 = np.float32
+    h0, y, gx, gh = (np.zeros(s, f32) for s in ((2, 5), (3, 2, 5), (6, 20), (2, 20)))
+    with pytest.raises(Exception, match="needs its cell state c"):
+        loop(h0, y, gx, gh, None, None, None, 0, 3)
+    with pytest.raises(Exception, match=r"bx must be a C-contiguous float32 array of shape \(4, 5\)"):
+        loop(h0, y, gx, gh, np.zeros((1, 5), f32), None, np.zeros((2, 5), f32), 0, 3)
+    with pytest.raises(Exception, match="step loop shapes disagree"):
+        loop(h0, y, gx, gh, None, None, np.zeros((2, 5), f32), 2, 1)
 
 
 @pytest.mark.parametrize("backend,opts,dtype,expect", [

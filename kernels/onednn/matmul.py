@@ -124,7 +124,7 @@ class _Packed:
         self._step()
         st = self._wait(self.ctx.stream)
         if st:
-            core.wait(self.ctx)
+            derr.check("dnnl_stream_wait", st)
         return out
 
     found: dict | None = None    # us per call of each kind tried, when chosen by a find step

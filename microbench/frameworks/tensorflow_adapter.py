@@ -149,6 +149,9 @@ def build(op, path, device, precision, arrays) -> Built:
         else:
             raise Unsupported(f"tensorflow has no path {path!r} on {device}")
         if train:
+            if cell_op != "gru":   # one summed bias in TF: its gradient is both of ours
+                info["gradients"] = ("TensorFlow keeps one bias (b_ih + b_hh): its gradient is "
+                                     "reported as both db_ih and db_hh")
             dy = np.asarray(arrays["dy"])
             dy = c(dy if time_major else np.ascontiguousarray(dy.transpose(1, 0, 2)))
             fwd, args = _training_step(forward, x, states, weights, dy, keras_vars=not time_major)
