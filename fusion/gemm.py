@@ -198,6 +198,3 @@ class PackedWeights:
             prim = self._prims[(key, M)] = self.packer(np.ascontiguousarray(w, np.float32), M)
         out = np.empty((M, w.shape[1]), np.float32)
         return prim(np.ascontiguousarray(a, np.float32), out)
-
-    def info(self) -> dict:
-        return {f"{key[0]}[{key[1]}] M={m}": p.info()["primitive"] for (key, m), p in sorted(self._prims.items())}

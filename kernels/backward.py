@@ -212,6 +212,8 @@ def _forward(cell, kind: str, x, params, states: tuple, *, xp, dtype, skip_input
     T, B, _ = seq.shape
     L, H = params.num_layers, params.hidden_size
     init = [_init_state(xp, s, L, B, H, dtype) for s in states]           # h0 (, c0)
+    if gemm is not None and not callable(gemm):
+        raise BadInput(f"gemm={gemm!r} must be a callable (key, a, w) -> a @ w, or None")
     mm = gemm or _plain_gemm
     tape = Tape(kind, params, dtype, skip_input=skip_input, gemm=mm)
     finals = [xp.empty((L, B, H), dtype) for _ in states]

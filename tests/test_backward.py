@@ -176,3 +176,14 @@ def test_jax_wrapper():
     np.testing.assert_allclose(np.asarray(y), lstm_reference(x, p)[0], atol=1e-6)
     g = jax.grad(lambda xx: f(xx, *kj.flat_weights(p)).sum())(jnp.asarray(x))
     assert g.shape == x.shape
+
+
+def test_a_gemm_provider_that_is_not_callable_is_refused():
+    from kernels.errors import BadInput
+    p = LSTMParams.random(3, 4, seed=0)
+    x = np.zeros((2, 1, 3))
+    with pytest.raises(BadInput, match=r"^gemm='packed' must be a callable \(key, a, w\) -> a @ w, or None$"):
+        bw.forward_train(x, p, gemm="packed")
+    calls = []
+    y, _, tape = bw.forward_train(x, p, gemm=lambda key, a, w: calls.append(key) or a @ w)
+    assert ("w_hh.T", 0) in calls and tape.gemm is not None
