@@ -61,6 +61,15 @@ def provider_for(xp, device: str, precision: str, plan) -> tuple:
                   "version": lib.version, "isa": lib.isa}
 
 
+FOUND: dict = {}     # find key -> (kind name, us per kind): what find_fastest chose, per process
+
+
+def _openmp_threads():
+    """The OpenMP pool's thread count now (oneDNN's GOMP build splits its work over it)."""
+    from threadpoolctl import threadpool_info
+    return tuple(sorted(p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"))
+
+
 def find_fastest(kinds: list, mat, m: int, bias, lib, calls: int = 3):
     """Build every primitive kind for this GEMM and keep the fastest (median of ``calls`` timed
     calls after one warm-up, on zero inputs), like cuDNN's find step: which one wins depends on
@@ -69,8 +78,21 @@ def find_fastest(kinds: list, mat, m: int, bias, lib, calls: int = 3):
     at M=1 (K=1024, N=4096, a GEMV) matmul takes 330-560 us and the inner product 730-790 us.
     Runs when a case is built (``RNN.prepare``) or, for :class:`PackedWeights`, in the first call
     of a training step, which the harness makes as its check and warm-up: never inside a timed
-    sample.  The kept primitive's ``info()`` names every kind's time (``find_us``)."""
+    sample.  The kept primitive's ``info()`` names every kind's time (``find_us``).
+
+    The choice is remembered per process (:data:`FOUND`, keyed by the kinds, the GEMM's shape,
+    its bias, the library and the OpenMP thread count), as PyTorch's ``cudnn.benchmark`` keeps
+    cuDNN's: the two kinds sum in different orders, so a second find that chose the other one
+    would make two calls of the same layer on the same input differ in their last bits (seen on
+    an AVX2 CPU at M=4, K=16, N=24: 1e-6 apart)."""
     import time
+    key = (tuple(sorted(k.kind for k in kinds)), m, mat.shape[0], mat.shape[1], bias is not None,
+           getattr(lib, "path", None), _openmp_threads())
+    if key in FOUND:
+        name, found = FOUND[key]
+        best = next(k for k in kinds if k.kind == name)(mat, m=m, bias=bias, lib=lib)
+        best.found = dict(found)
+        return best
     x = np.zeros((m, mat.shape[0]), np.float32)
     out = np.empty((m, mat.shape[1]), np.float32)
     timed = []
@@ -88,6 +110,7 @@ def find_fastest(kinds: list, mat, m: int, bias, lib, calls: int = 3):
     best.found = {p.kind: round(t * 1e6, 1) for t, p in timed}     # us per call, at build time
     for _, p in timed[1:]:
         p.close()
+    FOUND[key] = (best.kind, dict(best.found))
     return best
 
 

@@ -211,15 +211,37 @@ class _Timed:
         type(self).closed += 1
 
 
-def test_find_fastest_keeps_the_faster_kind_and_closes_the_other():
+def test_find_fastest_keeps_the_faster_kind_and_closes_the_other(monkeypatch):
     slow = type("slow", (_Timed,), {"delay": 0.004, "kind": "slow", "closed": 0})
     fast = type("fast", (_Timed,), {"delay": 0.0, "kind": "fast", "closed": 0})
     w = np.zeros((3, 4), np.float32)
     for kinds in ([slow, fast], [fast, slow]):
+        monkeypatch.setattr(fgemm, "FOUND", {})
         best = fgemm.find_fastest(kinds, w, 2, None, lib=None)
         assert isinstance(best, fast) and set(best.found) == {"slow", "fast"}
         assert best.found["fast"] < best.found["slow"]
     assert slow.closed == 2 and fast.closed == 0
+
+
+def test_find_fastest_keeps_its_choice_per_shape_and_thread_count(monkeypatch):
+    """A second find for the same GEMM keeps the first one's kind even when the timings have
+    turned (the two kinds round differently, so a re-find could change a layer's output bits
+    between two calls); another shape, bias or OpenMP thread count finds anew."""
+    monkeypatch.setattr(fgemm, "FOUND", {})
+    threads = [(2,)]
+    monkeypatch.setattr(fgemm, "_openmp_threads", lambda: threads[0])
+    a = type("a", (_Timed,), {"delay": 0.0, "kind": "a", "closed": 0})
+    b = type("b", (_Timed,), {"delay": 0.004, "kind": "b", "closed": 0})
+    w = np.zeros((3, 4), np.float32)
+    first = fgemm.find_fastest([a, b], w, 2, None, lib=None)
+    a.delay, b.delay = 0.004, 0.0                       # the machine's phase changes
+    again = fgemm.find_fastest([b, a], w, 2, None, lib=None)
+    assert isinstance(first, a) and isinstance(again, a) and again.found == first.found
+    assert b.closed == 1                                # the kept kind alone was built again
+    assert isinstance(fgemm.find_fastest([a, b], w, 3, None, lib=None), b)            # other M
+    assert isinstance(fgemm.find_fastest([a, b], w, 2, np.zeros(4, np.float32), lib=None), b)
+    threads[0] = (1,)
+    assert isinstance(fgemm.find_fastest([a, b], w, 2, None, lib=None), b)            # 1 thread
 
 
 @pytest.mark.parametrize("op,cell", [("lstm", "plain"), ("gru", "plain"), ("rnn", "plain"),
