@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 
 import numpy as np
 
@@ -58,21 +59,15 @@ def _loops(lib_path: str, dtype_name: str, cell_mode: str):
     set_handle = _u64_fn(lib, "dnnl_memory_set_data_handle", 2)
     execute = _u64_fn(lib, "dnnl_primitive_execute", 4, int_at=(2,))
     wait = _u64_fn(lib, "dnnl_stream_wait", 1)
-    if cell_mode == "lstm":
-        par = fpw._numba_kernels(dtype_name)[0]
-    elif cell_mode == "gru":
-        par = fpw._numba_kernels(dtype_name)[1]
-    else:
-        par = fpw._numba_rnn_kernel(dtype_name, cell_mode.split("_")[1])
+    par = _kernel(dtype_name, cell_mode)
     ser = fpw.serial(par)
     return tuple(_compile(kernel, cell_mode, set_handle, execute, wait) for kernel in (ser, par))
 
 
-def _compile(kernel, cell_mode: str, set_handle, execute, wait):
-    """The loop for one cell kernel.  ``b1``/``b2``/``has_b``: the biases the kernel adds (the
-    GRU's input bias and its recurrent bias, else one combined bias); ``c``: the LSTM's cell
-    state, updated in place (unused otherwise).  Returns (step, oneDNN status, which call: an
-    index into :data:`CALLS`); status 0 when every step ran."""
+def _cell(kernel, cell_mode: str):
+    """The cell kernel behind one signature: ``b1``/``b2``/``has_b``: the biases the kernel adds
+    (the GRU's input bias and its recurrent bias, else one combined bias); ``c``: the LSTM's cell
+    state, updated in place (unused otherwise); ``hp``: h_{t-1} (the GRU reads it)."""
     import numba
 
     if cell_mode == "lstm":
@@ -87,6 +82,15 @@ def _compile(kernel, cell_mode: str, set_handle, execute, wait):
         @numba.njit(inline="always")
         def cell(x, r, b1, b2, has_b, c, hp, h):
             kernel(x, r, b1, has_b, h)
+    return cell
+
+
+def _compile(kernel, cell_mode: str, set_handle, execute, wait):
+    """The loop for one cell kernel (arguments as :func:`_cell`'s).  Returns (step, oneDNN
+    status, which call: an index into :data:`CALLS`); status 0 when every step ran."""
+    import numba
+
+    cell = _cell(kernel, cell_mode)
 
     @numba.njit
     def loop(prim, stream, args, nargs, src_mem, h0, y, gx, gh, b1, b2, has_b, c, t0, t1):
@@ -109,6 +113,39 @@ def _compile(kernel, cell_mode: str, set_handle, execute, wait):
     return loop
 
 
+def _check(name: str, a, shape: tuple, dtype) -> None:
+    if a.shape != shape or a.dtype != dtype or not a.flags.c_contiguous:
+        raise BadInput(f"{name} must be a C-contiguous {np.dtype(dtype).name} array of shape {shape}; got "
+                       f"{a.dtype} {a.shape}{'' if a.flags.c_contiguous else ' (not contiguous)'}")
+
+
+def _loop_args(cell_mode: str, dtype, G: int, h0, y, gx, bx, bh, c, t0: int, t1: int) -> tuple:
+    """Check what a compiled loop reads and writes and return the cell's (b1, b2, has_b, c).
+    numba does not check bounds: the state and the biases are read (and c written) B x H and
+    G x H at a time, so a wrong shape would reach memory the arrays do not own."""
+    B, H = h0.shape
+    for name, a, shape in (("h0", h0, (B, H)), ("y", y, (y.shape[0], B, H)), ("gx", gx, (gx.shape[0], G * H))):
+        _check(name, a, shape, dtype)
+    if not 0 <= t0 <= t1 or gx.shape[0] < t1 * B or y.shape[0] < t1:
+        raise BadInput(f"step loop shapes disagree: gx {gx.shape}, y {y.shape}, steps {t0}..{t1}, B={B}, H={H}")
+    if cell_mode == "lstm":
+        if c is None:
+            raise BadInput("an LSTM's compiled step loop needs its cell state c; got None")
+        _check("c", c, (B, H), dtype)
+    for name, b in (("bx", bx), ("bh", bh)):
+        if b is not None:
+            _check(name, b, (G, H), dtype)
+    if cell_mode == "gru" and bh is None:
+        raise BadInput("a GRU's compiled step loop needs its recurrent bias bh (b_hn sits inside r * (...))")
+    empty = fpw._EMPTY[np.dtype(dtype).name]
+    if cell_mode == "gru":
+        b1, b2, has_b = (bx if bx is not None else empty), bh, bx is not None
+    else:
+        b = bx if bx is not None else bh
+        b1, b2, has_b = (b if b is not None else empty), empty, b is not None
+    return b1, b2, has_b, (c if c is not None else empty)
+
+
 class StepLoop:
     """One layer's compiled recurrent loop over the packed GEMM ``gemm`` (M = B rows: a
     :mod:`kernels.onednn.matmul` primitive, inner product or matmul) and the cell's fused kernel."""
@@ -123,6 +160,10 @@ class StepLoop:
         self._handles = (step._prim.value, gemm.ctx.stream.value, ctypes.addressof(step._args),
                          step._n, gemm._src.value)
 
+    @property
+    def closed(self) -> bool:
+        return self.gemm.scope.closed
+
     def __call__(self, h0, y, gx, gh, bx, bh, c, t0: int, t1: int) -> None:
         """Steps t0..t1: y[t] (and c, in place) from gx rows t*B.. (the hoisted input projection,
         biases folded or in ``bx``), h_{t-1} (h0 at t=0) through the packed GEMM into ``gh``."""
@@ -132,37 +173,210 @@ class StepLoop:
         if g.scope.closed:
             raise BadInput(f"this oneDNN {g.kind} was closed; build a new one")
         B, H = h0.shape
-        for name, a, shape in (("h0", h0, (B, H)), ("y", y, (y.shape[0], B, H)),
-                               ("gh", gh, (B, g.n)), ("gx", gx, (gx.shape[0], g.n))):
-            g._check(name, a, shape)
-        if not 0 <= t0 <= t1 or gx.shape[0] < t1 * B or y.shape[0] < t1 or g.m != B or g.k != H:
-            raise BadInput(f"step loop shapes disagree: gx {gx.shape}, y {y.shape}, steps {t0}..{t1}, "
-                           f"GEMM {g.m}x{g.k}x{g.n}")
-        # numba does not check bounds: the state and the biases are read (and c written) B x H and
-        # G x H at a time, so a wrong shape would reach memory the arrays do not own
-        G = g.n // H
-        if self.cell_mode == "lstm":
-            if c is None:
-                raise BadInput("an LSTM's compiled step loop needs its cell state c; got None")
-            g._check("c", c, (B, H))
-        for name, b in (("bx", bx), ("bh", bh)):
-            if b is not None:
-                g._check(name, b, (G, H))
-        if self.cell_mode == "gru" and bh is None:
-            raise BadInput("a GRU's compiled step loop needs its recurrent bias bh (b_hn sits inside r * (...))")
+        if g.m != B or g.k != H:
+            raise BadInput(f"step loop shapes disagree: h0 {h0.shape}, GEMM {g.m}x{g.k}x{g.n}")
+        b1, b2, has_b, state = _loop_args(self.cell_mode, g.dtype, g.n // H, h0, y, gx, bx, bh, c, t0, t1)
+        g._check("gh", gh, (B, g.n))
         g._point(1, g._dst, gh.ctypes.data)          # every step writes the same gh buffer
-        empty = fpw._EMPTY[self.dtype_name]
-        if self.cell_mode == "gru":
-            b1, b2, has_b = (bx if bx is not None else empty), bh, bx is not None
-        else:
-            b = bx if bx is not None else bh
-            b1, b2, has_b = (b if b is not None else empty), empty, b is not None
-        state = c if c is not None else empty
-        units = B * H
-        par = numba.get_num_threads() > 1 and units >= fpw.PARALLEL_MIN_UNITS
+        par = numba.get_num_threads() > 1 and B * H >= fpw.PARALLEL_MIN_UNITS
         loop = self._loops[1 if par else 0]
         prim, stream, args, nargs, src = self._handles
         g._ptrs[0] = None                            # the loop moves the source: re-point next time
         t, status, call = loop(prim, stream, args, nargs, src, h0, y, gx, gh, b1, b2, has_b, state, t0, t1)
         if status:
             derr.check(f"the compiled step loop at step {t} ({CALLS[call]})", status)
+
+
+# -- one thread team over all steps -------------------------------------------------------------
+# With several threads, the StepLoop's primitive opens an OpenMP parallel region per step (and
+# under OMP_WAIT_POLICY=PASSIVE wakes the other threads from sleep every time), while oneDNN's
+# own RNN primitive keeps its threads in one region over all steps.  The TeamLoop does the same:
+# numba's OpenMP layer starts one team of n threads for the whole layer; thread p owns hidden
+# units j0..j1 of every gate: a packed GEMM on its columns of W_hh (built for one thread, so
+# oneDNN runs it inside the team without a nested region: oneDNN runs single-threaded when
+# omp_in_parallel()), then the fused kernel on its units, then a barrier (libgomp's, the team's)
+# before the next step reads the whole h_t.
+
+TEAM_MIN_UNITS = 8      # hidden units per thread below which the team is not formed
+
+
+@functools.lru_cache(maxsize=1)
+def _gomp():
+    """(libgomp path, reason): numba's threads are libgomp's team only on numba's ``omp``
+    threading layer with GNU OpenMP the only OpenMP runtime loaded (oneDNN's GOMP build uses the
+    same one); reason says why not, else path is set."""
+    import numba
+
+    @numba.njit(parallel=True)
+    def _touch(a):                      # starts numba's thread pool, so its layer is known
+        for i in numba.prange(a.shape[0]):
+            a[i] = i
+    _touch(np.zeros(2))
+    layer = numba.threading_layer()
+    if layer != "omp":
+        return None, f"numba's threading layer is {layer}, not omp (NUMBA_THREADING_LAYER=omp)"
+    from threadpoolctl import threadpool_info
+    pools = [p["filepath"] for p in threadpool_info() if p["user_api"] == "openmp"]
+    gnu = [p for p in pools if os.path.basename(p).startswith("libgomp.so")]
+    other = [p for p in pools if "iomp" in os.path.basename(p) or os.path.basename(p).startswith("libomp")]
+    if len(gnu) != 1 or other:          # a oneDNN on another runtime would not see libgomp's team
+        return None, f"OpenMP runtimes loaded: {pools or 'none'}; the team needs GNU libgomp's libgomp.so.1 alone"
+    return gnu[0], None
+
+
+def team_reason(H: int, threads: int) -> str | None:
+    """None when a layer of H hidden units runs its steps as one team of ``threads`` threads,
+    else why not."""
+    import numba
+    if threads < 2:
+        return "one thread"
+    if H // threads < TEAM_MIN_UNITS:
+        return f"H={H} gives fewer than {TEAM_MIN_UNITS} units to each of {threads} threads"
+    if numba.config.NUMBA_NUM_THREADS < threads:
+        return f"numba has {numba.config.NUMBA_NUM_THREADS} threads"
+    return _gomp()[1]
+
+
+@functools.lru_cache(maxsize=None)
+def _team_loop(lib_path: str, gomp_path: str, dtype_name: str, cell_mode: str):
+    import numba
+
+    from kernels.onednn import lib as L
+    lib = L.load()
+    if lib.path != lib_path:      # pragma: no cover - one library per process
+        raise BadInput(f"oneDNN was loaded from {lib.path}, not {lib_path}")
+    set_handle = _u64_fn(lib, "dnnl_memory_set_data_handle", 2)
+    execute = _u64_fn(lib, "dnnl_primitive_execute", 4, int_at=(2,))
+    wait = _u64_fn(lib, "dnnl_stream_wait", 1)
+    gomp = ctypes.CDLL(gomp_path)
+    barrier = ctypes.CFUNCTYPE(None)(ctypes.cast(gomp.GOMP_barrier, ctypes.c_void_p).value)
+    team_size = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.cast(gomp.omp_get_num_threads, ctypes.c_void_p).value)
+    cell = _cell(fpw.serial(_kernel(dtype_name, cell_mode)), cell_mode)
+
+    @numba.njit(parallel=True)
+    def loop(prims, streams, argss, nargss, srcs, bounds, gh, stride, h0, y, gx, b1, b2, has_b, c,
+             t0, t1, status, failed_at):
+        """Thread p: units bounds[p]..bounds[p+1], its GEMM's output at gh[p*stride:].  status[p]:
+        a failing oneDNN status (its call in failed_at[p, 1], its step in failed_at[p, 0]), or -1
+        when the team is not one thread per p (nothing ran: no thread waits at a barrier then)."""
+        n = prims.shape[0]
+        B, H = h0.shape
+        G = gx.shape[1] // H
+        for p in numba.prange(n):
+            if team_size() != n:        # every thread sees the same team: all return here
+                status[p] = -1
+                continue
+            j0, j1 = bounds[p], bounds[p + 1]
+            r = gh[p * stride:p * stride + B * G * (j1 - j0)].reshape((B, G, j1 - j0))
+            bp1, bp2, cp = b1[:, j0:j1], b2[:, j0:j1], c[:, j0:j1]
+            for t in range(t0, t1):
+                hp = h0 if t == 0 else y[t - 1]
+                if status[p] == 0:      # after a failure the thread still meets every barrier
+                    call = 0
+                    st = set_handle(srcs[p], hp.ctypes.data)
+                    if st == 0:
+                        call = 1
+                        st = execute(prims[p], streams[p], nargss[p], argss[p])
+                    if st == 0:
+                        call = 2
+                        st = wait(streams[p])
+                    if st != 0:
+                        status[p] = st
+                        failed_at[p, 0] = t
+                        failed_at[p, 1] = call
+                    else:
+                        cell(gx[t * B:(t + 1) * B].reshape((B, G, H))[:, :, j0:j1], r, bp1, bp2, has_b,
+                             cp, hp[:, j0:j1], y[t][:, j0:j1])
+                barrier()               # h_t is whole before any thread's next GEMM reads it
+    return loop
+
+
+def _kernel(dtype_name: str, cell_mode: str):
+    """The pointwise module's parallel kernel of a cell (serial() compiles its one-thread twin)."""
+    if cell_mode == "lstm":
+        return fpw._numba_kernels(dtype_name)[0]
+    if cell_mode == "gru":
+        return fpw._numba_kernels(dtype_name)[1]
+    return fpw._numba_rnn_kernel(dtype_name, cell_mode.split("_")[1])
+
+
+class TeamLoop:
+    """One layer's steps on a team of ``threads`` threads (see the comment above
+    :data:`TEAM_MIN_UNITS`).  ``w`` is W_hh pretransposed and grouped, ``(H, G*H)``; ``packer``
+    the GEMM provider's (:func:`fusion.gemm.provider_for`), called once per thread's columns
+    while oneDNN is limited to one thread."""
+
+    def __init__(self, w, B: int, cell_mode: str, dtype, threads: int, packer):
+        from threadpoolctl import threadpool_limits
+
+        from kernels.onednn import lib as L
+        if cell_mode not in CELLS:
+            raise BadInput(f"the compiled step loop runs cells {', '.join(CELLS)}, not {cell_mode!r}")
+        H = w.shape[0]
+        why = team_reason(H, threads)
+        if why:
+            raise BadInput(f"a step-loop team of {threads} threads cannot run here: {why}")
+        G = w.shape[1] // H
+        self.cell_mode, self.dtype, self.threads, self.B, self.H, self.G = (
+            cell_mode, np.dtype(dtype), threads, B, H, G)
+        self.bounds = np.array([H * p // threads for p in range(threads + 1)], np.int64)
+        self.stride = B * G * int(np.diff(self.bounds).max())
+        self.gh = np.zeros(threads * self.stride, self.dtype)      # each thread's GEMM output
+        cols = w.reshape(H, G, H)
+        self.gemms = []
+        try:
+            with threadpool_limits(limits=1, user_api="openmp"):
+                for p in range(threads):
+                    j0, j1 = self.bounds[p], self.bounds[p + 1]
+                    mat = np.ascontiguousarray(cols[:, :, j0:j1].reshape(H, G * (j1 - j0)))
+                    self.gemms.append(packer(mat, B))
+            for p, g in enumerate(self.gemms):
+                g._point(1, g._dst, self.gh[p * self.stride:].ctypes.data)
+        except BaseException:
+            self.close()
+            raise
+        u64 = lambda f: np.array([f(g) for g in self.gemms], np.uint64)      # noqa: E731
+        self._handles = (u64(lambda g: g._step._prim.value), u64(lambda g: g.ctx.stream.value),
+                         u64(lambda g: ctypes.addressof(g._step._args)),
+                         np.array([g._step._n for g in self.gemms], np.int64), u64(lambda g: g._src.value))
+        self._loop = _team_loop(L.load().path, _gomp()[0], self.dtype.name, cell_mode)
+
+    @property
+    def closed(self) -> bool:
+        return any(g.scope.closed for g in self.gemms)
+
+    def close(self) -> None:
+        for g in self.gemms:
+            g.close()
+
+    def info(self) -> dict:
+        g = self.gemms[0]
+        return {"threads": self.threads, "units": np.diff(self.bounds).tolist(), "primitive": g.kind,
+                "impl": g.impl, "n": g.n}
+
+    def __call__(self, h0, y, gx, bx, bh, c, t0: int, t1: int) -> bool:
+        """Steps t0..t1 as :meth:`StepLoop.__call__` (no gh: each thread has its own).  False when
+        numba did not give the loop one thread per share (nothing ran: the caller runs the
+        steps another way)."""
+        import numba
+        from kernels.onednn import errors as derr
+        if self.closed:
+            raise BadInput("this step-loop team's oneDNN GEMMs were closed; build a new one")
+        if h0.shape != (self.B, self.H):
+            raise BadInput(f"step loop shapes disagree: h0 {h0.shape}, team built for B={self.B}, H={self.H}")
+        b1, b2, has_b, state = _loop_args(self.cell_mode, self.dtype, self.G, h0, y, gx, bx, bh, c, t0, t1)
+        if numba.get_num_threads() != self.threads or numba.get_parallel_chunksize() != 0:
+            return False                # numba would not give each share its own thread
+        for g in self.gemms:
+            g._ptrs[0] = None           # the loop moves the sources: re-point next time
+        status = np.zeros(self.threads, np.int64)
+        failed_at = np.zeros((self.threads, 2), np.int64)
+        prims, streams, args, nargs, srcs = self._handles
+        self._loop(prims, streams, args, nargs, srcs, self.bounds, self.gh, self.stride, h0, y, gx,
+                   b1, b2, has_b, state, t0, t1, status, failed_at)
+        if (status == -1).any():
+            return False
+        for p in np.flatnonzero(status):
+            t, call = failed_at[p]
+            derr.check(f"the compiled step loop at step {t} ({CALLS[call]}, thread {p})", int(status[p]))
+        return True

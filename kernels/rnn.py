@@ -343,20 +343,49 @@ class RNN:
                 gates += lay.b_fold
 
     def _step_loop(self, l: int, B: int):
-        """Layer l's compiled loop for batch B, over the packed GEMM its projection holds now (a
-        projection releases the primitives of old row counts: a loop over one is made anew)."""
+        """Layer l's compiled loop for batch B at numba's thread count now: a thread team over all
+        steps (fusion.cpuloop.TeamLoop) where one can form, else the one-thread-issued loop."""
+        return self._team_loop(l, B) or self._single_loop(l, B)
+
+    def _team_loop(self, l: int, B: int):
+        import numba
+        n, lay = numba.get_num_threads(), self.layers[l]
+        if cpuloop.team_reason(lay.proj_h.H, n):
+            return None
+        loop = self._step_loops.get((l, B, n))
+        if loop is None or loop.closed:
+            loop = self._keep((l, B, n), cpuloop.TeamLoop(lay.proj_h.mats[0], B, self.params.cell_mode,
+                                                          self.dtype, n, lay.proj_h.packer))
+        return loop
+
+    def _single_loop(self, l: int, B: int):
+        """The StepLoop over the packed GEMM the projection holds now (a projection releases the
+        primitives of old row counts: a loop over one is made anew)."""
         gemm = self.layers[l].proj_h.prepare(B)[0]
-        loop = self._step_loops.get((l, B))
+        loop = self._step_loops.get((l, B, 1))
         if loop is None or loop.gemm is not gemm:
-            self._step_loops = {k: v for k, v in self._step_loops.items() if not v.gemm.scope.closed}
-            loop = self._step_loops[(l, B)] = cpuloop.StepLoop(gemm, self.params.cell_mode, self.dtype)
+            loop = self._keep((l, B, 1), cpuloop.StepLoop(gemm, self.params.cell_mode, self.dtype))
+        return loop
+
+    def _keep(self, key, loop):
+        """Remember a loop; forget closed ones, and close the oldest teams (which own their
+        packed GEMMs) beyond MAX_PACKED per layer, as a projection releases its primitives."""
+        kept = {k: v for k, v in self._step_loops.items() if not v.closed}
+        teams = [k for k in kept if k[0] == key[0] and isinstance(kept[k], cpuloop.TeamLoop)]
+        for k in teams[:max(0, len(teams) + 1 - fgemm.MAX_PACKED)]:
+            kept.pop(k).close()
+        kept[key] = loop
+        self._step_loops = kept
         return loop
 
     def _loop_steps(self, l: int, t0: int, t1: int, y, st: dict, B: int):
         """Steps t0..t1 of layer l as one compiled call (GEMM and cell kernel per step)."""
         lay = self.layers[l]
         with nvtx.phase("steps"):
-            self._step_loop(l, B)(st["h0"], y, st["gx_all"], st["gh"], lay.bx, lay.bh, st["c"], t0, t1)
+            team = self._team_loop(l, B)
+            if team is not None and team(st["h0"], y, st["gx_all"], lay.bx, lay.bh, st["c"], t0, t1):
+                return
+            self._single_loop(l, B)(st["h0"], y, st["gx_all"], st["gh"], lay.bx, lay.bh, st["c"], t0, t1)
 
     def _step(self, l: int, t: int, inp, y, st: dict, B: int):
         xp, lay = self.xp, self.layers[l]

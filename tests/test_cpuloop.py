@@ -47,7 +47,8 @@ def _flat(out):
 @pytest.mark.parametrize("op,extra", CELLS, ids=lambda v: v if isinstance(v, str) else v.get("nonlinearity", ""))
 @pytest.mark.parametrize("T,B,I,H,L", [(5, 3, 7, 9, 2), (1, 1, 4, 3, 1), (7, 2, 33, 17, 1)])
 @pytest.mark.parametrize("given_states", [False, True])
-def test_compiled_loop_equals_python_loop(onednn, op, extra, T, B, I, H, L, given_states):
+def test_compiled_loop_equals_python_loop(onednn, monkeypatch, op, extra, T, B, I, H, L, given_states):
+    monkeypatch.setattr(cpuloop, "TEAM_MIN_UNITS", 1 << 20)     # the one-thread-issued loop: same GEMMs
     rng = np.random.default_rng(T * 100 + B)
     impl = RNN(_params(op, extra, I, H, L), backend="numba", dtype="fp32").prepare(T, B)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
@@ -154,4 +155,102 @@ def test_a_released_packed_gemm_gets_a_new_loop(onednn, monkeypatch):
         impl(xs[B])
     again = impl(xs[1])[0]          # B=1's primitive was released and packed anew (the find step
     np.testing.assert_allclose(again, first, rtol=1e-6, atol=1e-7)   # may pick the other kind)
-    assert all(not loop.gemm.scope.closed for loop in impl._step_loops.values())
+    assert all(not loop.closed for loop in impl._step_loops.values())
+
+
+@pytest.fixture
+def two_threads():
+    """numba on 2 threads (the team needs them; a 1-core runner still runs 2 threads, slowly)."""
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba was started with one thread (NUMBA_NUM_THREADS=1)")
+    if cpuloop.team_reason(64, 2) is not None:
+        pytest.skip(f"no step-loop team here: {cpuloop.team_reason(64, 2)}")
+    n = numba.get_num_threads()
+    numba.set_num_threads(2)
+    yield
+    numba.set_num_threads(n)
+
+
+@pytest.mark.parametrize("op,extra", CELLS, ids=lambda v: v if isinstance(v, str) else v.get("nonlinearity", ""))
+@pytest.mark.parametrize("T,B,I,H,L", [(6, 3, 7, 16, 2), (4, 1, 5, 37, 1)])
+def test_team_loop_matches_the_python_loop(onednn, two_threads, op, extra, T, B, I, H, L):
+    """One team of 2 threads over all steps (each its share of the hidden units: an odd H splits
+    18/19): the Python loop's numbers up to the GEMMs' rounding (each thread's GEMM has N = G*H/2,
+    so oneDNN may block and sum differently), and the float64 reference's check passes."""
+    rng = np.random.default_rng(H)
+    impl = RNN(_params(op, extra, I, H, L), backend="numba", dtype="fp32").prepare(T, B)
+    team = impl._step_loop(0, B)
+    assert isinstance(team, cpuloop.TeamLoop) and team.threads == 2
+    assert team.info()["units"] == [H // 2, H - H // 2]
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    states = (rng.standard_normal((L, B, H)).astype(np.float32),)
+    if op == "lstm":
+        states += (rng.standard_normal((L, B, H)).astype(np.float32),)
+    fast, slow = _both(impl, x, states)
+    for a, b in zip(_flat(fast), _flat(slow)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    again = impl(x, *states)       # nothing is kept between calls
+    for a, b in zip(_flat(again), _flat(fast)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_team_case_passes_the_reference_check_and_says_so(onednn, two_threads):
+    prob = RNNProblem("lstm", 5, 2, 6, 32, 2)
+    prep = build_rnn(prob, seed=4, variant="fused", backend="numba", precision="fp32")
+    assert "team of 2 threads" in prep.info["step_loop"] and prep.info["step_team"]["units"] == [16, 16]
+    for _ in range(2):
+        check = prep.check()
+        assert check.passed, check.detail
+
+
+def test_team_is_not_formed_for_small_layers_or_one_thread(onednn):
+    assert "fewer than" in cpuloop.team_reason(cpuloop.TEAM_MIN_UNITS * 2 - 1, 2)
+    assert cpuloop.team_reason(512, 1) == "one thread"
+    with pytest.raises(Exception, match="cannot run here: one thread"):
+        cpuloop.TeamLoop(np.zeros((64, 256), np.float32), 2, "lstm", np.float32, 1, None)
+
+
+def test_team_hands_back_when_numba_would_not_give_each_share_a_thread(onednn, two_threads):
+    """A thread count changed after the build, or a parallel chunk size set by the user, would let
+    one thread run two shares and wait at its own barrier forever: the team refuses to start and
+    the caller runs the one-thread-issued loop (same numbers)."""
+    import numba
+    impl = RNN(_params("gru", {}, 5, 16, 1), backend="numba", dtype="fp32").prepare(3, 2)
+    team = impl._step_loop(0, 2)
+    x = np.random.default_rng(1).standard_normal((3, 2, 5)).astype(np.float32)
+    want = impl(x)[0]
+    old = numba.get_parallel_chunksize()
+    numba.set_parallel_chunksize(2)
+    try:
+        assert team(np.zeros((2, 16), np.float32), np.zeros((3, 2, 16), np.float32),
+                    np.zeros((6, 48), np.float32), None, impl.layers[0].bh, None, 0, 3) is False
+        got = impl(x)[0]
+    finally:
+        numba.set_parallel_chunksize(old)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_onednn_error_inside_the_team_names_the_step_and_thread(onednn, two_threads):
+    impl = RNN(_params("lstm", {}, 4, 16, 1), backend="numba", dtype="fp32").prepare(3, 2)
+    team = impl._step_loop(0, 2)
+    prims, streams, args, nargs, srcs = team._handles
+    bad = srcs.copy()
+    bad[1] = 0                                         # thread 1's source memory: NULL
+    team._handles = (prims, streams, args, nargs, bad)
+    with pytest.raises(OnednnError, match=r"step 0 \(dnnl_memory_set_data_handle, thread 1\)"):
+        impl(np.zeros((3, 2, 4), np.float32))
+
+
+def test_teams_beyond_max_packed_are_closed(onednn, two_threads, monkeypatch):
+    from fusion import gemm as fgemm
+    monkeypatch.setattr(fgemm, "MAX_PACKED", 2)
+    impl = RNN(_params("rnn", {"nonlinearity": "tanh"}, 4, 16, 1), backend="numba", dtype="fp32")
+    teams = []
+    for B in (1, 2, 3):
+        impl(np.zeros((2, B, 4), np.float32))
+        teams.append(impl._step_loop(0, B))
+    assert teams[0].closed and not teams[2].closed
+    assert sum(isinstance(v, cpuloop.TeamLoop) for v in impl._step_loops.values()) <= 2
+    impl(np.zeros((2, 1, 4), np.float32))              # B=1 again: a new team, never a closed one
+    assert not impl._step_loop(0, 1).closed

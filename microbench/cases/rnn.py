@@ -84,6 +84,12 @@ def build_rnn(problem: RNNProblem, seed: int, *, variant: str, backend: str, pre
             info["gemm"]["input"] = impl.layers[0].proj_x.info()
     if impl.compiled_loop:  # fusion.cpuloop: each layer's steps in one native call
         info["step_loop"] = "compiled (numba: packed oneDNN GEMM + fused kernel per step)"
+        team = impl._team_loop(len(impl.layers) - 1, problem.B)
+        if team is not None:
+            info["step_loop"] = (f"compiled, one team of {team.threads} threads over all steps (each "
+                                 "thread: a packed oneDNN GEMM on its hidden units' columns + the fused "
+                                 "kernel on them, a barrier per step)")
+            info["step_team"] = team.info()
     return Prepared(inputs={"x": x, "h0": h0, "c0": c0}, run=run, flops=problem.flops(),
                     bytes=problem.bytes(itemsize), check=check, info=info)
 
