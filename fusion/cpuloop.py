@@ -24,6 +24,7 @@ import numpy as np
 
 from kernels.errors import BadInput
 from . import pointwise as fpw
+from . import spin
 
 # Cells with a hand-written numba kernel the loop can call (the pointwise module's kernels).
 CELLS = ("lstm", "gru", "rnn_relu", "rnn_tanh")
@@ -249,16 +250,17 @@ def _team_loop(lib_path: str, gomp_path: str, dtype_name: str, cell_mode: str):
     execute = _u64_fn(lib, "dnnl_primitive_execute", 4, int_at=(2,))
     wait = _u64_fn(lib, "dnnl_stream_wait", 1)
     gomp = ctypes.CDLL(gomp_path)
-    barrier = ctypes.CFUNCTYPE(None)(ctypes.cast(gomp.GOMP_barrier, ctypes.c_void_p).value)
+    meet = spin.barrier()
     team_size = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.cast(gomp.omp_get_num_threads, ctypes.c_void_p).value)
-    cell = _cell(fpw.serial(_kernel(dtype_name, cell_mode)), cell_mode)
+    cell = _unit_cell(dtype_name, cell_mode)
 
     @numba.njit(parallel=True)
     def loop(prims, streams, argss, nargss, srcs, bounds, gh, stride, h0, y, gx, b1, b2, has_b, c,
-             t0, t1, status, failed_at):
+             t0, t1, status, failed_at, arrive):
         """Thread p: units bounds[p]..bounds[p+1], its GEMM's output at gh[p*stride:].  status[p]:
         a failing oneDNN status (its call in failed_at[p, 1], its step in failed_at[p, 0]), or -1
-        when the team is not one thread per p (nothing ran: no thread waits at a barrier then)."""
+        when the team is not one thread per p (nothing ran: no thread waits at a barrier then).
+        ``arrive``: the spinning barrier's slots, zero at the start."""
         n = prims.shape[0]
         B, H = h0.shape
         G = gx.shape[1] // H
@@ -268,7 +270,6 @@ def _team_loop(lib_path: str, gomp_path: str, dtype_name: str, cell_mode: str):
                 continue
             j0, j1 = bounds[p], bounds[p + 1]
             r = gh[p * stride:p * stride + B * G * (j1 - j0)].reshape((B, G, j1 - j0))
-            bp1, bp2, cp = b1[:, j0:j1], b2[:, j0:j1], c[:, j0:j1]
             for t in range(t0, t1):
                 hp = h0 if t == 0 else y[t - 1]
                 if status[p] == 0:      # after a failure the thread still meets every barrier
@@ -285,10 +286,36 @@ def _team_loop(lib_path: str, gomp_path: str, dtype_name: str, cell_mode: str):
                         failed_at[p, 0] = t
                         failed_at[p, 1] = call
                     else:
-                        cell(gx[t * B:(t + 1) * B].reshape((B, G, H))[:, :, j0:j1], r, bp1, bp2, has_b,
-                             cp, hp[:, j0:j1], y[t][:, j0:j1])
-                barrier()               # h_t is whole before any thread's next GEMM reads it
+                        cell(gx[t * B:(t + 1) * B].reshape((B, G, H)), r, b1, b2, has_b, c, hp, y[t], j0)
+                if t + 1 < t1:          # h_t is whole before any thread's next GEMM reads it
+                    meet(arrive, p, n, t + 1 - t0)      # (after the last step: the region's end)
     return loop
+
+
+def _unit_cell(dtype_name: str, cell_mode: str):
+    """A cell's unit-block kernel (:func:`fusion.pointwise._numba_cells`) behind one signature:
+    units j0..j0+U of the whole-layer arrays, U from the thread's own ``r`` (B, G, U)."""
+    import numba
+
+    if cell_mode == "lstm":
+        kernel = fpw._numba_cells(dtype_name)["lstm"][1]
+
+        @numba.njit(inline="always")
+        def cell(x, r, b1, b2, has_b, c, hp, h, j0):
+            kernel(x, r, b1, has_b, c, h, j0)
+    elif cell_mode == "gru":
+        kernel = fpw._numba_cells(dtype_name)["gru"][1]
+
+        @numba.njit(inline="always")
+        def cell(x, r, b1, b2, has_b, c, hp, h, j0):
+            kernel(x, r, b1, has_b, b2, hp, h, j0)
+    else:
+        kernel = fpw._numba_rnn_kernels(dtype_name, cell_mode.split("_")[1])[1]
+
+        @numba.njit(inline="always")
+        def cell(x, r, b1, b2, has_b, c, hp, h, j0):
+            kernel(x, r, b1, has_b, h, j0)
+    return cell
 
 
 def _kernel(dtype_name: str, cell_mode: str):
@@ -371,9 +398,10 @@ class TeamLoop:
             g._ptrs[0] = None           # the loop moves the sources: re-point next time
         status = np.zeros(self.threads, np.int64)
         failed_at = np.zeros((self.threads, 2), np.int64)
+        arrive = np.zeros(self.threads * spin.SLOT, np.int64)
         prims, streams, args, nargs, srcs = self._handles
         self._loop(prims, streams, args, nargs, srcs, self.bounds, self.gh, self.stride, h0, y, gx,
-                   b1, b2, has_b, state, t0, t1, status, failed_at)
+                   b1, b2, has_b, state, t0, t1, status, failed_at, arrive)
         if (status == -1).any():
             return False
         for p in np.flatnonzero(status):

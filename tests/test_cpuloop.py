@@ -254,3 +254,28 @@ def test_teams_beyond_max_packed_are_closed(onednn, two_threads, monkeypatch):
     assert sum(isinstance(v, cpuloop.TeamLoop) for v in impl._step_loops.values()) <= 2
     impl(np.zeros((2, 1, 4), np.float32))              # B=1 again: a new team, never a closed one
     assert not impl._step_loop(0, 1).closed
+
+
+def test_the_spinning_barrier_holds_every_thread_until_all_arrive(two_threads):
+    """Each thread writes its phase number with a plain store, meets the others, then reads the
+    other thread's number: it must be the same phase (a barrier that let a thread through early
+    would show the previous one), and a second meeting keeps the next write from overtaking the
+    read.  20000 phases."""
+    import numba
+
+    from fusion import spin
+    meet = spin.barrier()
+
+    @numba.njit(parallel=True)
+    def phases(arrive, val, wrong, K):
+        for p in numba.prange(2):
+            for k in range(1, K + 1):
+                val[p * 8] = k
+                meet(arrive, p, 2, 2 * k - 1)
+                if val[(1 - p) * 8] != k:
+                    wrong[p] += 1
+                meet(arrive, p, 2, 2 * k)
+
+    wrong = np.zeros(2, np.int64)
+    phases(np.zeros(2 * spin.SLOT, np.int64), np.zeros(16, np.int64), wrong, 20000)
+    assert wrong.tolist() == [0, 0]
