@@ -5,6 +5,8 @@
 # shape (the +pretranspose rung against +hoist_input), then the GEMM providers alone.
 # Tables and JSON records go to benchmarks/results/cpu-pretranspose-<date>/ (or $OUT); ratios.txt holds
 # fused/numba / torch/fused per row (the target is <= 1.00).  Run it on a quiet machine.
+# LADDERS selects the ladders ("all", "none", or names such as "lstm-H256-B16 gru-H512-B64");
+# GEMM=0 leaves out the GEMM providers' script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-benchmarks/results/cpu-pretranspose-$(date -u +%Y-%m-%d)}"
@@ -12,17 +14,24 @@ mkdir -p "$out"
 . benchmarks/run.sh
 MIN_TIME=${MIN_TIME:-3}
 ROUNDS=${ROUNDS:-3}    # rows interleaved in rotating rounds: slow drifts hit every row alike
+LADDERS=${LADDERS:-all}
+GEMM=${GEMM:-1}
 python3 -m microbench env > "$out/env.txt"
 for op in lstm gru; do
   for shape in "512 64" "256 16" "1024 1"; do
     set -- $shape
     run "$op-H$1-B$2" "$op" --fused --onednn --backend numba,onednn --frameworks torch \
       --device cpu -T 100 -H "$1" -B "$2" --threads 1,2 --min-time "$MIN_TIME" --rounds "$ROUNDS"
-    run "$op-H$1-B$2-ladder" "$op" --ladder --backend numba \
-      --device cpu -T 100 -H "$1" -B "$2" --threads 1,2 --min-time "$MIN_TIME" --rounds "$ROUNDS"
+    case " $LADDERS " in
+      *" all "*|*" $op-H$1-B$2 "*)
+        run "$op-H$1-B$2-ladder" "$op" --ladder --backend numba \
+          --device cpu -T 100 -H "$1" -B "$2" --threads 1,2 --min-time "$MIN_TIME" --rounds "$ROUNDS";;
+    esac
   done
 done
-python3 benchmarks/cpu_gemm.py --threads 1,2 | tee "$out/gemm-providers.txt"
+if [ "$GEMM" != 0 ]; then
+  python3 benchmarks/cpu_gemm.py --threads 1,2 | tee "$out/gemm-providers.txt"
+fi
 python3 - "$out" <<'PY' | tee "$out/ratios.txt"
 import json, pathlib, sys
 print("op shape threads: fused/numba ms, torch/fused ms, onednn ms, fused/numba / torch/fused, gemm provider")
