@@ -9,10 +9,12 @@ compiled by numba: it calls oneDNN's C API directly (``dnnl_memory_set_data_hand
 primitive's source at h_{t-1}, ``dnnl_primitive_execute``, ``dnnl_stream_wait``) and then the cell
 kernel, T times, without returning to Python: the CPU's counterpart of replaying a CUDA graph.
 
-Used by :class:`kernels.rnn.RNN` when it applies (:func:`applies`); the numbers are the same as the
-Python loop's (the same primitive, the same kernel, in the same order: tests/test_cpuloop.py).
-The cell kernel runs serially below ``PARALLEL_MIN_UNITS`` units, as in the Python loop, and as
-numba's parallel kernel above it.
+Used by :class:`kernels.rnn.RNN` when it applies (:func:`applies`).  :class:`StepLoop` issues every
+step from one thread: its numbers are the same as the Python loop's (the same primitive, the same
+kernel, in the same order: tests/test_cpuloop.py), and its cell kernel runs serially below
+``PARALLEL_MIN_UNITS`` units, as in the Python loop, and as numba's parallel kernel above it.
+:class:`TeamLoop` runs a layer's steps on a team of threads (below); its numbers differ from the
+Python loop's by the rounding of its per-thread GEMMs only.
 """
 from __future__ import annotations
 
@@ -195,8 +197,9 @@ class StepLoop:
 # numba's OpenMP layer starts one team of n threads for the whole layer; thread p owns hidden
 # units j0..j1 of every gate: a packed GEMM on its columns of W_hh (built for one thread, so
 # oneDNN runs it inside the team without a nested region: oneDNN runs single-threaded when
-# omp_in_parallel()), then the fused kernel on its units, then a barrier (libgomp's, the team's)
-# before the next step reads the whole h_t.
+# omp_in_parallel()), then the fused kernel on its units, then a spinning barrier (fusion/spin.py)
+# before the next step reads the whole h_t.  Shares are whole multiples of 16 units (64 bytes)
+# where H allows, so neighbouring threads do not write the same cache lines of h and c.
 
 TEAM_MIN_UNITS = 8      # hidden units per thread below which the team is not formed
 
@@ -229,12 +232,17 @@ def team_reason(H: int, threads: int) -> str | None:
     """None when a layer of H hidden units runs its steps as one team of ``threads`` threads,
     else why not."""
     import numba
+
+    from kernels.onednn import lib as L
     if threads < 2:
         return "one thread"
     if H // threads < TEAM_MIN_UNITS:
         return f"H={H} gives fewer than {TEAM_MIN_UNITS} units to each of {threads} threads"
     if numba.config.NUMBA_NUM_THREADS < threads:
         return f"numba has {numba.config.NUMBA_NUM_THREADS} threads"
+    runtime = L.load().version_info["cpu_runtime"]
+    if runtime != "OpenMP":     # a TBB build would not see the team and fan out on every thread
+        return f"oneDNN was built for {runtime} threading, not OpenMP"
     return _gomp()[1]
 
 
@@ -327,6 +335,13 @@ def _kernel(dtype_name: str, cell_mode: str):
     return fpw._numba_rnn_kernel(dtype_name, cell_mode.split("_")[1])
 
 
+def shares(H: int, threads: int) -> np.ndarray:
+    """The first unit of each thread's share, and H: equal shares, each boundary a multiple of
+    16 units when every share then still has at least 64."""
+    align = 16 if H // threads >= 64 else 1
+    return np.array([min(H, round(H * p / threads / align) * align) for p in range(threads)] + [H], np.int64)
+
+
 class TeamLoop:
     """One layer's steps on a team of ``threads`` threads (see the comment above
     :data:`TEAM_MIN_UNITS`).  ``w`` is W_hh pretransposed and grouped, ``(H, G*H)``; ``packer``
@@ -346,8 +361,8 @@ class TeamLoop:
         G = w.shape[1] // H
         self.cell_mode, self.dtype, self.threads, self.B, self.H, self.G = (
             cell_mode, np.dtype(dtype), threads, B, H, G)
-        self.bounds = np.array([H * p // threads for p in range(threads + 1)], np.int64)
-        self.stride = B * G * int(np.diff(self.bounds).max())
+        self.bounds = shares(H, threads)
+        self.stride = -(-B * G * int(np.diff(self.bounds).max()) // 16) * 16     # 64-byte aligned
         self.gh = np.zeros(threads * self.stride, self.dtype)      # each thread's GEMM output
         cols = w.reshape(H, G, H)
         self.gemms = []
@@ -359,6 +374,7 @@ class TeamLoop:
                     self.gemms.append(packer(mat, B))
             for p, g in enumerate(self.gemms):
                 g._point(1, g._dst, self.gh[p * self.stride:].ctypes.data)
+            self._loop = _team_loop(L.load().path, _gomp()[0], self.dtype.name, cell_mode)
         except BaseException:
             self.close()
             raise
@@ -366,7 +382,7 @@ class TeamLoop:
         self._handles = (u64(lambda g: g._step._prim.value), u64(lambda g: g.ctx.stream.value),
                          u64(lambda g: ctypes.addressof(g._step._args)),
                          np.array([g._step._n for g in self.gemms], np.int64), u64(lambda g: g._src.value))
-        self._loop = _team_loop(L.load().path, _gomp()[0], self.dtype.name, cell_mode)
+        self.runs = 0               # calls the team ran (a call it handed back does not count)
 
     @property
     def closed(self) -> bool:
@@ -377,14 +393,17 @@ class TeamLoop:
             g.close()
 
     def info(self) -> dict:
-        g = self.gemms[0]
-        return {"threads": self.threads, "units": np.diff(self.bounds).tolist(), "primitive": g.kind,
-                "impl": g.impl, "n": g.n}
+        """Per thread: its units and its GEMM (each thread's was found on its own shape)."""
+        return {"threads": self.threads, "units": np.diff(self.bounds).tolist(),
+                "gemms": [g.info() for g in self.gemms]}
 
     def __call__(self, h0, y, gx, bx, bh, c, t0: int, t1: int) -> bool:
         """Steps t0..t1 as :meth:`StepLoop.__call__` (no gh: each thread has its own).  False when
-        numba did not give the loop one thread per share (nothing ran: the caller runs the
-        steps another way)."""
+        the team was not one thread per share (nothing ran: the caller runs the steps another
+        way): numba set to another thread count than the team was built for, a parallel chunk
+        size set (numba's scheduler then splits the range itself; kept out rather than relied
+        on), or OpenMP starting a smaller team (OMP_THREAD_LIMIT, OMP_DYNAMIC, a call from
+        inside another parallel region), which every thread sees before any barrier."""
         import numba
         from kernels.onednn import errors as derr
         if self.closed:
@@ -393,7 +412,7 @@ class TeamLoop:
             raise BadInput(f"step loop shapes disagree: h0 {h0.shape}, team built for B={self.B}, H={self.H}")
         b1, b2, has_b, state = _loop_args(self.cell_mode, self.dtype, self.G, h0, y, gx, bx, bh, c, t0, t1)
         if numba.get_num_threads() != self.threads or numba.get_parallel_chunksize() != 0:
-            return False                # numba would not give each share its own thread
+            return False
         for g in self.gemms:
             g._ptrs[0] = None           # the loop moves the sources: re-point next time
         status = np.zeros(self.threads, np.int64)
@@ -407,4 +426,5 @@ class TeamLoop:
         for p in np.flatnonzero(status):
             t, call = failed_at[p]
             derr.check(f"the compiled step loop at step {t} ({CALLS[call]}, thread {p})", int(status[p]))
+        self.runs += 1
         return True

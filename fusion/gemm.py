@@ -70,9 +70,13 @@ def _openmp_threads():
     return tuple(sorted(p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp"))
 
 
-def find_fastest(kinds: list, mat, m: int, bias, lib, calls: int = 3):
-    """Build every primitive kind for this GEMM and keep the fastest (median of ``calls`` timed
-    calls after one warm-up, on zero inputs), like cuDNN's find step: which one wins depends on
+FIND_MIN_S = 2e-3    # each kind is timed for at least this long (and ``calls`` calls) in a find
+
+
+def find_fastest(kinds: list, mat, m: int, bias, lib, calls: int = 5):
+    """Build every primitive kind for this GEMM and keep the fastest (median of at least ``calls``
+    timed calls and ``FIND_MIN_S`` seconds, at most 200 calls, after one warm-up, on zero inputs:
+    a single preempted call must not decide a choice the process keeps), like cuDNN's find step: which one wins depends on
     the shape and the ISA.  Measured on an AVX2 CPU, one thread: at M=16 (K=256, N=1024) the
     inner product's brgemm with packed weights takes 108 us and matmul's plain-layout gemm 198 us;
     at M=1 (K=1024, N=4096, a GEMV) matmul takes 330-560 us and the inner product 730-790 us.
@@ -100,7 +104,7 @@ def find_fastest(kinds: list, mat, m: int, bias, lib, calls: int = 3):
         prim = kind(mat, m=m, bias=bias, lib=lib)
         prim(x, out)
         samples = []
-        for _ in range(calls):
+        while len(samples) < 200 and (len(samples) < calls or sum(samples) < FIND_MIN_S):
             t0 = time.perf_counter()
             prim(x, out)
             samples.append(time.perf_counter() - t0)

@@ -370,11 +370,12 @@ class RNN:
     def _keep(self, key, loop):
         """Remember a loop; forget closed ones, and close the oldest teams (which own their
         packed GEMMs) beyond MAX_PACKED per layer, as a projection releases its primitives."""
-        kept = {k: v for k, v in self._step_loops.items() if not v.closed}
-        teams = [k for k in kept if k[0] == key[0] and isinstance(kept[k], cpuloop.TeamLoop)]
-        for k in teams[:max(0, len(teams) + 1 - fgemm.MAX_PACKED)]:
-            kept.pop(k).close()
-        kept[key] = loop
+        kept = {k: v for k, v in self._step_loops.items() if not v.closed and k != key}
+        if isinstance(loop, cpuloop.TeamLoop):
+            teams = [k for k in kept if k[0] == key[0] and isinstance(kept[k], cpuloop.TeamLoop)]
+            for k in teams[:max(0, len(teams) + 1 - fgemm.MAX_PACKED)]:
+                kept.pop(k).close()
+        kept[key] = loop            # last: the newest
         self._step_loops = kept
         return loop
 

@@ -188,6 +188,8 @@ def test_team_loop_matches_the_python_loop(onednn, two_threads, op, extra, T, B,
     if op == "lstm":
         states += (rng.standard_normal((L, B, H)).astype(np.float32),)
     fast, slow = _both(impl, x, states)
+    assert all(isinstance(impl._step_loop(l, B), cpuloop.TeamLoop) and impl._step_loop(l, B).runs == 1
+               for l in range(L))
     for a, b in zip(_flat(fast), _flat(slow)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     again = impl(x, *states)       # nothing is kept between calls
@@ -198,23 +200,36 @@ def test_team_loop_matches_the_python_loop(onednn, two_threads, op, extra, T, B,
 def test_team_case_passes_the_reference_check_and_says_so(onednn, two_threads):
     prob = RNNProblem("lstm", 5, 2, 6, 32, 2)
     prep = build_rnn(prob, seed=4, variant="fused", backend="numba", precision="fp32")
-    assert "team of 2 threads" in prep.info["step_loop"] and prep.info["step_team"]["units"] == [16, 16]
+    assert "team of 2 threads" in prep.info["step_loop"]
+    team = prep.info["gemm"]["step"]["M=2"]
+    assert team["units"] == [16, 16] and [g["n"] for g in team["gemms"]] == [64, 64]
     for _ in range(2):
         check = prep.check()
         assert check.passed, check.detail
 
 
+def test_team_runs_skip_input_layers(onednn, two_threads):
+    """A skip-input layer's steps read the caller's rows (gx given, biases in bx): team too."""
+    prob = RNNProblem("gru", 4, 2, 32, 32, 1, skip_input=True)
+    prep = build_rnn(prob, seed=2, variant="fused", backend="numba", precision="fp32")
+    check = prep.check()
+    assert check.passed, check.detail
+    assert "team of 2 threads" in prep.info["step_loop"]
+
+
 def test_team_is_not_formed_for_small_layers_or_one_thread(onednn):
     assert "fewer than" in cpuloop.team_reason(cpuloop.TEAM_MIN_UNITS * 2 - 1, 2)
     assert cpuloop.team_reason(512, 1) == "one thread"
+    assert cpuloop.shares(37, 2).tolist() == [0, 18, 37] and cpuloop.shares(1000, 3).tolist() == [0, 336, 672, 1000]
     with pytest.raises(Exception, match="cannot run here: one thread"):
         cpuloop.TeamLoop(np.zeros((64, 256), np.float32), 2, "lstm", np.float32, 1, None)
 
 
 def test_team_hands_back_when_numba_would_not_give_each_share_a_thread(onednn, two_threads):
-    """A thread count changed after the build, or a parallel chunk size set by the user, would let
-    one thread run two shares and wait at its own barrier forever: the team refuses to start and
-    the caller runs the one-thread-issued loop (same numbers)."""
+    """A team called at another numba thread count than it was built for, or with a parallel
+    chunk size set, hands the steps back (False, nothing run) and the runner runs the
+    one-thread-issued loop (same numbers up to GEMM rounding); an OpenMP team of another size
+    than the shares is seen inside the region by every thread before any barrier."""
     import numba
     impl = RNN(_params("gru", {}, 5, 16, 1), backend="numba", dtype="fp32").prepare(3, 2)
     team = impl._step_loop(0, 2)
@@ -266,9 +281,16 @@ def test_the_spinning_barrier_holds_every_thread_until_all_arrive(two_threads):
     from fusion import spin
     meet = spin.barrier()
 
+    import ctypes
+    team_size = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.cast(ctypes.CDLL(cpuloop._gomp()[0]).omp_get_num_threads,
+                                                           ctypes.c_void_p).value)
+
     @numba.njit(parallel=True)
     def phases(arrive, val, wrong, K):
         for p in numba.prange(2):
+            if team_size() != 2:        # one thread running both shares would wait forever
+                wrong[p] = -1
+                continue
             for k in range(1, K + 1):
                 val[p * 8] = k
                 meet(arrive, p, 2, 2 * k - 1)
@@ -278,4 +300,18 @@ def test_the_spinning_barrier_holds_every_thread_until_all_arrive(two_threads):
 
     wrong = np.zeros(2, np.int64)
     phases(np.zeros(2 * spin.SLOT, np.int64), np.zeros(16, np.int64), wrong, 20000)
+    if -1 in wrong:
+        pytest.skip("OpenMP gave the region fewer than 2 threads")
     assert wrong.tolist() == [0, 0]
+
+
+def test_a_team_of_another_size_runs_nothing_and_hangs_nothing(onednn, two_threads):
+    """Three shares on two OpenMP threads: every thread sees the team size before its first
+    barrier, so none waits; the call returns False and leaves y as it was."""
+    impl = RNN(_params("lstm", {}, 4, 16, 1), backend="numba", dtype="fp32").prepare(3, 2)
+    team = impl._step_loop(0, 2)
+    team._handles = tuple(np.concatenate([h, h[:1]]) for h in team._handles)     # 3 shares
+    y = np.full((3, 2, 16), 7.0, np.float32)
+    assert team(np.zeros((2, 16), np.float32), y, np.zeros((6, 64), np.float32), None,
+                None, np.zeros((2, 16), np.float32), 0, 3) is False
+    assert (y == 7.0).all() and team.runs == 0
