@@ -51,17 +51,22 @@ def _u64_fn(lib, name: str, nargs: int, int_at: tuple = ()):
 
 
 @functools.lru_cache(maxsize=None)
-def _loops(lib_path: str, dtype_name: str, cell_mode: str):
-    """(serial-kernel loop, parallel-kernel loop) for one library, dtype and cell, compiled once."""
-    import numba
-
+def _step_calls(lib_path: str) -> tuple:
+    """(set_handle, execute, wait): the oneDNN calls of one step (:data:`CALLS`) as ctypes
+    functions numba can call."""
     from kernels.onednn import lib as L
     lib = L.load()
     if lib.path != lib_path:      # pragma: no cover - one library per process
         raise BadInput(f"oneDNN was loaded from {lib.path}, not {lib_path}")
-    set_handle = _u64_fn(lib, "dnnl_memory_set_data_handle", 2)
-    execute = _u64_fn(lib, "dnnl_primitive_execute", 4, int_at=(2,))
-    wait = _u64_fn(lib, "dnnl_stream_wait", 1)
+    return (_u64_fn(lib, "dnnl_memory_set_data_handle", 2),
+            _u64_fn(lib, "dnnl_primitive_execute", 4, int_at=(2,)),
+            _u64_fn(lib, "dnnl_stream_wait", 1))
+
+
+@functools.lru_cache(maxsize=None)
+def _loops(lib_path: str, dtype_name: str, cell_mode: str):
+    """(serial-kernel loop, parallel-kernel loop) for one library, dtype and cell, compiled once."""
+    set_handle, execute, wait = _step_calls(lib_path)
     par = _kernel(dtype_name, cell_mode)
     ser = fpw.serial(par)
     return tuple(_compile(kernel, cell_mode, set_handle, execute, wait) for kernel in (ser, par))
@@ -140,13 +145,9 @@ def _loop_args(cell_mode: str, dtype, G: int, h0, y, gx, bx, bh, c, t0: int, t1:
             _check(name, b, (G, H), dtype)
     if cell_mode == "gru" and bh is None:
         raise BadInput("a GRU's compiled step loop needs its recurrent bias bh (b_hn sits inside r * (...))")
-    empty = fpw._EMPTY[np.dtype(dtype).name]
-    if cell_mode == "gru":
-        b1, b2, has_b = (bx if bx is not None else empty), bh, bx is not None
-    else:
-        b = bx if bx is not None else bh
-        b1, b2, has_b = (b if b is not None else empty), empty, b is not None
-    return b1, b2, has_b, (c if c is not None else empty)
+    name = np.dtype(dtype).name
+    b1, b2, has_b = fpw.kernel_biases(cell_mode.split("_")[0], bx, bh, name)
+    return b1, b2, has_b, (c if c is not None else fpw._EMPTY[name])
 
 
 class StepLoop:
@@ -250,13 +251,7 @@ def team_reason(H: int, threads: int) -> str | None:
 def _team_loop(lib_path: str, gomp_path: str, dtype_name: str, cell_mode: str):
     import numba
 
-    from kernels.onednn import lib as L
-    lib = L.load()
-    if lib.path != lib_path:      # pragma: no cover - one library per process
-        raise BadInput(f"oneDNN was loaded from {lib.path}, not {lib_path}")
-    set_handle = _u64_fn(lib, "dnnl_memory_set_data_handle", 2)
-    execute = _u64_fn(lib, "dnnl_primitive_execute", 4, int_at=(2,))
-    wait = _u64_fn(lib, "dnnl_stream_wait", 1)
+    set_handle, execute, wait = _step_calls(lib_path)
     gomp = ctypes.CDLL(gomp_path)
     meet = spin.barrier()
     team_size = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.cast(gomp.omp_get_num_threads, ctypes.c_void_p).value)

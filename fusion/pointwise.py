@@ -363,24 +363,34 @@ def serial(kernel):
     return ser
 
 
+def kernel_biases(cell: str, bx, bh, dtype_name: str) -> tuple:
+    """``(b1, b2, has_b)`` as the numba kernels take them: the GRU's input bias (or a typed
+    stand-in) and its recurrent bias (b_hn sits inside r * (...)); the LSTM's and the vanilla
+    cell's one combined bias, which the folding gives as bx or bh but never both."""
+    empty = _EMPTY[dtype_name]
+    if cell == "gru":
+        return (bx if bx is not None else empty), bh, bx is not None
+    if bx is not None and bh is not None:
+        raise ValueError(f"the fused {cell} kernel takes one combined bias")
+    b = bx if bx is not None else bh
+    return (b if b is not None else empty), empty, b is not None
+
+
 class NumbaLSTM:
     def __call__(self, xp, gx, gh, bx, bh, c_prev, h_out, c_out):
         kernel = _numba_kernels(gx.dtype.name)[0]
-        if bx is not None and bh is not None:
-            raise ValueError("the fused LSTM kernel takes one combined bias")
-        b = bx if bx is not None else bh
+        b, _, has_b = kernel_biases("lstm", bx, bh, gx.dtype.name)
         if c_out is not c_prev:
             c_out[...] = c_prev
-        _launch(kernel, c_out.size, gx, gh, b if b is not None else _EMPTY[gx.dtype.name], b is not None,
-                c_out, h_out)
+        _launch(kernel, c_out.size, gx, gh, b, has_b, c_out, h_out)
         return h_out, c_out
 
 
 class NumbaGRU:
     def __call__(self, xp, gx, gh, bx, bh, h_prev, h_out):
         kernel = _numba_kernels(gx.dtype.name)[1]
-        _launch(kernel, h_out.size, gx, gh, bx if bx is not None else _EMPTY[gx.dtype.name], bx is not None,
-                bh, h_prev, h_out)
+        b1, b2, has_b = kernel_biases("gru", bx, bh, gx.dtype.name)
+        _launch(kernel, h_out.size, gx, gh, b1, has_b, b2, h_prev, h_out)
         return (h_out,)
 
 
@@ -390,10 +400,8 @@ class NumbaRNN:
 
     def __call__(self, xp, gx, gh, bx, bh, h_prev, h_out):
         kernel = _numba_rnn_kernel(gx.dtype.name, self.nonlinearity)
-        if bx is not None and bh is not None:
-            raise ValueError("the fused RNN kernel takes one combined bias")
-        b = bx if bx is not None else bh
-        _launch(kernel, h_out.size, gx, gh, b if b is not None else _EMPTY[gx.dtype.name], b is not None, h_out)
+        b, _, has_b = kernel_biases("rnn", bx, bh, gx.dtype.name)
+        _launch(kernel, h_out.size, gx, gh, b, has_b, h_out)
         return (h_out,)
 
 

@@ -234,11 +234,16 @@ def _forward(cell, kind: str, x, params, states: tuple, *, xp, dtype, skip_input
     return seq, finals, tape
 
 
+# The LSTM cells the training step runs, by the name ``--cell`` uses ("plain": LSTMParams, whose
+# ``kind`` is ""); there is no peephole backward.
+CELLS = {"plain": "", "layernorm": "layernorm"}
+
+
 def lstm_forward_train(x, params, h0=None, c0=None, *, xp=np, dtype=None, skip_input: bool = False,
                        gemm=None):
     """``y (T, B, H), h_n, c_n, tape`` for an LSTMParams or LayerNormLSTMParams (``params.kind``)."""
     layernorm = getattr(params, "kind", "") == "layernorm"
-    if params.cell != "lstm" or getattr(params, "kind", "") not in ("", "layernorm"):
+    if params.cell != "lstm" or getattr(params, "kind", "") not in CELLS.values():
         raise BadInput(f"lstm_forward_train takes LSTMParams or LayerNormLSTMParams, got {type(params).__name__}")
     _skip_check(skip_input, layernorm)
     y, (h_n, c_n), tape = _forward(_LSTMForward, "layernorm" if layernorm else "lstm", x, params, (h0, c0),

@@ -42,7 +42,7 @@ from .rnn import make_inputs
 __all__ = ["BACKWARD_BACKENDS", "BACKWARD_CELLS", "BACKWARD_PRECISIONS", "build_backward",
            "check_grads", "flatten_grads", "grad_op", "memory_estimate", "train_inputs", "upstream_grad"]
 
-BACKWARD_CELLS = ("plain", "layernorm")      # kernels.backward has no peephole LSTM
+BACKWARD_CELLS = tuple(bw.CELLS)             # kernels.backward has no peephole LSTM
 BACKWARD_BACKENDS = ("numpy",)               # kernels.backward is NumPy code on the CPU
 BACKWARD_PRECISIONS = ("fp32", "fp64")
 FLOPS_NOTE = ("3x the forward GEMM FLOPs: every forward GEMM has two backward GEMMs of the same "
