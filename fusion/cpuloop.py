@@ -67,7 +67,7 @@ def _step_calls(lib_path: str) -> tuple:
 def _loops(lib_path: str, dtype_name: str, cell_mode: str):
     """(serial-kernel loop, parallel-kernel loop) for one library, dtype and cell, compiled once."""
     set_handle, execute, wait = _step_calls(lib_path)
-    par = _kernel(dtype_name, cell_mode)
+    par = _kernels(dtype_name, cell_mode)[0]
     ser = fpw.serial(par)
     return tuple(_compile(kernel, cell_mode, set_handle, execute, wait) for kernel in (ser, par))
 
@@ -300,34 +300,28 @@ def _unit_cell(dtype_name: str, cell_mode: str):
     units j0..j0+U of the whole-layer arrays, U from the thread's own ``r`` (B, G, U)."""
     import numba
 
+    kernel = _kernels(dtype_name, cell_mode)[1]
     if cell_mode == "lstm":
-        kernel = fpw._numba_cells(dtype_name)["lstm"][1]
-
         @numba.njit(inline="always")
         def cell(x, r, b1, b2, has_b, c, hp, h, j0):
             kernel(x, r, b1, has_b, c, h, j0)
     elif cell_mode == "gru":
-        kernel = fpw._numba_cells(dtype_name)["gru"][1]
-
         @numba.njit(inline="always")
         def cell(x, r, b1, b2, has_b, c, hp, h, j0):
             kernel(x, r, b1, has_b, b2, hp, h, j0)
     else:
-        kernel = fpw._numba_rnn_kernels(dtype_name, cell_mode.split("_")[1])[1]
-
         @numba.njit(inline="always")
         def cell(x, r, b1, b2, has_b, c, hp, h, j0):
             kernel(x, r, b1, has_b, h, j0)
     return cell
 
 
-def _kernel(dtype_name: str, cell_mode: str):
-    """The pointwise module's parallel kernel of a cell (serial() compiles its one-thread twin)."""
-    if cell_mode == "lstm":
-        return fpw._numba_kernels(dtype_name)[0]
-    if cell_mode == "gru":
-        return fpw._numba_kernels(dtype_name)[1]
-    return fpw._numba_rnn_kernel(dtype_name, cell_mode.split("_")[1])
+def _kernels(dtype_name: str, cell_mode: str) -> tuple:
+    """A cell's (whole-block parallel, unit-block serial) kernels from the pointwise module
+    (``serial()`` compiles the whole-block kernel's one-thread twin)."""
+    if cell_mode in ("lstm", "gru"):
+        return fpw._numba_cells(dtype_name)[cell_mode]
+    return fpw._numba_rnn_kernels(dtype_name, cell_mode.split("_")[1])
 
 
 def shares(H: int, threads: int) -> np.ndarray:

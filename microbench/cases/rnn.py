@@ -84,14 +84,14 @@ def build_rnn(problem: RNNProblem, seed: int, *, variant: str, backend: str, pre
             info["gemm"]["input"] = impl.layers[0].proj_x.info()
     if impl.compiled_loop:  # fusion.cpuloop: each layer's steps in one native call
         info["step_loop"] = "compiled (numba: packed oneDNN GEMM + fused kernel per step)"
-        teams = [impl._team_loop(l, problem.B) for l in range(len(impl.layers))]
-        if teams[-1] is not None:   # every layer has the same H, so all or none form a team
-            info["step_loop"] = (f"compiled, one team of {teams[-1].threads} threads over all steps "
+        team = impl._team_loop(len(impl.layers) - 1, problem.B)   # built by prepare above
+        if team is not None:        # every layer has the same H, so all or none form a team
+            info["step_loop"] = (f"compiled, one team of {team.threads} threads over all steps "
                                  "(each thread: a packed oneDNN GEMM on its hidden units' columns + "
                                  "the fused kernel on them, a barrier per step)")
             # the step GEMMs that run are the team's, one per thread (the projection's own M=B
             # primitive runs only if a call hands the steps back to the one-thread-issued loop)
-            info["gemm"]["step"] = {f"M={problem.B}": teams[-1].info()}
+            info["gemm"]["step"] = {f"M={problem.B}": team.info()}
     return Prepared(inputs={"x": x, "h0": h0, "c0": c0}, run=run, flops=problem.flops(),
                     bytes=problem.bytes(itemsize), check=check, info=info)
 
