@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import os
 
 import numpy as np
 
@@ -205,12 +204,56 @@ class StepLoop:
 TEAM_MIN_UNITS = 8      # hidden units per thread below which the team is not formed
 
 
+def _address(handle, name: str) -> int | None:
+    try:
+        return ctypes.cast(getattr(handle, name), ctypes.c_void_p).value
+    except AttributeError:
+        return None
+
+
+def _bound(lib_path: str, name: str) -> int | None:
+    """The address a library's calls of C function ``name`` bind to, as the dynamic linker binds
+    them at load: the global scope first (the program and every library loaded RTLD_GLOBAL, as
+    PyTorch loads its bundled libgomp), then the library and its dependencies.  A library loaded
+    before such a global one bound to its own dependency: then this answer differs, and the team
+    is refused where it might have run (never the other way round)."""
+    return _address(ctypes.CDLL(None), name) or _address(ctypes.CDLL(lib_path), name)
+
+
+def _numba_runtime(paths: list) -> str | None:
+    """Which of the loaded OpenMP runtimes numba's threads run in: the one whose
+    ``omp_get_level()`` reads 1 inside a numba parallel region (there may be two libgomp copies
+    loaded, PyTorch's bundled one and the system's; numba's calls bind to one of them)."""
+    import numba
+    for path in paths:
+        own = _address(ctypes.CDLL(path), "omp_get_level")
+        if not own:
+            continue
+        level = ctypes.CFUNCTYPE(ctypes.c_int)(own)
+
+        @numba.njit(parallel=True)
+        def probe(out):
+            for i in numba.prange(out.shape[0]):
+                out[i] = level()
+        out = np.zeros(2, np.int64)
+        probe(out)
+        if (out >= 1).all():
+            return path
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def _gomp():
-    """(libgomp path, reason): numba's threads are libgomp's team only on numba's ``omp``
-    threading layer with GNU OpenMP the only OpenMP runtime loaded (oneDNN's GOMP build uses the
-    same one); reason says why not, else path is set."""
+    """(runtime path, reason): the OpenMP runtime numba's team runs in, when oneDNN's ``omp_*``
+    calls bind to the same one (then oneDNN sees ``omp_in_parallel()`` inside the team and runs
+    each thread's GEMM on that thread); reason says why not, else the path is set.  Counting the
+    loaded runtimes is not enough: a process that imported PyTorch first has its bundled libgomp
+    in the global scope and numba's system libgomp beside it, and both numba and oneDNN bind to
+    PyTorch's copy."""
     import numba
+    from threadpoolctl import threadpool_info
+
+    from kernels.onednn import lib as L
 
     @numba.njit(parallel=True)
     def _touch(a):                      # starts numba's thread pool, so its layer is known
@@ -220,13 +263,15 @@ def _gomp():
     layer = numba.threading_layer()
     if layer != "omp":
         return None, f"numba's threading layer is {layer}, not omp (NUMBA_THREADING_LAYER=omp)"
-    from threadpoolctl import threadpool_info
-    pools = [p["filepath"] for p in threadpool_info() if p["user_api"] == "openmp"]
-    gnu = [p for p in pools if os.path.basename(p).startswith("libgomp.so")]
-    other = [p for p in pools if "iomp" in os.path.basename(p) or os.path.basename(p).startswith("libomp")]
-    if len(gnu) != 1 or other:          # a oneDNN on another runtime would not see libgomp's team
-        return None, f"OpenMP runtimes loaded: {pools or 'none'}; the team needs GNU libgomp's libgomp.so.1 alone"
-    return gnu[0], None
+    paths = [p["filepath"] for p in threadpool_info() if p["user_api"] == "openmp"]
+    mine = _numba_runtime(paths)
+    if mine is None:
+        return None, f"numba's threads are in none of the OpenMP runtimes loaded ({paths or 'none'})"
+    onednn = _bound(L.load().path, "omp_get_level")
+    if onednn != _address(ctypes.CDLL(mine), "omp_get_level"):
+        return None, (f"oneDNN's OpenMP calls bind to another runtime than numba's ({mine}): "
+                      f"oneDNN would not see the team")
+    return mine, None
 
 
 def team_reason(H: int, threads: int) -> str | None:

@@ -225,6 +225,40 @@ def test_team_is_not_formed_for_small_layers_or_one_thread(onednn):
         cpuloop.TeamLoop(np.zeros((64, 256), np.float32), 2, "lstm", np.float32, 1, None)
 
 
+def test_team_is_refused_when_onednn_binds_to_another_openmp_runtime(onednn, monkeypatch):
+    """oneDNN must see the team's omp_in_parallel(): with its OpenMP calls bound to another runtime
+    than numba's threads run in, it would open regions of its own inside every thread."""
+    if cpuloop._gomp()[1]:
+        pytest.skip(cpuloop._gomp()[1])
+    monkeypatch.setattr(cpuloop, "_bound", lambda path, name: 1)
+    path, why = cpuloop._gomp.__wrapped__()
+    assert path is None and "another runtime than numba's" in why
+
+
+def test_team_forms_beside_pytorchs_bundled_libgomp(onednn):
+    """A process that imports PyTorch first has PyTorch's libgomp in the global scope (loaded
+    RTLD_GLOBAL) and numba's and oneDNN's calls bind to it: the team forms there and runs."""
+    import subprocess
+    import sys
+    pytest.importorskip("torch")
+    code = (
+        "import torch, numba, numpy as np\n"
+        "from fusion import cpuloop\n"
+        "from kernels import RNN\n"
+        "from kernels.params import LSTMParams\n"
+        "numba.set_num_threads(2)\n"
+        "print(cpuloop.team_reason(64, 2))\n"
+        "impl = RNN(LSTMParams.random(8, 64, seed=1), backend='numba', dtype='fp32').prepare(3, 2)\n"
+        "impl(np.ones((3, 2, 8), np.float32))\n"
+        "print(impl._step_loop(0, 2).runs)\n")
+    import numba
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba was started with one thread (NUMBA_NUM_THREADS=1)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["None", "1"], out.stdout
+
+
 def test_team_hands_back_when_numba_would_not_give_each_share_a_thread(onednn, two_threads):
     """A team called at another numba thread count than it was built for, or with a parallel
     chunk size set, hands the steps back (False, nothing run) and the runner runs the
