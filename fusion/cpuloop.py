@@ -9,7 +9,7 @@ compiled by numba: it calls oneDNN's C API directly (``dnnl_memory_set_data_hand
 primitive's source at h_{t-1}, ``dnnl_primitive_execute``, ``dnnl_stream_wait``) and then the cell
 kernel, T times, without returning to Python: the CPU's counterpart of replaying a CUDA graph.
 
-Used by :class:`kernels.rnn.RNN` when it applies (:func:`applies`).  :class:`StepLoop` issues every
+Used by :class:`kernels.rnn.RNN` under the ``graph`` step when it applies (:func:`why_not`).  :class:`StepLoop` issues every
 step from one thread: its numbers are the same as the Python loop's (the same primitive, the same
 kernel, in the same order: tests/test_cpuloop.py), and its cell kernel runs serially below
 ``PARALLEL_MIN_UNITS`` units, as in the Python loop, and as numba's parallel kernel above it.
@@ -33,12 +33,20 @@ CELLS = ("lstm", "gru", "rnn_relu", "rnn_tanh")
 CALLS = ("dnnl_memory_set_data_handle", "dnnl_primitive_execute", "dnnl_stream_wait")
 
 
-def applies(plan, backend: str, cell_mode: str, generated: bool, provider: str) -> bool:
-    """True when a layer's steps can run as one compiled call: numba's hand-written fused kernel,
-    the oneDNN packed GEMM, the grouped layout (one GEMM per step) and a hoisted or given input."""
-    return (backend == "numba" and not generated and cell_mode in CELLS and provider == "onednn"
-            and all(s in plan for s in ("group_gemm", "hoist_input", "pretranspose", "fuse_pointwise"))
-            and "streams" not in plan and "wavefront" not in plan)
+def why_not(plan, backend: str, cell_mode: str, generated: bool, provider: str) -> str | None:
+    """None when a layer's steps run as one compiled call (the CPU's ``graph`` step): numba's
+    hand-written fused kernel, the oneDNN packed GEMM, the grouped layout (one GEMM per step) and
+    a hoisted or given input; else why they run as a Python loop."""
+    if "graph" not in plan:
+        return "the plan has no graph step"
+    need = [s for s in ("group_gemm", "hoist_input", "pretranspose", "fuse_pointwise") if s not in plan]
+    if need:
+        return f"the compiled step loop needs step {', '.join(need)} too"
+    if backend != "numba" or generated or cell_mode not in CELLS:
+        return "the compiled step loop runs numba's hand-written kernels of " + ", ".join(CELLS)
+    if provider != "onednn":
+        return "the compiled step loop calls oneDNN's packed GEMMs, and this plan's GEMMs are BLAS's"
+    return None
 
 
 def _u64_fn(lib, name: str, nargs: int, int_at: tuple = ()):

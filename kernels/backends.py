@@ -26,6 +26,10 @@ class Backend:
     about: str = ""
     no_steps: tuple = ()        # fusion steps this backend cannot run, and why
     no_steps_why: str = ""
+    # steps it accepts but that change nothing on it (the numpy backend's graph: on the CPU that
+    # step is numba's compiled step loop; on NumPy a plan with it is a plain call, which is how
+    # the GPU orchestration runs in tests): left out of its full plan and its ladder
+    idle_steps: tuple = ()
     # launches the pointwise kernels fusion.cellexpr generates (custom cells, the fused vanilla
     # cell); PyCUDA has no launcher for them
     generated: bool = True
@@ -51,6 +55,11 @@ class Backend:
             raise Unsupported(reason)
         return importlib.import_module(self.xp_module)
 
+    @property
+    def unplanned(self) -> tuple:
+        """Steps its full plan and ladder leave out: those it cannot run and those idle on it."""
+        return self.no_steps + self.idle_steps
+
     def check_plan(self, plan) -> None:
         """Unsupported (a skip with the reason) for a plan holding a step this backend lacks."""
         bad = [n for n in self.no_steps if n in plan]
@@ -69,7 +78,8 @@ BACKENDS = {b.name: b for b in (
     # bf16 on NumPy is the CPU twin of the GPU bf16 path: ml_dtypes storage, fp32-accumulated GEMMs
     # rounded once to bf16 (fusion.gemm.matmul); slow, there for checking, not for timing.
     Backend("numpy", "cpu", "numpy", ("fp32", "fp64", "bf16"), (), "numpy",
-            "NumPy ufuncs and BLAS GEMMs (whatever BLAS NumPy links: OpenBLAS in the wheels)"),
+            "NumPy ufuncs and BLAS GEMMs (whatever BLAS NumPy links: OpenBLAS in the wheels)",
+            idle_steps=("graph",)),
     Backend("numba", "cpu", "numpy", ("fp32", "fp64"), ("numba",), "numba",
             "BLAS GEMMs through NumPy, pointwise kernels compiled by numba (@njit(parallel=True))"),
     # oneDNN's primitives called directly (kernels.onednn): the onednn variants' rows only.

@@ -159,7 +159,7 @@ class RNN:
         elif isinstance(opts, Plan):
             self.plan = opts
         elif opts is None or (isinstance(opts, str) and opts.strip() == "all"):
-            self.plan = Plan.full(self.backend.device, exclude=self.backend.no_steps)
+            self.plan = Plan.full(self.backend.device, exclude=self.backend.unplanned)
         elif not isinstance(opts, str):
             raise BadInput(f"opts={opts!r} is not a fusion plan; allowed: a comma-separated string of "
                            f"steps ({', '.join(STEPS)}), 'all', 'none', a fusion.Plan, or None")
@@ -192,8 +192,9 @@ class RNN:
                        for l, layer in enumerate(params.layers)]
         # numba's fused kernel over packed oneDNN GEMMs: each layer's steps run as one compiled
         # call (fusion.cpuloop) instead of a Python loop; one StepLoop per batch size, per layer.
-        self.compiled_loop = cpuloop.applies(self.plan, backend, params.cell_mode, self.generated,
+        self.step_loop_why = cpuloop.why_not(self.plan, backend, params.cell_mode, self.generated,
                                              self.gemm_info.get("provider"))
+        self.compiled_loop = self.step_loop_why is None
         self._step_loops: dict = {}
 
     def prepare(self, T: int, B: int) -> "RNN":

@@ -72,15 +72,20 @@ def default_plan(record, device: str, plan=None):
 def ladder_rungs(op: str, backends, device: str) -> list:
     """``(record, plan, label)`` per backend and rung of the fusion ladder: naive, then the fused
     record with each step added in turn; a backend without one of the two records is left out
-    of that rung."""
+    of that rung, and so are the rungs holding a step the backend cannot run or that changes
+    nothing on it (PyCUDA's ``wavefront`` and ``graph``, the numpy backend's ``graph``)."""
     from fusion.steps import ladder
+    from kernels.backends import BACKENDS
 
     from . import registry
     out = []
     for backend in backends:
+        lacks = BACKENDS[backend].unplanned if backend in BACKENDS else ()
         for label, rung_plan in ladder(device):
             v = "naive" if label == "naive" else "fused"
             rec = registry.REGISTRY.get((op, v, backend))
+            if v == "fused" and any(n in rung_plan for n in lacks):
+                continue
             if rec is not None:
                 out.append((rec, rung_plan if v == "fused" else None, label))
     return out

@@ -118,16 +118,20 @@ def test_the_loop_refuses_arrays_it_would_overrun(onednn):
         loop(h0, y, gx, gh, None, None, np.zeros((2, 5), f32), 2, 1)
 
 
-@pytest.mark.parametrize("backend,opts,dtype,expect", [
-    ("numba", None, "fp32", True),
-    ("numba", "group_gemm,hoist_input,pretranspose", "fp32", False),   # no fused kernel to call
-    ("numba", "hoist_input,pretranspose,fuse_pointwise", "fp32", False),  # G GEMMs per step
-    ("numba", None, "fp64", False),                                     # BLAS provider in fp64
-    ("numpy", None, "fp32", False),                                     # no compiled kernel
+@pytest.mark.parametrize("backend,opts,dtype,why", [
+    ("numba", None, "fp32", None),
+    ("numba", "group_gemm,hoist_input,pretranspose,graph", "fp32", "needs step fuse_pointwise"),
+    ("numba", "hoist_input,pretranspose,fuse_pointwise,graph", "fp32", "needs step group_gemm"),
+    ("numba", "group_gemm,hoist_input,pretranspose,fuse_pointwise", "fp32", "no graph step"),
+    ("numba", None, "fp64", "GEMMs are BLAS's"),                        # BLAS provider in fp64
+    ("numpy", "group_gemm,hoist_input,pretranspose,fuse_pointwise", "fp32", "no graph step"),
 ])
-def test_the_loop_is_used_exactly_when_it_applies(onednn, backend, opts, dtype, expect):
+def test_the_loop_is_used_exactly_when_it_applies(onednn, backend, opts, dtype, why):
+    """The compiled loop is the CPU's graph step: it runs when the plan has it and what it calls
+    (the fused kernel, one packed GEMM per step) is there; otherwise the Python loop, saying why."""
     impl = RNN(_params("lstm", {}, 4, 5, 1), backend=backend, dtype=dtype, opts=opts)
-    assert impl.compiled_loop is expect
+    assert impl.compiled_loop is (why is None)
+    assert (impl.step_loop_why is None) if why is None else (why in impl.step_loop_why)
     prob = RNNProblem("lstm", 3, 2, 4, 5, 1)
     inp = make_inputs(prob, seed=1, precision=dtype)
     out = RNN(inp["params"], backend=backend, dtype=dtype, opts=opts)(inp["x"], inp["h0"], inp["c0"])
@@ -136,8 +140,8 @@ def test_the_loop_is_used_exactly_when_it_applies(onednn, backend, opts, dtype, 
 
 
 def test_declared_cells_keep_the_python_loop(onednn):
-    assert not cpuloop.applies(frozenset({"group_gemm", "hoist_input", "pretranspose", "fuse_pointwise"}),
-                               "numba", "lstm", True, "onednn")
+    assert "hand-written kernels" in cpuloop.why_not(
+        frozenset({"group_gemm", "hoist_input", "pretranspose", "fuse_pointwise", "graph"}), "numba", "lstm", True, "onednn")
     with pytest.raises(Exception, match="compiled step loop runs cells"):
         cpuloop.StepLoop(None, "peephole", np.float32)
 

@@ -9,7 +9,7 @@ from microbench.harness import Settings
 
 def test_ladder_rungs_per_backend_and_a_missing_fused_record_left_out():
     rungs = planner.ladder_rungs("rnn", ["numpy", "pycuda"], "cpu")
-    labels = [label for label, _ in ladder("cpu")]
+    labels = [label for label, _ in ladder("cpu") if label != "+graph"]     # numpy has no graph step
     numpy = [(r.variant, label) for r, _, label in rungs if r.backend == "numpy"]
     assert [label for _, label in numpy] == labels and numpy[0][0] == "naive"
     assert all(v == "fused" for v, _ in numpy[1:])

@@ -216,13 +216,27 @@ def test_a_missing_wait_is_caught_by_the_adversarial_scheduler():
     assert failures >= 3
 
 
-def test_graph_step_is_a_plain_call_on_numpy():
+def test_graph_step_on_the_cpu_is_the_numba_step_loop():
+    """On the CPU the graph step is the compiled step loop.  The numpy backend has none: a plan
+    with it is a plain call there (how the GPU orchestration runs in tests), and its full plan and
+    ladder leave it out; on numba without packed GEMMs (fp64) the Python loop runs and says why."""
+    from fusion.steps import full_plan
+    from microbench import planner
     prob = RNNProblem("gru", 4, 2, 3, 5, 2)
+    plan = Plan(frozenset({"group_gemm", "hoist_input", "fuse_pointwise", "graph"}))
     inp = make_inputs(prob, seed=1, precision="fp32")
-    impl = RNN(inp["params"], variant="fused", backend="numpy", dtype="fp32",
-               opts=Plan(frozenset({"group_gemm", "hoist_input", "fuse_pointwise", "graph"})))
+    impl = RNN(inp["params"], variant="fused", backend="numpy", dtype="fp32", opts=plan)
     y, h = impl(inp["x"], inp["h0"])
     assert compare((y, h), reference_outputs(prob, 1, "fp32"), "fp32").passed
+    assert "graph" not in full_plan("cpu", "numpy") and "graph" not in RNN(inp["params"], backend="numpy").plan
+    assert [label for r, _, label in planner.ladder_rungs("gru", ["numpy"], "cpu")][-1] == "+pretranspose"
+    pytest.importorskip("numba")
+    assert "graph" in full_plan("cpu", "numba")
+    inp = make_inputs(prob, seed=1, precision="fp64")
+    impl = RNN(inp["params"], variant="fused", backend="numba", dtype="fp64", opts=plan)
+    assert not impl.compiled_loop and "pretranspose" in impl.step_loop_why
+    y, h = impl(inp["x"], inp["h0"])
+    assert compare((y, h), reference_outputs(prob, 1, "fp64"), "fp64").passed
 
 
 def test_small_steps_run_the_serial_pointwise_kernel(monkeypatch):

@@ -92,6 +92,8 @@ def build_rnn(problem: RNNProblem, seed: int, *, variant: str, backend: str, pre
             # the step GEMMs that run are the team's, one per thread (the projection's own M=B
             # primitive runs only if a call hands the steps back to the one-thread-issued loop)
             info["gemm"]["step"] = {f"M={problem.B}": team.info()}
+    elif "graph" in impl.plan and impl.backend.device == "cpu":
+        info["step_loop"] = f"Python loop: {impl.step_loop_why}"
     return Prepared(inputs={"x": x, "h0": h0, "c0": c0}, run=run, flops=problem.flops(),
                     bytes=problem.bytes(itemsize), check=check, info=info)
 

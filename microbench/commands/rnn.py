@@ -49,7 +49,8 @@ def _add_rnn(sub, op: str, variant_names: list):
                    help="naive, then each fusion step added in turn, with the speedup per rung")
     v.add_argument("--opt", metavar="STEPS",
                    help="fusion steps for the fused variant: comma list of group_gemm, hoist_input, "
-                        "pretranspose, fuse_pointwise (on a GPU also streams, wavefront, graph); "
+                        "fuse_pointwise, pretranspose, graph (on the CPU: the compiled step loop, "
+                        "numba backend), on a GPU also streams, wavefront; "
                         "or all (default: every step the backend has) or none")
     v.add_argument("--backend", metavar="LIST", help="comma list (default: every backend of the device)")
     v.add_argument("--device", type=devices.argparse_type, default="auto", metavar="DEVICE",
@@ -152,7 +153,8 @@ def plan_cases(args) -> tuple:
         if not able:
             have = sorted({d for r in records for d in BACKENDS[r.backend].dtypes})
             raise BadInput(f"--dtype {p}: the chosen backends on {device} compute {', '.join(have)}")
-    plan = Plan.parse(args.opt, device) if args.opt is not None else None
+    # "all" is each backend's own every step (default_plan), not the device's
+    plan = Plan.parse(args.opt, device) if args.opt is not None and args.opt.strip() != "all" else None
     if plan is not None and not any(r.fusable for r in records):
         raise BadInput(f"--opt {args.opt!r} sets the fusion steps of the fused variant, which is not "
                        f"selected ({', '.join(dict.fromkeys(r.variant for r in records))}); add --fused "
@@ -263,7 +265,7 @@ def _custom_cell_cases(args, cell, problem, precisions, thread_counts, device, v
     for b in backend_names or ():
         if b not in allowed_b:
             raise BadInput(f"--cell {cell} runs on {device} backends {', '.join(allowed_b)}, not {b!r}")
-    plan = Plan.parse(args.opt, device) if args.opt is not None else None
+    plan = Plan.parse(args.opt, device) if args.opt is not None and args.opt.strip() != "all" else None
     if plan is not None and "fused" not in (variant_names or allowed_v):
         raise BadInput(f"--opt {args.opt!r} sets the fusion steps of the fused variant, which is not "
                        "selected; add --fused or drop --opt")
