@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     mthreads.prepare_numba_pool(counts)
     rng = np.random.default_rng(0)
     K, N = args.H, 4 * args.H
-    w = rng.standard_normal((K, N)).astype(np.float32) / np.sqrt(K)
+    w = (rng.standard_normal((K, N)) / np.sqrt(K)).astype(np.float32)     # cast last: fp32 stays fp32
     print(f"fp32, K={K} N={N}; times in ms (median / min); err: max |got - float64| / max |float64|")
     for n in counts:
         with mthreads.limit(n):
@@ -57,6 +57,7 @@ def main(argv=None) -> int:
                                   ("hoisted", args.T * args.B, max(5, args.reps // 10))):
                 x = rng.standard_normal((m, K)).astype(np.float32)
                 out = np.empty((m, N), np.float32)
+                assert x.dtype == w.dtype == np.float32      # a float64 operand would time DGEMM
                 ref = x.astype(np.float64) @ w
                 provs = [("numpy/openblas", lambda x=x, out=out: np.matmul(x, w, out=out), "-")]
                 for cls in (PackedMatmul, PackedInnerProduct):

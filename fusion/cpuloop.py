@@ -42,6 +42,8 @@ def why_not(plan, backend: str, cell_mode: str, generated: bool, provider: str) 
     need = [s for s in ("group_gemm", "hoist_input", "pretranspose", "fuse_pointwise") if s not in plan]
     if need:
         return f"the compiled step loop needs step {', '.join(need)} too"
+    if "streams" in plan or "wavefront" in plan:     # GPU steps, run serially on NumPy in tests
+        return "the compiled step loop runs a layer's steps in order, not split by streams or wavefront"
     if backend != "numba" or generated or cell_mode not in CELLS:
         return "the compiled step loop runs numba's hand-written kernels of " + ", ".join(CELLS)
     if provider != "onednn":

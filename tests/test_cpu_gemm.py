@@ -283,3 +283,27 @@ def test_training_step_runs_its_weight_gemms_packed(onednn, monkeypatch, op, cel
     prep = build_backward(prob, 2, cell=cell, backend="numpy", precision="fp32")
     assert prep.info["gemm"]["provider"] == "blas" and prep.info["gemm"]["fallback"]
     assert prep.check().passed and made == []
+
+
+def test_gemm_benchmark_times_an_fp32_gemm_on_every_provider(onednn, capsys, monkeypatch):
+    """benchmarks/cpu_gemm.py: every row is an fp32 GEMM.  A float64 operand would have NumPy time
+    a DGEMM (twice as slow here) and still print an fp32-sized error, rounded into the fp32
+    output: so the operands NumPy's matmul sees are checked."""
+    import importlib.util
+    import pathlib
+    seen, matmul = [], np.matmul
+
+    def spy(a, b, *args, **kw):
+        seen.append((a.dtype, b.dtype))
+        return matmul(a, b, *args, **kw)
+    monkeypatch.setattr(np, "matmul", spy)
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "cpu_gemm.py"
+    spec = importlib.util.spec_from_file_location("cpu_gemm", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--threads", "1", "-H", "16", "-B", "2", "-T", "3", "--reps", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("threads=")]
+    assert len(rows) == 6 and sum("numpy/openblas" in r for r in rows) == 2
+    errs = [float(r.split(" err ")[1].split()[0]) for r in rows]
+    assert all(1e-9 < e < 1e-5 for e in errs), rows
+    assert seen and set(seen) == {(np.dtype(np.float32), np.dtype(np.float32))}, set(seen)

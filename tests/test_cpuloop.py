@@ -4,7 +4,7 @@ errors inside the loop surface with the step; and it is used exactly when it app
 import numpy as np
 import pytest
 
-from fusion import cpuloop
+from fusion import Plan, cpuloop
 from fusion import pointwise as fpw
 from kernels import RNN
 from kernels.onednn.errors import OnednnError
@@ -125,6 +125,8 @@ def test_the_loop_refuses_arrays_it_would_overrun(onednn):
     ("numba", "group_gemm,hoist_input,pretranspose,fuse_pointwise", "fp32", "no graph step"),
     ("numba", None, "fp64", "GEMMs are BLAS's"),                        # BLAS provider in fp64
     ("numpy", "group_gemm,hoist_input,pretranspose,fuse_pointwise", "fp32", "no graph step"),
+    ("numba", Plan(frozenset({"group_gemm", "hoist_input", "pretranspose", "fuse_pointwise", "streams", "graph"})),
+     "fp32", "not split by streams"),                                   # GPU steps, serial on NumPy
 ])
 def test_the_loop_is_used_exactly_when_it_applies(onednn, backend, opts, dtype, why):
     """The compiled loop is the CPU's graph step: it runs when the plan has it and what it calls
