@@ -139,9 +139,12 @@ def test_custom_cell_ladder_and_opt(run_cli, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert [x["options"]["rung"] for x in recs] == ["naive", "+group_gemm", "+hoist_input",
-                                                   "+pretranspose", "+fuse_pointwise"]
+                                                   "+fuse_pointwise", "+pretranspose", "+graph"]
     assert all(x["status"] == "ok" and x["check"]["passed"] for x in recs)
     assert recs[-1]["info"]["pointwise"] == "generated fused kernel" and recs[0]["info"]["gemms_per_step"] == 8
+    # the compiled step loop calls the hand-written kernels only: a declared cell's graph rung
+    # runs the Python loop and its record says why
+    assert recs[-1]["info"]["step_loop"].startswith("Python loop: the compiled step loop runs numba's hand-written")
     out2 = tmp_path / "r2.jsonl"
     r = run_cli("lstm", "--cell", "layernorm", "--fused", "--backend", "numba", "--opt", "group_gemm,fuse_pointwise",
                 *SMALL, "--json", str(out2))

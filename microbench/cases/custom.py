@@ -104,6 +104,8 @@ def build_custom(problem: RNNProblem, seed: int, *, cell: str, variant: str, bac
                          "measured conditioning)"}
     if impl.gemm_info:     # CPU fused: which GEMM provider ran (and why not oneDNN)
         info["gemm"] = dict(impl.gemm_info, step=impl.layers[-1].proj_h.info())
+    if impl.step_loop_why and "graph" in impl.plan and impl.backend.device == "cpu":
+        info["step_loop"] = f"Python loop: {impl.step_loop_why}"
     return Prepared(inputs={"x": x, "h0": h0, "c0": c0}, run=run, flops=problem.flops(),
                     bytes=problem.bytes(itemsize), check=check, info=info)
 
