@@ -230,10 +230,11 @@ def _bound(lib_path: str, name: str) -> int | None:
     return _address(ctypes.CDLL(None), name) or _address(ctypes.CDLL(lib_path), name)
 
 
-def _numba_runtime(paths: list) -> str | None:
-    """Which of the loaded OpenMP runtimes numba's threads run in: the one whose
-    ``omp_get_level()`` reads 1 inside a numba parallel region (there may be two libgomp copies
-    loaded, PyTorch's bundled one and the system's; numba's calls bind to one of them)."""
+def _numba_runtime(paths: list) -> tuple:
+    """(path, its omp_get_level address) of the loaded OpenMP runtime numba's threads run in: the
+    one whose ``omp_get_level()`` reads 1 inside a numba parallel region (there may be two libgomp
+    copies loaded, PyTorch's bundled one and the system's; numba's calls bind to one of them);
+    (None, None) when none does."""
     import numba
     for path in paths:
         own = _address(ctypes.CDLL(path), "omp_get_level")
@@ -248,8 +249,8 @@ def _numba_runtime(paths: list) -> str | None:
         out = np.zeros(2, np.int64)
         probe(out)
         if (out >= 1).all():
-            return path
-    return None
+            return path, own
+    return None, None
 
 
 @functools.lru_cache(maxsize=1)
@@ -274,11 +275,10 @@ def _gomp():
     if layer != "omp":
         return None, f"numba's threading layer is {layer}, not omp (NUMBA_THREADING_LAYER=omp)"
     paths = [p["filepath"] for p in threadpool_info() if p["user_api"] == "openmp"]
-    mine = _numba_runtime(paths)
+    mine, level = _numba_runtime(paths)
     if mine is None:
         return None, f"numba's threads are in none of the OpenMP runtimes loaded ({paths or 'none'})"
-    onednn = _bound(L.load().path, "omp_get_level")
-    if onednn != _address(ctypes.CDLL(mine), "omp_get_level"):
+    if _bound(L.load().path, "omp_get_level") != level:
         return None, (f"oneDNN's OpenMP calls bind to another runtime than numba's ({mine}): "
                       f"oneDNN would not see the team")
     return mine, None

@@ -270,3 +270,18 @@ def test_small_steps_run_the_serial_pointwise_kernel(monkeypatch):
     np.testing.assert_array_equal(h1, h2)
     np.testing.assert_array_equal(c1, c2)
     assert real_serial(kernel) is real_serial(kernel)       # compiled once
+
+
+def test_opt_all_is_each_backends_own_full_plan(tmp_path):
+    """--opt all runs every step each backend has: the numpy rows leave out graph (it would
+    change nothing there), the numba rows keep it; neither is refused or skipped."""
+    import json
+
+    from microbench import cli
+    pytest.importorskip("numba")
+    out = tmp_path / "r.jsonl"
+    assert cli.main(["lstm", "--fused", "--opt", "all", "--backend", "numpy,numba", "--device", "cpu",
+                     "-T", "2", "-H", "4", "-B", "1", "--min-time", "0.01", "--json", str(out)]) == 0
+    plans = {r["label"]: (r["status"], r["options"]["plan"]) for r in map(json.loads, out.read_text().splitlines())}
+    assert plans["fused/numpy"] == ("ok", "group_gemm,hoist_input,pretranspose,fuse_pointwise")
+    assert plans["fused/numba"] == ("ok", "group_gemm,hoist_input,pretranspose,fuse_pointwise,graph")

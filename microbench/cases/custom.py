@@ -22,7 +22,7 @@ from ..checks import to_host
 from ..problems import RNNProblem
 from ..registry import Check, Prepared, VariantRecord, code_of, register
 from . import conditioning as cond
-from .rnn import gemms_per_step
+from .rnn import gemms_per_step, python_loop_note
 
 __all__ = ["build_custom", "check_custom", "make_custom_inputs", "custom_reference_outputs"]
 
@@ -104,8 +104,8 @@ def build_custom(problem: RNNProblem, seed: int, *, cell: str, variant: str, bac
                          "measured conditioning)"}
     if impl.gemm_info:     # CPU fused: which GEMM provider ran (and why not oneDNN)
         info["gemm"] = dict(impl.gemm_info, step=impl.layers[-1].proj_h.info())
-    if impl.step_loop_why and "graph" in impl.plan and impl.backend.device == "cpu":
-        info["step_loop"] = f"Python loop: {impl.step_loop_why}"
+    if python_loop_note(impl):
+        info["step_loop"] = python_loop_note(impl)
     return Prepared(inputs={"x": x, "h0": h0, "c0": c0}, run=run, flops=problem.flops(),
                     bytes=problem.bytes(itemsize), check=check, info=info)
 

@@ -92,10 +92,18 @@ def build_rnn(problem: RNNProblem, seed: int, *, variant: str, backend: str, pre
             # the step GEMMs that run are the team's, one per thread (the projection's own M=B
             # primitive runs only if a call hands the steps back to the one-thread-issued loop)
             info["gemm"]["step"] = {f"M={problem.B}": team.info()}
-    elif "graph" in impl.plan and impl.backend.device == "cpu":
-        info["step_loop"] = f"Python loop: {impl.step_loop_why}"
+    elif python_loop_note(impl):
+        info["step_loop"] = python_loop_note(impl)
     return Prepared(inputs={"x": x, "h0": h0, "c0": c0}, run=run, flops=problem.flops(),
                     bytes=problem.bytes(itemsize), check=check, info=info)
+
+
+def python_loop_note(impl: RNN) -> str | None:
+    """What a case records when its plan asks for the CPU's graph step (the compiled step loop)
+    and the Python loop runs instead, with the reason; None otherwise."""
+    if impl.step_loop_why and "graph" in impl.plan and impl.backend.device == "cpu":
+        return f"Python loop: {impl.step_loop_why}"
+    return None
 
 
 def gemms_per_step(impl: RNN) -> int:

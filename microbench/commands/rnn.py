@@ -104,9 +104,16 @@ def _add_rnn(sub, op: str, variant_names: list):
     p.set_defaults(func=cmd_rnn, op=op)
 
 
+def _opt_plan(text: str | None, device: str):
+    """--opt as a Plan; None when absent or "all", which means each backend's own every step
+    (planner.default_plan), not the device's (a backend leaves out steps it lacks or that change
+    nothing on it)."""
+    from fusion.steps import Plan
+    return Plan.parse(text, device) if text is not None and text.strip() != "all" else None
+
+
 def plan_cases(args) -> tuple:
     """(cases, device): every case the arguments ask for, validated before anything runs."""
-    from fusion.steps import Plan
     from kernels.backends import BACKENDS
 
     from .. import registry
@@ -153,8 +160,7 @@ def plan_cases(args) -> tuple:
         if not able:
             have = sorted({d for r in records for d in BACKENDS[r.backend].dtypes})
             raise BadInput(f"--dtype {p}: the chosen backends on {device} compute {', '.join(have)}")
-    # "all" is each backend's own every step (default_plan), not the device's
-    plan = Plan.parse(args.opt, device) if args.opt is not None and args.opt.strip() != "all" else None
+    plan = _opt_plan(args.opt, device)
     if plan is not None and not any(r.fusable for r in records):
         raise BadInput(f"--opt {args.opt!r} sets the fusion steps of the fused variant, which is not "
                        f"selected ({', '.join(dict.fromkeys(r.variant for r in records))}); add --fused "
@@ -242,7 +248,7 @@ def _custom_cell_cases(args, cell, problem, precisions, thread_counts, device, v
     """Cases of a custom LSTM cell (the registry's records of the cell, run by kernels.rnn.RNN as
     the plain cells are): naive and fused on the device's backends, with --opt and --ladder, then
     (layer norm) the frameworks' layer-norm LSTMs."""
-    from fusion.steps import Plan, ladder
+    from fusion.steps import ladder
 
     from .. import registry
     from ..cases.frameworks import framework_cases
@@ -265,7 +271,7 @@ def _custom_cell_cases(args, cell, problem, precisions, thread_counts, device, v
     for b in backend_names or ():
         if b not in allowed_b:
             raise BadInput(f"--cell {cell} runs on {device} backends {', '.join(allowed_b)}, not {b!r}")
-    plan = Plan.parse(args.opt, device) if args.opt is not None and args.opt.strip() != "all" else None
+    plan = _opt_plan(args.opt, device)
     if plan is not None and "fused" not in (variant_names or allowed_v):
         raise BadInput(f"--opt {args.opt!r} sets the fusion steps of the fused variant, which is not "
                        "selected; add --fused or drop --opt")
