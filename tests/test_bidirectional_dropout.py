@@ -204,3 +204,7 @@ def test_runners_of_one_direction_refuse_two():
     from kernels.onednn.rnn import OnednnRNN
     with pytest.raises(BadInput, match="^the onednn RNN variant takes unidirectional parameters"):
         OnednnRNN(p, batch=B, seq_len=T)
+    pytest.importorskip("jax", reason="jax is not importable")
+    from kernels import jax as kj
+    with pytest.raises(BadInput, match="^kernels.jax takes unidirectional parameters"):
+        kj.rnn_fn(p)

@@ -296,6 +296,16 @@ def test_arguments_torch_refuses_or_we_do_not_compute_are_one_line():
         m(torch.randn(T, B, I), (torch.zeros(L, B, H), torch.zeros(2 * L, B, H)))
 
 
+@pytest.mark.parametrize("cls", [kt.LSTM, kt.GRU, kt.RNN, kt.LayerNormLSTM])
+def test_bias_false_without_given_weights_builds_as_torch_nn(cls):
+    """nn.LSTM(I, H, bias=False) is an everyday module; ours refused it (the random weights it
+    drew had biases)."""
+    m = cls(I, H, L, bias=False)
+    assert not m.bias and not any("bias" in n for n, _ in m.named_parameters())
+    assert torch.all(m.bias_ih_l1 == 0) and torch.all(m.bias_hh_l0 == 0)
+    assert m(torch.randn(T, B, I))[0].shape == (T, B, H)
+
+
 def test_settings_go_to_torch_and_back():
     ref = torch.nn.RNN(I, H, 2, "relu", True, True, 0.3, True).eval()
     ours = kt.RNN.from_torch(ref)
