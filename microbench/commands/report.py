@@ -219,13 +219,21 @@ def plan_outputs(args) -> tuple:
 
 def _replace(path: Path, data: bytes, flag: str) -> None:
     """``data`` into ``path`` through a new temporary file beside it (created exclusively, so it
-    never replaces anything) renamed over the target."""
-    import tempfile
+    never replaces anything; with the umask's mode, as a plain open would) renamed over the target."""
+    import secrets
     from ..files import shown
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as f:
+        for _ in range(100):
+            try:
+                f = open(path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp"), "xb")
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(f"no free temporary name beside {path.name}")
+        tmp = f.name
+        with f:
             f.write(data)
         os.replace(tmp, path)
     except OSError as e:
