@@ -271,7 +271,9 @@ def _planned_record(path, env, **over) -> dict:
 
 
 @pytest.fixture
-def cheap_env(monkeypatch):
+def cheap_env(monkeypatch, no_smoke):
+    """An environment collected at no cost; not a smoke run (its records carry options.smoke,
+    which a planned case's identity does not)."""
     from microbench import env as menv
     env = {"env_id": "E", "nvtx": {"cost_per_range_s": 0.0}, "cpu": "x", "cores": 1}
     monkeypatch.setattr(menv, "collect", lambda cheap=False: dict(env))
