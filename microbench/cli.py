@@ -210,7 +210,9 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
         return args.func(args)
     except (UsageError, MicrobenchError) as e:
-        print(f"microbench: error: {e}", file=sys.stderr)
+        from kernels.untrusted import visible
+        # messages quote values from files and the command line: shown, never sent to the terminal
+        print(f"microbench: error: {visible(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("microbench: interrupted; every finished case is in the --json file", file=sys.stderr)

@@ -28,6 +28,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from kernels.untrusted import visible  # noqa: E402  (record text: control characters shown, not drawn)
+
 from .store import machine  # noqa: E402  (ratios and panels never mix machines)
 
 MAX_PANELS = 12
@@ -46,6 +48,19 @@ class Plot:
     name: str = ""                             # file stem of the figure files (ladder, roofline, ...)
     files: dict = field(default_factory=dict)  # format -> bytes: "svg", "pdf" (vector, for papers)
     caption: str = ""                          # machine, commit, sample counts
+
+
+def plain_text(plot_fn):
+    """Draw a plot with math text off: labels come from records, and matplotlib would parse a
+    ``$...$`` in one as TeX (a bad expression raises while the figure is saved).  rc_context,
+    not a global setting, so a program that imports this module keeps its own rcParams."""
+    import functools
+
+    @functools.wraps(plot_fn)
+    def wrapper(*args, **kwargs):
+        with plt.rc_context({"text.parse_math": False, "text.usetex": False}):
+            return plot_fn(*args, **kwargs)
+    return wrapper
 
 
 # -- record helpers ------------------------------------------------------------------------------
@@ -89,8 +104,8 @@ def impl_name(rec: dict) -> str:
     """``torch/fused`` (framework/path) for framework rows, ``ours: fused/numba`` for ours."""
     fw = framework_of(rec)
     if fw:
-        return f"{fw}/{rec.get('backend')}"
-    return f"ours: {rec.get('label') or rec.get('variant') + '/' + str(rec.get('backend'))}"
+        return visible(f"{fw}/{rec.get('backend')}")
+    return visible(f"ours: {rec.get('label') or rec.get('variant') + '/' + str(rec.get('backend'))}")
 
 
 def gpu_busy(rec: dict):
@@ -113,6 +128,9 @@ def _err_ms(rec) -> tuple:
 
 
 FORMATS = ("svg", "pdf")
+# the file stems of the figures (Plot.name), known before any is drawn: a report checks every
+# path it may write before it writes one
+NAMES = ("ladder", "convergence", "roofline", "threads")
 
 
 def _render(fig, caption: str = "", right: float = 1.0) -> tuple:
@@ -155,12 +173,12 @@ def caption(records: list) -> str:
             commits.add(src["commit"][:10] + ("+dirty" if src.get("dirty") else ""))
     ns = [r["stats"].get("n") for r in recs if isinstance(r["stats"].get("n"), int)]
     dates = sorted({str((r.get("env") or {}).get("date", ""))[:10] for r in recs} - {""})
-    parts = ["; ".join(sorted(set(machines.values()))) or "machine not recorded",
-             f"microbench commit {', '.join(sorted(commits))}" if commits else "commit not recorded",
+    parts = [visible("; ".join(sorted(set(machines.values())))) or "machine not recorded",
+             visible(f"microbench commit {', '.join(sorted(commits))}") if commits else "commit not recorded",
              f"{len(recs)} measurements, {min(ns)}-{max(ns)} samples each" if ns else f"{len(recs)} measurements",
              "median per point, bars: interquartile range"]
     if dates:
-        parts.insert(1, dates[0] if len(dates) == 1 else f"{dates[0]}..{dates[-1]}")
+        parts.insert(1, visible(dates[0] if len(dates) == 1 else f"{dates[0]}..{dates[-1]}"))
     return ". ".join(parts) + "."
 
 
@@ -183,6 +201,7 @@ def _group(records: list, key) -> dict:
 # -- ladder --------------------------------------------------------------------------------------
 
 
+@plain_text
 def ladder_plot(records: list, caption: str = "") -> Plot:
     title = "Fusion ladder: time per rung"
     recs = [r for r in ok_records(records) if (r.get("options") or {}).get("rung")]
@@ -194,7 +213,7 @@ def ladder_plot(records: list, caption: str = "") -> Plot:
     fig, axes = _grid(len(keys))
     for ax, key in zip(axes, keys):
         rows = groups[key]
-        names = [r["options"]["rung"] for r in rows]
+        names = [visible(r["options"]["rung"]) for r in rows]
         ms = [_ms(r) for r in rows]
         err = list(zip(*[_err_ms(r) for r in rows]))
         colors = ["#999999" if n == "naive" else "#3b75af" for n in names]
@@ -206,7 +225,7 @@ def ladder_plot(records: list, caption: str = "") -> Plot:
                             xytext=(0, 3), textcoords="offset points")
         ax.set_xticks(range(len(rows)), names, rotation=25, ha="right", fontsize=8)
         op, shape, dtype, backend, thr = key[:5]
-        ax.set_title(f"{op} {shape} {dtype} {backend}" + (f", {thr} thr" if thr else ""), fontsize=9)
+        ax.set_title(visible(f"{op} {shape} {dtype} {backend}") + (f", {thr} thr" if thr else ""), fontsize=9)
         ax.set_ylabel("ms per call (median, IQR bar)")
         ax.set_ylim(0, max(ms) * 1.2)
     fig.suptitle(title + " (label: speedup vs naive)", fontsize=11)
@@ -217,6 +236,7 @@ def ladder_plot(records: list, caption: str = "") -> Plot:
 # -- framework convergence ------------------------------------------------------------------------
 
 
+@plain_text
 def convergence_plot(records: list, caption: str = "") -> Plot:
     """Per shape, the best median of each implementation: framework paths (``torch/fused``) and our
     variants (``ours: fused/numba``), IQR error bars; panels with framework rows first."""
@@ -265,7 +285,7 @@ def convergence_plot(records: list, caption: str = "") -> Plot:
         else:
             ax.set_xlim(0, top * 1.35)
         op, shape, dtype, thr = key[:4]
-        panel = f"{op} {shape} {dtype}" + (f", {key[-1]}" if key[-1] else "") + (f", {thr} thr" if thr else "")
+        panel = visible(f"{op} {shape} {dtype}" + (f", {key[-1]}" if key[-1] else "")) + (f", {thr} thr" if thr else "")
         ax.set_title(panel, fontsize=9)
         ax.set_xlabel("ms per call (median, IQR bar)" + (", log scale" if ax.get_xscale() == "log" else ""))
         data[panel] = {n: {"median_ms": w, "framework": framework_of(best[n]) or None,
@@ -290,6 +310,7 @@ def convergence_plot(records: list, caption: str = "") -> Plot:
 # -- roofline -------------------------------------------------------------------------------------
 
 
+@plain_text
 def roofline_plot(records: list, caption: str = "", roofs: dict | None = None) -> Plot:
     """GFLOP/s against arithmetic intensity.  Ceilings: ``roofs`` measured on the machine
     (:func:`microbench.peaks.roofs`: a large GEMM and a streaming add), else the best point of the
@@ -383,11 +404,12 @@ def scaling_series(records: list) -> list:
     for by_t in groups.values():
         if len(by_t) >= 2:
             r = next(iter(by_t.values()))
-            name = f"{r['op']} {shape_text(r)} {r.get('dtype')} {r.get('label')}"
+            name = visible(f"{r['op']} {shape_text(r)} {r.get('dtype')} {r.get('label')}")
             out.append((name, dict(sorted(by_t.items()))))
     return out
 
 
+@plain_text
 def thread_plot(records: list, caption: str = "") -> Plot:
     title = "Thread scaling: ms per call and speedup vs the fewest threads"
     series = scaling_series(records)

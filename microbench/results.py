@@ -143,17 +143,7 @@ def _jsonable(o):
 
 
 def load(path: str) -> list:
-    """Records of a JSON lines file; lines that do not parse or lack a known schema are skipped."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and str(rec.get("schema", "")).startswith("microbench.result/"):
-                out.append(rec)
-    return out
+    """Records of a JSON lines file, read as :func:`microbench.store.read` reads them (untrusted
+    input: lines that are not valid records are skipped; ``store.read`` also says why)."""
+    from . import store
+    return store.read(path)[0]

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from microbench import cli
+from microbench import cli, store
 from microbench.registry import Check, Prepared, VariantRecord
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,6 +106,7 @@ def test_table_and_json_records(run_cli, tmp_path):
     schema = json.loads((ROOT / "microbench" / "schema" / "result-v1.json").read_text())
     for rec in recs:
         jsonschema.validate(rec, schema)
+        assert store.problem(rec, current=True) is None      # what compare and report accept
         assert rec["status"] == "ok" and rec["check"]["passed"]
         assert rec["options"]["threads"] == 1 and rec["threads_used"].get("numba") == 1
         assert len(rec["samples_s"]) == rec["stats"]["n"] >= 2

@@ -171,8 +171,9 @@ def cmd_compare(args) -> int:
     import re
 
     from rich import box
-    from rich.markup import escape
     from rich.table import Table
+
+    from kernels.untrusted import terminal as escape    # record text: no control codes, no markup
 
     from .. import store
     from ..cli import console

@@ -92,8 +92,9 @@ def cmd_explain(args) -> int:
     raw = None
     if args.reference:   # a user's path: a regular file or a pipe, one-line errors otherwise
         from ..files import open_input
+        from profiles.trace import MAX_FILE_BYTES
         with open_input(args.reference, "trace file") as f:
-            raw = f.read()
+            raw = f.read(MAX_FILE_BYTES + 1)     # one byte more than load() takes: never unbounded
     an = explain.explain_reference(
         args.op, args.reference, raw=raw,
         frameworks=named_list("--frameworks", args.frameworks),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from kernels import devices
 from kernels.errors import BadInput
 
+from kernels.untrusted import terminal
 from rich.markup import escape
 
 from ..cli import add_output, add_timing, csv_list, named_list, seed_arg
@@ -633,15 +634,15 @@ def summary(entries, out) -> None:
             thr = "-" if c.threads is None else str(c.threads)
             if o.status != "ok":
                 word = "[red]FAILED[/]" if o.status == "failed" else "[yellow]skipped[/]"
-                t.add_row(e.spec.name, escape(c.label), c.precision, thr, "-", "-", "-", f"{word}: {escape(o.error)}")
+                t.add_row(e.spec.name, escape(c.label), c.precision, thr, "-", "-", "-", f"{word}: {terminal(o.error)}")
                 continue
-            st = r["stats"]
+            st = r["stats"]     # a resumed record may be of an older layout: no rel_noise, no noisy
             gf = (r.get("derived") or {}).get("gflops")
             t.add_row(e.spec.name, escape(c.label), c.precision, thr,
-                      fmt_time(st["median_s"]) + (" ~" if st["noisy"] else "  "),
-                      f"{100 * st['rel_noise']:.1f}%", f"{gf:.1f}" if gf else "-",
+                      fmt_time(st["median_s"]) + (" ~" if st.get("noisy") else "  "),
+                      f"{100 * st['rel_noise']:.1f}%" if "rel_noise" in st else "-", f"{gf:.1f}" if gf else "-",
                       "recorded earlier (--resume)" if r.get("_resumed") else "")
     out.print(t)
-    if any(o.status == "ok" and o.record["stats"]["noisy"] for e in entries for o in e.outcomes):
+    if any(o.status == "ok" and o.record["stats"].get("noisy") for e in entries for o in e.outcomes):
         out.print("[dim]~ noisy: IQR/median above --max-noise (sampling stopped at --max-time)[/]")
 
