@@ -15,7 +15,8 @@ One panel per op and shape (and dtype, thread count, machine, computation):
 - per row, where its time goes (:func:`microbench.cpu_explain.breakdown`: the layer primitive,
   other primitives, reorders, outside oneDNN), only from a trace the records hold;
 - one scale for the figure: every panel's time axis is logarithmic and spans the same ratio, so a
-  band's width reads the same in every panel.
+  band's width reads the same in every panel (a panel whose rows spread more than
+  :data:`MAX_SHARED_SPAN` gets a wider span of its own, and says so, rather than squeezing the rest).
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 MAX_PANELS = 6
 MAX_VENDOR_ROWS = 3          # our direct vendor calls per panel (cuDNN has ten convolution algorithms)
 MIN_SPAN = 4.0               # the narrowest time axis, as max/min: a tight band is not blown up
+MAX_SHARED_SPAN = 100.0      # a panel that needs more (a contended row 1000x off) gets its own span
 NAIVE = ("naive",)           # our naive variants (also "layernorm-naive", ...); conv: NAIVE_CONV
 NAIVE_CONV = ("direct",)     # the convolution's plain loop nest
 VENDOR_PATHS = ("fused", "cudnn")        # a framework's vendor-library path (CPU, GPU)
@@ -72,6 +74,7 @@ class Panel:
     band: Spread
     rest: Spread
     xlim: tuple = (0.0, 0.0)
+    own_span: bool = False       # its rows spread too far for the figure's shared span
     traced: int = 0              # rows with a trace
     left_out: list = field(default_factory=list)   # our vendor rows not drawn
 
@@ -289,12 +292,14 @@ def model(records: list, limit: int | None = None) -> Model:
     tr = traces(records)
     panels = [panel(k, groups[k], tr) for k in keys]
     # one scale: every axis logarithmic, spanning the same ratio (the widest panel's, with room)
-    spans = [max(r.q3_ms for r in p.rows) / max(min(r.q1_ms for r in p.rows), 1e-12) for p in panels if p.rows]
-    span = max([MIN_SPAN] + [s * 2.0 for s in spans])
+    need = {id(p): 2.0 * max(r.q3_ms for r in p.rows) / max(min(r.q1_ms for r in p.rows), 1e-12) for p in panels}
+    span = max([MIN_SPAN] + [n for n in need.values() if n <= MAX_SHARED_SPAN])
     for p in panels:
         lo, hi = min(r.q1_ms for r in p.rows), max(r.q3_ms for r in p.rows)
         mid = math.sqrt(lo * hi)
-        p.xlim = (mid / math.sqrt(span), mid * math.sqrt(span))
+        p.own_span = need[id(p)] > span
+        half = math.sqrt(need[id(p)] if p.own_span else span)
+        p.xlim = (mid / half, mid * half)
     m = Model(panels, "log", span, len(groups) - len(keys),
               any(r.get("contention") is not None for r in recs))
     if not m.contention_measured:

@@ -330,7 +330,8 @@ def ladder_plot(records: list, caption: str = "") -> Plot:
         ax.set_ylabel("ms per call (median, IQR whisker)" + (", log scale" if pan["scale"] == "log" else ""))
     fig.suptitle(title + " (label: speedup vs naive; red arrow: whisker clipped, q3 given)", fontsize=11)
     n = model["ladders"]
-    note = f"{n} ladder(s)" + (f"; {n - len(model['panels'])} more ladder(s) not drawn" if n > len(model["panels"]) else "")
+    drawn = len(model["panels"])
+    note = f"{n} ladder(s)" + (f"; {n - drawn} more ladder(s) not drawn" if n > drawn else "")
     if clipped:
         note += f"; {clipped} whisker(s) clipped at the axis (marked, q3 printed)"
     if contended:
@@ -420,7 +421,9 @@ def _convergence_panel(ax, ax2, p) -> None:
             tick.set_fontweight("bold")
     ax.set_ylim(max(ys) + 0.8, -0.8)
     ax.grid(True, axis="x", which="both", alpha=0.25)
-    ax.set_xlabel("ms per call (median, IQR whisker), log scale")
+    ax.set_xlabel("ms per call (median, IQR whisker), log scale"
+                  + (f"; a wider span than the other panels ({p.xlim[1] / p.xlim[0]:.0f}x)" if p.own_span else ""),
+                  color=CONTENDED_COLOR if p.own_span else "black")
     def spread(s, what):
         n = len(s.rows)
         return f"{n} {what}" + (f" within {s.ratio:.2f}x" if n > 1 else "")
@@ -673,7 +676,8 @@ def thread_plot(records: list, caption: str = "") -> Plot:
             ts = [pt["threads"] for pt in s["points"]]
             ms = [pt["median_ms"] for pt in s["points"]]
             ls = "--" if s["role"].startswith("ours") else "-"
-            a1.plot(ts, ms, marker="o", color=color, ls=ls, label=f"{s['name']}: {ROLE_TEXT.get(s['role'], 'best path')}")
+            a1.plot(ts, ms, marker="o", color=color, ls=ls,
+                    label=f"{s['name']}: {ROLE_TEXT.get(s['role'], 'best path')}")
             _draw_whiskers(a1, ts, ms, [(*pt["whisker"], pt["whisker"][0] > pt["q1_ms"], pt["whisker"][1] < pt["q3_ms"])
                                         for pt in s["points"]], color=color)
             for pt in s["points"]:

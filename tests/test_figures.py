@@ -145,7 +145,10 @@ def test_one_scale_per_figure_and_conv_shapes_drawn():
         shape = dict(SHAPE, H=32 + h)
         for r in lstm_run(shape=shape):
             recs.append(r)
-    wide = [rec("naive", "numba", 900.0, shape=dict(SHAPE, H=99)), rec("onednn", "onednn", 1.0, shape=dict(SHAPE, H=99))]
+    wide = [rec("naive", "numba", 900.0, shape=dict(SHAPE, H=99)),
+            rec("onednn", "onednn", 1.0, shape=dict(SHAPE, H=99)),
+            fw("jax", "generic", 3.0, shape=dict(SHAPE, H=99)), fw("torch", "fused", 1.1, shape=dict(SHAPE, H=99)),
+            fw("mxnet", "fused", 1.2, shape=dict(SHAPE, H=99))]        # three frameworks: drawn first
     conv = [rec("direct", "numba", 9.0, op="conv", shape=CONV), rec("winograd", "numba", 4.0, op="conv", shape=CONV),
             rec("onednn", "onednn", 2.0, op="conv", shape=CONV), fw("torch", "fused", 2.2, op="conv", shape=CONV),
             fw("torch", "generic", 6.0, op="conv", shape=CONV)]
@@ -153,14 +156,19 @@ def test_one_scale_per_figure_and_conv_shapes_drawn():
     assert len(m.panels) == convergence.MAX_PANELS and m.panels_left_out == 9 + 1 - convergence.MAX_PANELS
     assert any(p.op == "conv" for p in m.panels)
     conv_panel = next(p for p in m.panels if p.op == "conv")
-    assert [r.name for r in conv_panel.rows][:3] == ["ours: direct/numba", "ours: winograd/numba", "ours: onednn/onednn"]
+    assert [r.name for r in conv_panel.rows][:3] == ["ours: direct/numba", "ours: winograd/numba",
+                                                     "ours: onednn/onednn"]
     assert conv_panel.rows[0].role == "naive"
     assert "pad1" in conv_panel.title
-    # every panel log, every panel the same span, wide enough for the widest panel's whiskers
+    # every panel log, every panel the same span, wide enough for the widest panel's whiskers;
+    # the 900x panel gets its own span, marked, rather than squeezing every other panel
     assert m.scale == "log"
-    spans = {round(p.xlim[1] / p.xlim[0], 6) for p in m.panels}
+    shared = [p for p in m.panels if not p.own_span]
+    spans = {round(p.xlim[1] / p.xlim[0], 6) for p in shared}
     assert len(spans) == 1 and m.span >= max(max(r.q3_ms for r in p.rows) / min(r.q1_ms for r in p.rows)
-                                             for p in m.panels)
+                                             for p in shared)
+    wide_panel = next(p for p in m.panels if "H99" in p.title)
+    assert wide_panel.own_span and wide_panel.xlim[1] / wide_panel.xlim[0] > m.span
     for p in m.panels:
         assert all(p.xlim[0] <= r.q1_ms and r.q3_ms <= p.xlim[1] for r in p.rows)
 
@@ -282,3 +290,11 @@ def test_every_figure_renders_with_traces_and_marks(tmp_path, monkeypatch):
     assert plots.MARKERS["vendor-direct"] != plots.MARKERS["own"]     # oneDNN rows drawn apart
     assert not math.isnan(panel["band"]["ratio"])
     assert "2 whisker(s) clipped" in figs[2].note
+
+
+def test_a_traced_record_of_a_timed_case_is_not_called_a_rerun():
+    from microbench.commands.report import rerun_note
+    timed = lstm_run()
+    traced = fw("torch", "fused", 20.0, onednn_trace=trace(("rnn", "fused_rnn", 1, 16_000_000)))
+    assert rerun_note(timed + [traced]) == ""
+    assert rerun_note(timed + [traced, timed[0]]).startswith("1 record(s) are reruns")
