@@ -1,4 +1,4 @@
-"""What the convergence figure draws, as data: :func:`model` (no matplotlib here; :mod:`.plots` draws it).
+"""What the convergence figure draws, as data: :func:`model` (:mod:`.plots` draws it).
 
 One panel per op and shape (and dtype, thread count, machine, computation):
 

@@ -31,6 +31,7 @@ class Row:
     note: str = ""                       # why there is no trace / no time
     steps: int | None = None
     record: dict | None = None           # its result record (with its trace), when asked for
+    traced: bool = False                 # its trace was captured (an empty one says: no primitive)
 
     def of(self, cls: str) -> list:
         return [p for p in self.primitives if p.cls == cls]
@@ -69,7 +70,7 @@ def _record(registry_record, problem, seed: int, env: dict | None, chk, prep, m)
     case = Case(registry_record, problem, "fp32", seed)
     ok = chk.passed
     rec = results.record(case=case, status="ok" if ok else "failed", env=env, check=chk, prepared=prep,
-                         measurement=m if ok else None, error=None if ok else chk.detail)
+                         measurement=m if ok else None, error=None if ok else (chk.detail or "check failed"))
     rec["options"]["mode"] = getattr(m, "mode", "") or "warm"
     if ok:
         rec["timer"] = getattr(m, "timer", "") or CpuTimer.name
@@ -127,6 +128,7 @@ def _ours(op: str, problem, seed: int, variant: str, env: dict | None = None) ->
         parsed = ot.capture_ours(prep.run, CALLS)
         row.version = parsed.version or prep.info.get("onednn", "")
         row.primitives = ot.summarize(parsed.trace(label), CALLS)
+        row.traced = True
         return row
     finally:
         if prep.close:
@@ -178,6 +180,7 @@ def _framework(op: str, problem, seed: int, framework: str, path: str, python: s
             logs[label] = parsed.text or "# no oneDNN verbose line between the trace markers\n"
         row.version = parsed.version
         row.primitives = ot.summarize(parsed.trace(label), CALLS)
+        row.traced = True
         if not parsed.records:
             row.note = "executed no oneDNN primitive"
         return row
@@ -224,11 +227,12 @@ def collect(op: str, problem, frameworks: list, seed: int = 0, python: dict | No
 
 def records(rows: list) -> list:
     """The result records of the timed rows, each with its trace under ``onednn_trace`` (the
-    primitives of one call; none, with the reason, for a row that executed none)."""
+    primitives of one call; none, with the reason, for a row that executed none); a row whose
+    trace could not be taken keeps its record without one (no trace is not "no primitive")."""
     out = []
     for r in rows:
         if r.record is not None:
-            out.append({**r.record, "onednn_trace": trace_field(r)})
+            out.append({**r.record, "onednn_trace": trace_field(r)} if r.traced else dict(r.record))
     return out
 
 

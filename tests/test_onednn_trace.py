@@ -234,6 +234,20 @@ def test_explain_json_needs_the_cpu_traces(capsys):
     assert "--json writes the rows traced live on the CPU" in capsys.readouterr().err
 
 
+def test_explain_records_carry_a_trace_only_where_one_was_taken():
+    """An empty trace says the row executed no oneDNN primitive; a trace that could not be taken
+    says nothing, so its record carries none."""
+    from microbench.cpu_explain import Row, records
+    rec = {"op": "lstm", "label": "torch/generic"}
+    empty = Row("torch/generic", wall_s=0.1, record=rec, traced=True, note="executed no oneDNN primitive")
+    failed = Row("mxnet/fused", wall_s=0.1, record=dict(rec, label="mxnet/fused"), note="no trace: worker died")
+    untimed = Row("tensorflow/fused", note="skipped: no such op")
+    got = records([empty, failed, untimed])
+    assert [r["label"] for r in got] == ["torch/generic", "mxnet/fused"]
+    assert got[0]["onednn_trace"]["primitives"] == [] and "no oneDNN primitive" in got[0]["onednn_trace"]["note"]
+    assert "onednn_trace" not in got[1]
+
+
 def test_breakdown_splits_a_call_into_primitive_reorders_and_outside():
     from microbench.cpu_explain import breakdown
     PR = ot.PrimitiveRow
