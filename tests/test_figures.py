@@ -100,6 +100,8 @@ def test_vendor_declarations_agree_with_the_fixture_traces():
     for log in fix.glob("*.log"):
         framework, path, op = log.stem.split("-")
         declared = reaches_vendor(framework, "cpu", path, op)
+        if declared is None:                # left to a trace (TensorFlow's conv2d)
+            continue
         recs = ot.parse(log.read_text()).records
         seen = any(ot.classify_primitive(r.name) == LAYER_CLASS[op] for r in recs)
         assert declared is seen, (log.name, declared, seen)

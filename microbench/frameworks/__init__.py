@@ -166,8 +166,9 @@ PATHS = {
 VENDOR_LAYER = {
     ("torch", "cpu", "fused"): {"lstm": True, "gru": False, "conv": True},
     ("torch", "cpu", "generic"): {"lstm": False, "gru": False, "conv": False},
-    # TF's BlockLSTMV2 and its conv2d call oneDNN's dnnl_sgemm (gemm_api), not a layer primitive
-    ("tensorflow", "cpu", "fused"): {"lstm": False, "conv": False},
+    # TF's BlockLSTMV2 calls oneDNN's dnnl_sgemm (gemm_api), not the RNN primitive; its conv2d
+    # runs oneDNN's convolution or not depending on the CPU and TF_ENABLE_ONEDNN_OPTS (a trace says)
+    ("tensorflow", "cpu", "fused"): {"lstm": False},
     ("tensorflow", "cpu", "generic"): {"lstm": False, "gru": False},
     ("mxnet", "cpu", "fused"): {"lstm": True, "gru": True, "conv": True},
     ("mxnet", "cpu", "generic"): {"lstm": False, "gru": False},
