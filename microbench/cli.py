@@ -93,9 +93,12 @@ COMMANDS = ("rnn", "conv", "suite", "compare", "report", "explain", "profile", "
 
 
 def settings_from(args):
+    """The timing rule the flags ask for (capped when MICROBENCH_SMOKE is set: microbench.smoke)."""
+    from . import smoke
     from .harness import Settings
-    return Settings(args.warmup, args.min_time, args.max_time, args.min_samples, args.max_noise,
-                    cold=args.cold, graph=args.graph, rounds=getattr(args, "rounds", 1))
+    return smoke.settings(Settings(args.warmup, args.min_time, args.max_time, args.min_samples,
+                                   args.max_noise, cold=args.cold, graph=args.graph,
+                                   rounds=getattr(args, "rounds", 1)))
 
 
 def output_path(text: str) -> str:

@@ -50,8 +50,9 @@ class Row:
 
 
 def _settings():
+    from microbench import smoke
     from microbench.harness import Settings
-    return Settings(warmup=0.1, min_time=0.5, max_time=5.0, min_samples=3, max_noise=1.0)
+    return smoke.settings(Settings(warmup=0.1, min_time=0.5, max_time=5.0, min_samples=3, max_noise=1.0))
 
 
 def _measure(run: Callable):
@@ -193,11 +194,13 @@ def _framework(op: str, problem, seed: int, framework: str, path: str, python: s
 
 
 def problem_for(op: str, T: int, B: int, H: int, C: int = 32, size: int = 28):
+    """The problem explain traces (shrunk under MICROBENCH_SMOKE, as the benchmarks' are)."""
+    from microbench import smoke
     if op == "conv":
         from kernels.conv import ConvProblem
-        return ConvProblem(N=B, C=C, H=size, W=size, K=C, R=3, S=3, pad=1)
+        return smoke.problem(ConvProblem(N=B, C=C, H=size, W=size, K=C, R=3, S=3, pad=1))[0]
     from microbench.problems import RNNProblem
-    return RNNProblem(op, T, B, H, H, 1)
+    return smoke.problem(RNNProblem(op, T, B, H, H, 1))[0]
 
 
 def collect(op: str, problem, frameworks: list, seed: int = 0, python: dict | None = None,
@@ -355,7 +358,8 @@ def sentences(rows: list, op: str) -> list:
 
 def render(rows: list, op: str, console) -> None:
     from rich.table import Table
-    t = Table(title=f"CPU: {op} through oneDNN, primitives per call (this machine, traced live)",
+    from microbench.report import smoke_mark
+    t = Table(title=f"{smoke_mark()}CPU: {op} through oneDNN, primitives per call (this machine, traced live)",
               title_justify="left")
     for col in ("implementation", "wall (untraced)", "check", "oneDNN", "primitives per call"):
         t.add_column(col)

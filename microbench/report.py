@@ -7,6 +7,13 @@ from rich.table import Table
 
 from fusion.steps import STEPS
 
+from . import smoke
+
+
+def smoke_mark() -> str:
+    """What starts every table title of a smoke run (microbench.smoke), else ''."""
+    return smoke.TITLE_MARK if smoke.active() else ""
+
 
 def fmt_time(s: float | None) -> str:
     if s is None:
@@ -46,6 +53,8 @@ def header(env: dict, console: Console) -> None:
     if od.get("available"):
         console.print(f"oneDNN {od.get('version')} ({od.get('isa')}, {od.get('cpu_runtime')})")
     console.print("libs " + ", ".join(f"{k} {v}" for k, v in libs.items()))
+    if smoke.active():
+        console.print(f"[bold yellow]{smoke.header_line()}[/]")
 
 
 def _group_key(o):
@@ -66,7 +75,7 @@ def table(outcomes: list, console: Console, *, ladder: bool = False, title: str 
     notes = set()
     for (problem, precision, threads), rows in groups.items():
         thr = "default threads" if threads is None else f"{threads} thread{'s' * (threads > 1)}"
-        t = Table(title=f"{title or problem.op} {problem.label} {precision} {rows[0].case.device}, {thr}",
+        t = Table(title=f"{smoke_mark()}{title or problem.op} {problem.label} {precision} {rows[0].case.device}, {thr}",
                   box=box.SIMPLE_HEAD, title_justify="left")
         t.add_column("case")
         t.add_column("median", justify="right")

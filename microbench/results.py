@@ -31,7 +31,7 @@ def record(*, case, status: str, env: dict, measurement=None, check=None, prepar
         **placement(case.device, env),
         "dtype": case.precision,
         "shape": case.problem.shape(),
-        "options": case.options(),
+        "options": _options(case),
         "label": case.label,
         "status": status,
         "error": error,
@@ -59,6 +59,17 @@ def record(*, case, status: str, env: dict, measurement=None, check=None, prepar
             "gbps": prepared.bytes / med / 1e9 if prepared and med > 0 else None,
         }
     return rec
+
+
+def _options(case) -> dict:
+    """The case's options, and ``smoke`` when the run was a smoke run (microbench.smoke): its
+    times are not measurements, and the record says so."""
+    from . import smoke
+    opts = case.options()
+    mark = smoke.record_options(case.problem)
+    if mark is not None:
+        opts["smoke"] = mark
+    return opts
 
 
 def placement(device: str, env: dict) -> dict:

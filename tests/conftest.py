@@ -1,6 +1,11 @@
 """Shared test set-up: `gpu`-marked tests skip with the reason where no GPU is found; the
 `onednn_lib` fixture skips where oneDNN cannot be loaded (and fails in CI, where it is a base
-dependency)."""
+dependency).
+
+The whole session runs in smoke mode (MICROBENCH_SMOKE=1, microbench.smoke), in this process and
+in every command it starts: each command still builds, checks and times every case it asks for,
+but with the timing rule capped and large sizes shrunk, so a test pays for a check, not for a
+measurement.  A test of the timing rule itself turns it off with the ``no_smoke`` fixture."""
 import os
 import sys
 from pathlib import Path
@@ -10,6 +15,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the tests also run from a plain checkout
     sys.path.insert(0, str(ROOT))
+
+os.environ["MICROBENCH_SMOKE"] = "1"
+
+
+@pytest.fixture
+def no_smoke(monkeypatch):
+    """The timing rule and sizes as asked (for tests of the rule itself, in-process or through
+    ``run_cli``)."""
+    monkeypatch.delenv("MICROBENCH_SMOKE", raising=False)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -170,9 +170,10 @@ def _settings(args, suite):
     from ..planner import timing_defaults
     vals = {k: getattr(args, k) if getattr(args, k) is not None else suite.timing.get(k, d)
             for k, d in timing_defaults().items()}
-    return Settings(vals["warmup"], vals["min_time"], vals["max_time"], vals["min_samples"], vals["max_noise"],
-                    cold=getattr(args, "cold", False), graph=getattr(args, "graph", False),
-                    rounds=getattr(args, "rounds", 1) or 1)
+    from .. import smoke
+    return smoke.settings(Settings(vals["warmup"], vals["min_time"], vals["max_time"], vals["min_samples"],
+                                   vals["max_noise"], cold=getattr(args, "cold", False),
+                                   graph=getattr(args, "graph", False), rounds=getattr(args, "rounds", 1) or 1))
 
 
 def mode_of(settings) -> str:
@@ -257,7 +258,7 @@ def plan(args, suite, device: str) -> list:
     """Entries of the suite after the filters, each with the cases it runs or the reason it cannot."""
     from kernels.backends import BACKENDS
 
-    from .. import registry
+    from .. import registry, smoke
     from ..planner import default_plan, ladder_rungs, parse_precisions
     from ..problems import available_memory
     from ..runner import Case
@@ -301,7 +302,7 @@ def plan(args, suite, device: str) -> list:
         if not any(k[0] == spec.op for k in registry.REGISTRY):
             e.reason = f"no {spec.op} variant is registered yet"
             continue
-        problem = _problem(spec, args.batch, getattr(args, "input_gemm", False))
+        problem, _ = smoke.problem(_problem(spec, args.batch, getattr(args, "input_gemm", False)))
         threads = threads_given or list(spec.threads or [None])
         if spec.training and not spec.is_conv and not getattr(args, "forward_only", False):
             if variants is not None and not any(v in ("fused", "fused+bwd") for v in variants):
@@ -621,7 +622,8 @@ def summary(entries, out) -> None:
     from rich.table import Table
 
     from ..report import fmt_time
-    t = Table(title="results", box=box.SIMPLE_HEAD, title_justify="left")
+    from ..report import smoke_mark
+    t = Table(title=f"{smoke_mark()}results", box=box.SIMPLE_HEAD, title_justify="left")
     for c, j in (("entry", "left"), ("case", "left"), ("dtype", "left"), ("thr", "right"),
                  ("median", "right"), ("+-IQR", "right"), ("GFLOP/s", "right"), ("note", "left")):
         t.add_column(c, justify=j)
