@@ -177,6 +177,9 @@ def caption(records: list) -> str:
              "median per point, bars: interquartile range"]
     if dates:
         parts.insert(1, dates[0] if len(dates) == 1 else f"{dates[0]}..{dates[-1]}")
+    smoke = sum(bool((r.get("options") or {}).get("smoke")) for r in recs)
+    if smoke:          # a smoke run's numbers are not measurements (MICROBENCH_SMOKE)
+        parts.insert(0, f"SMOKE: {smoke} of {len(recs)} points from smoke runs, not measurements")
     return ". ".join(parts) + "."
 
 

@@ -300,3 +300,10 @@ def test_a_traced_record_of_a_timed_case_is_not_called_a_rerun():
     traced = fw("torch", "fused", 20.0, onednn_trace=trace(("rnn", "fused_rnn", 1, 16_000_000)))
     assert rerun_note(timed + [traced]) == ""
     assert rerun_note(timed + [traced, timed[0]]).startswith("1 record(s) are reruns")
+
+
+def test_figures_say_when_their_points_come_from_smoke_runs():
+    recs = lstm_run()
+    assert not plots.caption(recs).startswith("SMOKE")
+    recs[0]["options"]["smoke"] = True
+    assert plots.caption(recs).startswith("SMOKE: 1 of 11 points from smoke runs, not measurements.")
