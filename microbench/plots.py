@@ -37,9 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .store import machine  # noqa: E402  (ratios and panels never mix machines)
 
 MAX_PANELS = 12
-MAX_CONVERGENCE_PANELS = 6
-MAX_SERIES = 10
-LOG_SPAN = 30        # max/min ratio above which a time axis is drawn in log scale
+THREADS_LOG_SPAN = 10  # thread figure: medians further apart than this, a log time axis
 OURS_COLOR, FRAMEWORK_COLOR, BUSY_COLOR = "#3b75af", "#6a9f58", "#e08a2c"
 
 
@@ -639,7 +637,7 @@ def thread_model(records: list) -> dict:
         meds = [_ms(rec) for _, _, by_t in chosen for rec in by_t.values()]
         q1s = [rec["stats"].get("q1_s", rec["stats"]["median_s"]) * 1e3 for _, _, b in chosen for rec in b.values()]
         q3s = [rec["stats"].get("q3_s", rec["stats"]["median_s"]) * 1e3 for _, _, b in chosen for rec in b.values()]
-        axis = axis_for(meds, q1s, q3s, LOG_SPAN / 3)
+        axis = axis_for(meds, q1s, q3s, THREADS_LOG_SPAN)
         whiskers = iter(axis["whiskers"])
         ser = []
         for role, label, by_t in chosen:
