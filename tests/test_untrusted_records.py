@@ -167,7 +167,7 @@ def test_math_text_in_labels_is_drawn_as_text(tmp_path):
         p = fn(recs)
         assert p.png and p.files["svg"]
     [panel] = plots.convergence_plot(recs).data.values()
-    assert list(panel) == [f"ours: {hostile}"]
+    assert list(panel["rows"]) == [f"ours: {hostile}"]
 
 
 def test_a_megabyte_label_is_one_note(tmp_path):

@@ -323,7 +323,11 @@ img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
 def rerun_note(records: list) -> str:
     """Records superseded by a later record of the same case (a rerun into the same --json)."""
     from .. import store
-    n = len(records) - len(store.latest(records, with_env=True, status=None))
+    # a traced record (explain --json) of a case the benchmark also timed is not a rerun: the
+    # figures take the trace from it and the time from the last record
+    traced = [r for r in records if r.get("onednn_trace") is not None]
+    plain = [r for r in records if r.get("onednn_trace") is None]
+    n = sum(len(g) - len(store.latest(g, with_env=True, status=None)) for g in (traced, plain))
     if not n:
         return ""
     return (f"{n} record(s) are reruns of a case already in the file(s): each case shows its last "

@@ -40,7 +40,7 @@ PATHS = {
     "torch": {
         "cpu": {
             "fused": {"lstm": "nn.LSTM: ATen's fused CPU RNN (oneDNN for fp32)",
-                      "gru": "nn.GRU: ATen's fused CPU RNN (oneDNN for fp32)",
+                      "gru": "nn.GRU: ATen's fused CPU RNN (its own kernels: no oneDNN primitive)",
                       "rnn": "nn.RNN (relu or tanh): ATen's fused CPU RNN",
                       "conv": "F.conv2d: oneDNN (mkldnn) convolution"},
             "generic": {"lstm": "nn.LSTMCell stepped in a Python loop",
@@ -155,6 +155,34 @@ PATHS = {
         },
     },
 }
+
+
+# The paths that run the vendor library's layer primitive (oneDNN's or cuDNN's RNN or convolution
+# primitive), and those that do not, where that is known: torch, tensorflow and mxnet on a CPU as
+# the oneDNN traces in tests/fixtures/onednn show (a test checks those entries against them;
+# ``explain OP --device cpu`` traces them again), jax and chainer on a CPU call no oneDNN at all
+# (XLA:CPU's own kernels; Chainer without iDeep), and on a GPU the cudnn path is the layer that
+# reaches cuDNN by construction.  A path not listed is unknown: figures say so rather than guess.
+VENDOR_LAYER = {
+    ("torch", "cpu", "fused"): {"lstm": True, "gru": False, "conv": True},
+    ("torch", "cpu", "generic"): {"lstm": False, "gru": False, "conv": False},
+    # TF's BlockLSTMV2 calls oneDNN's dnnl_sgemm (gemm_api), not the RNN primitive; its conv2d
+    # runs oneDNN's convolution or not depending on the CPU and TF_ENABLE_ONEDNN_OPTS (a trace says)
+    ("tensorflow", "cpu", "fused"): {"lstm": False},
+    ("tensorflow", "cpu", "generic"): {"lstm": False, "gru": False},
+    ("mxnet", "cpu", "fused"): {"lstm": True, "gru": True, "conv": True},
+    ("mxnet", "cpu", "generic"): {"lstm": False, "gru": False},
+    ("jax", "cpu", "generic"): {"lstm": False, "gru": False, "rnn": False},
+    ("chainer", "cpu", "fused"): {"lstm": False, "gru": False, "rnn": False, "conv": False},
+    ("chainer", "cpu", "generic"): {"lstm": False, "gru": False, "rnn": False},
+    **{(fw, "cuda", "cudnn"): {op: True for op in ("lstm", "gru", "rnn", "conv")} for fw in FRAMEWORKS},
+}
+
+
+def reaches_vendor(framework: str, device: str, path: str, op: str) -> bool | None:
+    """Whether ``framework/path`` runs the vendor library's layer primitive for ``op`` (see
+    :data:`VENDOR_LAYER`): True, False, or None where no trace tells."""
+    return VENDOR_LAYER.get((framework, device, path), {}).get(op)
 
 
 def describe(framework: str, device: str, path: str, op: str) -> str:
