@@ -31,7 +31,7 @@ def record(*, case, status: str, env: dict, measurement=None, check=None, prepar
         **placement(case.device, env),
         "dtype": case.precision,
         "shape": case.problem.shape(),
-        "options": _options(case),
+        "options": record_options(case),
         "label": case.label,
         "status": status,
         "error": error,
@@ -61,7 +61,7 @@ def record(*, case, status: str, env: dict, measurement=None, check=None, prepar
     return rec
 
 
-def _options(case) -> dict:
+def record_options(case) -> dict:
     """The case's options, and ``smoke`` when the run was a smoke run (microbench.smoke): its
     times are not measurements, and the record says so."""
     from . import smoke

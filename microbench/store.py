@@ -64,12 +64,14 @@ def identity(rec: dict, *, with_env: bool = True) -> tuple:
 
 
 def case_identity(case, env_id: str | None, mode: str = "warm") -> tuple:
-    """The key a planned case's record will have: the fields results.record writes, plus the
-    timing ``mode`` (warm/cold, +graph) that runner.run_case adds to the options."""
+    """The key a planned case's record will have: the fields results.record writes (a smoke run's
+    mark included: a smoke record never stands for a measured one), plus the timing ``mode``
+    (warm/cold, +graph) that runner.run_case adds to the options."""
+    from .results import record_options
     return identity({"op": case.op, "variant": case.variant, "backend": case.backend,
                      "framework": getattr(case.record, "framework", "") or "",
                      "dtype": case.precision, "shape": case.problem.shape(),
-                     "options": {**case.options(), "mode": mode}, "env_id": env_id})
+                     "options": {**record_options(case), "mode": mode}, "env_id": env_id})
 
 
 def normalize(rec: dict) -> dict | None:

@@ -303,7 +303,8 @@ def plan(args, suite, device: str) -> list:
         if not any(k[0] == spec.op for k in registry.REGISTRY):
             e.reason = f"no {spec.op} variant is registered yet"
             continue
-        problem, _ = smoke.problem(_problem(spec, args.batch, getattr(args, "input_gemm", False)))
+        asked = _problem(spec, args.batch, getattr(args, "input_gemm", False))
+        problem, _ = smoke.problem(asked)     # a smoke run shrinks what runs, never what is checked
         threads = threads_given or list(spec.threads or [None])
         if spec.training and not spec.is_conv and not getattr(args, "forward_only", False):
             if variants is not None and not any(v in ("fused", "fused+bwd") for v in variants):
@@ -311,7 +312,7 @@ def plan(args, suite, device: str) -> list:
                 continue
             cases, e.reason = _training_cases(spec, problem, device, precisions, frameworks, args.seed,
                                               threads, backends)
-            _fit_memory(e, cases, problem, avail)
+            _fit_memory(e, cases, asked, avail)
             continue
         ours = [r for r in registry.ours(spec.op) if r.device == device
                 and (backends is None or r.backend in backends)]
@@ -341,7 +342,7 @@ def plan(args, suite, device: str) -> list:
         cases = [Case(rec, problem, p, args.seed, rung_plan, t, rung)
                  for t in threads for p in precisions for rec, rung_plan, rung in built
                  if not (rec.backend in BACKENDS and p not in BACKENDS[rec.backend].dtypes)]
-        _fit_memory(e, cases + theirs, problem, avail)
+        _fit_memory(e, cases + theirs, asked, avail)
         if not e.cases and not e.skipped:
             e.reason = f"no chosen backend computes {', '.join(precisions)}"
     return entries
