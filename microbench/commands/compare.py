@@ -50,6 +50,7 @@ def add_parsers(sub) -> None:
 ALPHA = 0.01          # significance level of the test
 MIN_EFFECT = 0.05     # smallest relative change of the median that counts
 MIN_SAMPLES = 3       # fewer stored samples per side: the IQR rule instead of the test
+SMOKE_VERDICT = "smoke run: not a measurement"
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,8 @@ def pair(records_a: list, records_b: list, *, across_machines: bool = False, alp
                 continue
         sa, sb = ra["stats"], rb["stats"]
         v, p = judge(sa, sb, _samples(ra), _samples(rb), alpha=alpha, min_effect=min_effect)
+        if (ra.get("options") or {}).get("smoke") or (rb.get("options") or {}).get("smoke"):
+            v, p = SMOKE_VERDICT, None        # capped timing (MICROBENCH_SMOKE): not measurements
         rows.append(Row(_what(ra), _label(ra), sa, sb, sb["median_s"] / sa["median_s"], v, p))
     if mixed and not across_machines:
         ra, rb = mixed[0]
@@ -212,10 +215,13 @@ def cmd_compare(args) -> int:
     out.print(t)
     changed = [r for r in rows if r.verdict in ("B faster", "B slower")]
     small = [r for r in rows if r.verdict.startswith("below")]
+    smoke = [r for r in rows if r.verdict == SMOKE_VERDICT]
     geo = math.exp(sum(math.log(r.ratio) for r in rows) / len(rows))
     out.print(f"{len(rows)} case(s) in both; {len(changed)} differ (p < {args.alpha:g} and at least "
               f"{100 * args.min_effect:g}%), {len(small)} differ by less than {100 * args.min_effect:g}%, "
-              f"{len(rows) - len(changed) - len(small)} within noise; geometric mean B/A {geo:.2f}x")
+              f"{len(rows) - len(changed) - len(small) - len(smoke)} within noise"
+              + (f", {len(smoke)} from smoke runs (not measurements)" if smoke else "")
+              + f"; geometric mean B/A {geo:.2f}x")
     notes = []
     if only_a or only_b:
         notes.append(f"only in A: {only_a}, only in B: {only_b} (not compared)")
