@@ -5,7 +5,11 @@ dependency).
 The whole session runs in smoke mode (MICROBENCH_SMOKE=1, microbench.smoke), in this process and
 in every command it starts: each command still builds, checks and times every case it asks for,
 but with the timing rule capped and large sizes shrunk, so a test pays for a check, not for a
-measurement.  A test of the timing rule itself turns it off with the ``no_smoke`` fixture."""
+measurement.  A test of the timing rule itself turns it off with the ``no_smoke`` fixture.
+
+Framework workers are reused across the session's cases (MICROBENCH_REUSE_WORKERS=1,
+microbench.frameworks.client): a worker started the same way (framework, interpreter, threads,
+device, environment) serves the next case instead of a new process importing the framework again."""
 import os
 import sys
 from pathlib import Path
@@ -17,6 +21,7 @@ if str(ROOT) not in sys.path:  # the tests also run from a plain checkout
     sys.path.insert(0, str(ROOT))
 
 os.environ["MICROBENCH_SMOKE"] = "1"
+os.environ["MICROBENCH_REUSE_WORKERS"] = "1"
 
 
 @pytest.fixture

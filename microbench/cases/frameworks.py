@@ -115,7 +115,7 @@ def build_framework(problem: RNNProblem, seed: int, *, framework: str, path: str
     """``cell``: plain or layernorm (LSTM only); ``backward``: time a training step (forward and
     backward of sum(y * dY)) and check y and every gradient instead of the forward outputs;
     ``phase`` (conv only): one backward phase, bwd_data or bwd_weights, instead of the forward."""
-    from ..frameworks.client import Worker
+    from ..frameworks.client import start as start_worker
     from ..frameworks.convert import pack_extras, pack_layers
     from . import backward as bwcases
 
@@ -146,7 +146,7 @@ def build_framework(problem: RNNProblem, seed: int, *, framework: str, path: str
         arrays["dy"] = inp["dy"]          # its presence asks the adapter for a training step
     # the worker's op: the vanilla cell travels with its nonlinearity (rnn_relu, rnn_tanh)
     wop = "layernorm" if cell == "layernorm" else problem.cell_mode
-    worker = Worker(framework, python=python or default_python(framework), threads=threads, device=device)
+    worker = start_worker(framework, python=python or default_python(framework), threads=threads, device=device)
     try:
         ans = worker.request({"cmd": "build", "op": wop, "path": path, "precision": precision,
                               "inputs": worker.save("inputs.npz", arrays),
@@ -199,7 +199,7 @@ def _measure_in(worker):
 def _build_conv(problem, seed, *, framework, path, device, precision, threads, python,
                 phase=None) -> Prepared:
     from ..checks import compare as compare_conv
-    from ..frameworks.client import Worker
+    from ..frameworks.client import start as start_worker
     from . import conditioning as cond
     from .conv import backward_reference, make_inputs as conv_inputs, reference_output, upstream_grad
 
@@ -212,7 +212,7 @@ def _build_conv(problem, seed, *, framework, path, device, precision, threads, p
     request = {"cmd": "build", "op": "conv", "path": path, "precision": precision, "geometry": geometry}
     if phase:
         request["phase"] = phase
-    worker = Worker(framework, python=python or default_python(framework), threads=threads, device=device)
+    worker = start_worker(framework, python=python or default_python(framework), threads=threads, device=device)
     try:
         ans = worker.request({**request, "inputs": worker.save("inputs.npz", arrays),
                               "outputs": worker.path("outputs.npz")})
