@@ -56,7 +56,9 @@ def test_the_installed_cupy_has_what_tf32_uses():
 # -- cuDNN convolution math ------------------------------------------------------------------------
 def test_fp32_frontend_graph_deselects_tensor_core_plans():
     """cudnn-frontend may pick Tensor Core (TF32) engines for fp32 unless their plans are
-    deselected between create_execution_plans and check_support."""
+    deselected between create_execution_plans and check_support; engines that down-convert their
+    inputs (DOWN_CONVERT_INPUTS, e.g. fp32 to fp16) are another precision than every row's, so
+    they go for tf32 and fp16 too, as PyTorch's cuDNN v8 convolution filters them always."""
     from kernels.cudnn.conv import build_graph
     calls = []
 
@@ -64,15 +66,16 @@ def test_fp32_frontend_graph_deselects_tensor_core_plans():
         def __getattr__(self, name):
             return lambda *a: calls.append((name, a))
     cudnn = types.SimpleNamespace(heur_mode=types.SimpleNamespace(A="A", FALLBACK="FB"),
-                                  numerical_note=types.SimpleNamespace(TENSOR_CORE="TC"))
+                                  numerical_note=types.SimpleNamespace(TENSOR_CORE="TC", DOWN_CONVERT_INPUTS="DC"))
     build_graph(Graph(), cudnn, "fp32")
     names = [c[0] for c in calls]
-    assert ("deselect_numeric_notes", (["TC"],)) in calls
+    assert ("deselect_numeric_notes", (["DC", "TC"],)) in calls
     assert names.index("create_execution_plans") < names.index("deselect_numeric_notes") \
         < names.index("check_support") < names.index("build_plans")
-    calls.clear()
-    build_graph(Graph(), cudnn, "tf32")
-    assert "deselect_numeric_notes" not in [c[0] for c in calls]
+    for precision in ("tf32", "fp16"):
+        calls.clear()
+        build_graph(Graph(), cudnn, precision)
+        assert [c for c in calls if c[0] == "deselect_numeric_notes"] == [("deselect_numeric_notes", (["DC"],))]
 
 
 def test_legacy_heuristic_pick_skips_tensor_core_rows_for_fp32():
