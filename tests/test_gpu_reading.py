@@ -230,11 +230,14 @@ def test_the_installed_cupy_wheel_names_its_cuda_major():
 
 def test_gpu_device_script_fits_its_budget_and_file_limit():
     """benchmarks/gpu/all.sh is the first run on any GPU: its step timeouts (loops counted) must
-    add up to under 9 minutes, and it may write at most 8 files (what comes back)."""
+    add up to under the device tool's 600 s a command with room for the environment step, every
+    GPU test file must be one of its steps (no `-x` across files), and it may write at most 8
+    files (what comes back)."""
     import re
     from pathlib import Path
-    text = (Path(__file__).resolve().parent.parent / "benchmarks/gpu/all.sh").read_text()
-    total, mult = 0, 1
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "benchmarks/gpu/all.sh").read_text()
+    total, mult, files = 0, 1, []
     for line in text.splitlines():
         s = line.strip()
         loop = re.match(r"for \w+ in (.+); do", s)
@@ -242,12 +245,19 @@ def test_gpu_device_script_fits_its_budget_and_file_limit():
             mult = len(loop.group(1).split())
         elif s == "done":
             mult = 1
-        m = re.match(r"(?:timeout|bench) (\d+) ", s)
-        if m:
+        m = re.match(r"(?:timeout|bench|gpu_test) (\d+) ", s)
+        if m and not s.startswith("timeout \"$t\""):
             total += mult * int(m.group(1))
-    assert 0 < total <= 9 * 60 - 20, total
-    files = set(re.findall(r'\$OUT/([\w.-]+)"', text))
-    assert 0 < len(files) <= 8, files
+        f = re.match(r"gpu_test \d+ +(tests/\S+\.py)$", s)
+        if f:
+            files.append(f.group(1))
+    assert 0 < total <= 570, total
+    gpu_files = sorted(str(p.relative_to(root)) for p in (root / "tests").glob("test_*.py")
+                       if re.search(r"^\s*(@pytest\.mark\.gpu\b|pytestmark = .*mark\.gpu\b)", p.read_text(), re.M))
+    assert sorted(files) == gpu_files
+    assert " -x" not in text
+    out = set(re.findall(r'\$OUT/([\w.-]+)"', text))
+    assert 0 < len(out) <= 8, out
 
 
 class _Reached(Exception):

@@ -308,3 +308,35 @@ def test_tensorflow_setup_turns_memory_growth_on(monkeypatch):
     from microbench.frameworks import tensorflow_adapter
     env = tensorflow_adapter.setup(None, "cuda")
     assert grown == {"/physical_device:GPU:0": True} and env["memory_growth"] == [True]
+
+
+# -- 3. benchmarks/gpu/all.sh: every GPU test file runs, one summary line each ----------------------
+def test_gpu_script_runs_every_test_file_after_a_failure(tmp_path):
+    """A stand-in python: one test file fails, the others pass; every file still runs and gets
+    its line, the failure sets the exit code, and the bench steps run after the tests."""
+    import re
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/bash\n"
+                    'if [ "$1" = -c ]; then exit 0; fi\n'
+                    'if [ "$2" = pytest ]; then f="${@: -1}"; echo "ran $f" >> "$LOG";\n'
+                    '  case "$f" in *test_cudnn.py) echo "1 failed, 4 passed in 0.1s"; exit 1;; esac\n'
+                    '  echo "3 passed in 0.1s"; exit 0; fi\n'
+                    'echo "bench $*" >> "$LOG"\n')
+    fake.chmod(0o755)
+    log, out = tmp_path / "calls.log", tmp_path / "out"
+    env = dict(os.environ, PY=str(fake), OUT=str(out), LOG=str(log),
+               PATH=f"{tmp_path}:{os.environ['PATH']}")
+    (tmp_path / "nvidia-smi").write_text("#!/bin/sh\necho stand-in\n")
+    (tmp_path / "nvidia-smi").chmod(0o755)
+    r = subprocess.run(["bash", str(ROOT / "benchmarks/gpu/all.sh")], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1
+    text = (ROOT / "benchmarks/gpu/all.sh").read_text()
+    files = re.findall(r"^gpu_test \d+ +(\S+)$", text, re.M)
+    lines = (out / "gpu-tests.txt").read_text().splitlines()
+    assert [x.split(":")[0] for x in lines] == files
+    assert "tests/test_cudnn.py: exit 1: 1 failed, 4 passed in 0.1s" in lines
+    assert sum(x.endswith("3 passed in 0.1s") for x in lines) == len(files) - 1
+    calls = log.read_text().splitlines()
+    assert [c for c in calls if c.startswith("ran ")] == [f"ran {f}" for f in files]
+    assert calls[-1].startswith("bench -m microbench conv")
