@@ -39,13 +39,24 @@ def time_unit(values) -> tuple:
     return unit, scale, decimals
 
 
+def gpu_text(env: dict) -> str:
+    """The header's GPU line: name, memory, compute capability, driver, CUDA and cuDNN versions,
+    or why there is no GPU."""
+    gpu = env.get("gpu") or {}
+    if not gpu.get("available"):
+        return f"none ({gpu.get('reason', 'not found')})"
+    cd = env.get("cudnn") or {}
+    mem = f", {gpu['memory_gib']} GiB" if gpu.get("memory_gib") is not None else ""
+    cc = f", sm_{gpu['compute_capability'].replace('.', '')}" if gpu.get("compute_capability") else ""
+    return (f"{gpu.get('name')}{mem}{cc}; driver {gpu.get('driver')}, CUDA {gpu.get('cuda')}, "
+            f"cuDNN {cd.get('version') if cd.get('available') else 'not found'}")
+
+
 def header(env: dict, console: Console) -> None:
     libs = env.get("libraries", {})
     blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('num_threads')} thr, "
                      f"{b.get('architecture')})" for b in env.get("blas", []) if "error" not in b)
-    gpu = env.get("gpu", {})
-    gpu_line = (f"{gpu.get('name')} (driver {gpu.get('driver')})" if gpu.get("available")
-                else f"none ({gpu.get('reason', 'not found')})")
+    gpu_line = gpu_text(env)
     console.print(f"[bold]microbench[/]  {env.get('date', '')}  env {env.get('env_id', '')}")
     console.print(f"CPU  {env.get('cpu')}, {env.get('cores')} cores; BLAS {blas or '?'}")
     console.print(f"GPU  {gpu_line}")

@@ -1,6 +1,6 @@
 """Shared test set-up: `gpu`-marked tests skip with the reason where no GPU is found; the
 `onednn_lib` fixture skips where oneDNN cannot be loaded (and fails in CI, where it is a base
-dependency).
+dependency); tests skipped for want of a compiler (tests/toolchain.py) are counted in the summary.
 
 The whole session runs in smoke mode (MICROBENCH_SMOKE=1, microbench.smoke), in this process and
 in every command it starts: each command still builds, checks and times every case it asks for,
@@ -38,7 +38,9 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason=f"no GPU: {reason}")
     for item in items:
-        if "gpu" in item.keywords:
+        # the marker itself, not item.keywords: keywords also hold the names of the folders
+        # above the test, so a checkout in a folder named "gpu" skipped every test
+        if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
 
 
@@ -77,3 +79,22 @@ def register_variants():
 def onednn_lib():
     from onednn_tools import require_onednn
     return require_onednn()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Tests that did not run for want of a compiler (tests/toolchain.py), counted in one loud
+    line: a machine without nvcc or g++ must not look like a full pass."""
+    from collections import Counter
+
+    from tests.toolchain import MISSING
+    reasons = Counter()
+    for rep in terminalreporter.stats.get("skipped", []):
+        longrepr = rep.longrepr
+        text = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        if MISSING in text:
+            reasons[text.split(MISSING + ": ", 1)[-1]] += 1
+    if reasons:
+        total = sum(reasons.values())
+        terminalreporter.write_sep("!", f"{total} test(s) NOT RUN for want of a compiler", red=True, bold=True)
+        for why, n in reasons.items():
+            terminalreporter.write_line(f"{MISSING}: {n} test(s): {why}", red=True)

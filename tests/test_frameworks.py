@@ -393,8 +393,19 @@ def test_chainer_cuda_without_cupy_is_a_skip_saying_why():
     """Chainer 7.8.1 needs CuPy 7, which has no build for this Python: its GPU rows say so."""
     python = _python_or_skip("chainer")
     from microbench.frameworks.client import Worker
-    with pytest.raises(Unsupported, match="CuPy >=7.7,<8"):
+    with pytest.raises(Unsupported, match=r"cupy>=7\.7,<8"):
         Worker("chainer", python=python, device="cuda").close()
+
+
+@pytest.mark.parametrize("fw", ["mxnet", "chainer"])
+@pytest.mark.parametrize("op", ["lstm", "gru", "rnn", "conv"])
+def test_cpu_only_frameworks_skip_every_gpu_row_before_a_worker_starts(fw, op):
+    """MXNet's and Chainer's GPU builds are out of reach of every supported install, so their
+    adapters have no GPU code and every GPU row says why, without starting a worker."""
+    from microbench.frameworks import NO_GPU, PATHS
+    for path in ("cudnn", "nocudnn"):
+        assert fcases.path_reason(fw, "cuda", path, op) == NO_GPU[fw]
+    assert set(PATHS[fw]["cuda"]) == {"cudnn", "nocudnn"}
 
 
 def test_env_names_every_framework_found_or_why_not(monkeypatch, tmp_path):

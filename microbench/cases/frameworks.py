@@ -30,7 +30,8 @@ from fusion.cellexpr import LN_EPS
 from kernels import dtypes
 from kernels.errors import BadInput, Unsupported
 
-from ..frameworks import FRAMEWORKS, NOT_INSTALLABLE, NUMPY1, PATHS, describe, skip_reason
+from ..frameworks import (FRAMEWORKS, NOT_INSTALLABLE, NUMPY1, PATHS, describe, precision_reason,
+                          skip_reason)
 from ..problems import RNNProblem
 from ..registry import REGISTRY, Prepared, VariantRecord, register
 from ..stats import Measurement
@@ -41,6 +42,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 # MXNet's and Chainer's NumPy-1 interpreter (scripts/setup-mxnet makes it): MICROBENCH_MXNET_VENV,
 # else .venv-mxnet here.
 MXNET_VENV_PYTHON = Path(os.environ.get("MICROBENCH_MXNET_VENV", REPO_ROOT / ".venv-mxnet")) / "bin" / "python"
+# TensorFlow's CUDA build on a GPU machine (scripts/setup-tensorflow makes it): MICROBENCH_TF_VENV,
+# else .venv-tf here.  Absent on a CPU machine, where tensorflow-cpu is in our own environment.
+TF_VENV_PYTHON = Path(os.environ.get("MICROBENCH_TF_VENV", REPO_ROOT / ".venv-tf")) / "bin" / "python"
 
 
 def parse_frameworks(text) -> list:
@@ -61,9 +65,12 @@ def parse_frameworks(text) -> list:
 
 def default_python(framework: str) -> str | None:
     """The interpreter a framework's worker runs under when --python does not say: MXNet and
-    Chainer use ``.venv-mxnet`` (made by scripts/setup-mxnet) when it exists; every other framework ours."""
+    Chainer use ``.venv-mxnet`` (made by scripts/setup-mxnet) when it exists, TensorFlow
+    ``.venv-tf`` (scripts/setup-tensorflow, GPU machines) when it exists; otherwise ours."""
     if framework in NUMPY1 and MXNET_VENV_PYTHON.exists():
         return str(MXNET_VENV_PYTHON)
+    if framework == "tensorflow" and TF_VENV_PYTHON.exists():
+        return str(TF_VENV_PYTHON)
     return None
 
 
@@ -122,6 +129,7 @@ def build_framework(problem: RNNProblem, seed: int, *, framework: str, path: str
     op = getattr(problem, "op", "conv")
     reason = path_reason(framework, device, path, op, cell, backward) if op != "conv" else \
         skip_reason(framework, device, path, op)
+    reason = reason or precision_reason(framework, device, path, op, precision)
     if reason:
         raise Unsupported(reason)
     if op == "conv":

@@ -161,7 +161,8 @@ def record(g, res, env, args, eff, make_problem) -> dict:
                        "detail": res.check.get("detail", "")} if res.check else None),
             "nvtx": None,
             "info": {"phases": res.phases, "efficiency": eff, "world": g.world,
-                     "exposed": "ours: waited after backward; ddp: backward minus backward under no_sync()"}}
+                     "exposed": "ours: waited after backward; ddp: backward minus backward under no_sync()",
+                     **({"precision_switches": res.switches} if res.switches else {})}}
 
 
 def cmd_scale(args) -> int:

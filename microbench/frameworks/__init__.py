@@ -34,6 +34,18 @@ NOT_INSTALLABLE = {
              "package for this OS (Debian 13); it builds only from source",
 }
 
+# Frameworks that run on the CPU only, and why (the SKIPPED text of their GPU rows): no build that
+# a supported install can get reaches this project's GPUs (sm_90, CUDA 13 driver), so their
+# adapters have no GPU code.
+NO_GPU = {
+    "mxnet": "MXNet's CUDA wheels on PyPI stop at CUDA 11.7 (mxnet-cu117): there is none for CUDA "
+             "11.8, the first CUDA that compiles for sm_90 (Hopper), or later, so scripts/setup-mxnet "
+             "installs the CPU build of MXNet 1.9.1 (its last release)",
+    "chainer": "Chainer 7.8.1 (its last release) runs on a GPU through CuPy 7 (it requires "
+               "cupy>=7.7,<8), which has no wheel for CPython 3.10 or newer and no CUDA 12/13 build; "
+               "scripts/setup-mxnet installs Chainer without CuPy",
+}
+
 # framework -> device -> path -> op (lstm, gru, rnn, conv) -> what that path runs (None: the path does not exist for the
 # op; the text after "skip:" is the reason shown in the SKIPPED row).
 PATHS = {
@@ -117,15 +129,8 @@ PATHS = {
                         "rnn": "gluon rnn.RNNCell(activation=relu|tanh) unrolled, hybridized",
                         "conv": "skip: MXNet has one conv2d path on a CPU (the fused row)"},
         },
-        "cuda": {
-            "cudnn": {"lstm": "gluon rnn.LSTM (cuDNN)", "gru": "gluon rnn.GRU (cuDNN)",
-                      "rnn": "gluon rnn.RNN (cuDNN RNN_RELU / RNN_TANH)",
-                      "conv": "nd.Convolution (cuDNN)"},
-            "nocudnn": {"lstm": "gluon rnn.LSTMCell unrolled, hybridized",
-                        "gru": "gluon rnn.GRUCell unrolled, hybridized",
-                        "rnn": "gluon rnn.RNNCell unrolled, hybridized",
-                        "conv": "nd.Convolution with cudnn_off=True"},
-        },
+        "cuda": {path: {op: "skip: " + NO_GPU["mxnet"] for op in ("lstm", "gru", "rnn", "conv")}
+                 for path in ("cudnn", "nocudnn")},
     },
     # Chainer 7.8.1 on a CPU has no oneDNN: iDeep (its oneDNN binding) has no build for this
     # Python, and the NStep functions never call it; everything is NumPy, GEMMs in NumPy's BLAS.
@@ -144,15 +149,8 @@ PATHS = {
                         "rnn": "vanilla cell of L.Linear + F.relu / F.tanh stepped in a Python loop",
                         "conv": "skip: Chainer has one conv2d path on a CPU (the fused row)"},
         },
-        "cuda": {
-            "cudnn": {"lstm": "L.NStepLSTM (cuDNN RNN through CuPy)", "gru": "L.NStepGRU (cuDNN RNN through CuPy)",
-                      "rnn": "L.NStepRNNReLU / L.NStepRNNTanh (cuDNN RNN through CuPy)",
-                      "conv": "L.Convolution2D (cuDNN through CuPy)"},
-            "nocudnn": {"lstm": "L.StatelessLSTM cell loop, use_cudnn='never'",
-                        "gru": "GRU cell of L.Linear + chainer.functions loop, use_cudnn='never'",
-                        "rnn": "vanilla cell of L.Linear + F.relu / F.tanh loop, use_cudnn='never'",
-                        "conv": "L.Convolution2D with use_cudnn='never' (im2col + cuBLAS GEMM)"},
-        },
+        "cuda": {path: {op: "skip: " + NO_GPU["chainer"] for op in ("lstm", "gru", "rnn", "conv")}
+                 for path in ("cudnn", "nocudnn")},
     },
 }
 
@@ -175,7 +173,8 @@ VENDOR_LAYER = {
     ("jax", "cpu", "generic"): {"lstm": False, "gru": False, "rnn": False},
     ("chainer", "cpu", "fused"): {"lstm": False, "gru": False, "rnn": False, "conv": False},
     ("chainer", "cpu", "generic"): {"lstm": False, "gru": False, "rnn": False},
-    **{(fw, "cuda", "cudnn"): {op: True for op in ("lstm", "gru", "rnn", "conv")} for fw in FRAMEWORKS},
+    **{(fw, "cuda", "cudnn"): {op: True for op in ("lstm", "gru", "rnn", "conv")}
+       for fw in FRAMEWORKS if fw not in NO_GPU},
 }
 
 
@@ -183,6 +182,26 @@ def reaches_vendor(framework: str, device: str, path: str, op: str) -> bool | No
     """Whether ``framework/path`` runs the vendor library's layer primitive for ``op`` (see
     :data:`VENDOR_LAYER`): True, False, or None where no trace tells."""
     return VENDOR_LAYER.get((framework, device, path), {}).get(op)
+
+
+# Paths that compute fewer precisions than their framework's adapter offers on that device:
+# (framework, device, path, op) -> (the precisions the path has, why).  A row in another
+# precision is SKIPPED with the reason, before any worker starts.
+PATH_PRECISIONS = {
+    ("jax", "cuda", "cudnn", "lstm"): (
+        ("fp32",),
+        "jax.experimental.rnn's cuDNN call computes float32 only: jaxlib 0.10.2's gpu_rnn.py lowers "
+        "f32 and f64 outputs only (fp16/bf16 raise 'Unknown output type'), and its rnn_kernels.cc "
+        "sets CUDNN_DATA_FLOAT for every tensor (f64 data would be read as f32)"),
+}
+
+
+def precision_reason(framework: str, device: str, path: str, op: str, precision: str) -> str | None:
+    """Why a path cannot run ``precision`` (the SKIPPED text), or None."""
+    have, why = PATH_PRECISIONS.get((framework, device, path, op), (None, ""))
+    if have is None or precision in have:
+        return None
+    return f"{framework}/{path} runs {', '.join(have)} only, not {precision}: {why}"
 
 
 def describe(framework: str, device: str, path: str, op: str) -> str:

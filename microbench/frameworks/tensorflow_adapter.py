@@ -40,6 +40,8 @@ def setup(threads, device) -> dict:
     gpus = tf.config.list_physical_devices("GPU")
     if device == "cuda" and not gpus:
         raise Unsupported(f"tensorflow {tf.__version__} sees no GPU (tensorflow-cpu, or no CUDA build)")
+    for g in gpus:      # memory as needed, not nearly all of it at start (the worker sets
+        tf.config.experimental.set_memory_growth(g, True)   # TF_FORCE_GPU_ALLOW_GROWTH too)
     import keras
     if keras.backend.backend() != "tensorflow":
         raise Unsupported(f"Keras runs on the {keras.backend.backend()} backend; set KERAS_BACKEND=tensorflow")
@@ -50,7 +52,8 @@ def setup(threads, device) -> dict:
             "tensor_float_32": tf.config.experimental.tensor_float_32_execution_enabled(),
             "onednn_opts": _onednn_opts(),
             "cuda": build_info.get("cuda_version"), "cudnn": build_info.get("cudnn_version"),
-            "gpus": [g.name for g in gpus]}
+            "gpus": [g.name for g in gpus],
+            "memory_growth": [tf.config.experimental.get_memory_growth(g) for g in gpus]}
 
 
 def _onednn_opts() -> str:
