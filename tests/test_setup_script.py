@@ -7,8 +7,10 @@ framework builds the branch promises (CUDA torch and JAX, TensorFlow's CUDA buil
 interpreter, MXNet's NumPy-1 one), NumPy below 2.5.
 
 Needs the package registry: skipped with the reason where pip cannot reach it.  The resolutions
-are marked slow: each configuration fetches the metadata of about a hundred packages, 4-7 minutes
-on a busy 2-core machine (bounded by RESOLVE_TIMEOUT_S each)."""
+are slow (each configuration fetches the metadata of about a hundred packages, 4-7 minutes on a
+busy 2-core machine, bounded by RESOLVE_TIMEOUT_S each), so they run when asked for:
+``MICROBENCH_TEST_SETUP_RESOLUTION=1 python3 -m pytest tests/test_setup_script.py`` after a change
+to setup.cfg or scripts/setup*; the suite's default run skips them saying so."""
 from __future__ import annotations
 
 import json
@@ -128,6 +130,9 @@ def _numpy_ok(version: str) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("MICROBENCH_TEST_SETUP_RESOLUTION") != "1",
+                    reason="the install resolution runs when asked (MICROBENCH_TEST_SETUP_RESOLUTION=1): "
+                           "4-7 minutes per configuration")
 @pytest.mark.parametrize("minor", [11, 12])
 @pytest.mark.parametrize("cuda", ["13.0", "12.8", None], ids=["cuda13", "cuda12", "cpu"])
 def test_setup_test_resolves(registry, tmp_path, minor, cuda):
