@@ -181,6 +181,11 @@ def select(op: str, variant_names: list | None, backend_names: list | None, devi
             where = sorted({r.device for r in ours(op) if r.variant == v})
             if device not in where:
                 raise BadInput(f"variant {v!r} runs on {', '.join(where)} only; this run is on {device}")
+            # on this device, but --backend left out every backend it runs on: name that conflict
+            # (not "backend X does not run on the device", which is not what is wrong)
+            on = ", ".join(dict.fromkeys(r.backend for r in ours(op) if r.variant == v and r.device == device))
+            raise BadInput(f"--{v} runs on backend {on}, which --backend {','.join(backend_names)} leaves out; "
+                           f"add {on} to --backend or drop --{v}")
     if backend_names and not out:
         on = ", ".join(backends(op, device)) or "none"
         raise BadInput(f"backend {','.join(backend_names)} does not run on {device}; "

@@ -124,6 +124,7 @@ class _CaseRun:
         self.outcome: Outcome | None = None       # set once the case is finished
         self.samples: list = []
         self.spent = 0.0                           # seconds spent sampling it so far
+        self.rounds_timed = 0                      # interleaved rounds it was timed in
         self.mode = self.timer_used = ""
         self.check = None
         self.ranges = 0
@@ -233,6 +234,8 @@ class _CaseRun:
                 out.record["options"]["mode_asked"] = asked
             if settings.rounds > 1:
                 out.record["options"]["rounds"] = settings.rounds
+                if self.rounds_timed < settings.rounds:   # --max-time ran out first
+                    out.record["options"]["rounds_timed"] = self.rounds_timed
             if m.timer:
                 out.record["timer"] = m.timer
         self.close()
@@ -280,6 +283,18 @@ def round_settings(settings: Settings, k: int, spent: float) -> Settings:
 MAX_EXTRA_ROUNDS = 8     # each twice the one before: 255 more rounds' worth at most
 
 
+def _out_of_time(r: _CaseRun, settings: Settings, k: int, bar) -> bool:
+    """Whether case run ``r`` leaves the rotation after round ``k`` of fewer than --rounds: it has
+    spent its --max-time and holds the samples measure() keeps at its time limit.  A round costs
+    at least a warm-up call and a sample of every case, so without this the wall time grew with
+    --rounds whatever --max-time said; the note and the record's options.rounds_timed say so."""
+    if r.outcome is not None or r.spent < settings.max_time or len(r.samples) < min(3, settings.min_samples):
+        return False
+    bar.note(f"{r.case.title}: --max-time {settings.max_time:g} s spent after round {k} of "
+             f"{settings.rounds}; timed in {k} round(s), not {settings.rounds}")
+    return True
+
+
 def run_interleaved(cases: list, settings: Settings, env: dict, nvtx_cost: float, bar) -> list:
     """Time ``cases`` in ``settings.rounds`` interleaved rounds: every case is built and checked
     first (all stay open), then each round gives every case its share of samples, the order
@@ -287,7 +302,9 @@ def run_interleaved(cases: list, settings: Settings, env: dict, nvtx_cost: float
     a noisy neighbour) lands on every case alike instead of on whichever ran then; each case is
     then checked again and recorded with the union of its samples. A case whose union is still
     above the noise target after N rounds gets further rounds (with the other such cases) until it
-    meets it or its ``max_time`` is spent, as one case timed alone would. ``bar``: microbench.progress."""
+    meets it or its ``max_time`` is spent, as one case timed alone would; a case that spends its
+    ``max_time`` before N rounds leaves the rotation then (:func:`_out_of_time`), so no --rounds
+    makes a case take longer than --max-time allows. ``bar``: microbench.progress."""
     rounds = settings.rounds
     runs = [_CaseRun(c, env, nvtx_cost) for c in cases]
     try:
@@ -297,7 +314,7 @@ def run_interleaved(cases: list, settings: Settings, env: dict, nvtx_cost: float
         live = [r for r in runs if r.outcome is None]
         k = 0
         while live:
-            if k < rounds:
+            if k < rounds and (k < 10 or (k + 1) % 100 == 0 or k + 1 == rounds):   # not a line per round
                 bar.note(f"round {k + 1} of {rounds}: {len(live)} case(s) interleaved")
             elif k == rounds:
                 bar.note(f"extra rounds for {len(live)} noisy case(s), until --max-noise or --max-time")
@@ -305,11 +322,14 @@ def run_interleaved(cases: list, settings: Settings, env: dict, nvtx_cost: float
             for r in live[shift:] + live[:shift]:
                 bar.start(f"round {k + 1}/{rounds} {r.case.title}")
                 r.time(round_settings(settings, k, r.spent), bar.within)
+                r.rounds_timed += 1
             k += 1
             if k >= rounds:   # past N rounds only the cases still noisy go on
                 live = [r for r in live if r.outcome is None and r.spent < settings.max_time
                         and relative_noise(r.samples) > settings.max_noise
                         and k < rounds + MAX_EXTRA_ROUNDS]
+            else:             # --max-time bounds a case's time whatever --rounds says
+                live = [r for r in live if r.outcome is None and not _out_of_time(r, settings, k, bar)]
         outcomes = []
         for r in runs:
             bar.start(r.case.title)
