@@ -37,6 +37,10 @@ class Prepared:
     # framework's own synchronisation): called with the harness Settings, returns a Measurement.
     measure: Callable | None = None
     close: Callable | None = None     # releases what build acquired (worker processes, handles)
+    # A second set of inputs for the gate (microbench.callsample.vary_check): returns (arrays by
+    # name of ``inputs``, of the same shapes; check(out) of a call's outputs on them against their
+    # reference).  None: the case is not varied (its record's check says inputs_varied false).
+    vary: Callable[[], tuple] | None = None
 
 
 @dataclass(frozen=True)

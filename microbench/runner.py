@@ -1,9 +1,13 @@
 """Runs cases: build, check against the reference, time, check again; failures and skips become records.
 
-The check runs twice: on the first call's outputs before timing, and on the outputs of the last
-timed call after timing (same inputs, outside the samples).  The second catches a variant that is
+The check runs on the first call's outputs before timing, and on the outputs of the last timed
+call after timing (same inputs, outside the samples).  The second catches a variant that is
 right once and wrong later: stale state, a buffer reused across calls, a graph replay reading
-the wrong input.  A case failing either check is recorded FAILED, never timed as passing.
+the wrong input.  Between the two, a random sample of the calls, chosen after each returned, is
+compared with the last one (:mod:`microbench.callsample`); and where the builder offers a second
+set of inputs, one call on them is checked against their reference, and one more on the first
+inputs again (a kernel returning cached outputs fails it).  A case failing any of these is
+recorded FAILED, never timed as passing.
 """
 from __future__ import annotations
 
@@ -20,9 +24,10 @@ from profiles import capture, nvtx
 from . import results
 from . import gpustate
 from .caches import flusher_for
+from .callsample import CallSampler, SampledTimer, vary_check
 from .harness import CpuTimer, Settings, graph_replay, measure, timer_for
 from .problems import RNNProblem
-from .registry import VariantRecord
+from .registry import Check, VariantRecord
 from .stats import Measurement, relative_noise
 from . import threads as mthreads
 
@@ -131,6 +136,7 @@ class _CaseRun:
         self.extra: dict = {}
         self._run = self._flush = self._timer = self._clocks = None
         self._last = None
+        self._sampler = None
 
     def _finish(self, status, **kw):
         rec = results.record(case=self.case, status=status, env=self.env, **kw)
@@ -186,7 +192,8 @@ class _CaseRun:
                 self._run = run
                 self._flush = flusher_for(case.device) if settings.cold else None
                 self._clocks = gpustate.read() if case.device == "cuda" else None
-                self._timer = timer_for(case.device)
+                self._sampler = CallSampler()
+                self._timer = SampledTimer(timer_for(case.device), self._sampler)
 
     def time(self, settings: Settings, progress=None) -> None:
         """Sample the case under ``settings`` (all of its samples, or one round's share)."""
@@ -215,10 +222,18 @@ class _CaseRun:
                 self.extra["gpu_state"] = {"before": self._clocks, "after": after,
                                            "warning": gpustate.verdict(self._clocks, after)}
             m = Measurement(self.samples, settings.max_noise, mode=self.mode, timer=self.timer_used)
+            sampled = self._sampled_calls()    # before any further call reuses the last one's buffers
             after_check = check_after_timing(prepared, self._last, case.device)
             if not after_check.passed:
                 self._finish("failed", check=after_check, prepared=prepared,
                              error=f"wrong after timing (the first call passed): {after_check.detail}")
+                return self.outcome
+            if sampled is not None:
+                detail, err = sampled
+                self._finish("failed", check=Check(err, self.check.tol, False, detail), prepared=prepared,
+                             error=f"wrong on a timed call (the first and the last passed): {detail}")
+                return self.outcome
+            if not self._inputs_followed():
                 return self.outcome
             ranges, cost = self.ranges, self.nvtx_cost
             nvtx_info = {"level": nvtx.level(), "ranges_per_run": ranges, "cost_per_range_s": cost,
@@ -226,6 +241,10 @@ class _CaseRun:
             out = self._finish("ok", measurement=m, check=self.check, prepared=prepared,
                                nvtx_info=nvtx_info)
             out.record.update(self.extra)
+            if out.record.get("check") is not None:      # what the gate covered besides two calls
+                out.record["check"]["calls_sampled"] = (self._sampler.kept if self._sampled() else
+                                                        prepared.info.get("calls_sampled", 0))  # a worker's
+                out.record["check"]["inputs_varied"] = self._varies()
             asked = ("cold" if settings.cold else "warm") + ("+graph" if settings.graph else "")
             # a case timed elsewhere (a framework worker) reports the mode it really ran in
             ran = m.mode or asked
@@ -240,6 +259,46 @@ class _CaseRun:
                 out.record["timer"] = m.timer
         self.close()
         return self.outcome
+
+    def _sampled(self) -> bool:
+        """The kept calls can be compared: the last call's outputs are checked in full."""
+        return (self._sampler is not None and self._sampler.kept > 0 and self._last is not None
+                and _takes_outputs(self.prepared.check))
+
+    def _sampled_calls(self):
+        """(what differs, relative error) for a sampled timed call that disagrees with the last
+        one, else None."""
+        if not self._sampled():
+            return None
+        if self.case.device == "cuda":
+            import cupy
+            cupy.cuda.Device().synchronize()
+        return self._sampler.check(self._last, self.check.tol)
+
+    def _varies(self) -> bool:
+        return self._run is not None and getattr(self.prepared, "vary", None) is not None
+
+    def _inputs_followed(self) -> bool:
+        """One call on the builder's second inputs, checked against their reference, then one on
+        the first inputs again; False (the case FAILED) when either is wrong."""
+        if not self._varies():
+            return True
+        sync = None
+        if self.case.device == "cuda":
+            import cupy
+            sync = cupy.cuda.Device().synchronize
+        varied = vary_check(self.prepared, self._run, sync)
+        if not varied.passed:
+            self._finish("failed", check=varied, prepared=self.prepared,
+                         error="the outputs do not follow the inputs (outputs computed earlier returned?): "
+                               f"with a second set of inputs, {varied.detail}")
+            return False
+        again = self.prepared.check()
+        if not again.passed:
+            self._finish("failed", check=again, prepared=self.prepared,
+                         error=f"wrong once the first inputs were back after a second set: {again.detail}")
+            return False
+        return True
 
     def close(self) -> None:
         prepared, self.prepared = self.prepared, None
