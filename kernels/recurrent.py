@@ -652,8 +652,9 @@ class _VendorRNN:
         for run in built.values():
             run.close()
 
-    def __del__(self):
-        self.close()
+    def __del__(self):     # the RNN that owns it went: release the primitives' oneDNN handles
+        if getattr(self, "_built", None):
+            self.close()
 
 
 def _param_signature(params) -> tuple | None:

@@ -75,8 +75,15 @@ def _user_threads(uid: int) -> int:
     """Threads of every process of this real user (what RLIMIT_NPROC counts)."""
     total = 0
     for pid in os.listdir("/proc"):
-        if pid.isdigit() and _proc_status(f"/proc/{pid}/status", "Uid") == uid:
-            total += _proc_status(f"/proc/{pid}/status", "Threads") or 0
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            if int(fields["Uid"].split()[0]) == uid:
+                total += int(fields["Threads"])
+        except (OSError, ValueError, KeyError, IndexError):     # gone meanwhile, or unreadable
+            continue
     return total
 
 

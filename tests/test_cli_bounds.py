@@ -148,6 +148,17 @@ def test_thread_counts_beyond_the_cgroup_pids_limit_are_refused(monkeypatch):
     assert threads.parse_threads("6") == [6]
 
 
+def test_thread_counts_beyond_the_users_process_limit_are_refused(monkeypatch):
+    import os
+    real = resource.getrlimit
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (400, 400) if which == resource.RLIMIT_NPROC
+                        else real(which))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)       # root is not held to ulimit -u
+    monkeypatch.setattr(threads, "_user_threads", lambda uid: 390)
+    with pytest.raises(BadInput, match=r"ulimit -u 400 with 390 threads.*allowed here: 1\.\.6$"):
+        threads.parse_threads("8")
+
+
 def test_the_cli_refuses_the_count_in_one_line(capsys, monkeypatch):
     monkeypatch.setattr(threads, "_cgroup_pids", lambda: (50, 40))
     err = _error(capsys, ["lstm", "--naive", "--backend", "numpy", *SMALL, "--threads", "1024"])

@@ -140,3 +140,36 @@ def test_real_variants_pass_the_whole_gate(backend):
     out = runner.run_case(case, FAST, {"env_id": "t"}, 0.0)
     assert out.status == "ok", out.error
     assert out.record["check"]["calls_sampled"] > 0 and out.record["check"]["inputs_varied"] is True
+
+
+def test_a_framework_worker_reads_random_calls_and_the_row_fails_on_a_wrong_one(monkeypatch):
+    import json
+
+    from microbench import checks
+    from microbench.callsample import CallSampler
+    from microbench.cases import frameworks as fcases
+    from microbench.frameworks.worker import sampled_calls
+
+    class Built:                       # a framework path wrong on its 2nd call only
+        n = 0
+
+        def run(self):
+            self.n += 1
+
+        def outputs(self):
+            return [np.full(3, 5.0 if self.n == 2 else 1.0)]
+    built = Built()
+    sampler, timer = sampled_calls(None, built)         # what the worker's "measure" does
+    for _ in range(5):
+        timer.sample(built.run)
+    reply = json.loads(json.dumps({"sampled": sampler.export(), "calls": sampler.calls}))
+
+    ours = CallSampler()
+    ours.merge(reply["sampled"], reply["calls"])        # what _measure_in does with the reply
+    monkeypatch.setattr(fcases, "latest_outputs", lambda worker: [np.full(3, 1.0)])
+    info = {}
+    check = fcases._gated(lambda out: checks.compare(out, [np.ones(3)], "fp32", names=("y",)),
+                          None, [np.ones(3)], ours, info)
+    assert check().passed                               # the build call's outputs
+    after = check()                                     # after timing: the last call, then the sample
+    assert not after.passed and "call 2 of 5" in after.detail and info["calls_sampled"] == 5

@@ -83,6 +83,8 @@ def sampled_calls(timer, built):
     """(sampler, timer): ``timer`` (None: perf_counter around the call) wrapped so that a random
     sample of the calls' outputs is read after each call, untimed (microbench.callsample; the
     runner compares them with the last call's outputs)."""
+    import numpy as np
+
     from ..callsample import CallSampler
     sampler = CallSampler()
 
@@ -96,7 +98,8 @@ def sampled_calls(timer, built):
                 t0 = time.perf_counter()
                 fn()
                 seconds = time.perf_counter() - t0
-            sampler.offer_lazy(built.outputs)
+            # converted as the "outputs" command does (a framework's tensors index differently)
+            sampler.offer_lazy(lambda: [np.asarray(a) for a in built.outputs()])
             return seconds
     return sampler, Sampling()
 
