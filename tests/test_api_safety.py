@@ -93,7 +93,7 @@ def test_every_variant_backend_pair_runs_or_says_why_not(op):
             except Unsupported as e:
                 assert str(e).strip() and "\n" not in str(e), (variant, backend)
                 continue
-            tol = 2e-2 if backend == "onednn" else 2e-5     # oneDNN's primitive: fp32, its own order
+            tol = 1e-4 if backend == "onednn" else 2e-5     # oneDNN's primitive: its own summation order
             _close(_flat(op, out), want, tol)
             ran.append((variant, backend))
     assert ("naive", "numpy") in ran and ("fused", "numpy") in ran

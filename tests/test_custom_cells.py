@@ -17,7 +17,7 @@ from fusion import cellexpr as ce
 from fusion import pointwise as fp
 from kernels import cudasrc
 from kernels.custom import CUSTOM_PARAMS, CUSTOM_REFERENCES, custom_lstm
-from kernels.errors import BadInput
+from kernels.errors import BadInput, Unsupported
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = [(1, 1), (1, 129), (3, 129), (2, 7)]
@@ -321,8 +321,10 @@ def test_foldable_biases():
 def test_runner_refuses_what_it_cannot_run():
     from kernels import RNN, CellParams, LSTMParams
     p = CellParams.random(2, 3, cell=CIFG)
-    with pytest.raises(BadInput, match="backend 'pycuda'"):
+    with pytest.raises(Unsupported, match="backend 'pycuda'"):    # a valid pair it cannot serve
         RNN(p, backend="pycuda")
+    with pytest.raises(BadInput, match="backend 'nope'"):          # a name that never works
+        RNN(p, backend="nope")
     with pytest.raises(BadInput, match="pointwise 'handwritten'"):
         RNN(p, pointwise="handwritten")
     with pytest.raises(BadInput, match="fp32 or fp64"):
