@@ -105,9 +105,12 @@ def find_fastest(kinds: list, mat, m: int, bias, lib, calls: int = 5, precision:
     import time
     key = (tuple(sorted(k.kind for k in kinds)), m, mat.shape[0], mat.shape[1], bias is not None,
            getattr(lib, "path", None), _openmp_threads(), precision)
+    # the kinds take ``precision`` when it is not their default fp32 (kinds that know only fp32
+    # are built as before)
+    opts = {} if precision == "fp32" else {"precision": precision}
     if key in FOUND:
         name, found = FOUND[key]
-        best = next(k for k in kinds if k.kind == name)(mat, m=m, bias=bias, lib=lib, precision=precision)
+        best = next(k for k in kinds if k.kind == name)(mat, m=m, bias=bias, lib=lib, **opts)
         best.found = dict(found)
         return best
     from kernels.dtypes import storage
@@ -115,7 +118,7 @@ def find_fastest(kinds: list, mat, m: int, bias, lib, calls: int = 5, precision:
     out = np.empty((m, mat.shape[1]), storage(precision))
     timed = []
     for kind in kinds:
-        prim = kind(mat, m=m, bias=bias, lib=lib, precision=precision)
+        prim = kind(mat, m=m, bias=bias, lib=lib, **opts)
         prim(x, out)
         samples = []
         while len(samples) < 200 and (len(samples) < calls or sum(samples) < FIND_MIN_S):
