@@ -17,12 +17,13 @@ MIN_TIME=${MIN_TIME:-3}
 ROUNDS=${ROUNDS:-3}    # rows interleaved in rotating rounds: slow drifts hit every row alike
 COMPARE=${COMPARE:-1}
 python3 -m microbench env > "$out/env.txt"
+failed=0    # a row that fails its check is a result too: the other runs and ratio.txt still follow
 run lstm-H1024-B16-T50 lstm --fused --backend numba --dtype fp32,bf16 --device cpu \
-  -H 1024 -B 16 -T 50 --min-time "$MIN_TIME" --rounds "$ROUNDS"
+  -H 1024 -B 16 -T 50 --min-time "$MIN_TIME" --rounds "$ROUNDS" || failed=1
 if [ "$COMPARE" != 0 ]; then
   for op in lstm gru rnn; do
     run "$op-H1024-B16-T50-compare" "$op" --fused --onednn --backend numba,onednn --frameworks torch \
-      --dtype fp32,bf16 --device cpu -H 1024 -B 16 -T 50 --min-time "$MIN_TIME" --rounds "$ROUNDS"
+      --dtype fp32,bf16 --device cpu -H 1024 -B 16 -T 50 --min-time "$MIN_TIME" --rounds "$ROUNDS" || failed=1
   done
 fi
 python3 - "$out" <<'PY' | tee "$out/ratio.txt"
@@ -42,3 +43,4 @@ for f in sorted(pathlib.Path(sys.argv[1]).glob("*.jsonl")):
                  else (b or {}).get("error") or "-")
         print(f"{f.stem}: {label} {ms(a)}, {ms(b)}, {ratio}, {check}")
 PY
+exit $failed

@@ -7,6 +7,8 @@ Two CPU providers, same signatures as :mod:`kernels.cells`:
 - ``numba``: a real fused kernel, ``@njit(parallel=True)``, one loop over the B*H units that
   reads each gate pre-activation once, keeps every intermediate in registers and writes h and c.
   Bytes per step: reads G*B*H (gx) + G*B*H (gh) + B*H (c or h) , writes 2*B*H (LSTM) or B*H (GRU).
+  On bf16 storage the kernels are :mod:`fusion.pointwise_bf16`'s (arrays passed as their uint16
+  bits, :func:`bits`; fp32 math, each stored value rounded once, as the CUDA bf16 kernel).
 
 The vanilla RNN (``rnn_relu``, ``rnn_tanh``) has the GRU's signature with G = 1 and one combined
 bias: one add of the two GEMM results, the bias and the nonlinearity, written into h.
