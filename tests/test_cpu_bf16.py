@@ -145,19 +145,28 @@ def test_bf16_cases_pass_the_reference_check(onednn_lib, native, op, act, skip_i
 
 
 @pytest.mark.parametrize("op,act", OPS)
-def test_bf16_compiled_loop_equals_the_python_loop(onednn_lib, native, monkeypatch, op, act):
-    """The one-thread-issued loop runs the same primitive and kernel as the Python loop: same
-    bits; the team (2 threads, a GEMM per share) passes the reference check."""
+@pytest.mark.parametrize("parallel", [False, True])
+def test_bf16_compiled_loop_equals_the_python_loop(onednn_lib, native, monkeypatch, op, act, parallel):
+    """The one-thread-issued loop runs the same primitive and kernel as the Python loop (the
+    serial kernel, or numba's parallel one above PARALLEL_MIN_UNITS): the same bits."""
+    import numba
     monkeypatch.setattr(cpuloop, "TEAM_MIN_UNITS", 1 << 20)
+    if parallel:
+        monkeypatch.setattr(fpw, "PARALLEL_MIN_UNITS", 1)
     T, B, I, H, L = 5, 3, 7, 9, 2
-    impl = RNN(_params(op, act, I, H, L), backend="numba", dtype="bf16").prepare(T, B)
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((T, B, I)).astype(BF16)
-    states = (rng.standard_normal((L, B, H)).astype(BF16),) * (2 if op == "lstm" else 1)
-    assert impl.compiled_loop
-    fast = impl(x, *states)
-    impl.compiled_loop = False
-    slow = impl(x, *states)
+    n = numba.get_num_threads()
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS) if parallel else n)
+    try:
+        impl = RNN(_params(op, act, I, H, L), backend="numba", dtype="bf16").prepare(T, B)
+        rng = np.random.default_rng(1)
+        x = rng.standard_normal((T, B, I)).astype(BF16)
+        states = (rng.standard_normal((L, B, H)).astype(BF16),) * (2 if op == "lstm" else 1)
+        assert impl.compiled_loop
+        fast = impl(x, *states)
+        impl.compiled_loop = False
+        slow = impl(x, *states)
+    finally:
+        numba.set_num_threads(n)
     for a, b in zip(_flat(fast), _flat(slow)):
         assert a.dtype == BF16
         np.testing.assert_array_equal(a.view(np.uint16), b.view(np.uint16))
