@@ -28,7 +28,8 @@ def _dtype_help() -> str:
         dts = list(dict.fromkeys(d for b in names for d in b.dtypes))
         only = {d: [b.name for b in names if d in b.dtypes] for d in dts}
         text = ", ".join(d + (f" ({'/'.join(only[d])} only)" if len(only[d]) < len(names) else "") for d in dts)
-        parts.append(f"{text} {words}")
+        native = [f"{b.name}'s {'/'.join(b.native_only)} needs AVX512-BF16 or AMX" for b in names if b.native_only]
+        parts.append(f"{text} {words}" + (f" ({'; '.join(native)})" if native else ""))
     return "; ".join(parts)
 
 

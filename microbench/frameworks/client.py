@@ -233,8 +233,12 @@ class Worker:
         return str(self.dir / name)
 
     def save(self, name: str, arrays: dict) -> str:
+        """The arrays in an .npz the worker reads.  bf16 (ml_dtypes) travels widened to fp32,
+        exactly: .npz keeps no ml_dtypes type (it would arrive as opaque void), and the adapter
+        rounds it back to its framework's bf16 without loss."""
         p = self.path(name)
-        np.savez(p, **arrays)
+        np.savez(p, **{k: (a.astype(np.float32) if getattr(a, "dtype", None) is not None
+                           and a.dtype.kind == "V" else a) for k, a in arrays.items()})
         return p
 
     def load(self, name: str) -> list:
