@@ -20,6 +20,7 @@ from typing import Callable, Protocol
 
 from kernels.errors import BadInput
 
+from .contention import Probe, cpu_time
 from .stats import Measurement, relative_noise
 
 
@@ -163,11 +164,15 @@ def measure(run: Callable[[], object], settings: Settings, timer: Timer | None =
         if progress is not None:
             progress(f"warm-up {spent:.1f} of {settings.warmup:g} s")
     samples: list = []
+    cpu_s: list = []         # CPU time the process got per sample, read outside the timer
+    probe = Probe()          # run-queue wait and load over the samples (microbench.contention)
     with around() if around else contextlib.nullcontext():
         while True:
             if before_sample is not None:
                 before_sample()
+            c0 = cpu_time()
             samples.append(timer.sample(run))
+            cpu_s.append(cpu_time() - c0)
             n, total = len(samples), sum(samples)
             if progress is not None:
                 progress(f"{n} samples, {total:.1f} of {settings.min_time:g}-{settings.max_time:g} s")
@@ -177,4 +182,4 @@ def measure(run: Callable[[], object], settings: Settings, timer: Timer | None =
             if n >= settings.min_samples and total >= settings.min_time \
                     and relative_noise(samples) <= settings.max_noise:
                 break
-    return Measurement(samples, settings.max_noise)
+    return Measurement(samples, settings.max_noise, cpu_s=cpu_s, readings=probe.stop())

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from kernels.errors import BadInput, MicrobenchError, Unsupported
 from profiles import capture, nvtx
 
-from . import results
+from . import contention, results
 from . import gpustate
 from .caches import flusher_for
 from .harness import CpuTimer, Settings, graph_replay, measure, timer_for
@@ -123,6 +123,8 @@ class _CaseRun:
         self.prepared = None
         self.outcome: Outcome | None = None       # set once the case is finished
         self.samples: list = []
+        self.cpu_s: list = []                      # CPU seconds per sample (microbench.contention)
+        self.readings: list = []                   # contention readings, one per sampling loop
         self.spent = 0.0                           # seconds spent sampling it so far
         self.mode = self.timer_used = ""
         self.check = None
@@ -202,6 +204,8 @@ class _CaseRun:
                             before_sample=self._flush, progress=progress)
                 self._last = getattr(self._timer, "last", None)
             self.samples.extend(m.samples)
+            self.cpu_s.extend(m.cpu_s)
+            self.readings.append(m.readings)
         self.spent += time.perf_counter() - start
 
     def finish(self, settings: Settings) -> Outcome:
@@ -213,7 +217,8 @@ class _CaseRun:
                 after = gpustate.read()
                 self.extra["gpu_state"] = {"before": self._clocks, "after": after,
                                            "warning": gpustate.verdict(self._clocks, after)}
-            m = Measurement(self.samples, settings.max_noise, mode=self.mode, timer=self.timer_used)
+            m = Measurement(self.samples, settings.max_noise, mode=self.mode, timer=self.timer_used,
+                            cpu_s=self.cpu_s, readings=contention.merge(self.readings))
             after_check = check_after_timing(prepared, self._last, case.device)
             if not after_check.passed:
                 self._finish("failed", check=after_check, prepared=prepared,

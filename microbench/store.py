@@ -126,6 +126,7 @@ def _validator(current: bool):
     # the samples (hundreds per record) are checked by problem() in a plain loop: through the
     # validator they cost about 80 ms a record
     schema["properties"]["samples_s"].pop("items", None)
+    schema["properties"]["cpu_s"].pop("items", None)
     if not current:
         schema = copy.deepcopy(schema)
         schema.pop("required", None)
@@ -157,9 +158,10 @@ def problem(rec: dict, *, current: bool) -> str | None:
         med = stats.get("median_s")
         if rec.get("status") == "ok" and not (_number(med) and med >= MIN_MEDIAN_S):
             return f"stats.median_s: {med!r} is not a time (at least {MIN_MEDIAN_S:g} s)"
-    for i, v in enumerate(rec.get("samples_s") or ()):   # the schema's items: numbers >= 0
-        if not _number(v) or not math.isfinite(v) or v < 0:
-            return f"samples_s[{i}]: {v!r} is not a finite number >= 0"
+    for key in ("samples_s", "cpu_s"):                     # the schema's items: numbers >= 0
+        for i, v in enumerate(rec.get(key) or ()):
+            if not _number(v) or not math.isfinite(v) or v < 0:
+                return f"{key}[{i}]: {v!r} is not a finite number >= 0"
     for k, v in (rec.get("derived") or {}).items():
         if _number(v) and not math.isfinite(v):
             return f"derived.{k}: {v} is not a finite number"

@@ -192,7 +192,8 @@ def _measure_in(worker):
         got = worker.request({"cmd": "measure", "settings": dataclasses.asdict(settings)},
                              timeout=settings.max_time * 2 + 120)
         return Measurement(got["samples"], settings.max_noise, mode=got.get("mode", ""),
-                           timer=got.get("timer", ""))
+                           timer=got.get("timer", ""), cpu_s=got.get("cpu_s") or [],
+                           readings=got.get("readings"))
     return measure
 
 
