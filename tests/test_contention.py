@@ -188,7 +188,9 @@ def _outcome(variant="naive", backend="numpy", median=1e-3, rung="", flops=4e6, 
     m = Measurement([median * 0.5, median, median * 1.5] if noisy else [median] * 3)
     chk = Check(1e-7, 1e-5, True)
     rec = results.record(case=case, status="ok", env={}, measurement=m, check=chk,
-                         prepared=Prepared({}, lambda: None, int(flops), 1000, lambda: chk))
+                         prepared=Prepared({}, lambda: None, int(flops), 1000, lambda: chk),
+                         nvtx_info={"level": "off", "ranges_per_run": 0, "cost_per_range_s": 1e-7,
+                                    "est_overhead_frac": 0.0})
     rec.update(fields)
     return Outcome(case, "ok", rec, m, chk)
 
@@ -284,3 +286,24 @@ def test_env_says_what_a_forcing_variable_costs(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "OPENBLAS_CORETYPE=Haswell" in out and "AVX2 kernels on a CPU with AVX-512" in out
     assert "25.0" in out and "50.0" in out and "2.00x" in out
+
+
+def test_the_csv_has_conv_geometry_the_suite_entry_contention_and_the_roof(tmp_path):
+    import csv
+    from pathlib import Path
+    fixture = Path(__file__).parent / "fixtures" / "results-sample.jsonl"
+    rec = json.loads(fixture.read_text().splitlines()[0])
+    rec.update(op="conv", variant="im2col", backend="numpy", label="im2col/numpy",
+               shape={"N": 1, "C": 3, "H": 9, "W": 9, "K": 4, "R": 3, "S": 3, "stride_h": 2, "stride_w": 2,
+                      "pad_h": 1, "pad_w": 1, "dilation_h": 1, "dilation_w": 1, "groups": 1},
+               info={"layout": "NHWC"}, roof={"gflops": 50.0, "source": "test GEMM", "lower_bound": True},
+               above_roof=False, contention={"contended": True, "why": "its threads waited", "cpu_per_wall": 0.4},
+               suite={"suite": "resnet50", "entry": "resnet50/res2_3x3", "source": "ours", "table": None, "row": 3})
+    f, out = tmp_path / "conv.jsonl", tmp_path / "conv.csv"
+    f.write_text(json.dumps(rec) + "\n")
+    assert cli.main(["report", str(f), "--csv", str(out)]) == 0
+    [row] = list(csv.DictReader(out.open()))
+    assert (row["stride_h"], row["pad_w"], row["dilation_h"], row["groups"], row["layout"]) == ("2", "1", "1", "1", "NHWC")
+    assert (row["suite"], row["suite_entry"]) == ("resnet50", "resnet50/res2_3x3")
+    assert (row["contended"], row["cpu_per_wall"], row["roof_gflops"], row["roof_lower_bound"]) == \
+        ("True", "0.4", "50.0", "True")
