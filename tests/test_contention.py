@@ -307,3 +307,34 @@ def test_the_csv_has_conv_geometry_the_suite_entry_contention_and_the_roof(tmp_p
     assert (row["suite"], row["suite_entry"]) == ("resnet50", "resnet50/res2_3x3")
     assert (row["contended"], row["cpu_per_wall"], row["roof_gflops"], row["roof_lower_bound"]) == \
         ("True", "0.4", "50.0", "True")
+
+
+def test_the_roofline_marks_points_above_their_roof_and_contended_ones():
+    pytest.importorskip("matplotlib")
+    from pathlib import Path
+
+    from microbench import plots, store
+    fixture = Path(__file__).parent / "fixtures" / "results-sample.jsonl"
+    recs = [store.normalize(json.loads(x)) for x in fixture.read_text().splitlines()[:3]]
+    recs[0]["above_roof"] = True
+    recs[1]["contention"] = {"contended": True, "why": "its threads waited"}
+    p = plots.roofline_plot(recs)
+    pts = [pt for series in p.data.values() for pt in series]
+    assert sum(pt["above_roof"] for pt in pts) >= 1 and sum(pt["contended"] for pt in pts) == 1
+
+
+def test_a_suite_run_warns_about_its_contended_rows(monkeypatch, capsys):
+    """suite printed no load warning at all; now its contended rows are marked and the run ends
+    with what helps (the verdict is forced here: the machine's state is not the subject)."""
+    real = contention.judge
+
+    def busy(*a, **k):
+        out = real(*a, **k)
+        return {**out, "contended": True, "why": "its threads waited for a core 50% of the time"}
+    monkeypatch.setattr(contention, "judge", busy)
+    assert cli.main(["suite", "quick", "--device", "cpu", "--only", "lstm-h128", "--variants", "naive",
+                     "--backend", "numpy", "--batch", "1", "--warmup", "0", "--min-time", "0",
+                     "--min-samples", "2", "--max-time", "1", "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "contended" in out and "! contended" in out
+    assert "did not get their threads" in err and "--rounds does not help" in err

@@ -393,9 +393,9 @@ def _framework(case) -> str:
 
 def estimate_case_s(case, settings) -> float:
     """Build + reference check + warm-up + sampling, as the harness's stopping rule spends it.
-    A framework row adds its worker's start-up and is counted at --max-time: timed call by call
-    through its worker, its samples seldom meet --max-noise before the budget runs out (a
-    DeepBench plan estimated at 75 s took 13 minutes that way)."""
+    A framework row adds its worker's start-up and is counted at --max-time: in one DeepBench
+    plan estimated at about 75 s the framework rows sampled until --max-time and the run took 13
+    minutes."""
     run = estimate_run_s(case)
     if _framework(case):
         return worst_case_s(case, settings)
