@@ -25,7 +25,6 @@ import numpy as np
 
 from kernels.errors import BadInput
 from . import pointwise as fpw
-from . import spin
 
 # Cells with a hand-written numba kernel the loop can call (the pointwise module's kernels).
 CELLS = ("lstm", "gru", "rnn_relu", "rnn_tanh")
@@ -51,83 +50,15 @@ def why_not(plan, backend: str, cell_mode: str, generated: bool, provider: str) 
     return None
 
 
-def _u64_fn(lib, name: str, nargs: int, int_at: tuple = ()):
-    """A ctypes function over oneDNN's ``name`` whose pointer arguments are typed as 64-bit
-    integers (the same ABI on x86-64), so numba's nopython mode can pass addresses it computed."""
-    addr = ctypes.cast(lib.fn(name), ctypes.c_void_p).value
-    args = [ctypes.c_int if i in int_at else ctypes.c_uint64 for i in range(nargs)]
-    return ctypes.CFUNCTYPE(ctypes.c_int, *args)(addr)
-
-
 @functools.lru_cache(maxsize=None)
 def _step_calls(lib_path: str) -> tuple:
-    """(set_handle, execute, wait): the oneDNN calls of one step (:data:`CALLS`) as ctypes
-    functions numba can call."""
+    """The addresses of the oneDNN calls of one step (:data:`CALLS`), which the compiled loops
+    call by address (fusion/native.py: an address is an argument, so the loops stay cached)."""
     from kernels.onednn import lib as L
     lib = L.load()
     if lib.path != lib_path:      # pragma: no cover - one library per process
         raise BadInput(f"oneDNN was loaded from {lib.path}, not {lib_path}")
-    return (_u64_fn(lib, "dnnl_memory_set_data_handle", 2),
-            _u64_fn(lib, "dnnl_primitive_execute", 4, int_at=(2,)),
-            _u64_fn(lib, "dnnl_stream_wait", 1))
-
-
-@functools.lru_cache(maxsize=None)
-def _loops(lib_path: str, dtype_name: str, cell_mode: str):
-    """(serial-kernel loop, parallel-kernel loop) for one library, dtype and cell, compiled once."""
-    set_handle, execute, wait = _step_calls(lib_path)
-    par = _kernels(dtype_name, cell_mode)[0]
-    ser = fpw.serial(par)
-    return tuple(_compile(kernel, cell_mode, set_handle, execute, wait) for kernel in (ser, par))
-
-
-def _cell(kernel, cell_mode: str):
-    """The cell kernel behind one signature: ``b1``/``b2``/``has_b``: the biases the kernel adds
-    (the GRU's input bias and its recurrent bias, else one combined bias); ``c``: the LSTM's cell
-    state, updated in place (unused otherwise); ``hp``: h_{t-1} (the GRU reads it)."""
-    import numba
-
-    if cell_mode == "lstm":
-        @numba.njit(inline="always")
-        def cell(x, r, b1, b2, has_b, c, hp, h):
-            kernel(x, r, b1, has_b, c, h)
-    elif cell_mode == "gru":
-        @numba.njit(inline="always")
-        def cell(x, r, b1, b2, has_b, c, hp, h):
-            kernel(x, r, b1, has_b, b2, hp, h)
-    else:
-        @numba.njit(inline="always")
-        def cell(x, r, b1, b2, has_b, c, hp, h):
-            kernel(x, r, b1, has_b, h)
-    return cell
-
-
-def _compile(kernel, cell_mode: str, set_handle, execute, wait):
-    """The loop for one cell kernel (arguments as :func:`_cell`'s).  Returns (step, oneDNN
-    status, which call: an index into :data:`CALLS`); status 0 when every step ran."""
-    import numba
-
-    cell = _cell(kernel, cell_mode)
-
-    @numba.njit
-    def loop(prim, stream, args, nargs, src_mem, h0, y, gx, gh, b1, b2, has_b, c, t0, t1):
-        B, H = h0.shape
-        G = gh.shape[1] // H
-        r = gh.reshape((B, G, H))
-        for t in range(t0, t1):
-            hp = h0 if t == 0 else y[t - 1]
-            st = set_handle(src_mem, hp.ctypes.data)
-            if st != 0:
-                return t, st, 0
-            st = execute(prim, stream, nargs, args)
-            if st != 0:
-                return t, st, 1
-            st = wait(stream)
-            if st != 0:
-                return t, st, 2
-            cell(gx[t * B:(t + 1) * B].reshape((B, G, H)), r, b1, b2, has_b, c, hp, y[t])
-        return t1, 0, 0
-    return loop
+    return tuple(ctypes.cast(lib.fn(name), ctypes.c_void_p).value for name in CALLS)
 
 
 def _check(name: str, a, shape: tuple, dtype) -> None:
@@ -168,7 +99,7 @@ class StepLoop:
             raise BadInput(f"the compiled step loop runs cells {', '.join(CELLS)}, not {cell_mode!r}")
         self.gemm, self.cell_mode = gemm, cell_mode
         self.dtype_name = np.dtype(dtype).name
-        self._loops = _loops(gemm.lib.path, self.dtype_name, cell_mode)
+        self._calls = _step_calls(gemm.lib.path)
         step = gemm._step
         self._handles = (step._prim.value, gemm.ctx.stream.value, ctypes.addressof(step._args),
                          step._n, gemm._src.value)
@@ -191,11 +122,12 @@ class StepLoop:
         b1, b2, has_b, state = _loop_args(self.cell_mode, g.dtype, g.n // H, h0, y, gx, bx, bh, c, t0, t1)
         g._check("gh", gh, (B, g.n))
         g._point(1, g._dst, gh.ctypes.data)          # every step writes the same gh buffer
+        from .cpuloop_numba import CELL, step_loop
         par = numba.get_num_threads() > 1 and B * H >= fpw.PARALLEL_MIN_UNITS
-        loop = self._loops[1 if par else 0]
         prim, stream, args, nargs, src = self._handles
         g._ptrs[0] = None                            # the loop moves the source: re-point next time
-        t, status, call = loop(prim, stream, args, nargs, src, h0, y, gx, gh, b1, b2, has_b, state, t0, t1)
+        t, status, call = step_loop(CELL[self.cell_mode], par, self._calls, prim, stream, args, nargs, src,
+                                    h0, y, gx, gh, b1, b2, has_b, state, t0, t1)
         if status:
             derr.check(f"the compiled step loop at step {t} ({CALLS[call]})", status)
 
@@ -235,19 +167,13 @@ def _numba_runtime(paths: list) -> tuple:
     one whose ``omp_get_level()`` reads 1 inside a numba parallel region (there may be two libgomp
     copies loaded, PyTorch's bundled one and the system's; numba's calls bind to one of them);
     (None, None) when none does."""
-    import numba
+    from .cpuloop_numba import level_in_region
     for path in paths:
         own = _address(ctypes.CDLL(path), "omp_get_level")
         if not own:
             continue
-        level = ctypes.CFUNCTYPE(ctypes.c_int)(own)
-
-        @numba.njit(parallel=True)
-        def probe(out):
-            for i in numba.prange(out.shape[0]):
-                out[i] = level()
         out = np.zeros(2, np.int64)
-        probe(out)
+        level_in_region(own, out)
         if (out >= 1).all():
             return path, own
     return None, None
@@ -266,11 +192,8 @@ def _gomp():
 
     from kernels.onednn import lib as L
 
-    @numba.njit(parallel=True)
-    def _touch(a):                      # starts numba's thread pool, so its layer is known
-        for i in numba.prange(a.shape[0]):
-            a[i] = i
-    _touch(np.zeros(2))
+    from .cpuloop_numba import touch
+    touch(np.zeros(2))                  # starts numba's thread pool, so its layer is known
     layer = numba.threading_layer()
     if layer != "omp":
         return None, f"numba's threading layer is {layer}, not omp (NUMBA_THREADING_LAYER=omp)"
@@ -303,80 +226,12 @@ def team_reason(H: int, threads: int) -> str | None:
 
 
 @functools.lru_cache(maxsize=None)
-def _team_loop(lib_path: str, gomp_path: str, dtype_name: str, cell_mode: str):
-    import numba
-
-    set_handle, execute, wait = _step_calls(lib_path)
-    gomp = ctypes.CDLL(gomp_path)
-    meet = spin.barrier()
-    team_size = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.cast(gomp.omp_get_num_threads, ctypes.c_void_p).value)
-    cell = _unit_cell(dtype_name, cell_mode)
-
-    @numba.njit(parallel=True)
-    def loop(prims, streams, argss, nargss, srcs, bounds, gh, stride, h0, y, gx, b1, b2, has_b, c,
-             t0, t1, status, failed_at, arrive):
-        """Thread p: units bounds[p]..bounds[p+1], its GEMM's output at gh[p*stride:].  status[p]:
-        a failing oneDNN status (its call in failed_at[p, 1], its step in failed_at[p, 0]), or -1
-        when the team is not one thread per p (nothing ran: no thread waits at a barrier then).
-        ``arrive``: the spinning barrier's slots, zero at the start."""
-        n = prims.shape[0]
-        B, H = h0.shape
-        G = gx.shape[1] // H
-        for p in numba.prange(n):
-            if team_size() != n:        # every thread sees the same team: all return here
-                status[p] = -1
-                continue
-            j0, j1 = bounds[p], bounds[p + 1]
-            r = gh[p * stride:p * stride + B * G * (j1 - j0)].reshape((B, G, j1 - j0))
-            for t in range(t0, t1):
-                hp = h0 if t == 0 else y[t - 1]
-                if status[p] == 0:      # after a failure the thread still meets every barrier
-                    call = 0
-                    st = set_handle(srcs[p], hp.ctypes.data)
-                    if st == 0:
-                        call = 1
-                        st = execute(prims[p], streams[p], nargss[p], argss[p])
-                    if st == 0:
-                        call = 2
-                        st = wait(streams[p])
-                    if st != 0:
-                        status[p] = st
-                        failed_at[p, 0] = t
-                        failed_at[p, 1] = call
-                    else:
-                        cell(gx[t * B:(t + 1) * B].reshape((B, G, H)), r, b1, b2, has_b, c, hp, y[t], j0)
-                if t + 1 < t1:          # h_t is whole before any thread's next GEMM reads it
-                    meet(arrive, p, n, t + 1 - t0)      # (after the last step: the region's end)
-    return loop
-
-
-def _unit_cell(dtype_name: str, cell_mode: str):
-    """A cell's unit-block kernel (:func:`fusion.pointwise._numba_cells`) behind one signature:
-    units j0..j0+U of the whole-layer arrays, U from the thread's own ``r`` (B, G, U)."""
-    import numba
-
-    kernel = _kernels(dtype_name, cell_mode)[1]
-    if cell_mode == "lstm":
-        @numba.njit(inline="always")
-        def cell(x, r, b1, b2, has_b, c, hp, h, j0):
-            kernel(x, r, b1, has_b, c, h, j0)
-    elif cell_mode == "gru":
-        @numba.njit(inline="always")
-        def cell(x, r, b1, b2, has_b, c, hp, h, j0):
-            kernel(x, r, b1, has_b, b2, hp, h, j0)
-    else:
-        @numba.njit(inline="always")
-        def cell(x, r, b1, b2, has_b, c, hp, h, j0):
-            kernel(x, r, b1, has_b, h, j0)
-    return cell
-
-
-def _kernels(dtype_name: str, cell_mode: str) -> tuple:
-    """A cell's (whole-block parallel, unit-block serial) kernels from the pointwise module
-    (``serial()`` compiles the whole-block kernel's one-thread twin)."""
-    if cell_mode in ("lstm", "gru"):
-        return fpw._numba_cells(dtype_name)[cell_mode]
-    return fpw._numba_rnn_kernels(dtype_name, cell_mode.split("_")[1])
+def _team_calls(lib_path: str, gomp_path: str) -> tuple:
+    """The addresses the team loop calls (fusion.cpuloop_numba.team_loop): oneDNN's step calls,
+    the team's runtime's omp_get_num_threads, and sched_yield and usleep for the barrier."""
+    from .spin import sched_yield_address, usleep_address
+    size = ctypes.cast(ctypes.CDLL(gomp_path).omp_get_num_threads, ctypes.c_void_p).value
+    return _step_calls(lib_path) + (size, sched_yield_address(), usleep_address())
 
 
 def shares(H: int, threads: int) -> np.ndarray:
@@ -418,7 +273,7 @@ class TeamLoop:
                     self.gemms.append(packer(mat, B))
             for p, g in enumerate(self.gemms):
                 g._point(1, g._dst, self.gh[p * self.stride:].ctypes.data)
-            self._loop = _team_loop(L.load().path, _gomp()[0], self.dtype.name, cell_mode)
+            self._calls = _team_calls(L.load().path, _gomp()[0])
         except BaseException:
             self.close()
             raise
@@ -461,10 +316,12 @@ class TeamLoop:
             g._ptrs[0] = None           # the loop moves the sources: re-point next time
         status = np.zeros(self.threads, np.int64)
         failed_at = np.zeros((self.threads, 2), np.int64)
-        arrive = np.zeros(self.threads * spin.SLOT, np.int64)
+        from .cpuloop_numba import CELL, team_loop
+        from .spin import SLOT
+        arrive = np.zeros(self.threads * SLOT, np.int64)
         prims, streams, args, nargs, srcs = self._handles
-        self._loop(prims, streams, args, nargs, srcs, self.bounds, self.gh, self.stride, h0, y, gx,
-                   b1, b2, has_b, state, t0, t1, status, failed_at, arrive)
+        team_loop(CELL[self.cell_mode], self._calls, prims, streams, args, nargs, srcs, self.bounds, self.gh,
+                  self.stride, h0, y, gx, b1, b2, has_b, state, t0, t1, status, failed_at, arrive)
         if (status == -1).any():
             return False
         for p in np.flatnonzero(status):

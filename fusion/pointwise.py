@@ -175,161 +175,31 @@ def tanh_rational(x):
     return np.clip(xc * p / q, ft(-1), ft(1))
 
 
-@functools.lru_cache(maxsize=None)
-def _numba_kernels(dtype_name: str):
-    """(lstm, gru): the fused kernels over whole ``(B, G, H)`` blocks, numba-parallel over rows."""
-    return _numba_cells(dtype_name)["lstm"][0], _numba_cells(dtype_name)["gru"][0]
-
-
-@functools.lru_cache(maxsize=None)
 def _numba_cells(dtype_name: str) -> dict:
-    """Compile (lazily, once per dtype) each cell's fused kernel in two forms from one row
-    function: ``[0]`` over a whole ``(B, G, H)`` block, parallel over the batch rows; ``[1]``
-    serial over a block of U hidden units starting at unit ``j0`` (``gh`` is ``(B, G, U)``, every
-    other array the layer's whole and C-contiguous, so the inner loop still vectorizes), which a
-    thread of :class:`fusion.cpuloop.TeamLoop` runs on its share.  Constants are typed so fp32
-    stays fp32."""
+    """Each cell's (whole-block parallel, unit-block serial) kernels (fusion.pointwise_numba: one
+    row function in two forms; compiled per dtype on first call, then kept on disk)."""
     try:
-        import numba
+        from . import pointwise_numba
     except ImportError as e:  # pragma: no cover - numba is a base dependency
         raise MissingDependency("numba", "the numba backend", "pip install numba") from e
     # OMP_WAIT_POLICY=PASSIVE is set by kernels/__init__.py: see the comment there.
-    ft = np.dtype(dtype_name).type
-    half, one = ft(0.5), ft(1.0)
-    tanh = _numba_tanh(dtype_name)
-
-    @numba.njit(inline="always")
-    def sig(a):
-        return half * tanh(half * a) + half
-
-    # One batch row; the inner loop runs over contiguous units, so with C-contiguous (B, G, H)
-    # views (the group_gemm layout) LLVM vectorizes it.  Indices are unsigned: a signed j0 + u
-    # could be negative as far as numba knows, and its wraparound branch on every access stops
-    # the vectorizer (184 us instead of 25 at B=16, H=256).  The cell state is updated in place
-    # through one argument: passing it as both c_prev and c_out makes LLVM's runtime alias check
-    # fail and fall back to scalar code (1.5x slower per step).
-    @numba.njit(inline="always")
-    def lstm_row(x, r, b, has_b, cn, ho, j0):
-        base = numba.uint64(j0)
-        for u in range(numba.uint64(r.shape[1])):
-            j = base + u
-            ai = x[0, j] + r[0, u]
-            af = x[1, j] + r[1, u]
-            ag = x[2, j] + r[2, u]
-            ao = x[3, j] + r[3, u]
-            if has_b:
-                ai += b[0, j]
-                af += b[1, j]
-                ag += b[2, j]
-                ao += b[3, j]
-            cj = sig(af) * cn[j] + sig(ai) * tanh(ag)
-            cn[j] = cj
-            ho[j] = sig(ao) * tanh(cj)
-
-    @numba.njit(inline="always")
-    def gru_row(x, r, bx, has_bx, bh, hp, ho, j0):
-        base = numba.uint64(j0)
-        for u in range(numba.uint64(r.shape[1])):
-            j = base + u
-            xr, xz, xn = x[0, j], x[1, j], x[2, j]
-            if has_bx:
-                xr += bx[0, j]
-                xz += bx[1, j]
-                xn += bx[2, j]
-            rg = sig(xr + r[0, u] + bh[0, j])
-            z = sig(xz + r[1, u] + bh[1, j])
-            c = tanh(xn + rg * (r[2, u] + bh[2, j]))
-            ho[j] = (one - z) * c + z * hp[j]
-
-    @numba.njit(parallel=True)
-    def lstm_pointwise_fused(gx, gh, b, has_b, c, h_out):
-        for n in numba.prange(gx.shape[0]):
-            lstm_row(gx[n], gh[n], b, has_b, c[n], h_out[n], 0)
-
-    @numba.njit(parallel=True)
-    def gru_pointwise_fused(gx, gh, bx, has_bx, bh, h_prev, h_out):
-        for n in numba.prange(gx.shape[0]):
-            gru_row(gx[n], gh[n], bx, has_bx, bh, h_prev[n], h_out[n], 0)
-
-    @numba.njit(error_model="numpy")
-    def lstm_units(gx, gh, b, has_b, c, h_out, j0):
-        for n in range(gx.shape[0]):
-            lstm_row(gx[n], gh[n], b, has_b, c[n], h_out[n], j0)
-
-    @numba.njit(error_model="numpy")
-    def gru_units(gx, gh, bx, has_bx, bh, h_prev, h_out, j0):
-        for n in range(gx.shape[0]):
-            gru_row(gx[n], gh[n], bx, has_bx, bh, h_prev[n], h_out[n], j0)
-
-    return {"lstm": (lstm_pointwise_fused, lstm_units), "gru": (gru_pointwise_fused, gru_units)}
+    return pointwise_numba.KERNELS
 
 
-@functools.lru_cache(maxsize=None)
+def _numba_kernels(dtype_name: str):
+    """(lstm, gru): the fused kernels over whole ``(B, G, H)`` blocks, numba-parallel over rows."""
+    cells = _numba_cells(dtype_name)
+    return cells["lstm"][0], cells["gru"][0]
+
+
 def _numba_rnn_kernel(dtype_name: str, nonlinearity: str):
     """The vanilla cell's fused kernel: one pass, h = act(gx + gh + b)."""
     return _numba_rnn_kernels(dtype_name, nonlinearity)[0]
 
 
-@functools.lru_cache(maxsize=None)
 def _numba_rnn_kernels(dtype_name: str, nonlinearity: str) -> tuple:
-    """The vanilla cell's (whole-block parallel, unit-block serial) kernels, as
-    :func:`_numba_cells`'."""
-    import numba
-    ft = np.dtype(dtype_name).type
-    zero = ft(0.0)
-    tanh = _numba_tanh(dtype_name)
-    relu = nonlinearity == "relu"
-
-    @numba.njit(inline="always")
-    def rnn_row(x, r, b, has_b, ho, j0):
-        base = numba.uint64(j0)
-        for u in range(numba.uint64(r.shape[1])):
-            j = base + u
-            a = x[0, j] + r[0, u]
-            if has_b:
-                a += b[0, j]
-            if relu:
-                ho[j] = zero if a < zero else a     # NaN < 0 is false: NaN passes through
-            else:
-                ho[j] = tanh(a)
-
-    @numba.njit(parallel=True)
-    def rnn_pointwise_fused(gx, gh, b, has_b, h_out):
-        for n in numba.prange(gx.shape[0]):
-            rnn_row(gx[n], gh[n], b, has_b, h_out[n], 0)
-
-    @numba.njit(error_model="numpy")
-    def rnn_units(gx, gh, b, has_b, h_out, j0):
-        for n in range(gx.shape[0]):
-            rnn_row(gx[n], gh[n], b, has_b, h_out[n], j0)
-
-    return rnn_pointwise_fused, rnn_units
-
-
-@functools.lru_cache(maxsize=None)
-def _numba_tanh(dtype_name: str):
-    """The tanh of the fused kernels (rational fp32 approximation, libm's in fp64), as its own
-    inlinable function for kernels compiled outside :func:`_numba_kernels`."""
-    import numba
-    ft = np.dtype(dtype_name).type
-    one = ft(1.0)
-    lo, hi, inv = ft(-TANH_CLAMP), ft(TANH_CLAMP), ft(1 / TANH_CLAMP)
-    P0, P1, P2, P3, P4 = (ft(a) for a in TANH_P)
-    Q0, Q1, Q2, Q3, Q4, Q5 = (ft(a) for a in TANH_Q)
-    if dtype_name != "float32":
-        @numba.njit(inline="always")
-        def tanh64(x):
-            return np.tanh(x)
-        return tanh64
-
-    @numba.njit(inline="always")
-    def tanh32(x):
-        xc = min(max(x, lo), hi)
-        u = (xc * inv) * (xc * inv)
-        p = (((P4 * u + P3) * u + P2) * u + P1) * u + P0
-        q = ((((Q5 * u + Q4) * u + Q3) * u + Q2) * u + Q1) * u + Q0
-        return min(max(xc * p / q, -one), one)
-    return tanh32
+    """The vanilla cell's (whole-block parallel, unit-block serial) kernels."""
+    return _numba_cells(dtype_name)[f"rnn_{nonlinearity}"]
 
 
 # Units (batch x hidden) below which a step's kernel runs on the calling thread alone.  Waking
@@ -347,20 +217,11 @@ def _launch(kernel, units: int, *args):
         kernel(*args)
 
 
-_SERIAL: dict = {}
-
-
 def serial(kernel):
-    """The same kernel compiled without ``parallel``: one thread, no scheduling of numba's thread
-    pool (which costs ~10 us a call even with one thread).  ``error_model="numpy"`` is what the
-    parallel lowering uses inside its loops: Python's model checks every division for zero, and
-    that branch stops LLVM vectorizing the tanh (measured, LSTM B=16 H=256: 130 us with the checks,
-    27 us without, 38 us through the parallel kernel on one thread)."""
-    ser = _SERIAL.get(kernel)
-    if ser is None:
-        import numba
-        ser = _SERIAL[kernel] = numba.njit(error_model="numpy")(kernel.py_func)
-    return ser
+    """The whole-block kernel's twin compiled without ``parallel`` (fusion.pointwise_numba.SERIAL:
+    why it exists and why ``error_model="numpy"``)."""
+    from .pointwise_numba import SERIAL
+    return SERIAL[kernel]
 
 
 def kernel_biases(cell: str, bx, bh, dtype_name: str) -> tuple:

@@ -14,20 +14,24 @@ yielding keeps its own core busy: ``sched_yield`` gives the core only to threads
 same core, so the descheduled team member, queued behind the competing process elsewhere, still
 waits (``lstm --fused`` at H256 B16 went from 4.3 to 20 ms per call beside one busy process).
 Past ``SPIN_CYCLES`` of the time-stamp counter (x86-64; elsewhere ``SPIN_ROUNDS`` rounds of
-``SPINS`` tries) the waiter sleeps in ``SLEEP_US`` naps instead: its core goes idle, the
-scheduler moves the waiting thread (or the competitor) onto it, and the barrier's added latency
-stays one nap.  The run-queue wait this leaves is what :mod:`microbench.contention` reports.
+``SPINS`` tries) the waiter sleeps in ``SLEEP_US`` naps (``usleep``) instead: its core goes idle,
+the scheduler moves the waiting thread (or the competitor) onto it, and the barrier's added
+latency stays one nap.  The run-queue wait this leaves is what :mod:`microbench.contention`
+reports.
 
 Each thread writes only its own slot of ``arrive`` (64 bytes apart, so no two share a cache line)
 with a release store after its step's writes, and reads the others' with acquire loads before
 its next step's reads: the LLVM atomics numba would not otherwise emit (a plain load in a spin
-loop may be hoisted out of it, and plain stores may move past the flag).
+loop may be hoisted out of it, and plain stores may move past the flag; fusion/native.py).
+
+The barrier (:func:`fusion.cpuloop_numba.meet`) is compiled with the loops that use it and kept
+in the kernel cache; the addresses of ``sched_yield`` and ``usleep`` are arguments, since a
+constant address would differ in the next process.
 """
 from __future__ import annotations
 
 import ctypes
 import functools
-import platform
 
 SLOT = 8            # int64s per thread's slot: one 64-byte cache line
 SPINS = 1 << 12     # tries before each yield of the core
@@ -36,94 +40,29 @@ SPIN_ROUNDS = 8         # without a readable counter: rounds of SPINS tries befo
 SLEEP_US = 50           # one nap once the spin is over
 
 
-def _intrinsics():
-    from llvmlite import ir
-    from numba import types
-    from numba.core import cgutils
-    from numba.extending import intrinsic
+def sched_yield_address() -> int:
+    """Where this process's ``sched_yield`` is (the barrier calls it by address)."""
+    return ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value
 
-    def _pointer(context, builder, aryty, ary, idx):
-        arr = context.make_array(aryty)(context, builder, ary)
-        return cgutils.get_item_pointer(context, builder, aryty, arr, [idx])
 
-    @intrinsic
-    def load_acquire(typingctx, arr, idx):
-        if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.ndim == 1):
-            return None
-
-        def codegen(context, builder, sig, args):
-            ptr = _pointer(context, builder, sig.args[0], args[0], args[1])
-            return builder.load_atomic(ptr, ordering="acquire", align=8)
-        return types.int64(arr, types.intp), codegen
-
-    @intrinsic
-    def store_release(typingctx, arr, idx, val):
-        if not (isinstance(arr, types.Array) and arr.dtype == types.int64 and arr.ndim == 1):
-            return None
-
-        def codegen(context, builder, sig, args):
-            ptr = _pointer(context, builder, sig.args[0], args[0], args[1])
-            builder.store_atomic(args[2], ptr, ordering="release", align=8)
-            return context.get_dummy_value()
-        return types.void(arr, types.intp, types.int64), codegen
-
-    @intrinsic
-    def cycles(typingctx):
-        """The time-stamp counter on x86-64 (rdtsc: readable in user mode); -1 elsewhere (an
-        arm64 cycle counter read may trap), where the spin is bounded by rounds instead."""
-        def codegen(context, builder, sig, args):
-            i64 = ir.IntType(64)
-            if platform.machine().lower() in ("x86_64", "amd64"):
-                fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, []),
-                                                    "llvm.readcyclecounter")
-                return builder.call(fn, [])
-            return ir.Constant(i64, -1)
-        return types.int64(), codegen
-
-    @intrinsic
-    def relax(typingctx):
-        def codegen(context, builder, sig, args):
-            if platform.machine().lower() in ("x86_64", "amd64"):     # numba's JIT has no inline asm
-                fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
-                                                    "llvm.x86.sse2.pause")
-                builder.call(fn, [])
-            return context.get_dummy_value()
-        return types.void(), codegen
-
-    return load_acquire, store_release, relax, cycles
+def usleep_address() -> int:
+    """Where this process's ``usleep`` is (the barrier naps through it, by address)."""
+    return ctypes.cast(ctypes.CDLL(None).usleep, ctypes.c_void_p).value
 
 
 @functools.lru_cache(maxsize=1)
 def barrier():
     """``wait(arrive, p, n, k)``: thread p of n has finished phase k (k = 1, 2, ...; ``arrive``
-    zeroed before the team starts, ``n * SLOT`` int64s); returns once every thread has.  A waiter
-    spins (yielding every ``SPINS`` tries), then naps once the spin bound is spent (see above)."""
+    zeroed before the team starts, ``n * SLOT`` int64s); returns once every thread has; a waiter
+    spins, yielding every ``SPINS`` tries, then naps (see above).  For numba code of one process
+    (the addresses of ``sched_yield`` and ``usleep`` are bound in): the cached loops call
+    :func:`fusion.cpuloop_numba.meet` with them as arguments."""
     import numba
-    load_acquire, store_release, relax, cycles = _intrinsics()
-    libc = ctypes.CDLL(None)
-    sched_yield = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.cast(libc.sched_yield, ctypes.c_void_p).value)
-    usleep = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint)(ctypes.cast(libc.usleep, ctypes.c_void_p).value)
+
+    from .cpuloop_numba import meet
+    yield_at, nap_at = sched_yield_address(), usleep_address()
 
     @numba.njit(inline="always")
     def wait(arrive, p, n, k):
-        store_release(arrive, p * SLOT, k)
-        start = cycles()
-        rounds = 0
-        napping = False
-        for q in range(n):
-            tries = 0
-            while load_acquire(arrive, q * SLOT) < k:
-                if napping:             # long past a step's imbalance: the core is given away
-                    usleep(SLEEP_US)
-                    continue
-                tries += 1
-                if tries < SPINS:
-                    relax()
-                    continue
-                tries = 0
-                rounds += 1
-                spun = cycles() - start if start >= 0 else -1
-                napping = spun > SPIN_CYCLES or (spun < 0 and rounds > SPIN_ROUNDS)
-                if not napping:
-                    sched_yield()
+        meet(arrive, p, n, k, yield_at, nap_at)
     return wait

@@ -24,7 +24,12 @@ steps after the loop, as one GEMM each with M = T*B:
 For the GRU the input and recurrent gate gradients differ in one block (dGH_n = dGX_n * r); for
 the layer-norm LSTM both go through their layer norm's backward (dGX after the loop, dGH inside).
 
-Multi-layer: the dX of layer l is the dy of layer l-1.
+Multi-layer: the dX of layer l is the dy of layer l-1 (times layer l-1's dropout mask, when the
+forward was given ``dropout_masks``: torch's dropout between layers, the mask multiplied into each
+layer's output but the last).  Bidirectional parameters: each layer runs a forward and a reverse
+direction (the reverse one walks the sequence backwards, its tape kept in its own time order); the
+layer's output is both directions' h side by side, and its dX the sum of both directions' dX.
+Tape and gradient entries are per direction, in the parameters' order (layer * 2 + direction).
 
 ``skip_input`` (plain cells): the first layer's input projection ``x W_ih^T`` is the given input
 (DeepBench's recurrent-layer timing, cuDNN's ``CUDNN_SKIP_INPUT``), so that layer has no input
@@ -41,6 +46,7 @@ import numpy as np
 from fusion.cellexpr import LN_EPS
 
 from .errors import BadInput
+from .reference import check_masks
 
 
 def _sig(xp, a):
@@ -63,6 +69,7 @@ class Tape:
     layers: list = field(default_factory=list)   # one dict per layer
     skip_input: bool = False                     # layer 0 read the given input projection
     gemm: object = None                          # (key, a, w) -> a @ w: the forward's provider
+    masks: tuple = ()                            # dropout masks multiplied into layer outputs
 
 
 @dataclass
@@ -104,7 +111,7 @@ def _plain_gemm(key, a, w):
 def _input_gemm(seq, w_ih, T: int, B: int, given: bool, mm=_plain_gemm, l: int = 0):
     """The hoisted input GEMM over all T*B rows, or (skip-input, first layer) a copy of the given
     projection (a copy: the caller adds biases in place)."""
-    rows = seq.reshape(T * B, -1)
+    rows = seq.reshape(T * B, seq.shape[-1])    # the width named: T*B may be 0
     return rows.copy() if given else mm(("w_ih.T", l), rows, w_ih.T)
 
 
@@ -202,35 +209,46 @@ class _RNNForward:
         hs[t + 1] = self.xp.maximum(a, 0) if self.relu else self.xp.tanh(a)
 
 
-def _forward(cell, kind: str, x, params, states: tuple, *, xp, dtype, skip_input: bool, gemm=None):
+def _forward(cell, kind: str, x, params, states: tuple, *, xp, dtype, skip_input: bool, gemm=None,
+             dropout_masks=None):
     """The fused forward shared by every cell, keeping the tape; ``cell`` (``_LSTMForward``, ...)
-    is the per-cell part.  Per layer: the hoisted input GEMM over all T*B rows, ``cell.inputs``
-    adds the biases; per step: the one recurrent GEMM, then ``cell.step`` writes h_{t+1} (and
-    c_{t+1}).  Returns ``y (T, B, H)``, the final states ``[h_n (, c_n)]`` and the tape."""
+    is the per-cell part.  Per layer and direction: the hoisted input GEMM over all T*B rows,
+    ``cell.inputs`` adds the biases; per step: the one recurrent GEMM, then ``cell.step`` writes
+    h_{t+1} (and c_{t+1}).  Returns ``y (T, B, D*H)``, the final states ``[h_n (, c_n)]`` and the tape."""
     dtype = dtype or params.dtype
     seq = xp.asarray(x, dtype=dtype)
     T, B, _ = seq.shape
-    L, H = params.num_layers, params.hidden_size
-    init = [_init_state(xp, s, L, B, H, dtype) for s in states]           # h0 (, c0)
+    L, H, D = params.num_layers, params.hidden_size, params.num_directions
+    if skip_input and D == 2:
+        raise BadInput("skip_input takes unidirectional parameters (one given projection, not one per direction)")
+    masks = tuple(xp.asarray(m, dtype=dtype) for m in check_masks(dropout_masks, params, T, B))
+    init = [_init_state(xp, s, L * D, B, H, dtype) for s in states]       # h0 (, c0)
     if gemm is not None and not callable(gemm):
         raise BadInput(f"gemm={gemm!r} must be a callable (key, a, w) -> a @ w, or None")
     mm = gemm or _plain_gemm
-    tape = Tape(kind, params, dtype, skip_input=skip_input, gemm=mm)
-    finals = [xp.empty((L, B, H), dtype) for _ in states]
+    tape = Tape(kind, params, dtype, skip_input=skip_input, gemm=mm, masks=masks)
+    finals = [xp.empty((L * D, B, H), dtype) for _ in states]
     for l in range(L):
-        w_ih, w_hh, b_ih, b_hh = _arrays(xp, params, l, dtype)
-        layer = cell(xp, params, l, T, B, H, dtype)
-        carry = [xp.empty((T + 1, B, H), dtype) for _ in states]            # h (, c) for t = 0..T
-        for c, s0 in zip(carry, init):
-            c[0] = s0[l]
-        ax = layer.inputs(_input_gemm(seq, w_ih, T, B, skip_input and l == 0, mm, l), b_ih, b_hh)  # hoisted
-        ax = ax.reshape(T, B, -1)
-        for t in range(T):
-            layer.step(t, ax[t], mm(("w_hh.T", l), carry[0][t], w_hh.T), *carry)   # 1 GEMM per step
-        tape.layers.append({"x": seq, **dict(zip(("h", "c"), carry)), **layer.rec})
-        for fin, c in zip(finals, carry):
-            fin[l] = c[T]
-        seq = carry[0][1:]
+        outs = []
+        for d in range(D):
+            k = l * D + d                                   # the entry in params.layers
+            inp = xp.ascontiguousarray(seq[::-1]) if d else seq   # reverse: the steps in its own order
+            w_ih, w_hh, b_ih, b_hh = _arrays(xp, params, k, dtype)
+            layer = cell(xp, params, k, T, B, H, dtype)
+            carry = [xp.empty((T + 1, B, H), dtype) for _ in states]        # h (, c) for t = 0..T
+            for c, s0 in zip(carry, init):
+                c[0] = s0[k]
+            ax = layer.inputs(_input_gemm(inp, w_ih, T, B, skip_input and l == 0, mm, k), b_ih, b_hh)  # hoisted
+            ax = ax.reshape(T, B, ax.shape[-1])
+            for t in range(T):
+                layer.step(t, ax[t], mm(("w_hh.T", k), carry[0][t], w_hh.T), *carry)   # 1 GEMM per step
+            tape.layers.append({"x": inp, **dict(zip(("h", "c"), carry)), **layer.rec})
+            for fin, c in zip(finals, carry):
+                fin[k] = c[T]
+            outs.append(carry[0][1:][::-1] if d else carry[0][1:])
+        seq = outs[0] if D == 1 else xp.concatenate(outs, axis=2)
+        if l < len(masks):                                   # dropout between layers
+            seq = seq * masks[l]
     return seq, finals, tape
 
 
@@ -240,34 +258,39 @@ CELLS = {"plain": "", "layernorm": "layernorm"}
 
 
 def lstm_forward_train(x, params, h0=None, c0=None, *, xp=np, dtype=None, skip_input: bool = False,
-                       gemm=None):
-    """``y (T, B, H), h_n, c_n, tape`` for an LSTMParams or LayerNormLSTMParams (``params.kind``)."""
+                       gemm=None, dropout_masks=None):
+    """``y (T, B, H), h_n, c_n, tape`` for an LSTMParams or LayerNormLSTMParams (``params.kind``);
+    bidirectional parameters: ``y (T, B, 2H)``, states ``(2L, B, H)``.  ``dropout_masks``: one
+    ``(T, B, D*H)`` array per layer but the last, multiplied into that layer's output
+    (:func:`kernels.reference.draw_dropout_masks` draws torch's)."""
     layernorm = getattr(params, "kind", "") == "layernorm"
     if params.cell != "lstm" or getattr(params, "kind", "") not in CELLS.values():
         raise BadInput(f"lstm_forward_train takes LSTMParams or LayerNormLSTMParams, got {type(params).__name__}")
     _skip_check(skip_input, layernorm)
     y, (h_n, c_n), tape = _forward(_LSTMForward, "layernorm" if layernorm else "lstm", x, params, (h0, c0),
-                                   xp=xp, dtype=dtype, skip_input=skip_input, gemm=gemm)
+                                   xp=xp, dtype=dtype, skip_input=skip_input, gemm=gemm,
+                                   dropout_masks=dropout_masks)
     return y, h_n, c_n, tape
 
 
 def gru_forward_train(x, params, h0=None, *, xp=np, dtype=None, skip_input: bool = False,
-                      gemm=None):
-    """``y (T, B, H), h_n, tape`` for GRUParams."""
+                      gemm=None, dropout_masks=None):
+    """``y (T, B, H), h_n, tape`` for GRUParams (bidirectional, dropout: as :func:`lstm_forward_train`)."""
     if params.cell != "gru":
         raise BadInput(f"gru_forward_train takes GRUParams, got {type(params).__name__}")
     y, (h_n,), tape = _forward(_GRUForward, "gru", x, params, (h0,), xp=xp, dtype=dtype,
-                               skip_input=skip_input, gemm=gemm)
+                               skip_input=skip_input, gemm=gemm, dropout_masks=dropout_masks)
     return y, h_n, tape
 
 
 def rnn_forward_train(x, params, h0=None, *, xp=np, dtype=None, skip_input: bool = False,
-                      gemm=None):
-    """``y (T, B, H), h_n, tape`` for VanillaRNNParams (ReLU or tanh)."""
+                      gemm=None, dropout_masks=None):
+    """``y (T, B, H), h_n, tape`` for VanillaRNNParams (ReLU or tanh; bidirectional, dropout: as
+    :func:`lstm_forward_train`)."""
     if params.cell != "rnn":
         raise BadInput(f"rnn_forward_train takes VanillaRNNParams, got {type(params).__name__}")
     y, (h_n,), tape = _forward(_RNNForward, "rnn", x, params, (h0,), xp=xp, dtype=dtype,
-                               skip_input=skip_input, gemm=gemm)
+                               skip_input=skip_input, gemm=gemm, dropout_masks=dropout_masks)
     return y, h_n, tape
 
 
@@ -279,14 +302,14 @@ def _input_grad(dgx, w_ih, gw: dict, given: bool, mm=_plain_gemm, l: int = 0):
         gw.pop("w_ih")
         return dgx
     T, B, GH = dgx.shape
-    return mm(("w_ih", l), dgx.reshape(T * B, GH), w_ih).reshape(T, B, -1)
+    return mm(("w_ih", l), dgx.reshape(T * B, GH), w_ih).reshape(T, B, w_ih.shape[1])
 
 
 def _weight_grads(xp, dgx, dgh, X, Hprev, given: bool = False):
     """The batched weight-gradient GEMMs of one layer (M = T*B each)."""
     T, B, GH = dgx.shape
     gx2, gh2 = dgx.reshape(T * B, GH), dgh.reshape(T * B, GH)
-    return {"w_ih": gx2.T @ X.reshape(T * B, -1), "w_hh": gh2.T @ Hprev.reshape(T * B, -1),
+    return {"w_ih": gx2.T @ X.reshape(T * B, X.shape[-1]), "w_hh": gh2.T @ Hprev.reshape(T * B, Hprev.shape[-1]),
             "b_ih": gx2.sum(axis=0), "b_hh": gh2.sum(axis=0)}
 
 
@@ -345,8 +368,8 @@ class _LSTMGates:
         db = dP.reshape(T * B, 4 * H).sum(axis=0)
         gw["b_ih"], gw["b_hh"] = db, db.copy()
         dP2 = dP.reshape(T * B, 4 * H)
-        gw["lnx_g"] = (dP2 * rec["xh"].reshape(T * B, -1)).sum(axis=0).reshape(4, H)
-        gw["lnh_g"] = (dP2 * rec["hh"].reshape(T * B, -1)).sum(axis=0).reshape(4, H)
+        gw["lnx_g"] = (dP2 * rec["xh"].reshape(T * B, 4 * H)).sum(axis=0).reshape(4, H)
+        gw["lnh_g"] = (dP2 * rec["hh"].reshape(T * B, 4 * H)).sum(axis=0).reshape(4, H)
         gw["lnx_b"] = db.reshape(4, H).copy()
         gw["lnh_b"] = db.reshape(4, H).copy()
         gw["lnc_g"], gw["lnc_b"] = self.d_lnc_g, self.d_lnc_b
@@ -402,32 +425,42 @@ class _RNNGates:
 def _backward(gates, tape: Tape, dy, dstates: tuple, *, xp, on_layer) -> Grads:
     """The walk through time shared by every cell; ``gates`` (``_LSTMGates``, ...) is the per-cell
     part.  Per step: ``dG_h, dh_direct, carry = step(t, dh_t, carry)``, then the one GEMM
-    ``dh_{t-1} = dG_h W_hh (+ dh_direct)``; per layer after the loop ``finish()`` gives the input
-    gate gradients and the weight gradients (batched GEMMs, M = T*B)."""
+    ``dh_{t-1} = dG_h W_hh (+ dh_direct)``; per layer and direction after the loop ``finish()``
+    gives the input gate gradients and the weight gradients (batched GEMMs, M = T*B)."""
     p, dt = tape.params, tape.dtype
     mm = tape.gemm or _plain_gemm
-    L, H = p.num_layers, p.hidden_size
+    L, H, D = p.num_layers, p.hidden_size, p.num_directions
     dseq = xp.asarray(dy, dtype=dt)
     T, B, _ = dseq.shape
-    finals = [xp.empty((L, B, H), dt) for _ in range(1 + gates.carried)]     # dh0 (, dc0)
-    grads = [None] * L
+    finals = [xp.empty((L * D, B, H), dt) for _ in range(1 + gates.carried)]     # dh0 (, dc0)
+    grads = [None] * (L * D)
     for l in reversed(range(L)):
-        rec = tape.layers[l]
-        w_ih, w_hh, _, _ = _arrays(xp, p, l, dt)
-        dh, *carry = (xp.zeros((B, H), dt) if d is None else xp.array(d[l], dtype=dt) for d in dstates)
-        cell = gates(xp, tape, rec, T, B, H)
-        carry = tuple(carry)
-        for t in reversed(range(T)):
-            dgh, direct, carry = cell.step(t, dseq[t] + dh, carry)
-            dh = mm(("w_hh", l), dgh, w_hh)                                      # 1 GEMM per step
-            if direct is not None:
-                dh = direct + dh
-        dgx, grads[l] = cell.finish()
-        if on_layer is not None:
-            on_layer(l, grads[l])
-        for fin, d in zip(finals, (dh, *carry)):
-            fin[l] = d
-        dseq = _input_grad(dgx, w_ih, grads[l], tape.skip_input and l == 0, mm, l)  # dX, one GEMM
+        dx = None
+        for d in range(D):
+            k = l * D + d                                    # the entry in params.layers and the tape
+            rec = tape.layers[k]
+            w_ih, w_hh, _, _ = _arrays(xp, p, k, dt)
+            dout = dseq[:, :, d * H:(d + 1) * H]
+            dout = dout[::-1] if d else dout                 # the reverse direction's own time order
+            dh, *carry = (xp.zeros((B, H), dt) if s is None else xp.array(s[k], dtype=dt) for s in dstates)
+            cell = gates(xp, tape, rec, T, B, H)
+            carry = tuple(carry)
+            for t in reversed(range(T)):
+                dgh, direct, carry = cell.step(t, dout[t] + dh, carry)
+                dh = mm(("w_hh", k), dgh, w_hh)                                  # 1 GEMM per step
+                if direct is not None:
+                    dh = direct + dh
+            dgx, grads[k] = cell.finish()
+            if on_layer is not None:
+                on_layer(k, grads[k])
+            for fin, g in zip(finals, (dh, *carry)):
+                fin[k] = g
+            dxd = _input_grad(dgx, w_ih, grads[k], tape.skip_input and l == 0, mm, k)  # dX, one GEMM
+            dxd = dxd[::-1] if d else dxd
+            dx = dxd if dx is None else dx + dxd
+        if 0 < l <= len(tape.masks):                         # through the dropout below this layer
+            dx = dx * tape.masks[l - 1]
+        dseq = dx
     return Grads(dseq, finals[0], finals[1] if gates.carried else None, grads)
 
 
@@ -436,7 +469,8 @@ def lstm_backward(tape: Tape, dy, dh_n=None, dc_n=None, *, xp=np, on_layer=None)
 
     ``on_layer(l, grads_l)`` is called as soon as layer l's weight gradients are final (last layer
     first), before the layers below are differentiated: a data-parallel step starts their
-    all-reduce there, so it overlaps the rest of the backward pass."""
+    all-reduce there, so it overlaps the rest of the backward pass.  (Bidirectional: l indexes
+    ``Grads.layers``, layer * 2 + direction; states and their gradients are ``(2L, B, H)``.)"""
     return _backward(_LSTMGates, tape, dy, (dh_n, dc_n), xp=xp, on_layer=on_layer)
 
 
@@ -451,8 +485,9 @@ def rnn_backward(tape: Tape, dy, dh_n=None, *, xp=np, on_layer=None) -> Grads:
 
 
 def forward_train(x, params, h0=None, c0=None, *, xp=np, dtype=None, skip_input: bool = False,
-                  gemm=None):
+                  gemm=None, dropout_masks=None):
     """Dispatch on the parameters: ``(y, states, tape)`` with states ``(h_n, c_n)`` or ``(h_n,)``.
+    ``dropout_masks``: see :func:`lstm_forward_train`.
     ``gemm``: ``(key, a, w) -> a @ w`` for every GEMM by a weight matrix, forward and backward
     (the tape keeps it); default NumPy's/CuPy's matmul.  A packing provider keeps each weight
     matrix packed once, so give one only while the parameters do not change between calls."""
@@ -460,10 +495,11 @@ def forward_train(x, params, h0=None, c0=None, *, xp=np, dtype=None, skip_input:
         if c0 is not None:
             raise BadInput(f"a {params.cell.upper()} has no cell state: c0 must be None")
         fwd = gru_forward_train if params.cell == "gru" else rnn_forward_train
-        y, h, tape = fwd(x, params, h0, xp=xp, dtype=dtype, skip_input=skip_input, gemm=gemm)
+        y, h, tape = fwd(x, params, h0, xp=xp, dtype=dtype, skip_input=skip_input, gemm=gemm,
+                         dropout_masks=dropout_masks)
         return y, (h,), tape
     y, h, c, tape = lstm_forward_train(x, params, h0, c0, xp=xp, dtype=dtype, skip_input=skip_input,
-                                       gemm=gemm)
+                                       gemm=gemm, dropout_masks=dropout_masks)
     return y, (h, c), tape
 
 

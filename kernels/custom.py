@@ -84,15 +84,18 @@ def _reference(x, params, cls, step, h0, c0):
     h_all, c_all = _states(params, h0, c0, B)
     h_n, c_n = np.empty_like(h_all), np.empty_like(c_all)
     seq = np.asarray(x, dtype=np.float64)
-    for l, layer in enumerate(params.layers):
-        weights = tuple(np.asarray(a, dtype=np.float64) for a in layer.arrays())
-        extras = {k: np.asarray(v, dtype=np.float64) for k, v in params.extras[l].items()}
-        h, c = h_all[l], c_all[l]
-        out = np.empty((T, B, params.hidden_size))
-        for t in range(T):
-            h, c = step(seq[t], h, c, *weights, extras)
-            out[t] = h
-        h_n[l], c_n[l] = h, c
+    D, H = params.num_directions, params.hidden_size
+    for l in range(params.num_layers):
+        out = np.empty((T, B, D * H))
+        for d in range(D):          # bidirectional: the reverse direction walks t = T-1..0
+            k = l * D + d
+            weights = tuple(np.asarray(a, dtype=np.float64) for a in params.layers[k].arrays())
+            extras = {n: np.asarray(v, dtype=np.float64) for n, v in params.extras[k].items()}
+            h, c = h_all[k], c_all[k]
+            for t in (reversed(range(T)) if d else range(T)):
+                h, c = step(seq[t], h, c, *weights, extras)
+                out[t, :, d * H:(d + 1) * H] = h
+            h_n[k], c_n[k] = h, c
         seq = out
     return seq, (h_n, c_n)
 

@@ -104,6 +104,68 @@ def available() -> bool:
     return detect()[0]
 
 
+# CUdevice_attribute (cuda.h): the compute capability
+CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 75, 76
+
+
+def describe(index: int | None = None) -> dict:
+    """The GPU a run uses, for the environment record and the table header: ``available`` and
+    ``reason`` (:func:`detect`), and with a GPU its ``name``, ``memory_gib`` (total),
+    ``compute_capability``, ``cuda`` (the CUDA version the driver supports), ``driver`` (the
+    driver's own version, from NVML or /proc; None where neither says), ``index`` (the CUDA
+    ordinal, default the one --device selected) and ``count``.  Through the driver API, like
+    :func:`detect`: nothing heavy is imported.  A query the driver refuses leaves its field None."""
+    ok, reason = detect()
+    out = {"available": ok, "reason": reason}
+    if not ok:
+        return out
+    lib = _load_driver()
+    if isinstance(lib, str):
+        return {"available": False, "reason": lib}
+    if index is None:
+        from . import devices
+        index = devices.selected()
+    dev, count = ctypes.c_int(0), ctypes.c_int(0)
+    name, total = ctypes.create_string_buffer(128), ctypes.c_size_t(0)
+    major, minor, version = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
+    out.update({"index": index, "count": None, "name": None, "memory_gib": None,
+                "compute_capability": None, "cuda": None, "driver": driver_version()})
+    if lib.cuDeviceGetCount(ctypes.byref(count)) == 0:
+        out["count"] = count.value
+    if lib.cuDriverGetVersion(ctypes.byref(version)) == 0 and version.value:
+        out["cuda"] = f"{version.value // 1000}.{version.value % 1000 // 10}"
+    if lib.cuDeviceGet(ctypes.byref(dev), index) != 0:
+        return out
+    if lib.cuDeviceGetName(name, len(name), dev) == 0:
+        out["name"] = name.value.decode(errors="replace")
+    if lib.cuDeviceTotalMem_v2(ctypes.byref(total), dev) == 0:
+        out["memory_gib"] = round(total.value / 2**30, 1)
+    if (lib.cuDeviceGetAttribute(ctypes.byref(major), CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev) == 0
+            and lib.cuDeviceGetAttribute(ctypes.byref(minor), CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+                                         dev) == 0):
+        out["compute_capability"] = f"{major.value}.{minor.value}"
+    return out
+
+
+def driver_version() -> str | None:
+    """The NVIDIA driver's version ("580.65.06"): NVML's answer where pynvml is installed, else
+    the kernel module's line in /proc/driver/nvidia/version; None where neither says."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        v = pynvml.nvmlSystemGetDriverVersion()
+        return v.decode() if isinstance(v, bytes) else str(v)
+    except Exception:       # no pynvml, or an NVML that cannot start: the kernel module's line
+        pass
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            import re
+            m = re.search(r"Kernel Module\s+(?:for \S+\s+)?(\d+(?:\.\d+)+)", f.read())
+            return m.group(1) if m else None
+    except OSError:
+        return None
+
+
 @functools.lru_cache(maxsize=1)
 def driver_cuda_version() -> int | None:
     """The CUDA version the driver supports, as CUDA encodes it (13000 = 13.0), or None."""

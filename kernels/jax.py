@@ -17,7 +17,7 @@ except ImportError as e:  # pragma: no cover
     raise MissingDependency("jax", "kernels.jax", "pip install jax") from e
 
 from . import backward as bw
-from .params import Layer
+from .params import Layer, require_unidirectional
 
 _NAMES = ("w_ih", "w_hh", "b_ih", "b_hh")
 
@@ -34,6 +34,7 @@ def flat_weights(params) -> list:
 
 def rnn_fn(params):
     """``f(x, *flat_weights) -> y`` for the structure (cell, sizes) of ``params``, differentiable."""
+    require_unidirectional(params, "kernels.jax")
     n_extra = len(params.expr.params) if hasattr(params, "expr") else 0
     per = 4 + n_extra
     cls, I, H = type(params), params.input_size, params.hidden_size

@@ -37,6 +37,14 @@ def check_dim(name: str, value) -> int:
     return int(value)
 
 
+def require_unidirectional(params, what: str) -> None:
+    """A one-line BadInput where a runner takes one direction only (bidirectional parameters run
+    on :class:`kernels.rnn.RNN`, :mod:`kernels.backward` and :mod:`kernels.torch`)."""
+    if getattr(params, "bidirectional", False):
+        raise BadInput(f"{what} takes unidirectional parameters; these are bidirectional (run them with "
+                       "kernels.RNN, kernels.backward or kernels.torch)")
+
+
 def real_float(name: str, dtype) -> None:
     """Weights are floating point: float64, float32, float16 or bfloat16 (BadInput otherwise)."""
     try:
@@ -71,56 +79,71 @@ class Layer:
 
 @dataclass(frozen=True)
 class RNNParams:
-    """Weights of a unidirectional, multi-layer RNN of one cell type (base of LSTM/GRUParams)."""
+    """Weights of a multi-layer RNN of one cell type (base of LSTM/GRUParams).
+
+    ``bidirectional`` (keyword only): ``layers`` holds two entries per layer, in PyTorch's order
+    (layer 0 forward, layer 0 reverse, layer 1 forward, ...), and the layers above the first
+    read both directions' outputs side by side (input width 2H); ``num_layers`` counts layers,
+    not entries."""
 
     input_size: int
     hidden_size: int
     layers: tuple = field(default_factory=tuple)
+    bidirectional: bool = field(default=False, kw_only=True)
 
     cell = ""  # set by subclasses
 
     def __post_init__(self):
         check_dim("input_size", self.input_size)
         check_dim("hidden_size", self.hidden_size)
+        if not isinstance(self.bidirectional, (bool, np.bool_)):
+            raise BadInput(f"bidirectional={self.bidirectional!r} must be True or False")
+        object.__setattr__(self, "bidirectional", bool(self.bidirectional))
         if not isinstance(self.layers, (tuple, list)):
             raise BadInput(f"layers={self.layers!r} must be a tuple or list of kernels.params.Layer, "
                            "one per layer")
         object.__setattr__(self, "layers", tuple(self.layers))
         if not self.layers:
             raise BadInput(f"{type(self).__name__} needs at least one layer")
-        G, H = self.num_gates, self.hidden_size
+        G, H, D = self.num_gates, self.hidden_size, self.num_directions
+        if len(self.layers) % D:
+            raise BadInput(f"bidirectional {type(self).__name__} needs two entries per layer (forward, "
+                           f"reverse), got {len(self.layers)}")
         for l, layer in enumerate(self.layers):
+            where = f"layer {l}" if D == 1 else f"layers[{l}] (layer {l // 2}, {'reverse' if l % 2 else 'forward'})"
             if not isinstance(layer, Layer):
-                raise BadInput(f"layer {l} is a {type(layer).__name__}; expected kernels.params.Layer")
-            width = self.input_size if l == 0 else H
+                raise BadInput(f"{where} is a {type(layer).__name__}; expected kernels.params.Layer")
+            width = self.input_size if l < D else D * H
             want = {"w_ih": (G * H, width), "w_hh": (G * H, H), "b_ih": (G * H,), "b_hh": (G * H,)}
             # .dtype first: CuPy arrays (kernels.torch on a GPU) refuse np.asarray
             dtypes = {a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype for a in layer.arrays()}
             if len(dtypes) != 1:
-                raise BadInput(f"layer {l}: weights mix dtypes {sorted(map(str, dtypes))}; use one")
-            real_float(f"layer {l} weights", next(iter(dtypes)))
+                raise BadInput(f"{where}: weights mix dtypes {sorted(map(str, dtypes))}; use one")
+            real_float(f"{where} weights", next(iter(dtypes)))
             for name, shape in want.items():
                 got = np.shape(getattr(layer, name))
                 if got != shape:
-                    raise BadInput(f"layer {l}: {name} has shape {got}; expected {shape} "
+                    raise BadInput(f"{where}: {name} has shape {got}; expected {shape} "
                                    f"({self.cell}, G={G}, H={H}, input width {width})")
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
     def random(cls, input_size: int, hidden_size: int, num_layers: int = 1, *, seed: int = 0,
-               dtype=np.float64, **extra):
+               dtype=np.float64, bidirectional: bool = False, **extra):
         """Uniform(-1/sqrt(H), 1/sqrt(H)) weights and biases (PyTorch's default), reproducible by seed.
         ``extra``: the subclass's own fields (``nonlinearity`` of a vanilla RNN)."""
         check_dim("input_size", input_size)
         H = check_dim("hidden_size", hidden_size)
         check_dim("num_layers", num_layers)
-        layers = random_layers(input_size, H, num_layers, len(GATES[cls.cell]), seed=seed, dtype=dtype)
-        return cls(input_size, hidden_size, layers, **extra)
+        layers = random_layers(input_size, H, num_layers, len(GATES[cls.cell]), seed=seed, dtype=dtype,
+                               directions=2 if bidirectional else 1)
+        return cls(input_size, hidden_size, layers, bidirectional=bidirectional, **extra)
 
     @classmethod
     def from_torch(cls, module):
-        """Float64 copies of a ``torch.nn.LSTM``/``torch.nn.GRU``'s weights (same names and gate
-        order, nothing reordered); the way back is :func:`kernels.torch.torch_module`."""
+        """Float64 copies of a ``torch.nn.LSTM``/``GRU``/``RNN``'s weights (same names and gate
+        order, nothing reordered; bidirectional when the module is); the way back is
+        :func:`kernels.torch.torch_module`."""
         from .torch import params_from_torch
         p = params_from_torch(module)
         if not isinstance(p, cls):
@@ -131,6 +154,18 @@ class RNNParams:
         """A copy with every array in ``dtype`` (contiguous)."""
         conv = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
         return replace(self, layers=tuple(Layer(*map(conv, layer.arrays())) for layer in self.layers))
+
+    def layer_params(self, layer: int, direction: int = 0):
+        """One direction of one layer as unidirectional one-layer parameters of the same kind
+        (views of these arrays, no copies): what a runner of a bidirectional stack runs."""
+        k = layer * self.num_directions + direction
+        width = self.input_size if layer == 0 else self.num_directions * self.hidden_size
+        return replace(self, input_size=width, layers=(self.layers[k],), bidirectional=False,
+                       **self._entry_extras(k))
+
+    def _entry_extras(self, k: int) -> dict:
+        """The per-entry fields besides ``layers`` (a declared cell's extras) for :meth:`layer_params`."""
+        return {}
 
     # -- views ---------------------------------------------------------------------------
     @property
@@ -147,8 +182,12 @@ class RNNParams:
         return len(GATES[self.cell])
 
     @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
     def num_layers(self) -> int:
-        return len(self.layers)
+        return len(self.layers) // self.num_directions
 
     @property
     def dtype(self) -> np.dtype:
@@ -156,8 +195,9 @@ class RNNParams:
         w = self.layers[0].w_ih
         return np.dtype(w.dtype) if hasattr(w, "dtype") else np.asarray(w).dtype
 
-    def gate(self, layer: int, gate: str, which: str = "w_ih") -> np.ndarray:
-        """The rows of one gate in one array, e.g. ``gate(0, "f", "w_hh")`` -> (H, H)."""
+    def gate(self, layer: int, gate: str, which: str = "w_ih", direction: int = 0) -> np.ndarray:
+        """The rows of one gate in one array, e.g. ``gate(0, "f", "w_hh")`` -> (H, H);
+        ``direction=1``: the reverse direction's (bidirectional)."""
         if gate not in self.gates:
             raise BadInput(f"gate {gate!r} is unknown for {self.cell}; allowed: {', '.join(self.gates)}")
         if which not in ("w_ih", "w_hh", "b_ih", "b_hh"):
@@ -165,25 +205,28 @@ class RNNParams:
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) \
                 or not 0 <= layer < self.num_layers:
             raise BadInput(f"layer {layer!r} is out of range; allowed: 0..{self.num_layers - 1}")
+        if direction not in range(self.num_directions):
+            raise BadInput(f"direction {direction!r} is out of range; allowed: 0..{self.num_directions - 1}")
         k, H = self.gates.index(gate), self.hidden_size
-        return getattr(self.layers[layer], which)[k * H:(k + 1) * H]
+        return getattr(self.layers[layer * self.num_directions + direction], which)[k * H:(k + 1) * H]
 
     def num_weights(self) -> int:
         return sum(np.size(a) for layer in self.layers for a in layer.arrays())
 
 
 def random_layers(input_size: int, hidden_size: int, num_layers: int, num_gates: int, *, seed: int,
-                  dtype) -> tuple:
+                  dtype, directions: int = 1) -> tuple:
     """The layers of :meth:`RNNParams.random`: Uniform(-1/sqrt(H), 1/sqrt(H)), drawn from ``seed``
-    layer by layer in the order w_ih, w_hh, b_ih, b_hh (a custom cell with G gates draws the same way)."""
+    layer by layer in the order w_ih, w_hh, b_ih, b_hh (a custom cell with G gates draws the same way);
+    ``directions=2``: two entries per layer (forward, reverse), the upper layers 2H wide."""
     from .dtypes import canonical, storage
     dtype = storage(canonical(dtype))   # an integer dtype would round every weight to 0
     G, H = num_gates, hidden_size
     rng = np.random.default_rng(seed)
     k = 1.0 / np.sqrt(H)
     layers = []
-    for l in range(num_layers):
-        width = input_size if l == 0 else H
+    for l in range(num_layers * directions):
+        width = input_size if l < directions else directions * H
         draw = lambda *shape: rng.uniform(-k, k, size=shape).astype(dtype)  # noqa: E731
         layers.append(Layer(draw(G * H, width), draw(G * H, H), draw(G * H), draw(G * H)))
     return tuple(layers)
@@ -279,7 +322,7 @@ class CellParams(RNNParams):
 
     @classmethod
     def random(cls, input_size: int, hidden_size: int, num_layers: int = 1, *, seed: int = 0,
-               dtype=np.float64, cell=None):
+               dtype=np.float64, cell=None, bidirectional: bool = False):
         """Canonical weights as :meth:`RNNParams.random` (same seed, same numbers for the same G),
         extras from a second stream of the same seed (see :meth:`_draw_extra`)."""
         expr = cell if cell is not None else cls.expr
@@ -288,12 +331,12 @@ class CellParams(RNNParams):
         H = check_dim("hidden_size", hidden_size)
         check_dim("num_layers", num_layers)
         layers = random_layers(check_dim("input_size", input_size), H, num_layers, len(expr.gates),
-                               seed=seed, dtype=dtype)
+                               seed=seed, dtype=dtype, directions=2 if bidirectional else 1)
         rng = np.random.default_rng([seed, 1])
         dt = layers[0].w_ih.dtype
         extras = tuple({p: cls._draw_extra(rng, p, expr.param_shape(p, H)).astype(dt)
-                        for p, _ in expr.params} for _ in range(num_layers))
-        return cls(input_size, hidden_size, layers, extras, expr)
+                        for p, _ in expr.params} for _ in range(len(layers)))
+        return cls(input_size, hidden_size, layers, extras, expr, bidirectional=bidirectional)
 
     @staticmethod
     def _draw_extra(rng, name, shape):
@@ -305,10 +348,15 @@ class CellParams(RNNParams):
         conv = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
         return type(self)(self.input_size, self.hidden_size,
                           tuple(Layer(*map(conv, layer.arrays())) for layer in self.layers),
-                          tuple({k: conv(v) for k, v in e.items()} for e in self.extras), self.expr)
+                          tuple({k: conv(v) for k, v in e.items()} for e in self.extras), self.expr,
+                          bidirectional=self.bidirectional)
+
+    def _entry_extras(self, k: int) -> dict:
+        return {"extras": (self.extras[k],)}
 
     def extra_arrays(self, layer: int) -> tuple:
-        """The layer's extra arrays in the cell declaration's order (the kernel's argument order)."""
+        """The layer's extra arrays in the cell declaration's order (the kernel's argument order);
+        ``layer`` indexes ``layers`` (bidirectional: layer * 2 + direction)."""
         return tuple(self.extras[layer][p] for p, _ in self.expr.params)
 
     def num_weights(self) -> int:

@@ -42,7 +42,7 @@ from .dtypes import canonical, storage
 from .errors import BadInput
 from .gpu import cublas_math
 from .params import CellParams, GRUParams, LSTMParams, RNNParams, VanillaRNNParams
-from .reference import check_sequence
+from .reference import check_masks, check_sequence
 
 VARIANTS = ("naive", "fused")
 POINTWISE = ("handwritten", "generated")
@@ -111,7 +111,12 @@ class RNN:
     ``pointwise``: ``handwritten`` (default of the plain cells) or ``generated`` (the only one of a
     declared cell, :class:`~kernels.params.CellParams`); see the module doc.  A declared cell runs
     on the backends of :data:`GENERATED_BACKENDS`; it is called like an LSTM (``h0, c0``) when its
-    states are ``("c",)``, like a GRU when it has none.
+    states are ``("c",)``, like a GRU when it has none.  Bidirectional parameters (as
+    ``torch.nn.LSTM(bidirectional=True)``): each direction of each layer is a one-layer runner
+    of its own (``directions``) with the same plan, run layer by layer, the reverse one on the
+    sequence read backwards; ``y`` is ``(T, B, 2H)``, the states ``(2L, B, H)``.  A call's
+    ``dropout_masks`` (see :func:`kernels.reference.check_masks`) are multiplied into each layer's
+    output but the last, as torch's dropout between layers in training mode.
     """
 
     def __init__(self, params: RNNParams, *, variant: str = "fused", backend: str = "numpy",
@@ -186,10 +191,23 @@ class RNN:
         # GEMM provider: oneDNN with packed weights on the CPU under pretranspose (fp32), else
         # the array module's matmul; gemm_info says which, and why not oneDNN.
         packer, self.gemm_info = fgemm.provider_for(self.xp, self.backend.device, self.precision, self.plan)
-        self.layers = [_LayerExec(self.xp, folds, layer, params.num_gates, self.plan, self.dtype,
-                                  self.fused, given=self.skip_input and l == 0,
-                                  extra=params.extra_arrays(l) if declared else (), packer=packer)
-                       for l, layer in enumerate(params.layers)]
+        self.directions = None
+        if params.bidirectional:
+            if self.skip_input:
+                raise BadInput("skip_input takes unidirectional parameters (one given projection, "
+                               "not one per direction)")
+            # one unidirectional one-layer runner per direction and layer, with this plan; their
+            # layers (forward, reverse per layer: the parameters' order) are this runner's
+            sub = dict(variant=variant, backend=backend, dtype=self.precision, scheduler=scheduler,
+                       opts=None if variant == "naive" else self.plan, pointwise=pointwise)
+            self.directions = [[RNN(params.layer_params(l, d), **sub) for d in range(2)]
+                               for l in range(params.num_layers)]
+            self.layers = [lay for pair in self.directions for run in pair for lay in run.layers]
+        else:
+            self.layers = [_LayerExec(self.xp, folds, layer, params.num_gates, self.plan, self.dtype,
+                                      self.fused, given=self.skip_input and l == 0,
+                                      extra=params.extra_arrays(l) if declared else (), packer=packer)
+                           for l, layer in enumerate(params.layers)]
         # numba's fused kernel over packed oneDNN GEMMs: each layer's steps run as one compiled
         # call (fusion.cpuloop) instead of a Python loop; one StepLoop per batch size, per layer.
         self.step_loop_why = cpuloop.why_not(self.plan, backend, params.cell_mode, self.generated,
@@ -201,6 +219,11 @@ class RNN:
         """Pack the weights for every GEMM a call with T steps and batch B makes, now rather than
         in the first call (a no-op without a packing provider).  Each row count M is one oneDNN
         primitive: B for the step GEMMs, T*B (or a chunk of it) for the hoisted input GEMM."""
+        if self.directions is not None:
+            for pair in self.directions:
+                for run in pair:
+                    run.prepare(T, B)
+            return self
         if self.gemm_info.get("provider") != fgemm.ONEDNN:
             return self
         chunk = self._chunk(T)
@@ -243,31 +266,60 @@ class RNN:
         return cellexpr_gpu.provider(self.expr, backend)
 
     # ------------------------------------------------------------------------------------------
-    def __call__(self, x, h0=None, c0=None, *, batch_first: bool = False):
+    def __call__(self, x, h0=None, c0=None, *, batch_first: bool = False, dropout_masks=None):
         xp, p = self.xp, self.params
         states = {"h0": h0, "c0": c0} if self.has_c else {"h0": h0}
         if not self.has_c and c0 is not None:
             raise BadInput(f"a {self.cell.upper()} has no cell state: c0 must be None")
         x = xp.asarray(x)
         T, B = check_sequence(x.shape, p, batch_first, states, self.skip_input, x=x)
+        masks = tuple(xp.asarray(m, dtype=self.dtype) for m in check_masks(dropout_masks, p, T, B))
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)  # outside any timed region: builders pass the built dtype
         seq = x.transpose(1, 0, 2) if batch_first else x
         with cublas_math(xp, self.precision):
-            if "graph" in self.plan and xp.__name__ == "cupy":
+            if self.directions is not None:
+                y, h_n, c_n = self._bidirectional(seq, h0, c0, masks)
+            elif "graph" in self.plan and xp.__name__ == "cupy" and not masks:   # a graph would bake one mask in
                 y, h_n, c_n = self._graph_call(seq, h0, c0, T, B)
             else:
-                y, h_n, c_n = self._forward(seq, h0, c0, T, B)
+                y, h_n, c_n = self._forward(seq, h0, c0, T, B, masks)
         y = y.transpose(1, 0, 2) if batch_first else y
         return (y, (h_n, c_n)) if self.has_c else (y, h_n)
 
-    def _forward(self, seq, h0, c0, T: int, B: int):
+    def _bidirectional(self, seq, h0, c0, masks: tuple):
+        """Layer by layer, each direction's one-layer runner, the reverse one on the sequence read
+        backwards (its output flipped back); the layer's output is both directions' h side by
+        side, times the layer's dropout mask.  States: entry 2l + d of h0/c0, h_n/c_n."""
+        xp = self.xp
+        h_n, c_n = [], []
+        for l, pair in enumerate(self.directions):
+            outs = []
+            for d, run in enumerate(pair):
+                k = 2 * l + d
+                inp = xp.ascontiguousarray(seq[::-1]) if d else seq
+                h0k, c0k = (None if s is None else xp.asarray(s)[k:k + 1] for s in (h0, c0))
+                if self.has_c:
+                    y, (h, c) = run(inp, h0k, c0k)
+                    c_n.append(c)
+                else:
+                    y, h = run(inp, h0k)
+                h_n.append(h)
+                outs.append(y[::-1] if d else y)
+            seq = xp.concatenate(outs, axis=2)
+            if l < len(masks):
+                seq = seq * masks[l]
+        return seq, xp.concatenate(h_n), (xp.concatenate(c_n) if self.has_c else None)
+
+    def _forward(self, seq, h0, c0, T: int, B: int, masks: tuple = ()):
         """Issue every GEMM and pointwise stage of every layer on the scheduler's streams.
 
         Work is issued per chunk of steps.  Without ``streams``/``wavefront`` there is one chunk
         and one stream, which is the plain loop.  With them, chunk c of layer l depends on:
         its input rows (the input GEMM of that chunk, on the layer's input stream, which itself
         waits for chunk c of layer l-1) and on chunk c-1 of the same layer (stream order).
+        ``masks``: dropout between layers; layer l reads its own masked copy of layer l-1's
+        output, made chunk by chunk on layer l's input stream before its input GEMM.
         """
         xp, dt, sch = self.xp, self.dtype, self.streams_for()
         sch.begin()
@@ -284,6 +336,7 @@ class RNN:
             if s is not main:
                 sch.wait(s, start)
         ys = [xp.empty((T, B, H), dtype=dt) for _ in range(L)]
+        dropped = [xp.empty((T, B, H), dtype=dt) for _ in masks]
         h_n = xp.empty((L, B, H), dtype=dt)
         c_n = xp.empty((L, B, H), dtype=dt) if self.has_c else None
         ctx = []
@@ -308,6 +361,10 @@ class RNN:
             inp = seq if l == 0 else ys[l - 1]
             if l > 0:
                 sch.wait(s_x[l], done[l - 1][k])
+                if masks:
+                    sch.launch(s_x[l], lambda l=l, t0=t0, t1=t1: xp.multiply(
+                        ys[l - 1][t0:t1], masks[l - 1][t0:t1], out=dropped[l - 1][t0:t1]))
+                    inp = dropped[l - 1]
             if lay.given:             # nothing to project: the steps read the caller's rows
                 pass
             elif lay.hoist:

@@ -93,9 +93,12 @@ COMMANDS = ("rnn", "conv", "suite", "compare", "report", "explain", "profile", "
 
 
 def settings_from(args):
+    """The timing rule the flags ask for (capped when MICROBENCH_SMOKE is set: microbench.smoke)."""
+    from . import smoke
     from .harness import Settings
-    return Settings(args.warmup, args.min_time, args.max_time, args.min_samples, args.max_noise,
-                    cold=args.cold, graph=args.graph, rounds=getattr(args, "rounds", 1))
+    return smoke.settings(Settings(args.warmup, args.min_time, args.max_time, args.min_samples,
+                                   args.max_noise, cold=args.cold, graph=args.graph,
+                                   rounds=getattr(args, "rounds", 1)))
 
 
 def output_path(text: str) -> str:
@@ -222,7 +225,9 @@ def main(argv=None) -> int:
         args = parser.parse_args(argv)
         return args.func(args)
     except (UsageError, MicrobenchError) as e:
-        print(f"microbench: error: {e}", file=sys.stderr)
+        from kernels.untrusted import visible
+        # messages quote values from files and the command line: shown, never sent to the terminal
+        print(f"microbench: error: {visible(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("microbench: interrupted; every finished case is in the --json file", file=sys.stderr)

@@ -30,7 +30,9 @@ class Row:
     primitives: list = dataclasses.field(default_factory=list)   # onednn_trace.PrimitiveRow
     note: str = ""                       # why there is no trace / no time
     steps: int | None = None
-    contended: str = ""                  # why its untimed samples did not get their threads ('' if they did)
+    record: dict | None = None           # its result record (with its trace), when asked for
+    traced: bool = False                 # its trace was captured (an empty one says: no primitive)
+    contended: str = ""                  # why its untraced samples did not get their threads ('' if they did)
     advice: str = ""                     # ... and what helps
 
     def of(self, cls: str) -> list:
@@ -50,11 +52,12 @@ class Row:
 
 
 def _settings():
+    from microbench import smoke
     from microbench.harness import Settings
-    return Settings(warmup=0.1, min_time=0.5, max_time=5.0, min_samples=3, max_noise=1.0)
+    return smoke.settings(Settings(warmup=0.1, min_time=0.5, max_time=5.0, min_samples=3, max_noise=1.0))
 
 
-def _wall(run: Callable):
+def _measure(run: Callable):
     from microbench.harness import CpuTimer, measure
     return measure(run, _settings(), CpuTimer())
 
@@ -70,7 +73,58 @@ def _time_row(row: Row, m, rec: dict) -> None:
         row.contended, row.advice = c["why"], contention.advice(rec)
 
 
-def _ours(op: str, problem, seed: int, variant: str) -> Row:
+def _record(registry_record, problem, seed: int, env: dict | None, chk, prep, m) -> dict | None:
+    """The row's result record, as the benchmark commands write it for the same case (same
+    identity), when ``env`` is given: report draws its trace beside the convergence figure."""
+    if env is None:
+        return None
+    from microbench import results
+    from microbench.harness import CpuTimer
+    from microbench.runner import Case
+    case = Case(registry_record, problem, "fp32", seed)
+    ok = chk.passed
+    rec = results.record(case=case, status="ok" if ok else "failed", env=env, check=chk, prepared=prep,
+                         measurement=m if ok else None, error=None if ok else (chk.detail or "check failed"))
+    rec["options"]["mode"] = getattr(m, "mode", "") or "warm"
+    if ok:
+        rec["timer"] = getattr(m, "timer", "") or CpuTimer.name
+    return rec
+
+
+def trace_field(row: Row) -> dict:
+    """A row's trace as a record keeps it (``onednn_trace``): the primitives of one call (median
+    of :data:`CALLS` traced calls), oneDNN's version, and why there is none where there is none."""
+    return {"tool": "oneDNN verbose", "version": row.version or None, "calls": CALLS,
+            "primitives": [{"kind": p.kind, "impl": p.impl, "prop": p.prop, "class": p.cls,
+                            "count": p.count, "ns_per_call": p.total_ns, "formats": p.formats}
+                           for p in row.primitives],
+            "note": row.note}
+
+
+LAYER_CLASS = {"lstm": "fused_rnn", "gru": "fused_rnn", "rnn": "fused_rnn", "conv": "conv"}
+
+
+def breakdown(primitives: list, wall_s: float | None, op: str) -> dict:
+    """Where one call's time goes, from its trace: in oneDNN's layer primitive (the RNN or the
+    convolution), in other oneDNN primitives (GEMMs, element-wise), in reorders, and outside oneDNN
+    (the untraced wall less the traced primitive time).  ``primitives``: PrimitiveRow objects or a
+    record's ``onednn_trace.primitives``.  ``exceeds``: the traced time is above the untraced wall
+    (verbose mode and load inflated the traced calls), so there is no outside share to give."""
+    def get(p, k):
+        return p[k] if isinstance(p, dict) else getattr(p, {"class": "cls", "ns_per_call": "total_ns"}.get(k, k))
+    out = {"layer_s": 0.0, "other_s": 0.0, "reorder_s": 0.0}
+    layer = LAYER_CLASS.get(op)
+    for p in primitives:
+        cls, s = get(p, "class"), get(p, "ns_per_call") / 1e9
+        out["layer_s" if cls == layer else "reorder_s" if cls == "reorder" else "other_s"] += s
+    traced = sum(out.values())
+    exceeds = bool(wall_s) and traced > wall_s
+    out.update(traced_s=traced, wall_s=wall_s, exceeds=exceeds,
+               outside_s=None if exceeds or not wall_s else wall_s - traced)
+    return out
+
+
+def _ours(op: str, problem, seed: int, variant: str, env: dict | None = None) -> Row:
     from microbench import cases  # noqa: F401  (fills the registry)
     from microbench.registry import REGISTRY
     label = f"ours/{variant}"
@@ -82,10 +136,13 @@ def _ours(op: str, problem, seed: int, variant: str) -> Row:
     try:
         chk = prep.check()
         row = Row(label, checked=f"max rel err {chk.max_rel_err:.1e}" + ("" if chk.passed else " FAILED"))
-        _time_row(row, _wall(prep.run), {"framework": ""})
+        m = _measure(prep.run)
+        _time_row(row, m, {"framework": ""})
+        row.record = _record(rec, problem, seed, env, chk, prep, m)
         parsed = ot.capture_ours(prep.run, CALLS)
         row.version = parsed.version or prep.info.get("onednn", "")
         row.primitives = ot.summarize(parsed.trace(label), CALLS)
+        row.traced = True
         return row
     finally:
         if prep.close:
@@ -93,7 +150,7 @@ def _ours(op: str, problem, seed: int, variant: str) -> Row:
 
 
 def _framework(op: str, problem, seed: int, framework: str, path: str, python: str | None,
-               logs: dict | None) -> Row:
+               logs: dict | None, env: dict | None = None) -> Row:
     """Two workers: one without verbose mode (check and untraced time), then one started with
     oneDNN's verbose switches on (the trace): TensorFlow and MXNet read them only at start-up."""
     from microbench.cases.frameworks import build_framework, default_python
@@ -111,7 +168,11 @@ def _framework(op: str, problem, seed: int, framework: str, path: str, python: s
     try:
         chk = prep.check()
         row = Row(label, checked=f"max rel err {chk.max_rel_err:.1e}" + ("" if chk.passed else " FAILED"))
-        _time_row(row, prep.measure(_settings()), {"framework": framework, "info": prep.info})
+        m = prep.measure(_settings())
+        _time_row(row, m, {"framework": framework, "info": prep.info})
+        if env is not None:
+            from microbench.registry import REGISTRY
+            row.record = _record(REGISTRY[(op, framework, path)], problem, seed, env, chk, prep, m)
     except MicrobenchError as e:
         return Row(label, note=f"failed: {e}")
     finally:
@@ -133,6 +194,7 @@ def _framework(op: str, problem, seed: int, framework: str, path: str, python: s
             logs[label] = parsed.text or "# no oneDNN verbose line between the trace markers\n"
         row.version = parsed.version
         row.primitives = ot.summarize(parsed.trace(label), CALLS)
+        row.traced = True
         if not parsed.records:
             row.note = "executed no oneDNN primitive"
         return row
@@ -145,16 +207,21 @@ def _framework(op: str, problem, seed: int, framework: str, path: str, python: s
 
 
 def problem_for(op: str, T: int, B: int, H: int, C: int = 32, size: int = 28):
+    """The problem explain traces (shrunk under MICROBENCH_SMOKE, as the benchmarks' are)."""
+    from microbench import smoke
     if op == "conv":
         from kernels.conv import ConvProblem
-        return ConvProblem(N=B, C=C, H=size, W=size, K=C, R=3, S=3, pad=1)
+        return smoke.problem(ConvProblem(N=B, C=C, H=size, W=size, K=C, R=3, S=3, pad=1))[0]
     from microbench.problems import RNNProblem
-    return RNNProblem(op, T, B, H, H, 1)
+    return smoke.problem(RNNProblem(op, T, B, H, H, 1))[0]
 
 
 def collect(op: str, problem, frameworks: list, seed: int = 0, python: dict | None = None,
-            logs: dict | None = None, progress: Callable[[str], None] | None = None) -> list:
-    """Rows for ours and for every path of every named framework, in that order."""
+            logs: dict | None = None, progress: Callable[[str], None] | None = None,
+            env: dict | None = None) -> list:
+    """Rows for ours and for every path of every named framework, in that order; with ``env``
+    (:func:`microbench.env.collect`) each timed row also carries its result record and trace
+    (:func:`records`)."""
     from microbench.frameworks import PATHS
     if op not in ("lstm", "gru", "conv"):
         raise BadInput(f"explain covers lstm, gru, conv, not {op!r}")
@@ -163,15 +230,26 @@ def collect(op: str, problem, frameworks: list, seed: int = 0, python: dict | No
     for variant in (("onednn",) if op == "conv" else ("onednn", "onednn_reorder")):
         if progress:
             progress(f"ours/{variant}")
-        rows.append(_ours(op, problem, seed, variant))
+        rows.append(_ours(op, problem, seed, variant, env))
     for fw in frameworks:
         for path in PATHS[fw].get("cpu", {}):
             if progress:
                 progress(f"{fw}/{path}")
-            row = _framework(op, problem, seed, fw, path, python.get(fw), logs)
+            row = _framework(op, problem, seed, fw, path, python.get(fw), logs, env)
             row.steps = getattr(problem, "T", None)
             rows.append(row)
     return rows
+
+
+def records(rows: list) -> list:
+    """The result records of the timed rows, each with its trace under ``onednn_trace`` (the
+    primitives of one call; none, with the reason, for a row that executed none); a row whose
+    trace could not be taken keeps its record without one (no trace is not "no primitive")."""
+    out = []
+    for r in rows:
+        if r.record is not None:
+            out.append({**r.record, "onednn_trace": trace_field(r)} if r.traced else dict(r.record))
+    return out
 
 
 # -- sentences -----------------------------------------------------------------------------------
@@ -302,7 +380,8 @@ def sentences(rows: list, op: str) -> list:
 
 def render(rows: list, op: str, console) -> None:
     from rich.table import Table
-    t = Table(title=f"CPU: {op} through oneDNN, primitives per call (this machine, traced live)",
+    from microbench.report import smoke_mark
+    t = Table(title=f"{smoke_mark()}CPU: {op} through oneDNN, primitives per call (this machine, traced live)",
               title_justify="left")
     for col in ("implementation", "wall (untraced)", "check", "oneDNN", "primitives per call"):
         t.add_column(col)

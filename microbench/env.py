@@ -56,24 +56,13 @@ FRAMEWORK_DISTS = {"torch": ("torch",), "tensorflow": ("tensorflow", "tensorflow
 def frameworks() -> dict:
     """Each framework of the comparison: where its worker would run and its version, or why it is
     not there (not installed, or not installable on a supported Python at all).  MXNet and Chainer
-    are looked up in their NumPy-1 interpreter, by package metadata (nothing is imported)."""
-    import subprocess
-
+    are looked up in their NumPy-1 interpreter, and TensorFlow in .venv-tf where a GPU machine has
+    it, by package metadata (nothing is imported)."""
     from microbench.cases.frameworks import default_python
     from microbench.frameworks import FRAMEWORKS, NOT_INSTALLABLE, NUMPY1
     out = {}
     py1 = default_python(NUMPY1[0])
-    found1 = {}
-    if py1:
-        script = ("import importlib.metadata as m, json, sys\n"
-                  "def v(d):\n    try: return m.version(d)\n    except m.PackageNotFoundError: return None\n"
-                  "print(json.dumps({d: v(d) for d in sys.argv[1:]}))")
-        try:
-            r = subprocess.run([py1, "-c", script, "numpy", *(d for fw in NUMPY1 for d in FRAMEWORK_DISTS[fw])],
-                               capture_output=True, text=True, timeout=60)
-            found1 = json.loads(r.stdout) if r.returncode == 0 else {}
-        except (OSError, subprocess.TimeoutExpired, ValueError):
-            found1 = {}
+    found1 = _versions_in(py1, ["numpy", *(d for fw in NUMPY1 for d in FRAMEWORK_DISTS[fw])]) if py1 else {}
     for fw in FRAMEWORKS:
         if fw in NUMPY1:
             if not py1:
@@ -84,12 +73,33 @@ def frameworks() -> dict:
             out[fw] = ({"status": "found", "version": v, "python": py1, "numpy": found1.get("numpy")} if v else
                        {"status": "missing", "reason": f"not installed in {py1}: run scripts/setup-mxnet"})
             continue
+        own = default_python(fw)           # TensorFlow's CUDA build lives in .venv-tf (GPU machines)
+        if own:
+            found = _versions_in(own, FRAMEWORK_DISTS[fw])
+            v = next((found[d] for d in FRAMEWORK_DISTS[fw] if found.get(d)), None)
+            out[fw] = ({"status": "found", "version": v, "python": own} if v else
+                       {"status": "missing", "reason": f"not installed in {own}: run scripts/setup-tensorflow"})
+            continue
         v = next((_version(d) for d in FRAMEWORK_DISTS[fw] if _version(d)), None)
         out[fw] = ({"status": "found", "version": v, "python": sys.executable} if v else
                    {"status": "missing", "reason": "not installed here: pip install -e '.[frameworks]'"})
     for fw, why in NOT_INSTALLABLE.items():
         out[fw] = {"status": "not supported", "reason": why}
     return out
+
+
+def _versions_in(python: str, dists) -> dict:
+    """{distribution: version or None} as another interpreter's package metadata says ({} when it
+    cannot be asked)."""
+    import subprocess
+    script = ("import importlib.metadata as m, json, sys\n"
+              "def v(d):\n    try: return m.version(d)\n    except m.PackageNotFoundError: return None\n"
+              "print(json.dumps({d: v(d) for d in sys.argv[1:]}))")
+    try:
+        r = subprocess.run([python, "-c", script, *dists], capture_output=True, text=True, timeout=60)
+        return json.loads(r.stdout) if r.returncode == 0 else {}
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return {}
 
 
 def cpu_model() -> str:
@@ -114,12 +124,10 @@ def blas() -> list:
 
 
 def gpu() -> dict:
-    """GPU facts through the driver API (no CUDA toolkit or Python GPU package needed)."""
+    """GPU facts through the driver API (no CUDA toolkit or Python GPU package needed): name,
+    memory, compute capability, driver and CUDA versions (kernels.gpu.describe)."""
     from kernels import gpu as kgpu
-    if hasattr(kgpu, "describe"):
-        return kgpu.describe()
-    ok, reason = kgpu.detect()
-    return {"available": ok, "reason": reason}
+    return kgpu.describe()
 
 
 def cudnn() -> dict:
@@ -191,7 +199,7 @@ def collect(cheap: bool = False) -> dict:
 def env_id(env: dict) -> str:
     """A short hash of what makes results comparable: hardware and library versions (not the date)."""
     key = {k: env.get(k) for k in ("cpu", "cores", "python", "libraries")}
-    key["gpu"] = {k: env.get("gpu", {}).get(k) for k in ("name", "driver")}
+    key["gpu"] = {k: (env.get("gpu") or {}).get(k) for k in ("name", "memory_gib", "driver", "cuda")}
     key["cudnn"] = env.get("cudnn", {}).get("version")
     od = env.get("onednn") or {}
     if od.get("available"):    # the ISA oneDNN dispatches to decides its implementations

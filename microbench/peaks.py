@@ -28,6 +28,12 @@ import time
 import numpy as np
 
 GEMM_N = 1024           # the roof's square GEMM: large enough for every kernel to reach its peak
+SMOKE_GEMM_N = 256      # under MICROBENCH_SMOKE: the roof's code runs, its number is no measurement
+
+
+def _gemm_n(n: int | None) -> int:
+    from . import smoke
+    return n if n is not None else SMOKE_GEMM_N if smoke.active() else GEMM_N
 
 
 def _rate(n: int, seconds: float) -> float:
@@ -59,8 +65,9 @@ def _timed_repeats(call, n: int, repeats: int, budget_s: float = 1.0) -> tuple:
     return best, best_quiet or None
 
 
-def numpy_gemm(dtype: str = "float32", n: int = GEMM_N, repeats: int = 4) -> dict:
+def numpy_gemm(dtype: str = "float32", n: int | None = None, repeats: int = 4) -> dict:
     """NumPy's BLAS on an n^3 GEMM: {"gflops", "quiet", "source"}."""
+    n = _gemm_n(n)
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n)).astype(dtype)
     b = rng.standard_normal((n, n)).astype(dtype)
@@ -83,9 +90,10 @@ def _blas_kernels() -> str:
     return ""
 
 
-def onednn_gemm(n: int = GEMM_N, repeats: int = 6) -> dict | None:
+def onednn_gemm(n: int | None = None, repeats: int = 6) -> dict | None:
     """oneDNN's fp32 matmul (weights packed once, kernels.onednn.matmul) on an n^3 GEMM, or None
     where oneDNN is not installed."""
+    n = _gemm_n(n)
     from kernels.onednn import lib as dnnl
     if not dnnl.available()[0]:
         return None
@@ -129,12 +137,15 @@ def cpu_roof(precision: str = "fp32", threads: int | None = None) -> dict | None
         return None
     best = max(found, key=lambda f: f["gflops"])
     thr = f"{threads} thread{'s' * (threads != 1)}" if threads else "default threads"
-    roof = {"gflops": round(best["gflops"], 2), "source": f"{best['source']}, {thr}",
-            "lower_bound": not best["quiet"], "threads": threads,
+    from . import smoke
+    roof = {"gflops": round(best["gflops"], 2),
+            "source": f"{smoke.TITLE_MARK if smoke.active() else ''}{best['source']}, {thr}",
+            "lower_bound": not best["quiet"] or smoke.active(), "threads": threads,
             "measured": [{"source": f["source"], "gflops": round(f["gflops"], 2), "quiet": f["quiet"]}
                          for f in found]}
     if roof["lower_bound"]:
-        roof["why"] = ("every repeat of the GEMM waited for a core (other processes held the CPUs): "
+        roof["why"] = ("a smoke run's small GEMM, not a measurement" if smoke.active() else
+                       "every repeat of the GEMM waited for a core (other processes held the CPUs): "
                        "the roof is a lower bound of this machine's")
     _ROOFS[key] = roof
     return roof
@@ -206,7 +217,7 @@ def effective(rec: dict) -> bool:
     return ((rec.get("info") or {}).get("flops_kind") == EFFECTIVE_FLOPS) if isinstance(rec.get("info"), dict) else False
 
 
-def cpu_gemm_gflops(dtype: str = "float32", n: int = GEMM_N, repeats: int = 5) -> float:
+def cpu_gemm_gflops(dtype: str = "float32", n: int | None = None, repeats: int = 5) -> float:
     """NumPy's BLAS alone (what ``env`` compares with and without a forcing variable)."""
     return numpy_gemm(dtype, n, repeats)["gflops"]
 
@@ -393,11 +404,12 @@ print(2 * n ** 3 / best / 1e9)
 """
 
 
-def forced_cost(variables, dtype: str = "float32", n: int = GEMM_N) -> dict:
+def forced_cost(variables, dtype: str = "float32", n: int | None = None) -> dict:
     """What forcing costs NumPy's GEMM, measured now: GFLOP/s in this process (with the variables)
     and in a fresh interpreter without them.  {"with", "without", "ratio"} or {"error"}."""
     import subprocess
     import sys
+    n = _gemm_n(n)
     env = {k: v for k, v in os.environ.items() if k not in set(variables)}
     try:
         r = subprocess.run([sys.executable, "-c", _GEMM_SCRIPT, str(n), dtype], env=env,
@@ -406,4 +418,4 @@ def forced_cost(variables, dtype: str = "float32", n: int = GEMM_N) -> dict:
     except (OSError, subprocess.SubprocessError, ValueError, IndexError) as e:
         return {"error": f"the comparison run failed ({type(e).__name__})"}
     here = cpu_gemm_gflops(dtype, n, 4)
-    return {"with": round(here, 1), "without": round(without, 1), "ratio": round(without / here, 2)}
+    return {"with": round(here, 1), "without": round(without, 1), "ratio": round(without / here, 2), "n": n}

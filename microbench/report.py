@@ -7,6 +7,13 @@ from rich.table import Table
 
 from fusion.steps import STEPS
 
+from . import smoke
+
+
+def smoke_mark() -> str:
+    """What starts every table title of a smoke run (microbench.smoke), else ''."""
+    return smoke.TITLE_MARK if smoke.active() else ""
+
 
 def fmt_time(s: float | None) -> str:
     if s is None:
@@ -18,13 +25,24 @@ def fmt_time(s: float | None) -> str:
     return f"{s * 1e6:.1f} us"
 
 
+def gpu_text(env: dict) -> str:
+    """The header's GPU line: name, memory, compute capability, driver, CUDA and cuDNN versions,
+    or why there is no GPU."""
+    gpu = env.get("gpu") or {}
+    if not gpu.get("available"):
+        return f"none ({gpu.get('reason', 'not found')})"
+    cd = env.get("cudnn") or {}
+    mem = f", {gpu['memory_gib']} GiB" if gpu.get("memory_gib") is not None else ""
+    cc = f", sm_{gpu['compute_capability'].replace('.', '')}" if gpu.get("compute_capability") else ""
+    return (f"{gpu.get('name')}{mem}{cc}; driver {gpu.get('driver')}, CUDA {gpu.get('cuda')}, "
+            f"cuDNN {cd.get('version') if cd.get('available') else 'not found'}")
+
+
 def header(env: dict, console: Console) -> None:
     libs = env.get("libraries", {})
     blas = ", ".join(f"{b.get('internal_api')} {b.get('version')} ({b.get('num_threads')} thr, "
                      f"{b.get('architecture')})" for b in env.get("blas", []) if "error" not in b)
-    gpu = env.get("gpu", {})
-    gpu_line = (f"{gpu.get('name')} (driver {gpu.get('driver')})" if gpu.get("available")
-                else f"none ({gpu.get('reason', 'not found')})")
+    gpu_line = gpu_text(env)
     console.print(f"[bold]microbench[/]  {env.get('date', '')}  env {env.get('env_id', '')}")
     console.print(f"CPU  {env.get('cpu')}, {env.get('cores')} cores; BLAS {blas or '?'}")
     console.print(f"GPU  {gpu_line}")
@@ -32,6 +50,8 @@ def header(env: dict, console: Console) -> None:
     if od.get("available"):
         console.print(f"oneDNN {od.get('version')} ({od.get('isa')}, {od.get('cpu_runtime')})")
     console.print("libs " + ", ".join(f"{k} {v}" for k, v in libs.items()))
+    if smoke.active():
+        console.print(f"[bold yellow]{smoke.header_line()}[/]")
 
 
 def _group_key(o):
@@ -77,7 +97,7 @@ def table(outcomes: list, console: Console, *, ladder: bool = False, title: str 
     roofs: dict = {}
     for (problem, precision, threads), rows in groups.items():
         thr = "default threads" if threads is None else f"{threads} thread{'s' * (threads > 1)}"
-        t = Table(title=f"{title or problem.op} {problem.label} {precision} {rows[0].case.device}, {thr}",
+        t = Table(title=f"{smoke_mark()}{title or problem.op} {problem.label} {precision} {rows[0].case.device}, {thr}",
                   box=box.SIMPLE_HEAD, title_justify="left")
         peak = any(o.status == "ok" and o.record.get("roof") for o in rows)
         t.add_column("case")
@@ -173,8 +193,8 @@ def table(outcomes: list, console: Console, *, ladder: bool = False, title: str 
         notes.add(f"! {who}: {advice}; {contention.ROUNDS_NOTE}")
     for roof in roofs.values():
         notes.add(f"% peak: of {roof['gflops']:.0f} GFLOP/s, {roof['source']}, measured on this machine just "
-                  "before the cases" + (" (a lower bound: every repeat waited for a core)"
-                                        if roof.get("lower_bound") else ""))
+                  "before the cases" + (" (a lower bound of this machine's: measured while other processes "
+                                        "held the cores, or in a smoke run)" if roof.get("lower_bound") else ""))
     notes = {escape(n) for n in notes}
     ok = [o for o in outcomes if o.status == "ok"]
     if ok:

@@ -31,7 +31,7 @@ def record(*, case, status: str, env: dict, measurement=None, check=None, prepar
         **placement(case.device, env),
         "dtype": case.precision,
         "shape": case.problem.shape(),
-        "options": case.options(),
+        "options": record_options(case),
         "label": case.label,
         "status": status,
         "error": error,
@@ -72,6 +72,17 @@ def record(*, case, status: str, env: dict, measurement=None, check=None, prepar
                                              rec.get("cpu_s"), threads=case.threads, usable=usable_cpus()[0])
         peaks.attach(rec, case.device, case.precision, case.threads)
     return rec
+
+
+def record_options(case) -> dict:
+    """The case's options, and ``smoke`` when the run was a smoke run (microbench.smoke): its
+    times are not measurements, and the record says so."""
+    from . import smoke
+    opts = case.options()
+    mark = smoke.record_options(case.problem)
+    if mark is not None:
+        opts["smoke"] = mark
+    return opts
 
 
 def placement(device: str, env: dict) -> dict:
@@ -145,17 +156,7 @@ def _jsonable(o):
 
 
 def load(path: str) -> list:
-    """Records of a JSON lines file; lines that do not parse or lack a known schema are skipped."""
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and str(rec.get("schema", "")).startswith("microbench.result/"):
-                out.append(rec)
-    return out
+    """Records of a JSON lines file, read as :func:`microbench.store.read` reads them (untrusted
+    input: lines that are not valid records are skipped; ``store.read`` also says why)."""
+    from . import store
+    return store.read(path)[0]

@@ -63,6 +63,7 @@ class Result:
     check: dict = field(default_factory=dict)
     phases: dict = field(default_factory=dict)    # name -> {"median_s", "q1_s", "q3_s"}
     samples: dict = field(default_factory=dict)   # name -> [seconds per step, slowest rank]
+    switches: dict = field(default_factory=dict)  # torch's TF32 switches as the DDP row ran
 
 
 # -- NVTX ------------------------------------------------------------------------------------------
@@ -305,7 +306,10 @@ class OursStep:
 
     def __init__(self, g, group, cfg: Config, problem, inp: dict, precision: str, bucket_mb: float):
         xp = self._setup(g, precision)
-        self.params = inp["params"]
+        # The weights go to the device once: kernels.backward converts them with xp.asarray in
+        # every forward and backward, which for NumPy weights on a GPU rank is a blocking
+        # host-to-device copy inside each timed step (DDP's weights live on the device).
+        self.params = on_device(inp["params"], xp, self.dt)
         self.x, self.h0, self.dy = (xp.asarray(inp[k], dtype=self.dt) for k in ("x", "h0", "dy"))
         self.c0 = xp.asarray(inp["c0"], dtype=self.dt) if inp["c0"] is not None else None
         self.op = cfg.cell
@@ -361,6 +365,24 @@ class OursStep:
         return time.perf_counter() - t0
 
 
+def on_device(params, xp, dtype):
+    """The RNN parameters with every array in ``xp`` (CuPy on a GPU rank) and ``dtype``, copied once."""
+    if xp is np:
+        return params
+    import dataclasses
+
+    from kernels.params import Layer
+    return dataclasses.replace(params, layers=tuple(
+        Layer(*(xp.asarray(a, dtype=dtype) for a in layer.arrays())) for layer in params.layers))
+
+
+def _torch_precision(torch, precision: str) -> dict:
+    """The TF32 switches for the row's label, set where the framework adapter sets them: torch
+    allows TF32 in cuDNN by default, which would run an fp32 DDP row as TF32 (~1e-3 error)."""
+    from .frameworks.torch_adapter import set_precision
+    return set_precision(torch, precision)
+
+
 class DDPStep:
     """nn.LSTM / nn.GRU with the same weights under DistributedDataParallel."""
 
@@ -368,6 +390,7 @@ class DDPStep:
         import torch
 
         from kernels.torch import load_canonical
+        self.switches = _torch_precision(torch, precision)
         dt, dev = _torch_dtype(torch, precision), g.torch_device()
         mod = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cfg.cell]
         p = inp["params"]
@@ -455,6 +478,7 @@ class DDPConvStep(DDPStep):
 
     def __init__(self, g, group, cfg: Config, problem, inp: dict, precision: str, bucket_mb: float):
         import torch
+        self.switches = _torch_precision(torch, precision)
         dt, dev = _torch_dtype(torch, precision), g.torch_device()
         p = problem
         conv = torch.nn.Conv2d(p.C, p.K, (p.R, p.S), stride=p.stride, padding=p.pad, dilation=p.dilation,
@@ -527,13 +551,16 @@ def run_config(g, group, cfg: Config, *, make_problem, seed, precision, steps, w
     with mdist.failures(g, f"{cfg.impl} {cfg.mode} n={cfg.n}"):
         impl = (CONV_STEPS if cfg.cell == "conv" else STEPS)[cfg.impl](g, group, cfg, problem, inp, precision,
                                                                         bucket_mb)
+        res.switches = dict(getattr(impl, "switches", {}))
         result, _ = impl.step()
         chk = check_outputs(impl.outputs(result), problem, seed, precision, g.rank, cfg.batch, cfg.n)
         err = chk.max_rel_err if np.isfinite(chk.max_rel_err) else 1e300
-        verdict = torch.tensor([0.0 if chk.passed else 1.0, err], dtype=torch.float64, device=g.torch_device())
+        tol = chk.tol if np.isfinite(chk.tol) else 0.0
+        verdict = torch.tensor([0.0 if chk.passed else 1.0, err, tol], dtype=torch.float64, device=g.torch_device())
         dist.all_reduce(verdict, op=dist.ReduceOp.MAX, group=group)
-        passed, worst = float(verdict[0]) == 0.0, float(verdict[1])
-        res.check = {"passed": passed, "max_rel_err": worst, "detail": chk.detail if not chk.passed else
+        # the largest tolerance of any rank's outputs: a passed worst error is within it
+        passed, worst, tol = float(verdict[0]) == 0.0, float(verdict[1]), float(verdict[2])
+        res.check = {"passed": passed, "max_rel_err": worst, "tol": tol, "detail": chk.detail if not chk.passed else
                      ("" if passed else "another rank's gradients differ from the float64 step")}
         if not passed:
             res.status, res.error = "failed", res.check["detail"] or f"gradients off by {worst:.2e}"

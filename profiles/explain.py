@@ -198,7 +198,7 @@ def _ms(ns: float) -> str:
 def _problem_text(s: ImplStats) -> str:
     m = s.meta
     if "H" in m:
-        return f"{m.get('op', '').upper()} H{m['H']} B{m['B']} T{m['T']} {m.get('dtype', '')}"
+        return f"{str(m.get('op', '')).upper()} H{m['H']} B{m.get('B', '?')} T{m.get('T', '?')} {m.get('dtype', '')}"
     return " ".join(f"N{m[k]}" if k == "N" else str(m[k])
                     for k in ("op", "layer", "N", "dtype", "layout") if k in m)
 
@@ -267,14 +267,14 @@ def sentences(an: Analysis) -> list[str]:
         s = _same_problem(c) if c.kind == "same problem" else _dtype(c)
         if s:
             out.append(s)
-    single = [s for s in an.impls if s.rows and s.rows[0].total_ns >= 0.9 * s.busy_ns
+    single = [s for s in an.impls if s.rows and s.busy_ns > 0 and s.rows[0].total_ns >= 0.9 * s.busy_ns
               and s.rows[0].cls in ("conv", "cudnn_rnn")]
     if single:
         share = min(s.rows[0].total_ns / s.busy_ns for s in single)
         out.append(f"In {len(single)} of {len(an.impls)} runs one cuDNN kernel does at least "
                    f"{100 * share:.0f}% of the GPU work ({', '.join(sorted({brief(s.rows[0].name) for s in single}))}): "
                    f"there the framework only picks which cuDNN kernel runs.")
-    walled = [s for s in an.impls if s.wall_ns]
+    walled = [s for s in an.impls if s.wall_ns and s.wall_ns > 0]
     if walled:
         best = max(walled, key=lambda s: s.busy_ns / s.wall_ns)
         gap = max((g for s in walled for g in s.gaps_ns[:1]), default=0)
@@ -293,7 +293,7 @@ def _cudnn_version(v) -> str:
     try:
         v = int(v)
         return f"{v // 10000}.{v % 10000 // 100}.{v % 100}"
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return str(v)
 
 
@@ -334,13 +334,17 @@ def explain_reference(op: str, path: str | Path | None = None,
 # -- tables ------------------------------------------------------------------------------------
 
 def render(an: Analysis, console=None) -> None:
-    """Rich tables: one row per implementation, top kernels, shared kernels, then the sentences."""
+    """Rich tables: one row per implementation, top kernels, shared kernels, then the sentences.
+    Labels, kernel names and the source line come from trace files (untrusted): every such text
+    is printed through :func:`kernels.untrusted.terminal` (no control codes, no rich markup)."""
     from rich.console import Console
     from rich.table import Table
+
+    from kernels.untrusted import terminal as esc
     console = console or Console()
-    console.print(f"[bold]explain {an.op}[/bold]: {an.source}")
+    console.print(f"[bold]explain {esc(an.op)}[/bold]: {esc(an.source)}")
     for n in an.notes:
-        console.print(f"[yellow]{n}[/yellow]")
+        console.print(f"[yellow]{esc(n)}[/yellow]")
 
     t = Table(title="Implementations (ms)")
     wall_head = "traced wall" if any(s.wall_traced for s in an.impls) else "wall"
@@ -350,9 +354,9 @@ def render(an: Analysis, console=None) -> None:
     for s in an.impls:
         cls = ", ".join(f"{k} {c}x {t_ / 1e6:.2f}" for k, (c, t_) in
                         sorted(s.by_class().items(), key=lambda kv: -kv[1][1]))
-        t.add_row(s.label, _num(s.wall_ns), _num(s.busy_ns) + ("*" if s.busy_from_sum else ""),
+        t.add_row(esc(s.label), _num(s.wall_ns), _num(s.busy_ns) + ("*" if s.busy_from_sum else ""),
                   _num(s.idle_ns), _num(s.gaps_ns[0] if s.gaps_ns else None), str(s.kernels),
-                  f"{s.per_step:.1f}" if s.per_step else "-", cls)
+                  f"{s.per_step:.1f}" if s.per_step else "-", esc(cls))
     console.print(t)
 
     k = Table(title=f"Top {TOP} kernels by time")
@@ -360,7 +364,7 @@ def render(an: Analysis, console=None) -> None:
         k.add_column(col, justify="right" if col in ("launches", "ms", "share") else "left")
     for s in an.impls:
         for i, r in enumerate(s.rows[:TOP]):
-            k.add_row(s.label if i == 0 else "", _clip(r.short), r.cls, str(r.count),
+            k.add_row(esc(s.label) if i == 0 else "", esc(_clip(r.short)), r.cls, str(r.count),
                       f"{r.total_ns / 1e6:.3f}", f"{100 * r.total_ns / max(s.busy_ns, 1):.0f}%")
     console.print(k)
 
@@ -376,10 +380,10 @@ def render(an: Analysis, console=None) -> None:
         sh.add_column("class")
         sh.add_column("run by")
         for n, w in shared:
-            sh.add_row(_clip(tr.short_name(n)), classify(n), "; ".join(w))
+            sh.add_row(esc(_clip(tr.short_name(n))), classify(n), esc("; ".join(w)))
         console.print(sh)
     for line in sentences(an):
-        console.print(f"- {line}")
+        console.print(f"- {esc(line)}")
 
 
 def _num(ns: int | None) -> str:

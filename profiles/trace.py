@@ -57,18 +57,24 @@ class KernelRecord:
 
     @classmethod
     def from_dict(cls, d: dict) -> "KernelRecord":
+        """A record from its JSON object (untrusted: every field typed and bounded, ValueError
+        naming the field otherwise)."""
         kind = d.get("kind", "kernel")
         if kind not in KINDS:
-            raise BadInput(f"record kind {kind!r} is unknown; allowed: {', '.join(KINDS)}")
-        rec = cls(kind=kind, name=str(d.get("name") or f"[{kind}]"),
-                  start_ns=int(d["start_ns"]), end_ns=int(d["end_ns"]),
-                  stream=int(d.get("stream", -1)),
-                  grid=tuple(int(v) for v in d.get("grid", (0, 0, 0))),
-                  block=tuple(int(v) for v in d.get("block", (0, 0, 0))),
-                  nvtx=str(d.get("nvtx", "")), bytes=int(d.get("bytes", 0)),
-                  **{k: str(d.get(k, "")) for k in _PRIMITIVE_FIELDS})
-        if rec.end_ns < rec.start_ns or len(rec.grid) != 3 or len(rec.block) != 3:
-            raise ValueError(f"record {rec.name!r} ends before it starts or has no 3-d grid/block")
+            raise BadInput(f"record kind {_shown(kind)} is unknown; allowed: {', '.join(KINDS)}")
+        dims = {}
+        for key in ("grid", "block"):
+            v = d.get(key, (0, 0, 0))
+            if not isinstance(v, (list, tuple)) or len(v) != 3:
+                raise ValueError(f"{key} is {_shown(v)}, not 3 integers")
+            dims[key] = tuple(_int(x, key, 0, 2**31 - 1) for x in v)
+        rec = cls(kind=kind, name=_str(d.get("name") or f"[{kind}]", "name", MAX_NAME),
+                  start_ns=_int(d["start_ns"], "start_ns"), end_ns=_int(d["end_ns"], "end_ns"),
+                  stream=_int(d.get("stream", -1), "stream", -1), **dims,
+                  nvtx=_str(d.get("nvtx", ""), "nvtx", MAX_NAME), bytes=_int(d.get("bytes", 0), "bytes"),
+                  **{k: _str(d.get(k, ""), k, MAX_NAME) for k in _PRIMITIVE_FIELDS})
+        if rec.end_ns < rec.start_ns:
+            raise ValueError(f"record {_shown(rec.name)} ends before it starts")
         return rec
 
     def to_dict(self) -> dict:
@@ -86,6 +92,39 @@ class KernelRecord:
 
 
 _PRIMITIVE_FIELDS = ("impl", "prop", "formats", "shape", "engine")
+
+# Bounds on what a trace file may hold (names of real kernels stay under a few hundred characters)
+MAX_NAME = 4096
+MAX_LABEL = 200
+MAX_FILE_BYTES = 64 * 2**20
+INT_MAX = 2**63 - 1
+
+
+def _shown(v, n: int = 60) -> str:
+    text = repr(v)
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def _int(v, what: str, lo: int = 0, hi: int = INT_MAX) -> int:
+    """An integer field of a trace file: an integer (or its decimal text) within [lo, hi]."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)) or (isinstance(v, str) and len(v) > 20):
+        raise ValueError(f"{what} is {_shown(v)}, not an integer")
+    try:
+        n = int(v)
+    except (ValueError, OverflowError):
+        raise ValueError(f"{what} is {_shown(v)}, not an integer") from None
+    if not lo <= n <= hi:
+        raise ValueError(f"{what} {_shown(n)} is out of range ({lo}..{hi})")
+    return n
+
+
+def _str(v, what: str, limit: int) -> str:
+    text = str(v) if isinstance(v, (str, int, float)) else None
+    if text is None:
+        raise ValueError(f"{what} is {_shown(v)}, not a string")
+    if len(text) > limit:
+        raise ValueError(f"{what} is {len(text)} characters long (at most {limit})")
+    return text
 
 
 @dataclasses.dataclass
@@ -118,12 +157,17 @@ def load(path: str | Path, raw: bytes | None = None) -> tuple[dict, list[Trace]]
             raise BadInput(f"trace file {str(path)!r} does not exist") from None
         except OSError as e:
             raise BadInput(f"trace file {str(path)!r} cannot be read: {e.strerror or e}") from None
+    from kernels import untrusted
     path = Path(path)
     expected = "expected an object with 'env' and 'traces' (profiles/reference format)"
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
+    if len(raw) > MAX_FILE_BYTES:
+        raise BadInput(f"trace file {str(path)!r} is larger than {MAX_FILE_BYTES // 2**20} MiB; {expected}")
+    try:   # untrusted input: bounded integers and nesting, no lone surrogates (kernels.untrusted)
+        data = untrusted.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
         raise BadInput(f"trace file {str(path)!r} is not JSON; {expected}") from None
+    except untrusted.Untrusted as e:
+        raise BadInput(f"trace file {str(path)!r} cannot be used: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("traces"), list) \
             or not isinstance(data.get("env", {}), dict):
         raise BadInput(f"trace file {str(path)!r} is not a trace file; {expected}")
@@ -133,8 +177,8 @@ def load(path: str | Path, raw: bytes | None = None) -> tuple[dict, list[Trace]]
             _check_meta(dict(t.get("meta", {})))
             if not t["records"]:
                 raise ValueError("it has no records")
-            traces.append(Trace(label=str(t["label"]), meta=dict(t.get("meta", {})),
-                                wall_ns=None if t.get("wall_ns") is None else int(t["wall_ns"]),
+            traces.append(Trace(label=_str(t["label"], "label", MAX_LABEL), meta=dict(t.get("meta", {})),
+                                wall_ns=None if t.get("wall_ns") is None else _int(t["wall_ns"], "wall_ns"),
                                 records=[KernelRecord.from_dict(r) for r in t["records"]],
                                 source=path.name))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -147,10 +191,16 @@ def load(path: str | Path, raw: bytes | None = None) -> tuple[dict, list[Trace]]
 def _check_meta(meta: dict) -> None:
     """The meta fields the analysis reads have the types it expects (ValueError otherwise)."""
     for k, v in meta.items():
+        if not isinstance(k, str) or len(k) > MAX_LABEL:
+            raise ValueError(f"meta has a key {_shown(k)}")
         if k in ("op", "framework", "path", "dtype") and not isinstance(v, str):
-            raise ValueError(f"meta.{k} is {v!r}, not a string")
+            raise ValueError(f"meta.{k} is {_shown(v)}, not a string")
+        if isinstance(v, str) and len(v) > MAX_LABEL:
+            raise ValueError(f"meta.{k} is {len(v)} characters long (at most {MAX_LABEL})")
         if k in ("T", "B", "H", "I", "L", "steps") and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise ValueError(f"meta.{k} is {v!r}, not a positive integer")
+            raise ValueError(f"meta.{k} is {_shown(v)}, not a positive integer")
+        if not isinstance(v, (str, int, float, bool)) and v is not None:
+            raise ValueError(f"meta.{k} is {_shown(v)}, not a string or a number")
 
 
 def dump(traces: Iterable[Trace], path: str | Path, env: dict) -> None:
@@ -172,6 +222,9 @@ def select(traces: list[Trace], labels: Iterable[str]) -> list[Trace]:
 
 # -- names -------------------------------------------------------------------------------------
 
+_LENGTH = re.compile(r"\d{1,9}(?!\d)")
+
+
 def _fallback_parts(name: str) -> tuple[list[str], bool]:
     """Scope parts of an Itanium-mangled name and whether template arguments follow.
 
@@ -191,7 +244,7 @@ def _fallback_parts(name: str) -> tuple[list[str], bool]:
             parts.append("std")
             i += 2
             continue
-        m = re.match(r"\d+", name[i:])
+        m = _LENGTH.match(name, i)      # at most 9 digits: a longer "length" is not a name
         if not m:
             break
         n, j = int(m.group()), i + len(m.group())

@@ -1,6 +1,15 @@
 """Shared test set-up: `gpu`-marked tests skip with the reason where no GPU is found; the
 `onednn_lib` fixture skips where oneDNN cannot be loaded (and fails in CI, where it is a base
-dependency)."""
+dependency); tests skipped for want of a compiler (tests/toolchain.py) are counted in the summary.
+
+The whole session runs in smoke mode (MICROBENCH_SMOKE=1, microbench.smoke), in this process and
+in every command it starts: each command still builds, checks and times every case it asks for,
+but with the timing rule capped and large sizes shrunk, so a test pays for a check, not for a
+measurement.  A test of the timing rule itself turns it off with the ``no_smoke`` fixture.
+
+Framework workers are reused across the session's cases (MICROBENCH_REUSE_WORKERS=1,
+microbench.frameworks.client): a worker started the same way (framework, interpreter, threads,
+device, environment) serves the next case instead of a new process importing the framework again."""
 import os
 import sys
 from pathlib import Path
@@ -11,6 +20,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the tests also run from a plain checkout
     sys.path.insert(0, str(ROOT))
 
+os.environ["MICROBENCH_SMOKE"] = "1"
+os.environ["MICROBENCH_REUSE_WORKERS"] = "1"
+
+
+@pytest.fixture
+def no_smoke(monkeypatch):
+    """The timing rule and sizes as asked (for tests of the rule itself, in-process or through
+    ``run_cli``)."""
+    monkeypatch.delenv("MICROBENCH_SMOKE", raising=False)
+
 
 def pytest_collection_modifyitems(config, items):
     from kernels import gpu
@@ -19,7 +38,9 @@ def pytest_collection_modifyitems(config, items):
         return
     skip = pytest.mark.skip(reason=f"no GPU: {reason}")
     for item in items:
-        if "gpu" in item.keywords:
+        # the marker itself, not item.keywords: keywords also hold the names of the folders
+        # above the test, so a checkout in a folder named "gpu" skipped every test
+        if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip)
 
 
@@ -58,3 +79,22 @@ def register_variants():
 def onednn_lib():
     from onednn_tools import require_onednn
     return require_onednn()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Tests that did not run for want of a compiler (tests/toolchain.py), counted in one loud
+    line: a machine without nvcc or g++ must not look like a full pass."""
+    from collections import Counter
+
+    from tests.toolchain import MISSING
+    reasons = Counter()
+    for rep in terminalreporter.stats.get("skipped", []):
+        longrepr = rep.longrepr
+        text = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+        if MISSING in text:
+            reasons[text.split(MISSING + ": ", 1)[-1]] += 1
+    if reasons:
+        total = sum(reasons.values())
+        terminalreporter.write_sep("!", f"{total} test(s) NOT RUN for want of a compiler", red=True, bold=True)
+        for why, n in reasons.items():
+            terminalreporter.write_line(f"{MISSING}: {n} test(s): {why}", red=True)

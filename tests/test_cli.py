@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from microbench import cli
+from microbench import cli, store
 from microbench.registry import Check, Prepared, VariantRecord
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,26 +28,67 @@ def test_readme_has_exactly_the_two_setup_commands():
     assert "<!-- test-command -->" in (ROOT / ".ci" / "run").read_text()
 
 
-def _shrunk(argv):
-    """README example argv with sizes and timing made tiny (later flags override earlier ones)."""
-    # paths in the examples are relative to the repository; the test runs in a scratch folder
-    argv = [str(ROOT / a) if "/" in a and (ROOT / a).exists() else a for a in argv]
-    cmd = argv[0]
-    if cmd in ("lstm", "gru", "rnn"):
-        return argv + SMALL
-    if cmd == "conv":
-        return argv + ["-N", "1", "-H", "9", "-W", "9", "-C", "4", "-K", "4"] + QUICK_TIMING
-    return argv
+def _as_written(argv):
+    """README example argv as written; only paths into the repository are made absolute (the
+    test runs in a scratch folder).  Sizes and timing are the smoke mode's (conftest)."""
+    return [str(ROOT / a) if "/" in a and (ROOT / a).exists() else a for a in argv]
+
+
+BENCH_COMMANDS = ("lstm", "gru", "rnn", "conv")
 
 
 @pytest.mark.parametrize("line", _block_after("<!-- examples -->") + [
     _block_after("<!-- main-command -->")[0].split("&& ")[1]])
 def test_readme_examples_run(line, run_cli, tmp_path):
+    """Every README example, as written, under smoke mode: it exits 0, prints no traceback, its
+    tables say SMOKE and hold no FAILED row, its --json records validate and say smoke, and the
+    files it names (a report and its figures) are written."""
     argv = shlex.split(line.split("#")[0])
     assert argv[:3] == ["python3", "-m", "microbench"]
-    r = run_cli(*_shrunk(argv[3:]), cwd=tmp_path)
+    args = _as_written(argv[3:])
+    r = run_cli(*args, cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "Traceback" not in r.stderr
+    if args[0] in BENCH_COMMANDS:
+        assert "SMOKE " in r.stdout and "FAILED" not in r.stdout, r.stdout
+    if "--json" in args:
+        recs = [json.loads(x) for x in (tmp_path / args[args.index("--json") + 1]).read_text().splitlines()]
+        assert recs and all(rec["options"].get("smoke") for rec in recs)
+        assert all(rec["status"] in ("ok", "skipped") for rec in recs), [rec["error"] for rec in recs]
+        jsonschema = pytest.importorskip("jsonschema")
+        schema = json.loads((ROOT / "microbench" / "schema" / "result-v1.json").read_text())
+        for rec in recs:
+            jsonschema.validate(rec, schema)
+    if "--html" in args:
+        html = (tmp_path / args[args.index("--html") + 1]).read_text()
+        figures = re.findall(r'src="([^"]+)"', html)
+        assert figures and all((tmp_path / f).exists() for f in figures), figures
+
+
+def test_smoke_mode_shrinks_what_runs_and_says_so(run_cli, tmp_path):
+    """A smoke run shrinks a large request to its caps, records the sizes asked for, and marks the
+    header and the table; the memory check still applies to what was asked."""
+    out = tmp_path / "s.jsonl"
+    r = run_cli("lstm", "--fused", "--backend", "numpy", "-H", "512", "-B", "64", "-T", "100",
+                "--json", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "SMOKE run (MICROBENCH_SMOKE set)" in r.stdout and "SMOKE lstm H48 B4 T6" in r.stdout
+    (rec,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rec["shape"]["H"] == 48 and rec["shape"]["T"] == 6
+    assert rec["options"]["smoke"] == {"asked": {"T": 100, "B": 64, "H": 512, "I": 512}}
+    assert rec["stats"]["n"] == 2
+    big = run_cli("lstm", "-H", "200000", "-T", "100000", cwd=tmp_path)
+    assert big.returncode == 2 and "GiB of memory available" in big.stderr
+
+
+def test_without_smoke_the_sizes_and_timing_are_as_asked(run_cli, tmp_path, no_smoke):
+    out = tmp_path / "n.jsonl"
+    r = run_cli("lstm", "--fused", "--backend", "numpy", *SMALL, "--min-samples", "7", "--json", str(out),
+                cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "SMOKE" not in r.stdout
+    (rec,) = [json.loads(x) for x in out.read_text().splitlines()]
+    assert "smoke" not in rec["options"] and rec["stats"]["n"] >= 7 and rec["shape"]["H"] == 8
 
 
 def test_table_and_json_records(run_cli, tmp_path):
@@ -65,6 +106,7 @@ def test_table_and_json_records(run_cli, tmp_path):
     schema = json.loads((ROOT / "microbench" / "schema" / "result-v1.json").read_text())
     for rec in recs:
         jsonschema.validate(rec, schema)
+        assert store.problem(rec, current=True) is None      # what compare and report accept
         assert rec["status"] == "ok" and rec["check"]["passed"]
         assert rec["options"]["threads"] == 1 and rec["threads_used"].get("numba") == 1
         assert len(rec["samples_s"]) == rec["stats"]["n"] >= 2

@@ -82,3 +82,20 @@ def _run(fa, fb, extra):
     from microbench.cli import build_parser
     args = build_parser().parse_args(["compare", str(fa), str(fb), *extra])
     return args.func(args)
+
+
+def test_smoke_records_are_never_judged_as_measurements(tmp_path, capsys):
+    """Two smoke runs (MICROBENCH_SMOKE) pair with each other, but their capped timings are not
+    measurements: no faster/slower verdict, and the summary says why.  A smoke record never pairs
+    with a measured one (its mark is part of its identity)."""
+    rng = np.random.default_rng(3)
+    smoke = lambda r: {**r, "options": {**r["options"], "smoke": True}}      # noqa: E731
+    fa, fb, fm = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "m.jsonl"
+    fa.write_text(json.dumps(smoke(_rec(_timings(rng, 50, 1e-3)))) + "\n")
+    fb.write_text(json.dumps(smoke(_rec(_timings(rng, 50, 2e-3)))) + "\n")
+    fm.write_text(json.dumps(_rec(_timings(rng, 50, 2e-3))) + "\n")
+    assert cli.main(["compare", str(fa), str(fb)]) == 0
+    out = capsys.readouterr().out
+    assert mc.SMOKE_VERDICT in out and "B slower" not in out and "1 from smoke runs" in out
+    with pytest.raises(BadInput, match="no case with a measurement appears in both"):
+        _run(fa, fm, [])

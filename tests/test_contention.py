@@ -105,10 +105,10 @@ def one_busy_cpu():
         busy.wait()
 
 
-def test_a_run_beside_a_busy_process_marks_its_rows(one_busy_cpu, tmp_path, capsys):
+def test_a_run_beside_a_busy_process_marks_its_rows(no_smoke, one_busy_cpu, tmp_path, capsys):
     out = tmp_path / "busy.jsonl"
     args = ["lstm", "--naive", "--backend", "numpy", "--threads", "1", "--json", str(out), *TINY[:6],
-            "--warmup", "0", "--min-time", "0.5", "--max-time", "1", "--min-samples", "3", "--quiet"]
+            "--warmup", "0", "--min-time", "0.3", "--max-time", "0.6", "--min-samples", "3", "--quiet"]
     assert cli.main(args) == 0
     rec = [json.loads(line) for line in out.read_text().splitlines()][-1]
     c = rec["contention"]
@@ -153,8 +153,9 @@ def test_explain_does_not_compare_a_contended_wall():
 
 # -- the roof --------------------------------------------------------------------------------------
 
-def test_the_roof_is_the_fastest_gemm_here_and_names_it(monkeypatch):
+def test_the_roof_is_the_fastest_gemm_here_and_names_it(no_smoke, monkeypatch):
     monkeypatch.setattr(peaks, "_ROOFS", {})
+    monkeypatch.setattr(peaks, "GEMM_N", 256)          # the rule, not the number: a small GEMM
     roof = peaks.cpu_roof("fp32", None)
     assert roof["gflops"] == max(m["gflops"] for m in roof["measured"])
     assert roof["source"] == next(m["source"] for m in roof["measured"] if m["gflops"] == roof["gflops"]) \
@@ -165,7 +166,13 @@ def test_the_roof_is_the_fastest_gemm_here_and_names_it(monkeypatch):
     assert peaks.cpu_roof("bf16", None) is None
 
 
-def test_a_roof_measured_while_busy_is_a_lower_bound(monkeypatch):
+def test_a_smoke_runs_roof_is_no_measurement(monkeypatch):
+    monkeypatch.setattr(peaks, "_ROOFS", {})
+    roof = peaks.cpu_roof("fp64", None)
+    assert roof["lower_bound"] is True and roof["source"].startswith("SMOKE ") and "256^3" in roof["source"]
+
+
+def test_a_roof_measured_while_busy_is_a_lower_bound(no_smoke, monkeypatch):
     calls = [0]
 
     def waiting():              # every reading: more waiting than running since the last one

@@ -203,57 +203,36 @@ def test_framework_backward_phases_match_the_references(fw, g, precision):
             prepared.close()
 
 
-def test_tensorflow_cpu_refusals_are_skipped_rows():
+@pytest.mark.parametrize("onednn_opts", [None, "0"], ids=["default", "TF_ENABLE_ONEDNN_OPTS=0"])
+def test_tensorflow_conv_rows_skip_exactly_what_tensorflow_refuses_here(onednn_opts, monkeypatch):
+    """Which of TensorFlow's CPU conv gradient kernels refuse dilation and groups depends on the
+    build and the CPU (its oneDNN custom ops run both; TensorFlow's own kernels refuse both); the
+    adapter asks TensorFlow by running the op, so a row is skipped, with TensorFlow's own message,
+    exactly where TensorFlow itself refuses (tests/tf_probe.py asks it directly), and runs and
+    passes its check elsewhere.  With the oneDNN ops off (TensorFlow's own kernels, as on an AVX2
+    CPU by default) the refusing branch is taken on every machine."""
     pytest.importorskip("tensorflow")
+    if onednn_opts is not None:
+        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", onednn_opts)
+    from tf_probe import tensorflow_runs
     from microbench.cases import frameworks as fcases
-    for p, phase, says in (
-            (ConvProblem(N=1, C=2, H=6, W=6, K=2, R=3, S=3, dilation=2), "bwd_data",
-             "dilation 1 only; this problem has dilation (2, 2)"),
-            (ConvProblem(N=1, C=4, H=6, W=6, K=4, R=3, S=3, groups=2), "bwd_weights",
-             "grouped convolutions; this problem has groups=2")):
-        with pytest.raises(Unsupported, match=re.escape(says)):
-            fcases.build_framework(p, 0, framework="tensorflow", path="fused", device="cpu", precision="fp32",
-                                   threads=1, phase=phase)
-
-
-TF_REFUSAL = """
-import os
-os.environ.update(CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
-import tensorflow as tf
-for dil, groups in ((2, 1), (1, 2)):
-    x, dy = tf.ones([1, 6, 6, 4]), tf.ones([1, 6 - 2 * dil, 6 - 2 * dil, 4])
-    kw = dict(out_backprop=dy, strides=[1, 1, 1, 1], padding="VALID", dilations=[1, dil, dil, 1])
-    fs = [3, 3, 4 // groups, 4]
-    for name, call in (("input", lambda: tf.raw_ops.Conv2DBackpropInput(input_sizes=[1, 6, 6, 4],
-                                                                          filter=tf.ones(fs), **kw)),
-                       ("filter", lambda: tf.raw_ops.Conv2DBackpropFilter(input=x, filter_sizes=fs, **kw))):
+    runs = tensorflow_runs()
+    for p, phase, feature in (
+            (ConvProblem(N=1, C=2, H=6, W=6, K=2, R=3, S=3, dilation=2), "bwd_data", "dilation"),
+            (ConvProblem(N=1, C=2, H=6, W=6, K=2, R=3, S=3, dilation=2), "bwd_weights", "dilation"),
+            (ConvProblem(N=1, C=4, H=6, W=6, K=4, R=3, S=3, groups=2), "bwd_data", "groups"),
+            (ConvProblem(N=1, C=4, H=6, W=6, K=4, R=3, S=3, groups=2), "bwd_weights", "groups")):
+        kw = dict(framework="tensorflow", path="fused", device="cpu", precision="fp32", threads=1, phase=phase)
+        if not runs[(phase, feature)]:
+            with pytest.raises(Unsupported, match=r"TensorFlow .* refuses Conv2DBackprop\w+.* for "
+                                                  + ("dilation \\(2, 2\\)" if feature == "dilation" else "groups=2")):
+                fcases.build_framework(p, 0, **kw)
+            continue
+        prepared = fcases.build_framework(p, 0, **kw)
         try:
-            call()
-            print(name, "ran")
-        except tf.errors.OpError as e:
-            print(name, "refused")
-# the forward: grappler fuses Conv2D + BiasAdd in a tf.function, and the fused CPU kernel refuses groups
-fwd = tf.function(lambda x, w, b: tf.nn.bias_add(tf.nn.conv2d(x, w, strides=1, padding="VALID"), b))
-for name, fs in (("fused", [3, 3, 2, 4]), ("plain", [3, 3, 4, 4])):
-    try:
-        fwd(tf.ones([1, 6, 6, 4]), tf.ones(fs), tf.ones([4]))
-        print(name, "ran")
-    except tf.errors.OpError as e:
-        print(name, "refused")
-"""
-
-
-def test_tensorflow_cpu_gradient_ops_still_refuse_what_the_adapter_skips():
-    """The adapter skips dilation and groups on a CPU without trying them (and the grouped forward
-    with a bias): if a TensorFlow release runs them, this fails, and the refusal
-    (tensorflow_adapter._conv_refusal, build_conv) should go."""
-    pytest.importorskip("tensorflow")
-    import subprocess
-    import sys
-    out = subprocess.run([sys.executable, "-c", TF_REFUSAL], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["input", "refused", "filter", "refused"] * 2 + ["fused", "refused", "plain", "ran"], \
-        out.stdout
+            assert prepared.check().passed, (phase, feature)
+        finally:
+            prepared.close()
 
 
 def test_conv_backward_command_with_framework_rows(tmp_path, capsys):
@@ -275,9 +254,16 @@ def test_conv_backward_command_with_framework_rows(tmp_path, capsys):
             assert r["status"] == "ok" and r["check"]["passed"], (fw, r["error"])
             assert r["info"]["pass"] == phase and phase in r["info"]["backward"]
     if importlib.util.find_spec("tensorflow") is not None:
+        # dilation 2: skipped with TensorFlow's own message where its CPU gradient kernels
+        # refuse it (tests/tf_probe.py asks), checked and passed where they run it
+        from tf_probe import tensorflow_runs
         for phase in ("bwd_data", "bwd_weights"):
-            skipped = recs[f"tensorflow/fused+{phase}"]
-            assert skipped["status"] == "skipped" and "dilation 1 only" in skipped["error"]
+            r = recs[f"tensorflow/fused+{phase}"]
+            if tensorflow_runs()[(phase, "dilation")]:
+                assert r["status"] == "ok" and r["check"]["passed"], r["error"]
+            else:
+                assert r["status"] == "skipped" and "refuses Conv2DBackprop" in r["error"], r["error"]
+                assert "dilation (2, 2)" in r["error"]
         assert recs["tensorflow/fused"]["status"] == "ok"            # its forward row still runs
     capsys.readouterr()
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
 
+from tests import toolchain
 from kernels import cudasrc
 from kernels.conv import ConvProblem, conv2d_reference
 from kernels.conv import gpu as cg
@@ -97,9 +97,9 @@ def test_entries_are_every_stem_layout_and_dtype():
     assert cg.symbol("conv2d_direct", "fp16") == "conv2d_direct_f16"
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on the PATH")
+@toolchain.needs("nvcc")
 def test_nvcc_compiles_sm90_without_spills(tmp_path):
-    cmd = ["nvcc", "-arch=sm_90", "-c", "--resource-usage", "-Werror", "all-warnings",
+    cmd = [toolchain.nvcc(), "-arch=sm_90", "-c", "--resource-usage", "-Werror", "all-warnings",
            "-o", str(tmp_path / "conv2d.o"), str(cg.SOURCE)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     report = proc.stdout + proc.stderr
@@ -400,8 +400,7 @@ def test_winograd_f4_emulation_catches_a_wrong_transform(monkeypatch):
 # tiling, double buffering and barriers, which the NumPy emulations only mirror.
 @pytest.fixture(scope="module")
 def host_cu(tmp_path_factory):
-    if cudahost.gxx() is None:
-        pytest.skip("g++ is not on the PATH (host build of conv2d.cu)")
+    toolchain.require("g++")                     # the host build of conv2d.cu
     return cudahost.build(cg.read_source(), cg.ENTRIES, "conv2d", tmp_path_factory.mktemp("conv2d_host"))
 
 

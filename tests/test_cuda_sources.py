@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import toolchain
 from fusion import cellexpr as ce
 from fusion import pointwise_cuda as pc
 from kernels import cudasrc
@@ -35,11 +36,11 @@ ENTRIES = {f"{stem}_{sfx}" for stem in ("lstm_pointwise_fused", "gru_pointwise_f
 
 
 # -- nvcc ------------------------------------------------------------------------------------
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on the PATH")
+@toolchain.needs("nvcc")
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("cu", CU_FILES, ids=lambda p: p.name)
 def test_nvcc_compiles(cu, arch, tmp_path):
-    cmd = ["nvcc", f"-arch={arch}", "-c", "--resource-usage", "-Werror", "all-warnings",
+    cmd = [toolchain.nvcc(), f"-arch={arch}", "-c", "--resource-usage", "-Werror", "all-warnings",
            "-o", str(tmp_path / f"{cu.stem}.o"), str(cu)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     report = proc.stdout + proc.stderr

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import ctypes
 import json
-import os
 import re
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,30 +19,11 @@ from kernels.cudnn import errors as cerr
 from kernels.errors import BadInput, Unsupported
 
 
-# -- against the real headers -------------------------------------------------------------------
-def _include_dir():
-    """A directory holding cudnn_cnn.h and cudnn_ops.h: MICROBENCH_CUDNN_INCLUDE, the wheel's
-    nvidia/cudnn/include next to this interpreter's packages, or the usual system places."""
-    import site
-    places = [os.environ.get("MICROBENCH_CUDNN_INCLUDE", "")]
-    places += [str(Path(d) / "nvidia" / "cudnn" / "include") for d in site.getsitepackages()]
-    places += ["/tmp/cudnnhdr/nvidia/cudnn/include", "/usr/include", "/usr/local/cuda/include",
-               "/usr/include/x86_64-linux-gnu"]
-    for d in places:
-        if d and (Path(d) / "cudnn_cnn.h").is_file() and (Path(d) / "cudnn_ops.h").is_file():
-            return Path(d)
-    return None
-
-
+# -- against the real headers (tests/cudnn_headers.py finds them) ---------------------------------
 @pytest.fixture(scope="module")
 def header_text():
-    d = _include_dir()
-    if d is None:
-        pytest.skip("no cuDNN 9 headers here (cudnn_cnn.h, cudnn_ops.h); set MICROBENCH_CUDNN_INCLUDE "
-                    "to the include/ of the nvidia-cudnn wheel")
-    text = "\n".join((d / f).read_text(errors="replace") for f in ("cudnn_cnn.h", "cudnn_ops.h", "cudnn_graph.h")
-                     if (d / f).is_file())
-    return re.sub(r"/\*.*?\*/|//[^\n]*", "", text, flags=re.S)      # comments out
+    from tests import cudnn_headers
+    return cudnn_headers.text_or_skip()
 
 
 @pytest.mark.parametrize("table,prefix", [(C.FWD_ALGOS, "CUDNN_CONVOLUTION_FWD_ALGO_"),

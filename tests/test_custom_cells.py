@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import toolchain
 from fusion import cellexpr as ce
 from fusion import pointwise as fp
 from kernels import cudasrc
@@ -147,12 +147,12 @@ def _all_cuda_source():
     return ce._CUDA_PRELUDE + "".join(ce.cuda_source(c, prelude=False) for c in (*ce.CELLS.values(), CIFG))
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on the PATH")
+@toolchain.needs("nvcc")
 def test_generated_cuda_compiles_with_nvcc(tmp_path):
     cu = tmp_path / "cells.cu"
     cu.write_text(_all_cuda_source())
     # -I: the generated text includes kernels/cuda/mb_device.cuh (the loader inlines it for NVRTC)
-    cmd = ["nvcc", "-arch=sm_90", "-c", "--resource-usage", "-Werror", "all-warnings",
+    cmd = [toolchain.nvcc(), "-arch=sm_90", "-c", "--resource-usage", "-Werror", "all-warnings",
            f"-I{cudasrc.CUDA_DIR}", "-o", str(tmp_path / "cells.o"), str(cu)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

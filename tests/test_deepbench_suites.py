@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from microbench import cli
+from microbench import cli, store
 from microbench.suites import DEEPBENCH_COMMIT, catalog, rnn_shapes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,6 +71,7 @@ def test_every_training_row_runs_on_the_cpu_at_a_reduced_size(tmp_path, monkeypa
     assert len(recs) == 53
     for i, (rec, row) in enumerate(zip(recs, rnn_shapes.TABLES["deepbench-rnn-train"])):
         jsonschema.validate(rec, schema)
+        assert store.problem(rec, current=True) is None      # what compare and report accept
         assert rec["status"] == "ok", rec["error"]
         assert rec["suite"]["row"] == i and rec["suite"]["table"] == "training_set"
         assert rec["suite"]["entry"] == f"deepbench-rnn-train/{i:03d}"

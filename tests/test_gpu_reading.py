@@ -56,7 +56,9 @@ def test_the_installed_cupy_has_what_tf32_uses():
 # -- cuDNN convolution math ------------------------------------------------------------------------
 def test_fp32_frontend_graph_deselects_tensor_core_plans():
     """cudnn-frontend may pick Tensor Core (TF32) engines for fp32 unless their plans are
-    deselected between create_execution_plans and check_support."""
+    deselected between create_execution_plans and check_support; engines that down-convert their
+    inputs (DOWN_CONVERT_INPUTS, e.g. fp32 to fp16) are another precision than every row's, so
+    they go for tf32 and fp16 too, as PyTorch's cuDNN v8 convolution filters them always."""
     from kernels.cudnn.conv import build_graph
     calls = []
 
@@ -64,15 +66,16 @@ def test_fp32_frontend_graph_deselects_tensor_core_plans():
         def __getattr__(self, name):
             return lambda *a: calls.append((name, a))
     cudnn = types.SimpleNamespace(heur_mode=types.SimpleNamespace(A="A", FALLBACK="FB"),
-                                  numerical_note=types.SimpleNamespace(TENSOR_CORE="TC"))
+                                  numerical_note=types.SimpleNamespace(TENSOR_CORE="TC", DOWN_CONVERT_INPUTS="DC"))
     build_graph(Graph(), cudnn, "fp32")
     names = [c[0] for c in calls]
-    assert ("deselect_numeric_notes", (["TC"],)) in calls
+    assert ("deselect_numeric_notes", (["DC", "TC"],)) in calls
     assert names.index("create_execution_plans") < names.index("deselect_numeric_notes") \
         < names.index("check_support") < names.index("build_plans")
-    calls.clear()
-    build_graph(Graph(), cudnn, "tf32")
-    assert "deselect_numeric_notes" not in [c[0] for c in calls]
+    for precision in ("tf32", "fp16"):
+        calls.clear()
+        build_graph(Graph(), cudnn, precision)
+        assert [c for c in calls if c[0] == "deselect_numeric_notes"] == [("deselect_numeric_notes", (["DC"],))]
 
 
 def test_legacy_heuristic_pick_skips_tensor_core_rows_for_fp32():
@@ -227,11 +230,14 @@ def test_the_installed_cupy_wheel_names_its_cuda_major():
 
 def test_gpu_device_script_fits_its_budget_and_file_limit():
     """benchmarks/gpu/all.sh is the first run on any GPU: its step timeouts (loops counted) must
-    add up to under 9 minutes, and it may write at most 8 files (what comes back)."""
+    add up to under the device tool's 600 s a command with room for the environment step, every
+    GPU test file must be one of its steps (no `-x` across files), and it may write at most 8
+    files (what comes back)."""
     import re
     from pathlib import Path
-    text = (Path(__file__).resolve().parent.parent / "benchmarks/gpu/all.sh").read_text()
-    total, mult = 0, 1
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "benchmarks/gpu/all.sh").read_text()
+    total, mult, files = 0, 1, []
     for line in text.splitlines():
         s = line.strip()
         loop = re.match(r"for \w+ in (.+); do", s)
@@ -239,12 +245,19 @@ def test_gpu_device_script_fits_its_budget_and_file_limit():
             mult = len(loop.group(1).split())
         elif s == "done":
             mult = 1
-        m = re.match(r"(?:timeout|bench) (\d+) ", s)
-        if m:
+        m = re.match(r"(?:timeout|bench|gpu_test) (\d+) ", s)
+        if m and not s.startswith("timeout \"$t\""):
             total += mult * int(m.group(1))
-    assert 0 < total <= 9 * 60 - 20, total
-    files = set(re.findall(r'\$OUT/([\w.-]+)"', text))
-    assert 0 < len(files) <= 8, files
+        f = re.match(r"gpu_test \d+ +(tests/\S+\.py)$", s)
+        if f:
+            files.append(f.group(1))
+    assert 0 < total <= 570, total
+    gpu_files = sorted(str(p.relative_to(root)) for p in (root / "tests").glob("test_*.py")
+                       if re.search(r"^\s*(@pytest\.mark\.gpu\b|pytestmark = .*mark\.gpu\b)", p.read_text(), re.M))
+    assert sorted(files) == gpu_files
+    assert " -x" not in text
+    out = set(re.findall(r'\$OUT/([\w.-]+)"', text))
+    assert 0 < len(out) <= 8, out
 
 
 class _Reached(Exception):

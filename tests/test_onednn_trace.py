@@ -194,8 +194,9 @@ def test_capture_of_our_onednn_rows():
 # -- explain --device cpu, end to end --------------------------------------------------------------
 def test_explain_cpu_traces_ours_and_torch_live(run_cli, tmp_path):
     pytest.importorskip("torch")
+    out_json = tmp_path / "explain.jsonl"
     r = run_cli("explain", "lstm", "--device", "cpu", "--frameworks", "torch", "-T", "4", "-B", "2",
-                "-H", "16", "--save-logs", str(tmp_path), timeout=600)
+                "-H", "16", "--save-logs", str(tmp_path), "--json", str(out_json), timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
     out = " ".join(r.stdout.split())
     for label in ("ours/onednn", "ours/onednn_reorder", "torch/fused", "torch/generic"):
@@ -205,11 +206,59 @@ def test_explain_cpu_traces_ours_and_torch_live(run_cli, tmp_path):
     logs = {p.name: ot.parse(p.read_text()) for p in tmp_path.glob("*.log")}
     fused = logs["torch-fused-lstm.log"]
     assert any(r.name == "rnn" for r in fused.records) and fused.version
+    # --json: each timed row as the benchmark records it (same identity), with its trace
+    from microbench import cases, results, store  # noqa: F401  (cases fills the registry)
+    from microbench.problems import RNNProblem
+    from microbench.registry import REGISTRY
+    from microbench.runner import Case
+    recs, skipped = store.load(out_json)
+    assert not skipped
+    by_label = {r["label"]: r for r in recs}
+    assert set(by_label) == {"onednn/onednn", "onednn_reorder/onednn", "torch/fused", "torch/generic"}
+    case = Case(REGISTRY[("lstm", "torch", "fused")], RNNProblem("lstm", 4, 2, 16, 16, 1), "fp32")
+    bench = results.record(case=case, status="skipped", env={"env_id": by_label["torch/fused"]["env_id"]}, error="-")
+    assert store.identity(by_label["torch/fused"]) == store.identity(store.normalize(bench))
+    kinds = {p["kind"] for p in by_label["torch/fused"]["onednn_trace"]["primitives"]}
+    assert "rnn" in kinds and by_label["torch/fused"]["status"] == "ok"
+    generic = by_label["torch/generic"]["onednn_trace"]
+    assert generic["primitives"] == [] and "no oneDNN primitive" in generic["note"]
 
 
 def test_explain_cpu_refuses_reference_options(run_cli):
     r = run_cli("explain", "lstm", "--device", "cpu", "--reference", "x.json")
     assert r.returncode == 2 and "--device cpu traces live" in r.stderr
+
+
+def test_explain_json_needs_the_cpu_traces(capsys):
+    from microbench import cli
+    assert cli.main(["explain", "lstm", "--device", "cuda", "--json", "x.jsonl"]) == 2
+    assert "--json writes the rows traced live on the CPU" in capsys.readouterr().err
+
+
+def test_explain_records_carry_a_trace_only_where_one_was_taken():
+    """An empty trace says the row executed no oneDNN primitive; a trace that could not be taken
+    says nothing, so its record carries none."""
+    from microbench.cpu_explain import Row, records
+    rec = {"op": "lstm", "label": "torch/generic"}
+    empty = Row("torch/generic", wall_s=0.1, record=rec, traced=True, note="executed no oneDNN primitive")
+    failed = Row("mxnet/fused", wall_s=0.1, record=dict(rec, label="mxnet/fused"), note="no trace: worker died")
+    untimed = Row("tensorflow/fused", note="skipped: no such op")
+    got = records([empty, failed, untimed])
+    assert [r["label"] for r in got] == ["torch/generic", "mxnet/fused"]
+    assert got[0]["onednn_trace"]["primitives"] == [] and "no oneDNN primitive" in got[0]["onednn_trace"]["note"]
+    assert "onednn_trace" not in got[1]
+
+
+def test_breakdown_splits_a_call_into_primitive_reorders_and_outside():
+    from microbench.cpu_explain import breakdown
+    PR = ot.PrimitiveRow
+    prims = [PR("rnn", "brgemm:avx2", "forward_inference", 1, 8_000_000),
+             PR("reorder", "jit:blk", "undef", 2, 1_000_000), PR("eltwise", "jit", "f", 3, 500_000)]
+    b = breakdown(prims, 0.012, "lstm")
+    assert (b["layer_s"], b["reorder_s"], b["other_s"]) == pytest.approx((0.008, 0.001, 0.0005))
+    assert b["outside_s"] == pytest.approx(0.0025) and not b["exceeds"]
+    b = breakdown([{"class": "conv", "ns_per_call": 5_000_000}], 0.004, "conv")
+    assert b["exceeds"] and b["outside_s"] is None and b["layer_s"] == pytest.approx(0.005)
 
 
 def test_explain_accounts_for_the_difference_between_ours_and_a_framework():

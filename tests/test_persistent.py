@@ -4,12 +4,12 @@ the real kernel against the reference on awkward shapes."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
 
+from tests import toolchain
 from kernels import cudasrc
 from kernels import persistent as kp
 from kernels.errors import MissingDependency, Unsupported
@@ -21,11 +21,11 @@ ENTRIES = {f"{c}_persistent_{s}" for c in ("lstm", "gru") for s in ("f32", "f16"
 
 
 # -- compilation ------------------------------------------------------------------------------
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on the PATH")
+@toolchain.needs("nvcc")
 def test_nvcc_sm90_resource_usage(tmp_path):
     """No -rdc: cooperative_groups grid.sync() compiles without it (CUDA >= 11)."""
     from tests.test_cuda_sources import parse_resource_usage
-    cmd = ["nvcc", "-arch=sm_90", "-c", "--resource-usage", "-Werror", "all-warnings",
+    cmd = [toolchain.nvcc(), "-arch=sm_90", "-c", "--resource-usage", "-Werror", "all-warnings",
            "-o", str(tmp_path / "p.o"), str(kp.SOURCE)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     report = proc.stdout + proc.stderr

@@ -256,7 +256,7 @@ def _record(**over):
            "label": "naive/numpy", "status": "ok", "error": None, "env_id": "e1", "env": {},
            "timer": "perf_counter", "samples_s": [1e-3, 1.1e-3, 1.2e-3],
            "stats": {"n": 3, "median_s": 1.1e-3, "q1_s": 1.05e-3, "q3_s": 1.15e-3, "iqr_s": 1e-4,
-                     "min_s": 1e-3, "mean_s": 1.1e-3, "rel_noise": 0.09, "noisy": True},
+                     "min_s": 1e-3, "mean_s": 1.1e-3, "rel_noise": 1e-4 / 1.1e-3, "noisy": True},
            "flops": 1000, "bytes": 1000, "derived": {"gflops": 1.0, "gbps": 1.0},
            "check": {"max_rel_err": 1e-7, "tol": 1e-5, "passed": True, "detail": ""}}
     rec.update(over)
@@ -302,7 +302,8 @@ def test_an_invalid_record_is_skipped_with_file_and_line(name, bad, why, tmp_pat
 def test_old_records_without_iqr_load_with_it_derived(tmp_path):
     from microbench import store
     old = {"op": "lstm", "variant": "naive", "backend": "numpy",
-           "stats": {"median": 0.01, "q1": 0.009, "q3": 0.012}}
+           "stats": {"median": 0.01, "q1": 0.009, "q3": 0.012},
+           "check": {"max_rel_err": 0.0, "tol": 1e-5, "passed": True}}
     f = tmp_path / "old.jsonl"
     f.write_text(json.dumps(old) + "\n" + json.dumps({**old, "stats": {"median": "x"}}) + "\n")
     recs, notes = store.read(f)

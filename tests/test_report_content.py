@@ -45,7 +45,7 @@ def test_convergence_plot_labels_framework_rows(fixture_records, top_level):
     p = plots.convergence_plot(recs)
     assert p.png and p.note.startswith("frameworks: jax, torch")
     panel = next(iter(p.data))           # panels with framework rows come first
-    rows = p.data[panel]
+    rows = p.data[panel]["rows"]
     assert {"torch/fused", "torch/generic", "jax/generic"} <= set(rows)
     assert all(rows[n]["framework"] is None for n in rows if n.startswith("ours: "))
     assert rows["torch/fused"]["framework"] == "torch"
@@ -60,11 +60,13 @@ def test_convergence_plot_says_how_many_shapes_it_leaves_out(fixture_records):
             r = copy.deepcopy(r)
             r["shape"]["H"] = 100 + h
             recs.append(r)
-    p = plots.convergence_plot(recs)
-    assert len(p.data) == plots.MAX_CONVERGENCE_PANELS
+    from microbench import convergence
+    m = convergence.model(recs)           # the figure's model (the note is checked in test_figures)
+    assert len(m.panels) == convergence.MAX_PANELS
     n_groups = len({(r["shape"]["H"], r["options"]["threads"]) for r in recs if r["op"] == "lstm"}) + \
         len({(r["shape"]["H"], r["options"]["threads"]) for r in recs if r["op"] == "gru"})
-    assert f"{n_groups - plots.MAX_CONVERGENCE_PANELS} more shape(s) not drawn" in p.note
+    assert m.panels_left_out == n_groups - convergence.MAX_PANELS
+    assert {p.op for p in m.panels} == {"lstm", "gru"}      # each op in turn
 
 
 def test_framework_field_is_written_and_read_back():

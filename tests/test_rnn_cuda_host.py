@@ -27,13 +27,14 @@ import numpy as np
 import pytest
 
 import cudahost as ch
+from tests import toolchain
 from fusion import pointwise_cuda as pc
 from kernels import persistent as kp
 from kernels.dtypes import storage, tolerance
 from kernels.params import GRUParams, LSTMParams
 from kernels.reference import gru_reference, lstm_reference
 
-pytestmark = pytest.mark.skipif(ch.gxx() is None, reason="g++ is not on the PATH (host build of the .cu)")
+pytestmark = toolchain.needs("g++")          # the host build of the .cu
 
 PARAMS = {"lstm": LSTMParams, "gru": GRUParams}
 PRECS = ("fp32", "fp16", "bf16")

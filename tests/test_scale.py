@@ -29,8 +29,10 @@ def validate(recs: list) -> None:
     """Records of allreduce and scale follow microbench.result/1 (compare and report read them)."""
     jsonschema = pytest.importorskip("jsonschema")
     schema = json.loads((ROOT / "microbench" / "schema" / "result-v1.json").read_text())
+    from microbench import store
     for rec in recs:
         jsonschema.validate(rec, schema)
+        assert store.problem(rec, current=True) is None, rec    # the readers' rules too
 
 
 def torchrun(*args, nproc=2, env=None, timeout=240, cwd=ROOT):

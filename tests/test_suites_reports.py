@@ -140,7 +140,8 @@ def test_suite_list(capsys):
 def test_loader_is_tolerant_and_reads_old_records(tmp_path):
     good = FIXTURE.read_text().splitlines()[0]
     old = json.dumps({"op": "lstm", "variant": "naive", "backend": "numpy",
-                      "stats": {"median": 0.01, "q1": 0.009, "q3": 0.011, "iqr": 0.002}})
+                      "stats": {"median": 0.01, "q1": 0.009, "q3": 0.011, "iqr": 0.002},
+                      "check": {"max_rel_err": 0.0, "tol": 1e-5, "passed": True}})
     f = tmp_path / "mixed.jsonl"
     f.write_text("\n".join([good, "{not json", "", "[1, 2]", old, '{"schema": "other/1"}', good[:50]]))
     recs, bad = store.read(f)
@@ -225,8 +226,9 @@ def _rec(variant: str, med: float, iqr: float, env: str, H: int = 64) -> dict:
             "device": "cpu", "dtype": "fp32", "shape": {"T": 10, "B": 8, "I": H, "H": H, "L": 1},
             "options": {"plan": None, "threads": 1, "seed": 0, "rung": None, "nvtx": "on"},
             "label": f"{variant}/numpy", "status": "ok", "error": None, "env_id": env, "env": {},
-            "samples_s": [med], "check": {"max_rel_err": 0.0, "tol": 1e-5, "passed": True},
-            "stats": {"n": 9, "median_s": med, "q1_s": med - iqr / 2, "q3_s": med + iqr / 2, "iqr_s": iqr,
+            # two samples whose quartiles are med -+ iqr/2 (fewer than 3: compare's IQR rule)
+            "samples_s": [med - iqr, med + iqr], "check": {"max_rel_err": 0.0, "tol": 1e-5, "passed": True},
+            "stats": {"n": 2, "median_s": med, "q1_s": med - iqr / 2, "q3_s": med + iqr / 2, "iqr_s": iqr,
                       "min_s": med - iqr, "mean_s": med, "rel_noise": iqr / med, "noisy": False}}
 
 

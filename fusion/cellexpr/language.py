@@ -9,7 +9,6 @@ import hashlib
 import importlib.util
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -311,9 +310,10 @@ def _const_py(v: float) -> str:
 
 
 def _cache_dir() -> Path:
-    d = Path(os.environ.get("MICROBENCH_CACHE", Path(tempfile.gettempdir()) / f"microbench-{os.getuid()}")) / "cellexpr"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    """Where generated modules (and numba's cache of them) live: the private per-user cache
+    (kernels.cachedir), never a shared temporary directory, since both are executed."""
+    from kernels.cachedir import private_dir
+    return private_dir("cellexpr")
 
 
 def _load_module(source: str, stem: str):

@@ -163,69 +163,11 @@ def backward_weights_im2col(x, dy, problem: ConvProblem) -> tuple:
 
 
 # -- direct (numba) -----------------------------------------------------------------------------------
-_KERNELS = {}
-
-
 def _direct_kernels():
-    """Compiled on first use (importing this module does not import numba)."""
-    if _KERNELS:
-        return _KERNELS["data"], _KERNELS["weights"]
-    import numba
-
-    from .direct import inside          # the valid output range of one tap, as the forward kernel
-
-    @numba.njit(parallel=True, cache=True)
-    def bwd_data(dy, w, dx, sh, sw, ph, pw, dh, dw_, groups):
-        N, C, H, W = dx.shape
-        K, Cg, R, S = w.shape
-        P, Q = dy.shape[2], dy.shape[3]
-        Kg = K // groups
-        for task in numba.prange(N * C):                  # one input plane per task: no races
-            n, c = task // C, task % C
-            g, cc = c // Cg, c % Cg
-            plane = dx[n, c]
-            for i in range(H):
-                for j in range(W):
-                    plane[i, j] = 0.0
-            for kk in range(Kg):
-                k = g * Kg + kk
-                for r in range(R):
-                    off_h = r * dh - ph
-                    i0, i1 = inside(off_h, sh, H, P)
-                    for s in range(S):
-                        wv = w[k, cc, r, s]
-                        off_w = s * dw_ - pw
-                        j0, j1 = inside(off_w, sw, W, Q)
-                        for i in range(i0, i1):
-                            hi = i * sh + off_h
-                            for j in range(j0, j1):
-                                plane[hi, j * sw + off_w] += dy[n, k, i, j] * wv
-
-    @numba.njit(parallel=True, cache=True)
-    def bwd_weights(x, dy, dwt, sh, sw, ph, pw, dh, dw_, groups):
-        N, C, H, W = x.shape
-        K, Cg, R, S = dwt.shape
-        P, Q = dy.shape[2], dy.shape[3]
-        Kg = K // groups
-        for task in numba.prange(K * Cg):                 # one (k, c) filter slice per task
-            k, cc = task // Cg, task % Cg
-            c = (k // Kg) * Cg + cc
-            for r in range(R):
-                off_h = r * dh - ph
-                i0, i1 = inside(off_h, sh, H, P)
-                for s in range(S):
-                    off_w = s * dw_ - pw
-                    j0, j1 = inside(off_w, sw, W, Q)
-                    acc = 0.0            # float64: a sum over N*P*Q terms (10^5 in DeepBench rows)
-                    for n in range(N):
-                        for i in range(i0, i1):
-                            hi = i * sh + off_h
-                            for j in range(j0, j1):
-                                acc += dy[n, k, i, j] * x[n, c, hi, j * sw + off_w]
-                    dwt[k, cc, r, s] = acc
-
-    _KERNELS.update(data=bwd_data, weights=bwd_weights)
-    return bwd_data, bwd_weights
+    """(backward-data, backward-weights) of the direct loops (kernels.conv.direct, which imports
+    numba: importing this module does not)."""
+    from .direct import _direct_bwd_data, _direct_bwd_weights
+    return _direct_bwd_data, _direct_bwd_weights
 
 
 def backward_data_direct(dy, w, problem: ConvProblem) -> np.ndarray:

@@ -22,13 +22,14 @@ import numpy as np
 
 from ..dtypes import canonical
 from ..errors import Unsupported
+from ..jit import njit
 from .geometry import ConvProblem, check_inputs
 from .reference import to_nchw
 
 DTYPES = ("fp32", "fp64")
 
 
-@numba.njit(cache=True)
+@njit
 def inside(off, stride, size, n):
     """The output rows ``[i0, i1)`` of ``n`` whose input row ``i*stride + off`` lies in ``[0, size)``:
     ``i0 = ceil(-off/stride)``, ``i1 = floor((size-1-off)/stride) + 1``, clipped to ``[0, n]``.  Computed
@@ -38,7 +39,7 @@ def inside(off, stride, size, n):
     return i0, i1
 
 
-@numba.njit(parallel=True, cache=True)
+@njit(parallel=True)
 def _direct_kernel(x, w, b, y, sh, sw, ph, pw, dh, dw, groups):
     N, C, H, W = x.shape
     K, Cg, R, S = w.shape
@@ -91,3 +92,55 @@ def conv2d_direct(x, w, b, problem: ConvProblem) -> np.ndarray:
 
 
 run = conv2d_direct
+
+
+# -- the backward phases of the same loops (kernels.conv.backward) ---------------------------------
+@njit(parallel=True)
+def _direct_bwd_data(dy, w, dx, sh, sw, ph, pw, dh, dw_, groups):
+    N, C, H, W = dx.shape
+    K, Cg, R, S = w.shape
+    P, Q = dy.shape[2], dy.shape[3]
+    Kg = K // groups
+    for task in numba.prange(N * C):                  # one input plane per task: no races
+        n, c = task // C, task % C
+        g, cc = c // Cg, c % Cg
+        plane = dx[n, c]
+        for i in range(H):
+            for j in range(W):
+                plane[i, j] = 0.0
+        for kk in range(Kg):
+            k = g * Kg + kk
+            for r in range(R):
+                off_h = r * dh - ph
+                i0, i1 = inside(off_h, sh, H, P)
+                for s in range(S):
+                    wv = w[k, cc, r, s]
+                    off_w = s * dw_ - pw
+                    j0, j1 = inside(off_w, sw, W, Q)
+                    for i in range(i0, i1):
+                        hi = i * sh + off_h
+                        for j in range(j0, j1):
+                            plane[hi, j * sw + off_w] += dy[n, k, i, j] * wv
+
+@njit(parallel=True)
+def _direct_bwd_weights(x, dy, dwt, sh, sw, ph, pw, dh, dw_, groups):
+    N, C, H, W = x.shape
+    K, Cg, R, S = dwt.shape
+    P, Q = dy.shape[2], dy.shape[3]
+    Kg = K // groups
+    for task in numba.prange(K * Cg):                 # one (k, c) filter slice per task
+        k, cc = task // Cg, task % Cg
+        c = (k // Kg) * Cg + cc
+        for r in range(R):
+            off_h = r * dh - ph
+            i0, i1 = inside(off_h, sh, H, P)
+            for s in range(S):
+                off_w = s * dw_ - pw
+                j0, j1 = inside(off_w, sw, W, Q)
+                acc = 0.0            # float64: a sum over N*P*Q terms (10^5 in DeepBench rows)
+                for n in range(N):
+                    for i in range(i0, i1):
+                        hi = i * sh + off_h
+                        for j in range(j0, j1):
+                            acc += dy[n, k, i, j] * x[n, c, hi, j * sw + off_w]
+                dwt[k, cc, r, s] = acc

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..dtypes import canonical
 from ..errors import Unsupported
+from ..jit import njit
 from .geometry import ConvProblem, check_inputs
 from .reference import to_nchw
 
@@ -38,7 +39,7 @@ KB = 32
 KC = 32
 
 
-@numba.njit(parallel=True, cache=True)
+@njit(parallel=True)
 def _implicit_gemm_kernel(x, wg, b, y, R, S, sh, sw, ph, pw, dh, dw):
     N, C, H, W = x.shape
     G, Kg, CRS = wg.shape            # filter as (groups, K/G, C/G*R*S): rows contiguous in j

@@ -115,13 +115,19 @@ def kernel_source(m: int, dtype="float32") -> str:
 
 @functools.lru_cache(maxsize=None)
 def _kernels(m: int, dtype: str):
-    """Compile (once per tile size and dtype) the two transform kernels."""
-    import numba
+    """Compile (once per tile size and dtype, then kept in the kernel cache under a hash of the
+    generated source: kernels.jit) the two transform kernels."""
+    import hashlib
+
     from numba import prange
 
-    ns = {"np": np, "prange": prange}
-    exec(compile(kernel_source(m, dtype), f"<winograd F({m}x{m},3x3) transforms>", "exec"), ns)  # noqa: S102
-    jit = numba.njit(parallel=True, cache=False)
+    from ..jit import njit
+    source = kernel_source(m, dtype)
+    key = hashlib.sha1(source.encode()).hexdigest()
+    # __name__: numba rebuilds a cached function's environment by importing its module
+    ns = {"__name__": __name__, "np": np, "prange": prange}
+    exec(compile(source, f"winograd_f{m}_{dtype}", "exec"), ns)  # noqa: S102
+    jit = njit(parallel=True, source_key=key)
     return jit(ns["winograd_input_transform"]), jit(ns["winograd_output_transform"])
 
 

@@ -387,17 +387,22 @@ def _packed_strides(problem: ConvProblem, dims_nchw, layout: str) -> list:
 
 
 def build_graph(g, cudnn, precision: str):
-    """validate -> operation graph -> execution plans -> (filter) -> support -> build.
+    """validate -> operation graph -> execution plans -> filter -> support -> build.
 
-    The steps one by one rather than ``g.build()``: for fp32 the plans whose numerical notes say
-    ``TENSOR_CORE`` are deselected before the support check, so cuDNN cannot run an fp32
-    convolution as TF32 (PyTorch does the same with TF32 off).  tf32 and fp16 keep every plan.
+    The steps one by one rather than ``g.build()``, so plans are deselected by their numerical
+    notes before the support check, as PyTorch's cuDNN v8 convolution filters its engine
+    configs (aten/src/ATen/native/cudnn/Conv_v8.cpp): ``DOWN_CONVERT_INPUTS`` always (an engine
+    that converts the inputs to a narrower type, e.g. fp32 to fp16, is another precision than
+    the row's, tf32 included), and for fp32 also ``TENSOR_CORE``, so cuDNN cannot run an fp32
+    convolution as TF32 (PyTorch with TF32 off).  tf32 and fp16 keep the Tensor Core plans.
     """
     g.validate()
     g.build_operation_graph()
     g.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+    notes = [cudnn.numerical_note.DOWN_CONVERT_INPUTS]
     if precision == "fp32":
-        g.deselect_numeric_notes([cudnn.numerical_note.TENSOR_CORE])
+        notes.append(cudnn.numerical_note.TENSOR_CORE)
+    g.deselect_numeric_notes(notes)
     g.check_support()
     g.build_plans()
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from ..dtypes import canonical
 from ..errors import BadInput, MicrobenchError, Unsupported
-from ..params import GATES, RNNParams, check_dim
+from ..params import GATES, RNNParams, check_dim, require_unidirectional
 from . import errors as cerr
 from . import handles
 from .handles import (CUDNN_DATA_FLOAT, CUDNN_DATA_HALF, CUDNN_DEFAULT_MATH, CUDNN_FMA_MATH,
@@ -193,6 +193,7 @@ def rnn_config(params: RNNParams, *, batch: int, seq_len: int, algo: str = "stan
     path here does not take."""
     if not isinstance(params, RNNParams) or params.cell_mode not in CUDNN_CELL:
         raise BadInput(f"params must be LSTMParams or GRUParams or VanillaRNNParams, got {type(params).__name__}")
+    require_unidirectional(params, "the cudnn RNN variant")
     if algo not in CUDNN_RNN_ALGO:
         raise BadInput(f"algo {algo!r} is unknown; allowed: {', '.join(CUDNN_RNN_ALGO)}")
     if mode not in CUDNN_FWD_MODE:

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..dtypes import canonical, storage
 from ..errors import BadInput
-from ..params import RNNParams, check_dim, reorder_gates
+from ..params import RNNParams, check_dim, reorder_gates, require_unidirectional
 from . import core
 from . import lib as L
 
@@ -102,6 +102,7 @@ class OnednnRNN:
         if not isinstance(params, RNNParams) or params.cell not in CELLS:
             raise BadInput(f"params must be LSTMParams, GRUParams or VanillaRNNParams, got "
                            f"{type(params).__name__}")
+        require_unidirectional(params, "the onednn RNN variant")
         self.cell = params.cell
         self.nonlinearity = getattr(params, "nonlinearity", "")
         self.precision = canonical(precision)

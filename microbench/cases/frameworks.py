@@ -30,7 +30,8 @@ from fusion.cellexpr import LN_EPS
 from kernels import dtypes
 from kernels.errors import BadInput, Unsupported
 
-from ..frameworks import FRAMEWORKS, NOT_INSTALLABLE, NUMPY1, PATHS, describe, skip_reason
+from ..frameworks import (FRAMEWORKS, NOT_INSTALLABLE, NUMPY1, PATHS, describe, precision_reason,
+                          skip_reason)
 from ..problems import RNNProblem
 from ..registry import REGISTRY, Prepared, VariantRecord, register
 from ..stats import Measurement
@@ -41,6 +42,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 # MXNet's and Chainer's NumPy-1 interpreter (scripts/setup-mxnet makes it): MICROBENCH_MXNET_VENV,
 # else .venv-mxnet here.
 MXNET_VENV_PYTHON = Path(os.environ.get("MICROBENCH_MXNET_VENV", REPO_ROOT / ".venv-mxnet")) / "bin" / "python"
+# TensorFlow's CUDA build on a GPU machine (scripts/setup-tensorflow makes it): MICROBENCH_TF_VENV,
+# else .venv-tf here.  Absent on a CPU machine, where tensorflow-cpu is in our own environment.
+TF_VENV_PYTHON = Path(os.environ.get("MICROBENCH_TF_VENV", REPO_ROOT / ".venv-tf")) / "bin" / "python"
 
 
 def parse_frameworks(text) -> list:
@@ -61,9 +65,12 @@ def parse_frameworks(text) -> list:
 
 def default_python(framework: str) -> str | None:
     """The interpreter a framework's worker runs under when --python does not say: MXNet and
-    Chainer use ``.venv-mxnet`` (made by scripts/setup-mxnet) when it exists; every other framework ours."""
+    Chainer use ``.venv-mxnet`` (made by scripts/setup-mxnet) when it exists, TensorFlow
+    ``.venv-tf`` (scripts/setup-tensorflow, GPU machines) when it exists; otherwise ours."""
     if framework in NUMPY1 and MXNET_VENV_PYTHON.exists():
         return str(MXNET_VENV_PYTHON)
+    if framework == "tensorflow" and TF_VENV_PYTHON.exists():
+        return str(TF_VENV_PYTHON)
     return None
 
 
@@ -115,13 +122,14 @@ def build_framework(problem: RNNProblem, seed: int, *, framework: str, path: str
     """``cell``: plain or layernorm (LSTM only); ``backward``: time a training step (forward and
     backward of sum(y * dY)) and check y and every gradient instead of the forward outputs;
     ``phase`` (conv only): one backward phase, bwd_data or bwd_weights, instead of the forward."""
-    from ..frameworks.client import Worker
+    from ..frameworks.client import start as start_worker
     from ..frameworks.convert import pack_extras, pack_layers
     from . import backward as bwcases
 
     op = getattr(problem, "op", "conv")
     reason = path_reason(framework, device, path, op, cell, backward) if op != "conv" else \
         skip_reason(framework, device, path, op)
+    reason = reason or precision_reason(framework, device, path, op, precision)
     if reason:
         raise Unsupported(reason)
     if op == "conv":
@@ -146,7 +154,7 @@ def build_framework(problem: RNNProblem, seed: int, *, framework: str, path: str
         arrays["dy"] = inp["dy"]          # its presence asks the adapter for a training step
     # the worker's op: the vanilla cell travels with its nonlinearity (rnn_relu, rnn_tanh)
     wop = "layernorm" if cell == "layernorm" else problem.cell_mode
-    worker = Worker(framework, python=python or default_python(framework), threads=threads, device=device)
+    worker = start_worker(framework, python=python or default_python(framework), threads=threads, device=device)
     try:
         ans = worker.request({"cmd": "build", "op": wop, "path": path, "precision": precision,
                               "inputs": worker.save("inputs.npz", arrays),
@@ -200,7 +208,7 @@ def _measure_in(worker):
 def _build_conv(problem, seed, *, framework, path, device, precision, threads, python,
                 phase=None) -> Prepared:
     from ..checks import compare as compare_conv
-    from ..frameworks.client import Worker
+    from ..frameworks.client import start as start_worker
     from . import conditioning as cond
     from .conv import backward_reference, make_inputs as conv_inputs, reference_output, upstream_grad
 
@@ -213,7 +221,7 @@ def _build_conv(problem, seed, *, framework, path, device, precision, threads, p
     request = {"cmd": "build", "op": "conv", "path": path, "precision": precision, "geometry": geometry}
     if phase:
         request["phase"] = phase
-    worker = Worker(framework, python=python or default_python(framework), threads=threads, device=device)
+    worker = start_worker(framework, python=python or default_python(framework), threads=threads, device=device)
     try:
         ans = worker.request({**request, "inputs": worker.save("inputs.npz", arrays),
                               "outputs": worker.path("outputs.npz")})

@@ -54,6 +54,7 @@ ALPHA = 0.01          # significance level of the test
 MIN_EFFECT = 0.05     # smallest relative change of the median that counts
 MIN_SAMPLES = 3       # fewer stored samples per side: the IQR rule instead of the test
 NOT_COMPARABLE = "not comparable"   # a side's samples did not get their threads (contended)
+SMOKE_VERDICT = "smoke run: not a measurement"
 
 
 @dataclass(frozen=True)
@@ -170,6 +171,8 @@ def pair(records_a: list, records_b: list, *, across_machines: bool = False, alp
                             None, why, " and ".join(hit)))
             continue
         v, p = judge(sa, sb, _samples(ra), _samples(rb), alpha=alpha, min_effect=min_effect)
+        if (ra.get("options") or {}).get("smoke") or (rb.get("options") or {}).get("smoke"):
+            v, p = SMOKE_VERDICT, None        # capped timing (MICROBENCH_SMOKE): not measurements
         rows.append(Row(_what(ra), _label(ra), sa, sb, sb["median_s"] / sa["median_s"], v, p))
     if mixed and not across_machines:
         ra, rb = mixed[0]
@@ -184,8 +187,9 @@ def cmd_compare(args) -> int:
     import re
 
     from rich import box
-    from rich.markup import escape
     from rich.table import Table
+
+    from kernels.untrusted import terminal as escape    # record text: no control codes, no markup
 
     from .. import store
     from ..cli import console
@@ -228,10 +232,12 @@ def cmd_compare(args) -> int:
     rows = [r for r in rows if r.verdict != NOT_COMPARABLE]
     changed = [r for r in rows if r.verdict in ("B faster", "B slower")]
     small = [r for r in rows if r.verdict.startswith("below")]
+    smoke = [r for r in rows if r.verdict == SMOKE_VERDICT]
     geo = math.exp(sum(math.log(r.ratio) for r in rows) / len(rows)) if rows else None
     out.print(f"{len(rows) + len(bad)} case(s) in both; {len(changed)} differ (p < {args.alpha:g} and at least "
               f"{100 * args.min_effect:g}%), {len(small)} differ by less than {100 * args.min_effect:g}%, "
-              f"{len(rows) - len(changed) - len(small)} within noise"
+              f"{len(rows) - len(changed) - len(small) - len(smoke)} within noise"
+              + (f", {len(smoke)} from smoke runs (not measurements)" if smoke else "")
               + (f", {len(bad)} not comparable (contended)" if bad else "")
               + (f"; geometric mean B/A {geo:.2f}x" if geo is not None else "")
               + (" over the comparable rows" if bad and geo is not None else ""))

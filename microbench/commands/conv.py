@@ -91,7 +91,7 @@ def problem_from_args(args):
 def cmd_conv(args) -> int:
     from profiles import nvtx
 
-    from .. import registry, report
+    from .. import registry, report, smoke
     from ..cli import run_cases, settings_from
     from ..planner import memory_need, parse_precisions, resolve_device
     from ..problems import check_memory
@@ -113,6 +113,7 @@ def cmd_conv(args) -> int:
         if device == "cpu" and p not in offered:
             raise BadInput(f"--dtype {p}: the conv variants on the CPU compute {', '.join(offered)}")
         check_memory(memory_need(problem, p), f"conv {problem.describe()} {p}")
+    problem, _ = smoke.problem(problem)     # a smoke run shrinks what runs, never what is checked
     names = None if args.all or not args.variant_flags else list(dict.fromkeys(args.variant_flags))
     records = registry.select("conv", names, None, device)
     if getattr(args, "backward", False):

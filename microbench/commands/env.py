@@ -71,7 +71,7 @@ def cmd_env(args) -> int:
         cost = f.get("cost") or {}
         text = peaks.describe_forced(f)
         if "with" in cost:
-            text += (f"; NumPy's float32 {peaks.GEMM_N}^3 GEMM here: {cost['with']} GFLOP/s, "
+            text += (f"; NumPy's float32 {cost.get('n', peaks.GEMM_N)}^3 GEMM here: {cost['with']} GFLOP/s, "
                      f"{cost['without']} GFLOP/s without it ({cost['ratio']:.2f}x, measured now)")
         elif cost.get("error"):
             text += f"; its cost not measured: {cost['error']}"

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import console, named_list
+from ..cli import console, named_list, output_path
 
 EPILOG = """examples:
   python -m microbench explain lstm                       # this machine has no GPU: the H100 traces
   python -m microbench explain lstm --frameworks torch,jax --variants cudnn
   python -m microbench explain gru --reference my-traces.json
   python -m microbench explain lstm --device cpu --frameworks torch,mxnet   # oneDNN, traced live
+  python -m microbench explain lstm --device cpu --json e.jsonl   # records with traces, for report
 """
 
 
@@ -39,6 +40,9 @@ def add_parsers(sub) -> None:
                    help="--device cpu: also write each framework's raw oneDNN verbose log to DIR")
     p.add_argument("--python", metavar="FW=PATH", action="append",
                    help="--device cpu: run framework FW's worker under this interpreter")
+    p.add_argument("--json", metavar="PATH", type=output_path,
+                   help="--device cpu: append one record per timed row, with the oneDNN primitives "
+                        "of its traced calls (report draws them beside the convergence figure)")
     p.set_defaults(func=cmd_explain)
 
 
@@ -57,9 +61,21 @@ def cmd_explain_cpu(args) -> int:
     problem = cpu_explain.problem_for(args.op, T, B, H, C, size)
     err = console(stderr=True)
     logs = {} if args.save_logs else None
-    rows = cpu_explain.collect(args.op, problem, frameworks, python=parse_python(args.python),
-                               logs=logs,
-                               progress=lambda what: err.print(f"tracing {what} ...", highlight=False))
+    writer = env = None
+    if args.json:                  # the path is checked before anything runs
+        from .. import env as menv
+        from ..results import JsonlWriter
+        writer = JsonlWriter(args.json)
+        env = menv.collect()
+    try:
+        rows = cpu_explain.collect(args.op, problem, frameworks, python=parse_python(args.python),
+                                   logs=logs, env=env,
+                                   progress=lambda what: err.print(f"tracing {what} ...", highlight=False))
+        for rec in cpu_explain.records(rows) if writer else ():
+            writer.write(rec)
+    finally:
+        if writer:
+            writer.close()
     cpu_explain.render(rows, args.op, console())
     if logs:
         from pathlib import Path
@@ -74,6 +90,9 @@ def cmd_explain_cpu(args) -> int:
 def cmd_explain(args) -> int:
     if args.device == "cpu":
         return cmd_explain_cpu(args)
+    if args.json:
+        from kernels.errors import BadInput
+        raise BadInput("--json writes the rows traced live on the CPU; it needs --device cpu")
     import importlib.util
 
     from kernels.params import check_dim
@@ -92,8 +111,9 @@ def cmd_explain(args) -> int:
     raw = None
     if args.reference:   # a user's path: a regular file or a pipe, one-line errors otherwise
         from ..files import open_input
+        from profiles.trace import MAX_FILE_BYTES
         with open_input(args.reference, "trace file") as f:
-            raw = f.read()
+            raw = f.read(MAX_FILE_BYTES + 1)     # one byte more than load() takes: never unbounded
     an = explain.explain_reference(
         args.op, args.reference, raw=raw,
         frameworks=named_list("--frameworks", args.frameworks),

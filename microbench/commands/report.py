@@ -7,17 +7,23 @@ captioned with the machine, commit and sample counts.  ``--csv`` writes one row 
 plots are those of :mod:`microbench.plots`: the fusion ladder, framework convergence, a roofline
 (with this machine's measured roofs when the records were taken here, else the best points of
 the file, labelled as such), and thread scaling.  Outputs are
-written to a temporary file and renamed, and may not name an input file, so a failed or
-mistaken report never damages results.
+written to a temporary file and renamed; before anything is written, every path the command may
+write (each output and each figure file beside --html/--md) is compared, resolved, with every
+input and with the other outputs, so a failed or mistaken report never damages results or its
+own outputs.  Record text is untrusted: each target escapes it (HTML entities; Markdown without
+raw HTML, links or emphasis; CSV cells that a spreadsheet would run as a formula; control
+characters and rich markup on the terminal).
 """
 from __future__ import annotations
 
 import base64
 import html
 import os
+import re
 from pathlib import Path
 
 from kernels.errors import BadInput
+from kernels.untrusted import terminal, visible
 from rich.markup import escape
 
 
@@ -153,56 +159,122 @@ def csv_text(records: list) -> str:
                "gbps": d.get("gbps"), "max_rel_err": chk.get("max_rel_err"),
                "error": r.get("error"), "env_id": r.get("env_id"), "date": env.get("date"),
                "commit": src.get("commit"), "dirty": src.get("dirty")}
-        w.writerow(["" if row[c] is None else row[c] for c in CSV_COLUMNS])
+        w.writerow(["" if row[c] is None else csv_cell(row[c]) for c in CSV_COLUMNS])
     return buf.getvalue()
+
+
+# a cell starting with one of these is a formula to a spreadsheet (OWASP, "CSV injection")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n")
+
+
+def csv_cell(value):
+    """A CSV cell of record text that a spreadsheet shows as text: a leading formula character
+    gets a ``'`` before it (numbers stay numbers)."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
 
 
 # -- writers ---------------------------------------------------------------------------------------
 
 
-def _check_output(path: str, flag: str, inputs: list) -> Path:
-    from ..files import check_output
+def _check_output(path, flag: str) -> Path:
+    from ..files import check_output, shown
     # a regular file or a new one: the report is renamed into place, which would replace a
     # device node or a FIFO with a regular file
     check_output(path, flag)
     p = Path(path)
     parent = p.parent if str(p.parent) else Path(".")
     if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise BadInput(f"{flag} {path!r} cannot be written (permission denied)")
-    for f in inputs:
-        try:
-            if p.exists() and p.resolve() == Path(f).resolve():
-                raise BadInput(f"{flag} {path!r} is one of the input files; it would be overwritten")
-        except OSError:
-            pass
+        raise BadInput(f"{flag} {shown(path)} cannot be written (permission denied)")
     return p
 
 
-def _write(path: Path, text: str, flag: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+def _file_keys(path) -> set:
+    """What identifies the file a path names: the path resolved (symbolic links, ``..``, the
+    working directory) and, where it exists, its device and inode (a hard link, a bind mount)."""
+    keys = {os.path.realpath(path)}
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        st = os.stat(path)
+        keys.add((st.st_dev, st.st_ino))
+    except (OSError, ValueError):
+        pass
+    return keys
+
+
+def plan_outputs(args) -> tuple:
+    """(csv path or None, [(flag, path)] of --html/--md): every path the command may write (the
+    outputs and the figure files beside --html/--md) checked before anything is written: each
+    a regular file or a new one, none an input file, none another output (the figures --html
+    and --md both write beside a report of one stem are the same figure, written once)."""
+    from ..files import shown
+    outs = [(flag, _check_output(path, flag)) for flag, path in
+            (("--csv", getattr(args, "csv", None)), ("--html", args.html), ("--md", args.md)) if path]
+    if any(flag != "--csv" for flag, _ in outs):
+        try:
+            from .. import plots as mplots
+        except ImportError as e:
+            raise BadInput(f"--html/--md draw plots with matplotlib, which cannot be imported ({e}); "
+                           "pip install 'microbench-kernels[report]' or pip install matplotlib") from None
+    writes = []              # (what, path, the figure it holds or None)
+    for flag, path in outs:
+        writes.append((f"{flag} {shown(path)}", path, None))
+        if flag != "--csv":
+            for name in mplots.NAMES:
+                for fmt in mplots.FORMATS:
+                    fig = path.with_name(f"{path.stem}-{name}.{fmt}")
+                    _check_output(fig, f"{flag} {shown(path)}: figure")
+                    writes.append((f"the figure {shown(fig)} of {flag} {shown(path)}", fig, (name, fmt)))
+    inputs = [(f, _file_keys(f)) for f in args.files]
+    seen: list = []
+    for what, path, figure in writes:
+        keys = _file_keys(path)
+        for f, fkeys in inputs:
+            if keys & fkeys:
+                raise BadInput(f"{what} is the input file {shown(f)}; it would be overwritten "
+                               "(give the report another name)")
+        for other, okeys, ofigure in seen:
+            if keys & okeys and not (figure and figure == ofigure):
+                raise BadInput(f"{what} and {other} are the same file; give each output its own path")
+        seen.append((what, keys, figure))
+    return (next((p for f, p in outs if f == "--csv"), None), [(f, p) for f, p in outs if f != "--csv"])
+
+
+def _replace(path: Path, data: bytes, flag: str) -> None:
+    """``data`` into ``path`` through a new temporary file beside it (created exclusively, so it
+    never replaces anything; with the umask's mode, as a plain open would) renamed over the target."""
+    import secrets
+    from ..files import shown
+    tmp = None
+    try:
+        for _ in range(100):
+            try:
+                f = open(path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp"), "xb")
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise FileExistsError(f"no free temporary name beside {path.name}")
+        tmp = f.name
+        with f:
+            f.write(data)
         os.replace(tmp, path)
     except OSError as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise BadInput(f"{flag} {str(path)!r} cannot be written: {e.strerror}") from None
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        raise BadInput(f"{flag} {shown(path)} cannot be written: {e.strerror or e}") from None
+
+
+def _write(path: Path, text: str, flag: str) -> None:
+    # backslashreplace: a file name given in a non-UTF-8 encoding reaches the text as surrogates
+    _replace(path, text.encode("utf-8", errors="backslashreplace"), flag)
 
 
 def _write_bytes(path: Path, data: bytes, flag: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise BadInput(f"{flag}: {str(path)!r} cannot be written: {e.strerror}") from None
+    _replace(path, data, flag)
 
 
 def figure_paths(report: Path, plot) -> dict:
@@ -210,13 +282,18 @@ def figure_paths(report: Path, plot) -> dict:
     return {fmt: report.with_name(f"{report.stem}-{plot.name}.{fmt}") for fmt in plot.files}
 
 
-def write_figures(report: Path, plots, flag: str) -> list:
-    written = []
+def write_figures(report: Path, plots, flag: str, written: set | None = None) -> list:
+    """Write each plot's figure files beside ``report``; ``written``: paths this command already
+    wrote (the same figure beside --html and --md), not written twice."""
+    written = set() if written is None else written
+    files = []
     for p in plots:
         for fmt, path in figure_paths(report, p).items():
-            _write_bytes(path, p.files[fmt], flag)
-            written.append(path)
-    return written
+            if path not in written:
+                _write_bytes(path, p.files[fmt], flag)
+                written.add(path)
+            files.append(path)
+    return files
 
 
 def _html_table(cols, rows) -> str:
@@ -226,11 +303,36 @@ def _html_table(cols, rows) -> str:
 
 
 def _md_table(cols, rows) -> str:
-    def cell(c):
-        return str(c).replace("|", "\\|").replace("\n", " ")
-    lines = ["| " + " | ".join(cell(c) for c in cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(md_text(c) for c in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(md_text(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+_MD_ENTITIES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
+# inline markup: code, emphasis, links and images, table cells, strikethrough, math, headings
+_MD_INLINE = re.compile(r"[\\`*_\[\]|~$#]")
+# what makes a line an ordered list item ("12. "); "-", "+" and "=" start a list or a setext
+# underline ("#" and ">" are escaped anywhere)
+_MD_ORDERED = re.compile(r"^\d{1,9}(?=[.)](\s|$))")
+
+
+def _md_url(name: str) -> str:
+    """A file name as a link destination in ``<...>``: percent-encoded (no ``>``, space or
+    control character can end it or add to it)."""
+    from urllib.parse import quote
+    return quote(name, safe="", errors="surrogateescape")
+
+
+def md_text(value) -> str:
+    """Text (from a record, a file name) as Markdown that renders as that text: one line (control
+    characters shown as escapes), no raw HTML, and every character that could start markup
+    escaped."""
+    text = visible(value).strip().translate(_MD_ENTITIES)
+    text = _MD_INLINE.sub(lambda m: "\\" + m.group(), text)
+    if text[:1] in ("-", "+", "="):
+        return "\\" + text
+    m = _MD_ORDERED.match(text)
+    return text[:m.end()] + "\\" + text[m.end():] if m else text
 
 
 _CSS = """body{font-family:sans-serif;margin:2em;max-width:1300px}
@@ -244,7 +346,11 @@ img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
 def rerun_note(records: list) -> str:
     """Records superseded by a later record of the same case (a rerun into the same --json)."""
     from .. import store
-    n = len(records) - len(store.latest(records, with_env=True, status=None))
+    # a traced record (explain --json) of a case the benchmark also timed is not a rerun: the
+    # figures take the trace from it and the time from the last record
+    traced = [r for r in records if r.get("onednn_trace") is not None]
+    plain = [r for r in records if r.get("onednn_trace") is None]
+    n = sum(len(g) - len(store.latest(g, with_env=True, status=None)) for g in (traced, plain))
     if not n:
         return ""
     return (f"{n} record(s) are reruns of a case already in the file(s): each case shows its last "
@@ -290,7 +396,7 @@ def render_html(title, sources, records, plots, skipped, out_path=None) -> str:
         parts.append(f"<h3>{html.escape(p.title)}</h3>")
         if p.png:
             b64 = base64.b64encode(p.png).decode("ascii")
-            links = " ".join(f"<a href='{html.escape(path.name)}'>{fmt.upper()}</a>"
+            links = " ".join(f"<a href='{html.escape(_md_url(path.name))}'>{fmt.upper()}</a>"
                              for fmt, path in figure_paths(Path(out_path or "report.html"), p).items())
             parts.append(f"<figure><img alt='{html.escape(p.title)}' src='data:image/png;base64,{b64}'>"
                          f"<figcaption class='note'>{html.escape(p.caption)} {links}</figcaption></figure>")
@@ -304,20 +410,22 @@ def render_html(title, sources, records, plots, skipped, out_path=None) -> str:
 
 
 def render_md(title, sources, records, plots, skipped, out_path=None) -> str:
-    parts = [f"# {title}", "", f"{len(records)} record(s) from {', '.join(sources)}"
+    # every text below but our own markup goes through md_text: records and file names are
+    # untrusted, and Markdown renders raw HTML, links and images
+    parts = [f"# {md_text(title)}", "", f"{len(records)} record(s) from {md_text(', '.join(sources))}"
              + (f"; {skipped} line(s) that are not records were skipped" if skipped else ""), "",
-             *([f"**{noise_note(records)}**", ""] if noise_note(records) else []),
-             *([f"**{contention_note(records)}**", ""] if contention_note(records) else []),
-             *([f"_{rerun_note(records)}_", ""] if rerun_note(records) else []),
+             *([f"**{md_text(noise_note(records))}**", ""] if noise_note(records) else []),
+             *([f"**{md_text(contention_note(records))}**", ""] if contention_note(records) else []),
+             *([f"_{md_text(rerun_note(records))}_", ""] if rerun_note(records) else []),
              "## Environments", "", _md_table(ENV_COLUMNS, env_rows(records)), "", "## Plots", ""]
     for p in plots:
-        parts += [f"### {p.title}", ""]
+        parts += [f"### {md_text(p.title)}", ""]
         if p.png:
-            links = ", ".join(f"[{fmt.upper()}]({path.name})"
+            links = ", ".join(f"[{fmt.upper()}](<{_md_url(path.name)}>)"
                               for fmt, path in figure_paths(Path(out_path or "report.md"), p).items())
-            parts += [f"![{p.title}](data:image/png;base64,{base64.b64encode(p.png).decode('ascii')})", "",
-                      f"{p.caption} {links}", ""]
-        parts += [f"_{p.note}_", ""]
+            parts += [f"![{md_text(p.title)}](data:image/png;base64,{base64.b64encode(p.png).decode('ascii')})", "",
+                      f"{md_text(p.caption)} {links}", ""]
+        parts += [f"_{md_text(p.note)}_", ""]
     cols, rows = scaling_rows(records)
     if rows:
         parts += ["## Thread scaling", "", _md_table(cols, rows), ""]
@@ -356,21 +464,19 @@ def cmd_report(args) -> int:
     from ..cli import console
 
     out, err = console(), console(stderr=True)
-    targets = [(flag, _check_output(path, flag, args.files))
-               for flag, path in (("--html", args.html), ("--md", args.md)) if path]
-    csv_target = _check_output(args.csv, "--csv", args.files) if getattr(args, "csv", None) else None
+    csv_target, targets = plan_outputs(args)       # every path checked before any is written
     records, notes = store.load(args.files)
     store.print_skipped(notes, err)
     skipped = len(notes)
     for line in store.shards(records):     # a sharded suite's files, merged: say which are missing
-        err.print(escape(f"note: {line}"), highlight=False)
+        err.print(terminal(f"note: {line}"), highlight=False)
     if rerun_note(records):
         err.print(escape(f"note: {rerun_note(records)}"), highlight=False)
     if contention_note(records):
-        err.print(escape(f"warning: {contention_note(records)}"), highlight=False)
+        err.print(terminal(f"warning: {contention_note(records)}"), highlight=False)
     if csv_target is not None:
         _write(csv_target, csv_text(records), "--csv")
-        out.print(escape(f"wrote {csv_target} ({len(records)} records)"), highlight=False)
+        out.print(terminal(f"wrote {csv_target} ({len(records)} records)"), highlight=False)
         if not targets:
             return 0
     if not targets:
@@ -382,21 +488,18 @@ def cmd_report(args) -> int:
             for c in cols:
                 t.add_column(c)
             for row in rows:
-                t.add_row(*(escape(str(c)) for c in row))
+                t.add_row(*(terminal(c) for c in row))   # record text: no control codes, no markup
             out.print(t)
         out.print(f"[dim]{escape(RESULTS_NOTE)}[/]")
         return 0
-    try:
-        from .. import plots as mplots
-    except ImportError as e:
-        raise BadInput(f"--html/--md draw plots with matplotlib, which cannot be imported ({e}); "
-                       "pip install 'microbench-kernels[report]' or pip install matplotlib") from None
+    from .. import plots as mplots           # importable: plan_outputs checked
     figures = mplots.all_plots(records, roofs=_roofs(records, args, err))
+    written: set = set()
     for flag, path in targets:
         render = render_html if flag == "--html" else render_md
         _write(path, render(args.title, args.files, records, figures, skipped, out_path=path), flag)
-        files = write_figures(path, [f for f in figures if f.png], flag)
-        out.print(escape(f"wrote {path} ({len(records)} records, {sum(1 for f in figures if f.png)} "
-                         f"plots) and {len(files)} figure files beside it ({path.stem}-*.svg/.pdf)"),
+        files = write_figures(path, [f for f in figures if f.png], flag, written)
+        out.print(terminal(f"wrote {path} ({len(records)} records, {sum(1 for f in figures if f.png)} "
+                           f"plots) and {len(files)} figure files beside it ({path.stem}-*.svg/.pdf)"),
                   highlight=False)
     return 0

@@ -120,6 +120,7 @@ def plan_cases(args) -> tuple:
     from ..cases.frameworks import framework_cases, parse_frameworks
     from ..frameworks.client import parse_python
     from ..planner import default_plan, ladder_rungs, memory_need, parse_precisions, resolve_device
+    from .. import smoke
     from ..problems import RNNProblem, check_memory
     from ..runner import Case
     from ..threads import parse_threads
@@ -133,6 +134,7 @@ def plan_cases(args) -> tuple:
     backward = getattr(args, "backward", False)
     for p in precisions:
         check_memory(memory_need(problem, p), f"{op} {problem.label} {p}")
+    problem, _ = smoke.problem(problem)     # a smoke run shrinks what runs, never what is checked
     thread_counts = parse_threads(args.threads)
     device = _backward_device(args.device) if backward else resolve_device(args.device, op)
     backend_names = named_list("--backend", args.backend, ", ".join(registry.backends(op)))

@@ -156,11 +156,13 @@ def record(g, res, env, args, eff, make_problem) -> dict:
             "env_id": env.get("env_id"), "env": env, "timer": "perf_counter+sync",
             "samples_s": step if res.status == "ok" else None, "stats": stats if res.status == "ok" else None,
             "flops": None, "bytes": None, "derived": None,
-            "check": ({"max_rel_err": res.check.get("max_rel_err"), "tol": 0.0, "passed": res.check["passed"],
+            "check": ({"max_rel_err": res.check.get("max_rel_err"), "tol": res.check.get("tol", 0.0),
+                       "passed": res.check["passed"],
                        "detail": res.check.get("detail", "")} if res.check else None),
             "nvtx": None,
             "info": {"phases": res.phases, "efficiency": eff, "world": g.world,
-                     "exposed": "ours: waited after backward; ddp: backward minus backward under no_sync()"}}
+                     "exposed": "ours: waited after backward; ddp: backward minus backward under no_sync()",
+                     **({"precision_switches": res.switches} if res.switches else {})}}
 
 
 def cmd_scale(args) -> int:

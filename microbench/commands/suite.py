@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from kernels import devices
 from kernels.errors import BadInput
 
+from kernels.untrusted import terminal
 from rich.markup import escape
 
 from ..cli import add_output, add_timing, csv_list, named_list, seed_arg
@@ -170,9 +171,10 @@ def _settings(args, suite):
     from ..planner import timing_defaults
     vals = {k: getattr(args, k) if getattr(args, k) is not None else suite.timing.get(k, d)
             for k, d in timing_defaults().items()}
-    return Settings(vals["warmup"], vals["min_time"], vals["max_time"], vals["min_samples"], vals["max_noise"],
-                    cold=getattr(args, "cold", False), graph=getattr(args, "graph", False),
-                    rounds=getattr(args, "rounds", 1) or 1)
+    from .. import smoke
+    return smoke.settings(Settings(vals["warmup"], vals["min_time"], vals["max_time"], vals["min_samples"],
+                                   vals["max_noise"], cold=getattr(args, "cold", False),
+                                   graph=getattr(args, "graph", False), rounds=getattr(args, "rounds", 1) or 1))
 
 
 def mode_of(settings) -> str:
@@ -257,7 +259,7 @@ def plan(args, suite, device: str) -> list:
     """Entries of the suite after the filters, each with the cases it runs or the reason it cannot."""
     from kernels.backends import BACKENDS
 
-    from .. import registry
+    from .. import registry, smoke
     from ..planner import default_plan, ladder_rungs, parse_precisions
     from ..problems import available_memory
     from ..runner import Case
@@ -301,7 +303,8 @@ def plan(args, suite, device: str) -> list:
         if not any(k[0] == spec.op for k in registry.REGISTRY):
             e.reason = f"no {spec.op} variant is registered yet"
             continue
-        problem = _problem(spec, args.batch, getattr(args, "input_gemm", False))
+        asked = _problem(spec, args.batch, getattr(args, "input_gemm", False))
+        problem, _ = smoke.problem(asked)     # a smoke run shrinks what runs, never what is checked
         threads = threads_given or list(spec.threads or [None])
         if spec.training and not spec.is_conv and not getattr(args, "forward_only", False):
             if variants is not None and not any(v in ("fused", "fused+bwd") for v in variants):
@@ -309,7 +312,7 @@ def plan(args, suite, device: str) -> list:
                 continue
             cases, e.reason = _training_cases(spec, problem, device, precisions, frameworks, args.seed,
                                               threads, backends)
-            _fit_memory(e, cases, problem, avail)
+            _fit_memory(e, cases, asked, avail)
             continue
         ours = [r for r in registry.ours(spec.op) if r.device == device
                 and (backends is None or r.backend in backends)]
@@ -339,7 +342,7 @@ def plan(args, suite, device: str) -> list:
         cases = [Case(rec, problem, p, args.seed, rung_plan, t, rung)
                  for t in threads for p in precisions for rec, rung_plan, rung in built
                  if not (rec.backend in BACKENDS and p not in BACKENDS[rec.backend].dtypes)]
-        _fit_memory(e, cases + theirs, problem, avail)
+        _fit_memory(e, cases + theirs, asked, avail)
         if not e.cases and not e.skipped:
             e.reason = f"no chosen backend computes {', '.join(precisions)}"
     return entries
@@ -649,8 +652,8 @@ def summary(entries, out) -> None:
     from rich.table import Table
 
     from .. import contention
-    from ..report import MARKS, fmt_time, row_marks
-    t = Table(title="results", box=box.SIMPLE_HEAD, title_justify="left")
+    from ..report import MARKS, fmt_time, row_marks, smoke_mark
+    t = Table(title=f"{smoke_mark()}results", box=box.SIMPLE_HEAD, title_justify="left")
     for c, j in (("entry", "left"), ("case", "left"), ("dtype", "left"), ("thr", "right"),
                  ("median", "right"), ("", "left"), ("+-IQR", "right"), ("GFLOP/s", "right"), ("note", "left")):
         t.add_column(c, justify=j)
@@ -661,9 +664,9 @@ def summary(entries, out) -> None:
             thr = "-" if c.threads is None else str(c.threads)
             if o.status != "ok":
                 word = "[red]FAILED[/]" if o.status == "failed" else "[yellow]skipped[/]"
-                t.add_row(e.spec.name, escape(c.label), c.precision, thr, "-", "", "-", "-", f"{word}: {escape(o.error)}")
+                t.add_row(e.spec.name, escape(c.label), c.precision, thr, "-", "", "-", "-", f"{word}: {terminal(o.error)}")
                 continue
-            st = r["stats"]
+            st = r["stats"]     # a resumed record may be of an older layout: no rel_noise, no noisy
             gf = (r.get("derived") or {}).get("gflops")
             marks = row_marks(r)
             seen.update(marks)
@@ -671,7 +674,7 @@ def summary(entries, out) -> None:
             if contention.contended(r):
                 note = (note + "; " if note else "") + "[red]contended[/]"
             t.add_row(e.spec.name, escape(c.label), c.precision, thr, fmt_time(st["median_s"]), marks,
-                      f"{100 * st['rel_noise']:.1f}%", f"{gf:.1f}" if gf else "-", note)
+                      f"{100 * st['rel_noise']:.1f}%" if "rel_noise" in st else "-", f"{gf:.1f}" if gf else "-", note)
     out.print(t)
     for mark in "~!^":
         if mark in seen:

@@ -34,13 +34,25 @@ NOT_INSTALLABLE = {
              "package for this OS (Debian 13); it builds only from source",
 }
 
+# Frameworks that run on the CPU only, and why (the SKIPPED text of their GPU rows): no build that
+# a supported install can get reaches this project's GPUs (sm_90, CUDA 13 driver), so their
+# adapters have no GPU code.
+NO_GPU = {
+    "mxnet": "MXNet's CUDA wheels on PyPI stop at CUDA 11.7 (mxnet-cu117): there is none for CUDA "
+             "11.8, the first CUDA that compiles for sm_90 (Hopper), or later, so scripts/setup-mxnet "
+             "installs the CPU build of MXNet 1.9.1 (its last release)",
+    "chainer": "Chainer 7.8.1 (its last release) runs on a GPU through CuPy 7 (it requires "
+               "cupy>=7.7,<8), which has no wheel for CPython 3.10 or newer and no CUDA 12/13 build; "
+               "scripts/setup-mxnet installs Chainer without CuPy",
+}
+
 # framework -> device -> path -> op (lstm, gru, rnn, conv) -> what that path runs (None: the path does not exist for the
 # op; the text after "skip:" is the reason shown in the SKIPPED row).
 PATHS = {
     "torch": {
         "cpu": {
             "fused": {"lstm": "nn.LSTM: ATen's fused CPU RNN (oneDNN for fp32)",
-                      "gru": "nn.GRU: ATen's fused CPU RNN (oneDNN for fp32)",
+                      "gru": "nn.GRU: ATen's fused CPU RNN (its own kernels: no oneDNN primitive)",
                       "rnn": "nn.RNN (relu or tanh): ATen's fused CPU RNN",
                       "conv": "F.conv2d: oneDNN (mkldnn) convolution"},
             "generic": {"lstm": "nn.LSTMCell stepped in a Python loop",
@@ -117,15 +129,8 @@ PATHS = {
                         "rnn": "gluon rnn.RNNCell(activation=relu|tanh) unrolled, hybridized",
                         "conv": "skip: MXNet has one conv2d path on a CPU (the fused row)"},
         },
-        "cuda": {
-            "cudnn": {"lstm": "gluon rnn.LSTM (cuDNN)", "gru": "gluon rnn.GRU (cuDNN)",
-                      "rnn": "gluon rnn.RNN (cuDNN RNN_RELU / RNN_TANH)",
-                      "conv": "nd.Convolution (cuDNN)"},
-            "nocudnn": {"lstm": "gluon rnn.LSTMCell unrolled, hybridized",
-                        "gru": "gluon rnn.GRUCell unrolled, hybridized",
-                        "rnn": "gluon rnn.RNNCell unrolled, hybridized",
-                        "conv": "nd.Convolution with cudnn_off=True"},
-        },
+        "cuda": {path: {op: "skip: " + NO_GPU["mxnet"] for op in ("lstm", "gru", "rnn", "conv")}
+                 for path in ("cudnn", "nocudnn")},
     },
     # Chainer 7.8.1 on a CPU has no oneDNN: iDeep (its oneDNN binding) has no build for this
     # Python, and the NStep functions never call it; everything is NumPy, GEMMs in NumPy's BLAS.
@@ -144,17 +149,59 @@ PATHS = {
                         "rnn": "vanilla cell of L.Linear + F.relu / F.tanh stepped in a Python loop",
                         "conv": "skip: Chainer has one conv2d path on a CPU (the fused row)"},
         },
-        "cuda": {
-            "cudnn": {"lstm": "L.NStepLSTM (cuDNN RNN through CuPy)", "gru": "L.NStepGRU (cuDNN RNN through CuPy)",
-                      "rnn": "L.NStepRNNReLU / L.NStepRNNTanh (cuDNN RNN through CuPy)",
-                      "conv": "L.Convolution2D (cuDNN through CuPy)"},
-            "nocudnn": {"lstm": "L.StatelessLSTM cell loop, use_cudnn='never'",
-                        "gru": "GRU cell of L.Linear + chainer.functions loop, use_cudnn='never'",
-                        "rnn": "vanilla cell of L.Linear + F.relu / F.tanh loop, use_cudnn='never'",
-                        "conv": "L.Convolution2D with use_cudnn='never' (im2col + cuBLAS GEMM)"},
-        },
+        "cuda": {path: {op: "skip: " + NO_GPU["chainer"] for op in ("lstm", "gru", "rnn", "conv")}
+                 for path in ("cudnn", "nocudnn")},
     },
 }
+
+
+# The paths that run the vendor library's layer primitive (oneDNN's or cuDNN's RNN or convolution
+# primitive), and those that do not, where that is known: torch, tensorflow and mxnet on a CPU as
+# the oneDNN traces in tests/fixtures/onednn show (a test checks those entries against them;
+# ``explain OP --device cpu`` traces them again), jax and chainer on a CPU call no oneDNN at all
+# (XLA:CPU's own kernels; Chainer without iDeep), and on a GPU the cudnn path is the layer that
+# reaches cuDNN by construction.  A path not listed is unknown: figures say so rather than guess.
+VENDOR_LAYER = {
+    ("torch", "cpu", "fused"): {"lstm": True, "gru": False, "conv": True},
+    ("torch", "cpu", "generic"): {"lstm": False, "gru": False, "conv": False},
+    # TF's BlockLSTMV2 calls oneDNN's dnnl_sgemm (gemm_api), not the RNN primitive; its conv2d
+    # runs oneDNN's convolution or not depending on the CPU and TF_ENABLE_ONEDNN_OPTS (a trace says)
+    ("tensorflow", "cpu", "fused"): {"lstm": False},
+    ("tensorflow", "cpu", "generic"): {"lstm": False, "gru": False},
+    ("mxnet", "cpu", "fused"): {"lstm": True, "gru": True, "conv": True},
+    ("mxnet", "cpu", "generic"): {"lstm": False, "gru": False},
+    ("jax", "cpu", "generic"): {"lstm": False, "gru": False, "rnn": False},
+    ("chainer", "cpu", "fused"): {"lstm": False, "gru": False, "rnn": False, "conv": False},
+    ("chainer", "cpu", "generic"): {"lstm": False, "gru": False, "rnn": False},
+    **{(fw, "cuda", "cudnn"): {op: True for op in ("lstm", "gru", "rnn", "conv")}
+       for fw in FRAMEWORKS if fw not in NO_GPU},
+}
+
+
+def reaches_vendor(framework: str, device: str, path: str, op: str) -> bool | None:
+    """Whether ``framework/path`` runs the vendor library's layer primitive for ``op`` (see
+    :data:`VENDOR_LAYER`): True, False, or None where no trace tells."""
+    return VENDOR_LAYER.get((framework, device, path), {}).get(op)
+
+
+# Paths that compute fewer precisions than their framework's adapter offers on that device:
+# (framework, device, path, op) -> (the precisions the path has, why).  A row in another
+# precision is SKIPPED with the reason, before any worker starts.
+PATH_PRECISIONS = {
+    ("jax", "cuda", "cudnn", "lstm"): (
+        ("fp32",),
+        "jax.experimental.rnn's cuDNN call computes float32 only: jaxlib 0.10.2's gpu_rnn.py lowers "
+        "f32 and f64 outputs only (fp16/bf16 raise 'Unknown output type'), and its rnn_kernels.cc "
+        "sets CUDNN_DATA_FLOAT for every tensor (f64 data would be read as f32)"),
+}
+
+
+def precision_reason(framework: str, device: str, path: str, op: str, precision: str) -> str | None:
+    """Why a path cannot run ``precision`` (the SKIPPED text), or None."""
+    have, why = PATH_PRECISIONS.get((framework, device, path, op), (None, ""))
+    if have is None or precision in have:
+        return None
+    return f"{framework}/{path} runs {', '.join(have)} only, not {precision}: {why}"
 
 
 def describe(framework: str, device: str, path: str, op: str) -> str:

@@ -6,7 +6,8 @@ when the parent sends ``dy``; the conv its backward-data and backward-weights ph
 Chainer 7 needs NumPy 1 (it runs in the interpreter ``scripts/setup-mxnet`` makes, beside MXNet).
 On a CPU it has no oneDNN: iDeep, its oneDNN binding, has no build for this Python, and the NStep
 functions never call it; their CPU path is Chainer's own loop over steps and layers (two NumPy
-GEMMs and the pointwise gates per step).  On a GPU it needs CuPy 7 (``>=7.7,<8``) for cuDNN.
+GEMMs and the pointwise gates per step).  CPU only: its GPU path needs CuPy 7, which no supported
+Python can install, so Chainer's GPU rows skip with the reason (microbench.frameworks.NO_GPU).
 Chainer's GRU links (``StatelessGRU``/``StatefulGRU``) apply the reset gate before the recurrent
 GEMM, which is not our GRU; the generic GRU is the cell written with ``L.Linear`` and
 ``chainer.functions``, as a Chainer user would write cuDNN's GRU.  ``L.NStepGRU`` is cuDNN's.
@@ -17,10 +18,10 @@ and one recurrent matrix and bias per layer, as ours) and the cell of ``L.Linear
 from __future__ import annotations
 
 import contextlib
-import sys
 
 import numpy as np
 
+from . import NO_GPU
 from .common import Built, Unsupported, dims
 from .convert import (from_chainer_lstm, from_chainer_nstep, split_op, to_chainer_lstm, to_chainer_nstep,
                       unpack_layers)
@@ -33,52 +34,46 @@ def setup(threads, device) -> dict:
     global _ch
     if int(np.__version__.split(".")[0]) >= 2:
         raise ImportError(f"chainer 7 does not run with numpy {np.__version__} (needs numpy<2)")
+    if device != "cpu":
+        raise Unsupported(f"the chainer adapter runs on the CPU only: {NO_GPU['chainer']}")
     import chainer
-    from chainer.backends import cuda, intel64
+    from chainer.backends import intel64
     _ch = chainer
-    if device == "cuda" and not (cuda.available and cuda.cudnn_enabled):
-        raise Unsupported(f"chainer {chainer.__version__} finds no CuPy with cuDNN: it needs CuPy >=7.7,<8, "
-                          f"which has no build for Python {sys.version_info[0]}.{sys.version_info[1]}")
     return {"framework": "chainer", "version": chainer.__version__,
-            "ideep": intel64.is_ideep_available(), "cupy": cuda.available,
+            "ideep": intel64.is_ideep_available(),
             "cpu_kernels": "NumPy (GEMMs in NumPy's BLAS); no oneDNN",
             "precision_switches": "none (the array dtype decides)"}
 
 
 class _Ctx:
-    """Where and how the layer runs: the array module, dtype, cuDNN switch and synchronisation."""
+    """How the layer runs on the CPU: dtype and configuration."""
 
     def __init__(self, path, device, precision):
         chainer = _ch
+        if device != "cpu":
+            raise Unsupported(f"the chainer adapter runs on the CPU only: {NO_GPU['chainer']}")
         if precision not in _DTYPES:
             raise Unsupported(f"the chainer adapter runs {', '.join(_DTYPES)}; not {precision}")
         self.dtype = _DTYPES[precision]
         # links create their parameters in the configured dtype (one case per worker process)
         chainer.global_config.dtype = np.dtype(self.dtype)
-        self.cuda = device == "cuda"
-        if self.cuda:
-            import cupy
-            self.xp, self.sync = cupy, cupy.cuda.Device().synchronize
-        else:
-            self.xp, self.sync = np, (lambda: None)
-        self.use_cudnn = "always" if path == "cudnn" else "never"
         self.chainer = chainer
 
     def array(self, a):
-        return self.xp.asarray(np.ascontiguousarray(a, dtype=self.dtype))
+        return np.ascontiguousarray(a, dtype=self.dtype)
 
-    def link(self, link):
-        return link.to_gpu() if self.cuda else link
+    def sync(self):
+        pass
 
     def config(self, train, backprop=False):
         chainer, stack = self.chainer, contextlib.ExitStack()
-        for key, value in (("train", train), ("use_cudnn", self.use_cudnn), ("enable_backprop", backprop)):
+        for key, value in (("train", train), ("enable_backprop", backprop)):
             stack.enter_context(chainer.using_config(key, value))
         return stack
 
     def host(self, a):
         a = a.array if hasattr(a, "array") else a
-        return np.asarray(a.get() if self.cuda else a, dtype=np.float64)
+        return np.asarray(a, dtype=np.float64)
 
 
 def _set(param, array):
@@ -99,14 +94,13 @@ def build(op, path, device, precision, arrays) -> Built:
     lstm = op == "lstm"
     train = "dy" in arrays
     info = {"mode": "training step: chainer.grad of sum(y * dy) w.r.t. x, h0, c0 and every weight"
-            if train else "chainer.config.train=False, enable_backprop=False",
-            "use_cudnn": ctx.use_cudnn if ctx.cuda else "n/a (CPU)"}
+            if train else "chainer.config.train=False, enable_backprop=False"}
 
     G = {"lstm": 4, "gru": 3, "rnn": 1}[cell_op]
-    if path in ("fused", "cudnn"):
+    if path == "fused":
         NStep = {"lstm": L.NStepLSTM, "gru": L.NStepGRU,
                  "rnn": L.NStepRNNReLU if act == "relu" else L.NStepRNNTanh}[cell_op]
-        net = ctx.link(NStep(L_, I, H, 0.0))
+        net = NStep(L_, I, H, 0.0)
         for l, layer in enumerate(layers):
             ws, bs = to_chainer_nstep(layer, cell_op)
             for j, (w, b) in enumerate(zip(ws, bs)):
@@ -126,9 +120,8 @@ def build(op, path, device, precision, arrays) -> Built:
 
         def layer_grads(g):
             return from_chainer_nstep(g[:2 * G], g[2 * G:], cell_op)
-        info["kernel"] = ("cuDNN RNN (through CuPy)" if ctx.cuda else
-                          "Chainer's NStep CPU loop: NumPy GEMMs (BLAS) + NumPy pointwise, no oneDNN")
-    elif path in ("generic", "nocudnn"):
+        info["kernel"] = "Chainer's NStep CPU loop: NumPy GEMMs (BLAS) + NumPy pointwise, no oneDNN"
+    elif path == "generic":
         cells = []
         for l, layer in enumerate(layers):
             if lstm:
@@ -145,7 +138,7 @@ def build(op, path, device, precision, arrays) -> Built:
                                         initial_bias=b_ih.astype(ctx.dtype))
                     cell.h2h = L.Linear(H, G * H, initialW=w_hh.astype(ctx.dtype),
                                         initial_bias=b_hh.astype(ctx.dtype))
-            cells.append(ctx.link(cell))
+            cells.append(cell)
 
         def gru_step(cell, x, h):
             xr, xz, xn = F.split_axis(cell.x2h(x), 3, axis=1)
@@ -184,12 +177,11 @@ def build(op, path, device, precision, arrays) -> Built:
 
             def layer_grads(g):
                 return tuple(g)
-        info["kernel"] = ("per step: cell GEMMs (F.linear on " + ("cuBLAS" if ctx.cuda else "NumPy's BLAS")
-                          + ") + pointwise chainer.functions, Python loop")
+        info["kernel"] = "per step: cell GEMMs (F.linear on NumPy's BLAS) + pointwise chainer.functions, Python loop"
     else:
         raise Unsupported(f"chainer has no path {path!r} on {device}")
 
-    fused = path in ("fused", "cudnn")
+    fused = path == "fused"
     x, h0 = ctx.array(arrays["x"]), ctx.array(arrays["h0"])
     c0 = ctx.array(arrays["c0"]) if lstm else None
     last = {}
@@ -202,7 +194,7 @@ def build(op, path, device, precision, arrays) -> Built:
         def run():
             # train=True only where it matters: cuDNN's RNN keeps its reserve space for the
             # backward in training mode; on the CPU it would only add dropout(0) calls.
-            with ctx.config(ctx.cuda, backprop=True):
+            with ctx.config(False, backprop=True):
                 xin = F.separate(leaves[0], axis=1) if fused else leaves[0]
                 y = forward(xin, *leaves[1:])[0]
                 grads = chainer.grad([y], leaves + params, grad_outputs=[dy])
@@ -235,7 +227,7 @@ def build(op, path, device, precision, arrays) -> Built:
 def build_conv(path, device, precision, arrays, geom) -> Built:
     """L.Convolution2D, NCHW with our KCRS filter (an NHWC problem is transposed outside the timed call)."""
     chainer = _ch
-    if path not in ("fused", "cudnn", "nocudnn") or (device == "cpu") != (path == "fused"):
+    if path != "fused" or device != "cpu":
         raise Unsupported(f"chainer has no conv path {path!r} on {device}")
     ctx = _Ctx(path, device, precision)
     nhwc = geom["layout"] == "NHWC"
@@ -248,7 +240,6 @@ def build_conv(path, device, precision, arrays, geom) -> Built:
                                        pad=tuple(geom["pad"]), nobias=not has_b, dilate=tuple(geom["dilation"]),
                                        groups=geom["groups"], initialW=w.astype(ctx.dtype),
                                        initial_bias=np.asarray(arrays["b"]).astype(ctx.dtype) if has_b else None)
-    conv = ctx.link(conv)
     last = {}
 
     def run():
@@ -260,9 +251,7 @@ def build_conv(path, device, precision, arrays, geom) -> Built:
         y = ctx.host(last["y"])
         return (np.ascontiguousarray(y.transpose(0, 2, 3, 1)) if nhwc else y,)
 
-    return Built(run, outputs, {"kernel": ("cuDNN through CuPy" if path == "cudnn" else
-                                           "im2col + cuBLAS GEMM" if ctx.cuda else
-                                           "im2col in NumPy + BLAS GEMM (tensordot), no oneDNN"),
+    return Built(run, outputs, {"kernel": "im2col in NumPy + BLAS GEMM (tensordot), no oneDNN",
                                 "layout": "NCHW"})
 
 
@@ -279,7 +268,7 @@ def build_conv_backward(path, device, precision, arrays, geom, phase) -> Built:
     from chainer.functions.connection.convolution_2d import Convolution2DFunction
     if phase not in ("bwd_data", "bwd_weights"):
         raise Unsupported(f"conv backward phase {phase!r} is unknown; allowed: bwd_data, bwd_weights")
-    if path not in ("fused", "cudnn", "nocudnn") or (device == "cpu") != (path == "fused"):
+    if path != "fused" or device != "cpu":
         raise Unsupported(f"chainer has no conv path {path!r} on {device}")
     ctx = _Ctx(path, device, precision)
     nhwc = geom["layout"] == "NHWC"
@@ -312,8 +301,7 @@ def build_conv_backward(path, device, precision, arrays, geom, phase) -> Built:
 
     ops = ("F.deconvolution_2d" if data else
            "Convolution2DGradW" + (" + F.sum of dy over (N, H, W)" if has_b else ""))
-    kernel = ("cuDNN through CuPy" if path == "cudnn" else "im2col/col2im + cuBLAS GEMM" if ctx.cuda
-              else "im2col/col2im in NumPy + BLAS GEMM (tensordot), no oneDNN")
+    kernel = "im2col/col2im in NumPy + BLAS GEMM (tensordot), no oneDNN"
     return Built(run, outputs, {
         "kernel": f"{ops}: {kernel}", "layout": "NCHW",
         "backward": f"Convolution2DFunction.backward, target indexes {list(indexes)}: {ops} ({phase})"})

@@ -3,9 +3,16 @@
 One :class:`Worker` per case: a fresh process per framework case keeps thread pools, allocators
 and JIT caches of one case (and one framework) from disturbing the next.  Arrays travel through
 ``.npz`` files in a private temporary folder that :meth:`Worker.close` removes.
+
+A test session (``MICROBENCH_REUSE_WORKERS=1``, set by the test suite) trades that isolation for
+time: :func:`start` hands out an idle worker of the same framework, interpreter, thread count,
+device and environment when one is left, and :meth:`Worker.close` keeps a healthy worker for the
+next case instead of ending it (a worker builds every case anew; only the process is shared).
+Measurements never run this way unless asked.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import selectors
@@ -23,6 +30,46 @@ from kernels.errors import BadInput, MicrobenchError, MissingDependency, Unsuppo
 from . import FRAMEWORKS, IMPORT_NAME, NOT_INSTALLABLE, NUMPY1
 
 START_TIMEOUT_S = 180.0     # importing TensorFlow on a busy 2-core machine takes ~10 s
+REUSE_ENV = "MICROBENCH_REUSE_WORKERS"
+_IDLE: dict = {}            # reuse key -> idle workers (MICROBENCH_REUSE_WORKERS only)
+
+
+def _reusing() -> bool:
+    return os.environ.get(REUSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _reuse_key(framework: str, python: str | None, threads, device: str) -> tuple:
+    """What a worker was started with: a worker is handed out again only to a case that would
+    have started the same one (the whole environment too: oneDNN's verbose switches, thread
+    policies and framework flags are read at start-up)."""
+    return (framework, os.path.realpath(python or sys.executable), threads, device,
+            tuple(sorted(os.environ.items())))
+
+
+def start(framework: str, *, python: str | None = None, threads: int | None = None,
+          device: str = "cpu") -> "Worker":
+    """A worker for one case: a new process, or under MICROBENCH_REUSE_WORKERS an idle one
+    started the same way (module docstring)."""
+    if not _reusing():
+        return Worker(framework, python=python, threads=threads, device=device)
+    key = _reuse_key(framework, python, threads, device)
+    idle = _IDLE.get(key, [])
+    while idle:
+        w = idle.pop()
+        if w.proc.poll() is None:
+            return w
+        w._shutdown()
+    w = Worker(framework, python=python, threads=threads, device=device)
+    w._reuse_key = key
+    return w
+
+
+@atexit.register
+def _end_idle() -> None:
+    for idle in _IDLE.values():
+        for w in idle:
+            w._shutdown()
+    _IDLE.clear()
 
 
 class WorkerError(MicrobenchError):
@@ -196,11 +243,21 @@ class Worker:
 
     # -- lifetime ----------------------------------------------------------------------------
     def kill(self) -> None:
+        self._reuse_key = None          # a stopped worker is never handed out again
         if getattr(self, "proc", None) is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
 
     def close(self) -> None:
+        """End the worker (under MICROBENCH_REUSE_WORKERS keep a live one for the next case)."""
+        key = getattr(self, "_reuse_key", None)
+        if key is not None and _reusing() and getattr(self, "proc", None) is not None \
+                and self.proc.poll() is None and not self._buf:
+            _IDLE.setdefault(key, []).append(self)
+            return
+        self._shutdown()
+
+    def _shutdown(self) -> None:
         proc = getattr(self, "proc", None)
         if proc is not None and proc.poll() is None:
             try:

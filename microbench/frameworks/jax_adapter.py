@@ -18,6 +18,7 @@ import time
 
 import numpy as np
 
+from . import precision_reason
 from .common import Built, Unsupported, dims
 from .convert import (LAYERNORM_EXTRAS, grads_from_flax, split_op, to_cudnn_packed, to_flax,
                       unpack_extras, unpack_layers)
@@ -65,6 +66,9 @@ def build(op, path, device, precision, arrays) -> Built:
         table.update({"fp16": jnp.float16, "bf16": jnp.bfloat16})
     if precision not in table:
         raise Unsupported(f"jax on {device} runs {', '.join(table)}; not {precision}")
+    narrower = precision_reason("jax", device, path, op, precision)
+    if narrower:
+        raise Unsupported(narrower)
     if precision == "fp64":
         jax.config.update("jax_enable_x64", True)
     dt = table[precision]

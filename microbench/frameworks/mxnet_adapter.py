@@ -1,7 +1,9 @@
 """MXNet 1.9 Gluon: the fused ``rnn.LSTM``/``rnn.GRU`` layer and the cells unrolled, hybridized.
 
 MXNet 1.9.1 needs NumPy < 2 (it uses ``np.PZERO``; with NumPy 1.24-1.26 it also needs ``np.bool``
-back), so this adapter usually runs in its own interpreter (``scripts/setup-mxnet``).  Its GRU is
+back), so this adapter usually runs in its own interpreter (``scripts/setup-mxnet``).  CPU only:
+MXNet's GPU rows skip with the reason (microbench.frameworks.PATHS; no supported install reaches
+a GPU build).  Its GRU is
 cuDNN's (reset gate after the recurrent GEMM): the same function as ours.  The vanilla RNN (op
 ``rnn_relu``/``rnn_tanh``) is ``rnn.RNN(activation=...)``, the same fused RNN op in mode
 ``rnn_relu``/``rnn_tanh``, and ``rnn.RNNCell`` unrolled.  conv2d: ``nd.Convolution`` and its
@@ -18,6 +20,7 @@ import os
 
 import numpy as np
 
+from . import NO_GPU
 from .common import Built, Unsupported, dims
 from .convert import from_mxnet, split_op, to_mxnet, unpack_layers
 
@@ -30,10 +33,10 @@ def setup(threads, device) -> dict:
         raise ImportError(f"mxnet 1.9 does not run with numpy {np.__version__} (needs numpy<2)")
     if not hasattr(np, "bool"):
         np.bool = bool     # removed in NumPy 1.24, still used by MXNet 1.9.1
+    if device != "cpu":
+        raise Unsupported(f"the mxnet adapter runs on the CPU only: {NO_GPU['mxnet']}")
     import mxnet as mx
     _mx = mx
-    if device == "cuda" and mx.context.num_gpus() == 0:
-        raise Unsupported(f"mxnet {mx.__version__} sees no GPU (a CPU build or no driver)")
     feats = mx.runtime.Features()
     return {"framework": "mxnet", "version": mx.__version__,
             "omp_threads": os.environ.get("OMP_NUM_THREADS", "default"),
@@ -51,7 +54,7 @@ def build(op, path, device, precision, arrays) -> Built:
     cell_op, act = split_op(op)
     if precision != "fp32":
         raise Unsupported(f"the mxnet adapter runs fp32 only; not {precision}")
-    ctx = mx.gpu(0) if device == "cuda" else mx.cpu()
+    ctx = mx.cpu()
     nd = lambda a: mx.nd.array(np.asarray(a, dtype=np.float32), ctx=ctx)  # noqa: E731
     layers = unpack_layers(arrays)
     x, h0 = nd(arrays["x"]), nd(arrays["h0"])
@@ -62,7 +65,7 @@ def build(op, path, device, precision, arrays) -> Built:
                 "x, h0, c0 and every parameter" if train else "autograd not recording"),
             "mkldnn": mx.runtime.Features().is_enabled("MKLDNN")}
 
-    if path in ("fused", "cudnn"):
+    if path == "fused":
         if cell_op == "rnn":
             net = rnn.RNN(H, num_layers=L, activation=act, layout="TNC", input_size=I)
         else:
@@ -76,9 +79,8 @@ def build(op, path, device, precision, arrays) -> Built:
                 params[key].set_data(nd(a))
                 weights[l, name] = params[key]
         states = [h0, c0] if op == "lstm" else [h0]
-        info["kernel"] = "fused RNN op (" + ("cuDNN" if device == "cuda" else
-                                             "oneDNN" if info["mkldnn"] else "native CPU") + ")"
-    elif path in ("generic", "nocudnn"):
+        info["kernel"] = "fused RNN op (" + ("oneDNN" if info["mkldnn"] else "native CPU") + ")"
+    elif path == "generic":
         Cell = rnn.LSTMCell if op == "lstm" else rnn.GRUCell
         if cell_op == "rnn":
             Cell = functools.partial(rnn.RNNCell, activation=act)
@@ -118,11 +120,11 @@ def build(op, path, device, precision, arrays) -> Built:
     net.hybridize(static_alloc=True, static_shape=True)
     if train:
         info["kernel"] += ", forward and backward"
-        return _training(net, path in ("fused", "cudnn"), x, states, weights, nd(arrays["dy"]), op, L, info)
+        return _training(net, path == "fused", x, states, weights, nd(arrays["dy"]), op, L, info)
     last = {}
 
     def run():
-        if path in ("fused", "cudnn"):
+        if path == "fused":
             last["out"] = net(x, states)
         else:
             last["out"] = net(x, *states)
@@ -130,7 +132,7 @@ def build(op, path, device, precision, arrays) -> Built:
 
     def outputs():
         out = last["out"]
-        if path in ("fused", "cudnn"):
+        if path == "fused":
             y, st = out
             return (y.asnumpy().astype(np.float64),) + tuple(s.asnumpy().astype(np.float64) for s in st)
         y, flat = out[0], out[1:]
@@ -182,9 +184,9 @@ def _conv_setup(path, device, precision, arrays, geom) -> tuple:
     mx = _mx
     if precision != "fp32":
         raise Unsupported(f"the mxnet adapter runs fp32 only; not {precision}")
-    if path not in ("fused", "cudnn", "nocudnn") or (device == "cpu") != (path == "fused"):
+    if path != "fused" or device != "cpu":
         raise Unsupported(f"mxnet has no conv path {path!r} on {device}")
-    ctx = mx.gpu(0) if device == "cuda" else mx.cpu()
+    ctx = mx.cpu()
     nhwc = geom["layout"] == "NHWC"
 
     def to_ctx(a, activation=True):
@@ -196,8 +198,6 @@ def _conv_setup(path, device, precision, arrays, geom) -> tuple:
     K, _, R, S = w.shape
     kw = dict(kernel=(R, S), stride=tuple(geom["stride"]), dilate=tuple(geom["dilation"]),
               pad=tuple(geom["pad"]), num_filter=K, num_group=geom["groups"], no_bias=b is None)
-    if device == "cuda":
-        kw["cudnn_off"] = path == "nocudnn"
     return to_ctx, x, w, b, kw
 
 
@@ -216,8 +216,7 @@ def build_conv(path, device, precision, arrays, geom) -> Built:
         y = last["y"].asnumpy().astype(np.float64)
         return (np.ascontiguousarray(y.transpose(0, 2, 3, 1)) if nhwc else y,)
 
-    return Built(run, outputs, {"kernel": "Convolution op (" + ("oneDNN" if device == "cpu" else "cuDNN") + ")",
-                                "layout": "NCHW"})
+    return Built(run, outputs, {"kernel": "Convolution op (oneDNN)", "layout": "NCHW"})
 
 
 def build_conv_backward(path, device, precision, arrays, geom, phase) -> Built:
@@ -255,7 +254,6 @@ def build_conv_backward(path, device, precision, arrays, geom, phase) -> Built:
         return tuple(out)
 
     grads = "x" if data else ("w, b" if b is not None else "w")
-    backend = ("oneDNN" if device == "cpu" else "cuDNN" if path == "cudnn" else "cudnn_off: MXNet's own GPU kernels")
     return Built(run, outputs, {
-        "kernel": f"Convolution op backward ({backend})", "layout": "NCHW",
+        "kernel": "Convolution op backward (oneDNN)", "layout": "NCHW",
         "backward": f"_backward_Convolution through y.backward(dy), gradients for {grads} only ({phase})"})

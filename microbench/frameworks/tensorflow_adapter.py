@@ -40,6 +40,8 @@ def setup(threads, device) -> dict:
     gpus = tf.config.list_physical_devices("GPU")
     if device == "cuda" and not gpus:
         raise Unsupported(f"tensorflow {tf.__version__} sees no GPU (tensorflow-cpu, or no CUDA build)")
+    for g in gpus:      # memory as needed, not nearly all of it at start (the worker sets
+        tf.config.experimental.set_memory_growth(g, True)   # TF_FORCE_GPU_ALLOW_GROWTH too)
     import keras
     if keras.backend.backend() != "tensorflow":
         raise Unsupported(f"Keras runs on the {keras.backend.backend()} backend; set KERAS_BACKEND=tensorflow")
@@ -48,9 +50,71 @@ def setup(threads, device) -> dict:
             "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
             "inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
             "tensor_float_32": tf.config.experimental.tensor_float_32_execution_enabled(),
-            "onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on for x86 Linux)"),
+            "onednn_opts": _onednn_opts(),
             "cuda": build_info.get("cuda_version"), "cudnn": build_info.get("cudnn_version"),
-            "gpus": [g.name for g in gpus]}
+            "gpus": [g.name for g in gpus],
+            "memory_growth": [tf.config.experimental.get_memory_growth(g) for g in gpus]}
+
+
+def _onednn_opts() -> str:
+    """Whether TensorFlow's oneDNN custom ops are on in this process (TF turns them on by default
+    on some x86 CPUs and not on others; TF_ENABLE_ONEDNN_OPTS overrides), and what decided it."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        on = "on" if _pywrap_util_port.IsMklEnabled() else "off"
+    except (ImportError, AttributeError):
+        on = "unknown"
+    given = os.environ.get("TF_ENABLE_ONEDNN_OPTS")
+    return f"{on} (TF_ENABLE_ONEDNN_OPTS={given})" if given is not None else f"{on} (TensorFlow's default here)"
+
+
+# What TensorFlow refused in this process: (what, device, geometry) -> its message.  Which conv
+# geometries TensorFlow's CPU kernels run depends on the build and the CPU (with oneDNN's custom
+# ops, on by default on some x86 CPUs, dilated and grouped gradients run; with TensorFlow's own
+# kernels they fail at run time), so it is asked, once, by running the op, never assumed.
+_REFUSED: dict = {}
+
+
+def _first_call(run, what: str, device: str, geom: dict, suspect: str) -> None:
+    """Run ``run`` once.  When the geometry has a feature some TensorFlow CPU kernels refuse
+    (``suspect``: e.g. "dilation (2, 2)"; '' for none) and TensorFlow refuses the call, the case
+    is Unsupported with TensorFlow's own message; any other failure stays a failure (an adapter
+    bug must not pass as a skip)."""
+    tf = _tf
+    key = (what, device, suspect, geom.get("groups"), tuple(geom.get("dilation", ())))
+    if suspect and key in _REFUSED:
+        raise Unsupported(_REFUSED[key])
+    try:
+        run()
+    except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError) as e:
+        if not suspect:
+            raise
+        said = _reason(e.message or str(e))
+        _REFUSED[key] = (f"TensorFlow {tf.__version__} on this {device} (oneDNN ops {_onednn_opts()}) "
+                         f"refuses {what} for {suspect}: {said}")
+        raise Unsupported(_REFUSED[key]) from None
+
+
+def _reason(message: str) -> str:
+    """The line of a TensorFlow error that says why (not "Graph execution error:", the node
+    trace or the stack): the last line of text before the failing node's ``[[...]]``."""
+    keep = []
+    for line in message.splitlines():
+        text = line.split("[[", 1)[0].strip()
+        if not text or text.startswith(("Graph execution error", "Detected at node", "File ", "Stack trace")):
+            continue
+        keep.append(text)
+    return (keep[-1] if keep else message.strip())[:300]
+
+
+def _suspect(geom: dict, with_bias: bool = False) -> str:
+    """The features of a conv geometry that some TensorFlow CPU kernels refuse ('' for none)."""
+    parts = []
+    if any(d != 1 for d in geom["dilation"]):
+        parts.append(f"dilation {tuple(geom['dilation'])}")
+    if geom["groups"] != 1:
+        parts.append(f"groups={geom['groups']}" + (" with a bias" if with_bias else ""))
+    return ", ".join(parts)
 
 
 def build(op, path, device, precision, arrays) -> Built:
@@ -250,11 +314,6 @@ def build_conv(path, device, precision, arrays, geom) -> Built:
     dt = {"fp32": "float32", "fp64": "float64"}.get(precision)
     if dt is None:
         raise Unsupported(f"the tensorflow conv adapter runs fp32, fp64; not {precision}")
-    if device == "cpu" and geom["groups"] != 1 and "b" in arrays:
-        # Grappler's remapper turns Conv2D + BiasAdd into _FusedConv2D, which fails at run time
-        # on a CPU for groups ("Fused conv implementation does not support grouped convolutions").
-        raise Unsupported(f"TensorFlow fuses Conv2D + BiasAdd into _FusedConv2D, whose CPU kernel does not "
-                          f"support grouped convolutions; this problem has groups={geom['groups']} and a bias")
     nchw = geom["layout"] == "NCHW"
     xa = np.asarray(arrays["x"])
     with tf.device("/GPU:0" if device == "cuda" else "/CPU:0"):
@@ -285,24 +344,12 @@ def build_conv(path, device, precision, arrays, geom) -> Built:
         y = np.asarray(last["y"].numpy(), dtype=np.float64)
         return (np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if nchw else y,)
 
+    # Grappler's remapper turns Conv2D + BiasAdd into _FusedConv2D, whose CPU kernel refuses
+    # groups on some builds and CPUs ("Fused conv implementation does not support grouped
+    # convolutions") and not on others: asked by running it.
+    _first_call(run, "Conv2D + BiasAdd (fused by grappler)" if b is not None else "Conv2D", device,
+                geom, _suspect(geom, with_bias=b is not None) if device == "cpu" else "")
     return Built(run, outputs, info)
-
-
-def _conv_refusal(device, geom):
-    """Why TensorFlow's conv2d gradient ops refuse this geometry on ``device``, or None.  On a
-    CPU both Conv2DBackpropInput and Conv2DBackpropFilter fail at run time for a dilation above 1
-    ("Current CPU implementations do not yet support dilation rates larger than 1") and for
-    groups ("Gradients for grouped convolutions are not supported on CPU"), so TF itself cannot
-    differentiate those convolutions there; said before a worker call fails on them."""
-    if device != "cpu":
-        return None
-    if any(d != 1 for d in geom["dilation"]):
-        return (f"TensorFlow's CPU Conv2DBackpropInput/Conv2DBackpropFilter support dilation 1 only; "
-                f"this problem has dilation {tuple(geom['dilation'])}")
-    if geom["groups"] != 1:
-        return (f"TensorFlow's CPU conv2d gradient ops do not support grouped convolutions; "
-                f"this problem has groups={geom['groups']}")
-    return None
 
 
 def build_conv_backward(path, device, precision, arrays, geom, phase) -> Built:
@@ -320,9 +367,6 @@ def build_conv_backward(path, device, precision, arrays, geom, phase) -> Built:
     dt = {"fp32": "float32", "fp64": "float64"}.get(precision)
     if dt is None:
         raise Unsupported(f"the tensorflow conv adapter runs fp32, fp64; not {precision}")
-    reason = _conv_refusal(device, geom)
-    if reason:
-        raise Unsupported(reason)
     nchw = geom["layout"] == "NCHW"
     nhwc = lambda a: tf.constant(np.ascontiguousarray(  # noqa: E731
         np.asarray(a).transpose(0, 2, 3, 1) if nchw else np.asarray(a)).astype(dt))
@@ -358,10 +402,10 @@ def build_conv_backward(path, device, precision, arrays, geom, phase) -> Built:
         import time
         t0 = time.perf_counter()
         bwd.get_concrete_function(*args)        # trace outside the timed region
-        # On a CPU these ops are not rewritten to oneDNN convolutions: ONEDNN_VERBOSE shows only
-        # oneDNN sgemm calls (TF 2.21, fp32), with TF_ENABLE_ONEDNN_OPTS on and off.
+        # Which CPU kernels run these ops depends on TensorFlow's oneDNN custom ops (on by default
+        # on some x86 CPUs): the record says whether they were on.
         info = {"kernel": f"{ops} in a tf.function" + (
-                    ": TensorFlow's own CPU kernels (im2col/col2im + GEMM), no oneDNN convolution"
+                    f": TensorFlow's CPU kernels, oneDNN custom ops {_onednn_opts()}"
                     if device == "cpu" else " (cuDNN)"),
                 "layout": "NHWC", "compile_s": time.perf_counter() - t0,
                 "backward": f"{ops}: the ops of TensorFlow's Conv2D/BiasAdd gradients ({phase})",
@@ -372,6 +416,11 @@ def build_conv_backward(path, device, precision, arrays, geom, phase) -> Built:
         out = bwd(*args)
         out[0].numpy() if device == "cpu" else tf.test.experimental.sync_devices()
         last["out"] = out
+
+    # TensorFlow's own CPU gradient kernels refuse dilation above 1 ("Current CPU implementations
+    # do not yet support dilation rates larger than 1") and groups ("Gradients for grouped
+    # convolutions are not supported on CPU"); with its oneDNN custom ops both run: asked.
+    _first_call(run, ops, device, geom, _suspect(geom) if device == "cpu" else "")
 
     def outputs():
         out = [np.asarray(o.numpy(), dtype=np.float64) for o in last["out"]]

@@ -28,10 +28,7 @@ def setup(threads, device) -> dict:
         except RuntimeError:  # only settable before the first parallel work
             pass
     torch.set_grad_enabled(False)
-    # Precision switches, set explicitly: full fp32 GEMMs unless --dtype tf32 asks otherwise.
-    torch.set_float32_matmul_precision("highest")
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    set_precision(torch, "fp32")     # full fp32 GEMMs unless a row's --dtype tf32 asks otherwise
     if device == "cuda" and not torch.cuda.is_available():
         raise Unsupported(f"torch {torch.__version__} sees no CUDA GPU (a CPU-only build or no driver)")
     env = {"framework": "torch", "version": torch.__version__,
@@ -46,6 +43,40 @@ def setup(threads, device) -> dict:
     return env
 
 
+def set_precision(torch, precision: str) -> dict:
+    """Set every switch that decides whether PyTorch runs fp32 math as TF32, for a row labelled
+    ``precision``: TF32 for ``tf32`` only.  The one place for every torch row of the project (the
+    framework adapter here and ``scale``'s DDP steps, microbench/scaling.py).  Returns the switches
+    as they now read (the record's ``precision_switches``).
+
+    torch 2.13 starts with ``torch.backends.cudnn.allow_tf32 = True`` (``cudnn.conv`` and
+    ``cudnn.rnn.fp32_precision`` read ``'tf32'``), and ATen's cuDNN RNN and convolution descriptors
+    then allow TF32 (``CUDNN_DEFAULT_MATH``): an fp32 row would run TF32.  The legacy switches are
+    set, not the ``fp32_precision`` ones: the legacy setter also sets the conv and rnn precisions,
+    while setting only the new ones leaves the legacy flag disagreeing, and then the legacy reads
+    that ``torch.backends.cudnn.flags()`` (used by the nocudnn rows) makes raise RuntimeError."""
+    tf32 = precision == "tf32"
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    return precision_switches(torch)
+
+
+def precision_switches(torch) -> dict:
+    """The TF32 switches as they read now; the per-operator ``fp32_precision`` ones where this
+    torch has them (2.9 and later)."""
+    out = {"float32_matmul_precision": torch.get_float32_matmul_precision(),
+           "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+           "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32}
+    for name, where in (("cudnn.conv", lambda: torch.backends.cudnn.conv),
+                        ("cudnn.rnn", lambda: torch.backends.cudnn.rnn)):
+        try:
+            out[f"{name}.fp32_precision"] = where().fp32_precision
+        except AttributeError:
+            pass
+    return out
+
+
 def _dtype(precision, device):
     torch = _torch
     table = {"fp32": torch.float32, "fp64": torch.float64}
@@ -53,9 +84,7 @@ def _dtype(precision, device):
         table.update({"tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16})
     if precision not in table:
         raise Unsupported(f"torch on {device} runs {', '.join(table)}; not {precision}")
-    if precision == "tf32":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    set_precision(torch, precision)
     return table[precision]
 
 
@@ -74,9 +103,7 @@ def build(op, path, device, precision, arrays) -> Built:
     act = split_op(op)[1]           # the vanilla cell's nonlinearity (None for the other cells)
     train = "dy" in arrays
     sync = _syncer(device)
-    info = {"precision_switches": {"float32_matmul_precision": torch.get_float32_matmul_precision(),
-                                   "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32,
-                                   "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32},
+    info = {"precision_switches": precision_switches(torch),
             "mode": ("training step: train(), autograd.grad of sum(y * dy) w.r.t. x, h0, c0 and every weight"
                      if train else "torch.inference_mode, eval(), grad disabled")}
     if op == "layernorm":
@@ -359,8 +386,7 @@ def _conv_setup(path, device, precision, arrays, geom) -> tuple:
 def _conv_info(kernel, geom) -> dict:
     torch = _torch
     return {"kernel": kernel, "layout": geom["layout"],
-            "precision_switches": {"float32_matmul_precision": torch.get_float32_matmul_precision(),
-                                   "cudnn.allow_tf32": torch.backends.cudnn.allow_tf32}}
+            "precision_switches": precision_switches(torch)}
 
 
 def build_conv(path, device, precision, arrays, geom) -> Built:

@@ -47,6 +47,23 @@ def thread_env(threads: int | None) -> dict:
             "TF_NUM_INTRAOP_THREADS": n, "TF_NUM_INTEROP_THREADS": n}
 
 
+# Device memory on demand, set before the framework loads: by default JAX (XLA's client)
+# preallocates 75% of the GPU's memory when it starts and TensorFlow maps nearly all of it, so
+# with --rounds, where every framework's worker is open at once, the next worker or our own CuPy
+# cases would run out of memory.  XLA_PYTHON_CLIENT_PREALLOCATE=false: jaxlib's
+# generate_pjrt_gpu_plugin_options passes preallocate=False (the pool then grows as needed);
+# TF_FORCE_GPU_ALLOW_GROWTH=true: TensorFlow's GPU allocator grows (the adapter also calls
+# tf.config.experimental.set_memory_growth).  PyTorch's, CuPy's and MXNet's pools grow by
+# themselves.  A value already in the environment is kept.
+GPU_MEMORY_ENV = {"jax": {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
+                  "tensorflow": {"TF_FORCE_GPU_ALLOW_GROWTH": "true"}}
+
+
+def gpu_memory_env(framework: str, device: str) -> dict:
+    """The variables that make ``framework`` take GPU memory as it needs it (none on a CPU)."""
+    return dict(GPU_MEMORY_ENV.get(framework, {})) if device == "cuda" else {}
+
+
 def _timing():
     """(name, measure(run, settings_dict, timer, flush) -> (samples, cpu_s, readings)): the
     samples, the CPU seconds this worker got per sample and its run-queue wait and load over them
@@ -119,6 +136,8 @@ def main(argv=None) -> int:
         proto.flush()
 
     os.environ.update(thread_env(args.threads))
+    for k, v in gpu_memory_env(args.framework, args.device).items():
+        os.environ.setdefault(k, v)
     try:
         adapter = importlib.import_module(f"{__package__}.{ADAPTERS[args.framework]}")
         env = adapter.setup(args.threads, args.device)
@@ -136,7 +155,8 @@ def main(argv=None) -> int:
                 "numpy": np.__version__, "pid": os.getpid(),
                 "threads_requested": args.threads, "device": args.device,
                 "env": {k: os.environ[k] for k in sorted(set(thread_env(1)) | {
-                    "OMP_WAIT_POLICY", "TF_ENABLE_ONEDNN_OPTS", "XLA_FLAGS", "MXNET_ENGINE_TYPE"})
+                    "OMP_WAIT_POLICY", "TF_ENABLE_ONEDNN_OPTS", "XLA_FLAGS", "MXNET_ENGINE_TYPE"}
+                    | {k for d in GPU_MEMORY_ENV.values() for k in d})
                         if k in os.environ}})
     # Imported after the framework loaded its OpenMP (and after the environment was recorded):
     # our package's import-time defaults (kernels sets OMP_WAIT_POLICY) can not reach it.
