@@ -48,7 +48,7 @@ def add_parsers(sub) -> None:
 # -- tables as rows of text ------------------------------------------------------------------------
 
 RESULT_COLUMNS = ("op", "shape", "dtype", "thr", "case", "median", "mark", "+-IQR", "CPU/wall", "GFLOP/s",
-                  "% peak", "GB/s", "check", "status")
+                  "GB/s", "check", "status")
 
 
 def result_rows(records: list) -> list:
@@ -68,15 +68,13 @@ def result_rows(records: list) -> list:
         cont = contention.of(r)
         if cont["contended"]:
             status += f" (contended: {cont['why']})"
-        cpw, roof = cont.get("cpu_per_wall"), r.get("roof") if isinstance(r.get("roof"), dict) else None
+        cpw = cont.get("cpu_per_wall")
         rows.append((r.get("op", "?"), shape_text(r), r.get("dtype", "?"), str(thr) if thr else "-",
                      str(r.get("label", "?")),
                      fmt_time(st["median_s"]) if st else "-", row_marks(r) if st else "",
                      f"{100 * st['rel_noise']:.1f}%" if st and "rel_noise" in st else "-",
                      f"{cpw:.2f}" if isinstance(cpw, (int, float)) else "-",
                      f"{d['gflops']:.2f}" if d.get("gflops") else "-",
-                     f"{100 * d['gflops'] / roof['gflops']:.0f}%" if d.get("gflops") and roof and roof.get("gflops")
-                     else "-",
                      f"{d['gbps']:.3f}" if d.get("gbps") else "-",
                      f"{err:.1e}" if isinstance(err, (int, float)) else "-", status))
     return rows
@@ -372,8 +370,8 @@ RESULTS_NOTE = ("median of the samples per call; mark: ~ IQR/median above the no
                 "^ above the roof (GFLOP/s above the fastest GEMM measured for its precision and threads; "
                 "Winograd and FFT rates are effective: the direct convolution's FLOPs); +-IQR: interquartile "
                 "range / median; CPU/wall: CPU seconds the process got per second of its samples; "
-                "GFLOP/s counts GEMM FLOPs; % peak: of the record's roof; check: largest error relative "
-                "to the float64 reference.")
+                "GFLOP/s counts GEMM FLOPs (the roof each is held against is in the CSV); check: largest "
+                "error relative to the float64 reference.")
 
 
 def contention_note(records: list) -> str:
