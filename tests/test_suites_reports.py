@@ -94,7 +94,7 @@ def _minutes(value: str, unit: str) -> float:
     return float(value) * {"s": 1 / 60, "min": 1, "h": 60}[unit]
 
 
-def test_plan_counts_framework_rows_at_max_time_and_gives_the_upper_bound_first(capsys):
+def test_plan_counts_framework_rows_at_max_time_and_gives_the_upper_bound_first(no_smoke, capsys):
     """A DeepBench plan with PyTorch rows was estimated at 4-8 s per entry (about 75 s) and took 13
     minutes: each framework row, timed call by call through its worker, sampled until --max-time.
     The plan now leads with its upper bound and counts framework rows at --max-time."""
