@@ -442,7 +442,7 @@ def test_python_api_still_takes_real_inputs_and_low_precision_weights():
     assert y.shape == (2, 1, 3) and np.isfinite(y).all()
 
 
-# -- Winograd's NaN tiles (documented in the README) ------------------------------------------------
+# -- Winograd's NaN tiles (documented in docs/conv.md) ------------------------------------------------
 
 @pytest.mark.parametrize("pos", [(5, 5), (4, 4), (6, 7), (0, 0)])
 def test_winograd_spreads_a_nan_over_whole_tiles_and_fails_the_check(pos):
@@ -453,7 +453,7 @@ def test_winograd_spreads_a_nan_over_whole_tiles_and_fails_the_check(pos):
     ref = np.isnan(conv2d_reference(x, w, b, p))
     y = CONV_VARIANTS["winograd"].run(x, w, b, p)
     nan = np.isnan(y)
-    assert ref.sum() in (16, 36) and 64 <= nan.sum() <= 100     # the README's numbers
+    assert ref.sum() in (16, 36) and 64 <= nan.sum() <= 100     # docs/conv.md's numbers
     assert nan[ref].all()                                        # every reference NaN is there
     # ... and no NaN outside the 4x4 output tiles whose 6x6 input tile (rows 4t-1..4t+4 with
     # pad 1) holds the NaN input
