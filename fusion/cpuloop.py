@@ -9,7 +9,7 @@ compiled by numba: it calls oneDNN's C API directly (``dnnl_memory_set_data_hand
 primitive's source at h_{t-1}, ``dnnl_primitive_execute``, ``dnnl_stream_wait``) and then the cell
 kernel, T times, without returning to Python: the CPU's counterpart of replaying a CUDA graph.
 
-Used by :class:`kernels.rnn.RNN` under the ``graph`` step when it applies (:func:`why_not`).  :class:`StepLoop` issues every
+Used by :class:`kernels.recurrent.RNN` under the ``graph`` step when it applies (:func:`why_not`).  :class:`StepLoop` issues every
 step from one thread: its numbers are the same as the Python loop's (the same primitive, the same
 kernel, in the same order: tests/test_cpuloop.py), and its cell kernel runs serially below
 ``PARALLEL_MIN_UNITS`` units, as in the Python loop, and as numba's parallel kernel above it.

@@ -150,7 +150,7 @@ class Projection:
 
     def prepare(self, M: int) -> list:
         """The packed GEMMs for M rows, packing the weights now if this M is new (build time when
-        :meth:`kernels.rnn.RNN.prepare` is called, else the first call)."""
+        :meth:`kernels.recurrent.RNN.prepare` is called, else the first call)."""
         prims = self._packed.get(M)
         if prims is None:
             # Each row count holds its own packed copy of the weights: sequences of ever new

@@ -1,7 +1,7 @@
 """Backends: where a variant runs and with which array module.
 
 One record per backend.  ``xp`` is the array module the step loop is written against, so the
-orchestration in :mod:`kernels.rnn` is the same code on NumPy and on CuPy; ``pointwise`` names the
+orchestration in :mod:`kernels.recurrent` is the same code on NumPy and on CuPy; ``pointwise`` names the
 fused pointwise provider in :mod:`fusion.pointwise`.
 """
 from __future__ import annotations

@@ -17,7 +17,7 @@ from fusion import cellexpr as ce
 from fusion import pointwise as fp
 from kernels import cudasrc
 from kernels.custom import CUSTOM_PARAMS, CUSTOM_REFERENCES, custom_lstm
-from kernels.errors import BadInput
+from kernels.errors import BadInput, Unsupported
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = [(1, 1), (1, 129), (3, 129), (2, 7)]
@@ -221,7 +221,7 @@ def test_generated_numba_cuda_in_simulator():
         assert err <= (1e-5 if case.endswith("float32") else 2e-3), (case, err)
 
 
-# -- a declared cell on the one runner (kernels.rnn.RNN) -------------------------------------------
+# -- a declared cell on the one runner (kernels.recurrent.RNN) -------------------------------------------
 def _cifg_reference(x, params, h0=None, c0=None):
     """The CIFG LSTM in float64, written out by hand (not generated): gates f, g, o; i = 1 - f."""
     from kernels.reference import sigmoid
@@ -310,7 +310,7 @@ def test_foldable_biases():
     assert ce.foldable_biases(ce.LSTM) == ("bx", "bh") and ce.foldable_biases(CIFG) == ("bx", "bh")
     assert ce.foldable_biases(ce.GRU) == ("bx",)
     assert ce.foldable_biases(ce.LAYERNORM_LSTM) == ()
-    from kernels.rnn import PLAIN_FOLDS     # the hand-written path's rule says the same
+    from kernels.recurrent import PLAIN_FOLDS     # the hand-written path's rule says the same
     for name, folds in (("lstm", "lstm"), ("gru", "gru"), ("rnn_relu", "rnn"), ("rnn_tanh", "rnn")):
         assert ce.get(name).foldable_biases == PLAIN_FOLDS[folds], name
     sub = ce.Cell("sub", gates="h", states=(), body="h = tanh(gx_h - bx_h + gh_h + bh_h)")
@@ -321,8 +321,10 @@ def test_foldable_biases():
 def test_runner_refuses_what_it_cannot_run():
     from kernels import RNN, CellParams, LSTMParams
     p = CellParams.random(2, 3, cell=CIFG)
-    with pytest.raises(BadInput, match="backend 'pycuda'"):
+    with pytest.raises(Unsupported, match="backend 'pycuda'"):    # a valid pair it cannot serve
         RNN(p, backend="pycuda")
+    with pytest.raises(BadInput, match="backend 'nope'"):          # a name that never works
+        RNN(p, backend="nope")
     with pytest.raises(BadInput, match="pointwise 'handwritten'"):
         RNN(p, pointwise="handwritten")
     with pytest.raises(BadInput, match="fp32 or fp64"):

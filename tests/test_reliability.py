@@ -398,7 +398,7 @@ def test_opt_with_the_fused_variant_among_others_is_kept():
 def _api_cases():
     from kernels.params import GRUParams, LSTMParams
     from kernels.reference import gru_reference, lstm_reference
-    from kernels.rnn import RNN
+    from kernels.recurrent import RNN
     p, g = LSTMParams.random(4, 3), GRUParams.random(4, 3, 2)
     x = np.ones((2, 1, 4))
     s = np.ones((1, 1, 3))
@@ -434,7 +434,7 @@ def test_python_api_bad_input_is_bad_input(index):
 
 def test_python_api_still_takes_real_inputs_and_low_precision_weights():
     from kernels.params import LSTMParams
-    from kernels.rnn import RNN
+    from kernels.recurrent import RNN
     p = LSTMParams.random(4, 3, dtype="fp32")
     assert p.dtype == np.float32 and np.abs(p.layers[0].w_ih).max() > 0
     assert LSTMParams.random(4, 3, dtype="bf16").dtype.name == "bfloat16"
