@@ -172,7 +172,7 @@ def gpu_gemm_gflops(n: int = 8192, repeats: int = 10) -> float:  # pragma: no co
     try:
         seconds = _best_gpu(lambda: cp.matmul(a, a, out=out), repeats)
     finally:
-        del a, out
+        a = out = None          # the pool frees only blocks nothing holds
         cp.get_default_memory_pool().free_all_blocks()
     return 2 * n ** 3 / seconds / 1e9
 
