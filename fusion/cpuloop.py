@@ -230,10 +230,10 @@ def team_reason(H: int, threads: int) -> str | None:
 @functools.lru_cache(maxsize=None)
 def _team_calls(lib_path: str, gomp_path: str) -> tuple:
     """The addresses the team loop calls (fusion.cpuloop_numba.team_loop): oneDNN's step calls,
-    the team's runtime's omp_get_num_threads, and sched_yield for the barrier."""
-    from .spin import sched_yield_address
+    the team's runtime's omp_get_num_threads, and sched_yield and usleep for the barrier."""
+    from .spin import sched_yield_address, usleep_address
     size = ctypes.cast(ctypes.CDLL(gomp_path).omp_get_num_threads, ctypes.c_void_p).value
-    return _step_calls(lib_path) + (size, sched_yield_address())
+    return _step_calls(lib_path) + (size, sched_yield_address(), usleep_address())
 
 
 def shares(H: int, threads: int) -> np.ndarray:

@@ -19,29 +19,42 @@ from numba.extending import overload
 from kernels.jit import njit
 
 from . import pointwise_bf16 as bf
-from .native import call_int, load_acquire, relax, store_release
+from .native import call_int, cycles, load_acquire, relax, store_release
 from .pointwise_numba import (gru_block, gru_block_serial, gru_units, lstm_block, lstm_block_serial,
                               lstm_units, rnn_relu_block, rnn_relu_block_serial, rnn_relu_units,
                               rnn_tanh_block, rnn_tanh_block_serial, rnn_tanh_units)
-from .spin import SLOT, SPINS
+from .spin import SLEEP_US, SLOT, SPIN_CYCLES, SPIN_ROUNDS, SPINS
 
 # The cells the loops run (fusion.cpuloop.CELLS), as the number the loops branch on.
 CELL = {"lstm": 0, "gru": 1, "rnn_relu": 2, "rnn_tanh": 3}
 
 
 @njit(inline="always")
-def meet(arrive, p, n, k, yield_at):
-    """Thread p of n has finished phase k; returns once every thread has (fusion/spin.py)."""
+def meet(arrive, p, n, k, yield_at, nap_at):
+    """Thread p of n has finished phase k; returns once every thread has (fusion/spin.py): spins,
+    yields the core (``sched_yield`` at ``yield_at``) every SPINS tries, and once the spin bound
+    is spent naps (``usleep`` at ``nap_at``) instead, so a partner descheduled behind another
+    process can have the waiter's core."""
     store_release(arrive, p * SLOT, k)
+    start = cycles()
+    rounds = 0
+    napping = False
     for q in range(n):
         tries = 0
         while load_acquire(arrive, q * SLOT) < k:
+            if napping:             # long past a step's imbalance: the core is given away
+                call_int(nap_at, (np.int32(SLEEP_US),))
+                continue
             tries += 1
             if tries < SPINS:
                 relax()
-            else:
+                continue
+            tries = 0
+            rounds += 1
+            spun = cycles() - start if start >= 0 else -1
+            napping = spun > SPIN_CYCLES or (spun < 0 and rounds > SPIN_ROUNDS)
+            if not napping:
                 call_int(yield_at, ())
-                tries = 0
 
 
 @njit(inline="always")
@@ -192,11 +205,11 @@ def team_loop(cell, calls, prims, streams, argss, nargss, srcs, bounds, gh, stri
               has_b, c, t0, t1, status, failed_at, arrive):
     """Thread p: units bounds[p]..bounds[p+1], its GEMM's output at gh[p*stride:].  ``calls``: the
     addresses of oneDNN's (set_data_handle, primitive_execute, stream_wait), libgomp's
-    omp_get_num_threads and sched_yield.  status[p]: a failing oneDNN status (its call in
+    omp_get_num_threads, sched_yield and usleep.  status[p]: a failing oneDNN status (its call in
     failed_at[p, 1], its step in failed_at[p, 0]), or -1 when the team is not one thread per p
     (nothing ran: no thread waits at a barrier then).  ``arrive``: the spinning barrier's slots,
     zero at the start."""
-    set_handle, execute, wait, team_size, yield_at = calls
+    set_handle, execute, wait, team_size, yield_at, nap_at = calls
     n = prims.shape[0]
     B, H = h0.shape
     G = gx.shape[1] // H
@@ -226,7 +239,7 @@ def team_loop(cell, calls, prims, streams, argss, nargss, srcs, bounds, gh, stri
                     cell_share(cell, gx[t * B:(t + 1) * B].reshape((B, G, H)), r, b1, b2, has_b, c, hp,
                                y[t], j0)
             if t + 1 < t1:          # h_t is whole before any thread's next GEMM reads it
-                meet(arrive, p, n, t + 1 - t0, yield_at)    # (after the last step: the region's end)
+                meet(arrive, p, n, t + 1 - t0, yield_at, nap_at)    # (after the last step: the region's end)
 
 
 @njit(parallel=True)

@@ -1,5 +1,6 @@
 """numba intrinsics the compiled CPU step loops need and numba does not offer: LLVM atomics with
-acquire/release ordering, the x86 ``pause`` hint, and a call of a C function by its address.
+acquire/release ordering, the x86 ``pause`` hint, the time-stamp counter, and a call of a C
+function by its address.
 
 A C function reached through ctypes inside numba code is baked into the machine code as a
 constant address, which differs from process to process: numba refuses to cache such code.
@@ -62,6 +63,19 @@ def relax(typingctx):
             builder.call(fn, [])
         return context.get_dummy_value()
     return types.void(), codegen
+
+
+@intrinsic
+def cycles(typingctx):
+    """The time-stamp counter on x86-64 (``rdtsc``, readable in user mode); -1 elsewhere (an arm64
+    cycle-counter read may trap), where a caller bounds its spin by rounds instead."""
+    def codegen(context, builder, sig, args):
+        i64 = ir.IntType(64)
+        if platform.machine().lower() in ("x86_64", "amd64"):
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i64, []), "llvm.readcyclecounter")
+            return builder.call(fn, [])
+        return ir.Constant(i64, -1)
+    return types.int64(), codegen
 
 
 @intrinsic

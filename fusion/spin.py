@@ -7,14 +7,26 @@ virtual machine every wake-up costs tens of microseconds: a step of an H=256, B=
 they wait by spinning there (a ``pause`` per try), and yield the core after ``SPINS`` tries in case
 the thread they wait for was descheduled.  Between calls the team's threads sleep as usual.
 
+The spin is bounded.  On a quiet machine the threads of a step arrive within microseconds of each
+other, well inside the bound.  When another process holds a core, the thread waited for can be
+off the CPU for a whole scheduler slice (milliseconds), and a waiter that keeps spinning and
+yielding keeps its own core busy: ``sched_yield`` gives the core only to threads queued on that
+same core, so the descheduled team member, queued behind the competing process elsewhere, still
+waits (``lstm --fused`` at H256 B16 went from 4.3 to 20 ms per call beside one busy process).
+Past ``SPIN_CYCLES`` of the time-stamp counter (x86-64; elsewhere ``SPIN_ROUNDS`` rounds of
+``SPINS`` tries) the waiter sleeps in ``SLEEP_US`` naps (``usleep``) instead: its core goes idle,
+the scheduler moves the waiting thread (or the competitor) onto it, and the barrier's added
+latency stays one nap.  The run-queue wait this leaves is what :mod:`microbench.contention`
+reports.
+
 Each thread writes only its own slot of ``arrive`` (64 bytes apart, so no two share a cache line)
 with a release store after its step's writes, and reads the others' with acquire loads before
 its next step's reads: the LLVM atomics numba would not otherwise emit (a plain load in a spin
 loop may be hoisted out of it, and plain stores may move past the flag; fusion/native.py).
 
 The barrier (:func:`fusion.cpuloop_numba.meet`) is compiled with the loops that use it and kept
-in the kernel cache; the address of ``sched_yield`` is an argument, since a constant address
-would differ in the next process.
+in the kernel cache; the addresses of ``sched_yield`` and ``usleep`` are arguments, since a
+constant address would differ in the next process.
 """
 from __future__ import annotations
 
@@ -23,6 +35,9 @@ import functools
 
 SLOT = 8            # int64s per thread's slot: one 64-byte cache line
 SPINS = 1 << 12     # tries before each yield of the core
+SPIN_CYCLES = 1 << 19   # time-stamp counter ticks (about 0.1-0.5 ms) of spinning before napping
+SPIN_ROUNDS = 8         # without a readable counter: rounds of SPINS tries before napping
+SLEEP_US = 50           # one nap once the spin is over
 
 
 def sched_yield_address() -> int:
@@ -30,18 +45,24 @@ def sched_yield_address() -> int:
     return ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value
 
 
+def usleep_address() -> int:
+    """Where this process's ``usleep`` is (the barrier naps through it, by address)."""
+    return ctypes.cast(ctypes.CDLL(None).usleep, ctypes.c_void_p).value
+
+
 @functools.lru_cache(maxsize=1)
 def barrier():
     """``wait(arrive, p, n, k)``: thread p of n has finished phase k (k = 1, 2, ...; ``arrive``
-    zeroed before the team starts, ``n * SLOT`` int64s); returns once every thread has.  For
-    numba code of one process (the address of ``sched_yield`` is bound in): the cached loops call
-    :func:`fusion.cpuloop_numba.meet` with it as an argument."""
+    zeroed before the team starts, ``n * SLOT`` int64s); returns once every thread has; a waiter
+    spins, yielding every ``SPINS`` tries, then naps (see above).  For numba code of one process
+    (the addresses of ``sched_yield`` and ``usleep`` are bound in): the cached loops call
+    :func:`fusion.cpuloop_numba.meet` with them as arguments."""
     import numba
 
     from .cpuloop_numba import meet
-    yield_at = sched_yield_address()
+    yield_at, nap_at = sched_yield_address(), usleep_address()
 
     @numba.njit(inline="always")
     def wait(arrive, p, n, k):
-        meet(arrive, p, n, k, yield_at)
+        meet(arrive, p, n, k, yield_at, nap_at)
     return wait

@@ -193,6 +193,9 @@ def run_cases(cases: list, settings, args) -> tuple:
     env = menv.collect()
     if not args.quiet:
         report.header(env, out)
+    from .peaks import measure_for
+    for note in measure_for(cases):       # the roofs the records carry, measured before the cases
+        err.print(f"note: {note}", highlight=False)
     nvtx_cost = env["nvtx"]["cost_per_range_s"]
     outcomes = []
     try:
@@ -214,11 +217,23 @@ def run_cases(cases: list, settings, args) -> tuple:
     finally:
         if writer:
             writer.close()
+    warn_contention([o.record for o in outcomes], env, cases, err)
+    return outcomes, out, err
+
+
+def warn_contention(records: list, env: dict, cases, err) -> None:
+    """The end-of-run warnings: rows whose samples did not get their threads (what helps), and a
+    load average above the cores."""
+    from rich.markup import escape
+
+    from . import contention
+    from . import env as menv
+    hit = contention.summary(records)
+    if hit:
+        err.print(f"[yellow]warning:[/] {escape(hit)}", highlight=False)
     busy = menv.busy_warning(env.get("affinity") or env.get("cores"))
     if busy and any(c.device == "cpu" for c in cases):
-        from rich.markup import escape
         err.print(f"[yellow]warning:[/] {escape(busy)}", highlight=False)
-    return outcomes, out, err
 
 
 def warn_threads(cases, err) -> None:

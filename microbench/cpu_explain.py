@@ -32,6 +32,8 @@ class Row:
     steps: int | None = None
     record: dict | None = None           # its result record (with its trace), when asked for
     traced: bool = False                 # its trace was captured (an empty one says: no primitive)
+    contended: str = ""                  # why its untraced samples did not get their threads ('' if they did)
+    advice: str = ""                     # ... and what helps
 
     def of(self, cls: str) -> list:
         return [p for p in self.primitives if p.cls == cls]
@@ -58,6 +60,17 @@ def _settings():
 def _measure(run: Callable):
     from microbench.harness import CpuTimer, measure
     return measure(run, _settings(), CpuTimer())
+
+
+def _time_row(row: Row, m, rec: dict) -> None:
+    """The row's untraced wall time from a Measurement, and whether its samples got their threads
+    (microbench.contention): a contended time is shown, never compared."""
+    from microbench import contention
+    from microbench.threads import usable_cpus
+    row.wall_s = float(m.median)
+    c = contention.judge(m.readings, m.samples, m.cpu_s, threads=None, usable=usable_cpus()[0])
+    if c["contended"]:
+        row.contended, row.advice = c["why"], contention.advice(rec)
 
 
 def _record(registry_record, problem, seed: int, env: dict | None, chk, prep, m) -> dict | None:
@@ -124,7 +137,7 @@ def _ours(op: str, problem, seed: int, variant: str, env: dict | None = None) ->
         chk = prep.check()
         row = Row(label, checked=f"max rel err {chk.max_rel_err:.1e}" + ("" if chk.passed else " FAILED"))
         m = _measure(prep.run)
-        row.wall_s = m.median
+        _time_row(row, m, {"framework": ""})
         row.record = _record(rec, problem, seed, env, chk, prep, m)
         parsed = ot.capture_ours(prep.run, CALLS)
         row.version = parsed.version or prep.info.get("onednn", "")
@@ -156,7 +169,7 @@ def _framework(op: str, problem, seed: int, framework: str, path: str, python: s
         chk = prep.check()
         row = Row(label, checked=f"max rel err {chk.max_rel_err:.1e}" + ("" if chk.passed else " FAILED"))
         m = prep.measure(_settings())
-        row.wall_s = float(m.median)
+        _time_row(row, m, {"framework": framework, "info": prep.info})
         if env is not None:
             from microbench.registry import REGISTRY
             row.record = _record(REGISTRY[(op, framework, path)], problem, seed, env, chk, prep, m)
@@ -269,6 +282,11 @@ def _account(ours, p, op: str) -> str:
     if ours.time_s() <= ours.wall_s and p.time_s() <= p.wall_s:
         outside = (ours.wall_s - ours.time_s()) - (p.wall_s - p.time_s())
         parts.append(f"work outside oneDNN {_signed(outside)}")
+    if ours.contended or p.contended:
+        bad = ours if ours.contended else p
+        return (f"ours/onednn vs {p.label}: not compared: {bad.label}'s untraced samples did not get "
+                f"their threads ({bad.contended}), so its {_ms(bad.wall_s)} is the machine's, not the "
+                f"code's; {bad.advice}.")
     text = (f"ours/onednn vs {p.label}: {_ms(ours.wall_s)} vs {_ms(p.wall_s)} untraced "
             f"({_pct(ours.wall_s, p.wall_s)}); traced, ours differs by " + ", ".join(parts) + ".")
     if p.wall_s and abs(ours.wall_s - p.wall_s) > 0.05 * p.wall_s:
@@ -293,7 +311,8 @@ def sentences(rows: list, op: str) -> list:
             continue
         base = members[0]
         parts = [f"{r.label} {_ms(r.main.total_ns / 1e9)}" for r in members]
-        walls = [f"{r.label} {_ms(r.wall_s)}" for r in members if r.wall_s]
+        walls = [f"{r.label} {_ms(r.wall_s)}" + (" (contended: not comparable)" if r.contended else "")
+                 for r in members if r.wall_s]
         out.append(f"{', '.join(r.label for r in members)} execute the same oneDNN primitive: "
                    f"{f'{kind} {impl}'.strip()} ({prop}), {base.main.count} per call; its time per call: "
                    f"{'; '.join(parts)}" + (f"; untraced wall per call: {'; '.join(walls)}" if walls else "")
@@ -328,7 +347,10 @@ def sentences(rows: list, op: str) -> list:
                        f"step, {', '.join(sorted({_name(p) for p in g}))}) and no fused RNN "
                        f"primitive: the step-by-step pattern, {_ms(r.time_s('gemm'))} of primitive "
                        f"time.")
-        if r.wall_s and total and total <= r.wall_s:
+        if r.contended:
+            out.append(f"{r.label}: its untraced samples did not get their threads ({r.contended}); "
+                       f"{r.advice}.")
+        elif r.wall_s and total and total <= r.wall_s:
             out.append(f"{r.label}: {_ms(r.wall_s)} per call untraced, of which oneDNN primitives "
                        f"take {_ms(total)} ({100 * total / r.wall_s:.0f}%, traced); the rest, "
                        f"{_ms(r.wall_s - total)}, is spent outside oneDNN.")
@@ -366,8 +388,8 @@ def render(rows: list, op: str, console) -> None:
     for r in rows:
         prims = "; ".join(f"{_name(p)} x{p.count} {_ms(p.total_ns / 1e9)}"
                           for p in r.primitives[:4]) or r.note
-        t.add_row(r.label, _ms(r.wall_s) if r.wall_s else "-", r.checked or "-", r.version or "-",
-                  prims)
+        wall = (_ms(r.wall_s) + (" (contended)" if r.contended else "")) if r.wall_s else "-"
+        t.add_row(r.label, wall, r.checked or "-", r.version or "-", prims)
     console.print(t)
     for s in sentences(rows, op):
         console.print(f"- {s}")

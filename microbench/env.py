@@ -15,6 +15,8 @@ import sys
 
 from profiles import nvtx
 
+from .peaks import FORCING_VARIABLES
+
 # distribution name -> label; base dependencies first, then optional ones
 LIBRARIES = (
     ("numpy", "numpy"), ("numba", "numba"), ("rich", "rich"), ("nvtx", "nvtx"),
@@ -155,8 +157,8 @@ def busy_warning(cores: int | None) -> str:
         return ""
     return (f"load average {now[0]:.1f} on {cores} core(s) during this run: other processes "
             "competed for the CPUs, so times are inflated, and thread pools that spin-wait "
-            "(the OpenMP pools of PyTorch and TensorFlow by default) can be slowed many-fold; "
-            "compare rows of a quiet run, or time them interleaved with --rounds")
+            "(the OpenMP pools of PyTorch and TensorFlow by default) can be slowed many-fold; each "
+            "row whose threads waited for a core is marked contended (!); compare rows of a quiet run")
 
 
 def collect(cheap: bool = False) -> dict:
@@ -181,7 +183,8 @@ def collect(cheap: bool = False) -> dict:
         "onednn": onednn(),
         "env_vars": {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "NUMBA_NUM_THREADS",
                                                  "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                                                 "OPENBLAS_CORETYPE", "CUDA_VISIBLE_DEVICES")
+                                                 "CUDA_VISIBLE_DEVICES", "MICROBENCH_FRAMEWORK_OMP_WAIT_POLICY")
+                                              + FORCING_VARIABLES
                      if k in os.environ},
     }
     if not cheap:

@@ -20,6 +20,7 @@ from typing import Callable, Protocol
 
 from kernels.errors import BadInput
 
+from .contention import Probe, cpu_time
 from .stats import Measurement, relative_noise
 
 
@@ -163,6 +164,8 @@ def measure(run: Callable[[], object], settings: Settings, timer: Timer | None =
         if progress is not None:
             progress(f"warm-up {spent:.1f} of {settings.warmup:g} s")
     samples: list = []
+    cpu_s: list = []         # CPU time the process got per sample, read outside the timer
+    probe = Probe()          # run-queue wait and load over the samples (microbench.contention)
     total = 0.0
     # The noise rule sorts every sample so far; asked after every sample it would cost O(n) per
     # sample, and a microsecond kernel sampled for seconds spent most of its budget computing
@@ -173,7 +176,9 @@ def measure(run: Callable[[], object], settings: Settings, timer: Timer | None =
         while True:
             if before_sample is not None:
                 before_sample()
+            c0 = cpu_time()
             t = timer.sample(run)
+            cpu_s.append(cpu_time() - c0)
             samples.append(t)
             total += t
             n = len(samples)
@@ -186,4 +191,4 @@ def measure(run: Callable[[], object], settings: Settings, timer: Timer | None =
                 if relative_noise(samples) <= settings.max_noise:
                     break
                 next_noise_check = n + max(1, n // 16)
-    return Measurement(samples, settings.max_noise)
+    return Measurement(samples, settings.max_noise, cpu_s=cpu_s, readings=probe.stop())

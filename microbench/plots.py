@@ -11,7 +11,8 @@
     roofline_plot     GFLOP/s against arithmetic intensity (FLOPs / compulsory bytes), against the
                       machine's measured roofs when given (:func:`microbench.peaks.roofs`), else
                       the best points of the file, drawn dashed and called lower bounds; colour:
-                      implementation, marker: thread count, bars: q1-q3
+                      implementation, marker: thread count, bars: q1-q3; a ring marks a point
+                      above its roof (orange: an effective Winograd/FFT rate), an x a contended one
     thread_plot       per op and shape, each framework's best path and ours: ms per call (IQR
                       whiskers, log axis when the medians spread widely) and speedup vs the fewest
                       threads
@@ -512,6 +513,18 @@ def _convergence_legend(fig, y: float) -> None:
 # -- roofline -------------------------------------------------------------------------------------
 
 
+ABOVE_COLORS = {False: "#d62728", True: "#ff9f1c"}    # above the roof: plain, effective (Winograd/FFT)
+
+
+def _point_flags(rec: dict, gflops: float, drawn_roof: float | None) -> tuple:
+    """(above its roof, an effective rate, contended): above the record's own roof (``above_roof``)
+    or above the measured ceiling drawn; contended: its samples did not get their threads."""
+    from .contention import contended
+    from .peaks import effective
+    above = bool(rec.get("above_roof")) or (drawn_roof is not None and gflops > drawn_roof)
+    return above, effective(rec), contended(rec)
+
+
 @plain_text
 def roofline_plot(records: list, caption: str = "", roofs: dict | None = None) -> Plot:
     """GFLOP/s against arithmetic intensity.  Ceilings: ``roofs`` measured on the machine
@@ -537,7 +550,8 @@ def roofline_plot(records: list, caption: str = "", roofs: dict | None = None) -
     fig, ax = plt.subplots(figsize=(10, 5.5))
     style = {"color": "black", "lw": 1.5, "ls": "-" if measured else "--"}
     ax.loglog(x, np.minimum(peak_f, x * peak_b), **style)
-    word = "measured" if measured else "best in file (lower bound)"
+    word = ("measured (a lower bound: measured busy)" if roofs.get("lower_bound") else "measured") if measured \
+        else "best in file (lower bound)"
     ax.annotate(f"{word}: {peak_f:.1f} GFLOP/s" + (f" ({roofs.get('gemm')})" if measured else ""),
                 (hi, peak_f), ha="right", va="bottom", fontsize=8)
     ax.annotate(f"{word}: {peak_b:.1f} GB/s" + (f" ({roofs.get('stream')})" if measured else ""),
@@ -559,18 +573,35 @@ def roofline_plot(records: list, caption: str = "", roofs: dict | None = None) -
             hi_e = [r["flops"] / r["stats"].get("q1_s", r["stats"]["median_s"]) / 1e9 - y for r, y in zip(sub, ys)]
             ax.errorbar(xs, ys, yerr=[np.maximum(lo_e, 0), np.maximum(hi_e, 0)], fmt=mark, color=color,
                         ms=5, capsize=2, lw=0.8, alpha=0.9)
+            flags = [_point_flags(r, y, peak_f if measured else None) for r, y in zip(sub, ys)]
+            for (above, eff, busy), a, y in zip(flags, xs, ys):   # never shown silently
+                if above:
+                    ax.scatter([a], [y], s=110, facecolors="none", edgecolors=ABOVE_COLORS[eff], lw=1.4, zorder=5)
+                if busy:
+                    ax.scatter([a], [y], s=70, marker="x", color=CONTENDED_COLOR, lw=1.4, zorder=6)
             data.setdefault(name, []).extend(
-                {"ai": a, "gflops": y, "threads": t or None, "shape": shape_text(r)} for a, y, r in zip(xs, ys, sub))
+                {"ai": a, "gflops": y, "threads": t or None, "shape": shape_text(r), "above_roof": f[0],
+                 "effective": f[1], "contended": f[2]} for a, y, r, f in zip(xs, ys, sub, flags))
     from matplotlib.lines import Line2D
     impl_handles = [Line2D([], [], color=cmap(i % ncol), marker="o", ls="", label=n)
                     for i, n in enumerate(list(series)[:20])]
     thr_handles = [Line2D([], [], color="gray", marker=m, ls="", label=f"{t} thr" if t else "default threads")
                    for t, m in thr_marks.items()]
+    flagged = [f for pts_ in data.values() for f in pts_]
+    if any(f["above_roof"] and not f["effective"] for f in flagged):
+        thr_handles.append(Line2D([], [], marker="o", ms=9, mfc="none", mec=ABOVE_COLORS[False], ls="",
+                                  label="above its roof"))
+    if any(f["above_roof"] and f["effective"] for f in flagged):
+        thr_handles.append(Line2D([], [], marker="o", ms=9, mfc="none", mec=ABOVE_COLORS[True], ls="",
+                                  label="above its roof: effective rate (Winograd/FFT)"))
+    if any(f["contended"] for f in flagged):
+        thr_handles.append(Line2D([], [], marker="x", color=CONTENDED_COLOR, ls="",
+                                  label="contended (not its own time)"))
     # figure-level legends in the strip tight_layout leaves on the right (never clipped)
     fig.legend(handles=impl_handles, fontsize=7, loc="upper right", bbox_to_anchor=(0.995, 0.93),
                title="implementation", title_fontsize=8)
     fig.legend(handles=thr_handles, fontsize=7, loc="lower right", bbox_to_anchor=(0.995, 0.08),
-               title="threads", title_fontsize=8)
+               title="threads, marks", title_fontsize=8)
     ax.set_xlabel("arithmetic intensity (GEMM FLOPs / compulsory bytes)")
     ax.set_ylabel("GFLOP/s (median; bars: q1-q3)")
     if measured:

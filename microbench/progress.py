@@ -74,6 +74,10 @@ class Progress:
         if outcome.status == "ok":
             m = outcome.measurement
             what = f"{fmt_time(m.median)} (+-{100 * m.rel_noise:.1f}%, {m.n} samples)"
+            from .contention import of
+            cont = of(outcome.record or {})
+            if cont["contended"]:
+                what += f"; CONTENDED: {cont['why']}"
         else:
             what = f"{outcome.status}: {outcome.error}"
         width = len(str(self.total))

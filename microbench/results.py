@@ -45,10 +45,15 @@ def record(*, case, status: str, env: dict, measurement=None, check=None, prepar
         "derived": None,
         "check": check.to_dict() if check is not None else None,
         "nvtx": nvtx_info,
+        # whether the samples got their threads (microbench.contention; docs/results.md)
+        "contention": None,
     }
     if prepared is not None:
         rec["flops"], rec["bytes"] = prepared.flops, prepared.bytes
         rec["info"] = prepared.info
+        from .peaks import flops_kind
+        if flops_kind(rec):      # Winograd, FFT: GFLOP/s of the direct convolution's FLOPs
+            rec["info"] = {**(prepared.info or {}), "flops_kind": flops_kind(rec)}
     if measurement is not None:
         med = measurement.median
         rec["timer"] = case.timer_name
@@ -58,6 +63,14 @@ def record(*, case, status: str, env: dict, measurement=None, check=None, prepar
             "gflops": prepared.flops / med / 1e9 if prepared and med > 0 else None,
             "gbps": prepared.bytes / med / 1e9 if prepared and med > 0 else None,
         }
+        from . import contention, peaks
+        from .threads import usable_cpus
+        cpu_s = list(getattr(measurement, "cpu_s", None) or [])
+        if len(cpu_s) == len(rec["samples_s"]):
+            rec["cpu_s"] = cpu_s          # CPU seconds the process got per sample, beside samples_s
+        rec["contention"] = contention.judge(getattr(measurement, "readings", None), rec["samples_s"],
+                                             rec.get("cpu_s"), threads=case.threads, usable=usable_cpus()[0])
+        peaks.attach(rec, case.device, case.precision, case.threads)
     return rec
 
 

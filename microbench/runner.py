@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from kernels.errors import BadInput, MicrobenchError, Unsupported
 from profiles import capture, nvtx
 
-from . import results
+from . import contention, results
 from . import gpustate
 from .caches import flusher_for
 from .callsample import CallSampler, SampledTimer, vary_check
@@ -128,6 +128,8 @@ class _CaseRun:
         self.prepared = None
         self.outcome: Outcome | None = None       # set once the case is finished
         self.samples: list = []
+        self.cpu_s: list = []                      # CPU seconds per sample (microbench.contention)
+        self.readings: list = []                   # contention readings, one per sampling loop
         self.spent = 0.0                           # seconds spent sampling it so far
         self.rounds_timed = 0                      # interleaved rounds it was timed in
         self.mode = self.timer_used = ""
@@ -210,6 +212,8 @@ class _CaseRun:
                             before_sample=self._flush, progress=progress)
                 self._last = getattr(self._timer, "last", None)
             self.samples.extend(m.samples)
+            self.cpu_s.extend(m.cpu_s)
+            self.readings.append(m.readings)
         self.spent += time.perf_counter() - start
 
     def finish(self, settings: Settings) -> Outcome:
@@ -221,7 +225,8 @@ class _CaseRun:
                 after = gpustate.read()
                 self.extra["gpu_state"] = {"before": self._clocks, "after": after,
                                            "warning": gpustate.verdict(self._clocks, after)}
-            m = Measurement(self.samples, settings.max_noise, mode=self.mode, timer=self.timer_used)
+            m = Measurement(self.samples, settings.max_noise, mode=self.mode, timer=self.timer_used,
+                            cpu_s=self.cpu_s, readings=contention.merge(self.readings))
             sampled = self._sampled_calls()    # before any further call reuses the last one's buffers
             after_check = check_after_timing(prepared, self._last, case.device)
             if not after_check.passed:

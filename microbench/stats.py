@@ -13,6 +13,8 @@ class Measurement:
     max_noise: float = 0.05                        # relative noise above which a result is flagged
     mode: str = ""                                 # set when timed elsewhere: the mode it really ran in
     timer: str = ""                                # ... and the timer it used
+    cpu_s: list = field(default_factory=list)      # CPU seconds the process got per sample (all threads)
+    readings: dict | None = None                   # microbench.contention.Probe over the samples
 
     @cached_property
     def _q(self):

@@ -151,6 +151,7 @@ def _validator(current: bool):
     # the samples (hundreds per record) are checked by problem() in a plain loop: through the
     # validator they cost about 80 ms a record
     schema["properties"]["samples_s"].pop("items", None)
+    schema["properties"]["cpu_s"].pop("items", None)
     if not current:
         schema = copy.deepcopy(schema)
         schema.pop("required", None)
@@ -206,9 +207,10 @@ def problem(rec: dict, *, current: bool) -> str | None:
         where = error.json_path.replace("$.", "", 1) if error.json_path != "$" else "record"
         return f"{_short(where, 60)}: {_short(error.message)}"
     samples = rec.get("samples_s")
-    for i, v in enumerate(samples or ()):   # the schema's items: times
-        if not finite(v) or not 0 <= v <= MAX_TIME_S:
-            return f"samples_s[{i}]: {_short(repr(v), 40)} is not a finite number >= 0 (at most {MAX_TIME_S:g} s)"
+    for key in ("samples_s", "cpu_s"):      # the schema's items: times (cpu_s: CPU seconds per sample)
+        for i, v in enumerate(rec.get(key) or ()):
+            if not finite(v) or not 0 <= v <= MAX_TIME_S:
+                return f"{key}[{i}]: {_short(repr(v), 40)} is not a finite number >= 0 (at most {MAX_TIME_S:g} s)"
     stats = rec.get("stats")
     if isinstance(stats, dict):
         med = stats.get("median_s")

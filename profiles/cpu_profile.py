@@ -9,8 +9,12 @@ sentences computed from those numbers.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import statistics
+import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -58,6 +62,36 @@ def _torch():
     return torch
 
 
+def _kineto_marker(line: str) -> bool:
+    """Kineto's 'USDT:... SyncActivityProfilerHandler.cpp:52] profiler_start' (and _stop) lines."""
+    return line.startswith("USDT:") and line.rstrip().endswith(("profiler_start", "profiler_stop"))
+
+
+@contextlib.contextmanager
+def _without_kineto_markers():
+    """PyTorch's profiler (Kineto) writes a line to fd 2 at every start and stop, at its highest
+    log level (KINETO_LOG_LEVEL=6, the one above it, would hide its errors too): 12 lines for one
+    explanation.  fd 2 is held in a file around the profile and every other line is passed on."""
+    import ctypes
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            try:
+                ctypes.CDLL(None).fflush(None)        # C stdio's buffered stderr, if any
+            except (OSError, AttributeError):
+                pass
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            for line in held.read().decode(errors="replace").splitlines():
+                if not _kineto_marker(line):
+                    print(line, file=sys.stderr)
+
+
 def _record(torch, label: str, fn, steps: int, repeats: int = 3) -> CpuRun:
     from torch.profiler import ProfilerActivity, profile
     fn()                                   # warm-up: oneDNN primitive creation, allocator
@@ -70,7 +104,7 @@ def _record(torch, label: str, fn, steps: int, repeats: int = 3) -> CpuRun:
     # calls: one preemption on a busy machine would otherwise decide a whole class's share.
     per_call = []
     for _ in range(repeats):
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with _without_kineto_markers(), profile(activities=[ProfilerActivity.CPU]) as prof:
             fn()
         per_call.append({e.key: (e.count, e.self_cpu_time_total / 1e6)
                          for e in prof.key_averages() if e.key.startswith("aten::")})

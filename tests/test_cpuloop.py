@@ -345,6 +345,47 @@ def test_the_spinning_barrier_holds_every_thread_until_all_arrive(two_threads):
     assert wrong.tolist() == [0, 0]
 
 
+def test_a_waiter_naps_once_its_spin_is_over(two_threads):
+    """A team member that is off the CPU (here: asleep for 0.3 s, as a thread descheduled behind
+    another process is for a scheduler slice) must not keep its partner spinning on a core the
+    scheduler could give to it: past the spin bound the waiter naps.  The process's CPU time over
+    the wait stays a small share of the wall time (a waiter that spun and yielded throughout used
+    about all of it)."""
+    import ctypes
+    import time
+
+    import numba
+
+    from fusion import spin
+    meet = spin.barrier()
+    team_size = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.cast(ctypes.CDLL(cpuloop._gomp()[0]).omp_get_num_threads,
+                                                           ctypes.c_void_p).value)
+    usleep = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_uint)(ctypes.cast(ctypes.CDLL(None).usleep,
+                                                                       ctypes.c_void_p).value)
+
+    @numba.njit(parallel=True)
+    def late(arrive, ran, us):
+        for p in numba.prange(2):
+            if team_size() != 2:
+                ran[p] = -1
+                continue
+            if p == 1:
+                usleep(us)             # the late member, off the CPU
+            meet(arrive, p, 2, 1)
+            ran[p] = 1
+
+    ran = np.zeros(2, np.int64)
+    late(np.zeros(2 * spin.SLOT, np.int64), ran, 1000)          # compiled and warm
+    ran[:] = 0
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    late(np.zeros(2 * spin.SLOT, np.int64), ran, 300_000)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    if -1 in ran:
+        pytest.skip("OpenMP gave the region fewer than 2 threads")
+    assert ran.tolist() == [1, 1] and wall >= 0.3
+    assert cpu < 0.25 * wall, f"the waiter used {cpu:.3f} s of CPU over a {wall:.3f} s wait"
+
+
 def test_a_team_of_another_size_runs_nothing_and_hangs_nothing(onednn, two_threads):
     """Three shares on two OpenMP threads: every thread sees the team size before its first
     barrier, so none waits; the call returns False and leaves y as it was."""

@@ -147,13 +147,6 @@ def test_reruns_in_one_file_are_said_not_merged_silently(tmp_path, capsys):
     assert "1 record(s) are reruns of a case already in the file(s)" in capsys.readouterr().err
 
 
-def test_table_times_share_one_unit_and_width():
-    from microbench.report import time_unit
-    assert time_unit([2.5e-3, 0.9e-3]) == ("ms", 1e3, 3)
-    assert time_unit([1.2e-5, 4e-4]) == ("us", 1e6, 1)
-    assert time_unit([1.5, 0.2]) == ("s", 1.0, 3)
-
-
 def test_resume_recognizes_framework_rows():
     """The key of a planned framework case equals the key of its record read back, so --resume
     skips framework rows it has (they carried the framework only under info before)."""

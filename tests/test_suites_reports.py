@@ -83,10 +83,32 @@ def test_plan_lists_cases_and_estimate(capsys):
     assert cli.main(["suite", "quick", "--list", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "plan: suite quick" in out
-    m = re.search(r"(\d+) case\(s\) to run, estimated about ([\d.]+) (s|min)", out)
+    m = re.search(r"(\d+) case\(s\) to run: at most ([\d.]+) (s|min|h) \(every case sampling until "
+                  r"--max-time [\d.]+ s\), likely about ([\d.]+) (s|min)", out)
     assert m and int(m.group(1)) >= 40, out
     for name in ("quick/lstm-h128", "quick/gru-h256", "quick/res2_3x3"):
         assert name in out
+
+
+def _minutes(value: str, unit: str) -> float:
+    return float(value) * {"s": 1 / 60, "min": 1, "h": 60}[unit]
+
+
+def test_plan_counts_framework_rows_at_max_time_and_gives_the_upper_bound_first(no_smoke, capsys):
+    """A DeepBench plan with PyTorch rows was estimated at 4-8 s per entry (about 75 s) and took 13
+    minutes: each framework row, timed call by call through its worker, sampled until --max-time.
+    The plan now leads with its upper bound and counts framework rows at --max-time."""
+    assert cli.main(["suite", "deepbench-rnn-inference", "--list", "--device", "cpu", "--only", "lstm",
+                     "--variants", "fused,onednn", "--backend", "numba,onednn", "--frameworks", "torch"]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"(\d+) case\(s\) to run: at most ([\d.]+) (s|min|h) .*likely about ([\d.]+) (s|min|h) "
+                  r"\((\d+) framework case", out.replace("\n", " "))
+    assert m, out
+    n_fw = int(m.group(6))
+    assert n_fw >= 15
+    likely, most = _minutes(m.group(4), m.group(5)), _minutes(m.group(2), m.group(3))
+    assert likely >= n_fw * 20 / 60 and most >= likely
+    assert out.index("at most") < out.index("likely about")
 
 
 def test_plan_runs_the_vanilla_rows(capsys):

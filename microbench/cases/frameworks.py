@@ -221,7 +221,8 @@ def _measure_in(worker, sampler=None):
         if sampler is not None and got.get("sampled") is not None:
             sampler.merge(got["sampled"], got.get("calls", 0))
         return Measurement(got["samples"], settings.max_noise, mode=got.get("mode", ""),
-                           timer=got.get("timer", ""))
+                           timer=got.get("timer", ""), cpu_s=got.get("cpu_s") or [],
+                           readings=got.get("readings"))
     return measure
 
 

@@ -10,6 +10,9 @@ pytest-benchmark's comparisons do, from a statistical test and a minimum effect 
     within noise     the test does not separate them (p >= --alpha): no evidence of a change
     below N%         the samples differ, but by less than --min-effect: real but too small to
                      matter (runs minutes apart drift by a few percent)
+    not comparable   A's or B's samples did not get their threads (the record's ``contention``:
+                     they waited for a core while other processes ran); no ratio, left out of the
+                     counts and the geometric mean
 
 The p-value is printed per row: the confidence of that verdict.  Timing samples are not quite
 independent (drift, a busy neighbour), so p is a guide, not an exact error rate; the effect
@@ -50,6 +53,7 @@ def add_parsers(sub) -> None:
 ALPHA = 0.01          # significance level of the test
 MIN_EFFECT = 0.05     # smallest relative change of the median that counts
 MIN_SAMPLES = 3       # fewer stored samples per side: the IQR rule instead of the test
+NOT_COMPARABLE = "not comparable"   # a side's samples did not get their threads (contended)
 SMOKE_VERDICT = "smoke run: not a measurement"
 
 
@@ -60,8 +64,10 @@ class Row:
     a: dict          # stats of A
     b: dict          # stats of B
     ratio: float     # median B / median A (< 1: B is faster)
-    verdict: str     # "within noise", "below 5%", "B faster", "B slower"
+    verdict: str     # "within noise", "below 5%", "B faster", "B slower", "not comparable"
     p: float | None = None   # two-sided Mann-Whitney U p-value (None: too few samples stored)
+    why: str = ""    # not comparable: which side's samples did not get their threads, and why
+    sides: str = ""  # ... "A", "B" or "A and B"
 
 
 def mann_whitney_p(a, b) -> float | None:
@@ -144,7 +150,7 @@ def pair(records_a: list, records_b: list, *, across_machines: bool = False, alp
          min_effect: float = MIN_EFFECT) -> tuple:
     """(rows, only_in_a, only_in_b): rows for the cases both hold, in A's order.  Rows whose A and
     B come from different machines raise BadInput unless ``across_machines``."""
-    from .. import store
+    from .. import contention, store
     a = {k: r for k, r in store.latest(records_a).items() if _stats_ok(r)}
     b = {k: r for k, r in store.latest(records_b).items() if _stats_ok(r)}
     rows, mixed = [], []
@@ -157,6 +163,13 @@ def pair(records_a: list, records_b: list, *, across_machines: bool = False, alp
             if not across_machines:
                 continue
         sa, sb = ra["stats"], rb["stats"]
+        hit = [side for side, r in (("A", ra), ("B", rb)) if contention.contended(r)]
+        if hit:   # a side whose samples did not get their threads measured the machine, not the code
+            why = "; ".join(f"{side}: {contention.of(r)['why']}" for side, r in (("A", ra), ("B", rb))
+                            if side in hit)
+            rows.append(Row(_what(ra), _label(ra), sa, sb, sb["median_s"] / sa["median_s"], NOT_COMPARABLE,
+                            None, why, " and ".join(hit)))
+            continue
         v, p = judge(sa, sb, _samples(ra), _samples(rb), alpha=alpha, min_effect=min_effect)
         if (ra.get("options") or {}).get("smoke") or (rb.get("options") or {}).get("smoke"):
             v, p = SMOKE_VERDICT, None        # capped timing (MICROBENCH_SMOKE): not measurements
@@ -207,22 +220,33 @@ def cmd_compare(args) -> int:
                  ("verdict", "left")):
         t.add_column(c, justify=j)
     for r in rows:
-        style = {"B faster": "green", "B slower": "red"}.get(r.verdict, "dim")
+        style = {"B faster": "green", "B slower": "red", NOT_COMPARABLE: "yellow"}.get(r.verdict, "dim")
+        sides = f" ({r.sides} contended)" if r.sides else ""
         t.add_row(escape(r.what), escape(r.label), fmt_time(r.a["median_s"]), f"{100 * r.a['iqr_s'] / r.a['median_s']:.1f}%",
                   fmt_time(r.b["median_s"]), f"{100 * r.b['iqr_s'] / r.b['median_s']:.1f}%",
-                  f"{r.ratio:.2f}x", "-" if r.p is None else f"{r.p:.1e}" if r.p < 0.01 else f"{r.p:.2f}",
-                  f"[{style}]{r.verdict}[/]")
+                  "-" if r.verdict == NOT_COMPARABLE else f"{r.ratio:.2f}x",
+                  "-" if r.p is None else f"{r.p:.1e}" if r.p < 0.01 else f"{r.p:.2f}",
+                  f"[{style}]{r.verdict}{sides}[/]")
     out.print(t)
+    bad = [r for r in rows if r.verdict == NOT_COMPARABLE]
+    rows = [r for r in rows if r.verdict != NOT_COMPARABLE]
     changed = [r for r in rows if r.verdict in ("B faster", "B slower")]
     small = [r for r in rows if r.verdict.startswith("below")]
     smoke = [r for r in rows if r.verdict == SMOKE_VERDICT]
-    geo = math.exp(sum(math.log(r.ratio) for r in rows) / len(rows))
-    out.print(f"{len(rows)} case(s) in both; {len(changed)} differ (p < {args.alpha:g} and at least "
+    geo = math.exp(sum(math.log(r.ratio) for r in rows) / len(rows)) if rows else None
+    out.print(f"{len(rows) + len(bad)} case(s) in both; {len(changed)} differ (p < {args.alpha:g} and at least "
               f"{100 * args.min_effect:g}%), {len(small)} differ by less than {100 * args.min_effect:g}%, "
               f"{len(rows) - len(changed) - len(small) - len(smoke)} within noise"
               + (f", {len(smoke)} from smoke runs (not measurements)" if smoke else "")
-              + f"; geometric mean B/A {geo:.2f}x")
+              + (f", {len(bad)} not comparable (contended)" if bad else "")
+              + (f"; geometric mean B/A {geo:.2f}x" if geo is not None else "")
+              + (" over the comparable rows" if bad and geo is not None else ""))
     notes = []
+    if bad:
+        from .. import contention
+        notes.append(f"not comparable: {len(bad)} row(s) whose samples did not get their threads in A or B "
+                     f"(e.g. {bad[0].label}: {bad[0].why}); they are left out of the counts and the mean; "
+                     f"rerun them on a quiet machine. {contention.ROUNDS_NOTE}")
     if only_a or only_b:
         notes.append(f"only in A: {only_a}, only in B: {only_b} (not compared)")
     notes += [f"A: {line}" for line in store.shards(recs_a)] + [f"B: {line}" for line in store.shards(recs_b)]

@@ -93,7 +93,6 @@ def cmd_conv(args) -> int:
 
     from .. import registry, report, smoke
     from ..cli import run_cases, settings_from
-    from ..peaks import cpu_gemm_gflops
     from ..planner import memory_need, parse_precisions, resolve_device
     from ..problems import check_memory
     from ..runner import Case
@@ -143,8 +142,7 @@ def cmd_conv(args) -> int:
     elif args.python:
         raise BadInput("--python only applies to framework workers; add --frameworks")
     outcomes, out, err = run_cases(cases, settings, args)
-    peak = cpu_gemm_gflops("float32" if precisions[0] == "fp32" else "float64") if device == "cpu" else None
-    report.table(outcomes, out, title="conv", baseline="direct", peak_gflops=peak)
+    report.table(outcomes, out, title="conv", baseline="direct")
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         err.print(f"[red]{len(failed)} case(s) FAILED[/]; see the table")

@@ -1,4 +1,6 @@
-"""``env``: where measurements are taken (CPU, BLAS, GPU, driver, libraries, NVTX cost)."""
+"""``env``: where measurements are taken (CPU, BLAS, GPU, driver, libraries, NVTX cost), and which
+environment variables force a weaker kernel than the CPU has (with what that costs NumPy's GEMM,
+measured when env runs)."""
 from __future__ import annotations
 
 import json
@@ -16,7 +18,16 @@ def cmd_env(args) -> int:
     from rich.table import Table
 
     from .. import env as menv
+    from .. import peaks
     info = menv.collect()
+    # variables (or an OpenBLAS build) forcing weaker kernels than the CPU has, and what NumPy's
+    # GEMM pays for it, measured now (a fresh interpreter without the variables beside this one)
+    info["forced_kernels"] = peaks.forced_kernels()
+    numpy_vars = [f["variable"] for f in info["forced_kernels"] if f["numpy"] and f["variable"]]
+    cost = peaks.forced_cost(numpy_vars) if numpy_vars else None
+    for f in info["forced_kernels"]:
+        if f["variable"] in numpy_vars:
+            f["cost"] = cost
     if args.json:
         print(json.dumps(info, indent=2, default=str))
         return 0
@@ -56,6 +67,15 @@ def cmd_env(args) -> int:
                      if f["status"] == "found" else f"{f['status']}: {f['reason']}"))
     for k, v in info["env_vars"].items():
         rows.append((k, v))
+    for f in info.get("forced_kernels", ()):
+        cost = f.get("cost") or {}
+        text = peaks.describe_forced(f)
+        if "with" in cost:
+            text += (f"; NumPy's float32 {cost.get('n', peaks.GEMM_N)}^3 GEMM here: {cost['with']} GFLOP/s, "
+                     f"{cost['without']} GFLOP/s without it ({cost['ratio']:.2f}x, measured now)")
+        elif cost.get("error"):
+            text += f"; its cost not measured: {cost['error']}"
+        rows.append(("forced kernels", text))
     from ..names import others, shadowed
     for name, dists in others().items():
         state = shadowed(name) or "ours is imported first"

@@ -67,6 +67,8 @@ def cmd_explain_cpu(args) -> int:
         from ..results import JsonlWriter
         writer = JsonlWriter(args.json)
         env = menv.collect()
+        from ..peaks import cpu_roof
+        cpu_roof("fp32", None)     # the roof the records carry (fp32, default threads), measured first
     try:
         rows = cpu_explain.collect(args.op, problem, frameworks, python=parse_python(args.python),
                                    logs=logs, env=env,

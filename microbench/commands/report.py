@@ -47,13 +47,16 @@ def add_parsers(sub) -> None:
 
 # -- tables as rows of text ------------------------------------------------------------------------
 
-RESULT_COLUMNS = ("op", "shape", "dtype", "thr", "case", "median", "+-IQR", "GFLOP/s", "GB/s", "check", "status")
+RESULT_COLUMNS = ("op", "shape", "dtype", "thr", "case", "median", "mark", "+-IQR", "CPU/wall", "GFLOP/s",
+                  "GB/s", "check", "status")
 
 
 def result_rows(records: list) -> list:
-    from .. import store
+    """One row per case; the median's marks in a column of their own ("mark": ~ noisy, !
+    contended, ^ above the roof), times with a unit per cell."""
+    from .. import contention, store
     from ..plots import shape_text, threads_of
-    from ..report import fmt_time
+    from ..report import fmt_time, row_marks
     rows = []
     for r in store.latest(records, with_env=True, status=None).values():
         st = r.get("stats") if isinstance(r.get("stats"), dict) else None
@@ -62,10 +65,15 @@ def result_rows(records: list) -> list:
         err = chk.get("max_rel_err")
         thr = threads_of(r)
         status = r.get("status", "?") if r.get("status") == "ok" else f"{r.get('status')}: {r.get('error') or ''}"
+        cont = contention.of(r)
+        if cont["contended"]:
+            status += f" (contended: {cont['why']})"
+        cpw = cont.get("cpu_per_wall")
         rows.append((r.get("op", "?"), shape_text(r), r.get("dtype", "?"), str(thr) if thr else "-",
                      str(r.get("label", "?")),
-                     fmt_time(st["median_s"]) + (" ~" if st.get("noisy") else "") if st else "-",
+                     fmt_time(st["median_s"]) if st else "-", row_marks(r) if st else "",
                      f"{100 * st['rel_noise']:.1f}%" if st and "rel_noise" in st else "-",
+                     f"{cpw:.2f}" if isinstance(cpw, (int, float)) else "-",
                      f"{d['gflops']:.2f}" if d.get("gflops") else "-",
                      f"{d['gbps']:.3f}" if d.get("gbps") else "-",
                      f"{err:.1e}" if isinstance(err, (int, float)) else "-", status))
@@ -105,10 +113,13 @@ def env_rows(records: list) -> list:
 
 ENV_COLUMNS = ("env_id", "date", "cpu", "gpu", "libraries")
 
+CONV_GEOMETRY = ("stride_h", "stride_w", "pad_h", "pad_w", "dilation_h", "dilation_w", "groups")
 CSV_COLUMNS = ("op", "variant", "backend", "framework", "label", "device", "dtype", "T", "B", "I", "H", "L",
-               "N", "C", "W", "K", "R", "S", "threads", "mode", "nvtx", "status", "n", "median_s", "q1_s",
-               "q3_s", "min_s", "mean_s", "rel_noise", "gflops", "gbps", "max_rel_err", "error", "env_id",
-               "date", "commit", "dirty")
+               "N", "C", "W", "K", "R", "S", *CONV_GEOMETRY, "layout", "threads", "mode", "nvtx",
+               "suite", "suite_entry", "status", "n", "median_s", "q1_s", "q3_s", "min_s", "mean_s",
+               "rel_noise", "cpu_per_wall", "contended", "gflops", "flops_kind", "roof_gflops",
+               "roof_lower_bound", "above_roof", "gbps", "max_rel_err", "error", "env_id", "date",
+               "commit", "dirty")
 
 
 def csv_text(records: list) -> str:
@@ -116,7 +127,7 @@ def csv_text(records: list) -> str:
     import csv
     import io
 
-    from .. import store
+    from .. import contention, store
     from ..plots import framework_of
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -127,13 +138,23 @@ def csv_text(records: list) -> str:
         d, chk = r.get("derived") or {}, r.get("check") or {}
         env = r.get("env") or {}
         src = env.get("microbench") or {}
+        info = r.get("info") if isinstance(r.get("info"), dict) else {}
+        suite = r.get("suite") if isinstance(r.get("suite"), dict) else {}
+        roof = r.get("roof") if isinstance(r.get("roof"), dict) else {}
+        cont = contention.of(r) if r.get("status") == "ok" else {}
         row = {"op": r.get("op"), "variant": r.get("variant"), "backend": r.get("backend"),
                "framework": framework_of(r), "label": r.get("label"), "device": r.get("device"),
                "dtype": r.get("dtype"), **{k: shape.get(k) for k in "TBIHLNCWKRS"},
+               **{k: shape.get(k) for k in CONV_GEOMETRY}, "layout": info.get("layout"),
                "threads": opts.get("threads"), "mode": opts.get("mode"), "nvtx": opts.get("nvtx"),
+               "suite": suite.get("suite"), "suite_entry": suite.get("entry"),
                "status": r.get("status"), **{k: st.get(k) for k in ("n", "median_s", "q1_s", "q3_s", "min_s",
                                                                      "mean_s", "rel_noise")},
-               "gflops": d.get("gflops"), "gbps": d.get("gbps"), "max_rel_err": chk.get("max_rel_err"),
+               "cpu_per_wall": cont.get("cpu_per_wall"), "contended": cont.get("contended"),
+               "gflops": d.get("gflops"), "flops_kind": info.get("flops_kind"),
+               "roof_gflops": roof.get("gflops"), "roof_lower_bound": roof.get("lower_bound"),
+               "above_roof": r.get("above_roof"),
+               "gbps": d.get("gbps"), "max_rel_err": chk.get("max_rel_err"),
                "error": r.get("error"), "env_id": r.get("env_id"), "date": env.get("date"),
                "commit": src.get("commit"), "dirty": src.get("dirty")}
         w.writerow(["" if row[c] is None else csv_cell(row[c]) for c in CSV_COLUMNS])
@@ -344,12 +365,29 @@ def noise_note(records: list) -> str:
             "was busy or the cases short; compare such numbers only with care, or rerun them")
 
 
+RESULTS_NOTE = ("median of the samples per call; mark: ~ IQR/median above the noise target, ! contended "
+                "(the samples did not get their threads: other processes held the cores; not comparable), "
+                "^ above the roof (GFLOP/s above the fastest GEMM measured for its precision and threads; "
+                "Winograd and FFT rates are effective: the direct convolution's FLOPs); +-IQR: interquartile "
+                "range / median; CPU/wall: CPU seconds the process got per second of its samples; "
+                "GFLOP/s counts GEMM FLOPs (the roof each is held against is in the CSV); check: largest "
+                "error relative to the float64 reference.")
+
+
+def contention_note(records: list) -> str:
+    """A warning when records were measured contended (their samples did not get their threads)."""
+    from .. import contention, store
+    latest = list(store.latest(records, with_env=True, status=None).values())
+    return contention.summary(latest)
+
+
 def render_html(title, sources, records, plots, skipped, out_path=None) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
              f"<p class='note'>{len(records)} record(s) from {html.escape(', '.join(sources))}"
              + (f"; {skipped} line(s) that are not records were skipped" if skipped else "") + "</p>",
              f"<p class='note'><b>{html.escape(noise_note(records))}</b></p>" if noise_note(records) else "",
+             f"<p class='note'><b>{html.escape(contention_note(records))}</b></p>" if contention_note(records) else "",
              f"<p class='note'>{html.escape(rerun_note(records))}</p>" if rerun_note(records) else "",
              "<h2>Environments</h2>", _html_table(ENV_COLUMNS, env_rows(records)), "<h2>Plots</h2>"]
     for p in plots:
@@ -365,9 +403,7 @@ def render_html(title, sources, records, plots, skipped, out_path=None) -> str:
     if rows:
         parts += ["<h2>Thread scaling</h2>", _html_table(cols, rows)]
     parts += ["<h2>Results</h2>", _html_table(RESULT_COLUMNS, result_rows(records)),
-              "<p class='note'>median of the samples per forward call; +-IQR: interquartile range / "
-              "median (~: above the noise target); GFLOP/s counts GEMM FLOPs; check: largest error "
-              "relative to the float64 reference.</p></body></html>"]
+              f"<p class='note'>{html.escape(RESULTS_NOTE)}</p></body></html>"]
     return "\n".join(parts)
 
 
@@ -377,6 +413,7 @@ def render_md(title, sources, records, plots, skipped, out_path=None) -> str:
     parts = [f"# {md_text(title)}", "", f"{len(records)} record(s) from {md_text(', '.join(sources))}"
              + (f"; {skipped} line(s) that are not records were skipped" if skipped else ""), "",
              *([f"**{md_text(noise_note(records))}**", ""] if noise_note(records) else []),
+             *([f"**{md_text(contention_note(records))}**", ""] if contention_note(records) else []),
              *([f"_{md_text(rerun_note(records))}_", ""] if rerun_note(records) else []),
              "## Environments", "", _md_table(ENV_COLUMNS, env_rows(records)), "", "## Plots", ""]
     for p in plots:
@@ -390,7 +427,7 @@ def render_md(title, sources, records, plots, skipped, out_path=None) -> str:
     cols, rows = scaling_rows(records)
     if rows:
         parts += ["## Thread scaling", "", _md_table(cols, rows), ""]
-    parts += ["## Results", "", _md_table(RESULT_COLUMNS, result_rows(records)), ""]
+    parts += ["## Results", "", _md_table(RESULT_COLUMNS, result_rows(records)), "", f"_{RESULTS_NOTE}_", ""]
     return "\n".join(parts)
 
 
@@ -433,6 +470,8 @@ def cmd_report(args) -> int:
         err.print(terminal(f"note: {line}"), highlight=False)
     if rerun_note(records):
         err.print(escape(f"note: {rerun_note(records)}"), highlight=False)
+    if contention_note(records):
+        err.print(terminal(f"warning: {contention_note(records)}"), highlight=False)
     if csv_target is not None:
         _write(csv_target, csv_text(records), "--csv")
         out.print(terminal(f"wrote {csv_target} ({len(records)} records)"), highlight=False)
@@ -449,6 +488,7 @@ def cmd_report(args) -> int:
             for row in rows:
                 t.add_row(*(terminal(c) for c in row))   # record text: no control codes, no markup
             out.print(t)
+        out.print(f"[dim]{escape(RESULTS_NOTE)}[/]")
         return 0
     from .. import plots as mplots           # importable: plan_outputs checked
     figures = mplots.all_plots(records, roofs=_roofs(records, args, err))

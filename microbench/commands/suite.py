@@ -401,18 +401,34 @@ def estimate_run_s(case) -> float:
     return flops / rate + steps * per_step
 
 
+# Rough seconds a framework's worker takes to start (import the framework) and build and compile
+# its first call on a small machine; every framework case starts a fresh worker.
+_WORKER_START_S = {"torch": 4.0, "tensorflow": 12.0, "jax": 6.0, "mxnet": 4.0, "chainer": 4.0}
+
+
+def _framework(case) -> str:
+    return getattr(case.record, "framework", "") or ""
+
+
 def estimate_case_s(case, settings) -> float:
-    """Build + reference check + warm-up + sampling, as the harness's stopping rule spends it."""
+    """Build + reference check + warm-up + sampling, as the harness's stopping rule spends it.
+    A framework row adds its worker's start-up and is counted at --max-time: in one DeepBench
+    plan estimated at about 75 s the framework rows sampled until --max-time and the run took 13
+    minutes."""
     run = estimate_run_s(case)
+    if _framework(case):
+        return worst_case_s(case, settings)
     sampling = min(settings.max_time, max(settings.min_time, settings.min_samples * run))
     sampling = max(sampling, min(3, settings.min_samples) * run)   # the harness takes 3 at least
     return 0.2 + 2 * run + max(settings.warmup, run) + sampling
 
 
 def worst_case_s(case, settings) -> float:
-    """Seconds if the case is noisy and samples until --max-time (3 samples at least)."""
+    """Seconds if the case is noisy and samples until --max-time (3 samples at least), its
+    worker's start-up included."""
     run = estimate_run_s(case)
-    return 0.2 + 2 * run + max(settings.warmup, run) + max(settings.max_time, min(3, settings.min_samples) * run)
+    start = _WORKER_START_S.get(_framework(case), 0.0)
+    return start + 0.2 + 2 * run + max(settings.warmup, run) + max(settings.max_time, min(3, settings.min_samples) * run)
 
 
 def fmt_duration(s: float) -> str:
@@ -446,10 +462,11 @@ def print_plan(entries, suite, settings, out, *, device, resume_note="", shard=N
     part = f", shard {shard['index']}/{shard['count']} of plan {shard['plan']}" if shard else ""
     t = Table(title=f"plan: suite {suite.name} on {device}{part} ({suite.source}); times: {suite.times}",
               box=box.SIMPLE_HEAD, title_justify="left")
-    for c, j in (("entry", "left"), ("shape", "left"), ("cases", "right"), ("est.", "right"), ("note", "left")):
+    for c, j in (("entry", "left"), ("shape", "left"), ("cases", "right"), ("at most", "right"),
+                 ("likely", "right"), ("note", "left")):
         t.add_column(c, justify=j)
     total_cases = total_est = total_max = 0.0
-    n_done = n_skip = n_unrunnable = 0
+    n_done = n_skip = n_unrunnable = n_fw = 0
     for e in entries:
         note = e.reason
         if e.skipped:
@@ -458,17 +475,21 @@ def print_plan(entries, suite, settings, out, *, device, resume_note="", shard=N
             note = (note + "; " if note else "") + f"{e.done} already recorded"
         todo = len(e.cases)
         e.est_s = sum(estimate_case_s(c, settings) for c in e.cases)
+        worst = sum(worst_case_s(c, settings) for c in e.cases)
         total_cases += todo
         total_est += e.est_s
-        total_max += sum(worst_case_s(c, settings) for c in e.cases)
+        total_max += worst
+        n_fw += sum(bool(_framework(c)) for c in e.cases)
         n_done += e.done
         n_skip += len(e.skipped)
         n_unrunnable += bool(e.reason)
         t.add_row(e.spec.name, e.spec.describe(), str(todo) if not e.reason else "-",
-                  fmt_duration(e.est_s) if todo else "-", escape(note))
+                  fmt_duration(worst) if todo else "-", fmt_duration(e.est_s) if todo else "-", escape(note))
     out.print(t)
-    parts = [f"{int(total_cases)} case(s) to run, estimated about {fmt_duration(total_est)} "
-             f"(at most {fmt_duration(total_max)} if every case samples until --max-time {settings.max_time:g} s)"]
+    # the upper bound first: a case samples until --max-time whenever it misses --max-noise
+    parts = [f"{int(total_cases)} case(s) to run: at most {fmt_duration(total_max)} (every case sampling "
+             f"until --max-time {settings.max_time:g} s), likely about {fmt_duration(total_est)}"
+             + (f" ({n_fw} framework case(s) counted at --max-time, worker start-up included)" if n_fw else "")]
     if n_done:
         parts.append(f"{n_done} already recorded{resume_note}")
     if n_skip:
@@ -581,6 +602,9 @@ def _run(entries, settings, env, writer, args, out, err, n_todo, n_done, shard=N
 
     from ..cli import warn_threads
     warn_threads([c for e in entries for c in e.cases], err)
+    from ..peaks import measure_for
+    for note in measure_for([c for e in entries for c in e.cases]):   # the roofs the records carry
+        err.print(f"note: {note}", highlight=False)
     nvtx_cost = env["nvtx"]["cost_per_range_s"]
     suite = args.suite_obj
     for e in entries:                      # memory skips are results too: record them first
@@ -628,6 +652,9 @@ def _run(entries, settings, env, writer, args, out, err, n_todo, n_done, shard=N
         err.print(escape(f"microbench: interrupted after {finished} of {n_todo} case(s){where}"), highlight=False)
         return 130
     summary(entries, out)
+    from ..cli import warn_contention
+    warn_contention([o.record for e in entries for o in e.outcomes if not o.record.get("_resumed")], env,
+                    [c for e in entries for c in e.cases], err)
     failed = sum(o.status == "failed" for e in entries for o in e.outcomes)
     if failed:
         err.print(f"[red]{failed} case(s) FAILED[/]; see the table" + (f" and {args.json}" if writer else ""))
@@ -635,31 +662,36 @@ def _run(entries, settings, env, writer, args, out, err, n_todo, n_done, shard=N
 
 
 def summary(entries, out) -> None:
-    """One row per case: entry, case, dtype, threads, median, spread, GFLOP/s, outcome."""
+    """One row per case: entry, case, dtype, threads, median (its marks beside it: ~ noisy,
+    ! contended, ^ above the roof), spread, GFLOP/s, outcome."""
     from rich import box
     from rich.table import Table
 
-    from ..report import fmt_time
-    from ..report import smoke_mark
+    from .. import contention
+    from ..report import MARKS, fmt_time, row_marks, smoke_mark
     t = Table(title=f"{smoke_mark()}results", box=box.SIMPLE_HEAD, title_justify="left")
     for c, j in (("entry", "left"), ("case", "left"), ("dtype", "left"), ("thr", "right"),
-                 ("median", "right"), ("+-IQR", "right"), ("GFLOP/s", "right"), ("note", "left")):
+                 ("median", "right"), ("", "left"), ("+-IQR", "right"), ("GFLOP/s", "right"), ("note", "left")):
         t.add_column(c, justify=j)
+    seen = set()
     for e in entries:
         for o in e.outcomes:
             c, r = o.case, o.record
             thr = "-" if c.threads is None else str(c.threads)
             if o.status != "ok":
                 word = "[red]FAILED[/]" if o.status == "failed" else "[yellow]skipped[/]"
-                t.add_row(e.spec.name, escape(c.label), c.precision, thr, "-", "-", "-", f"{word}: {terminal(o.error)}")
+                t.add_row(e.spec.name, escape(c.label), c.precision, thr, "-", "", "-", "-", f"{word}: {terminal(o.error)}")
                 continue
             st = r["stats"]     # a resumed record may be of an older layout: no rel_noise, no noisy
             gf = (r.get("derived") or {}).get("gflops")
-            t.add_row(e.spec.name, escape(c.label), c.precision, thr,
-                      fmt_time(st["median_s"]) + (" ~" if st.get("noisy") else "  "),
-                      f"{100 * st['rel_noise']:.1f}%" if "rel_noise" in st else "-", f"{gf:.1f}" if gf else "-",
-                      "recorded earlier (--resume)" if r.get("_resumed") else "")
+            marks = row_marks(r)
+            seen.update(marks)
+            note = "recorded earlier (--resume)" if r.get("_resumed") else ""
+            if contention.contended(r):
+                note = (note + "; " if note else "") + "[red]contended[/]"
+            t.add_row(e.spec.name, escape(c.label), c.precision, thr, fmt_time(st["median_s"]), marks,
+                      f"{100 * st['rel_noise']:.1f}%" if "rel_noise" in st else "-", f"{gf:.1f}" if gf else "-", note)
     out.print(t)
-    if any(o.status == "ok" and o.record["stats"].get("noisy") for e in entries for o in e.outcomes):
-        out.print("[dim]~ noisy: IQR/median above --max-noise (sampling stopped at --max-time)[/]")
-
+    for mark in "~!^":
+        if mark in seen:
+            out.print(f"[dim]{escape(MARKS[mark])}[/]")

@@ -2,11 +2,13 @@
 
 One row per record: op, variant (the CLI flag is ``--VARIANT``; cell and backward records are
 chosen with ``--cell`` and ``--backward``), backend, device, dtypes, cell, direction, the
-``module:function`` of its computation, and whether it can run here (the reason when not).
+``module:function`` of its computation, and whether it can run here (the reason when not; a
+reason several rows share, such as no GPU here, is printed once under the table and numbered).
 """
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 from kernels.errors import BadInput
 
@@ -52,11 +54,30 @@ def cmd_variants(args) -> int:
         for row in listing:
             print(json.dumps(row))
         return 0
+    # a cause shared by several rows (no GPU here: every cuda row of every backend) is said once,
+    # under the table; the row keeps its own part ("backend cupy needs a GPU")
+    def parts(reason: str) -> tuple:
+        head, sep, cause = reason.partition(": ")
+        return (head, cause) if sep and len(cause) > 40 else ("", reason)
+    shared = Counter(parts(r["reason"])[1] for r in listing if not r["available"])
+    footnotes: dict = {}
+
+    def available(r) -> str:
+        if r["available"]:
+            return "yes"
+        head, cause = parts(r["reason"])
+        if shared[cause] > 1:
+            n = footnotes.setdefault(cause, len(footnotes) + 1)
+            return f"no: {head} ({n})" if head else f"no ({n})"
+        return f"no: {r['reason']}"
     table = [COLUMNS] + [(r["op"], r["variant"], r["backend"], r["device"], ",".join(r["dtypes"]) or "-",
-                          r["cell"], r["direction"], r["code"] or "-",
-                          "yes" if r["available"] else f"no: {r['reason']}") for r in listing]
+                          r["cell"], r["direction"], r["code"] or "-", available(r)) for r in listing]
     # plain aligned text, never wrapped: a code path or a reason must stay one greppable line
     widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS) - 1)]
     for row in table:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1])
+    if footnotes:
+        print()
+        for cause, n in footnotes.items():
+            print(f"({n}) {cause} ({shared[cause]} rows)")
     return 0

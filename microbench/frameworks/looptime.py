@@ -28,10 +28,14 @@ def relative_noise(samples) -> float:
     return (q3 - q1) / med if med > 0 else float("inf")
 
 
-def measure(run, settings: dict, clock=time.perf_counter, before_sample=None, sample=None) -> list:
+def measure(run, settings: dict, clock=time.perf_counter, before_sample=None, sample=None,
+            readings: dict | None = None) -> list:
     """Seconds per call of ``run`` (which returns only when its work is complete).
     ``before_sample`` runs untimed before each measured sample (cold mode); ``sample(fn)`` replaces
-    the wall-clock timer (device events)."""
+    the wall-clock timer (device events).  ``readings``: a dict to fill with what
+    :mod:`microbench.contention` reads over the samples (``cpu_s`` per sample, ``probe``), as the
+    harness does."""
+    from ..contention import Probe, cpu_time
     warmup, min_time, max_time = settings["warmup"], settings["min_time"], settings["max_time"]
     min_samples, max_noise = settings["min_samples"], settings["max_noise"]
     timed = sample
@@ -49,14 +53,19 @@ def measure(run, settings: dict, clock=time.perf_counter, before_sample=None, sa
         spent += sample()
         if spent >= warmup or clock() - start >= max_time / 2:
             break
-    samples = []
+    samples, cpu_s = [], []
+    probe = Probe()
     while True:
         if before_sample is not None:
             before_sample()
+        c0 = cpu_time()
         samples.append(sample())
+        cpu_s.append(cpu_time() - c0)
         n, total = len(samples), sum(samples)
         if clock() - start >= max_time and n >= min(3, min_samples):
             break
         if n >= min_samples and total >= min_time and relative_noise(samples) <= max_noise:
             break
+    if readings is not None:
+        readings.update(cpu_s=cpu_s, probe=probe.stop())
     return samples

@@ -12,7 +12,9 @@ framework's own prints are sent to stderr, so they can not corrupt the channel) 
    dx, or dw[, db])
   {"cmd": "run"}                               -> {"ok"}   (one untimed call)
   {"cmd": "measure", "settings": {...}}        -> {"ok", "samples": [seconds, ...], "sampled":
-                                                  reads of random calls' outputs, "calls"}
+                                                  reads of random calls' outputs, "calls", "cpu_s":
+                                                  [CPU seconds per sample], "readings": run-queue
+                                                  wait and load (microbench.contention)}
   {"cmd": "trace", "calls": n}                 -> {"ok"}   (n untimed calls between marker
                                                   lines on fd 1: profiles.onednn_trace)
   {"cmd": "quit"}                              -> {"ok"}, then exit
@@ -64,20 +66,24 @@ def gpu_memory_env(framework: str, device: str) -> dict:
 
 
 def _timing():
-    """(name, measure(run, settings_dict, timer, flush) -> samples)."""
+    """(name, measure(run, settings_dict, timer, flush) -> (samples, cpu_s, readings)): the
+    samples, the CPU seconds this worker got per sample and its run-queue wait and load over them
+    (microbench.contention: the parent judges whether the samples got their threads)."""
     try:
         from microbench.harness import CpuTimer, Settings, measure
 
         def run_measure(run, settings, timer=None, flush=None):
-            return list(measure(run, Settings(**settings), timer or CpuTimer(),
-                                before_sample=flush).samples)
+            m = measure(run, Settings(**settings), timer or CpuTimer(), before_sample=flush)
+            return list(m.samples), list(m.cpu_s), m.readings
         return "microbench.harness.measure", run_measure
     except ImportError:
         from .looptime import measure
 
         def run_measure(run, settings, timer=None, flush=None):
-            return measure(run, settings, before_sample=flush,
-                           sample=timer.sample if timer is not None else None)
+            got: dict = {}
+            samples = measure(run, settings, before_sample=flush,
+                              sample=timer.sample if timer is not None else None, readings=got)
+            return samples, got.get("cpu_s"), got.get("probe")
         return "microbench.frameworks.looptime.measure", run_measure
 
 
@@ -230,9 +236,10 @@ def main(argv=None) -> int:
             elif cmd == "measure":
                 timer, flush, mode, tname = timing_mode(adapter, args.device, req["settings"])
                 sampler, timer = sampled_calls(timer, built)
-                samples = run_measure(built.run, req["settings"], timer, flush)
+                samples, cpu_s, readings = run_measure(built.run, req["settings"], timer, flush)
                 send({"ok": True, "samples": samples, "mode": mode, "timer": tname,
-                      "sampled": sampler.export(), "calls": sampler.calls})
+                      "sampled": sampler.export(), "calls": sampler.calls,
+                      "cpu_s": cpu_s, "readings": readings})
             elif cmd == "quit":
                 send({"ok": True})
                 return 0
