@@ -17,6 +17,12 @@ class RNNProblem:
     DeepBench times a recurrent layer (cuDNN's ``CUDNN_SKIP_INPUT``): the run reads the
     ``(T, B, G*H)`` pre-activations ``x W_ih^T`` instead of x and computes only the recurrent
     part, and FLOPs count only the recurrent GEMMs of that layer.
+
+    ``cell``: a registered custom cell (:mod:`kernels.custom`; empty: the op's plain cell).  Its
+    family must be the op (an LSTM-family cell runs as ``lstm``, a GRU-family one as ``gru``),
+    and its gate count, states and per-unit parameters give G, the weights, FLOPs, bytes and the
+    memory estimate.  It is no part of :meth:`shape` or :meth:`options`: a record names it in its
+    variant (``layernorm-fused``) and ``info.cell``.
     """
 
     op: str
@@ -27,13 +33,18 @@ class RNNProblem:
     L: int = 1
     nonlinearity: str = ""
     skip_input: bool = False
+    cell: str = ""
 
     def __post_init__(self):
         if self.op not in GATES:
             raise BadInput(f"op {self.op!r} is unknown; allowed: {', '.join(GATES)}")
         for name in ("T", "B", "H", "I", "L"):  # H before I: -I defaults to -H
             check_dim(f"-{name}", getattr(self, name))
-        if self.op == "rnn":
+        if not isinstance(self.cell, str):
+            raise BadInput(f"cell={self.cell!r} must be a cell name")
+        if self.cell:
+            self._check_cell()
+        elif self.op == "rnn":
             if not self.nonlinearity:
                 object.__setattr__(self, "nonlinearity", "tanh")
             if self.nonlinearity not in NONLINEARITIES:
@@ -45,9 +56,32 @@ class RNNProblem:
         if not isinstance(self.skip_input, bool):
             raise BadInput(f"skip_input={self.skip_input!r} must be True or False")
 
+    def _check_cell(self) -> None:
+        row = self.cell_row
+        if row.family != self.op:
+            from kernels.custom import FAMILIES, FAMILY_WORDS
+            raise BadInput(f"--cell {self.cell} is {FAMILY_WORDS[row.family]} cell ({FAMILIES[row.family]}); "
+                           f"run it as `{row.family} --cell {self.cell}`, not {self.op}")
+        if self.nonlinearity:
+            raise BadInput(f"--nonlinearity applies to the plain vanilla cell; --cell {self.cell} "
+                           "declares its own activation")
+        if self.skip_input:
+            raise BadInput(f"--skip-input applies to the plain cells, not --cell {self.cell}")
+
+    @property
+    def cell_row(self):
+        """The custom cell's :class:`kernels.custom.CustomCell` (None for the plain cell)."""
+        if not self.cell:
+            return None
+        from kernels.custom import get_cell
+        return get_cell(self.cell)
+
     @property
     def cell_mode(self) -> str:
-        """``lstm``, ``gru``, ``rnn_relu`` or ``rnn_tanh`` (as kernels.params.RNNParams.cell_mode)."""
+        """``lstm``, ``gru``, ``rnn_relu`` or ``rnn_tanh`` (as kernels.params.RNNParams.cell_mode);
+        a custom cell's declared name."""
+        if self.cell:
+            return self.cell_row.expr.name
         return f"rnn_{self.nonlinearity}" if self.op == "rnn" else self.op
 
     @property
@@ -67,7 +101,13 @@ class RNNProblem:
 
     @property
     def G(self) -> int:
-        return len(GATES[self.op])
+        """Gates per unit: the custom cell's, else the op's (4, 3, 1)."""
+        return self.cell_row.num_gates if self.cell else len(GATES[self.op])
+
+    @property
+    def num_states(self) -> int:
+        """States a layer carries: h, and c for an LSTM(-family) cell."""
+        return 2 if self.op == "lstm" else 1
 
     @property
     def label(self) -> str:
@@ -80,7 +120,7 @@ class RNNProblem:
     def shape(self) -> dict:
         """The sizes (integers; the schema's ``shape``); the rest is in :meth:`options`."""
         d = asdict(self)
-        for k in ("op", "nonlinearity", "skip_input"):
+        for k in ("op", "nonlinearity", "skip_input", "cell"):
             d.pop(k)
         return d
 
@@ -88,7 +128,8 @@ class RNNProblem:
         """Weights the run reads (with skip_input the first layer has no W_ih)."""
         G, H, I, L = self.G, self.H, self.I, self.L
         first = G * H * (H + 2) + (0 if self.skip_input else G * H * I)
-        return first + (L - 1) * G * H * (2 * H + 2)
+        extras = L * self.cell_row.extra_weights(H) if self.cell else 0     # per-unit parameters
+        return first + (L - 1) * G * H * (2 * H + 2) + extras
 
     def flops(self) -> int:
         """GEMM FLOPs (2 per multiply-add), the DeepBench convention; pointwise work is not counted.
@@ -101,14 +142,15 @@ class RNNProblem:
     def bytes(self, itemsize: int) -> int:
         """Compulsory traffic: weights, input and output once each, initial and final states."""
         T, B, H, L = self.T, self.B, self.H, self.L
-        states = (2 if self.op == "lstm" else 1) * 2 * L * B * H
+        states = self.num_states * 2 * L * B * H
         return itemsize * (self.num_weights() + T * B * self.input_width + T * B * H + states)
 
     def memory_estimate(self, itemsize: int) -> int:
         """Peak bytes of one checked case: the run's buffers plus the float64 reference's."""
         T, B, I, H, L, G = self.T, self.B, self.I, self.H, self.L, self.G
         I = max(I, self.input_width)
-        run = itemsize * (self.num_weights() * 2 + T * B * I + 2 * T * B * H + T * B * G * H + 4 * L * B * H)
+        states = 2 * self.num_states * L * B * H
+        run = itemsize * (self.num_weights() * 2 + T * B * I + 2 * T * B * H + T * B * G * H + states)
         reference = 8 * (self.num_weights() + T * B * I + 3 * T * B * H + T * B * G * H)
         return run + reference
 

@@ -158,7 +158,8 @@ BAD = [
      "sets the fusion steps of the fused variant, which is not selected"),
     (["lstm", "--cell", "peephole", "--ladder", "--fused"], "--ladder chooses the variants and steps itself"),
     (["lstm", "--cell", "peephole", "--frameworks", "torch"], "the frameworks have no peephole LSTM path"),
-    (["gru", "--cell", "layernorm"], "unrecognized arguments: --cell"),
+    (["gru", "--cell", "layernorm"], "--cell layernorm is an LSTM-family cell"),
+    (["rnn", "--cell", "peephole", "--nonlinearity", "relu"], "run it as `lstm --cell peephole`"),
     (["lstm", "--persistent", "--device", "cpu"], "variant 'persistent' runs on cuda only; this run is on cpu"),
     (["variants", "lsmt"], "variants: op 'lsmt' is unknown; allowed: lstm, gru, rnn, conv"),
 ]

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from tests import toolchain
+from tests.cellrows import ROWS, custom_cell  # noqa: F401  (custom_cell: a fixture)
 from fusion import cellexpr as ce
 from fusion import pointwise as fp
 from kernels import cudasrc
-from kernels.custom import CUSTOM_PARAMS, CUSTOM_REFERENCES, custom_lstm
+from kernels.custom import CUSTOM_PARAMS, CUSTOM_REFERENCES, custom_lstm, custom_rnn
 from kernels.errors import BadInput, Unsupported
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,7 +75,7 @@ def test_generated_lstm_gru_match_hand_written(B, H, layout="grouped"):
     np.testing.assert_allclose(h_gen, h_hw, rtol=0, atol=2e-7)
 
 
-@pytest.mark.parametrize("cell", [ce.PEEPHOLE_LSTM, ce.LAYERNORM_LSTM, CIFG], ids=lambda c: c.name)
+@pytest.mark.parametrize("cell", [r.expr for r in ROWS] + [CIFG], ids=lambda c: c.name)
 @pytest.mark.parametrize("dt,tol", [("float32", 2e-6), ("float64", 1e-12)])
 @pytest.mark.parametrize("B,H", SIZES)
 def test_generated_numba_vs_op_by_op(cell, dt, tol, B, H):
@@ -95,24 +96,27 @@ def test_numba_state_updated_in_place():
     np.testing.assert_allclose(c, want[1], atol=2e-6)
 
 
-@pytest.mark.parametrize("cell", ["peephole", "layernorm"])
 @pytest.mark.parametrize("variant,backend", [("naive", "numpy"), ("fused", "numpy"), ("fused", "numba")])
 @pytest.mark.parametrize("T,B,I,H,L", [(1, 1, 1, 1, 1), (4, 1, 3, 129, 1), (3, 2, 5, 6, 2)])
-def test_custom_lstm_vs_reference(cell, variant, backend, T, B, I, H, L):
+def test_custom_cell_vs_reference(custom_cell, variant, backend, T, B, I, H, L):
+    """Every registered cell (the shipped ones and the tests' throwaways), naive and fused on the
+    CPU backends, against its float64 reference; states as its family takes them."""
+    row = custom_cell
     rng = np.random.default_rng(T + H)
-    params = CUSTOM_PARAMS[cell].random(I, H, L, seed=4)
+    params = row.params.random(I, H, L, seed=4)
     x = rng.standard_normal((T, B, I))
-    h0, c0 = (0.5 * rng.standard_normal((L, B, H)) for _ in range(2))
-    yr, (hr, cr) = CUSTOM_REFERENCES[cell](x, params, h0, c0)
+    states = [0.5 * rng.standard_normal((L, B, H)) for _ in row.state_names]
+    want64 = row.reference(x, params, *states)
     for dt, tol in (("float32", 1e-5), ("float64", 1e-10)):
         p = params.astype(dt)
-        y, (h, c) = custom_lstm(x.astype(dt), p, h0.astype(dt), c0.astype(dt), cell=cell,
-                                variant=variant, backend=backend)
+        got = custom_rnn(x.astype(dt), p, *(s.astype(dt) for s in states), cell=row.name,
+                         variant=variant, backend=backend)
         # fp32 inputs: the reference on the same rounded values
-        yr32, (hr32, cr32) = (CUSTOM_REFERENCES[cell](x.astype(dt), p, h0.astype(dt), c0.astype(dt))
-                              if dt == "float32" else (yr, (hr, cr)))
-        for got, want in ((y, yr32), (h, hr32), (c, cr32)):
-            assert np.max(np.abs(got - want)) <= tol * max(1.0, np.abs(want).max()), (dt, cell)
+        want = row.reference(x.astype(dt), p, *(s.astype(dt) for s in states)) if dt == "float32" else want64
+        flat = lambda out: (out[0], *out[1]) if row.has_c else out  # noqa: E731
+        assert len(flat(got)) == 1 + len(row.state_names)
+        for g, w in zip(flat(got), flat(want)):
+            assert np.max(np.abs(g - w)) <= tol * max(1.0, np.abs(w).max()), (dt, row.name)
 
 
 def test_custom_lstm_rejects_mismatch():

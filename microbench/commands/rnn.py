@@ -33,6 +33,23 @@ def _dtype_help() -> str:
     return "; ".join(parts)
 
 
+def _cells(op: str | None = None) -> tuple:
+    """``plain`` and the custom cells with records for the op (their family's; every op's when None)."""
+    from .. import registry
+    return ("plain",) + tuple(dict.fromkeys(r.cell for r in registry.listing(op) if r.cell != "plain"
+                                            and r.direction == "fwd" and not r.framework))
+
+
+def _cell_help(op: str) -> str:
+    """--cell's help, from the registered cells (kernels.custom.CUSTOM_CELLS: one row per cell)."""
+    from kernels.custom import CUSTOM_CELLS, FAMILIES
+    own = "; ".join(f"{c} ({CUSTOM_CELLS[c].about})" for c in _cells(op)[1:] if c in CUSTOM_CELLS)
+    family = {"lstm": "LSTM", "gru": "GRU", "rnn": "vanilla RNN"}[op]
+    return (f"the cell: plain (default); {own or f'no custom {family} cell is registered'}. A custom "
+            f"cell of the {family} family ({FAMILIES[op]}; one row of kernels.custom.CUSTOM_CELLS) "
+            "runs the naive and fused variants (with --opt and --ladder) on the same runner and backends")
+
+
 def _add_rnn(sub, op: str, variant_names: list):
     p = sub.add_parser(op, help=_HELP[op], epilog=EPILOG_RNN,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -59,7 +76,7 @@ def _add_rnn(sub, op: str, variant_names: list):
                         "(the K-th GPU, counted as CUDA_VISIBLE_DEVICES shows them)")
     v.add_argument("--dtype", metavar="LIST", default="fp32", help=f"comma list: {_dtype_help()} (default fp32)")
     if op == "rnn":
-        v.add_argument("--nonlinearity", choices=("tanh", "relu"), default="tanh",
+        v.add_argument("--nonlinearity", choices=("tanh", "relu"), default=None,
                        help="the vanilla cell's activation: tanh (default, PyTorch's nn.RNN default) or "
                             "relu (DeepBench's vanilla rows, cuDNN CUDNN_RNN_RELU)")
     v.add_argument("--skip-input", action="store_true",
@@ -67,12 +84,8 @@ def _add_rnn(sub, op: str, variant_names: list):
                         "first layer's input projection x W_ih^T is taken as given (a (T, B, G*H) input) "
                         "and GFLOP/s counts the recurrent GEMMs only; framework rows, which cannot "
                         "skip it, run the whole layer and say so")
-    if op == "lstm":
-        cells = ("plain",) + tuple(sorted({r.cell for r in registry.listing(op) if r.cell != "plain"}))
-        v.add_argument("--cell", choices=cells, default="plain",
-                       help="the LSTM cell: plain (default), layernorm (Ba et al. 2016) or peephole; "
-                            "custom cells run the naive and fused variants (with --opt and --ladder) "
-                            "on the same runner and backends")
+    # every registered cell is a choice: one of another family gets a line naming its command
+    v.add_argument("--cell", choices=_cells(), default="plain", metavar="CELL", help=_cell_help(op))
     v.add_argument("--backward", action="store_true",
                    help="time a training step instead of the forward pass: forward + backward of "
                         "sum(y * dY) for a fixed random dY, gradients for x, h0"
@@ -128,9 +141,10 @@ def plan_cases(args) -> tuple:
 
     op = args.op
     skip = getattr(args, "skip_input", False)
+    cell = getattr(args, "cell", "plain")
     problem = RNNProblem(op, args.T, args.B, args.I if args.I is not None else args.H, args.H, args.L,
-                         nonlinearity=getattr(args, "nonlinearity", "") if op == "rnn" else "",
-                         skip_input=skip)
+                         nonlinearity=(getattr(args, "nonlinearity", None) or "") if op == "rnn" else "",
+                         skip_input=skip, cell="" if cell == "plain" else cell)
     precisions = parse_precisions(args.dtype)
     backward = getattr(args, "backward", False)
     for p in precisions:
@@ -146,9 +160,6 @@ def plan_cases(args) -> tuple:
     python = parse_python(args.python) if args.python else {}
     if python and not fw_names:
         raise BadInput("--python only applies to framework workers; add --frameworks")
-    cell = getattr(args, "cell", "plain")
-    if skip and cell != "plain":
-        raise BadInput(f"--skip-input applies to the plain cells, not --cell {cell}")
     if backward:
         return _backward_cases(args, cell, problem, precisions, thread_counts, device,
                                variant_names, backend_names, fw_names, python), device
@@ -219,7 +230,7 @@ def _backward_cases(args, cell, problem, precisions, thread_counts, device, vari
     from ..runner import Case
     from kernels import dtypes
     if cell not in bwcases.BACKWARD_CELLS:
-        raise BadInput(f"--backward: kernels.backward has no {cell} LSTM; allowed with --backward: "
+        raise BadInput(f"--backward: kernels.backward has no {cell} {problem.op.upper()}; allowed with --backward: "
                        f"--cell {', '.join(bwcases.BACKWARD_CELLS)}")
     if args.ladder or args.opt is not None:
         raise BadInput("--backward times one arrangement (the fused one); drop --ladder and --opt")
@@ -248,18 +259,19 @@ def _backward_cases(args, cell, problem, precisions, thread_counts, device, vari
 
 def _custom_cell_cases(args, cell, problem, precisions, thread_counts, device, variant_names,
                        backend_names, fw_names, python=None) -> list:
-    """Cases of a custom LSTM cell (the registry's records of the cell, run by kernels.recurrent.RNN as
-    the plain cells are): naive and fused on the device's backends, with --opt and --ladder, then
-    (layer norm) the frameworks' layer-norm LSTMs."""
+    """Cases of a custom cell (the registry's records of the cell, registered under its family's
+    op, run by kernels.recurrent.RNN as the plain cells are): naive and fused on the device's
+    backends, with --opt and --ladder, then (layer norm) the frameworks' layer-norm LSTMs."""
     from fusion.steps import ladder
 
     from .. import registry
     from ..cases.frameworks import framework_cases
     from ..runner import Case
+    op = problem.op
     if fw_names and cell != "layernorm":
-        raise BadInput(f"--cell {cell}: the frameworks have no {cell} LSTM path to compare "
+        raise BadInput(f"--cell {cell}: the frameworks have no {cell} {op.upper()} path to compare "
                        "(framework rows exist for --cell plain and layernorm); drop --frameworks")
-    on = [r for r in registry.ours("lstm", cell) if r.device == device]
+    on = [r for r in registry.ours(op, cell) if r.device == device]
     prefix = f"{cell}-"
     allowed_v = tuple(dict.fromkeys(r.variant[len(prefix):] for r in on))
     allowed_b = tuple(dict.fromkeys(r.backend for r in on))
@@ -280,7 +292,7 @@ def _custom_cell_cases(args, cell, problem, precisions, thread_counts, device, v
                        "selected; add --fused or drop --opt")
 
     def record(v, b):
-        return registry.REGISTRY[("lstm", f"{prefix}{v}", b)]
+        return registry.REGISTRY[(op, f"{prefix}{v}", b)]
     cases = []
     for threads in thread_counts:
         for p in precisions:
@@ -297,7 +309,7 @@ def _custom_cell_cases(args, cell, problem, precisions, thread_counts, device, v
                     cases.append(Case(record(v, b), problem, p, args.seed,
                                       plan if v == "fused" else None, threads))
     if fw_names:
-        cases += framework_cases("lstm", problem, fw_names, device, precisions, args.seed,
+        cases += framework_cases(op, problem, fw_names, device, precisions, args.seed,
                                  thread_counts, python, cell=cell)
     return cases
 
