@@ -20,31 +20,17 @@ from kernels.errors import BadInput
 from profiles import nvtx
 from profiles.explain import KernelRow
 
-OPS = ("lstm", "gru", "conv")
-VARIANTS = ("naive", "fused", "persistent", "cudnn", "direct", "im2col", "implicit_gemm",
-            "winograd", "winograd_f2")
-
-
 # -- command lines -----------------------------------------------------------------------------
+# The ops, and the variant and backend an NVTX filter names, come from the caller (the `profile`
+# command reads them from microbench's registry and the benchmark's own parser); this package
+# keeps no list of its own.
 
-def _op(bench_args: list[str]) -> str:
-    if not bench_args or bench_args[0] not in OPS:
+def _op(bench_args: list[str], ops) -> str:
+    ops = tuple(ops)
+    if not bench_args or bench_args[0] not in ops:
         got = bench_args[0] if bench_args else "nothing"
-        raise BadInput(f"profile needs a benchmark op first, got {got!r}; allowed: {', '.join(OPS)}")
+        raise BadInput(f"profile needs a benchmark op first, got {got!r}; allowed: {', '.join(ops)}")
     return bench_args[0]
-
-
-def _variant(bench_args: list[str]) -> str | None:
-    """The one variant the args select (``--fused`` or ``--variant fused``), else None."""
-    found = []
-    for i, a in enumerate(bench_args):
-        if a == "--variant" and i + 1 < len(bench_args):
-            found.append(bench_args[i + 1])
-        elif a.startswith("--variant="):
-            found.append(a.split("=", 1)[1])
-        elif a.startswith("--") and a[2:].replace("-", "_") in VARIANTS:
-            found.append(a[2:].replace("-", "_"))
-    return found[0] if len(found) == 1 else None
 
 
 def nvtx_filter(op: str, variant: str | None = None, backend: str | None = None) -> str:
@@ -56,19 +42,23 @@ def nvtx_filter(op: str, variant: str | None = None, backend: str | None = None)
 
 
 def nsys_command(bench_args: list[str], output: str = "microbench", python: str = "python",
-                 extra: Iterable[str] = ()) -> list[str]:
-    """Nsight Systems over the ``--profile`` region only (cudaProfilerStart/Stop), CUDA + NVTX."""
-    _op(bench_args)
+                 extra: Iterable[str] = (), *, ops) -> list[str]:
+    """Nsight Systems over the ``--profile`` region only (cudaProfilerStart/Stop), CUDA + NVTX.
+    ``ops``: the benchmark ops there are (the first argument must be one)."""
+    _op(bench_args, ops)
     return ["nsys", "profile", "--capture-range=cudaProfilerApi", "--capture-range-end=stop",
             "--trace=cuda,nvtx", f"--output={output}", "--force-overwrite=true", *extra,
             python, "-m", "microbench", *_with_nvtx(bench_args), "--profile"]
 
 
 def ncu_command(bench_args: list[str], output: str | None = None, python: str = "python",
-                section_set: str | None = None, extra: Iterable[str] = ()) -> list[str]:
-    """Nsight Compute on the kernels inside this case's NVTX range (op, and variant if one)."""
-    op = _op(bench_args)
-    cmd = ["ncu", "--nvtx", "--nvtx-include", nvtx_filter(op, _variant(bench_args))]
+                section_set: str | None = None, extra: Iterable[str] = (), *, ops,
+                variant: str | None = None, backend: str | None = None) -> list[str]:
+    """Nsight Compute on the kernels inside this case's NVTX range: the op, and ``variant`` (and
+    ``backend``) when the arguments select one, as the registry names them (``fused``,
+    ``layernorm-fused``, ``fused+bwd``)."""
+    op = _op(bench_args, ops)
+    cmd = ["ncu", "--nvtx", "--nvtx-include", nvtx_filter(op, variant, backend if variant else None)]
     if section_set:
         cmd += ["--set", section_set]
     if output:
@@ -84,10 +74,14 @@ def _with_nvtx(bench_args: list[str]) -> list[str]:
 
 
 def profile_command(tool: str, bench_args: list[str], **kw) -> list[str]:
-    """``python -m microbench profile nsys|ncu <bench args>``: the command to run."""
+    """``python -m microbench profile nsys|ncu <bench args>``: the command to run (``ops`` and,
+    for ncu, ``variant``/``backend`` as keywords: see :func:`ncu_command`)."""
     builders = {"nsys": nsys_command, "ncu": ncu_command}
     if tool not in builders:
         raise BadInput(f"profile tool {tool!r} is unknown; allowed: {', '.join(builders)}")
+    if tool == "nsys":       # nsys records the whole capture range: no filter to name
+        kw.pop("variant", None)
+        kw.pop("backend", None)
     return builders[tool](list(bench_args), **kw)
 
 

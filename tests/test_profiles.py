@@ -229,22 +229,67 @@ def test_csv_without_table_is_bad_input():
         nsight.read_kern_sum("a,b\n1,2\n")
 
 
+OPS = ("lstm", "gru", "rnn", "conv")
+
+
 def test_command_builders():
-    cmd = nsight.profile_command("nsys", ["lstm", "--fused"])
+    cmd = nsight.profile_command("nsys", ["lstm", "--fused"], ops=OPS)
     assert cmd[:2] == ["nsys", "profile"] and "--capture-range=cudaProfilerApi" in cmd
     assert "--trace=cuda,nvtx" in cmd and cmd[-1] == "--profile"
     assert cmd[cmd.index("-m") + 1:] == ["microbench", "lstm", "--fused", "--nvtx", "on", "--profile"]
-    ncu = nsight.profile_command("ncu", ["lstm", "--fused", "-H", "512"])
+    ncu = nsight.profile_command("ncu", ["lstm", "--fused", "-H", "512"], ops=OPS, variant="fused")
     assert ncu[:4] == ["ncu", "--nvtx", "--nvtx-include", "microbench@lstm/fused/"]
-    assert nsight.profile_command("ncu", ["gru", "--variant", "cudnn"])[3] == "microbench@gru/cudnn/"
-    assert nsight.profile_command("ncu", ["conv", "--all"])[3] == "microbench@conv/"
+    assert nsight.profile_command("ncu", ["gru"], ops=OPS, variant="cudnn")[3] == "microbench@gru/cudnn/"
+    assert nsight.profile_command("ncu", ["conv", "--all"], ops=OPS)[3] == "microbench@conv/"
+    assert nsight.profile_command("ncu", ["lstm"], ops=OPS, variant="fused", backend="cupy")[3] == \
+        "microbench@lstm/fused/cupy/"
     assert nsight.nvtx_filter("lstm", "fused", "cupy") == "microbench@lstm/fused/cupy/"
     line = nsight.shell(["ncu", "--nvtx-include", "a b/"])
     assert line == "ncu --nvtx-include 'a b/'"
     with pytest.raises(BadInput, match="allowed: nsys, ncu"):
-        nsight.profile_command("nvprof", ["lstm"])
-    with pytest.raises(BadInput, match="allowed: lstm, gru, conv"):
-        nsight.profile_command("nsys", ["mlp"])
+        nsight.profile_command("nvprof", ["lstm"], ops=OPS)
+    with pytest.raises(BadInput, match="allowed: lstm, gru, rnn, conv"):
+        nsight.profile_command("nsys", ["mlp"], ops=OPS)
+
+
+def _registry_cases() -> list:
+    """(bench args, the op, variant and backend their NVTX filter names) for every forward
+    variant flag of every op, every registered cell, a backend, a training step."""
+    from microbench import cases, registry  # noqa: F401  (cases fills the registry)
+    out = [([op, f"--{v}"], (op, v, None)) for op in registry.ops() for v in registry.variants(op)]
+    out += [([r.op, "--cell", r.cell, "--fused"], (r.op, f"{r.cell}-fused", None))
+            for r in registry.REGISTRY.values() if r.cell != "plain" and r.variant.endswith("-fused")
+            and r.backend == "numba"]
+    out += [(["lstm", "--fused", "--backend", "numba"], ("lstm", "fused", "numba")),
+            (["gru", "--backward"], ("gru", "fused+bwd", None)),
+            (["conv", "--backward", "--im2col"], ("conv", None, None)),
+            (["rnn", "--ladder"], ("rnn", None, None))]
+    return out
+
+
+def test_profile_takes_every_op_and_variant_the_registry_has():
+    """`profile ncu OP --VARIANT` filters on that variant's range for every record of the registry
+    (rnn, oneDNN's and the cells' included), through the benchmark's own parser."""
+    from microbench import registry
+    from microbench.commands.profile import nvtx_target
+    seen = set()
+    for bench, want in _registry_cases():
+        assert nvtx_target(bench) == want, bench
+        cmd = nsight.profile_command("ncu", bench, ops=registry.ops(), variant=want[1], backend=want[2])
+        assert cmd[3] == nsight.nvtx_filter(*want), bench
+        seen.add(want[:2])
+    assert {(op, v) for op in registry.ops() for v in registry.variants(op)} <= seen
+    assert {op for op, _ in seen} == set(registry.ops()) >= {"lstm", "gru", "rnn", "conv"}
+    with pytest.raises(BadInput, match="select layernorm-onednn, which no lstm record of cell layernorm has"):
+        nvtx_target(["lstm", "--cell", "layernorm", "--onednn"])
+
+
+def test_profile_command_prints_the_registry_filter(capsys):
+    from microbench import cli
+    assert cli.main(["profile", "ncu", "rnn", "--onednn"]) == 0
+    assert "--nvtx-include microbench@rnn/onednn/ " in capsys.readouterr().out
+    assert cli.main(["profile", "ncu", "lstm", "--cell", "peephole", "--naive"]) == 0
+    assert "microbench@lstm/peephole-naive/ " in capsys.readouterr().out
 
 
 # -- explain on the reference traces -----------------------------------------------------------

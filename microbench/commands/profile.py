@@ -57,8 +57,8 @@ def cmd_profile(args) -> int:
     kw = {"python": sys.executable if args.run else "python"}
     if args.output:
         kw["output"] = args.output
-    argv = nsight.profile_command(args.tool, args.bench, **kw)
-    _check_bench_args(list(args.bench))
+    op, variant, backend = nvtx_target(list(args.bench))
+    argv = nsight.profile_command(args.tool, args.bench, ops=_ops(), variant=variant, backend=backend, **kw)
     if not args.run:
         print(nsight.shell(argv))
         return 0
@@ -68,11 +68,53 @@ def cmd_profile(args) -> int:
     return subprocess.call(argv)
 
 
-def _check_bench_args(bench: list) -> None:
-    """The benchmark's own parser reads the arguments first, so a bad flag or value is refused
-    here instead of being printed into (or run as) an Nsight command line."""
-    from ..cli import UsageError, build_parser
+def _ops() -> list:
+    """The benchmark ops: the registry's."""
+    from .. import cases  # noqa: F401  (fills the registry)
+    from .. import registry
+    return registry.ops()
+
+
+def nvtx_target(bench: list) -> tuple:
+    """``(op, variant, backend)`` of the NVTX ranges the benchmark's cases run in, named as the
+    registry names its records (``lstm``, ``layernorm-fused``, ``numba``); variant None when the
+    arguments select several variants, backend None unless one variant on one backend.  The
+    benchmark's own parser reads the arguments first, so a bad flag or value is refused here
+    instead of being printed into (or run as) an Nsight command line."""
+    from .. import registry
+    from ..cli import UsageError, build_parser, csv_list
+    ops = _ops()
+    if not bench or bench[0] not in ops:
+        got = bench[0] if bench else "nothing"
+        raise BadInput(f"profile needs a benchmark op first, got {got!r}; allowed: {', '.join(ops)}")
     try:
-        build_parser().parse_args(bench)
+        args = build_parser().parse_args(bench)
     except UsageError as e:
         raise BadInput(f"benchmark arguments {' '.join(bench)!r}: {e}") from None
+    names = _variants_run(args)
+    cell = getattr(args, "cell", "plain")
+    known = list(dict.fromkeys(r.variant for d in registry.DIRECTIONS for r in registry.ours(args.op, cell, d)))
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise BadInput(f"benchmark arguments {' '.join(bench)!r} select {', '.join(unknown)}, which no "
+                       f"{args.op} record of cell {cell} has; registered: {', '.join(known)}")
+    variant = names[0] if len(names) == 1 else None
+    chosen = csv_list(args.backend) if getattr(args, "backend", None) else []
+    backend = chosen[0] if variant and len(chosen) == 1 else None
+    return args.op, variant, backend
+
+
+def _variants_run(args) -> list:
+    """The registry variant names the benchmark's cases will have (ours; frameworks push no ranges)."""
+    from .. import registry
+    op, cell = args.op, getattr(args, "cell", "plain")
+    flags = list(dict.fromkeys(getattr(args, "variant_flags", None) or ()))
+    if getattr(args, "ladder", False) or getattr(args, "all", False) or not flags:
+        forward = list(dict.fromkeys(r.variant for r in registry.ours(op, cell)))
+    else:
+        forward = [f if cell == "plain" else f"{cell}-{f}" for f in flags]
+    if not getattr(args, "backward", False):
+        return forward
+    backward = list(dict.fromkeys(r.variant for r in registry.ours(op, cell, "bwd")))
+    # conv --backward runs the forward rows and each backward phase; lstm/gru/rnn the training step
+    return forward + backward if op == "conv" else backward
