@@ -51,15 +51,18 @@ def resolve_device(requested: str, op: str) -> str:
     return kind
 
 
-def memory_need(problem, precision: str) -> int:
+def memory_need(problem, precision: str, records=()) -> int:
     """Peak host bytes of one checked forward case: the RNN problem's own estimate; for a conv,
-    input, filter and output, the reference's float64 copies and im2col's column matrix."""
+    input, filter and output, the reference's float64 copies and the largest host workspace of
+    ``records`` (each record's own estimate, ``VariantRecord.workspace``; a record without one,
+    or no records given, counts im2col's column matrix, the most a CPU algorithm here needs)."""
     from kernels import dtypes
     item = dtypes.storage(precision).itemsize
     if hasattr(problem, "memory_estimate"):
         return problem.memory_estimate(item)
-    cols = problem.N * problem.P * problem.Q * problem.Cg * problem.R * problem.S
-    return problem.bytes(precision) * 2 + 8 * problem.elements + cols * item
+    cols = problem.N * problem.P * problem.Q * problem.Cg * problem.R * problem.S * item
+    work = [r.workspace(problem, precision) if r.workspace is not None else cols for r in records]
+    return problem.bytes(precision) * 2 + 8 * problem.elements + max(work, default=cols)
 
 
 def default_plan(record, device: str, plan=None):

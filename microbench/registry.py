@@ -5,7 +5,8 @@ Every variant of every op registers here once, from the module of its op in
 :mod:`microbench.cases` (``register(VariantRecord(...))`` at import; importing
 :mod:`microbench.cases` fills the registry).  A record binds (op, variant, backend) to a builder
 and says what the variant is: devices, dtypes, cell, direction (fwd, or bwd for training steps
-and backward phases), tolerance scale, a line about it and where its code is (``module:function``).
+and backward phases), tolerance scale, whether suites take it, its host workspace, a line about
+it and where its code is (``module:function``).
 Builders follow one contract:
 
     build(problem, seed, *, precision, plan) -> Prepared
@@ -77,6 +78,11 @@ class VariantRecord:
     cell: str = "plain"      # the LSTM cell (--cell): plain, layernorm, peephole
     direction: str = "fwd"   # fwd: the forward pass; bwd: a training step or a backward phase
     tol_scale: float = 1.0   # multiple of the precision's check tolerance (transform algorithms)
+    suites: bool = True      # the suites run it unasked; False: only when --variants names it
+    # Host bytes one call allocates besides its inputs and outputs, ``(problem, precision) ->
+    # int`` (a conv algorithm's column matrix, Winograd tiles), or None: the planner's upper
+    # bound for the op (microbench.planner.memory_need).
+    workspace: Callable | None = field(default=None, compare=False)
     # Why it cannot run here besides its backend's reason (a vendor library that does not load),
     # or None; cheap: nothing is built.
     probe: Callable[[], str | None] | None = field(default=None, compare=False)

@@ -11,14 +11,23 @@ Activations are ``problem.layout`` (NCHW or NHWC), the filter is always KCRS (se
 record's ``accepts(problem, dtype)`` returns None or the reason the case is skipped, and ``run``
 raises :class:`kernels.errors.Unsupported` with that same reason.  Variant modules are imported on
 first use, so importing this package does not import numba.
+
+A row says everything the benchmark reads about its variant: the precisions it computes
+(``dtypes``, the one place they are written: ``accepts`` refuses the others before asking the
+module about the geometry, and a module that checks them itself reads its row's), its host
+workspace per call (``workspace``, an estimate from :mod:`kernels.conv.workspace` the planner adds
+to a case's memory need) and whether the suites run it unasked (``suites``; ``conv --VARIANT``
+and ``suite --variants`` still reach it when False).
 """
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from typing import Callable
 
-from ..dtypes import canonical
+from ..dtypes import canonical, storage
 from ..errors import BadInput, Unsupported
+from . import workspace as ws
 from .geometry import LAYOUTS, ConvProblem, check_inputs
 from .reference import conv2d_reference, conv2d_slow
 
@@ -34,13 +43,25 @@ class ConvVariant:
     devices: tuple = ("cpu",)
     suffix: str = ""                     # the module's accepts<suffix> / run<suffix> entries
     backend: str = "numba"               # where its work happens (numba kernels, or NumPy + BLAS)
+    # host bytes one call allocates besides x, w, b, y: (problem, itemsize) -> bytes; by default
+    # im2col's column matrix, an upper bound for the algorithms here (kernels.conv.workspace)
+    workspace: Callable = ws.column_matrix
+    suites: bool = True                  # the conv suites run it unless --variants leaves it out
 
     def _mod(self):
         return importlib.import_module(f"{__name__}.{self.module}")
 
     def accepts(self, problem: ConvProblem, dtype) -> str | None:
-        """None if this variant computes ``problem`` at ``dtype``, else the reason it does not."""
-        return getattr(self._mod(), "accepts" + self.suffix)(problem, canonical(dtype))
+        """None if this variant computes ``problem`` at ``dtype``, else the reason it does not
+        (the row's dtypes first, then the module's geometry limits)."""
+        name = canonical(dtype)
+        if name not in self.dtypes:
+            return f"{self.name} computes in {', '.join(self.dtypes)}, not {name}"
+        return getattr(self._mod(), "accepts" + self.suffix)(problem, name)
+
+    def workspace_bytes(self, problem: ConvProblem, dtype) -> int:
+        """Host memory one call needs besides x, w, b and y (its row's estimate)."""
+        return int(self.workspace(problem, storage(canonical(dtype)).itemsize))
 
     def run(self, x, w, b, problem: ConvProblem):
         """``y`` in ``problem.layout`` and the inputs' dtype."""
@@ -49,19 +70,22 @@ class ConvVariant:
 
 CONV_VARIANTS = {v.name: v for v in (
     ConvVariant("direct", "direct",
-                "seven nested loops, numba parallel over (n, k) output planes, no data rearranged"),
+                "seven nested loops, numba parallel over (n, k) output planes, no data rearranged",
+                workspace=ws.none),
     ConvVariant("im2col", "im2col",
                 "explicit column matrix (strided view + one copy), then one BLAS GEMM per group",
-                backend="numpy"),
+                backend="numpy", workspace=ws.column_matrix),
     ConvVariant("implicit_gemm", "implicit_gemm",
-                "numba GEMM tiles gathering their column-matrix slice on the fly into L1"),
+                "numba GEMM tiles gathering their column-matrix slice on the fly into L1",
+                workspace=ws.none),
     ConvVariant("winograd", "winograd",
                 "F(4x4,3x3): channel-vectorized numba transforms + 36 batched BLAS GEMMs; "
                 "3x3, stride 1, dilation 1, groups 1; a NaN input spreads over the 4x4 output "
-                "tiles whose 6x6 input tiles hold it (more NaN outputs than the reference)"),
+                "tiles whose 6x6 input tiles hold it (more NaN outputs than the reference)",
+                workspace=ws.winograd(4)),
     ConvVariant("winograd_f2", "winograd",
                 "F(2x2,3x3): numba-fused transforms + 16 batched BLAS GEMMs (2.25x the multiplies "
-                "of F(4x4), a tenth of its rounding)", suffix="_f2"),
+                "of F(4x4), a tenth of its rounding)", suffix="_f2", workspace=ws.winograd(2)),
 )}
 
 

@@ -23,10 +23,12 @@ import numpy as np
 from ..dtypes import canonical
 from ..errors import Unsupported
 from ..jit import njit
+from . import CONV_VARIANTS
 from .geometry import ConvProblem, check_inputs
 from .reference import to_nchw
 
-DTYPES = ("fp32", "fp64")
+# what the entry points here accept: the registry row's precisions
+DTYPES = CONV_VARIANTS["direct"].dtypes
 
 
 @njit

@@ -22,9 +22,11 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..dtypes import canonical
 from ..errors import Unsupported
+from . import CONV_VARIANTS
 from .geometry import ConvProblem, check_inputs
 
-DTYPES = ("fp32", "fp64")
+# what the entry points here accept: the registry row's precisions
+DTYPES = CONV_VARIANTS["im2col"].dtypes
 
 
 def _padded(x: np.ndarray, p: ConvProblem) -> np.ndarray:

@@ -27,10 +27,12 @@ import numpy as np
 from ..dtypes import canonical
 from ..errors import Unsupported
 from ..jit import njit
+from . import CONV_VARIANTS
 from .geometry import ConvProblem, check_inputs
 from .reference import to_nchw
 
-DTYPES = ("fp32", "fp64")
+# what the entry points here accept: the registry row's precisions
+DTYPES = CONV_VARIANTS["implicit_gemm"].dtypes
 
 # Tile sizes: module constants, so numba compiles them as literals (fixed trip counts unroll and
 # vectorize).  TP: pixels per tile; KB: output channels per tile; KC: reduction chunk.

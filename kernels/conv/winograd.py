@@ -27,10 +27,12 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..dtypes import canonical
 from ..errors import BadInput, Unsupported
+from . import CONV_VARIANTS
 from .geometry import ConvProblem, check_inputs
 from .reference import from_nchw, to_nchw
 
-DTYPES = ("fp32", "fp64")
+# what the entry points here accept: the registry row's precisions (winograd_f2's row says the same)
+DTYPES = CONV_VARIANTS["winograd"].dtypes
 R_FILTER = 3
 
 # Output tile m -> the alpha - 1 finite Toom-Cook points; the last point is infinity.

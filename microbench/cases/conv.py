@@ -63,7 +63,8 @@ def build_conv(problem: ConvProblem, seed: int, *, variant: str, precision: str,
 for _name, _v in CONV_VARIANTS.items():   # the backend of its row: where its work happens
     register(VariantRecord("conv", _name, _v.backend, functools.partial(build_conv, variant=_name),
                            _v.description, code=f"kernels.conv.{_v.module}:run{_v.suffix}",
-                           dtypes=_v.dtypes, tol_scale=TOL_SCALE.get(_name, 1.0)))
+                           dtypes=_v.dtypes, tol_scale=TOL_SCALE.get(_name, 1.0), suites=_v.suites,
+                           workspace=_v.workspace_bytes))
 
 
 # -- backward phases (conv --backward, training suites) -------------------------------------------

@@ -60,13 +60,19 @@ def build_conv_gpu(problem: ConvProblem, seed: int, *, variant: str, precision: 
                           "workspace_bytes": cg.workspace_bytes(variant, problem, precision)})
 
 
+def _no_host_workspace(problem, precision) -> int:
+    """A GPU algorithm's workspace is device memory (kernels.conv.gpu.workspace_bytes, checked
+    against the GPU's free memory when the case is built), none of it on the host."""
+    return 0
+
+
 def _register():
     """One record per GPU algorithm, from its row in kernels.conv.gpu.ALGORITHMS."""
     from kernels.conv.gpu import ALGORITHMS
     for name, algo in ALGORITHMS.items():
         register(VariantRecord("conv", name, BACKEND, functools.partial(build_conv_gpu, variant=name),
                                algo.about, code=f"kernels.conv.gpu:{algo.launcher}", dtypes=algo.dtypes,
-                               tol_scale=_tol_scale(name)))
+                               tol_scale=_tol_scale(name), workspace=_no_host_workspace))
 
 
 _register()

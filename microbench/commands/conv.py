@@ -109,13 +109,14 @@ def cmd_conv(args) -> int:
     # compute a chosen one is a skipped row with its reason
     offered = [d for d in dtypes.PRECISIONS
                if any(d in r.precisions for r in registry.ours("conv") if r.device == device)]
+    names = None if args.all or not args.variant_flags else list(dict.fromkeys(args.variant_flags))
+    records = registry.select("conv", names, None, device)
     for p in precisions:
         if device == "cpu" and p not in offered:
             raise BadInput(f"--dtype {p}: the conv variants on the CPU compute {', '.join(offered)}")
-        check_memory(memory_need(problem, p), f"conv {problem.describe()} {p}")
+        # the workspace of the chosen variants (each row's estimate), not every algorithm's
+        check_memory(memory_need(problem, p, records), f"conv {problem.describe()} {p}")
     problem, _ = smoke.problem(problem)     # a smoke run shrinks what runs, never what is checked
-    names = None if args.all or not args.variant_flags else list(dict.fromkeys(args.variant_flags))
-    records = registry.select("conv", names, None, device)
     if getattr(args, "backward", False):
         from ..cases.conv import backward_records
         from kernels.conv.backward import BACKWARD
@@ -142,8 +143,17 @@ def cmd_conv(args) -> int:
     elif args.python:
         raise BadInput("--python only applies to framework workers; add --frameworks")
     outcomes, out, err = run_cases(cases, settings, args)
-    report.table(outcomes, out, title="conv", baseline="direct")
+    report.table(outcomes, out, title="conv", baseline=baseline_of(outcomes))
     failed = [o for o in outcomes if o.status == "failed"]
     if failed:
         err.print(f"[red]{len(failed)} case(s) FAILED[/]; see the table")
     return 1 if failed else 0
+
+
+def baseline_of(outcomes) -> str:
+    """The variant the "vs" column divides by, from what ran: ``direct`` when it ran, else the
+    first of our rows that ran (the column's header names it); ``direct`` when none did."""
+    ran = [o.case.variant for o in outcomes if o.status == "ok" and not o.case.record.framework]
+    if "direct" in ran or not ran:
+        return "direct"
+    return ran[0]

@@ -330,8 +330,10 @@ def plan(args, suite, device: str) -> list:
                                               threads, backends)
             _fit_memory(e, cases, asked, avail)
             continue
+        # a record that leaves itself out of suites (suites=False) runs only when --variants names it
         ours = [r for r in registry.ours(spec.op) if r.device == device
-                and (backends is None or r.backend in backends)]
+                and (backends is None or r.backend in backends)
+                and (r.suites or (variants is not None and r.variant in variants))]
         theirs = _framework_cases(spec.op, problem, frameworks, device, precisions, args.seed, threads)
         built = []   # (record, plan, rung)
         if spec.ladder and not spec.is_conv:
@@ -368,7 +370,7 @@ def _fit_memory(e, cases, problem, avail) -> None:
     """Split cases into the entry's runnable ones and its memory skips."""
     from ..planner import memory_need
     for case in cases:
-        need = memory_need(problem, case.precision)
+        need = memory_need(problem, case.precision, [case.record])
         if hasattr(problem, "T") and ("+bwd" in case.variant or "+bwd" in case.backend):
             from ..cases.backward import memory_estimate
             need = memory_estimate(problem, _itemsize(case.precision))
