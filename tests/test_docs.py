@@ -182,6 +182,57 @@ def test_every_flag_of_a_benchmark_command_is_documented(command):
     assert not missing, f"{command}: flags nowhere in README.md or docs/: {missing}"
 
 
+def _action(command: str, flag: str):
+    return next((a for a in _subparsers()[command]._actions if flag in a.option_strings), None)
+
+
+def _row_commands(cells: list, commands: list) -> list:
+    only = re.match(r"\(([\w, ]+)\)", cells[1])
+    return only.group(1).replace(",", " ").split() if only else commands
+
+
+def test_option_tables_list_a_flags_choices_as_the_parser_has_them():
+    """A row written ``--flag a|b|c`` names exactly the parser's choices for that flag on every
+    command the row is for (``--cell``'s are the registered cells, ``--nvtx``'s the levels)."""
+    for page, commands, rows in _option_tables():
+        for row in rows:
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]]
+            for code in re.findall(r"`([^`]+)`", cells[0]):
+                m = re.match(r"(--[\w-]+) ([\w-]+(?:\\\|[\w-]+)+)$", code)
+                if not m:
+                    continue
+                listed = set(m.group(2).split("\\|"))
+                for cmd in _row_commands(cells, commands):
+                    action = _action(cmd, m.group(1))
+                    if action is not None and action.choices:
+                        assert listed == set(action.choices), (
+                            f"{_rel(page)}: `{code}` for `{cmd}`; the parser's choices: {sorted(action.choices)}")
+
+
+def _linked_pages(page: Path, text: str) -> str:
+    out = []
+    for target in re.findall(r"\]\(([^)#\s]+\.md)(?:#[^)]*)?\)", text):
+        dest = (page.parent / target).resolve()
+        if dest.exists():
+            out.append(dest.read_text())
+    return "\n".join(out)
+
+
+def test_option_tables_name_every_registered_variant():
+    """The variant flags a command's option table lists (or a page its rows link to: cuDNN's in
+    GPU status) are the registry's: a variant registered without being listed fails here."""
+    from microbench import cases, registry  # noqa: F401  (cases fills the registry)
+    for page, commands, rows in _option_tables():
+        text = "\n".join(rows)
+        reach = text + "\n" + _linked_pages(page, text)
+        for cmd in commands:
+            if cmd not in registry.ops():
+                continue
+            missing = [v for v in registry.variants(cmd)
+                       if not re.search(r"`--" + re.escape(v) + r"`", reach)]
+            assert not missing, f"{_rel(page)}: the `{cmd}` option table leaves out registered variants {missing}"
+
+
 # -- the extras table against setup.cfg ------------------------------------------------------------
 def _extras() -> dict:
     cfg = configparser.ConfigParser()
