@@ -49,6 +49,7 @@ class Algorithm(NamedTuple):
     dtypes: tuple        # the precisions it computes
     stems: tuple         # the conv2d.cu kernel stems it launches, each built for ``dtypes``
     about: str           # what it does, as `microbench variants conv` shows it
+    suites: bool = True  # the conv suites run it unasked (False: only when --variants names it)
 
 
 ALGORITHMS = {

@@ -72,7 +72,8 @@ def _register():
     for name, algo in ALGORITHMS.items():
         register(VariantRecord("conv", name, BACKEND, functools.partial(build_conv_gpu, variant=name),
                                algo.about, code=f"kernels.conv.gpu:{algo.launcher}", dtypes=algo.dtypes,
-                               tol_scale=_tol_scale(name), workspace=_no_host_workspace))
+                               tol_scale=_tol_scale(name), workspace=_no_host_workspace,
+                               suites=algo.suites))
 
 
 _register()
