@@ -161,6 +161,7 @@ class TrainLoop(_Steps):
         self.fwd._point(1, self.fwd._dst, self.gh.ctypes.data)
         self.bwd._point(1, self.bwd._dst, self.dr.ctypes.data)
         self._calls = cpuloop._step_calls(self.fwd.lib.path)
+        self._fh, self._bh = _handles(self.fwd), _handles(self.bwd)
 
     @property
     def closed(self) -> bool:
@@ -184,7 +185,7 @@ class TrainLoop(_Steps):
         T, cs, hn = self._tape(hs, gx, cs, hn)
         b1, b2, has_b = self._biases(b1, b2)
         from .trainloop_numba import fwd_loop
-        prim, stream, args, nargs, src = _handles(self.fwd)
+        prim, stream, args, nargs, src = self._fh
         self.fwd._ptrs[0] = None                 # the loop moves the source: re-point next time
         t, status, call = fwd_loop(self.cell, self._calls, prim, stream, args, nargs, src, hs, gx, self.gh,
                                    b1, b2, has_b, cs, hn, 0, T)
@@ -203,7 +204,7 @@ class TrainLoop(_Steps):
         self.dr[...] = dh
         dgh = np.empty((self.B, 3, self.H), np.float32) if self.cell_mode == "gru" else _stand_in(self.dtype, 3)
         from .trainloop_numba import bwd_loop
-        prim, stream, args, nargs, src = _handles(self.bwd)
+        prim, stream, args, nargs, src = self._bh
         self.bwd._ptrs[0] = None
         t, status, call = bwd_loop(self.cell, self._calls, prim, stream, args, nargs, src, dys, self.dr, gx, hs,
                                    cs, hn, dc, dd, dgh, db, 0, T)
