@@ -38,6 +38,7 @@ from kernels.errors import BadInput
 from . import cpuloop
 
 CELLS = cpuloop.CELLS           # lstm, gru, rnn_relu, rnn_tanh
+CELL = {c: i for i, c in enumerate(CELLS)}      # fusion.trainloop_numba.CELL, without numba
 GATES = {"lstm": 4, "gru": 3, "rnn_relu": 1, "rnn_tanh": 1}
 # rows of the bias-gradient accumulator (fusion/backward_numba.py: the GRU's fourth row is dn r)
 DB_ROWS = {"lstm": 4, "gru": 4, "rnn_relu": 1, "rnn_tanh": 1}
@@ -70,6 +71,7 @@ class _Steps:
             raise BadInput(f"the compiled training loop runs cells {', '.join(CELLS)}, not {cell_mode!r}")
         self.cell_mode, self.B, self.H, self.G = cell_mode, int(B), int(H), GATES[cell_mode]
         self.dtype = np.dtype(dtype)
+        self.cell = CELL[cell_mode]            # the number the compiled loops branch on
 
     def _tape(self, hs, gx, cs, hn) -> tuple:
         """Checked (T, cs, hn), stand-ins where the cell keeps none."""
@@ -126,10 +128,6 @@ class _Steps:
             dd = _stand_in(dt, 2)
         return dc, dd
 
-    @property
-    def cell(self) -> int:
-        from .trainloop_numba import CELL
-        return CELL[self.cell_mode]
 
 
 def _handles(g) -> tuple:

@@ -22,12 +22,9 @@ import numpy as np
 from kernels.jit import njit
 
 from .backward_numba import gru_bwd_units, gru_fwd_units, lstm_bwd_units, lstm_fwd_units, rnn_bwd_units
-from .cpuloop_numba import meet
+from .cpuloop_numba import CELL, meet   # noqa: F401  (CELL: the cells' numbers, shared)
 from .native import call_int
 from .pointwise_numba import rnn_relu_units, rnn_tanh_units
-
-# The cells the loops run, as the number they branch on (fusion.cpuloop.CELL's numbering).
-CELL = {"lstm": 0, "gru": 1, "rnn_relu": 2, "rnn_tanh": 3}
 
 
 @njit(inline="always")

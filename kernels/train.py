@@ -303,7 +303,7 @@ class Trainer:
 
     def _weight_grads(self, lay: _Layer, w: dict, rec: dict, T: int, B: int) -> dict:
         """One GEMM per weight gradient over all T*B rows; the biases from the kernel's sums."""
-        G, H = self.G, self.H
+        H = self.H
         gx, db = rec["gates"], w["db"]
         hprev = rec["h"][:T].reshape(T * B, H)
         if self.cell_mode == "gru":                 # dGH: dGX's r and z blocks, and dn r

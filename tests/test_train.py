@@ -236,5 +236,7 @@ def test_the_loops_refuse_arrays_they_would_overrun(onednn):
     with pytest.raises(BadInput, match=r"db must be a C-contiguous float32 array of shape \(4, 16\)"):
         loop.backward(np.zeros((3, 2, 16), f32), np.zeros((2, 16), f32), hs, gx, cs, None,
                       np.zeros((2, 16), f32), None, np.zeros((1, 16), f32))
+    from fusion.trainloop_numba import CELL
+    assert trainloop.CELL == CELL           # the numbers the compiled loops branch on
     with pytest.raises(BadInput, match="runs cells lstm, gru, rnn_relu, rnn_tanh, not 'peephole'"):
         trainloop.BLASLoop(np.zeros((64, 16), np.float32), 2, "peephole", np.float32)
