@@ -130,7 +130,7 @@ class Trainer:
         g = lay.packed.get((name, M))
         if g is None:
             w, bias = (lay.w_ih_t, lay.fold) if name == "in" else (lay.w_ih, None)
-            g = lay.packed[(name, M)] = self.packer(w, M, bias=bias)
+            g = _keep(lay.packed, (name, M), self.packer(w, M, bias=bias))
         return g
 
     def _loop(self, lay: _Layer, B: int):
@@ -139,23 +139,21 @@ class Trainer:
         if self.packer is None:
             key = (B, "blas")
             if key not in lay.loops:
-                lay.loops[key] = trainloop.BLASLoop(lay.w_hh, B, self.cell_mode, self.dtype)
+                _keep(lay.loops, key, trainloop.BLASLoop(lay.w_hh, B, self.cell_mode, self.dtype))
             return lay.loops[key]
         n = numba.get_num_threads()
         if n > 1 and trainloop.cpuloop.team_reason(self.H, n) is None:
             key = (B, n)
             if key not in lay.loops:
-                lay.loops[key] = trainloop.TrainTeam(lay.w_hh, B, self.cell_mode, n, self.packer)
+                _keep(lay.loops, key, trainloop.TrainTeam(lay.w_hh, B, self.cell_mode, n, self.packer))
             return lay.loops[key]
-        key = (B, 1)
-        if key not in lay.loops:
-            lay.loops[key] = trainloop.TrainLoop(lay.w_hh, B, self.cell_mode, self.packer)
-        return lay.loops[key]
+        return self._fallback(lay, B)
 
     def _fallback(self, lay: _Layer, B: int):
+        """The loop issued from one thread (also where a team could not form for a call)."""
         key = (B, 1)
         if key not in lay.loops:
-            lay.loops[key] = trainloop.TrainLoop(lay.w_hh, B, self.cell_mode, self.packer)
+            _keep(lay.loops, key, trainloop.TrainLoop(lay.w_hh, B, self.cell_mode, self.packer))
         return lay.loops[key]
 
     # -- buffers ----------------------------------------------------------------------------------
@@ -320,6 +318,16 @@ class Trainer:
             X = rec["x"].reshape(T * B, -1)
             out["w_ih"] = np.matmul(gx.T, X, out=w["dw_ih"])
         return {k: out[k] for k in ("w_ih", "w_hh", "b_ih", "b_hh") if k in out}
+
+
+def _keep(kept: dict, key, value):
+    """Remember a packed GEMM or a loop (each holds its own packed weights), closing the oldest
+    beyond fusion.gemm.MAX_PACKED, so sequences of ever new lengths or batch sizes do not grow
+    memory without bound (one that comes back is packed again)."""
+    while len(kept) >= fgemm.MAX_PACKED:
+        kept.pop(next(iter(kept))).close()
+    kept[key] = value
+    return value
 
 
 def _kind(loop) -> str:

@@ -240,3 +240,17 @@ def test_the_loops_refuse_arrays_they_would_overrun(onednn):
     assert trainloop.CELL == CELL           # the numbers the compiled loops branch on
     with pytest.raises(BadInput, match="runs cells lstm, gru, rnn_relu, rnn_tanh, not 'peephole'"):
         trainloop.BLASLoop(np.zeros((64, 16), np.float32), 2, "peephole", np.float32)
+
+
+def test_new_lengths_do_not_grow_the_packed_gemms_without_bound(onednn, one_thread, monkeypatch):
+    """Each sequence length packs its M = T*B input and dX GEMMs; beyond MAX_PACKED the oldest
+    are closed (and packed again if that length comes back), with the same results."""
+    from fusion import gemm as fgemm
+    monkeypatch.setattr(fgemm, "MAX_PACKED", 2)
+    p, fwd, bwd = _problem("lstm", {}, T=5, L=1)
+    t = train.Trainer(p, dtype="fp32")
+    first = _ours(t, fwd, bwd)
+    for T in (2, 3, 4):
+        _ours(t, (fwd[0][:T], *fwd[1:]), (bwd[0][:T], bwd[1]))
+        assert len(t.layers[0].packed) <= 2
+    _assert_close(_ours(t, fwd, bwd), first, 1e-6)
