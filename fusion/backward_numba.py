@@ -40,6 +40,7 @@ the input side and dn r of the recurrent side; vanilla one row.
 from __future__ import annotations
 
 import numba
+import numpy as np
 
 from kernels.jit import njit
 
@@ -205,3 +206,173 @@ def gru_bwd_units(gx, hn, dy, dr, dd, hp, dgh, db, j0):
 def rnn_bwd_units(gx, dy, dr, h, relu, db, j0):
     for n in range(gx.shape[0]):
         rnn_bwd_row(gx[n, 0], dy[n], dr[n], h[n], relu, db[0], j0)
+
+
+# -- the layer-norm LSTM (Ba et al. 2016; kernels.custom, fusion.cellexpr.LAYERNORM_LSTM) -------
+# Each normalisation needs its row's mean and deviation: the rows are whole here (one thread per
+# row), and the functions with reductions are compiled with reassociation allowed, so LLVM
+# vectorizes the sums (their order then follows the vector width, fixed for a build).  No other
+# fast-math flag: a NaN still propagates.
+REASSOC = {"reassoc", "nsz"}
+
+
+@njit(fastmath=REASSOC, error_model="numpy")
+def row_stats(a, eps):
+    """(mean, 1 / sqrt(biased variance + eps)) of the 1-D ``a``, two passes."""
+    n = a.shape[0]
+    s = typed(a, 0.0)
+    for k in range(numba.uint64(n)):
+        s += a[k]
+    mu = s / typed(a, n)
+    v = typed(a, 0.0)
+    for k in range(numba.uint64(n)):
+        d = a[k] - mu
+        v += d * d
+    return mu, typed(a, 1.0) / np.sqrt(v / typed(a, n) + typed(a, eps))
+
+
+@njit(error_model="numpy")
+def ln_row(a, out, s_out, i, gain, bias, eps):
+    """``out <- (a - mean) * s`` (the normalised row, kept), ``s_out[i] = s``, and ``a <- out *
+    gain + bias`` in place."""
+    mu, s = row_stats(a, eps)
+    s_out[i] = s
+    for k in range(numba.uint64(a.shape[0])):
+        xh = (a[k] - mu) * s
+        out[k] = xh
+        a[k] = xh * gain[k] + bias[k]
+
+
+@njit(fastmath=REASSOC, error_model="numpy")
+def ln_bwd_row(dp, gain, xh, s, acc):
+    """``xh <- s * (v - mean(v) - xh * mean(v * xh))`` with ``v = dp * gain`` (the gradient of the
+    normalised input, written over it), after ``acc += dp * xh`` (the gain's gradient)."""
+    n = numba.uint64(dp.shape[0])
+    for k in range(n):
+        acc[k] += dp[k] * xh[k]
+    s1 = typed(dp, 0.0)
+    s2 = typed(dp, 0.0)
+    for k in range(n):
+        v = dp[k] * gain[k]
+        s1 += v
+        s2 += v * xh[k]
+    m1, m2 = s1 / typed(dp, dp.shape[0]), s2 / typed(dp, dp.shape[0])
+    for k in range(n):
+        xh[k] = s * (dp[k] * gain[k] - m1 - xh[k] * m2)
+
+
+@njit(parallel=True, error_model="numpy")
+def ln_rows(a, out, s_out, gain, bias, eps):
+    """:func:`ln_row` on every row of ``a`` (the hoisted input part, all T*B rows at once)."""
+    for r in numba.prange(a.shape[0]):
+        ln_row(a[r], out[r], s_out, r, gain, bias, eps)
+
+
+@njit(parallel=True, error_model="numpy")
+def ln_rows_bwd(dp, gain, xh, s, acc):
+    """:func:`ln_bwd_row` on every row, in ``acc.shape[0]`` chunks of rows, each with its own
+    row of ``acc`` (no two threads add into one entry; the caller sums the rows)."""
+    m = dp.shape[0]
+    n = acc.shape[0]
+    for p in numba.prange(n):
+        for r in range(p * m // n, (p + 1) * m // n):
+            ln_bwd_row(dp[r], gain, xh[r], s[r], acc[p])
+
+
+@njit(fastmath=REASSOC, error_model="numpy")
+def lnlstm_fwd_row(g, r, hh, lnh_g, lnh_b, cp, cn, ch, tl, ho, lnc_g, lnc_b, eps):
+    """One row of a layer-norm LSTM step: ``g (4, H)`` the input part (normalised, gains and every
+    bias added) in, activated gates out; ``r (4, H)`` the recurrent GEMM's; ``hh (4, H)`` gets its
+    normalised copy; c_t into ``cn``, its normalised copy into ``ch``, tanh(LN(c)) into ``tl``,
+    h_t into ``ho``.  Returns the two inverse deviations (recurrent part, c)."""
+    H = numba.uint64(cn.shape[0])
+    mh, sh = row_stats(r.reshape(r.size), eps)
+    for q in range(4):
+        for j in range(H):
+            v = (r[q, j] - mh) * sh
+            hh[q, j] = v
+            g[q, j] += v * lnh_g[q, j] + lnh_b[q, j]
+    for j in range(H):
+        i, f, gg, o = sig(g[0, j]), sig(g[1, j]), tanh(g[2, j]), sig(g[3, j])
+        g[0, j] = i
+        g[1, j] = f
+        g[2, j] = gg
+        g[3, j] = o
+        cn[j] = f * cp[j] + i * gg
+    mc, sc = row_stats(cn, eps)
+    for j in range(H):
+        v = (cn[j] - mc) * sc
+        ch[j] = v
+        t = tanh(v * lnc_g[j] + lnc_b[j])
+        tl[j] = t
+        ho[j] = g[3, j] * t
+    return sh, sc
+
+
+@njit(fastmath=REASSOC, error_model="numpy")
+def lnlstm_bwd_row(a, hh, dy, dr, cp, ch, tl, sc, sh, dc, lnc_g, lnh_g, db, dlnh_g, dlnc_g, dlnc_b):
+    """One row of a layer-norm LSTM step backwards: ``a (4, H)`` activated gates in, dP (the
+    gradient of the pre-activations) out; ``hh (4, H)`` the normalised recurrent part in, its
+    input's gradient dAH out (the step's GEMM source); ``dc`` in: from the step after, out: for
+    c_{t-1}; the gains' and biases' gradients added into ``db``, ``dlnh_g``, ``dlnc_g``, ``dlnc_b``."""
+    H = numba.uint64(dc.shape[0])
+    one = typed(dc, 1.0)
+    s1 = typed(dc, 0.0)
+    s2 = typed(dc, 0.0)
+    for j in range(H):                  # through h = o tanh(LN(c)): the LN's row moments
+        t = tl[j]
+        dln = (dy[j] + dr[j]) * a[3, j] * (one - t * t)
+        dlnc_g[j] += dln * ch[j]
+        dlnc_b[j] += dln
+        u = dln * lnc_g[j]
+        s1 += u
+        s2 += u * ch[j]
+    m1, m2 = s1 / typed(dc, dc.shape[0]), s2 / typed(dc, dc.shape[0])
+    for j in range(H):
+        dh = dy[j] + dr[j]
+        t = tl[j]
+        i, f, g, o = a[0, j], a[1, j], a[2, j], a[3, j]
+        dln = dh * o * (one - t * t)
+        d = dc[j] + sc * (dln * lnc_g[j] - m1 - ch[j] * m2)
+        a[0, j] = d * g * i * (one - i)
+        a[1, j] = d * cp[j] * f * (one - f)
+        a[2, j] = d * i * (one - g * g)
+        a[3, j] = dh * t * o * (one - o)
+        dc[j] = d * f
+    for q in range(4):
+        for j in range(H):
+            db[q, j] += a[q, j]
+            dlnh_g[q, j] += a[q, j] * hh[q, j]
+    m3, m4 = row_moments_gain(a, lnh_g, hh)
+    for q in range(4):
+        for j in range(H):
+            hh[q, j] = sh * (a[q, j] * lnh_g[q, j] - m3 - hh[q, j] * m4)
+
+
+@njit(fastmath=REASSOC, error_model="numpy")
+def row_moments_gain(dp, gain, x):
+    """(mean of v, mean of v * x), v = dp * gain, over (4, H) rows."""
+    s1 = typed(dp, 0.0)
+    s2 = typed(dp, 0.0)
+    for q in range(dp.shape[0]):
+        for j in range(numba.uint64(dp.shape[1])):
+            v = dp[q, j] * gain[q, j]
+            s1 += v
+            s2 += v * x[q, j]
+    return s1 / typed(dp, dp.size), s2 / typed(dp, dp.size)
+
+
+@njit(error_model="numpy")
+def lnlstm_fwd_units(gx, gh, hh, sh, lnh_g, lnh_b, cp, cn, ch, sc, tl, h, lnc_g, lnc_b, eps):
+    """:func:`lnlstm_fwd_row` on every batch row of a step (``gx``, ``gh``, ``hh`` ``(B, 4, H)``;
+    ``sh``, ``sc`` ``(B,)``)."""
+    for n in range(gx.shape[0]):
+        sh[n], sc[n] = lnlstm_fwd_row(gx[n], gh[n], hh[n], lnh_g, lnh_b, cp[n], cn[n], ch[n], tl[n], h[n],
+                                      lnc_g, lnc_b, eps)
+
+
+@njit(error_model="numpy")
+def lnlstm_bwd_units(gx, hh, dy, dr, cp, ch, tl, sc, sh, dc, lnc_g, lnh_g, db, dlnh_g, dlnc_g, dlnc_b):
+    for n in range(gx.shape[0]):
+        lnlstm_bwd_row(gx[n], hh[n], dy[n], dr[n], cp[n], ch[n], tl[n], sc[n], sh[n], dc[n], lnc_g, lnh_g,
+                       db, dlnh_g, dlnc_g, dlnc_b)

@@ -384,3 +384,98 @@ class BLASLoop(_Steps):
                 k.rnn_bwd_units(g.reshape(B, G, H), dys[t], dr, hs[t + 1], mode == "rnn_relu", db, 0)
             np.matmul(dgh.reshape(B, G * H) if mode == "gru" else g, self.w, out=dr)
         return dr
+
+
+# -- the layer-norm LSTM ---------------------------------------------------------------------------
+class _LNSteps:
+    """The layer-norm LSTM's extra tape and parameters (fusion/trainloop_numba.py: layouts), checked."""
+
+    def _ln_tape(self, T: int, hh, sh, ch, sc, tl) -> None:
+        B, H, dt = self.B, self.H, self.dtype
+        _check("hh", hh, (T * B, 4 * H), dt)
+        for name, a in (("sh", sh), ("sc", sc)):
+            _check(name, a, (T, B), dt)
+        for name, a in (("ch", ch), ("tl", tl)):
+            _check(name, a, (T, B, H), dt)
+
+    def _ln_params(self, **named) -> None:
+        H, dt = self.H, self.dtype
+        for name, a in named.items():
+            _check(name, a, (4, H) if "lnh" in name else (H,), dt)
+
+
+class LNTrainLoop(TrainLoop, _LNSteps):
+    """The layer-norm LSTM's steps issued from one thread over the packed GEMMs of
+    :class:`TrainLoop` (no team: each step normalises whole rows).  ``forward`` and ``backward``
+    take the plain LSTM's arrays and the layer norm's (module fusion.trainloop_numba)."""
+
+    def __init__(self, w_hh, B: int, packer):
+        super().__init__(w_hh, B, "lstm", packer)
+
+    def forward(self, hs, gx, cs, hh, sh, ch, sc, tl, lnh_g, lnh_b, lnc_g, lnc_b, eps) -> None:
+        self._live()
+        T, cs, _ = self._tape(hs, gx, cs, None)
+        self._ln_tape(T, hh, sh, ch, sc, tl)
+        self._ln_params(lnh_g=lnh_g, lnh_b=lnh_b, lnc_g=lnc_g, lnc_b=lnc_b)
+        from .trainloop_numba import ln_fwd_loop
+        prim, stream, args, nargs, src = self._fh
+        self.fwd._ptrs[0] = None
+        t, status, call = ln_fwd_loop(self._calls, prim, stream, args, nargs, src, hs, gx, self.gh, hh, sh, cs, ch,
+                                      sc, tl, lnh_g, lnh_b, lnc_g, lnc_b, self.dtype.type(eps), 0, T)
+        if status:
+            _raise("forward", t, status, call)
+
+    def backward(self, dys, dh, hs, gx, cs, hh, sh, ch, sc, tl, dc, lnc_g, lnh_g, db, dlnh_g, dlnc_g, dlnc_b):
+        """Steps T-1..0: dP over gx, dAH over hh (the GEMM's source); the GEMM's part of dh_0 is
+        returned (this loop's buffer)."""
+        self._live()
+        T, cs, _ = self._tape(hs, gx, cs, None)
+        self._ln_tape(T, hh, sh, ch, sc, tl)
+        dc, _ = self._grads(T, dys, dc, None, db)
+        self._ln_params(lnc_g=lnc_g, lnh_g=lnh_g, dlnh_g=dlnh_g, dlnc_g=dlnc_g, dlnc_b=dlnc_b)
+        _check("dh", dh, (self.B, self.H), self.dtype)
+        self.dr[...] = dh
+        from .trainloop_numba import ln_bwd_loop
+        prim, stream, args, nargs, src = self._bh
+        self.bwd._ptrs[0] = None
+        t, status, call = ln_bwd_loop(self._calls, prim, stream, args, nargs, src, dys, self.dr, gx, hh, sh, cs, ch,
+                                      sc, tl, dc, lnc_g, lnh_g, db, dlnh_g, dlnc_g, dlnc_b, 0, T)
+        if status:
+            _raise("backward", t, status, call)
+        return self.dr
+
+
+class LNBLASLoop(BLASLoop, _LNSteps):
+    """The layer-norm LSTM's steps issued from Python, BLAS GEMMs, the same kernels."""
+
+    def __init__(self, w_hh, B: int, dtype):
+        super().__init__(w_hh, B, "lstm", dtype)
+
+    def forward(self, hs, gx, cs, hh, sh, ch, sc, tl, lnh_g, lnh_b, lnc_g, lnc_b, eps) -> None:
+        from .backward_numba import lnlstm_fwd_units
+        T, cs, _ = self._tape(hs, gx, cs, None)
+        self._ln_tape(T, hh, sh, ch, sc, tl)
+        self._ln_params(lnh_g=lnh_g, lnh_b=lnh_b, lnc_g=lnc_g, lnc_b=lnc_b)
+        B, H = self.B, self.H
+        r = self.gh.reshape(B, 4, H)
+        for t in range(T):
+            np.matmul(hs[t], self.wt, out=self.gh)
+            rows = slice(t * B, (t + 1) * B)
+            lnlstm_fwd_units(gx[rows].reshape(B, 4, H), r, hh[rows].reshape(B, 4, H), sh[t], lnh_g, lnh_b, cs[t],
+                             cs[t + 1], ch[t], sc[t], tl[t], hs[t + 1], lnc_g, lnc_b, self.dtype.type(eps))
+
+    def backward(self, dys, dh, hs, gx, cs, hh, sh, ch, sc, tl, dc, lnc_g, lnh_g, db, dlnh_g, dlnc_g, dlnc_b):
+        from .backward_numba import lnlstm_bwd_units
+        T, cs, _ = self._tape(hs, gx, cs, None)
+        self._ln_tape(T, hh, sh, ch, sc, tl)
+        dc, _ = self._grads(T, dys, dc, None, db)
+        self._ln_params(lnc_g=lnc_g, lnh_g=lnh_g, dlnh_g=dlnh_g, dlnc_g=dlnc_g, dlnc_b=dlnc_b)
+        _check("dh", dh, (self.B, self.H), self.dtype)
+        B, H = self.B, self.H
+        dr = dh.copy()
+        for t in reversed(range(T)):
+            rows = slice(t * B, (t + 1) * B)
+            lnlstm_bwd_units(gx[rows].reshape(B, 4, H), hh[rows].reshape(B, 4, H), dys[t], dr, cs[t], ch[t], tl[t],
+                             sc[t], sh[t], dc, lnc_g, lnh_g, db, dlnh_g, dlnc_g, dlnc_b)
+            np.matmul(hh[rows], self.w, out=dr)
+        return dr

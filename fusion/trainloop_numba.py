@@ -21,7 +21,8 @@ import numpy as np
 
 from kernels.jit import njit
 
-from .backward_numba import gru_bwd_units, gru_fwd_units, lstm_bwd_units, lstm_fwd_units, rnn_bwd_units
+from .backward_numba import (gru_bwd_units, gru_fwd_units, lnlstm_bwd_units, lnlstm_fwd_units, lstm_bwd_units,
+                             lstm_fwd_units, rnn_bwd_units)
 from .cpuloop_numba import CELL, meet   # noqa: F401  (CELL: the cells' numbers, shared)
 from .native import call_int
 from .pointwise_numba import rnn_relu_units, rnn_tanh_units
@@ -175,3 +176,42 @@ def bwd_team(cell, calls, prims, streams, argss, nargss, srcs, bounds, drs, stri
                     status[p] = st
                     failed_at[p, 0] = t
                     failed_at[p, 1] = call
+
+
+# -- the layer-norm LSTM, issued from one thread ---------------------------------------------------
+# Per step the recurrent part is normalised over its whole 4H row and c over its H units, so a
+# row is one thread's: these loops run the kernels of fusion/backward_numba.py row by row on the
+# issuing thread (oneDNN may use its own threads inside each GEMM).  ``hh (T*B, 4H)`` holds the
+# normalised recurrent parts, then (backward) their inputs' gradients dAH, the GEMM's source;
+# ``sh``, ``sc (T, B)`` the inverse deviations; ``ch``, ``tl (T, B, H)`` LN(c) and tanh of its
+# affine map.
+
+
+@njit
+def ln_fwd_loop(calls, prim, stream, args, nargs, src, hs, gx, gh, hh, sh, cs, ch, sc, tl, lnh_g, lnh_b,
+                lnc_g, lnc_b, eps, t0, t1):
+    B, H = hs.shape[1], hs.shape[2]
+    r = gh.reshape((B, 4, H))
+    n = np.int32(nargs)
+    for t in range(t0, t1):
+        st, call = gemm(calls, prim, stream, n, args, src, hs[t].ctypes.data)
+        if st != 0:
+            return t, st, call
+        lnlstm_fwd_units(gx[t * B:(t + 1) * B].reshape((B, 4, H)), r, hh[t * B:(t + 1) * B].reshape((B, 4, H)),
+                         sh[t], lnh_g, lnh_b, cs[t], cs[t + 1], ch[t], sc[t], tl[t], hs[t + 1], lnc_g, lnc_b, eps)
+    return t1, 0, 0
+
+
+@njit
+def ln_bwd_loop(calls, prim, stream, args, nargs, src, dys, dr, gx, hh, sh, cs, ch, sc, tl, dc, lnc_g, lnh_g,
+                db, dlnh_g, dlnc_g, dlnc_b, t0, t1):
+    B, H = dr.shape
+    n = np.int32(nargs)
+    for t in range(t1 - 1, t0 - 1, -1):
+        a = hh[t * B:(t + 1) * B]
+        lnlstm_bwd_units(gx[t * B:(t + 1) * B].reshape((B, 4, H)), a.reshape((B, 4, H)), dys[t], dr, cs[t], ch[t],
+                         tl[t], sc[t], sh[t], dc, lnc_g, lnh_g, db, dlnh_g, dlnc_g, dlnc_b)
+        st, call = gemm(calls, prim, stream, n, args, src, a.ctypes.data)
+        if st != 0:
+            return t, st, call
+    return t0, 0, 0

@@ -1,5 +1,5 @@
 """The training step on the numba backend: forward keeping a tape, and backward, of a
-unidirectional LSTM, GRU or vanilla RNN, with the work arranged as :mod:`kernels.backward`
+unidirectional LSTM, GRU, vanilla RNN or layer-norm LSTM, with the work arranged as :mod:`kernels.backward`
 describes (the float64 reference it is checked against) but compiled.
 
 Per layer, forward:
@@ -24,7 +24,12 @@ Buffers (tape, gradients) belong to the trainer and are reused by the next call 
 T and B: what :meth:`Trainer.forward` and :meth:`Trainer.backward` return is overwritten by the
 next call, as a benchmark wants (no allocation, no page faults in the timed step).  A tape is
 consumed by its backward pass (the gate buffer receives the gradients), so it is refused the
-second time.  Bidirectional layers, dropout and the layer-norm LSTM run on :mod:`kernels.backward`.
+second time.  Bidirectional layers and dropout run on :mod:`kernels.backward`.
+
+The layer-norm LSTM (``LayerNormLSTMParams``) runs the same way with its normalisations in the
+kernels: the input part's over all T*B rows before the recurrence (and its backward after it),
+the recurrent part's and c's inside each step; its steps are issued from one thread (each step
+normalises whole rows, which a team splitting the units would have to reduce across threads).
 """
 from __future__ import annotations
 
@@ -35,6 +40,8 @@ import numpy as np
 from fusion import gemm as fgemm
 from fusion import trainloop
 from fusion.steps import Plan
+
+from fusion.cellexpr import LN_EPS
 
 from .backward import Grads
 from .dtypes import canonical, storage
@@ -72,6 +79,14 @@ class _Layer:
         self.fold = None if given else np.ascontiguousarray(fold)
         self.b1 = np.ascontiguousarray(fold.reshape(G, H)) if given else None
         self.b2 = np.ascontiguousarray(b_hh.reshape(G, H)) if gru else None
+        if trainer.layernorm:
+            # the input part is normalised before its gain, its bias and b_ih + b_hh are added
+            # (by the normalising kernel), so the input GEMM adds nothing
+            e = {k: np.ascontiguousarray(np.asarray(v, dt)) for k, v in p.extras[l].items()}
+            self.fold = None
+            self.lnx_g = e["lnx_g"].reshape(-1)
+            self.lnx_bias = np.ascontiguousarray(e["lnx_b"].reshape(-1) + b_ih + b_hh)
+            self.lnh_g, self.lnh_b, self.lnc_g, self.lnc_b = (e[k] for k in ("lnh_g", "lnh_b", "lnc_g", "lnc_b"))
         self.packed: dict = {}                  # (name, M) -> packed GEMM
         self.loops: dict = {}                   # (B, threads) -> training loop
 
@@ -91,15 +106,19 @@ class Trainer:
     numba's threads runs the steps where :func:`fusion.cpuloop.team_reason` allows)."""
 
     def __init__(self, params, *, dtype=None, skip_input: bool = False):
-        if not isinstance(params, (LSTMParams, GRUParams, VanillaRNNParams)) or getattr(params, "kind", ""):
-            raise BadInput(f"the numba training step takes LSTMParams, GRUParams or VanillaRNNParams, "
-                           f"got {type(params).__name__}{' (' + params.kind + ')' if getattr(params, 'kind', '') else ''}")
+        from .custom import LayerNormLSTMParams
+        if not isinstance(params, (LSTMParams, GRUParams, VanillaRNNParams, LayerNormLSTMParams)):
+            raise BadInput(f"the numba training step takes LSTMParams, GRUParams, VanillaRNNParams or "
+                           f"LayerNormLSTMParams, got {type(params).__name__}")
         require_unidirectional(params, "the numba training step")
+        self.layernorm = isinstance(params, LayerNormLSTMParams)
+        if self.layernorm and skip_input:
+            raise BadInput("skip_input applies to the plain cells, not the layer-norm LSTM")
         self.precision = canonical(dtype if dtype is not None else params.dtype)
         if self.precision not in PRECISIONS:
             raise BadInput(f"the numba training step computes {', '.join(PRECISIONS)}, not {self.precision}")
         self.params, self.dtype = params, storage(self.precision)
-        self.cell_mode = params.cell_mode
+        self.cell_mode = "lstm" if self.layernorm else params.cell_mode
         self.G, self.H, self.L = params.num_gates, params.hidden_size, params.num_layers
         self.skip_input = bool(skip_input)
         # fp32: oneDNN's packed GEMMs (the fused forward's pretranspose); else BLAS, saying why
@@ -139,10 +158,11 @@ class Trainer:
         if self.packer is None:
             key = (B, "blas")
             if key not in lay.loops:
-                _keep(lay.loops, key, trainloop.BLASLoop(lay.w_hh, B, self.cell_mode, self.dtype))
+                _keep(lay.loops, key, trainloop.LNBLASLoop(lay.w_hh, B, self.dtype) if self.layernorm else
+                      trainloop.BLASLoop(lay.w_hh, B, self.cell_mode, self.dtype))
             return lay.loops[key]
         n = numba.get_num_threads()
-        if n > 1 and trainloop.cpuloop.team_reason(self.H, n) is None:
+        if n > 1 and not self.layernorm and trainloop.cpuloop.team_reason(self.H, n) is None:
             key = (B, n)
             if key not in lay.loops:
                 _keep(lay.loops, key, trainloop.TrainTeam(lay.w_hh, B, self.cell_mode, n, self.packer))
@@ -153,7 +173,8 @@ class Trainer:
         """The loop issued from one thread (also where a team could not form for a call)."""
         key = (B, 1)
         if key not in lay.loops:
-            _keep(lay.loops, key, trainloop.TrainLoop(lay.w_hh, B, self.cell_mode, self.packer))
+            _keep(lay.loops, key, trainloop.LNTrainLoop(lay.w_hh, B, self.packer) if self.layernorm else
+                  trainloop.TrainLoop(lay.w_hh, B, self.cell_mode, self.packer))
         return lay.loops[key]
 
     # -- buffers ----------------------------------------------------------------------------------
@@ -178,6 +199,13 @@ class Trainer:
                 "db": np.zeros((trainloop.DB_ROWS[self.cell_mode], H), dt),
                 "dh0": np.zeros((B, H), dt), "dc": np.zeros((B, H), dt), "dd": np.zeros((B, H), dt),
             })
+            if self.layernorm:
+                ws[-1].update({
+                    "xh": np.zeros((T * B, G * H), dt), "sx": np.zeros(T * B, dt),
+                    "hh": np.zeros((T * B, G * H), dt), "sh": np.zeros((T, B), dt), "sc": np.zeros((T, B), dt),
+                    "ch": np.zeros((T, B, H), dt), "tl": np.zeros((T, B, H), dt),
+                    "dlnh_g": np.zeros((G, H), dt), "dlnc_g": np.zeros(H, dt), "dlnc_b": np.zeros(H, dt),
+                    "dlnx_g": np.zeros((_LN_CHUNKS, G * H), dt)})
         self._work[(T, B)] = ws
         return ws
 
@@ -234,9 +262,13 @@ class Trainer:
             else:
                 self._gemm(lay, "in", rows, gx)
             loop = self._loop(lay, B)
-            ran = loop.forward(hs, gx, lay.b1, lay.b2, cs, w["hn"])
-            if ran is False:                    # a team that could not form: one thread issues
-                loop = self._fallback(lay, B)
+            if self.layernorm:
+                from fusion.backward_numba import ln_rows
+                ln_rows(gx, w["xh"], w["sx"], lay.lnx_g, lay.lnx_bias, dt.type(LN_EPS))   # all T at once
+                loop.forward(hs, gx, cs, *(w[k] for k in _LN_TAPE), lay.lnh_g, lay.lnh_b, lay.lnc_g, lay.lnc_b,
+                             LN_EPS)
+            elif loop.forward(hs, gx, lay.b1, lay.b2, cs, w["hn"]) is False:
+                loop = self._fallback(lay, B)   # a team that could not form: one thread issues
                 loop.forward(hs, gx, lay.b1, lay.b2, cs, w["hn"])
             self.loop_kinds[l] = _kind(loop)
             tape.layers.append({"x": inp, "h": hs, "c": cs, "gates": gx, "hn": w["hn"]})
@@ -282,9 +314,17 @@ class Trainer:
             dh = w["dh0"]
             dh[...] = 0 if dh_n is None else dh_n[l]
             loop = self._loop(lay, B)
-            out = loop.backward(dys, dh, hs, gx, cs, hn, w["dc"], w["dd"], db)
-            if out is None:                     # the team could not form: nothing was written
-                out = self._fallback(lay, B).backward(dys, dh, hs, gx, cs, hn, w["dc"], w["dd"], db)
+            if self.layernorm:
+                for k in ("dlnh_g", "dlnc_g", "dlnc_b", "dlnx_g"):
+                    w[k][...] = 0
+                out = loop.backward(dys, dh, hs, gx, cs, *(w[k] for k in _LN_TAPE), w["dc"], lay.lnc_g, lay.lnh_g, db,
+                                    w["dlnh_g"], w["dlnc_g"], w["dlnc_b"])
+                from fusion.backward_numba import ln_rows_bwd
+                ln_rows_bwd(gx, lay.lnx_g, w["xh"], w["sx"], w["dlnx_g"])     # dAX over xh
+            else:
+                out = loop.backward(dys, dh, hs, gx, cs, hn, w["dc"], w["dd"], db)
+                if out is None:                 # the team could not form: nothing was written
+                    out = self._fallback(lay, B).backward(dys, dh, hs, gx, cs, hn, w["dc"], w["dd"], db)
             dh0[l] = out
             if gru:
                 dh0[l] += w["dd"]
@@ -295,7 +335,7 @@ class Trainer:
             if lay.given:
                 dys = gx.reshape(T, B, G * H)    # the gradient with respect to the given projection
             else:
-                self._gemm(lay, "dx", gx, w["dx"])
+                self._gemm(lay, "dx", w["xh"] if self.layernorm else gx, w["dx"])
                 dys = w["dx"].reshape(T, B, -1)
         return Grads(dys, dh0, dc0, grads)
 
@@ -304,6 +344,14 @@ class Trainer:
         H = self.H
         gx, db = rec["gates"], w["db"]
         hprev = rec["h"][:T].reshape(T * B, H)
+        if self.layernorm:                          # dAX (over xh) and dAH (over hh) feed the GEMMs
+            np.matmul(w["hh"].T, hprev, out=w["dw_hh"])
+            db = db.reshape(-1)
+            X = rec["x"].reshape(T * B, -1)
+            return {"w_ih": np.matmul(w["xh"].T, X, out=w["dw_ih"]), "w_hh": w["dw_hh"], "b_ih": db.copy(),
+                    "b_hh": db.copy(), "lnx_g": w["dlnx_g"].sum(axis=0).reshape(4, H),
+                    "lnx_b": db.reshape(4, H).copy(), "lnh_g": w["dlnh_g"].copy(), "lnh_b": db.reshape(4, H).copy(),
+                    "lnc_g": w["dlnc_g"].copy(), "lnc_b": w["dlnc_b"].copy()}
         if self.cell_mode == "gru":                 # dGH: dGX's r and z blocks, and dn r
             np.matmul(gx[:, :2 * H].T, hprev, out=w["dw_hh"][:2 * H])
             np.matmul(rec["hn"].reshape(T * B, H).T, hprev, out=w["dw_hh"][2 * H:])
@@ -318,6 +366,12 @@ class Trainer:
             X = rec["x"].reshape(T * B, -1)
             out["w_ih"] = np.matmul(gx.T, X, out=w["dw_ih"])
         return {k: out[k] for k in ("w_ih", "w_hh", "b_ih", "b_hh") if k in out}
+
+
+# the layer-norm tape's buffers, in the order the loops take them
+_LN_TAPE = ("hh", "sh", "ch", "sc", "tl")
+# chunks of rows the input layer norm's backward splits its gain gradient into (one per thread)
+_LN_CHUNKS = 8
 
 
 def _keep(kept: dict, key, value):

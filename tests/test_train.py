@@ -13,15 +13,18 @@ import pytest
 from fusion import cpuloop, trainloop
 from kernels import backward as bw
 from kernels import train
+from kernels.custom import LayerNormLSTMParams
 from kernels.errors import BadInput
 from kernels.params import GRUParams, LSTMParams, VanillaRNNParams
 
-CELLS = [("lstm", {}), ("gru", {}), ("rnn", {"nonlinearity": "relu"}), ("rnn", {"nonlinearity": "tanh"})]
-IDS = ["lstm", "gru", "rnn_relu", "rnn_tanh"]
+CELLS = [("lstm", {}), ("gru", {}), ("rnn", {"nonlinearity": "relu"}), ("rnn", {"nonlinearity": "tanh"}),
+         ("layernorm", {})]
+IDS = ["lstm", "gru", "rnn_relu", "rnn_tanh", "layernorm"]
+PLAIN, PLAIN_IDS = CELLS[:4], IDS[:4]         # the cells with skip-input and the team
 
 
 def _params(op, extra, I, H, L, seed=3):
-    cls = {"lstm": LSTMParams, "gru": GRUParams, "rnn": VanillaRNNParams}[op]
+    cls = {"lstm": LSTMParams, "gru": GRUParams, "rnn": VanillaRNNParams, "layernorm": LayerNormLSTMParams}[op]
     return cls.random(I, H, num_layers=L, seed=seed, **extra)
 
 
@@ -31,9 +34,10 @@ def _problem(op, extra, T=4, B=3, I=5, H=16, L=2, skip=False, seed=0):
     p = _params(op, extra, I, H, L)
     x = rng.standard_normal((T, B, p.num_gates * H if skip else I))
     h0 = 0.5 * rng.standard_normal((L, B, H))
-    c0 = 0.5 * rng.standard_normal((L, B, H)) if op == "lstm" else None
+    lstm = op in ("lstm", "layernorm")
+    c0 = 0.5 * rng.standard_normal((L, B, H)) if lstm else None
     dy = rng.standard_normal((T, B, H))
-    ds = tuple(rng.standard_normal((L, B, H)) for _ in range(2 if op == "lstm" else 1))
+    ds = tuple(rng.standard_normal((L, B, H)) for _ in range(2 if lstm else 1))
     return p, (x, h0, c0), (dy, ds)
 
 
@@ -93,8 +97,8 @@ def two_threads():
     numba.set_num_threads(n)
 
 
-@pytest.mark.parametrize("op,extra", CELLS, ids=IDS)
-@pytest.mark.parametrize("skip", [False, True], ids=["", "skip_input"])
+@pytest.mark.parametrize("op,extra,skip", [(*c, False) for c in CELLS] + [(*c, True) for c in PLAIN],
+                         ids=IDS + [f"{i}-skip_input" for i in PLAIN_IDS])
 def test_fp32_one_thread_matches_the_float64_reference(onednn, one_thread, op, extra, skip):
     """The compiled loops issued from one thread, fp32, two layers, given states and state
     gradients; a second call on the same buffers gives the same numbers."""
@@ -108,7 +112,7 @@ def test_fp32_one_thread_matches_the_float64_reference(onednn, one_thread, op, e
         np.testing.assert_array_equal(again[k], first[k], err_msg=k)
 
 
-@pytest.mark.parametrize("op,extra", CELLS, ids=IDS)
+@pytest.mark.parametrize("op,extra", PLAIN, ids=PLAIN_IDS)
 def test_team_matches_the_float64_reference(onednn, two_threads, op, extra):
     """A team of two threads over all steps, forward and backward; H=37 splits 18/19 units."""
     p, fwd, bwd = _problem(op, extra, H=37, L=2)
@@ -117,6 +121,16 @@ def test_team_matches_the_float64_reference(onednn, two_threads, op, extra):
     assert set(t.loop_kinds.values()) == {"compiled, team of 2 threads"}
     loop = t.layers[0].loops[(3, 2)]
     assert loop.runs == 2 and loop.info()["units"] == [18, 19]
+    _assert_close(got, _reference(p, fwd, bwd), 1e-5)
+
+
+def test_layernorm_is_issued_from_one_thread_at_two(onednn, two_threads):
+    """The layer-norm LSTM normalises whole rows each step: no team; its row kernels of all T at
+    once (the input part's layer norm, forward and backward) run on numba's two threads."""
+    p, fwd, bwd = _problem("layernorm", {}, H=32)
+    t = train.Trainer(p, dtype="fp32")
+    got = _ours(t, fwd, bwd)
+    assert set(t.loop_kinds.values()) == {"compiled, issued from one thread"}
     _assert_close(got, _reference(p, fwd, bwd), 1e-5)
 
 
@@ -134,19 +148,21 @@ def test_fp64_matches_the_reference_to_rounding(op, extra):
 def test_fp64_gradients_against_finite_differences(op, extra):
     """T=3, B=2, I=3, H=2, one layer: every gradient against central differences of the float64
     forward definition, relative error < 1e-6."""
+    from kernels.custom import layernorm_lstm_reference
     from kernels.reference import REFERENCES
     p, (x, h0, c0), (dy, ds) = _problem(op, extra, T=3, B=2, I=3, H=2, L=1, seed=4)
     t = train.Trainer(p, dtype="fp64")
     got = _ours(t, (x, h0, c0), (dy, ds))
-    ref = REFERENCES[op]
+    ref = layernorm_lstm_reference if op == "layernorm" else REFERENCES[op]
 
     def loss():
-        y, states = ref(x, p, h0, c0) if op == "lstm" else ref(x, p, h0)
+        y, states = ref(x, p, h0, c0) if c0 is not None else ref(x, p, h0)
         states = states if isinstance(states, tuple) else (states,)
         return float((y * dy).sum() + sum((s * d).sum() for s, d in zip(states, ds)))
 
     leaves = {"dx": x, "dh0": h0, **({"dc0": c0} if c0 is not None else {})}
     leaves.update({f"{k}0": a for k, a in zip(("w_ih", "w_hh", "b_ih", "b_hh"), p.layers[0].arrays())})
+    leaves.update({f"{k}0": a for k, a in (p.extras[0].items() if op == "layernorm" else ())})
     eps = 1e-6
     for name, a in leaves.items():
         flat, num = a.reshape(-1), np.empty(a.size)
@@ -157,6 +173,9 @@ def test_fp64_gradients_against_finite_differences(op, extra):
             flat[i] = keep - eps
             num[i] = (up - loss()) / (2 * eps)
             flat[i] = keep
+        if np.max(np.abs(num)) < 1e-9:      # H=2 layer norm over c: the gain of LN(c) has none
+            assert np.max(np.abs(got[name])) < 1e-8, name
+            continue
         err = np.max(np.abs(got[name].reshape(-1) - num)) / max(np.max(np.abs(num)), 1e-12)
         assert err < 1e-6, f"{op} {name}: relative error {err:.1e}"
 
@@ -219,9 +238,12 @@ def test_bad_input_is_refused_in_one_line():
         train.Trainer(LSTMParams.random(3, 4, seed=0, bidirectional=True))
     with pytest.raises(BadInput, match="computes fp32, fp64, not bf16"):
         train.Trainer(p, dtype="bf16")
-    from kernels.custom import LayerNormLSTMParams
-    with pytest.raises(BadInput, match="takes LSTMParams, GRUParams or VanillaRNNParams"):
-        train.Trainer(LayerNormLSTMParams.random(3, 4, 1, seed=0))
+    from kernels.custom import PeepholeLSTMParams
+    with pytest.raises(BadInput, match="takes LSTMParams, GRUParams, VanillaRNNParams or LayerNormLSTMParams, "
+                                       "got PeepholeLSTMParams"):
+        train.Trainer(PeepholeLSTMParams.random(3, 4, 1, seed=0))
+    with pytest.raises(BadInput, match="skip_input applies to the plain cells"):
+        train.Trainer(LayerNormLSTMParams.random(3, 4, 1, seed=0), skip_input=True)
 
 
 def test_the_loops_refuse_arrays_they_would_overrun(onednn):

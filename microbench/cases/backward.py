@@ -43,9 +43,8 @@ __all__ = ["BACKWARD_BACKENDS", "BACKWARD_CELLS", "BACKWARD_PRECISIONS", "build_
            "check_grads", "flatten_grads", "grad_op", "memory_estimate", "train_inputs", "upstream_grad"]
 
 BACKWARD_CELLS = tuple(bw.CELLS)             # kernels.backward has no peephole LSTM
-# numpy: kernels.backward (every cell); numba: kernels.train, the compiled training step (plain cells)
+# numpy: kernels.backward, the steps issued from Python; numba: kernels.train, the steps compiled
 BACKWARD_BACKENDS = ("numpy", "numba")
-CELL_BACKENDS = {"plain": ("numpy", "numba"), "layernorm": ("numpy",)}
 BACKWARD_PRECISIONS = ("fp32", "fp64")
 FLOPS_NOTE = ("3x the forward GEMM FLOPs: every forward GEMM has two backward GEMMs of the same "
               "size (data and weight gradients); pointwise and layer-norm work not counted")
@@ -137,12 +136,11 @@ def build_backward(problem: RNNProblem, seed: int, *, cell: str, backend: str, p
     """Forward (hoisted input GEMM, one recurrent GEMM per step, the tape) and backward (one GEMM
     per step for dh, weight gradients as one GEMM over all T*B rows each) of the fused
     arrangement; ``cell``: plain or layernorm.  Backend numpy: :mod:`kernels.backward`, the steps
-    issued from Python; numba: :mod:`kernels.train`, the steps compiled (plain cells)."""
+    issued from Python; numba: :mod:`kernels.train`, the steps compiled."""
     if plan not in (None, "all"):
         raise BadInput(f"the backward pass has one arrangement; it takes no fusion plan (got {plan!r})")
-    if backend not in CELL_BACKENDS.get(cell, ()):
-        raise BadInput(f"--backward{'' if cell == 'plain' else ' --cell ' + cell} runs on backend "
-                       f"{', '.join(CELL_BACKENDS.get(cell, BACKWARD_BACKENDS))}, not {backend!r}")
+    if backend not in BACKWARD_BACKENDS:
+        raise BadInput(f"--backward runs on backend {', '.join(BACKWARD_BACKENDS)}, not {backend!r}")
     if precision not in BACKWARD_PRECISIONS:
         raise Unsupported(f"the backward pass computes {', '.join(BACKWARD_PRECISIONS)}, not {precision}")
     op = grad_op(problem, cell)
@@ -201,7 +199,7 @@ def build_backward(problem: RNNProblem, seed: int, *, cell: str, backend: str, p
 # Registered with direction "bwd" (``registry.ours(op, cell, direction="bwd")``; --backward and
 # the training suites select them): the plain cells of every RNN op, and the layer-norm LSTM.
 for _op, _cell in (("lstm", "plain"), ("gru", "plain"), ("rnn", "plain"), ("lstm", "layernorm")):
-    for _backend in CELL_BACKENDS[_cell]:
+    for _backend in BACKWARD_BACKENDS:
         register(VariantRecord(
             _op, "fused+bwd" if _cell == "plain" else f"{_cell}-fused+bwd", _backend,
             functools.partial(build_backward, cell=_cell, backend=_backend),

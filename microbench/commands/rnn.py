@@ -76,11 +76,11 @@ def _add_rnn(sub, op: str, variant_names: list):
                    help="time a training step instead of the forward pass: forward + backward of "
                         "sum(y * dY) for a fixed random dY, gradients for x, h0"
                         + (", c0" if op == "lstm" else "") + " and every weight. Ours: the fused "
-                        "variant on the CPU, backend numpy (kernels.backward: steps issued from Python)"
-                        + (", plain or --cell layernorm," if op == "lstm" else "")
-                        + " and numba (kernels.train: compiled step loops on packed oneDNN GEMMs, fused "
-                        "numba kernels, a thread team"
-                        + ("; plain cell" if op == "lstm" else "") + ")"
+                        "variant on the CPU"
+                        + (", plain or --cell layernorm" if op == "lstm" else "")
+                        + ", on backend numpy (kernels.backward: steps issued from Python) and numba "
+                        "(kernels.train: compiled step loops on packed oneDNN GEMMs, fused numba kernels, "
+                        "a thread team" + (" for the plain cell" if op == "lstm" else "") + ")"
                         + "; with --frameworks each framework's training step (torch, tensorflow, jax, mxnet, "
                         "chainer; a path that cannot be differentiated is a skipped row saying why). "
                         "y and every gradient are checked against float64; GFLOP/s counts 3x the "
@@ -229,11 +229,10 @@ def _backward_cases(args, cell, problem, precisions, thread_counts, device, vari
         if v != "fused":
             raise BadInput(f"--backward: only the fused variant has a backward pass, not {v!r}; "
                            "allowed: --fused (or --all)")
-    allowed = bwcases.CELL_BACKENDS[cell]
     for b in backend_names or ():
-        if b not in allowed:
-            raise BadInput(f"--backward{'' if cell == 'plain' else ' --cell ' + cell} runs on backend "
-                           f"{', '.join(allowed)} (numpy: kernels.backward; numba: kernels.train), not {b!r}")
+        if b not in bwcases.BACKWARD_BACKENDS:
+            raise BadInput(f"--backward runs on backend {', '.join(bwcases.BACKWARD_BACKENDS)} "
+                           f"(numpy: kernels.backward; numba: kernels.train), not {b!r}")
     for p in precisions:
         if p not in bwcases.BACKWARD_PRECISIONS:
             raise BadInput(f"--backward computes {', '.join(bwcases.BACKWARD_PRECISIONS)}, not {p}")
