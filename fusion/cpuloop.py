@@ -9,7 +9,7 @@ compiled by numba: it calls oneDNN's C API directly (``dnnl_memory_set_data_hand
 primitive's source at h_{t-1}, ``dnnl_primitive_execute``, ``dnnl_stream_wait``) and then the cell
 kernel, T times, without returning to Python: the CPU's counterpart of replaying a CUDA graph.
 
-Used by :class:`kernels.rnn.RNN` under the ``graph`` step when it applies (:func:`why_not`).  :class:`StepLoop` issues every
+Used by :class:`kernels.recurrent.RNN` under the ``graph`` step when it applies (:func:`why_not`).  :class:`StepLoop` issues every
 step from one thread: its numbers are the same as the Python loop's (the same primitive, the same
 kernel, in the same order: tests/test_cpuloop.py), and its cell kernel runs serially below
 ``PARALLEL_MIN_UNITS`` units, as in the Python loop, and as numba's parallel kernel above it.
@@ -126,8 +126,10 @@ class StepLoop:
         par = numba.get_num_threads() > 1 and B * H >= fpw.PARALLEL_MIN_UNITS
         prim, stream, args, nargs, src = self._handles
         g._ptrs[0] = None                            # the loop moves the source: re-point next time
+        bits = fpw.bits         # bf16 storage as its uint16 bits (numba has no bf16 type)
         t, status, call = step_loop(CELL[self.cell_mode], par, self._calls, prim, stream, args, nargs, src,
-                                    h0, y, gx, gh, b1, b2, has_b, state, t0, t1)
+                                    bits(h0), bits(y), bits(gx), bits(gh), bits(b1), bits(b2), has_b,
+                                    bits(state), t0, t1)
         if status:
             derr.check(f"the compiled step loop at step {t} ({CALLS[call]})", status)
 
@@ -320,8 +322,10 @@ class TeamLoop:
         from .spin import SLOT
         arrive = np.zeros(self.threads * SLOT, np.int64)
         prims, streams, args, nargs, srcs = self._handles
-        team_loop(CELL[self.cell_mode], self._calls, prims, streams, args, nargs, srcs, self.bounds, self.gh,
-                  self.stride, h0, y, gx, b1, b2, has_b, state, t0, t1, status, failed_at, arrive)
+        bits = fpw.bits         # bf16 storage as its uint16 bits (numba has no bf16 type)
+        team_loop(CELL[self.cell_mode], self._calls, prims, streams, args, nargs, srcs, self.bounds,
+                  bits(self.gh), self.stride, bits(h0), bits(y), bits(gx), bits(b1), bits(b2), has_b,
+                  bits(state), t0, t1, status, failed_at, arrive)
         if (status == -1).any():
             return False
         for p in np.flatnonzero(status):

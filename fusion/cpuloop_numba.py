@@ -5,15 +5,20 @@ All of it is module-level numba code kept in the kernel cache (kernels.jit): wha
 process to process (the addresses of oneDNN's and libgomp's functions, of ``sched_yield``) is
 passed in as arguments and called through :func:`fusion.native.call_int`, and the cell is a
 number (:data:`CELL`) rather than a kernel captured in a closure.  The branch on it is taken
-once per step and costs nothing next to the step's GEMM.
+once per step and costs nothing next to the step's GEMM.  The storage type picks the kernels when
+a loop is compiled (:func:`cell_step`, :func:`cell_share`): bf16 arrays arrive as their uint16
+bits and run fusion.pointwise_bf16's kernels, float arrays fusion.pointwise_numba's.
 """
 from __future__ import annotations
 
 import numba
 import numpy as np
+from numba import types
+from numba.extending import overload
 
 from kernels.jit import njit
 
+from . import pointwise_bf16 as bf
 from .native import call_int, load_acquire, relax, store_release
 from .pointwise_numba import (gru_block, gru_block_serial, gru_units, lstm_block, lstm_block_serial,
                               lstm_units, rnn_relu_block, rnn_relu_block_serial, rnn_relu_units,
@@ -80,6 +85,83 @@ def cell_units(cell, x, r, b1, b2, has_b, c, hp, h, j0):
         rnn_tanh_units(x, r, b1, has_b, h, j0)
 
 
+@njit(inline="always")
+def cell_block_bf16(cell, par, x, r, b1, b2, has_b, c, hp, h):
+    """:func:`cell_block` on bf16 storage (every array its uint16 bits: fusion.pointwise_bf16)."""
+    if cell == 0:
+        if par:
+            bf.lstm_block(x, r, b1, has_b, c, h)
+        else:
+            bf.lstm_block_serial(x, r, b1, has_b, c, h)
+    elif cell == 1:
+        if par:
+            bf.gru_block(x, r, b1, has_b, b2, hp, h)
+        else:
+            bf.gru_block_serial(x, r, b1, has_b, b2, hp, h)
+    elif cell == 2:
+        if par:
+            bf.rnn_relu_block(x, r, b1, has_b, h)
+        else:
+            bf.rnn_relu_block_serial(x, r, b1, has_b, h)
+    else:
+        if par:
+            bf.rnn_tanh_block(x, r, b1, has_b, h)
+        else:
+            bf.rnn_tanh_block_serial(x, r, b1, has_b, h)
+
+
+@njit(inline="always")
+def cell_units_bf16(cell, x, r, b1, b2, has_b, c, hp, h, j0):
+    """:func:`cell_units` on bf16 storage."""
+    if cell == 0:
+        bf.lstm_units(x, r, b1, has_b, c, h, j0)
+    elif cell == 1:
+        bf.gru_units(x, r, b1, has_b, b2, hp, h, j0)
+    elif cell == 2:
+        bf.rnn_relu_units(x, r, b1, has_b, h, j0)
+    else:
+        bf.rnn_tanh_units(x, r, b1, has_b, h, j0)
+
+
+def _bf16(x) -> bool:
+    """Typing time: arrays of uint16 are bf16 bits (numba has no bf16 type)."""
+    return isinstance(x, types.Array) and x.dtype == types.uint16
+
+
+def cell_step(cell, par, x, r, b1, b2, has_b, c, hp, h):
+    """:func:`cell_block` or, on bf16 bits, :func:`cell_block_bf16`: chosen when compiled."""
+    raise NotImplementedError("cell_step() runs inside numba code only")
+
+
+@overload(cell_step, inline="always")
+def _cell_step(cell, par, x, r, b1, b2, has_b, c, hp, h):
+    if _bf16(x):
+        def impl(cell, par, x, r, b1, b2, has_b, c, hp, h):
+            cell_block_bf16(cell, par, x, r, b1, b2, has_b, c, hp, h)
+        return impl
+
+    def impl(cell, par, x, r, b1, b2, has_b, c, hp, h):
+        cell_block(cell, par, x, r, b1, b2, has_b, c, hp, h)
+    return impl
+
+
+def cell_share(cell, x, r, b1, b2, has_b, c, hp, h, j0):
+    """:func:`cell_units` or, on bf16 bits, :func:`cell_units_bf16`: chosen when compiled."""
+    raise NotImplementedError("cell_share() runs inside numba code only")
+
+
+@overload(cell_share, inline="always")
+def _cell_share(cell, x, r, b1, b2, has_b, c, hp, h, j0):
+    if _bf16(x):
+        def impl(cell, x, r, b1, b2, has_b, c, hp, h, j0):
+            cell_units_bf16(cell, x, r, b1, b2, has_b, c, hp, h, j0)
+        return impl
+
+    def impl(cell, x, r, b1, b2, has_b, c, hp, h, j0):
+        cell_units(cell, x, r, b1, b2, has_b, c, hp, h, j0)
+    return impl
+
+
 @njit
 def step_loop(cell, par, calls, prim, stream, args, nargs, src_mem, h0, y, gx, gh, b1, b2, has_b, c, t0, t1):
     """Steps t0..t1 issued from this thread.  ``calls``: the addresses of oneDNN's
@@ -101,7 +183,7 @@ def step_loop(cell, par, calls, prim, stream, args, nargs, src_mem, h0, y, gx, g
         st = call_int(wait, (stream,))
         if st != 0:
             return t, st, 2
-        cell_block(cell, par, gx[t * B:(t + 1) * B].reshape((B, G, H)), r, b1, b2, has_b, c, hp, y[t])
+        cell_step(cell, par, gx[t * B:(t + 1) * B].reshape((B, G, H)), r, b1, b2, has_b, c, hp, y[t])
     return t1, 0, 0
 
 
@@ -141,7 +223,7 @@ def team_loop(cell, calls, prims, streams, argss, nargss, srcs, bounds, gh, stri
                     failed_at[p, 0] = t
                     failed_at[p, 1] = call
                 else:
-                    cell_units(cell, gx[t * B:(t + 1) * B].reshape((B, G, H)), r, b1, b2, has_b, c, hp,
+                    cell_share(cell, gx[t * B:(t + 1) * B].reshape((B, G, H)), r, b1, b2, has_b, c, hp,
                                y[t], j0)
             if t + 1 < t1:          # h_t is whole before any thread's next GEMM reads it
                 meet(arrive, p, n, t + 1 - t0, yield_at)    # (after the last step: the region's end)

@@ -10,7 +10,8 @@ buffer has one of two layouts, both seen by the pointwise stage as a ``(M, G, H)
 The array module ``xp`` (NumPy, CuPy) is a parameter, so the same arrangement serves every backend.
 
 GEMM providers.  The array module's own matmul (BLAS, cuBLAS) runs every GEMM, except on the
-CPU under ``pretranspose`` in fp32: there :func:`provider_for` gives a oneDNN packer, and each
+CPU under ``pretranspose`` in fp32 (and in bf16 where the CPU has AVX512-BF16 or AMX): there
+:func:`provider_for` gives a oneDNN packer, and each
 weight block is packed once per row count M into the layout oneDNN's ``inner_product`` prefers
 (``brgemm:avx2`` blocks it as ``AB8b16a`` on AVX2), which is what "pre-transposing the weights"
 means on a CPU: OpenBLAS has no pre-packed-weights API, so without oneDNN the rung stays a
@@ -36,6 +37,10 @@ def matmul(xp, a, b, out):
 
 BLAS = "blas"
 ONEDNN = "onednn"
+# Precisions of the packed GEMM.  bf16 (where the CPU has AVX512-BF16 or AMX: kernels.cpu_bf16):
+# bf16 weights and input, fp32 accumulation and bias, the result rounded once to bf16 storage,
+# the rounding points of cuBLAS with bf16 C and CUBLAS_COMPUTE_32F on the GPU bf16 path.
+PACKED_PRECISIONS = ("fp32", "bf16")
 
 
 def provider_for(xp, device: str, precision: str, plan) -> tuple:
@@ -45,8 +50,13 @@ def provider_for(xp, device: str, precision: str, plan) -> tuple:
     ``fallback`` set when oneDNN would have run but cannot be loaded (the table notes it)."""
     if "pretranspose" not in plan or device != "cpu" or xp is not np:
         return None, {}
-    if precision != "fp32":
-        return None, {"provider": BLAS, "reason": f"the oneDNN packed GEMM is fp32 only ({precision} here)"}
+    if precision not in PACKED_PRECISIONS:
+        return None, {"provider": BLAS, "reason": f"the oneDNN packed GEMM is fp32 and bf16 only ({precision} here)"}
+    if precision == "bf16":
+        from kernels.cpu_bf16 import missing
+        why = missing()
+        if why:
+            return None, {"provider": BLAS, "reason": f"no oneDNN bf16 GEMM: {why}"}
     from kernels.errors import MissingDependency
     from kernels.onednn import lib as dnnl
     try:
@@ -56,9 +66,12 @@ def provider_for(xp, device: str, precision: str, plan) -> tuple:
     from kernels.onednn.matmul import PackedInnerProduct, PackedMatmul
 
     def pack(mat, m, bias=None):
-        return find_fastest([PackedInnerProduct, PackedMatmul], mat, m, bias, lib)
-    return pack, {"provider": ONEDNN, "primitive": "inner_product or matmul, the faster per shape",
-                  "version": lib.version, "isa": lib.isa}
+        return find_fastest([PackedInnerProduct, PackedMatmul], mat, m, bias, lib, precision=precision)
+    info = {"provider": ONEDNN, "primitive": "inner_product or matmul, the faster per shape",
+            "version": lib.version, "isa": lib.isa}
+    if precision == "bf16":
+        info["math"] = "bf16 operands, fp32 accumulation and bias, result rounded once to bf16"
+    return pack, info
 
 
 FOUND: dict = {}     # find key -> (kind name, us per kind): what find_fastest chose, per process
@@ -73,7 +86,7 @@ def _openmp_threads():
 FIND_MIN_S = 2e-3    # each kind is timed for at least this long (and ``calls`` calls) in a find
 
 
-def find_fastest(kinds: list, mat, m: int, bias, lib, calls: int = 5):
+def find_fastest(kinds: list, mat, m: int, bias, lib, calls: int = 5, precision: str = "fp32"):
     """Build every primitive kind for this GEMM and keep the fastest (median of at least ``calls``
     timed calls and ``FIND_MIN_S`` seconds, at most 200 calls, after one warm-up, on zero inputs:
     a single preempted call must not decide a choice the process keeps), like cuDNN's find step: which one wins depends on
@@ -91,17 +104,21 @@ def find_fastest(kinds: list, mat, m: int, bias, lib, calls: int = 5):
     an AVX2 CPU at M=4, K=16, N=24: 1e-6 apart)."""
     import time
     key = (tuple(sorted(k.kind for k in kinds)), m, mat.shape[0], mat.shape[1], bias is not None,
-           getattr(lib, "path", None), _openmp_threads())
+           getattr(lib, "path", None), _openmp_threads(), precision)
+    # the kinds take ``precision`` when it is not their default fp32 (kinds that know only fp32
+    # are built as before)
+    opts = {} if precision == "fp32" else {"precision": precision}
     if key in FOUND:
         name, found = FOUND[key]
-        best = next(k for k in kinds if k.kind == name)(mat, m=m, bias=bias, lib=lib)
+        best = next(k for k in kinds if k.kind == name)(mat, m=m, bias=bias, lib=lib, **opts)
         best.found = dict(found)
         return best
-    x = np.zeros((m, mat.shape[0]), np.float32)
-    out = np.empty((m, mat.shape[1]), np.float32)
+    from kernels.dtypes import storage
+    x = np.zeros((m, mat.shape[0]), storage(precision))
+    out = np.empty((m, mat.shape[1]), storage(precision))
     timed = []
     for kind in kinds:
-        prim = kind(mat, m=m, bias=bias, lib=lib)
+        prim = kind(mat, m=m, bias=bias, lib=lib, **opts)
         prim(x, out)
         samples = []
         while len(samples) < 200 and (len(samples) < calls or sum(samples) < FIND_MIN_S):
@@ -150,7 +167,7 @@ class Projection:
 
     def prepare(self, M: int) -> list:
         """The packed GEMMs for M rows, packing the weights now if this M is new (build time when
-        :meth:`kernels.rnn.RNN.prepare` is called, else the first call)."""
+        :meth:`kernels.recurrent.RNN.prepare` is called, else the first call)."""
         prims = self._packed.get(M)
         if prims is None:
             # Each row count holds its own packed copy of the weights: sequences of ever new

@@ -7,6 +7,8 @@ Two CPU providers, same signatures as :mod:`kernels.cells`:
 - ``numba``: a real fused kernel, ``@njit(parallel=True)``, one loop over the B*H units that
   reads each gate pre-activation once, keeps every intermediate in registers and writes h and c.
   Bytes per step: reads G*B*H (gx) + G*B*H (gh) + B*H (c or h) , writes 2*B*H (LSTM) or B*H (GRU).
+  On bf16 storage the kernels are :mod:`fusion.pointwise_bf16`'s (arrays passed as their uint16
+  bits, :func:`bits`; fp32 math, each stored value rounded once, as the CUDA bf16 kernel).
 
 The vanilla RNN (``rnn_relu``, ``rnn_tanh``) has the GRU's signature with G = 1 and one combined
 bias: one add of the two GEMM results, the bias and the nonlinearity, written into h.
@@ -183,7 +185,16 @@ def _numba_cells(dtype_name: str) -> dict:
     except ImportError as e:  # pragma: no cover - numba is a base dependency
         raise MissingDependency("numba", "the numba backend", "pip install numba") from e
     # OMP_WAIT_POLICY=PASSIVE is set by kernels/__init__.py: see the comment there.
+    if dtype_name == "bfloat16":    # bf16 storage, fp32 math (its arrays passed as uint16: bits())
+        from . import pointwise_bf16
+        return pointwise_bf16.KERNELS
     return pointwise_numba.KERNELS
+
+
+def bits(a):
+    """What a numba kernel takes for an array: ml_dtypes' bfloat16 as its ``uint16`` view (numba
+    has no bf16 type; fusion.pointwise_bf16 converts the bits), any other array as it is."""
+    return a.view(np.uint16) if a is not None and a.dtype.kind == "V" else a
 
 
 def _numba_kernels(dtype_name: str):
@@ -221,6 +232,8 @@ def serial(kernel):
     """The whole-block kernel's twin compiled without ``parallel`` (fusion.pointwise_numba.SERIAL:
     why it exists and why ``error_model="numpy"``)."""
     from .pointwise_numba import SERIAL
+    if kernel not in SERIAL:
+        from .pointwise_bf16 import SERIAL
     return SERIAL[kernel]
 
 
@@ -243,7 +256,7 @@ class NumbaLSTM:
         b, _, has_b = kernel_biases("lstm", bx, bh, gx.dtype.name)
         if c_out is not c_prev:
             c_out[...] = c_prev
-        _launch(kernel, c_out.size, gx, gh, b, has_b, c_out, h_out)
+        _launch(kernel, c_out.size, bits(gx), bits(gh), bits(b), has_b, bits(c_out), bits(h_out))
         return h_out, c_out
 
 
@@ -251,7 +264,7 @@ class NumbaGRU:
     def __call__(self, xp, gx, gh, bx, bh, h_prev, h_out):
         kernel = _numba_kernels(gx.dtype.name)[1]
         b1, b2, has_b = kernel_biases("gru", bx, bh, gx.dtype.name)
-        _launch(kernel, h_out.size, gx, gh, b1, has_b, b2, h_prev, h_out)
+        _launch(kernel, h_out.size, bits(gx), bits(gh), bits(b1), has_b, bits(b2), bits(h_prev), bits(h_out))
         return (h_out,)
 
 
@@ -262,12 +275,13 @@ class NumbaRNN:
     def __call__(self, xp, gx, gh, bx, bh, h_prev, h_out):
         kernel = _numba_rnn_kernel(gx.dtype.name, self.nonlinearity)
         b, _, has_b = kernel_biases("rnn", bx, bh, gx.dtype.name)
-        _launch(kernel, h_out.size, gx, gh, b, has_b, h_out)
+        _launch(kernel, h_out.size, bits(gx), bits(gh), bits(b), has_b, bits(h_out))
         return (h_out,)
 
 
 # A typed stand-in for an absent bias, so one compiled specialization serves both cases.
 _EMPTY = {name: np.zeros((1, 1), dtype=name) for name in ("float32", "float64")}
+_EMPTY["bfloat16"] = np.zeros((1, 1), np.uint16)       # bf16 kernels take bits (see bits())
 
 # The CPU providers' kernels, by the provider name a backend's ``pointwise`` field names
 # (kernels.backends); the vanilla cell's kernel takes its activation.

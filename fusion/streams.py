@@ -1,6 +1,6 @@
 """Streams and events for the ``streams``, ``wavefront`` and ``graph`` steps, over any array module.
 
-The step loop in :mod:`kernels.rnn` issues work as ``launch(stream, fn)`` and orders it with
+The step loop in :mod:`kernels.recurrent` issues work as ``launch(stream, fn)`` and orders it with
 ``record``/``wait``; three schedulers implement that:
 
 - :class:`SerialStreams` (NumPy): runs each ``fn`` at once.  Program order respects every

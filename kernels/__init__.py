@@ -19,12 +19,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _EXPORTS = {
     "BACKENDS": "backends", "Backend": "backends", "get_backend": "backends",
-    "BadInput": "errors", "MicrobenchError": "errors", "MissingDependency": "errors",
-    "Unsupported": "errors",
+    "BadInput": "errors", "ForkedAfterOpenMP": "errors", "MicrobenchError": "errors",
+    "MissingDependency": "errors", "Unsupported": "errors",
     "CellParams": "params", "GRUParams": "params", "LSTMParams": "params", "Layer": "params", "RNNParams": "params",
     "reorder_gates": "params", "VanillaRNNParams": "params",
     "gru_reference": "reference", "lstm_reference": "reference", "rnn_reference": "reference",
-    "RNN": "rnn", "VARIANTS": "rnn", "gru": "rnn", "lstm": "rnn", "rnn": "rnn",
+    "RNN": "recurrent", "VARIANTS": "recurrent", "gru": "recurrent", "lstm": "recurrent", "rnn": "recurrent",
 }
 
 __all__ = sorted(_EXPORTS)

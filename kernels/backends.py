@@ -1,7 +1,7 @@
 """Backends: where a variant runs and with which array module.
 
 One record per backend.  ``xp`` is the array module the step loop is written against, so the
-orchestration in :mod:`kernels.rnn` is the same code on NumPy and on CuPy; ``pointwise`` names the
+orchestration in :mod:`kernels.recurrent` is the same code on NumPy and on CuPy; ``pointwise`` names the
 fused pointwise provider in :mod:`fusion.pointwise`.
 """
 from __future__ import annotations
@@ -33,6 +33,9 @@ class Backend:
     # launches the pointwise kernels fusion.cellexpr generates (custom cells, the fused vanilla
     # cell); PyCUDA has no launcher for them
     generated: bool = True
+    # precisions among ``dtypes`` it computes only where the CPU has bf16 dot-product instructions
+    # (kernels.cpu_bf16); elsewhere a case in one is skipped with the missing ISA named
+    native_only: tuple = ()
 
     def missing(self) -> str | None:
         """Why this backend cannot run here, or None."""
@@ -71,6 +74,11 @@ class Backend:
         if name not in self.dtypes:
             raise Unsupported(f"dtype {name} is not available on backend {self.name}; "
                               f"allowed: {', '.join(self.dtypes)}")
+        if name in self.native_only:
+            from .cpu_bf16 import missing
+            why = missing()
+            if why:
+                raise Unsupported(f"dtype {name} on backend {self.name}: {why}")
         return name
 
 
@@ -80,8 +88,12 @@ BACKENDS = {b.name: b for b in (
     Backend("numpy", "cpu", "numpy", ("fp32", "fp64", "bf16"), (), "numpy",
             "NumPy ufuncs and BLAS GEMMs (whatever BLAS NumPy links: OpenBLAS in the wheels)",
             idle_steps=("graph",)),
-    Backend("numba", "cpu", "numpy", ("fp32", "fp64"), ("numba",), "numba",
-            "BLAS GEMMs through NumPy, pointwise kernels compiled by numba (@njit(parallel=True))"),
+    # bf16 on numba: oneDNN bf16 GEMMs (fp32 accumulation, rounded once to bf16 as cuBLAS does
+    # for the GPU bf16 path) under pretranspose, fp32 cell kernels on bf16 storage
+    # (fusion.pointwise_bf16); only on a CPU with AVX512-BF16 or AMX.
+    Backend("numba", "cpu", "numpy", ("fp32", "fp64", "bf16"), ("numba",), "numba",
+            "BLAS GEMMs through NumPy, pointwise kernels compiled by numba (@njit(parallel=True))",
+            native_only=("bf16",)),
     # oneDNN's primitives called directly (kernels.onednn): the onednn variants' rows only.
     Backend("onednn", "cpu", "numpy", ("fp32", "bf16"), (), "",
             "oneDNN primitives (libdnnl.so.3 through ctypes): the CPU's vendor library"),

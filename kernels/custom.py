@@ -14,7 +14,7 @@ The containers derive from :class:`~kernels.params.CellParams` (a cell declared 
 :mod:`fusion.cellexpr`), not from ``LSTMParams``: the plain :func:`kernels.lstm` refuses them
 instead of silently dropping the extra parameters.
 
-The runner is :class:`kernels.rnn.RNN`, the plain cells' one (:class:`CustomLSTM` is ``RNN`` with
+The runner is :class:`kernels.recurrent.RNN`, the plain cells' one (:class:`CustomLSTM` is ``RNN`` with
 the defaults these cells always had: backend ``numba``, every fusion step of the backend).
 Variants: ``naive``: per-gate GEMMs every step and the cell's op-by-op NumPy pointwise code
 (generated from the same declaration); ``fused``: the fusion plan (``opts``, as for the plain
@@ -38,7 +38,7 @@ from .backends import step_backends
 from .errors import BadInput
 from .params import CellParams
 from .reference import _initial, check_sequence, sigmoid
-from .rnn import RNN
+from .recurrent import RNN
 
 CUSTOM_CELLS = ("peephole", "layernorm")
 # The runner's backends of generated kernels, by device (the CLI's --cell backends)
@@ -140,9 +140,9 @@ def layernorm_lstm_reference(x, params: LayerNormLSTMParams, h0=None, c0=None):
 CUSTOM_REFERENCES = {"peephole": peephole_lstm_reference, "layernorm": layernorm_lstm_reference}
 
 
-# -- the runner: kernels.rnn.RNN with the custom cells' defaults ------------------------------
+# -- the runner: kernels.recurrent.RNN with the custom cells' defaults ------------------------------
 class CustomLSTM(RNN):
-    """:class:`kernels.rnn.RNN` for the shipped custom LSTM cells, with their defaults (backend
+    """:class:`kernels.recurrent.RNN` for the shipped custom LSTM cells, with their defaults (backend
     ``numba``, every fusion step of the backend) and the ``cell`` name checked against the
     parameters.  Built once, called many times::
 

@@ -29,3 +29,8 @@ class MissingDependency(Unsupported):
 
 class KernelCompileError(MicrobenchError):
     """A GPU kernel did not compile; the message carries the compiler's log."""
+
+
+class ForkedAfterOpenMP(MicrobenchError, RuntimeError):
+    """This process was forked after OpenMP threads ran in its parent: OpenMP code would hang or be
+    killed here (:mod:`kernels.forking`)."""

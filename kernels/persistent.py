@@ -201,7 +201,7 @@ def plan(cell: str, H: int, B: int, precision, limits: DeviceLimits = H100) -> G
 
 
 def largest_h(cell: str, B: int, precision, limits: DeviceLimits = H100, hi: int = 1 << 15) -> int:
-    """Largest H the plan accepts at this B (the README's limits table)."""
+    """Largest H the plan accepts at this B (the limits in docs/gpu-status.md)."""
     best = 0
     # smem need grows with H in steps (umax and kp round up), so scan at unit resolution near the top
     H = 1

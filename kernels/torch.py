@@ -5,7 +5,7 @@ CPU (tested): tensors are shared with NumPy through ``.numpy()`` / ``torch.from_
 copies for contiguous tensors).  With autograd recording, forward is
 :func:`kernels.backward.forward_train` (fused GEMM arrangement, NumPy pointwise, keeps the
 tape) and backward is ours.  Without (``torch.no_grad()`` or nothing requires grad), forward is
-the fused numba path: :class:`kernels.rnn.RNN` for LSTM/GRU/RNN, :class:`kernels.custom.CustomLSTM`
+the fused numba path: :class:`kernels.recurrent.RNN` for LSTM/GRU/RNN, :class:`kernels.custom.CustomLSTM`
 with the generated kernel for the layer-norm LSTM; the same weights run CPU inference.
 
 GPU (UNVERIFIED: written for CuPy, never run here): tensors go to CuPy through DLPack (zero
@@ -241,6 +241,10 @@ class RNNFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy, *dstates):
+        if torch.is_grad_enabled():   # create_graph=True: the gradients would have to be differentiable
+            raise BadInput("kernels.torch: double backward (create_graph=True, higher-order gradients) is "
+                           "not supported: our backward runs outside autograd, so its gradients cannot be "
+                           "differentiated again; use torch.nn.LSTM/GRU (or layernorm_lstm_eager) for them")
         x_dtype, _ = ctx.dtypes
         work = dy.dtype if dy.dtype in _DIRECT else torch.float32
         dy = dy.to(work)
@@ -462,8 +466,8 @@ class _Base(nn.Module):
             run = CustomLSTM(p, variant="fused", backend="numba", dtype=xa.dtype)
             y, (h, c) = run(xa, h0a, c0a, dropout_masks=drop)
             return y, (h, c)
-        from .rnn import RNN
-        run = RNN(p, variant="fused", backend="numba", dtype=xa.dtype)
+        from .recurrent import RNN
+        run = RNN(p, variant="fused", backend="numba", dtype=xa.dtype, track_params=False)  # built per call
         if self.cell in _ONE_STATE:
             y, h = run(xa, h0a, dropout_masks=drop)
             return y, (h,)

@@ -9,6 +9,7 @@ still run, and the exit code is 1.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from kernels.errors import BadInput, MicrobenchError
@@ -29,8 +30,44 @@ COMMAND_LINE = None     # the arguments main() was given: records keep the comma
 
 
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        # type=int / type=float of every option (subcommands are Parsers too): ASCII numbers only
+        self.register("type", int, ascii_int)
+        self.register("type", float, ascii_float)
+
     def error(self, message):  # one line, no usage block: the message names the value and the choices
         raise UsageError(message)
+
+
+# Python's int() and float() take any Unicode decimal digit ('٤', '１６') and '_' separators
+# ('1_6'); a command line takes ASCII decimal numbers only.
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def parse_int(text, what: str) -> int:
+    """An integer written in ASCII decimal digits (BadInput naming ``what`` otherwise)."""
+    t = str(text).strip()
+    if not _INT.fullmatch(t):
+        raise BadInput(f"{what} {text!r} is not an integer (ASCII decimal digits, e.g. 16)")
+    return int(t)
+
+
+def ascii_int(text: str) -> int:
+    """argparse type of integer options (registered for ``type=int``)."""
+    try:
+        return parse_int(text, "")
+    except BadInput:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r} (ASCII decimal digits, e.g. 16)") from None
+
+
+def ascii_float(text: str) -> float:
+    """argparse type of number options (registered for ``type=float``): ASCII decimal notation."""
+    t = str(text).strip()
+    if not _FLOAT.fullmatch(t):
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r} (ASCII decimal notation, e.g. 0.5 or 2e-3)")
+    return float(t)
 
 
 def csv_list(text: str) -> list:
@@ -53,10 +90,7 @@ SEED_MAX = 2**63 - 1
 
 def seed_arg(text: str) -> int:
     """argparse type of --seed: NumPy's generators take a non-negative integer."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    n = ascii_int(text)
     if not 0 <= n <= SEED_MAX:
         raise argparse.ArgumentTypeError(f"{n} is out of range; allowed: 0..{SEED_MAX}")
     return n
@@ -84,7 +118,8 @@ def add_timing(p):
     g.add_argument("--rounds", type=int, default=1, metavar="N",
                    help="time the cases interleaved in N rounds, each case taking its share of "
                         "the samples per round in a rotating order, so a slow phase of the machine "
-                        "hits every case alike (default 1: one case after another)")
+                        "hits every case alike (default 1: one case after another); a case that has "
+                        "spent --max-time leaves the rotation early, and its record says after how many rounds")
 
 
 # Subcommand modules under microbench/commands/, in --help order; each has add_parsers(sub).

@@ -37,6 +37,10 @@ class Prepared:
     # framework's own synchronisation): called with the harness Settings, returns a Measurement.
     measure: Callable | None = None
     close: Callable | None = None     # releases what build acquired (worker processes, handles)
+    # A second set of inputs for the gate (microbench.callsample.vary_check): returns (arrays by
+    # name of ``inputs``, of the same shapes; check(out) of a call's outputs on them against their
+    # reference).  None: the case is not varied (its record's check says inputs_varied false).
+    vary: Callable[[], tuple] | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,11 @@ def select(op: str, variant_names: list | None, backend_names: list | None, devi
             where = sorted({r.device for r in ours(op) if r.variant == v})
             if device not in where:
                 raise BadInput(f"variant {v!r} runs on {', '.join(where)} only; this run is on {device}")
+            # on this device, but --backend left out every backend it runs on: name that conflict
+            # (not "backend X does not run on the device", which is not what is wrong)
+            on = ", ".join(dict.fromkeys(r.backend for r in ours(op) if r.variant == v and r.device == device))
+            raise BadInput(f"--{v} runs on backend {on}, which --backend {','.join(backend_names)} leaves out; "
+                           f"add {on} to --backend or drop --{v}")
     if backend_names and not out:
         on = ", ".join(backends(op, device)) or "none"
         raise BadInput(f"backend {','.join(backend_names)} does not run on {device}; "

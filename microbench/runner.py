@@ -1,9 +1,13 @@
 """Runs cases: build, check against the reference, time, check again; failures and skips become records.
 
-The check runs twice: on the first call's outputs before timing, and on the outputs of the last
-timed call after timing (same inputs, outside the samples).  The second catches a variant that is
+The check runs on the first call's outputs before timing, and on the outputs of the last timed
+call after timing (same inputs, outside the samples).  The second catches a variant that is
 right once and wrong later: stale state, a buffer reused across calls, a graph replay reading
-the wrong input.  A case failing either check is recorded FAILED, never timed as passing.
+the wrong input.  Between the two, a random sample of the calls, chosen after each returned, is
+compared with the last one (:mod:`microbench.callsample`); and where the builder offers a second
+set of inputs, one call on them is checked against their reference, and one more on the first
+inputs again (a kernel returning cached outputs fails it).  A case failing any of these is
+recorded FAILED, never timed as passing.
 """
 from __future__ import annotations
 
@@ -20,9 +24,10 @@ from profiles import capture, nvtx
 from . import results
 from . import gpustate
 from .caches import flusher_for
+from .callsample import CallSampler, SampledTimer, vary_check
 from .harness import CpuTimer, Settings, graph_replay, measure, timer_for
 from .problems import RNNProblem
-from .registry import VariantRecord
+from .registry import Check, VariantRecord
 from .stats import Measurement, relative_noise
 from . import threads as mthreads
 
@@ -124,12 +129,14 @@ class _CaseRun:
         self.outcome: Outcome | None = None       # set once the case is finished
         self.samples: list = []
         self.spent = 0.0                           # seconds spent sampling it so far
+        self.rounds_timed = 0                      # interleaved rounds it was timed in
         self.mode = self.timer_used = ""
         self.check = None
         self.ranges = 0
         self.extra: dict = {}
         self._run = self._flush = self._timer = self._clocks = None
         self._last = None
+        self._sampler = None
 
     def _finish(self, status, **kw):
         rec = results.record(case=self.case, status=status, env=self.env, **kw)
@@ -185,7 +192,8 @@ class _CaseRun:
                 self._run = run
                 self._flush = flusher_for(case.device) if settings.cold else None
                 self._clocks = gpustate.read() if case.device == "cuda" else None
-                self._timer = timer_for(case.device)
+                self._sampler = CallSampler()
+                self._timer = SampledTimer(timer_for(case.device), self._sampler)
 
     def time(self, settings: Settings, progress=None) -> None:
         """Sample the case under ``settings`` (all of its samples, or one round's share)."""
@@ -214,10 +222,18 @@ class _CaseRun:
                 self.extra["gpu_state"] = {"before": self._clocks, "after": after,
                                            "warning": gpustate.verdict(self._clocks, after)}
             m = Measurement(self.samples, settings.max_noise, mode=self.mode, timer=self.timer_used)
+            sampled = self._sampled_calls()    # before any further call reuses the last one's buffers
             after_check = check_after_timing(prepared, self._last, case.device)
             if not after_check.passed:
                 self._finish("failed", check=after_check, prepared=prepared,
                              error=f"wrong after timing (the first call passed): {after_check.detail}")
+                return self.outcome
+            if sampled is not None:
+                detail, err = sampled
+                self._finish("failed", check=Check(err, self.check.tol, False, detail), prepared=prepared,
+                             error=f"wrong on a timed call (the first and the last passed): {detail}")
+                return self.outcome
+            if not self._inputs_followed():
                 return self.outcome
             ranges, cost = self.ranges, self.nvtx_cost
             nvtx_info = {"level": nvtx.level(), "ranges_per_run": ranges, "cost_per_range_s": cost,
@@ -225,6 +241,10 @@ class _CaseRun:
             out = self._finish("ok", measurement=m, check=self.check, prepared=prepared,
                                nvtx_info=nvtx_info)
             out.record.update(self.extra)
+            if out.record.get("check") is not None:      # what the gate covered besides two calls
+                out.record["check"]["calls_sampled"] = (self._sampler.kept if self._sampled() else
+                                                        prepared.info.get("calls_sampled", 0))  # a worker's
+                out.record["check"]["inputs_varied"] = self._varies()
             asked = ("cold" if settings.cold else "warm") + ("+graph" if settings.graph else "")
             # a case timed elsewhere (a framework worker) reports the mode it really ran in
             ran = m.mode or asked
@@ -233,10 +253,52 @@ class _CaseRun:
                 out.record["options"]["mode_asked"] = asked
             if settings.rounds > 1:
                 out.record["options"]["rounds"] = settings.rounds
+                if self.rounds_timed < settings.rounds:   # --max-time ran out first
+                    out.record["options"]["rounds_timed"] = self.rounds_timed
             if m.timer:
                 out.record["timer"] = m.timer
         self.close()
         return self.outcome
+
+    def _sampled(self) -> bool:
+        """The kept calls can be compared: the last call's outputs are checked in full."""
+        return (self._sampler is not None and self._sampler.kept > 0 and self._last is not None
+                and _takes_outputs(self.prepared.check))
+
+    def _sampled_calls(self):
+        """(what differs, relative error) for a sampled timed call that disagrees with the last
+        one, else None."""
+        if not self._sampled():
+            return None
+        if self.case.device == "cuda":
+            import cupy
+            cupy.cuda.Device().synchronize()
+        return self._sampler.check(self._last, self.check.tol)
+
+    def _varies(self) -> bool:
+        return self._run is not None and getattr(self.prepared, "vary", None) is not None
+
+    def _inputs_followed(self) -> bool:
+        """One call on the builder's second inputs, checked against their reference, then one on
+        the first inputs again; False (the case FAILED) when either is wrong."""
+        if not self._varies():
+            return True
+        sync = None
+        if self.case.device == "cuda":
+            import cupy
+            sync = cupy.cuda.Device().synchronize
+        varied = vary_check(self.prepared, self._run, sync)
+        if not varied.passed:
+            self._finish("failed", check=varied, prepared=self.prepared,
+                         error="the outputs do not follow the inputs (outputs computed earlier returned?): "
+                               f"with a second set of inputs, {varied.detail}")
+            return False
+        again = self.prepared.check()
+        if not again.passed:
+            self._finish("failed", check=again, prepared=self.prepared,
+                         error=f"wrong once the first inputs were back after a second set: {again.detail}")
+            return False
+        return True
 
     def close(self) -> None:
         prepared, self.prepared = self.prepared, None
@@ -280,6 +342,18 @@ def round_settings(settings: Settings, k: int, spent: float) -> Settings:
 MAX_EXTRA_ROUNDS = 8     # each twice the one before: 255 more rounds' worth at most
 
 
+def _out_of_time(r: _CaseRun, settings: Settings, k: int, bar) -> bool:
+    """Whether case run ``r`` leaves the rotation after round ``k`` of fewer than --rounds: it has
+    spent its --max-time and holds the samples measure() keeps at its time limit.  A round costs
+    at least a warm-up call and a sample of every case, so without this the wall time grew with
+    --rounds whatever --max-time said; the note and the record's options.rounds_timed say so."""
+    if r.outcome is not None or r.spent < settings.max_time or len(r.samples) < min(3, settings.min_samples):
+        return False
+    bar.note(f"{r.case.title}: --max-time {settings.max_time:g} s spent after round {k} of "
+             f"{settings.rounds}; timed in {k} round(s), not {settings.rounds}")
+    return True
+
+
 def run_interleaved(cases: list, settings: Settings, env: dict, nvtx_cost: float, bar) -> list:
     """Time ``cases`` in ``settings.rounds`` interleaved rounds: every case is built and checked
     first (all stay open), then each round gives every case its share of samples, the order
@@ -287,7 +361,9 @@ def run_interleaved(cases: list, settings: Settings, env: dict, nvtx_cost: float
     a noisy neighbour) lands on every case alike instead of on whichever ran then; each case is
     then checked again and recorded with the union of its samples. A case whose union is still
     above the noise target after N rounds gets further rounds (with the other such cases) until it
-    meets it or its ``max_time`` is spent, as one case timed alone would. ``bar``: microbench.progress."""
+    meets it or its ``max_time`` is spent, as one case timed alone would; a case that spends its
+    ``max_time`` before N rounds leaves the rotation then (:func:`_out_of_time`), so no --rounds
+    makes a case take longer than --max-time allows. ``bar``: microbench.progress."""
     rounds = settings.rounds
     runs = [_CaseRun(c, env, nvtx_cost) for c in cases]
     try:
@@ -297,7 +373,7 @@ def run_interleaved(cases: list, settings: Settings, env: dict, nvtx_cost: float
         live = [r for r in runs if r.outcome is None]
         k = 0
         while live:
-            if k < rounds:
+            if k < rounds and (k < 10 or (k + 1) % 100 == 0 or k + 1 == rounds):   # not a line per round
                 bar.note(f"round {k + 1} of {rounds}: {len(live)} case(s) interleaved")
             elif k == rounds:
                 bar.note(f"extra rounds for {len(live)} noisy case(s), until --max-noise or --max-time")
@@ -305,11 +381,14 @@ def run_interleaved(cases: list, settings: Settings, env: dict, nvtx_cost: float
             for r in live[shift:] + live[:shift]:
                 bar.start(f"round {k + 1}/{rounds} {r.case.title}")
                 r.time(round_settings(settings, k, r.spent), bar.within)
+                r.rounds_timed += 1
             k += 1
             if k >= rounds:   # past N rounds only the cases still noisy go on
                 live = [r for r in live if r.outcome is None and r.spent < settings.max_time
                         and relative_noise(r.samples) > settings.max_noise
                         and k < rounds + MAX_EXTRA_ROUNDS]
+            else:             # --max-time bounds a case's time whatever --rounds says
+                live = [r for r in live if r.outcome is None and not _out_of_time(r, settings, k, bar)]
         outcomes = []
         for r in runs:
             bar.start(r.case.title)

@@ -15,17 +15,123 @@ def parse_threads(text: str | None) -> list:
     out = []
     for part in text.split(","):
         part = part.strip()
-        try:
-            n = int(part)
-        except ValueError:
-            raise BadInput(f"--threads {part!r} is not an integer; expected a list such as 1,2,4") from None
+        digits = part[1:] if part[:1] in "+-" else part
+        if not (digits.isascii() and digits.isdigit()):    # int() takes '٤', '１６' and '1_6'
+            raise BadInput(f"--threads {part!r} is not an integer; expected a list such as 1,2,4")
+        n = int(part)
         if not 1 <= n <= 1024:
             raise BadInput(f"--threads {n} is out of range; allowed: 1..1024")
+        check_startable(n)
         if n not in out:   # 1,1 is one count: each case runs once
             out.append(n)
     if not out:
         raise BadInput("--threads names no thread count; expected a list such as 1,2,4")
     return out
+
+
+# New threads a count of N may start: numba's pool and an OpenMP team (oneDNN's) of N each, the
+# calling thread being one of both (they share one libgomp pool when numba runs on OpenMP).
+def threads_started(n: int) -> int:
+    return 2 * (n - 1)
+
+
+def check_startable(n: int) -> None:
+    """BadInput when --threads N needs more threads than this process can start (libgomp ends the
+    process on a failed thread creation, with no record): the count allowed is in the message."""
+    cap, why = thread_capacity()
+    if cap is None or threads_started(n) <= cap:
+        return
+    allowed = max(1, cap // 2 + 1)
+    raise BadInput(f"--threads {n}: this process can start about {max(cap, 0)} more threads ({why}), and "
+                   f"{n} threads start up to {threads_started(n)} (numba's pool and an OpenMP team); "
+                   f"allowed here: 1..{allowed}")
+
+
+def _stack_bytes() -> int:
+    """Address space a new thread reserves for its stack: OMP_STACKSIZE (GOMP_STACKSIZE) when set,
+    else glibc's default, RLIMIT_STACK's soft limit (2 MiB when that is unlimited)."""
+    import re
+    import resource
+    for var in ("GOMP_STACKSIZE", "OMP_STACKSIZE"):
+        m = re.fullmatch(r"\s*([0-9]+)\s*([bkmgBKMG]?)\s*", os.environ.get(var, ""))
+        if m:      # a plain number is KiB (the OpenMP rule)
+            return int(m.group(1)) << {"b": 0, "k": 10, "m": 20, "g": 30}[(m.group(2) or "k").lower()]
+    soft = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    return 2 << 20 if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def _proc_status(path: str, key: str) -> int | None:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _user_threads(uid: int) -> int:
+    """Threads of every process of this real user (what RLIMIT_NPROC counts)."""
+    total = 0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            if int(fields["Uid"].split()[0]) == uid:
+                total += int(fields["Threads"])
+        except (OSError, ValueError, KeyError, IndexError):     # gone meanwhile, or unreadable
+            continue
+    return total
+
+
+def _cgroup_pids() -> tuple | None:
+    """(pids.max, pids.current) of this process's cgroup (v2, or v1's pids controller), or None."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+    except OSError:
+        return None
+    for _, controllers, path in (ln for ln in lines if len(ln) == 3):
+        if controllers == "pids" or controllers == "" and os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+            base = "/sys/fs/cgroup/pids" if controllers == "pids" else "/sys/fs/cgroup"
+            d = os.path.join(base, path.lstrip("/"))
+            try:
+                with open(os.path.join(d, "pids.max")) as f:
+                    most = f.read().strip()
+                with open(os.path.join(d, "pids.current")) as f:
+                    now = int(f.read().strip())
+            except (OSError, ValueError):
+                continue
+            if most != "max":
+                return int(most), now
+    return None
+
+
+def thread_capacity() -> tuple:
+    """(about how many more threads this process can start, what limits it), or (None, "") when no
+    limit applies: the address-space limit (``ulimit -v``) over the stack each thread reserves, the
+    user's process limit (``ulimit -u``, not applied to root) and the cgroup's pids.max."""
+    import resource
+    found = []
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY:
+        used = (_proc_status("/proc/self/status", "VmSize") or 0) << 10
+        # numba, llvmlite and oneDNN map several hundred MiB when they load (after this check)
+        later = 0 if "numba" in sys.modules else 768 << 20
+        stack = _stack_bytes() + (64 << 10)      # and its guard page, rounded up
+        found.append(((int(soft) - used - later) // stack,
+                      f"ulimit -v {int(soft) >> 20} MiB, {used >> 20} MiB mapped, {stack >> 20} MiB stack per thread"))
+    soft = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    if soft != resource.RLIM_INFINITY and os.geteuid() != 0:
+        running = _user_threads(os.getuid())
+        found.append((int(soft) - running, f"ulimit -u {int(soft)} with {running} threads of this user running"))
+    pids = _cgroup_pids()
+    if pids is not None:
+        found.append((pids[0] - pids[1], f"the cgroup's pids.max {pids[0]} with {pids[1]} in use"))
+    return min(found) if found else (None, "")
 
 
 def usable_cpus() -> tuple:

@@ -24,6 +24,19 @@ os.environ["MICROBENCH_SMOKE"] = "1"
 os.environ["MICROBENCH_REUSE_WORKERS"] = "1"
 
 
+def _compile_caches() -> None:
+    """torch.compile's and XLA's compiled code kept with ours, in the private kernel cache
+    (kernels.cachedir; CI keeps it between runs, as it keeps the virtual environment), so the
+    framework workers of the session compile a graph once, not once per process."""
+    from kernels.cachedir import private_dir
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(private_dir("inductor")))
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(private_dir("jax")))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+_compile_caches()
+
+
 @pytest.fixture
 def no_smoke(monkeypatch):
     """The timing rule and sizes as asked (for tests of the rule itself, in-process or through

@@ -61,8 +61,9 @@ def test_readme_examples_run(line, run_cli, tmp_path):
             jsonschema.validate(rec, schema)
     if "--html" in args:
         html = (tmp_path / args[args.index("--html") + 1]).read_text()
-        figures = re.findall(r'src="([^"]+)"', html)
-        assert figures and all((tmp_path / f).exists() for f in figures), figures
+        figures = re.findall(r"<img [^>]*src=['\"]([^'\"]+)['\"]", html)
+        files = [f for f in figures if not f.startswith("data:")]
+        assert figures and all((tmp_path / f).exists() for f in files), figures
 
 
 def test_smoke_mode_shrinks_what_runs_and_says_so(run_cli, tmp_path):

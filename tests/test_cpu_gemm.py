@@ -120,7 +120,7 @@ def test_fallback_to_blas_when_onednn_cannot_be_loaded(monkeypatch):
 def test_provider_only_where_packing_applies(onednn):
     """fp64 and plans without pretranspose keep BLAS; fp64 records why."""
     impl = _check("lstm", "numba", "all", (3, 2, 4, 5, 1), precision="fp64")
-    assert impl.gemm_info["provider"] == fgemm.BLAS and "fp32 only" in impl.gemm_info["reason"]
+    assert impl.gemm_info["provider"] == fgemm.BLAS and "fp32 and bf16 only" in impl.gemm_info["reason"]
     assert "fallback" not in impl.gemm_info    # a choice, not a missing library: no table note
     impl = _check("lstm", "numba", "group_gemm,hoist_input,fuse_pointwise", (3, 2, 4, 5, 1))
     assert impl.gemm_info == {}

@@ -17,7 +17,7 @@ from fusion import cellexpr as ce
 from fusion import pointwise as fp
 from kernels import cudasrc
 from kernels.custom import CUSTOM_PARAMS, CUSTOM_REFERENCES, custom_lstm
-from kernels.errors import BadInput
+from kernels.errors import BadInput, Unsupported
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = [(1, 1), (1, 129), (3, 129), (2, 7)]
@@ -221,7 +221,7 @@ def test_generated_numba_cuda_in_simulator():
         assert err <= (1e-5 if case.endswith("float32") else 2e-3), (case, err)
 
 
-# -- a declared cell on the one runner (kernels.rnn.RNN) -------------------------------------------
+# -- a declared cell on the one runner (kernels.recurrent.RNN) -------------------------------------------
 def _cifg_reference(x, params, h0=None, c0=None):
     """The CIFG LSTM in float64, written out by hand (not generated): gates f, g, o; i = 1 - f."""
     from kernels.reference import sigmoid
@@ -310,7 +310,7 @@ def test_foldable_biases():
     assert ce.foldable_biases(ce.LSTM) == ("bx", "bh") and ce.foldable_biases(CIFG) == ("bx", "bh")
     assert ce.foldable_biases(ce.GRU) == ("bx",)
     assert ce.foldable_biases(ce.LAYERNORM_LSTM) == ()
-    from kernels.rnn import PLAIN_FOLDS     # the hand-written path's rule says the same
+    from kernels.recurrent import PLAIN_FOLDS     # the hand-written path's rule says the same
     for name, folds in (("lstm", "lstm"), ("gru", "gru"), ("rnn_relu", "rnn"), ("rnn_tanh", "rnn")):
         assert ce.get(name).foldable_biases == PLAIN_FOLDS[folds], name
     sub = ce.Cell("sub", gates="h", states=(), body="h = tanh(gx_h - bx_h + gh_h + bh_h)")
@@ -321,8 +321,10 @@ def test_foldable_biases():
 def test_runner_refuses_what_it_cannot_run():
     from kernels import RNN, CellParams, LSTMParams
     p = CellParams.random(2, 3, cell=CIFG)
-    with pytest.raises(BadInput, match="backend 'pycuda'"):
+    with pytest.raises(Unsupported, match="backend 'pycuda'"):    # a valid pair it cannot serve
         RNN(p, backend="pycuda")
+    with pytest.raises(BadInput, match="backend 'nope'"):          # a name that never works
+        RNN(p, backend="nope")
     with pytest.raises(BadInput, match="pointwise 'handwritten'"):
         RNN(p, pointwise="handwritten")
     with pytest.raises(BadInput, match="fp32 or fp64"):
@@ -348,3 +350,109 @@ def test_shipped_params_draw_the_same_numbers():
     k = 1.0 / np.sqrt(5)
     want = np.random.default_rng([7, 1]).uniform(-k, k, size=(3, 5))
     np.testing.assert_array_equal(p.extras[0]["peep"], want)
+
+
+# -- the shipped cells' float64 references against a hand computation ----------------------------
+# Written from the papers' equations, unit by unit, with the math module on Python floats: no NumPy
+# array code and nothing shared with kernels.custom, so a wrong gate, a wrong peephole, a norm
+# over the wrong axis or a bias added at the wrong place in a reference shows up here.
+def _sig(v: float) -> float:
+    import math
+    return 1.0 / (1.0 + math.exp(-v))
+
+
+def _dot(row, vec) -> float:
+    return sum(float(a) * float(b) for a, b in zip(row, vec))
+
+
+def _norm(values, gains, biases, eps=1e-5):
+    """Layer norm over ``values`` (biased variance, as Ba et al. and torch.nn.LayerNorm)."""
+    import math
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / n
+    return [(v - mean) / math.sqrt(var + eps) * float(g) + float(b) for v, g, b in zip(values, gains, biases)]
+
+
+def _hand_layers(x, params, h0, c0, cell):
+    """y (T x B x H nested lists) and the final (h, c) per layer, one scalar at a time."""
+    import math
+    T, B, H = len(x), len(x[0]), params.hidden_size
+    seq = [[list(map(float, x[t][b])) for b in range(B)] for t in range(T)]
+    finals = []
+    for l in range(params.num_layers):
+        lay, ex = params.layers[l], params.extras[l]
+        h = [list(map(float, h0[l][b])) for b in range(B)]
+        c = [list(map(float, c0[l][b])) for b in range(B)]
+        out = []
+        for t in range(T):
+            row = []
+            for b in range(B):
+                # pre-activations of the 4H gate rows i, f, g, o (canonical order), input and recurrent apart
+                px = [_dot(lay.w_ih[r], seq[t][b]) for r in range(4 * H)]
+                ph = [_dot(lay.w_hh[r], h[b]) for r in range(4 * H)]
+                if cell == "layernorm":
+                    px = _norm(px, np.ravel(ex["lnx_g"]), np.ravel(ex["lnx_b"]))
+                    ph = _norm(ph, np.ravel(ex["lnh_g"]), np.ravel(ex["lnh_b"]))
+                a = [px[r] + ph[r] + float(lay.b_ih[r]) + float(lay.b_hh[r]) for r in range(4 * H)]
+                new_c, new_h = [], []
+                for j in range(H):
+                    ai, af, ag, ao = a[j], a[H + j], a[2 * H + j], a[3 * H + j]
+                    cp = c[b][j]
+                    if cell == "peephole":      # Gers & Schmidhuber: i, f see c_{t-1}; o sees c_t
+                        pi, pf, po = (float(ex["peep"][k][j]) for k in range(3))
+                        i, f = _sig(ai + pi * cp), _sig(af + pf * cp)
+                        cj = f * cp + i * math.tanh(ag)
+                        new_c.append(cj)
+                        new_h.append(_sig(ao + po * cj) * math.tanh(cj))
+                    else:
+                        new_c.append(_sig(af) * cp + _sig(ai) * math.tanh(ag))
+                if cell == "layernorm":         # Ba et al.: h = o * tanh(LN(c_t)), LN over the H units
+                    lc = _norm(new_c, ex["lnc_g"], ex["lnc_b"])
+                    new_h = [_sig(a[3 * H + j]) * math.tanh(lc[j]) for j in range(H)]
+                h[b], c[b] = new_h, new_c
+                row.append(new_h)
+            out.append(row)
+        finals.append((h, c))
+        seq = out
+    return seq, finals
+
+
+@pytest.mark.parametrize("cell", ["peephole", "layernorm"])
+def test_shipped_cell_references_match_a_hand_computation(cell):
+    """kernels.custom's float64 references (the oracle every peephole and layer-norm variant is
+    checked against) agree with the cells computed by hand: 2 layers, 3 steps, 2 batch rows,
+    3 units, non-zero states and every per-unit parameter random."""
+    params = CUSTOM_PARAMS[cell].random(2, 3, 2, seed=11)
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-1, 1, (3, 2, 2))
+    h0, c0 = rng.uniform(-1, 1, (2, 2, 3)), rng.uniform(-1.5, 1.5, (2, 2, 3))
+    y, (h_n, c_n) = CUSTOM_REFERENCES[cell](x, params, h0, c0)
+    y_hand, finals = _hand_layers(x.tolist(), params, h0.tolist(), c0.tolist(), cell)
+    np.testing.assert_allclose(y, np.array(y_hand), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(h_n, np.array([f[0] for f in finals]), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(c_n, np.array([f[1] for f in finals]), rtol=1e-12, atol=1e-14)
+
+
+def _sig_np(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def test_layernorm_cell_over_one_unit_outputs_its_norm_bias():
+    """With H = 1 the layer norm of c has nothing to normalise against: c - mean(c) = 0, so the
+    reference must give h = o * tanh(lnc_b) exactly, whatever the weights."""
+    params = CUSTOM_PARAMS["layernorm"].random(2, 1, 1, seed=3)
+    x = np.random.default_rng(1).uniform(-1, 1, (4, 3, 2))
+    y, _ = CUSTOM_REFERENCES["layernorm"](x, params)
+    ex, lay = params.extras[0], params.layers[0]
+    h = np.zeros((3, 1))
+    for t in range(4):        # o needs the same normalised pre-activations; compute it per step
+        ax = x[t] @ lay.w_ih.T
+        ah = h @ lay.w_hh.T
+        norm = [(v - v.mean(axis=1, keepdims=True)) / np.sqrt(v.var(axis=1, keepdims=True) + 1e-5)
+                for v in (ax, ah)]
+        a_o = (norm[0] * ex["lnx_g"].ravel() + ex["lnx_b"].ravel() + norm[1] * ex["lnh_g"].ravel()
+               + ex["lnh_b"].ravel() + lay.b_ih + lay.b_hh)[:, 3:4]
+        h = _sig_np(a_o) * np.tanh(ex["lnc_b"])
+        np.testing.assert_allclose(y[t], h, rtol=1e-13)
+

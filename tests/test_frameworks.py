@@ -299,6 +299,7 @@ def test_framework_matches_reference(fw, op, path):
         assert m.n >= 3 and m.median > 0
         after = prepared.check()      # the worker's last timed call, as the runner checks it
         assert after.passed, after.detail
+        assert prepared.info["calls_sampled"] >= 3     # random timed calls the worker read, compared
     finally:
         prepared.close()
 
@@ -331,6 +332,7 @@ def test_framework_conv_matches_reference(fw, path, layout):
         assert m.n >= 3 and m.median > 0
         after = prepared.check()      # the worker's last timed call, as the runner checks it
         assert after.passed, after.detail
+        assert prepared.info["calls_sampled"] >= 3     # random timed calls the worker read, compared
     finally:
         prepared.close()
 

@@ -65,7 +65,7 @@ def _rnn_on_fake_cupy(cp, steps, cell="lstm"):
     """A built RNN whose orchestration runs against the stand-in CuPy (array math is NumPy's)."""
     from fusion.steps import Plan
     from kernels.params import PARAMS
-    from kernels.rnn import RNN
+    from kernels.recurrent import RNN
     p = PARAMS[cell].random(5, 6, 2, seed=1).astype(np.float32)
     rnn = RNN(p, variant="fused", backend="numpy", dtype="fp32", opts=Plan(frozenset(steps)),
               reuse_outputs=True)

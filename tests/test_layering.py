@@ -1,6 +1,6 @@
 """The package layering: kernels compute, fusion optimizes, profiles explain, microbench measures.
 kernels never imports microbench; fusion imports no microbench and only kernels' leaf modules
-(never kernels.rnn or kernels.custom, which are built on fusion); profiles does not import
+(never kernels.recurrent or kernels.custom, which are built on fusion); profiles does not import
 microbench.  Imports inside functions count too."""
 import ast
 from pathlib import Path
@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 # kernels modules that import fusion themselves: fusion importing them would be a cycle
-KERNELS_ON_FUSION = {"kernels.rnn", "kernels.custom", "kernels.backward", "kernels.train", "kernels.torch",
+KERNELS_ON_FUSION = {"kernels.recurrent", "kernels.custom", "kernels.backward", "kernels.train", "kernels.torch",
                      "kernels.jax"}
 
 

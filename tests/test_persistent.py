@@ -105,7 +105,7 @@ def test_plan_refuses_registers_and_occupancy():
 
 
 def test_largest_h_on_h100():
-    """The README's limits table (one block per SM, W_hh in shared memory only)."""
+    """The limits docs/gpu-status.md quotes (one block per SM, W_hh in shared memory only)."""
     got = {(c, p, B): kp.largest_h(c, B, p) for c in ("lstm", "gru") for p in ("fp32", "fp16")
            for B in (1, 64)}
     print(got)

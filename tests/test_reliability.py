@@ -398,7 +398,7 @@ def test_opt_with_the_fused_variant_among_others_is_kept():
 def _api_cases():
     from kernels.params import GRUParams, LSTMParams
     from kernels.reference import gru_reference, lstm_reference
-    from kernels.rnn import RNN
+    from kernels.recurrent import RNN
     p, g = LSTMParams.random(4, 3), GRUParams.random(4, 3, 2)
     x = np.ones((2, 1, 4))
     s = np.ones((1, 1, 3))
@@ -434,7 +434,7 @@ def test_python_api_bad_input_is_bad_input(index):
 
 def test_python_api_still_takes_real_inputs_and_low_precision_weights():
     from kernels.params import LSTMParams
-    from kernels.rnn import RNN
+    from kernels.recurrent import RNN
     p = LSTMParams.random(4, 3, dtype="fp32")
     assert p.dtype == np.float32 and np.abs(p.layers[0].w_ih).max() > 0
     assert LSTMParams.random(4, 3, dtype="bf16").dtype.name == "bfloat16"
@@ -442,7 +442,7 @@ def test_python_api_still_takes_real_inputs_and_low_precision_weights():
     assert y.shape == (2, 1, 3) and np.isfinite(y).all()
 
 
-# -- Winograd's NaN tiles (documented in the README) ------------------------------------------------
+# -- Winograd's NaN tiles (documented in docs/conv.md) ------------------------------------------------
 
 @pytest.mark.parametrize("pos", [(5, 5), (4, 4), (6, 7), (0, 0)])
 def test_winograd_spreads_a_nan_over_whole_tiles_and_fails_the_check(pos):
@@ -453,7 +453,7 @@ def test_winograd_spreads_a_nan_over_whole_tiles_and_fails_the_check(pos):
     ref = np.isnan(conv2d_reference(x, w, b, p))
     y = CONV_VARIANTS["winograd"].run(x, w, b, p)
     nan = np.isnan(y)
-    assert ref.sum() in (16, 36) and 64 <= nan.sum() <= 100     # the README's numbers
+    assert ref.sum() in (16, 36) and 64 <= nan.sum() <= 100     # docs/conv.md's numbers
     assert nan[ref].all()                                        # every reference NaN is there
     # ... and no NaN outside the 4x4 output tiles whose 6x6 input tile (rows 4t-1..4t+4 with
     # pad 1) holds the NaN input

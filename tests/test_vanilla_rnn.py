@@ -13,7 +13,7 @@ from kernels import backward as bw
 from kernels.errors import BadInput
 from kernels.params import PARAMS, VanillaRNNParams
 from kernels.reference import REFERENCES, rnn_reference
-from kernels.rnn import RNN, rnn
+from kernels.recurrent import RNN, rnn
 
 ACTS = ("relu", "tanh")
 

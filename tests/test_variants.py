@@ -64,7 +64,7 @@ def test_variants_command_lists_where_each_variant_lives(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["op", "variant", "backend"]
     fused = [ln for ln in lines[1:] if ln.split()[1:3] == ["fused", "numpy"]]
-    assert len(fused) == 1 and "kernels.rnn:RNN" in fused[0] and fused[0].rstrip().endswith("yes")
+    assert len(fused) == 1 and "kernels.recurrent:RNN" in fused[0] and fused[0].rstrip().endswith("yes")
     assert all(ln.split()[0] == "lstm" for ln in lines[1:])
     assert any("layernorm-fused" in ln and "kernels.custom:CustomLSTM" in ln for ln in lines)
     assert any(ln.split()[1] == "fused+bwd" and " bwd " in ln for ln in lines)

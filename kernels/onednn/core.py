@@ -16,6 +16,7 @@ import numpy as np
 
 from profiles import nvtx
 
+from .. import forking
 from ..dtypes import canonical
 from ..errors import BadInput, Unsupported
 from . import lib as L
@@ -91,6 +92,7 @@ class Scope:
         return self._create(create, "dnnl_primitive_desc_destroy", *args)
 
     def primitive(self, pd) -> ctypes.c_void_p:
+        forking.started("oneDNN primitives")     # executed soon after: OpenMP from then on
         return self._create("dnnl_primitive_create", "dnnl_primitive_destroy", pd)
 
     def memory(self, md, engine, array: np.ndarray | None = None) -> ctypes.c_void_p:
@@ -148,6 +150,8 @@ class Step:
         self._n = len(items)
 
     def __call__(self) -> None:
+        if forking.inherited():     # a child forked after OpenMP ran: libgomp would hang here
+            forking.check(f"oneDNN {self.name}")
         with nvtx.phase(self.kind):
             st = self._exec(self._prim, self._stream, self._n, self._args)
         if st:

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..dtypes import canonical, storage
 from ..errors import BadInput
-from ..params import RNNParams, check_dim, reorder_gates, require_unidirectional
+from ..params import RNNParams, check_dim, check_real, reorder_gates, require_unidirectional
 from . import core
 from . import lib as L
 
@@ -220,12 +220,19 @@ class OnednnRNN:
             want["c0"] = want["h0"]
             arrays["c0"] = c0
         for k, a in arrays.items():
+            check_real(k, a)     # a complex array would silently lose its imaginary part
             if np.shape(a) != want[k]:
                 raise BadInput(f"{k} has shape {np.shape(a)}; expected {want[k]}")
         self._x[...] = x
         self._h0[...] = h0
         if self._c0 is not None:
             self._c0[...] = c0
+
+    @property
+    def bound(self) -> dict:
+        """The buffers the primitives read, by name (``x``, ``h0``, ``c0``): what :meth:`bind`
+        copies into; writing them in place changes the next :meth:`run`'s inputs."""
+        return {"x": self._x, "h0": self._h0, "c0": self._c0}
 
     def run(self) -> tuple:
         """One inference over the bound inputs; returns (y, h_n[, c_n]) (buffers reused per call)."""

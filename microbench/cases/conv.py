@@ -18,14 +18,29 @@ from ..registry import Check, Prepared, VariantRecord, code_of, register
 TOL_SCALE = {"winograd": 3.0}
 
 
-def make_inputs(problem: ConvProblem, seed: int, precision: str) -> tuple:
-    return problem.random_inputs(np.random.default_rng(seed), precision)
+def make_inputs(problem: ConvProblem, seed: int, precision: str, x_seed: int | None = None) -> tuple:
+    """(x, w, b) from the seed; ``x_seed``: the same weights with x drawn from this seed instead
+    (the gate's second input, :func:`second_input`)."""
+    x, w, b = problem.random_inputs(np.random.default_rng(seed), precision)
+    if x_seed is not None:
+        x = problem.random_inputs(np.random.default_rng(x_seed), precision)[0]
+    return x, w, b
 
 
 @functools.lru_cache(maxsize=4)
-def reference_output(problem: ConvProblem, seed: int, precision: str) -> np.ndarray:
-    x, w, b = make_inputs(problem, seed, precision)
+def reference_output(problem: ConvProblem, seed: int, precision: str, x_seed: int | None = None) -> np.ndarray:
+    x, w, b = make_inputs(problem, seed, precision, x_seed)
     return conv2d_reference(x, w, b, problem)
+
+
+def second_input(problem: ConvProblem, seed: int, precision: str, tol: float):
+    """``Prepared.vary`` of a forward conv case (microbench.callsample): x from another seed, the
+    same weights, and the check of a call's output against its reference."""
+    def vary():
+        x2 = make_inputs(problem, seed, precision, seed + 1)[0]
+        ref = reference_output(problem, seed, precision, seed + 1)
+        return {"x": x2}, lambda out: compare([out], [ref], precision, names=("y",), tol=tol)
+    return vary
 
 
 def build_conv(problem: ConvProblem, seed: int, *, variant: str, precision: str, plan=None) -> Prepared:
@@ -41,7 +56,8 @@ def build_conv(problem: ConvProblem, seed: int, *, variant: str, precision: str,
         return compare([run() if out is None else out], [reference_output(problem, seed, precision)], precision, names=("y",), tol=tol)
 
     return Prepared(inputs={"x": x, "w": w, "b": b}, run=run, flops=problem.flops,
-                    bytes=problem.bytes(precision), check=check, info={"layout": problem.layout})
+                    bytes=problem.bytes(precision), check=check, info={"layout": problem.layout},
+                    vary=second_input(problem, seed, precision, tol))
 
 
 for _name, _v in CONV_VARIANTS.items():   # the backend of its row: where its work happens

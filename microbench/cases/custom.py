@@ -1,5 +1,5 @@
 """Custom LSTM cells (``--cell layernorm|peephole``): builders following :mod:`microbench.cases.rnn`
-(the same runner, :class:`kernels.rnn.RNN`, with the cell's generated pointwise kernels).
+(the same runner, :class:`kernels.recurrent.RNN`, with the cell's generated pointwise kernels).
 
 Registered as ("lstm", "<cell>-<variant>", backend) with ``cell`` set (``registry.ours("lstm",
 cell=...)``; ``--cell`` selects them).  The problem is an LSTM
@@ -76,14 +76,14 @@ def build_custom(problem: RNNProblem, seed: int, *, cell: str, variant: str, bac
     CuPy arrays and cuBLAS GEMMs, the generated CUDA C or numba.cuda kernel; precisions fp32,
     tf32, fp16).  Without a GPU a GPU backend raises :class:`~kernels.errors.Unsupported` with the
     reason (the case is skipped).  ``plan``: the fused variant's fusion steps (None: every step of
-    the backend), as for the plain cells: the same runner, :class:`kernels.rnn.RNN`."""
+    the backend), as for the plain cells: the same runner, :class:`kernels.recurrent.RNN`."""
     if backend in GPU_BACKENDS:
         reason = get_backend(backend).missing()   # before drawing inputs: no GPU, no CuPy, ...
         if reason:
             raise Unsupported(reason)
     inp = make_custom_inputs(problem, seed, precision, cell)
     impl = CustomLSTM(inp["params"], cell=cell, variant=variant, backend=backend, dtype=precision,
-                      opts=plan, reuse_outputs=True)
+                      opts=plan, reuse_outputs=True, track_params=False)   # no checksum in timed calls
     impl.prepare(problem.T, problem.B)   # packed weights (oneDNN provider) made here, not timed
     xp = impl.xp
     x, h0, c0 = (xp.asarray(inp[k]) for k in ("x", "h0", "c0"))   # on the device before timing

@@ -33,7 +33,8 @@ from kernels.errors import BadInput, Unsupported
 from ..frameworks import (FRAMEWORKS, NOT_INSTALLABLE, NUMPY1, PATHS, describe, precision_reason,
                           skip_reason)
 from ..problems import RNNProblem
-from ..registry import REGISTRY, Prepared, VariantRecord, register
+from ..callsample import CallSampler
+from ..registry import REGISTRY, Check, Prepared, VariantRecord, register
 from ..stats import Measurement
 from .custom import check_custom, make_custom_inputs
 from .rnn import compare, make_inputs, reference_outputs
@@ -164,19 +165,16 @@ def build_framework(problem: RNNProblem, seed: int, *, framework: str, path: str
         worker.close()
         raise
     winfo = ans["info"]
-    first = [outputs]
 
-    def check():
-        # The first check reads the build call's outputs; a later one (after timing) asks the
-        # worker for its latest call's, which after "measure" is the last timed call.
-        outputs = first.pop() if first else latest_outputs(worker)
+    def against_reference(outputs):
         if backward:
             return bwcases.check_grads(outputs, problem, seed, precision, cell)
         if cell == "layernorm":
             return check_custom(outputs, problem, seed, precision, cell)
         return compare(outputs, reference_outputs(problem, seed, precision), precision)
 
-    measure = _measure_in(worker)
+    sampler = CallSampler()
+    measure = _measure_in(worker, sampler)
 
     runs = LAYERNORM_PATHS[framework][device][path] if cell == "layernorm" else \
         describe(framework, device, path, problem.op)
@@ -188,17 +186,40 @@ def build_framework(problem: RNNProblem, seed: int, *, framework: str, path: str
     if backward:
         info.update(flops_rule=bwcases.FLOPS_NOTE,
                     loss="sum(y * dY), dY the same fixed random array our training rows get")
+    check = _gated(against_reference, worker, outputs, sampler, info)
     return Prepared(inputs={}, run=lambda: worker.request({"cmd": "run"}),
                     flops=problem.flops() * (3 if backward else 1), bytes=nbytes * (2 if backward else 1),
                     check=check, info=info, measure=measure, close=worker.close)
 
 
-def _measure_in(worker):
+def _gated(against_reference, worker, first_outputs, sampler, info: dict):
+    """A framework row's check: the build call's outputs first; after timing the worker's latest
+    call's (its last timed call), and then the calls the worker read at random while timing
+    compared with those (microbench.callsample); ``info["calls_sampled"]`` says how many."""
+    first = [first_outputs]
+
+    def check():
+        after = not first
+        outputs = first.pop() if first else latest_outputs(worker)
+        result = against_reference(outputs)
+        if after and result.passed and sampler.kept:
+            info["calls_sampled"] = sampler.kept
+            bad = sampler.check(list(outputs), result.tol)
+            if bad is not None:
+                return Check(bad[1], result.tol, False, bad[0])
+        return result
+    return check
+
+
+def _measure_in(worker, sampler=None):
     """Time a case inside its worker; the Measurement carries the mode and timer the worker really
-    used (a framework row never replays a CUDA graph, and cold mode needs a flush it can run)."""
+    used (a framework row never replays a CUDA graph, and cold mode needs a flush it can run).
+    ``sampler``: gathers the reads of random timed calls the worker sends back."""
     def measure(settings) -> Measurement:
         got = worker.request({"cmd": "measure", "settings": dataclasses.asdict(settings)},
                              timeout=settings.max_time * 2 + 120)
+        if sampler is not None and got.get("sampled") is not None:
+            sampler.merge(got["sampled"], got.get("calls", 0))
         return Measurement(got["samples"], settings.max_noise, mode=got.get("mode", ""),
                            timer=got.get("timer", ""))
     return measure
@@ -230,22 +251,22 @@ def _build_conv(problem, seed, *, framework, path, device, precision, threads, p
         raise
     winfo = ans["info"]
 
-    measure = _measure_in(worker)
+    sampler = CallSampler()
+    measure = _measure_in(worker, sampler)
 
     info = {"framework": framework, "path": path, "runs": describe(framework, device, path, "conv"),
             "compile_s": winfo.get("compile_s", winfo.get("first_call_s")), "worker": worker.env, **winfo}
-    first = [outputs]
     names = (("dx",) if phase == "bwd_data" else ("dw", "db") if problem.bias else ("dw",)) if phase else ("y",)
     if phase:
         info.update({"pass": phase, "outputs": list(names),
                      "loss": "sum(y * dy), dy the same fixed array our backward rows get"})
 
-    def check():   # as for the RNN rows: the build call's outputs first, then the latest call's
-        got = first.pop() if first else latest_outputs(worker)
+    def against_reference(got):   # as for the RNN rows
         if phase:   # against the float64 phase reference, tolerances as for our backward rows
             ref, tols = backward_reference(problem, seed, precision, phase)
             return cond.compare_each(list(got), ref, tols, names)
         return compare_conv(got, [reference_output(problem, seed, precision)], precision, names=names)
+    check = _gated(against_reference, worker, outputs, sampler, info)
 
     return Prepared(inputs={}, run=lambda: worker.request({"cmd": "run"}), flops=problem.flops,
                     bytes=problem.bytes(precision), check=check,

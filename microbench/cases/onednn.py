@@ -26,7 +26,7 @@ from kernels.errors import Unsupported
 
 from ..problems import RNNProblem
 from ..registry import Check, Prepared, VariantRecord, library_probe, register
-from .rnn import compare, make_inputs, reference_outputs
+from .rnn import compare, make_inputs, reference_outputs, second_inputs
 
 BACKEND = "onednn"
 PRECISIONS = ("fp32", "bf16")
@@ -57,19 +57,21 @@ def build_onednn_rnn(problem: RNNProblem, seed: int, *, reorder_each_call: bool,
         rnn.bind(inp["x"], inp["h0"], inp["c0"])
         run = rnn.run
 
-        def check() -> Check:
-            # two calls: a result that goes wrong after the first call (reused buffers, a reorder
-            # that overwrote its own source) must not pass
-            run()
-            outs = [np.array(a, dtype=np.float64) for a in run()]
+        def check(out=None) -> Check:
+            # out: a timed call's return value; else two calls: a result that goes wrong after the
+            # first call (reused buffers, a reorder that overwrote its own source) must not pass
+            if out is None:
+                run()
+                out = run()
+            outs = [np.array(a, dtype=np.float64) for a in out]
             return compare(outs, reference_outputs(problem, seed, precision), precision)
 
         info = rnn.info()
         info["onednn_path"] = lib.path
-        return Prepared(inputs={"x": inp["x"], "h0": inp["h0"], "c0": inp["c0"]},
-                        run=run, flops=problem.flops(),
+        # inputs: the buffers the primitives read (bind copied the inputs there)
+        return Prepared(inputs=rnn.bound, run=run, flops=problem.flops(),
                         bytes=problem.bytes(dtypes.itemsize(precision)), check=check, info=info,
-                        close=rnn.close)
+                        close=rnn.close, vary=second_inputs(problem, seed, precision, flatten=tuple))
     except BaseException:
         rnn.close()
         raise
@@ -101,7 +103,7 @@ def build_onednn_conv(problem, seed: int, *, algo: str, precision: str, plan=Non
     from kernels.onednn.conv import OnednnConv
     from kernels.onednn.lib import load
 
-    from .conv import make_inputs as conv_inputs, reference_output
+    from .conv import make_inputs as conv_inputs, reference_output, second_input
     precision = _precision(precision)
     lib = load()
     conv = OnednnConv(problem, precision=precision, algo=algo, lib=lib)
@@ -112,17 +114,20 @@ def build_onednn_conv(problem, seed: int, *, algo: str, precision: str, plan=Non
         run = conv.run
         tol = dtypes.tolerance(precision) * _CONV_TOL_SCALE.get(algo, 1.0)
 
-        def check() -> Check:
-            run()
-            return compare([np.array(run(), dtype=np.float64)],
+        def check(out=None) -> Check:
+            if out is None:
+                run()
+                out = run()
+            return compare([np.array(out, dtype=np.float64)],
                            [reference_output(problem, seed, precision)], precision, names=("y",),
                            tol=tol)
 
         info = conv.info()
         info["onednn_path"] = lib.path
-        return Prepared(inputs={"x": x, "w": w, "b": b}, run=run,
+        # inputs: x is the buffer the primitive reads (conv.x), the weights as given
+        return Prepared(inputs={"x": conv.x, "w": w, "b": b}, run=run,
                         flops=problem.flops, bytes=problem.bytes(precision), check=check,
-                        info=info, close=conv.close)
+                        info=info, close=conv.close, vary=second_input(problem, seed, precision, tol))
     except BaseException:
         conv.close()
         raise

@@ -9,7 +9,7 @@ from kernels import dtypes
 from kernels.backends import step_backends
 from kernels.params import PARAMS
 from kernels.reference import REFERENCES
-from kernels.rnn import RNN
+from kernels.recurrent import RNN
 
 from ..checks import compare, to_host
 from ..problems import RNNProblem
@@ -18,13 +18,15 @@ from ..registry import Check, Prepared, VariantRecord, code_of, register
 __all__ = ["build_rnn", "compare", "gemms_per_step", "make_inputs", "reference_outputs"]
 
 
-def make_inputs(problem: RNNProblem, seed: int, precision: str) -> dict:
+def make_inputs(problem: RNNProblem, seed: int, precision: str, inputs_seed: int | None = None) -> dict:
     """Parameters, input and initial states, from the seed alone: every variant sees the same numbers.
 
     Drawn in float64, then rounded to the case's storage type; the reference runs on those
     rounded values, so the check measures the computation, not the rounding of the inputs.
+    ``inputs_seed``: the same parameters with x, h0, c0 drawn from this seed instead (the gate's
+    second inputs, :func:`second_inputs`).
     """
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed if inputs_seed is None else inputs_seed)
     extra = {"nonlinearity": problem.nonlinearity} if problem.op == "rnn" else {}
     params = PARAMS[problem.op].random(problem.I, problem.H, problem.L, seed=seed, **extra)
     st = dtypes.storage(precision)
@@ -39,15 +41,30 @@ def make_inputs(problem: RNNProblem, seed: int, precision: str) -> dict:
 
 
 @functools.lru_cache(maxsize=4)
-def reference_outputs(problem: RNNProblem, seed: int, precision: str) -> tuple:
+def reference_outputs(problem: RNNProblem, seed: int, precision: str, inputs_seed: int | None = None) -> tuple:
     """float64 outputs (y, h_n[, c_n]) for the rounded inputs; cached across the variants of a run."""
-    inp = make_inputs(problem, seed, precision)
+    inp = make_inputs(problem, seed, precision, inputs_seed)
     skip = {"skip_input": problem.skip_input}
     if problem.op == "lstm":
         y, (h, c) = REFERENCES["lstm"](inp["x"], inp["params"], inp["h0"], inp["c0"], **skip)
         return y, h, c
     y, h = REFERENCES[problem.op](inp["x"], inp["params"], inp["h0"], **skip)
     return y, h
+
+
+def second_inputs(problem: RNNProblem, seed: int, precision: str, flatten=None):
+    """``Prepared.vary`` of an RNN case (microbench.callsample): x, h0 (and c0) drawn from another
+    seed, with the same parameters, and the check of a call's outputs against their reference.
+    ``flatten``: a call's return value -> (y, h_n[, c_n]) (default: the RNN call's)."""
+    other_seed = seed + 1
+    flatten = flatten or (lambda out: _flatten(problem.op, out))
+
+    def vary():
+        other = make_inputs(problem, seed, precision, inputs_seed=other_seed)
+        ref = reference_outputs(problem, seed, precision, other_seed)
+        new = {k: other[k] for k in ("x", "h0", "c0") if other[k] is not None}
+        return new, lambda out: compare([to_host(a) for a in flatten(out)], ref, precision)
+    return vary
 
 
 def _flatten(cell: str, out) -> tuple:
@@ -58,8 +75,9 @@ def _flatten(cell: str, out) -> tuple:
 def build_rnn(problem: RNNProblem, seed: int, *, variant: str, backend: str, precision: str,
               plan=None) -> Prepared:
     inp = make_inputs(problem, seed, precision)
+    # track_params off: the weights never change here, and a timed call must not checksum them
     impl = RNN(inp["params"], variant=variant, backend=backend, dtype=precision, opts=plan,
-               reuse_outputs=True, skip_input=problem.skip_input)
+               reuse_outputs=True, skip_input=problem.skip_input, track_params=False)
     impl.prepare(problem.T, problem.B)   # packed weights (oneDNN provider) made here, not timed
     xp = impl.xp
     x, h0 = xp.asarray(inp["x"]), xp.asarray(inp["h0"])
@@ -95,7 +113,8 @@ def build_rnn(problem: RNNProblem, seed: int, *, variant: str, backend: str, pre
     elif python_loop_note(impl):
         info["step_loop"] = python_loop_note(impl)
     return Prepared(inputs={"x": x, "h0": h0, "c0": c0}, run=run, flops=problem.flops(),
-                    bytes=problem.bytes(itemsize), check=check, info=info)
+                    bytes=problem.bytes(itemsize), check=check, info=info,
+                    vary=second_inputs(problem, seed, precision))
 
 
 def python_loop_note(impl: RNN) -> str | None:

@@ -82,10 +82,9 @@ def parse_sizes(text: str) -> list:
     out = []
     for part in csv_list(text):
         mult = {"k": 1000, "m": 1000 ** 2, "g": 1000 ** 3}.get(part[-1:].lower(), 1)
-        try:
-            n = int(part[:-1] if mult > 1 else part) * mult
-        except ValueError:
-            n = 0
+        digits = part[:-1] if mult > 1 else part
+        # int() takes '٤', '１６' and '1_6': ASCII digits only
+        n = int(digits) * mult if digits.isascii() and digits.isdigit() else 0
         if n < 1:
             raise BadInput(f"--sizes {part!r} is not a positive element count; e.g. 100000,4M or deepbench")
         out.append(n)

@@ -28,7 +28,8 @@ def _dtype_help() -> str:
         dts = list(dict.fromkeys(d for b in names for d in b.dtypes))
         only = {d: [b.name for b in names if d in b.dtypes] for d in dts}
         text = ", ".join(d + (f" ({'/'.join(only[d])} only)" if len(only[d]) < len(names) else "") for d in dts)
-        parts.append(f"{text} {words}")
+        native = [f"{b.name}'s {'/'.join(b.native_only)} needs AVX512-BF16 or AMX" for b in names if b.native_only]
+        parts.append(f"{text} {words}" + (f" ({'; '.join(native)})" if native else ""))
     return "; ".join(parts)
 
 
@@ -250,7 +251,7 @@ def _backward_cases(args, cell, problem, precisions, thread_counts, device, vari
 
 def _custom_cell_cases(args, cell, problem, precisions, thread_counts, device, variant_names,
                        backend_names, fw_names, python=None) -> list:
-    """Cases of a custom LSTM cell (the registry's records of the cell, run by kernels.rnn.RNN as
+    """Cases of a custom LSTM cell (the registry's records of the cell, run by kernels.recurrent.RNN as
     the plain cells are): naive and fused on the device's backends, with --opt and --ladder, then
     (layer norm) the frameworks' layer-norm LSTMs."""
     from fusion.steps import ladder
@@ -295,7 +296,7 @@ def _custom_cell_cases(args, cell, problem, precisions, thread_counts, device, v
                 continue
             for v in variant_names or allowed_v:
                 for b in backend_names or allowed_b:
-                    # no --opt: plan None, every step of the backend (kernels.rnn.RNN's default)
+                    # no --opt: plan None, every step of the backend (kernels.recurrent.RNN's default)
                     cases.append(Case(record(v, b), problem, p, args.seed,
                                       plan if v == "fused" else None, threads))
     if fw_names:

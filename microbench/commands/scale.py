@@ -84,10 +84,10 @@ def _ranks(text):
         return None
     out = []
     for v in csv_list(text):
-        try:
-            out.append(int(v))
-        except ValueError:
-            raise BadInput(f"--ranks {v!r} is not a rank count") from None
+        digits = v[1:] if v[:1] in "+-" else v
+        if not (digits.isascii() and digits.isdigit()):     # int() takes '٤', '１６' and '1_6'
+            raise BadInput(f"--ranks {v!r} is not a rank count")
+        out.append(int(v))
     return sorted(set(out))
 
 

@@ -51,7 +51,7 @@ NO_GPU = {
 PATHS = {
     "torch": {
         "cpu": {
-            "fused": {"lstm": "nn.LSTM: ATen's fused CPU RNN (oneDNN for fp32)",
+            "fused": {"lstm": "nn.LSTM: ATen's fused CPU RNN (oneDNN for fp32 and bf16)",
                       "gru": "nn.GRU: ATen's fused CPU RNN (its own kernels: no oneDNN primitive)",
                       "rnn": "nn.RNN (relu or tanh): ATen's fused CPU RNN",
                       "conv": "F.conv2d: oneDNN (mkldnn) convolution"},

@@ -31,7 +31,8 @@ from . import FRAMEWORKS, IMPORT_NAME, NOT_INSTALLABLE, NUMPY1
 
 START_TIMEOUT_S = 180.0     # importing TensorFlow on a busy 2-core machine takes ~10 s
 REUSE_ENV = "MICROBENCH_REUSE_WORKERS"
-_IDLE: dict = {}            # reuse key -> idle workers (MICROBENCH_REUSE_WORKERS only)
+_IDLE: list = []            # (reuse key, worker), oldest first (MICROBENCH_REUSE_WORKERS only)
+MAX_IDLE = 3                # idle workers kept at most: each holds a framework's memory (0.3-1 GB)
 
 
 def _reusing() -> bool:
@@ -53,12 +54,13 @@ def start(framework: str, *, python: str | None = None, threads: int | None = No
     if not _reusing():
         return Worker(framework, python=python, threads=threads, device=device)
     key = _reuse_key(framework, python, threads, device)
-    idle = _IDLE.get(key, [])
-    while idle:
-        w = idle.pop()
-        if w.proc.poll() is None:
-            return w
-        w._shutdown()
+    for i in range(len(_IDLE) - 1, -1, -1):
+        k, w = _IDLE[i]
+        if k == key:
+            del _IDLE[i]
+            if w.proc.poll() is None:
+                return w
+            w._shutdown()
     w = Worker(framework, python=python, threads=threads, device=device)
     w._reuse_key = key
     return w
@@ -66,10 +68,8 @@ def start(framework: str, *, python: str | None = None, threads: int | None = No
 
 @atexit.register
 def _end_idle() -> None:
-    for idle in _IDLE.values():
-        for w in idle:
-            w._shutdown()
-    _IDLE.clear()
+    while _IDLE:
+        _IDLE.pop()[1]._shutdown()
 
 
 class WorkerError(MicrobenchError):
@@ -233,8 +233,12 @@ class Worker:
         return str(self.dir / name)
 
     def save(self, name: str, arrays: dict) -> str:
+        """The arrays in an .npz the worker reads.  bf16 (ml_dtypes) travels widened to fp32,
+        exactly: .npz keeps no ml_dtypes type (it would arrive as opaque void), and the adapter
+        rounds it back to its framework's bf16 without loss."""
         p = self.path(name)
-        np.savez(p, **arrays)
+        np.savez(p, **{k: (a.astype(np.float32) if getattr(a, "dtype", None) is not None
+                           and a.dtype.kind == "V" else a) for k, a in arrays.items()})
         return p
 
     def load(self, name: str) -> list:
@@ -253,7 +257,9 @@ class Worker:
         key = getattr(self, "_reuse_key", None)
         if key is not None and _reusing() and getattr(self, "proc", None) is not None \
                 and self.proc.poll() is None and not self._buf:
-            _IDLE.setdefault(key, []).append(self)
+            _IDLE.append((key, self))
+            while len(_IDLE) > MAX_IDLE:        # the least recently used goes
+                _IDLE.pop(0)[1]._shutdown()
             return
         self._shutdown()
 

@@ -77,11 +77,15 @@ def precision_switches(torch) -> dict:
     return out
 
 
-def _dtype(precision, device):
+def _dtype(precision, device, cpu_bf16: bool = False):
+    """``cpu_bf16``: the RNN rows take bf16 on the CPU too (nn.LSTM runs it through oneDNN's
+    bf16 RNN, mkldnn_rnn_layer; nn.GRU and nn.RNN through ATen's bf16 GEMMs)."""
     torch = _torch
     table = {"fp32": torch.float32, "fp64": torch.float64}
     if device == "cuda":
         table.update({"tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16})
+    elif cpu_bf16:
+        table["bf16"] = torch.bfloat16
     if precision not in table:
         raise Unsupported(f"torch on {device} runs {', '.join(table)}; not {precision}")
     set_precision(torch, precision)
@@ -94,7 +98,7 @@ def build(op, path, device, precision, arrays) -> Built:
     among the arrays the row is a training step: forward and backward of ``sum(y * dy)``."""
     torch, nn = _torch, _torch.nn
     T, B, I, H, L = dims(arrays)
-    dt = _dtype(precision, device)
+    dt = _dtype(precision, device, cpu_bf16=True)
     dev = torch.device(device)
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(dev, dt)  # noqa: E731
     layers = unpack_layers(arrays)
@@ -124,7 +128,9 @@ def build(op, path, device, precision, arrays) -> Built:
             return mod(x, (h0, c0) if op == "lstm" else h0)
         info["kernel"] = ("cuDNN RNN" if device == "cuda" else
                           f"ATen rnn_{act}" if act else
-                          "oneDNN (mkldnn_rnn)" if dt == torch.float32 and info_mkldnn() else "ATen native")
+                          "oneDNN (mkldnn_rnn)" if op == "lstm" and info_mkldnn() and (
+                              dt == torch.float32 or dt == torch.bfloat16 and _mkldnn_bf16())
+                          else "ATen native")
         if train:
             info["kernel"] += ", forward and backward"
     elif path in ("generic", "nocudnn"):
@@ -353,6 +359,14 @@ def flusher(device: str):
 def info_mkldnn() -> bool:
     b = _torch.backends.mkldnn
     return bool(b.enabled and b.is_available())
+
+
+def _mkldnn_bf16() -> bool:
+    """Whether ATen's bf16 LSTM takes oneDNN's RNN here (its mkldnn_bf16_device_check)."""
+    try:
+        return bool(_torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def _conv_setup(path, device, precision, arrays, geom) -> tuple:

@@ -11,7 +11,8 @@ framework's own prints are sent to stderr, so they can not corrupt the channel) 
    "phase" bwd_data or bwd_weights and dy among the inputs, one backward phase: out.npz holds
    dx, or dw[, db])
   {"cmd": "run"}                               -> {"ok"}   (one untimed call)
-  {"cmd": "measure", "settings": {...}}        -> {"ok", "samples": [seconds, ...]}
+  {"cmd": "measure", "settings": {...}}        -> {"ok", "samples": [seconds, ...], "sampled":
+                                                  reads of random calls' outputs, "calls"}
   {"cmd": "trace", "calls": n}                 -> {"ok"}   (n untimed calls between marker
                                                   lines on fd 1: profiles.onednn_trace)
   {"cmd": "quit"}                              -> {"ok"}, then exit
@@ -93,6 +94,31 @@ def cpu_flusher():
     def flush():
         np.add(buf, 1.0, out=buf)
     return flush
+
+
+def sampled_calls(timer, built):
+    """(sampler, timer): ``timer`` (None: perf_counter around the call) wrapped so that a random
+    sample of the calls' outputs is read after each call, untimed (microbench.callsample; the
+    runner compares them with the last call's outputs)."""
+    import numpy as np
+
+    from ..callsample import CallSampler
+    sampler = CallSampler()
+
+    class Sampling:
+        name = getattr(timer, "name", "perf_counter")
+
+        def sample(self, fn):
+            if timer is not None:
+                seconds = timer.sample(fn)
+            else:
+                t0 = time.perf_counter()
+                fn()
+                seconds = time.perf_counter() - t0
+            # converted as the "outputs" command does (a framework's tensors index differently)
+            sampler.offer_lazy(lambda: [np.asarray(a) for a in built.outputs()])
+            return seconds
+    return sampler, Sampling()
 
 
 def timing_mode(adapter, device: str, settings: dict):
@@ -203,8 +229,10 @@ def main(argv=None) -> int:
                 send({"ok": True})
             elif cmd == "measure":
                 timer, flush, mode, tname = timing_mode(adapter, args.device, req["settings"])
-                send({"ok": True, "samples": run_measure(built.run, req["settings"], timer, flush),
-                      "mode": mode, "timer": tname})
+                sampler, timer = sampled_calls(timer, built)
+                samples = run_measure(built.run, req["settings"], timer, flush)
+                send({"ok": True, "samples": samples, "mode": mode, "timer": tname,
+                      "sampled": sampler.export(), "calls": sampler.calls})
             elif cmd == "quit":
                 send({"ok": True})
                 return 0

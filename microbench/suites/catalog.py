@@ -95,7 +95,7 @@ class Suite:
     about: str
     source: str
     specs: tuple
-    # What a run of the suite times, in words (the suite list and the README table say it).
+    # What a run of the suite times, in words (the suite list and docs/suites.md's table say it).
     times: str = "forward"
     # Timing used when the command line does not set it (quick trades precision for time).
     timing: dict = field(default_factory=dict)

@@ -27,6 +27,9 @@ kernels to.
 """
 from __future__ import annotations
 
+import threading
+import zlib
+
 import numpy as np
 
 from fusion import cpuloop
@@ -36,12 +39,12 @@ from fusion import streams as fstreams
 from fusion.steps import CHUNKS, STEPS, Plan
 from profiles import nvtx
 
-from . import cells
-from .backends import get_backend, step_backends
+from . import cells, forking
+from .backends import LIBRARY_BACKENDS, get_backend, step_backends
 from .dtypes import canonical, storage
-from .errors import BadInput
+from .errors import BadInput, Unsupported
 from .gpu import cublas_math
-from .params import CellParams, GRUParams, LSTMParams, RNNParams, VanillaRNNParams
+from .params import CellParams, GRUParams, LSTMParams, RNNParams, VanillaRNNParams, check_real
 from .reference import check_masks, check_sequence
 
 VARIANTS = ("naive", "fused")
@@ -117,16 +120,37 @@ class RNN:
     sequence read backwards; ``y`` is ``(T, B, 2H)``, the states ``(2L, B, H)``.  A call's
     ``dropout_masks`` (see :func:`kernels.reference.check_masks`) are multiplied into each layer's
     output but the last, as torch's dropout between layers in training mode.
+
+    ``backend="onednn"``: oneDNN's own RNN primitive (variant ``fused`` only; LSTM, GRU, vanilla).
+    Calls of one object from several threads take turns (a lock); each returns arrays of its own.
+    ``track_params`` (default on): each call notices an in-place update of the parameters (a
+    CRC-32 of their bytes) and arranges the weights again; off, call :meth:`refresh` after one.
     """
 
     def __init__(self, params: RNNParams, *, variant: str = "fused", backend: str = "numpy",
                  dtype=None, opts=None, scheduler=None, reuse_outputs: bool = False,
-                 skip_input: bool = False, pointwise: str | None = None):
+                 skip_input: bool = False, pointwise: str | None = None, track_params: bool = True):
         if not isinstance(params, (LSTMParams, GRUParams, VanillaRNNParams, CellParams)):
             raise BadInput(f"params must be LSTMParams, GRUParams, VanillaRNNParams or CellParams, "
                            f"got {type(params).__name__}")
         if variant not in VARIANTS:
             raise BadInput(f"variant {variant!r} is unknown; allowed: {', '.join(VARIANTS)}")
+        # One call at a time per built RNN: a call uses buffers the object owns (pointwise
+        # scratch, staged rows, packed GEMMs' data pointers, step loops, captured graphs), so two
+        # threads in one object would overwrite each other's (issue: wrong outputs, no error).
+        # An uncontended acquire/release is two atomic operations, nothing next to the T*L GEMMs
+        # of a call; contended, callers wait their turn instead of racing.
+        self._lock = threading.Lock()
+        # In-place updates of the parameters after build (training): the weights are arranged
+        # (copied, transposed, packed) here, so each call compares a checksum of the parameters
+        # with the one they were arranged from and re-arranges them when it differs.  Off
+        # (track_params=False: the benchmark builders, whose timed calls must not read every
+        # weight once more), refresh() does it on request.
+        self.track_params = bool(track_params)
+        self._vendor = None
+        if backend in LIBRARY_BACKENDS:
+            self._library_backend(params, variant, backend, dtype, opts, skip_input, pointwise)
+            return
         declared = isinstance(params, CellParams)
         if pointwise is None:
             pointwise = "generated" if declared else "handwritten"
@@ -144,8 +168,9 @@ class RNN:
                 raise BadInput(f"cell {self.expr.name} has states {self.expr.states}; the runner takes "
                                "cells with the LSTM's states (c) or none")
             if backend not in GENERATED_BACKENDS:
-                raise BadInput(f"backend {backend!r} has no generated kernels of cell {self.expr.name}; "
-                               f"allowed: {', '.join(GENERATED_BACKENDS)}")
+                get_backend(backend)      # an unknown name is bad input; a known one unsupported
+                raise Unsupported(f"backend {backend!r} has no generated kernels of cell {self.expr.name}; "
+                                  f"allowed: {', '.join(GENERATED_BACKENDS)}")
         self.backend = get_backend(backend)
         self.precision = canonical(dtype if dtype is not None else params.dtype)
         if self.generated and self.backend.device == "cpu" and self.precision not in ("fp32", "fp64"):
@@ -187,6 +212,17 @@ class RNN:
         # (NumPy has no fused kernel of a declared cell: its fused stage is the op-by-op code).
         self.in_place = self.fused and not (self.generated and backend == "numpy")
         self.skip_input = bool(skip_input)
+        self._step_loops: dict = {}
+        self._arrange()
+        # OpenMP runs in this object's calls (numba's kernels, oneDNN's GEMMs): refused in a child
+        # forked after OpenMP use (kernels.forking), where it would hang or be killed
+        self.uses_openmp = backend == "numba" or self.gemm_info.get("provider") == fgemm.ONEDNN
+
+    def _arrange(self) -> None:
+        """Arrange the parameters' weights for the plan (copies, transposes, packed GEMMs), and
+        remember the checksum of the parameters they were arranged from."""
+        params, declared = self.params, isinstance(self.params, CellParams)
+        self._signature = _param_signature(params)
         folds = self.expr.foldable_biases if self.generated else PLAIN_FOLDS[self.cell]
         # GEMM provider: oneDNN with packed weights on the CPU under pretranspose (fp32), else
         # the array module's matmul; gemm_info says which, and why not oneDNN.
@@ -198,8 +234,10 @@ class RNN:
                                "not one per direction)")
             # one unidirectional one-layer runner per direction and layer, with this plan; their
             # layers (forward, reverse per layer: the parameters' order) are this runner's
-            sub = dict(variant=variant, backend=backend, dtype=self.precision, scheduler=scheduler,
-                       opts=None if variant == "naive" else self.plan, pointwise=pointwise)
+            # (the parent tracks the parameters: it arranges the directions anew when they change)
+            sub = dict(variant=self.variant, backend=self.backend.name, dtype=self.precision,
+                       scheduler=self.scheduler, opts=None if self.variant == "naive" else self.plan,
+                       pointwise="generated" if self.generated else "handwritten", track_params=False)
             self.directions = [[RNN(params.layer_params(l, d), **sub) for d in range(2)]
                                for l in range(params.num_layers)]
             self.layers = [lay for pair in self.directions for run in pair for lay in run.layers]
@@ -210,22 +248,76 @@ class RNN:
                            for l, layer in enumerate(params.layers)]
         # numba's fused kernel over packed oneDNN GEMMs: each layer's steps run as one compiled
         # call (fusion.cpuloop) instead of a Python loop; one StepLoop per batch size, per layer.
-        self.step_loop_why = cpuloop.why_not(self.plan, backend, params.cell_mode, self.generated,
+        self.step_loop_why = cpuloop.why_not(self.plan, self.backend.name, params.cell_mode, self.generated,
                                              self.gemm_info.get("provider"))
         self.compiled_loop = self.step_loop_why is None
-        self._step_loops: dict = {}
+        for loop in self._step_loops.values():    # a team owns packed copies of the old weights
+            if hasattr(loop, "close"):
+                loop.close()
+        self._step_loops = {}
+        self._graphs = {}                          # captured with the old weights
+
+    def refresh(self) -> "RNN":
+        """Arrange the parameters' weights again, after an in-place update (a training step).
+        Calls do it themselves when ``track_params`` is on (the default)."""
+        with self._lock:
+            if self._vendor is not None:
+                self._vendor.refresh()
+            else:
+                self._arrange()
+        return self
+
+    def _library_backend(self, params, variant, backend, dtype, opts, skip_input, pointwise) -> None:
+        """``backend="onednn"``: the vendor library's own RNN (oneDNN's RNN primitive), which is
+        one fused kernel per stack of layers: variant "fused" only, no fusion plan of ours."""
+        self.backend = get_backend(backend)
+        self.variant, self.params, self.cell = variant, params, params.cell
+        if variant != "fused":
+            raise Unsupported(f"backend {backend} runs oneDNN's own RNN primitive, one fused kernel: it "
+                              f"has no {variant} form; use variant='fused' (or a step backend: "
+                              f"{', '.join(step_backends('cpu'))})")
+        if isinstance(params, CellParams):
+            raise Unsupported(f"backend {backend}: oneDNN has no RNN primitive of cell {params.cell_mode} "
+                              f"(LSTM, GRU and vanilla RNN only); use backend numpy or numba")
+        if skip_input:
+            raise Unsupported(f"backend {backend}: oneDNN's RNN primitive always computes the input GEMM "
+                              "(no skip-input)")
+        if pointwise not in (None, "handwritten"):
+            raise BadInput(f"pointwise {pointwise!r}: backend {backend} runs oneDNN's RNN primitive, "
+                           "whose pointwise stage is its own; leave pointwise unset")
+        if not (opts is None or (isinstance(opts, str) and opts.strip() == "all")):
+            raise BadInput(f"opts={opts!r}: backend {backend} runs oneDNN's RNN primitive, which takes "
+                           "no fusion steps of ours; leave opts unset")
+        self.precision = canonical(dtype if dtype is not None else params.dtype)
+        self.backend.check_dtype(self.precision)
+        self.xp, self.dtype = np, storage(self.precision)
+        self.plan, self.generated, self.expr, self.skip_input = Plan(), False, None, False
+        self.has_c, self.uses_openmp, self.gemm_info = params.cell == "lstm", True, {}
+        self._vendor = _VendorRNN(params, self.precision)
+
+    def _refresh_if_changed(self) -> None:
+        """Re-arrange the weights when the parameters changed in place since they were arranged."""
+        if self._vendor is not None:
+            self._vendor.refresh_if_changed()
+        elif self._signature is not None and _param_signature(self.params) != self._signature:
+            self._arrange()
 
     def prepare(self, T: int, B: int) -> "RNN":
         """Pack the weights for every GEMM a call with T steps and batch B makes, now rather than
         in the first call (a no-op without a packing provider).  Each row count M is one oneDNN
         primitive: B for the step GEMMs, T*B (or a chunk of it) for the hoisted input GEMM."""
-        if self.directions is not None:
-            for pair in self.directions:
-                for run in pair:
-                    run.prepare(T, B)
-            return self
-        if self.gemm_info.get("provider") != fgemm.ONEDNN:
-            return self
+        with self._lock:
+            if self._vendor is not None:
+                self._vendor.get(T, B)
+            elif self.directions is not None:
+                for pair in self.directions:
+                    for run in pair:
+                        run.prepare(T, B)
+            elif self.gemm_info.get("provider") == fgemm.ONEDNN:
+                self._prepare(T, B)
+        return self
+
+    def _prepare(self, T: int, B: int) -> None:
         chunk = self._chunk(T)
         for l, lay in enumerate(self.layers):
             lay.proj_h.prepare(B)
@@ -238,7 +330,6 @@ class RNN:
                 continue
             for t0 in range(0, T, chunk):
                 lay.proj_x.prepare((min(T, t0 + chunk) - t0) * B)
-        return self
 
     def _chunk(self, T: int) -> int:
         """Steps per chunk of work: T, or T/CHUNKS when streams or wavefront overlap chunks."""
@@ -255,8 +346,12 @@ class RNN:
         """The per-step pointwise callable: op by op (naive), or the fused provider."""
         if not self.generated:
             # params.cell_mode: the vanilla cell's nonlinearity picks its kernels (rnn_relu, rnn_tanh)
-            return (fpointwise.get(params.cell_mode, self.backend.pointwise) if self.fused
-                    else cells.NAIVE[params.cell_mode])
+            if not self.fused:
+                return cells.NAIVE[params.cell_mode]
+            try:
+                return fpointwise.get(params.cell_mode, self.backend.pointwise)
+            except ValueError as e:     # no fused kernel of this cell for this backend
+                raise Unsupported(f"backend {backend}: {e}") from None
         from fusion import cellexpr
         if not self.fused or backend == "numpy":
             return cellexpr.numpy_step(self.expr)
@@ -267,6 +362,14 @@ class RNN:
 
     # ------------------------------------------------------------------------------------------
     def __call__(self, x, h0=None, c0=None, *, batch_first: bool = False, dropout_masks=None):
+        if self.uses_openmp and forking.inherited():
+            forking.check(f"kernels.RNN on backend {self.backend.name}")
+        with self._lock:
+            if self.track_params:
+                self._refresh_if_changed()
+            return self._call(x, h0, c0, batch_first, dropout_masks)
+
+    def _call(self, x, h0, c0, batch_first: bool, dropout_masks):
         xp, p = self.xp, self.params
         states = {"h0": h0, "c0": c0} if self.has_c else {"h0": h0}
         if not self.has_c and c0 is not None:
@@ -277,13 +380,19 @@ class RNN:
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)  # outside any timed region: builders pass the built dtype
         seq = x.transpose(1, 0, 2) if batch_first else x
-        with cublas_math(xp, self.precision):
-            if self.directions is not None:
-                y, h_n, c_n = self._bidirectional(seq, h0, c0, masks)
-            elif "graph" in self.plan and xp.__name__ == "cupy" and not masks:   # a graph would bake one mask in
-                y, h_n, c_n = self._graph_call(seq, h0, c0, T, B)
-            else:
-                y, h_n, c_n = self._forward(seq, h0, c0, T, B, masks)
+        if self._vendor is not None:
+            if masks:
+                raise Unsupported("backend onednn runs oneDNN's RNN primitive, which has no dropout "
+                                  "between layers; use backend numpy or numba for dropout_masks")
+            y, h_n, c_n = self._vendor(seq, h0, c0, T, B)
+        else:
+            with cublas_math(xp, self.precision):
+                if self.directions is not None:
+                    y, h_n, c_n = self._bidirectional(seq, h0, c0, masks)
+                elif "graph" in self.plan and xp.__name__ == "cupy" and not masks:   # a graph would bake one mask in
+                    y, h_n, c_n = self._graph_call(seq, h0, c0, T, B)
+                else:
+                    y, h_n, c_n = self._forward(seq, h0, c0, T, B, masks)
         y = y.transpose(1, 0, 2) if batch_first else y
         return (y, (h_n, c_n)) if self.has_c else (y, h_n)
 
@@ -520,6 +629,10 @@ class RNN:
         ``x``, ``h0``, ``c0``; calling with exactly these arrays copies nothing in.  Time-major."""
         if "graph" not in self.plan or self.xp.__name__ != "cupy":
             raise BadInput("graph_inputs is for plans with the graph step on a GPU backend")
+        with self._lock:
+            return self._graph_inputs(x, h0, c0)
+
+    def _graph_inputs(self, x, h0, c0):
         x = self.xp.asarray(x, dtype=self.dtype)
         T, B = check_sequence(x.shape, self.params, False,
                               {"h0": h0, "c0": c0} if self.has_c else {"h0": h0})
@@ -555,6 +668,69 @@ class RNN:
         return tuple(None if o is None else o.copy() for o in g["outs"])
 
 
+class _VendorRNN:
+    """oneDNN's RNN primitive behind :class:`RNN`'s call (``backend="onednn"``): one
+    :class:`kernels.onednn.rnn.OnednnRNN` per (T, B), since a primitive fixes both, the oldest
+    released beyond :data:`MAX_SHAPES`; outputs copied out of the buffers it reuses per call."""
+
+    MAX_SHAPES = 4
+
+    def __init__(self, params, precision: str):
+        from .onednn import lib as dnnl
+        ok, why = dnnl.available()
+        if not ok:
+            raise Unsupported(f"backend onednn: {why}")
+        self.params, self.precision = params, precision
+        self._built: dict = {}
+        self._signature = _param_signature(params)
+
+    def get(self, T: int, B: int):
+        from .onednn.rnn import OnednnRNN
+        run = self._built.get((T, B))
+        if run is None:
+            while len(self._built) >= self.MAX_SHAPES:
+                self._built.pop(next(iter(self._built))).close()
+            run = self._built[(T, B)] = OnednnRNN(self.params, batch=B, seq_len=T, precision=self.precision)
+        return run
+
+    def refresh(self) -> None:
+        self.close()
+        self._signature = _param_signature(self.params)
+
+    def refresh_if_changed(self) -> None:
+        if self._signature is not None and _param_signature(self.params) != self._signature:
+            self.refresh()
+
+    def __call__(self, seq, h0, c0, T: int, B: int):
+        run = self.get(T, B)
+        zeros = lambda: np.zeros((run.L, B, run.H), run.dtype)  # noqa: E731
+        outs = run(seq, zeros() if h0 is None else h0, (zeros() if c0 is None else c0) if run.cell == "lstm" else None)
+        y, h_n = outs[0].copy(), outs[1].copy()
+        return y, h_n, (outs[2].copy() if run.cell == "lstm" else None)
+
+    def close(self) -> None:
+        built, self._built = self._built, {}
+        for run in built.values():
+            run.close()
+
+    def __del__(self):     # the RNN that owns it went: release the primitives' oneDNN handles
+        if getattr(self, "_built", None):
+            self.close()
+
+
+def _param_signature(params) -> tuple | None:
+    """CRC-32 of every parameter array's bytes: a cheap pass that notices an in-place update of
+    the weights after they were arranged (None when an array is not a NumPy array: not tracked)."""
+    sig = []
+    for l, layer in enumerate(params.layers):
+        extra = params.extra_arrays(l) if isinstance(params, CellParams) else ()
+        for a in (*layer.arrays(), *extra):
+            if not isinstance(a, np.ndarray):
+                return None
+            sig.append(zlib.crc32(np.ascontiguousarray(a).reshape(-1).view(np.uint8)))
+    return tuple(sig)
+
+
 def _simulator() -> bool:
     """numba's CUDA simulator is on (then the numba-cuda backend's generated kernels take NumPy arrays)."""
     from fusion.cellexpr_gpu import simulator_active
@@ -562,6 +738,7 @@ def _simulator() -> bool:
 
 
 def _dtype_of(x):
+    check_real("x", x)      # text or complex: one line, before its dtype is taken as the precision
     return x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
 
 
@@ -609,6 +786,7 @@ def rnn(x, params: VanillaRNNParams, h0=None, *, variant: str = "fused", backend
     See :class:`RNN` for the keywords."""
     if not isinstance(params, VanillaRNNParams):
         raise BadInput(f"rnn needs VanillaRNNParams, got {type(params).__name__}")
+    x, h0 = _as_array(x, "x"), _as_array(h0, "h0")
     dtype = dtype if dtype is not None else _dtype_of(x)
     return RNN(params, variant=variant, backend=backend, dtype=dtype, opts=opts)(
         x, h0, batch_first=batch_first)
