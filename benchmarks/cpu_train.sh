@@ -20,7 +20,8 @@ for op in lstm gru; do
     --threads 1,2 --min-time "$MIN_TIME" --rounds "$ROUNDS"
 done
 if [ "$SUITE" != 0 ]; then
-  # entries 000, 004 (vanilla ReLU), 012-017, 028, 031-033 (LSTM): about a minute or less each here
+  # entries 000, 004 (vanilla ReLU), 012-017, 028, 031-033 (LSTM): about a minute or less each on a
+  # 2-core machine (every GRU row of the table takes several minutes or more memory)
   run deepbench-rnn-train suite deepbench-rnn-train --device cpu --frameworks torch --backend numba \
     --only '/0(00|04|1[2-7]|28|3[1-3])$' --threads 2 --rounds "$ROUNDS"
 fi
