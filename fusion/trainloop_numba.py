@@ -115,10 +115,10 @@ def fwd_team(cell, calls, prims, streams, argss, nargss, srcs, bounds, gh, strid
     """Forward steps t0..t1 on a team: thread p owns units bounds[p]..bounds[p+1] of every gate,
     its GEMM (W_hh's columns of those units) writes gh[p*stride:], its kernel those units, and
     the team meets after each step (the next GEMMs read the whole h_t).  ``calls``: oneDNN's
-    (set_data_handle, primitive_execute, stream_wait), omp_get_num_threads, sched_yield.
+    (set_data_handle, primitive_execute, stream_wait), omp_get_num_threads, sched_yield, usleep.
     status[p]: a failing oneDNN status (step and call in failed_at[p]), -1 when the team is not
     one thread per share."""
-    team_size, yield_at = calls[3], calls[4]
+    team_size, yield_at, nap_at = calls[3], calls[4], calls[5]
     n = prims.shape[0]
     B, H = hs.shape[1], hs.shape[2]
     G = gx.shape[1] // H
@@ -139,7 +139,7 @@ def fwd_team(cell, calls, prims, streams, argss, nargss, srcs, bounds, gh, strid
                     fwd_cell(cell, gx[t * B:(t + 1) * B].reshape((B, G, H)), r, b1, b2, has_b, hs, cs, hn,
                              t, j0)
             if t + 1 < t1:
-                meet(arrive, p, n, t + 1 - t0, yield_at)
+                meet(arrive, p, n, t + 1 - t0, yield_at, nap_at)
 
 
 @njit(parallel=True)
@@ -150,7 +150,7 @@ def bwd_team(cell, calls, prims, streams, argss, nargss, srcs, bounds, drs, stri
     into ``drs[p*stride:]`` (B, U), which only p's next kernel reads.  The GRU's recurrent-side
     gradients alternate between ``dgh2[0]`` and ``dgh2[1]``: the next step's kernel may write
     while a slower thread's GEMM still reads this step's."""
-    team_size, yield_at = calls[3], calls[4]
+    team_size, yield_at, nap_at = calls[3], calls[4], calls[5]
     n = prims.shape[0]
     H = hs.shape[2]
     B = hs.shape[1]
@@ -168,7 +168,7 @@ def bwd_team(cell, calls, prims, streams, argss, nargss, srcs, bounds, drs, stri
             if status[p] == 0:
                 bwd_cell(cell, g.reshape((B, G, H)), dys[t], dr, hs, cs, hn, dc, dd, dgh, db, t, j0)
             k += 1
-            meet(arrive, p, n, k, yield_at)
+            meet(arrive, p, n, k, yield_at, nap_at)
             if status[p] == 0:
                 st, call = gemm(calls, prims[p], streams[p], na, argss[p], srcs[p],
                                 dgh.ctypes.data if cell == 1 else g.ctypes.data)
