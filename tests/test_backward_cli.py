@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from kernels.custom import LayerNormLSTMParams
-from kernels.errors import Unsupported
+from kernels.errors import BadInput, Unsupported
 from kernels.params import GRUParams, LSTMParams, VanillaRNNParams
 from microbench import cli
 from microbench.cases import backward as bwc
@@ -42,6 +42,27 @@ def test_backward_case_passes_its_check(op, cell, precision):
     y, g = prepared.run()
     names = convert.grad_names(bwc.grad_op(problem, cell), problem.L)
     assert len(bwc.flatten_grads(bwc.grad_op(problem, cell), y, g)) == len(names)
+
+
+NUMBA_ROWS = [("lstm", "plain", False), ("gru", "plain", False), ("rnn", "plain", False), ("lstm", "plain", True),
+              ("gru", "plain", True), ("lstm", "layernorm", False)]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp64"])
+@pytest.mark.parametrize("op,cell,skip", NUMBA_ROWS, ids=["lstm", "gru", "rnn", "lstm-skip", "gru-skip", "layernorm"])
+def test_numba_backward_case_passes_its_check(op, cell, skip, precision):
+    """The compiled training step (kernels.train) through the case builder the CLI times: two
+    layers, checked twice (the buffers are reused), on a timed call's outputs too."""
+    problem = RNNProblem(op, 4, 3, 5, 6, 2, skip_input=skip)
+    prepared = bwc.build_backward(problem, 0, cell=cell, backend="numba", precision=precision)
+    for _ in range(2):
+        check = prepared.check()
+        assert check.passed, check.detail
+    assert prepared.check(prepared.run()).passed
+    assert ("compiled" in prepared.info["step_loop"]) == (precision == "fp32")
+    prepared.close()
+    with pytest.raises(BadInput, match="--backward runs on backend numpy, numba, not 'onednn'"):
+        bwc.build_backward(problem, 0, cell=cell, backend="onednn", precision=precision)
 
 
 @pytest.mark.parametrize("op,cell", CELLS, ids=IDS)
@@ -288,13 +309,16 @@ def test_cli_backward_rows_and_json(run_cli, tmp_path):
         assert "fused+bwd/numpy" in r.stdout and "fwd+bwd" in r.stdout
     r = run_cli("lstm", "--cell", "layernorm", "--backward", *TINY, "--json", str(out))
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "layernorm-fused+bwd/numpy" in r.stdout and "[layernorm] fwd+bwd" in r.stdout
+    assert "layernorm-fused+bwd/numba" in r.stdout and "[layernorm] fwd+bwd" in r.stdout
     recs = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [(r["op"], r["variant"]) for r in recs] == [("lstm", "fused+bwd"), ("gru", "fused+bwd"),
-                                                       ("lstm", "layernorm-fused+bwd")]
+    assert [(r["op"], r["variant"], r["backend"]) for r in recs] == [
+        ("lstm", "fused+bwd", "numpy"), ("lstm", "fused+bwd", "numba"), ("gru", "fused+bwd", "numpy"),
+        ("gru", "fused+bwd", "numba"), ("lstm", "layernorm-fused+bwd", "numpy"),
+        ("lstm", "layernorm-fused+bwd", "numba")]
     for rec in recs:
         assert rec["status"] == "ok" and rec["check"]["passed"]
         assert rec["info"]["pass"] == "forward+backward"
+    assert "compiled" in recs[1]["info"]["step_loop"] and "compiled" in recs[3]["info"]["step_loop"]
     assert recs[0]["flops"] == 3 * RNNProblem("lstm", 3, 2, 8, 8).flops()
 
 
@@ -308,7 +332,8 @@ BAD = [
     (["lstm", "--backward", "--naive"], "--backward: only the fused variant has a backward pass, not 'naive'"),
     (["lstm", "--cell", "layernorm", "--backward", "--naive"], "only the fused variant"),
     (["gru", "--backward", "--device", "cuda"], "--backward runs on the CPU only"),
-    (["lstm", "--backward", "--backend", "numba"], "--backward runs on backend numpy (kernels.backward), not 'numba'"),
+    (["gru", "--backward", "--backend", "onednn"],
+     "--backward runs on backend numpy, numba (numpy: kernels.backward; numba: kernels.train), not 'onednn'"),
     (["lstm", "--backward", "--cell", "peephole"], "kernels.backward has no peephole LSTM"),
     (["lstm", "--backward", "--ladder"], "--backward times one arrangement"),
     (["lstm", "--backward", "--dtype", "bf16"], "--backward computes fp32, fp64, not bf16"),

@@ -218,9 +218,12 @@ def test_gpu_backends_unsupported_without_gpu():
         problem = RNNProblem("lstm", T=2, B=2, I=3, H=4, L=1)
         with pytest.raises(Unsupported, match="GPU"):
             build_custom(problem, 0, cell="layernorm", variant="fused", backend=backend, precision="fp32")
-    # a valid backend that cannot launch generated kernels: Unsupported, as kernels.RNN says it
+    # a known backend without the generated kernels: Unsupported with the reason (an unknown
+    # name would be bad input)
     with pytest.raises(Unsupported, match="backend 'pycuda' has no generated kernels"):
         CustomLSTM(p, backend="pycuda")
+    with pytest.raises(BadInput, match="backend"):
+        CustomLSTM(p, backend="pycudaa")
 
 
 # -- numba.cuda generated kernels in the simulator, whole LSTM vs the float64 references -----------

@@ -65,10 +65,13 @@ def test_every_training_row_runs_on_the_cpu_at_a_reduced_size(tmp_path, monkeypa
     suite = catalog.get("deepbench-rnn-train")
     monkeypatch.setitem(catalog.SUITES, suite.name, _reduced(suite))
     out = tmp_path / "train.jsonl"
-    assert cli.main(["suite", suite.name, "--device", "cpu", "--json", str(out), "--quiet", *FAST]) == 0
+    # ours on the numba backend (kernels.train, the compiled step loops); the numpy backend's
+    # training step is the same arithmetic issued from Python (tests/test_backward_cli.py)
+    assert cli.main(["suite", suite.name, "--device", "cpu", "--backend", "numba", "--json", str(out), "--quiet",
+                     *FAST]) == 0
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     schema = json.loads((ROOT / "microbench" / "schema" / "result-v1.json").read_text())
-    assert len(recs) == 53
+    assert len(recs) == 53 and {r["backend"] for r in recs} == {"numba"}
     for i, (rec, row) in enumerate(zip(recs, rnn_shapes.TABLES["deepbench-rnn-train"])):
         jsonschema.validate(rec, schema)
         assert store.problem(rec, current=True) is None      # what compare and report accept

@@ -43,7 +43,8 @@ __all__ = ["BACKWARD_BACKENDS", "BACKWARD_CELLS", "BACKWARD_PRECISIONS", "build_
            "check_grads", "flatten_grads", "grad_op", "memory_estimate", "train_inputs", "upstream_grad"]
 
 BACKWARD_CELLS = tuple(bw.CELLS)             # kernels.backward has no peephole LSTM
-BACKWARD_BACKENDS = ("numpy",)               # kernels.backward is NumPy code on the CPU
+# numpy: kernels.backward, the steps issued from Python; numba: kernels.train, the steps compiled
+BACKWARD_BACKENDS = ("numpy", "numba")
 BACKWARD_PRECISIONS = ("fp32", "fp64")
 FLOPS_NOTE = ("3x the forward GEMM FLOPs: every forward GEMM has two backward GEMMs of the same "
               "size (data and weight gradients); pointwise and layer-norm work not counted")
@@ -132,9 +133,10 @@ def memory_estimate(problem: RNNProblem, itemsize: int) -> int:
 
 def build_backward(problem: RNNProblem, seed: int, *, cell: str, backend: str, precision: str,
                    plan=None) -> Prepared:
-    """Forward (kernels.backward.forward_train: hoisted input GEMM, one recurrent GEMM per step,
-    the tape) and backward (one GEMM per step for dh, weight gradients as one GEMM over all
-    T*B rows each) of the fused arrangement; ``cell``: plain or layernorm."""
+    """Forward (hoisted input GEMM, one recurrent GEMM per step, the tape) and backward (one GEMM
+    per step for dh, weight gradients as one GEMM over all T*B rows each) of the fused
+    arrangement; ``cell``: plain or layernorm.  Backend numpy: :mod:`kernels.backward`, the steps
+    issued from Python; numba: :mod:`kernels.train`, the steps compiled."""
     if plan not in (None, "all"):
         raise BadInput(f"the backward pass has one arrangement; it takes no fusion plan (got {plan!r})")
     if backend not in BACKWARD_BACKENDS:
@@ -145,34 +147,53 @@ def build_backward(problem: RNNProblem, seed: int, *, cell: str, backend: str, p
     inp = train_inputs(problem, seed, precision, cell)
     params, x, h0, c0, dy = (inp[k] for k in ("params", "x", "h0", "c0", "dy"))
     dt = dtypes.storage(precision)
-    # The CPU's packed GEMMs (fp32, oneDNN): every GEMM by a weight matrix, forward and backward,
-    # runs from weights packed once, as the fused forward's pretranspose does; else BLAS.
-    packer, gemm_info = fgemm.provider_for(np, "cpu", precision, Plan(frozenset({"pretranspose"})))
-    gemm = fgemm.PackedWeights(packer) if packer is not None else None
+    extra = {}
+    if backend == "numba":
+        from kernels.train import Trainer
+        trainer = Trainer(params, dtype=precision, skip_input=problem.skip_input).prepare(problem.T, problem.B)
 
-    def run():
-        y, _, tape = bw.forward_train(x, params, h0, c0, dtype=dt, skip_input=problem.skip_input,
-                                      gemm=gemm)
-        return y, bw.backward(tape, dy)
+        def run():
+            y, _, tape = trainer.forward(x, h0, c0)
+            return y, trainer.backward(tape, dy)
+        gemm_info = dict(trainer.gemm_info)
+        kinds = sorted(set(trainer.loop_kinds.values()))        # every layer has the same H
+        extra = {"step_loop": "; ".join(kinds) + (" (packed oneDNN GEMM + fused numba kernel per step, "
+                                                  "forward and backward)" if trainer.packer else ""),
+                 "close": trainer.close}
+        code = "compiled step loops (kernels.train, fusion.trainloop), fused numba kernels (fusion.backward_numba)"
+    else:
+        # The CPU's packed GEMMs (fp32, oneDNN): every GEMM by a weight matrix, forward and backward,
+        # runs from weights packed once, as the fused forward's pretranspose does; else BLAS.
+        packer, gemm_info = fgemm.provider_for(np, "cpu", precision, Plan(frozenset({"pretranspose"})))
+        gemm = fgemm.PackedWeights(packer) if packer is not None else None
+
+        def run():
+            y, _, tape = bw.forward_train(x, params, h0, c0, dtype=dt, skip_input=problem.skip_input,
+                                          gemm=gemm)
+            return y, bw.backward(tape, dy)
+        code = "Python step loop, NumPy pointwise ops (kernels.backward)"
 
     def check(out=None) -> Check:   # out: a timed call's return value, else one call now
         y, g = run() if out is None else out
         return check_grads(flatten_grads(op, y, g), problem, seed, precision, cell)
 
     itemsize = dt.itemsize
+    info = {"pass": "forward+backward", "cell": cell, "flops_rule": FLOPS_NOTE,
+            "loss": "sum(y * dY), dY fixed standard normal (seed stream [seed, 2])",
+            "reference": "y: float64 forward definition; gradients: kernels.backward in float64 "
+                         "(checked by finite differences and torch autograd in the tests)",
+            "tolerance": f"per array max(precision tolerance, {cond.SENSITIVITY_FACTOR:g} x measured "
+                         "conditioning)",
+            "arrangement": "input GEMM hoisted over T, 1 recurrent GEMM per step forward and "
+                           "backward, weight gradients batched over T*B rows",
+            "steps": code,
+            "gemm": dict(gemm_info) or {"provider": fgemm.BLAS}}
+    if "step_loop" in extra:
+        info["step_loop"] = extra["step_loop"]
     return Prepared(
         inputs={"x": x, "h0": h0, "c0": c0, "dy": dy}, run=run, flops=3 * problem.flops(),
         # forward traffic, and its mirror: dY read, dx, dW, dh0 (dc0) written
-        bytes=2 * problem.bytes(itemsize), check=check,
-        info={"pass": "forward+backward", "cell": cell, "flops_rule": FLOPS_NOTE,
-              "loss": "sum(y * dY), dY fixed standard normal (seed stream [seed, 2])",
-              "reference": "y: float64 forward definition; gradients: kernels.backward in float64 "
-                           "(checked by finite differences and torch autograd in the tests)",
-              "tolerance": f"per array max(precision tolerance, {cond.SENSITIVITY_FACTOR:g} x measured "
-                           "conditioning)",
-              "arrangement": "input GEMM hoisted over T, 1 recurrent GEMM per step forward and "
-                             "backward, weight gradients batched over T*B rows",
-              "gemm": dict(gemm_info) or {"provider": fgemm.BLAS}})
+        bytes=2 * problem.bytes(itemsize), check=check, info=info, close=extra.get("close"))
 
 
 # Registered with direction "bwd" (``registry.ours(op, cell, direction="bwd")``; --backward and
@@ -182,5 +203,7 @@ for _op, _cell in (("lstm", "plain"), ("gru", "plain"), ("rnn", "plain"), ("lstm
         register(VariantRecord(
             _op, "fused+bwd" if _cell == "plain" else f"{_cell}-fused+bwd", _backend,
             functools.partial(build_backward, cell=_cell, backend=_backend),
-            "fused forward + backward (kernels.backward)", code="kernels.backward:backward",
+            "fused forward + backward " + ("(kernels.backward)" if _backend == "numpy" else
+                                           "(kernels.train: compiled step loops, numba kernels)"),
+            code="kernels.backward:backward" if _backend == "numpy" else "kernels.train:Trainer",
             dtypes=BACKWARD_PRECISIONS, cell=_cell, direction="bwd"))

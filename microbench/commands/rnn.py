@@ -90,8 +90,11 @@ def _add_rnn(sub, op: str, variant_names: list):
                    help="time a training step instead of the forward pass: forward + backward of "
                         "sum(y * dY) for a fixed random dY, gradients for x, h0"
                         + (", c0" if op == "lstm" else "") + " and every weight. Ours: the fused "
-                        "variant (kernels.backward, numpy backend, CPU)"
+                        "variant on the CPU"
                         + (", plain or --cell layernorm" if op == "lstm" else "")
+                        + ", on backend numpy (kernels.backward: steps issued from Python) and numba "
+                        "(kernels.train: compiled step loops on packed oneDNN GEMMs, fused numba kernels, "
+                        "a thread team" + (" for the plain cell" if op == "lstm" else "") + ")"
                         + "; with --frameworks each framework's training step (torch, tensorflow, jax, mxnet, "
                         "chainer; a path that cannot be differentiated is a skipped row saying why). "
                         "y and every gradient are checked against float64; GFLOP/s counts 3x the "
@@ -212,9 +215,9 @@ def label_whole_layer(cases: list, problem) -> list:
 
 
 def _backward_device(requested: str) -> str:
-    """--backward runs kernels.backward with NumPy: the CPU, whatever a GPU offers."""
+    """--backward runs kernels.backward and kernels.train: the CPU, whatever a GPU offers."""
     if devices.parse(requested)[0] == "cuda":
-        raise BadInput(f"--backward runs on the CPU only (kernels.backward on the numpy backend), "
+        raise BadInput(f"--backward runs on the CPU only (kernels.backward, kernels.train), "
                        f"not --device {requested}; allowed with --backward: --device cpu, auto")
     return "cpu"
 
@@ -241,13 +244,13 @@ def _backward_cases(args, cell, problem, precisions, thread_counts, device, vari
     for b in backend_names or ():
         if b not in bwcases.BACKWARD_BACKENDS:
             raise BadInput(f"--backward runs on backend {', '.join(bwcases.BACKWARD_BACKENDS)} "
-                           f"(kernels.backward), not {b!r}")
+                           f"(numpy: kernels.backward; numba: kernels.train), not {b!r}")
     for p in precisions:
         if p not in bwcases.BACKWARD_PRECISIONS:
             raise BadInput(f"--backward computes {', '.join(bwcases.BACKWARD_PRECISIONS)}, not {p}")
         check_memory(bwcases.memory_estimate(problem, dtypes.itemsize(p)),
                      f"{problem.op} {problem.label} {p} forward+backward")
-    recs = registry.ours(problem.op, cell, "bwd")
+    recs = [r for r in registry.ours(problem.op, cell, "bwd") if not backend_names or r.backend in backend_names]
     cases = [Case(rec, problem, p, args.seed, None, threads)
              for threads in thread_counts for p in precisions for rec in recs]
     if fw_names:

@@ -246,13 +246,13 @@ def _problem(spec, batch, input_gemm: bool = False):
 
 
 def _training_cases(spec, problem, device, precisions, frameworks, seed, threads, backends) -> tuple:
-    """(cases, reason): an RNN entry's training-step cases, ours (kernels.backward, NumPy on the
+    """(cases, reason): an RNN entry's training-step cases, ours (kernels.backward and kernels.train on the
     CPU) and the frameworks' (whole layer, labelled), or why none can run."""
     from .. import registry
     from ..runner import Case
     from .rnn import full_layer, label_whole_layer
     if device != "cpu":
-        return [], "the training step runs on the CPU only (kernels.backward); use --device cpu"
+        return [], "the training step runs on the CPU only (kernels.backward, kernels.train); use --device cpu"
     cases = []
     for rec in registry.ours(spec.op, direction="bwd"):
         if backends is not None and rec.backend not in backends:
@@ -267,7 +267,7 @@ def _training_cases(spec, problem, device, precisions, frameworks, seed, threads
         except BadInput:
             pass
     if not cases:
-        return [], "no training-step case left after the filters (ours: numpy, fp32/fp64)"
+        return [], "no training-step case left after the filters (ours: numpy, numba, fp32/fp64)"
     return cases, ""
 
 
