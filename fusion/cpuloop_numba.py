@@ -19,42 +19,14 @@ from numba.extending import overload
 from kernels.jit import njit
 
 from . import pointwise_bf16 as bf
-from .native import call_int, cycles, load_acquire, relax, store_release
+from .native import call_int
 from .pointwise_numba import (gru_block, gru_block_serial, gru_units, lstm_block, lstm_block_serial,
                               lstm_units, rnn_relu_block, rnn_relu_block_serial, rnn_relu_units,
                               rnn_tanh_block, rnn_tanh_block_serial, rnn_tanh_units)
-from .spin import SLEEP_US, SLOT, SPIN_CYCLES, SPIN_ROUNDS, SPINS
+from .spin import meet
 
 # The cells the loops run (fusion.cpuloop.CELLS), as the number the loops branch on.
 CELL = {"lstm": 0, "gru": 1, "rnn_relu": 2, "rnn_tanh": 3}
-
-
-@njit(inline="always")
-def meet(arrive, p, n, k, yield_at, nap_at):
-    """Thread p of n has finished phase k; returns once every thread has (fusion/spin.py): spins,
-    yields the core (``sched_yield`` at ``yield_at``) every SPINS tries, and once the spin bound
-    is spent naps (``usleep`` at ``nap_at``) instead, so a partner descheduled behind another
-    process can have the waiter's core."""
-    store_release(arrive, p * SLOT, k)
-    start = cycles()
-    rounds = 0
-    napping = False
-    for q in range(n):
-        tries = 0
-        while load_acquire(arrive, q * SLOT) < k:
-            if napping:             # long past a step's imbalance: the core is given away
-                call_int(nap_at, (np.int32(SLEEP_US),))
-                continue
-            tries += 1
-            if tries < SPINS:
-                relax()
-                continue
-            tries = 0
-            rounds += 1
-            spun = cycles() - start if start >= 0 else -1
-            napping = spun > SPIN_CYCLES or (spun < 0 and rounds > SPIN_ROUNDS)
-            if not napping:
-                call_int(yield_at, ())
 
 
 @njit(inline="always")

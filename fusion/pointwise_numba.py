@@ -26,7 +26,7 @@ from numba.extending import overload
 from kernels.jit import njit
 
 # the fp32 tanh's rational approximation (why and how accurate: fusion/pointwise.py)
-from .pointwise import TANH_CLAMP, TANH_P, TANH_Q
+from .tanh import TANH_CLAMP, TANH_P, TANH_Q
 
 
 def typed(like, value):

@@ -24,14 +24,20 @@ with a release store after its step's writes, and reads the others' with acquire
 its next step's reads: the LLVM atomics numba would not otherwise emit (a plain load in a spin
 loop may be hoisted out of it, and plain stores may move past the flag; fusion/native.py).
 
-The barrier (:func:`fusion.cpuloop_numba.meet`) is compiled with the loops that use it and kept
-in the kernel cache; the addresses of ``sched_yield`` and ``usleep`` are arguments, since a
-constant address would differ in the next process.
+The barrier (:func:`meet`) is compiled with the loops that use it and kept in the kernel cache;
+the addresses of ``sched_yield`` and ``usleep`` are arguments, since a constant address would
+differ in the next process.
 """
 from __future__ import annotations
 
 import ctypes
 import functools
+
+import numpy as np
+
+from kernels.jit import njit
+
+from .native import call_int, cycles, load_acquire, relax, store_release
 
 SLOT = 8            # int64s per thread's slot: one 64-byte cache line
 SPINS = 1 << 12     # tries before each yield of the core
@@ -50,16 +56,42 @@ def usleep_address() -> int:
     return ctypes.cast(ctypes.CDLL(None).usleep, ctypes.c_void_p).value
 
 
+@njit(inline="always")
+def meet(arrive, p, n, k, yield_at, nap_at):
+    """Thread p of n has finished phase k; returns once every thread has (module docstring): spins,
+    yields the core (``sched_yield`` at ``yield_at``) every SPINS tries, and once the spin bound
+    is spent naps (``usleep`` at ``nap_at``) instead, so a partner descheduled behind another
+    process can have the waiter's core."""
+    store_release(arrive, p * SLOT, k)
+    start = cycles()
+    rounds = 0
+    napping = False
+    for q in range(n):
+        tries = 0
+        while load_acquire(arrive, q * SLOT) < k:
+            if napping:             # long past a step's imbalance: the core is given away
+                call_int(nap_at, (np.int32(SLEEP_US),))
+                continue
+            tries += 1
+            if tries < SPINS:
+                relax()
+                continue
+            tries = 0
+            rounds += 1
+            spun = cycles() - start if start >= 0 else -1
+            napping = spun > SPIN_CYCLES or (spun < 0 and rounds > SPIN_ROUNDS)
+            if not napping:
+                call_int(yield_at, ())
+
+
 @functools.lru_cache(maxsize=1)
 def barrier():
     """``wait(arrive, p, n, k)``: thread p of n has finished phase k (k = 1, 2, ...; ``arrive``
     zeroed before the team starts, ``n * SLOT`` int64s); returns once every thread has; a waiter
     spins, yielding every ``SPINS`` tries, then naps (see above).  For numba code of one process
     (the addresses of ``sched_yield`` and ``usleep`` are bound in): the cached loops call
-    :func:`fusion.cpuloop_numba.meet` with them as arguments."""
+    :func:`meet` with them as arguments."""
     import numba
-
-    from .cpuloop_numba import meet
     yield_at, nap_at = sched_yield_address(), usleep_address()
 
     @numba.njit(inline="always")

@@ -4,7 +4,7 @@ thread or run by a team of threads over all steps.
 
 As in :mod:`fusion.cpuloop_numba`: module-level code kept in the kernel cache, oneDNN's and
 libgomp's functions called by address (:func:`fusion.native.call_int`), the cell a number
-(:data:`CELL`), the team's barrier :func:`fusion.cpuloop_numba.meet`.  Arrays a cell does not
+(:data:`CELL`), the team's barrier :func:`fusion.spin.meet`.  Arrays a cell does not
 use are passed as small stand-ins of the right type (every branch is compiled).
 
 Layouts (one layer, T steps, B rows, G gates, H units): ``hs (T+1, B, H)`` h_0 .. h_T;
@@ -23,7 +23,8 @@ from kernels.jit import njit
 
 from .backward_numba import (gru_bwd_units, gru_fwd_units, lnlstm_bwd_units, lnlstm_fwd_units, lstm_bwd_units,
                              lstm_fwd_units, rnn_bwd_units)
-from .cpuloop_numba import CELL, meet   # noqa: F401  (CELL: the cells' numbers, shared)
+from .cpuloop_numba import CELL   # noqa: F401  (the cells' numbers, shared)
+from .spin import meet
 from .native import call_int
 from .pointwise_numba import rnn_relu_units, rnn_tanh_units
 

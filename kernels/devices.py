@@ -32,7 +32,6 @@ from .errors import BadInput, Unsupported
 KINDS = ("auto", "cpu", "cuda")
 _PATTERN = re.compile(r"^cuda:(\d+)$")
 
-_selected = 0      # the CUDA ordinal every GPU case of this process uses
 
 
 def parse(text: str) -> tuple:
@@ -77,7 +76,6 @@ def count() -> int:
 
 def select(index: int | None, *, what: str = "--device") -> int:
     """Make CUDA ordinal ``index`` (None: 0) this process's GPU; BadInput when it is not there."""
-    global _selected
     k = 0 if index is None else int(index)
     ok, reason = kgpu.detect()
     if not ok:
@@ -88,7 +86,7 @@ def select(index: int | None, *, what: str = "--device") -> int:
         raise BadInput(f"{what} cuda:{k}: this machine shows {n} GPU{'s' if n != 1 else ''}; allowed: {allowed}"
                        + (f" (CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']!r})"
                           if "CUDA_VISIBLE_DEVICES" in os.environ else ""))
-    _selected = k
+    kgpu.set_selected(k)
     _use(k)
     return k
 
@@ -107,7 +105,7 @@ def _use(k: int) -> None:
 
 
 def selected() -> int:
-    return _selected
+    return kgpu.selected()
 
 
 def name(index: int | None = None) -> str | None:
@@ -115,7 +113,7 @@ def name(index: int | None = None) -> str | None:
     try:
         lib = _driver()
         dev, buf = ctypes.c_int(0), ctypes.create_string_buffer(128)
-        k = _selected if index is None else index
+        k = kgpu.selected() if index is None else index
         if lib.cuInit(0) == 0 and lib.cuDeviceGet(ctypes.byref(dev), k) == 0 \
                 and lib.cuDeviceGetName(buf, 128, dev) == 0:
             return buf.value.decode(errors="replace")
@@ -127,7 +125,7 @@ def name(index: int | None = None) -> str | None:
 def pci_bus_id(index: int | None = None, *, lib=None) -> str:
     """``domain:bus:device.function`` of a CUDA ordinal, as the driver reports it (NVML takes it)."""
     lib = lib or _driver()
-    k = _selected if index is None else index
+    k = kgpu.selected() if index is None else index
     dev, buf = ctypes.c_int(0), ctypes.create_string_buffer(32)
     for what, call in (("cuInit", lambda: lib.cuInit(0)),
                        ("cuDeviceGet", lambda: lib.cuDeviceGet(ctypes.byref(dev), k)),
@@ -142,7 +140,7 @@ def uuid(index: int | None = None, *, lib=None) -> str:
     """``GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`` of a CUDA ordinal (the form CUDA_VISIBLE_DEVICES
     and nvidia-smi use)."""
     lib = lib or _driver()
-    k = _selected if index is None else index
+    k = kgpu.selected() if index is None else index
     dev, raw = ctypes.c_int(0), ctypes.create_string_buffer(16)
     for what, call in (("cuInit", lambda: lib.cuInit(0)),
                        ("cuDeviceGet", lambda: lib.cuDeviceGet(ctypes.byref(dev), k)),

@@ -50,6 +50,21 @@ CUDA_BACKENDS = (
 )
 
 
+
+# The CUDA ordinal every GPU case of this process uses (kernels.devices.select sets it; kept here,
+# below devices, so the driver queries that default to it need not import devices).
+_SELECTED = 0
+
+
+def selected() -> int:
+    """The CUDA ordinal this process's GPU cases use (``--device cuda:K``; 0 by default)."""
+    return _SELECTED
+
+
+def set_selected(index: int) -> None:
+    global _SELECTED
+    _SELECTED = int(index)
+
 def _load_driver():
     """The driver library, or a string saying why it cannot be loaded."""
     try:
@@ -123,8 +138,7 @@ def describe(index: int | None = None) -> dict:
     if isinstance(lib, str):
         return {"available": False, "reason": lib}
     if index is None:
-        from . import devices
-        index = devices.selected()
+        index = selected()
     dev, count = ctypes.c_int(0), ctypes.c_int(0)
     name, total = ctypes.create_string_buffer(128), ctypes.c_size_t(0)
     major, minor, version = ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(0)
@@ -237,8 +251,7 @@ def free_memory(device: int | None = None) -> tuple:
     if not ok:
         raise Unsupported(reason)
     if device is None:
-        from . import devices
-        device = devices.selected()
+        device = selected()
     if "cupy" in sys.modules or importlib.util.find_spec("cupy") is not None:
         import cupy
         with cupy.cuda.Device(device):
@@ -262,8 +275,7 @@ def check_fits(bytes_needed: int, *, device: int | None = None, what: str = "thi
     if bytes_needed < 0:
         raise BadInput(f"bytes_needed={bytes_needed} must be >= 0")
     if device is None:
-        from . import devices
-        device = devices.selected()
+        device = selected()
     free, total = free_memory(device)
     if bytes_needed > free:
         raise BadInput(f"{what} needs about {_gib(bytes_needed)} of GPU memory but GPU {device} has "

@@ -105,7 +105,7 @@ def _base(name: str) -> str:
 
 def is_vendor_direct(rec: dict) -> bool:
     """Our rows that call the vendor library directly (oneDNN's or cuDNN's layer primitive)."""
-    from .plots import framework_of
+    from .recview import framework_of
     return not framework_of(rec) and (rec.get("backend") == "onednn" or _base(rec.get("variant")).startswith("cudnn"))
 
 
@@ -140,7 +140,7 @@ def _above_roof(rec: dict):
 
 def _trace_key(rec: dict) -> tuple:
     from . import store
-    from .plots import computation_of, framework_of, threads_of
+    from .recview import computation_of, framework_of, threads_of
     return (rec.get("op"), rec.get("dtype"), store._freeze(rec.get("shape") or {}), rec.get("variant"),
             rec.get("backend"), framework_of(rec), threads_of(rec), store.machine(rec), computation_of(rec))
 
@@ -173,7 +173,7 @@ def explanation(traced: dict) -> dict:
 def _reaches(rec: dict, expl: dict | None, traced: dict | None, device: str) -> tuple:
     from .cpu_explain import LAYER_CLASS
     from .frameworks import reaches_vendor
-    from .plots import framework_of
+    from .recview import framework_of
     if traced is not None:
         layer = LAYER_CLASS.get(rec.get("op"))
         return any(p.get("class") == layer for p in traced["onednn_trace"]["primitives"]), "trace"
@@ -188,7 +188,7 @@ def _reaches(rec: dict, expl: dict | None, traced: dict | None, device: str) -> 
 
 
 def _row(rec: dict, name: str, group: str, role: str, kind: str, tr: dict) -> Row:
-    from .plots import framework_of, gpu_busy
+    from .recview import framework_of, gpu_busy
     st = rec["stats"]
     med = st["median_s"]
     traced = tr.get(_trace_key(rec))
@@ -215,7 +215,7 @@ def _spread(rows: list) -> Spread:
 
 def panel(key: tuple, recs: list, tr: dict) -> Panel:
     from .frameworks import FRAMEWORKS
-    from .plots import framework_of, impl_name
+    from .recview import framework_of, impl_name
     op, shape, dtype, thr, _env, _machine, comp = key
     device = "cuda" if any(r.get("device") == "cuda" for r in recs) else "cpu"
     rows: list = []
@@ -259,7 +259,7 @@ def panel(key: tuple, recs: list, tr: dict) -> Panel:
 # -- the figure ----------------------------------------------------------------------------------
 
 def _score(recs: list) -> tuple:
-    from .plots import framework_of
+    from .recview import framework_of
     return (len({framework_of(r) for r in recs if framework_of(r)}), any(is_vendor_direct(r) for r in recs),
             len(recs))
 
@@ -284,10 +284,10 @@ def choose(groups: dict, limit: int, score=None) -> list:
 def model(records: list, limit: int | None = None) -> Model:
     """The convergence figure as data (see the module's docstring); at most ``limit`` panels
     (default :data:`MAX_PANELS`)."""
-    from .plots import _group, computation_of, ok_records, shape_text, threads_of
+    from .recview import group_by, computation_of, ok_records, shape_text, threads_of
     from .store import machine
     recs = ok_records(records)
-    groups = _group(recs, lambda r: (r["op"], shape_text(r), r.get("dtype"), threads_of(r), r.get("env_id"),
+    groups = group_by(recs, lambda r: (r["op"], shape_text(r), r.get("dtype"), threads_of(r), r.get("env_id"),
                                      machine(r), computation_of(r)))
     keys = choose(groups, limit or MAX_PANELS)
     tr = traces(records)

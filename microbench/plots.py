@@ -37,6 +37,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from kernels.untrusted import visible  # noqa: E402  (record text: control characters shown, not drawn)
 
+from .recview import (computation_of, framework_of, gpu_busy, group_by, impl_name,  # noqa: E402,F401
+                      ok_records, shape_text, threads_of)
 from .store import machine  # noqa: E402  (ratios and panels never mix machines)
 
 MAX_PANELS = 12
@@ -66,70 +68,6 @@ def plain_text(plot_fn):
         with plt.rc_context({"text.parse_math": False, "text.usetex": False}):
             return plot_fn(*args, **kwargs)
     return wrapper
-
-
-# -- record helpers ------------------------------------------------------------------------------
-
-
-def ok_records(records: list) -> list:
-    """Records with a measurement, the last of each identity (a rerun supersedes)."""
-    from .store import latest
-    return [r for r in latest(records, with_env=True).values()
-            if isinstance(r.get("stats"), dict) and (r["stats"].get("median_s") or 0) > 0]
-
-
-def shape_text(rec: dict) -> str:
-    s = rec.get("shape") or {}
-    if rec.get("op") == "conv":
-        # stride, padding, dilation and groups where they are not the plain default: two layers
-        # that differ only there are different work
-        def two(k):        # "2", or "2x1" where height and width differ
-            h, w = s.get(f"{k}_h"), s.get(f"{k}_w", s.get(f"{k}_h"))
-            return f"{h}" if h == w else f"{h}x{w}"
-        extra = "".join(f" {w}{two(k)}" for w, k, plain in (("stride", "stride", "1"), ("pad", "pad", "0"),
-                                                            ("dil", "dilation", "1"))
-                        if s.get(f"{k}_h") is not None and two(k) != plain)
-        extra += f" g{s['groups']}" if s.get("groups", 1) != 1 else ""
-        return (f"N{s.get('N')} C{s.get('C')} {s.get('H')}x{s.get('W')} K{s.get('K')} {s.get('R')}x{s.get('S')}"
-                + extra)
-    extra = "" if s.get("I") in (None, s.get("H")) else f" I{s.get('I')}"
-    layers = "" if s.get("L", 1) == 1 else f" L{s.get('L')}"
-    return f"H{s.get('H')} B{s.get('B')} T{s.get('T')}{extra}{layers}"
-
-
-def threads_of(rec: dict):
-    return (rec.get("options") or {}).get("threads")
-
-
-def framework_of(rec: dict) -> str:
-    """The framework of a framework row ("" for ours); older files kept it only under ``info``."""
-    return str(rec.get("framework") or (rec.get("info") or {}).get("framework") or "")
-
-
-def computation_of(rec: dict) -> str:
-    """What a row computes beyond its shape: "" for a plain forward pass, else the cell
-    (layernorm, peephole) and/or "training step" (forward + backward)."""
-    info = rec.get("info") or {}
-    cell = info.get("cell") if info.get("cell") not in (None, "plain") else ""
-    step = "training step" if info.get("pass") == "forward+backward" else ""
-    return ", ".join(w for w in (cell, step) if w)
-
-
-def impl_name(rec: dict) -> str:
-    """``torch/fused`` (framework/path) for framework rows, ``ours: fused/numba`` for ours."""
-    fw = framework_of(rec)
-    if fw:
-        return visible(f"{fw}/{rec.get('backend')}")
-    return visible(f"ours: {rec.get('label') or rec.get('variant') + '/' + str(rec.get('backend'))}")
-
-
-def gpu_busy(rec: dict):
-    """Seconds the GPU was busy per call, where a record carries it (profiles, framework adapters)."""
-    for where in (rec, rec.get("stats") or {}, rec.get("info") or {}):
-        v = where.get("gpu_busy_s")
-        if isinstance(v, (int, float)) and v > 0:
-            return float(v)
-    return None
 
 
 def _ms(rec) -> float:
@@ -209,13 +147,6 @@ def _grid(n: int, w: float = 6.0, h: float = 3.8):
     return fig, list(axes.flat[:n])
 
 
-def _group(records: list, key) -> dict:
-    out: dict = {}
-    for r in records:
-        out.setdefault(key(r), []).append(r)
-    return out
-
-
 # -- whiskers and marks ---------------------------------------------------------------------------
 
 WHISKER_ROOM = 1.6   # linear axis: a whisker may run to 1.6x the largest median, beyond is clipped
@@ -289,7 +220,7 @@ def ladder_model(records: list) -> dict:
     rungs (median, IQR, the whisker as drawn and whether it was clipped, speedup vs naive, marks)
     and the axis (scale, limits)."""
     recs = [r for r in ok_records(records) if (r.get("options") or {}).get("rung")]
-    groups = _group(recs, lambda r: (r["op"], shape_text(r), r.get("dtype"), r.get("backend"),
+    groups = group_by(recs, lambda r: (r["op"], shape_text(r), r.get("dtype"), r.get("backend"),
                                      threads_of(r), r.get("env_id"), machine(r)))
     panels = []
     for key in list(groups)[:MAX_PANELS]:
@@ -556,7 +487,7 @@ def roofline_plot(records: list, caption: str = "", roofs: dict | None = None) -
                 (hi, peak_f), ha="right", va="bottom", fontsize=8)
     ax.annotate(f"{word}: {peak_b:.1f} GB/s" + (f" ({roofs.get('stream')})" if measured else ""),
                 (lo * 1.1, lo * 1.1 * peak_b), ha="left", va="bottom", fontsize=8, rotation=0)
-    series = _group(pts, impl_name)
+    series = group_by(pts, impl_name)
     thr_marks = dict(zip(sorted({threads_of(r) or 0 for r in pts}), "os^Dv<>p*h"))
     ncol = 10 if len(series) <= 10 else 20              # distinct colours for up to 20 series
     cmap = plt.get_cmap(f"tab{ncol}")

@@ -154,9 +154,3 @@ def _jsonable(o):
         return list(o)
     return str(o)
 
-
-def load(path: str) -> list:
-    """Records of a JSON lines file, read as :func:`microbench.store.read` reads them (untrusted
-    input: lines that are not valid records are skipped; ``store.read`` also says why)."""
-    from . import store
-    return store.read(path)[0]

@@ -201,7 +201,7 @@ def _stand_in_gpu(monkeypatch, name: bytes, mem_gib: float):
     drv = StandInDriver(name, mem_gib)
     monkeypatch.setattr(gpu, "_load_driver", lambda: drv)
     monkeypatch.setattr(gpu, "detect", lambda: (True, f"1 GPU: {name.decode()}"))
-    monkeypatch.setattr(devices, "_selected", 0)
+    monkeypatch.setattr(gpu, "_SELECTED", 0)
     nvml = types.SimpleNamespace(nvmlInit=lambda: None, nvmlSystemGetDriverVersion=lambda: "580.82.07")
     monkeypatch.setitem(sys.modules, "pynvml", nvml)
     monkeypatch.setattr(cudnn, "describe", lambda: {"available": True, "version": "9.28.1",

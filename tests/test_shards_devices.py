@@ -207,7 +207,7 @@ def fake_gpus(monkeypatch):
     monkeypatch.setattr(gpu, "_load_driver", lambda: drv)
     monkeypatch.setattr(gpu, "detect", lambda: (True, "2 GPUs: Fake GPU"))
     monkeypatch.setattr(devices, "_use", lambda k: None)
-    monkeypatch.setattr(devices, "_selected", 0)
+    monkeypatch.setattr(gpu, "_SELECTED", 0)
     monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml())
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,0")
     return drv

@@ -16,7 +16,7 @@ def numba_source(cell: Cell, dtype: str = "float32") -> str:
     """Module source defining ``kernel(gx, gh, bx, bh, h_prev, <s>..., <params>..., h_out)``."""
     if dtype not in ("float32", "float64"):
         raise BadInput(f"the numba CPU kernels take float32 or float64, not {dtype}")
-    from .. import pointwise as fp
+    from .. import tanh as fp
     an = analyse(cell)
     consts, const = _named_constants()
 
@@ -71,7 +71,7 @@ def numba_source(cell: Cell, dtype: str = "float32") -> str:
         head += [f"_P{i} = _ft({a!r})" for i, a in enumerate(fp.TANH_P)]
         head += [f"_Q{i} = _ft({a!r})" for i, a in enumerate(fp.TANH_Q)]
         head += ["", "", "@numba.njit(inline='always')", "def _tanh(x):",
-                 "    # the rational fp32 tanh of fusion.pointwise (vectorizes; libm's tanhf does not)",
+                 "    # the rational fp32 tanh of fusion.tanh (vectorizes; libm's tanhf does not)",
                  "    xc = min(max(x, _lo), _hi)", "    u = (xc * _inv) * (xc * _inv)",
                  "    p = (((_P4 * u + _P3) * u + _P2) * u + _P1) * u + _P0",
                  "    q = ((((_Q5 * u + _Q4) * u + _Q3) * u + _Q2) * u + _Q1) * u + _Q0",

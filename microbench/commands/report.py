@@ -55,7 +55,7 @@ def result_rows(records: list) -> list:
     """One row per case; the median's marks in a column of their own ("mark": ~ noisy, !
     contended, ^ above the roof), times with a unit per cell."""
     from .. import contention, store
-    from ..plots import shape_text, threads_of
+    from ..recview import shape_text, threads_of
     from ..report import fmt_time, row_marks
     rows = []
     for r in store.latest(records, with_env=True, status=None).values():
@@ -128,7 +128,7 @@ def csv_text(records: list) -> str:
     import io
 
     from .. import contention, store
-    from ..plots import framework_of
+    from ..recview import framework_of
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS)
