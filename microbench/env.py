@@ -58,7 +58,7 @@ def frameworks() -> dict:
     not there (not installed, or not installable on a supported Python at all).  MXNet and Chainer
     are looked up in their NumPy-1 interpreter, and TensorFlow in .venv-tf where a GPU machine has
     it, by package metadata (nothing is imported)."""
-    from microbench.cases.frameworks import default_python
+    from microbench.frameworks import default_python
     from microbench.frameworks import FRAMEWORKS, NOT_INSTALLABLE, NUMPY1
     out = {}
     py1 = default_python(NUMPY1[0])
@@ -210,9 +210,9 @@ def env_id(env: dict) -> str:
 def argv() -> str:
     """The command line of this run, as a shell would take it back."""
     import shlex
-    from . import cli
-    if cli.COMMAND_LINE is not None:
-        return shlex.join(["python", "-m", "microbench", *cli.COMMAND_LINE])
+    from . import args as margs
+    if margs.COMMAND_LINE is not None:
+        return shlex.join(["python", "-m", "microbench", *margs.COMMAND_LINE])
     return shlex.join(sys.argv)
 
 
@@ -269,7 +269,7 @@ def cpu_clock() -> dict:
 def mxnet_worker() -> dict:
     """The interpreter MXNet rows run under (its own venv: MXNet needs NumPy 1) and its MXNet."""
     import subprocess
-    from .cases.frameworks import default_python
+    from .frameworks import default_python
     py = default_python("mxnet")
     if py is None:
         return {"python": None, "mxnet": _version("mxnet"), "note": "no .venv-mxnet (scripts/setup-mxnet)"}

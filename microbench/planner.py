@@ -23,7 +23,7 @@ def parse_precisions(text: str) -> list:
     """``--dtype`` (a comma list) -> canonical precision names, once each, in the order given."""
     from kernels import dtypes
 
-    from .cli import csv_list
+    from .args import csv_list
     precisions = list(dict.fromkeys(dtypes.canonical(d) for d in csv_list(text)))
     if not precisions:
         raise BadInput(f"--dtype {text!r} names no precision; allowed: {', '.join(dtypes.PRECISIONS)}")

@@ -403,3 +403,77 @@ def run_interleaved(cases: list, settings: Settings, env: dict, nvtx_cost: float
     finally:
         for r in runs:
             r.close()
+
+
+# -- a command's cases, run with a progress bar and written as they finish -------------------------
+def run_cases(cases: list, settings, args) -> tuple:
+    """Run cases in order with a progress bar; append each record to --json as it finishes."""
+    from profiles import capture
+
+    from . import env as menv
+    from . import report
+    from .args import console
+    from .progress import Progress
+    from .results import JsonlWriter
+
+    capture.enable(getattr(args, "profile", False))
+    if settings.graph and any(c.device != "cuda" for c in cases):
+        raise BadInput("--graph replays CUDA graphs, but these cases run on the CPU; drop --graph "
+                       "or use --device cuda")
+
+    writer = JsonlWriter(args.json) if args.json else None
+    out, err = console(), console(stderr=True)
+    warn_threads(cases, err)
+    env = menv.collect()
+    if not args.quiet:
+        report.header(env, out)
+    from .peaks import measure_for
+    for note in measure_for(cases):       # the roofs the records carry, measured before the cases
+        err.print(f"note: {note}", highlight=False)
+    nvtx_cost = env["nvtx"]["cost_per_range_s"]
+    outcomes = []
+    try:
+        # A bar on a terminal (redrawn between samples, never by a thread), else a line per case.
+        with Progress(err, len(cases), quiet=args.quiet) as bar:
+            if settings.rounds > 1:      # every case finishes after the last round
+                outcomes = run_interleaved(cases, settings, env, nvtx_cost, bar)
+                for o in outcomes:
+                    if writer:
+                        writer.write(o.record)
+            else:
+                for case in cases:
+                    bar.start(case.title)
+                    o = run_case(case, settings, env, nvtx_cost, progress=bar.within)
+                    outcomes.append(o)
+                    if writer:
+                        writer.write(o.record)
+                    bar.done(o)
+    finally:
+        if writer:
+            writer.close()
+    warn_contention([o.record for o in outcomes], env, cases, err)
+    return outcomes, out, err
+
+
+def warn_contention(records: list, env: dict, cases, err) -> None:
+    """The end-of-run warnings: rows whose samples did not get their threads (what helps), and a
+    load average above the cores."""
+    from rich.markup import escape
+
+    from . import contention
+    from . import env as menv
+    hit = contention.summary(records)
+    if hit:
+        err.print(f"[yellow]warning:[/] {escape(hit)}", highlight=False)
+    busy = menv.busy_warning(env.get("affinity") or env.get("cores"))
+    if busy and any(c.device == "cpu" for c in cases):
+        err.print(f"[yellow]warning:[/] {escape(busy)}", highlight=False)
+
+
+def warn_threads(cases, err) -> None:
+    from rich.markup import escape
+
+    from .threads import oversubscription_warning
+    warning = oversubscription_warning({c.threads for c in cases})
+    if warning:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)

@@ -224,8 +224,9 @@ def test_launcher_rank_variables_are_ascii(capsys, monkeypatch):
 
 
 def test_ascii_numbers_still_parse():
-    assert cli.ascii_int(" 16 ") == 16 and cli.ascii_int("-3") == -3
-    assert cli.ascii_float("0.5") == 0.5 and cli.ascii_float("2e-3") == 0.002 and cli.ascii_float(".5") == 0.5
+    from microbench import args
+    assert args.ascii_int(" 16 ") == 16 and args.ascii_int("-3") == -3
+    assert args.ascii_float("0.5") == 0.5 and args.ascii_float("2e-3") == 0.002 and args.ascii_float(".5") == 0.5
     assert threads.parse_threads("1, 2") == [1, 2]
 
 

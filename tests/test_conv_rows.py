@@ -96,7 +96,8 @@ def test_conv_command_checks_the_memory_of_the_variants_it_runs(monkeypatch, cap
     def planned(cases, settings, args):      # stop where the cases would run
         ran.extend(cases)
         raise Planned
-    monkeypatch.setattr(cli, "run_cases", planned)
+    from microbench import runner
+    monkeypatch.setattr(runner, "run_cases", planned)
     with pytest.raises(Planned):
         cli.main(argv + ["--implicit_gemm"])
     assert [c.variant for c in ran] == ["implicit_gemm"]

@@ -411,8 +411,9 @@ def test_cpu_only_frameworks_skip_every_gpu_row_before_a_worker_starts(fw, op):
 
 
 def test_env_names_every_framework_found_or_why_not(monkeypatch, tmp_path):
+    import microbench.frameworks as mframeworks
     from microbench import env as menv
-    monkeypatch.setattr(fcases, "MXNET_VENV_PYTHON", tmp_path / "none" / "bin" / "python")
+    monkeypatch.setattr(mframeworks, "MXNET_VENV_PYTHON", tmp_path / "none" / "bin" / "python")
     got = menv.frameworks()
     assert list(got) == list(FRAMEWORKS) + list(NOT_INSTALLABLE)
     for fw in NUMPY1:

@@ -45,7 +45,8 @@ def test_env_lists_nvtx_once_and_the_mxnet_worker(run_cli):
     assert r.returncode == 0, r.stderr
     rows = [l.split("│")[1].strip() for l in r.stdout.splitlines() if l.count("│") >= 2]
     assert rows.count("nvtx") == 1 and "mxnet worker" in rows and "memory" in rows and "microbench" in rows
-    cli.COMMAND_LINE = ["env"]
+    from microbench import args
+    args.COMMAND_LINE = ["env"]
     assert menv.argv() == "python -m microbench env"
 
 

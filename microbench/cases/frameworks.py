@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-from pathlib import Path
 
 import numpy as np
 
@@ -30,22 +28,14 @@ from fusion.cellexpr import LN_EPS
 from kernels import dtypes
 from kernels.errors import BadInput, Unsupported
 
-from ..frameworks import (FRAMEWORKS, NOT_INSTALLABLE, NUMPY1, PATHS, describe, precision_reason,
-                          skip_reason)
+from ..frameworks import (FRAMEWORKS, NOT_INSTALLABLE, NUMPY1, PATHS, default_python, describe,
+                          precision_reason, skip_reason)
 from ..problems import RNNProblem
 from ..callsample import CallSampler
 from ..registry import REGISTRY, Check, Prepared, VariantRecord, register
 from ..stats import Measurement
 from .custom import check_custom, make_custom_inputs
 from .rnn import compare, make_inputs, reference_outputs
-
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-# MXNet's and Chainer's NumPy-1 interpreter (scripts/setup-mxnet makes it): MICROBENCH_MXNET_VENV,
-# else .venv-mxnet here.
-MXNET_VENV_PYTHON = Path(os.environ.get("MICROBENCH_MXNET_VENV", REPO_ROOT / ".venv-mxnet")) / "bin" / "python"
-# TensorFlow's CUDA build on a GPU machine (scripts/setup-tensorflow makes it): MICROBENCH_TF_VENV,
-# else .venv-tf here.  Absent on a CPU machine, where tensorflow-cpu is in our own environment.
-TF_VENV_PYTHON = Path(os.environ.get("MICROBENCH_TF_VENV", REPO_ROOT / ".venv-tf")) / "bin" / "python"
 
 
 def parse_frameworks(text) -> list:
@@ -62,17 +52,6 @@ def parse_frameworks(text) -> list:
         if n not in FRAMEWORKS:
             raise BadInput(f"--frameworks {n!r} is unknown; allowed: {', '.join(FRAMEWORKS)}, all")
     return [f for f in FRAMEWORKS if f in names]
-
-
-def default_python(framework: str) -> str | None:
-    """The interpreter a framework's worker runs under when --python does not say: MXNet and
-    Chainer use ``.venv-mxnet`` (made by scripts/setup-mxnet) when it exists, TensorFlow
-    ``.venv-tf`` (scripts/setup-tensorflow, GPU machines) when it exists; otherwise ours."""
-    if framework in NUMPY1 and MXNET_VENV_PYTHON.exists():
-        return str(MXNET_VENV_PYTHON)
-    if framework == "tensorflow" and TF_VENV_PYTHON.exists():
-        return str(TF_VENV_PYTHON)
-    return None
 
 
 # The layer-norm LSTM (``--cell layernorm``): no framework ships one, so each row is the cell

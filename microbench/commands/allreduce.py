@@ -26,7 +26,7 @@ import time
 
 from kernels.errors import BadInput
 
-from ..cli import csv_list
+from ..args import csv_list
 
 # baidu-research/DeepBench code/kernels/all_reduce_problems.h (element counts, float)
 DEEPBENCH_SIZES = (100000, 3097600, 4194304, 6553600, 16777217, 38360000, 64500000)
@@ -190,7 +190,7 @@ def cmd_allreduce(args) -> int:
 
     from .. import distributed as mdist
     from .. import env as menv
-    from ..cli import console
+    from ..args import console
     from ..report import fmt_time
     from ..results import JsonlWriter
 

@@ -192,7 +192,7 @@ def cmd_compare(args) -> int:
     from kernels.untrusted import terminal as escape    # record text: no control codes, no markup
 
     from .. import store
-    from ..cli import console
+    from ..args import console
     from ..report import fmt_time
 
     out, err = console(), console(stderr=True)

@@ -6,7 +6,8 @@ import argparse
 from kernels import devices, dtypes
 from kernels.errors import BadInput
 
-from ..cli import add_output, add_timing, seed_arg
+from ..args import seed_arg
+from ..cli import add_output, add_timing
 
 EPILOG = """examples:
   python -m microbench conv --all --layer resnet50/res2_3x3 -N 8
@@ -92,7 +93,8 @@ def cmd_conv(args) -> int:
     from profiles import nvtx
 
     from .. import registry, report, smoke
-    from ..cli import run_cases, settings_from
+    from ..cli import settings_from
+    from ..runner import run_cases
     from ..planner import memory_need, parse_precisions, resolve_device
     from ..problems import check_memory
     from ..runner import Case

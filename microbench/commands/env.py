@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from ..cli import console
+from ..args import console
 
 
 def add_parsers(sub) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import console, named_list, output_path
+from ..args import console, named_list, output_path
 
 EPILOG = """examples:
   python -m microbench explain lstm                       # this machine has no GPU: the H100 traces

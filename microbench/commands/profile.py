@@ -82,7 +82,8 @@ def nvtx_target(bench: list) -> tuple:
     benchmark's own parser reads the arguments first, so a bad flag or value is refused here
     instead of being printed into (or run as) an Nsight command line."""
     from .. import registry
-    from ..cli import UsageError, build_parser, csv_list
+    from ..args import UsageError, csv_list
+    from ..cli import build_parser
     ops = _ops()
     if not bench or bench[0] not in ops:
         got = bench[0] if bench else "nothing"

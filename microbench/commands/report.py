@@ -28,7 +28,7 @@ from rich.markup import escape
 
 
 def add_parsers(sub) -> None:
-    from ..cli import output_path
+    from ..args import output_path
     p = sub.add_parser("report", help="tables and plots (HTML, Markdown) of results files",
                        description="Tables of results files; with --html/--md also plots (ladder, "
                                    "framework convergence, roofline, thread scaling) embedded as PNG, "
@@ -459,7 +459,7 @@ def cmd_report(args) -> int:
     from rich.table import Table
 
     from .. import store
-    from ..cli import console
+    from ..args import console
 
     out, err = console(), console(stderr=True)
     csv_target, targets = plan_outputs(args)       # every path checked before any is written

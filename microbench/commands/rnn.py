@@ -7,7 +7,8 @@ import argparse
 from kernels import devices
 from kernels.errors import BadInput
 
-from ..cli import EPILOG_RNN, add_output, add_timing, console, named_list, seed_arg
+from ..args import console, named_list, seed_arg
+from ..cli import EPILOG_RNN, add_output, add_timing
 
 
 def add_parsers(sub) -> None:
@@ -321,7 +322,8 @@ def cmd_rnn(args) -> int:
     from profiles import nvtx
 
     from .. import report
-    from ..cli import run_cases, settings_from
+    from ..cli import settings_from
+    from ..runner import run_cases
     from ..threads import parse_threads, prepare_numba_pool
 
     settings = settings_from(args)

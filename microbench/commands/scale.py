@@ -13,7 +13,7 @@ import sys
 
 from kernels.errors import BadInput
 
-from ..cli import csv_list
+from ..args import csv_list
 
 EPILOG = """examples:
   torchrun --nproc-per-node 2 -m microbench scale lstm --device cpu -T 10 -B 8 -H 64
@@ -171,7 +171,7 @@ def cmd_scale(args) -> int:
     from .. import distributed as mdist
     from .. import env as menv
     from .. import scaling
-    from ..cli import console
+    from ..args import console
     from ..results import JsonlWriter
 
     validate(args)

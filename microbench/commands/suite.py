@@ -17,7 +17,8 @@ from kernels.errors import BadInput
 from kernels.untrusted import terminal
 from rich.markup import escape
 
-from ..cli import add_output, add_timing, csv_list, named_list, seed_arg
+from ..args import csv_list, named_list, seed_arg
+from ..cli import add_output, add_timing
 
 EPILOG = """examples:
   python -m microbench suite --list                                  # the suites
@@ -77,7 +78,7 @@ def parse_shard(text: str):
     import argparse
     if str(text).strip().lower() == "auto":
         return "auto"
-    from ..cli import parse_int
+    from ..args import parse_int
     k, sep, n = str(text).partition("/")
     try:
         k, n = parse_int(k, "K"), parse_int(n, "N")
@@ -99,7 +100,7 @@ def auto_shard(args) -> tuple:
             not ("SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env):
         raise BadInput("--shard auto needs torchrun (RANK, WORLD_SIZE) or a Slurm array job "
                        "(SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT); give --shard K/N")
-    from ..cli import parse_int
+    from ..args import parse_int
 
     def num(name, default=None):
         return parse_int(env[name] if default is None else env.get(name, default), name)
@@ -507,7 +508,7 @@ def cmd_suite(args) -> int:
 
     from .. import env as menv
     from .. import report, store
-    from ..cli import console
+    from ..args import console
     from ..results import JsonlWriter
     from ..suites import catalog
     from ..threads import parse_threads, prepare_numba_pool
@@ -602,7 +603,7 @@ def _run(entries, settings, env, writer, args, out, err, n_todo, n_done, shard=N
     from .. import results
     from ..runner import Outcome, run_case, run_interleaved
 
-    from ..cli import warn_threads
+    from ..runner import warn_threads
     warn_threads([c for e in entries for c in e.cases], err)
     from ..peaks import measure_for
     for note in measure_for([c for e in entries for c in e.cases]):   # the roofs the records carry
@@ -654,7 +655,7 @@ def _run(entries, settings, env, writer, args, out, err, n_todo, n_done, shard=N
         err.print(escape(f"microbench: interrupted after {finished} of {n_todo} case(s){where}"), highlight=False)
         return 130
     summary(entries, out)
-    from ..cli import warn_contention
+    from ..runner import warn_contention
     warn_contention([o.record for e in entries for o in e.outcomes if not o.record.get("_resumed")], env,
                     [c for e in entries for c in e.cases], err)
     failed = sum(o.status == "failed" for e in entries for o in e.outcomes)

@@ -16,6 +16,9 @@ workers run it under an interpreter that has only NumPy, MXNet and Chainer.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 FRAMEWORKS = ("torch", "tensorflow", "jax", "mxnet", "chainer")
 
 # The module each framework's worker imports to see whether the framework is there.
@@ -211,3 +214,24 @@ def describe(framework: str, device: str, path: str, op: str) -> str:
 def skip_reason(framework: str, device: str, path: str, op: str) -> str | None:
     text = describe(framework, device, path, op)
     return text[len("skip: "):] if text.startswith("skip: ") else None
+
+
+# -- the interpreter a framework's worker runs under -------------------------------------------------
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+# MXNet's and Chainer's NumPy-1 interpreter (scripts/setup-mxnet makes it): MICROBENCH_MXNET_VENV,
+# else .venv-mxnet here.
+MXNET_VENV_PYTHON = Path(os.environ.get("MICROBENCH_MXNET_VENV", REPO_ROOT / ".venv-mxnet")) / "bin" / "python"
+# TensorFlow's CUDA build on a GPU machine (scripts/setup-tensorflow makes it): MICROBENCH_TF_VENV,
+# else .venv-tf here.  Absent on a CPU machine, where tensorflow-cpu is in our own environment.
+TF_VENV_PYTHON = Path(os.environ.get("MICROBENCH_TF_VENV", REPO_ROOT / ".venv-tf")) / "bin" / "python"
+
+
+def default_python(framework: str) -> str | None:
+    """The interpreter a framework's worker runs under when --python does not say: MXNet and
+    Chainer use ``.venv-mxnet`` (made by scripts/setup-mxnet) when it exists, TensorFlow
+    ``.venv-tf`` (scripts/setup-tensorflow, GPU machines) when it exists; otherwise ours."""
+    if framework in NUMPY1 and MXNET_VENV_PYTHON.exists():
+        return str(MXNET_VENV_PYTHON)
+    if framework == "tensorflow" and TF_VENV_PYTHON.exists():
+        return str(TF_VENV_PYTHON)
+    return None
