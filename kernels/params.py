@@ -144,7 +144,6 @@ class RNNParams:
         """Float64 copies of a ``torch.nn.LSTM``/``GRU``/``RNN``'s weights (same names and gate
         order, nothing reordered; bidirectional when the module is); the way back is
         :func:`kernels.torch.torch_module`."""
-        from .torch import params_from_torch
         p = params_from_torch(module)
         if not isinstance(p, cls):
             raise BadInput(f"{cls.__name__}.from_torch got a {type(module).__name__}")
@@ -376,3 +375,46 @@ def reorder_gates(a: np.ndarray, src: str, dst: str, axis: int = 0) -> np.ndarra
         raise BadInput(f"axis {axis} of length {n} does not split into {len(src)} gates")
     blocks = np.split(a, len(src), axis=axis)
     return np.concatenate([blocks[src.index(g)] for g in dst], axis=axis)
+
+
+# -- torch.nn modules' weights (read through their attributes: this module does not import torch) --
+TORCH_CELLS = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}     # torch.nn class -> our cell
+
+
+def torch_cell(module) -> str | None:
+    """``lstm``/``gru``/``rnn`` for a ``torch.nn.LSTM``/``GRU``/``RNN`` (or a subclass), else None."""
+    for c in type(module).__mro__:
+        if c.__module__.startswith("torch.nn.") and c.__name__ in TORCH_CELLS:
+            return TORCH_CELLS[c.__name__]
+    return None
+
+
+def torch_suffixes(num_layers: int, bidirectional: bool) -> list:
+    """torch.nn's parameter suffixes in its order (ours): _l0, _l0_reverse, _l1, ..."""
+    return [f"_l{l}{'_reverse' if d else ''}" for l in range(num_layers) for d in range(2 if bidirectional else 1)]
+
+
+def params_from_torch(module, cell: str | None = None):
+    """Our canonical parameters (float64 copies) of a ``torch.nn.LSTM``/``GRU``/``RNN``.
+
+    Same names, same gate order (PyTorch's), so nothing is reordered; biases of a ``bias=False``
+    module are zeros; a bidirectional module gives bidirectional parameters; projections
+    (``proj_size``) are refused: our kernels do not compute them.  The weights only: ``dropout``
+    is the module's setting (``kernels.torch.LSTM.from_torch`` keeps it).  ``cell``: the cell the
+    caller expects (a module of another cell is refused)."""
+    got = torch_cell(module)
+    want = cell or got
+    if got is None or got != want:
+        names = {v: k for k, v in TORCH_CELLS.items()}
+        raise BadInput(f"from_torch takes a torch.nn.{names.get(want, 'LSTM, GRU or RNN')}, got {type(module).__name__}")
+    if getattr(module, "proj_size", 0):
+        raise BadInput(f"from_torch: proj_size={module.proj_size} is not supported (0 only)")
+    G, H = len(GATES[got]), module.hidden_size
+    layers = []
+    for suffix in torch_suffixes(module.num_layers, module.bidirectional):
+        get = lambda n: getattr(module, f"{n}{suffix}").detach().cpu().double().numpy().copy()  # noqa: E731
+        b = (get("bias_ih"), get("bias_hh")) if module.bias else (np.zeros(G * H), np.zeros(G * H))
+        layers.append(Layer(get("weight_ih"), get("weight_hh"), *b))
+    extra = {"nonlinearity": module.nonlinearity} if got == "rnn" else {}
+    cls = {"lstm": LSTMParams, "gru": GRUParams, "rnn": VanillaRNNParams}[got]
+    return cls(module.input_size, H, tuple(layers), bidirectional=bool(module.bidirectional), **extra)

@@ -52,7 +52,8 @@ except ImportError as e:  # pragma: no cover - the module is only imported where
 from . import backward as bw
 from .custom import LayerNormLSTMParams
 from .errors import BadInput
-from .params import NONLINEARITIES, GRUParams, Layer, LSTMParams, VanillaRNNParams
+from .params import (NONLINEARITIES, GRUParams, Layer, LSTMParams, VanillaRNNParams, params_from_torch,  # noqa: F401
+                     torch_suffixes)
 
 _CANON = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 _LN = tuple(p for p, _ in LayerNormLSTMParams.expr.params)
@@ -61,9 +62,7 @@ _GATES = {"lstm": 4, "gru": 3, "rnn": 1, "layernorm": 4}
 _ONE_STATE = ("gru", "rnn")          # cells called with h0 only
 
 
-def _suffixes(num_layers: int, bidirectional: bool) -> list:
-    """torch.nn's parameter suffixes in its order (ours): _l0, _l0_reverse, _l1, ..."""
-    return [f"_l{l}{'_reverse' if d else ''}" for l in range(num_layers) for d in range(2 if bidirectional else 1)]
+_suffixes = torch_suffixes
 
 
 # -- helpers shared with the tests and the benchmarks ------------------------------------------
@@ -263,35 +262,8 @@ _TORCH_CLASS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 
 
 def _torch_params(module, cell: str):
-    """Our parameters (float64 copies) of an ``nn.LSTM``/``nn.GRU``/``nn.RNN``; refuses what our
-    kernels do not compute (projections)."""
-    want = getattr(nn, _TORCH_CLASS.get(cell, ""), None)
-    if want is None or not isinstance(module, want):
-        raise BadInput(f"from_torch takes a torch.nn.{_TORCH_CLASS.get(cell, cell)}, got {type(module).__name__}")
-    if getattr(module, "proj_size", 0):
-        raise BadInput(f"from_torch: proj_size={module.proj_size} is not supported (0 only)")
-    G, H = _GATES[cell], module.hidden_size
-    layers = []
-    for suffix in _suffixes(module.num_layers, module.bidirectional):
-        get = lambda n: getattr(module, f"{n}{suffix}").detach().cpu().double().numpy().copy()  # noqa: E731
-        b = (get("bias_ih"), get("bias_hh")) if module.bias else (np.zeros(G * H), np.zeros(G * H))
-        layers.append(Layer(get("weight_ih"), get("weight_hh"), *b))
-    extra = {"nonlinearity": module.nonlinearity} if cell == "rnn" else {}
-    return _PARAMS[cell](module.input_size, H, tuple(layers), bidirectional=bool(module.bidirectional), **extra)
-
-
-def _cell_of(module) -> str:
-    return "gru" if isinstance(module, nn.GRU) else "rnn" if isinstance(module, nn.RNN) else "lstm"
-
-
-def params_from_torch(module):
-    """Our canonical parameters (float64 copies) of a ``torch.nn.LSTM``/``GRU``/``RNN``.
-
-    Same names, same gate order (PyTorch's), so nothing is reordered; biases of a ``bias=False``
-    module are zeros; a bidirectional module gives bidirectional parameters.  The weights only:
-    ``dropout`` is the module's setting (:meth:`LSTM.from_torch` keeps it).  Also reachable as
-    ``LSTMParams.from_torch(module)``."""
-    return _torch_params(module, _cell_of(module))
+    """Our parameters (float64 copies) of an ``nn.LSTM``/``nn.GRU``/``nn.RNN`` of ``cell``."""
+    return params_from_torch(module, cell)
 
 
 def torch_module(params, *, bias: bool = True, batch_first: bool = False, dtype=torch.float32, device=None):
