@@ -37,7 +37,7 @@ from fusion import gemm as fgemm
 from fusion import pointwise as fpointwise
 from fusion import streams as fstreams
 from fusion.steps import CHUNKS, STEPS, Plan
-from profiles import nvtx
+from kernels import nvtx
 
 from . import cells, forking
 from .backends import LIBRARY_BACKENDS, get_backend, step_backends

@@ -13,7 +13,7 @@ import os
 import platform
 import sys
 
-from profiles import nvtx
+from kernels import nvtx
 
 from .peaks import FORCING_VARIABLES
 

@@ -207,7 +207,7 @@ def table(outcomes: list, console: Console, *, ladder: bool = False, title: str 
                  "CPU/wall: CPU seconds the process got per second of its samples, all threads (about "
                  "the number of busy threads when the cores were its own)."]
         most = max((o.record["nvtx"]["ranges_per_run"] for o in ok if o.record.get("nvtx")), default=0)
-        from profiles import nvtx
+        from kernels import nvtx
         if cost is not None and nv.get("level") not in (None, "off") and most:
             lines.append(f"{nvtx.describe()}: {most} per call at most, {cost * 1e6:.2f} us each here, "
                          "included in our rows' times (framework rows push none); --nvtx off removes them.")

@@ -69,7 +69,7 @@ class Result:
 # -- NVTX ------------------------------------------------------------------------------------------
 
 def _phase(name: str):
-    from profiles import nvtx
+    from kernels import nvtx
     return nvtx.phase(name)
 
 
@@ -78,7 +78,7 @@ class _AsyncRange:
 
     def __init__(self, name: str):
         self.handle = None
-        from profiles import nvtx as pnvtx
+        from kernels import nvtx as pnvtx
         if pnvtx.level() != "on":
             return
         with contextlib.suppress(Exception):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterable
 
 from kernels.errors import BadInput
-from profiles import nvtx
+from kernels import nvtx
 from profiles.explain import KernelRow
 
 # -- command lines -----------------------------------------------------------------------------

@@ -319,12 +319,12 @@ def range_at(ranges: list[tuple[int, int, str]], t: int) -> str:
 
 @contextlib.contextmanager
 def _log_ranges(clock: Callable[[], int]):
-    """While capturing, also log the ranges :mod:`profiles.nvtx` pushes (it keeps pushing to NVTX).
+    """While capturing, also log the ranges :mod:`kernels.nvtx` pushes (it keeps pushing to NVTX).
 
-    profiles.nvtx looks its push/pop functions up on each range, so swapping them for the
+    kernels.nvtx looks its push/pop functions up on each range, so swapping them for the
     capture's duration is enough; they are put back even if the traced call raises.
     """
-    from profiles import nvtx
+    from kernels import nvtx
     push, pop = nvtx._load()
     log = RangeLog(clock)
 

@@ -397,7 +397,7 @@ def test_missing_library_skips_with_the_places_searched(tmp_path, monkeypatch):
 
 def test_nvtx_phase_per_primitive_named_by_its_kind():
     from kernels.onednn.rnn import OnednnRNN
-    from profiles import nvtx
+    from kernels import nvtx
     _lib()
     p = LSTMParams.random(4, 4, 1, seed=0).astype(np.float32)
     with OnednnRNN(p, batch=2, seq_len=2, reorder_each_call=True) as rnn:

@@ -14,7 +14,7 @@ import ctypes
 
 import numpy as np
 
-from profiles import nvtx
+from kernels import nvtx
 
 from .. import forking
 from ..dtypes import canonical

@@ -90,7 +90,7 @@ def problem_from_args(args):
 
 
 def cmd_conv(args) -> int:
-    from profiles import nvtx
+    from kernels import nvtx
 
     from .. import registry, report, smoke
     from ..cli import settings_from

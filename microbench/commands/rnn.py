@@ -319,7 +319,7 @@ def _custom_cell_cases(args, cell, problem, precisions, thread_counts, device, v
 
 
 def cmd_rnn(args) -> int:
-    from profiles import nvtx
+    from kernels import nvtx
 
     from .. import report
     from ..cli import settings_from

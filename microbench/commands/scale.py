@@ -166,7 +166,7 @@ def record(g, res, env, args, eff, make_problem) -> dict:
 
 
 def cmd_scale(args) -> int:
-    from profiles import nvtx
+    from kernels import nvtx
 
     from .. import distributed as mdist
     from .. import env as menv

@@ -504,7 +504,7 @@ def print_plan(entries, suite, settings, out, *, device, resume_note="", shard=N
 
 
 def cmd_suite(args) -> int:
-    from profiles import nvtx
+    from kernels import nvtx
 
     from .. import env as menv
     from .. import report, store
