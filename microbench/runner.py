@@ -19,7 +19,8 @@ import traceback
 from dataclasses import dataclass, field
 
 from kernels.errors import BadInput, MicrobenchError, Unsupported
-from profiles import capture, nvtx
+from kernels import nvtx
+from profiles import capture
 
 from . import contention, results
 from . import gpustate

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from profiles import nsight, nvtx
+from kernels import nvtx
+from profiles import nsight
 
 TINY = ["-T", "3", "-B", "2", "-H", "8", "--warmup", "0", "--min-time", "0", "--min-samples", "2",
         "--backend", "numpy"]
@@ -46,9 +47,10 @@ def test_in_process_trace_still_sees_ranges_when_they_are_off(restore_level):
 
 
 def test_nsight_commands_ask_for_ranges():
-    assert nsight.nsys_command(["lstm", "--fused"])[-3:] == ["--nvtx", "on", "--profile"]
-    assert nsight.ncu_command(["lstm", "--fused"])[-2:] == ["--nvtx", "on"]
-    assert nsight.ncu_command(["lstm", "--fused", "--nvtx", "case"]).count("--nvtx") == 2  # ncu's flag + ours
+    ops = ("lstm", "gru", "rnn", "conv")
+    assert nsight.nsys_command(["lstm", "--fused"], ops=ops)[-3:] == ["--nvtx", "on", "--profile"]
+    assert nsight.ncu_command(["lstm", "--fused"], ops=ops, variant="fused")[-2:] == ["--nvtx", "on"]
+    assert nsight.ncu_command(["lstm", "--fused", "--nvtx", "case"], ops=ops).count("--nvtx") == 2  # ncu's flag + ours
 
 
 def test_default_run_pushes_no_ranges_and_says_so(run_cli, tmp_path):

@@ -14,7 +14,8 @@ import pytest
 
 from kernels.errors import BadInput, MissingDependency
 from profiles import classify as cl
-from profiles import explain, nsight, nvtx
+from kernels import nvtx
+from profiles import explain, nsight
 from profiles import trace as tr
 
 FIX = Path(__file__).parent / "fixtures"
