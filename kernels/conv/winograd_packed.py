@@ -1,0 +1,270 @@
+"""``winograd_packed`` and ``winograd_f2_packed``: Winograd F(m x m, 3x3) built as a layer, its
+alpha^2 GEMMs one oneDNN matmul on the filter transformed and packed at build.
+
+Same algorithm and matrices as :mod:`kernels.conv.winograd` (the readable NumPy formulation) and
+:mod:`kernels.conv.winograd_numba` (the ``winograd`` variant: fused transforms, BLAS GEMMs).  What
+changes, stage by stage:
+
+- filter transform ``U = G g G^T`` (alpha^2, C, K): once, at build
+  (:func:`kernels.conv.winograd_numba.filter_transform`), then reordered into the blocked layout
+  of oneDNN's matmul (:mod:`kernels.conv.gemm`): a call never touches the filter again;
+- input transform, numba, one parallel job per (tile row, block of ``CB`` channels), reading the
+  activations in their own layout: the job copies the alpha input rows its tiles need, channels
+  last and zero-padded, into a local buffer (for NCHW that copy is the layout change, made in
+  cache instead of as a pass over the whole input), then runs the transform of each tile as
+  straight-line code vectorized over channels and writes ``V (alpha^2, tiles, C)``;
+- the alpha^2 GEMMs ``M[uv] (tiles, K) = V[uv] (tiles, C) @ U[uv] (C, K)``: one batched oneDNN
+  matmul call (BLAS in fp64);
+- output transform, numba, one parallel job per (tile row, block of ``KB`` filters): ``A^T M A``
+  plus the bias into a local block of whole tiles, then cropped into ``y`` in its layout (NCHW
+  rows of P*Q planes, or NHWC pixels), so no transposing copy follows.
+
+The workspaces ``V`` and ``M`` belong to the layer (allocated at build); ``y`` is new on every
+call.  The transforms are generated from the exact matrices like winograd_numba's
+(:func:`kernel_source`): zero entries skipped, +-1 entries as adds, both separable passes of each
+transform a loop over contiguous channels (or filters).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+
+import numpy as np
+
+from ..errors import BadInput, Unsupported
+from .gemm import strided_gemm
+from .geometry import ConvProblem, check_inputs
+from .winograd import accepts as winograd_accepts, toom_cook
+from .winograd_numba import _lincomb, filter_transform
+
+CB = 64     # input channels per input-transform job (the local rows: alpha x width x CB)
+KB = 64     # filters per output-transform job
+
+_SOURCE = """
+def winograd_packed_input(x, V, nchw, ph, pw, tP, tQ, row0, row1):
+    if nchw:
+        N, C, H, W = x.shape
+    else:
+        N, H, W, C = x.shape
+    nCB = (C + CB_ - 1) // CB_
+    WT = tQ * M_ + 2
+    lo = min(pw, WT)                     # local columns [lo, hi) hold input columns, the rest zeros
+    hi = max(lo, min(WT, W + pw))
+    for job in prange((row1 - row0) * nCB):
+        row = row0 + job // nCB
+        n = row // tP
+        h0 = (row % tP) * M_ - ph
+        c0 = (job % nCB) * CB_
+        cn = min(CB_, C - c0)
+        loc = np.empty((ALPHA, WT, CB_), dtype=x.dtype)
+        tmp = np.empty((ALPHA, ALPHA, CB_), dtype=x.dtype)
+        for i in range(ALPHA):
+            h = h0 + i
+            if h < 0 or h >= H:
+                for col in range(WT):
+                    for c in range(CB_):
+                        loc[i, col, c] = 0
+                continue
+            for col in range(lo):
+                for c in range(CB_):
+                    loc[i, col, c] = 0
+            for col in range(hi, WT):
+                for c in range(CB_):
+                    loc[i, col, c] = 0
+            if nchw:
+                for c in range(cn):
+                    for col in range(lo, hi):
+                        loc[i, col, c] = x[n, c0 + c, h, col - pw]
+            else:
+                for col in range(lo, hi):
+                    for c in range(cn):
+                        loc[i, col, c] = x[n, h, col - pw, c0 + c]
+        for tq in range(tQ):
+            t = (row - row0) * tQ + tq
+            w0 = tq * M_
+{input_tile}
+
+
+def winograd_packed_output(Mt, y, bias, nchw, tP, tQ, row0, row1):
+    if nchw:
+        N, K, P, Q = y.shape
+    else:
+        N, P, Q, K = y.shape
+    nKB = (K + KB_ - 1) // KB_
+    for job in prange((row1 - row0) * nKB):
+        row = row0 + job // nKB
+        n = row // tP
+        p0 = (row % tP) * M_
+        k0 = (job % nKB) * KB_
+        kn = min(KB_, K - k0)
+        loc = np.empty((M_, tQ * M_, KB_), dtype=y.dtype)
+        tmp = np.empty((M_, ALPHA, KB_), dtype=y.dtype)
+        for tq in range(tQ):
+            t = (row - row0) * tQ + tq
+            q0 = tq * M_
+{output_tile}
+        for i in range(min(M_, P - p0)):
+            if nchw:
+                for k in range(kn):
+                    for q in range(Q):
+                        y[n, k0 + k, p0 + i, q] = loc[i, q, k]
+            else:
+                for q in range(Q):
+                    for k in range(kn):
+                        y[n, p0 + i, q, k0 + k] = loc[i, q, k]
+"""
+
+
+def kernel_source(m: int, dtype="float32") -> str:
+    """The Python source of both transform kernels for F(m x m, 3x3), before numba compiles it."""
+    AT, _, BT = (np.array([[float(v) for v in r] for r in M_]) for M_ in toom_cook(m))
+    alpha = m + 2
+    lines = []
+    for j in range(alpha):                                   # tmp[u, j] = (B^T d)[u, j]
+        lines.append("for c in range(cn):")
+        lines += [f"    d{i} = loc[{i}, w0 + {j}, c]" for i in range(alpha)]
+        lines += [f"    tmp[{u}, {j}, c] = " + _lincomb(BT[u], lambda i: f"d{i}") for u in range(alpha)]
+    for u in range(alpha):                                   # V[u, v] = (tmp B)[u, v]
+        lines.append("for c in range(cn):")
+        lines += [f"    e{j} = tmp[{u}, {j}, c]" for j in range(alpha)]
+        lines += [f"    V[{u * alpha + v}, t, c0 + c] = " + _lincomb(BT[v], lambda j: f"e{j}")
+                  for v in range(alpha)]
+    input_tile = "\n".join(" " * 12 + ln for ln in lines)
+    lines = []
+    for v in range(alpha):                                   # tmp[i, v] = (A^T M)[i, v]
+        lines.append("for k in range(kn):")
+        lines += [f"    m{u} = Mt[{u * alpha + v}, t, k0 + k]" for u in range(alpha)]
+        lines += [f"    tmp[{i}, {v}, k] = " + _lincomb(AT[i], lambda u: f"m{u}") for i in range(m)]
+    for i in range(m):                                       # out[i, j] = bias + (tmp A)[i, j]
+        lines.append("for k in range(kn):")
+        lines += [f"    a{v} = tmp[{i}, {v}, k]" for v in range(alpha)]
+        lines += [f"    loc[{i}, q0 + {j}, k] = bias[k0 + k] + (" + _lincomb(AT[j], lambda v: f"a{v}") + ")"
+                  for j in range(m)]
+    output_tile = "\n".join(" " * 12 + ln for ln in lines)
+    return (_SOURCE.replace("{input_tile}", input_tile).replace("{output_tile}", output_tile)
+            .replace("ALPHA", str(alpha)).replace("M_", str(m)).replace("CB_", str(CB))
+            .replace("KB_", str(KB)).replace("FT(", f"np.{np.dtype(dtype).name}("))
+
+
+@functools.lru_cache(maxsize=None)
+def _kernels(m: int, dtype: str):
+    """Compile (once per tile size and dtype; kept in the kernel cache under a hash of the
+    generated source: kernels.jit) the two transform kernels."""
+    from numba import prange
+
+    from ..jit import njit
+    source = kernel_source(m, dtype)
+    key = hashlib.sha1(source.encode()).hexdigest()
+    ns = {"__name__": __name__, "np": np, "prange": prange}
+    exec(compile(source, f"winograd_packed_f{m}_{dtype}", "exec"), ns)  # noqa: S102
+    jit = njit(parallel=True, source_key=key)
+    return jit(ns["winograd_packed_input"]), jit(ns["winograd_packed_output"])
+
+
+class WinogradLayer:
+    """F(m x m, 3x3) for one problem and filter: ``layer(x) -> y`` (module docstring)."""
+
+    def __init__(self, w, b, problem: ConvProblem, m: int = 4, rows_per_chunk: int | None = None):
+        p = problem
+        self.problem, self.m = p, m
+        self.dtype = np.asarray(w).dtype
+        self.alpha = alpha = m + 2
+        self.tP, self.tQ = -(-p.P // m), -(-p.Q // m)
+        rows = p.N * self.tP                      # tile rows: the unit the transforms' jobs own
+        self.chunk = rows if rows_per_chunk is None else max(1, min(rows, int(rows_per_chunk)))
+        T = self.chunk * self.tQ
+        self.bias = (np.asarray(b, self.dtype) if p.bias else np.zeros(p.K, self.dtype)).copy()
+        self._in, self._out = _kernels(m, self.dtype.name)
+        U = np.ascontiguousarray(filter_transform(np.asarray(w), m), dtype=self.dtype)  # (alpha^2, C, K)
+        self.V = np.empty((alpha * alpha, T, p.C), self.dtype)
+        self.M = np.empty((alpha * alpha, T, p.K), self.dtype)
+        self.gemms = {T: strided_gemm(self.V, U, self.M)}
+        last = rows % self.chunk
+        if last:                                  # the last, shorter chunk: its own primitive
+            Tl = last * self.tQ
+            self.gemms[Tl] = strided_gemm(self.V[:, :Tl], U, self.M[:, :Tl])
+        self._nchw = p.layout == "NCHW"
+        # compile (or load) now, on the smallest problem the kernels accept: never in a timed call
+        self._in(np.zeros((1, 1, 1, 1), self.dtype), np.empty((alpha * alpha, 1, 1), self.dtype),
+                 True, 0, 0, 1, 1, 0, 1)
+        self._out(np.empty((alpha * alpha, 1, 1), self.dtype), np.empty((1, 1, 1, 1), self.dtype),
+                  np.zeros(1, self.dtype), True, 1, 1, 0, 1)
+
+    def __call__(self, x):
+        p = self.problem
+        x = np.asarray(x)
+        if x.shape != p.x_shape or x.dtype != self.dtype:
+            raise BadInput(f"x is {x.dtype} {x.shape}; this layer takes {self.dtype} {p.x_shape}")
+        x = np.ascontiguousarray(x)
+        y = np.empty(p.y_shape, self.dtype)
+        rows = p.N * self.tP
+        for r0 in range(0, rows, self.chunk):
+            r1 = min(rows, r0 + self.chunk)
+            T = (r1 - r0) * self.tQ
+            V, M = self.V[:, :T], self.M[:, :T]
+            self._in(x, V, self._nchw, p.pad[0], p.pad[1], self.tP, self.tQ, r0, r1)
+            self.gemms[T](V, M)
+            self._out(M, y, self.bias, self._nchw, self.tP, self.tQ, r0, r1)
+        return y
+
+    def info(self) -> dict:
+        g = next(iter(self.gemms.values()))
+        return {"layout": self.problem.layout, "tile": f"F({self.m}x{self.m},3x3)",
+                "gemm": {**g.info(), "form": f"M[uv] (tiles, K) = V[uv] (tiles, C) @ U[uv] (C, K), "
+                                             f"{self.alpha ** 2} GEMMs in one batched call",
+                         "tiles_per_call": int(self.V.shape[1])},
+                "flops_kind": "effective"}
+
+    def close(self) -> None:
+        for g in self.gemms.values():
+            g.close()
+
+
+DTYPES = ("fp32", "fp64")
+
+
+def accepts(problem: ConvProblem, dtype, tile: int = 4) -> str | None:
+    """Winograd's geometry (3x3, stride 1, dilation 1, groups 1); fp32 (oneDNN's GEMM) and fp64
+    (BLAS)."""
+    return winograd_accepts(problem, dtype, tile)
+
+
+def prepare(w, b, problem: ConvProblem, tile: int = 4) -> WinogradLayer:
+    dt = check_inputs(None, w, b, problem)
+    reason = accepts(problem, dt, tile)
+    if reason:
+        raise Unsupported(reason)
+    return WinogradLayer(w, b, problem, tile)
+
+
+def prepare_f2(w, b, problem: ConvProblem) -> WinogradLayer:
+    return prepare(w, b, problem, tile=2)
+
+
+def accepts_f2(problem: ConvProblem, dtype) -> str | None:
+    return accepts(problem, dtype, tile=2)
+
+
+def run(x, w, b, problem: ConvProblem) -> np.ndarray:
+    """One call: build the layer, run it, release it (the benchmark builds once, kernels.conv)."""
+    dt = check_inputs(x, w, b, problem)
+    reason = accepts(problem, dt)
+    if reason:
+        raise Unsupported(reason)
+    layer = WinogradLayer(w, b, problem, 4)
+    try:
+        return layer(x)
+    finally:
+        layer.close()
+
+
+def run_f2(x, w, b, problem: ConvProblem) -> np.ndarray:
+    dt = check_inputs(x, w, b, problem)
+    reason = accepts_f2(problem, dt)
+    if reason:
+        raise Unsupported(reason)
+    layer = WinogradLayer(w, b, problem, 2)
+    try:
+        return layer(x)
+    finally:
+        layer.close()
