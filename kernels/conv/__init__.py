@@ -97,6 +97,10 @@ CONV_VARIANTS = {v.name: v for v in (
                 "im2col built as a layer: numba-parallel column matrix, one oneDNN matmul per group "
                 "(filter packed at build for NHWC; fp64 on BLAS); 1x1 stride 1 unpadded: one GEMM "
                 "on the input itself, no copy"),
+    ConvVariant("implicit_packed", "implicit_packed",
+                "implicit GEMM on oneDNN's packed matmul: a team of threads, each gathering an "
+                "L2-sized slice of the column matrix and multiplying it with its own single-threaded "
+                "GEMM into y; groups=1 (fp64, or no shared OpenMP runtime: im2col_packed's path)"),
     ConvVariant("winograd_packed", "winograd_packed",
                 "F(4x4,3x3) built as a layer: filter transformed and packed once for oneDNN's matmul "
                 "(fp32; BLAS in fp64), numba transforms reading and writing the activations' own "

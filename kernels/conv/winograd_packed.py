@@ -41,7 +41,7 @@ CB = 64     # input channels per input-transform job (the local rows: alpha x wi
 KB = 64     # filters per output-transform job
 
 _SOURCE = """
-def winograd_packed_input(x, V, nchw, ph, pw, tP, tQ, row0, row1):
+def input_job(x, V, nchw, ph, pw, tP, tQ, row0, job, loc, tmp):
     if nchw:
         N, C, H, W = x.shape
     else:
@@ -50,68 +50,122 @@ def winograd_packed_input(x, V, nchw, ph, pw, tP, tQ, row0, row1):
     WT = tQ * M_ + 2
     lo = min(pw, WT)                     # local columns [lo, hi) hold input columns, the rest zeros
     hi = max(lo, min(WT, W + pw))
-    for job in prange((row1 - row0) * nCB):
-        row = row0 + job // nCB
-        n = row // tP
-        h0 = (row % tP) * M_ - ph
-        c0 = (job % nCB) * CB_
-        cn = min(CB_, C - c0)
-        loc = np.empty((ALPHA, WT, CB_), dtype=x.dtype)
-        tmp = np.empty((ALPHA, ALPHA, CB_), dtype=x.dtype)
-        for i in range(ALPHA):
-            h = h0 + i
-            if h < 0 or h >= H:
-                for col in range(WT):
-                    for c in range(CB_):
-                        loc[i, col, c] = 0
-                continue
-            for col in range(lo):
+    row = row0 + job // nCB
+    n = row // tP
+    h0 = (row % tP) * M_ - ph
+    c0 = (job % nCB) * CB_
+    cn = min(CB_, C - c0)
+    for i in range(ALPHA):
+        h = h0 + i
+        if h < 0 or h >= H:
+            for col in range(WT):
                 for c in range(CB_):
                     loc[i, col, c] = 0
-            for col in range(hi, WT):
-                for c in range(CB_):
-                    loc[i, col, c] = 0
-            if nchw:
-                for c in range(cn):
-                    for col in range(lo, hi):
-                        loc[i, col, c] = x[n, c0 + c, h, col - pw]
-            else:
+            continue
+        for col in range(lo):
+            for c in range(CB_):
+                loc[i, col, c] = 0
+        for col in range(hi, WT):
+            for c in range(CB_):
+                loc[i, col, c] = 0
+        if nchw:
+            for c in range(cn):
                 for col in range(lo, hi):
-                    for c in range(cn):
-                        loc[i, col, c] = x[n, h, col - pw, c0 + c]
-        for tq in range(tQ):
-            t = (row - row0) * tQ + tq
-            w0 = tq * M_
+                    loc[i, col, c] = x[n, c0 + c, h, col - pw]
+        else:
+            for col in range(lo, hi):
+                for c in range(cn):
+                    loc[i, col, c] = x[n, h, col - pw, c0 + c]
+    for tq in range(tQ):
+        t = (row - row0) * tQ + tq
+        w0 = tq * M_
 {input_tile}
 
 
-def winograd_packed_output(Mt, y, bias, nchw, tP, tQ, row0, row1):
+def output_job(Mt, y, bias, nchw, tP, tQ, row0, job, loc, tmp):
     if nchw:
         N, K, P, Q = y.shape
     else:
         N, P, Q, K = y.shape
     nKB = (K + KB_ - 1) // KB_
+    row = row0 + job // nKB
+    n = row // tP
+    p0 = (row % tP) * M_
+    k0 = (job % nKB) * KB_
+    kn = min(KB_, K - k0)
+    for tq in range(tQ):
+        t = (row - row0) * tQ + tq
+        q0 = tq * M_
+{output_tile}
+    for i in range(min(M_, P - p0)):
+        if nchw:
+            for k in range(kn):
+                for q in range(Q):
+                    y[n, k0 + k, p0 + i, q] = loc[i, q, k]
+        else:
+            for q in range(Q):
+                for k in range(kn):
+                    y[n, p0 + i, q, k0 + k] = loc[i, q, k]
+
+
+def winograd_packed_input(x, V, nchw, ph, pw, tP, tQ, row0, row1):
+    C = x.shape[1] if nchw else x.shape[3]
+    nCB = (C + CB_ - 1) // CB_
+    for job in prange((row1 - row0) * nCB):
+        loc = np.empty((ALPHA, tQ * M_ + 2, CB_), dtype=x.dtype)
+        tmp = np.empty((ALPHA, ALPHA, CB_), dtype=x.dtype)
+        input_job(x, V, nchw, ph, pw, tP, tQ, row0, job, loc, tmp)
+
+
+def winograd_packed_output(Mt, y, bias, nchw, tP, tQ, row0, row1):
+    K = y.shape[1] if nchw else y.shape[3]
+    nKB = (K + KB_ - 1) // KB_
     for job in prange((row1 - row0) * nKB):
-        row = row0 + job // nKB
-        n = row // tP
-        p0 = (row % tP) * M_
-        k0 = (job % nKB) * KB_
-        kn = min(KB_, K - k0)
         loc = np.empty((M_, tQ * M_, KB_), dtype=y.dtype)
         tmp = np.empty((M_, ALPHA, KB_), dtype=y.dtype)
-        for tq in range(tQ):
-            t = (row - row0) * tQ + tq
-            q0 = tq * M_
-{output_tile}
-        for i in range(min(M_, P - p0)):
-            if nchw:
-                for k in range(kn):
-                    for q in range(Q):
-                        y[n, k0 + k, p0 + i, q] = loc[i, q, k]
-            else:
-                for q in range(Q):
-                    for k in range(kn):
-                        y[n, p0 + i, q, k0 + k] = loc[i, q, k]
+        output_job(Mt, y, bias, nchw, tP, tQ, row0, job, loc, tmp)
+
+
+def winograd_packed_team(x, y, bias, nchw, ph, pw, tP, tQ, chunk, Vs, Ms, calls, prims, streams, argss,
+                         nargss, counter, status, failed_at):
+    # kernels.conv.team: thread p claims chunks of ``chunk`` tile rows, transforms them into its
+    # own Vs[p], runs its own GEMM (Vs[p] @ U -> Ms[p], single-threaded oneDNN, called by
+    # address) and transforms Ms[p] into y
+    execute = calls[1]
+    wait = calls[2]
+    nthr = prims.shape[0]
+    rows = y.shape[0] * tP
+    C = x.shape[1] if nchw else x.shape[3]
+    K = y.shape[1] if nchw else y.shape[3]
+    nCB = (C + CB_ - 1) // CB_
+    nKB = (K + KB_ - 1) // KB_
+    for p in prange(nthr):
+        V = Vs[p]
+        Mt = Ms[p]
+        loc_in = np.empty((ALPHA, tQ * M_ + 2, CB_), dtype=x.dtype)
+        tmp_in = np.empty((ALPHA, ALPHA, CB_), dtype=x.dtype)
+        loc_out = np.empty((M_, tQ * M_, KB_), dtype=y.dtype)
+        tmp_out = np.empty((M_, ALPHA, KB_), dtype=y.dtype)
+        while True:
+            c = fetch_add(counter, 0, 1)
+            r0 = c * chunk
+            if r0 >= rows:
+                break
+            r1 = min(rows, r0 + chunk)
+            for job in range((r1 - r0) * nCB):
+                input_job(x, V, nchw, ph, pw, tP, tQ, r0, job, loc_in, tmp_in)
+            st = call_int(execute, (prims[p], streams[p], nargss[p], argss[p]))
+            call = 1
+            if st == 0:
+                st = call_int(wait, (streams[p],))
+                call = 2
+            if st != 0:
+                status[p] = st
+                failed_at[p, 0] = c
+                failed_at[p, 1] = call
+                break
+            for job in range((r1 - r0) * nKB):
+                output_job(Mt, y, bias, nchw, tP, tQ, r0, job, loc_out, tmp_out)
 """
 
 
@@ -129,7 +183,7 @@ def kernel_source(m: int, dtype="float32") -> str:
         lines += [f"    e{j} = tmp[{u}, {j}, c]" for j in range(alpha)]
         lines += [f"    V[{u * alpha + v}, t, c0 + c] = " + _lincomb(BT[v], lambda j: f"e{j}")
                   for v in range(alpha)]
-    input_tile = "\n".join(" " * 12 + ln for ln in lines)
+    input_tile = "\n".join(" " * 8 + ln for ln in lines)
     lines = []
     for v in range(alpha):                                   # tmp[i, v] = (A^T M)[i, v]
         lines.append("for k in range(kn):")
@@ -140,7 +194,7 @@ def kernel_source(m: int, dtype="float32") -> str:
         lines += [f"    a{v} = tmp[{i}, {v}, k]" for v in range(alpha)]
         lines += [f"    loc[{i}, q0 + {j}, k] = bias[k0 + k] + (" + _lincomb(AT[j], lambda v: f"a{v}") + ")"
                   for j in range(m)]
-    output_tile = "\n".join(" " * 12 + ln for ln in lines)
+    output_tile = "\n".join(" " * 8 + ln for ln in lines)
     return (_SOURCE.replace("{input_tile}", input_tile).replace("{output_tile}", output_tile)
             .replace("ALPHA", str(alpha)).replace("M_", str(m)).replace("CB_", str(CB))
             .replace("KB_", str(KB)).replace("FT(", f"np.{np.dtype(dtype).name}("))
@@ -149,41 +203,105 @@ def kernel_source(m: int, dtype="float32") -> str:
 @functools.lru_cache(maxsize=None)
 def _kernels(m: int, dtype: str):
     """Compile (once per tile size and dtype; kept in the kernel cache under a hash of the
-    generated source: kernels.jit) the two transform kernels."""
+    generated source: kernels.jit) the two transform kernels and the team's loop."""
     from numba import prange
 
+    from fusion.native import call_int
+
     from ..jit import njit
+    from .team import fetch_add
     source = kernel_source(m, dtype)
     key = hashlib.sha1(source.encode()).hexdigest()
-    ns = {"__name__": __name__, "np": np, "prange": prange}
+    ns = {"__name__": __name__, "np": np, "prange": prange, "call_int": call_int, "fetch_add": fetch_add}
     exec(compile(source, f"winograd_packed_f{m}_{dtype}", "exec"), ns)  # noqa: S102
+    for name in ("input_job", "output_job"):         # called by the kernels below, inlined there
+        ns[name] = njit(inline="always", source_key=key)(ns[name])
     jit = njit(parallel=True, source_key=key)
-    return jit(ns["winograd_packed_input"]), jit(ns["winograd_packed_output"])
+    return (jit(ns["winograd_packed_input"]), jit(ns["winograd_packed_output"]),
+            jit(ns["winograd_packed_team"]))
+
+
+TEAM_BYTES = 640 << 10   # a team thread's V and M chunk: within a core's L2 beside U's rows
+
+
+def plan(problem: ConvProblem, m: int, itemsize: int) -> tuple:
+    """``(mode, rows per chunk, why)``: ``team`` when chunks of tile rows small enough for a core's
+    L2 cost less traffic than the whole-batch V and M round trips through memory (each chunk's
+    GEMM reads all of U again: worth it where U is small and the image large, as ResNet's res2
+    3x3), else ``batch`` (one call per stage over the whole batch)."""
+    p, alpha = problem, m + 2
+    tQ, rows = -(-p.Q // m), p.N * -(-p.P // m)
+    per_row = alpha * alpha * tQ * (p.C + p.K) * itemsize
+    chunk = max(1, min(rows, TEAM_BYTES // per_row))
+    u = alpha * alpha * p.C * p.K * itemsize
+    vm = 2 * rows * per_row                              # V and M written and read back
+    if -(-rows // chunk) * u < vm:
+        return "team", chunk, (f"{-(-rows // chunk)} chunks of {chunk} tile row(s) read U "
+                               f"({u >> 10} KiB) {-(-rows // chunk)} times: less than V and M's round trip")
+    return "batch", rows, "the whole batch per stage: U read once (chunks would read it once each)"
 
 
 class WinogradLayer:
-    """F(m x m, 3x3) for one problem and filter: ``layer(x) -> y`` (module docstring)."""
+    """F(m x m, 3x3) for one problem and filter: ``layer(x) -> y`` (module docstring).
 
-    def __init__(self, w, b, problem: ConvProblem, m: int = 4, rows_per_chunk: int | None = None):
+    ``mode``: ``auto`` (:func:`plan`, and a team only where :func:`kernels.conv.team.team_reason`
+    allows it and oneDNN computes the GEMM), ``team`` (refused where it cannot run) or
+    ``batch``; ``rows_per_chunk`` overrides the plan's chunk (tests use it)."""
+
+    def __init__(self, w, b, problem: ConvProblem, m: int = 4, rows_per_chunk: int | None = None,
+                 mode: str = "auto"):
+        import numba
+        if mode not in ("auto", "team", "batch"):
+            raise BadInput(f"mode {mode!r} is unknown; allowed: auto, team, batch")
         p = problem
         self.problem, self.m = p, m
         self.dtype = np.asarray(w).dtype
         self.alpha = alpha = m + 2
         self.tP, self.tQ = -(-p.P // m), -(-p.Q // m)
         rows = p.N * self.tP                      # tile rows: the unit the transforms' jobs own
-        self.chunk = rows if rows_per_chunk is None else max(1, min(rows, int(rows_per_chunk)))
+        planned, chunk, self.why = plan(p, m, self.dtype.itemsize)
+        self.threads = numba.get_num_threads()
+        if mode == "auto":
+            mode = planned
+        if mode == "team":
+            from .gemm import onednn_reason
+            from .team import team_reason
+            reason = onednn_reason(self.dtype)[0] or team_reason(self.threads)
+            if reason and planned == "team":
+                mode, self.why = "batch", f"a team could not run here ({reason})"
+            elif reason:
+                raise Unsupported(f"a team of {self.threads} threads cannot run here: {reason}")
+        self.mode = mode
+        if rows_per_chunk is not None:
+            chunk = rows_per_chunk
+        self.chunk = max(1, min(rows, chunk if mode == "team" or rows_per_chunk is not None else rows))
         T = self.chunk * self.tQ
         self.bias = (np.asarray(b, self.dtype) if p.bias else np.zeros(p.K, self.dtype)).copy()
-        self._in, self._out = _kernels(m, self.dtype.name)
+        self._in, self._out, self._team = _kernels(m, self.dtype.name)
         U = np.ascontiguousarray(filter_transform(np.asarray(w), m), dtype=self.dtype)  # (alpha^2, C, K)
-        self.V = np.empty((alpha * alpha, T, p.C), self.dtype)
-        self.M = np.empty((alpha * alpha, T, p.K), self.dtype)
-        self.gemms = {T: strided_gemm(self.V, U, self.M)}
-        last = rows % self.chunk
-        if last:                                  # the last, shorter chunk: its own primitive
-            Tl = last * self.tQ
-            self.gemms[Tl] = strided_gemm(self.V[:, :Tl], U, self.M[:, :Tl])
         self._nchw = p.layout == "NCHW"
+        self.gemms, self.team = {}, None
+        if mode == "team":
+            n = self.threads
+            self.V = np.zeros((n, alpha * alpha, T, p.C), self.dtype)     # each thread's own
+            self.M = np.zeros((n, alpha * alpha, T, p.K), self.dtype)
+            from ..onednn.strided import StridedMatmul
+            from .team import TeamGemms
+
+            def build(i):
+                g = StridedMatmul(self.V[i], U, self.M[i])
+                g._point(0, g._src, self.V[i], "src")              # fixed: the loop never moves them
+                g._point(2, g._dst, self.M[i], "dst")
+                return g
+            self.team = TeamGemms(n, build)
+        else:
+            self.V = np.empty((alpha * alpha, T, p.C), self.dtype)
+            self.M = np.empty((alpha * alpha, T, p.K), self.dtype)
+            self.gemms[T] = strided_gemm(self.V, U, self.M)
+            last = rows % self.chunk
+            if last:                              # the last, shorter chunk: its own primitive
+                Tl = last * self.tQ
+                self.gemms[Tl] = strided_gemm(self.V[:, :Tl], U, self.M[:, :Tl])
         # compile (or load) now, on the smallest problem the kernels accept: never in a timed call
         self._in(np.zeros((1, 1, 1, 1), self.dtype), np.empty((alpha * alpha, 1, 1), self.dtype),
                  True, 0, 0, 1, 1, 0, 1)
@@ -197,6 +315,17 @@ class WinogradLayer:
             raise BadInput(f"x is {x.dtype} {x.shape}; this layer takes {self.dtype} {p.x_shape}")
         x = np.ascontiguousarray(x)
         y = np.empty(p.y_shape, self.dtype)
+        if self.team is not None:
+            t = self.team
+            t.ensure_open()
+            prims, streams, argss, nargss, _, _ = t.handles
+            status = np.zeros(len(t.gemms), np.int64)
+            failed_at = np.zeros((len(t.gemms), 2), np.int64)
+            self._team(x, y, self.bias, self._nchw, p.pad[0], p.pad[1], self.tP, self.tQ, self.chunk,
+                       self.V, self.M, t.calls, prims, streams, argss, nargss, np.zeros(1, np.int64),
+                       status, failed_at)
+            t.check(status, failed_at, "winograd_packed's team")
+            return y
         rows = p.N * self.tP
         for r0 in range(0, rows, self.chunk):
             r1 = min(rows, r0 + self.chunk)
@@ -208,16 +337,25 @@ class WinogradLayer:
         return y
 
     def info(self) -> dict:
-        g = next(iter(self.gemms.values()))
+        g = self.team if self.team is not None else next(iter(self.gemms.values()))
+        tiles = self.chunk * self.tQ
+        run = (f"a team of {self.threads} thread(s), each transforming, multiplying (its own "
+               f"single-threaded GEMM) and transforming back chunks of {self.chunk} tile row(s)"
+               if self.team is not None else
+               "each stage over " + ("the whole batch" if self.chunk == self.problem.N * self.tP
+                                     else f"chunks of {self.chunk} tile row(s)") + ", in parallel")
         return {"layout": self.problem.layout, "tile": f"F({self.m}x{self.m},3x3)",
                 "gemm": {**g.info(), "form": f"M[uv] (tiles, K) = V[uv] (tiles, C) @ U[uv] (C, K), "
                                              f"{self.alpha ** 2} GEMMs in one batched call",
-                         "tiles_per_call": int(self.V.shape[1])},
+                         "tiles_per_call": tiles},
+                "schedule": {"mode": self.mode, "run": run, "why": self.why},
                 "flops_kind": "effective"}
 
     def close(self) -> None:
         for g in self.gemms.values():
             g.close()
+        if self.team is not None:
+            self.team.close()
 
 
 DTYPES = ("fp32", "fp64")

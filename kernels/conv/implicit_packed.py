@@ -1,0 +1,286 @@
+"""``implicit_packed``: implicit GEMM on oneDNN's packed GEMM: the column matrix never exists
+whole, only one L2-sized slice per thread at a time.
+
+The GEMM is im2col's (:mod:`kernels.conv.im2col_packed`), cut along its pixel axis into chunks:
+
+    NHWC:  y[m0:m1] (rows, K)      = cols[m0:m1] (rows, R*S*C) @ W^T (R*S*C, K)    filter packed
+    NCHW:  y_n[:, i0:i1] (K, pix)  = W (K, C*R*S) @ cols_n[:, i0:i1] (C*R*S, pix)
+
+A team of numba threads (:mod:`kernels.conv.team`) claims chunks from a shared counter; a
+thread gathers its chunk's slice of the column matrix straight from the input into its own
+buffer (zeros where a tap falls in the padding), small enough to stay in its core's L2
+(``SLICE_BYTES``), and multiplies it at once with its own single-threaded oneDNN matmul, which
+writes the result into ``y`` where it belongs (NHWC: rows of pixels; NCHW: a strided block of
+each filter's plane) - the structure of cuDNN's and CUTLASS's implicit GEMM, whose column tile
+lives in shared memory, with oneDNN's packed GEMM as the tile's multiply.  The filter is packed
+(NHWC) or laid out (NCHW) at build, as is each thread's buffer and GEMM; ``y`` is new per call.
+A 1x1, stride-1, unpadded layer needs no gathering: it is im2col_packed's single GEMM.
+
+Where the team cannot run (fp64, which oneDNN's matmul does not compute; numba's threads in
+another OpenMP runtime than oneDNN's) the layer is im2col_packed's, and ``info()`` says why.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ..errors import BadInput, Unsupported
+from ..jit import njit
+from fusion.native import call_int
+from .direct import inside
+from .geometry import ConvProblem, check_inputs
+from .im2col_packed import Im2colLayer, is_pointwise
+from .team import fetch_add
+
+DTYPES = ("fp32", "fp64")
+SLICE_BYTES = 384 << 10     # one thread's column slice: in its L2 beside the output block
+
+
+@njit
+def gather_nhwc(x, buf, m0, m1, P, Q, R, S, sh, sw, ph, pw, dh, dw):
+    """buf[0, m - m0, (r*S + s)*C + c] = x[n, p*sh - ph + r*dh, q*sw - pw + s*dw, c], m = (n*P + p)*Q + q."""
+    _, H, W, C = x.shape
+    for m in range(m0, m1):
+        n = m // (P * Q)
+        p = (m // Q) % P
+        q = m % Q
+        row = buf[0, m - m0]
+        for r in range(R):
+            h = p * sh - ph + r * dh
+            for s in range(S):
+                w = q * sw - pw + s * dw
+                o = (r * S + s) * C
+                if h < 0 or h >= H or w < 0 or w >= W:
+                    for c in range(C):
+                        row[o + c] = 0
+                else:
+                    src = x[n, h, w]
+                    for c in range(C):
+                        row[o + c] = src[c]
+
+
+@njit
+def gather_nchw(x, buf, n, i0, i1, Q, R, S, sh, sw, ph, pw, dh, dw):
+    """buf[0, (c*R + r)*S + s, i - i0] = x[n, c, p*sh - ph + r*dh, q*sw - pw + s*dw], i = p*Q + q:
+    row by row of output pixels, the columns whose tap falls inside the input computed once per
+    (row, tap) (direct.inside), so the copy loop has no test."""
+    _, C, H, W = x.shape
+    for c in range(C):
+        plane = x[n, c]
+        for r in range(R):
+            for s in range(S):
+                out = buf[0, (c * R + r) * S + s]
+                off_w = s * dw - pw
+                q0, q1 = inside(off_w, sw, W, Q)
+                i = i0
+                while i < i1:
+                    p = i // Q
+                    qa = i - p * Q                      # this row's first and last pixel here
+                    qb = min(Q, qa + i1 - i)
+                    o = i - i0 - qa
+                    h = p * sh - ph + r * dh
+                    if h < 0 or h >= H:
+                        for q in range(qa, qb):
+                            out[o + q] = 0
+                    else:
+                        src = plane[h]
+                        lo = min(max(qa, q0), qb)
+                        hi = max(lo, min(qb, q1))
+                        for q in range(qa, lo):
+                            out[o + q] = 0
+                        for q in range(lo, hi):
+                            out[o + q] = src[q * sw + off_w]
+                        for q in range(hi, qb):
+                            out[o + q] = 0
+                    i += qb - qa
+
+
+@njit(parallel=True)
+def implicit_team(x, y, nchw, P, Q, R, S, sh, sw, ph, pw, dh, dw, per, bufs, calls, full, tail,
+                  counter, status, failed_at):
+    """Thread p claims chunk after chunk: gathers its column slice into bufs[p], points its GEMM's
+    destination at the chunk's place in ``y`` and runs it (``full`` or, for a short last chunk,
+    ``tail``: (primitives, streams, argument arrays, argument counts, dst memories) per thread).
+    ``per``: pixels per chunk (per image for NCHW)."""
+    set_handle = calls[0]
+    execute = calls[1]
+    wait = calls[2]
+    nthr = bufs.shape[0]
+    N = y.shape[0]
+    K = y.shape[1] if nchw else y.shape[3]
+    PQ = P * Q
+    per_image = (PQ + per - 1) // per
+    chunks = N * per_image if nchw else (N * PQ + per - 1) // per
+    base = y.ctypes.data
+    size = y.itemsize
+    for p in numba.prange(nthr):
+        buf = bufs[p]
+        while True:
+            c = fetch_add(counter, 0, 1)
+            if c >= chunks:
+                break
+            if nchw:
+                n = c // per_image
+                i0 = (c % per_image) * per
+                i1 = min(PQ, i0 + per)
+                gather_nchw(x, buf, n, i0, i1, Q, R, S, sh, sw, ph, pw, dh, dw)
+                where = base + (n * K * PQ + i0) * size
+                short = i1 - i0 < per
+            else:
+                m0 = c * per
+                m1 = min(N * PQ, m0 + per)
+                gather_nhwc(x, buf, m0, m1, P, Q, R, S, sh, sw, ph, pw, dh, dw)
+                where = base + m0 * K * size
+                short = m1 - m0 < per
+            prims, streams, argss, nargss, dsts = tail if short else full
+            call = 0
+            st = call_int(set_handle, (dsts[p], where))
+            if st == 0:
+                call = 1
+                st = call_int(execute, (prims[p], streams[p], nargss[p], argss[p]))
+            if st == 0:
+                call = 2
+                st = call_int(wait, (streams[p],))
+            if st != 0:
+                status[p] = st
+                failed_at[p, 0] = c
+                failed_at[p, 1] = call
+                break
+
+
+class ImplicitLayer:
+    """One problem and filter: ``layer(x) -> y`` (module docstring)."""
+
+    def __init__(self, w, b, problem: ConvProblem, pixels: int | None = None):
+        from .gemm import onednn_reason
+        from .team import team_reason
+        p = self.problem = problem
+        w = np.asarray(w)
+        self.dtype = dt = w.dtype
+        self.threads = numba.get_num_threads()
+        self.fallback = None
+        why = ("a 1x1, stride-1, unpadded layer has its input as its column matrix" if is_pointwise(p)
+               else onednn_reason(dt)[0] or team_reason(self.threads))
+        if why:
+            self.fallback = Im2colLayer(w, b, p)
+            self.why = why
+            return
+        RSC, PQ = p.R * p.S * p.C, p.P * p.Q
+        per = pixels or max(16, SLICE_BYTES // (RSC * dt.itemsize) // 16 * 16)
+        self.per = per = max(1, min(per, PQ if p.layout == "NCHW" else p.N * PQ))
+        self.why = f"slices of {per} pixels x {RSC} (C*R*S) per thread, gathered and multiplied in L2"
+        rows_tail = (PQ % per) if p.layout == "NCHW" else (p.N * PQ) % per
+        from ..onednn.strided import StridedMatmul
+        from .team import TeamGemms
+        y = np.empty(p.y_shape, dt)                     # a layout template for the GEMMs' views
+        if p.layout == "NHWC":
+            self.bufs = np.zeros((self.threads, 1, per, RSC), dt)     # 4 axes, as NCHW's: one loop
+            wt = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(RSC, p.K))     # (R, S, C) x K
+            bias = np.asarray(b, dt).reshape(1, p.K) if p.bias else None
+            y2 = y.reshape(p.N * PQ, p.K)
+
+            def builder(rows):
+                def build(i):
+                    g = StridedMatmul(self.bufs[i][0, :rows], wt, y2[:rows], bias=bias)
+                    g._point(0, g._src, self.bufs[i][0, :rows], "src")
+                    return g
+                return build
+        else:
+            # three axes, the first of size 1: oneDNN 3.2 serves a two-axis matmul with a per-row
+            # binary_add only with its reference code, the same with a leading unit axis with brgemm
+            self.bufs = np.zeros((self.threads, 1, RSC, per), dt)
+            self.filter = np.ascontiguousarray(w.reshape(1, p.K, RSC))
+            bias = np.asarray(b, dt).reshape(1, p.K, 1) if p.bias else None
+            yk = y.reshape(p.N, p.K, PQ)[:1]            # (1, K, PQ): a chunk is a block of its columns
+
+            def builder(cols):
+                def build(i):
+                    g = StridedMatmul(self.filter, self.bufs[i][:, :, :cols], yk[:, :, :cols], packed=False,
+                                      bias=bias)
+                    g._point(0, g._src, self.filter, "src")
+                    g._point(1, g._w, self.bufs[i][:, :, :cols], "weights")
+                    return g
+                return build
+        try:
+            self.full = TeamGemms(self.threads, builder(per))
+            self.tail = TeamGemms(self.threads, builder(rows_tail)) if rows_tail else self.full
+        except Unsupported as e:                        # a shape only oneDNN's reference code serves
+            self.full = self.tail = None
+            self.fallback, self.why = Im2colLayer(w, b, p), str(e)
+            return
+        # compile (or load) now: never in a timed call
+        self(np.zeros(p.x_shape, dt))
+
+    def _handles(self, team):
+        prims, streams, argss, nargss, _, dsts = team.handles
+        return prims, streams, argss, nargss, dsts
+
+    def __call__(self, x):
+        if self.fallback is not None:
+            return self.fallback(x)
+        p = self.problem
+        x = np.asarray(x)
+        if x.shape != p.x_shape or x.dtype != self.dtype:
+            raise BadInput(f"x is {x.dtype} {x.shape}; this layer takes {self.dtype} {p.x_shape}")
+        x = np.ascontiguousarray(x)
+        self.full.ensure_open()
+        self.tail.ensure_open()
+        y = np.empty(p.y_shape, self.dtype)
+        status = np.zeros(self.threads, np.int64)
+        failed_at = np.zeros((self.threads, 2), np.int64)
+        implicit_team(x, y, p.layout == "NCHW", p.P, p.Q, p.R, p.S, *p.stride, *p.pad, *p.dilation,
+                      self.per, self.bufs, self.full.calls, self._handles(self.full),
+                      self._handles(self.tail), np.zeros(1, np.int64), status, failed_at)
+        for t in (self.full, self.tail):
+            t.unpoint()
+        self.full.check(status, failed_at, "implicit_packed's team")
+        return y
+
+    def info(self) -> dict:
+        p = self.problem
+        if self.fallback is not None:
+            out = self.fallback.info()
+            out["schedule"] = {"mode": "im2col_packed", "why": self.why}
+            return out
+        form = ("y[m0:m1] (rows, K) = cols[m0:m1] (rows, R*S*C) @ W^T (R*S*C, K), filter packed"
+                if p.layout == "NHWC" else
+                "y_n[:, i0:i1] (K, pixels) = W (K, C*R*S) @ cols_n[:, i0:i1] (C*R*S, pixels)")
+        return {"layout": p.layout, "columns": f"never whole: {self.why}",
+                "gemm": {**self.full.info(), "form": form},
+                "schedule": {"mode": "team", "run": f"a team of {self.threads} thread(s) claiming slices"}}
+
+    def close(self) -> None:
+        if self.fallback is not None:
+            self.fallback.close()
+            return
+        self.full.close()
+        self.tail.close()
+
+
+def accepts(problem: ConvProblem, dtype) -> str | None:
+    """Any geometry with groups=1; fp32 (oneDNN's GEMM) and fp64 (im2col_packed's BLAS path)."""
+    from ..dtypes import canonical
+    name = canonical(dtype)
+    if name not in DTYPES:
+        return f"implicit_packed computes in {', '.join(DTYPES)}, not {name}"
+    if problem.groups != 1:
+        return f"implicit_packed serves groups=1 only, not {problem.groups} (im2col_packed serves groups)"
+    return None
+
+
+def prepare(w, b, problem: ConvProblem) -> ImplicitLayer:
+    dt = check_inputs(None, w, b, problem)
+    reason = accepts(problem, dt)
+    if reason:
+        raise Unsupported(reason)
+    return ImplicitLayer(w, b, problem)
+
+
+def run(x, w, b, problem: ConvProblem) -> np.ndarray:
+    """One call: build the layer, run it, release it (the benchmark builds once, kernels.conv)."""
+    check_inputs(x, w, b, problem)
+    layer = prepare(w, b, problem)
+    try:
+        return layer(x)
+    finally:
+        layer.close()
