@@ -29,6 +29,7 @@ import numpy as np
 
 from ..errors import BadInput, Unsupported
 from ..jit import njit
+from .direct import inside
 from .gemm import strided_gemm
 from .geometry import ConvProblem, check_inputs
 
@@ -39,7 +40,10 @@ CHUNK_BYTES = 64 << 20      # column-matrix workspace bound (a chunk holds at le
 @njit(parallel=True)
 def columns_nchw(x, cols, n0, R, S, sh, sw, ph, pw, dh, dw):
     """cols[i, c, r, s, p, q] = x[n0 + i, c, p*sh - ph + r*dh, q*sw - pw + s*dw] (0 outside);
-    ``cols`` is (images, C, R, S, P, Q)."""
+    ``cols`` is (images, C, R, S, P, Q).  The columns of a row whose tap falls inside the input
+    are found once per (tap, row) (direct.inside) and copied between views indexed by the bare
+    loop variable: an offset index would keep numba's negative-index select in the loop, and
+    LLVM would leave it scalar (kernels/conv/winograd_packed.py)."""
     _, C, H, W = x.shape
     ni, P, Q = cols.shape[0], cols.shape[4], cols.shape[5]
     for job in numba.prange(ni * C):
@@ -49,17 +53,22 @@ def columns_nchw(x, cols, n0, R, S, sh, sw, ph, pw, dh, dw):
         for r in range(R):
             for s in range(S):
                 off_w = s * dw - pw
+                q0, q1 = inside(off_w, sw, W, Q)
                 for p in range(P):
                     h = p * sh - ph + r * dh
                     row = cols[i, c, r, s, p]
-                    if h < 0 or h >= H:
+                    if h < 0 or h >= H or q1 <= q0:
                         for q in range(Q):
                             row[q] = 0
                         continue
-                    src = x[n, c, h]
-                    for q in range(Q):
-                        wi = q * sw + off_w
-                        row[q] = src[wi] if wi >= 0 and wi < W else 0
+                    for q in range(q0):
+                        row[q] = 0
+                    for q in range(q1, Q):
+                        row[q] = 0
+                    dst = row[q0:q1]
+                    src = x[n, c, h, q0 * sw + off_w:(q1 - 1) * sw + off_w + 1:sw]
+                    for a in range(q1 - q0):
+                        dst[a] = src[a]
 
 
 @njit(parallel=True)
@@ -85,9 +94,9 @@ def columns_nhwc(x, cols, n0, R, S, sh, sw, ph, pw, dh, dw):
                             for c in range(Cg):
                                 out[c] = 0
                         else:
-                            src = x[n, h, wi]
+                            src = x[n, h, wi, g * Cg:(g + 1) * Cg]
                             for c in range(Cg):
-                                out[c] = src[g * Cg + c]
+                                out[c] = src[c]
 
 
 def is_pointwise(p: ConvProblem) -> bool:

@@ -49,14 +49,14 @@ def gather_nhwc(x, buf, m0, m1, P, Q, R, S, sh, sw, ph, pw, dh, dw):
             h = p * sh - ph + r * dh
             for s in range(S):
                 w = q * sw - pw + s * dw
-                o = (r * S + s) * C
+                seg = row[(r * S + s) * C:(r * S + s + 1) * C]     # bare indices: vectorized
                 if h < 0 or h >= H or w < 0 or w >= W:
                     for c in range(C):
-                        row[o + c] = 0
+                        seg[c] = 0
                 else:
                     src = x[n, h, w]
                     for c in range(C):
-                        row[o + c] = src[c]
+                        seg[c] = src[c]
 
 
 @njit
@@ -88,8 +88,11 @@ def gather_nchw(x, buf, n, i0, i1, Q, R, S, sh, sw, ph, pw, dh, dw):
                         hi = max(lo, min(qb, q1))
                         for q in range(qa, lo):
                             out[o + q] = 0
-                        for q in range(lo, hi):
-                            out[o + q] = src[q * sw + off_w]
+                        if hi > lo:                     # views indexed by the bare variable
+                            dst = out[o + lo:o + hi]
+                            seg = src[lo * sw + off_w:(hi - 1) * sw + off_w + 1:sw]
+                            for a in range(hi - lo):
+                                dst[a] = seg[a]
                         for q in range(hi, qb):
                             out[o + q] = 0
                     i += qb - qa
