@@ -60,57 +60,74 @@ def gather_nhwc(x, buf, m0, m1, P, Q, R, S, sh, sw, ph, pw, dh, dw):
 
 
 @njit
-def gather_nchw(x, buf, n, i0, i1, Q, R, S, sh, sw, ph, pw, dh, dw):
-    """buf[0, (c*R + r)*S + s, i - i0] = x[n, c, p*sh - ph + r*dh, q*sw - pw + s*dw], i = p*Q + q:
-    row by row of output pixels, the columns whose tap falls inside the input computed once per
-    (row, tap) (direct.inside), so the copy loop has no test."""
+def stage_nchw(x, stage, n, h0, rows):
+    """stage[j, w, c] = x[n, c, h0 + j, w] for the rows j < ``rows`` inside the input: the NCHW
+    rows a chunk reads, channels last (strided loads, contiguous stores: kernels/conv/
+    winograd_packed.py measured that order at 1.4 cycles an element, the other at 3.4)."""
     _, C, H, W = x.shape
-    for c in range(C):
-        plane = x[n, c]
+    for j in range(rows):
+        h = h0 + j
+        if h < 0 or h >= H:
+            continue
+        st = stage[j]
+        for w in range(W):
+            row = st[w]
+            for c in range(C):
+                row[c] = x[n, c, h, w]
+
+
+@njit
+def gather_staged(stage, h0, H, buf, i0, i1, Q, R, S, sh, sw, ph, pw, dh, dw):
+    """buf[0, i - i0, (r*S + s)*C + c] = x[n, c, p*sh - ph + r*dh, q*sw - pw + s*dw] (0 outside),
+    i = p*Q + q, read from the channels-last stage of image n's rows h0..."""
+    _, W, C = stage.shape
+    for i in range(i0, i1):
+        p = i // Q
+        q = i - p * Q
+        row = buf[0, i - i0]
         for r in range(R):
+            h = p * sh - ph + r * dh
             for s in range(S):
-                out = buf[0, (c * R + r) * S + s]
-                off_w = s * dw - pw
-                q0, q1 = inside(off_w, sw, W, Q)
-                i = i0
-                while i < i1:
-                    p = i // Q
-                    qa = i - p * Q                      # this row's first and last pixel here
-                    qb = min(Q, qa + i1 - i)
-                    o = i - i0 - qa
-                    h = p * sh - ph + r * dh
-                    if h < 0 or h >= H:
-                        for q in range(qa, qb):
-                            out[o + q] = 0
-                    else:
-                        src = plane[h]
-                        lo = min(max(qa, q0), qb)
-                        hi = max(lo, min(qb, q1))
-                        for q in range(qa, lo):
-                            out[o + q] = 0
-                        if hi > lo:                     # views indexed by the bare variable
-                            dst = out[o + lo:o + hi]
-                            seg = src[lo * sw + off_w:(hi - 1) * sw + off_w + 1:sw]
-                            for a in range(hi - lo):
-                                dst[a] = seg[a]
-                        for q in range(hi, qb):
-                            out[o + q] = 0
-                    i += qb - qa
+                w = q * sw - pw + s * dw
+                seg = row[(r * S + s) * C:(r * S + s + 1) * C]
+                if h < 0 or h >= H or w < 0 or w >= W:
+                    for c in range(C):
+                        seg[c] = 0
+                else:
+                    src = stage[h - h0, w]
+                    for c in range(C):
+                        seg[c] = src[c]
+
+
+@njit
+def store_nchw(out, y, n, i0, i1):
+    """y[n, k] (as P*Q pixels) [i0:i1] = out[:i1 - i0, k]: the GEMM's pixel rows into the filters'
+    planes (contiguous stores, strided loads)."""
+    K = y.shape[1]
+    yk = y[n].reshape((K, -1))
+    for k in range(K):
+        dst = yk[k, i0:i1]
+        for a in range(i1 - i0):
+            dst[a] = out[a, k]
 
 
 @njit(parallel=True)
-def implicit_team(x, y, nchw, P, Q, R, S, sh, sw, ph, pw, dh, dw, per, bufs, calls, full, tail,
-                  counter, status, failed_at):
-    """Thread p claims chunk after chunk: gathers its column slice into bufs[p], points its GEMM's
-    destination at the chunk's place in ``y`` and runs it (``full`` or, for a short last chunk,
-    ``tail``: (primitives, streams, argument arrays, argument counts, dst memories) per thread).
-    ``per``: pixels per chunk (per image for NCHW)."""
+def implicit_team(x, y, nchw, P, Q, R, S, sh, sw, ph, pw, dh, dw, per, bufs, stages, outs, calls,
+                  full, tail, counter, status, failed_at):
+    """Thread p claims chunk after chunk and gathers its column slice into bufs[p].  NHWC: points
+    its GEMM's destination at the chunk's rows of ``y`` and runs it (``full`` or, for a short last
+    chunk, ``tail``: (primitives, streams, argument arrays, argument counts, dst memories) per
+    thread).  NCHW: stages the input rows the chunk reads channels last (stages[p]), gathers
+    from there, runs ``full`` into outs[p] (rows past a short chunk's end hold stale columns and
+    are not stored) and stores the block into the filters' planes.  ``per``: pixels per chunk
+    (per image for NCHW)."""
     set_handle = calls[0]
     execute = calls[1]
     wait = calls[2]
     nthr = bufs.shape[0]
     N = y.shape[0]
     K = y.shape[1] if nchw else y.shape[3]
+    H = x.shape[2] if nchw else x.shape[1]
     PQ = P * Q
     per_image = (PQ + per - 1) // per
     chunks = N * per_image if nchw else (N * PQ + per - 1) // per
@@ -122,22 +139,25 @@ def implicit_team(x, y, nchw, P, Q, R, S, sh, sw, ph, pw, dh, dw, per, bufs, cal
             c = fetch_add(counter, 0, 1)
             if c >= chunks:
                 break
+            prims, streams, argss, nargss, dsts = full
+            call = 1
+            st = 0
             if nchw:
                 n = c // per_image
                 i0 = (c % per_image) * per
                 i1 = min(PQ, i0 + per)
-                gather_nchw(x, buf, n, i0, i1, Q, R, S, sh, sw, ph, pw, dh, dw)
-                where = base + (n * K * PQ + i0) * size
-                short = i1 - i0 < per
+                h0 = (i0 // Q) * sh - ph
+                rows = ((i1 - 1) // Q - i0 // Q) * sh + (R - 1) * dh + 1
+                stage_nchw(x, stages[p], n, h0, rows)
+                gather_staged(stages[p], h0, H, buf, i0, i1, Q, R, S, sh, sw, ph, pw, dh, dw)
             else:
                 m0 = c * per
                 m1 = min(N * PQ, m0 + per)
                 gather_nhwc(x, buf, m0, m1, P, Q, R, S, sh, sw, ph, pw, dh, dw)
-                where = base + m0 * K * size
-                short = m1 - m0 < per
-            prims, streams, argss, nargss, dsts = tail if short else full
-            call = 0
-            st = call_int(set_handle, (dsts[p], where))
+                if m1 - m0 < per:
+                    prims, streams, argss, nargss, dsts = tail
+                call = 0
+                st = call_int(set_handle, (dsts[p], base + m0 * K * size))
             if st == 0:
                 call = 1
                 st = call_int(execute, (prims[p], streams[p], nargss[p], argss[p]))
@@ -149,6 +169,8 @@ def implicit_team(x, y, nchw, P, Q, R, S, sh, sw, ph, pw, dh, dw, per, bufs, cal
                 failed_at[p, 0] = c
                 failed_at[p, 1] = call
                 break
+            if nchw:
+                store_nchw(outs[p], y, n, i0, i1)
 
 
 class ImplicitLayer:
@@ -169,17 +191,23 @@ class ImplicitLayer:
             self.why = why
             return
         RSC, PQ = p.R * p.S * p.C, p.P * p.Q
-        per = pixels or max(16, SLICE_BYTES // (RSC * dt.itemsize) // 16 * 16)
+        # L2-sized slices, but at least 2K pixels: each slice's GEMM reads the whole packed filter
+        # (R*S*C x K) again, so with fewer pixels than 2K the filter's reads outweigh the slice's
+        # (res4's 3x3, C = K = 256: 32-pixel slices took 1.3x the time of 512-pixel ones)
+        per = pixels or max(16, max(SLICE_BYTES // (RSC * dt.itemsize), 2 * p.K) // 16 * 16)
         self.per = per = max(1, min(per, PQ if p.layout == "NCHW" else p.N * PQ))
         self.why = f"slices of {per} pixels x {RSC} (C*R*S) per thread, gathered and multiplied in L2"
-        rows_tail = (PQ % per) if p.layout == "NCHW" else (p.N * PQ) % per
         from ..onednn.strided import StridedMatmul
         from .team import TeamGemms
         y = np.empty(p.y_shape, dt)                     # a layout template for the GEMMs' views
+        # the filter as W^T (R*S*C, K), packed: the reduction in the order the slices hold it
+        wt = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(RSC, p.K))
+        bias = np.asarray(b, dt).reshape(1, p.K) if p.bias else None
+        self.bufs = np.zeros((self.threads, 1, per, RSC), dt)      # 4 axes in both layouts: one loop
         if p.layout == "NHWC":
-            self.bufs = np.zeros((self.threads, 1, per, RSC), dt)     # 4 axes, as NCHW's: one loop
-            wt = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(RSC, p.K))     # (R, S, C) x K
-            bias = np.asarray(b, dt).reshape(1, p.K) if p.bias else None
+            rows_tail = (p.N * PQ) % per
+            self.stages = np.zeros((self.threads, 1, 1, 1), dt)     # unused
+            self.outs = np.zeros((self.threads, 1, 1), dt)
             y2 = y.reshape(p.N * PQ, p.K)
 
             def builder(rows):
@@ -189,19 +217,17 @@ class ImplicitLayer:
                     return g
                 return build
         else:
-            # three axes, the first of size 1: oneDNN 3.2 serves a two-axis matmul with a per-row
-            # binary_add only with its reference code, the same with a leading unit axis with brgemm
-            self.bufs = np.zeros((self.threads, 1, RSC, per), dt)
-            self.filter = np.ascontiguousarray(w.reshape(1, p.K, RSC))
-            bias = np.asarray(b, dt).reshape(1, p.K, 1) if p.bias else None
-            yk = y.reshape(p.N, p.K, PQ)[:1]            # (1, K, PQ): a chunk is a block of its columns
+            rows_tail = 0                               # a short chunk's extra rows are not stored
+            out_rows = (per + p.Q - 2) // p.Q + 1       # output rows a chunk can touch
+            in_rows = (out_rows - 1) * p.stride[0] + (p.R - 1) * p.dilation[0] + 1
+            self.stages = np.zeros((self.threads, in_rows, p.W, p.C), dt)
+            self.outs = np.zeros((self.threads, per, p.K), dt)
 
-            def builder(cols):
+            def builder(rows):
                 def build(i):
-                    g = StridedMatmul(self.filter, self.bufs[i][:, :, :cols], yk[:, :, :cols], packed=False,
-                                      bias=bias)
-                    g._point(0, g._src, self.filter, "src")
-                    g._point(1, g._w, self.bufs[i][:, :, :cols], "weights")
+                    g = StridedMatmul(self.bufs[i][0], wt, self.outs[i], bias=bias)
+                    g._point(0, g._src, self.bufs[i][0], "src")
+                    g._point(2, g._dst, self.outs[i], "dst")
                     return g
                 return build
         try:
@@ -232,7 +258,7 @@ class ImplicitLayer:
         status = np.zeros(self.threads, np.int64)
         failed_at = np.zeros((self.threads, 2), np.int64)
         implicit_team(x, y, p.layout == "NCHW", p.P, p.Q, p.R, p.S, *p.stride, *p.pad, *p.dilation,
-                      self.per, self.bufs, self.full.calls, self._handles(self.full),
+                      self.per, self.bufs, self.stages, self.outs, self.full.calls, self._handles(self.full),
                       self._handles(self.tail), np.zeros(1, np.int64), status, failed_at)
         for t in (self.full, self.tail):
             t.unpoint()
@@ -247,7 +273,8 @@ class ImplicitLayer:
             return out
         form = ("y[m0:m1] (rows, K) = cols[m0:m1] (rows, R*S*C) @ W^T (R*S*C, K), filter packed"
                 if p.layout == "NHWC" else
-                "y_n[:, i0:i1] (K, pixels) = W (K, C*R*S) @ cols_n[:, i0:i1] (C*R*S, pixels)")
+                "out (pixels, K) = cols_n[i0:i1] (pixels, R*S*C) @ W^T (R*S*C, K), filter packed; "
+                "out stored into y_n[:, i0:i1] (K, pixels)")
         return {"layout": p.layout, "columns": f"never whole: {self.why}",
                 "gemm": {**self.full.info(), "form": form},
                 "schedule": {"mode": "team", "run": f"a team of {self.threads} thread(s) claiming slices"}}
