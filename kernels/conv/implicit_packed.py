@@ -34,6 +34,7 @@ from .team import fetch_add
 
 DTYPES = ("fp32", "fp64")
 SLICE_BYTES = 384 << 10     # one thread's column slice: in its L2 beside the output block
+MAX_SLICE_BYTES = 16 << 20  # ... and never more than this, whatever 2K pixels would take
 
 
 @njit
@@ -195,6 +196,7 @@ class ImplicitLayer:
         # (R*S*C x K) again, so with fewer pixels than 2K the filter's reads outweigh the slice's
         # (res4's 3x3, C = K = 256: 32-pixel slices took 1.3x the time of 512-pixel ones)
         per = pixels or max(16, max(SLICE_BYTES // (RSC * dt.itemsize), 2 * p.K) // 16 * 16)
+        per = min(per, max(16, MAX_SLICE_BYTES // (RSC * dt.itemsize)))   # wide layers: bounded
         self.per = per = max(1, min(per, PQ if p.layout == "NCHW" else p.N * PQ))
         self.why = f"slices of {per} pixels x {RSC} (C*R*S) per thread, gathered and multiplied in L2"
         from ..onednn.strided import StridedMatmul
