@@ -24,10 +24,10 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from fusion.native import call_int
+
 from ..errors import BadInput, Unsupported
 from ..jit import njit
-from fusion.native import call_int
-from .direct import inside
 from .geometry import ConvProblem, check_inputs
 from .im2col_packed import Im2colLayer, is_pointwise
 from .team import fetch_add
