@@ -13,7 +13,10 @@ PACKAGES = ("kernels", "fusion", "profiles", "microbench")
 # kernels modules that import fusion themselves (kernels' API layer): fusion importing them would
 # be a cycle
 KERNELS_ON_FUSION = {"kernels", "kernels.recurrent", "kernels.custom", "kernels.backward", "kernels.train",
-                     "kernels.torch", "kernels.jax"}
+                     "kernels.torch", "kernels.jax",
+                     # the convolutions whose layers run GEMMs on a thread team (fusion's step-loop
+                     # machinery: oneDNN calls by address, the shared OpenMP runtime)
+                     "kernels.conv.team", "kernels.conv.implicit_packed", "kernels.conv.winograd_packed"}
 LAYERS = ("kernels foundation", "fusion", "kernels API", "profiles", "microbench")
 
 

@@ -18,6 +18,13 @@ module about the geometry, and a module that checks them itself reads its row's)
 workspace per call (``workspace``, an estimate from :mod:`kernels.conv.workspace` the planner adds
 to a case's memory need) and whether the suites run it unasked (``suites``; ``conv --VARIANT``
 and ``suite --variants`` still reach it when False).
+
+``prepare(w, b, problem)`` builds a layer once: a callable ``x -> y`` with what the weights fix
+done at build (a framework's layer, cuDNN's and oneDNN's primitives do the same): the ``_packed``
+variants transform and pack the filter into the oneDNN GEMM's layout, allocate their workspaces
+and compile their kernels there, so a call only computes.  A variant without a ``prepare<suffix>``
+entry is its ``run`` with the weights bound.  The benchmark builds a layer per case and times its
+calls (microbench/cases/conv.py); :func:`conv2d` builds one for the one call.
 """
 from __future__ import annotations
 
@@ -67,6 +74,30 @@ class ConvVariant:
         """``y`` in ``problem.layout`` and the inputs' dtype."""
         return getattr(self._mod(), "run" + self.suffix)(x, w, b, problem)
 
+    def prepare(self, w, b, problem: ConvProblem):
+        """The layer built for these weights: ``layer(x) -> y``, ``layer.info()`` (what the record
+        shows: layout, GEMM provider and form), ``layer.close()`` (releases library handles)."""
+        entry = getattr(self._mod(), "prepare" + self.suffix, None)
+        if entry is not None:
+            return entry(w, b, problem)
+        return BoundLayer(self, w, b, problem)
+
+
+class BoundLayer:
+    """A variant without a build step: each call is its ``run`` on the bound weights."""
+
+    def __init__(self, variant: ConvVariant, w, b, problem: ConvProblem):
+        self.variant, self.w, self.b, self.problem = variant, w, b, problem
+
+    def __call__(self, x):
+        return self.variant.run(x, self.w, self.b, self.problem)
+
+    def info(self) -> dict:
+        return {"layout": self.problem.layout}
+
+    def close(self) -> None:
+        pass
+
 
 CONV_VARIANTS = {v.name: v for v in (
     ConvVariant("direct", "direct",
@@ -86,6 +117,22 @@ CONV_VARIANTS = {v.name: v for v in (
     ConvVariant("winograd_f2", "winograd",
                 "F(2x2,3x3): numba-fused transforms + 16 batched BLAS GEMMs (2.25x the multiplies "
                 "of F(4x4), a tenth of its rounding)", suffix="_f2", workspace=ws.winograd(2)),
+    ConvVariant("im2col_packed", "im2col_packed",
+                "im2col built as a layer: numba-parallel column matrix, one oneDNN matmul per group "
+                "(filter packed at build for NHWC; fp64 on BLAS); 1x1 stride 1 unpadded: one GEMM "
+                "on the input itself, no copy", workspace=ws.column_matrix),
+    ConvVariant("implicit_packed", "implicit_packed",
+                "implicit GEMM on oneDNN's packed matmul: a team of threads, each gathering an "
+                "L2-sized slice of the column matrix and multiplying it with its own single-threaded "
+                "GEMM into y; groups=1 (fp64, or no shared OpenMP runtime: im2col_packed's path)",
+                workspace=ws.column_matrix),
+    ConvVariant("winograd_packed", "winograd_packed",
+                "F(4x4,3x3) built as a layer: filter transformed and packed once for oneDNN's matmul "
+                "(fp32; BLAS in fp64), numba transforms reading and writing the activations' own "
+                "layout, the 36 GEMMs one batched call", workspace=ws.winograd(4)),
+    ConvVariant("winograd_f2_packed", "winograd_packed",
+                "F(2x2,3x3) as winograd_packed: 16 GEMMs in one batched oneDNN call", suffix="_f2",
+                workspace=ws.winograd(2)),
 )}
 
 
@@ -96,13 +143,18 @@ def get_variant(name: str) -> ConvVariant:
 
 
 def conv2d(x, w, b, problem: ConvProblem, variant: str = "im2col"):
-    """Forward convolution by ``variant``; raises Unsupported (with the reason) if it can't."""
+    """Forward convolution by ``variant``; raises Unsupported (with the reason) if it can't.
+    One call: a ``_packed`` variant builds its layer (packs the filter) for it and releases it."""
     v = get_variant(variant)
     dt = check_inputs(x, w, b, problem)
     reason = v.accepts(problem, dt)
     if reason:
         raise Unsupported(reason)
-    return v.run(x, w, b, problem)
+    layer = v.prepare(w, b, problem)
+    try:
+        return layer(x)
+    finally:
+        layer.close()
 
 
 __all__ = ["CONV_VARIANTS", "ConvProblem", "ConvVariant", "LAYOUTS", "conv2d", "conv2d_reference",

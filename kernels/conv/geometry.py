@@ -180,10 +180,13 @@ def _fmt(pair) -> str:
 
 
 def check_inputs(x, w, b, problem: ConvProblem) -> np.dtype:
-    """Shapes and dtypes of ``(x, w, b)`` against the problem; returns the common dtype."""
+    """Shapes and dtypes of ``(x, w, b)`` against the problem; returns the common dtype.
+    ``x=None`` checks the weights alone (a layer built before it sees an input)."""
     if not isinstance(problem, ConvProblem):
         raise BadInput(f"problem must be a ConvProblem, got {type(problem).__name__}")
     for name, a, want in (("x", x, problem.x_shape), ("w", w, problem.w_shape)):
+        if a is None and name == "x":
+            continue
         if tuple(np.shape(a)) != want:
             raise BadInput(f"{name} has shape {tuple(np.shape(a))}; expected {want} "
                            f"({problem.layout if name == 'x' else 'KCRS'} for {problem.describe()})")

@@ -27,7 +27,7 @@ import functools
 
 import numpy as np
 
-from .winograd import matrices, toom_cook
+from .winograd_math import matrices, toom_cook
 
 
 def _term(coef: float, operand: str) -> str:
