@@ -9,7 +9,10 @@ measurement.  A test of the timing rule itself turns it off with the ``no_smoke`
 
 Framework workers are reused across the session's cases (MICROBENCH_REUSE_WORKERS=1,
 microbench.frameworks.client): a worker started the same way (framework, interpreter, threads,
-device, environment) serves the next case instead of a new process importing the framework again."""
+device, environment) serves the next case instead of a new process importing the framework again.
+
+The tests run on every usable core (pytest-xdist, ``-n auto`` in setup.cfg; the worker count is
+:func:`pytest_xdist_auto_num_workers`'s); ``-n 0`` runs them in this one process."""
 import os
 import sys
 from pathlib import Path
@@ -35,6 +38,22 @@ def _compile_caches() -> None:
 
 
 _compile_caches()
+
+
+MAX_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (setup.cfg): one worker per core this process may use, at most MAX_WORKERS.
+    Each worker's tests run thread teams and BLAS pools sized to every usable core, so more
+    workers than cores only make them wait for each other; past four, the framework imports every
+    worker repeats cost more memory than the few long tests they could spread.
+    PYTEST_XDIST_AUTO_NUM_WORKERS overrides, as it does for xdist's own rule."""
+    forced = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
+    if forced:
+        return int(forced)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, MAX_WORKERS))
 
 
 @pytest.fixture

@@ -73,7 +73,7 @@ def test_readme_scale_examples_run(tmp_path, run_cli):
             assert argv[:3] == ["python3", "-m", "microbench"]
             args = argv[3:]
             r = run_cli(*args, *SHRINK.get(args[0], []), cwd=tmp_path)
-        assert r.returncode == 0, (line, r.stdout[-2000:], r.stderr[-2000:])
+        assert r.returncode == 0, f"{line}\n--- stdout ---\n{r.stdout[-2000:]}\n--- stderr ---\n{r.stderr[-4000:]}"
         assert "Traceback" not in r.stderr
     recs = [json.loads(x) for x in (tmp_path / "conv.jsonl").read_text().splitlines()]
     assert len(recs) == 4 and all(x["status"] == "ok" and x["check"]["passed"] for x in recs)

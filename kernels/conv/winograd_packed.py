@@ -206,8 +206,11 @@ def _kernels(m: int, dtype: str):
     key = hashlib.sha1(source.encode()).hexdigest()
     ns = {"__name__": __name__, "np": np, "prange": prange, "call_int": call_int, "fetch_add": fetch_add}
     exec(compile(source, f"winograd_packed_f{m}_{dtype}", "exec"), ns)  # noqa: S102
-    for name in ("input_job", "output_job"):         # called by the kernels below, inlined there
-        ns[name] = njit(inline="always", source_key=key)(ns[name])
+    # the jobs are called, not inlined, by the kernels below: a job is a whole tile row, so the
+    # call costs nothing measurable, while inlining them into three parallel loops made numba's
+    # parallel passes take 80 s instead of 49 s for both tile sizes (measured cold, fp32)
+    for name in ("input_job", "output_job"):
+        ns[name] = njit(source_key=key)(ns[name])
     jit = njit(parallel=True, source_key=key)
     return (jit(ns["winograd_packed_input"]), jit(ns["winograd_packed_output"]),
             jit(ns["winograd_packed_team"]))
