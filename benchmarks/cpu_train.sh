@@ -2,7 +2,7 @@
 # Issue 30's training-step benchmark: forward + backward of sum(y * dY) for LSTM and GRU at
 # H512 B64 T50, fp32, 1 and 2 threads: our fused+bwd/numba (kernels.train: compiled step loops on
 # packed oneDNN GEMMs, fused numba kernels) and fused+bwd/numpy beside torch's training steps,
-# rows interleaved in ROUNDS rotating rounds.  Then (SUITE=1, the default) the DeepBench training
+# rows interleaved in ROUNDS rotating rounds (OPS, default "lstm gru").  Then (SUITE=1, the default) the DeepBench training
 # rows of about a minute or less each (recurrent part only), ours beside torch.
 # Tables and JSON records go to benchmarks/results/cpu-train-<date>/ (or $OUT); ratios.txt holds
 # fused+bwd/numba / torch/fused+bwd per row (the target is <= 1.00).  Run it on a quiet machine.
@@ -14,8 +14,9 @@ mkdir -p "$out"
 ROUNDS=${ROUNDS:-3}    # rows interleaved in rotating rounds: slow drifts hit every row alike
 MIN_TIME=${MIN_TIME:-3}
 SUITE=${SUITE:-1}
+OPS=${OPS-lstm gru}    # OPS= (empty): the suite rows only, beside an earlier run's files in $out
 python3 -m microbench env > "$out/env.txt"
-for op in lstm gru; do
+for op in $OPS; do
   run "$op-H512-B64-T50" "$op" --backward --frameworks torch --device cpu -H 512 -B 64 -T 50 \
     --threads 1,2 --min-time "$MIN_TIME" --rounds "$ROUNDS"
 done
