@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import os
+import sys
 from dataclasses import dataclass, field
 
 from kernels.errors import BadInput, MicrobenchError
@@ -143,7 +145,32 @@ def init(device_arg: str = "auto", backend_arg: str = "auto", timeout_s: float =
     except (RuntimeError, ValueError) as e:
         raise RankFailure(f"rank {rank}: the process group did not form within {timeout_s:g} s "
                           f"({_first_line(e)}); check MASTER_ADDR/MASTER_PORT and that every rank started") from None
-    return Group(rank, world, _env_int("LOCAL_RANK", 0), backend, device, dev_index, timeout_s, torchrun, notes)
+    global _JOINED
+    _JOINED = Group(rank, world, _env_int("LOCAL_RANK", 0), backend, device, dev_index, timeout_s, torchrun, notes)
+    return _JOINED
+
+
+_JOINED: Group | None = None     # the group this process joined (rank_command ends its process)
+
+
+def rank_command(fn):
+    """A command run by every rank: once it returns (its output written, the group left), a rank
+    started by torchrun ends its process at once with the command's exit status.  torch's C++
+    teardown at interpreter exit can abort a rank that finished ("terminate called without an
+    active exception": a thread of the distributed runtime destroyed while still joinable; seen
+    under load on a 2-core machine), and torchrun then reports a failed run whose output and
+    records are complete.  Outside torchrun the command returns as any other."""
+    @functools.wraps(fn)
+    def run(args):
+        global _JOINED
+        _JOINED = None
+        rc = fn(args)
+        if _JOINED is not None and _JOINED.torchrun:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(rc)
+        return rc
+    return run
 
 
 def subgroups(g: Group, sizes: list) -> dict:

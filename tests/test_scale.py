@@ -307,3 +307,20 @@ def test_scale_sizes_belong_to_their_op(run_cli):
     assert r.returncode == 2 and "-I is an RNN size" in r.stderr
     r = run_cli("scale", "conv", "-H", "2", "-R", "5", "--pad", "0")
     assert r.returncode == 2 and "filter must fit" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_rank_under_torchrun_ends_its_process_once_the_command_returns(monkeypatch):
+    """rank_command: under torchrun the finished rank leaves with the command's status at once
+    (torch's C++ teardown can abort a finished rank); outside torchrun the status is returned."""
+    from microbench import distributed as mdist
+    ended = []
+    monkeypatch.setattr(mdist.os, "_exit", lambda rc: ended.append(rc))
+
+    def command(torchrun):
+        def run(args):
+            mdist._JOINED = mdist.Group(0, 1, 0, "gloo", "cpu", 0, 5.0, torchrun, [])
+            return 3
+        return mdist.rank_command(run)
+    assert command(False)(None) == 3 and ended == []
+    command(True)(None)
+    assert ended == [3]

@@ -26,6 +26,7 @@ import time
 
 from kernels.errors import BadInput
 
+from .. import distributed as mdist
 from ..args import csv_list
 
 # baidu-research/DeepBench code/kernels/all_reduce_problems.h (element counts, float)
@@ -121,7 +122,6 @@ def run_size(g, group, count: int, dtype: str, args) -> dict:
     """Check, then time one message size; every rank returns the same numbers (reduced over ranks)."""
     import torch
     import torch.distributed as dist
-    from .. import distributed as mdist
     from ..stats import Measurement
 
     tdt = getattr(torch, DTYPES[dtype])
@@ -184,11 +184,11 @@ def record(g, row: dict, env: dict) -> dict:
     return rec
 
 
+@mdist.rank_command
 def cmd_allreduce(args) -> int:
     from rich import box
     from rich.table import Table
 
-    from .. import distributed as mdist
     from .. import env as menv
     from ..args import console
     from ..report import fmt_time

@@ -13,6 +13,7 @@ import sys
 
 from kernels.errors import BadInput
 
+from .. import distributed as mdist
 from ..args import csv_list
 
 EPILOG = """examples:
@@ -165,10 +166,10 @@ def record(g, res, env, args, eff, make_problem) -> dict:
                      **({"precision_switches": res.switches} if res.switches else {})}}
 
 
+@mdist.rank_command
 def cmd_scale(args) -> int:
     from kernels import nvtx
 
-    from .. import distributed as mdist
     from .. import env as menv
     from .. import scaling
     from ..args import console
