@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dtypes import canonical, storage
-from ..errors import BadInput
+from ..errors import BadInput, Unsupported
 from ..params import check_dim
 
 LAYOUTS = ("NCHW", "NHWC")
@@ -202,3 +202,25 @@ def check_inputs(x, w, b, problem: ConvProblem) -> np.dtype:
     dt = dtypes.pop()
     canonical(dt)  # an unknown dtype raises BadInput naming it
     return dt
+
+
+def build_layer(accepts, make, w, b, problem: ConvProblem):
+    """A layer-style variant's ``prepare``: the weights checked against the problem, the
+    variant's ``accepts(problem, dtype)`` asked (its reason raised as Unsupported), then
+    ``make()`` builds the layer."""
+    dt = check_inputs(None, w, b, problem)
+    reason = accepts(problem, dt)
+    if reason:
+        raise Unsupported(reason)
+    return make()
+
+
+def run_once(prepare, x, w, b, problem: ConvProblem) -> np.ndarray:
+    """A layer-style variant's one-call ``run``: build the layer with ``prepare(w, b, problem)``,
+    run it on ``x``, release it (the benchmark builds once: kernels.conv)."""
+    check_inputs(x, w, b, problem)
+    layer = prepare(w, b, problem)
+    try:
+        return layer(x)
+    finally:
+        layer.close()

@@ -27,11 +27,11 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from ..errors import BadInput, Unsupported
+from ..errors import BadInput
 from ..jit import njit
 from .direct import inside
 from .gemm import strided_gemm
-from .geometry import ConvProblem, check_inputs
+from .geometry import ConvProblem, build_layer, run_once
 
 DTYPES = ("fp32", "fp64")
 CHUNK_BYTES = 64 << 20      # column-matrix workspace bound (a chunk holds at least one image)
@@ -205,18 +205,8 @@ def accepts(problem: ConvProblem, dtype) -> str | None:
 
 
 def prepare(w, b, problem: ConvProblem) -> Im2colLayer:
-    dt = check_inputs(None, w, b, problem)
-    reason = accepts(problem, dt)
-    if reason:
-        raise Unsupported(reason)
-    return Im2colLayer(w, b, problem)
+    return build_layer(accepts, lambda: Im2colLayer(w, b, problem), w, b, problem)
 
 
 def run(x, w, b, problem: ConvProblem) -> np.ndarray:
-    """One call: build the layer, run it, release it (the benchmark builds once, kernels.conv)."""
-    check_inputs(x, w, b, problem)
-    layer = prepare(w, b, problem)
-    try:
-        return layer(x)
-    finally:
-        layer.close()
+    return run_once(prepare, x, w, b, problem)

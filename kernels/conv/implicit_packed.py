@@ -28,7 +28,7 @@ from fusion.native import call_int
 
 from ..errors import BadInput, Unsupported
 from ..jit import njit
-from .geometry import ConvProblem, check_inputs
+from .geometry import ConvProblem, build_layer, run_once
 from .im2col_packed import Im2colLayer, is_pointwise
 from .team import fetch_add
 
@@ -301,18 +301,8 @@ def accepts(problem: ConvProblem, dtype) -> str | None:
 
 
 def prepare(w, b, problem: ConvProblem) -> ImplicitLayer:
-    dt = check_inputs(None, w, b, problem)
-    reason = accepts(problem, dt)
-    if reason:
-        raise Unsupported(reason)
-    return ImplicitLayer(w, b, problem)
+    return build_layer(accepts, lambda: ImplicitLayer(w, b, problem), w, b, problem)
 
 
 def run(x, w, b, problem: ConvProblem) -> np.ndarray:
-    """One call: build the layer, run it, release it (the benchmark builds once, kernels.conv)."""
-    check_inputs(x, w, b, problem)
-    layer = prepare(w, b, problem)
-    try:
-        return layer(x)
-    finally:
-        layer.close()
+    return run_once(prepare, x, w, b, problem)

@@ -40,7 +40,7 @@ import numpy as np
 
 from ..errors import BadInput, Unsupported
 from .gemm import strided_gemm
-from .geometry import ConvProblem, check_inputs
+from .geometry import ConvProblem, build_layer, run_once
 from .winograd import accepts as winograd_accepts
 from .winograd_math import toom_cook
 from .winograd_numba import _lincomb, filter_transform
@@ -373,11 +373,8 @@ def accepts(problem: ConvProblem, dtype, tile: int = 4) -> str | None:
 
 
 def prepare(w, b, problem: ConvProblem, tile: int = 4) -> WinogradLayer:
-    dt = check_inputs(None, w, b, problem)
-    reason = accepts(problem, dt, tile)
-    if reason:
-        raise Unsupported(reason)
-    return WinogradLayer(w, b, problem, tile)
+    return build_layer(lambda p, dt: accepts(p, dt, tile), lambda: WinogradLayer(w, b, problem, tile),
+                       w, b, problem)
 
 
 def prepare_f2(w, b, problem: ConvProblem) -> WinogradLayer:
@@ -389,25 +386,8 @@ def accepts_f2(problem: ConvProblem, dtype) -> str | None:
 
 
 def run(x, w, b, problem: ConvProblem) -> np.ndarray:
-    """One call: build the layer, run it, release it (the benchmark builds once, kernels.conv)."""
-    dt = check_inputs(x, w, b, problem)
-    reason = accepts(problem, dt)
-    if reason:
-        raise Unsupported(reason)
-    layer = WinogradLayer(w, b, problem, 4)
-    try:
-        return layer(x)
-    finally:
-        layer.close()
+    return run_once(prepare, x, w, b, problem)
 
 
 def run_f2(x, w, b, problem: ConvProblem) -> np.ndarray:
-    dt = check_inputs(x, w, b, problem)
-    reason = accepts_f2(problem, dt)
-    if reason:
-        raise Unsupported(reason)
-    layer = WinogradLayer(w, b, problem, 2)
-    try:
-        return layer(x)
-    finally:
-        layer.close()
+    return run_once(prepare_f2, x, w, b, problem)
