@@ -52,8 +52,8 @@ def pytest_xdist_auto_num_workers(config):
     forced = os.environ.get("PYTEST_XDIST_AUTO_NUM_WORKERS")
     if forced:
         return int(forced)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, MAX_WORKERS))
+    from microbench.threads import usable_cpus      # the affinity mask, lowered by a cgroup quota
+    return max(1, min(usable_cpus()[0], MAX_WORKERS))
 
 
 @pytest.fixture
